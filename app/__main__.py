@@ -1,0 +1,75 @@
+"""`python -m app`: the ingest process. Bottle on waitress, appending to state/data1."""
+
+import logging
+import signal
+import sys
+
+import waitress
+
+from app import config
+from app.api import BATCH_BODY_LIMIT, make_app
+from app.eventlog import EventLog
+from app.lockfile import AlreadyLocked, hold_exclusive_lock
+from app.log_format import DATA1
+
+log = logging.getLogger("ingest")
+
+THREADS = 4
+
+
+def stop_like_sigint(signum, frame):
+    # waitress treats KeyboardInterrupt as "shut down": it stops serving and waits (up to
+    # 5 s) for the requests in flight to finish. SIGTERM, supervisord's stop signal, would
+    # otherwise kill the process with those requests half done.
+    raise KeyboardInterrupt
+
+
+def main():
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        host, port = config.host(), config.port()
+        state_dir, durable = config.state_dir(), config.fsync()
+    except config.ConfigError as error:
+        print(f"mini-analytics ingest: {error}", file=sys.stderr)
+        return 2
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        # Held until the process exits: one ingest per state folder, so no other writer can
+        # interleave with our appends or our torn-tail repair.
+        hold_exclusive_lock(state_dir / "ingest.lock")
+    except AlreadyLocked:
+        log.error("another ingest process is already running on %s; exiting", state_dir)
+        return 1
+
+    eventlog = EventLog(state_dir / DATA1, durable=durable)
+    log.info(
+        "ingest starting: http://%s:%d state_dir=%s fsync=%s data1=%d bytes",
+        host, port, state_dir, "on" if durable else "off", eventlog.size,
+    )
+    server = waitress.create_server(
+        make_app(eventlog),
+        host=host,
+        port=port,
+        threads=THREADS,
+        # At or above the app's own largest limit, so an ordinary oversize body gets the
+        # app's JSON 413; only far larger ones meet waitress's plain-text 413.
+        max_request_body_size=2 * BATCH_BODY_LIMIT,
+        ident="mini-analytics",
+    )
+    signal.signal(signal.SIGTERM, stop_like_sigint)
+    log.info("ingest ready on http://%s:%s", host, server.effective_port)
+    server.run()  # returns on SIGINT/SIGTERM, once requests in flight are done
+
+    eventlog.sync()  # with fsync off, a clean stop still leaves everything durable
+    eventlog.close()
+    log.info("ingest stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""data1, the event log: its on-disk format, written down once.
+
+The writer (app/eventlog.py) and the reader (worker/tailer.py) both follow this page.
+
+Format
+    data1 is a sequence of records. A record is one experience id in canonical ASCII
+    decimal (no sign, no leading zeros, 0 <= id <= 2**63 - 1) followed by one space:
+
+        1 100 1 1 
+
+    The writer only ever appends. Readers accept any ASCII whitespace as a separator, so
+    a file edited by hand with newlines still reads the same.
+
+Invariants
+    * A token is complete only when a separator follows it. Bytes after the last separator
+      are a *torn tail*: the writer died in the middle of a write, so they were never
+      acknowledged. The writer removes them when it opens the log; readers never consume
+      them.
+    * A complete token that is not a canonical id (garbage written by something else, NUL
+      bytes left by a power loss) is skipped and counted as skipped; it never stops a reader.
+"""
+
+DATA1 = "data1"
+
+SEPARATOR = b" "
+# Exactly the bytes that bytes.split() splits on, so a reader can split a block with it.
+SEPARATORS = b" \t\n\r\x0b\x0c"
+
+MAX_ID = 2**63 - 1
+MAX_TOKEN_LEN = len(str(MAX_ID))
+
+
+def encode(ids):
+    """Return the records for `ids` (valid ids) as the bytes to append."""
+    return b"".join(b"%d " % i for i in ids)
+
+
+def parse_token(token):
+    """Return the id a complete token stands for, or None if it is not a canonical id."""
+    if (
+        0 < len(token) <= MAX_TOKEN_LEN
+        and token.isdigit()  # bytes.isdigit() is ASCII-only: no signs, '_' or spaces
+        and (token[0] != 0x30 or len(token) == 1)  # no leading zeros: one spelling per id
+    ):
+        value = int(token)
+        if value <= MAX_ID:
+            return value
+    return None
+
+
+def last_separator(buf):
+    """Index of the last separator byte in `buf`, or -1 if it holds none."""
+    return max(buf.rfind(sep) for sep in (b" ", b"\n", b"\t", b"\r", b"\x0b", b"\x0c"))
