@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -292,3 +293,107 @@ def supervisor():
     for sup in started:
         sup.stop()
     shutil.rmtree(root, ignore_errors=True)
+
+
+class Posters:
+    """Client threads posting ids unique per request, with a ledger of what became of each.
+
+    acked: answered 202, so they must be counted exactly once.
+    refused: answered with an error status, or never connected: never written.
+    unknown: the connection broke mid-request: written at most once.
+    """
+
+    def __init__(self, port, threads=4, path="/event"):
+        self.port, self.threads, self.path = port, threads, path
+        self.acked, self.refused, self.unknown = set(), set(), set()
+        self._stopping = threading.Event()
+        self._threads = []
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        for index in range(self.threads):
+            thread = threading.Thread(target=self._post_loop, args=(index,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc):
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    @property
+    def sent(self):
+        return self.acked | self.refused | self.unknown
+
+    def _record(self, ledger, experience_id):
+        with self._lock:
+            ledger.add(experience_id)
+
+    def _post_loop(self, index):
+        conn = None
+        experience_id = index + 1
+        while not self._stopping.is_set():
+            experience_id += self.threads  # unique across threads
+            body = b'{"experienceID": %d}' % experience_id
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                    conn.connect()
+            except OSError:
+                conn = None
+                self._record(self.refused, experience_id)
+                self._stopping.wait(0.01)  # the server is down: don't spin
+                continue
+            try:
+                conn.request("POST", self.path, body=body)
+                response = conn.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = None
+                self._record(self.unknown, experience_id)
+                continue
+            self._record(self.acked if response.status == 202 else self.refused, experience_id)
+        if conn is not None:
+            conn.close()
+
+    def check_counts(self, counts):
+        """The set checker: acked exactly once, unknown at most once, nothing invented."""
+        counted = {int(key): value for key, value in counts.items()}
+        missing = [i for i in self.acked if counted.get(i) != 1]
+        assert not missing, f"{len(missing)} acknowledged ids not counted exactly once: {missing[:10]}"
+        twice = [i for i in self.unknown if counted.get(i, 0) > 1]
+        assert not twice, f"ids counted more than once: {twice[:10]}"
+        never_sent = set(counted) - self.sent
+        assert not never_sent, f"ids counted but never sent: {sorted(never_sent)[:10]}"
+        written_refused = [i for i in self.refused if i in counted]
+        assert not written_refused, f"refused ids were counted: {written_refused[:10]}"
+
+
+class InvariantWatcher:
+    """Checks the data1/data2 invariant over and over while a test runs."""
+
+    def __init__(self, state_dir):
+        self.state_dir = state_dir
+        self.observations = 0
+        self.failures = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stopping.set()
+        self._thread.join(timeout=30)
+        assert not self.failures, self.failures[:3]
+
+    def _watch(self):
+        while not self._stopping.wait(0.02):
+            try:
+                if check_invariant(self.state_dir) is not None:
+                    self.observations += 1
+            except (AssertionError, ValueError) as failure:
+                self.failures.append(repr(failure)[:500])

@@ -76,6 +76,12 @@ class Worker:
             if self.stop.wait(interval):
                 break
         log.info("worker stopped at offset %d", self.checkpoint.offset)
+        self.close()
+
+    def close(self):
+        if self.data1_fd is not None:
+            os.close(self.data1_fd)
+            self.data1_fd = None
 
     def recover(self):
         """Load data2 and check it against data1; start over from 0 if it cannot be used."""

@@ -1,0 +1,59 @@
+"""Configuration: parsing rules, and bad values stopping a process with exit code 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, service_env
+from app import config
+
+
+@pytest.mark.parametrize(
+    "raw, seconds", [(None, 5.0), ("", 5.0), ("5", 5.0), ("0.25", 0.25), (" 2 ", 2.0), ("1e1", 10.0)]
+)
+def test_interval_accepts(raw, seconds):
+    environ = {} if raw is None else {"MINI_ANALYTICS_INTERVAL": raw}
+    assert config.interval(environ) == seconds
+
+
+@pytest.mark.parametrize("raw", ["abc", "0", "-1", "nan", "inf", "-inf", "5s", "0x10"])
+def test_interval_rejects(raw):
+    with pytest.raises(config.ConfigError, match="MINI_ANALYTICS_INTERVAL"):
+        config.interval({"MINI_ANALYTICS_INTERVAL": raw})
+
+
+@pytest.mark.parametrize("raw", ["0", "65536", "http", "-5", "80.5"])
+def test_port_rejects(raw):
+    with pytest.raises(config.ConfigError, match="MINI_ANALYTICS_PORT"):
+        config.port({"MINI_ANALYTICS_PORT": raw})
+
+
+def test_fsync_values():
+    assert config.fsync({}) is True
+    assert config.fsync({"MINI_ANALYTICS_FSYNC": "off"}) is False
+    with pytest.raises(config.ConfigError, match="MINI_ANALYTICS_FSYNC"):
+        config.fsync({"MINI_ANALYTICS_FSYNC": "sometimes"})
+
+
+@pytest.mark.parametrize(
+    "module, setting, value",
+    [
+        ("worker", "interval", "abc"),
+        ("worker", "interval", "0"),
+        ("worker", "interval", "nan"),
+        ("app", "port", "99999"),
+        ("app", "fsync", "maybe"),
+    ],
+)
+def test_bad_setting_exits_2_with_one_line_and_touches_nothing(tmp_path, module, setting, value):
+    state_dir = tmp_path / "state"
+    result = subprocess.run(
+        [sys.executable, "-m", module], cwd=REPO, capture_output=True, text=True, timeout=30,
+        env=service_env(state_dir, **{setting: value}),
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"MINI_ANALYTICS_{setting.upper()}" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert not state_dir.exists()

@@ -1,0 +1,171 @@
+"""The append log: torn-tail repair, concurrent appends, group commit, undo of failed writes,
+and fsync failure being fatal. Faults are injected by patching os functions in-process."""
+
+import errno
+import os
+import threading
+
+import pytest
+
+from app import eventlog
+from app.eventlog import AppendError, EventLog
+from app.log_format import encode
+
+
+@pytest.mark.parametrize(
+    "before, after",
+    [
+        (b"", b""),
+        (b"1 2 ", b"1 2 "),
+        (b"1 2 3", b"1 2 "),
+        (b"1 2\n33", b"1 2\n"),
+        (b"1 2 \x00\x00\x00", b"1 2 "),  # NULs left by a power loss
+        (b"123", b""),
+        (b"\x00" * 100_000, b""),
+        (b"4 " + b"9" * 200_000, b"4 "),  # a torn tail longer than one scan block
+    ],
+)
+def test_opening_removes_a_torn_tail(tmp_path, caplog, before, after):
+    path = tmp_path / "data1"
+    path.write_bytes(before)
+    log = EventLog(path)
+    log.close()
+    assert path.read_bytes() == after
+    assert ("torn tail" in caplog.text) == (before != after)
+
+
+def test_append_after_repair_starts_a_clean_record(tmp_path):
+    path = tmp_path / "data1"
+    path.write_bytes(b"1 2 3")
+    log = EventLog(path)
+    log.append(encode([45]))
+    log.close()
+    assert path.read_bytes() == b"1 2 45 "
+
+
+def test_concurrent_appends_never_interleave(tmp_path):
+    path = tmp_path / "data1"
+    log = EventLog(path)
+    threads, per_thread = 8, 300
+
+    def poster(base):
+        for i in range(per_thread):
+            log.append(encode([base * 1_000_000 + i]))
+
+    workers = [threading.Thread(target=poster, args=(t + 1,)) for t in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    log.close()
+    written = [int(token) for token in path.read_bytes().split()]
+    expected = [(t + 1) * 1_000_000 + i for t in range(threads) for i in range(per_thread)]
+    assert sorted(written) == expected
+
+
+def test_group_commit_acknowledges_only_synced_bytes_and_shares_syncs(tmp_path, monkeypatch):
+    path = tmp_path / "data1"
+    log = EventLog(path)
+    real_fdatasync = os.fdatasync
+    synced_sizes = []  # file size at each sync: everything below it is durable
+    entered = threading.Event()
+
+    def slow_fdatasync(fd):
+        entered.set()
+        size = os.fstat(fd).st_size
+        real_fdatasync(fd)
+        threading.Event().wait(0.002)  # a slow disk, so that appends queue up behind a sync
+        synced_sizes.append(size)
+
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
+    problems = []
+
+    def poster(base):
+        for i in range(100):
+            record = encode([base * 1000 + i])
+            log.append(record)
+            content = path.read_bytes()
+            end = content.index(record) + len(record)
+            if not synced_sizes or max(synced_sizes) < end:
+                problems.append(f"{record!r} acknowledged before a sync covered it")
+
+    workers = [threading.Thread(target=poster, args=(t + 1,)) for t in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    log.close()
+    assert problems == []
+    assert len(path.read_bytes().split()) == 800
+    assert len(synced_sizes) < 800  # syncs were shared
+
+
+def test_durability_off_never_syncs_on_append(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(os, "fdatasync", calls.append)
+    log = EventLog(tmp_path / "data1", durable=False)
+    log.append(b"1 ")
+    assert calls == []
+    log.sync()
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("fault", ["ENOSPC after part", "EIO", "short write"])
+def test_a_failed_write_is_undone(tmp_path, monkeypatch, fault):
+    path = tmp_path / "data1"
+    log = EventLog(path)
+    log.append(b"1 100 ")
+    real_write = os.write
+
+    def faulty_write(fd, data):
+        if fault == "EIO":
+            raise OSError(errno.EIO, "Input/output error")
+        written = real_write(fd, bytes(data[:3]))
+        if fault == "short write":
+            return written
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", faulty_write)
+    with pytest.raises(AppendError):
+        log.append(b"123456 ")
+    assert path.read_bytes() == b"1 100 "
+    monkeypatch.setattr(os, "write", real_write)
+    log.append(b"7 ")
+    log.close()
+    assert path.read_bytes() == b"1 100 7 "
+
+
+class Exited(BaseException):
+    pass
+
+
+def test_a_failed_fsync_is_fatal(tmp_path, monkeypatch):
+    log = EventLog(tmp_path / "data1")
+
+    def failing_fdatasync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    def fake_exit(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+    monkeypatch.setattr(eventlog.os, "_exit", fake_exit)
+    with pytest.raises(Exited) as exited:
+        log.append(b"1 ")
+    assert exited.value.args[0] != 0
+
+
+def test_a_failed_undo_is_fatal(tmp_path, monkeypatch):
+    log = EventLog(tmp_path / "data1")
+
+    def failing(*args):
+        raise OSError(errno.EIO, "Input/output error")
+
+    def fake_exit(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(os, "write", failing)
+    monkeypatch.setattr(os, "ftruncate", failing)
+    monkeypatch.setattr(eventlog.os, "_exit", fake_exit)
+    with pytest.raises(Exited):
+        log.append(b"1 ")

@@ -1,0 +1,70 @@
+"""Kill tests: SIGKILL the worker and the ingest at random moments while clients post, then
+check every acknowledged event is counted exactly once (a ledger, Jepsen's set checker in
+spirit) and that the data1/data2 invariant held at every observation along the way."""
+
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from conftest import InvariantWatcher, Posters, caught_up, check_invariant, wait_for
+
+pytestmark = pytest.mark.slow
+
+WORKER_KILLS = 30
+INGEST_KILLS = 10
+
+
+def test_sigkill_the_worker_at_random_moments(procs, state_dir):
+    rng = random.Random()
+    ingest = procs.ingest(state_dir)
+    with InvariantWatcher(state_dir) as watcher, Posters(ingest.port) as posters:
+        worker = procs.worker(state_dir, interval=0.02)
+        for _ in range(WORKER_KILLS):
+            # A random instant of the worker's life: start-up, recovery, a pass, a commit.
+            time.sleep(rng.uniform(0.0, 0.3))
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=10)
+            worker = procs.worker(state_dir, interval=0.02)
+    final = wait_for(lambda: caught_up(state_dir) and check_invariant(state_dir), what="catch-up")
+    posters.check_counts(final["counts"])
+    assert len(posters.acked) > 100 and not posters.unknown and not posters.refused
+    assert watcher.observations > 10
+    print(
+        f"\nworker kills: {WORKER_KILLS}, acked events: {len(posters.acked)}, "
+        f"invariant observations: {watcher.observations}"
+    )
+
+
+def test_sigkill_the_ingest_under_supervisord(supervisor):
+    rng = random.Random()
+    sup = supervisor(interval=0.1)
+    with InvariantWatcher(sup.state_dir) as watcher, Posters(sup.port) as posters:
+        previous = None
+        for _ in range(INGEST_KILLS):
+            # Wait for a new ingest that supervisord counts as started, so that the kills
+            # cannot add up to a crash storm that supervisord would give up on.
+            pid = wait_for(
+                lambda: sup.status().get("ingest") == "RUNNING" and sup.pid("ingest") != previous
+                and sup.pid("ingest"),
+                what="the ingest to be restarted",
+            )
+            wait_for(lambda: len(posters.acked) > 0, what="some acknowledgements")
+            time.sleep(rng.uniform(0.0, 0.4))
+            os.kill(pid, signal.SIGKILL)
+            previous = pid
+        wait_for(sup.http_ready, what="the ingest to come back")
+        acked_before_end = len(posters.acked)
+        wait_for(lambda: len(posters.acked) > acked_before_end, what="acks after the last kill")
+    final = wait_for(lambda: caught_up(sup.state_dir) and check_invariant(sup.state_dir),
+                     what="catch-up")
+    posters.check_counts(final["counts"])
+    wait_for(lambda: sup.status() == {"ingest": "RUNNING", "worker": "RUNNING"},
+             what="supervisord to report both programs RUNNING")
+    print(
+        f"\ningest kills: {INGEST_KILLS}, acked: {len(posters.acked)}, "
+        f"unknown: {len(posters.unknown)}, refused: {len(posters.refused)}, "
+        f"invariant observations: {watcher.observations}"
+    )

@@ -1,0 +1,123 @@
+"""data1's format and its reader: token parsing, and complete_blocks with every chunk size."""
+
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import complete_length, valid_counts
+from app.log_format import encode, last_separator, parse_token
+from worker.tailer import Tally, complete_blocks
+
+
+@pytest.mark.parametrize(
+    "token, expected",
+    [
+        (b"0", 0),
+        (b"1", 1),
+        (b"100", 100),
+        (b"9223372036854775807", 2**63 - 1),
+        (b"9223372036854775808", None),  # 2**63
+        (b"99999999999999999999", None),
+        (b"01", None),  # one spelling per id
+        (b"00", None),
+        (b"-1", None),
+        (b"+1", None),
+        (b"1_000", None),
+        (b"1.0", None),
+        (b"abc", None),
+        (b"\x00\x00", None),
+        (b"\xd9\xa3", None),  # a non-ASCII digit
+        (b"", None),
+    ],
+)
+def test_parse_token(token, expected):
+    assert parse_token(token) == expected
+
+
+def test_encode_and_last_separator():
+    assert encode([1, 100, 1]) == b"1 100 1 "
+    assert last_separator(b"1 2\n3") == 3
+    assert last_separator(b"12") == -1
+    assert last_separator(b"1\t") == 1
+
+
+def read_all(data, offset=0, chunk_size=1024 * 1024, tmp_path=None):
+    path = tmp_path / "data1"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return list(complete_blocks(fd, offset, chunk_size))
+    finally:
+        os.close(fd)
+
+
+def test_every_chunk_size_gives_the_same_tokens(tmp_path):
+    data = b"1 100 1 22\n333\t4444 55555  0 9223372036854775807 777"
+    expected_tokens = data[: complete_length(data)].split()
+    for chunk_size in range(1, len(data) + 3):
+        blocks = read_all(data, 0, chunk_size, tmp_path)
+        tokens = [token for block, _ in blocks for token in block.split()]
+        assert tokens == expected_tokens, chunk_size
+        ends = [end for _, end in blocks]
+        assert ends == sorted(ends) and ends[-1] == complete_length(data), chunk_size
+        for block, end in blocks:
+            assert block[-1:].isspace()  # every block ends on a separator
+
+
+def test_partial_tail_is_never_consumed(tmp_path):
+    assert read_all(b"12", tmp_path=tmp_path) == []
+    assert read_all(b"1 2", tmp_path=tmp_path) == [(b"1 ", 2)]
+    assert read_all(b"1 2 ", offset=2, tmp_path=tmp_path) == [(b"2 ", 4)]
+
+
+def test_an_overlong_run_is_one_token_and_memory_stays_bounded(tmp_path):
+    data = b"5 " + b"7" * 100_000 + b" 6 "
+    blocks = read_all(data, 0, 1000, tmp_path)
+    tokens = [token for block, _ in blocks for token in block.split()]
+    assert len(tokens) == 3 and tokens[0] == b"5" and tokens[2] == b"6"
+    assert parse_token(tokens[1]) is None  # kept only as a prefix long enough to be invalid
+    assert max(len(block) for block, _ in blocks) <= 1000 + 20
+    assert blocks[-1][1] == len(data)
+
+
+def test_tally_counts_valid_and_skips_the_rest():
+    tally = Tally()
+    tally.add(b"1 100 1 x 01 \x00 ")
+    counts = {1: 5}
+    skipped, samples = tally.drain_into(counts)
+    assert counts == {1: 7, 100: 1}
+    assert (tally.events, skipped, tally.skipped) == (3, 3, 3)
+    assert sorted(samples) == [b"\x00", b"01", b"x"]
+    assert tally.drain_into(counts) == (0, [])  # drained: nothing counted twice
+
+
+tokens = st.one_of(
+    st.integers(0, 2**63 - 1).map(lambda n: str(n).encode()),
+    st.sampled_from([b"01", b"-3", b"x", b"\x00\x00", b"9" * 25, b"1.5"]),
+)
+separators = st.sampled_from([b" ", b"\n", b"\t", b"  ", b"\r\n"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pieces=st.lists(st.tuples(tokens, separators), max_size=40),
+    tail=st.sampled_from([b"", b"12", b"\x00\x00\x00"]),
+    chunk_size=st.integers(1, 64),
+    data=st.data(),
+)
+def test_reading_from_any_complete_offset_matches_the_model(tmp_path_factory, pieces, tail, chunk_size, data):
+    content = b"".join(token + sep for token, sep in pieces) + tail
+    # Resume from a random point where a previous pass could have stopped.
+    boundaries = [0] + [i + 1 for i, byte in enumerate(content) if chr(byte).isspace()]
+    offset = data.draw(st.sampled_from(boundaries))
+    blocks = read_all(content, offset, chunk_size, tmp_path_factory.mktemp("r"))
+    tally = Tally()
+    for block, _ in blocks:
+        tally.add(block)
+    counts = {}
+    tally.drain_into(counts)
+    assert {str(k): v for k, v in counts.items()} == valid_counts(content[offset:])
+    end = blocks[-1][1] if blocks else offset
+    assert end == max(offset, complete_length(content))

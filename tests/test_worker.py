@@ -1,0 +1,253 @@
+"""The worker: passes, recovery from planted bad states, a crash at every step of the commit
+path, the single-worker lock and SIGTERM. In-process where the logic is the point, real
+processes where signals and locks are."""
+
+import errno
+import json
+import os
+import signal
+
+import pytest
+
+from conftest import check_invariant, read_checkpoint, valid_counts, wait_for
+from worker import checkpoint as checkpoint_module
+from worker import runner
+from worker.runner import Worker
+
+
+def write(state_dir, data, mode="ab"):
+    with open(state_dir / "data1", mode) as file:
+        file.write(data)
+
+
+def one_pass(state_dir, chunk_size=None):
+    """Start a worker as a restart would (recover, then a pass), then let it go."""
+    worker = Worker(state_dir, chunk_size)
+    try:
+        worker.recover()
+        worker.run_pass()
+    finally:
+        worker.close()
+    return read_checkpoint(state_dir)
+
+
+def assert_exact(state_dir):
+    cp = check_invariant(state_dir)
+    data1 = (state_dir / "data1").read_bytes()
+    assert cp["counts"] == valid_counts(data1)
+    return cp
+
+
+def test_passes_count_incrementally(state_dir):
+    write(state_dir, b"1 100 1 ")
+    assert one_pass(state_dir)["counts"] == {"1": 2, "100": 1}
+    write(state_dir, b"1 ")
+    cp = one_pass(state_dir)
+    assert cp["counts"] == {"1": 3, "100": 1} and cp["offset"] == 10
+
+
+def test_a_pass_reads_only_from_the_offset(state_dir, monkeypatch):
+    write(state_dir, b"1 2 3 " * 1000)
+    one_pass(state_dir)
+    write(state_dir, b"4 5 ")
+    reads = []
+    real_pread = os.pread
+
+    def recording_pread(fd, size, offset):
+        reads.append((offset, size))
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", recording_pread)
+    cp = one_pass(state_dir)
+    assert cp["counts"]["4"] == 1
+    data_reads = [(offset, size) for offset, size in reads if size > 64]  # not fingerprints
+    assert data_reads and min(offset for offset, _ in data_reads) >= 6000
+
+
+def test_nothing_is_written_when_nothing_is_new(state_dir):
+    write(state_dir, b"1 2 ")
+    one_pass(state_dir)
+    before = os.stat(state_dir / "data2").st_mtime_ns, (state_dir / "data2").read_bytes()
+    write(state_dir, b"3")  # a torn tail only
+    one_pass(state_dir)
+    assert (os.stat(state_dir / "data2").st_mtime_ns, (state_dir / "data2").read_bytes()) == before
+
+
+def test_a_torn_token_is_counted_once_it_completes(state_dir):
+    write(state_dir, b"1 10")
+    assert one_pass(state_dir)["counts"] == {"1": 1}
+    write(state_dir, b"0 ")
+    assert one_pass(state_dir)["counts"] == {"1": 1, "100": 1}
+
+
+def test_garbage_tokens_are_skipped_and_logged(state_dir, caplog):
+    write(state_dir, b"1 abc 01 -5 \x00\x00 2 ")
+    cp = one_pass(state_dir, chunk_size=3)
+    assert cp["counts"] == {"1": 1, "2": 1} and cp["skipped"] == 4
+    assert "skipped 4 tokens" in caplog.text
+
+
+def test_long_catch_up_commits_along_the_way(state_dir, monkeypatch):
+    monkeypatch.setattr(runner, "COMMIT_EVERY", 1000)
+    commits = []
+    real_commit = checkpoint_module.commit
+
+    def counting_commit(path, cp, fd):
+        commits.append(cp.offset)
+        real_commit(path, cp, fd)
+
+    monkeypatch.setattr(checkpoint_module, "commit", counting_commit)
+    write(state_dir, b"7 " * 5000)
+    one_pass(state_dir, chunk_size=256)
+    assert len(commits) >= 10 and commits == sorted(commits)
+    assert assert_exact(state_dir)["counts"] == {"7": 5000}
+
+
+# --- planted bad states ------------------------------------------------------------------
+
+BAD_DATA2 = {
+    "empty": b"",
+    "NUL-filled": b"\x00" * 512,
+    "truncated JSON": b'{"offset": 4, "counts": {"1": ',
+    "wrong shape": b'{"hello": "world"}',
+    "negative offset": b'{"offset": -2, "counts": {}, "skipped": 0, "fingerprint": ""}',
+    "absurd offset": json.dumps(
+        {"offset": 10**15, "counts": {}, "skipped": 0, "fingerprint": ""}
+    ).encode(),
+}
+
+
+@pytest.mark.parametrize("content", BAD_DATA2.values(), ids=BAD_DATA2.keys())
+def test_an_unusable_checkpoint_is_set_aside_and_data1_recounted(state_dir, caplog, content):
+    write(state_dir, b"1 100 1 ")
+    (state_dir / "data2").write_bytes(content)
+    cp = one_pass(state_dir)
+    assert cp["counts"] == {"1": 2, "100": 1}
+    assert "CHECKPOINT REJECTED" in caplog.text
+    aside = [name for name in os.listdir(state_dir) if name.startswith("data2.bad-")]
+    assert len(aside) == 1 and (state_dir / aside[0]).read_bytes() == content
+
+
+def test_a_stray_temp_file_is_ignored_and_removed(state_dir, caplog):
+    write(state_dir, b"1 2 ")
+    one_pass(state_dir)
+    (state_dir / "data2.tmp").write_bytes(b'{"offset": 0, "counts": {"999": 1}')
+    write(state_dir, b"3 ")
+    assert one_pass(state_dir)["counts"] == {"1": 1, "2": 1, "3": 1}
+    assert not (state_dir / "data2.tmp").exists()
+    assert "interrupted commit" in caplog.text
+
+
+def test_data1_truncated_below_the_offset(state_dir, caplog):
+    write(state_dir, b"1 2 3 4 ")
+    one_pass(state_dir)
+    write(state_dir, b"5 6 ", mode="wb")
+    assert one_pass(state_dir)["counts"] == {"5": 1, "6": 1}
+    assert "shorter than the checkpoint's offset" in caplog.text
+
+
+@pytest.mark.parametrize("replacement", [b"7 8 9 1 ", b"7 8 9 1 2 3 4 5 6 "])
+def test_data1_replaced_by_other_content(state_dir, caplog, replacement):
+    write(state_dir, b"1 2 3 4 ")
+    one_pass(state_dir)
+    write(state_dir, replacement, mode="wb")
+    cp = one_pass(state_dir)
+    assert cp["counts"] == valid_counts(replacement)
+    assert "CHECKPOINT REJECTED" in caplog.text
+
+
+def test_data1_replaced_while_the_worker_runs(state_dir, caplog):
+    write(state_dir, b"1 2 ")
+    worker = Worker(state_dir)
+    try:
+        worker.recover()
+        worker.run_pass()
+        (state_dir / "data1").rename(state_dir / "old-data1")
+        write(state_dir, b"5 6 7 ")  # a new file under the old name
+        worker.run_pass()
+    finally:
+        worker.close()
+    assert "replaced" in caplog.text
+    assert assert_exact(state_dir)["counts"] == {"5": 1, "6": 1, "7": 1}
+
+
+# --- a crash at every step of the commit path --------------------------------------------
+
+
+class Crash(BaseException):
+    """Stands in for the process dying: nothing after it runs, nothing is cleaned up."""
+
+
+def crash_on_call(monkeypatch, module, name, call_number=1, after=False):
+    real = getattr(module, name)
+    calls = []
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == call_number and not after:
+            raise Crash(name)
+        result = real(*args, **kwargs)
+        if len(calls) == call_number and after:
+            raise Crash(f"after {name}")
+        return result
+
+    monkeypatch.setattr(module, name, wrapper)
+
+
+CRASH_POINTS = {
+    # step of checkpoint.commit       (module, function, which call, crash after it returns)
+    "after reading, before fdatasync of data1": (os, "fdatasync", 1, False),
+    "after fdatasync of data1": (os, "fdatasync", 1, True),
+    "after writing the temp file, before its fsync": (os, "fsync", 1, False),
+    "after fsyncing the temp file, before the rename": (os, "replace", 1, False),
+    "after the rename, before the folder fsync": (checkpoint_module, "fsync_directory", 1, False),
+    "after the folder fsync": (checkpoint_module, "fsync_directory", 1, True),
+}
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS.values(), ids=CRASH_POINTS.keys())
+def test_a_crash_at_each_commit_step_recovers_exactly(state_dir, monkeypatch, point):
+    write(state_dir, b"1 100 1 ")
+    one_pass(state_dir)  # an older checkpoint exists, as it would in production
+    write(state_dir, b"1 5 5 ")
+    with monkeypatch.context() as patch:
+        crash_on_call(patch, *point)
+        with pytest.raises(Crash):
+            one_pass(state_dir)
+        check_invariant(state_dir)  # whatever data2 holds now is consistent
+    write(state_dir, b"100 ")
+    cp = one_pass(state_dir)
+    assert cp["counts"] == {"1": 3, "5": 2, "100": 2}
+    assert_exact(state_dir)
+
+
+def test_a_failed_checkpoint_write_is_fatal(state_dir, monkeypatch):
+    write(state_dir, b"1 ")
+
+    def full_disk(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module, "replace_durably", full_disk)
+    with pytest.raises(OSError):
+        one_pass(state_dir)
+
+
+# --- as a real process -------------------------------------------------------------------
+
+
+def test_a_second_worker_exits_with_a_clear_message(procs, state_dir):
+    first = procs.worker(state_dir)
+    wait_for(lambda: "no checkpoint yet" in first.log_path.read_text(), what="first worker")
+    second = procs.worker(state_dir)
+    assert second.wait(timeout=30) == 1
+    assert "another worker is already running" in second.log_path.read_text()
+    assert first.poll() is None
+
+
+def test_sigterm_stops_the_worker_promptly(procs, state_dir):
+    write(state_dir, b"1 2 ")
+    worker = procs.worker(state_dir, interval=3600)
+    wait_for(lambda: read_checkpoint(state_dir), what="the first pass")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=5) == 0
+    assert "worker stopped" in worker.log_path.read_text()
