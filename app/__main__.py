@@ -14,13 +14,10 @@ from app.log_format import DATA1
 
 log = logging.getLogger("ingest")
 
-THREADS = 4
-
-
 def stop_like_sigint(signum, frame):
     # waitress treats KeyboardInterrupt as "shut down": it stops serving and waits (up to
     # 5 s) for the requests in flight to finish. SIGTERM, supervisord's stop signal, would
-    # otherwise kill the process with those requests half done.
+    # otherwise kill the process with those requests half done (written, never answered).
     raise KeyboardInterrupt
 
 
@@ -30,9 +27,12 @@ def main():
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    # waitress warns "Task queue depth is N" whenever all threads are busy, which under load
+    # is every request: the flood costs real CPU and says nothing an operator can act on.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     try:
         host, port = config.host(), config.port()
-        state_dir, durable = config.state_dir(), config.fsync()
+        state_dir, durable, threads = config.state_dir(), config.fsync(), config.threads()
     except config.ConfigError as error:
         print(f"mini-analytics ingest: {error}", file=sys.stderr)
         return 2
@@ -48,20 +48,21 @@ def main():
 
     eventlog = EventLog(state_dir / DATA1, durable=durable)
     log.info(
-        "ingest starting: http://%s:%d state_dir=%s fsync=%s data1=%d bytes",
-        host, port, state_dir, "on" if durable else "off", eventlog.size,
+        "ingest starting: http://%s:%d state_dir=%s fsync=%s threads=%d data1=%d bytes",
+        host, port, state_dir, "on" if durable else "off", threads, eventlog.size,
     )
     server = waitress.create_server(
         make_app(eventlog),
         host=host,
         port=port,
-        threads=THREADS,
+        threads=threads,
         # At or above the app's own largest limit, so an ordinary oversize body gets the
         # app's JSON 413; only far larger ones meet waitress's plain-text 413.
         max_request_body_size=2 * BATCH_BODY_LIMIT,
         ident="mini-analytics",
     )
     signal.signal(signal.SIGTERM, stop_like_sigint)
+    signal.signal(signal.SIGINT, stop_like_sigint)  # even where SIGINT was inherited ignored
     log.info("ingest ready on http://%s:%s", host, server.effective_port)
     server.run()  # returns on SIGINT/SIGTERM, once requests in flight are done
 

@@ -41,6 +41,15 @@ def port(environ=os.environ):
     return int(raw)
 
 
+def threads(environ=os.environ):
+    raw = _raw(environ, "THREADS")
+    if not raw:
+        return 16
+    if not raw.isdigit() or not 1 <= int(raw) <= 256:
+        raise ConfigError(f"{PREFIX}THREADS must be a whole number from 1 to 256, got {raw!r}")
+    return int(raw)
+
+
 def fsync(environ=os.environ):
     raw = _raw(environ, "FSYNC").lower()
     if raw in ("", "1", "on", "true", "yes"):

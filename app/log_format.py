@@ -50,4 +50,9 @@ def parse_token(token):
 
 def last_separator(buf):
     """Index of the last separator byte in `buf`, or -1 if it holds none."""
-    return max(buf.rfind(sep) for sep in (b" ", b"\n", b"\t", b"\r", b"\x0b", b"\x0c"))
+    last = -1
+    # The writer's own separator first: once it is found, the others need only be looked
+    # for after it, so a block is scanned about once rather than six times.
+    for sep in (b" ", b"\n", b"\t", b"\r", b"\x0b", b"\x0c"):
+        last = max(last, buf.rfind(sep, last + 1))
+    return last

@@ -11,7 +11,7 @@ import os
 
 from app.log_format import MAX_TOKEN_LEN, last_separator, parse_token
 
-CHUNK_SIZE = 1024 * 1024
+CHUNK_SIZE = 256 * 1024  # measured: big enough to amortise calls, small enough to stay in cache
 
 
 def complete_blocks(data1_fd, offset, chunk_size=CHUNK_SIZE):

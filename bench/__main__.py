@@ -1,0 +1,221 @@
+"""`python -m bench`: throughput of the real system, side by side with baselines run in the
+same session. Prints a table and saves bench/results/latest.json.
+
+Each figure is a ratio against a baseline measured in the same run, so the numbers compare
+across machines; the absolute rates are printed too. Needs wrk (apt-get install wrk) and awk.
+
+    python -m bench                 everything (about 3 minutes on 2 cores)
+    python -m bench ingest batch    only some parts: ingest, batch, catchup, checkpoint
+"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.harness import REPO, bare_server, ingest_server, run_wrk, wrk_script
+
+RESULTS = REPO / "bench" / "results"
+EVENT = b'{"experienceID": 12345}'
+ROUNDS = 3
+
+
+def median_rate(start_server, script, seconds):
+    """Median 2xx req/s over ROUNDS fresh servers (after a 1 s warm-up each)."""
+    rates = []
+    for _ in range(ROUNDS):
+        with start_server() as (port, _state):
+            run_wrk(port, script, seconds=1)
+            rates.append(run_wrk(port, script, seconds=seconds))
+    return statistics.median(rates)
+
+
+def bench_ingest(seconds):
+    script = wrk_script(EVENT)
+    threads = int(os.environ.get("MINI_ANALYTICS_THREADS", "16"))
+    bare_close = median_rate(lambda: bare_server(threads, keep_alive=False), script, seconds)
+    bare_keep = median_rate(lambda: bare_server(threads, keep_alive=True), script, seconds)
+    durable = median_rate(lambda: ingest_server(fsync=True), script, seconds)
+    relaxed = median_rate(lambda: ingest_server(fsync=False), script, seconds)
+    return {
+        "threads": threads,
+        "bare_204_req_s": bare_close,
+        "bare_keepalive_req_s": bare_keep,
+        "event_fsync_on_req_s": durable,
+        "event_fsync_off_req_s": relaxed,
+        "fsync_on_vs_bare_204": durable / bare_close,
+        "fsync_off_vs_bare_204": relaxed / bare_close,
+        "fsync_on_vs_bare_keepalive": durable / bare_keep,
+        "fsync_off_vs_bare_keepalive": relaxed / bare_keep,
+    }
+
+
+def bench_batch(seconds, single_rate):
+    results = {}
+    for size in (1, 10, 100, 1000):
+        body = json.dumps({"batch": [{"experienceID": i % 997} for i in range(size)]}).encode()
+        rate = median_rate(ingest_server, wrk_script(body, "/batch"), seconds)
+        results[f"batch_{size}_events_s"] = rate * size
+    results["batch_1000_vs_single"] = results["batch_1000_events_s"] / single_rate
+    return results
+
+
+def make_backlog(path, target_bytes, seed=7):
+    """A data1 of about target_bytes: ids 0..9999 (skewed like real traffic), space-separated."""
+    rng = random.Random(seed)
+    pool = [b"%d" % i for i in range(10_000)]
+    weights = [1 / (i + 1) ** 0.5 for i in range(len(pool))]
+    events = 0
+    with open(path, "wb") as out:
+        while out.tell() < target_bytes:
+            tokens = rng.choices(pool, weights, k=200_000)
+            out.write(b" ".join(tokens) + b" ")
+            events += len(tokens)
+    return events
+
+
+def time_worker(state_dir):
+    """Seconds from starting `python -m worker` until its checkpoint covers all of data1,
+    and the worker's peak RSS in MB (VmHWM)."""
+    size = (state_dir / "data1").stat().st_size
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINI_ANALYTICS_")}
+    env.update(MINI_ANALYTICS_STATE_DIR=str(state_dir), MINI_ANALYTICS_INTERVAL="3600")
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                if json.loads((state_dir / "data2").read_bytes())["offset"] == size:
+                    break
+            except (FileNotFoundError, ValueError):
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError("the worker exited during the benchmark")
+            time.sleep(0.002)
+        elapsed = time.perf_counter() - started
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        peak_kb = int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[1])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    (state_dir / "data2").unlink()
+    return elapsed, peak_kb / 1024
+
+
+def time_awk(path):
+    awk = shutil.which("mawk") or shutil.which("awk")
+    started = time.perf_counter()
+    subprocess.run([awk, "-v", "RS= ", "{c[$0]++} END {for (k in c) print k, c[k]}", str(path)],
+                   stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - started, Path(awk).name
+
+
+def bench_catchup():
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="ma-bench-", dir=REPO / "bench") as tmp:
+        state_dir = Path(tmp)
+        data1 = state_dir / "data1"
+        events = make_backlog(data1, 38 * 1024 * 1024)
+        worker_runs, awk_runs = [], []
+        for _ in range(ROUNDS):
+            worker_runs.append(time_worker(state_dir)[0])
+            awk_seconds, awk_name = time_awk(data1)
+            awk_runs.append(awk_seconds)
+        worker_s, awk_s = statistics.median(worker_runs), statistics.median(awk_runs)
+        results.update(
+            catchup_events=events,
+            catchup_bytes=data1.stat().st_size,
+            catchup_worker_s=worker_s,
+            catchup_awk_s=awk_s,
+            catchup_awk=awk_name,
+            catchup_speed_vs_awk=awk_s / worker_s,
+            worker_events_s=events / worker_s,
+        )
+        for megabytes in (10, 200):
+            make_backlog(data1, megabytes * 1024 * 1024, seed=megabytes)
+            results[f"peak_rss_mb_{megabytes}mb_backlog"] = time_worker(state_dir)[1]
+    return results
+
+
+def bench_checkpoint():
+    from worker import checkpoint
+
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="ma-bench-", dir=REPO / "bench") as tmp:
+        data1 = os.open(os.path.join(tmp, "data1"), os.O_RDWR | os.O_CREAT)
+        os.write(data1, b"1 " * 64)
+        for distinct in (1_000, 100_000, 1_000_000):
+            counts = {i * 7_919: 1 + i % 50 for i in range(distinct)}
+            cp = checkpoint.Checkpoint(offset=10**12, counts=counts)
+            started = time.perf_counter()
+            checkpoint.commit(os.path.join(tmp, "data2"), cp, data1)
+            results[f"checkpoint_commit_s_{distinct}_ids"] = time.perf_counter() - started
+            started = time.perf_counter()
+            checkpoint.load(os.path.join(tmp, "data2"))
+            results[f"checkpoint_load_s_{distinct}_ids"] = time.perf_counter() - started
+        os.close(data1)
+    return results
+
+
+def print_table(results):
+    rows = [
+        ("Single events, fsync on (req/s)", "event_fsync_on_req_s", "{:,.0f}"),
+        ("Single events, fsync off (req/s)", "event_fsync_off_req_s", "{:,.0f}"),
+        ("Bare waitress, 204 (closes each connection) (req/s)", "bare_204_req_s", "{:,.0f}"),
+        ("Bare waitress, 202 keep-alive (req/s)", "bare_keepalive_req_s", "{:,.0f}"),
+        ("  fsync on / bare 204", "fsync_on_vs_bare_204", "{:.2f}"),
+        ("  fsync off / bare 204", "fsync_off_vs_bare_204", "{:.2f}"),
+        ("  fsync on / bare keep-alive", "fsync_on_vs_bare_keepalive", "{:.2f}"),
+        ("  fsync off / bare keep-alive", "fsync_off_vs_bare_keepalive", "{:.2f}"),
+        ("Batch of 1 (events/s)", "batch_1_events_s", "{:,.0f}"),
+        ("Batch of 10 (events/s)", "batch_10_events_s", "{:,.0f}"),
+        ("Batch of 100 (events/s)", "batch_100_events_s", "{:,.0f}"),
+        ("Batch of 1000 (events/s)", "batch_1000_events_s", "{:,.0f}"),
+        ("  batch of 1000 / single events", "batch_1000_vs_single", "{:.0f}x"),
+        ("Catch-up backlog (events)", "catchup_events", "{:,}"),
+        ("Catch-up, worker incl. start (s)", "catchup_worker_s", "{:.2f}"),
+        ("Catch-up, awk (s)", "catchup_awk_s", "{:.2f}"),
+        ("  worker speed / awk speed", "catchup_speed_vs_awk", "{:.2f}"),
+        ("Worker peak RSS, 10 MB backlog (MB)", "peak_rss_mb_10mb_backlog", "{:.1f}"),
+        ("Worker peak RSS, 200 MB backlog (MB)", "peak_rss_mb_200mb_backlog", "{:.1f}"),
+        ("Checkpoint commit, 1k ids (s)", "checkpoint_commit_s_1000_ids", "{:.3f}"),
+        ("Checkpoint commit, 100k ids (s)", "checkpoint_commit_s_100000_ids", "{:.3f}"),
+        ("Checkpoint commit, 1M ids (s)", "checkpoint_commit_s_1000000_ids", "{:.3f}"),
+        ("Checkpoint load, 1M ids (s)", "checkpoint_load_s_1000000_ids", "{:.3f}"),
+    ]
+    width = max(len(label) for label, _, _ in rows)
+    print(f"\n{'Measure':<{width}}  Result")
+    print(f"{'-' * width}  ------")
+    for label, key, fmt in rows:
+        if key in results:
+            print(f"{label:<{width}}  {fmt.format(results[key])}")
+
+
+def main(argv):
+    parts = argv or ["ingest", "batch", "catchup", "checkpoint"]
+    seconds = 4
+    results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    if "ingest" in parts or "batch" in parts:
+        results.update(bench_ingest(seconds))
+    if "batch" in parts:
+        results.update(bench_batch(seconds, results["event_fsync_on_req_s"]))
+    if "catchup" in parts:
+        results.update(bench_catchup())
+    if "checkpoint" in parts:
+        results.update(bench_checkpoint())
+    print_table(results)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nsaved {RESULTS / 'latest.json'}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,96 @@
+"""Shared bench machinery: start a server on a free port, wait for it, run wrk against it."""
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_listening(port, proc, timeout=15):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise RuntimeError("server did not start listening")
+
+
+@contextlib.contextmanager
+def server(args, env_extra=None):
+    """Run a server process (args get the port appended via env or argv); yield its port."""
+    port = free_port()
+    state_dir = tempfile.mkdtemp(prefix="ma-bench-")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINI_ANALYTICS_")}
+    env.update({"MINI_ANALYTICS_PORT": str(port), "MINI_ANALYTICS_STATE_DIR": state_dir})
+    env.update(env_extra or {})
+    argv = [arg.format(port=port) for arg in args]
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_until_listening(port, proc)
+        yield port, Path(state_dir)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def bare_server(threads, keep_alive):
+    mode = "keepalive" if keep_alive else "close"
+    return server([sys.executable, "-m", "bench.bare_app", "{port}", str(threads), mode])
+
+
+def ingest_server(fsync=True):
+    return server([sys.executable, "-m", "app"], {"MINI_ANALYTICS_FSYNC": "on" if fsync else "off"})
+
+
+def wrk_script(body, path="/event"):
+    """A wrk Lua script posting `body` (bytes) to `path`."""
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    lua_body = body.decode().replace("\\", "\\\\").replace('"', '\\"')
+    script.write(
+        f'wrk.method = "POST"\nwrk.path = "{path}"\nwrk.body = "{lua_body}"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    script.close()
+    return script.name
+
+
+def run_wrk(port, script, seconds=5, connections=16, threads=2):
+    """Requests per second that got a 2xx answer."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    out = subprocess.run(
+        [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", script,
+         f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    duration = float(re.search(r"requests in ([\d.]+)(m?s)", out).group(1))
+    unit = re.search(r"requests in [\d.]+(m?s)", out).group(1)
+    duration = duration / 1000 if unit == "ms" else duration
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    bad = int(errors.group(1)) if errors else 0
+    return (total - bad) / duration
