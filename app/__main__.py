@@ -37,30 +37,41 @@ def main():
         print(f"mini-analytics ingest: {error}", file=sys.stderr)
         return 2
 
-    state_dir.mkdir(parents=True, exist_ok=True)
     try:
+        state_dir.mkdir(parents=True, exist_ok=True)
         # Held until the process exits: one ingest per state folder, so no other writer can
         # interleave with our appends or our torn-tail repair.
         hold_exclusive_lock(state_dir / "ingest.lock")
+        eventlog = EventLog(state_dir / DATA1, durable=durable)
     except AlreadyLocked:
         log.error("another ingest process is already running on %s; exiting", state_dir)
         return 1
-
-    eventlog = EventLog(state_dir / DATA1, durable=durable)
+    except OSError as error:
+        log.critical("cannot open data1 in state folder %s: %s; exiting", state_dir, error)
+        return 1
     log.info(
         "ingest starting: http://%s:%d state_dir=%s fsync=%s threads=%d data1=%d bytes",
         host, port, state_dir, "on" if durable else "off", threads, eventlog.size,
     )
-    server = waitress.create_server(
-        make_app(eventlog),
-        host=host,
-        port=port,
-        threads=threads,
-        # At or above the app's own largest limit, so an ordinary oversize body gets the
-        # app's JSON 413; only far larger ones meet waitress's plain-text 413.
-        max_request_body_size=2 * BATCH_BODY_LIMIT,
-        ident="mini-analytics",
-    )
+    try:
+        server = waitress.create_server(
+            make_app(eventlog),
+            host=host,
+            port=port,
+            threads=threads,
+            # At or above the app's own largest limit, so an ordinary oversize body gets the
+            # app's JSON 413; only far larger ones meet waitress's plain-text 413.
+            max_request_body_size=2 * BATCH_BODY_LIMIT,
+            max_request_header_size=64 * 1024,
+            # Slow or idle clients hold only a connection, never a thread; allow many of them
+            # (within the default limit of 1024 open files) and drop the idle ones sooner.
+            connection_limit=800,
+            channel_timeout=30,
+            ident="mini-analytics",
+        )
+    except OSError as error:
+        log.critical("cannot listen on %s:%d: %s; exiting", host, port, error)
+        return 1
     signal.signal(signal.SIGTERM, stop_like_sigint)
     signal.signal(signal.SIGINT, stop_like_sigint)  # even where SIGINT was inherited ignored
     log.info("ingest ready on http://%s:%s", host, server.effective_port)

@@ -6,10 +6,14 @@ import errno
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
-from conftest import check_invariant, read_checkpoint, valid_counts, wait_for
+from conftest import (
+    REPO, check_invariant, free_port, read_checkpoint, service_env, valid_counts, wait_for,
+)
 from worker import checkpoint as checkpoint_module
 from worker import runner
 from worker.runner import Worker
@@ -251,3 +255,32 @@ def test_sigterm_stops_the_worker_promptly(procs, state_dir):
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(timeout=5) == 0
     assert "worker stopped" in worker.log_path.read_text()
+
+
+def test_a_nul_filled_tail_is_never_consumed_and_skipped_once_followed(state_dir):
+    write(state_dir, b"1 2 \x00\x00\x00\x00")  # what a power loss can leave after the last record
+    cp = one_pass(state_dir)
+    assert cp["counts"] == {"1": 1, "2": 1} and cp["offset"] == 4
+    write(state_dir, b" 3 ")
+    cp = one_pass(state_dir)
+    assert cp["counts"] == {"1": 1, "2": 1, "3": 1} and cp["skipped"] == 1
+
+
+@pytest.mark.parametrize("module", ["worker", "app"])
+def test_an_unusable_state_folder_is_a_clear_error(tmp_path, module):
+    not_a_folder = tmp_path / "state"
+    not_a_folder.write_text("a file where the state folder should be")
+    result = subprocess.run(
+        [sys.executable, "-m", module], cwd=REPO, capture_output=True, text=True, timeout=30,
+        env=service_env(not_a_folder, port=free_port()),
+    )
+    assert result.returncode == 1
+    assert "state folder" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_failing_checkpoint_write_stops_the_worker_process(procs, state_dir):
+    write(state_dir, b"1 ")
+    (state_dir / "data2").mkdir()  # data2 cannot be replaced by a file: every commit fails
+    worker = procs.worker(state_dir)
+    assert worker.wait(timeout=30) == 1
+    assert "I/O error in state folder" in worker.log_path.read_text()

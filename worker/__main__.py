@@ -22,12 +22,17 @@ def main():
         print(f"mini-analytics worker: {error}", file=sys.stderr)
         return 2
 
-    state_dir.mkdir(parents=True, exist_ok=True)
     log.info("worker starting: state_dir=%s interval=%gs", state_dir, interval)
     try:
+        state_dir.mkdir(parents=True, exist_ok=True)
         Worker(state_dir).run(interval)
     except AlreadyLocked:
         log.error("another worker is already running on %s; exiting", state_dir)
+        return 1
+    except OSError as error:
+        # Rule: an error persisting state ends the process. Nothing half-done is trusted:
+        # the next worker starts from the last checkpoint that was fully committed.
+        log.critical("I/O error in state folder %s: %s; exiting", state_dir, error)
         return 1
     return 0
 

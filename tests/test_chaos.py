@@ -1,0 +1,50 @@
+"""Load with a ledger: 32 concurrent connections post unique ids for 30 s against the
+processes supervisord runs, while a chaos loop SIGKILLs the worker and the ingest at random.
+Afterwards every acknowledged id is counted exactly once, every other id at most once, and
+nothing is counted that was never sent (Jepsen's set checker, in spirit)."""
+
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from conftest import InvariantWatcher, Posters, caught_up, check_invariant, wait_for
+
+pytestmark = pytest.mark.slow
+
+DURATION = 30
+CONNECTIONS = 32
+
+
+def test_chaos_under_load_with_a_ledger(supervisor):
+    rng = random.Random()
+    sup = supervisor(interval=0.05)
+    kills = {"ingest": 0, "worker": 0}
+    with InvariantWatcher(sup.state_dir) as watcher, Posters(sup.port, CONNECTIONS) as posters:
+        deadline = time.monotonic() + DURATION
+        while time.monotonic() < deadline:
+            program = rng.choice(["ingest", "worker"])
+            # Only kill a process supervisord already counts as started: kills in a row
+            # within a second of each start would read as a crash loop and end in FATAL.
+            pid = wait_for(lambda: sup.status().get(program) == "RUNNING" and sup.pid(program),
+                           what=f"{program} RUNNING")
+            time.sleep(rng.uniform(0.0, 0.5))  # a random moment in its life
+            os.kill(pid, signal.SIGKILL)
+            kills[program] += 1
+        wait_for(lambda: sup.status() == {"ingest": "RUNNING", "worker": "RUNNING"},
+                 what="both programs back")
+        acked = len(posters.acked)
+        wait_for(lambda: len(posters.acked) > acked, what="acknowledgements after the chaos")
+    final = wait_for(lambda: caught_up(sup.state_dir) and check_invariant(sup.state_dir),
+                     timeout=60, what="the worker to catch up")
+    posters.check_counts(final["counts"])
+    assert kills["ingest"] >= 5 and kills["worker"] >= 5
+    assert watcher.observations > 50
+    print(
+        f"\nchaos: {DURATION}s, {CONNECTIONS} connections, requests {len(posters.sent)}, "
+        f"acked {len(posters.acked)}, unknown {len(posters.unknown)}, "
+        f"refused {len(posters.refused)}, kills {kills}, "
+        f"invariant observations {watcher.observations}"
+    )

@@ -1,0 +1,145 @@
+"""The ingest's crash and fault matrix: a crash between write and fsync, short writes, ENOSPC
+and EIO, a failing fsync, and a crash mid-token. Faults are injected by patching os functions,
+in-process through the WSGI app or in a real process started through a small wrapper."""
+
+import errno
+import io
+import json
+import os
+import sys
+import textwrap
+
+import pytest
+
+from conftest import free_port, post, ready, service_env, valid_counts, wait_for
+from app.api import make_app
+from app.eventlog import EventLog
+from worker.runner import Worker
+
+
+def wsgi_post(app, path, body):
+    """One request straight through the WSGI app: (status code, decoded JSON body)."""
+    environ = {
+        "REQUEST_METHOD": "POST", "PATH_INFO": path, "SERVER_NAME": "test", "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "wsgi.errors": io.StringIO(),
+        "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
+    }
+    answer = {}
+
+    def start_response(status, headers, exc_info=None):
+        answer["status"] = int(status.split()[0])
+
+    data = b"".join(app(environ, start_response))
+    return answer["status"], json.loads(data)
+
+
+@pytest.fixture
+def app_and_log(state_dir):
+    log = EventLog(state_dir / "data1")
+    yield make_app(log), log
+    log.close()
+
+
+@pytest.mark.parametrize("fault", ["ENOSPC", "EIO", "short write", "ENOSPC after part"])
+@pytest.mark.parametrize("path, body", [
+    ("/event", b'{"experienceID": 123456}'),
+    ("/batch", b'{"batch": [{"experienceID": 7}, {"experienceID": 8}]}'),
+])
+def test_a_failed_append_is_a_503_leaves_nothing_and_the_service_goes_on(
+    app_and_log, state_dir, monkeypatch, fault, path, body
+):
+    app, _ = app_and_log
+    assert wsgi_post(app, "/event", b'{"experienceID": 1}')[0] == 202
+    real_write = os.write
+
+    def faulty_write(fd, data):
+        if fault == "short write":
+            return real_write(fd, bytes(data[:2]))
+        if fault == "ENOSPC after part":
+            real_write(fd, bytes(data[:2]))
+        code = errno.EIO if fault == "EIO" else errno.ENOSPC
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(os, "write", faulty_write)
+    status, answer = wsgi_post(app, path, body)
+    assert status == 503 and "data1" in answer["error"]
+    assert (state_dir / "data1").read_bytes() == b"1 "
+    monkeypatch.setattr(os, "write", real_write)
+    assert wsgi_post(app, "/event", b'{"experienceID": 2}')[0] == 202
+    assert (state_dir / "data1").read_bytes() == b"1 2 "
+
+
+def start_patched_ingest(procs, state_dir, patch):
+    """A real ingest process with `patch` (Python source) applied before it starts."""
+    port = free_port()
+    source = textwrap.dedent(patch) + "\nfrom app.__main__ import main\nraise SystemExit(main())\n"
+    proc = procs.spawn([sys.executable, "-c", source], service_env(state_dir, port=port), "patched")
+    proc.port = port
+    wait_for(lambda: ready(proc), what="the patched ingest")
+    return proc
+
+
+def count_after_recovery(procs, state_dir):
+    """Restart the ingest normally (repairing data1), then count with a worker pass."""
+    ingest = procs.ingest(state_dir)
+    worker = Worker(state_dir)
+    worker.recover()
+    worker.run_pass()
+    worker.close()
+    return ingest, dict((str(k), v) for k, v in worker.checkpoint.counts.items())
+
+
+def test_a_crash_between_write_and_fsync(procs, state_dir):
+    proc = start_patched_ingest(procs, state_dir, """
+        import os
+        os.fdatasync = lambda fd: os._exit(137)   # die after the write, before the sync
+    """)
+    with pytest.raises(OSError):  # the connection drops: no acknowledgement
+        post(proc.port, {"experienceID": 5})
+    assert proc.wait(timeout=10) == 137
+    ingest, counts = count_after_recovery(procs, state_dir)
+    # Never acknowledged, so it may be counted once or not at all; never twice.
+    assert counts.get("5", 0) <= 1
+    assert post(ingest.port, {"experienceID": 6})[0] == 202
+    data1 = (state_dir / "data1").read_bytes()
+    assert data1 in (b"5 6 ", b"6 ")
+
+
+def test_a_failing_fsync_stops_the_process_and_recovery_is_exact(procs, state_dir):
+    proc = start_patched_ingest(procs, state_dir, """
+        import errno, os
+        real = os.fdatasync
+        calls = []
+        def fdatasync(fd):
+            calls.append(fd)
+            if len(calls) > 2:
+                raise OSError(errno.EIO, "Input/output error")
+            real(fd)
+        os.fdatasync = fdatasync
+    """)
+    assert post(proc.port, {"experienceID": 1})[0] == 202
+    assert post(proc.port, {"experienceID": 2})[0] == 202
+    with pytest.raises(OSError):
+        post(proc.port, {"experienceID": 3})
+    assert proc.wait(timeout=10) == 70
+    assert "fdatasync of data1 failed" in proc.log_path.read_text()
+    _, counts = count_after_recovery(procs, state_dir)
+    assert counts["1"] == 1 and counts["2"] == 1 and counts.get("3", 0) <= 1
+
+
+def test_a_crash_mid_token_leaves_a_torn_tail_that_start_up_removes(procs, state_dir):
+    (state_dir / "data1").write_bytes(b"1 100 1 12")  # "12..." was being written
+    ingest, counts = count_after_recovery(procs, state_dir)
+    assert (state_dir / "data1").read_bytes() == b"1 100 1 "
+    assert "removing a torn tail of 2 bytes" in ingest.log_path.read_text()
+    assert post(ingest.port, {"experienceID": 3})[0] == 202
+    assert valid_counts((state_dir / "data1").read_bytes()) == {"1": 2, "100": 1, "3": 1}
+    assert counts == {"1": 2, "100": 1}
+
+
+def test_a_second_ingest_on_the_same_state_folder_exits(procs, state_dir):
+    procs.ingest(state_dir)
+    second = procs.spawn([sys.executable, "-m", "app"],
+                         service_env(state_dir, port=free_port()), "second")
+    assert second.wait(timeout=30) == 1
+    assert "another ingest process is already running" in second.log_path.read_text()

@@ -1,0 +1,130 @@
+"""Model-based property test (hypothesis stateful): random sequences of posts, raw fragments,
+worker passes with random chunk sizes, worker kills and crashes mid-commit, and ingest crashes
+mid-token, checked against a reference model after every step."""
+
+import collections
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from unittest import mock
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from conftest import check_invariant, read_checkpoint, valid_counts
+from app.eventlog import EventLog
+from app.log_format import encode
+from worker import checkpoint
+from worker.runner import Worker
+
+ids = st.integers(0, 2**63 - 1) | st.integers(0, 20)  # small ids repeat, so counts exceed 1
+garbage = st.sampled_from([b"abc", b"007", b"-1", b"\x00\x00", b"9" * 30, b"1.5", b"+2"])
+separators = st.sampled_from([b" ", b"\n", b"\t", b"  "])
+
+
+class Crash(BaseException):
+    pass
+
+
+# Where a worker can die inside a commit: (object to patch, attribute).
+COMMIT_STEPS = [
+    (os, "fdatasync"),
+    (os, "fsync"),
+    (os, "replace"),
+    (checkpoint, "fsync_directory"),
+]
+
+
+class Engine(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="ma-model-"))
+        self.log = EventLog(self.dir / "data1")
+        self.worker = None
+        self.expected = collections.Counter()  # what data1's valid complete tokens must count
+
+    def teardown(self):
+        self._stop_worker()
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _stop_worker(self):
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+    def _running_worker(self, chunk_size):
+        if self.worker is None:  # a restart: recovery from whatever is on disk
+            self.worker = Worker(self.dir, chunk_size)
+            self.worker.recover()
+        self.worker.chunk_size = chunk_size
+        return self.worker
+
+    @rule(batch=st.lists(ids, min_size=1, max_size=20))
+    def post(self, batch):
+        self.log.append(encode(batch))
+        self.expected.update(str(i) for i in batch)
+
+    @rule(tokens=st.lists(st.tuples(garbage | ids.map(lambda i: b"%d" % i), separators), min_size=1, max_size=5))
+    def append_raw_fragment(self, tokens):
+        """Bytes from outside the ingest: complete tokens, valid or not."""
+        fragment = b"".join(token + sep for token, sep in tokens)
+        with open(self.dir / "data1", "ab") as data1:
+            data1.write(fragment)
+        self.log.close()
+        self.log = EventLog(self.dir / "data1")  # the ingest reopens: it must see the new end
+        self.expected.update(valid_counts(fragment))
+
+    @rule(chunk_size=st.integers(1, 64))
+    def worker_pass(self, chunk_size):
+        self._running_worker(chunk_size).run_pass()
+
+    @rule()
+    def kill_worker(self):
+        self._stop_worker()
+
+    @rule(chunk_size=st.integers(1, 64), step=st.sampled_from(COMMIT_STEPS), after=st.booleans())
+    def worker_crashes_mid_commit(self, chunk_size, step, after):
+        target, name = step
+        real = getattr(target, name)
+
+        def dying(*args):
+            if after:
+                real(*args)
+            raise Crash(name)
+
+        worker = self._running_worker(chunk_size)
+        with mock.patch.object(target, name, dying):
+            try:
+                worker.run_pass()
+            except Crash:
+                pass
+        self._stop_worker()  # whatever happened, this worker is dead
+
+    @rule(partial=st.integers(1, 10**6))
+    def ingest_crashes_mid_token(self, partial):
+        """A record half written when the ingest died: never acknowledged, so not expected."""
+        torn = (b"%d" % partial)[: max(1, len(str(partial)) // 2)]
+        with open(self.dir / "data1", "ab") as data1:
+            data1.write(torn)
+        self.log.close()
+        self.log = EventLog(self.dir / "data1")  # restart: the torn tail is removed
+
+    @invariant()
+    def checkpoint_matches_data1(self):
+        check_invariant(self.dir)
+
+    @rule()
+    def catch_up_and_compare(self):
+        self._stop_worker()
+        self._running_worker(4096).run_pass()
+        cp = read_checkpoint(self.dir)
+        assert cp is not None or not self.expected
+        if cp is not None:
+            assert cp["counts"] == dict(self.expected)
+
+
+Engine.TestCase.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+TestEngineModel = Engine.TestCase
