@@ -1,0 +1,154 @@
+"""HTTP abuse: each attack gets a prompt 4xx or is cut off, the server keeps serving other
+clients all along, and data1 holds nothing but the events those other clients had acknowledged."""
+
+import socket
+import threading
+import time
+
+import pytest
+
+from conftest import post, wait_for
+from app.api import EVENT_BODY_LIMIT
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT = 10  # a generous bound for "prompt": a hung server fails the test, a slow box doesn't
+
+
+class Prober:
+    """A well-behaved client posting throughout an attack; each post must be answered 202."""
+
+    def __init__(self, port):
+        self.port = port
+        self.acked = []
+        self.failures = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    def _run(self):
+        experience_id = 0
+        while not self._stop.wait(0.05):
+            experience_id += 1
+            try:
+                status, _ = post(self.port, {"experienceID": experience_id})
+            except OSError as error:
+                self.failures.append(repr(error))
+                continue
+            if status == 202:
+                self.acked.append(experience_id)
+            else:
+                self.failures.append(status)
+
+    def check(self, state_dir):
+        assert not self.failures, self.failures[:5]
+        assert len(self.acked) >= 3
+        written = [int(token) for token in (state_dir / "data1").read_bytes().split()]
+        assert written == self.acked
+
+
+def exchange(port, data, read_timeout=TIMEOUT):
+    """Send raw bytes; return what came back ('' if the server cut the connection)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as sock:
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # cut off while sending: an acceptable answer
+        raw = b""
+        try:
+            while chunk := sock.recv(65536):
+                raw += chunk
+        except ConnectionResetError:
+            pass
+    return raw
+
+
+def status_of(raw):
+    return int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/1.1 ") else None
+
+
+@pytest.fixture
+def ingest(procs, state_dir):
+    return procs.ingest(state_dir)
+
+
+def test_oversized_bodies(ingest, state_dir):
+    with Prober(ingest.port) as prober:
+        just_over = b'{"experienceID": 1, "x": "' + b"x" * EVENT_BODY_LIMIT + b'"}'
+        status, answer = post(ingest.port, just_over)
+        assert status == 413 and "error" in answer
+        head = b"POST /event HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+        ten_megabytes = b"1" * (10 * 1024 * 1024)
+        raw = exchange(ingest.port, head % len(ten_megabytes) + ten_megabytes)
+        assert status_of(raw) in (413, None)  # refused, or cut off mid-send
+        wait_for(lambda: len(prober.acked) >= 3, what="the prober")
+    prober.check(state_dir)
+
+
+def test_huge_headers(ingest, state_dir):
+    with Prober(ingest.port) as prober:
+        header = b"X-Junk: " + b"a" * (1024 * 1024) + b"\r\n"
+        raw = exchange(ingest.port, b"POST /event HTTP/1.1\r\nHost: x\r\n" + header + b"\r\n")
+        assert status_of(raw) in (431, 400, None)
+        wait_for(lambda: len(prober.acked) >= 3, what="the prober")
+    prober.check(state_dir)
+
+
+def test_slow_clients_hold_no_thread(ingest, state_dir):
+    request = b'POST /event HTTP/1.1\r\nHost: x\r\nContent-Length: 19\r\n\r\n{"experienceID": 9}'
+    sockets = [socket.create_connection(("127.0.0.1", ingest.port)) for _ in range(20)]
+    try:
+        with Prober(ingest.port) as prober:
+            started = time.monotonic()
+            # A byte a second from each of 20 clients, for a few seconds: a slowloris.
+            for second in range(4):
+                for sock in sockets:
+                    sock.sendall(request[second : second + 1])
+                wait_for(lambda: time.monotonic() - started > second + 1, what="the next second")
+            assert len(prober.acked) >= 20  # served all along, not after the slow ones
+    finally:
+        for sock in sockets:
+            sock.close()
+    prober.check(state_dir)
+
+
+def test_500_connections_at_once(ingest, state_dir):
+    sockets = []
+    try:
+        with Prober(ingest.port) as prober:
+            for _ in range(500):
+                sockets.append(socket.create_connection(("127.0.0.1", ingest.port), timeout=TIMEOUT))
+            for sock in sockets[:250]:
+                sock.sendall(b"POST /event HTTP/1.1\r\nHost: x\r\nContent-Length: 1")  # unfinished
+            acked = len(prober.acked)
+            wait_for(lambda: len(prober.acked) >= acked + 5, what="service with 500 open connections")
+    finally:
+        for sock in sockets:
+            sock.close()
+    prober.check(state_dir)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"experienceID": "\xff\xfe\xfd"}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"experienceID": ' + b"7" * 5000 + b"}",
+    ],
+    ids=["non-UTF-8", "nested 100000 deep", "5000 digits"],
+)
+@pytest.mark.parametrize("path", ["/event", "/batch"])
+def test_hostile_json(ingest, state_dir, body, path):
+    with Prober(ingest.port) as prober:
+        for _ in range(5):
+            status, answer = post(ingest.port, body, path=path)
+            assert status in (400, 413) and answer["error"]
+        wait_for(lambda: len(prober.acked) >= 3, what="the prober")
+    prober.check(state_dir)
