@@ -55,7 +55,7 @@ def main():
     )
     try:
         server = waitress.create_server(
-            make_app(eventlog),
+            make_app(eventlog, state_dir),
             host=host,
             port=port,
             threads=threads,

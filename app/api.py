@@ -1,17 +1,27 @@
-"""The HTTP surface: Bottle routes that turn requests into appends to data1.
+"""The HTTP surface: Bottle routes. Writes turn into appends to data1; reads come from data2.
 
-Every response body is JSON, errors included: {"error": "<what was wrong>"}. A request is
-answered 202 only after its records are durable in data1 (see app/eventlog.py).
+Every response body is JSON (but the dashboard's HTML), errors included:
+{"error": "<what was wrong>"}. A write is answered 202 only after its records are durable in
+data1 (see app/eventlog.py). The whole API is described in app/openapi.json.
 """
 
+import heapq
 import json
+import os
+from pathlib import Path
 
 import bottle
 from bottle import HTTPError, request, response
 
 from app import validate
 from app.eventlog import AppendError
-from app.log_format import encode
+from app.log_format import encode, parse_token
+from app.readside import CheckpointReader, checkpoint_age
+from worker.checkpoint import CorruptCheckpoint
+
+HERE = Path(__file__).resolve().parent
+DASHBOARD = (HERE / "dashboard.html").read_bytes()
+OPENAPI = (HERE / "openapi.json").read_bytes()
 
 EVENT_BODY_LIMIT = 8 * 1024
 BATCH_BODY_LIMIT = 1024 * 1024
@@ -34,7 +44,14 @@ def error_body(error):
     return json.dumps({"error": error.body or error.status_line})
 
 
-def make_app(eventlog):
+def json_body(document, status=200):
+    response.status = status
+    response.content_type = "application/json"
+    return json.dumps(document)
+
+
+def make_app(eventlog, state_dir):
+    reader = CheckpointReader(state_dir)
     app = bottle.Bottle()
     # No JSON or template plugins: every handler returns its own bytes, which keeps the
     # per-request path short.
@@ -64,5 +81,76 @@ def make_app(eventlog):
     @app.post("/batch")
     def post_batch():
         return accept(parse(validate.parse_batch, BATCH_BODY_LIMIT))
+
+    def committed():
+        try:
+            return reader.current()
+        except CorruptCheckpoint as problem:
+            raise HTTPError(503, f"data2 is unreadable ({problem}); the worker will rebuild it")
+
+    @app.get("/counts")
+    def get_counts():
+        checkpoint = committed()
+        counts = checkpoint.counts if checkpoint else {}
+        top = request.query.get("top")
+        if top is None:
+            items = sorted(counts.items())
+        else:
+            if not (top.isdigit() and 0 < int(top) <= 10**9):
+                raise HTTPError(400, f"top must be a positive integer, got {top!r}")
+            # The largest counts first; ties in id order.
+            items = heapq.nlargest(int(top), counts.items(), key=lambda kv: (kv[1], -kv[0]))
+        return json_body({
+            "counts": {str(key): value for key, value in items},
+            "offset": checkpoint.offset if checkpoint else 0,
+            "events": checkpoint.events if checkpoint else 0,
+            "experiences": len(counts),
+            "updated_at": checkpoint.updated_at if checkpoint else None,
+        })
+
+    @app.get("/counts/<experience_id>")
+    def get_count(experience_id):
+        parsed = parse_token(experience_id.encode("utf-8", "replace"))
+        if parsed is None:
+            raise HTTPError(
+                400, f"experienceID must be an integer from 0 to 2^63-1, got {experience_id!r}"
+            )
+        checkpoint = committed()
+        count = checkpoint.counts.get(parsed, 0) if checkpoint else 0
+        return json_body({"experienceID": parsed, "count": count})
+
+    @app.get("/healthz")
+    def get_health():
+        problem = eventlog.problem()
+        if problem:
+            return json_body({"status": "unavailable", "error": problem}, 503)
+        return json_body({"status": "ok"})
+
+    @app.get("/stats")
+    def get_stats():
+        checkpoint = committed()
+        size = os.fstat(eventlog.fileno()).st_size  # the file itself: counts other writers too
+        offset = checkpoint.offset if checkpoint else 0
+        updated_at = checkpoint.updated_at if checkpoint else None
+        return json_body({
+            "data1_bytes": size,
+            "offset": offset,
+            "lag_bytes": max(0, size - offset),
+            "events": checkpoint.events if checkpoint else 0,
+            "experiences": len(checkpoint.counts) if checkpoint else 0,
+            "skipped": checkpoint.skipped if checkpoint else 0,
+            "last_checkpoint_at": updated_at,
+            "checkpoint_age_seconds": checkpoint_age(updated_at),
+        })
+
+    @app.get("/")
+    def get_dashboard():
+        response.content_type = "text/html; charset=utf-8"
+        return DASHBOARD
+
+    @app.get("/openapi.json")
+    def get_openapi():
+        response.content_type = "application/json"
+        return OPENAPI
 
     return app

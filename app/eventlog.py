@@ -24,6 +24,7 @@ from app.log_format import last_separator
 log = logging.getLogger("ingest")
 
 _SCAN_BLOCK = 64 * 1024
+MIN_FREE_BYTES = 1024 * 1024
 
 
 class AppendError(Exception):
@@ -55,6 +56,9 @@ class EventLog:
     def size(self):
         return self._end
 
+    def fileno(self):
+        return self._fd
+
     def append(self, records):
         """Append `records` (complete records, see log_format.encode) as one write.
 
@@ -74,6 +78,21 @@ class EventLog:
             end = self._end
         if self.durable:
             self._sync_through(end)
+
+    def problem(self):
+        """Why an append would fail now, or None if data1 looks writable."""
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            on_disk = None
+        held = os.fstat(self._fd)
+        if on_disk is None or (on_disk.st_dev, on_disk.st_ino) != (held.st_dev, held.st_ino):
+            return "data1 was replaced or removed under the ingest; restart it"
+        space = os.statvfs(self._fd)
+        free = space.f_bavail * space.f_frsize
+        if free < MIN_FREE_BYTES:
+            return f"only {free} bytes free on data1's file system"
+        return None
 
     def sync(self):
         """Make everything appended so far durable."""

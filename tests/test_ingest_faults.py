@@ -36,7 +36,7 @@ def wsgi_post(app, path, body):
 @pytest.fixture
 def app_and_log(state_dir):
     log = EventLog(state_dir / "data1")
-    yield make_app(log), log
+    yield make_app(log, state_dir), log
     log.close()
 
 

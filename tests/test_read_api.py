@@ -1,0 +1,150 @@
+"""The read side over HTTP: counts, one count, health, stats, and the OpenAPI document, which
+must cover every route and describe every live response."""
+
+import json
+import re
+
+import jsonschema
+import pytest
+import referencing
+import referencing.jsonschema
+
+from conftest import REPO, caught_up, post, request, wait_for
+from app.api import make_app
+from app.eventlog import EventLog
+
+OPENAPI = json.loads((REPO / "app" / "openapi.json").read_text())
+# The whole document is one resource, so "#/components/..." references resolve inside it.
+BASE = "urn:mini-analytics:openapi"
+REGISTRY = referencing.Registry().with_resource(
+    BASE, referencing.jsonschema.DRAFT202012.create_resource(OPENAPI)
+)
+
+
+def assert_matches_spec(path, method, status, body):
+    """Validate a live response body against the schema the document gives for it."""
+    assert str(status) in OPENAPI["paths"][path][method.lower()]["responses"], (path, status)
+    pointer = "/".join(
+        part.replace("~", "~0").replace("/", "~1")
+        for part in ("paths", path, method.lower(), "responses", str(status), "content",
+                     "application/json", "schema")
+    )
+    validator = jsonschema.Draft202012Validator({"$ref": f"{BASE}#/{pointer}"}, registry=REGISTRY)
+    validator.validate(body)
+
+
+@pytest.fixture
+def system(procs, state_dir):
+    ingest = procs.ingest(state_dir)
+    worker = procs.worker(state_dir, interval=0.05)
+    return ingest, worker
+
+
+def settle(state_dir):
+    wait_for(lambda: caught_up(state_dir), what="the worker to catch up")
+
+
+def test_counts_before_any_checkpoint(procs, state_dir):
+    ingest = procs.ingest(state_dir)
+    status, body = request(ingest.port, "GET", "/counts")
+    assert (status, body) == (200, {"counts": {}, "offset": 0, "events": 0, "experiences": 0,
+                                    "updated_at": None})
+    assert_matches_spec("/counts", "GET", 200, body)
+    status, stats = request(ingest.port, "GET", "/stats")
+    assert stats["last_checkpoint_at"] is None and stats["checkpoint_age_seconds"] is None
+    assert_matches_spec("/stats", "GET", 200, stats)
+
+
+def test_counts_top_and_single(system, state_dir):
+    ingest, _ = system
+    batch = [{"experienceID": i} for i in [100, 1, 1, 20, 1, 20, 3]]
+    assert post(ingest.port, {"batch": batch}, path="/batch")[0] == 202
+    settle(state_dir)
+
+    status, body = request(ingest.port, "GET", "/counts")
+    assert status == 200
+    assert list(body["counts"].items()) == [("1", 3), ("3", 1), ("20", 2), ("100", 1)]
+    assert (body["events"], body["experiences"], body["offset"]) == (7, 4, 18)
+    assert_matches_spec("/counts", "GET", 200, body)
+
+    status, top = request(ingest.port, "GET", "/counts?top=2")
+    assert list(top["counts"].items()) == [("1", 3), ("20", 2)]
+    status, ties = request(ingest.port, "GET", "/counts?top=3")
+    assert list(ties["counts"]) == ["1", "20", "3"]  # equal counts: smaller id first
+    for bad in ("0", "-1", "abc", "1.5"):
+        status, error = request(ingest.port, "GET", f"/counts?top={bad}")
+        assert status == 400 and "top" in error["error"]
+        assert_matches_spec("/counts", "GET", 400, error)
+
+    assert request(ingest.port, "GET", "/counts/1") == (200, {"experienceID": 1, "count": 3})
+    assert request(ingest.port, "GET", "/counts/999") == (200, {"experienceID": 999, "count": 0})
+    assert_matches_spec("/counts/{experience_id}", "GET", 200, {"experienceID": 999, "count": 0})
+    for bad in ("abc", "-1", "01", "1.0", "9223372036854775808"):
+        status, error = request(ingest.port, "GET", f"/counts/{bad}")
+        assert status == 400 and "experienceID" in error["error"]
+        assert_matches_spec("/counts/{experience_id}", "GET", 400, error)
+
+
+def test_stats_show_lag_while_the_worker_is_stopped(procs, state_dir):
+    ingest = procs.ingest(state_dir)
+    worker = procs.worker(state_dir, interval=0.05)
+    post(ingest.port, {"experienceID": 5})
+    settle(state_dir)
+    worker.terminate()
+    worker.wait(timeout=10)
+    post(ingest.port, {"experienceID": 6})
+    post(ingest.port, {"experienceID": 77})
+    status, stats = request(ingest.port, "GET", "/stats")
+    assert status == 200
+    assert stats["data1_bytes"] == 7 and stats["offset"] == 2 and stats["lag_bytes"] == 5
+    assert stats["events"] == 1 and stats["experiences"] == 1 and stats["skipped"] == 0
+    assert stats["checkpoint_age_seconds"] >= 0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stats["last_checkpoint_at"])
+    assert_matches_spec("/stats", "GET", 200, stats)
+
+
+def test_healthz(procs, state_dir):
+    ingest = procs.ingest(state_dir)
+    status, body = request(ingest.port, "GET", "/healthz")
+    assert (status, body) == (200, {"status": "ok"})
+    assert_matches_spec("/healthz", "GET", 200, body)
+    (state_dir / "data1").rename(state_dir / "data1.moved")  # data1 pulled from under it
+    status, body = request(ingest.port, "GET", "/healthz")
+    assert status == 503 and "replaced or removed" in body["error"]
+    assert_matches_spec("/healthz", "GET", 503, body)
+
+
+def test_unreadable_data2_is_a_503_not_a_crash(procs, state_dir):
+    ingest = procs.ingest(state_dir)
+    (state_dir / "data2").write_bytes(b"\x00" * 64)
+    status, body = request(ingest.port, "GET", "/counts")
+    assert status == 503 and "data2" in body["error"]
+    assert_matches_spec("/counts", "GET", 503, body)
+
+
+def test_write_responses_match_the_document(procs, state_dir):
+    ingest = procs.ingest(state_dir)
+    for path in ("/event", "/ingest-api"):
+        status, body = post(ingest.port, {"experienceID": 1}, path=path)
+        assert_matches_spec(path, "POST", status, body)
+        status, body = post(ingest.port, {"experienceID": "x"}, path=path)
+        assert_matches_spec(path, "POST", status, body)
+        status, body = post(ingest.port, b"x" * 9000, path=path)
+        assert_matches_spec(path, "POST", status, body)
+    for payload in ({"batch": [{"experienceID": 2}]}, {"batch": []}):
+        status, body = post(ingest.port, payload, path="/batch")
+        assert_matches_spec("/batch", "POST", status, body)
+    status, body = request(ingest.port, "GET", "/openapi.json")
+    assert status == 200 and body == OPENAPI
+
+
+def test_every_route_is_in_the_document(tmp_path):
+    log = EventLog(tmp_path / "data1")
+    try:
+        app = make_app(log, tmp_path)
+    finally:
+        log.close()
+    routes = {(re.sub(r"<(\w+)>", r"{\1}", route.rule), route.method.lower()) for route in app.routes}
+    documented = {(path, method) for path, item in OPENAPI["paths"].items() for method in item}
+    assert routes == documented
+    jsonschema.Draft202012Validator.check_schema(OPENAPI["components"]["schemas"]["Stats"])
