@@ -1,27 +1,27 @@
-"""`python -m worker`: count data1 into data2 every MINI_ANALYTICS_INTERVAL seconds."""
+"""`python -m worker [run | status | rebuild]`
+
+    run       count data1 into data2 every MINI_ANALYTICS_INTERVAL seconds (the default)
+    status    print the offset, lag, last checkpoint and top counts (takes no lock)
+    rebuild   recount data2 from all of data1 (refused while a worker runs)
+"""
 
 import logging
 import sys
 
 from app import config
 from app.lockfile import AlreadyLocked
+from worker import cli
 from worker.runner import Worker
 
 log = logging.getLogger("worker")
 
 
-def main():
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+def run(state_dir):
     try:
-        interval, state_dir = config.interval(), config.state_dir()
+        interval = config.interval()
     except config.ConfigError as error:
         print(f"mini-analytics worker: {error}", file=sys.stderr)
         return 2
-
     log.info("worker starting: state_dir=%s interval=%gs", state_dir, interval)
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -37,5 +37,41 @@ def main():
     return 0
 
 
+def rebuild(state_dir):
+    try:
+        return cli.rebuild(state_dir)
+    except AlreadyLocked:
+        print(
+            f"a worker is running on {state_dir} (it holds worker.lock); stop it first, "
+            "e.g. supervisorctl -c supervisord.conf stop worker",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        print("\nrebuild interrupted; data2 holds its last committed checkpoint", file=sys.stderr)
+        return 130
+
+
+COMMANDS = {"run": run, "status": cli.status, "rebuild": rebuild}
+
+
+def main(argv):
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    command = argv[0] if argv else "run"
+    if command not in COMMANDS or len(argv) > 1:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
+    try:
+        state_dir = config.state_dir()
+    except config.ConfigError as error:
+        print(f"mini-analytics worker: {error}", file=sys.stderr)
+        return 2
+    return COMMANDS[command](state_dir)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -124,8 +124,27 @@ class Worker:
         )
         self.checkpoint = Checkpoint()
 
-    def run_pass(self):
-        """Count what data1 gained since the checkpoint and commit it. Returns events counted."""
+    def rebuild(self, progress=None):
+        """Recount all of data1 from offset 0 into data2, ignoring the checkpoint there.
+
+        Commits exactly as a pass does (atomically, every COMMIT_EVERY bytes and at the end),
+        so data2 is consistent at every instant, even if the rebuild is interrupted.
+        Raises AlreadyLocked if a worker is running.
+        """
+        hold_exclusive_lock(self.lock_path)
+        self._open_data1()
+        self.checkpoint = Checkpoint()
+        self.run_pass(progress)
+        if self.checkpoint.offset == 0:  # an empty data1: its checkpoint is empty counts
+            checkpoint.commit(self.data2_path, self.checkpoint, self.data1_fd)
+        self.close()
+        return self.checkpoint
+
+    def run_pass(self, progress=None):
+        """Count what data1 gained since the checkpoint and commit it. Returns events counted.
+
+        `progress`, if given, is called after each block with (offset reached, tokens read).
+        """
         started = time.monotonic()
         self._check_data1()
         start_offset = self.checkpoint.offset
@@ -141,6 +160,8 @@ class Worker:
             tally.add(block)
             if end - self.checkpoint.offset >= COMMIT_EVERY:
                 self._commit(tally, end)
+            if progress:
+                progress(end, tally.seen)
         if end > self.checkpoint.offset:
             self._commit(tally, end)
         if self.checkpoint.offset > start_offset:

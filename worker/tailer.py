@@ -40,16 +40,19 @@ def complete_blocks(data1_fd, offset, chunk_size=CHUNK_SIZE):
 class Tally:
     """Counts tokens as raw bytes (no decoding per token); turns them into ids on demand.
 
-    `events` and `skipped` total everything drained so far.
+    `seen` totals the tokens added; `events` and `skipped` total everything drained so far.
     """
 
     def __init__(self):
         self._tokens = collections.Counter()
+        self.seen = 0
         self.events = 0
         self.skipped = 0
 
     def add(self, block):
-        self._tokens.update(block.split())
+        tokens = block.split()
+        self.seen += len(tokens)
+        self._tokens.update(tokens)
 
     def drain_into(self, counts):
         """Add the valid ids seen since the last drain to `counts` (id -> count) and forget

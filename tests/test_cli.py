@@ -1,0 +1,73 @@
+"""The worker's operator commands, run as real processes: status and rebuild."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO, caught_up, post, read_checkpoint, service_env, valid_counts, wait_for
+
+
+def worker_command(state_dir, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args], cwd=REPO, capture_output=True, text=True,
+        timeout=60, env=service_env(state_dir),
+    )
+
+
+def test_status_while_the_worker_runs(procs, state_dir):
+    ingest = procs.ingest(state_dir)
+    worker = procs.worker(state_dir, interval=0.05)
+    post(ingest.port, {"batch": [{"experienceID": i} for i in (7, 7, 7, 42, 9)]}, path="/batch")
+    wait_for(lambda: caught_up(state_dir), what="the worker")
+    for _ in range(3):  # takes no lock: never disturbs the running worker
+        result = worker_command(state_dir, "status")
+        assert result.returncode == 0, result.stderr
+    assert worker.poll() is None
+    out = result.stdout
+    assert "offset         11" in out and "lag            0 bytes" in out
+    assert "5 events, 3 experiences, 0 skipped" in out
+    top = out.split("experiences\n", 1)[1].split()
+    assert top[:2] == ["7", "3"]
+    assert "s ago" in out
+
+
+def test_status_without_and_with_a_bad_checkpoint(state_dir):
+    result = worker_command(state_dir, "status")
+    assert result.returncode == 0 and "none yet" in result.stdout
+    (state_dir / "data2").write_bytes(b"{")
+    result = worker_command(state_dir, "status")
+    assert result.returncode == 1 and "data2 is unreadable" in result.stderr
+
+
+def test_rebuild_recounts_from_scratch(state_dir):
+    (state_dir / "data1").write_bytes(b"1 100 1 x 5 " * 1000 + b"12")
+    # A checkpoint that is well-formed but wrong: rebuild must not trust any of it.
+    (state_dir / "data2").write_text(json.dumps(
+        {"offset": 4, "counts": {"1": 1}, "skipped": 0, "fingerprint": "0" * 64}
+    ))
+    result = worker_command(state_dir, "rebuild")
+    assert result.returncode == 0, result.stderr
+    assert "rebuild [" in result.stderr and "events/s" in result.stderr
+    assert "rebuilt data2" in result.stderr
+    cp = read_checkpoint(state_dir)
+    assert cp["counts"] == valid_counts((state_dir / "data1").read_bytes())
+    assert cp["counts"] == {"1": 2000, "100": 1000, "5": 1000}
+    assert cp["skipped"] == 1000 and cp["offset"] == 12 * 1000
+
+
+def test_rebuild_of_an_empty_log_writes_an_empty_checkpoint(state_dir):
+    assert worker_command(state_dir, "rebuild").returncode == 0
+    assert read_checkpoint(state_dir)["counts"] == {}
+
+
+def test_rebuild_is_refused_while_a_worker_runs(procs, state_dir):
+    worker = procs.worker(state_dir)
+    wait_for(lambda: "no checkpoint yet" in worker.log_path.read_text(), what="the worker")
+    result = worker_command(state_dir, "rebuild")
+    assert result.returncode == 1 and "stop it first" in result.stderr
+    assert worker.poll() is None
+
+
+def test_unknown_command_prints_usage(state_dir):
+    result = worker_command(state_dir, "frobnicate")
+    assert result.returncode == 2 and "status" in result.stderr and "rebuild" in result.stderr
