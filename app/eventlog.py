@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 
-from app.log_format import last_separator
+from app.log_format import last_separator, names_open_file
 
 log = logging.getLogger("ingest")
 
@@ -81,12 +81,7 @@ class EventLog:
 
     def problem(self):
         """Why an append would fail now, or None if data1 looks writable."""
-        try:
-            on_disk = os.stat(self.path)
-        except FileNotFoundError:
-            on_disk = None
-        held = os.fstat(self._fd)
-        if on_disk is None or (on_disk.st_dev, on_disk.st_ino) != (held.st_dev, held.st_ino):
+        if not names_open_file(self.path, self._fd):
             return "data1 was replaced or removed under the ingest; restart it"
         space = os.statvfs(self._fd)
         free = space.f_bavail * space.f_frsize

@@ -20,6 +20,8 @@ Invariants
       bytes left by a power loss) is skipped and counted as skipped; it never stops a reader.
 """
 
+import os
+
 DATA1 = "data1"
 
 SEPARATOR = b" "
@@ -56,3 +58,17 @@ def last_separator(buf):
     for sep in (b" ", b"\n", b"\t", b"\r", b"\x0b", b"\x0c"):
         last = max(last, buf.rfind(sep, last + 1))
     return last
+
+
+def names_open_file(path, fd):
+    """True if `path` still names the file open on `fd`: data1 was not replaced or removed.
+
+    Both processes hold data1 open; a file renamed or deleted under them keeps being read or
+    written through the old descriptor, so each checks that the name still leads to it.
+    """
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)

@@ -16,7 +16,7 @@ import signal
 import time
 
 from app.lockfile import hold_exclusive_lock
-from app.log_format import DATA1
+from app.log_format import DATA1, names_open_file
 from worker import checkpoint
 from worker.checkpoint import DATA2, TEMP_SUFFIX, Checkpoint, CorruptCheckpoint
 from worker.tailer import Tally, complete_blocks
@@ -41,6 +41,7 @@ class StopSignal:
     def __init__(self):
         self.requested = False
         self._wakeup, write_end = os.pipe()
+        os.set_blocking(self._wakeup, False)
         os.set_blocking(write_end, False)
         signal.set_wakeup_fd(write_end)
         signal.signal(signal.SIGTERM, self._handle)
@@ -52,7 +53,9 @@ class StopSignal:
     def wait(self, seconds):
         """Sleep up to `seconds`; True if a stop was requested."""
         if not self.requested:
-            select.select([self._wakeup], [], [], seconds)
+            readable, _, _ = select.select([self._wakeup], [], [], seconds)
+            if readable:
+                os.read(self._wakeup, 512)  # drained, so the next wait sleeps again
         return self.requested
 
 
@@ -68,7 +71,7 @@ class Worker:
 
     def run(self, interval):
         """Hold the worker lock and run passes until SIGTERM/SIGINT. Raises AlreadyLocked."""
-        hold_exclusive_lock(self.lock_path)  # released by the kernel when we exit, however
+        hold_exclusive_lock(self.lock_path)  # the kernel releases it however we exit
         self.stop = StopSignal()
         self.recover()
         while not self.stop.requested:
@@ -191,12 +194,7 @@ class Worker:
 
     def _check_data1(self):
         """Notice a data1 that was replaced, truncated or rewritten since the last pass."""
-        try:
-            on_disk = os.stat(self.data1_path)
-        except FileNotFoundError:
-            on_disk = None
-        held = os.fstat(self.data1_fd)
-        if on_disk is None or (on_disk.st_dev, on_disk.st_ino) != (held.st_dev, held.st_ino):
+        if not names_open_file(self.data1_path, self.data1_fd):
             log.warning("data1 was replaced or removed; reopening %s", self.data1_path)
             self._open_data1()
         problem = checkpoint.mismatch(self.checkpoint, self.data1_fd)
