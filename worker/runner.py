@@ -19,7 +19,7 @@ from app.lockfile import hold_exclusive_lock
 from app.log_format import DATA1, names_open_file
 from worker import checkpoint
 from worker.checkpoint import DATA2, TEMP_SUFFIX, Checkpoint, CorruptCheckpoint
-from worker.tailer import Tally, complete_blocks
+from worker.tailer import CHUNK_SIZE, Tally, complete_blocks
 
 log = logging.getLogger("worker")
 
@@ -153,8 +153,8 @@ class Worker:
         start_offset = self.checkpoint.offset
         tally = Tally()
         end = start_offset
-        chunk = {"chunk_size": self.chunk_size} if self.chunk_size else {}
-        for block, end in complete_blocks(self.data1_fd, start_offset, **chunk):
+        blocks = complete_blocks(self.data1_fd, start_offset, self.chunk_size or CHUNK_SIZE)
+        for block, end in blocks:
             if self.stop and self.stop.requested:
                 # Drop the uncommitted part of the pass; data2 still holds a consistent
                 # checkpoint and the next worker counts on from there.
