@@ -301,10 +301,13 @@ class Posters:
     acked: answered 202, so they must be counted exactly once.
     refused: answered with an error status, or never connected: never written.
     unknown: the connection broke mid-request: written at most once.
+
+    With batch_size > 1 each request is a POST /batch of that many unique ids. Ids start at
+    first_id, so several Posters can run side by side without sharing any.
     """
 
-    def __init__(self, port, threads=4, path="/event"):
-        self.port, self.threads, self.path = port, threads, path
+    def __init__(self, port, threads=4, batch_size=1, first_id=1):
+        self.port, self.threads, self.batch_size, self.first_id = port, threads, batch_size, first_id
         self.acked, self.refused, self.unknown = set(), set(), set()
         self._stopping = threading.Event()
         self._threads = []
@@ -326,49 +329,66 @@ class Posters:
     def sent(self):
         return self.acked | self.refused | self.unknown
 
-    def _record(self, ledger, experience_id):
+    def _record(self, ledger, ids):
         with self._lock:
-            ledger.add(experience_id)
+            ledger.update(ids)
+
+    def _request(self, ids):
+        if self.batch_size == 1:
+            return "/event", b'{"experienceID": %d}' % ids[0]
+        events = ", ".join('{"experienceID": %d}' % i for i in ids)
+        return "/batch", ('{"batch": [%s]}' % events).encode()
 
     def _post_loop(self, index):
         conn = None
-        experience_id = index + 1
+        request_number = 0
         while not self._stopping.is_set():
-            experience_id += self.threads  # unique across threads
-            body = b'{"experienceID": %d}' % experience_id
+            # Thread `index` owns every threads-th block of batch_size ids: unique everywhere.
+            start = self.first_id + (request_number * self.threads + index) * self.batch_size
+            request_number += 1
+            ids = list(range(start, start + self.batch_size))
+            path, body = self._request(ids)
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
                     conn.connect()
             except OSError:
                 conn = None
-                self._record(self.refused, experience_id)
+                self._record(self.refused, ids)
                 self._stopping.wait(0.01)  # the server is down: don't spin
                 continue
             try:
-                conn.request("POST", self.path, body=body)
+                conn.request("POST", path, body=body)
                 response = conn.getresponse()
                 response.read()
             except (OSError, http.client.HTTPException):
                 conn.close()
                 conn = None
-                self._record(self.unknown, experience_id)
+                self._record(self.unknown, ids)
                 continue
-            self._record(self.acked if response.status == 202 else self.refused, experience_id)
+            self._record(self.acked if response.status == 202 else self.refused, ids)
         if conn is not None:
             conn.close()
 
     def check_counts(self, counts):
-        """The set checker: acked exactly once, unknown at most once, nothing invented."""
-        counted = {int(key): value for key, value in counts.items()}
-        missing = [i for i in self.acked if counted.get(i) != 1]
-        assert not missing, f"{len(missing)} acknowledged ids not counted exactly once: {missing[:10]}"
-        twice = [i for i in self.unknown if counted.get(i, 0) > 1]
-        assert not twice, f"ids counted more than once: {twice[:10]}"
-        never_sent = set(counted) - self.sent
-        assert not never_sent, f"ids counted but never sent: {sorted(never_sent)[:10]}"
-        written_refused = [i for i in self.refused if i in counted]
-        assert not written_refused, f"refused ids were counted: {written_refused[:10]}"
+        check_ledgers(counts, self)
+
+
+def check_ledgers(counts, *posters):
+    """The set checker: acked exactly once, unknown at most once, refused never, and
+    nothing counted that was never sent."""
+    counted = {int(key): value for key, value in counts.items()}
+    acked = set().union(*(p.acked for p in posters))
+    unknown = set().union(*(p.unknown for p in posters))
+    refused = set().union(*(p.refused for p in posters))
+    missing = [i for i in acked if counted.get(i) != 1]
+    assert not missing, f"{len(missing)} acknowledged ids not counted exactly once: {missing[:10]}"
+    twice = [i for i in unknown if counted.get(i, 0) > 1]
+    assert not twice, f"ids counted more than once: {twice[:10]}"
+    never_sent = set(counted) - acked - unknown - refused
+    assert not never_sent, f"ids counted but never sent: {sorted(never_sent)[:10]}"
+    written_refused = [i for i in refused if i in counted]
+    assert not written_refused, f"refused ids were counted: {written_refused[:10]}"
 
 
 class InvariantWatcher:

@@ -1,7 +1,8 @@
 """Load with a ledger: 32 concurrent connections post unique ids for 30 s against the
-processes supervisord runs, while a chaos loop SIGKILLs the worker and the ingest at random.
-Afterwards every acknowledged id is counted exactly once, every other id at most once, and
-nothing is counted that was never sent (Jepsen's set checker, in spirit)."""
+processes supervisord runs (half of them single events, half batches of 10), while a chaos
+loop SIGKILLs the worker and the ingest at random. Afterwards every acknowledged id is
+counted exactly once, every other id at most once, and nothing is counted that was never
+sent (Jepsen's set checker, in spirit)."""
 
 import os
 import random
@@ -10,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import InvariantWatcher, Posters, caught_up, check_invariant, wait_for
+from conftest import InvariantWatcher, Posters, caught_up, check_invariant, check_ledgers, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +23,9 @@ def test_chaos_under_load_with_a_ledger(supervisor):
     rng = random.Random()
     sup = supervisor(interval=0.05)
     kills = {"ingest": 0, "worker": 0}
-    with InvariantWatcher(sup.state_dir) as watcher, Posters(sup.port, CONNECTIONS) as posters:
+    singles = Posters(sup.port, CONNECTIONS // 2)
+    batches = Posters(sup.port, CONNECTIONS // 2, batch_size=10, first_id=10**12)
+    with InvariantWatcher(sup.state_dir) as watcher, singles, batches:
         deadline = time.monotonic() + DURATION
         while time.monotonic() < deadline:
             program = rng.choice(["ingest", "worker"])
@@ -35,16 +38,18 @@ def test_chaos_under_load_with_a_ledger(supervisor):
             kills[program] += 1
         wait_for(lambda: sup.status() == {"ingest": "RUNNING", "worker": "RUNNING"},
                  what="both programs back")
-        acked = len(posters.acked)
-        wait_for(lambda: len(posters.acked) > acked, what="acknowledgements after the chaos")
+        acked = len(singles.acked), len(batches.acked)
+        wait_for(lambda: len(singles.acked) > acked[0] and len(batches.acked) > acked[1],
+                 what="acknowledgements after the chaos")
     final = wait_for(lambda: caught_up(sup.state_dir) and check_invariant(sup.state_dir),
                      timeout=60, what="the worker to catch up")
-    posters.check_counts(final["counts"])
+    check_ledgers(final["counts"], singles, batches)
     assert kills["ingest"] >= 5 and kills["worker"] >= 5
     assert watcher.observations > 50
-    print(
-        f"\nchaos: {DURATION}s, {CONNECTIONS} connections, requests {len(posters.sent)}, "
-        f"acked {len(posters.acked)}, unknown {len(posters.unknown)}, "
-        f"refused {len(posters.refused)}, kills {kills}, "
-        f"invariant observations {watcher.observations}"
-    )
+    for name, posters in (("single events", singles), ("batched events", batches)):
+        print(
+            f"\nchaos, {name}: sent {len(posters.sent)}, acked {len(posters.acked)}, "
+            f"unknown {len(posters.unknown)}, refused {len(posters.refused)}"
+        )
+    print(f"chaos: {DURATION}s, {CONNECTIONS} connections, kills {kills}, "
+          f"invariant observations {watcher.observations}")
