@@ -78,6 +78,10 @@ def make_backlog(path, target_bytes, seed=7):
             tokens = rng.choices(pool, weights, k=200_000)
             out.write(b" ".join(tokens) + b" ")
             events += len(tokens)
+        # Durable before the clock starts, as the ingest leaves data1: otherwise the worker's
+        # fdatasync before its first commit would be timed writing the whole backlog to disk.
+        out.flush()
+        os.fsync(out.fileno())
     return events
 
 
