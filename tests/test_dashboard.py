@@ -2,10 +2,14 @@
 real data: what the page shows after its script has run, and a screenshot kept as an artifact
 in tests/artifacts/dashboard.png."""
 
+import collections
 import html.parser
+import http.client
+import http.server
 import os
 import shutil
 import subprocess
+import threading
 
 import pytest
 
@@ -21,14 +25,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def chromium(tmp_path, *args):
+def chromium(tmp_path, *args, budget_ms=5000):
     """Run headless Chromium with the flags this offline machine needs."""
     assert CHROMIUM, "chromium is not installed (.ci/run installs it)"
     return subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-         "--virtual-time-budget=5000", *args],
+         f"--virtual-time-budget={budget_ms}", *args],
         capture_output=True, text=True, timeout=120, check=True,
     ).stdout
 
@@ -105,3 +109,47 @@ def test_dashboard_reports_an_api_error(procs, state_dir, tmp_path):
     page = Page(chromium(tmp_path, "--dump-dom", f"http://127.0.0.1:{ingest.port}/"))
     assert page.by_id["status"].startswith("cannot load the counts: data2 is unreadable")
     assert page.by_id["total-events"] == "–"
+
+
+class CountingProxy(http.server.ThreadingHTTPServer):
+    """Forwards GETs to the ingest and counts them by path: shows what the page fetched."""
+
+    def __init__(self, upstream_port):
+        self.upstream_port = upstream_port
+        self.hits = collections.Counter()
+        super().__init__(("127.0.0.1", 0), ProxyHandler)
+
+
+class ProxyHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.server.hits[self.path.split("?")[0]] += 1
+        upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=10)
+        upstream.request("GET", self.path)
+        answer = upstream.getresponse()
+        body = answer.read()
+        self.send_response(answer.status)
+        self.send_header("Content-Type", answer.getheader("Content-Type"))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        upstream.close()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_dashboard_refreshes_itself(procs, state_dir, tmp_path):
+    ingest = procs.ingest(state_dir)
+    proxy = CountingProxy(ingest.port)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        # 10 s of the page's (virtual) time: the first load and refreshes at 3, 6 and 9 s.
+        page = Page(chromium(tmp_path, "--dump-dom", f"http://127.0.0.1:{proxy.server_port}/",
+                             budget_ms=10_000))
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert page.by_id["status"].startswith("updated")
+    assert proxy.hits["/"] == 1
+    assert proxy.hits["/stats"] >= 3 and proxy.hits["/counts"] >= 3
