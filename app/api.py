@@ -5,7 +5,6 @@ Every response body is JSON (but the dashboard's HTML), errors included:
 data1 (see app/eventlog.py). The whole API is described in app/openapi.json.
 """
 
-import heapq
 import json
 import os
 from pathlib import Path
@@ -17,7 +16,7 @@ from app import validate
 from app.eventlog import AppendError
 from app.log_format import encode, parse_token
 from app.readside import CheckpointReader, checkpoint_age
-from worker.checkpoint import CorruptCheckpoint
+from worker.checkpoint import Checkpoint, CorruptCheckpoint
 
 HERE = Path(__file__).resolve().parent
 DASHBOARD = (HERE / "dashboard.html").read_bytes()
@@ -83,29 +82,28 @@ def make_app(eventlog, state_dir):
         return accept(parse(validate.parse_batch, BATCH_BODY_LIMIT))
 
     def committed():
+        """The latest checkpoint; before the worker's first commit, the empty one."""
         try:
-            return reader.current()
+            return reader.current() or Checkpoint()
         except CorruptCheckpoint as problem:
             raise HTTPError(503, f"data2 is unreadable ({problem}); the worker will rebuild it")
 
     @app.get("/counts")
     def get_counts():
         checkpoint = committed()
-        counts = checkpoint.counts if checkpoint else {}
         top = request.query.get("top")
         if top is None:
-            items = sorted(counts.items())
+            items = sorted(checkpoint.counts.items())
+        elif top.isdigit() and 0 < int(top) <= 10**9:
+            items = checkpoint.top(int(top))
         else:
-            if not (top.isdigit() and 0 < int(top) <= 10**9):
-                raise HTTPError(400, f"top must be a positive integer, got {top!r}")
-            # The largest counts first; ties in id order.
-            items = heapq.nlargest(int(top), counts.items(), key=lambda kv: (kv[1], -kv[0]))
+            raise HTTPError(400, f"top must be a positive integer, got {top!r}")
         return json_body({
             "counts": {str(key): value for key, value in items},
-            "offset": checkpoint.offset if checkpoint else 0,
-            "events": checkpoint.events if checkpoint else 0,
-            "experiences": len(counts),
-            "updated_at": checkpoint.updated_at if checkpoint else None,
+            "offset": checkpoint.offset,
+            "events": checkpoint.events,
+            "experiences": len(checkpoint.counts),
+            "updated_at": checkpoint.updated_at or None,
         })
 
     @app.get("/counts/<experience_id>")
@@ -115,9 +113,7 @@ def make_app(eventlog, state_dir):
             raise HTTPError(
                 400, f"experienceID must be an integer from 0 to 2^63-1, got {experience_id!r}"
             )
-        checkpoint = committed()
-        count = checkpoint.counts.get(parsed, 0) if checkpoint else 0
-        return json_body({"experienceID": parsed, "count": count})
+        return json_body({"experienceID": parsed, "count": committed().counts.get(parsed, 0)})
 
     @app.get("/healthz")
     def get_health():
@@ -130,17 +126,15 @@ def make_app(eventlog, state_dir):
     def get_stats():
         checkpoint = committed()
         size = os.fstat(eventlog.fileno()).st_size  # the file itself: counts other writers too
-        offset = checkpoint.offset if checkpoint else 0
-        updated_at = checkpoint.updated_at if checkpoint else None
         return json_body({
             "data1_bytes": size,
-            "offset": offset,
-            "lag_bytes": max(0, size - offset),
-            "events": checkpoint.events if checkpoint else 0,
-            "experiences": len(checkpoint.counts) if checkpoint else 0,
-            "skipped": checkpoint.skipped if checkpoint else 0,
-            "last_checkpoint_at": updated_at,
-            "checkpoint_age_seconds": checkpoint_age(updated_at),
+            "offset": checkpoint.offset,
+            "lag_bytes": max(0, size - checkpoint.offset),
+            "events": checkpoint.events,
+            "experiences": len(checkpoint.counts),
+            "skipped": checkpoint.skipped,
+            "last_checkpoint_at": checkpoint.updated_at or None,
+            "checkpoint_age_seconds": checkpoint_age(checkpoint.updated_at),
         })
 
     @app.get("/")

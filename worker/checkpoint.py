@@ -23,6 +23,7 @@ file (Kafka stores a consumer's position with its output for the same reason):
 import dataclasses
 import datetime
 import hashlib
+import heapq
 import json
 import os
 
@@ -48,6 +49,10 @@ class Checkpoint:
     @property
     def events(self):
         return sum(self.counts.values())
+
+    def top(self, n):
+        """The n largest (id, count) pairs, largest first; equal counts in id order."""
+        return heapq.nlargest(n, self.counts.items(), key=lambda item: (item[1], -item[0]))
 
 
 def fingerprint(data1_fd, offset):

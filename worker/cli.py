@@ -46,7 +46,7 @@ def status(state_dir, out=sys.stdout):
         print(f"{label:<14} {value}", file=out)
     if current and current.counts:
         print(f"top {min(TOP, len(current.counts))} experiences", file=out)
-        top = sorted(current.counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP]
+        top = current.top(TOP)
         width = max(len(str(key)) for key, _ in top)
         for key, count in top:
             print(f"  {key:>{width}}  {count:,}", file=out)
