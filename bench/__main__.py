@@ -20,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from app import config
 from bench.harness import REPO, bare_server, ingest_server, run_wrk, wrk_script
 
 RESULTS = REPO / "bench" / "results"
@@ -39,7 +40,7 @@ def median_rate(start_server, script, seconds):
 
 def bench_ingest(seconds):
     script = wrk_script(EVENT)
-    threads = int(os.environ.get("MINI_ANALYTICS_THREADS", "16"))
+    threads = config.threads()  # the ingest's own setting, so both sides run the same
     bare_close = median_rate(lambda: bare_server(threads, keep_alive=False), script, seconds)
     bare_keep = median_rate(lambda: bare_server(threads, keep_alive=True), script, seconds)
     durable = median_rate(lambda: ingest_server(fsync=True), script, seconds)

@@ -88,9 +88,8 @@ def run_wrk(port, script, seconds=5, connections=16, threads=2):
         capture_output=True, text=True, check=True,
     ).stdout
     total = int(re.search(r"(\d+) requests in", out).group(1))
-    duration = float(re.search(r"requests in ([\d.]+)(m?s)", out).group(1))
-    unit = re.search(r"requests in [\d.]+(m?s)", out).group(1)
-    duration = duration / 1000 if unit == "ms" else duration
+    amount, unit = re.search(r"requests in ([\d.]+)(m?s)", out).groups()
+    duration = float(amount) / (1000 if unit == "ms" else 1)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     bad = int(errors.group(1)) if errors else 0
     return (total - bad) / duration
