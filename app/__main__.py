@@ -6,11 +6,11 @@ import sys
 
 import waitress
 
-from app import config
 from app.api import BATCH_BODY_LIMIT, make_app
-from app.eventlog import EventLog
-from app.lockfile import AlreadyLocked, hold_exclusive_lock
-from app.log_format import DATA1
+from storage import process, settings
+from storage.layout import Layout
+from storage.lockfile import AlreadyLocked, hold_exclusive_lock
+from storage.log_writer import EventLog
 
 log = logging.getLogger("ingest")
 
@@ -22,33 +22,29 @@ def stop_like_sigint(signum, frame):
 
 
 def main():
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    process.start_logging()
     # waitress warns "Task queue depth is N" whenever all threads are busy, which under load
     # is every request: the flood costs real CPU and says nothing an operator can act on.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     try:
-        host, port = config.host(), config.port()
-        state_dir, durable, threads = config.state_dir(), config.fsync(), config.threads()
-    except config.ConfigError as error:
-        print(f"mini-analytics ingest: {error}", file=sys.stderr)
-        return 2
+        host, port = settings.host(), settings.port()
+        state_dir, durable, threads = settings.state_dir(), settings.fsync(), settings.threads()
+    except settings.ConfigError as error:
+        return process.bad_setting("ingest", error)
+    layout = Layout(state_dir)
 
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
         # Held until the process exits: one ingest per state folder, so no other writer can
         # interleave with our appends or our torn-tail repair.
-        hold_exclusive_lock(state_dir / "ingest.lock")
-        eventlog = EventLog(state_dir / DATA1, durable=durable)
+        hold_exclusive_lock(layout.ingest_lock)
+        eventlog = EventLog(layout.data1, durable=durable)
     except AlreadyLocked:
         log.error("another ingest process is already running on %s; exiting", state_dir)
-        return 1
+        return process.EXIT_FAILED
     except OSError as error:
         log.critical("cannot open data1 in state folder %s: %s; exiting", state_dir, error)
-        return 1
+        return process.EXIT_FAILED
     log.info(
         "ingest starting: http://%s:%d state_dir=%s fsync=%s threads=%d data1=%d bytes",
         host, port, state_dir, "on" if durable else "off", threads, eventlog.size,
@@ -71,7 +67,7 @@ def main():
         )
     except OSError as error:
         log.critical("cannot listen on %s:%d: %s; exiting", host, port, error)
-        return 1
+        return process.EXIT_FAILED
     signal.signal(signal.SIGTERM, stop_like_sigint)
     signal.signal(signal.SIGINT, stop_like_sigint)  # even where SIGINT was inherited ignored
     log.info("ingest ready on http://%s:%s", host, server.effective_port)
@@ -80,7 +76,7 @@ def main():
     eventlog.sync()  # with fsync off, a clean stop still leaves everything durable
     eventlog.close()
     log.info("ingest stopped")
-    return 0
+    return process.EXIT_OK
 
 
 if __name__ == "__main__":

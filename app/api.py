@@ -2,7 +2,7 @@
 
 Every response body is JSON (but the dashboard's HTML), errors included:
 {"error": "<what was wrong>"}. A write is answered 202 only after its records are durable in
-data1 (see app/eventlog.py). The whole API is described in app/openapi.json.
+data1 (see storage/log_writer.py). The whole API is described in app/openapi.json.
 """
 
 import json
@@ -13,10 +13,10 @@ import bottle
 from bottle import HTTPError, request, response
 
 from app import validate
-from app.eventlog import AppendError
-from app.log_format import encode, parse_token
-from app.readside import CheckpointReader, checkpoint_age
-from worker.checkpoint import Checkpoint, CorruptCheckpoint
+from app.readside import CheckpointReader
+from storage.checkpoint import Checkpoint, CorruptCheckpoint
+from storage.log_format import encode, parse_token
+from storage.log_writer import AppendError
 
 HERE = Path(__file__).resolve().parent
 DASHBOARD = (HERE / "dashboard.html").read_bytes()
@@ -134,7 +134,7 @@ def make_app(eventlog, state_dir):
             "experiences": len(checkpoint.counts),
             "skipped": checkpoint.skipped,
             "last_checkpoint_at": checkpoint.updated_at or None,
-            "checkpoint_age_seconds": checkpoint_age(checkpoint.updated_at),
+            "checkpoint_age_seconds": checkpoint.age(),
         })
 
     @app.get("/")

@@ -5,17 +5,15 @@ costs real time (about a second per million experiences), so it is parsed once p
 not once per request: the parsed checkpoint is kept until data2's inode changes.
 """
 
-import datetime
 import os
 import threading
 
-from worker import checkpoint
-from worker.checkpoint import DATA2
+from storage.checkpoint_store import CheckpointStore
 
 
 class CheckpointReader:
     def __init__(self, state_dir):
-        self.path = os.path.join(state_dir, DATA2)
+        self.store = CheckpointStore(state_dir)
         self._lock = threading.Lock()
         self._identity = None
         self._checkpoint = None
@@ -26,21 +24,12 @@ class CheckpointReader:
         Raises CorruptCheckpoint if data2 cannot be read (the worker will replace it).
         """
         try:
-            stat = os.stat(self.path)
+            stat = os.stat(self.store.path)
         except FileNotFoundError:
             return None
         identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
         with self._lock:
             if identity != self._identity:
-                loaded = checkpoint.load(self.path)  # None if it was just moved aside
+                loaded = self.store.load()  # None if it was just moved aside
                 self._checkpoint, self._identity = loaded, identity if loaded else None
             return self._checkpoint
-
-
-def checkpoint_age(updated_at, now=None):
-    """Seconds since a checkpoint's updated_at (an ISO 8601 UTC time), or None."""
-    if not updated_at:
-        return None
-    committed = datetime.datetime.fromisoformat(updated_at)
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    return max(0.0, (now - committed).total_seconds())

@@ -7,7 +7,7 @@ Invalid with a message that names the problem, and nothing is written.
 
 import json
 
-from app.log_format import MAX_ID
+from storage.log_format import MAX_ID
 
 MAX_BATCH_EVENTS = 10_000
 

@@ -16,12 +16,13 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from app import config
-from bench.harness import REPO, bare_server, ingest_server, run_wrk, wrk_script
+from bench.harness import REPO, bare_server, ingest_server, run_wrk, scratch_dir, wrk_script
+from storage import settings
+from storage.checkpoint import Checkpoint
+from storage.checkpoint_store import CheckpointStore
 
 RESULTS = REPO / "bench" / "results"
 EVENT = b'{"experienceID": 12345}'
@@ -39,12 +40,12 @@ def median_rate(start_server, script, seconds):
 
 
 def bench_ingest(seconds):
-    script = wrk_script(EVENT)
-    threads = config.threads()  # the ingest's own setting, so both sides run the same
-    bare_close = median_rate(lambda: bare_server(threads, keep_alive=False), script, seconds)
-    bare_keep = median_rate(lambda: bare_server(threads, keep_alive=True), script, seconds)
-    durable = median_rate(lambda: ingest_server(fsync=True), script, seconds)
-    relaxed = median_rate(lambda: ingest_server(fsync=False), script, seconds)
+    threads = settings.threads()  # the ingest's own setting, so both sides run the same
+    with wrk_script(EVENT) as script:
+        bare_close = median_rate(lambda: bare_server(threads, keep_alive=False), script, seconds)
+        bare_keep = median_rate(lambda: bare_server(threads, keep_alive=True), script, seconds)
+        durable = median_rate(lambda: ingest_server(fsync=True), script, seconds)
+        relaxed = median_rate(lambda: ingest_server(fsync=False), script, seconds)
     return {
         "threads": threads,
         "bare_204_req_s": bare_close,
@@ -62,7 +63,8 @@ def bench_batch(seconds, single_rate):
     results = {}
     for size in (1, 10, 100, 1000):
         body = json.dumps({"batch": [{"experienceID": i % 997} for i in range(size)]}).encode()
-        rate = median_rate(ingest_server, wrk_script(body, "/batch"), seconds)
+        with wrk_script(body, "/batch") as script:
+            rate = median_rate(ingest_server, script, seconds)
         results[f"batch_{size}_events_s"] = rate * size
     results["batch_1000_vs_single"] = results["batch_1000_events_s"] / single_rate
     return results
@@ -125,8 +127,8 @@ def time_awk(path):
 
 def bench_catchup():
     results = {}
-    with tempfile.TemporaryDirectory(prefix="ma-bench-", dir=REPO / "bench") as tmp:
-        state_dir = Path(tmp)
+    state_dir = scratch_dir()
+    try:
         data1 = state_dir / "data1"
         events = make_backlog(data1, 38 * 1024 * 1024)
         worker_runs, awk_runs = [], []
@@ -147,26 +149,26 @@ def bench_catchup():
         for megabytes in (10, 200):
             make_backlog(data1, megabytes * 1024 * 1024, seed=megabytes)
             results[f"peak_rss_mb_{megabytes}mb_backlog"] = time_worker(state_dir)[1]
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
     return results
 
 
 def bench_checkpoint():
-    from worker import checkpoint
-
     results = {}
-    with tempfile.TemporaryDirectory(prefix="ma-bench-", dir=REPO / "bench") as tmp:
-        data1 = os.open(os.path.join(tmp, "data1"), os.O_RDWR | os.O_CREAT)
-        os.write(data1, b"1 " * 64)
+    state_dir = scratch_dir()
+    try:
+        store = CheckpointStore(state_dir)
         for distinct in (1_000, 100_000, 1_000_000):
             counts = {i * 7_919: 1 + i % 50 for i in range(distinct)}
-            cp = checkpoint.Checkpoint(offset=10**12, counts=counts)
             started = time.perf_counter()
-            checkpoint.commit(os.path.join(tmp, "data2"), cp, data1)
+            store.commit(Checkpoint(offset=10**12, counts=counts))
             results[f"checkpoint_commit_s_{distinct}_ids"] = time.perf_counter() - started
             started = time.perf_counter()
-            checkpoint.load(os.path.join(tmp, "data2"))
+            store.load()
             results[f"checkpoint_load_s_{distinct}_ids"] = time.perf_counter() - started
-        os.close(data1)
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
     return results
 
 
@@ -204,8 +206,14 @@ def print_table(results):
             print(f"{label:<{width}}  {fmt.format(results[key])}")
 
 
+PARTS = ("ingest", "batch", "catchup", "checkpoint")
+
+
 def main(argv):
-    parts = argv or ["ingest", "batch", "catchup", "checkpoint"]
+    unknown = [part for part in argv if part not in PARTS]
+    if unknown:
+        raise SystemExit(f"unknown part {', '.join(unknown)}; the parts are {', '.join(PARTS)}")
+    parts = argv or PARTS
     seconds = 4
     results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     if "ingest" in parts or "batch" in parts:

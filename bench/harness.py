@@ -14,6 +14,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Every temporary file of the bench (state folders, backlogs, wrk scripts) lives here, on the
+# same file system as the project itself, as a real deployment's state/ would. Not in /tmp:
+# that is often a tmpfs, where fsync costs nothing and the durable figures would be flattered.
+SCRATCH = REPO / "bench" / "scratch"
+
+
+def scratch_dir():
+    """A new, empty temporary folder under SCRATCH; the caller removes it."""
+    SCRATCH.mkdir(exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix="run-", dir=SCRATCH))
+
 
 def free_port():
     with socket.socket() as sock:
@@ -36,16 +47,16 @@ def wait_until_listening(port, proc, timeout=15):
 def server(args, env_extra=None):
     """Run a server process (args get the port appended via env or argv); yield its port."""
     port = free_port()
-    state_dir = tempfile.mkdtemp(prefix="ma-bench-")
+    state_dir = scratch_dir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MINI_ANALYTICS_")}
-    env.update({"MINI_ANALYTICS_PORT": str(port), "MINI_ANALYTICS_STATE_DIR": state_dir})
+    env.update({"MINI_ANALYTICS_PORT": str(port), "MINI_ANALYTICS_STATE_DIR": str(state_dir)})
     env.update(env_extra or {})
     argv = [arg.format(port=port) for arg in args]
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         wait_until_listening(port, proc)
-        yield port, Path(state_dir)
+        yield port, state_dir
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -65,16 +76,20 @@ def ingest_server(fsync=True):
     return server([sys.executable, "-m", "app"], {"MINI_ANALYTICS_FSYNC": "on" if fsync else "off"})
 
 
+@contextlib.contextmanager
 def wrk_script(body, path="/event"):
-    """A wrk Lua script posting `body` (bytes) to `path`."""
-    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    """A wrk Lua script posting `body` (bytes) to `path`; yields its path, deletes it after."""
+    folder = scratch_dir()
+    script = folder / "post.lua"
     lua_body = body.decode().replace("\\", "\\\\").replace('"', '\\"')
-    script.write(
+    script.write_text(
         f'wrk.method = "POST"\nwrk.path = "{path}"\nwrk.body = "{lua_body}"\n'
         'wrk.headers["Content-Type"] = "application/json"\n'
     )
-    script.close()
-    return script.name
+    try:
+        yield str(script)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_wrk(port, script, seconds=5, connections=16, threads=2):

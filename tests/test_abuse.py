@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from conftest import Posters, post, wait_for
+from http_client import post, wait_for
+from ledger import Posters
 from app.api import EVENT_BODY_LIMIT
 
 pytestmark = pytest.mark.slow

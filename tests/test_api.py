@@ -1,108 +1,18 @@
 """The ingest's HTTP surface against a real waitress server: what is accepted, what is refused
 (with which status and JSON error), and that a refusal leaves data1 byte-identical."""
 
+import collections
 import json
 import socket
+import threading
 
 import pytest
 
-from conftest import post, request
-from app.api import EVENT_BODY_LIMIT
-from app.validate import Invalid, parse_batch, parse_event
+from http_client import post, request, wait_for
+from ledger import Posters
+from app.api import BATCH_BODY_LIMIT, EVENT_BODY_LIMIT
+from test_validate import BAD_EVENT_BODIES, MAX_ID
 
-MAX_ID = 2**63 - 1
-
-BAD_EVENT_BODIES = {
-    "malformed JSON": b'{"experienceID": ',
-    "empty body": b"",
-    "whitespace only": b"  \n",
-    "invalid UTF-8": b'{"experienceID": 1, "x": "\xff\xfe"}',
-    "array": b"[1, 2]",
-    "number": b"1",
-    "string": b'"1"',
-    "null body": b"null",
-    "missing key": b'{"experienceId": 1}',
-    "null": b'{"experienceID": null}',
-    "true": b'{"experienceID": true}',
-    "false": b'{"experienceID": false}',
-    "fraction": b'{"experienceID": 1.5}',
-    "float one": b'{"experienceID": 1.0}',
-    "exponent": b'{"experienceID": 1e3}',
-    "string id": b'{"experienceID": "12"}',
-    "NaN": b'{"experienceID": NaN}',
-    "Infinity": b'{"experienceID": Infinity}',
-    "-Infinity": b'{"experienceID": -Infinity}',
-    "overflow to inf": b'{"experienceID": 1e400}',
-    "negative": b'{"experienceID": -1}',
-    "2**63": b'{"experienceID": 9223372036854775808}',
-    "5000 digits": b'{"experienceID": ' + b"9" * 5000 + b"}",
-    "array id": b'{"experienceID": [1]}',
-    "object id": b'{"experienceID": {"id": 1}}',
-    "deep nesting": b"[" * 100_000 + b"]" * 100_000,
-}
-
-
-@pytest.mark.parametrize("body", BAD_EVENT_BODIES.values(), ids=BAD_EVENT_BODIES.keys())
-def test_parse_event_rejects(body):
-    with pytest.raises(Invalid) as raised:
-        parse_event(body)
-    assert raised.value.status == 400
-    assert str(raised.value)
-
-
-@pytest.mark.parametrize(
-    "body, expected",
-    [
-        (b'{"experienceID": 1}', 1),
-        (b'{"experienceID": 0}', 0),
-        (b'{"experienceID": 9223372036854775807}', MAX_ID),
-        (b'{"experienceID": 7, "other": [1.5, null, "x"]}', 7),
-        (b'  {"experienceID":42}\n', 42),
-        (b'{"experienceID": 1, "experienceID": 2}', 2),  # duplicate keys: JSON's last wins
-    ],
-)
-def test_parse_event_accepts(body, expected):
-    assert parse_event(body) == expected
-
-
-def test_error_messages_name_the_problem():
-    def message(body):
-        with pytest.raises(Invalid) as raised:
-            parse_event(body)
-        return str(raised.value)
-
-    assert "experienceID" in message(b'{"id": 1}')
-    assert "integer" in message(b'{"experienceID": "12"}')
-    assert "boolean" in message(b'{"experienceID": true}')
-    assert "9223372036854775807" in message(b'{"experienceID": -1}')
-    assert "UTF-8" in message(b"\xff")
-    assert "JSON" in message(b"{")
-
-
-def test_parse_batch_names_the_bad_index():
-    batch = {"batch": [{"experienceID": 1}, {"experienceID": 2}, {"experienceID": "3"}]}
-    with pytest.raises(Invalid, match=r"batch\[2\]"):
-        parse_batch(json.dumps(batch).encode())
-    assert parse_batch(b'{"batch": [{"experienceID": 5}, {"experienceID": 5}]}') == [5, 5]
-
-
-@pytest.mark.parametrize(
-    "body, status",
-    [
-        (b'{"batch": []}', 400),
-        (b'{"batch": {}}', 400),
-        (b'[{"experienceID": 1}]', 400),
-        (b'{"batch": [1]}', 400),
-        (json.dumps({"batch": [{"experienceID": 1}] * 10_001}).encode(), 413),
-    ],
-)
-def test_parse_batch_rejects(body, status):
-    with pytest.raises(Invalid) as raised:
-        parse_batch(body)
-    assert raised.value.status == status
-
-
-# --- against a real server ---------------------------------------------------------------
 
 
 @pytest.fixture
@@ -185,3 +95,47 @@ def test_deeply_nested_batch_gets_400(ingest, state_dir):
     status, answer = post(ingest.port, b"[" * 100_000 + b"]" * 100_000, path="/batch")
     assert status == 400 and "deeply" in answer["error"]
     assert data1(state_dir) == b""
+
+
+def test_many_concurrent_posters_each_acked_event_is_in_data1_once(procs, state_dir):
+    ingest = procs.ingest(state_dir)
+    with Posters(ingest.port, threads=24) as posters:
+        wait_for(lambda: len(posters.acked) >= 3000, timeout=60, what="3000 acknowledged events")
+    written = collections.Counter(int(token) for token in (state_dir / "data1").read_bytes().split())
+    assert all(written[i] == 1 for i in posters.acked)
+    assert set(written) <= posters.sent
+    assert not posters.unknown and not posters.refused
+
+
+def test_batch_limits_over_http(procs, state_dir):
+    ingest = procs.ingest(state_dir)
+    too_many = {"batch": [{"experienceID": 1}] * 10_001}
+    status, answer = post(ingest.port, too_many, path="/batch")
+    assert status == 413 and "10000" in answer["error"]
+    padded = {"batch": [{"experienceID": 1, "pad": "x" * BATCH_BODY_LIMIT}]}
+    assert post(ingest.port, padded, path="/batch")[0] == 413
+    assert post(ingest.port, {"batch": []}, path="/batch")[0] == 400
+    full = {"batch": [{"experienceID": i} for i in range(10_000)]}
+    assert post(ingest.port, full, path="/batch") == (202, {"accepted": 10_000})
+    assert (state_dir / "data1").read_bytes().split() == [b"%d" % i for i in range(10_000)]
+
+
+def test_a_batch_is_one_contiguous_write(procs, state_dir):
+    """Batches posted concurrently never interleave: each lands as one contiguous run."""
+    ingest = procs.ingest(state_dir)
+
+    def poster(base):
+        batch = {"batch": [{"experienceID": base + i} for i in range(500)]}
+        for _ in range(5):
+            assert post(ingest.port, batch, path="/batch")[0] == 202
+
+    threads = [threading.Thread(target=poster, args=(k * 1000,)) for k in range(1, 7)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    tokens = [int(t) for t in (state_dir / "data1").read_bytes().split()]
+    assert len(tokens) == 6 * 5 * 500
+    for start in range(0, len(tokens), 500):
+        run = tokens[start : start + 500]
+        assert run == list(range(run[0], run[0] + 500))

@@ -11,7 +11,9 @@ import time
 
 import pytest
 
-from conftest import InvariantWatcher, Posters, caught_up, check_invariant, check_ledgers, wait_for
+from http_client import wait_for
+from ledger import InvariantWatcher, Posters, check_ledgers
+from reference import caught_up, check_invariant
 
 pytestmark = pytest.mark.slow
 

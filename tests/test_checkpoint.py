@@ -1,14 +1,12 @@
-"""data2's encoding, loading and atomic replacement, with corrupt and mismatched states."""
+"""storage/checkpoint.py: data2's format: encoding, versions, and corrupt checkpoints refused."""
 
 import json
-import os
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker import checkpoint
-from worker.checkpoint import Checkpoint, CorruptCheckpoint, decode, encode
+from storage.checkpoint import Checkpoint, CorruptCheckpoint, UnsupportedVersion, decode, encode
 
 
 def test_encoding_is_json_with_numeric_key_order():
@@ -52,42 +50,27 @@ def test_corrupt_checkpoints_are_refused(data):
         decode(data)
 
 
-def test_load_missing_is_none(tmp_path):
-    assert checkpoint.load(tmp_path / "data2") is None
+def test_encoding_carries_the_version():
+    assert json.loads(encode(Checkpoint()))["version"] == 1
 
 
-def test_replace_durably_replaces_whole_and_leaves_no_temp(tmp_path):
-    target = tmp_path / "data2"
-    target.write_bytes(b"old")
-    checkpoint.replace_durably(str(target), b"new contents")
-    assert target.read_bytes() == b"new contents"
-    assert os.listdir(tmp_path) == ["data2"]
+def test_a_checkpoint_without_a_version_reads_as_version_1():
+    old = b'{"offset": 4, "events": 2, "skipped": 0, "fingerprint": "x", "counts": {"1": 2}}'
+    assert decode(old) == Checkpoint(4, {1: 2}, 0, "x", "")
 
 
-def test_a_failed_rename_leaves_the_old_file(tmp_path, monkeypatch):
-    target = tmp_path / "data2"
-    target.write_bytes(b"old")
-
-    def failing_replace(src, dst):
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError):
-        checkpoint.replace_durably(str(target), b"new")
-    assert target.read_bytes() == b"old"
+@pytest.mark.parametrize("version", [2, 0, "1", None])
+def test_an_unknown_version_is_refused_as_such(version):
+    data = json.dumps({"version": version, "offset": 0, "skipped": 0, "fingerprint": "x",
+                       "counts": {}}).encode()
+    with pytest.raises(UnsupportedVersion, match="version"):
+        decode(data)
 
 
-def test_mismatch_detects_truncation_and_rewrites(tmp_path):
-    data1 = tmp_path / "data1"
-    data1.write_bytes(b"1 100 1 ")
-    fd = os.open(data1, os.O_RDWR)
-    try:
-        cp = Checkpoint(offset=8, counts={1: 2, 100: 1})
-        cp.fingerprint = checkpoint.fingerprint(fd, 8)
-        assert checkpoint.mismatch(cp, fd) is None
-        os.pwrite(fd, b"7 ", 6)  # same size, different bytes before the offset
-        assert "not the ones it counted" in checkpoint.mismatch(cp, fd)
-        os.ftruncate(fd, 4)
-        assert "shorter" in checkpoint.mismatch(cp, fd)
-    finally:
-        os.close(fd)
+def test_age_is_measured_from_updated_at():
+    import datetime
+
+    cp = Checkpoint(updated_at="2026-11-25T10:00:00.000Z")
+    now = datetime.datetime(2026, 11, 25, 10, 0, 30, tzinfo=datetime.timezone.utc)
+    assert cp.age(now) == 30.0
+    assert Checkpoint().age(now) is None

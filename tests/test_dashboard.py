@@ -13,7 +13,9 @@ import threading
 
 import pytest
 
-from conftest import REPO, caught_up, post, wait_for
+from http_client import post, wait_for
+from processes import REPO
+from reference import caught_up
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = REPO / "tests" / "artifacts"

@@ -1,6 +1,7 @@
 """The assignment's example, step by step, against a real server and a real worker."""
 
-from conftest import post, read_checkpoint, wait_for
+from http_client import post, wait_for
+from reference import read_checkpoint
 
 
 def test_the_assignment_example(procs, state_dir):

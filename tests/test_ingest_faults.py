@@ -11,9 +11,11 @@ import textwrap
 
 import pytest
 
-from conftest import free_port, post, ready, service_env, valid_counts, wait_for
+from http_client import free_port, post, wait_for
+from processes import ready, service_env
+from reference import valid_counts
 from app.api import make_app
-from app.eventlog import EventLog
+from storage.log_writer import EventLog
 from worker.runner import Worker
 
 

@@ -13,10 +13,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from conftest import check_invariant, read_checkpoint, valid_counts
-from app.eventlog import EventLog
-from app.log_format import encode
-from worker import checkpoint
+from reference import check_invariant, read_checkpoint, valid_counts
+from storage.log_writer import EventLog
+from storage.log_format import encode
+from storage import durable
 from worker.runner import Worker
 
 ids = st.integers(0, 2**63 - 1) | st.integers(0, 20)  # small ids repeat, so counts exceed 1
@@ -33,7 +33,7 @@ COMMIT_STEPS = [
     (os, "fdatasync"),
     (os, "fsync"),
     (os, "replace"),
-    (checkpoint, "fsync_directory"),
+    (durable, "fsync_directory"),
 ]
 
 

@@ -9,9 +9,11 @@ import pytest
 import referencing
 import referencing.jsonschema
 
-from conftest import REPO, caught_up, post, request, wait_for
+from http_client import post, request, wait_for
+from processes import REPO
+from reference import caught_up
 from app.api import make_app
-from app.eventlog import EventLog
+from storage.log_writer import EventLog
 
 OPENAPI = json.loads((REPO / "app" / "openapi.json").read_text())
 # The whole document is one resource, so "#/components/..." references resolve inside it.

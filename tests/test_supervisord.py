@@ -2,7 +2,9 @@
 
 import stat
 
-from conftest import Posters, caught_up, check_invariant, post, read_checkpoint, wait_for
+from http_client import post, wait_for
+from ledger import Posters, check_ledgers
+from reference import caught_up, check_invariant, read_checkpoint
 
 
 def counts_once_caught_up(state_dir):
@@ -38,7 +40,7 @@ def test_restarts_under_load_lose_and_double_nothing(supervisor):
         acked = len(posters.acked)
         wait_for(lambda: len(posters.acked) > acked + 50, what="traffic after the restarts")
     counts = counts_once_caught_up(sup.state_dir)
-    posters.check_counts(counts)
+    check_ledgers(counts, posters)
     # SIGTERM lets the ingest finish what it was doing: a request it wrote was also answered.
     # (A request sent on a kept-alive connection as the server closes it is refused unwritten,
     # like in any HTTP server; the client sees a broken connection.)

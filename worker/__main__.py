@@ -7,69 +7,144 @@
 
 import logging
 import sys
+import time
 
-from app import config
-from app.lockfile import AlreadyLocked
-from worker import cli
+from storage import process, settings
+from storage.checkpoint import CorruptCheckpoint
+from storage.checkpoint_store import CheckpointStore
+from storage.layout import Layout
+from storage.lockfile import AlreadyLocked
 from worker.runner import Worker
 
 log = logging.getLogger("worker")
 
+TOP = 10
+
 
 def run(state_dir):
     try:
-        interval = config.interval()
-    except config.ConfigError as error:
-        print(f"mini-analytics worker: {error}", file=sys.stderr)
-        return 2
+        interval = settings.interval()
+    except settings.ConfigError as error:
+        return process.bad_setting("worker", error)
     log.info("worker starting: state_dir=%s interval=%gs", state_dir, interval)
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
         Worker(state_dir).run(interval)
     except AlreadyLocked:
         log.error("another worker is already running on %s; exiting", state_dir)
-        return 1
+        return process.EXIT_FAILED
     except OSError as error:
         # Rule: an error persisting state ends the process. Nothing half-done is trusted:
         # the next worker starts from the last checkpoint that was fully committed.
         log.critical("I/O error in state folder %s: %s; exiting", state_dir, error)
-        return 1
-    return 0
+        return process.EXIT_FAILED
+    return process.EXIT_OK
+
+
+def data1_size(state_dir):
+    try:
+        return Layout(state_dir).data1.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def status(state_dir, out=sys.stdout):
+    """Print where the worker stands. Reads data1's size and data2; takes no lock."""
+    data1_bytes = data1_size(state_dir)
+    try:
+        current = CheckpointStore(state_dir).load()
+    except CorruptCheckpoint as problem:
+        print(f"data2 is unreadable: {problem}", file=sys.stderr)
+        print("the worker will set it aside and recount data1 when it starts", file=sys.stderr)
+        return process.EXIT_FAILED
+    rows = [("state folder", str(state_dir)), ("data1", f"{data1_bytes:,} bytes")]
+    if current is None:
+        rows.append(("checkpoint", "none yet: the worker has not committed one"))
+        rows.append(("lag", f"{data1_bytes:,} bytes"))
+    else:
+        rows += [
+            ("checkpoint", f"{current.updated_at} ({current.age():.1f} s ago)"),
+            ("offset", f"{current.offset:,}"),
+            ("lag", f"{max(0, data1_bytes - current.offset):,} bytes"),
+            ("counted", f"{current.events:,} events, {len(current.counts):,} experiences, "
+                        f"{current.skipped:,} skipped"),
+        ]
+    for label, value in rows:
+        print(f"{label:<14} {value}", file=out)
+    if current and current.counts:
+        print(f"top {min(TOP, len(current.counts))} experiences", file=out)
+        top = current.top(TOP)
+        width = max(len(str(key)) for key, _ in top)
+        for key, count in top:
+            print(f"  {key:>{width}}  {count:,}", file=out)
+    return process.EXIT_OK
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal (or one line per second in a log)."""
+
+    def __init__(self, total_bytes, out=sys.stderr, width=30):
+        self.total = max(1, total_bytes)
+        self.out, self.width = out, width
+        self.started = time.monotonic()
+        self.shown_at = 0.0
+        self.live = out.isatty()
+
+    def __call__(self, offset, tokens, final=False):
+        now = time.monotonic()
+        if not final and now - self.shown_at < (0.1 if self.live else 1.0):
+            return
+        self.shown_at = now
+        done = min(1.0, offset / self.total)
+        filled = int(done * self.width)
+        rate = tokens / max(now - self.started, 1e-9)
+        line = (f"rebuild [{'#' * filled}{'-' * (self.width - filled)}] {done:6.1%}  "
+                f"{offset / 1e6:,.1f}/{self.total / 1e6:,.1f} MB  {rate / 1e6:.2f} M events/s")
+        self.out.write(("\r" + line) if self.live else line + "\n")
+        if final and self.live:
+            self.out.write("\n")
+        self.out.flush()
 
 
 def rebuild(state_dir):
+    """Recount data2 from data1 from scratch, with a progress bar."""
+    bar = ProgressBar(data1_size(state_dir))
+    started = time.monotonic()
     try:
-        return cli.rebuild(state_dir)
+        result = Worker(state_dir).rebuild(progress=bar)
     except AlreadyLocked:
         print(
             f"a worker is running on {state_dir} (it holds worker.lock); stop it first, "
-            "e.g. supervisorctl -c supervisord.conf stop worker",
+            "e.g. .venv/bin/supervisorctl -c supervisord.conf stop worker",
             file=sys.stderr,
         )
-        return 1
+        return process.EXIT_FAILED
     except KeyboardInterrupt:
         print("\nrebuild interrupted; data2 holds its last committed checkpoint", file=sys.stderr)
         return 130
+    bar(result.offset, result.events + result.skipped, final=True)
+    print(
+        f"rebuilt data2 in {time.monotonic() - started:.2f} s: offset {result.offset:,}, "
+        f"{result.events:,} events, {len(result.counts):,} experiences, "
+        f"{result.skipped:,} skipped",
+        file=sys.stderr,
+    )
+    return process.EXIT_OK
 
 
-COMMANDS = {"run": run, "status": cli.status, "rebuild": rebuild}
+COMMANDS = {"run": run, "status": status, "rebuild": rebuild}
 
 
 def main(argv):
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    process.start_logging()
     command = argv[0] if argv else "run"
     if command not in COMMANDS or len(argv) > 1:
         print(__doc__.strip(), file=sys.stderr)
-        return 2
+        return process.EXIT_BAD_SETTING
     try:
-        state_dir = config.state_dir()
-    except config.ConfigError as error:
-        print(f"mini-analytics worker: {error}", file=sys.stderr)
-        return 2
+        state_dir = settings.state_dir()
+    except settings.ConfigError as error:
+        return process.bad_setting("worker", error)
     return COMMANDS[command](state_dir)
 
 

@@ -1,33 +1,32 @@
 """The worker's run loop: recover, then one pass now and one every interval.
 
-A pass reads data1 from the checkpoint's offset (worker/tailer.py), counts the complete
-tokens, and commits offset and counts together (worker/checkpoint.py). Recovery needs no
-special case: whatever instant the previous worker died at, data2 is either the old
-checkpoint or the new one, each consistent with data1, and the next pass simply starts from
-its offset. Anything in data2 that cannot be trusted is moved aside and data1 is counted
+A pass reads data1 from the checkpoint's offset (storage/log_reader.py), counts the complete
+tokens (worker/tally.py), and commits offset and counts together (storage/checkpoint_store.py).
+Recovery needs no special case: whatever instant the previous worker died at, data2 is either
+the old checkpoint or the new one, each consistent with data1, and the next pass simply starts
+from its offset. Anything in data2 that cannot be trusted is moved aside and data1 is counted
 again from offset 0, which is exact because data1 holds every acknowledged event.
 """
 
-import datetime
+import dataclasses
 import logging
 import os
 import select
 import signal
 import time
 
-from app.lockfile import hold_exclusive_lock
-from app.log_format import DATA1, names_open_file
-from worker import checkpoint
-from worker.checkpoint import DATA2, TEMP_SUFFIX, Checkpoint, CorruptCheckpoint
-from worker.tailer import CHUNK_SIZE, Tally, complete_blocks
+from storage.checkpoint import Checkpoint, CorruptCheckpoint
+from storage.checkpoint_store import CheckpointStore
+from storage.layout import Layout
+from storage.lockfile import hold_exclusive_lock
+from storage.log_reader import CHUNK_SIZE, LogReader
+from worker.tally import Tally
 
 log = logging.getLogger("worker")
 
 # During a long catch-up, commit every this many bytes of data1, so that a crash replays
 # little and a restart shows progress.
 COMMIT_EVERY = 32 * 1024 * 1024
-
-LOCK_FILE = "worker.lock"
 
 
 class StopSignal:
@@ -61,17 +60,16 @@ class StopSignal:
 
 class Worker:
     def __init__(self, state_dir, chunk_size=None):
-        self.data1_path = os.path.join(state_dir, DATA1)
-        self.data2_path = os.path.join(state_dir, DATA2)
-        self.lock_path = os.path.join(state_dir, LOCK_FILE)
-        self.chunk_size = chunk_size
-        self.data1_fd = None
+        self.layout = Layout(state_dir)
+        self.store = CheckpointStore(state_dir)
+        self.chunk_size = chunk_size or CHUNK_SIZE
+        self.data1 = None
         self.checkpoint = Checkpoint()
         self.stop = None
 
     def run(self, interval):
         """Hold the worker lock and run passes until SIGTERM/SIGINT. Raises AlreadyLocked."""
-        hold_exclusive_lock(self.lock_path)  # the kernel releases it however we exit
+        hold_exclusive_lock(self.layout.worker_lock)  # the kernel releases it however we exit
         self.stop = StopSignal()
         self.recover()
         while not self.stop.requested:
@@ -82,20 +80,18 @@ class Worker:
         self.close()
 
     def close(self):
-        if self.data1_fd is not None:
-            os.close(self.data1_fd)
-            self.data1_fd = None
+        if self.data1 is not None:
+            self.data1.close()
+            self.data1 = None
 
     def recover(self):
         """Load data2 and check it against data1; start over from 0 if it cannot be used."""
-        self._open_data1()
-        temp = self.data2_path + TEMP_SUFFIX
-        if os.path.exists(temp):
-            # Left by a crash before the rename: never part of any checkpoint.
-            log.info("removing %s left by an interrupted commit; it was never used", temp)
-            os.unlink(temp)
+        self.data1 = LogReader(self.layout.data1)
+        stray = self.store.remove_stray_temp()
+        if stray:
+            log.info("removed %s left by an interrupted commit; it was never used", stray)
         try:
-            loaded = checkpoint.load(self.data2_path)
+            loaded = self.store.load()
         except CorruptCheckpoint as problem:
             self.start_over(f"data2 is unreadable: {problem}")
             return
@@ -104,7 +100,7 @@ class Worker:
             self.checkpoint = Checkpoint()
             return
         self.checkpoint = loaded
-        problem = checkpoint.mismatch(loaded, self.data1_fd)
+        problem = self.data1.mismatch(loaded.offset, loaded.fingerprint)
         if problem:
             self.start_over(problem)
             return
@@ -115,12 +111,7 @@ class Worker:
 
     def start_over(self, reason):
         """Never continue silently from a wrong state: keep the bad data2 aside, recount."""
-        aside = None
-        if os.path.exists(self.data2_path):
-            stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-            aside = f"{self.data2_path}.bad-{stamp}"
-            os.replace(self.data2_path, aside)
-            checkpoint.fsync_directory(os.path.dirname(self.data2_path))
+        aside = self.store.set_aside()
         log.error(
             "CHECKPOINT REJECTED: %s; moved it aside to %s; recounting data1 from offset 0",
             reason, aside,
@@ -134,12 +125,12 @@ class Worker:
         so data2 is consistent at every instant, even if the rebuild is interrupted.
         Raises AlreadyLocked if a worker is running.
         """
-        hold_exclusive_lock(self.lock_path)
-        self._open_data1()
+        hold_exclusive_lock(self.layout.worker_lock)
+        self.data1 = LogReader(self.layout.data1)
         self.checkpoint = Checkpoint()
         self.run_pass(progress)
         if self.checkpoint.offset == 0:  # an empty data1: its checkpoint is empty counts
-            checkpoint.commit(self.data2_path, self.checkpoint, self.data1_fd)
+            self.checkpoint = self.store.commit(self.checkpoint)
         self.close()
         return self.checkpoint
 
@@ -153,8 +144,7 @@ class Worker:
         start_offset = self.checkpoint.offset
         tally = Tally()
         end = start_offset
-        blocks = complete_blocks(self.data1_fd, start_offset, self.chunk_size or CHUNK_SIZE)
-        for block, end in blocks:
+        for block, end in self.data1.blocks(start_offset, self.chunk_size):
             if self.stop and self.stop.requested:
                 # Drop the uncommitted part of the pass; data2 still holds a consistent
                 # checkpoint and the next worker counts on from there.
@@ -171,32 +161,37 @@ class Worker:
             log.info(
                 "pass: counted %d events (%d skipped) in %.3fs; offset %d -> %d; lag %d bytes",
                 tally.events, tally.skipped, time.monotonic() - started, start_offset,
-                self.checkpoint.offset, os.fstat(self.data1_fd).st_size - self.checkpoint.offset,
+                self.checkpoint.offset, self.data1.size() - self.checkpoint.offset,
             )
         return tally.events
 
     def _commit(self, tally, end):
-        skipped, samples = tally.drain_into(self.checkpoint.counts)
+        # The counts dict is extended in place rather than copied: a copy of a million-entry
+        # dict per commit would cost more than the commit. Should the commit fail, the
+        # process exits and its in-memory state goes with it.
+        counts = self.checkpoint.counts
+        skipped, samples = tally.drain_into(counts)
         if skipped:
             log.warning(
                 "skipped %d tokens that are not experience ids, e.g. %s",
                 skipped, ", ".join(repr(token) for token in samples),
             )
-        self.checkpoint.skipped += skipped
-        self.checkpoint.offset = end
-        checkpoint.commit(self.data2_path, self.checkpoint, self.data1_fd)
-
-    def _open_data1(self):
-        if self.data1_fd is not None:
-            os.close(self.data1_fd)
-        # O_CREAT: the worker may start before the ingest has written anything.
-        self.data1_fd = os.open(self.data1_path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # The pointer must never get ahead of the data: data1's bytes up to the new offset
+        # are made durable before a checkpoint that claims them is.
+        self.data1.make_durable()
+        self.checkpoint = self.store.commit(dataclasses.replace(
+            self.checkpoint,
+            offset=end,
+            counts=counts,
+            skipped=self.checkpoint.skipped + skipped,
+            fingerprint=self.data1.fingerprint(end),
+        ))
 
     def _check_data1(self):
         """Notice a data1 that was replaced, truncated or rewritten since the last pass."""
-        if not names_open_file(self.data1_path, self.data1_fd):
-            log.warning("data1 was replaced or removed; reopening %s", self.data1_path)
-            self._open_data1()
-        problem = checkpoint.mismatch(self.checkpoint, self.data1_fd)
+        if self.data1.replaced():
+            log.warning("data1 was replaced or removed; reopening %s", self.layout.data1)
+            self.data1.open()
+        problem = self.data1.mismatch(self.checkpoint.offset, self.checkpoint.fingerprint)
         if problem:
             self.start_over(problem)

@@ -1,17 +1,22 @@
 """data2, the checkpoint: the worker's position in data1 and the counts up to it, in one file.
 
-Format
+The store that writes and reads it is storage/checkpoint_store.py.
+
+Format (version 1)
     One JSON object, replaced whole on every commit:
 
-        {"offset": 8, "events": 3, "skipped": 0, "fingerprint": "9f2c...",
+        {"version": 1, "offset": 8, "events": 3, "skipped": 0, "fingerprint": "9f2c...",
          "updated_at": "2026-11-25T10:00:05.123Z", "counts": {"1": 2, "100": 1}}
 
+    version      the format's version; a data2 without one was written before versions
+                 existed and reads as version 1. A newer version is refused, never guessed at.
     offset       bytes of data1 consumed: always just after a separator
     counts       experience id (canonical decimal string) -> times seen, in numeric order
     events       sum of counts
     skipped      complete tokens before offset that were not valid ids
     fingerprint  sha256 of data1's first 64 bytes and the 64 bytes before offset, so a data1
                  that was replaced or rewritten under the checkpoint is noticed
+                 (storage/log_reader.py computes it)
     updated_at   when this checkpoint was committed (UTC)
 
 Invariant, true at every instant because offset and counts live in one atomically replaced
@@ -25,25 +30,31 @@ import datetime
 import hashlib
 import heapq
 import json
-import os
 
-from app.log_format import MAX_ID
+from storage.log_format import parse_token
 
-DATA2 = "data2"
-TEMP_SUFFIX = ".tmp"
-FINGERPRINT_SPAN = 64
+VERSION = 1
+
+# The fingerprint of offset 0 is the hash of no bytes at all: data1[0:0] is empty whatever
+# file it is, so the empty checkpoint matches every data1, as it should: counting from 0
+# needs nothing from the file.
+EMPTY_FINGERPRINT = hashlib.sha256(b"").hexdigest()
 
 
 class CorruptCheckpoint(Exception):
     """data2 exists but cannot be trusted; the message says why."""
 
 
-@dataclasses.dataclass
+class UnsupportedVersion(CorruptCheckpoint):
+    """data2 was written in a format this code does not know (by a newer version of it)."""
+
+
+@dataclasses.dataclass(frozen=True)
 class Checkpoint:
     offset: int = 0
     counts: dict = dataclasses.field(default_factory=dict)  # int id -> int count
     skipped: int = 0
-    fingerprint: str = hashlib.sha256().hexdigest()
+    fingerprint: str = EMPTY_FINGERPRINT
     updated_at: str = ""
 
     @property
@@ -54,13 +65,19 @@ class Checkpoint:
         """The n largest (id, count) pairs, largest first; equal counts in id order."""
         return heapq.nlargest(n, self.counts.items(), key=lambda item: (item[1], -item[0]))
 
+    def age(self, now=None):
+        """Seconds since this checkpoint was committed, or None before the first commit."""
+        if not self.updated_at:
+            return None
+        committed = datetime.datetime.fromisoformat(self.updated_at)
+        now = now or datetime.datetime.now(datetime.timezone.utc)
+        return max(0.0, (now - committed).total_seconds())
 
-def fingerprint(data1_fd, offset):
-    """Hash of the bytes that identify data1[0:offset]: its first and its last 64 bytes."""
-    head = os.pread(data1_fd, min(FINGERPRINT_SPAN, offset), 0)
-    tail_start = max(0, offset - FINGERPRINT_SPAN)
-    tail = os.pread(data1_fd, offset - tail_start, tail_start)
-    return hashlib.sha256(head + tail).hexdigest()
+
+def utc_now_iso():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(
+        timespec="milliseconds"
+    ).replace("+00:00", "Z")
 
 
 def encode(checkpoint):
@@ -70,6 +87,7 @@ def encode(checkpoint):
     counts_json = ", ".join([f'"{key}": {counts[key]}' for key in sorted(counts)])
     head = json.dumps(
         {
+            "version": VERSION,
             "offset": checkpoint.offset,
             "events": checkpoint.events,
             "skipped": checkpoint.skipped,
@@ -81,13 +99,19 @@ def encode(checkpoint):
 
 
 def decode(data):
-    """Parse and check data2's bytes. Raises CorruptCheckpoint naming what is wrong."""
+    """Parse and check data2's bytes. Raises CorruptCheckpoint (or UnsupportedVersion)."""
     try:
         document = json.loads(data)
     except (ValueError, RecursionError) as error:  # includes empty, NUL-filled, truncated
         raise CorruptCheckpoint(f"not valid JSON ({error})") from None
     if type(document) is not dict:
         raise CorruptCheckpoint("not a JSON object")
+    version = document.get("version", 1)
+    if version != VERSION:
+        raise UnsupportedVersion(
+            f"format version {version!r}; this program reads version {VERSION} "
+            "(was it written by a newer mini-analytics?)"
+        )
 
     def field(name, kind):
         value = document.get(name)
@@ -101,8 +125,9 @@ def decode(data):
         raise CorruptCheckpoint(f"negative offset ({offset}) or skipped ({skipped})")
     counts = {}
     for key, count in raw_counts.items():
-        experience_id = int(key) if key.isdigit() and len(key) < 20 else -1
-        if str(experience_id) != key or experience_id > MAX_ID:
+        # The same rule data1's tokens follow: one canonical spelling per id.
+        experience_id = parse_token(key.encode("utf-8", "replace"))
+        if experience_id is None:
             raise CorruptCheckpoint(f"counts has a key that is not an experience id: {key!r}")
         if type(count) is not int or count <= 0:
             raise CorruptCheckpoint(f"counts[{key!r}] is not a positive integer")
@@ -112,70 +137,3 @@ def decode(data):
     if 2 * (events + skipped) > offset:
         raise CorruptCheckpoint(f"{events + skipped} tokens cannot fit in {offset} bytes")
     return Checkpoint(offset, counts, skipped, digest, str(document.get("updated_at", "")))
-
-
-def load(path):
-    """The checkpoint at `path`, or None if there is none. Raises CorruptCheckpoint."""
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except FileNotFoundError:
-        return None
-    return decode(data)
-
-
-def replace_durably(path, data):
-    """Replace the file at `path` with `data`, atomically and durably.
-
-    Guarantee: at any instant, including after a crash or power loss at any point inside this
-    function, `path` holds either its old contents or exactly `data`: never a mix, never
-    empty, never missing (if it existed). Once this returns, it holds `data` durably.
-    A stray temp file left by a crash here is harmless: it is never read, and the next call
-    truncates it.
-    """
-    temp = f"{path}{TEMP_SUFFIX}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        # The temp file's bytes must be on disk before the rename can make them data2; else a
-        # power loss could leave a renamed but empty or NUL-filled data2.
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    # rename(2) swaps the name in one step; the old data2 stays whole until that moment.
-    # Never delete the old file first: that opens a window with no checkpoint at all.
-    os.replace(temp, path)
-    # The rename lives in the directory: fsync it, or a power loss could undo it.
-    fsync_directory(os.path.dirname(path) or ".")
-
-
-def fsync_directory(path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def commit(path, checkpoint, data1_fd):
-    """Make `checkpoint` the durable data2. Any OSError propagates: the caller must exit."""
-    # The pointer must never get ahead of the data: data1's bytes up to the new offset are
-    # made durable before a checkpoint that claims them is.
-    os.fdatasync(data1_fd)
-    checkpoint.fingerprint = fingerprint(data1_fd, checkpoint.offset)
-    checkpoint.updated_at = datetime.datetime.now(datetime.timezone.utc).isoformat(
-        timespec="milliseconds"
-    ).replace("+00:00", "Z")
-    replace_durably(path, encode(checkpoint))
-
-
-def mismatch(checkpoint, data1_fd):
-    """Why `checkpoint` does not describe this data1, or None if it does."""
-    size = os.fstat(data1_fd).st_size
-    if size < checkpoint.offset:
-        return f"data1 is {size} bytes, shorter than the checkpoint's offset {checkpoint.offset}"
-    if fingerprint(data1_fd, checkpoint.offset) != checkpoint.fingerprint:
-        return "data1's bytes before the checkpoint's offset are not the ones it counted"
-    return None

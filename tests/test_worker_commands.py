@@ -4,7 +4,9 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO, caught_up, post, read_checkpoint, service_env, valid_counts, wait_for
+from http_client import post, wait_for
+from processes import REPO, service_env
+from reference import caught_up, read_checkpoint, valid_counts
 
 
 def worker_command(state_dir, *args):

@@ -1,6 +1,6 @@
 """The writer of data1: appends records, and acknowledges them only once they are durable.
 
-The format is in app/log_format.py. This module's guarantees:
+The format is in storage/log_format.py. This module's guarantees:
 
 * Each append is one os.write on an O_APPEND descriptor under one lock, so records from
   concurrent requests never interleave or tear one another.
@@ -19,7 +19,9 @@ import logging
 import os
 import threading
 
-from app.log_format import last_separator, names_open_file
+from storage.layout import names_open_file
+from storage.log_format import last_separator
+from storage.process import die
 
 log = logging.getLogger("ingest")
 
@@ -29,13 +31,6 @@ MIN_FREE_BYTES = 1024 * 1024
 
 class AppendError(Exception):
     """The append failed and was undone: nothing of it is in data1."""
-
-
-def die(message):
-    """Exit at once, without unwinding: the file's state on disk is no longer known."""
-    log.critical("%s; exiting so that recovery starts from what is on disk", message)
-    logging.shutdown()
-    os._exit(70)
 
 
 class EventLog:
@@ -103,7 +98,7 @@ class EventLog:
             try:
                 os.fdatasync(self._fd)
             except OSError as error:
-                die(f"fdatasync of data1 failed: {error}")
+                die(log, f"fdatasync of data1 failed: {error}")
             self._synced = target
 
     def _undo_partial_write(self):
@@ -111,7 +106,7 @@ class EventLog:
         try:
             os.ftruncate(self._fd, self._end)
         except OSError as error:
-            die(f"could not truncate a failed write off data1: {error}")
+            die(log, f"could not truncate a failed write off data1: {error}")
 
     def _remove_torn_tail(self):
         size = os.fstat(self._fd).st_size

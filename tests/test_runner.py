@@ -1,4 +1,4 @@
-"""The worker: passes, recovery from planted bad states, a crash at every step of the commit
+"""worker/runner.py, the worker's run loop: passes, recovery from planted bad states, a crash at every step of the commit
 path, the single-worker lock and SIGTERM. In-process where the logic is the point, real
 processes where signals and locks are."""
 
@@ -11,10 +11,10 @@ import sys
 
 import pytest
 
-from conftest import (
-    REPO, check_invariant, free_port, read_checkpoint, service_env, valid_counts, wait_for,
-)
-from worker import checkpoint as checkpoint_module
+from http_client import wait_for
+from processes import REPO, service_env
+from reference import check_invariant, read_checkpoint, valid_counts
+from storage import checkpoint_store, durable
 from worker import runner
 from worker.runner import Worker
 
@@ -94,13 +94,13 @@ def test_garbage_tokens_are_skipped_and_logged(state_dir, caplog):
 def test_long_catch_up_commits_along_the_way(state_dir, monkeypatch):
     monkeypatch.setattr(runner, "COMMIT_EVERY", 1000)
     commits = []
-    real_commit = checkpoint_module.commit
+    real_commit = checkpoint_store.CheckpointStore.commit
 
-    def counting_commit(path, cp, fd):
+    def counting_commit(store, cp):
         commits.append(cp.offset)
-        real_commit(path, cp, fd)
+        return real_commit(store, cp)
 
-    monkeypatch.setattr(checkpoint_module, "commit", counting_commit)
+    monkeypatch.setattr(checkpoint_store.CheckpointStore, "commit", counting_commit)
     write(state_dir, b"7 " * 5000)
     one_pass(state_dir, chunk_size=256)
     assert len(commits) >= 10 and commits == sorted(commits)
@@ -199,13 +199,13 @@ def crash_on_call(monkeypatch, module, name, call_number=1, after=False):
 
 
 CRASH_POINTS = {
-    # step of checkpoint.commit       (module, function, which call, crash after it returns)
+    # step of a commit                (module, function, which call, crash after it returns)
     "after reading, before fdatasync of data1": (os, "fdatasync", 1, False),
     "after fdatasync of data1": (os, "fdatasync", 1, True),
     "after writing the temp file, before its fsync": (os, "fsync", 1, False),
     "after fsyncing the temp file, before the rename": (os, "replace", 1, False),
-    "after the rename, before the folder fsync": (checkpoint_module, "fsync_directory", 1, False),
-    "after the folder fsync": (checkpoint_module, "fsync_directory", 1, True),
+    "after the rename, before the folder fsync": (durable, "fsync_directory", 1, False),
+    "after the folder fsync": (durable, "fsync_directory", 1, True),
 }
 
 
@@ -231,7 +231,7 @@ def test_a_failed_checkpoint_write_is_fatal(state_dir, monkeypatch):
     def full_disk(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint_module, "replace_durably", full_disk)
+    monkeypatch.setattr(checkpoint_store, "replace_durably", full_disk)
     with pytest.raises(OSError):
         one_pass(state_dir)
 
@@ -264,18 +264,6 @@ def test_a_nul_filled_tail_is_never_consumed_and_skipped_once_followed(state_dir
     write(state_dir, b" 3 ")
     cp = one_pass(state_dir)
     assert cp["counts"] == {"1": 1, "2": 1, "3": 1} and cp["skipped"] == 1
-
-
-@pytest.mark.parametrize("module", ["worker", "app"])
-def test_an_unusable_state_folder_is_a_clear_error(tmp_path, module):
-    not_a_folder = tmp_path / "state"
-    not_a_folder.write_text("a file where the state folder should be")
-    result = subprocess.run(
-        [sys.executable, "-m", module], cwd=REPO, capture_output=True, text=True, timeout=30,
-        env=service_env(not_a_folder, port=free_port()),
-    )
-    assert result.returncode == 1
-    assert "state folder" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_failing_checkpoint_write_stops_the_worker_process(procs, state_dir):

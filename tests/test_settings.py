@@ -1,12 +1,13 @@
-"""Configuration: parsing rules, and bad values stopping a process with exit code 2."""
+"""storage/settings.py: parsing rules, and bad values stopping a process with exit code 2."""
 
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, service_env
-from app import config
+from http_client import free_port
+from processes import REPO, service_env
+from storage import settings as config
 
 
 @pytest.mark.parametrize(
@@ -57,3 +58,15 @@ def test_bad_setting_exits_2_with_one_line_and_touches_nothing(tmp_path, module,
     assert len(lines) == 1 and f"MINI_ANALYTICS_{setting.upper()}" in lines[0]
     assert "Traceback" not in result.stderr
     assert not state_dir.exists()
+
+
+@pytest.mark.parametrize("module", ["worker", "app"])
+def test_an_unusable_state_folder_is_a_clear_error(tmp_path, module):
+    not_a_folder = tmp_path / "state"
+    not_a_folder.write_text("a file where the state folder should be")
+    result = subprocess.run(
+        [sys.executable, "-m", module], cwd=REPO, capture_output=True, text=True, timeout=30,
+        env=service_env(not_a_folder, port=free_port()),
+    )
+    assert result.returncode == 1
+    assert "state folder" in result.stderr and "Traceback" not in result.stderr

@@ -1,4 +1,5 @@
-"""data1's format and its reader: token parsing, and complete_blocks with every chunk size."""
+"""storage/log_reader.py: complete_blocks with every chunk size against the reference model,
+and the fingerprint that tells whether data1 is still the file a checkpoint counted."""
 
 import os
 
@@ -6,41 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import complete_length, valid_counts
-from app.log_format import encode, last_separator, parse_token
-from worker.tailer import Tally, complete_blocks
-
-
-@pytest.mark.parametrize(
-    "token, expected",
-    [
-        (b"0", 0),
-        (b"1", 1),
-        (b"100", 100),
-        (b"9223372036854775807", 2**63 - 1),
-        (b"9223372036854775808", None),  # 2**63
-        (b"99999999999999999999", None),
-        (b"01", None),  # one spelling per id
-        (b"00", None),
-        (b"-1", None),
-        (b"+1", None),
-        (b"1_000", None),
-        (b"1.0", None),
-        (b"abc", None),
-        (b"\x00\x00", None),
-        (b"\xd9\xa3", None),  # a non-ASCII digit
-        (b"", None),
-    ],
-)
-def test_parse_token(token, expected):
-    assert parse_token(token) == expected
-
-
-def test_encode_and_last_separator():
-    assert encode([1, 100, 1]) == b"1 100 1 "
-    assert last_separator(b"1 2\n3") == 3
-    assert last_separator(b"12") == -1
-    assert last_separator(b"1\t") == 1
+from reference import complete_length, valid_counts
+from storage.checkpoint import Checkpoint
+from storage.log_format import parse_token
+from storage.log_reader import LogReader, complete_blocks
+from worker.tally import Tally
 
 
 def read_all(data, offset=0, chunk_size=1024 * 1024, tmp_path=None):
@@ -82,17 +53,6 @@ def test_an_overlong_run_is_one_token_and_memory_stays_bounded(tmp_path):
     assert blocks[-1][1] == len(data)
 
 
-def test_tally_counts_valid_and_skips_the_rest():
-    tally = Tally()
-    tally.add(b"1 100 1 x 01 \x00 ")
-    counts = {1: 5}
-    skipped, samples = tally.drain_into(counts)
-    assert counts == {1: 7, 100: 1}
-    assert (tally.events, skipped, tally.skipped) == (3, 3, 3)
-    assert sorted(samples) == [b"\x00", b"01", b"x"]
-    assert tally.drain_into(counts) == (0, [])  # drained: nothing counted twice
-
-
 tokens = st.one_of(
     st.integers(0, 2**63 - 1).map(lambda n: str(n).encode()),
     st.sampled_from([b"01", b"-3", b"x", b"\x00\x00", b"9" * 25, b"1.5"]),
@@ -121,3 +81,42 @@ def test_reading_from_any_complete_offset_matches_the_model(tmp_path_factory, pi
     assert {str(k): v for k, v in counts.items()} == valid_counts(content[offset:])
     end = blocks[-1][1] if blocks else offset
     assert end == max(offset, complete_length(content))
+
+
+def test_mismatch_detects_truncation_and_rewrites(tmp_path):
+    path = tmp_path / "data1"
+    path.write_bytes(b"1 100 1 ")
+    reader = LogReader(path)
+    try:
+        fingerprint = reader.fingerprint(8)
+        assert reader.mismatch(8, fingerprint) is None
+        with open(path, "r+b") as data1:
+            data1.seek(6)
+            data1.write(b"7 ")  # same size, different bytes before the offset
+        assert "not the ones it counted" in reader.mismatch(8, fingerprint)
+        os.truncate(path, 4)
+        assert "shorter" in reader.mismatch(8, fingerprint)
+    finally:
+        reader.close()
+
+
+def test_the_empty_checkpoint_matches_any_data1(tmp_path):
+    path = tmp_path / "data1"
+    path.write_bytes(b"5 6 7 ")
+    reader = LogReader(path)
+    try:
+        assert reader.mismatch(0, Checkpoint().fingerprint) is None
+    finally:
+        reader.close()
+
+
+def test_replaced_notices_a_new_file_under_the_name(tmp_path):
+    path = tmp_path / "data1"
+    reader = LogReader(path)  # creates it
+    try:
+        assert not reader.replaced()
+        path.rename(tmp_path / "old")
+        path.write_bytes(b"1 ")
+        assert reader.replaced()
+    finally:
+        reader.close()

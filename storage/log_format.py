@@ -1,6 +1,7 @@
 """data1, the event log: its on-disk format, written down once.
 
-The writer (app/eventlog.py) and the reader (worker/tailer.py) both follow this page.
+The writer (storage/log_writer.py) and the reader (storage/log_reader.py) both follow this
+page; the file's name and place are in storage/layout.py.
 
 Format
     data1 is a sequence of records. A record is one experience id in canonical ASCII
@@ -19,10 +20,6 @@ Invariants
     * A complete token that is not a canonical id (garbage written by something else, NUL
       bytes left by a power loss) is skipped and counted as skipped; it never stops a reader.
 """
-
-import os
-
-DATA1 = "data1"
 
 SEPARATOR = b" "
 # Exactly the bytes that bytes.split() splits on, so a reader can split a block with it.
@@ -59,16 +56,3 @@ def last_separator(buf):
         last = max(last, buf.rfind(sep, last + 1))
     return last
 
-
-def names_open_file(path, fd):
-    """True if `path` still names the file open on `fd`: data1 was not replaced or removed.
-
-    Both processes hold data1 open; a file renamed or deleted under them keeps being read or
-    written through the old descriptor, so each checks that the name still leads to it.
-    """
-    try:
-        on_disk = os.stat(path)
-    except FileNotFoundError:
-        return False
-    held = os.fstat(fd)
-    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)

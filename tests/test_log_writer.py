@@ -1,4 +1,4 @@
-"""The append log: torn-tail repair, concurrent appends, group commit, undo of failed writes,
+"""storage/log_writer.py, the writer of data1: torn-tail repair, concurrent appends, group commit, undo of failed writes,
 and fsync failure being fatal. Faults are injected by patching os functions in-process."""
 
 import errno
@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
-from app import eventlog
-from app.eventlog import AppendError, EventLog
-from app.log_format import encode
+from storage import log_writer as eventlog
+from storage.log_format import encode
+from storage.log_writer import AppendError, EventLog
 
 
 @pytest.mark.parametrize(

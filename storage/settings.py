@@ -1,8 +1,8 @@
 """Configuration: every MINI_ANALYTICS_* environment variable, parsed and checked in one place.
 
 The README's configuration table lists the same variables. A bad value is a ConfigError whose
-message names the variable; each entry point prints it and exits with code 2 before it
-touches anything on disk.
+message names the variable; each program reports it (storage/process.py) and exits with
+code 2 before it touches anything on disk.
 """
 
 import math

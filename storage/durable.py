@@ -1,0 +1,51 @@
+"""Durable file replacement: write temp -> fsync temp -> rename over target -> fsync folder.
+
+The sequence PostgreSQL's durable_rename and LevelDB's SetCurrentFile follow. Any OSError
+propagates: after a failed fsync the kernel may have dropped the data, so the caller must not
+retry; it exits and recovery starts from what is on disk.
+"""
+
+import os
+
+from storage.layout import temp_path
+
+
+def replace_durably(path, data):
+    """Replace the file at `path` with `data`, atomically and durably.
+
+    Guarantee: at any instant, including after a crash or power loss at any point inside this
+    function, `path` holds either its old contents or exactly `data`: never a mix, never
+    empty, never missing (if it existed). Once this returns, it holds `data` durably.
+    A stray temp file left by a crash here is harmless: it is never read, and the next call
+    truncates it.
+    """
+    temp = temp_path(path)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        # The temp file's bytes must be on disk before the rename can publish them; else a
+        # power loss could leave a renamed but empty or NUL-filled file.
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    # rename(2) swaps the name in one step; the old file stays whole until that moment.
+    # Never delete the old file first: that opens a window with no file at all.
+    os.replace(temp, path)
+    # The rename lives in the directory: fsync it, or a power loss could undo it.
+    fsync_directory(os.path.dirname(path) or ".")
+
+
+def move_durably(source, target):
+    """Rename `source` to `target` (same folder) and make the rename survive a power loss."""
+    os.replace(source, target)
+    fsync_directory(os.path.dirname(target) or ".")
+
+
+def fsync_directory(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

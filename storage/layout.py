@@ -1,0 +1,65 @@
+"""The state folder: every file name in it, in one place (LevelDB's filename.h).
+
+    file              written by                        read by
+    data1             storage/log_writer.py (ingest)    storage/log_reader.py (worker)
+    data2             storage/checkpoint_store.py       storage/checkpoint_store.py
+                      (worker: commit)                  (worker: recovery; ingest: read side;
+                                                         `python -m worker status`)
+    data2.tmp         storage/durable.py (the commit's  nobody: removed by the worker at start
+                      temp file, renamed over data2)
+    data2.bad-<time>  storage/checkpoint_store.py       the operator (a rejected checkpoint,
+                      (set aside, never deleted)        kept for inspection)
+    ingest.lock       storage/lockfile.py: held by the ingest; probed by nothing
+    worker.lock       storage/lockfile.py: held by the worker (and `rebuild`); probed by the
+                      ingest to tell whether a worker is alive
+    supervisor.sock, supervisord.pid, supervisord.log, logs/
+                      supervisord (paths in supervisord.conf), not the engine
+
+Nothing else is ever created in the state folder.
+"""
+
+import datetime
+import os
+from pathlib import Path
+
+DATA1 = "data1"
+DATA2 = "data2"
+TEMP_SUFFIX = ".tmp"
+SET_ASIDE_INFIX = ".bad-"
+INGEST_LOCK = "ingest.lock"
+WORKER_LOCK = "worker.lock"
+
+
+class Layout:
+    """The paths of one state folder."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.data1 = self.root / DATA1
+        self.data2 = self.root / DATA2
+        self.ingest_lock = self.root / INGEST_LOCK
+        self.worker_lock = self.root / WORKER_LOCK
+
+    def set_aside(self, path, now=None):
+        """Where to keep a rejected file: `<name>.bad-<UTC time>`, unique to the microsecond."""
+        now = now or datetime.datetime.now(datetime.timezone.utc)
+        return path.with_name(path.name + SET_ASIDE_INFIX + now.strftime("%Y%m%dT%H%M%S.%fZ"))
+
+
+def temp_path(path):
+    """The temp file a durable replace of `path` writes first."""
+    return Path(f"{path}{TEMP_SUFFIX}")
+
+
+def names_open_file(path, fd):
+    """True if `path` still names the file open on `fd`: it was not replaced or removed.
+
+    Both processes hold data1 open; a file renamed or deleted under them keeps being read or
+    written through the old descriptor, so each checks that the name still leads to it.
+    """
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)

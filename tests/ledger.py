@@ -1,0 +1,128 @@
+"""Ledgers: clients that remember what became of every event they sent, the set checker that
+judges the counts against them, and a watcher that checks the invariant while a test runs."""
+
+import http.client
+import threading
+
+from reference import check_invariant
+
+
+class Posters:
+    """Client threads posting ids unique per request, with a ledger of what became of each.
+
+    acked: answered 202, so they must be counted exactly once.
+    refused: answered with an error status, or never connected: never written.
+    unknown: the connection broke mid-request: written at most once.
+
+    With batch_size > 1 each request is a POST /batch of that many unique ids. Ids start at
+    first_id, so several Posters can run side by side without sharing any.
+    """
+
+    def __init__(self, port, threads=4, batch_size=1, first_id=1):
+        self.port, self.threads, self.batch_size, self.first_id = port, threads, batch_size, first_id
+        self.acked, self.refused, self.unknown = set(), set(), set()
+        self._stopping = threading.Event()
+        self._threads = []
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        for index in range(self.threads):
+            thread = threading.Thread(target=self._post_loop, args=(index,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def __exit__(self, *exc):
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+
+    @property
+    def sent(self):
+        return self.acked | self.refused | self.unknown
+
+    def _record(self, ledger, ids):
+        with self._lock:
+            ledger.update(ids)
+
+    def _request(self, ids):
+        if self.batch_size == 1:
+            return "/event", b'{"experienceID": %d}' % ids[0]
+        events = ", ".join('{"experienceID": %d}' % i for i in ids)
+        return "/batch", ('{"batch": [%s]}' % events).encode()
+
+    def _post_loop(self, index):
+        conn = None
+        request_number = 0
+        while not self._stopping.is_set():
+            # Thread `index` owns every threads-th block of batch_size ids: unique everywhere.
+            start = self.first_id + (request_number * self.threads + index) * self.batch_size
+            request_number += 1
+            ids = list(range(start, start + self.batch_size))
+            path, body = self._request(ids)
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                    conn.connect()
+            except OSError:
+                conn = None
+                self._record(self.refused, ids)
+                self._stopping.wait(0.01)  # the server is down: don't spin
+                continue
+            try:
+                conn.request("POST", path, body=body)
+                response = conn.getresponse()
+                response.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = None
+                self._record(self.unknown, ids)
+                continue
+            self._record(self.acked if response.status == 202 else self.refused, ids)
+        if conn is not None:
+            conn.close()
+
+
+def check_ledgers(counts, *posters):
+    """The set checker: acked exactly once, unknown at most once, refused never, and
+    nothing counted that was never sent."""
+    counted = {int(key): value for key, value in counts.items()}
+    acked = set().union(*(p.acked for p in posters))
+    unknown = set().union(*(p.unknown for p in posters))
+    refused = set().union(*(p.refused for p in posters))
+    missing = [i for i in acked if counted.get(i) != 1]
+    assert not missing, f"{len(missing)} acknowledged ids not counted exactly once: {missing[:10]}"
+    twice = [i for i in unknown if counted.get(i, 0) > 1]
+    assert not twice, f"ids counted more than once: {twice[:10]}"
+    never_sent = set(counted) - acked - unknown - refused
+    assert not never_sent, f"ids counted but never sent: {sorted(never_sent)[:10]}"
+    written_refused = [i for i in refused if i in counted]
+    assert not written_refused, f"refused ids were counted: {written_refused[:10]}"
+
+
+class InvariantWatcher:
+    """Checks the data1/data2 invariant over and over while a test runs."""
+
+    def __init__(self, state_dir):
+        self.state_dir = state_dir
+        self.observations = 0
+        self.failures = []
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stopping.set()
+        self._thread.join(timeout=30)
+        assert not self.failures, self.failures[:3]
+
+    def _watch(self):
+        while not self._stopping.wait(0.02):
+            try:
+                if check_invariant(self.state_dir) is not None:
+                    self.observations += 1
+            except (AssertionError, ValueError) as failure:
+                self.failures.append(repr(failure)[:500])
