@@ -3,11 +3,23 @@
 
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
+CTL := $(BIN)/supervisorctl -c supervisord.conf
 
-.PHONY: run test bench
+.PHONY: run status test bench
 
+# A second `make run` says so plainly instead of supervisord's message about its socket. The
+# state folder is the running supervisord's own setting (its environment), not this shell's.
 run: $(VENV)/installed
-	PATH="$(BIN):$$PATH" $(BIN)/supervisord -c supervisord.conf
+	@if pid=$$($(CTL) pid 2>/dev/null); then \
+		state=$$(tr '\0' '\n' </proc/$$pid/environ 2>/dev/null | sed -n 's/^MINI_ANALYTICS_STATE_DIR=//p'); \
+		echo "mini-analytics is already running from $(CURDIR) (supervisord pid $$pid," \
+		     "state folder $${state:-$(CURDIR)/state}); see: make status" >&2; \
+		exit 1; \
+	fi
+	$(BIN)/supervisord -c supervisord.conf
+
+status: $(VENV)/installed
+	@$(CTL) status; $(BIN)/python -m worker status
 
 test: $(VENV)/installed
 	$(BIN)/python -m pytest

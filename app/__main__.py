@@ -1,18 +1,26 @@
-"""`python -m app`: the ingest process. Bottle on waitress, appending to state/data1."""
+"""`python -m app`: the ingest process. Bottle on waitress, appending to state/data1.
 
+Takes no arguments; every setting is a MINI_ANALYTICS_* environment variable (README,
+"Configuration").
+"""
+
+import json
 import logging
 import signal
 import sys
 
 import waitress
+from waitress.channel import HTTPChannel
+from waitress.task import ErrorTask
 
 from app.api import BATCH_BODY_LIMIT, make_app
 from storage import process, settings
 from storage.layout import Layout
-from storage.lockfile import AlreadyLocked, hold_exclusive_lock
+from storage.lockfile import hold_exclusive_lock
 from storage.log_writer import EventLog
 
 log = logging.getLogger("ingest")
+
 
 def stop_like_sigint(signum, frame):
     # waitress treats KeyboardInterrupt as "shut down": it stops serving and waits (up to
@@ -21,42 +29,47 @@ def stop_like_sigint(signum, frame):
     raise KeyboardInterrupt
 
 
-def main():
-    process.start_logging()
-    # waitress warns "Task queue depth is N" whenever all threads are busy, which under load
-    # is every request: the flood costs real CPU and says nothing an operator can act on.
-    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
-    try:
-        host, port = settings.host(), settings.port()
-        state_dir, durable, threads = settings.state_dir(), settings.fsync(), settings.threads()
-    except settings.ConfigError as error:
-        return process.bad_setting("ingest", error)
-    layout = Layout(state_dir)
+class JsonErrorTask(ErrorTask):
+    """waitress's own error answers (a body over its limit, headers too large, a malformed
+    request) in the API's JSON shape rather than plain text.
 
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        # Held until the process exits: one ingest per state folder, so no other writer can
-        # interleave with our appends or our torn-tail repair.
-        hold_exclusive_lock(layout.ingest_lock)
-        eventlog = EventLog(layout.data1, durable=durable)
-    except AlreadyLocked:
-        log.error("another ingest process is already running on %s; exiting", state_dir)
-        return process.EXIT_FAILED
-    except OSError as error:
-        log.critical("cannot open data1 in state folder %s: %s; exiting", state_dir, error)
-        return process.EXIT_FAILED
+    waitress sends them before the app runs, straight from the request's headers: a body far
+    over the limit is refused at once and never read into memory.
+    """
+
+    def execute(self):
+        error = self.request.error
+        body = json.dumps({"error": f"{error.reason}: {error.body}"}).encode() + b"\n"
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+
+
+class Channel(HTTPChannel):
+    error_task_class = JsonErrorTask
+
+
+def serve(host, port, threads, state_dir, durable, stalled_after):
+    layout = Layout(state_dir)
+    # Held until the process exits: one ingest per state folder, so no other writer can
+    # interleave with our appends or our torn-tail repair.
+    hold_exclusive_lock(layout.ingest_lock)
+    eventlog = EventLog(layout.data1, durable=durable)
     log.info(
         "ingest starting: http://%s:%d state_dir=%s fsync=%s threads=%d data1=%d bytes",
         host, port, state_dir, "on" if durable else "off", threads, eventlog.size,
     )
     try:
         server = waitress.create_server(
-            make_app(eventlog, state_dir),
+            make_app(eventlog, state_dir, stalled_after),
             host=host,
             port=port,
             threads=threads,
             # At or above the app's own largest limit, so an ordinary oversize body gets the
-            # app's JSON 413; only far larger ones meet waitress's plain-text 413.
+            # app's 413 naming the route's limit; a larger one gets JsonErrorTask's, sent
+            # before the body is read.
             max_request_body_size=2 * BATCH_BODY_LIMIT,
             max_request_header_size=64 * 1024,
             # Slow or idle clients hold only a connection, never a thread; allow many of them
@@ -66,8 +79,10 @@ def main():
             ident="mini-analytics",
         )
     except OSError as error:
+        # Most often the port is taken by another program: restarting cannot cure that.
         log.critical("cannot listen on %s:%d: %s; exiting", host, port, error)
-        return process.EXIT_FAILED
+        return process.EXIT_BAD_SETUP
+    server.channel_class = Channel
     signal.signal(signal.SIGTERM, stop_like_sigint)
     signal.signal(signal.SIGINT, stop_like_sigint)  # even where SIGINT was inherited ignored
     log.info("ingest ready on http://%s:%s", host, server.effective_port)
@@ -79,5 +94,28 @@ def main():
     return process.EXIT_OK
 
 
+def main(argv):
+    if argv in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        return process.EXIT_OK
+    if argv:
+        print(f"python -m app takes no arguments, got {' '.join(argv)!r}\n\n{__doc__.strip()}",
+              file=sys.stderr)
+        return process.EXIT_BAD_SETUP
+    process.start_logging()
+    # waitress warns "Task queue depth is N" whenever all threads are busy, which under load
+    # is every request: the flood costs real CPU and says nothing an operator can act on.
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    try:
+        host, port, threads = settings.host(), settings.port(), settings.threads()
+        state_dir, durable = settings.state_dir(), settings.fsync()
+        stalled_after = settings.stalled_after()
+    except settings.ConfigError as error:
+        return process.bad_setting("ingest", error)
+    return process.run_in_state_folder(
+        "ingest", state_dir, lambda: serve(host, port, threads, state_dir, durable, stalled_after)
+    )
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

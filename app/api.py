@@ -13,8 +13,10 @@ import bottle
 from bottle import HTTPError, request, response
 
 from app import validate
+from app.liveness import RUNNING, WorkerWatch
 from app.readside import CheckpointReader
 from storage.checkpoint import Checkpoint, CorruptCheckpoint
+from storage.layout import Layout
 from storage.log_format import encode, parse_token
 from storage.log_writer import AppendError
 
@@ -40,17 +42,20 @@ def read_body(limit):
 
 def error_body(error):
     response.content_type = "application/json"
-    return json.dumps({"error": error.body or error.status_line})
+    return json.dumps({"error": error.body or error.status_line}) + "\n"
 
 
 def json_body(document, status=200):
     response.status = status
     response.content_type = "application/json"
-    return json.dumps(document)
+    # Ends with a newline, as text on a terminal should: `curl` leaves the prompt on its own
+    # line.
+    return json.dumps(document) + "\n"
 
 
-def make_app(eventlog, state_dir):
+def make_app(eventlog, state_dir, stalled_after):
     reader = CheckpointReader(state_dir)
+    watch = WorkerWatch(Layout(state_dir).worker_lock, stalled_after)
     app = bottle.Bottle()
     # No JSON or template plugins: every handler returns its own bytes, which keeps the
     # per-request path short.
@@ -59,12 +64,12 @@ def make_app(eventlog, state_dir):
 
     def accept(ids):
         try:
-            eventlog.append(encode(ids))
+            watch.appended(eventlog.append(encode(ids)))
         except AppendError as error:
             raise HTTPError(503, str(error)) from None
         response.status = 202
         response.content_type = "application/json"
-        return b'{"accepted": %d}' % len(ids)
+        return b'{"accepted": %d}\n' % len(ids)
 
     def parse(parser, limit):
         try:
@@ -115,17 +120,39 @@ def make_app(eventlog, state_dir):
             )
         return json_body({"experienceID": parsed, "count": committed().counts.get(parsed, 0)})
 
-    @app.get("/healthz")
-    def get_health():
+    def worker_state(checkpoint, data1_size):
+        state, reason = watch.state(checkpoint.offset, data1_size)
+        return {"state": state, "reason": reason}
+
+    @app.get("/healthz/ingest")
+    def get_ingest_health():
+        """Can this node accept writes? What a load balancer should probe."""
         problem = eventlog.problem()
         if problem:
             return json_body({"status": "unavailable", "error": problem}, 503)
         return json_body({"status": "ok"})
 
+    @app.get("/healthz")
+    def get_health():
+        """Is the whole system taking and counting events? What a monitor should probe."""
+        problem = eventlog.problem()
+        if problem:
+            return json_body({"status": "unavailable", "error": problem}, 503)
+        checkpoint = committed()
+        worker = worker_state(checkpoint, data1_size())
+        if worker["state"] != RUNNING:
+            return json_body(
+                {"status": "unavailable", "error": f"worker {worker['state']}: {worker['reason']}",
+                 "worker": worker}, 503)
+        return json_body({"status": "ok", "worker": worker})
+
+    def data1_size():
+        return os.fstat(eventlog.fileno()).st_size  # the file itself: counts other writers too
+
     @app.get("/stats")
     def get_stats():
         checkpoint = committed()
-        size = os.fstat(eventlog.fileno()).st_size  # the file itself: counts other writers too
+        size = data1_size()
         return json_body({
             "data1_bytes": size,
             "offset": checkpoint.offset,
@@ -135,6 +162,7 @@ def make_app(eventlog, state_dir):
             "skipped": checkpoint.skipped,
             "last_checkpoint_at": checkpoint.updated_at or None,
             "checkpoint_age_seconds": checkpoint.age(),
+            "worker": worker_state(checkpoint, size),
         })
 
     @app.get("/")

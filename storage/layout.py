@@ -12,7 +12,9 @@
     ingest.lock       storage/lockfile.py: held by the ingest; probed by nothing
     worker.lock       storage/lockfile.py: held by the worker (and `rebuild`); probed by the
                       ingest to tell whether a worker is alive
-    supervisor.sock, supervisord.pid, supervisord.log, logs/
+    logs/ingest.log, logs/worker.log (and their rotated .1 to .5)
+                      storage/process.py: each program's own log lines; read by the operator
+    supervisor.sock, supervisord.pid
                       supervisord (paths in supervisord.conf), not the engine
 
 Nothing else is ever created in the state folder.
@@ -28,6 +30,7 @@ TEMP_SUFFIX = ".tmp"
 SET_ASIDE_INFIX = ".bad-"
 INGEST_LOCK = "ingest.lock"
 WORKER_LOCK = "worker.lock"
+LOGS = "logs"
 
 
 class Layout:
@@ -39,6 +42,9 @@ class Layout:
         self.data2 = self.root / DATA2
         self.ingest_lock = self.root / INGEST_LOCK
         self.worker_lock = self.root / WORKER_LOCK
+
+    def log_file(self, program):
+        return self.root / LOGS / f"{program}.log"
 
     def set_aside(self, path, now=None):
         """Where to keep a rejected file: `<name>.bad-<UTC time>`, unique to the microsecond."""

@@ -45,8 +45,8 @@ class LogReader:
         """fdatasync data1: whatever was appended so far survives a power loss."""
         os.fdatasync(self.fd)
 
-    def blocks(self, offset, chunk_size=CHUNK_SIZE):
-        return complete_blocks(self.fd, offset, chunk_size)
+    def blocks(self, offset, chunk_size=CHUNK_SIZE, end=None):
+        return complete_blocks(self.fd, offset, chunk_size, end)
 
     def fingerprint(self, offset):
         """Hash of the bytes that identify data1[0:offset]: its first and its last 64 bytes."""
@@ -65,18 +65,21 @@ class LogReader:
         return None
 
 
-def complete_blocks(data1_fd, offset, chunk_size=CHUNK_SIZE):
+def complete_blocks(data1_fd, offset, chunk_size=CHUNK_SIZE, end=None):
     """Yield (block, end): bytes holding only complete tokens, and the data1 offset after them.
 
-    Each block ends with a separator. A token split across two reads is carried into the
-    next block whole, never split in two. Memory stays bounded by chunk_size: of a run of
-    bytes with no separator, only its first MAX_TOKEN_LEN + 1 bytes are kept, which is enough
-    to know it is not an id (it will be skipped as one token once it ends).
+    Reads up to the end of the file, or up to `end` if given (an offset just after a
+    separator, as a previous read reported). Each block ends with a separator. A token split
+    across two reads is carried into the next block whole, never split in two. Memory stays
+    bounded by chunk_size: of a run of bytes with no separator, only its first
+    MAX_TOKEN_LEN + 1 bytes are kept, which is enough to know it is not an id (it will be
+    skipped as one token once it ends).
     """
     pending = b""  # read, but no separator after it yet: the start of an incomplete token
     read_at = offset
-    while True:
-        data = os.pread(data1_fd, chunk_size, read_at)
+    while end is None or read_at < end:
+        size = chunk_size if end is None else min(chunk_size, end - read_at)
+        data = os.pread(data1_fd, size, read_at)
         if not data:
             return
         read_at += len(data)

@@ -1,25 +1,44 @@
 """What every program of the engine does the same way: its log lines, its exit codes, and how
-it reports a bad setting.
+it reports a failure to start.
 
-Exit codes, which supervisord.conf relies on (exitcodes=2: only a bad setting is "expected"):
+Exit codes, which supervisord.conf relies on (exitcodes=2: only a bad setup is "expected",
+so only it is left stopped; every other exit is restarted at once):
 
     0   stopped when asked (SIGTERM/SIGINT)
-    1   could not start or go on (state folder unusable, I/O error): supervisord restarts it
-    2   a bad setting: restarting cannot help, so supervisord leaves the program stopped
+    1   an I/O error in the state folder: a restart may cure it (recovery starts from what
+        is on disk)
+    2   a bad setup that a restart cannot cure: a bad setting, another instance already
+        running on the same state folder, the port taken. The program stays stopped until
+        an operator acts; its one log line says why.
     70  the state on disk is no longer known (a failed fsync or undo): exit at once and let
         the restart recover from what is really on disk (sysexits' EX_SOFTWARE)
 """
 
 import logging
+import logging.handlers
 import os
 import sys
+import time
+
+from storage.layout import Layout
+from storage.lockfile import AlreadyLocked
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-EXIT_BAD_SETTING = 2
+EXIT_BAD_SETUP = 2
 EXIT_STATE_UNKNOWN = 70
 
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+LOG_FILE_BYTES = 10 * 1024 * 1024
+LOG_FILE_BACKUPS = 5
+
+# supervisord restarts a failed program at once (startsecs=0): a failure that repeats on
+# every start must not turn into a busy loop, so a program that fails within this long of
+# starting waits out the rest before it exits (like systemd's RestartSec).
+MIN_LIFETIME = 1.0
+_started = time.monotonic()
+
+log = logging.getLogger("start")
 
 
 def start_logging():
@@ -29,7 +48,42 @@ def start_logging():
 def bad_setting(program, error):
     """Report a bad setting in one line; return the exit code for it."""
     print(f"mini-analytics {program}: {error}", file=sys.stderr)
-    return EXIT_BAD_SETTING
+    return EXIT_BAD_SETUP
+
+
+def run_in_state_folder(program, state_dir, body):
+    """Run `body()`, a program's work on `state_dir`; return its exit code.
+
+    The state folder is created if missing (its parent exists: settings.state_dir checks),
+    the program's log is also written to state/logs/<program>.log with rotation, and the
+    failures both programs share become one log line and their exit code.
+    """
+    try:
+        state_dir.mkdir(exist_ok=True)
+        _log_to_file(Layout(state_dir).log_file(program))
+        return body()
+    except AlreadyLocked:
+        log.error("another %s is already running on %s; exiting", program, state_dir)
+        return _paced(EXIT_BAD_SETUP)
+    except OSError as error:
+        # An error persisting state ends the process. Nothing half-done is trusted: the next
+        # start recovers from what was fully committed.
+        log.critical("I/O error in state folder %s: %s; exiting", state_dir, error)
+        return _paced(EXIT_FAILED)
+
+
+def _log_to_file(path):
+    path.parent.mkdir(exist_ok=True)
+    handler = logging.handlers.RotatingFileHandler(
+        path, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS
+    )
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logging.getLogger().addHandler(handler)
+
+
+def _paced(code):
+    time.sleep(max(0.0, MIN_LIFETIME - (time.monotonic() - _started)))
+    return code
 
 
 def die(log, message):

@@ -24,8 +24,18 @@ def _raw(environ, name):
 
 
 def state_dir(environ=os.environ):
+    """The state folder. It may be missing (the programs create it), but its parent must
+    exist: a mistyped path is an error, never a tree of new folders."""
     raw = _raw(environ, "STATE_DIR")
-    return Path(raw).resolve() if raw else DEFAULT_STATE_DIR
+    path = Path(raw).resolve() if raw else DEFAULT_STATE_DIR
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{PREFIX}STATE_DIR is not a folder: {path}")
+    if not path.exists() and not path.parent.is_dir():
+        raise ConfigError(
+            f"{PREFIX}STATE_DIR {path} does not exist, and neither does its parent folder "
+            f"{path.parent}; create it first if that is really the place"
+        )
+    return path
 
 
 def host(environ=os.environ):
@@ -59,16 +69,28 @@ def fsync(environ=os.environ):
     raise ConfigError(f"{PREFIX}FSYNC must be on or off, got {raw!r}")
 
 
-def interval(environ=os.environ):
-    raw = _raw(environ, "INTERVAL")
+def _seconds(environ, name, default, low, high, example):
+    raw = _raw(environ, name)
     if not raw:
-        return 5.0
+        return default
     try:
         seconds = float(raw)
     except ValueError:
         seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
+    if not low <= seconds <= high:  # NaN fails every comparison
         raise ConfigError(
-            f"{PREFIX}INTERVAL must be a positive number of seconds (like 5 or 0.5), got {raw!r}"
+            f"{PREFIX}{name} must be a number of seconds from {low:g} to {high:g} "
+            f"(like {example}), got {raw!r}"
         )
     return seconds
+
+
+def interval(environ=os.environ):
+    # At least 10 ms: a smaller interval is a busy loop, not a schedule.
+    return _seconds(environ, "INTERVAL", 5.0, 0.01, 86400.0, "5 or 0.5")
+
+
+def stalled_after(environ=os.environ):
+    """Seconds an event may wait to be counted before the worker is reported stalled."""
+    default = max(3 * interval(environ), 30.0)
+    return _seconds(environ, "STALLED_AFTER", default, 1.0, 7 * 86400.0, "30")

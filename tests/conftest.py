@@ -35,12 +35,13 @@ def supervisor():
     copy_of_the_code(root)
     started = []
 
-    def start(**settings):
-        sup = Supervisor(root, free_port(), **settings)
+    def start(wait=True, path=None, **settings):
+        sup = Supervisor(root, free_port(), path, **settings)
         started.append(sup)
-        sup.start()
+        sup.start(wait)
         return sup
 
+    start.root = root  # for a test that adds files beside the copy (a .venv, the Makefile)
     yield start
     for sup in started:
         sup.stop()

@@ -89,28 +89,33 @@ class Supervisor:
     itself is byte-for-byte the one in the repository.
     """
 
-    def __init__(self, root, port, **settings):
+    def __init__(self, root, port, path=None, **settings):
         self.root = root
         self.port = port
         self.state_dir = root / "state"
         self.conf = root / "supervisord.conf"
         self.env = service_env(self.state_dir, port=port, **settings)
         del self.env["MINI_ANALYTICS_STATE_DIR"]  # the conf's default, state/ beside it
-        self.env["PATH"] = f"{BIN}{os.pathsep}{self.env.get('PATH', '')}"
+        # By default as with the requirements installed without a virtual environment (or
+        # with one activated): the programs find Python on PATH.
+        self.env["PATH"] = path or f"{BIN}{os.pathsep}{self.env.get('PATH', '')}"
         self.proc = None
         self.child_pids = set()
 
-    def start(self):
-        log = open(self.root / "supervisord.out", "ab")  # O_APPEND: children share it
+    def start(self, wait=True):
+        # Opened as a shell's `> file` opens it (not in append mode): the conf must keep the
+        # lines whole even so.
+        log = open(self.root / "supervisord.out", "wb")
         self.proc = subprocess.Popen(
             [str(BIN / "supervisord"), "-c", str(self.conf)], cwd=self.root, env=self.env,
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
         log.close()
-        wait_for(lambda: self.status().get("ingest") == "RUNNING"
-                 and self.status().get("worker") == "RUNNING", what="both programs RUNNING")
-        wait_for(self.http_ready, what="the ingest to answer HTTP")
+        if wait:
+            wait_for(lambda: self.status().get("ingest") == "RUNNING"
+                     and self.status().get("worker") == "RUNNING", what="both programs RUNNING")
+            wait_for(self.http_ready, what="the ingest to answer HTTP")
 
     def http_ready(self):
         return answers_http(self.port)

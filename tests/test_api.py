@@ -2,6 +2,7 @@
 (with which status and JSON error), and that a refusal leaves data1 byte-identical."""
 
 import collections
+import http.client
 import json
 import socket
 import threading
@@ -70,6 +71,59 @@ def test_huge_body_is_refused_before_it_is_sent(ingest, state_dir):
     head = b"POST /event HTTP/1.1\r\nHost: x\r\nContent-Length: 10485760\r\n\r\n"
     assert raw_exchange(ingest.port, head).startswith(b"HTTP/1.1 413")
     assert data1(state_dir) == b""
+
+
+@pytest.mark.parametrize("megabytes", [3, 50])
+def test_a_body_far_over_the_limit_gets_a_json_413_before_it_is_read(ingest, state_dir, megabytes):
+    # The headers only, as a client that sends "Expect: 100-continue" (curl does for large
+    # bodies) would: were the server to wait for the body, no answer could come, and
+    # raw_exchange would time out.
+    head = b"POST /batch HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (megabytes << 20)
+    raw = raw_exchange(ingest.port, head)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413")
+    assert b"Content-Type: application/json" in head
+    assert "exceeds" in json.loads(body)["error"]
+    assert body.endswith(b"\n")
+    assert data1(state_dir) == b""
+
+
+def send_ignoring_reset(sock, data):
+    try:
+        sock.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+def test_a_chunked_body_over_the_limit_gets_a_json_413(ingest, state_dir):
+    chunk = b" " * 65536
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(48))  # 3 MiB
+    head = b"POST /batch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", ingest.port), timeout=10) as sock:
+        # The server answers once 2 MiB have come and closes without reading the rest, so
+        # the rest of the send may fail: the answer is read alongside.
+        sender = threading.Thread(target=send_ignoring_reset, args=(sock, head + chunks))
+        sender.start()
+        raw = b""
+        try:
+            while chunk := sock.recv(65536):
+                raw += chunk
+        except ConnectionResetError:
+            pass  # after the answer: the server closed with our unread bytes still coming
+        sender.join()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and "error" in json.loads(body)
+    assert data1(state_dir) == b""
+
+
+def test_answers_end_with_a_newline(ingest):
+    # So that on a terminal, curl leaves the shell's prompt on a line of its own.
+    for method, path, body in (("POST", "/event", b'{"experienceID": 1}'), ("GET", "/stats", None),
+                               ("GET", "/nope", None), ("POST", "/event", b"{")):
+        conn = http.client.HTTPConnection("127.0.0.1", ingest.port, timeout=10)
+        conn.request(method, path, body=body)
+        assert conn.getresponse().read().endswith(b"}\n"), (method, path)
+        conn.close()
 
 
 def test_unknown_path_and_wrong_method(ingest):

@@ -6,6 +6,7 @@ import collections
 import html.parser
 import http.client
 import http.server
+import json
 import os
 import shutil
 import subprocess
@@ -90,7 +91,9 @@ def test_dashboard_shows_the_live_counts(procs, state_dir, tmp_path):
     assert page.by_id["status"].startswith("updated")
     assert page.bars == ["42", "1", "100", "9223372036854775807", "7"]  # largest first
     # Default sort: most events first, exact ids (even past 2^53), shares of the total.
-    assert page.rows[0] == ["42", "8", "42.1%"]
+    assert page.rows[0] == ["42", "8", "42.11%"]
+    assert page.by_id["worker-state"] == "running"
+    assert "worker-alert" not in page.by_id  # the warning is hidden, and empty
     assert [row[0] for row in page.rows] == ["42", "1", "100", "9223372036854775807", "7"]
 
     by_id = Page(chromium(tmp_path, "--dump-dom", url + "#sort=id-asc"))
@@ -98,11 +101,7 @@ def test_dashboard_shows_the_live_counts(procs, state_dir, tmp_path):
     ascending = Page(chromium(tmp_path, "--dump-dom", url + "#sort=count-asc"))
     assert [row[1] for row in ascending.rows] == ["1", "2", "3", "5", "8"]
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    screenshot = ARTIFACTS / "dashboard.png"
-    screenshot.unlink(missing_ok=True)
-    chromium(tmp_path, f"--screenshot={screenshot}", "--window-size=1200,900", url)
-    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    screenshot(tmp_path, url, "dashboard.png", 1200, 900)
 
 
 def test_dashboard_reports_an_api_error(procs, state_dir, tmp_path):
@@ -113,22 +112,51 @@ def test_dashboard_reports_an_api_error(procs, state_dir, tmp_path):
     assert page.by_id["total-events"] == "–"
 
 
-class CountingProxy(http.server.ThreadingHTTPServer):
-    """Forwards GETs to the ingest and counts them by path: shows what the page fetched."""
+PHONE_WIDTH, PHONE_HEIGHT = 390, 844
+PHONE_FRAME = (f'<!doctype html><body style="margin:0"><iframe src="/" style="border:0; '
+               f'width:{PHONE_WIDTH}px; height:{PHONE_HEIGHT}px"></iframe></body>')
 
-    def __init__(self, upstream_port):
+
+class CountingProxy(http.server.ThreadingHTTPServer):
+    """Forwards GETs to the ingest and counts them by path: shows what the page fetched.
+
+    With `inject`, that script is added to the end of the page: the test's own probe, run
+    inside the real page, never part of the product. /phone shows the page in a 390 px wide
+    frame: headless Chromium makes no window narrower than 500 px.
+    """
+
+    def __init__(self, upstream_port, inject=""):
         self.upstream_port = upstream_port
+        self.inject = inject.encode()
         self.hits = collections.Counter()
         super().__init__(("127.0.0.1", 0), ProxyHandler)
+
+    def __enter__(self):
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+        self.server_close()
 
 
 class ProxyHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        if self.path == "/phone":
+            body = PHONE_FRAME.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         self.server.hits[self.path.split("?")[0]] += 1
         upstream = http.client.HTTPConnection("127.0.0.1", self.server.upstream_port, timeout=10)
         upstream.request("GET", self.path)
         answer = upstream.getresponse()
         body = answer.read()
+        if self.path == "/" and self.server.inject:
+            body = body.replace(b"</body>", b"<script>" + self.server.inject + b"</script></body>")
         self.send_response(answer.status)
         self.send_header("Content-Type", answer.getheader("Content-Type"))
         self.send_header("Content-Length", str(len(body)))
@@ -142,16 +170,85 @@ class ProxyHandler(http.server.BaseHTTPRequestHandler):
 
 def test_dashboard_refreshes_itself(procs, state_dir, tmp_path):
     ingest = procs.ingest(state_dir)
-    proxy = CountingProxy(ingest.port)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with CountingProxy(ingest.port) as proxy:
         # 10 s of the page's (virtual) time: the first load and refreshes at 3, 6 and 9 s.
         page = Page(chromium(tmp_path, "--dump-dom", f"http://127.0.0.1:{proxy.server_port}/",
                              budget_ms=10_000))
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
     assert page.by_id["status"].startswith("updated")
     assert proxy.hits["/"] == 1
     assert proxy.hits["/stats"] >= 3 and proxy.hits["/counts"] >= 3
+
+
+# Measures the rendered page once it has loaded: sideways overflow, and any bar label that is
+# cut off (wider than its box, or past the window's edge).
+MEASURE = """
+setTimeout(() => {
+  const labels = [...document.querySelectorAll(".bar-row .id")];
+  const result = {
+    scrollWidth: document.documentElement.scrollWidth,
+    innerWidth: window.innerWidth,
+    clipped: labels.filter(e => e.scrollWidth > e.clientWidth
+                             || e.getBoundingClientRect().right > window.innerWidth)
+                   .map(e => e.textContent),
+  };
+  // Written into the top page, which --dump-dom shows (the page itself or the phone frame's
+  // parent: same origin).
+  const out = window.parent.document.createElement("pre");
+  out.id = "measure";
+  out.textContent = JSON.stringify(result);
+  window.parent.document.body.append(out);
+}, 2000);
+"""
+
+
+def screenshot(tmp_path, url, name, width, height):
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    path.unlink(missing_ok=True)
+    chromium(tmp_path, f"--screenshot={path}", f"--window-size={width},{height}", url)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_share_is_of_all_events_not_of_the_rows_shown(procs, state_dir, tmp_path):
+    ingest = procs.ingest(state_dir)
+    procs.worker(state_dir, interval=0.05)
+    # 2,000 experiences, more than the table's 1,000 rows: id 7 has 22 of 10,021 events.
+    ids = [7] * 22 + [i for i in range(1000, 3000) for _ in range(5)][: 10_021 - 22]
+    for start in range(0, len(ids), 5000):
+        batch = {"batch": [{"experienceID": i} for i in ids[start:start + 5000]]}
+        assert post(ingest.port, batch, path="/batch")[0] == 202
+    wait_for(lambda: caught_up(state_dir), what="the worker")
+    page = Page(chromium(tmp_path, "--dump-dom", f"http://127.0.0.1:{ingest.port}/"))
+    assert page.rows[0] == ["7", "22", f"{100 * 22 / 10_021:.2f}%"]  # 0.22%, not 2.1%
+    assert page.rows[1][2] == f"{100 * 5 / 10_021:.2f}%"
+
+
+def test_phone_width_has_no_sideways_scroll_and_whole_ids(procs, state_dir, tmp_path):
+    ingest = procs.ingest(state_dir)
+    procs.worker(state_dir, interval=0.05)
+    ids = [2**63 - 1] * 9 + [1234567890123456789] * 7 + [42] * 5 + [10**12] * 3 + [5]
+    assert post(ingest.port, {"batch": [{"experienceID": i} for i in ids]}, path="/batch")[0] == 202
+    wait_for(lambda: caught_up(state_dir), what="the worker")
+    with CountingProxy(ingest.port, inject=MEASURE) as proxy:
+        base = f"http://127.0.0.1:{proxy.server_port}"
+        for path, width in (("/phone", PHONE_WIDTH), ("/", 1200)):
+            page = Page(chromium(tmp_path, "--dump-dom", "--window-size=1200,900", base + path))
+            measured = json.loads(page.by_id["measure"])
+            assert measured["innerWidth"] == width
+            assert measured["scrollWidth"] <= measured["innerWidth"], measured
+            assert measured["clipped"] == [], measured
+        screenshot(tmp_path, base + "/phone", "dashboard-phone.png", 500, PHONE_HEIGHT)
+
+
+def test_a_stopped_worker_is_shown_as_a_warning(procs, state_dir, tmp_path):
+    ingest = procs.ingest(state_dir)
+    worker = procs.worker(state_dir, interval=0.05)
+    assert post(ingest.port, {"experienceID": 3})[0] == 202
+    wait_for(lambda: caught_up(state_dir), what="the worker")
+    worker.terminate()
+    worker.wait(timeout=10)
+    url = f"http://127.0.0.1:{ingest.port}/"
+    page = Page(chromium(tmp_path, "--dump-dom", url))
+    assert page.by_id["worker-state"] == "stopped"
+    assert page.by_id["worker-alert"].startswith("Worker stopped: no worker process holds")
+    screenshot(tmp_path, url, "dashboard-worker-stopped.png", 1200, 900)

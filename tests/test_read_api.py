@@ -101,6 +101,7 @@ def test_stats_show_lag_while_the_worker_is_stopped(procs, state_dir):
     assert stats["data1_bytes"] == 7 and stats["offset"] == 2 and stats["lag_bytes"] == 5
     assert stats["events"] == 1 and stats["experiences"] == 1 and stats["skipped"] == 0
     assert stats["checkpoint_age_seconds"] >= 0
+    assert stats["worker"]["state"] == "stopped" and "worker.lock" in stats["worker"]["reason"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stats["last_checkpoint_at"])
     assert_matches_spec("/stats", "GET", 200, stats)
 
@@ -108,12 +109,19 @@ def test_stats_show_lag_while_the_worker_is_stopped(procs, state_dir):
 def test_healthz(procs, state_dir):
     ingest = procs.ingest(state_dir)
     status, body = request(ingest.port, "GET", "/healthz")
-    assert (status, body) == (200, {"status": "ok"})
-    assert_matches_spec("/healthz", "GET", 200, body)
-    (state_dir / "data1").rename(state_dir / "data1.moved")  # data1 pulled from under it
-    status, body = request(ingest.port, "GET", "/healthz")
-    assert status == 503 and "replaced or removed" in body["error"]
+    assert status == 503 and body["worker"]["state"] == "stopped"  # no worker yet
     assert_matches_spec("/healthz", "GET", 503, body)
+    procs.worker(state_dir)
+    status, body = wait_for(lambda: (r := request(ingest.port, "GET", "/healthz"))[0] == 200 and r,
+                            what="a healthy system")
+    assert body == {"status": "ok", "worker": {"state": "running", "reason": None}}
+    assert_matches_spec("/healthz", "GET", 200, body)
+    assert request(ingest.port, "GET", "/healthz/ingest") == (200, {"status": "ok"})
+    (state_dir / "data1").rename(state_dir / "data1.moved")  # data1 pulled from under it
+    for path in ("/healthz", "/healthz/ingest"):
+        status, body = request(ingest.port, "GET", path)
+        assert status == 503 and "replaced or removed" in body["error"]
+        assert_matches_spec(path, "GET", 503, body)
 
 
 def test_unreadable_data2_is_a_503_not_a_crash(procs, state_dir):
@@ -143,7 +151,7 @@ def test_write_responses_match_the_document(procs, state_dir):
 def test_every_route_is_in_the_document(tmp_path):
     log = EventLog(tmp_path / "data1")
     try:
-        app = make_app(log, tmp_path)
+        app = make_app(log, tmp_path, stalled_after=30)
     finally:
         log.close()
     routes = {(re.sub(r"<(\w+)>", r"{\1}", route.rule), route.method.lower()) for route in app.routes}

@@ -18,7 +18,7 @@ def test_interval_accepts(raw, seconds):
     assert config.interval(environ) == seconds
 
 
-@pytest.mark.parametrize("raw", ["abc", "0", "-1", "nan", "inf", "-inf", "5s", "0x10"])
+@pytest.mark.parametrize("raw", ["abc", "0", "-1", "nan", "inf", "-inf", "5s", "0x10", "1e-9", "1e9"])
 def test_interval_rejects(raw):
     with pytest.raises(config.ConfigError, match="MINI_ANALYTICS_INTERVAL"):
         config.interval({"MINI_ANALYTICS_INTERVAL": raw})
@@ -68,5 +68,41 @@ def test_an_unusable_state_folder_is_a_clear_error(tmp_path, module):
         [sys.executable, "-m", module], cwd=REPO, capture_output=True, text=True, timeout=30,
         env=service_env(not_a_folder, port=free_port()),
     )
-    assert result.returncode == 1
-    assert "state folder" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2
+    assert "MINI_ANALYTICS_STATE_DIR is not a folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("module", ["worker", "app"])
+def test_a_mistyped_state_folder_is_not_created(tmp_path, module):
+    mistyped = tmp_path / "no-such-parent" / "state"
+    result = subprocess.run(
+        [sys.executable, "-m", module], cwd=REPO, capture_output=True, text=True, timeout=30,
+        env=service_env(mistyped, port=free_port()),
+    )
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr and str(mistyped) in result.stderr
+    assert not (tmp_path / "no-such-parent").exists()
+
+
+def test_a_missing_state_folder_under_an_existing_parent_is_created(tmp_path):
+    assert config.state_dir({"MINI_ANALYTICS_STATE_DIR": str(tmp_path / "new")}) == tmp_path / "new"
+
+
+def test_stalled_after_defaults_to_three_intervals_or_30_s():
+    assert config.stalled_after({}) == 30.0
+    assert config.stalled_after({"MINI_ANALYTICS_INTERVAL": "20"}) == 60.0
+    assert config.stalled_after({"MINI_ANALYTICS_STALLED_AFTER": "5"}) == 5.0
+    with pytest.raises(config.ConfigError, match="MINI_ANALYTICS_STALLED_AFTER"):
+        config.stalled_after({"MINI_ANALYTICS_STALLED_AFTER": "soon"})
+
+
+@pytest.mark.parametrize("args, code", [(["--help"], 0), (["-h"], 0), (["--port", "1"], 2)])
+def test_the_ingest_takes_no_arguments(tmp_path, args, code):
+    result = subprocess.run(
+        [sys.executable, "-m", "app", *args], cwd=REPO, capture_output=True, text=True,
+        timeout=30, env=service_env(tmp_path / "state"),
+    )
+    assert result.returncode == code
+    assert "environment variable" in result.stdout + result.stderr
+    assert not (tmp_path / "state").exists()  # it never started

@@ -1,9 +1,17 @@
 """The shipped supervisord.conf, run for real: start, status, restart worker, stop and start."""
 
+import os
+import re
+import shutil
+import signal
 import stat
+import subprocess
+import sys
+import time
 
-from http_client import post, wait_for
+from http_client import post, request, wait_for
 from ledger import Posters, check_ledgers
+from processes import REPO
 from reference import caught_up, check_invariant, read_checkpoint
 
 
@@ -57,3 +65,109 @@ def test_stop_and_start(supervisor):
     assert sup.ctl("start", "worker").returncode == 0
     assert counts_once_caught_up(sup.state_dir) == {"7": 1}
     assert "worker stopped" in sup.log() and "ingest ready" in sup.log()
+
+
+# --- operations: what an operator sees ----------------------------------------------------
+
+LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Za-z]")
+
+
+def test_a_bad_setting_stops_for_good(supervisor):
+    sup = supervisor(wait=False, interval="abc")
+    wait_for(lambda: sup.status().get("worker") == "EXITED"
+             and sup.status().get("ingest") == "EXITED", what="both programs to give up")
+    log = sup.log()
+    assert "MINI_ANALYTICS_INTERVAL must be" in log
+    assert "exited: worker (exit status 2; expected)" in log
+    # Not a crash: nothing brings it back. Watched for a while, it stays down, started once.
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        assert sup.status()["worker"] == "EXITED"
+        time.sleep(0.2)
+    assert sup.log().count("spawned: 'worker'") == 1
+
+
+def test_a_killed_program_is_restarted_however_early_and_often(supervisor):
+    sup = supervisor(interval=0.2)
+    for _ in range(6):  # each within moments of its start: a kill storm never makes it FATAL
+        pid = wait_for(lambda: sup.pid("worker"), what="a running worker")
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: sup.pid("worker") not in (None, pid), what="a new worker")
+    assert post(sup.port, {"experienceID": 9})[0] == 202
+    assert counts_once_caught_up(sup.state_dir) == {"9": 1}
+
+
+def test_health_and_stats_tell_a_stopped_worker(supervisor):
+    sup = supervisor(interval=0.1)
+    assert post(sup.port, {"experienceID": 1})[0] == 202
+    counts_once_caught_up(sup.state_dir)
+    status, health = request(sup.port, "GET", "/healthz")
+    assert status == 200 and health["worker"]["state"] == "running"
+    assert sup.ctl("stop", "worker").returncode == 0
+    status, health = request(sup.port, "GET", "/healthz")
+    assert status == 503 and "worker stopped" in health["error"]
+    assert request(sup.port, "GET", "/stats")[1]["worker"]["state"] == "stopped"
+    # The node still takes writes: what a load balancer asks.
+    assert request(sup.port, "GET", "/healthz/ingest") == (200, {"status": "ok"})
+    assert post(sup.port, {"experienceID": 2})[0] == 202
+
+
+def test_health_and_stats_tell_a_stalled_worker(supervisor):
+    sup = supervisor(interval=0.1, stalled_after=1)
+    assert post(sup.port, {"experienceID": 1})[0] == 202
+    counts_once_caught_up(sup.state_dir)
+    pid = sup.pid("worker")
+    os.kill(pid, signal.SIGSTOP)  # a hung worker: alive, holding its lock, counting nothing
+    try:
+        # An idle system is not stalled, however old its checkpoint.
+        assert request(sup.port, "GET", "/stats")[1]["worker"]["state"] == "running"
+        assert post(sup.port, {"experienceID": 2})[0] == 202
+        stats = wait_for(
+            lambda: (s := request(sup.port, "GET", "/stats")[1])["worker"]["state"] == "stalled"
+            and s, what="the worker to be reported stalled")
+        assert stats["lag_bytes"] == 2 and "waited" in stats["worker"]["reason"]
+        status, health = request(sup.port, "GET", "/healthz")
+        assert status == 503 and "worker stalled" in health["error"]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: request(sup.port, "GET", "/healthz")[0] == 200, what="health to come back")
+
+
+def test_supervisord_from_the_venv_with_a_path_that_lacks_it(supervisor):
+    # As after `.venv/bin/supervisord -c supervisord.conf` in a fresh shell: the programs
+    # must find the project's .venv themselves.
+    root = supervisor.root
+    (root / ".venv").symlink_to(sys.prefix, target_is_directory=True)
+    sup = supervisor(interval=0.1, path="/usr/bin:/bin")
+    assert post(sup.port, {"experienceID": 4})[0] == 202
+    assert counts_once_caught_up(sup.state_dir) == {"4": 1}
+
+
+def test_a_second_start_says_it_is_running(supervisor):
+    sup = supervisor(interval=0.2)
+    root = supervisor.root
+    shutil.copy2(REPO / "Makefile", root / "Makefile")
+    (root / ".venv").symlink_to(sys.prefix, target_is_directory=True)
+    result = subprocess.run(
+        ["make", "-s", "-o", ".venv/installed", "run"], cwd=root, env=sup.env,
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "already running" in result.stderr and str(sup.state_dir) in result.stderr
+    assert sup.status() == {"ingest": "RUNNING", "worker": "RUNNING"}
+
+
+def test_log_lines_stay_whole_in_a_file(supervisor):
+    sup = supervisor(interval=0.05)
+    with Posters(sup.port, threads=2):
+        for program in ("worker", "ingest", "worker"):
+            assert sup.ctl("restart", program).returncode == 0
+            wait_for(sup.http_ready, what="the ingest")
+    sup.stop()
+    lines = (sup.root / "supervisord.out").read_bytes().splitlines()
+    assert len(lines) > 20
+    garbled = [line for line in lines if not LOG_LINE.match(line)]
+    assert not garbled, garbled[:5]
+    # Each program also keeps its own log in the state folder.
+    assert b"ingest ready" in (sup.state_dir / "logs" / "ingest.log").read_bytes()
+    assert b"worker starting" in (sup.state_dir / "logs" / "worker.log").read_bytes()

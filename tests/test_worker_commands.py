@@ -50,6 +50,7 @@ def test_rebuild_recounts_from_scratch(state_dir):
     result = worker_command(state_dir, "rebuild")
     assert result.returncode == 0, result.stderr
     assert "rebuild [" in result.stderr and "events/s" in result.stderr
+    assert result.stderr.count("100.0%") == 1  # the last state of the bar, shown once
     assert "rebuilt data2" in result.stderr
     cp = read_checkpoint(state_dir)
     assert cp["counts"] == valid_counts((state_dir / "data1").read_bytes())
@@ -72,4 +73,12 @@ def test_rebuild_is_refused_while_a_worker_runs(procs, state_dir):
 
 def test_unknown_command_prints_usage(state_dir):
     result = worker_command(state_dir, "frobnicate")
-    assert result.returncode == 2 and "status" in result.stderr and "rebuild" in result.stderr
+    assert result.returncode == 2 and "unknown command 'frobnicate'" in result.stderr
+    assert "status" in result.stderr and "rebuild" in result.stderr
+    result = worker_command(state_dir, "status", "now")
+    assert result.returncode == 2 and "status takes no arguments" in result.stderr
+
+
+def test_help(state_dir):
+    result = worker_command(state_dir, "--help")
+    assert result.returncode == 0 and "rebuild" in result.stdout

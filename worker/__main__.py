@@ -26,19 +26,13 @@ def run(state_dir):
         interval = settings.interval()
     except settings.ConfigError as error:
         return process.bad_setting("worker", error)
-    log.info("worker starting: state_dir=%s interval=%gs", state_dir, interval)
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+
+    def count():
+        log.info("worker starting: state_dir=%s interval=%gs", state_dir, interval)
         Worker(state_dir).run(interval)
-    except AlreadyLocked:
-        log.error("another worker is already running on %s; exiting", state_dir)
-        return process.EXIT_FAILED
-    except OSError as error:
-        # Rule: an error persisting state ends the process. Nothing half-done is trusted:
-        # the next worker starts from the last checkpoint that was fully committed.
-        log.critical("I/O error in state folder %s: %s; exiting", state_dir, error)
-        return process.EXIT_FAILED
-    return process.EXIT_OK
+        return process.EXIT_OK
+
+    return process.run_in_state_folder("worker", state_dir, count)
 
 
 def data1_size(state_dir):
@@ -88,13 +82,19 @@ class ProgressBar:
         self.out, self.width = out, width
         self.started = time.monotonic()
         self.shown_at = 0.0
+        self.shown_offset = None
         self.live = out.isatty()
 
     def __call__(self, offset, tokens, final=False):
         now = time.monotonic()
+        if final and offset == self.shown_offset:
+            # Already on screen: a second identical line would only repeat it.
+            if self.live:
+                self.out.write("\n")
+            return
         if not final and now - self.shown_at < (0.1 if self.live else 1.0):
             return
-        self.shown_at = now
+        self.shown_at, self.shown_offset = now, offset
         done = min(1.0, offset / self.total)
         filled = int(done * self.width)
         rate = tokens / max(now - self.started, 1e-9)
@@ -111,6 +111,7 @@ def rebuild(state_dir):
     bar = ProgressBar(data1_size(state_dir))
     started = time.monotonic()
     try:
+        state_dir.mkdir(exist_ok=True)
         result = Worker(state_dir).rebuild(progress=bar)
     except AlreadyLocked:
         print(
@@ -136,11 +137,16 @@ COMMANDS = {"run": run, "status": status, "rebuild": rebuild}
 
 
 def main(argv):
-    process.start_logging()
+    if argv in (["-h"], ["--help"], ["help"]):
+        print(__doc__.strip())
+        return process.EXIT_OK
     command = argv[0] if argv else "run"
     if command not in COMMANDS or len(argv) > 1:
-        print(__doc__.strip(), file=sys.stderr)
-        return process.EXIT_BAD_SETTING
+        problem = (f"unknown command {command!r}" if command not in COMMANDS
+                   else f"{command} takes no arguments, got {' '.join(argv[1:])!r}")
+        print(f"python -m worker: {problem}\n\n{__doc__.strip()}", file=sys.stderr)
+        return process.EXIT_BAD_SETUP
+    process.start_logging()
     try:
         state_dir = settings.state_dir()
     except settings.ConfigError as error:

@@ -29,6 +29,10 @@ log = logging.getLogger("worker")
 COMMIT_EVERY = 32 * 1024 * 1024
 
 
+def plural(n, noun):
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 class StopSignal:
     """SIGTERM and SIGINT ask the worker to stop; wait() wakes up as soon as one arrives.
 
@@ -159,13 +163,19 @@ class Worker:
             self._commit(tally, end)
         if self.checkpoint.offset > start_offset:
             log.info(
-                "pass: counted %d events (%d skipped) in %.3fs; offset %d -> %d; lag %d bytes",
-                tally.events, tally.skipped, time.monotonic() - started, start_offset,
-                self.checkpoint.offset, self.data1.size() - self.checkpoint.offset,
+                "pass: counted %s (%d skipped) in %.3fs; offset %d -> %d; lag %d bytes",
+                plural(tally.events, "event"), tally.skipped, time.monotonic() - started,
+                start_offset, self.checkpoint.offset,
+                self.data1.size() - self.checkpoint.offset,
             )
         return tally.events
 
     def _commit(self, tally, end):
+        # The pointer must never get ahead of the data: data1's bytes up to the new offset
+        # are made durable before a checkpoint that claims them is.
+        self.data1.make_durable()
+        if tally.pending_invalid():
+            self._read_again(tally, end)
         # The counts dict is extended in place rather than copied: a copy of a million-entry
         # dict per commit would cost more than the commit. Should the commit fail, the
         # process exits and its in-memory state goes with it.
@@ -173,12 +183,10 @@ class Worker:
         skipped, samples = tally.drain_into(counts)
         if skipped:
             log.warning(
-                "skipped %d tokens that are not experience ids, e.g. %s",
-                skipped, ", ".join(repr(token) for token in samples),
+                "skipped %s that %s not experience ids, e.g. %s",
+                plural(skipped, "token"), "is" if skipped == 1 else "are",
+                ", ".join(repr(token) for token in samples),
             )
-        # The pointer must never get ahead of the data: data1's bytes up to the new offset
-        # are made durable before a checkpoint that claims them is.
-        self.data1.make_durable()
         self.checkpoint = self.store.commit(dataclasses.replace(
             self.checkpoint,
             offset=end,
@@ -186,6 +194,19 @@ class Worker:
             skipped=self.checkpoint.skipped + skipped,
             fingerprint=self.data1.fingerprint(end),
         ))
+
+    def _read_again(self, tally, end):
+        """Count [checkpoint offset, end) again from what is durably there, before skipping
+        anything in it for good.
+
+        A reader racing the writer has been seen (on a FUSE file system) to read NUL bytes
+        where acknowledged ids were being written. Those would be skipped as one invalid
+        token and lost for good once committed. Read after the fdatasync above, the bytes
+        are the ones on disk: what is still not an id really is garbage.
+        """
+        tally.discard_pending()
+        for block, _ in self.data1.blocks(self.checkpoint.offset, self.chunk_size, end):
+            tally.add(block)
 
     def _check_data1(self):
         """Notice a data1 that was replaced, truncated or rewritten since the last pass."""

@@ -22,6 +22,14 @@ class Tally:
         self.seen += len(tokens)
         self._tokens.update(tokens)
 
+    def pending_invalid(self):
+        """True if a token added since the last drain is not an experience id."""
+        return any(parse_token(token) is None for token in self._tokens)
+
+    def discard_pending(self):
+        """Forget the tokens added since the last drain (to add them again)."""
+        self._tokens.clear()
+
     def drain_into(self, counts):
         """Add the valid ids seen since the last drain to `counts` (id -> count) and forget
         them. Returns (skipped, a few of the skipped tokens) for this drain."""
