@@ -190,6 +190,11 @@ setTimeout(() => {
     clipped: labels.filter(e => e.scrollWidth > e.clientWidth
                              || e.getBoundingClientRect().right > window.innerWidth)
                    .map(e => e.textContent),
+    // Bars compare only if every track starts at the same place with the same width.
+    tracks: new Set([...document.querySelectorAll(".bar-track")].map(e => {
+      const box = e.getBoundingClientRect();
+      return `${Math.round(box.left)}+${Math.round(box.width)}`;
+    })).size,
   };
   // Written into the top page, which --dump-dom shows (the page itself or the phone frame's
   // parent: same origin).
@@ -237,6 +242,7 @@ def test_phone_width_has_no_sideways_scroll_and_whole_ids(procs, state_dir, tmp_
             assert measured["innerWidth"] == width
             assert measured["scrollWidth"] <= measured["innerWidth"], measured
             assert measured["clipped"] == [], measured
+            assert measured["tracks"] == 1, measured
         screenshot(tmp_path, base + "/phone", "dashboard-phone.png", 500, PHONE_HEIGHT)
 
 
