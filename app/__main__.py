@@ -51,7 +51,8 @@ class Channel(HTTPChannel):
     error_task_class = JsonErrorTask
 
 
-def serve(host, port, threads, state_dir, durable, stalled_after):
+def serve(host, port, threads, state_dir, durable, stalled_after, cpu):
+    process.place_on_cpus("ingest", cpu)
     layout = Layout(state_dir)
     # Held until the process exits: one ingest per state folder, so no other writer can
     # interleave with our appends or our torn-tail repair.
@@ -109,11 +110,11 @@ def main(argv):
     try:
         host, port, threads = settings.host(), settings.port(), settings.threads()
         state_dir, durable = settings.state_dir(), settings.fsync()
-        stalled_after = settings.stalled_after()
+        stalled_after, cpu = settings.stalled_after(), settings.ingest_cpu()
     except settings.ConfigError as error:
         return process.bad_setting("ingest", error)
     return process.run_in_state_folder(
-        "ingest", state_dir, lambda: serve(host, port, threads, state_dir, durable, stalled_after)
+        "ingest", state_dir, lambda: serve(host, port, threads, state_dir, durable, stalled_after, cpu)
     )
 
 

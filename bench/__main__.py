@@ -4,7 +4,7 @@ same session. Prints a table and saves bench/results/latest.json.
 Each figure is a ratio against a baseline measured in the same run, so the numbers compare
 across machines; the absolute rates are printed too. Needs wrk (apt-get install wrk) and awk.
 
-    python -m bench                 everything (about 3 minutes on 2 cores)
+    python -m bench                 everything (about 5 minutes on 2 cores)
     python -m bench ingest batch    only some parts: ingest, batch, catchup, checkpoint
 """
 
@@ -29,34 +29,51 @@ EVENT = b'{"experienceID": 12345}'
 ROUNDS = 3
 
 
-def median_rate(start_server, script, seconds):
-    """Median 2xx req/s over ROUNDS fresh servers (after a 1 s warm-up each)."""
-    rates = []
+def measure(configs, script, seconds):
+    """Per config, the median of each figure over ROUNDS interleaved rounds (every config
+    once per round, each on a fresh server after a 1 s warm-up), so that a slow spell of the
+    machine weighs on all configs alike."""
+    runs = {name: [] for name in configs}
     for _ in range(ROUNDS):
-        with start_server() as (port, _state):
-            run_wrk(port, script, seconds=1)
-            rates.append(run_wrk(port, script, seconds=seconds))
-    return statistics.median(rates)
+        for name, start_server in configs.items():
+            with start_server() as (port, _state):
+                run_wrk(port, script, seconds=1)
+                runs[name].append(run_wrk(port, script, seconds=seconds))
+    return {name: {key: statistics.median(run[key] for run in rs) for key in rs[0]}
+            for name, rs in runs.items()}
+
+
+def flatten(measured):
+    results = {}
+    for name, figures in measured.items():
+        results[f"{name}_req_s"] = figures["rate"]
+        for key in ("p50", "p99", "p999"):
+            results[f"{name}_{key}_ms"] = figures[key]
+    return results
 
 
 def bench_ingest(seconds):
     threads = settings.threads()  # the ingest's own setting, so both sides run the same
-    with wrk_script(EVENT) as script:
-        bare_close = median_rate(lambda: bare_server(threads, keep_alive=False), script, seconds)
-        bare_keep = median_rate(lambda: bare_server(threads, keep_alive=True), script, seconds)
-        durable = median_rate(lambda: ingest_server(fsync=True), script, seconds)
-        relaxed = median_rate(lambda: ingest_server(fsync=False), script, seconds)
-    return {
-        "threads": threads,
-        "bare_204_req_s": bare_close,
-        "bare_keepalive_req_s": bare_keep,
-        "event_fsync_on_req_s": durable,
-        "event_fsync_off_req_s": relaxed,
-        "fsync_on_vs_bare_204": durable / bare_close,
-        "fsync_off_vs_bare_204": relaxed / bare_close,
-        "fsync_on_vs_bare_keepalive": durable / bare_keep,
-        "fsync_off_vs_bare_keepalive": relaxed / bare_keep,
+    configs = {
+        "bare_pinned": lambda: bare_server(threads, pinned=True),
+        "bare_unpinned": lambda: bare_server(threads, pinned=False),
+        "fsync_on_pinned": lambda: ingest_server(fsync=True, pinned=True),
+        "fsync_on_unpinned": lambda: ingest_server(fsync=True, pinned=False),
+        "fsync_off_pinned": lambda: ingest_server(fsync=False, pinned=True),
     }
+    with wrk_script(EVENT) as script:
+        results = flatten(measure(configs, script, seconds))
+    rate = lambda name: results[f"{name}_req_s"]  # noqa: E731
+    results.update(
+        threads=threads,
+        fsync_on_vs_bare=rate("fsync_on_pinned") / rate("bare_pinned"),
+        fsync_off_vs_bare=rate("fsync_off_pinned") / rate("bare_pinned"),
+        fsync_on_unpinned_vs_bare_unpinned=rate("fsync_on_unpinned") / rate("bare_unpinned"),
+        fsync_on_pinned_gain=rate("fsync_on_pinned") / rate("fsync_on_unpinned"),
+        bare_pinned_gain=rate("bare_pinned") / rate("bare_unpinned"),
+        fsync_on_p99_vs_bare=results["fsync_on_pinned_p99_ms"] / results["bare_pinned_p99_ms"],
+    )
+    return results
 
 
 def bench_batch(seconds, single_rate):
@@ -64,8 +81,9 @@ def bench_batch(seconds, single_rate):
     for size in (1, 10, 100, 1000):
         body = json.dumps({"batch": [{"experienceID": i % 997} for i in range(size)]}).encode()
         with wrk_script(body, "/batch") as script:
-            rate = median_rate(ingest_server, script, seconds)
-        results[f"batch_{size}_events_s"] = rate * size
+            measured = measure({"batch": ingest_server}, script, seconds)["batch"]
+        results[f"batch_{size}_events_s"] = measured["rate"] * size
+        results[f"batch_{size}_p99_ms"] = measured["p99"]
     results["batch_1000_vs_single"] = results["batch_1000_events_s"] / single_rate
     return results
 
@@ -174,14 +192,22 @@ def bench_checkpoint():
 
 def print_table(results):
     rows = [
-        ("Single events, fsync on (req/s)", "event_fsync_on_req_s", "{:,.0f}"),
-        ("Single events, fsync off (req/s)", "event_fsync_off_req_s", "{:,.0f}"),
-        ("Bare waitress, 204 (closes each connection) (req/s)", "bare_204_req_s", "{:,.0f}"),
-        ("Bare waitress, 202 keep-alive (req/s)", "bare_keepalive_req_s", "{:,.0f}"),
-        ("  fsync on / bare 204", "fsync_on_vs_bare_204", "{:.2f}"),
-        ("  fsync off / bare 204", "fsync_off_vs_bare_204", "{:.2f}"),
-        ("  fsync on / bare keep-alive", "fsync_on_vs_bare_keepalive", "{:.2f}"),
-        ("  fsync off / bare keep-alive", "fsync_off_vs_bare_keepalive", "{:.2f}"),
+        ("Single events, fsync on, pinned (req/s)", "fsync_on_pinned_req_s", "{:,.0f}"),
+        ("Single events, fsync on, unpinned (req/s)", "fsync_on_unpinned_req_s", "{:,.0f}"),
+        ("Single events, fsync off, pinned (req/s)", "fsync_off_pinned_req_s", "{:,.0f}"),
+        ("Bare waitress 202, pinned (req/s)", "bare_pinned_req_s", "{:,.0f}"),
+        ("Bare waitress 202, unpinned (req/s)", "bare_unpinned_req_s", "{:,.0f}"),
+        ("  fsync on / bare (both pinned)", "fsync_on_vs_bare", "{:.2f}"),
+        ("  fsync off / bare (both pinned)", "fsync_off_vs_bare", "{:.2f}"),
+        ("  fsync on / bare (both unpinned)", "fsync_on_unpinned_vs_bare_unpinned", "{:.2f}"),
+        ("  fsync on: pinned / unpinned", "fsync_on_pinned_gain", "{:.2f}x"),
+        ("  bare: pinned / unpinned", "bare_pinned_gain", "{:.2f}x"),
+        ("  p99, fsync on / bare (both pinned)", "fsync_on_p99_vs_bare", "{:.2f}"),
+    ]
+    for name in ("fsync_on_pinned", "fsync_on_unpinned", "fsync_off_pinned", "bare_pinned",
+                 "bare_unpinned"):
+        rows.append((f"Latency p50 / p99 / p99.9, {name.replace('_', ' ')} (ms)", name, "latency"))
+    rows += [
         ("Batch of 1 (events/s)", "batch_1_events_s", "{:,.0f}"),
         ("Batch of 10 (events/s)", "batch_10_events_s", "{:,.0f}"),
         ("Batch of 100 (events/s)", "batch_100_events_s", "{:,.0f}"),
@@ -202,7 +228,11 @@ def print_table(results):
     print(f"\n{'Measure':<{width}}  Result")
     print(f"{'-' * width}  ------")
     for label, key, fmt in rows:
-        if key in results:
+        if fmt == "latency":
+            if f"{key}_p50_ms" in results:
+                p50, p99, p999 = (results[f"{key}_{p}_ms"] for p in ("p50", "p99", "p999"))
+                print(f"{label:<{width}}  {p50:.1f} / {p99:.1f} / {p999:.1f}")
+        elif key in results:
             print(f"{label:<{width}}  {fmt.format(results[key])}")
 
 
@@ -219,7 +249,7 @@ def main(argv):
     if "ingest" in parts or "batch" in parts:
         results.update(bench_ingest(seconds))
     if "batch" in parts:
-        results.update(bench_batch(seconds, results["event_fsync_on_req_s"]))
+        results.update(bench_batch(seconds, results["fsync_on_pinned_req_s"]))
     if "catchup" in parts:
         results.update(bench_catchup())
     if "checkpoint" in parts:

@@ -5,7 +5,8 @@
     keepalive:  202 with the ingest's own small JSON body and a Content-Length, so the
                 connection is kept alive exactly as it is for the ingest.
 
-Run with the ingest's thread count, so a ratio measures only what the ingest adds (Bottle,
+Run with the ingest's thread count and placed on the CPUs the way the ingest places itself
+(MINI_ANALYTICS_INGEST_CPU), so a ratio measures only what the ingest adds (Bottle,
 validation, the append and its sync).
 """
 
@@ -13,6 +14,8 @@ import logging
 import sys
 
 import waitress
+
+from storage import process, settings
 
 ACCEPTED = b'{"accepted": 1}'
 
@@ -36,4 +39,5 @@ if __name__ == "__main__":
     port, threads, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # as the ingest does
     app = keep_alive if mode == "keepalive" else close_each_time
+    process.place_on_cpus("ingest", settings.ingest_cpu())  # before waitress starts threads
     waitress.serve(app, host="127.0.0.1", port=port, threads=threads, _quiet=True)

@@ -31,7 +31,7 @@ MAX_TOKEN_LEN = len(str(MAX_ID))
 
 def encode(ids):
     """Return the records for `ids` (valid ids) as the bytes to append."""
-    return b"".join(b"%d " % i for i in ids)
+    return (" ".join(map(str, ids)) + " ").encode("ascii")
 
 
 def parse_token(token):

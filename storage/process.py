@@ -86,6 +86,23 @@ def _paced(code):
     return code
 
 
+def place_on_cpus(program, ingest_cpu):
+    """Keep the ingest's threads on `ingest_cpu`, and the worker off it while another CPU is
+    free (a catch-up must not take the ingest's core). Logs the choice in one line."""
+    if ingest_cpu is None:
+        log.info("%s: CPU affinity left as it is (MINI_ANALYTICS_INGEST_CPU)", program)
+        return
+    if not hasattr(os, "sched_setaffinity"):
+        log.info("%s: CPU affinity is not supported here; running unpinned", program)
+        return
+    allowed = os.sched_getaffinity(0)
+    cpus = {ingest_cpu} if program == "ingest" else (allowed - {ingest_cpu} or allowed)
+    # Set before any thread starts: threads inherit their creator's affinity.
+    os.sched_setaffinity(0, cpus)
+    log.info("%s: running on CPU %s (the ingest's CPU is %d)",
+             program, ",".join(map(str, sorted(cpus))), ingest_cpu)
+
+
 def die(log, message):
     """Exit at once, without unwinding: the state on disk is no longer known."""
     log.critical("%s; exiting so that recovery starts from what is on disk", message)

@@ -94,3 +94,26 @@ def stalled_after(environ=os.environ):
     """Seconds an event may wait to be counted before the worker is reported stalled."""
     default = max(3 * interval(environ), 30.0)
     return _seconds(environ, "STALLED_AFTER", default, 1.0, 7 * 86400.0, "30")
+
+
+def ingest_cpu(environ=os.environ, allowed=None):
+    """The CPU the ingest keeps its threads on, or None to leave its affinity alone.
+
+    Python runs one thread at a time; threads that wake on different cores pass the GIL
+    between cores on every system call, which costs more than the calls. "auto" (the
+    default) picks the last CPU this process may use when there are two or more (CPU 0 is
+    the one most kernels send the most interrupts to), and none on a single CPU.
+    """
+    raw = _raw(environ, "INGEST_CPU").lower() or "auto"
+    if allowed is None:
+        allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    if raw == "all" or (raw == "auto" and len(allowed) < 2):
+        return None
+    if raw == "auto":
+        return max(allowed)
+    if not raw.isdigit() or int(raw) not in allowed:
+        raise ConfigError(
+            f"{PREFIX}INGEST_CPU must be auto, all, or one of the CPUs this process may use "
+            f"({', '.join(map(str, sorted(allowed))) or 'none known'}), got {raw!r}"
+        )
+    return int(raw)

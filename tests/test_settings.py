@@ -45,6 +45,8 @@ def test_fsync_values():
         ("worker", "interval", "nan"),
         ("app", "port", "99999"),
         ("app", "fsync", "maybe"),
+        ("app", "ingest_cpu", "4096"),
+        ("worker", "ingest_cpu", "x"),
     ],
 )
 def test_bad_setting_exits_2_with_one_line_and_touches_nothing(tmp_path, module, setting, value):
@@ -106,3 +108,14 @@ def test_the_ingest_takes_no_arguments(tmp_path, args, code):
     assert result.returncode == code
     assert "environment variable" in result.stdout + result.stderr
     assert not (tmp_path / "state").exists()  # it never started
+
+
+def test_ingest_cpu_choices():
+    many, one = {0, 1, 2, 3}, {0}
+    assert config.ingest_cpu({}, allowed=many) == 3  # auto: the last CPU
+    assert config.ingest_cpu({}, allowed=one) is None  # auto on one CPU: nothing to choose
+    assert config.ingest_cpu({"MINI_ANALYTICS_INGEST_CPU": "all"}, allowed=many) is None
+    assert config.ingest_cpu({"MINI_ANALYTICS_INGEST_CPU": "1"}, allowed=many) == 1
+    for bad in ("7", "-1", "one", "1,2"):
+        with pytest.raises(config.ConfigError, match="MINI_ANALYTICS_INGEST_CPU"):
+            config.ingest_cpu({"MINI_ANALYTICS_INGEST_CPU": bad}, allowed=many)

@@ -23,12 +23,13 @@ TOP = 10
 
 def run(state_dir):
     try:
-        interval = settings.interval()
+        interval, ingest_cpu = settings.interval(), settings.ingest_cpu()
     except settings.ConfigError as error:
         return process.bad_setting("worker", error)
 
     def count():
         log.info("worker starting: state_dir=%s interval=%gs", state_dir, interval)
+        process.place_on_cpus("worker", ingest_cpu)
         Worker(state_dir).run(interval)
         return process.EXIT_OK
 

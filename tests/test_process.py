@@ -1,0 +1,45 @@
+"""storage/process.py's CPU placement, on real processes: the ingest's threads on its core,
+the worker off it, and `all` leaving the affinity alone."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from http_client import wait_for
+
+ALLOWED = os.sched_getaffinity(0)
+needs_two_cpus = pytest.mark.skipif(len(ALLOWED) < 2, reason="needs two CPUs to choose from")
+
+
+def thread_affinities(pid):
+    """The CPU list of every thread of `pid` (threads inherit it from their creator)."""
+    return {
+        line.split(":")[1].strip()
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for line in (task / "status").read_text().splitlines()
+        if line.startswith("Cpus_allowed_list")
+    }
+
+
+@needs_two_cpus
+@pytest.mark.parametrize("setting, expected", [("", max(ALLOWED)), (str(min(ALLOWED)), min(ALLOWED))])
+def test_the_ingest_runs_on_its_cpu(procs, state_dir, setting, expected):
+    ingest = procs.ingest(state_dir, ingest_cpu=setting)
+    assert os.sched_getaffinity(ingest.pid) == {expected}
+    assert thread_affinities(ingest.pid) == {str(expected)}  # waitress's threads too
+    assert f"ingest: running on CPU {expected}" in ingest.log_path.read_text()
+
+
+def test_all_leaves_the_affinity_alone(procs, state_dir):
+    ingest = procs.ingest(state_dir, ingest_cpu="all")
+    assert os.sched_getaffinity(ingest.pid) == ALLOWED
+    assert "CPU affinity left as it is" in ingest.log_path.read_text()
+
+
+@needs_two_cpus
+def test_the_worker_keeps_off_the_ingests_cpu(procs, state_dir):
+    cpu = max(ALLOWED)
+    worker = procs.worker(state_dir, ingest_cpu=cpu)
+    wait_for(lambda: "worker: running on CPU" in worker.log_path.read_text(), what="the worker")
+    assert os.sched_getaffinity(worker.pid) == ALLOWED - {cpu}
