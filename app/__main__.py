@@ -57,7 +57,7 @@ def serve(host, port, threads, state_dir, durable, stalled_after, cpu):
     # Held until the process exits: one ingest per state folder, so no other writer can
     # interleave with our appends or our torn-tail repair.
     hold_exclusive_lock(layout.ingest_lock)
-    eventlog = EventLog(layout.data1, durable=durable)
+    eventlog = EventLog(layout.data1, durable=durable, time_index=layout.time_index)
     log.info(
         "ingest starting: http://%s:%d state_dir=%s fsync=%s threads=%d data1=%d bytes",
         host, port, state_dir, "on" if durable else "off", threads, eventlog.size,

@@ -2,6 +2,8 @@
 
     file              written by                        read by
     data1             storage/log_writer.py (ingest)    storage/log_reader.py (worker)
+    data1.timeindex   storage/time_index.py: the writer  storage/time_index.py: the reader
+                      (ingest, via log_writer)          (worker)
     data2             storage/checkpoint_store.py       storage/checkpoint_store.py
                       (worker: commit)                  (worker: recovery; ingest: read side;
                                                          `python -m worker status`)
@@ -9,6 +11,11 @@
                       temp file, renamed over data2)
     data2.bad-<time>  storage/checkpoint_store.py       the operator (a rejected checkpoint,
                       (set aside, never deleted)        kept for inspection)
+    series.sqlite3 (and its -wal, -shm)
+                      storage/series_store.py           storage/series_store.py
+                      (worker: commit)                  (ingest: /series, /counts?from=)
+    series.sqlite3.bad-<time>
+                      storage/series_store.py (set aside)  the operator
     ingest.lock       storage/lockfile.py: held by the ingest; probed by nothing
     worker.lock       storage/lockfile.py: held by the worker (and `rebuild`); probed by the
                       ingest to tell whether a worker is alive
@@ -26,6 +33,8 @@ from pathlib import Path
 
 DATA1 = "data1"
 DATA2 = "data2"
+TIME_INDEX = "data1.timeindex"
+SERIES = "series.sqlite3"
 TEMP_SUFFIX = ".tmp"
 SET_ASIDE_INFIX = ".bad-"
 INGEST_LOCK = "ingest.lock"
@@ -40,6 +49,8 @@ class Layout:
         self.root = Path(root)
         self.data1 = self.root / DATA1
         self.data2 = self.root / DATA2
+        self.time_index = self.root / TIME_INDEX
+        self.series = self.root / SERIES
         self.ingest_lock = self.root / INGEST_LOCK
         self.worker_lock = self.root / WORKER_LOCK
 

@@ -13,15 +13,20 @@ The format is in storage/log_format.py. This module's guarantees:
   dropped the dirty pages, so retrying could report success for lost data. The process exits
   and, on restart, recovery works from what is really on disk.
 * Opening the log removes a torn tail left by a crash mid-write (never acknowledged).
+* With a time index (storage/time_index.py), each append is dated: a new second's entry is
+  written before the records it dates, and made durable with them before append() returns,
+  so an acknowledged event's time is as durable as the event.
 """
 
 import logging
 import os
 import threading
+import time
 
 from storage.layout import names_open_file
 from storage.log_format import last_separator
 from storage.process import die
+from storage.time_index import TimeIndexWriter
 
 log = logging.getLogger("ingest")
 
@@ -34,18 +39,26 @@ class AppendError(Exception):
 
 
 class EventLog:
-    def __init__(self, path, durable=True):
+    def __init__(self, path, durable=True, time_index=None, clock=time.time):
+        """`time_index`: the path of data1's time index, or None to keep no time."""
         self.path = path
         self.durable = durable
+        self._clock = clock
         # O_RDWR, not O_WRONLY: recovery reads the tail back with pread.
         self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self._write_lock = threading.Lock()
         self._sync_lock = threading.Lock()
         self._end = self._remove_torn_tail()  # bytes written so far; only ever grows
         self._synced = self._end  # bytes known durable
+        self._index = None
+        if time_index is not None:
+            # Opened after the torn-tail repair: entries past the repaired end are dropped.
+            self._index = TimeIndexWriter(time_index, self._end, os.fstat(self._fd).st_mtime)
 
     def close(self):
         os.close(self._fd)
+        if self._index:
+            self._index.close()
 
     @property
     def size(self):
@@ -62,6 +75,11 @@ class EventLog:
         left in data1.
         """
         with self._write_lock:
+            if self._index:
+                try:
+                    self._index.note(int(self._clock()), self._end)
+                except OSError as error:  # before any of the records is written
+                    raise AppendError(f"writing data1's time index failed: {error.strerror}")
             try:
                 written = os.write(self._fd, records)
             except OSError as error:
@@ -98,10 +116,20 @@ class EventLog:
             # Everything below _end has been written (it is raised after each write), so one
             # sync covers the appends of every request queued behind this lock too.
             target = self._end
+            # Read after target: the entries dating every byte below target were written
+            # before those bytes were, so they are all counted here.
+            entries = self._index.written if self._index else 0
             try:
                 os.fdatasync(self._fd)
             except OSError as error:
                 die(log, f"fdatasync of data1 failed: {error}")
+            if entries > (self._index.synced if self._index else 0):
+                # At most once a second: a new entry is written at most once a second.
+                try:
+                    self._index.sync()
+                except OSError as error:
+                    die(log, f"fdatasync of data1's time index failed: {error}")
+                self._index.synced = entries
             self._synced = target
 
     def _undo_partial_write(self):

@@ -61,15 +61,10 @@ def threads(environ=os.environ):
 
 
 def fsync(environ=os.environ):
-    raw = _raw(environ, "FSYNC").lower()
-    if raw in ("", "1", "on", "true", "yes"):
-        return True
-    if raw in ("0", "off", "false", "no"):
-        return False
-    raise ConfigError(f"{PREFIX}FSYNC must be on or off, got {raw!r}")
+    return _switch(environ, "FSYNC", True)
 
 
-def _seconds(environ, name, default, low, high, example):
+def _seconds(environ, name, default, low, high, example, unit="seconds"):
     raw = _raw(environ, name)
     if not raw:
         return default
@@ -79,10 +74,30 @@ def _seconds(environ, name, default, low, high, example):
         seconds = math.nan
     if not low <= seconds <= high:  # NaN fails every comparison
         raise ConfigError(
-            f"{PREFIX}{name} must be a number of seconds from {low:g} to {high:g} "
+            f"{PREFIX}{name} must be a number of {unit} from {low:g} to {high:g} "
             f"(like {example}), got {raw!r}"
         )
     return seconds
+
+
+def _switch(environ, name, default):
+    raw = _raw(environ, name).lower()
+    if raw in ("1", "on", "true", "yes") or (not raw and default):
+        return True
+    if raw in ("0", "off", "false", "no") or not raw:
+        return False
+    raise ConfigError(f"{PREFIX}{name} must be on or off, got {raw!r}")
+
+
+def series(environ=os.environ):
+    """Whether the worker keeps the counts over time (series.sqlite3)."""
+    return _switch(environ, "SERIES", True)
+
+
+def minute_retention(environ=os.environ):
+    """Seconds of minute buckets kept before the newest event (hours are kept for good)."""
+    hours = _seconds(environ, "MINUTE_RETENTION_HOURS", 48.0, 1.0, 24.0 * 366, "48", "hours")
+    return int(hours * 3600)
 
 
 def interval(environ=os.environ):

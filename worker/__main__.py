@@ -24,13 +24,15 @@ TOP = 10
 def run(state_dir):
     try:
         interval, ingest_cpu = settings.interval(), settings.ingest_cpu()
+        series, retention = settings.series(), settings.minute_retention()
     except settings.ConfigError as error:
         return process.bad_setting("worker", error)
 
     def count():
-        log.info("worker starting: state_dir=%s interval=%gs", state_dir, interval)
+        log.info("worker starting: state_dir=%s interval=%gs series=%s minute_retention=%gh",
+                 state_dir, interval, "on" if series else "off", retention / 3600)
         process.place_on_cpus("worker", ingest_cpu)
-        Worker(state_dir).run(interval)
+        Worker(state_dir, series=series, minute_retention=retention).run(interval)
         return process.EXIT_OK
 
     return process.run_in_state_folder("worker", state_dir, count)
@@ -112,8 +114,12 @@ def rebuild(state_dir):
     bar = ProgressBar(data1_size(state_dir))
     started = time.monotonic()
     try:
+        series, retention = settings.series(), settings.minute_retention()
+    except settings.ConfigError as error:
+        return process.bad_setting("worker", error)
+    try:
         state_dir.mkdir(exist_ok=True)
-        result = Worker(state_dir).rebuild(progress=bar)
+        result = Worker(state_dir, series=series, minute_retention=retention).rebuild(bar)
     except AlreadyLocked:
         print(
             f"a worker is running on {state_dir} (it holds worker.lock); stop it first, "

@@ -6,6 +6,12 @@ Recovery needs no special case: whatever instant the previous worker died at, da
 the old checkpoint or the new one, each consistent with data1, and the next pass simply starts
 from its offset. Anything in data2 that cannot be trusted is moved aside and data1 is counted
 again from offset 0, which is exact because data1 holds every acknowledged event.
+
+The counts over time (storage/series_store.py) are a second view of data1 with an offset of
+its own, committed in its own transaction. The two views are committed one after the other,
+so a crash can leave one ahead: recovery first brings the one behind up to the other (reading
+only that stretch of data1), and from then on each pass feeds both from the same reads. The
+time of each part of data1 comes from its time index (storage/time_index.py).
 """
 
 import dataclasses
@@ -15,11 +21,13 @@ import select
 import signal
 import time
 
-from storage.checkpoint import Checkpoint, CorruptCheckpoint
+from storage.checkpoint import EMPTY_FINGERPRINT, Checkpoint, CorruptCheckpoint
 from storage.checkpoint_store import CheckpointStore
 from storage.layout import Layout
 from storage.lockfile import hold_exclusive_lock
 from storage.log_reader import CHUNK_SIZE, LogReader
+from storage.series_store import CorruptSeries, SeriesStore
+from storage.time_index import EPOCH, TimeIndexReader
 from worker.tally import Tally
 
 log = logging.getLogger("worker")
@@ -63,13 +71,18 @@ class StopSignal:
 
 
 class Worker:
-    def __init__(self, state_dir, chunk_size=None):
+    def __init__(self, state_dir, chunk_size=None, series=True, minute_retention=48 * 3600):
         self.layout = Layout(state_dir)
         self.store = CheckpointStore(state_dir)
         self.chunk_size = chunk_size or CHUNK_SIZE
         self.data1 = None
+        self.time_index = TimeIndexReader(self.layout.time_index)
         self.checkpoint = Checkpoint()
+        # The counts over time, or None when they are off (MINI_ANALYTICS_SERIES=off).
+        self.series = SeriesStore(state_dir, minute_retention) if series else None
+        self.series_offset = 0
         self.stop = None
+        self._undated_logged = False
 
     def run(self, interval):
         """Hold the worker lock and run passes until SIGTERM/SIGINT. Raises AlreadyLocked."""
@@ -87,9 +100,12 @@ class Worker:
         if self.data1 is not None:
             self.data1.close()
             self.data1 = None
+        if self.series is not None:
+            self.series.close()
 
     def recover(self):
-        """Load data2 and check it against data1; start over from 0 if it cannot be used."""
+        """Load data2 and the series store, check them against data1 (each is started over
+        from 0 if it cannot be used), then bring the one behind up to the other."""
         self.data1 = LogReader(self.layout.data1)
         stray = self.store.remove_stray_temp()
         if stray:
@@ -98,20 +114,35 @@ class Worker:
             loaded = self.store.load()
         except CorruptCheckpoint as problem:
             self.start_over(f"data2 is unreadable: {problem}")
+        else:
+            if loaded is None:
+                log.info("no checkpoint yet: counting data1 from offset 0")
+                self.checkpoint = Checkpoint()
+            elif problem := self.data1.mismatch(loaded.offset, loaded.fingerprint):
+                self.start_over(problem)
+            else:
+                self.checkpoint = loaded
+                log.info(
+                    "resuming from checkpoint: offset %d, %d events, %d experiences, "
+                    "%d skipped", loaded.offset, loaded.events, len(loaded.counts),
+                    loaded.skipped,
+                )
+        if self.series is not None:
+            self._open_series()
+        self._align_views()
+
+    def _open_series(self):
+        try:
+            state = self.series.open(EMPTY_FINGERPRINT)
+        except CorruptSeries as problem:
+            self.start_series_over(f"series.sqlite3 is unusable: {problem}")
             return
-        if loaded is None:
-            log.info("no checkpoint yet: counting data1 from offset 0")
-            self.checkpoint = Checkpoint()
-            return
-        self.checkpoint = loaded
-        problem = self.data1.mismatch(loaded.offset, loaded.fingerprint)
+        problem = self.data1.mismatch(state.offset, state.fingerprint)
         if problem:
-            self.start_over(problem)
+            self.start_series_over(problem)
             return
-        log.info(
-            "resuming from checkpoint: offset %d, %d events, %d experiences, %d skipped",
-            loaded.offset, loaded.events, len(loaded.counts), loaded.skipped,
-        )
+        self.series_offset = state.offset
+        log.info("series store at offset %d, %d events", state.offset, state.events)
 
     def start_over(self, reason):
         """Never continue silently from a wrong state: keep the bad data2 aside, recount."""
@@ -122,16 +153,46 @@ class Worker:
         )
         self.checkpoint = Checkpoint()
 
+    def start_series_over(self, reason):
+        """The same for the series store: set it aside, start an empty one, recount."""
+        aside = self.series.set_aside()
+        log.error("SERIES REJECTED: %s; moved it aside to %s; recounting data1 from offset 0",
+                  reason, aside)
+        self.series.open(EMPTY_FINGERPRINT)
+        self.series_offset = 0
+
+    def _align_views(self):
+        """Bring the view that is behind (after a crash between the two commits, a rejected
+        store, or series just switched on) up to the other, reading only that stretch."""
+        if self.series is None or self.series_offset == self.checkpoint.offset:
+            return
+        if self.series_offset < self.checkpoint.offset:
+            log.info("series behind: counting data1 %d -> %d into it",
+                     self.series_offset, self.checkpoint.offset)
+            self._count(self.series_offset, self.checkpoint.offset, counts=False)
+        else:
+            log.info("data2 behind: counting data1 %d -> %d into it",
+                     self.checkpoint.offset, self.series_offset)
+            self._count(self.checkpoint.offset, self.series_offset, series=False)
+
     def rebuild(self, progress=None):
-        """Recount all of data1 from offset 0 into data2, ignoring the checkpoint there.
+        """Recount all of data1 from offset 0 into data2 and the series store, ignoring what
+        they held.
 
         Commits exactly as a pass does (atomically, every COMMIT_EVERY bytes and at the end),
-        so data2 is consistent at every instant, even if the rebuild is interrupted.
+        so both are consistent at every instant, even if the rebuild is interrupted.
         Raises AlreadyLocked if a worker is running.
         """
         hold_exclusive_lock(self.layout.worker_lock)
         self.data1 = LogReader(self.layout.data1)
         self.checkpoint = Checkpoint()
+        if self.series is not None:
+            try:
+                self.series.open(EMPTY_FINGERPRINT)
+                self.series.reset(EMPTY_FINGERPRINT)
+            except CorruptSeries as problem:
+                self.start_series_over(f"series.sqlite3 is unusable: {problem}")
+            self.series_offset = 0
         self.run_pass(progress)
         if self.checkpoint.offset == 0:  # an empty data1: its checkpoint is empty counts
             self.checkpoint = self.store.commit(self.checkpoint)
@@ -139,28 +200,14 @@ class Worker:
         return self.checkpoint
 
     def run_pass(self, progress=None):
-        """Count what data1 gained since the checkpoint and commit it. Returns events counted.
+        """Count what data1 gained since the last commit and commit it. Returns events counted.
 
         `progress`, if given, is called after each block with (offset reached, tokens read).
         """
         started = time.monotonic()
         self._check_data1()
         start_offset = self.checkpoint.offset
-        tally = Tally()
-        end = start_offset
-        for block, end in self.data1.blocks(start_offset, self.chunk_size):
-            if self.stop and self.stop.requested:
-                # Drop the uncommitted part of the pass; data2 still holds a consistent
-                # checkpoint and the next worker counts on from there.
-                log.info("stop requested mid-pass; uncommitted work is dropped")
-                return tally.events
-            tally.add(block)
-            if end - self.checkpoint.offset >= COMMIT_EVERY:
-                self._commit(tally, end)
-            if progress:
-                progress(end, tally.seen)
-        if end > self.checkpoint.offset:
-            self._commit(tally, end)
+        tally = self._count(start_offset, None, progress=progress)
         if self.checkpoint.offset > start_offset:
             log.info(
                 "pass: counted %s (%d skipped) in %.3fs; offset %d -> %d; lag %d bytes",
@@ -170,33 +217,86 @@ class Worker:
             )
         return tally.events
 
-    def _commit(self, tally, end):
+    def _count(self, start, end, counts=True, series=True, progress=None):
+        """Read data1[start:end] (to its last complete token when end is None) and commit it
+        to data2 (`counts`) and to the series store (`series`, if it is on), every
+        COMMIT_EVERY bytes and at the end. Returns the Tally."""
+        series = series and self.series is not None
+        tally = Tally()
+        committed = reached = start
+        for block, reached in self.data1.blocks(start, self.chunk_size, end):
+            if self.stop and self.stop.requested:
+                # Drop the uncommitted part; both views still hold consistent commits and
+                # the next worker counts on from there.
+                log.info("stop requested mid-pass; uncommitted work is dropped")
+                return tally
+            self._add(tally, block, reached, series)
+            if reached - committed >= COMMIT_EVERY:
+                self._commit(tally, committed, reached, counts, series)
+                committed = reached
+            if progress:
+                progress(reached, tally.seen)
+        if reached > committed:
+            self._commit(tally, committed, reached, counts, series)
+        return tally
+
+    def _add(self, tally, block, end, dated):
+        """Add a block (data1[end - len(block):end]) to the tally; with `dated`, each part
+        in the minute its time index gives it."""
+        if not dated:
+            tally.add(block)
+            return
+        start = end - len(block)
+        spans = self.time_index.spans(start, end)
+        if not spans:
+            if not self._undated_logged:
+                log.warning("data1 has no time index: events with no time are dated "
+                            "1970-01-01T00:00:00Z in the series (their counts are exact)")
+                self._undated_logged = True
+            spans = [(start, EPOCH)]
+        cut = 0
+        for index, (offset, second) in enumerate(spans):
+            following = spans[index + 1][0] - start if index + 1 < len(spans) else len(block)
+            # Entries point at the start of a record; should one point inside a token (a
+            # damaged index), the cut moves to the token's end: time never splits a token.
+            while following < len(block) and following > 0 and not block[following - 1:following].isspace():
+                following += 1
+            if following > cut:
+                tally.add(block[cut:following], second - second % 60)
+                cut = following
+
+    def _commit(self, tally, start, end, counts, series):
         # The pointer must never get ahead of the data: data1's bytes up to the new offset
-        # are made durable before a checkpoint that claims them is.
+        # are made durable before a commit that claims them is.
         self.data1.make_durable()
         if tally.pending_invalid():
-            self._read_again(tally, end)
+            self._read_again(tally, start, end, series)
+        fingerprint = self.data1.fingerprint(end)
         # The counts dict is extended in place rather than copied: a copy of a million-entry
         # dict per commit would cost more than the commit. Should the commit fail, the
         # process exits and its in-memory state goes with it.
-        counts = self.checkpoint.counts
-        skipped, samples = tally.drain_into(counts)
+        totals = self.checkpoint.counts if counts else {}
+        skipped, samples, by_minute = tally.drain_into(totals)
         if skipped:
             log.warning(
                 "skipped %s that %s not experience ids, e.g. %s",
                 plural(skipped, "token"), "is" if skipped == 1 else "are",
                 ", ".join(repr(token) for token in samples),
             )
-        self.checkpoint = self.store.commit(dataclasses.replace(
-            self.checkpoint,
-            offset=end,
-            counts=counts,
-            skipped=self.checkpoint.skipped + skipped,
-            fingerprint=self.data1.fingerprint(end),
-        ))
+        if series:
+            self.series.commit(by_minute, end, fingerprint)
+            self.series_offset = end
+        if counts:
+            self.checkpoint = self.store.commit(dataclasses.replace(
+                self.checkpoint,
+                offset=end,
+                counts=totals,
+                skipped=self.checkpoint.skipped + skipped,
+                fingerprint=fingerprint,
+            ))
 
-    def _read_again(self, tally, end):
-        """Count [checkpoint offset, end) again from what is durably there, before skipping
+    def _read_again(self, tally, start, end, dated):
+        """Count data1[start:end] again from what is durably there, before skipping
         anything in it for good.
 
         A reader racing the writer has been seen (on a FUSE file system) to read NUL bytes
@@ -205,8 +305,8 @@ class Worker:
         are the ones on disk: what is still not an id really is garbage.
         """
         tally.discard_pending()
-        for block, _ in self.data1.blocks(self.checkpoint.offset, self.chunk_size, end):
-            tally.add(block)
+        for block, reached in self.data1.blocks(start, self.chunk_size, end):
+            self._add(tally, block, reached, dated)
 
     def _check_data1(self):
         """Notice a data1 that was replaced, truncated or rewritten since the last pass."""
@@ -216,3 +316,7 @@ class Worker:
         problem = self.data1.mismatch(self.checkpoint.offset, self.checkpoint.fingerprint)
         if problem:
             self.start_over(problem)
+            if self.series is not None:
+                # Between passes the two views stand at the same offset: what no longer
+                # matches data2 no longer matches the series either.
+                self.start_series_over(problem)

@@ -1,0 +1,218 @@
+"""series.sqlite3: how many events happened when, per minute and per hour, for all events
+together and per experience. The worker is its one writer; the ingest's read side reads it.
+
+Format (version 1), SQLite in WAL mode:
+
+    minute(experience, bucket, count)   bucket: Unix second at the minute's start (UTC)
+    hour(experience, bucket, count)     bucket: Unix second at the hour's start
+    state(version, offset, fingerprint, events, newest_minute, updated_at), one row
+
+    experience is the experience id, or -1 (ALL) for all events together. Only buckets that
+    have events have rows. Minute rows older than the retention before the newest minute
+    with events are dropped; hour rows are kept for good.
+
+Invariants, true at every commit because the buckets and the offset change in one SQLite
+transaction (atomic, like data2's rename):
+
+    the hour and minute rows == the events of data1[0:offset], each in the bucket of the
+                                second its time index gives it
+    sum of hour rows of ALL  == events
+
+data1 is the source of truth and this store is derived from it, as data2 is: a commit needs
+atomicity, not durability (synchronous=NORMAL). A power loss may take the last commits
+back; the worker then counts on from the older offset, which is as exact.
+"""
+
+import datetime
+import os
+import sqlite3
+import threading
+
+from storage.durable import move_durably
+from storage.layout import Layout
+
+VERSION = 1
+ALL = -1
+MINUTE, HOUR = 60, 3600
+TABLES = {MINUTE: "minute", HOUR: "hour"}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS minute (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY (experience, bucket)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS hour (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY (experience, bucket)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (version INTEGER NOT NULL, offset INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL, events INTEGER NOT NULL, newest_minute INTEGER NOT NULL,
+    updated_at TEXT NOT NULL);
+"""
+
+UPSERT = ("INSERT INTO {table} (experience, bucket, count) VALUES (?, ?, ?) "
+          "ON CONFLICT (experience, bucket) DO UPDATE SET count = count + excluded.count")
+
+
+class CorruptSeries(Exception):
+    """series.sqlite3 exists but cannot be trusted; the message says why."""
+
+
+class SeriesState:
+    def __init__(self, offset, fingerprint, events, newest_minute):
+        self.offset, self.fingerprint = offset, fingerprint
+        self.events, self.newest_minute = events, newest_minute
+
+
+class SeriesStore:
+    """The worker's side: open (or create), commit increments with their offset, set aside."""
+
+    def __init__(self, state_dir, minute_retention):
+        self.layout = Layout(state_dir)
+        self.path = self.layout.series
+        self.minute_retention = minute_retention
+        self.db = None
+
+    def open(self, empty_fingerprint):
+        """Open the store, creating it empty if missing; return its SeriesState.
+
+        Raises CorruptSeries if the file is not a store this code can trust.
+        """
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+            row = self.db.execute("SELECT version, offset, fingerprint, events, newest_minute "
+                                  "FROM state").fetchall()
+            if not row:
+                self.db.execute("INSERT INTO state VALUES (?, 0, ?, 0, 0, '')",
+                                (VERSION, empty_fingerprint))
+                return SeriesState(0, empty_fingerprint, 0, 0)
+        except sqlite3.DatabaseError as error:
+            self.close()
+            raise CorruptSeries(f"not a readable SQLite database ({error})") from None
+        if len(row) != 1:
+            self.close()
+            raise CorruptSeries(f"its state table has {len(row)} rows, not 1")
+        version, offset, fingerprint, events, newest = row[0]
+        if version != VERSION:
+            self.close()
+            raise CorruptSeries(f"format version {version!r}; this program reads {VERSION}")
+        return SeriesState(offset, fingerprint, events, newest)
+
+    def commit(self, by_minute, offset, fingerprint):
+        """Add `by_minute` ({minute start: {experience id: count}}) and move the offset to
+        `offset`, in one transaction. The caller has made data1 durable up to `offset`."""
+        minutes, hours = {}, {}
+        for minute, counts in by_minute.items():
+            hour = minute - minute % HOUR
+            total = 0
+            for experience, count in counts.items():
+                minutes[experience, minute] = count
+                hours[experience, hour] = hours.get((experience, hour), 0) + count
+                total += count
+            if total:
+                minutes[ALL, minute] = total
+                hours[ALL, hour] = hours.get((ALL, hour), 0) + total
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(UPSERT.format(table="minute"),
+                           [(e, b, n) for (e, b), n in minutes.items()])
+            db.executemany(UPSERT.format(table="hour"),
+                           [(e, b, n) for (e, b), n in hours.items()])
+            added = sum(n for (e, _), n in minutes.items() if e == ALL)
+            newest = max(by_minute, default=0)
+            db.execute("UPDATE state SET offset = ?, fingerprint = ?, events = events + ?, "
+                       "newest_minute = max(newest_minute, ?), updated_at = ?",
+                       (offset, fingerprint, added, newest, utc_now()))
+            # Kept relative to the newest event, not to the clock: a recount from data1
+            # keeps exactly the same minutes.
+            db.execute("DELETE FROM minute WHERE bucket < "
+                       "(SELECT newest_minute FROM state) - ?", (self.minute_retention,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def reset(self, empty_fingerprint):
+        """Empty the store and its offset in one transaction (for a recount from 0)."""
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute("DELETE FROM minute")
+        self.db.execute("DELETE FROM hour")
+        self.db.execute("UPDATE state SET offset = 0, fingerprint = ?, events = 0, "
+                        "newest_minute = 0, updated_at = ?", (empty_fingerprint, utc_now()))
+        self.db.execute("COMMIT")
+
+    def set_aside(self):
+        """Move the store out of the way, kept for inspection; return where it went."""
+        self.close()
+        if not self.path.exists():
+            return None
+        aside = self.layout.set_aside(self.path)
+        move_durably(self.path, aside)
+        for suffix in ("-wal", "-shm"):  # belong to the store just moved; never replayed
+            leftover = self.path.with_name(self.path.name + suffix)
+            if leftover.exists():
+                os.unlink(leftover)
+        return aside
+
+    def close(self):
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class SeriesReader:
+    """The ingest's side: sums of buckets, read in one snapshot per question."""
+
+    def __init__(self, state_dir):
+        self.path = Layout(state_dir).series
+        self._local = threading.local()  # one connection per thread, as sqlite3 requires
+
+    def _db(self):
+        """This thread's connection, or None while there is no store. Reopened when the
+        worker replaced the file (it sets a rejected store aside and starts a new one)."""
+        try:
+            identity = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return None
+        local = self._local
+        if getattr(local, "identity", None) != identity:
+            if getattr(local, "db", None) is not None:
+                local.db.close()
+            # mode=rw: never create the store (only the worker does); query_only: never
+            # write to it either.
+            local.db = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True,
+                                       isolation_level=None, check_same_thread=False)
+            local.db.execute("PRAGMA query_only=1")
+            local.identity = identity
+        return local.db
+
+    def buckets(self, step, experience, start, end):
+        """{bucket start: count} of the `step` table (MINUTE or HOUR) in [start, end)."""
+        db = self._db()
+        if db is None:
+            return {}
+        rows = db.execute(f"SELECT bucket, count FROM {TABLES[step]} WHERE experience = ? "
+                          "AND bucket >= ? AND bucket < ?", (experience, start, end))
+        return dict(rows.fetchall())
+
+    def counts(self, step, start, end):
+        """{experience id: count} over the `step` table's buckets in [start, end)."""
+        db = self._db()
+        if db is None:
+            return {}
+        rows = db.execute(f"SELECT experience, sum(count) FROM {TABLES[step]} "
+                          "WHERE bucket >= ? AND bucket < ? AND experience != ? "
+                          "GROUP BY experience", (start, end, ALL))
+        return dict(rows.fetchall())
+
+    def state(self):
+        """(offset, events, newest_minute), or None while there is no store."""
+        db = self._db()
+        if db is None:
+            return None
+        row = db.execute("SELECT offset, events, newest_minute FROM state").fetchone()
+        return row
