@@ -51,7 +51,7 @@ class Channel(HTTPChannel):
     error_task_class = JsonErrorTask
 
 
-def serve(host, port, threads, state_dir, durable, stalled_after, cpu):
+def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute_retention):
     process.place_on_cpus("ingest", cpu)
     layout = Layout(state_dir)
     # Held until the process exits: one ingest per state folder, so no other writer can
@@ -64,7 +64,7 @@ def serve(host, port, threads, state_dir, durable, stalled_after, cpu):
     )
     try:
         server = waitress.create_server(
-            make_app(eventlog, state_dir, stalled_after),
+            make_app(eventlog, state_dir, stalled_after, minute_retention),
             host=host,
             port=port,
             threads=threads,
@@ -108,14 +108,19 @@ def main(argv):
     # is every request: the flood costs real CPU and says nothing an operator can act on.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     try:
-        host, port, threads = settings.host(), settings.port(), settings.threads()
-        state_dir, durable = settings.state_dir(), settings.fsync()
-        stalled_after, cpu = settings.stalled_after(), settings.ingest_cpu()
+        config = {
+            "host": settings.host(),
+            "port": settings.port(),
+            "threads": settings.threads(),
+            "state_dir": settings.state_dir(),
+            "durable": settings.fsync(),
+            "stalled_after": settings.stalled_after(),
+            "cpu": settings.ingest_cpu(),
+            "minute_retention": settings.minute_retention(),
+        }
     except settings.ConfigError as error:
         return process.bad_setting("ingest", error)
-    return process.run_in_state_folder(
-        "ingest", state_dir, lambda: serve(host, port, threads, state_dir, durable, stalled_after, cpu)
-    )
+    return process.run_in_state_folder("ingest", config["state_dir"], lambda: serve(**config))
 
 
 if __name__ == "__main__":

@@ -5,20 +5,25 @@ Every response body is JSON (but the dashboard's HTML), errors included:
 data1 (see storage/log_writer.py). The whole API is described in app/openapi.json.
 """
 
+import csv
+import datetime
+import io
 import json
 import os
+import re
 from pathlib import Path
 
 import bottle
 from bottle import HTTPError, request, response
 
-from app import validate
+from app import series_query, validate
 from app.liveness import RUNNING, WorkerWatch
 from app.readside import CheckpointReader
 from storage.checkpoint import Checkpoint, CorruptCheckpoint
 from storage.layout import Layout
 from storage.log_format import encode, parse_token
 from storage.log_writer import AppendError
+from storage.series_store import ALL, HOUR, MINUTE, SeriesReader
 
 HERE = Path(__file__).resolve().parent
 DASHBOARD = (HERE / "dashboard.html").read_bytes()
@@ -53,8 +58,43 @@ def json_body(document, status=200):
     return json.dumps(document) + "\n"
 
 
-def make_app(eventlog, state_dir, stalled_after):
+def csv_body(header, rows):
+    """A CSV answer (RFC 4180: CRLF line ends) with a header row."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    writer.writerows(rows)
+    response.content_type = "text/csv; charset=utf-8"
+    return out.getvalue()
+
+
+def wants_csv():
+    answer_format = request.query.get("format") or "json"
+    if answer_format not in ("json", "csv"):
+        raise HTTPError(400, f"format must be json or csv, got {answer_format!r}")
+    return answer_format == "csv"
+
+
+def query_params():
+    """The query string as a dict. A '+' in an unencoded offset (from=...T10:00+01:00)
+    arrives as a space, as form encoding says; it is put back."""
+    params = {key: request.query.get(key) for key in request.query}
+    for key in ("from", "to"):
+        if params.get(key):
+            params[key] = re.sub(r" (\d\d:?\d\d)$", r"+\1", params[key].strip())
+    return params
+
+
+def parse_experience_id(raw):
+    parsed = parse_token(raw.encode("utf-8", "replace"))
+    if parsed is None:
+        raise HTTPError(400, f"experienceID must be an integer from 0 to 2^63-1, got {raw!r}")
+    return parsed
+
+
+def make_app(eventlog, state_dir, stalled_after, minute_retention=48 * 3600):
     reader = CheckpointReader(state_dir)
+    series = SeriesReader(state_dir)
     watch = WorkerWatch(Layout(state_dir).worker_lock, stalled_after)
     app = bottle.Bottle()
     # No JSON or template plugins: every handler returns its own bytes, which keeps the
@@ -93,32 +133,103 @@ def make_app(eventlog, state_dir, stalled_after):
         except CorruptCheckpoint as problem:
             raise HTTPError(503, f"data2 is unreadable ({problem}); the worker will rebuild it")
 
+    def counted_in_range(params):
+        """The counts of events that happened in [from, to), as a Checkpoint to serve."""
+        try:
+            tz, _ = series_query.parse_zone(params.get("tz"))
+            if not (params.get("from") and params.get("to")):
+                raise series_query.BadQuery("from and to go together: give both")
+            start = series_query.parse_time(params["from"], "from", tz).timestamp()
+            end = series_query.parse_time(params["to"], "to", tz).timestamp()
+            if start >= end:
+                raise series_query.BadQuery("from must be before to")
+        except series_query.BadQuery as problem:
+            raise HTTPError(400, str(problem)) from None
+        state = series_state()
+        # Whole hours come from the hour buckets (kept for good); anything finer needs the
+        # minute buckets, kept for the last minute_retention of data.
+        if start % HOUR == 0 and end % HOUR == 0:
+            step = HOUR
+        elif start % MINUTE == 0 and end % MINUTE == 0:
+            check_minutes_kept(start, state)
+            step = MINUTE
+        else:
+            raise HTTPError(400, "from and to must fall on whole minutes")
+        return Checkpoint(offset=state[0], counts=series.counts(step, int(start), int(end)))
+
+    def series_state():
+        state = series.state()
+        if state is None:
+            raise HTTPError(503, "no counts over time yet: the worker has not created "
+                                 "series.sqlite3 (is MINI_ANALYTICS_SERIES off?)")
+        return state
+
+    def check_minutes_kept(start, state):
+        oldest = state[2] - minute_retention
+        if start < oldest:
+            kept = datetime.datetime.fromtimestamp(oldest, datetime.timezone.utc)
+            raise HTTPError(400, f"minute buckets are kept from {kept:%Y-%m-%dT%H:%M:%SZ} on "
+                                 f"({minute_retention / 3600:g} h before the newest event); "
+                                 "ask for whole hours, or step=hour")
+
     @app.get("/counts")
     def get_counts():
-        checkpoint = committed()
-        top = request.query.get("top")
+        params = query_params()
+        csv_wanted = wants_csv()
+        ranged = "from" in params or "to" in params
+        checkpoint = counted_in_range(params) if ranged else committed()
+        top = params.get("top")
         if top is None:
             items = sorted(checkpoint.counts.items())
         elif top.isdigit() and 0 < int(top) <= 10**9:
             items = checkpoint.top(int(top))
         else:
             raise HTTPError(400, f"top must be a positive integer, got {top!r}")
-        return json_body({
+        if csv_wanted:
+            return csv_body(["experienceID", "count"], items)
+        document = {
             "counts": {str(key): value for key, value in items},
             "offset": checkpoint.offset,
             "events": checkpoint.events,
             "experiences": len(checkpoint.counts),
             "updated_at": checkpoint.updated_at or None,
-        })
+        }
+        if ranged:
+            document.update({"from": params["from"], "to": params["to"]})
+        return json_body(document)
 
     @app.get("/counts/<experience_id>")
     def get_count(experience_id):
-        parsed = parse_token(experience_id.encode("utf-8", "replace"))
-        if parsed is None:
-            raise HTTPError(
-                400, f"experienceID must be an integer from 0 to 2^63-1, got {experience_id!r}"
-            )
+        parsed = parse_experience_id(experience_id)
         return json_body({"experienceID": parsed, "count": committed().counts.get(parsed, 0)})
+
+    @app.get("/series")
+    def get_series():
+        params = query_params()
+        csv_wanted = wants_csv()
+        experience = params.get("experienceID")
+        experience = None if experience is None else parse_experience_id(experience)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        try:
+            query = series_query.parse(params, now, experience)
+        except series_query.BadQuery as problem:
+            raise HTTPError(400, str(problem)) from None
+        state = series_state()
+        if query.step == "minute":
+            check_minutes_kept(query.start.timestamp(), state)
+        which = ALL if experience is None else experience
+        points = series_query.points(
+            query, lambda step, start, end: series.buckets(step, which, start, end))
+        if csv_wanted:
+            return csv_body(["time", "count"], points)
+        return json_body({
+            "step": query.step,
+            "from": query.start.isoformat(),
+            "to": query.end.isoformat(),
+            "tz": query.tz_name,
+            "experienceID": experience,
+            "points": points,
+        })
 
     def worker_state(checkpoint, data1_size):
         state, reason = watch.state(checkpoint.offset, data1_size)

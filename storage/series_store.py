@@ -29,7 +29,7 @@ import sqlite3
 import threading
 
 from storage.durable import move_durably
-from storage.layout import Layout
+from storage.layout import Layout, temp_path
 
 VERSION = 1
 ALL = -1
@@ -74,28 +74,43 @@ class SeriesStore:
 
         Raises CorruptSeries if the file is not a store this code can trust.
         """
+        if not self.path.exists():
+            self._create(empty_fingerprint)
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
-            row = self.db.execute("SELECT version, offset, fingerprint, events, newest_minute "
-                                  "FROM state").fetchall()
-            if not row:
-                self.db.execute("INSERT INTO state VALUES (?, 0, ?, 0, 0, '')",
-                                (VERSION, empty_fingerprint))
-                return SeriesState(0, empty_fingerprint, 0, 0)
+            self.db = self._connect(self.path)
+            rows = self.db.execute("SELECT version, offset, fingerprint, events, newest_minute "
+                                   "FROM state").fetchall()
         except sqlite3.DatabaseError as error:
             self.close()
-            raise CorruptSeries(f"not a readable SQLite database ({error})") from None
-        if len(row) != 1:
+            raise CorruptSeries(f"not a readable store ({error})") from None
+        if len(rows) != 1:
             self.close()
-            raise CorruptSeries(f"its state table has {len(row)} rows, not 1")
-        version, offset, fingerprint, events, newest = row[0]
+            raise CorruptSeries(f"its state table has {len(rows)} rows, not 1")
+        version, offset, fingerprint, events, newest = rows[0]
         if version != VERSION:
             self.close()
             raise CorruptSeries(f"format version {version!r}; this program reads {VERSION}")
         return SeriesState(offset, fingerprint, events, newest)
+
+    def _create(self, empty_fingerprint):
+        """Make an empty store under a temp name, then rename it into place: a reader never
+        sees a store without its tables."""
+        temp = temp_path(self.path)
+        for leftover in (temp, *sidecars(temp)):
+            if leftover.exists():
+                os.unlink(leftover)  # from a creation that crashed: never a store
+        db = self._connect(temp)
+        db.executescript(SCHEMA)
+        db.execute("INSERT INTO state VALUES (?, 0, ?, 0, 0, '')", (VERSION, empty_fingerprint))
+        db.close()  # checkpoints the WAL into the file and removes it
+        move_durably(temp, self.path)
+
+    @staticmethod
+    def _connect(path):
+        db = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
 
     def commit(self, by_minute, offset, fingerprint):
         """Add `by_minute` ({minute start: {experience id: count}}) and move the offset to
@@ -148,8 +163,7 @@ class SeriesStore:
             return None
         aside = self.layout.set_aside(self.path)
         move_durably(self.path, aside)
-        for suffix in ("-wal", "-shm"):  # belong to the store just moved; never replayed
-            leftover = self.path.with_name(self.path.name + suffix)
+        for leftover in sidecars(self.path):  # belong to the store just moved; never replayed
             if leftover.exists():
                 os.unlink(leftover)
         return aside
@@ -158,6 +172,11 @@ class SeriesStore:
         if self.db is not None:
             self.db.close()
             self.db = None
+
+
+def sidecars(path):
+    """SQLite's write-ahead log and shared-memory index beside a store."""
+    return [path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
 
 
 def utc_now():
@@ -184,7 +203,7 @@ class SeriesReader:
                 local.db.close()
             # mode=rw: never create the store (only the worker does); query_only: never
             # write to it either.
-            local.db = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True,
+            local.db = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=5,
                                        isolation_level=None, check_same_thread=False)
             local.db.execute("PRAGMA query_only=1")
             local.identity = identity

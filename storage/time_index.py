@@ -113,20 +113,24 @@ class TimeIndexReader:
                 else:
                     high = middle
             first = max(0, low - 1)
-            second, _ = entry(first)
+            second, entry_offset = entry(first)
             spans = [(start, second)]
-            index, last_offset = first + 1, start
+            index = first + 1
             # Read on in chunks of entries until past `end`.
             while index < count:
                 batch = os.pread(fd, ENTRY.size * min(4096, count - index), index * ENTRY.size)
-                for second_i, offset_i in ENTRY.iter_unpack(batch):
-                    if offset_i >= end:
+                for next_second, next_offset in ENTRY.iter_unpack(batch):
+                    if next_offset >= end:
                         return spans
-                    if offset_i > last_offset and second_i >= spans[-1][1]:
-                        spans.append((offset_i, second_i))
-                        last_offset = offset_i
-                    elif offset_i <= start:
-                        spans[0] = (start, second_i)  # a later entry that still dates start
+                    if next_offset < entry_offset or next_second < spans[-1][1]:
+                        continue  # out of order: a damaged index; skip the entry
+                    if next_offset == entry_offset or next_offset <= start:
+                        # A later entry for the same bytes (an append that failed and was
+                        # retried a second later): the later one dates them.
+                        spans[-1] = (spans[-1][0], next_second)
+                    else:
+                        spans.append((next_offset, next_second))
+                    entry_offset = next_offset
                 index += len(batch) // ENTRY.size
             return spans
         finally:

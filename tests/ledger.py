@@ -1,10 +1,12 @@
 """Ledgers: clients that remember what became of every event they sent, the set checker that
 judges the counts against them, and a watcher that checks the invariant while a test runs."""
 
+import collections
 import http.client
+import sqlite3
 import threading
 
-from reference import check_invariant
+from reference import check_invariant, check_series, read_checkpoint, read_series
 
 
 class Posters:
@@ -100,12 +102,29 @@ def check_ledgers(counts, *posters):
     assert not written_refused, f"refused ids were counted: {written_refused[:10]}"
 
 
+def check_series_ledgers(state_dir, *posters):
+    """The set checker on the counts over time: each acknowledged event in exactly one
+    minute, unknown ones at most once, refused never; the series as exact as data2, and
+    summing to the same total."""
+    offset, minutes, hours = read_series(state_dir)
+    checkpoint = read_checkpoint(state_dir)
+    assert offset == checkpoint["offset"], "the series store is not caught up"
+    per_experience = collections.Counter()
+    for (experience, _), count in minutes.items():
+        if experience != -1:
+            per_experience[experience] += count
+    check_ledgers(per_experience, *posters)
+    assert sum(n for (e, _), n in hours.items() if e == -1) == checkpoint["events"]
+    check_series(state_dir)
+
+
 class InvariantWatcher:
     """Checks the data1/data2 invariant over and over while a test runs."""
 
     def __init__(self, state_dir):
         self.state_dir = state_dir
         self.observations = 0
+        self.series_observations = 0
         self.failures = []
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -124,5 +143,8 @@ class InvariantWatcher:
             try:
                 if check_invariant(self.state_dir) is not None:
                     self.observations += 1
-            except (AssertionError, ValueError) as failure:
+                # The series store's own invariant, less often: it recounts data1 by model.
+                if self.observations % 10 == 0 and check_series(self.state_dir) is not None:
+                    self.series_observations += 1
+            except (AssertionError, ValueError, sqlite3.Error) as failure:
                 self.failures.append(repr(failure)[:500])

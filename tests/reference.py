@@ -6,9 +6,12 @@ id up to 2**63-1. The invariant every test can check at any instant:
     data2.counts == counts of the valid complete tokens in data1[0 : data2.offset]
 """
 
+import bisect
 import collections
 import json
 import re
+import sqlite3
+import struct
 from pathlib import Path
 
 COMPLETE_TOKEN = re.compile(rb"(\S+)\s")
@@ -56,3 +59,73 @@ def caught_up(state_dir):
     data1 = (Path(state_dir) / "data1").read_bytes()
     checkpoint = read_checkpoint(state_dir)
     return (checkpoint["offset"] if checkpoint else 0) == complete_length(data1)
+
+
+# --- the counts over time ------------------------------------------------------------------
+# The time index read independently: 16-byte entries (second, offset), little-endian. A
+# token is dated by the last entry at or before its first byte, or by the first entry if it
+# comes before them all; with no index, by second 0.
+
+def index_entries(state_dir):
+    path = Path(state_dir) / "data1.timeindex"
+    data = path.read_bytes() if path.exists() else b""
+    usable = len(data) - len(data) % 16
+    return list(struct.iter_unpack("<QQ", data[:usable]))
+
+
+def expected_series(state_dir, offset):
+    """{(experience id as int, minute start): count} for the valid tokens of data1[0:offset]."""
+    entries = index_entries(state_dir)
+    offsets = [entry_offset for _, entry_offset in entries]
+    with open(Path(state_dir) / "data1", "rb") as data1:
+        prefix = data1.read(offset)
+    series = collections.Counter()
+    for match in COMPLETE_TOKEN.finditer(prefix):
+        token = match.group(1)
+        if not (CANONICAL_ID.fullmatch(token) and int(token) < 2**63):
+            continue
+        if entries:
+            position = max(0, bisect.bisect_right(offsets, match.start()) - 1)
+            second = entries[position][0]
+        else:
+            second = 0
+        series[int(token), second - second % 60] += 1
+    return dict(series)
+
+
+def read_series(state_dir):
+    """(offset, {(experience, minute): count}, {(experience, hour): count}) from
+    series.sqlite3, or None if there is none. Rows of all events (experience -1) left out."""
+    path = Path(state_dir) / "series.sqlite3"
+    if not path.exists():
+        return None
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10, isolation_level=None)
+    try:
+        db.execute("BEGIN")  # one snapshot for the three reads: the worker commits meanwhile
+        offset = db.execute("SELECT offset FROM state").fetchone()[0]
+        minutes = {(e, b): n for e, b, n in db.execute("SELECT experience, bucket, count FROM minute")}
+        hours = {(e, b): n for e, b, n in db.execute("SELECT experience, bucket, count FROM hour")}
+    finally:
+        db.close()
+    return offset, minutes, hours
+
+
+def check_series(state_dir):
+    """Assert the series store holds exactly data1[0:its offset], dated by the index, per
+    minute and per hour, with the all-events rows the sums of the others. Returns it."""
+    stored = read_series(state_dir)
+    if stored is None:
+        return None
+    offset, minutes, hours = stored
+    expected = expected_series(state_dir, offset)
+    by_minute = {key: n for key, n in minutes.items() if key[0] != -1}
+    assert by_minute == expected, f"series at offset {offset} differ from data1 and its index"
+    by_hour = collections.Counter()
+    for (experience, minute), n in expected.items():
+        by_hour[experience, minute - minute % 3600] += n
+    assert {key: n for key, n in hours.items() if key[0] != -1} == dict(by_hour)
+    all_hours = collections.Counter()
+    for (experience, hour), n in by_hour.items():
+        all_hours[hour] += n
+    assert {b: n for (e, b), n in hours.items() if e == -1} == dict(all_hours)
+    return stored

@@ -7,13 +7,15 @@ sent (Jepsen's set checker, in spirit)."""
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
 from http_client import wait_for
-from ledger import InvariantWatcher, Posters, check_ledgers
-from reference import caught_up, check_invariant
+from ledger import InvariantWatcher, Posters, check_ledgers, check_series_ledgers
+from reference import caught_up, check_invariant, read_series
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +34,7 @@ def test_chaos_under_load_with_a_ledger(supervisor):
         while time.monotonic() < deadline:
             # Both programs in turn, each at a random moment of its life.
             program = "ingest" if sum(kills.values()) % 2 else "worker"
-            # Only kill a process supervisord already counts as started: kills in a row
-            # within a second of each start would read as a crash loop and end in FATAL.
+            # Any running process, however young: supervisord restarts every kill at once.
             pid = wait_for(lambda: sup.status().get(program) == "RUNNING" and sup.pid(program),
                            what=f"{program} RUNNING")
             time.sleep(rng.uniform(0.0, 0.5))  # a random moment in its life
@@ -47,6 +48,16 @@ def test_chaos_under_load_with_a_ledger(supervisor):
     final = wait_for(lambda: caught_up(sup.state_dir) and check_invariant(sup.state_dir),
                      timeout=60, what="the worker to catch up")
     check_ledgers(final["counts"], singles, batches)
+    wait_for(lambda: read_series(sup.state_dir)[0] == final["offset"], what="the series")
+    check_series_ledgers(sup.state_dir, singles, batches)
+    # A recount from data1 and its time index gives exactly the same series and counts.
+    assert sup.ctl("stop", "worker").returncode == 0
+    before = read_series(sup.state_dir)
+    rebuild = subprocess.run([sys.executable, "-m", "worker", "rebuild"], cwd=sup.root,
+                             env=sup.env, capture_output=True, text=True, timeout=120)
+    assert rebuild.returncode == 0, rebuild.stderr
+    assert read_series(sup.state_dir) == before
+    assert check_invariant(sup.state_dir)["counts"] == final["counts"]
     assert kills["ingest"] >= 5 and kills["worker"] >= 5
     assert watcher.observations > 50
     for name, posters in (("single events", singles), ("batched events", batches)):
@@ -54,5 +65,7 @@ def test_chaos_under_load_with_a_ledger(supervisor):
             f"\nchaos, {name}: sent {len(posters.sent)}, acked {len(posters.acked)}, "
             f"unknown {len(posters.unknown)}, refused {len(posters.refused)}"
         )
+    minutes = sum(1 for (e, _), _n in before[1].items() if e == -1)
     print(f"chaos: {DURATION}s, {CONNECTIONS} connections, kills {kills}, "
-          f"invariant observations {watcher.observations}")
+          f"invariant observations {watcher.observations} "
+          f"(series {watcher.series_observations}), minutes with events {minutes}")

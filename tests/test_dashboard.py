@@ -8,6 +8,7 @@ import http.client
 import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -16,7 +17,7 @@ import pytest
 
 from http_client import post, wait_for
 from processes import REPO
-from reference import caught_up
+from reference import caught_up, read_series
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -258,3 +259,28 @@ def test_a_stopped_worker_is_shown_as_a_warning(procs, state_dir, tmp_path):
     assert page.by_id["worker-state"] == "stopped"
     assert page.by_id["worker-alert"].startswith("Worker stopped: no worker process holds")
     screenshot(tmp_path, url, "dashboard-worker-stopped.png", 1200, 900)
+
+
+def test_the_chart_over_time_for_all_events_and_for_one_experience(procs, state_dir, tmp_path):
+    ingest = procs.ingest(state_dir)
+    procs.worker(state_dir, interval=0.05)
+    ids = [42] * 6 + [7] * 3 + [2**63 - 1]
+    assert post(ingest.port, {"batch": [{"experienceID": i} for i in ids]}, path="/batch")[0] == 202
+    wait_for(lambda: caught_up(state_dir) and (s := read_series(state_dir)) and s[0] > 0,
+             what="the worker and the series")
+    url = f"http://127.0.0.1:{ingest.port}/"
+
+    def timeline(fragment):
+        dom = chromium(tmp_path, "--dump-dom", url + fragment)
+        counts = [int(n) for n in re.findall(r'class="slot" data-count="(\d+)"', dom)]
+        return Page(dom), counts
+
+    page, counts = timeline("")
+    assert len(counts) == 60 and sum(counts) == 10  # the last hour, by minute
+    assert page.by_id["timeline-title"] == "Events over time"
+    page, counts = timeline("#range=day&exp=42")
+    assert len(counts) == 24 and sum(counts) == 6  # 24 hours, experience 42 only
+    assert page.by_id["timeline-title"] == "Experience #42 over time"
+    page, counts = timeline("#range=month&exp=9223372036854775807")
+    assert len(counts) in (30, 31) and sum(counts) == 1
+    screenshot(tmp_path, url + "#range=hour", "dashboard-over-time.png", 1200, 900)

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from http_client import wait_for
-from ledger import InvariantWatcher, Posters, check_ledgers
-from reference import caught_up, check_invariant, read_checkpoint
+from ledger import InvariantWatcher, Posters, check_ledgers, check_series_ledgers
+from reference import caught_up, check_invariant, read_checkpoint, read_series
 
 pytestmark = pytest.mark.slow
 
@@ -32,6 +32,7 @@ def test_sigkill_the_worker_at_random_moments(procs, state_dir):
             worker = procs.worker(state_dir, interval=0.02)
     final = wait_for(lambda: caught_up(state_dir) and check_invariant(state_dir), what="catch-up")
     check_ledgers(final["counts"], posters)
+    check_series_ledgers(state_dir, posters)
     assert len(posters.acked) > 100 and not posters.unknown and not posters.refused
     assert watcher.observations > 10
     print(
@@ -46,8 +47,7 @@ def test_sigkill_the_ingest_under_supervisord(supervisor):
     with InvariantWatcher(sup.state_dir) as watcher, Posters(sup.port) as posters:
         previous = None
         for _ in range(INGEST_KILLS):
-            # Wait for a new ingest that supervisord counts as started, so that the kills
-            # cannot add up to a crash storm that supervisord would give up on.
+            # Each kill hits a new ingest: wait for supervisord to have restarted it.
             pid = wait_for(
                 lambda: sup.status().get("ingest") == "RUNNING" and sup.pid("ingest") != previous
                 and sup.pid("ingest"),
@@ -63,6 +63,8 @@ def test_sigkill_the_ingest_under_supervisord(supervisor):
     final = wait_for(lambda: caught_up(sup.state_dir) and check_invariant(sup.state_dir),
                      what="catch-up")
     check_ledgers(final["counts"], posters)
+    wait_for(lambda: read_series(sup.state_dir)[0] == final["offset"], what="the series")
+    check_series_ledgers(sup.state_dir, posters)
     wait_for(lambda: sup.status() == {"ingest": "RUNNING", "worker": "RUNNING"},
              what="supervisord to report both programs RUNNING")
     print(

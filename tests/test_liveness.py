@@ -5,16 +5,10 @@ import os
 
 import pytest
 
+from clocks import Clock
 from app import liveness
 from app.liveness import RUNNING, STALLED, STOPPED, WorkerWatch
 
-
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture

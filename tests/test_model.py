@@ -13,10 +13,12 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from reference import check_invariant, read_checkpoint, valid_counts
+from clocks import Clock
+from reference import check_invariant, check_series, read_checkpoint, read_series, valid_counts
 from storage.log_writer import EventLog
 from storage.log_format import encode
 from storage import durable
+from storage.series_store import SeriesStore
 from worker.runner import Worker
 
 ids = st.integers(0, 2**63 - 1) | st.integers(0, 20)  # small ids repeat, so counts exceed 1
@@ -34,16 +36,23 @@ COMMIT_STEPS = [
     (os, "fsync"),
     (os, "replace"),
     (durable, "fsync_directory"),
+    (SeriesStore, "commit"),
 ]
+
 
 
 class Engine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.dir = Path(tempfile.mkdtemp(prefix="ma-model-"))
-        self.log = EventLog(self.dir / "data1")
+        self.clock = Clock()
+        self.log = self._open_log()
         self.worker = None
         self.expected = collections.Counter()  # what data1's valid complete tokens must count
+
+    def _open_log(self):
+        return EventLog(self.dir / "data1", time_index=self.dir / "data1.timeindex",
+                        clock=self.clock)
 
     def teardown(self):
         self._stop_worker()
@@ -74,8 +83,12 @@ class Engine(RuleBasedStateMachine):
         with open(self.dir / "data1", "ab") as data1:
             data1.write(fragment)
         self.log.close()
-        self.log = EventLog(self.dir / "data1")  # the ingest reopens: it must see the new end
+        self.log = self._open_log()  # the ingest reopens: it must see the new end
         self.expected.update(valid_counts(fragment))
+
+    @rule(seconds=st.sampled_from([0.3, 1, 59, 61, 3600]))
+    def time_passes(self, seconds):
+        self.clock.now += seconds
 
     @rule(chunk_size=st.integers(1, 64))
     def worker_pass(self, chunk_size):
@@ -110,11 +123,12 @@ class Engine(RuleBasedStateMachine):
         with open(self.dir / "data1", "ab") as data1:
             data1.write(torn)
         self.log.close()
-        self.log = EventLog(self.dir / "data1")  # restart: the torn tail is removed
+        self.log = self._open_log()  # restart: the torn tail is removed
 
     @invariant()
-    def checkpoint_matches_data1(self):
+    def checkpoint_and_series_match_data1(self):
         check_invariant(self.dir)
+        check_series(self.dir)
 
     @rule()
     def catch_up_and_compare(self):
@@ -124,6 +138,9 @@ class Engine(RuleBasedStateMachine):
         assert cp is not None or not self.expected
         if cp is not None:
             assert cp["counts"] == dict(self.expected)
+            offset, _, hours = read_series(self.dir)
+            assert offset == cp["offset"]
+            assert sum(n for (e, _), n in hours.items() if e == -1) == cp["events"]
 
 
 Engine.TestCase.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)

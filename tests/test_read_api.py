@@ -1,6 +1,7 @@
 """The read side over HTTP: counts, one count, health, stats, and the OpenAPI document, which
 must cover every route and describe every live response."""
 
+import datetime
 import json
 import re
 
@@ -11,7 +12,7 @@ import referencing.jsonschema
 
 from http_client import post, request, wait_for
 from processes import REPO
-from reference import caught_up
+from reference import caught_up, read_checkpoint, read_series
 from app.api import make_app
 from storage.log_writer import EventLog
 
@@ -158,3 +159,98 @@ def test_every_route_is_in_the_document(tmp_path):
     documented = {(path, method) for path, item in OPENAPI["paths"].items() for method in item}
     assert routes == documented
     jsonschema.Draft202012Validator.check_schema(OPENAPI["components"]["schemas"]["Stats"])
+
+
+# --- counts over time ------------------------------------------------------------------------
+
+
+def series_caught_up(state_dir):
+    stored = read_series(state_dir)
+    return caught_up(state_dir) and stored is not None and stored[0] == read_checkpoint(state_dir)["offset"]
+
+
+def utc(moment):
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_series_of_events_just_posted(system, state_dir):
+    ingest, _ = system
+    ids = [1, 1, 2, 1, 3]
+    assert post(ingest.port, {"batch": [{"experienceID": i} for i in ids]}, path="/batch")[0] == 202
+    wait_for(lambda: series_caught_up(state_dir), what="the series")
+    status, body = request(ingest.port, "GET", "/series?step=minute")
+    assert status == 200 and body["step"] == "minute" and body["tz"] == "UTC"
+    assert len(body["points"]) == 60 and sum(n for _, n in body["points"]) == 5
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:00Z", label) for label, _ in body["points"])
+    assert_matches_spec("/series", "GET", 200, body)
+    one = request(ingest.port, "GET", "/series?step=hour&experienceID=1")[1]
+    assert one["experienceID"] == 1 and sum(n for _, n in one["points"]) == 3
+    berlin = request(ingest.port, "GET", "/series?step=day&tz=Europe/Berlin")[1]
+    assert len(berlin["points"]) in (30, 31) and sum(n for _, n in berlin["points"]) == 5
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT00:00:00\+0[12]:00", berlin["points"][-1][0])
+    status, raw = request(ingest.port, "GET", "/series?step=hour&format=csv")
+    lines = raw.decode().splitlines()
+    assert status == 200 and lines[0] == "time,count" and len(lines) == 25
+    assert sum(int(line.split(",")[1]) for line in lines[1:]) == 5
+
+
+def test_counts_in_a_range(system, state_dir):
+    ingest, _ = system
+    assert post(ingest.port, {"batch": [{"experienceID": i} for i in (5, 5, 6)]}, path="/batch")[0] == 202
+    wait_for(lambda: series_caught_up(state_dir), what="the series")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    since, until = utc(hour - datetime.timedelta(hours=1)), utc(hour + datetime.timedelta(hours=1))
+    status, body = request(ingest.port, "GET", f"/counts?from={since}&to={until}")
+    assert status == 200 and body["counts"] == {"5": 2, "6": 1} and body["events"] == 3
+    assert (body["from"], body["to"]) == (since, until)
+    assert_matches_spec("/counts", "GET", 200, body)
+    assert request(ingest.port, "GET", f"/counts?from={since}&to={until}&top=1")[1]["counts"] == {"5": 2}
+    minute = now.replace(second=0, microsecond=0)
+    by_minutes = request(ingest.port, "GET", f"/counts?from={utc(minute - datetime.timedelta(minutes=5))}"
+                                            f"&to={utc(minute + datetime.timedelta(minutes=2))}")[1]
+    assert by_minutes["events"] == 3
+    earlier = request(ingest.port, "GET", f"/counts?from={utc(hour - datetime.timedelta(hours=5))}"
+                                         f"&to={utc(hour - datetime.timedelta(hours=3))}")[1]
+    assert earlier["counts"] == {} and earlier["events"] == 0
+    status, raw = request(ingest.port, "GET", f"/counts?from={since}&to={until}&format=csv")
+    assert raw.decode().splitlines() == ["experienceID,count", "5,2", "6,1"]
+    assert request(ingest.port, "GET", "/counts?format=csv")[1].decode().splitlines()[0] == "experienceID,count"
+
+
+@pytest.mark.parametrize("query, names", [
+    ("/series?step=week", "step"),
+    ("/series?from=yesterday", "from"),
+    ("/series?from=2026-11-25T10:00:00Z&to=2026-11-25T09:00:00Z", "before"),
+    ("/series?tz=Not/AZone", "tz"),
+    ("/series?step=minute&from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z", "points"),
+    ("/series?experienceID=-4", "experienceID"),
+    ("/series?format=xml", "format"),
+    ("/counts?from=2026-11-25T10:00:00Z", "from and to"),
+    ("/counts?from=2026-11-25T10:00:30Z&to=2026-11-25T11:00:00Z", "whole minutes"),
+])
+def test_bad_series_queries_are_named(system, state_dir, query, names):
+    ingest, _ = system
+    post(ingest.port, {"experienceID": 1})
+    wait_for(lambda: series_caught_up(state_dir), what="the series")
+    status, body = request(ingest.port, "GET", query)
+    assert status == 400 and names in body["error"], body
+    assert_matches_spec(query.split("?")[0], "GET", 400, body)
+
+
+def test_minutes_older_than_kept_are_refused(procs, state_dir):
+    ingest = procs.ingest(state_dir, minute_retention_hours=1)
+    procs.worker(state_dir, minute_retention_hours=1)
+    post(ingest.port, {"experienceID": 1})
+    wait_for(lambda: series_caught_up(state_dir), what="the series")
+    since = utc(datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=3))
+    status, body = request(ingest.port, "GET", f"/series?step=minute&from={since}")
+    assert status == 400 and "kept" in body["error"] and "step=hour" in body["error"]
+    assert request(ingest.port, "GET", f"/series?step=hour&from={since}")[0] == 200
+
+
+def test_no_series_store_is_a_503(procs, state_dir):
+    ingest = procs.ingest(state_dir)  # no worker has run: no series.sqlite3
+    status, body = request(ingest.port, "GET", "/series")
+    assert status == 503 and "series" in body["error"]
+    assert_matches_spec("/series", "GET", 503, body)

@@ -11,9 +11,12 @@ import sys
 
 import pytest
 
+from clocks import Clock
 from http_client import wait_for
 from processes import REPO, service_env
-from reference import check_invariant, read_checkpoint, valid_counts
+from reference import check_invariant, check_series, read_checkpoint, read_series, valid_counts
+from storage.log_format import encode
+from storage.log_writer import EventLog
 from storage import checkpoint_store, durable
 from worker import runner
 from worker.runner import Worker
@@ -246,6 +249,7 @@ def test_a_crash_at_each_commit_step_recovers_exactly(state_dir, monkeypatch, po
     cp = one_pass(state_dir)
     assert cp["counts"] == {"1": 3, "5": 2, "100": 2}
     assert_exact(state_dir)
+    assert check_series(state_dir)[0] == cp["offset"]  # the series caught up too
 
 
 def test_a_failed_checkpoint_write_is_fatal(state_dir, monkeypatch):
@@ -295,3 +299,133 @@ def test_a_failing_checkpoint_write_stops_the_worker_process(procs, state_dir):
     worker = procs.worker(state_dir)
     assert worker.wait(timeout=30) == 1
     assert "I/O error in state folder" in worker.log_path.read_text()
+
+
+# --- the counts over time --------------------------------------------------------------------
+
+
+
+def post_at(state_dir, moments_and_ids):
+    """Append ids as the ingest does, each at its (injected) moment."""
+    clock = Clock(0)
+    log = EventLog(state_dir / "data1", time_index=state_dir / "data1.timeindex", clock=clock)
+    for moment, ids in moments_and_ids:
+        clock.now = moment
+        log.append(encode(ids))
+    log.close()
+
+
+T0 = 1_795_000_000 - 1_795_000_000 % 3600  # a whole hour in 2026
+
+
+def minute_rows(state_dir, experience=-1):
+    return {bucket: n for (e, bucket), n in read_series(state_dir)[1].items() if e == experience}
+
+
+def test_events_land_in_the_minute_they_were_accepted(state_dir):
+    post_at(state_dir, [(T0 + 59.9, [7]), (T0 + 60.0, [7, 8]), (T0 + 3599, [8]), (T0 + 3600, [9])])
+    one_pass(state_dir)
+    assert minute_rows(state_dir) == {T0: 1, T0 + 60: 2, T0 + 3540: 1, T0 + 3600: 1}
+    assert minute_rows(state_dir, 7) == {T0: 1, T0 + 60: 1}
+    hours = {b: n for (e, b), n in read_series(state_dir)[2].items() if e == -1}
+    assert hours == {T0: 4, T0 + 3600: 1}
+    check_series(state_dir)
+
+
+def test_attribution_does_not_depend_on_when_the_worker_ran(state_dir, tmp_path):
+    moments = [(T0 + i * 7.3, [i % 5, 100 + i]) for i in range(200)]
+    post_at(state_dir, moments[:90])
+    for chunk_size in (None, 64):
+        one_pass(state_dir, chunk_size)
+    post_at(state_dir, moments[90:])
+    one_pass(state_dir, 7)
+    incremental = read_series(state_dir)
+    other = tmp_path / "other"
+    other.mkdir()
+    post_at(other, moments)
+    one_pass(other)  # one pass over everything
+    assert read_series(other) == incremental
+    check_series(state_dir)
+
+
+def test_a_crash_between_the_two_commits_is_caught_up(state_dir, monkeypatch, caplog):
+    post_at(state_dir, [(T0, [1, 2])])
+    one_pass(state_dir)
+    post_at(state_dir, [(T0 + 120, [3, 3])])
+
+    def crash(store, cp):
+        raise Crash("between the series commit and data2's")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint_store.CheckpointStore, "commit", crash)
+        with pytest.raises(Crash):
+            one_pass(state_dir)
+    assert read_series(state_dir)[0] == 8 and read_checkpoint(state_dir)["offset"] == 4
+    cp = one_pass(state_dir)
+    assert "data2 behind: counting data1 4 -> 8 into it" in caplog.text
+    assert cp["counts"] == {"1": 1, "2": 1, "3": 2} and read_series(state_dir)[0] == 8
+    check_series(state_dir)
+    assert_exact(state_dir)
+
+
+def test_series_switched_on_later_are_counted_from_data1(state_dir, caplog):
+    post_at(state_dir, [(T0, [1]), (T0 + 61, [2])])
+    worker = Worker(state_dir, series=False)
+    worker.recover()
+    worker.run_pass()
+    worker.close()
+    assert read_series(state_dir) is None
+    one_pass(state_dir)
+    assert "series behind: counting data1 0 -> 4 into it" in caplog.text
+    assert minute_rows(state_dir) == {T0: 1, T0 + 60: 1}
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "truncated"])
+def test_a_lost_or_damaged_series_store_is_recounted_from_data1(state_dir, caplog, damage):
+    post_at(state_dir, [(T0, [1, 2]), (T0 + 300, [2])])
+    one_pass(state_dir)
+    before = read_series(state_dir)
+    path = state_dir / "series.sqlite3"
+    for leftover in ("series.sqlite3-wal", "series.sqlite3-shm"):
+        (state_dir / leftover).unlink(missing_ok=True)
+    if damage == "missing":
+        path.unlink()
+    elif damage == "garbage":
+        path.write_bytes(b"not a database" * 100)
+    else:
+        path.write_bytes(path.read_bytes()[:1000])
+    one_pass(state_dir)
+    assert read_series(state_dir) == before
+    if damage != "missing":
+        assert "SERIES REJECTED" in caplog.text
+
+
+def test_a_series_store_past_the_end_of_data1_is_rejected(state_dir, caplog):
+    post_at(state_dir, [(T0, [1, 2, 3])])
+    one_pass(state_dir)
+    (state_dir / "data2").unlink()
+    write(state_dir, b"4 ", mode="wb")  # data1 replaced by a shorter one
+    one_pass(state_dir)
+    assert "SERIES REJECTED" in caplog.text
+    offset, minutes, _ = read_series(state_dir)
+    assert offset == 2 and sum(n for (e, _), n in minutes.items() if e == -1) == 1
+
+
+@pytest.mark.parametrize("damage", ["missing", "torn last entry", "out of order"])
+def test_a_damaged_time_index_never_changes_the_counts(state_dir, caplog, damage):
+    post_at(state_dir, [(T0 + i * 61, [i, i + 1]) for i in range(10)])
+    index = state_dir / "data1.timeindex"
+    entries = index.read_bytes()
+    if damage == "missing":
+        index.unlink()
+    elif damage == "torn last entry":
+        index.write_bytes(entries[:-5])
+    else:
+        index.write_bytes(entries[16:48] + entries[:16] + entries[48:])
+    cp = one_pass(state_dir)
+    assert cp["counts"] == valid_counts((state_dir / "data1").read_bytes())
+    _, minutes, hours = read_series(state_dir)
+    assert sum(n for (e, _), n in hours.items() if e == -1) == cp["events"] == 20
+    if damage == "missing":
+        assert minute_rows(state_dir) == {0: 20}  # dated 1970-01-01T00:00:00Z, and said so
+        assert "no time index" in caplog.text

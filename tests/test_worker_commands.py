@@ -6,7 +6,7 @@ import sys
 
 from http_client import post, wait_for
 from processes import REPO, service_env
-from reference import caught_up, read_checkpoint, valid_counts
+from reference import caught_up, check_series, read_checkpoint, read_series, valid_counts
 
 
 def worker_command(state_dir, *args):
@@ -82,3 +82,19 @@ def test_unknown_command_prints_usage(state_dir):
 def test_help(state_dir):
     result = worker_command(state_dir, "--help")
     assert result.returncode == 0 and "rebuild" in result.stdout
+
+
+def test_rebuild_reproduces_the_series_exactly(procs, state_dir):
+    ingest = procs.ingest(state_dir)
+    worker = procs.worker(state_dir)
+    for batch in ([1, 2, 2], [3], [1, 1, 1, 4]):
+        assert post(ingest.port, {"batch": [{"experienceID": i} for i in batch]}, path="/batch")[0] == 202
+    wait_for(lambda: caught_up(state_dir) and (s := read_series(state_dir)) and
+             s[0] == read_checkpoint(state_dir)["offset"], what="the worker and the series")
+    worker.terminate()
+    worker.wait(timeout=10)
+    before = read_series(state_dir)
+    result = worker_command(state_dir, "rebuild")
+    assert result.returncode == 0, result.stderr
+    assert read_series(state_dir) == before
+    assert check_series(state_dir)
