@@ -5,9 +5,11 @@ Each figure is a ratio against a baseline measured in the same run, so the numbe
 across machines; the absolute rates are printed too. Needs wrk (apt-get install wrk) and awk.
 
     python -m bench                 everything (about 5 minutes on 2 cores)
-    python -m bench ingest batch    only some parts: ingest, batch, catchup, checkpoint
+    python -m bench ingest batch    only some parts: ingest, batch, catchup, series, checkpoint
 """
 
+import datetime
+import http.client
 import json
 import os
 import random
@@ -21,8 +23,10 @@ from pathlib import Path
 
 from bench.harness import REPO, bare_server, ingest_server, run_wrk, scratch_dir, wrk_script
 from storage import settings
-from storage.checkpoint import Checkpoint
+from storage.checkpoint import EMPTY_FINGERPRINT, Checkpoint
 from storage.checkpoint_store import CheckpointStore
+from storage.series_store import ALL, SeriesStore
+from storage.time_index import ENTRY
 
 RESULTS = REPO / "bench" / "results"
 EVENT = b'{"experienceID": 12345}'
@@ -88,8 +92,10 @@ def bench_batch(seconds, single_rate):
     return results
 
 
-def make_backlog(path, target_bytes, seed=7):
-    """A data1 of about target_bytes: ids 0..9999 (skewed like real traffic), space-separated."""
+def make_backlog(path, target_bytes, seed=7, seconds=1800):
+    """A data1 of about target_bytes: ids 0..9999 (skewed like real traffic), space-separated,
+    and its time index as the ingest writes it: the events spread over `seconds`, one entry
+    a second (at 5,000 events/s, the rate of single-event ingest: 30 minutes for 9 M)."""
     rng = random.Random(seed)
     pool = [b"%d" % i for i in range(10_000)]
     weights = [1 / (i + 1) ** 0.5 for i in range(len(pool))]
@@ -103,15 +109,28 @@ def make_backlog(path, target_bytes, seed=7):
         # fdatasync before its first commit would be timed writing the whole backlog to disk.
         out.flush()
         os.fsync(out.fileno())
+    data = path.read_bytes()
+    entries, first_second = [], 1_795_000_000
+    for second in range(seconds):
+        # The first record at or after this second's share of the bytes.
+        offset = 0 if second == 0 else data.find(b" ", len(data) * second // seconds) + 1
+        if 0 < offset < len(data):
+            entries.append(ENTRY.pack(first_second + second, offset))
+    index = path.with_name("data1.timeindex")
+    index.write_bytes(ENTRY.pack(first_second, 0) + b"".join(entries[1:]))
+    with open(index, "rb") as written:
+        os.fsync(written.fileno())
     return events
 
 
-def time_worker(state_dir):
+def time_worker(state_dir, series=True):
     """Seconds from starting `python -m worker` until its checkpoint covers all of data1,
-    and the worker's peak RSS in MB (VmHWM)."""
+    and the worker's peak RSS in MB (VmHWM). With `series`, it keeps the counts over time
+    too (and data2, committed after them, is the last to cover data1)."""
     size = (state_dir / "data1").stat().st_size
     env = {k: v for k, v in os.environ.items() if not k.startswith("MINI_ANALYTICS_")}
-    env.update(MINI_ANALYTICS_STATE_DIR=str(state_dir), MINI_ANALYTICS_INTERVAL="3600")
+    env.update(MINI_ANALYTICS_STATE_DIR=str(state_dir), MINI_ANALYTICS_INTERVAL="3600",
+               MINI_ANALYTICS_SERIES="on" if series else "off")
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -131,7 +150,8 @@ def time_worker(state_dir):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
-    (state_dir / "data2").unlink()
+    for name in ("data2", "series.sqlite3", "series.sqlite3-wal", "series.sqlite3-shm"):
+        (state_dir / name).unlink(missing_ok=True)
     return elapsed, peak_kb / 1024
 
 
@@ -149,19 +169,24 @@ def bench_catchup():
     try:
         data1 = state_dir / "data1"
         events = make_backlog(data1, 38 * 1024 * 1024)
-        worker_runs, awk_runs = [], []
+        worker_runs, plain_runs, awk_runs = [], [], []
         for _ in range(ROUNDS):
             worker_runs.append(time_worker(state_dir)[0])
+            plain_runs.append(time_worker(state_dir, series=False)[0])
             awk_seconds, awk_name = time_awk(data1)
             awk_runs.append(awk_seconds)
         worker_s, awk_s = statistics.median(worker_runs), statistics.median(awk_runs)
+        plain_s = statistics.median(plain_runs)
         results.update(
             catchup_events=events,
             catchup_bytes=data1.stat().st_size,
             catchup_worker_s=worker_s,
+            catchup_worker_no_series_s=plain_s,
+            catchup_series_on_vs_off=plain_s / worker_s,
             catchup_awk_s=awk_s,
             catchup_awk=awk_name,
             catchup_speed_vs_awk=awk_s / worker_s,
+            catchup_no_series_speed_vs_awk=awk_s / plain_s,
             worker_events_s=events / worker_s,
         )
         for megabytes in (10, 200):
@@ -169,6 +194,65 @@ def bench_catchup():
             results[f"peak_rss_mb_{megabytes}mb_backlog"] = time_worker(state_dir)[1]
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
+    return results
+
+
+def build_series(state_dir, experiences=10_000, hours=30 * 24):
+    """A series store as after `hours` of traffic in which every experience had events in
+    every hour (the worst case for reading one experience): experiences x hours hour rows."""
+    store = SeriesStore(state_dir, 48 * 3600)
+    store.open(EMPTY_FINGERPRINT)
+    end = SERIES_END
+    starts = [end - 3600 * i for i in range(hours, 0, -1)]
+    store.db.execute("BEGIN")
+    store.db.executemany("INSERT INTO hour VALUES (?, ?, ?)", (
+        (h, e, 1 + (e + h // 3600) % 7) for h in starts for e in range(experiences)))
+    store.db.executemany("INSERT INTO hour VALUES (?, ?, ?)",
+                         ((h, ALL, 4 * experiences) for h in starts))
+    store.db.execute("UPDATE state SET newest_minute = ?", (end - 60,))
+    store.db.execute("COMMIT")
+    store.close()
+
+
+SERIES_END = 1_795_000_000 - 1_795_000_000 % 3600
+
+
+def time_requests(port, path, count=60):
+    """Median and largest milliseconds of `count` GETs of `path`, one at a time."""
+    times = []
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    for _ in range(count):
+        started = time.perf_counter()
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        body = answer.read()
+        times.append((time.perf_counter() - started) * 1000)
+        if answer.status != 200:
+            raise RuntimeError(f"{path}: {answer.status} {body[:200]!r}")
+    conn.close()
+    return statistics.median(times), max(times)
+
+
+def bench_series():
+    """/series at 10,000 experiences with 30 days of hourly data."""
+    results = {}
+    since = datetime.datetime.fromtimestamp(SERIES_END - 30 * 86400, datetime.timezone.utc)
+    until = datetime.datetime.fromtimestamp(SERIES_END, datetime.timezone.utc)
+    span = f"from={since:%Y-%m-%dT%H:%M:%SZ}&to={until:%Y-%m-%dT%H:%M:%SZ}"
+    with ingest_server() as (port, state_dir):
+        started = time.perf_counter()
+        build_series(state_dir)
+        results["series_build_s"] = time.perf_counter() - started
+        queries = {
+            "one_experience_30d_hourly": f"/series?step=hour&experienceID=4321&{span}",
+            "all_events_30d_daily": f"/series?step=day&{span}",
+            "all_events_30d_daily_berlin": f"/series?step=day&{span}&tz=Europe/Berlin",
+            "all_events_30d_hourly": f"/series?step=hour&{span}",
+        }
+        for name, path in queries.items():
+            median, worst = time_requests(port, path)
+            results[f"series_{name}_ms"] = median
+            results[f"series_{name}_max_ms"] = worst
     return results
 
 
@@ -215,10 +299,17 @@ def print_table(results):
         ("  batch of 1000 / single events", "batch_1000_vs_single", "{:.0f}x"),
         ("Catch-up backlog (events)", "catchup_events", "{:,}"),
         ("Catch-up, worker incl. start (s)", "catchup_worker_s", "{:.2f}"),
+        ("Catch-up, worker with series off (s)", "catchup_worker_no_series_s", "{:.2f}"),
+        ("  series on: speed / speed with series off", "catchup_series_on_vs_off", "{:.2f}"),
         ("Catch-up, awk (s)", "catchup_awk_s", "{:.2f}"),
         ("  worker speed / awk speed", "catchup_speed_vs_awk", "{:.2f}"),
+        ("  worker with series off / awk speed", "catchup_no_series_speed_vs_awk", "{:.2f}"),
         ("Worker peak RSS, 10 MB backlog (MB)", "peak_rss_mb_10mb_backlog", "{:.1f}"),
         ("Worker peak RSS, 200 MB backlog (MB)", "peak_rss_mb_200mb_backlog", "{:.1f}"),
+        ("/series, 1 experience, 30 days by hour (ms, median / max)", "series_one_experience_30d_hourly", "ms"),
+        ("/series, all events, 30 days by day (ms)", "series_all_events_30d_daily", "ms"),
+        ("/series, all events, 30 days by day, Berlin (ms)", "series_all_events_30d_daily_berlin", "ms"),
+        ("/series, all events, 30 days by hour (ms)", "series_all_events_30d_hourly", "ms"),
         ("Checkpoint commit, 1k ids (s)", "checkpoint_commit_s_1000_ids", "{:.3f}"),
         ("Checkpoint commit, 100k ids (s)", "checkpoint_commit_s_100000_ids", "{:.3f}"),
         ("Checkpoint commit, 1M ids (s)", "checkpoint_commit_s_1000000_ids", "{:.3f}"),
@@ -232,11 +323,14 @@ def print_table(results):
             if f"{key}_p50_ms" in results:
                 p50, p99, p999 = (results[f"{key}_{p}_ms"] for p in ("p50", "p99", "p999"))
                 print(f"{label:<{width}}  {p50:.1f} / {p99:.1f} / {p999:.1f}")
+        elif fmt == "ms":
+            if f"{key}_ms" in results:
+                print(f"{label:<{width}}  {results[f'{key}_ms']:.1f} / {results[f'{key}_max_ms']:.1f}")
         elif key in results:
             print(f"{label:<{width}}  {fmt.format(results[key])}")
 
 
-PARTS = ("ingest", "batch", "catchup", "checkpoint")
+PARTS = ("ingest", "batch", "catchup", "series", "checkpoint")
 
 
 def main(argv):
@@ -252,6 +346,8 @@ def main(argv):
         results.update(bench_batch(seconds, results["fsync_on_pinned_req_s"]))
     if "catchup" in parts:
         results.update(bench_catchup())
+    if "series" in parts:
+        results.update(bench_series())
     if "checkpoint" in parts:
         results.update(bench_checkpoint())
     print_table(results)

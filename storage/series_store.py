@@ -3,12 +3,14 @@ together and per experience. The worker is its one writer; the ingest's read sid
 
 Format (version 1), SQLite in WAL mode:
 
-    minute(experience, bucket, count)   bucket: Unix second at the minute's start (UTC)
-    hour(experience, bucket, count)     bucket: Unix second at the hour's start
+    minute(bucket, experience, count)   bucket: Unix second at the minute's start (UTC)
+    hour(bucket, experience, count)     bucket: Unix second at the hour's start
     state(version, offset, fingerprint, events, newest_minute, updated_at), one row
 
     experience is the experience id, or -1 (ALL) for all events together. Only buckets that
-    have events have rows. Minute rows older than the retention before the newest minute
+    have events have rows. Keyed by bucket first: a commit appends at the end (new minutes),
+    a range of time is one range of the key, and one experience's series is one seek per
+    bucket. Minute rows older than the retention before the newest minute
     with events are dropped; hour rows are kept for good.
 
 Invariants, true at every commit because the buckets and the offset change in one SQLite
@@ -37,17 +39,17 @@ MINUTE, HOUR = 60, 3600
 TABLES = {MINUTE: "minute", HOUR: "hour"}
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS minute (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
-    count INTEGER NOT NULL, PRIMARY KEY (experience, bucket)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS hour (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
-    count INTEGER NOT NULL, PRIMARY KEY (experience, bucket)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS minute (bucket INTEGER NOT NULL, experience INTEGER NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY (bucket, experience)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS hour (bucket INTEGER NOT NULL, experience INTEGER NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY (bucket, experience)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state (version INTEGER NOT NULL, offset INTEGER NOT NULL,
     fingerprint TEXT NOT NULL, events INTEGER NOT NULL, newest_minute INTEGER NOT NULL,
     updated_at TEXT NOT NULL);
 """
 
-UPSERT = ("INSERT INTO {table} (experience, bucket, count) VALUES (?, ?, ?) "
-          "ON CONFLICT (experience, bucket) DO UPDATE SET count = count + excluded.count")
+UPSERT = ("INSERT INTO {table} (bucket, experience, count) VALUES (?, ?, ?) "
+          "ON CONFLICT (bucket, experience) DO UPDATE SET count = count + excluded.count")
 
 
 class CorruptSeries(Exception):
@@ -112,29 +114,17 @@ class SeriesStore:
         db.execute("PRAGMA synchronous=NORMAL")
         return db
 
-    def commit(self, by_minute, offset, fingerprint):
-        """Add `by_minute` ({minute start: {experience id: count}}) and move the offset to
-        `offset`, in one transaction. The caller has made data1 durable up to `offset`."""
-        minutes, hours = {}, {}
-        for minute, counts in by_minute.items():
-            hour = minute - minute % HOUR
-            total = 0
-            for experience, count in counts.items():
-                minutes[experience, minute] = count
-                hours[experience, hour] = hours.get((experience, hour), 0) + count
-                total += count
-            if total:
-                minutes[ALL, minute] = total
-                hours[ALL, hour] = hours.get((ALL, hour), 0) + total
+    def commit(self, minute_rows, hour_rows, offset, fingerprint):
+        """Add the rows ([(bucket start, experience id or ALL, count)], best sorted) to the
+        minute and hour buckets and move the offset to `offset`, in one transaction. The
+        caller has made data1 durable up to `offset`."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(UPSERT.format(table="minute"),
-                           [(e, b, n) for (e, b), n in minutes.items()])
-            db.executemany(UPSERT.format(table="hour"),
-                           [(e, b, n) for (e, b), n in hours.items()])
-            added = sum(n for (e, _), n in minutes.items() if e == ALL)
-            newest = max(by_minute, default=0)
+            db.executemany(UPSERT.format(table="minute"), minute_rows)
+            db.executemany(UPSERT.format(table="hour"), hour_rows)
+            added = sum(count for _, experience, count in hour_rows if experience == ALL)
+            newest = max((bucket for bucket, _, _ in minute_rows), default=0)
             db.execute("UPDATE state SET offset = ?, fingerprint = ?, events = events + ?, "
                        "newest_minute = max(newest_minute, ?), updated_at = ?",
                        (offset, fingerprint, added, newest, utc_now()))
@@ -214,8 +204,14 @@ class SeriesReader:
         db = self._db()
         if db is None:
             return {}
-        rows = db.execute(f"SELECT bucket, count FROM {TABLES[step]} WHERE experience = ? "
-                          "AND bucket >= ? AND bucket < ?", (experience, start, end))
+        first = start - start % step
+        # One key seek per bucket of the range (the buckets are generated, not scanned): as
+        # fast for one experience among 10,000 as for all events.
+        rows = db.execute(
+            "WITH RECURSIVE wanted(bucket) AS (SELECT ? UNION ALL SELECT bucket + ? FROM wanted "
+            f"WHERE bucket + ? < ?) SELECT s.bucket, s.count FROM wanted CROSS JOIN "
+            f"{TABLES[step]} AS s ON s.bucket = wanted.bucket AND s.experience = ?",
+            (first, step, step, end, experience))
         return dict(rows.fetchall())
 
     def counts(self, step, start, end):

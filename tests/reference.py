@@ -105,6 +105,7 @@ def read_series(state_dir):
         offset = db.execute("SELECT offset FROM state").fetchone()[0]
         minutes = {(e, b): n for e, b, n in db.execute("SELECT experience, bucket, count FROM minute")}
         hours = {(e, b): n for e, b, n in db.execute("SELECT experience, bucket, count FROM hour")}
+        # (selected by name: the tables' own column order is the store's business)
     finally:
         db.close()
     return offset, minutes, hours

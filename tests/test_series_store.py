@@ -17,8 +17,9 @@ def store(tmp_path, retention=3600):
 
 def test_commit_adds_minutes_hours_and_all_events(tmp_path):
     series = store(tmp_path)
-    series.commit({60: {1: 2, 5: 1}, 3660: {1: 1}}, 30, FINGERPRINT)
-    series.commit({3660: {1: 4}}, 40, FINGERPRINT)
+    series.commit([(60, ALL, 3), (60, 1, 2), (60, 5, 1), (3660, ALL, 1), (3660, 1, 1)],
+                  [(0, ALL, 3), (0, 1, 2), (0, 5, 1), (3600, ALL, 1), (3600, 1, 1)], 30, FINGERPRINT)
+    series.commit([(3660, ALL, 4), (3660, 1, 4)], [(3600, ALL, 4), (3600, 1, 4)], 40, FINGERPRINT)
     reader = SeriesReader(tmp_path)
     assert reader.buckets(MINUTE, 1, 0, 10_000) == {60: 2, 3660: 5}
     assert reader.buckets(HOUR, 1, 0, 10_000) == {0: 2, 3600: 5}
@@ -30,7 +31,7 @@ def test_commit_adds_minutes_hours_and_all_events(tmp_path):
 
 def test_minutes_are_kept_relative_to_the_newest_event(tmp_path):
     series = store(tmp_path, retention=600)
-    series.commit({0: {1: 1}, 600: {1: 1}, 1200: {1: 1}}, 10, FINGERPRINT)
+    series.commit([(0, ALL, 1), (600, ALL, 1), (1200, ALL, 1)], [(0, ALL, 3)], 10, FINGERPRINT)
     reader = SeriesReader(tmp_path)
     assert reader.buckets(MINUTE, ALL, 0, 10_000) == {600: 1, 1200: 1}
     assert reader.buckets(HOUR, ALL, 0, 10_000) == {0: 3}  # hours are kept for good
@@ -66,7 +67,7 @@ def test_the_reader_never_creates_the_store_and_follows_a_replaced_one(tmp_path)
     reader = SeriesReader(tmp_path)
     assert reader.state() is None and not (tmp_path / "series.sqlite3").exists()
     series = store(tmp_path)
-    series.commit({60: {1: 1}}, 2, FINGERPRINT)
+    series.commit([(60, 1, 1), (60, ALL, 1)], [(0, 1, 1), (0, ALL, 1)], 2, FINGERPRINT)
     assert reader.state()[0] == 2
     series.set_aside()
     series.open(FINGERPRINT)
@@ -76,7 +77,7 @@ def test_the_reader_never_creates_the_store_and_follows_a_replaced_one(tmp_path)
 
 def test_reset_empties_the_store(tmp_path):
     series = store(tmp_path)
-    series.commit({60: {1: 1}}, 2, FINGERPRINT)
+    series.commit([(60, 1, 1), (60, ALL, 1)], [(0, 1, 1), (0, ALL, 1)], 2, FINGERPRINT)
     series.reset(FINGERPRINT)
     assert SeriesReader(tmp_path).state() == (0, 0, 0)
     assert SeriesReader(tmp_path).buckets(HOUR, ALL, 0, 10_000) == {}

@@ -35,6 +35,9 @@ log = logging.getLogger("worker")
 # During a long catch-up, commit every this many bytes of data1, so that a crash replays
 # little and a restart shows progress.
 COMMIT_EVERY = 32 * 1024 * 1024
+# ... and whenever this many distinct (minute, experience) pairs wait in memory, which bounds
+# the worker's memory when a backlog spans many minutes of many experiences.
+COMMIT_PAIRS = 200_000
 
 
 def plural(n, noun):
@@ -231,7 +234,7 @@ class Worker:
                 log.info("stop requested mid-pass; uncommitted work is dropped")
                 return tally
             self._add(tally, block, reached, series)
-            if reached - committed >= COMMIT_EVERY:
+            if reached - committed >= COMMIT_EVERY or tally.pending_pairs >= COMMIT_PAIRS:
                 self._commit(tally, committed, reached, counts, series)
                 committed = reached
             if progress:
@@ -276,7 +279,7 @@ class Worker:
         # dict per commit would cost more than the commit. Should the commit fail, the
         # process exits and its in-memory state goes with it.
         totals = self.checkpoint.counts if counts else {}
-        skipped, samples, by_minute = tally.drain_into(totals)
+        skipped, samples, minute_rows, hour_rows = tally.drain_into(totals)
         if skipped:
             log.warning(
                 "skipped %s that %s not experience ids, e.g. %s",
@@ -284,7 +287,7 @@ class Worker:
                 ", ".join(repr(token) for token in samples),
             )
         if series:
-            self.series.commit(by_minute, end, fingerprint)
+            self.series.commit(minute_rows, hour_rows, end, fingerprint)
             self.series_offset = end
         if counts:
             self.checkpoint = self.store.commit(dataclasses.replace(

@@ -3,17 +3,20 @@
 import collections
 
 from storage.log_format import parse_token
+from storage.series_store import ALL
 
 
 class Tally:
     """Counts tokens as raw bytes (no decoding per token), per minute when they are dated;
-    turns them into ids on demand.
+    turns them into ids on demand, parsing each distinct token once.
 
     `seen` totals the tokens added; `events` and `skipped` total everything drained so far.
     """
 
     def __init__(self):
         self._by_minute = {}  # minute start (Unix seconds), or None if undated -> Counter
+        self._pairs = 0  # distinct (minute, token) pairs held, bounded by the caller
+        self._merged = None  # _totals(), kept from pending_invalid() for drain_into()
         self.seen = 0
         self.events = 0
         self.skipped = 0
@@ -24,27 +27,51 @@ class Tally:
         counter = self._by_minute.get(minute)
         if counter is None:
             counter = self._by_minute[minute] = collections.Counter()
+        self._pairs -= len(counter)
         counter.update(tokens)
+        self._pairs += len(counter)
+        self._merged = None
+
+    @property
+    def pending_pairs(self):
+        """How many distinct (minute, token) pairs wait to be drained: the memory held."""
+        return self._pairs
+
+    def _totals(self):
+        """All pending tokens, whatever their minute: {token: times}."""
+        if self._merged is None:
+            counters = list(self._by_minute.values())
+            if len(counters) == 1:
+                self._merged = counters[0]
+            else:
+                self._merged = collections.Counter()
+                for counter in counters:
+                    self._merged.update(counter)
+        return self._merged
 
     def pending_invalid(self):
         """True if a token added since the last drain is not an experience id."""
-        return any(parse_token(token) is None
-                   for counter in self._by_minute.values() for token in counter)
+        return any(parse_token(token) is None for token in self._totals())
 
     def discard_pending(self):
         """Forget the tokens added since the last drain (to add them again)."""
         self._by_minute.clear()
+        self._pairs = 0
+        self._merged = None
 
     def drain_into(self, counts):
         """Add the valid ids seen since the last drain to `counts` (id -> count) and forget
-        them. Returns (skipped, a few of the skipped tokens, {minute: {id: count}} of the
-        dated ones) for this drain."""
-        skipped = 0
-        invalid = []
-        by_minute = {}
-        ids = {}  # token -> id, parsed once however many minutes it appears in
+        them. Returns (skipped, a few of the skipped tokens, the dated ones' minute rows and
+        hour rows), each row (bucket start, experience id or ALL, count), sorted."""
+        dated = [minute for minute in self._by_minute if minute is not None]
+        if not dated:  # the common case when the series are off: one counter, no rows
+            skipped, invalid = self._drain_undated(counts)
+            return skipped, invalid, [], []
+        skipped, invalid, ids, events = 0, [], {}, 0
+        minute_rows, hours = [], {}
         for minute, counter in self._by_minute.items():
-            minute_counts = {} if minute is not None else None
+            hour = None if minute is None else minute - minute % 3600
+            minute_total = 0
             for token, times in counter.items():
                 experience_id = ids.get(token, -1)
                 if experience_id == -1:
@@ -54,11 +81,33 @@ class Tally:
                     invalid.append(token)
                     continue
                 counts[experience_id] = counts.get(experience_id, 0) + times
-                self.events += times
-                if minute_counts is not None:
-                    minute_counts[experience_id] = times
-            if minute_counts:
-                by_minute[minute] = minute_counts
-        self._by_minute.clear()
+                events += times
+                if hour is not None:
+                    minute_rows.append((minute, experience_id, times))
+                    key = (hour, experience_id)
+                    hours[key] = hours.get(key, 0) + times
+                    minute_total += times
+            if minute_total:
+                minute_rows.append((minute, ALL, minute_total))
+                hours[hour, ALL] = hours.get((hour, ALL), 0) + minute_total
+        self.events += events
+        self.discard_pending()
         self.skipped += skipped
-        return skipped, invalid[:5], by_minute
+        # In the store's key order, so that its B-trees are written front to back.
+        minute_rows.sort()
+        hour_rows = sorted((hour, experience, times) for (hour, experience), times in hours.items())
+        return skipped, invalid[:5], minute_rows, hour_rows
+
+    def _drain_undated(self, counts):
+        skipped, invalid = 0, []
+        for token, times in self._totals().items():
+            experience_id = parse_token(token)
+            if experience_id is None:
+                skipped += times
+                invalid.append(token)
+            else:
+                counts[experience_id] = counts.get(experience_id, 0) + times
+                self.events += times
+        self.discard_pending()
+        self.skipped += skipped
+        return skipped, invalid[:5]
