@@ -3,7 +3,6 @@ and the fingerprint that tells whether data1 is still the file a checkpoint coun
 
 import os
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -6,14 +6,11 @@ import errno
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
 from clocks import Clock
 from http_client import wait_for
-from processes import REPO, service_env
 from reference import check_invariant, check_series, read_checkpoint, read_series, valid_counts
 from storage.log_format import encode
 from storage.log_writer import EventLog

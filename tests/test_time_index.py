@@ -1,12 +1,11 @@
 """storage/time_index.py, and the log writer dating its appends with an injected clock."""
 
 import os
-import struct
 
 from clocks import Clock
 from storage.log_format import encode
 from storage.log_writer import EventLog
-from storage.time_index import ENTRY, TimeIndexReader, TimeIndexWriter
+from storage.time_index import ENTRY, TimeIndexReader
 
 from reference import index_entries
 
