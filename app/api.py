@@ -1,7 +1,8 @@
-"""The HTTP surface: Bottle routes. Writes turn into appends to data1; reads come from data2.
+"""The HTTP surface: Bottle routes. Writes turn into appends to data1; reads come from data2
+and, for counts over time, from the series store.
 
-Every response body is JSON (but the dashboard's HTML), errors included:
-{"error": "<what was wrong>"}. A write is answered 202 only after its records are durable in
+Every response body is JSON (but the dashboard's HTML, and CSV where ?format=csv asks for
+it), errors included: {"error": "<what was wrong>"}. A write is answered 202 only after its records are durable in
 data1 (see storage/log_writer.py). The whole API is described in app/openapi.json.
 """
 

@@ -38,8 +38,6 @@ LOG_FILE_BACKUPS = 5
 MIN_LIFETIME = 1.0
 _started = time.monotonic()
 
-log = logging.getLogger("start")
-
 
 def start_logging():
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
@@ -58,6 +56,7 @@ def run_in_state_folder(program, state_dir, body):
     the program's log is also written to state/logs/<program>.log with rotation, and the
     failures both programs share become one log line and their exit code.
     """
+    log = logging.getLogger(program)
     try:
         state_dir.mkdir(exist_ok=True)
         _log_to_file(Layout(state_dir).log_file(program))
@@ -89,6 +88,7 @@ def _paced(code):
 def place_on_cpus(program, ingest_cpu):
     """Keep the ingest's threads on `ingest_cpu`, and the worker off it while another CPU is
     free (a catch-up must not take the ingest's core). Logs the choice in one line."""
+    log = logging.getLogger(program)
     if ingest_cpu is None:
         log.info("%s: CPU affinity left as it is (MINI_ANALYTICS_INGEST_CPU)", program)
         return
