@@ -225,8 +225,8 @@ def make_app(eventlog, state_dir, stalled_after, minute_retention=48 * 3600):
             return csv_body(["time", "count"], points)
         return json_body({
             "step": query.step,
-            "from": query.start.isoformat(),
-            "to": query.end.isoformat(),
+            "from": query.start.isoformat(timespec="seconds"),
+            "to": query.end.isoformat(timespec="seconds"),
             "tz": query.tz_name,
             "experienceID": experience,
             "points": points,

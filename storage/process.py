@@ -1,8 +1,8 @@
 """What every program of the engine does the same way: its log lines, its exit codes, and how
 it reports a failure to start.
 
-Exit codes, which supervisord.conf relies on (exitcodes=2: only a bad setup is "expected",
-so only it is left stopped; every other exit is restarted at once):
+Exit codes, which supervisord.conf relies on (exitcodes=0,2: a stop that was asked for and a
+bad setup are "expected" and left stopped; every other exit is restarted at once):
 
     0   stopped when asked (SIGTERM/SIGINT)
     1   an I/O error in the state folder: a restart may cure it (recovery starts from what
