@@ -2,8 +2,9 @@
 and, for counts over time, from the series store.
 
 Every response body is JSON (but the dashboard's HTML, and CSV where ?format=csv asks for
-it), errors included: {"error": "<what was wrong>"}. A write is answered 202 only after its records are durable in
-data1 (see storage/log_writer.py). The whole API is described in app/openapi.json.
+it), errors included: {"error": "<what was wrong>"}. A write is answered 202 only after its
+records are durable in data1 (see storage/log_writer.py). The whole API is described in
+app/openapi.json.
 """
 
 import csv

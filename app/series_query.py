@@ -37,7 +37,8 @@ def parse_zone(raw):
     try:
         return zoneinfo.ZoneInfo(raw), raw
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise BadQuery(f"tz must be an IANA time zone name like Europe/Berlin, got {raw!r}") from None
+        raise BadQuery(
+            f"tz must be an IANA time zone name like Europe/Berlin, got {raw!r}") from None
 
 
 def parse_time(raw, name, tz):

@@ -119,5 +119,6 @@ def run_wrk(port, script, seconds=5, connections=16, threads=1):
     duration = float(amount) / (1000 if unit == "ms" else 1)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     bad = int(errors.group(1)) if errors else 0
-    p50, p99, p999 = (int(us) / 1000 for us in re.search(r"PERCENTILES (\d+) (\d+) (\d+)", out).groups())
+    percentiles = re.search(r"PERCENTILES (\d+) (\d+) (\d+)", out).groups()
+    p50, p99, p999 = (int(us) / 1000 for us in percentiles)
     return {"rate": (total - bad) / duration, "p50": p50, "p99": p99, "p999": p999}

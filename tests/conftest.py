@@ -3,7 +3,8 @@
     http_client.py  requests, the readiness probe, polling with deadlines
     reference.py    the reference model of data1 and the data1/data2 invariant
     processes.py    real ingest, worker and supervisord processes, cleaned up after each test
-    ledger.py       posting clients with ledgers, the set checker, the invariant watcher
+    ledger.py       posting clients with ledgers, the set checkers, the invariant watcher
+    clocks.py       an injected clock for unit tests
 """
 
 import shutil

@@ -262,7 +262,7 @@ class Worker:
             following = spans[index + 1][0] - start if index + 1 < len(spans) else len(block)
             # Entries point at the start of a record; should one point inside a token (a
             # damaged index), the cut moves to the token's end: time never splits a token.
-            while following < len(block) and following > 0 and not block[following - 1:following].isspace():
+            while 0 < following < len(block) and not block[following - 1:following].isspace():
                 following += 1
             if following > cut:
                 tally.add(block[cut:following], second - second % 60)
