@@ -1,12 +1,14 @@
 """storage/process.py's CPU placement, on real processes: the ingest's threads on its core,
 the worker off it, and `all` leaving the affinity alone."""
 
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
 from http_client import wait_for
+from storage import process
 
 ALLOWED = os.sched_getaffinity(0)
 needs_two_cpus = pytest.mark.skipif(len(ALLOWED) < 2, reason="needs two CPUs to choose from")
@@ -43,3 +45,10 @@ def test_the_worker_keeps_off_the_ingests_cpu(procs, state_dir):
     worker = procs.worker(state_dir, ingest_cpu=cpu)
     wait_for(lambda: "worker: running on CPU" in worker.log_path.read_text(), what="the worker")
     assert os.sched_getaffinity(worker.pid) == ALLOWED - {cpu}
+
+
+def test_without_affinity_support_it_starts_anyway_and_says_so(monkeypatch, caplog):
+    monkeypatch.delattr(os, "sched_setaffinity")
+    caplog.set_level(logging.INFO)
+    process.place_on_cpus("ingest", 1)  # returns: nothing to pin with, nothing raised
+    assert "CPU affinity is not supported here; running unpinned" in caplog.text
