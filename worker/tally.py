@@ -16,7 +16,6 @@ class Tally:
     def __init__(self):
         self._by_minute = {}  # minute start (Unix seconds), or None if undated -> Counter
         self._pairs = 0  # distinct (minute, token) pairs held, bounded by the caller
-        self._merged = None  # _totals(), kept from pending_invalid() for drain_into()
         self.seen = 0
         self.events = 0
         self.skipped = 0
@@ -30,34 +29,22 @@ class Tally:
         self._pairs -= len(counter)
         counter.update(tokens)
         self._pairs += len(counter)
-        self._merged = None
 
     @property
     def pending_pairs(self):
         """How many distinct (minute, token) pairs wait to be drained: the memory held."""
         return self._pairs
 
-    def _totals(self):
-        """All pending tokens, whatever their minute: {token: times}."""
-        if self._merged is None:
-            counters = list(self._by_minute.values())
-            if len(counters) == 1:
-                self._merged = counters[0]
-            else:
-                self._merged = collections.Counter()
-                for counter in counters:
-                    self._merged.update(counter)
-        return self._merged
-
     def pending_invalid(self):
         """True if a token added since the last drain is not an experience id."""
-        return any(parse_token(token) is None for token in self._totals())
+        # Each distinct token once, whatever the minutes it appears in.
+        distinct = set().union(*self._by_minute.values())
+        return any(parse_token(token) is None for token in distinct)
 
     def discard_pending(self):
         """Forget the tokens added since the last drain (to add them again)."""
         self._by_minute.clear()
         self._pairs = 0
-        self._merged = None
 
     def drain_into(self, counts):
         """Add the valid ids seen since the last drain to `counts` (id -> count) and forget
@@ -100,7 +87,7 @@ class Tally:
 
     def _drain_undated(self, counts):
         skipped, invalid = 0, []
-        for token, times in self._totals().items():
+        for token, times in self._by_minute.get(None, {}).items():
             experience_id = parse_token(token)
             if experience_id is None:
                 skipped += times
