@@ -11,6 +11,7 @@ that holds local midnight: precise to the hour, not to the minute.
 
 import bisect
 import datetime
+import math
 import zoneinfo
 
 from storage.series_store import HOUR, MINUTE
@@ -81,7 +82,9 @@ def bucket_starts(query):
     start, end = query.start.timestamp(), query.end.timestamp()
     if query.step != "day":
         size = STEPS[query.step]
-        return list(range(int(start // size * size), int(end), size))
+        # Up to the bucket holding `end`'s last instant: end is exclusive, but may fall inside
+        # a second (ceil, not int, or a query in a minute's first second loses that minute).
+        return list(range(int(start // size * size), math.ceil(end), size))
     day = query.start.astimezone(query.tz).date()
     starts = []
     while True:

@@ -75,6 +75,12 @@ def test_bad_parameters_are_named(params, message):
         q.parse(params, NOW)
 
 
+def test_a_query_in_a_minutes_first_second_has_that_minute():
+    query = q.parse({"step": "minute"}, NOW + datetime.timedelta(seconds=0.3))
+    assert q.bucket_starts(query)[-1] == NOW.timestamp()  # the minute that just began
+    assert len(q.bucket_starts(query)) == 60
+
+
 def test_defaults_end_now():
     query = q.parse({"step": "minute"}, NOW + datetime.timedelta(seconds=30))
     assert len(q.bucket_starts(query)) == 60  # whole minutes, the current one last
