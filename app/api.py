@@ -97,7 +97,8 @@ def parse_experience_id(raw):
 def make_app(eventlog, state_dir, stalled_after, minute_retention=48 * 3600):
     reader = CheckpointReader(state_dir)
     series = SeriesReader(state_dir)
-    watch = WorkerWatch(Layout(state_dir).worker_lock, stalled_after)
+    layout = Layout(state_dir)
+    watch = WorkerWatch(layout.worker_lock, layout.time_index, stalled_after)
     app = bottle.Bottle()
     # No JSON or template plugins: every handler returns its own bytes, which keeps the
     # per-request path short.
@@ -106,7 +107,7 @@ def make_app(eventlog, state_dir, stalled_after, minute_retention=48 * 3600):
 
     def accept(ids):
         try:
-            watch.appended(eventlog.append(encode(ids)))
+            eventlog.append(encode(ids))
         except AppendError as error:
             raise HTTPError(503, str(error)) from None
         response.status = 202
@@ -157,7 +158,7 @@ def make_app(eventlog, state_dir, stalled_after, minute_retention=48 * 3600):
             step = MINUTE
         else:
             raise HTTPError(400, "from and to must fall on whole minutes")
-        return Checkpoint(offset=state[0], counts=series.counts(step, int(start), int(end)))
+        return Checkpoint(offset=state.offset, counts=series.counts(step, int(start), int(end)))
 
     def series_state():
         state = series.state()
@@ -167,7 +168,7 @@ def make_app(eventlog, state_dir, stalled_after, minute_retention=48 * 3600):
         return state
 
     def check_minutes_kept(start, state):
-        oldest = state[2] - minute_retention
+        oldest = state.newest_minute - minute_retention
         if start < oldest:
             kept = datetime.datetime.fromtimestamp(oldest, datetime.timezone.utc)
             raise HTTPError(400, f"minute buckets are kept from {kept:%Y-%m-%dT%H:%M:%SZ} on "

@@ -5,59 +5,33 @@
 * Stalled: a worker holds the lock, yet an event has waited longer than `stalled_after`
   seconds to be counted (the worker is hung, paused, or far behind).
 
-How long the oldest uncounted event has waited comes from a small time index the ingest keeps
-in memory as it appends: (offset where an append started, when), at most one entry a second,
-like a Kafka segment's .timeindex. Bytes already in data1 when the ingest started are dated to
-its start, so a restart never makes the worker look stalled at once.
+How long the oldest uncounted event has waited comes from data1's time index
+(storage/time_index.py), which dates every acknowledged event to its second: an idle system,
+however old its checkpoint, has nothing waiting and is never called stalled.
 """
 
-import bisect
-import threading
 import time
 
 from storage.lockfile import is_held
+from storage.time_index import TimeIndexReader
 
 RUNNING, STOPPED, STALLED = "running", "stopped", "stalled"
 
-# About a day of one-a-second entries. Past it, the oldest half is dropped: the memory stays
-# bounded even if nobody asks for /stats, at worst dating very old events as newer.
-MAX_ENTRIES = 100_000
-
 
 class WorkerWatch:
-    def __init__(self, worker_lock, stalled_after, clock=time.monotonic):
+    def __init__(self, worker_lock, time_index, stalled_after, clock=time.time):
         self.worker_lock = worker_lock
+        self.time_index = TimeIndexReader(time_index)
         self.stalled_after = stalled_after
         self.clock = clock
-        self._lock = threading.Lock()
-        self._offsets = [0]  # where each entry's first append started, ascending
-        self._times = [clock()]  # when it was appended
-        self._last_noted = self._times[0]
-
-    def appended(self, start):
-        """Note an append that began at data1 offset `start`; cheap, called per request."""
-        now = self.clock()
-        if now - self._last_noted < 1.0:
-            return
-        with self._lock:
-            self._last_noted = now
-            # An append that lagged behind a later one is dated by the entry before it.
-            if start > self._offsets[-1]:
-                self._offsets.append(start)
-                self._times.append(now)
-            if len(self._offsets) > MAX_ENTRIES:
-                del self._offsets[: MAX_ENTRIES // 2], self._times[: MAX_ENTRIES // 2]
 
     def waiting_seconds(self, counted_offset, data1_size):
-        """How long the oldest event past `counted_offset` has waited (0 if none waits)."""
+        """How long the oldest event past `counted_offset` has waited (0 if none waits, or if
+        data1 has no time index to tell)."""
         if data1_size <= counted_offset:
             return 0.0
-        with self._lock:
-            # The entry that dates the first uncounted byte: the last one starting at or
-            # before it. Entries before that one are counted for good: drop them.
-            index = max(0, bisect.bisect_right(self._offsets, counted_offset) - 1)
-            del self._offsets[:index], self._times[:index]
-            return self.clock() - self._times[0]
+        spans = self.time_index.spans(counted_offset, counted_offset + 1)
+        return max(0.0, self.clock() - spans[0][1]) if spans else 0.0
 
     def state(self, counted_offset, data1_size):
         """(state, reason): reason is None while running."""

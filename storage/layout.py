@@ -3,7 +3,8 @@
     file              written by                        read by
     data1             storage/log_writer.py (ingest)    storage/log_reader.py (worker)
     data1.timeindex   storage/time_index.py: the writer  storage/time_index.py: the reader
-                      (ingest, via log_writer)          (worker)
+                      (ingest, via log_writer)          (worker; ingest: is the worker
+                                                         stalled?)
     data2             storage/checkpoint_store.py       storage/checkpoint_store.py
                       (worker: commit)                  (worker: recovery; ingest: read side;
                                                          `python -m worker status`)

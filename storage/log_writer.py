@@ -70,9 +70,8 @@ class EventLog:
     def append(self, records):
         """Append `records` (complete records, see log_format.encode) as one write.
 
-        Returns the offset where the records start, once the bytes are durable (when
-        durability is on). Raises AppendError if the write failed; nothing of it is then
-        left in data1.
+        Returns once the bytes are durable (when durability is on). Raises AppendError if
+        the write failed; nothing of it is then left in data1.
         """
         with self._write_lock:
             if self._index:
@@ -88,12 +87,10 @@ class EventLog:
             if written != len(records):
                 self._undo_partial_write()
                 raise AppendError(f"short write to data1 ({written} of {len(records)} bytes)")
-            start = self._end
             self._end += written
             end = self._end
         if self.durable:
             self._sync_through(end)
-        return start
 
     def problem(self):
         """Why an append would fail now, or None if data1 looks writable."""

@@ -25,6 +25,7 @@ atomicity, not durability (synchronous=NORMAL). A power loss may take the last c
 back; the worker then counts on from the older offset, which is as exact.
 """
 
+import collections
 import datetime
 import os
 import sqlite3
@@ -56,10 +57,12 @@ class CorruptSeries(Exception):
     """series.sqlite3 exists but cannot be trusted; the message says why."""
 
 
-class SeriesState:
-    def __init__(self, offset, fingerprint, events, newest_minute):
-        self.offset, self.fingerprint = offset, fingerprint
-        self.events, self.newest_minute = events, newest_minute
+class SeriesState(collections.namedtuple(
+        "SeriesState", "offset fingerprint events newest_minute")):
+    """The store's one-row state table: where it stands in data1, and what it holds."""
+
+
+STATE_COLUMNS = ", ".join(SeriesState._fields)  # read in this order into a SeriesState
 
 
 class SeriesStore:
@@ -80,19 +83,18 @@ class SeriesStore:
             self._create(empty_fingerprint)
         try:
             self.db = self._connect(self.path)
-            rows = self.db.execute("SELECT version, offset, fingerprint, events, newest_minute "
-                                   "FROM state").fetchall()
+            rows = self.db.execute(f"SELECT version, {STATE_COLUMNS} FROM state").fetchall()
         except sqlite3.DatabaseError as error:
             self.close()
             raise CorruptSeries(f"not a readable store ({error})") from None
         if len(rows) != 1:
             self.close()
             raise CorruptSeries(f"its state table has {len(rows)} rows, not 1")
-        version, offset, fingerprint, events, newest = rows[0]
+        version, *state = rows[0]
         if version != VERSION:
             self.close()
             raise CorruptSeries(f"format version {version!r}; this program reads {VERSION}")
-        return SeriesState(offset, fingerprint, events, newest)
+        return SeriesState(*state)
 
     def _create(self, empty_fingerprint):
         """Make an empty store under a temp name, then rename it into place: a reader never
@@ -225,9 +227,8 @@ class SeriesReader:
         return dict(rows.fetchall())
 
     def state(self):
-        """(offset, events, newest_minute), or None while there is no store."""
+        """The store's SeriesState, or None while there is no store."""
         db = self._db()
         if db is None:
             return None
-        row = db.execute("SELECT offset, events, newest_minute FROM state").fetchone()
-        return row
+        return SeriesState(*db.execute(f"SELECT {STATE_COLUMNS} FROM state").fetchone())

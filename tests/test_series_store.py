@@ -25,7 +25,9 @@ def test_commit_adds_minutes_hours_and_all_events(tmp_path):
     assert reader.buckets(HOUR, 1, 0, 10_000) == {0: 2, 3600: 5}
     assert reader.buckets(HOUR, ALL, 0, 10_000) == {0: 3, 3600: 5}
     assert reader.counts(HOUR, 0, 3600) == {1: 2, 5: 1}
-    assert reader.state() == (40, 8, 3660)
+    state = reader.state()
+    assert (state.offset, state.fingerprint, state.events, state.newest_minute) == (
+        40, FINGERPRINT, 8, 3660)
     series.close()
 
 
@@ -68,10 +70,10 @@ def test_the_reader_never_creates_the_store_and_follows_a_replaced_one(tmp_path)
     assert reader.state() is None and not (tmp_path / "series.sqlite3").exists()
     series = store(tmp_path)
     series.commit([(60, 1, 1), (60, ALL, 1)], [(0, 1, 1), (0, ALL, 1)], 2, FINGERPRINT)
-    assert reader.state()[0] == 2
+    assert reader.state().offset == 2
     series.set_aside()
     series.open(FINGERPRINT)
-    assert reader.state()[0] == 0  # the new store, not the one set aside
+    assert reader.state().offset == 0  # the new store, not the one set aside
     series.close()
 
 
@@ -79,6 +81,7 @@ def test_reset_empties_the_store(tmp_path):
     series = store(tmp_path)
     series.commit([(60, 1, 1), (60, ALL, 1)], [(0, 1, 1), (0, ALL, 1)], 2, FINGERPRINT)
     series.reset(FINGERPRINT)
-    assert SeriesReader(tmp_path).state() == (0, 0, 0)
+    state = SeriesReader(tmp_path).state()
+    assert (state.offset, state.events, state.newest_minute) == (0, 0, 0)
     assert SeriesReader(tmp_path).buckets(HOUR, ALL, 0, 10_000) == {}
     series.close()
