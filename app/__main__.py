@@ -14,6 +14,7 @@ from waitress.channel import HTTPChannel
 from waitress.task import ErrorTask
 
 from app.api import BATCH_BODY_LIMIT, make_app
+from app.readside import FileReadSide
 from storage import process, settings
 from storage.layout import Layout
 from storage.lockfile import hold_exclusive_lock
@@ -51,8 +52,14 @@ class Channel(HTTPChannel):
     error_task_class = JsonErrorTask
 
 
-def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute_retention):
+def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute_retention,
+          cluster=None):
+    """Serve the API until SIGTERM/SIGINT; return the exit code. `cluster`, in cluster mode,
+    is (NATS server URLs, this node's partition, replicas, publish timeout)."""
     process.place_on_cpus("ingest", cpu)
+    if cluster:
+        return serve_cluster(host=host, port=port, threads=threads, stalled_after=stalled_after,
+                             cluster=cluster)
     layout = Layout(state_dir)
     # Held until the process exits: one ingest per state folder, so no other writer can
     # interleave with our appends or our torn-tail repair.
@@ -62,9 +69,38 @@ def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute
         "ingest starting: http://%s:%d state_dir=%s fsync=%s threads=%d data1=%d bytes",
         host, port, state_dir, "on" if durable else "off", threads, eventlog.size,
     )
+    app = make_app(eventlog, FileReadSide(eventlog, state_dir, stalled_after), minute_retention)
+    code = run_server(app, host, port, threads)
+    eventlog.sync()  # with fsync off, a clean stop still leaves everything durable
+    eventlog.close()
+    log.info("ingest stopped")
+    return code
+
+
+def serve_cluster(*, host, port, threads, stalled_after, cluster):
+    # Imported here: only cluster mode imports nats-py.
+    from app.cluster_readside import ClusterReadSide
+    from storage import stream_setup
+    from storage.stream_writer import StreamLog
+
+    servers, partition, replicas, publish_timeout = cluster
+    log.info("ingest starting in cluster mode: http://%s:%d partition=%s servers=%s "
+             "replicas=%d threads=%d", host, port, partition, ",".join(servers), replicas, threads)
+    link, failed = stream_setup.connect(servers, f"ingest {partition}", replicas, log)
+    if link is None:
+        return failed
+    eventlog = StreamLog(link, partition, publish_timeout)
+    code = run_server(make_app(eventlog, ClusterReadSide(link, stalled_after)), host, port,
+                      threads)
+    link.close()
+    log.info("ingest stopped")
+    return code
+
+
+def run_server(app, host, port, threads):
     try:
         server = waitress.create_server(
-            make_app(eventlog, state_dir, stalled_after, minute_retention),
+            app,
             host=host,
             port=port,
             threads=threads,
@@ -88,10 +124,6 @@ def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute
     signal.signal(signal.SIGINT, stop_like_sigint)  # even where SIGINT was inherited ignored
     log.info("ingest ready on http://%s:%s", host, server.effective_port)
     server.run()  # returns on SIGINT/SIGTERM, once requests in flight are done
-
-    eventlog.sync()  # with fsync off, a clean stop still leaves everything durable
-    eventlog.close()
-    log.info("ingest stopped")
     return process.EXIT_OK
 
 
@@ -118,6 +150,10 @@ def main(argv):
             "cpu": settings.ingest_cpu(),
             "minute_retention": settings.minute_retention(),
         }
+        servers = settings.cluster()
+        if servers:
+            config["cluster"] = (servers, settings.partition(), settings.replicas(),
+                                 settings.publish_timeout())
     except settings.ConfigError as error:
         return process.bad_setting("ingest", error)
     return process.run_in_state_folder("ingest", config["state_dir"], lambda: serve(**config))

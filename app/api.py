@@ -1,9 +1,10 @@
-"""The HTTP surface: Bottle routes. Writes turn into appends to data1; reads come from data2
-and, for counts over time, from the series store.
+"""The HTTP surface: Bottle routes. Writes turn into appends to the log (data1, or the
+partition's stream in cluster mode); reads come from the read side (app/readside.py: data2
+and the series store, or the partition checkpoints in cluster mode).
 
 Every response body is JSON (but the dashboard's HTML, and CSV where ?format=csv asks for
 it), errors included: {"error": "<what was wrong>"}. A write is answered 202 only after its
-records are durable in data1 (see storage/log_writer.py). The whole API is described in
+records are durable in the log (see storage/log_writer.py and storage/stream_writer.py). The whole API is described in
 app/openapi.json.
 """
 
@@ -11,7 +12,6 @@ import csv
 import datetime
 import io
 import json
-import os
 import re
 from pathlib import Path
 
@@ -19,13 +19,11 @@ import bottle
 from bottle import HTTPError, request, response
 
 from app import series_query, validate
-from app.liveness import RUNNING, WorkerWatch
-from app.readside import CheckpointReader
-from storage.checkpoint import Checkpoint, CorruptCheckpoint
-from storage.layout import Layout
+from app.readside import Unavailable
+from storage.checkpoint import Checkpoint
 from storage.log_format import encode, parse_token
 from storage.log_writer import AppendError
-from storage.series_store import ALL, HOUR, MINUTE, SeriesReader
+from storage.series_store import ALL, HOUR, MINUTE
 
 HERE = Path(__file__).resolve().parent
 DASHBOARD = (HERE / "dashboard.html").read_bytes()
@@ -94,11 +92,10 @@ def parse_experience_id(raw):
     return parsed
 
 
-def make_app(eventlog, state_dir, stalled_after, minute_retention=48 * 3600):
-    reader = CheckpointReader(state_dir)
-    series = SeriesReader(state_dir)
-    layout = Layout(state_dir)
-    watch = WorkerWatch(layout.worker_lock, layout.time_index, stalled_after)
+def make_app(eventlog, reads, minute_retention=48 * 3600):
+    """The API on `eventlog` (an EventLog or a StreamLog) and `reads` (app/readside.py's
+    FileReadSide or app/cluster_readside.py's ClusterReadSide)."""
+    series = reads.series
     app = bottle.Bottle()
     # No JSON or template plugins: every handler returns its own bytes, which keeps the
     # per-request path short.
@@ -130,11 +127,11 @@ def make_app(eventlog, state_dir, stalled_after, minute_retention=48 * 3600):
         return accept(parse(validate.parse_batch, BATCH_BODY_LIMIT))
 
     def committed():
-        """The latest checkpoint; before the worker's first commit, the empty one."""
+        """The latest counts; before the worker's first commit, empty ones."""
         try:
-            return reader.current() or Checkpoint()
-        except CorruptCheckpoint as problem:
-            raise HTTPError(503, f"data2 is unreadable ({problem}); the worker will rebuild it")
+            return reads.committed()
+        except Unavailable as problem:
+            raise HTTPError(503, str(problem)) from None
 
     def counted_in_range(params):
         """The counts of events that happened in [from, to), as a Checkpoint to serve."""
@@ -161,6 +158,10 @@ def make_app(eventlog, state_dir, stalled_after, minute_retention=48 * 3600):
         return Checkpoint(offset=state.offset, counts=series.counts(step, int(start), int(end)))
 
     def series_state():
+        if series is None:
+            raise HTTPError(501, "counts over time are not kept in cluster mode yet: /series "
+                                 "and /counts?from=&to= need the single-machine mode (README, "
+                                 "Cluster mode)")
         state = series.state()
         if state is None:
             raise HTTPError(503, "no counts over time yet: the worker has not created "
@@ -192,7 +193,7 @@ def make_app(eventlog, state_dir, stalled_after, minute_retention=48 * 3600):
             return csv_body(["experienceID", "count"], items)
         document = {
             "counts": {str(key): value for key, value in items},
-            "offset": checkpoint.offset,
+            **(reads.position(checkpoint) if not ranged else {"offset": checkpoint.offset}),
             "events": checkpoint.events,
             "experiences": len(checkpoint.counts),
             "updated_at": checkpoint.updated_at or None,
@@ -234,10 +235,6 @@ def make_app(eventlog, state_dir, stalled_after, minute_retention=48 * 3600):
             "points": points,
         })
 
-    def worker_state(checkpoint, data1_size):
-        state, reason = watch.state(checkpoint.offset, data1_size)
-        return {"state": state, "reason": reason}
-
     @app.get("/healthz/ingest")
     def get_ingest_health():
         """Can this node accept writes? What a load balancer should probe."""
@@ -252,32 +249,20 @@ def make_app(eventlog, state_dir, stalled_after, minute_retention=48 * 3600):
         problem = eventlog.problem()
         if problem:
             return json_body({"status": "unavailable", "error": problem}, 503)
-        checkpoint = committed()
-        worker = worker_state(checkpoint, data1_size())
-        if worker["state"] != RUNNING:
-            return json_body(
-                {"status": "unavailable", "error": f"worker {worker['state']}: {worker['reason']}",
-                 "worker": worker}, 503)
-        return json_body({"status": "ok", "worker": worker})
-
-    def data1_size():
-        return os.fstat(eventlog.fileno()).st_size  # the file itself: counts other writers too
+        try:
+            problem, details = reads.health()
+        except Unavailable as unavailable:
+            return json_body({"status": "unavailable", "error": str(unavailable)}, 503)
+        if problem:
+            return json_body({"status": "unavailable", "error": problem, **details}, 503)
+        return json_body({"status": "ok", **details})
 
     @app.get("/stats")
     def get_stats():
-        checkpoint = committed()
-        size = data1_size()
-        return json_body({
-            "data1_bytes": size,
-            "offset": checkpoint.offset,
-            "lag_bytes": max(0, size - checkpoint.offset),
-            "events": checkpoint.events,
-            "experiences": len(checkpoint.counts),
-            "skipped": checkpoint.skipped,
-            "last_checkpoint_at": checkpoint.updated_at or None,
-            "checkpoint_age_seconds": checkpoint.age(),
-            "worker": worker_state(checkpoint, size),
-        })
+        try:
+            return json_body(reads.stats())
+        except Unavailable as problem:
+            raise HTTPError(503, str(problem)) from None
 
     @app.get("/")
     def get_dashboard():

@@ -1,17 +1,40 @@
-"""The read side of the ingest process: data2 as the counts API serves it.
+"""The read side of the ingest process: the committed counts and the engine's state, as the
+API serves them. One class per mode, with the same methods; app/api.py uses whichever
+app/__main__.py gives it:
 
-data2 is replaced atomically, so any read of it is a consistent snapshot. Parsing a large one
-costs real time (about a second per million experiences), so it is parsed once per commit,
-not once per request: the parsed checkpoint is kept until data2's inode changes.
+    committed()    the latest counts (a Checkpoint), merged over partitions in cluster mode
+    position(c)    where those counts stand in the log, for /counts
+    stats()        the /stats document
+    health()       None if the system is taking and counting events, else why not (for
+                   /healthz), with the details to show
+    series         the counts over time (storage/series_store.SeriesReader), or None where
+                   there are none (cluster mode)
+
+Each raises Unavailable (answered 503) when it cannot tell.
 """
 
 import os
 import threading
 
+from app.liveness import RUNNING, WorkerWatch
+from storage.checkpoint import Checkpoint, CorruptCheckpoint
 from storage.checkpoint_store import CheckpointStore
+from storage.layout import Layout
+from storage.series_store import SeriesReader
+
+
+class Unavailable(Exception):
+    """The read side cannot answer now; the message says why."""
 
 
 class CheckpointReader:
+    """data2 as the read side serves it.
+
+    data2 is replaced atomically, so any read of it is a consistent snapshot. Parsing a large
+    one costs real time (about a second per million experiences), so it is parsed once per
+    commit, not once per request: the parsed checkpoint is kept until data2's inode changes.
+    """
+
     def __init__(self, state_dir):
         self.store = CheckpointStore(state_dir)
         self._lock = threading.Lock()
@@ -33,3 +56,53 @@ class CheckpointReader:
                 loaded = self.store.load()  # None if it was just moved aside
                 self._checkpoint, self._identity = loaded, identity if loaded else None
             return self._checkpoint
+
+
+class FileReadSide:
+    """Single-machine mode: data2, the series store, and the worker's lock and lag."""
+
+    def __init__(self, eventlog, state_dir, stalled_after):
+        self.eventlog = eventlog
+        self.reader = CheckpointReader(state_dir)
+        self.series = SeriesReader(state_dir)
+        layout = Layout(state_dir)
+        self.watch = WorkerWatch(layout.worker_lock, layout.time_index, stalled_after)
+
+    def committed(self):
+        """The latest checkpoint; before the worker's first commit, the empty one."""
+        try:
+            return self.reader.current() or Checkpoint()
+        except CorruptCheckpoint as problem:
+            raise Unavailable(f"data2 is unreadable ({problem}); the worker will rebuild it")
+
+    def position(self, checkpoint):
+        return {"offset": checkpoint.offset}
+
+    def _data1_size(self):
+        return os.fstat(self.eventlog.fileno()).st_size  # the file itself: other writers too
+
+    def _worker(self, checkpoint, data1_size):
+        state, reason = self.watch.state(checkpoint.offset, data1_size)
+        return {"state": state, "reason": reason}
+
+    def stats(self):
+        checkpoint = self.committed()
+        size = self._data1_size()
+        return {
+            "mode": "single-machine",
+            "data1_bytes": size,
+            "offset": checkpoint.offset,
+            "lag_bytes": max(0, size - checkpoint.offset),
+            "events": checkpoint.events,
+            "experiences": len(checkpoint.counts),
+            "skipped": checkpoint.skipped,
+            "last_checkpoint_at": checkpoint.updated_at or None,
+            "checkpoint_age_seconds": checkpoint.age(),
+            "worker": self._worker(checkpoint, size),
+        }
+
+    def health(self):
+        worker = self._worker(self.committed(), self._data1_size())
+        if worker["state"] != RUNNING:
+            return f"worker {worker['state']}: {worker['reason']}", {"worker": worker}
+        return None, {"worker": worker}

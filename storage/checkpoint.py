@@ -23,6 +23,25 @@ Invariant, true at every instant because offset and counts live in one atomicall
 file (Kafka stores a consumer's position with its output for the same reason):
 
     counts == Counter(valid complete tokens in data1[0:offset])
+
+Cluster mode: one checkpoint per partition (version 1)
+    The value of key partition.<name> in the checkpoint bucket
+    (storage/stream_checkpoint_store.py), replaced by compare-and-set:
+
+        {"version": 1, "partition": "p1", "sequence": 41, "messages": 17, "events": 3,
+         "skipped": 0, "owner": "worker@host:pid", "revision_before": 12,
+         "updated_at": "2026-11-25T10:00:05.123Z", "counts": {"1": 2, "100": 1}}
+
+    sequence         the stream sequence of the partition's last message counted (the
+                     Checkpoint's offset: the position in the log, as data2's byte offset)
+    messages         how many of the partition's messages that is (the lag is the stream's
+                     message count for the partition minus this)
+    owner            the worker that committed it
+    revision_before  the bucket revision this commit replaced (0 for the first): a
+                     compare-and-set accepts a commit only from the latest revision, so the
+                     revisions form one chain, which an audit of the key's history can check
+
+    Invariant: counts == Counter(valid ids in the partition's messages up to sequence).
 """
 
 import dataclasses
@@ -56,6 +75,9 @@ class Checkpoint:
     skipped: int = 0
     fingerprint: str = EMPTY_FINGERPRINT
     updated_at: str = ""
+    # Cluster mode only: the partition's messages counted, and who committed.
+    messages: int = 0
+    owner: str = ""
 
     @property
     def events(self):
@@ -74,6 +96,22 @@ class Checkpoint:
         return max(0.0, (now - committed).total_seconds())
 
 
+def merge(checkpoints):
+    """One Checkpoint holding the counts of several partitions' checkpoints (counts are
+    additive; None stands for a partition with no checkpoint yet). Its updated_at is the
+    oldest of theirs: the merged counts are at least that recent."""
+    counts, skipped, times = {}, 0, []
+    for checkpoint in checkpoints:
+        if checkpoint is None:
+            continue
+        skipped += checkpoint.skipped
+        times.append(checkpoint.updated_at)
+        for experience, count in checkpoint.counts.items():
+            counts[experience] = counts.get(experience, 0) + count
+    return Checkpoint(counts=counts, skipped=skipped, fingerprint="",
+                      updated_at=min(times) if times else "")
+
+
 def utc_now_iso():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(
         timespec="milliseconds"
@@ -81,25 +119,74 @@ def utc_now_iso():
 
 
 def encode(checkpoint):
-    counts = checkpoint.counts
+    return _encode({
+        "version": VERSION,
+        "offset": checkpoint.offset,
+        "events": checkpoint.events,
+        "skipped": checkpoint.skipped,
+        "fingerprint": checkpoint.fingerprint,
+        "updated_at": checkpoint.updated_at,
+    }, checkpoint.counts)
+
+
+def encode_partition(checkpoint, partition, revision_before):
+    return _encode({
+        "version": VERSION,
+        "partition": partition,
+        "sequence": checkpoint.offset,
+        "messages": checkpoint.messages,
+        "events": checkpoint.events,
+        "skipped": checkpoint.skipped,
+        "owner": checkpoint.owner,
+        "revision_before": revision_before,
+        "updated_at": checkpoint.updated_at,
+    }, checkpoint.counts)
+
+
+def _encode(head, counts):
     # Written by hand rather than with json.dumps over a new dict: the ids are ints and the
     # output must be in numeric order, and this avoids building a million-entry str dict.
     counts_json = ", ".join([f'"{key}": {counts[key]}' for key in sorted(counts)])
-    head = json.dumps(
-        {
-            "version": VERSION,
-            "offset": checkpoint.offset,
-            "events": checkpoint.events,
-            "skipped": checkpoint.skipped,
-            "fingerprint": checkpoint.fingerprint,
-            "updated_at": checkpoint.updated_at,
-        }
-    )
+    head = json.dumps(head)
     return f'{head[:-1]}, "counts": {{{counts_json}}}}}\n'.encode("ascii")
 
 
 def decode(data):
     """Parse and check data2's bytes. Raises CorruptCheckpoint (or UnsupportedVersion)."""
+    document, field = _document(data)
+    offset, skipped = field("offset", int), field("skipped", int)
+    counts, digest = _counts(field("counts", dict)), field("fingerprint", str)
+    if offset < 0 or skipped < 0:
+        raise CorruptCheckpoint(f"negative offset ({offset}) or skipped ({skipped})")
+    events = sum(counts.values())
+    # Every token takes at least two bytes (a digit and a separator).
+    if 2 * (events + skipped) > offset:
+        raise CorruptCheckpoint(f"{events + skipped} tokens cannot fit in {offset} bytes")
+    return Checkpoint(offset, counts, skipped, digest, str(document.get("updated_at", "")))
+
+
+def decode_partition(data, partition):
+    """Parse and check a partition checkpoint's bytes; return (Checkpoint, revision_before).
+    Raises CorruptCheckpoint (or UnsupportedVersion)."""
+    document, field = _document(data)
+    if field("partition", str) != partition:
+        raise CorruptCheckpoint(f"it is partition {document['partition']!r}'s checkpoint, "
+                                f"stored under partition {partition!r}'s key")
+    sequence, messages = field("sequence", int), field("messages", int)
+    skipped, revision_before = field("skipped", int), field("revision_before", int)
+    if min(sequence, messages, skipped, revision_before) < 0 or messages > sequence:
+        raise CorruptCheckpoint(f"impossible positions: sequence {sequence}, messages "
+                                f"{messages}, skipped {skipped}")
+    checkpoint = Checkpoint(
+        offset=sequence, counts=_counts(field("counts", dict)), skipped=skipped,
+        fingerprint="", updated_at=str(document.get("updated_at", "")), messages=messages,
+        owner=str(document.get("owner", "")),
+    )
+    return checkpoint, revision_before
+
+
+def _document(data):
+    """The checked JSON object, and a function reading one of its fields by name and type."""
     try:
         document = json.loads(data)
     except (ValueError, RecursionError) as error:  # includes empty, NUL-filled, truncated
@@ -119,10 +206,10 @@ def decode(data):
             raise CorruptCheckpoint(f"{name!r} is missing or not of type {kind.__name__}")
         return value
 
-    offset, skipped = field("offset", int), field("skipped", int)
-    raw_counts, digest = field("counts", dict), field("fingerprint", str)
-    if offset < 0 or skipped < 0:
-        raise CorruptCheckpoint(f"negative offset ({offset}) or skipped ({skipped})")
+    return document, field
+
+
+def _counts(raw_counts):
     counts = {}
     for key, count in raw_counts.items():
         # The same rule data1's tokens follow: one canonical spelling per id.
@@ -132,8 +219,4 @@ def decode(data):
         if type(count) is not int or count <= 0:
             raise CorruptCheckpoint(f"counts[{key!r}] is not a positive integer")
         counts[experience_id] = count
-    events = sum(counts.values())
-    # Every token takes at least two bytes (a digit and a separator).
-    if 2 * (events + skipped) > offset:
-        raise CorruptCheckpoint(f"{events + skipped} tokens cannot fit in {offset} bytes")
-    return Checkpoint(offset, counts, skipped, digest, str(document.get("updated_at", "")))
+    return counts

@@ -26,6 +26,21 @@
                       supervisord (paths in supervisord.conf), not the engine
 
 Nothing else is ever created in the state folder.
+
+In cluster mode (MINI_ANALYTICS_CLUSTER) the log and the checkpoints live in NATS JetStream,
+not in files; their names are below too, with the module that writes and reads each:
+
+    stream MINI_ANALYTICS, subject mini_analytics.events.<partition>
+                      storage/stream_writer.py (ingest)  storage/stream_reader.py (worker)
+    key-value bucket mini_analytics_checkpoints, key partition.<partition>
+                      storage/stream_checkpoint_store.py: one writer per partition (the
+                      worker owning it, fenced by compare-and-set); read by the same module
+                      (worker: recovery; ingest: read side; `python -m worker status`)
+    subject mini_analytics.workers.<partition> (request-reply, nothing stored)
+                      answered by the worker owning the partition; asked by the ingest
+                      and by `status`, to tell whether that worker is alive
+
+A state folder in cluster mode holds only the program's logs/ and nothing of the data.
 """
 
 import datetime
@@ -41,6 +56,24 @@ SET_ASIDE_INFIX = ".bad-"
 INGEST_LOCK = "ingest.lock"
 WORKER_LOCK = "worker.lock"
 LOGS = "logs"
+
+STREAM = "MINI_ANALYTICS"
+SUBJECT_PREFIX = "mini_analytics.events."
+CHECKPOINT_BUCKET = "mini_analytics_checkpoints"
+CHECKPOINT_KEY_PREFIX = "partition."
+WORKER_PING_PREFIX = "mini_analytics.workers."
+
+
+def partition_subject(partition):
+    return SUBJECT_PREFIX + partition
+
+
+def checkpoint_key(partition):
+    return CHECKPOINT_KEY_PREFIX + partition
+
+
+def worker_ping_subject(partition):
+    return WORKER_PING_PREFIX + partition
 
 
 class Layout:

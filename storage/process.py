@@ -63,12 +63,12 @@ def run_in_state_folder(program, state_dir, body):
         return body()
     except AlreadyLocked:
         log.error("another %s is already running on %s; exiting", program, state_dir)
-        return _paced(EXIT_BAD_SETUP)
+        return paced(EXIT_BAD_SETUP)
     except OSError as error:
         # An error persisting state ends the process. Nothing half-done is trusted: the next
         # start recovers from what was fully committed.
         log.critical("I/O error in state folder %s: %s; exiting", state_dir, error)
-        return _paced(EXIT_FAILED)
+        return paced(EXIT_FAILED)
 
 
 def _log_to_file(path):
@@ -80,7 +80,7 @@ def _log_to_file(path):
     logging.getLogger().addHandler(handler)
 
 
-def _paced(code):
+def paced(code):
     time.sleep(max(0.0, MIN_LIFETIME - (time.monotonic() - _started)))
     return code
 

@@ -7,6 +7,7 @@ code 2 before it touches anything on disk.
 
 import math
 import os
+import re
 from pathlib import Path
 
 PREFIX = "MINI_ANALYTICS_"
@@ -132,3 +133,79 @@ def ingest_cpu(environ=os.environ, allowed=None):
             f"({', '.join(map(str, sorted(allowed))) or 'none known'}), got {raw!r}"
         )
     return int(raw)
+
+
+# Cluster mode (README, "Cluster mode"): set MINI_ANALYTICS_CLUSTER and the log and the
+# checkpoints live in NATS JetStream instead of data1 and data2.
+
+_PARTITION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def cluster(environ=os.environ):
+    """The NATS servers to use (a list of nats:// URLs), or None for the single-machine mode."""
+    raw = _raw(environ, "CLUSTER")
+    if not raw:
+        return None
+    urls = [url.strip() for url in raw.split(",") if url.strip()]
+    for url in urls:
+        if not re.fullmatch(r"nats://[^\s/:]+:\d{1,5}", url):
+            raise ConfigError(
+                f"{PREFIX}CLUSTER must be NATS server URLs separated by commas, like "
+                f"nats://127.0.0.1:4222,nats://127.0.0.1:4223, got {url!r}"
+            )
+    return urls
+
+
+def _partition_names(environ, name, raw):
+    names = [part.strip() for part in raw.split(",")]
+    for part in names:
+        if not _PARTITION_NAME.fullmatch(part):
+            raise ConfigError(
+                f"{PREFIX}{name} must be partition names (letters, digits, - and _, at most "
+                f"64 characters) separated by commas, got {raw!r}"
+            )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{PREFIX}{name} names a partition twice: {raw!r}")
+    return names
+
+
+def partition(environ=os.environ):
+    """The partition an ingest node appends to (cluster mode): one per ingest node."""
+    raw = _raw(environ, "PARTITION")
+    if not raw:
+        raise ConfigError(f"{PREFIX}PARTITION must name this ingest node's partition "
+                          "(like p1) in cluster mode")
+    names = _partition_names(environ, "PARTITION", raw)
+    if len(names) != 1:
+        raise ConfigError(f"{PREFIX}PARTITION names one partition per ingest node, got {raw!r}")
+    return names[0]
+
+
+def partitions(environ=os.environ):
+    """The partitions a worker owns (cluster mode)."""
+    raw = _raw(environ, "PARTITIONS")
+    if not raw:
+        raise ConfigError(f"{PREFIX}PARTITIONS must name the partitions this worker owns "
+                          "(like p1,p2) in cluster mode")
+    return _partition_names(environ, "PARTITIONS", raw)
+
+
+def replicas(environ=os.environ):
+    """How many copies of the stream and the checkpoints JetStream keeps."""
+    raw = _raw(environ, "REPLICAS")
+    if not raw:
+        return 3
+    if raw not in ("1", "3", "5"):
+        raise ConfigError(f"{PREFIX}REPLICAS must be 1, 3 or 5 (an odd number: Raft needs a "
+                          f"majority), got {raw!r}")
+    return int(raw)
+
+
+def publish_timeout(environ=os.environ):
+    """Seconds an ingest node keeps retrying a publish before answering 503."""
+    return _seconds(environ, "PUBLISH_TIMEOUT", 10.0, 0.5, 60.0, "10")
+
+
+def optional_partitions(environ=os.environ):
+    """MINI_ANALYTICS_PARTITIONS where it is optional (`python -m worker status`)."""
+    return partitions(environ) if _raw(environ, "PARTITIONS") else []

@@ -13,7 +13,7 @@ from http_client import answers_http, free_port, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-PACKAGES = ("app", "storage", "worker")
+PACKAGES = ("app", "storage", "worker", "cluster")
 
 
 def short_temp_dir():
@@ -75,7 +75,8 @@ class Procs:
 
 
 def copy_of_the_code(root):
-    """The programs and the shipped supervisord.conf, copied into `root` with an empty state/."""
+    """The programs, the shipped supervisord.conf and cluster/, copied into `root` with an
+    empty state/."""
     for name in PACKAGES:
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(REPO / "supervisord.conf", root / "supervisord.conf")

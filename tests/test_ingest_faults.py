@@ -15,6 +15,7 @@ from http_client import free_port, post, wait_for
 from processes import ready, service_env
 from reference import valid_counts
 from app.api import make_app
+from app.readside import FileReadSide
 from storage.log_writer import EventLog
 from worker.runner import Worker
 
@@ -38,7 +39,7 @@ def wsgi_post(app, path, body):
 @pytest.fixture
 def app_and_log(state_dir):
     log = EventLog(state_dir / "data1")
-    yield make_app(log, state_dir, stalled_after=30), log
+    yield make_app(log, FileReadSide(log, state_dir, stalled_after=30)), log
     log.close()
 
 

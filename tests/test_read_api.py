@@ -14,6 +14,7 @@ from http_client import post, request, wait_for
 from processes import REPO
 from reference import caught_up, read_checkpoint, read_series
 from app.api import make_app
+from app.readside import FileReadSide
 from storage.log_writer import EventLog
 
 OPENAPI = json.loads((REPO / "app" / "openapi.json").read_text())
@@ -152,7 +153,7 @@ def test_write_responses_match_the_document(procs, state_dir):
 def test_every_route_is_in_the_document(tmp_path):
     log = EventLog(tmp_path / "data1")
     try:
-        app = make_app(log, tmp_path, stalled_after=30)
+        app = make_app(log, FileReadSide(log, tmp_path, stalled_after=30))
     finally:
         log.close()
     routes = {(re.sub(r"<(\w+)>", r"{\1}", route.rule), route.method.lower()) for route in app.routes}

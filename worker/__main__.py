@@ -25,8 +25,17 @@ def run(state_dir):
     try:
         interval, ingest_cpu = settings.interval(), settings.ingest_cpu()
         series, retention = settings.series(), settings.minute_retention()
+        servers = settings.cluster()
+        if servers:
+            partitions, replicas = settings.partitions(), settings.replicas()
     except settings.ConfigError as error:
         return process.bad_setting("worker", error)
+
+    if servers:
+        from worker import cluster  # only cluster mode imports nats-py
+
+        return process.run_in_state_folder(
+            "worker", state_dir, lambda: cluster.run(servers, partitions, replicas, interval))
 
     def count():
         log.info("worker starting: state_dir=%s interval=%gs series=%s minute_retention=%gh",
@@ -47,6 +56,15 @@ def data1_size(state_dir):
 
 def status(state_dir, out=sys.stdout):
     """Print where the worker stands. Reads data1's size and data2; takes no lock."""
+    try:
+        servers = settings.cluster()
+        partitions = settings.optional_partitions() if servers else ()
+    except settings.ConfigError as error:
+        return process.bad_setting("worker", error)
+    if servers:
+        from worker import cluster  # only cluster mode imports nats-py
+
+        return cluster.status(servers, partitions, print_top, out)
     data1_bytes = data1_size(state_dir)
     try:
         current = CheckpointStore(state_dir).load()
@@ -68,13 +86,18 @@ def status(state_dir, out=sys.stdout):
         ]
     for label, value in rows:
         print(f"{label:<14} {value}", file=out)
-    if current and current.counts:
-        print(f"top {min(TOP, len(current.counts))} experiences", file=out)
-        top = current.top(TOP)
+    if current:
+        print_top(current, out)
+    return process.EXIT_OK
+
+
+def print_top(checkpoint, out):
+    if checkpoint.counts:
+        print(f"top {min(TOP, len(checkpoint.counts))} experiences", file=out)
+        top = checkpoint.top(TOP)
         width = max(len(str(key)) for key, _ in top)
         for key, count in top:
             print(f"  {key:>{width}}  {count:,}", file=out)
-    return process.EXIT_OK
 
 
 class ProgressBar:

@@ -73,7 +73,44 @@ class StopSignal:
         return self.requested
 
 
-class Worker:
+class PassLoop:
+    """The loop both workers share (this module's, on data1, and worker/stream_runner.py's,
+    on the stream): take ownership of what is counted, recover, then one pass now and one
+    every interval until SIGTERM or SIGINT. A pass commits only whole, consistent
+    checkpoints, so a stop (or a kill) at any instant loses nothing but uncommitted work."""
+
+    stop = None
+
+    def run(self, interval):
+        self.take_ownership()
+        self.stop = StopSignal()
+        self.recover()
+        while not self.stop.requested:
+            self.run_pass()
+            if self.stop.wait(interval):
+                break
+        self.close()
+
+    def stop_requested(self):
+        """True once a stop was asked for: a pass drops its uncommitted part and returns."""
+        if self.stop and self.stop.requested:
+            log.info("stop requested mid-pass; uncommitted work is dropped")
+            return True
+        return False
+
+
+def report_skipped(skipped, samples):
+    if skipped:
+        log.warning(
+            "skipped %s that %s not experience ids, e.g. %s",
+            plural(skipped, "token"), "is" if skipped == 1 else "are",
+            ", ".join(repr(token) for token in samples),
+        )
+
+
+class Worker(PassLoop):
+    """The worker on data1 (single-machine mode)."""
+
     def __init__(self, state_dir, chunk_size=None, series=True, minute_retention=48 * 3600):
         self.layout = Layout(state_dir)
         self.store = CheckpointStore(state_dir)
@@ -84,22 +121,15 @@ class Worker:
         # The counts over time, or None when they are off (MINI_ANALYTICS_SERIES=off).
         self.series = SeriesStore(state_dir, minute_retention) if series else None
         self.series_offset = 0
-        self.stop = None
         self._undated_logged = False
 
-    def run(self, interval):
-        """Hold the worker lock and run passes until SIGTERM/SIGINT. Raises AlreadyLocked."""
+    def take_ownership(self):
+        """Hold the worker lock: one worker per state folder. Raises AlreadyLocked."""
         hold_exclusive_lock(self.layout.worker_lock)  # the kernel releases it however we exit
-        self.stop = StopSignal()
-        self.recover()
-        while not self.stop.requested:
-            self.run_pass()
-            if self.stop.wait(interval):
-                break
-        log.info("worker stopped at offset %d", self.checkpoint.offset)
-        self.close()
 
     def close(self):
+        if self.stop:
+            log.info("worker stopped at offset %d", self.checkpoint.offset)
         if self.data1 is not None:
             self.data1.close()
             self.data1 = None
@@ -228,10 +258,8 @@ class Worker:
         tally = Tally()
         committed = reached = start
         for block, reached in self.data1.blocks(start, self.chunk_size, end):
-            if self.stop and self.stop.requested:
-                # Drop the uncommitted part; both views still hold consistent commits and
-                # the next worker counts on from there.
-                log.info("stop requested mid-pass; uncommitted work is dropped")
+            if self.stop_requested():
+                # Both views still hold consistent commits: the next worker counts on.
                 return tally
             self._add(tally, block, reached, series)
             if reached - committed >= COMMIT_EVERY or tally.pending_pairs >= COMMIT_PAIRS:
@@ -280,12 +308,7 @@ class Worker:
         # process exits and its in-memory state goes with it.
         totals = self.checkpoint.counts if counts else {}
         skipped, samples, minute_rows, hour_rows = tally.drain_into(totals)
-        if skipped:
-            log.warning(
-                "skipped %s that %s not experience ids, e.g. %s",
-                plural(skipped, "token"), "is" if skipped == 1 else "are",
-                ", ".join(repr(token) for token in samples),
-            )
+        report_skipped(skipped, samples)
         if series:
             self.series.commit(minute_rows, hour_rows, end, fingerprint)
             self.series_offset = end

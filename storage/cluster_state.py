@@ -1,0 +1,101 @@
+"""Where a cluster stands, partition by partition (cluster mode): what the ingest's /stats
+and /healthz and `python -m worker status` report.
+
+For each partition: the messages the stream holds for it, its checkpoint (sequence, messages
+counted, owner, time), the lag between the two, and whether its worker answers its ping.
+For the stream: its leader and replicas, which tell whether it has a quorum.
+"""
+
+import asyncio
+import dataclasses
+import json
+
+import nats.errors
+
+from storage.layout import STREAM, SUBJECT_PREFIX, worker_ping_subject
+from storage.stream_checkpoint_store import read_latest
+
+STREAM_INFO_TIMEOUT = 3.0
+PING_TIMEOUT = 1.0
+
+
+class NoQuorum(Exception):
+    """The stream did not answer: no leader, most often because no majority of its replicas
+    is up (or no NATS server is reachable at all)."""
+
+
+@dataclasses.dataclass
+class PartitionState:
+    name: str
+    stream_messages: int
+    checkpoint: object = None  # the Checkpoint, or None before the first commit
+    revision: int = 0
+    worker: dict = None  # the owning worker's answer to a ping, or None if none answered
+
+    @property
+    def counted_messages(self):
+        return self.checkpoint.messages if self.checkpoint else 0
+
+    @property
+    def lag_messages(self):
+        return max(0, self.stream_messages - self.counted_messages)
+
+
+@dataclasses.dataclass
+class ClusterState:
+    leader: str
+    replicas: list  # [{"name", "current", "lag"}] of the stream's followers
+    last_sequence: int
+    partitions: list  # [PartitionState], by name
+
+
+def stream_state(link):
+    """The stream's leader, replicas, last sequence and messages per partition. Raises
+    NoQuorum if it does not answer in time."""
+    try:
+        info = link.call(link.js.stream_info(STREAM, subjects_filter=SUBJECT_PREFIX + "*"),
+                         STREAM_INFO_TIMEOUT)
+    except Exception as error:  # noqa: BLE001 - any failure here means "no answer"
+        raise NoQuorum(
+            f"stream {STREAM} did not answer within {STREAM_INFO_TIMEOUT:g} s "
+            f"({type(error).__name__}{': ' + str(error) if str(error) else ''}): no leader, "
+            "most likely no majority of its replicas is up") from None
+    cluster = info.cluster
+    replicas = [{"name": peer.name, "current": bool(peer.current), "lag": peer.lag or 0}
+                for peer in (cluster.replicas or [])] if cluster else []
+    messages = {subject[len(SUBJECT_PREFIX):]: count
+                for subject, count in (info.state.subjects or {}).items()}
+    return (cluster.leader if cluster else None), replicas, info.state.last_seq, messages
+
+
+def ping_workers(link, partitions):
+    """{partition: the owning worker's answer, or None if no worker answered in time}."""
+    async def ping(partition):
+        try:
+            reply = await link.nc.request(worker_ping_subject(partition), b"",
+                                          timeout=PING_TIMEOUT)
+            return json.loads(reply.data)
+        except (nats.errors.Error, asyncio.TimeoutError, ValueError):
+            return None
+
+    async def ping_all():
+        answers = await asyncio.gather(*(ping(partition) for partition in partitions))
+        return dict(zip(partitions, answers))
+
+    return link.call(ping_all(), PING_TIMEOUT + 2)
+
+
+def cluster_state(link, extra_partitions=()):
+    """The whole picture. Partitions are those the stream has messages for, and
+    `extra_partitions` (say, ones a worker is configured for but nothing was written to yet).
+    Raises NoQuorum, or CorruptCheckpoint."""
+    leader, replicas, last_sequence, messages = stream_state(link)
+    names = sorted(set(messages) | set(extra_partitions))
+    checkpoints = read_latest(link, names)
+    workers = ping_workers(link, names)
+    partitions = []
+    for name in names:
+        checkpoint, revision = checkpoints.get(name, (None, 0))
+        partitions.append(PartitionState(name, messages.get(name, 0), checkpoint, revision,
+                                         workers[name]))
+    return ClusterState(leader, replicas, last_sequence, partitions)

@@ -1,0 +1,127 @@
+"""The partition checkpoints (cluster mode): data2's store, on a replicated key-value bucket.
+
+The format is in storage/checkpoint.py ("Cluster mode"). Guarantees:
+
+* commit() replaces a partition's checkpoint by compare-and-set: the bucket accepts it only if
+  the key's latest revision is still the one this store loaded or last committed. So a
+  checkpoint is always a whole one (the old or the new), and a second worker committing the
+  same partition is refused (Fenced) as soon as the first one commits: at most one owner's
+  commits ever join the key's chain of revisions.
+* The bucket is replicated like the stream, and a commit returns once a quorum stored it.
+* load() reads through the bucket's leader (never a follower that may lag), so the revision
+  it returns is the latest: a worker starting after another one died resumes from its last
+  commit, not from an older one.
+* Nothing is ever deleted: the key keeps its last commits as history (stream_setup.py), an
+  unreadable value among them.
+"""
+
+import dataclasses
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.kv import KeyValue
+
+from storage import checkpoint
+from storage.layout import CHECKPOINT_BUCKET, checkpoint_key
+
+TIMEOUT = 10.0
+
+
+class Fenced(Exception):
+    """Another worker committed this partition since this one loaded it."""
+
+
+def bucket(link, direct):
+    """The checkpoint bucket; `direct` reads may be answered by any replica (faster, and
+    possible without a leader, but perhaps a moment behind)."""
+    return KeyValue(name=CHECKPOINT_BUCKET, stream=f"KV_{CHECKPOINT_BUCKET}",
+                    pre=f"$KV.{CHECKPOINT_BUCKET}.", js=link.js, direct=direct)
+
+
+class StreamCheckpointStore:
+    """One partition's checkpoint: its one writer (the worker that owns the partition)."""
+
+    def __init__(self, link, partition, owner):
+        self.link = link
+        self.partition = partition
+        self.key = checkpoint_key(partition)
+        self.owner = owner
+        self.revision = 0  # the key's revision this store is at; 0: no checkpoint yet
+        self._bucket = bucket(link, direct=False)
+
+    def load(self):
+        """The partition's committed checkpoint, or None if there is none. Raises
+        CorruptCheckpoint, or what the link raises if the cluster cannot answer."""
+        try:
+            entry = self.link.call(self._bucket.get(self.key), TIMEOUT)
+        except KeyNotFoundError:
+            self.revision = 0
+            return None
+        # Remembered before decoding: a bad value is committed over (CAS on its revision).
+        self.revision = entry.revision
+        loaded, _ = checkpoint.decode_partition(entry.value, self.partition)
+        return loaded
+
+    def commit(self, new):
+        """Make `new` the partition's checkpoint, stamped with the time and this owner;
+        return the stamped checkpoint.
+
+        Raises Fenced if another worker committed since, or what the link raises if the
+        cluster did not answer in time: then the commit may or may not have happened, and
+        the caller must exit (its restart reloads whichever it was).
+        """
+        stamped = dataclasses.replace(new, updated_at=checkpoint.utc_now_iso(), owner=self.owner)
+        value = checkpoint.encode_partition(stamped, self.partition, self.revision)
+        try:
+            self.revision = self.link.call(
+                self._bucket.update(self.key, value, last=self.revision), TIMEOUT)
+        except KeyWrongLastSequenceError:
+            raise Fenced(
+                f"partition {self.partition}'s checkpoint is no longer at revision "
+                f"{self.revision}: another worker committed it"
+            ) from None
+        return stamped
+
+
+def read_latest(link, partitions, known=None, direct=True):
+    """{partition: (Checkpoint, revision)} for those of `partitions` that have a checkpoint.
+
+    `known`, a previous answer, saves decoding a checkpoint whose revision did not change.
+    Raises CorruptCheckpoint, or what the link raises if the cluster cannot answer.
+    """
+    known = known or {}
+
+    async def read_all():
+        store = bucket(link, direct)
+        found = {}
+        for partition in partitions:
+            try:
+                entry = await store.get(checkpoint_key(partition))
+            except KeyNotFoundError:
+                continue
+            previous = known.get(partition)
+            if previous and previous[1] == entry.revision:
+                found[partition] = previous
+            else:
+                loaded, _ = checkpoint.decode_partition(entry.value, partition)
+                found[partition] = (loaded, entry.revision)
+        return found
+
+    return link.call(read_all(), TIMEOUT)
+
+
+def history(link, partition):
+    """The partition's kept commits, oldest first: (revision, revision_before, owner,
+    sequence) each. What an audit of fencing reads: each revision_before must be the
+    revision just before it."""
+    async def read():
+        try:
+            entries = await bucket(link, direct=False).history(checkpoint_key(partition))
+        except NoKeysError:
+            return []
+        chain = []
+        for entry in entries:
+            loaded, before = checkpoint.decode_partition(entry.value, partition)
+            chain.append((entry.revision, before, loaded.owner, loaded.offset))
+        return chain
+
+    return link.call(read(), TIMEOUT)

@@ -1,0 +1,71 @@
+"""The reader of one partition of the stream (cluster mode): data1's reader, on JetStream.
+
+A pass reads the partition's messages from a stream sequence on, in order, through a
+consumer of its own that lives only as long as the pass: no position is kept in the stream's
+consumer, so the only position there is the one committed with the counts (the same rule as
+data1's byte offset, kept in data2). The consumer delivers without acknowledgements: nothing
+is ever redelivered, and nothing depends on JetStream's consumer state.
+"""
+
+import os
+
+from nats.js import api
+
+from storage.layout import STREAM, partition_subject
+from storage.nats_link import UNAVAILABLE
+
+# Messages asked for per fetch, and how long one fetch may wait for them (they are stored:
+# only a dead node or a leader election makes one wait).
+FETCH_MESSAGES = 64
+FETCH_TIMEOUT = 5.0
+
+
+class StreamReader:
+    def __init__(self, link, partition):
+        self.link = link
+        self.partition = partition
+        self.subject = partition_subject(partition)
+
+    def messages(self, after):
+        """Yield (payload, stream sequence) for the partition's messages after sequence
+        `after`, in order: every one stored when the call began (at least).
+
+        Raises what the link raises (storage/nats_link.UNAVAILABLE) if the cluster cannot
+        answer; what was yielded before stays valid.
+        """
+        name = f"worker-{self.partition}-{os.urandom(4).hex()}"
+        subscription, pending = self.link.call(self._open(name, after), FETCH_TIMEOUT)
+        try:
+            while pending > 0:
+                batch = self.link.call(
+                    subscription.fetch(min(FETCH_MESSAGES, pending), timeout=FETCH_TIMEOUT),
+                    FETCH_TIMEOUT + 1,
+                )
+                for message in batch:
+                    pending -= 1
+                    yield message.data, message.metadata.sequence.stream
+        finally:
+            try:
+                self.link.call(self._close(subscription, name), FETCH_TIMEOUT)
+            except UNAVAILABLE:
+                pass  # the server removes an idle consumer by itself (inactive_threshold)
+
+    async def _open(self, name, after):
+        info = await self.link.js.add_consumer(STREAM, api.ConsumerConfig(
+            name=name,
+            filter_subject=self.subject,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=after + 1,
+            ack_policy=api.AckPolicy.NONE,
+            mem_storage=True,
+            num_replicas=1,
+            # Should the worker die, the server removes the consumer by itself.
+            inactive_threshold=30.0,
+        ))
+        subscription = await self.link.js.pull_subscribe_bind(
+            durable=None, stream=STREAM, name=name)
+        return subscription, info.num_pending
+
+    async def _close(self, subscription, name):
+        await subscription.unsubscribe()
+        await self.link.js.delete_consumer(STREAM, name)

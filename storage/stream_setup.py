@@ -1,0 +1,171 @@
+"""The stream and the checkpoint bucket: created if missing, checked if present (cluster mode).
+
+Every ingest node and worker calls ensure() at start, so any of them may be first, and two
+starting at once both succeed (JetStream's create is idempotent for an identical config).
+A stream or bucket that exists with different settings is never changed here: changing
+replicas or limits under live data is an operator's decision. It is a SetupMismatch naming
+each difference, and the program exits with the "bad setup" code.
+"""
+
+import time
+
+from nats.js import api
+from nats.js.errors import BadRequestError, NotFoundError
+
+from storage import process
+from storage.layout import CHECKPOINT_BUCKET, STREAM, SUBJECT_PREFIX
+from storage.nats_link import UNAVAILABLE, Link
+
+# The largest message: one group commit of ids (an ingest node cuts its messages below this).
+MAX_MESSAGE_BYTES = 1024 * 1024
+# The largest checkpoint value: about 20 bytes per experience, so some 400,000 experiences per
+# partition. The servers' max_payload (cluster/nats.conf) must be at least this.
+MAX_CHECKPOINT_BYTES = 8 * 1024 * 1024
+# A publish retried with the same Nats-Msg-Id within this window is stored once. It must be
+# longer than an ingest node's longest retry (settings.publish_timeout, at most 60 s).
+DUPLICATE_WINDOW_SECONDS = 120.0
+# Each checkpoint key keeps its last commits: who committed which revision after which, for an
+# operator (and the tests) to audit that no two workers ever committed from the same revision.
+CHECKPOINT_HISTORY = 64
+
+
+class SetupMismatch(Exception):
+    """The stream or the bucket exists with settings other than the ones this cluster needs."""
+
+
+def stream_config(replicas):
+    return api.StreamConfig(
+        name=STREAM,
+        subjects=[SUBJECT_PREFIX + "*"],
+        storage=api.StorageType.FILE,
+        num_replicas=replicas,
+        retention=api.RetentionPolicy.LIMITS,
+        # No limit may ever remove an event the checkpoints have not counted: keep them all.
+        max_msgs=-1,
+        max_bytes=-1,
+        max_age=0,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        max_msg_size=MAX_MESSAGE_BYTES,
+    )
+
+
+def bucket_config(replicas):
+    return api.KeyValueConfig(
+        bucket=CHECKPOINT_BUCKET,
+        storage=api.StorageType.FILE,
+        replicas=replicas,
+        history=CHECKPOINT_HISTORY,
+        max_value_size=MAX_CHECKPOINT_BYTES,
+        # Reads answered by any replica: the ingest's read side keeps serving the counts
+        # while the bucket elects a leader.
+        direct=True,
+    )
+
+
+# How long a starting program waits for JetStream to answer (a cluster starting at the same
+# time elects its meta leader in a few seconds) before it exits to be restarted.
+READY_TIMEOUT = 30.0
+
+
+def connect(servers, name, replicas, log):
+    """A Link to the cluster, with the stream and the bucket created or checked; or None and
+    the exit code a program should exit with, after one log line saying why."""
+    try:
+        link = Link(servers, name)
+    except UNAVAILABLE as error:
+        log.error("no NATS server answered at %s (%s); exiting", ",".join(servers),
+                  type(error).__name__)
+        return None, process.paced(process.EXIT_FAILED)
+    deadline = time.monotonic() + READY_TIMEOUT
+    waiting_logged = False
+    while True:
+        try:
+            link.call(ensure(link.js, replicas), READY_TIMEOUT)
+            return link, None
+        except SetupMismatch as mismatch:
+            log.critical("%s; exiting", mismatch)
+            link.close()
+            return None, process.paced(process.EXIT_BAD_SETUP)
+        except UNAVAILABLE as error:
+            problem = f"{type(error).__name__}: {error}".rstrip(": ")
+            if time.monotonic() > deadline:
+                log.error("JetStream did not answer for %g s (%s); exiting", READY_TIMEOUT,
+                          problem)
+                link.close()
+                return None, process.paced(process.EXIT_FAILED)
+            if not waiting_logged:
+                log.info("waiting for JetStream to answer (%s)", problem)
+                waiting_logged = True
+            time.sleep(0.5)
+
+
+# (what the setting means, its name in JetStream's stream config)
+_CHECKED_STREAM = [
+    ("subjects", "subjects"),
+    ("storage", "storage"),
+    ("replicas", "num_replicas"),
+    ("retention", "retention"),
+    ("max messages", "max_msgs"),
+    ("max bytes", "max_bytes"),
+    ("max age", "max_age"),
+    ("duplicate window", "duplicate_window"),
+    ("max message size", "max_msg_size"),
+]
+_CHECKED_BUCKET = [
+    ("storage", "storage"),
+    ("replicas", "num_replicas"),
+    ("history", "max_msgs_per_subject"),
+    ("max value size", "max_msg_size"),
+    ("direct reads", "allow_direct"),
+]
+
+
+async def ensure(js, replicas):
+    """Create the stream and the checkpoint bucket, or check the existing ones. Raises
+    SetupMismatch naming every difference, or what NATS raised if it cannot answer."""
+    wanted = stream_config(replicas)
+    try:
+        await js.add_stream(wanted)
+    except BadRequestError:
+        pass  # exists with another config: the check below names the differences
+    info = await js.stream_info(STREAM)
+    _compare(f"stream {STREAM}", info.config, wanted, _CHECKED_STREAM)
+
+    bucket = bucket_config(replicas)
+    try:
+        await js.key_value(CHECKPOINT_BUCKET)
+    except NotFoundError:
+        try:
+            await js.create_key_value(bucket)
+        except BadRequestError:
+            pass  # created meanwhile by another node, perhaps otherwise: checked below
+    info = await js.stream_info(f"KV_{CHECKPOINT_BUCKET}")
+    wanted_kv = api.StreamConfig(
+        storage=bucket.storage,
+        num_replicas=bucket.replicas,
+        max_msgs_per_subject=bucket.history,
+        max_msg_size=bucket.max_value_size,
+        allow_direct=bucket.direct,
+    )
+    _compare(f"key-value bucket {CHECKPOINT_BUCKET}", info.config, wanted_kv, _CHECKED_BUCKET)
+
+
+def _compare(what, found, wanted, checked):
+    differences = [
+        f"{meaning} is {getattr(found, name)!r}, not {getattr(wanted, name)!r}"
+        for meaning, name in checked
+        if _normal(getattr(found, name)) != _normal(getattr(wanted, name))
+    ]
+    if differences:
+        raise SetupMismatch(
+            f"{what} exists with other settings than this cluster needs: "
+            f"{'; '.join(differences)}. It is left as it is: change it (or the "
+            "MINI_ANALYTICS_REPLICAS setting) deliberately, e.g. with the nats CLI"
+        )
+
+
+def _normal(value):
+    # The server reports "no limit" as -1 or 0 depending on the field, and durations as floats.
+    if value in (None, 0, -1, 0.0, False):
+        return None
+    return value.value if hasattr(value, "value") else value

@@ -1,0 +1,93 @@
+"""A real local cluster for tests: the shipped cluster/supervisord.conf (3 nats-server nodes
+from the venv, 2 ingest nodes, 2 workers) on a copy of the code, on ports of its own."""
+
+import json
+import random
+import socket
+import urllib.request
+
+from http_client import answers_http, request, wait_for
+from processes import Supervisor
+
+# As supervisorctl names them: group:process.
+PROGRAMS = ("nats:nats-1", "nats:nats-2", "nats:nats-3", "ingest:ingest-1", "ingest:ingest-2",
+            "worker:worker-1", "worker:worker-2")
+# The ports cluster/run derives from the base.
+PORT_OFFSETS = (1, 2, 3, 11, 12, 13, 21, 22, 23, 80, 81)
+
+
+def free_port_base():
+    """A base whose every cluster port is free now."""
+    for _ in range(200):
+        base = random.randrange(20000, 60000, 100)
+        sockets = []
+        try:
+            for offset in PORT_OFFSETS:
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise AssertionError("no free port range for a cluster")
+
+
+class Cluster(Supervisor):
+    def __init__(self, root, **settings):
+        self.base = free_port_base()
+        super().__init__(root, self.base + 80, cluster_port_base=self.base, **settings)
+        self.conf = root / "cluster" / "supervisord.conf"
+
+    @property
+    def servers(self):
+        return [f"nats://127.0.0.1:{self.base + n}" for n in (1, 2, 3)]
+
+    def ingest_port(self, n):
+        return self.base + 79 + n
+
+    def start(self, wait=True):
+        super().start(wait=False)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout=60):
+        wait_for(lambda: all(self.status().get(name) == "RUNNING" for name in PROGRAMS),
+                 timeout, what="every program RUNNING")
+        for n in (1, 2):
+            wait_for(lambda: answers_http(self.ingest_port(n)), timeout,
+                     what=f"ingest-{n} to answer HTTP")
+        wait_for(lambda: request(self.ingest_port(1), "GET", "/healthz")[0] == 200, timeout,
+                 what="/healthz to answer 200 (a stream leader; both workers answering)")
+
+    def stop(self):
+        for name in PROGRAMS:  # remembered, so that stop() can make sure none outlives it
+            self.pid(name)
+        super().stop()
+
+    def monitor(self, n, path):
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.base + 20 + n}{path}",
+                                    timeout=5) as answer:
+            return json.load(answer)
+
+    def stream_leader(self):
+        """The name of the stream's leader node (nats-N), or None while there is none."""
+        for n in (1, 2, 3):
+            try:
+                info = self.monitor(n, "/jsz?streams=true")
+            except OSError:
+                continue
+            for account in info.get("account_details", []):
+                for stream in account.get("stream_detail", []):
+                    if stream["name"] == "MINI_ANALYTICS":
+                        leader = stream.get("cluster", {}).get("leader")
+                        if leader:
+                            return leader
+        return None
+
+    def counts(self, n=1):
+        status, body = request(self.ingest_port(n), "GET", "/counts")
+        assert status == 200, body
+        return body
