@@ -68,8 +68,9 @@ class Cluster(Supervisor):
         super().stop()
 
     def monitor(self, n, path):
+        # A short timeout: a paused (SIGSTOPped) node accepts the connection, never answers.
         with urllib.request.urlopen(f"http://127.0.0.1:{self.base + 20 + n}{path}",
-                                    timeout=5) as answer:
+                                    timeout=1) as answer:
             return json.load(answer)
 
     def stream_leader(self):

@@ -2,14 +2,21 @@
 example through both ingest nodes, fencing, a whole-cluster restart, and the worker's commit
 crashing on either side of its compare-and-set."""
 
+import contextlib
+import os
+import shutil
+import signal
 import subprocess
 import sys
 
 import pytest
 
-from cluster_harness import Cluster
+from cluster_harness import PROGRAMS, Cluster
 from http_client import post, request, wait_for
 from processes import copy_of_the_code, short_temp_dir
+from storage.nats_link import Link
+from storage.stream_checkpoint_store import history, read_latest
+from worker.stream_runner import StreamWorker
 
 pytestmark = pytest.mark.cluster
 
@@ -29,8 +36,16 @@ def cluster():
     yield start
     for node in started:
         node.stop()
-    import shutil
     shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def link_to(node):
+    link = Link(node.servers, "test")
+    try:
+        yield link
+    finally:
+        link.close()
 
 
 def counted(node, expected, n=1):
@@ -86,3 +101,96 @@ def test_a_missing_worker_fails_healthz_naming_it(cluster):
     node.ctl("start", "worker:worker-2")
     wait_for(lambda: request(node.ingest_port(1), "GET", "/healthz")[0] == 200, 30,
              what="/healthz ok again")
+
+
+def test_a_second_worker_on_a_partition_is_fenced_and_the_counts_stay_exact(cluster, procs):
+    node = cluster(interval=0.05)
+    settings = {**node.env, "MINI_ANALYTICS_CLUSTER": ",".join(node.servers),
+                "MINI_ANALYTICS_PARTITIONS": "p1", "MINI_ANALYTICS_INTERVAL": "0.05",
+                "MINI_ANALYTICS_STATE_DIR": str(procs.log_dir / "second-worker")}
+    second = procs.spawn([sys.executable, "-m", "worker"], settings, "second-worker")
+    shipped_log = node.root / "state" / "cluster" / "worker-1" / "logs" / "worker.log"
+    sent = []
+
+    def fenced_somewhere():
+        sent.append(1000 + len(sent))
+        assert post(node.ingest_port(1), {"experienceID": sent[-1]})[0] == 202
+        logs = second.log_path.read_text() + (shipped_log.read_text() if shipped_log.exists()
+                                              else "")
+        return "FENCED" in logs
+
+    wait_for(fenced_somewhere, 60, what="one of the two workers to be fenced")
+    second.kill()
+    second.wait()
+    counted(node, {str(i): 1 for i in sent})
+    with link_to(node) as link:
+        chain = history(link, "p1")
+    # Every commit replaced the one just before it: never two commits from one revision.
+    for (revision, _, _, _), (_, before, _, _) in zip(chain, chain[1:]):
+        assert before == revision, chain
+
+
+def test_the_whole_cluster_killed_at_once_resumes_exactly(cluster):
+    node = cluster(interval=0.2)
+    sent = []
+    for i in range(40):
+        assert post(node.ingest_port(1 + i % 2), {"experienceID": i})[0] == 202
+        sent.append(i)
+    counted(node, {str(i): 1 for i in sent})
+    pids = {name: node.pid(name) for name in PROGRAMS}
+    for pid in pids.values():
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: all(node.pid(name) not in (None, pids[name]) for name in PROGRAMS), 60,
+             what="every program restarted by supervisord")
+    node.wait_ready()
+    for i in range(40, 80):
+        assert post(node.ingest_port(1 + i % 2), {"experienceID": i})[0] == 202
+        sent.append(i)
+    for n in (1, 2):
+        counted(node, {str(i): 1 for i in sent}, n)
+
+
+class Crash(Exception):
+    """Stands for the process dying: the worker object is dropped with all it held."""
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_worker_crashing_around_its_compare_and_set_loses_and_repeats_nothing(cluster, when):
+    node = cluster(interval=0.2)
+    node.ctl("stop", "worker:worker-1")  # partition p1 is this test's to count
+    ids = [11, 12, 12, 13]
+    for experience in ids:
+        assert post(node.ingest_port(1), {"experienceID": experience})[0] == 202
+    with link_to(node) as link:
+        crashing = StreamWorker(link, ["p1"], owner="crashing")
+        crashing.recover()
+        store = crashing.partitions[0].store
+        real_commit = store.commit
+
+        def commit(checkpoint):
+            if when == "before":
+                raise Crash
+            real_commit(checkpoint)
+            raise Crash
+
+        store.commit = commit
+        with pytest.raises(Crash):
+            crashing.run_pass()
+        committed = read_latest(link, ["p1"]).get("p1")
+        if when == "before":
+            assert committed is None
+        else:
+            assert committed[0].counts == {11: 1, 12: 2, 13: 1}
+
+        restarted = StreamWorker(link, ["p1"], owner="restarted")
+        restarted.recover()
+        restarted.run_pass()
+        checkpoint, _ = read_latest(link, ["p1"])["p1"]
+        assert checkpoint.counts == {11: 1, 12: 2, 13: 1}
+        assert checkpoint.messages == 4 and checkpoint.owner == (
+            "restarted" if when == "before" else "crashing")
+        # More events: counted once more each, from where the commit left off.
+        assert post(node.ingest_port(1), {"experienceID": 11})[0] == 202
+        restarted.run_pass()
+        checkpoint, _ = read_latest(link, ["p1"])["p1"]
+        assert checkpoint.counts == {11: 2, 12: 2, 13: 1}

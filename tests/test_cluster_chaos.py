@@ -1,0 +1,173 @@
+"""Cluster mode under chaos, with a ledger: clients post single events and batches to both
+ingest nodes while a chaos loop SIGKILLs, in turn, the stream's leader node, a follower node,
+an ingest node and a worker, and SIGSTOPs a NATS node for a few seconds (a long GC pause, a
+network stall). supervisord restarts whatever was killed, as in production.
+
+Afterwards: every 202 is counted exactly once, every unknown at most once, every refusal never,
+nothing is counted that was never sent; each partition's checkpoint equals a recount of its
+messages in the stream; and each partition's commits form one chain of revisions (no two
+owners ever committed from the same revision). Meanwhile a watcher checks that no checkpoint
+ever goes backwards."""
+
+import os
+import random
+import signal
+import threading
+import time
+
+import pytest
+
+from http_client import request, wait_for
+from ledger import Posters, check_ledgers
+from storage.layout import SUBJECT_PREFIX
+from storage.nats_link import UNAVAILABLE, Link
+from storage.stream_checkpoint_store import history, read_latest
+from storage.stream_reader import StreamReader
+from test_cluster import cluster, link_to  # noqa: F401 - the fixture
+from worker.tally import Tally
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+DURATION = 45
+PAUSE_SECONDS = 3
+ACTIONS = ("leader", "follower", "ingest", "worker", "pause")
+
+
+class Watcher:
+    """Polls the stream's leader and the checkpoints while the chaos runs: counts leader
+    changes, and fails if a checkpoint ever goes backwards."""
+
+    def __init__(self, node):
+        self.node = node
+        self.leaders = []
+        self.observations = 0
+        self.failures = []
+        self._stopping = threading.Event()
+        self._threads = [threading.Thread(target=self._watch_leader, daemon=True),
+                         threading.Thread(target=self._watch_checkpoints, daemon=True)]
+
+    def __enter__(self):
+        self.link = Link(self.node.servers, "chaos watcher")
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self.link.close()
+        assert not self.failures, self.failures[:3]
+
+    def _watch_leader(self):
+        while not self._stopping.wait(0.1):
+            leader = self.node.stream_leader()
+            if leader and (not self.leaders or self.leaders[-1] != leader):
+                self.leaders.append(leader)
+
+    def _watch_checkpoints(self):
+        seen = {}
+        while not self._stopping.wait(0.2):
+            try:
+                latest = read_latest(self.link, ["p1", "p2"])
+            except UNAVAILABLE:
+                continue  # a node is down or paused: nothing to observe this time
+            for name, (checkpoint, revision) in latest.items():
+                before = seen.get(name)
+                if before and (revision < before[1] or checkpoint.offset < before[0].offset
+                               or any(checkpoint.counts.get(k, 0) < v
+                                      for k, v in before[0].counts.items())):
+                    self.failures.append(f"{name} went backwards: revision {before[1]} -> "
+                                         f"{revision}, sequence {before[0].offset} -> "
+                                         f"{checkpoint.offset}")
+                seen[name] = (checkpoint, revision)
+                self.observations += 1
+
+
+def healthy(node):
+    """Every program running, the stream led, every replica current, both workers there."""
+    states = node.status()
+    if len(states) != 7 or any(state != "RUNNING" for state in states.values()):
+        return False
+    try:
+        status, stats = request(node.ingest_port(1), "GET", "/stats", timeout=5)
+    except OSError:
+        return False
+    return (status == 200 and stats["stream"]["leader"]
+            and all(peer["current"] for peer in stats["stream"]["replicas"])
+            and all(entry["worker"]["state"] == "running" for entry in stats["partitions"]))
+
+
+def recount(link, partition):
+    """The partition's counts, recounted from its messages in the stream."""
+    tally, counts = Tally(), {}
+    for payload, _ in StreamReader(link, partition).messages(0):
+        tally.add(payload)
+    tally.drain_into(counts)
+    return counts
+
+
+def test_chaos_on_the_cluster_with_a_ledger(cluster):  # noqa: F811
+    rng = random.Random()
+    node = cluster(interval=0.2)
+    one, two = node.ingest_port(1), node.ingest_port(2)
+    posters = [Posters(one, 3), Posters(two, 3, first_id=10**9),
+               Posters(one, 1, batch_size=20, first_id=2 * 10**9),
+               Posters(two, 1, batch_size=20, first_id=3 * 10**9)]
+    done = {action: 0 for action in ACTIONS}
+    with Watcher(node) as watcher:
+        for poster in posters:
+            poster.__enter__()
+        try:
+            deadline = time.monotonic() + DURATION
+            turn = 0
+            while time.monotonic() < deadline or turn < len(ACTIONS):
+                wait_for(lambda: healthy(node), 60, what="the cluster healthy again")
+                action = ACTIONS[turn % len(ACTIONS)]
+                turn += 1
+                leader = wait_for(node.stream_leader, 30, what="a stream leader")
+                followers = [f"nats-{n}" for n in (1, 2, 3) if f"nats-{n}" != leader]
+                time.sleep(rng.uniform(0.0, 1.0))  # a random moment under load
+                if action == "leader":
+                    os.kill(node.pid(f"nats:{leader}"), signal.SIGKILL)
+                elif action == "follower":
+                    os.kill(node.pid(f"nats:{rng.choice(followers)}"), signal.SIGKILL)
+                elif action in ("ingest", "worker"):
+                    os.kill(node.pid(f"{action}:{action}-{rng.choice((1, 2))}"), signal.SIGKILL)
+                else:
+                    # The leader, half the time: a paused leader is the hard case (it wakes
+                    # up believing it still leads).
+                    paused = node.pid(f"nats:{rng.choice((leader, rng.choice(followers)))}")
+                    os.kill(paused, signal.SIGSTOP)
+                    time.sleep(PAUSE_SECONDS)  # the pause itself is what is tested
+                    os.kill(paused, signal.SIGCONT)
+                done[action] += 1
+            wait_for(lambda: healthy(node), 60, what="the cluster healthy after the chaos")
+            acked = [len(poster.acked) for poster in posters]
+            wait_for(lambda: all(len(p.acked) > n for p, n in zip(posters, acked)), 30,
+                     what="acknowledgements after the chaos")
+        finally:
+            for poster in posters:
+                poster.__exit__(None, None, None)
+
+    def caught_up():
+        status, stats = request(one, "GET", "/stats")
+        return status == 200 and stats["lag_messages"] == 0 and stats
+
+    wait_for(caught_up, 60, what="the workers to count every message")
+    counts = node.counts(2)["counts"]
+    check_ledgers(counts, *posters)
+    with link_to(node) as link:
+        for partition in ("p1", "p2"):
+            checkpoint, _ = read_latest(link, [partition])[partition]
+            assert checkpoint.counts == recount(link, partition)
+            chain = history(link, partition)
+            for (revision, _, _, _), (_, before, _, _) in zip(chain, chain[1:]):
+                assert before == revision, chain
+    acked = sum(len(poster.acked) for poster in posters)
+    unknown = sum(len(poster.unknown) for poster in posters)
+    print(f"\nchaos: {done}; leader changes seen: {len(watcher.leaders) - 1} "
+          f"({' -> '.join(watcher.leaders)}); {acked} events acknowledged, {unknown} unknown, "
+          f"{sum(len(p.refused) for p in posters)} refused; {watcher.observations} checkpoint "
+          f"observations; subjects {SUBJECT_PREFIX}p1, p2")
+    assert done["leader"] and done["pause"] and watcher.observations
