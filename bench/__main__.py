@@ -5,7 +5,8 @@ Each figure is a ratio against a baseline measured in the same run, so the numbe
 across machines; the absolute rates are printed too. Needs wrk (apt-get install wrk) and awk.
 
     python -m bench                 everything (about 5 minutes on 2 cores)
-    python -m bench ingest batch    only some parts: ingest, batch, catchup, series, checkpoint
+    python -m bench ingest batch    only some parts: ingest, batch, catchup, series, checkpoint,
+                                    cluster (bench/cluster.py)
 """
 
 import datetime
@@ -21,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.cluster import bench_cluster
+from bench.cluster import rows as cluster_rows
 from bench.harness import REPO, bare_server, ingest_server, run_wrk, scratch_dir, wrk_script
 from storage import settings
 from storage.checkpoint import EMPTY_FINGERPRINT, Checkpoint
@@ -328,9 +331,11 @@ def print_table(results):
                 print(f"{label:<{width}}  {results[f'{key}_ms']:.1f} / {results[f'{key}_max_ms']:.1f}")
         elif key in results:
             print(f"{label:<{width}}  {fmt.format(results[key])}")
+    for label, value in cluster_rows(results):
+        print(f"{label:<{width}}  {value}")
 
 
-PARTS = ("ingest", "batch", "catchup", "series", "checkpoint")
+PARTS = ("ingest", "batch", "catchup", "series", "checkpoint", "cluster")
 
 
 def main(argv):
@@ -350,6 +355,8 @@ def main(argv):
         results.update(bench_series())
     if "checkpoint" in parts:
         results.update(bench_checkpoint())
+    if "cluster" in parts:
+        results.update(bench_cluster(seconds))
     print_table(results)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -20,9 +20,11 @@ counts messages with the same code as data1's blocks. This module's guarantees:
 """
 
 import asyncio
+import collections
 import itertools
 import logging
 import os
+import threading
 
 from storage.layout import STREAM, partition_subject
 from storage.log_writer import AppendError
@@ -31,10 +33,25 @@ from storage.stream_setup import MAX_MESSAGE_BYTES
 
 log = logging.getLogger("ingest")
 
-IN_FLIGHT = 8
+# Messages in flight at once. Few: while they are, the appends arriving meanwhile gather into
+# the next message, so that under load each message carries many appends (measured in
+# bench/cluster.py; more in flight meant more, smaller messages and no more events/s).
+IN_FLIGHT = 2
 # One attempt's wait for an acknowledgement, and the pause before the next attempt.
 ATTEMPT_TIMEOUT = 2.0
 RETRY_PAUSE = 0.1
+
+
+class Group:
+    """Appends that go out in one message; every append in it waits for its outcome."""
+
+    def __init__(self):
+        self.records = []
+        self.size = 0
+        self.done = threading.Event()
+        # Until the publish is acknowledged: an interrupted publish must not read as success.
+        self.error = AppendError("the publish was interrupted; the events may or may not be "
+                                 "stored: at most once")
 
 
 class StreamLog:
@@ -47,9 +64,10 @@ class StreamLog:
         # partition, a random part, and a counter.
         self._writer_id = f"{partition}-{os.urandom(6).hex()}"
         self._numbers = itertools.count(1)
-        # Touched only on the link's loop: no lock needed.
-        self._waiting = []  # (records, future) not yet in a message
+        self._lock = threading.Lock()
+        self._waiting = collections.deque()  # Groups not yet published; appends join the last
         self._in_flight = 0
+        self._flush_scheduled = False
 
     def append(self, records):
         """Append `records` (complete records, see log_format.encode) to the partition.
@@ -57,45 +75,45 @@ class StreamLog:
         Returns once JetStream acknowledged them. Raises AppendError if it did not within
         the timeout (they may then be stored or not: at most once).
         """
-        try:
-            # A little longer than the publish's own deadline, which answers first.
-            self.link.call(self._append(records), self.timeout + 5)
-        except UNAVAILABLE as error:
-            raise AppendError(f"NATS did not answer: {error or type(error).__name__}") from None
-
-    async def _append(self, records):
-        done = self.link.loop.create_future()
-        self._waiting.append((records, done))
-        self._start_publishes()
-        await done
+        with self._lock:
+            group = self._waiting[-1] if self._waiting else None
+            if group is None or (group.size and group.size + len(records) > MAX_MESSAGE_BYTES):
+                group = Group()
+                self._waiting.append(group)
+            group.records.append(records)
+            group.size += len(records)
+            # One wake-up of the loop per batch of appends, not one per append.
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self.link.loop.call_soon_threadsafe(self._start_publishes)
+        # The publish gives up at its own deadline; this margin only covers a loop that died.
+        if not group.done.wait(self.timeout + 5):
+            raise AppendError("NATS did not answer: the publish never completed")
+        if group.error:
+            raise group.error
 
     def _start_publishes(self):
-        while self._waiting and self._in_flight < IN_FLIGHT:
-            size, taken = 0, 0
-            for records, _ in self._waiting:
-                if taken and size + len(records) > MAX_MESSAGE_BYTES:
-                    break
-                size += len(records)
-                taken += 1
-            group, self._waiting = self._waiting[:taken], self._waiting[taken:]
-            self._in_flight += 1
+        """On the link's loop: publish waiting groups while fewer than IN_FLIGHT are out."""
+        with self._lock:
+            self._flush_scheduled = False
+            starting = []
+            while self._waiting and self._in_flight < IN_FLIGHT:
+                starting.append(self._waiting.popleft())
+                self._in_flight += 1
+        for group in starting:
             self.link.loop.create_task(self._publish(group))
 
     async def _publish(self, group):
-        payload = b"".join(records for records, _ in group)
         message_id = f"{self._writer_id}-{next(self._numbers)}"
         try:
-            await self._publish_until_acknowledged(payload, message_id)
+            await self._publish_until_acknowledged(b"".join(group.records), message_id)
+            group.error = None
         except AppendError as error:
-            for _, done in group:
-                if not done.done():
-                    done.set_exception(error)
-        else:
-            for _, done in group:
-                if not done.done():
-                    done.set_result(None)
+            group.error = error
         finally:
-            self._in_flight -= 1
+            group.done.set()
+            with self._lock:
+                self._in_flight -= 1
             self._start_publishes()
 
     async def _publish_until_acknowledged(self, payload, message_id):

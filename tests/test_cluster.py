@@ -14,6 +14,7 @@ import pytest
 from cluster_harness import PROGRAMS, Cluster
 from http_client import post, request, wait_for
 from processes import copy_of_the_code, short_temp_dir
+from test_dashboard import CHROMIUM, Page, chromium, screenshot
 from storage.nats_link import Link
 from storage.stream_checkpoint_store import history, read_latest
 from worker.stream_runner import StreamWorker
@@ -194,3 +195,53 @@ def test_a_worker_crashing_around_its_compare_and_set_loses_and_repeats_nothing(
         restarted.run_pass()
         checkpoint, _ = read_latest(link, ["p1"])["p1"]
         assert checkpoint.counts == {11: 2, 12: 2, 13: 1}
+
+
+def test_without_a_quorum_writes_get_503_and_healthz_names_it(cluster):
+    node = cluster(interval=0.2, publish_timeout=1)
+    assert post(node.ingest_port(1), {"experienceID": 1})[0] == 202
+    counted(node, {"1": 1})
+    node.ctl("stop", "nats:nats-2", "nats:nats-3")  # one node of three: no majority
+    status, body = post(node.ingest_port(1), {"experienceID": 2})
+    assert status == 503 and "did not acknowledge" in body["error"], body
+    status, body = request(node.ingest_port(2), "GET", "/healthz")
+    assert status == 503 and "no majority" in body["error"], body
+    node.ctl("start", "nats:nats-2", "nats:nats-3")
+    node.wait_ready()
+    assert post(node.ingest_port(2), {"experienceID": 3})[0] == 202
+    # The refused event is not counted; a 503 is "unknown" in general (at most once), and
+    # here no majority ever stored it.
+    counted(node, {"1": 1, "3": 1})
+
+
+def test_a_stream_set_up_otherwise_is_a_clear_error_and_left_alone(cluster, tmp_path):
+    node = cluster()
+    env = {**node.env, "MINI_ANALYTICS_CLUSTER": ",".join(node.servers),
+           "MINI_ANALYTICS_PARTITION": "p9", "MINI_ANALYTICS_REPLICAS": "1",
+           "MINI_ANALYTICS_STATE_DIR": str(tmp_path)}
+    started = subprocess.run([sys.executable, "-m", "app"], env=env, cwd=node.root,
+                             capture_output=True, text=True, timeout=120)
+    assert started.returncode == 2, started.stderr
+    assert "stream MINI_ANALYTICS exists with other settings" in started.stderr
+    assert "replicas is 3, not 1" in started.stderr
+    _, stats = request(node.ingest_port(1), "GET", "/stats")
+    assert len(stats["stream"]["replicas"]) == 2  # still three copies
+
+
+@pytest.mark.skipif(not CHROMIUM and not os.environ.get("CI"), reason="needs chromium")
+def test_the_dashboard_in_cluster_mode(cluster, tmp_path):
+    node = cluster(interval=0.2)
+    for n, experience in ((1, 7), (2, 7), (2, 8)):
+        assert post(node.ingest_port(n), {"experienceID": experience})[0] == 202
+    counted(node, {"7": 2, "8": 1})
+    url = f"http://127.0.0.1:{node.ingest_port(2)}/"
+    page = Page(chromium(tmp_path, "--dump-dom", url))
+    assert page.by_id["total-events"] == "3"
+    assert page.by_id["lag"] == "0"
+    assert "messages" in page.by_id["lag-note"]
+    assert page.by_id["worker-state"] == "running"
+    assert "cluster mode" in page.by_id["timeline-note"]
+    assert page.by_id["stream-note"].startswith("stream leader nats-")
+    assert [row[:3] for row in page.tables["partition-rows"]] == [
+        ["p1", "running", "0"], ["p2", "running", "0"]]
+    screenshot(tmp_path, url, "dashboard-cluster.png", 1200, 1000)

@@ -42,19 +42,21 @@ def chromium(tmp_path, *args, budget_ms=5000):
 
 
 class Page(html.parser.HTMLParser):
-    """Text by element id, the table's rows and the chart's bars, from the rendered DOM."""
+    """Text by element id, each table body's rows (by its id; `rows`: the counts table's) and
+    the chart's bars, from the rendered DOM."""
 
     def __init__(self, dom):
         super().__init__()
-        self.by_id, self.rows, self.bars = {}, [], []
-        self._open_ids, self._in_tbody, self._row = [], False, None
+        self.by_id, self.tables, self.bars = {}, collections.defaultdict(list), []
+        self._open_ids, self._in_tbody, self._row = [], None, None
         self.feed(dom)
+        self.rows = self.tables["counts"]
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         self._open_ids.append(attrs.get("id"))
-        if attrs.get("id") == "counts":
-            self._in_tbody = True
+        if tag == "tbody":
+            self._in_tbody = attrs.get("id")
         if self._in_tbody and tag == "tr":
             self._row = []
         if "bar-row" in (attrs.get("class") or ""):
@@ -64,10 +66,10 @@ class Page(html.parser.HTMLParser):
         if self._open_ids:
             self._open_ids.pop()
         if tag == "tr" and self._row is not None:
-            self.rows.append(self._row)
+            self.tables[self._in_tbody].append(self._row)
             self._row = None
         if tag == "tbody":
-            self._in_tbody = False
+            self._in_tbody = None
 
     def handle_data(self, data):
         if self._open_ids and self._open_ids[-1]:

@@ -1,0 +1,266 @@
+"""`python -m bench cluster`: cluster mode against the single machine and against raw nats-py,
+in one run on one machine.
+
+A local cluster (cluster/supervisord.conf: 3 NATS nodes, 2 ingest nodes, 2 workers) runs on a
+copy of the code under bench/scratch/, on ports of its own. The workers are stopped while the
+ingest is measured (as the single-machine ingest is measured without its worker), then
+started to time their catch-up on the backlog the measurements left.
+
+    ingest     acknowledged single events/s and batched events/s (batches of 100) through 1
+               and through 2 ingest nodes (a wrk per node), beside the single machine
+               (fsync on) and beside raw nats-py publishing the same messages with the same
+               concurrency: the engine's own limit
+    cores      the CPU each process used during the 2-node single-event run
+    catch-up   the workers counting the stream from nothing: messages/s and events/s
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+from bench.harness import REPO, ingest_server, run_wrk, scratch_dir, wrk_script
+
+BIN = os.path.dirname(sys.executable)
+CONNECTIONS = 16  # per ingest node, as in the single-machine bench
+BATCH = 100
+PROGRAMS = ("nats:nats-1", "nats:nats-2", "nats:nats-3", "ingest:ingest-1", "ingest:ingest-2")
+
+
+def free_base():
+    for base in range(21000, 60000, 100):
+        try:
+            for offset in (1, 2, 3, 11, 12, 13, 21, 22, 23, 80, 81):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free port range")
+
+
+class LocalCluster:
+    def __init__(self, root, base, env):
+        self.root, self.base, self.env = root, base, env
+        self.conf = root / "cluster" / "supervisord.conf"
+
+    def ctl(self, *args):
+        return subprocess.run([os.path.join(BIN, "supervisorctl"), "-c", str(self.conf), *args],
+                              env=self.env, capture_output=True, text=True, timeout=60).stdout
+
+    def port(self, n):
+        return self.base + 79 + n
+
+    @property
+    def servers(self):
+        return [f"nats://127.0.0.1:{self.base + n}" for n in (1, 2, 3)]
+
+    def get(self, n, path):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port(n)}{path}", timeout=10) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as error:
+            return error.code, json.load(error)
+        except OSError:
+            return None, None
+
+    def wait(self, predicate, what, timeout=120):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"timed out waiting for {what}")
+            time.sleep(0.1)
+
+    def cpu_seconds(self):
+        """{program: CPU seconds it used so far}."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        used = {}
+        for name in PROGRAMS:
+            pid = self.ctl("pid", name).strip()
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            used[name.split(":")[1]] = (int(fields[11]) + int(fields[12])) / ticks
+        return used
+
+
+@contextlib.contextmanager
+def local_cluster():
+    root = scratch_dir()
+    for name in ("app", "storage", "worker", "cluster"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "state").mkdir()
+    base = free_base()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINI_ANALYTICS_")}
+    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", MINI_ANALYTICS_INTERVAL="1",
+               MINI_ANALYTICS_CLUSTER_PORT_BASE=str(base))
+    proc = subprocess.Popen([os.path.join(BIN, "supervisord"), "-c",
+                             str(root / "cluster" / "supervisord.conf")], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cluster = LocalCluster(root, base, env)
+    try:
+        cluster.wait(lambda: all(cluster.get(n, "/healthz")[0] == 200 for n in (1, 2)),
+                     "the cluster to be healthy")
+        yield cluster
+    finally:
+        cluster.ctl("shutdown")
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def wrk_on(ports, script, seconds):
+    """Run one wrk per port at the same time; the summed rate and the worst p99."""
+    results = [None] * len(ports)
+
+    def run(index, port):
+        results[index] = run_wrk(port, script, seconds=seconds, connections=CONNECTIONS)
+
+    threads = [threading.Thread(target=run, args=(i, p)) for i, p in enumerate(ports)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(r["rate"] for r in results), max(r["p99"] for r in results)
+
+
+def raw_publish(servers, ids_per_message, seconds, in_flight=CONNECTIONS):
+    """Messages/s raw nats-py acknowledges: `in_flight` publishers, each awaiting its ack,
+    each message `ids_per_message` ids with a Nats-Msg-Id (as the engine publishes)."""
+    import nats  # noqa: PLC0415 - cluster mode's dependency, imported only here
+
+    payload = b"".join(b"%d\n" % (12345 + i) for i in range(ids_per_message))
+
+    async def main():
+        nc = await nats.connect(servers=servers)
+        js = nc.jetstream(timeout=10)
+        done, stop_at = 0, time.monotonic() + seconds
+        prefix = os.urandom(4).hex()
+
+        async def publisher(index):
+            nonlocal done
+            number = 0
+            while time.monotonic() < stop_at:
+                number += 1
+                await js.publish("mini_analytics.events.raw", payload,
+                                 headers={"Nats-Msg-Id": f"raw-{prefix}-{index}-{number}"})
+                done += 1
+
+        started = time.monotonic()
+        await asyncio.gather(*(publisher(i) for i in range(in_flight)))
+        elapsed = time.monotonic() - started
+        await nc.close()
+        return done / elapsed
+
+    return asyncio.run(main())
+
+
+def bench_cluster(seconds):
+    results = {}
+    event = b'{"experienceID": 12345}'
+    batch = json.dumps({"batch": [{"experienceID": i % 997} for i in range(BATCH)]}).encode()
+    with wrk_script(event) as single_script, wrk_script(batch, "/batch") as batch_script:
+        with ingest_server(fsync=True) as (port, _):
+            run_wrk(port, single_script, seconds=1)
+            results["file_single_events_s"] = run_wrk(port, single_script, seconds)["rate"]
+            results["file_batched_events_s"] = run_wrk(port, batch_script, seconds)["rate"] * BATCH
+        with local_cluster() as cluster:
+            cluster.ctl("stop", "worker:*")
+            one, both = [cluster.port(1)], [cluster.port(1), cluster.port(2)]
+            wrk_on(both, single_script, 1)  # warm-up
+            results["cluster_1_node_single_events_s"], results["cluster_1_node_single_p99_ms"] = (
+                wrk_on(one, single_script, seconds))
+            before, started = cluster.cpu_seconds(), time.monotonic()
+            results["cluster_2_nodes_single_events_s"], results["cluster_2_nodes_single_p99_ms"] = (
+                wrk_on(both, single_script, seconds))
+            elapsed = time.monotonic() - started
+            after = cluster.cpu_seconds()
+            for name in after:
+                results[f"cores_used_{name}"] = (after[name] - before[name]) / elapsed
+            rate, _ = wrk_on(one, batch_script, seconds)
+            results["cluster_1_node_batched_events_s"] = rate * BATCH
+            rate, _ = wrk_on(both, batch_script, seconds)
+            results["cluster_2_nodes_batched_events_s"] = rate * BATCH
+            results["raw_nats_single_events_s"] = raw_publish(cluster.servers, 1, seconds)
+            results["raw_nats_batched_events_s"] = raw_publish(cluster.servers, BATCH,
+                                                               seconds) * BATCH
+            results.update(time_catchup(cluster))
+    results.update(
+        cluster_2_vs_1_node_single=results["cluster_2_nodes_single_events_s"]
+        / results["cluster_1_node_single_events_s"],
+        cluster_2_vs_1_node_batched=results["cluster_2_nodes_batched_events_s"]
+        / results["cluster_1_node_batched_events_s"],
+        cluster_batched_vs_raw=results["cluster_1_node_batched_events_s"]
+        / results["raw_nats_batched_events_s"],
+        cluster_single_vs_raw=results["cluster_1_node_single_events_s"]
+        / results["raw_nats_single_events_s"],
+        cluster_2_nodes_single_vs_file=results["cluster_2_nodes_single_events_s"]
+        / results["file_single_events_s"],
+        cluster_2_nodes_batched_vs_file=results["cluster_2_nodes_batched_events_s"]
+        / results["file_batched_events_s"],
+    )
+    return results
+
+
+def time_catchup(cluster):
+    """Start the workers on the backlog the measurements left; time them to lag 0."""
+    _, stats = cluster.get(1, "/stats")
+    messages = sum(p["stream_messages"] for p in stats["partitions"]
+                   if p["partition"] in ("p1", "p2"))
+    started = time.monotonic()
+    cluster.ctl("start", "worker:*")
+
+    def caught_up():
+        status, now = cluster.get(1, "/stats")
+        return status == 200 and all(p["lag_messages"] == 0 for p in now["partitions"]
+                                     if p["partition"] in ("p1", "p2"))
+
+    cluster.wait(caught_up, "the workers to catch up", timeout=600)
+    elapsed = time.monotonic() - started
+    _, counts = cluster.get(1, "/counts?top=1")
+    return {"catchup_stream_messages": messages, "catchup_stream_events": counts["events"],
+            "catchup_stream_s": elapsed, "catchup_stream_messages_s": messages / elapsed,
+            "catchup_stream_events_s": counts["events"] / elapsed}
+
+
+ROWS = [
+    ("Single machine, fsync on: single events/s", "file_single_events_s", "{:,.0f}"),
+    ("Single machine, fsync on: batched events/s (100 a batch)", "file_batched_events_s", "{:,.0f}"),
+    ("Cluster, 1 ingest node: single events/s", "cluster_1_node_single_events_s", "{:,.0f}"),
+    ("Cluster, 2 ingest nodes: single events/s", "cluster_2_nodes_single_events_s", "{:,.0f}"),
+    ("Cluster, 1 ingest node: batched events/s", "cluster_1_node_batched_events_s", "{:,.0f}"),
+    ("Cluster, 2 ingest nodes: batched events/s", "cluster_2_nodes_batched_events_s", "{:,.0f}"),
+    ("Raw nats-py, 16 in flight: 1 id a message (events/s)", "raw_nats_single_events_s", "{:,.0f}"),
+    ("Raw nats-py, 16 in flight: 100 ids a message (events/s)", "raw_nats_batched_events_s",
+     "{:,.0f}"),
+    ("  2 ingest nodes / 1, single events", "cluster_2_vs_1_node_single", "{:.2f}x"),
+    ("  2 ingest nodes / 1, batched events", "cluster_2_vs_1_node_batched", "{:.2f}x"),
+    ("  cluster batched / raw nats-py batched (1 node)", "cluster_batched_vs_raw", "{:.2f}"),
+    ("  cluster single / raw nats-py single (1 node)", "cluster_single_vs_raw", "{:.2f}"),
+    ("  cluster (2 nodes) / single machine, single events", "cluster_2_nodes_single_vs_file",
+     "{:.2f}"),
+    ("  cluster (2 nodes) / single machine, batched events", "cluster_2_nodes_batched_vs_file",
+     "{:.2f}"),
+    ("p99 latency, single events, 1 ingest node (ms)", "cluster_1_node_single_p99_ms", "{:.1f}"),
+    ("p99 latency, single events, 2 ingest nodes (ms)", "cluster_2_nodes_single_p99_ms",
+     "{:.1f}"),
+    ("Worker catch-up from the stream (messages/s)", "catchup_stream_messages_s", "{:,.0f}"),
+    ("Worker catch-up from the stream (events/s)", "catchup_stream_events_s", "{:,.0f}"),
+]
+
+
+def rows(results):
+    """(label, formatted value) for the bench's table, cores per process included."""
+    shown = [(label, fmt.format(results[key])) for label, key, fmt in ROWS if key in results]
+    for name in ("ingest-1", "ingest-2", "nats-1", "nats-2", "nats-3"):
+        key = f"cores_used_{name}"
+        if key in results:
+            shown.append((f"Cores used by {name}, 2 nodes, single events", f"{results[key]:.2f}"))
+    return shown
