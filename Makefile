@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 CTL := $(BIN)/supervisorctl -c supervisord.conf
 
-.PHONY: run status test bench
+.PHONY: run status test bench cluster cluster-status
 
 # A second `make run` says so plainly instead of supervisord's message about its socket. The
 # state folder is the running supervisord's own setting (its environment), not this shell's.
@@ -20,6 +20,22 @@ run: $(VENV)/installed
 
 status: $(VENV)/installed
 	@$(CTL) status; $(BIN)/python -m worker status
+
+# Cluster mode on this machine (README, "Cluster mode"): 3 NATS nodes, 2 ingest nodes, 2 workers.
+CLUSTER_CTL := $(BIN)/supervisorctl -c cluster/supervisord.conf
+CLUSTER_BASE := $${MINI_ANALYTICS_CLUSTER_PORT_BASE:-7000}
+
+cluster: $(VENV)/installed
+	@if pid=$$($(CLUSTER_CTL) pid 2>/dev/null); then \
+		echo "the local cluster is already running (supervisord pid $$pid); see: make cluster-status" >&2; \
+		exit 1; \
+	fi
+	$(BIN)/supervisord -c cluster/supervisord.conf
+
+cluster-status: $(VENV)/installed
+	@$(CLUSTER_CTL) status; base=$(CLUSTER_BASE); \
+	MINI_ANALYTICS_CLUSTER=nats://127.0.0.1:$$((base + 1)),nats://127.0.0.1:$$((base + 2)),nats://127.0.0.1:$$((base + 3)) \
+		$(BIN)/python -m worker status
 
 test: $(VENV)/installed
 	$(BIN)/python -m pytest

@@ -126,10 +126,11 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
     def post_batch():
         return accept(parse(validate.parse_batch, BATCH_BODY_LIMIT))
 
-    def committed():
-        """The latest counts; before the worker's first commit, empty ones."""
+    def committed(with_position=False):
+        """The latest counts (before the worker's first commit, empty ones); with
+        `with_position`, and where they stand in the log."""
         try:
-            return reads.committed()
+            return reads.committed_at() if with_position else reads.committed()
         except Unavailable as problem:
             raise HTTPError(503, str(problem)) from None
 
@@ -181,7 +182,11 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
         params = query_params()
         csv_wanted = wants_csv()
         ranged = "from" in params or "to" in params
-        checkpoint = counted_in_range(params) if ranged else committed()
+        if ranged:
+            checkpoint = counted_in_range(params)
+            position = {"offset": checkpoint.offset}
+        else:
+            checkpoint, position = committed(with_position=True)
         top = params.get("top")
         if top is None:
             items = sorted(checkpoint.counts.items())
@@ -193,7 +198,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
             return csv_body(["experienceID", "count"], items)
         document = {
             "counts": {str(key): value for key, value in items},
-            **(reads.position(checkpoint) if not ranged else {"offset": checkpoint.offset}),
+            **position,
             "events": checkpoint.events,
             "experiences": len(checkpoint.counts),
             "updated_at": checkpoint.updated_at or None,

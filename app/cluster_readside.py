@@ -32,6 +32,7 @@ class ClusterReadSide:
         self._partitions, self._partitions_at = [], -PARTITIONS_FRESH_SECONDS
         self._checkpoints = {}  # partition -> (Checkpoint, revision), the last read
         self._merged, self._merged_key = merge([]), ()
+        self._positions = {}  # partition -> sequence the merged counts reach
 
     def _partition_names(self):
         """The partitions the stream has messages for; the last known list while the stream
@@ -48,6 +49,9 @@ class ClusterReadSide:
         return self._partitions
 
     def committed(self):
+        return self.committed_at()[0]
+
+    def committed_at(self):
         with self._lock:
             try:
                 names = self._partition_names()
@@ -65,11 +69,9 @@ class ClusterReadSide:
             if key != self._merged_key:
                 self._merged = merge(checkpoint for checkpoint, _ in self._checkpoints.values())
                 self._merged_key = key
-            return self._merged
-
-    def position(self, checkpoint):
-        return {"partitions": {name: found.offset
-                               for name, (found, _) in sorted(self._checkpoints.items())}}
+                self._positions = {name: found.offset
+                                   for name, (found, _) in sorted(self._checkpoints.items())}
+            return self._merged, {"partitions": self._positions}
 
     def _state(self):
         try:

@@ -3,7 +3,8 @@ API serves them. One class per mode, with the same methods; app/api.py uses whic
 app/__main__.py gives it:
 
     committed()    the latest counts (a Checkpoint), merged over partitions in cluster mode
-    position(c)    where those counts stand in the log, for /counts
+    committed_at() the same, and where they stand in the log, for /counts: {"offset": n}, or
+                   {"partitions": {name: stream sequence}} in cluster mode
     stats()        the /stats document
     health()       None if the system is taking and counting events, else why not (for
                    /healthz), with the details to show
@@ -75,8 +76,9 @@ class FileReadSide:
         except CorruptCheckpoint as problem:
             raise Unavailable(f"data2 is unreadable ({problem}); the worker will rebuild it")
 
-    def position(self, checkpoint):
-        return {"offset": checkpoint.offset}
+    def committed_at(self):
+        checkpoint = self.committed()
+        return checkpoint, {"offset": checkpoint.offset}
 
     def _data1_size(self):
         return os.fstat(self.eventlog.fileno()).st_size  # the file itself: other writers too

@@ -86,7 +86,7 @@ def connect(servers, name, replicas, log):
             log.critical("%s; exiting", mismatch)
             link.close()
             return None, process.paced(process.EXIT_BAD_SETUP)
-        except UNAVAILABLE as error:
+        except (NotReady, *UNAVAILABLE) as error:
             problem = f"{type(error).__name__}: {error}".rstrip(": ")
             if time.monotonic() > deadline:
                 log.error("JetStream did not answer for %g s (%s); exiting", READY_TIMEOUT,
@@ -120,9 +120,15 @@ _CHECKED_BUCKET = [
 ]
 
 
+class NotReady(Exception):
+    """The stream or the bucket has no leader, or too few current replicas, to take writes."""
+
+
 async def ensure(js, replicas):
-    """Create the stream and the checkpoint bucket, or check the existing ones. Raises
-    SetupMismatch naming every difference, or what NATS raised if it cannot answer."""
+    """Create the stream and the checkpoint bucket, or check the existing ones, and check
+    that both can take writes now (a leader and a majority of current replicas: a cluster
+    that has just started may not have them yet). Raises SetupMismatch naming every
+    difference, NotReady, or what NATS raised if it cannot answer."""
     wanted = stream_config(replicas)
     try:
         await js.add_stream(wanted)
@@ -130,6 +136,7 @@ async def ensure(js, replicas):
         pass  # exists with another config: the check below names the differences
     info = await js.stream_info(STREAM)
     _compare(f"stream {STREAM}", info.config, wanted, _CHECKED_STREAM)
+    _check_ready(f"stream {STREAM}", info)
 
     bucket = bucket_config(replicas)
     try:
@@ -148,6 +155,18 @@ async def ensure(js, replicas):
         allow_direct=bucket.direct,
     )
     _compare(f"key-value bucket {CHECKPOINT_BUCKET}", info.config, wanted_kv, _CHECKED_BUCKET)
+    _check_ready(f"key-value bucket {CHECKPOINT_BUCKET}", info)
+
+
+def _check_ready(what, info):
+    cluster = info.cluster
+    if cluster is None:  # a single server, not clustered: its own leader
+        return
+    current = (1 if cluster.leader else 0) + sum(
+        1 for peer in cluster.replicas or [] if peer.current)
+    if not cluster.leader or 2 * current <= info.config.num_replicas:
+        raise NotReady(f"{what} has {'a leader' if cluster.leader else 'no leader'} and "
+                       f"{current} of {info.config.num_replicas} replicas current")
 
 
 def _compare(what, found, wanted, checked):

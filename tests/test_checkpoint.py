@@ -6,7 +6,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from storage.checkpoint import Checkpoint, CorruptCheckpoint, UnsupportedVersion, decode, encode
+from storage.checkpoint import (
+    Checkpoint,
+    CorruptCheckpoint,
+    UnsupportedVersion,
+    decode,
+    decode_partition,
+    encode,
+    encode_partition,
+    merge,
+)
 
 
 def test_encoding_is_json_with_numeric_key_order():
@@ -74,3 +83,45 @@ def test_age_is_measured_from_updated_at():
     now = datetime.datetime(2026, 11, 25, 10, 0, 30, tzinfo=datetime.timezone.utc)
     assert cp.age(now) == 30.0
     assert Checkpoint().age(now) is None
+
+
+@given(
+    counts=st.dictionaries(st.integers(0, 2**63 - 1), st.integers(1, 10**6), max_size=50),
+    messages=st.integers(0, 1000),
+    extra=st.integers(0, 10**6),
+    revision_before=st.integers(0, 10**9),
+)
+def test_partition_checkpoints_round_trip(counts, messages, extra, revision_before):
+    cp = Checkpoint(offset=messages + extra, counts=counts, skipped=3, fingerprint="",
+                    updated_at="2026-11-25T10:00:00.000Z", messages=messages, owner="worker@h:1")
+    assert decode_partition(encode_partition(cp, "p1", revision_before), "p1") == (
+        cp, revision_before)
+
+
+PARTITION = json.loads(encode_partition(Checkpoint(offset=9, counts={1: 2}, messages=2,
+                                                   fingerprint=""), "p1", 4))
+BAD_PARTITIONS = {
+    "another partition's": ("partition", "p2"),
+    "more messages than sequence": ("messages", 10),
+    "negative sequence": ("sequence", -1),
+    "no revision_before": ("revision_before", None),
+    "bad counts": ("counts", {"x": 1}),
+}
+
+
+@pytest.mark.parametrize("field, value", BAD_PARTITIONS.values(), ids=BAD_PARTITIONS.keys())
+def test_bad_partition_checkpoints_are_refused(field, value):
+    document = {**PARTITION, field: value}
+    with pytest.raises(CorruptCheckpoint):
+        decode_partition(json.dumps(document).encode(), "p1")
+
+
+def test_merge_adds_partitions_and_keeps_the_oldest_time():
+    merged = merge([
+        Checkpoint(counts={1: 2, 5: 1}, skipped=1, updated_at="2026-11-25T10:00:05.000Z"),
+        None,
+        Checkpoint(counts={1: 1, 7: 4}, skipped=2, updated_at="2026-11-25T10:00:01.000Z"),
+    ])
+    assert merged.counts == {1: 3, 5: 1, 7: 4} and merged.skipped == 3
+    assert merged.updated_at == "2026-11-25T10:00:01.000Z"
+    assert merge([]).counts == {} and merge([]).updated_at == ""

@@ -47,6 +47,8 @@ def test_fsync_values():
         ("app", "fsync", "maybe"),
         ("app", "ingest_cpu", "4096"),
         ("worker", "ingest_cpu", "x"),
+        ("app", "cluster", "localhost:4222"),
+        ("worker", "cluster", "nats:/x"),
     ],
 )
 def test_bad_setting_exits_2_with_one_line_and_touches_nothing(tmp_path, module, setting, value):
@@ -119,3 +121,32 @@ def test_ingest_cpu_choices():
     for bad in ("7", "-1", "one", "1,2"):
         with pytest.raises(config.ConfigError, match="MINI_ANALYTICS_INGEST_CPU"):
             config.ingest_cpu({"MINI_ANALYTICS_INGEST_CPU": bad}, allowed=many)
+
+
+def test_cluster_mode_settings():
+    assert config.cluster({}) is None  # the single-machine mode
+    assert config.cluster({"MINI_ANALYTICS_CLUSTER": "nats://a:4222, nats://b:4223"}) == [
+        "nats://a:4222", "nats://b:4223"]
+    for bad in ("localhost:4222", "nats://a", "http://a:4222"):
+        with pytest.raises(config.ConfigError, match="MINI_ANALYTICS_CLUSTER"):
+            config.cluster({"MINI_ANALYTICS_CLUSTER": bad})
+    assert config.partition({"MINI_ANALYTICS_PARTITION": "p1"}) == "p1"
+    assert config.partitions({"MINI_ANALYTICS_PARTITIONS": "p1,p2"}) == ["p1", "p2"]
+    for name, bad in (("PARTITION", ""), ("PARTITION", "p1,p2"), ("PARTITION", "a.b"),
+                      ("PARTITIONS", "p1,p1"), ("PARTITIONS", "p1,,p2"), ("PARTITIONS", "")):
+        with pytest.raises(config.ConfigError, match=f"MINI_ANALYTICS_{name}"):
+            getattr(config, name.lower())({f"MINI_ANALYTICS_{name}": bad})
+    assert config.replicas({}) == 3
+    with pytest.raises(config.ConfigError, match="MINI_ANALYTICS_REPLICAS"):
+        config.replicas({"MINI_ANALYTICS_REPLICAS": "2"})
+    assert config.publish_timeout({}) == 10.0
+    with pytest.raises(config.ConfigError, match="MINI_ANALYTICS_PUBLISH_TIMEOUT"):
+        config.publish_timeout({"MINI_ANALYTICS_PUBLISH_TIMEOUT": "120"})  # past the dedupe
+
+
+def test_the_single_machine_mode_never_imports_nats():
+    code = ("import sys, app.__main__, app.api, worker.__main__, worker.runner; "
+            "print(sorted(m for m in sys.modules if m == 'nats' or m.startswith('nats.')))")
+    shown = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                           text=True, timeout=30, check=True)
+    assert shown.stdout.strip() == "[]"

@@ -1,8 +1,11 @@
 """`python -m worker [run | status | rebuild]`
 
-    run       count data1 into data2 every MINI_ANALYTICS_INTERVAL seconds (the default)
-    status    print the offset, lag, last checkpoint and top counts (takes no lock)
-    rebuild   recount data2 from all of data1 (refused while a worker runs)
+    run       count data1 into data2 every MINI_ANALYTICS_INTERVAL seconds (the default);
+              in cluster mode, the stream's partitions MINI_ANALYTICS_PARTITIONS names
+    status    print the offset, lag, last checkpoint and top counts (takes no lock); in
+              cluster mode, each partition's and its worker's
+    rebuild   recount data2 from all of data1 (refused while a worker runs; single-machine
+              mode only)
 """
 
 import logging
@@ -134,12 +137,17 @@ class ProgressBar:
 
 def rebuild(state_dir):
     """Recount data2 from data1 from scratch, with a progress bar."""
-    bar = ProgressBar(data1_size(state_dir))
-    started = time.monotonic()
     try:
         series, retention = settings.series(), settings.minute_retention()
+        cluster = settings.cluster()
     except settings.ConfigError as error:
         return process.bad_setting("worker", error)
+    if cluster:
+        print("rebuild recounts data1, the single machine's log; it is not available in "
+              "cluster mode yet (README, Cluster mode)", file=sys.stderr)
+        return process.EXIT_BAD_SETUP
+    bar = ProgressBar(data1_size(state_dir))
+    started = time.monotonic()
     try:
         state_dir.mkdir(exist_ok=True)
         result = Worker(state_dir, series=series, minute_retention=retention).rebuild(bar)
