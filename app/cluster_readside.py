@@ -64,18 +64,30 @@ class ClusterReadSide:
             except UNAVAILABLE as error:
                 raise Unavailable(f"the checkpoint bucket did not answer "
                                   f"({type(error).__name__})") from None
-            key = tuple(sorted((name, revision)
-                               for name, (_, revision) in self._checkpoints.items()))
-            if key != self._merged_key:
-                self._merged = merge(checkpoint for checkpoint, _ in self._checkpoints.values())
-                self._merged_key = key
-                self._positions = {name: found.offset
-                                   for name, (found, _) in sorted(self._checkpoints.items())}
-            return self._merged, {"partitions": self._positions}
+            return self._merge()
+
+    def _merge(self):
+        """The merged counts of self._checkpoints, and their positions; redone only when a
+        revision changed. Called with the lock held."""
+        key = tuple(sorted((name, revision) for name, (_, revision) in self._checkpoints.items()))
+        if key != self._merged_key:
+            self._merged = merge(checkpoint for checkpoint, _ in self._checkpoints.values())
+            self._merged_key = key
+            self._positions = {name: found.offset
+                               for name, (found, _) in sorted(self._checkpoints.items())}
+        return self._merged, {"partitions": self._positions}
 
     def _state(self):
+        """The cluster's state, and the merged counts of the same checkpoints."""
         try:
-            return cluster_state(self.link)
+            # Outside the lock: the pings may wait a second for a worker that is gone, and
+            # /counts must not wait with them.
+            state = cluster_state(self.link, known=self._checkpoints)
+            with self._lock:
+                self._checkpoints = {partition.name: (partition.checkpoint, partition.revision)
+                                     for partition in state.partitions if partition.checkpoint}
+                merged, _ = self._merge()
+            return state, merged
         except (NoQuorum, CorruptCheckpoint) as problem:
             raise Unavailable(str(problem)) from None
         except UNAVAILABLE as error:
@@ -96,8 +108,7 @@ class ClusterReadSide:
         return {"state": RUNNING, "owner": answer.get("owner"), "reason": None}
 
     def stats(self):
-        state = self._state()
-        merged = merge(partition.checkpoint for partition in state.partitions)
+        state, merged = self._state()
         partitions = []
         for partition in state.partitions:
             checkpoint = partition.checkpoint
@@ -132,8 +143,14 @@ class ClusterReadSide:
         }
 
     def health(self):
-        stats = self.stats()  # Unavailable (503) names the missing quorum
+        stats = self.stats()  # Unavailable (503) names a stream that does not answer
         details = {"worker": stats["worker"], "stream": stats["stream"]}
+        replicas = stats["stream"]["replicas"]
+        current = 1 + sum(1 for peer in replicas if peer["current"])
+        if 2 * current <= 1 + len(replicas):
+            # A leader that lost its followers answers for a few seconds before it steps down.
+            return (f"only {current} of {1 + len(replicas)} replicas of the stream are current: "
+                    "no majority, writes cannot be acknowledged"), details
         if stats["worker"]["state"] != RUNNING:
             return f"worker {stats['worker']['state']}: {stats['worker']['reason']}", details
         return None, details

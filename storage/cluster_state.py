@@ -85,13 +85,14 @@ def ping_workers(link, partitions):
     return link.call(ping_all(), PING_TIMEOUT + 2)
 
 
-def cluster_state(link, extra_partitions=()):
+def cluster_state(link, extra_partitions=(), known=None):
     """The whole picture. Partitions are those the stream has messages for, and
     `extra_partitions` (say, ones a worker is configured for but nothing was written to yet).
-    Raises NoQuorum, or CorruptCheckpoint."""
+    `known`: checkpoints read before, as read_latest takes them. Raises NoQuorum, or
+    CorruptCheckpoint."""
     leader, replicas, last_sequence, messages = stream_state(link)
     names = sorted(set(messages) | set(extra_partitions))
-    checkpoints = read_latest(link, names)
+    checkpoints = read_latest(link, names, known)
     workers = ping_workers(link, names)
     partitions = []
     for name in names:

@@ -86,9 +86,12 @@ class StreamLog:
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 self.link.loop.call_soon_threadsafe(self._start_publishes)
-        # The publish gives up at its own deadline; this margin only covers a loop that died.
+        # The publish gives up at its own deadline, but the group may wait behind others that
+        # are retrying: past this, the answer is "unknown" and the group may still be stored.
         if not group.done.wait(self.timeout + 5):
-            raise AppendError("NATS did not answer: the publish never completed")
+            raise AppendError(f"the cluster did not acknowledge the events within "
+                              f"{self.timeout + 5:g} s; they may or may not be stored: at "
+                              "most once")
         if group.error:
             raise group.error
 
