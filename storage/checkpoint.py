@@ -28,9 +28,14 @@ Cluster mode: one checkpoint per partition (version 1)
     The value of key partition.<name> in the checkpoint bucket
     (storage/stream_checkpoint_store.py), replaced by compare-and-set:
 
-        {"version": 1, "partition": "p1", "sequence": 41, "messages": 17, "events": 3,
-         "skipped": 0, "owner": "worker@host:pid", "revision_before": 12,
-         "updated_at": "2026-11-25T10:00:05.123Z", "counts": {"1": 2, "100": 1}}
+        {"version": 1, "partition": "p1", "stream": "MINI_ANALYTICS created 2026-11-25T09:...",
+         "sequence": 41, "messages": 17, "events": 3, "skipped": 0, "owner": "worker@host:pid",
+         "revision_before": 12, "updated_at": "2026-11-25T10:00:05.123Z",
+         "counts": {"1": 2, "100": 1}}
+
+    stream           which stream the counts are of: its name and creation time (the
+                     Checkpoint's fingerprint), so that a stream deleted and created again
+                     under the checkpoint is noticed, as a replaced data1 is
 
     sequence         the stream sequence of the partition's last message counted (the
                      Checkpoint's offset: the position in the log, as data2's byte offset)
@@ -133,6 +138,7 @@ def encode_partition(checkpoint, partition, revision_before):
     return _encode({
         "version": VERSION,
         "partition": partition,
+        "stream": checkpoint.fingerprint,
         "sequence": checkpoint.offset,
         "messages": checkpoint.messages,
         "events": checkpoint.events,
@@ -172,6 +178,7 @@ def decode_partition(data, partition):
     if field("partition", str) != partition:
         raise CorruptCheckpoint(f"it is partition {document['partition']!r}'s checkpoint, "
                                 f"stored under partition {partition!r}'s key")
+    stream = field("stream", str)
     sequence, messages = field("sequence", int), field("messages", int)
     skipped, revision_before = field("skipped", int), field("revision_before", int)
     if min(sequence, messages, skipped, revision_before) < 0 or messages > sequence:
@@ -179,7 +186,7 @@ def decode_partition(data, partition):
                                 f"{messages}, skipped {skipped}")
     checkpoint = Checkpoint(
         offset=sequence, counts=_counts(field("counts", dict)), skipped=skipped,
-        fingerprint="", updated_at=str(document.get("updated_at", "")), messages=messages,
+        fingerprint=stream, updated_at=str(document.get("updated_at", "")), messages=messages,
         owner=str(document.get("owner", "")),
     )
     return checkpoint, revision_before

@@ -25,6 +25,9 @@ class StreamReader:
         self.link = link
         self.partition = partition
         self.subject = partition_subject(partition)
+        # Messages stored after the last one read, as the server counted when it sent that
+        # one: the lag, for the worker's log.
+        self.pending = 0
 
     def messages(self, after):
         """Yield (payload, stream sequence) for the partition's messages after sequence
@@ -35,6 +38,7 @@ class StreamReader:
         """
         name = f"worker-{self.partition}-{os.urandom(4).hex()}"
         subscription, pending = self.link.call(self._open(name, after), FETCH_TIMEOUT)
+        self.pending = pending
         try:
             while pending > 0:
                 batch = self.link.call(
@@ -43,6 +47,7 @@ class StreamReader:
                 )
                 for message in batch:
                     pending -= 1
+                    self.pending = message.metadata.num_pending
                     yield message.data, message.metadata.sequence.stream
         finally:
             try:

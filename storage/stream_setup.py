@@ -158,6 +158,14 @@ async def ensure(js, replicas):
     _check_ready(f"key-value bucket {CHECKPOINT_BUCKET}", info)
 
 
+def stream_identity(link):
+    """Which stream this is: its name and creation time. A partition checkpoint records it
+    (as its fingerprint), so that counts of a stream deleted since are never continued on
+    a new one. Raises what the link raises."""
+    info = link.call(link.js.stream_info(STREAM), READY_TIMEOUT)
+    return f"{STREAM} created {info.created.isoformat() if info.created else 'at an unknown time'}"
+
+
 def _check_ready(what, info):
     cluster = info.cluster
     if cluster is None:  # a single server, not clustered: its own leader

@@ -92,19 +92,21 @@ def test_age_is_measured_from_updated_at():
     revision_before=st.integers(0, 10**9),
 )
 def test_partition_checkpoints_round_trip(counts, messages, extra, revision_before):
-    cp = Checkpoint(offset=messages + extra, counts=counts, skipped=3, fingerprint="",
+    cp = Checkpoint(offset=messages + extra, counts=counts, skipped=3,
+                    fingerprint="MINI_ANALYTICS created 2026-11-25T09:00:00+00:00",
                     updated_at="2026-11-25T10:00:00.000Z", messages=messages, owner="worker@h:1")
     assert decode_partition(encode_partition(cp, "p1", revision_before), "p1") == (
         cp, revision_before)
 
 
 PARTITION = json.loads(encode_partition(Checkpoint(offset=9, counts={1: 2}, messages=2,
-                                                   fingerprint=""), "p1", 4))
+                                                   fingerprint="S"), "p1", 4))
 BAD_PARTITIONS = {
     "another partition's": ("partition", "p2"),
     "more messages than sequence": ("messages", 10),
     "negative sequence": ("sequence", -1),
     "no revision_before": ("revision_before", None),
+    "no stream": ("stream", None),
     "bad counts": ("counts", {"x": 1}),
 }
 

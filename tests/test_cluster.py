@@ -15,6 +15,8 @@ from cluster_harness import PROGRAMS, Cluster
 from http_client import post, request, wait_for
 from processes import copy_of_the_code, short_temp_dir
 from test_dashboard import CHROMIUM, Page, chromium, screenshot
+from storage import stream_setup
+from storage.layout import STREAM
 from storage.nats_link import Link
 from storage.stream_checkpoint_store import history, read_latest
 from worker.stream_runner import StreamWorker
@@ -250,3 +252,27 @@ def test_the_dashboard_in_cluster_mode(cluster, tmp_path):
     assert [row[:3] for row in page.tables["partition-rows"]] == [
         ["p1", "running", "0"], ["p2", "running", "0"]]
     screenshot(tmp_path, url, "dashboard-cluster.png", 1200, 1000)
+
+
+def test_counts_of_a_deleted_stream_are_never_continued_on_a_new_one(cluster, caplog):
+    node = cluster(interval=0.2)
+    node.ctl("stop", "worker:worker-1")  # partition p1 is this test's to count
+    for experience in (1, 1):
+        assert post(node.ingest_port(1), {"experienceID": experience})[0] == 202
+    with link_to(node) as link:
+        first = StreamWorker(link, ["p1"], owner="first")
+        first.recover()
+        first.run_pass()
+        assert read_latest(link, ["p1"])["p1"][0].counts == {1: 2}
+
+        link.call(link.js.delete_stream(STREAM), 30)
+        link.call(stream_setup.ensure(link.js, 3), 30)  # as an ingest node starting would
+        wait_for(lambda: post(node.ingest_port(1), {"experienceID": 9})[0] == 202, 30,
+                 what="a write to the new stream")
+
+        second = StreamWorker(link, ["p1"], owner="second")
+        second.recover()
+        assert "CHECKPOINT REJECTED" in caplog.text and "deleted and created again" in caplog.text
+        second.run_pass()
+        checkpoint, _ = read_latest(link, ["p1"])["p1"]
+        assert checkpoint.counts == {9: 1} and checkpoint.messages == 1

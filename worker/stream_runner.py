@@ -27,6 +27,7 @@ from storage.layout import worker_ping_subject
 from storage.nats_link import UNAVAILABLE
 from storage.stream_checkpoint_store import StreamCheckpointStore
 from storage.stream_reader import StreamReader
+from storage.stream_setup import stream_identity
 from worker.runner import COMMIT_EVERY, PassLoop, plural, report_skipped
 from worker.tally import Tally
 
@@ -45,7 +46,7 @@ class Partition:
         self.name = name
         self.reader = StreamReader(link, name)
         self.store = StreamCheckpointStore(link, name, owner)
-        self.checkpoint = Checkpoint(fingerprint="")
+        self.checkpoint = Checkpoint(fingerprint="")  # until recover() loads it
 
 
 class StreamWorker(PassLoop):
@@ -76,19 +77,25 @@ class StreamWorker(PassLoop):
         return await self.link.nc.subscribe(worker_ping_subject(partition.name), cb=answer)
 
     def recover(self):
+        stream = stream_identity(self.link)
         for partition in self.partitions:
             try:
                 loaded = partition.store.load()
+                if loaded is not None and loaded.fingerprint != stream:
+                    raise CorruptCheckpoint(
+                        f"it counts {loaded.fingerprint!r}, but the stream is now {stream!r} "
+                        "(deleted and created again?)")
             except CorruptCheckpoint as problem:
                 # Committed over, not deleted: the key's history keeps the bad value.
-                log.error("CHECKPOINT REJECTED: partition %s's checkpoint is unreadable (%s); "
+                log.error("CHECKPOINT REJECTED: partition %s's checkpoint cannot be used: %s; "
                           "recounting the partition from its first message",
                           partition.name, problem)
-                loaded = None
+                partition.checkpoint = Checkpoint(fingerprint=stream)
+                continue
             if loaded is None:
                 log.info("partition %s: no checkpoint yet: counting from its first message",
                          partition.name)
-                partition.checkpoint = Checkpoint(fingerprint="")
+                partition.checkpoint = Checkpoint(fingerprint=stream)
             else:
                 partition.checkpoint = loaded
                 log.info("partition %s: resuming from sequence %d (%d messages, %d events, "
@@ -127,9 +134,10 @@ class StreamWorker(PassLoop):
         if reached > partition.checkpoint.offset:
             self._commit(partition, tally, reached, messages)
         if reached > start:
-            log.info("pass: partition %s: counted %s (%d skipped) in %.3fs; sequence %d -> %d",
-                     partition.name, plural(tally.events, "event"), tally.skipped,
-                     time.monotonic() - started, start, reached)
+            log.info("pass: partition %s: counted %s (%d skipped) in %.3fs; sequence %d -> %d; "
+                     "lag %s", partition.name, plural(tally.events, "event"), tally.skipped,
+                     time.monotonic() - started, start, reached,
+                     plural(partition.reader.pending, "message"))
         return tally.events
 
     def _commit(self, partition, tally, sequence, messages):
