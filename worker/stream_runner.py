@@ -90,7 +90,9 @@ class StreamWorker(PassLoop):
                 log.error("CHECKPOINT REJECTED: partition %s's checkpoint cannot be used: %s; "
                           "recounting the partition from its first message",
                           partition.name, problem)
-                partition.checkpoint = Checkpoint(fingerprint=stream)
+                # Replaced at once by empty counts, so that nobody keeps reading the
+                # rejected ones until the recount's first commit.
+                partition.checkpoint = partition.store.commit(Checkpoint(fingerprint=stream))
                 continue
             if loaded is None:
                 log.info("partition %s: no checkpoint yet: counting from its first message",
