@@ -126,16 +126,21 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
     def post_batch():
         return accept(parse(validate.parse_batch, BATCH_BODY_LIMIT))
 
-    def committed(with_position=False):
-        """The latest counts (before the worker's first commit, empty ones); with
-        `with_position`, and where they stand in the log."""
+    def available(read, *args):
+        """read(*args), or a 503 naming why the read side cannot answer now."""
         try:
-            return reads.committed_at() if with_position else reads.committed()
+            return read(*args)
         except Unavailable as problem:
             raise HTTPError(503, str(problem)) from None
 
+    def committed(with_position=False):
+        """The latest counts (before the worker's first commit, empty ones); with
+        `with_position`, and where they stand in the log."""
+        return available(reads.committed_at if with_position else reads.committed)
+
     def counted_in_range(params):
-        """The counts of events that happened in [from, to), as a Checkpoint to serve."""
+        """The counts of events that happened in [from, to), as a Checkpoint to serve, and
+        where they stand in the log."""
         try:
             tz, _ = series_query.parse_zone(params.get("tz"))
             if not (params.get("from") and params.get("to")):
@@ -156,14 +161,11 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
             step = MINUTE
         else:
             raise HTTPError(400, "from and to must fall on whole minutes")
-        return Checkpoint(offset=state.offset, counts=series.counts(step, int(start), int(end)))
+        counts = available(series.counts, step, int(start), int(end))
+        return Checkpoint(counts=counts), series.position(state)
 
     def series_state():
-        if series is None:
-            raise HTTPError(501, "counts over time are not kept in cluster mode yet: /series "
-                                 "and /counts?from=&to= need the single-machine mode (README, "
-                                 "Cluster mode)")
-        state = series.state()
+        state = available(series.state)
         if state is None:
             raise HTTPError(503, "no counts over time yet: the worker has not created "
                                  "series.sqlite3 (is MINI_ANALYTICS_SERIES off?)")
@@ -183,8 +185,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
         csv_wanted = wants_csv()
         ranged = "from" in params or "to" in params
         if ranged:
-            checkpoint = counted_in_range(params)
-            position = {"offset": checkpoint.offset}
+            checkpoint, position = counted_in_range(params)
         else:
             checkpoint, position = committed(with_position=True)
         top = params.get("top")
@@ -228,7 +229,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
             check_minutes_kept(query.start.timestamp(), state)
         which = ALL if experience is None else experience
         points = series_query.points(
-            query, lambda step, start, end: series.buckets(step, which, start, end))
+            query, lambda step, start, end: available(series.buckets, step, which, start, end))
         if csv_wanted:
             return csv_body(["time", "count"], points)
         return json_body({
@@ -264,10 +265,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
 
     @app.get("/stats")
     def get_stats():
-        try:
-            return json_body(reads.stats())
-        except Unavailable as problem:
-            raise HTTPError(503, str(problem)) from None
+        return json_body(available(reads.stats))
 
     @app.get("/")
     def get_dashboard():

@@ -1,5 +1,6 @@
-"""The read side in cluster mode: the partition checkpoints, merged, and the cluster's state.
-The same methods as app/readside.py's FileReadSide (see there).
+"""The read side in cluster mode: the partition checkpoints, merged, the cluster's state, and
+the counts over time summed over the partitions' workers. The same methods as
+app/readside.py's FileReadSide (see there).
 
 Any ingest node serves it: the checkpoints are read from the replicated bucket by direct get,
 which any replica answers, so /counts keeps answering while the stream elects a new leader.
@@ -7,25 +8,30 @@ A checkpoint is decoded once per revision, and the merge is redone only when a r
 changed.
 """
 
+import asyncio
+import json
 import threading
 import time
 
 from app.readside import Unavailable
 from storage.checkpoint import CorruptCheckpoint, merge
 from storage.cluster_state import NoQuorum, cluster_state, stream_state
+from storage.layout import series_query_subject
 from storage.nats_link import UNAVAILABLE
+from storage.series_store import SeriesState
 from storage.stream_checkpoint_store import read_latest
 
 RUNNING, MISSING, STALLED = "running", "missing", "stalled"
 # How long the list of partitions is reused before the stream is asked again.
 PARTITIONS_FRESH_SECONDS = 1.0
+# How long a partition's worker may take to answer a question about its series.
+SERIES_TIMEOUT = 2.0
 
 
 class ClusterReadSide:
-    series = None  # counts over time are not kept in cluster mode yet (README)
-
     def __init__(self, link, stalled_after, clock=time.time):
         self.link = link
+        self.series = ClusterSeries(link, self._partition_names_locked)
         self.stalled_after = stalled_after
         self.clock = clock
         self._lock = threading.Lock()
@@ -47,6 +53,10 @@ class ClusterReadSide:
             else:
                 self._partitions, self._partitions_at = sorted(messages), now
         return self._partitions
+
+    def _partition_names_locked(self):
+        with self._lock:
+            return list(self._partition_names())
 
     def committed(self):
         return self.committed_at()[0]
@@ -154,3 +164,69 @@ class ClusterReadSide:
         if stats["worker"]["state"] != RUNNING:
             return f"worker {stats['worker']['state']}: {stats['worker']['reason']}", details
         return None, details
+
+
+class ClusterSeries:
+    """The counts over time in cluster mode, with storage/series_store.SeriesReader's
+    methods: each partition's worker answers for its partition's series store
+    (worker/stream_runner.py), and the answer is their sum. Raises Unavailable (503) if a
+    partition's worker does not answer: a sum without it would be wrong, not partial."""
+
+    def __init__(self, link, partition_names):
+        self.link = link
+        self.partition_names = partition_names
+
+    def _ask(self, question):
+        try:
+            names = self.partition_names()
+        except NoQuorum as problem:
+            raise Unavailable(str(problem)) from None
+        body = json.dumps(question).encode()
+
+        async def ask(name):
+            reply = await self.link.nc.request(series_query_subject(name), body,
+                                               timeout=SERIES_TIMEOUT)
+            return json.loads(reply.data)
+
+        async def ask_all():
+            return await asyncio.gather(*(ask(name) for name in names), return_exceptions=True)
+
+        answers = self.link.call(ask_all(), SERIES_TIMEOUT + 2)
+        for name, answer in zip(names, answers):
+            if isinstance(answer, BaseException) or "error" in answer:
+                why = answer.get("error") if isinstance(answer, dict) else type(answer).__name__
+                raise Unavailable(f"counts over time need every partition's worker: partition "
+                                  f"{name}'s did not answer ({why})")
+        return dict(zip(names, answers))
+
+    def state(self):
+        """A SeriesState whose offset is {partition: stream sequence} of each store."""
+        states = {name: SeriesState(*answer["state"])
+                  for name, answer in self._ask({"ask": "state"}).items() if answer["state"]}
+        return SeriesState(
+            offset={name: state.offset for name, state in sorted(states.items())},
+            fingerprint="", events=sum(state.events for state in states.values()),
+            # Each store keeps its minutes back from its own newest one, which is at most
+            # this: every store holds every minute from this one's retention on.
+            newest_minute=max((state.newest_minute for state in states.values()), default=0))
+
+    @staticmethod
+    def position(state):
+        return {"partitions": state.offset}
+
+    def buckets(self, step, experience, start, end):
+        question = {"ask": "buckets", "step": step, "experience": experience, "start": start,
+                    "end": end}
+        return self._sum(answer["buckets"] for answer in self._ask(question).values())
+
+    def counts(self, step, start, end):
+        question = {"ask": "counts", "step": step, "start": start, "end": end}
+        return self._sum(answer["counts"] for answer in self._ask(question).values())
+
+    @staticmethod
+    def _sum(pair_lists):
+        total = {}
+        for pairs in pair_lists:
+            for key, count in pairs:
+                total[key] = total.get(key, 0) + count
+        return total

@@ -8,8 +8,8 @@ app/__main__.py gives it:
     stats()        the /stats document
     health()       None if the system is taking and counting events, else why not (for
                    /healthz), with the details to show
-    series         the counts over time (storage/series_store.SeriesReader), or None where
-                   there are none (cluster mode)
+    series         the counts over time: storage/series_store.SeriesReader, or in cluster
+                   mode app/cluster_readside.ClusterSeries (the same methods)
 
 Each raises Unavailable (answered 503) when it cannot tell.
 """

@@ -39,8 +39,14 @@ not in files; their names are below too, with the module that writes and reads e
     subject mini_analytics.workers.<partition> (request-reply, nothing stored)
                       answered by the worker owning the partition; asked by the ingest
                       and by `status`, to tell whether that worker is alive
+    series-<partition>.sqlite3 in the worker's state folder: the partition's counts over
+                      time, series.sqlite3's format with the stream sequence as its offset
+                      storage/series_store.py (the worker owning the partition writes it and
+                      answers the ingest's questions about it on the subject
+                      mini_analytics.series.<partition>: app/cluster_readside.py asks)
 
-A state folder in cluster mode holds only the program's logs/ and nothing of the data.
+In cluster mode an ingest node's state folder holds only its logs/; a worker's, its logs/
+and its partitions' series stores, which it can always count again from the stream.
 """
 
 import datetime
@@ -62,6 +68,7 @@ SUBJECT_PREFIX = "mini_analytics.events."
 CHECKPOINT_BUCKET = "mini_analytics_checkpoints"
 CHECKPOINT_KEY_PREFIX = "partition."
 WORKER_PING_PREFIX = "mini_analytics.workers."
+SERIES_QUERY_PREFIX = "mini_analytics.series."
 
 
 def partition_subject(partition):
@@ -76,6 +83,10 @@ def worker_ping_subject(partition):
     return WORKER_PING_PREFIX + partition
 
 
+def series_query_subject(partition):
+    return SERIES_QUERY_PREFIX + partition
+
+
 class Layout:
     """The paths of one state folder."""
 
@@ -87,6 +98,10 @@ class Layout:
         self.series = self.root / SERIES
         self.ingest_lock = self.root / INGEST_LOCK
         self.worker_lock = self.root / WORKER_LOCK
+
+    def partition_series(self, partition):
+        """A cluster worker's series store of one partition."""
+        return self.root / f"series-{partition}.sqlite3"
 
     def log_file(self, program):
         return self.root / LOGS / f"{program}.log"

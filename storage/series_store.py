@@ -68,9 +68,11 @@ STATE_COLUMNS = ", ".join(SeriesState._fields)  # read in this order into a Seri
 class SeriesStore:
     """The worker's side: open (or create), commit increments with their offset, set aside."""
 
-    def __init__(self, state_dir, minute_retention):
+    def __init__(self, state_dir, minute_retention, path=None):
+        """`path`: the store's file, series.sqlite3 in the state folder unless given (a
+        cluster worker keeps one per partition: Layout.partition_series)."""
         self.layout = Layout(state_dir)
-        self.path = self.layout.series
+        self.path = path or self.layout.series
         self.minute_retention = minute_retention
         self.db = None
 
@@ -178,8 +180,8 @@ def utc_now():
 class SeriesReader:
     """The ingest's side: sums of buckets, read in one snapshot per question."""
 
-    def __init__(self, state_dir):
-        self.path = Layout(state_dir).series
+    def __init__(self, state_dir, path=None):
+        self.path = path or Layout(state_dir).series
         self._local = threading.local()  # one connection per thread, as sqlite3 requires
 
     def _db(self):
@@ -232,3 +234,8 @@ class SeriesReader:
         if db is None:
             return None
         return SeriesState(*db.execute(f"SELECT {STATE_COLUMNS} FROM state").fetchone())
+
+    @staticmethod
+    def position(state):
+        """Where counts read at `state` stand in the log, as /counts reports it."""
+        return {"offset": state.offset}

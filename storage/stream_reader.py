@@ -30,8 +30,10 @@ class StreamReader:
         self.pending = 0
 
     def messages(self, after):
-        """Yield (payload, stream sequence) for the partition's messages after sequence
-        `after`, in order: every one stored when the call began (at least).
+        """Yield (payload, stream sequence, second) for the partition's messages after
+        sequence `after`, in order: every one stored when the call began (at least). The
+        second (Unix time) is when the stream stored the message: its events' time, as
+        data1's time index gives the time of data1's records.
 
         Raises what the link raises (storage/nats_link.UNAVAILABLE) if the cluster cannot
         answer; what was yielded before stays valid.
@@ -48,7 +50,9 @@ class StreamReader:
                 for message in batch:
                     pending -= 1
                     self.pending = message.metadata.num_pending
-                    yield message.data, message.metadata.sequence.stream
+                    metadata = message.metadata
+                    yield (message.data, metadata.sequence.stream,
+                           int(metadata.timestamp.timestamp()))
         finally:
             try:
                 self.link.call(self._close(subscription, name), FETCH_TIMEOUT)

@@ -3,11 +3,13 @@ example through both ingest nodes, fencing, a whole-cluster restart, and the wor
 crashing on either side of its compare-and-set."""
 
 import contextlib
+import datetime
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from urllib.parse import quote
 
 import pytest
 
@@ -16,8 +18,9 @@ from http_client import post, request, wait_for
 from processes import copy_of_the_code, short_temp_dir
 from test_dashboard import CHROMIUM, Page, chromium, screenshot
 from storage import stream_setup
-from storage.layout import STREAM
+from storage.layout import STREAM, Layout
 from storage.nats_link import Link
+from storage.series_store import HOUR, SeriesReader
 from storage.stream_checkpoint_store import history, read_latest
 from worker.stream_runner import StreamWorker
 
@@ -49,6 +52,11 @@ def link_to(node):
         yield link
     finally:
         link.close()
+
+
+def next_hour(iso):
+    start = datetime.datetime.fromisoformat(iso)
+    return (start + datetime.timedelta(hours=1)).isoformat()
 
 
 def counted(node, expected, n=1):
@@ -83,8 +91,15 @@ def test_the_example_through_both_ingest_nodes(cluster):
     assert all(entry["lag_messages"] == 0 and entry["worker"]["state"] == "running"
                for entry in stats["partitions"])
     assert request(two, "GET", "/healthz")[0] == 200
-    status, body = request(one, "GET", "/series")
-    assert status == 501 and "cluster mode" in body["error"]
+    # Counts over time, summed over both partitions' workers, from either node.
+    status, series = request(two, "GET", "/series?step=minute")
+    assert status == 200 and sum(count for _, count in series["points"]) == 3, series
+    status, series = request(one, "GET", "/series?step=hour&experienceID=1")
+    assert status == 200 and sum(count for _, count in series["points"]) == 2, series
+    hour = series["points"][-1][0]
+    status, ranged = request(one, "GET", f"/counts?from={quote(hour)}&to={quote(next_hour(hour))}")
+    assert status == 200 and ranged["counts"] == {"1": 2, "100": 1}, ranged
+    assert set(ranged["partitions"]) == {"p1", "p2"}
 
     env = {**node.env, "MINI_ANALYTICS_CLUSTER": ",".join(node.servers)}
     shown = subprocess.run([sys.executable, "-m", "worker", "status"], env=env, cwd=node.root,
@@ -101,6 +116,8 @@ def test_a_missing_worker_fails_healthz_naming_it(cluster):
     node.ctl("stop", "worker:worker-2")
     status, body = request(node.ingest_port(1), "GET", "/healthz")
     assert status == 503 and "no worker answers for partition p2" in body["error"]
+    status, body = request(node.ingest_port(1), "GET", "/series")
+    assert status == 503 and "partition p2's did not answer" in body["error"], body
     node.ctl("start", "worker:worker-2")
     wait_for(lambda: request(node.ingest_port(1), "GET", "/healthz")[0] == 200, 30,
              what="/healthz ok again")
@@ -158,14 +175,16 @@ class Crash(Exception):
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
-def test_a_worker_crashing_around_its_compare_and_set_loses_and_repeats_nothing(cluster, when):
+def test_a_worker_crashing_around_its_compare_and_set_loses_and_repeats_nothing(cluster, when,
+                                                                              tmp_path):
     node = cluster(interval=0.2)
     node.ctl("stop", "worker:worker-1")  # partition p1 is this test's to count
     ids = [11, 12, 12, 13]
     for experience in ids:
         assert post(node.ingest_port(1), {"experienceID": experience})[0] == 202
     with link_to(node) as link:
-        crashing = StreamWorker(link, ["p1"], owner="crashing")
+        # The series store is committed just before the checkpoint: "before" leaves it ahead.
+        crashing = StreamWorker(link, ["p1"], owner="crashing", series_dir=tmp_path)
         crashing.recover()
         store = crashing.partitions[0].store
         real_commit = store.commit
@@ -185,9 +204,11 @@ def test_a_worker_crashing_around_its_compare_and_set_loses_and_repeats_nothing(
         else:
             assert committed[0].counts == {11: 1, 12: 2, 13: 1}
 
-        restarted = StreamWorker(link, ["p1"], owner="restarted")
+        crashing.close()
+        restarted = StreamWorker(link, ["p1"], owner="restarted", series_dir=tmp_path)
         restarted.recover()
         restarted.run_pass()
+        assert series_counts(tmp_path) == {11: 1, 12: 2, 13: 1}
         checkpoint, _ = read_latest(link, ["p1"])["p1"]
         assert checkpoint.counts == {11: 1, 12: 2, 13: 1}
         assert checkpoint.messages == 4 and checkpoint.owner == (
@@ -197,6 +218,14 @@ def test_a_worker_crashing_around_its_compare_and_set_loses_and_repeats_nothing(
         restarted.run_pass()
         checkpoint, _ = read_latest(link, ["p1"])["p1"]
         assert checkpoint.counts == {11: 2, 12: 2, 13: 1}
+        assert series_counts(tmp_path) == {11: 2, 12: 2, 13: 1}
+        restarted.close()
+
+
+def series_counts(folder):
+    """Per experience, the sum of a partition p1 series store's hour buckets."""
+    reader = SeriesReader(folder, Layout(folder).partition_series("p1"))
+    return reader.counts(HOUR, 0, 2**62)
 
 
 def test_without_a_quorum_writes_get_503_and_healthz_names_it(cluster):
@@ -247,7 +276,7 @@ def test_the_dashboard_in_cluster_mode(cluster, tmp_path):
     assert page.by_id["lag"] == "0"
     assert "messages" in page.by_id["lag-note"]
     assert page.by_id["worker-state"] == "running"
-    assert "cluster mode" in page.by_id["timeline-note"]
+    assert page.by_id["timeline-note"].startswith("3 events")
     assert page.by_id["stream-note"].startswith("stream leader nats-")
     assert [row[:3] for row in page.tables["partition-rows"]] == [
         ["p1", "running", "0"], ["p2", "running", "0"]]

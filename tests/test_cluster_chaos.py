@@ -9,6 +9,7 @@ messages in the stream; and each partition's commits form one chain of revisions
 owners ever committed from the same revision). Meanwhile a watcher checks that no checkpoint
 ever goes backwards."""
 
+import datetime
 import os
 import random
 import signal
@@ -101,7 +102,7 @@ def healthy(node):
 def recount(link, partition):
     """The partition's counts, recounted from its messages in the stream."""
     tally, counts = Tally(), {}
-    for payload, _ in StreamReader(link, partition).messages(0):
+    for payload, _, _ in StreamReader(link, partition).messages(0):
         tally.add(payload)
     tally.drain_into(counts)
     return counts
@@ -110,6 +111,7 @@ def recount(link, partition):
 def test_chaos_on_the_cluster_with_a_ledger(cluster):  # noqa: F811
     rng = random.Random()
     node = cluster(interval=0.2)
+    began = time.time()
     one, two = node.ingest_port(1), node.ingest_port(2)
     posters = [Posters(one, 3), Posters(two, 3, first_id=10**9),
                Posters(one, 1, batch_size=20, first_id=2 * 10**9),
@@ -157,6 +159,20 @@ def test_chaos_on_the_cluster_with_a_ledger(cluster):  # noqa: F811
     wait_for(caught_up, 60, what="the workers to count every message")
     counts = node.counts(2)["counts"]
     check_ledgers(counts, *posters)
+    # The counts over time, summed over the partitions' workers: the same ledger holds, and
+    # whole hours around the test hold every event counted.
+    def hour_of(moment):
+        start = datetime.datetime.fromtimestamp(moment - moment % 3600, datetime.timezone.utc)
+        return start.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    hours = f"from={hour_of(began)}&to={hour_of(time.time() + 3600)}"
+
+    def series_counts():
+        status, body = request(one, "GET", "/counts?" + hours)
+        return status == 200 and body["counts"] == counts and body
+
+    ranged = wait_for(series_counts, 60, what="the counts over time to hold every event")
+    check_ledgers(ranged["counts"], *posters)
     with link_to(node) as link:
         for partition in ("p1", "p2"):
             checkpoint, _ = read_latest(link, [partition])[partition]

@@ -37,8 +37,8 @@ def run(state_dir):
     if servers:
         from worker import cluster  # only cluster mode imports nats-py
 
-        return process.run_in_state_folder(
-            "worker", state_dir, lambda: cluster.run(servers, partitions, replicas, interval))
+        return process.run_in_state_folder("worker", state_dir, lambda: cluster.run(
+            servers, partitions, replicas, interval, state_dir if series else None, retention))
 
     def count():
         log.info("worker starting: state_dir=%s interval=%gs series=%s minute_retention=%gh",

@@ -16,14 +16,19 @@ from worker.stream_runner import StreamWorker
 
 log = logging.getLogger("worker")
 
-def run(servers, partitions, replicas, interval):
+def run(servers, partitions, replicas, interval, series_dir, minute_retention):
+    """Count `partitions` until SIGTERM; keep their series stores in `series_dir` (None: no
+    counts over time). Returns the exit code."""
     log.info("worker starting in cluster mode: partitions=%s servers=%s replicas=%d "
-             "interval=%gs", ",".join(partitions), ",".join(servers), replicas, interval)
+             "interval=%gs series=%s minute_retention=%gh", ",".join(partitions),
+             ",".join(servers), replicas, interval, "on" if series_dir else "off",
+             minute_retention / 3600)
     link, failed = stream_setup.connect(servers, f"worker {','.join(partitions)}", replicas, log)
     if link is None:
         return failed
     try:
-        StreamWorker(link, partitions).run(interval)
+        StreamWorker(link, partitions, series_dir=series_dir,
+                     minute_retention=minute_retention).run(interval)
         return process.EXIT_OK
     except Fenced as fenced:
         log.error("FENCED: %s; exiting, to start again from the latest checkpoint", fenced)

@@ -13,6 +13,15 @@ checkpoint. The counts stay exact whichever commits.
 
 A worker also answers "who counts partition p?" on the partition's ping subject, so the
 ingest's /healthz and `python -m worker status` can tell that it is alive.
+
+The counts over time are a second view of each partition, as data1 has: a series store per
+partition in the worker's state folder (storage/series_store.py; the stream sequence is its
+offset), each message dated by when the stream stored it. It is committed just before the
+checkpoint, each view with its own position, so a crash between the two leaves one ahead: a
+pass reads from the position of the one behind and feeds each view only the messages past
+its own position, so neither counts a message twice. The worker answers the ingest's
+questions about its partitions' series on their series subjects (app/cluster_readside.py
+sums the answers); a series store lost with its machine is counted again from the stream.
 """
 
 import dataclasses
@@ -20,11 +29,13 @@ import json
 import logging
 import os
 import socket
+import sqlite3
 import time
 
 from storage.checkpoint import Checkpoint, CorruptCheckpoint
-from storage.layout import worker_ping_subject
+from storage.layout import Layout, series_query_subject, worker_ping_subject
 from storage.nats_link import UNAVAILABLE
+from storage.series_store import CorruptSeries, SeriesReader, SeriesStore
 from storage.stream_checkpoint_store import StreamCheckpointStore
 from storage.stream_reader import StreamReader
 from storage.stream_setup import stream_identity
@@ -40,20 +51,31 @@ def owner_name():
 
 
 class Partition:
-    """One owned partition: its reader, its checkpoint store, and where it stands."""
+    """One owned partition: its reader, its checkpoint store, its series store (or None),
+    and where each stands."""
 
-    def __init__(self, link, name, owner):
+    def __init__(self, link, name, owner, series_dir, minute_retention):
         self.name = name
         self.reader = StreamReader(link, name)
         self.store = StreamCheckpointStore(link, name, owner)
         self.checkpoint = Checkpoint(fingerprint="")  # until recover() loads it
+        self.series = self.series_reader = None
+        if series_dir is not None:
+            path = Layout(series_dir).partition_series(name)
+            self.series = SeriesStore(series_dir, minute_retention, path)
+            self.series_reader = SeriesReader(series_dir, path)
+        self.series_offset = 0
 
 
 class StreamWorker(PassLoop):
-    def __init__(self, link, partitions, owner=None):
+    def __init__(self, link, partitions, owner=None, series_dir=None,
+                 minute_retention=48 * 3600):
+        """`series_dir`: the folder of the partitions' series stores, or None to keep no
+        counts over time (MINI_ANALYTICS_SERIES=off)."""
         self.link = link
         self.owner = owner or owner_name()
-        self.partitions = [Partition(link, name, self.owner) for name in partitions]
+        self.partitions = [Partition(link, name, self.owner, series_dir, minute_retention)
+                           for name in partitions]
         self._pings = []
         # When this worker last finished a pass or committed: its ping answer carries it, so
         # the ingest can tell a worker that answers but no longer counts (stalled).
@@ -64,6 +86,8 @@ class StreamWorker(PassLoop):
         enforce (see the module's docstring), so nothing is locked here."""
         for partition in self.partitions:
             self._pings.append(self.link.call(self._answer_pings(partition), 10))
+            if partition.series is not None:
+                self._pings.append(self.link.call(self._answer_series(partition), 10))
 
     async def _answer_pings(self, partition):
         async def answer(message):
@@ -75,6 +99,34 @@ class StreamWorker(PassLoop):
             }).encode())
 
         return await self.link.nc.subscribe(worker_ping_subject(partition.name), cb=answer)
+
+    async def _answer_series(self, partition):
+        """Answer questions about the partition's counts over time: JSON in, JSON out.
+
+            {"ask": "state"}                                 -> {"state": [offset, ...]}
+            {"ask": "buckets", "step", "experience", "start", "end"} -> {"buckets": [[s, n]]}
+            {"ask": "counts", "step", "start", "end"}        -> {"counts": [[id, n]]}
+        """
+        reader = partition.series_reader
+
+        async def answer(message):
+            try:
+                question = json.loads(message.data)
+                if question["ask"] == "state":
+                    state = reader.state()
+                    reply = {"state": list(state) if state else None}
+                elif question["ask"] == "buckets":
+                    reply = {"buckets": list(reader.buckets(
+                        question["step"], question["experience"], question["start"],
+                        question["end"]).items())}
+                else:
+                    reply = {"counts": list(reader.counts(
+                        question["step"], question["start"], question["end"]).items())}
+            except (ValueError, KeyError, TypeError, sqlite3.Error) as problem:
+                reply = {"error": f"{type(problem).__name__}: {problem}"}
+            await message.respond(json.dumps(reply).encode())
+
+        return await self.link.nc.subscribe(series_query_subject(partition.name), cb=answer)
 
     def recover(self):
         stream = stream_identity(self.link)
@@ -103,6 +155,28 @@ class StreamWorker(PassLoop):
                 log.info("partition %s: resuming from sequence %d (%d messages, %d events, "
                          "%d experiences, committed by %s)", partition.name, loaded.offset,
                          loaded.messages, loaded.events, len(loaded.counts), loaded.owner)
+        for partition in self.partitions:
+            if partition.series is not None:
+                self._open_series(partition, stream)
+
+    def _open_series(self, partition, stream):
+        """Open the partition's series store, or start it over if it cannot be used or
+        counts another stream; its position is its own (see the module's docstring)."""
+        try:
+            state = partition.series.open(stream)
+            problem = (None if state.fingerprint == stream else
+                       f"it counts {state.fingerprint!r}, but the stream is now {stream!r}")
+        except CorruptSeries as corrupt:
+            problem = str(corrupt)
+        if problem:
+            aside = partition.series.set_aside()
+            log.error("SERIES REJECTED: partition %s: %s; moved it aside to %s; counting the "
+                      "partition's series from its first message", partition.name, problem,
+                      aside)
+            state = partition.series.open(stream)
+        partition.series_offset = state.offset
+        log.info("partition %s: series store at sequence %d, %d events", partition.name,
+                 state.offset, state.events)
 
     def run_pass(self):
         """Count what each partition gained since its last commit, and commit it. Returns
@@ -113,50 +187,64 @@ class StreamWorker(PassLoop):
 
     def _count(self, partition):
         started = time.monotonic()
-        start = partition.checkpoint.offset
-        tally = Tally()
+        counted, dated = partition.checkpoint.offset, partition.series_offset
+        # From the view behind; each view takes only what is past its own position.
+        start = counted if partition.series is None else min(counted, dated)
+        counts, series = Tally(), Tally()
         messages = pending_bytes = 0
         reached = start
         try:
-            for payload, sequence in partition.reader.messages(start):
+            for payload, sequence, second in partition.reader.messages(start):
                 if self.stop_requested():
                     return 0
-                tally.add(payload)
-                messages += 1
+                if sequence > counted:
+                    counts.add(payload)
+                    messages += 1
+                if partition.series is not None and sequence > dated:
+                    series.add(payload, second - second % 60)
                 pending_bytes += len(payload)
                 reached = sequence
                 if pending_bytes >= COMMIT_EVERY:
-                    self._commit(partition, tally, reached, messages)
+                    self._commit(partition, counts, series, reached, messages)
                     messages = pending_bytes = 0
         except UNAVAILABLE as error:
             # What was read is consistent up to `reached`: commit it; the next pass reads on.
             log.warning("partition %s: reading the stream failed after sequence %d (%s); "
                         "retrying next pass", partition.name, reached,
                         f"{type(error).__name__}: {error}".rstrip(": "))
-        if reached > partition.checkpoint.offset:
-            self._commit(partition, tally, reached, messages)
         if reached > start:
+            self._commit(partition, counts, series, reached, messages)
             log.info("pass: partition %s: counted %s (%d skipped) in %.3fs; sequence %d -> %d; "
-                     "lag %s", partition.name, plural(tally.events, "event"), tally.skipped,
+                     "lag %s", partition.name, plural(counts.events, "event"), counts.skipped,
                      time.monotonic() - started, start, reached,
                      plural(partition.reader.pending, "message"))
-        return tally.events
+        return counts.events
 
-    def _commit(self, partition, tally, sequence, messages):
-        current = partition.checkpoint
-        # Extended in place, as in worker/runner.py: should the commit fail, the process
-        # exits and this state goes with it.
-        totals = current.counts
-        skipped, samples, _, _ = tally.drain_into(totals)
-        report_skipped(skipped, samples)
-        # Raises Fenced if another worker committed meanwhile: the caller exits.
-        partition.checkpoint = partition.store.commit(dataclasses.replace(
-            current, offset=sequence, counts=totals, skipped=current.skipped + skipped,
-            messages=current.messages + messages,
-        ))
+    def _commit(self, partition, counts, series, sequence, messages):
+        """Commit both views up to `sequence`: the series first, then the checkpoint."""
+        if partition.series is not None and sequence > partition.series_offset:
+            _, _, minute_rows, hour_rows = series.drain_into({})
+            partition.series.commit(minute_rows, hour_rows, sequence,
+                                    partition.checkpoint.fingerprint)
+            partition.series_offset = sequence
+        if sequence > partition.checkpoint.offset:
+            current = partition.checkpoint
+            # Extended in place, as in worker/runner.py: should the commit fail, the process
+            # exits and this state goes with it.
+            totals = current.counts
+            skipped, samples, _, _ = counts.drain_into(totals)
+            report_skipped(skipped, samples)
+            # Raises Fenced if another worker committed meanwhile: the caller exits.
+            partition.checkpoint = partition.store.commit(dataclasses.replace(
+                current, offset=sequence, counts=totals, skipped=current.skipped + skipped,
+                messages=current.messages + messages,
+            ))
         self.progress_at = time.time()
 
     def close(self):
+        for partition in self.partitions:
+            if partition.series is not None:
+                partition.series.close()
         if self.stop:
             log.info("worker stopped at %s", ", ".join(
                 f"{partition.name} sequence {partition.checkpoint.offset}"
