@@ -50,6 +50,8 @@ class ClusterReadSide:
             except NoQuorum:
                 if not self._partitions:
                     raise
+                # Asked again in a second, not on every request: each ask waits out a timeout.
+                self._partitions_at = now
             else:
                 self._partitions, self._partitions_at = sorted(messages), now
         return self._partitions
@@ -191,7 +193,10 @@ class ClusterSeries:
         async def ask_all():
             return await asyncio.gather(*(ask(name) for name in names), return_exceptions=True)
 
-        answers = self.link.call(ask_all(), SERIES_TIMEOUT + 2)
+        try:
+            answers = self.link.call(ask_all(), SERIES_TIMEOUT + 2)
+        except UNAVAILABLE as error:
+            raise Unavailable(f"NATS did not answer ({type(error).__name__})") from None
         for name, answer in zip(names, answers):
             if isinstance(answer, BaseException) or "error" in answer:
                 why = answer.get("error") if isinstance(answer, dict) else type(answer).__name__
