@@ -232,7 +232,8 @@ def time_catchup(cluster):
 
 ROWS = [
     ("Single machine, fsync on: single events/s", "file_single_events_s", "{:,.0f}"),
-    ("Single machine, fsync on: batched events/s (100 a batch)", "file_batched_events_s", "{:,.0f}"),
+    ("Single machine, fsync on: batched events/s (100 a batch)", "file_batched_events_s",
+     "{:,.0f}"),
     ("Cluster, 1 ingest node: single events/s", "cluster_1_node_single_events_s", "{:,.0f}"),
     ("Cluster, 2 ingest nodes: single events/s", "cluster_2_nodes_single_events_s", "{:,.0f}"),
     ("Cluster, 1 ingest node: batched events/s", "cluster_1_node_batched_events_s", "{:,.0f}"),

@@ -16,6 +16,7 @@ from worker.stream_runner import StreamWorker
 
 log = logging.getLogger("worker")
 
+
 def run(servers, partitions, replicas, interval, series_dir, minute_retention):
     """Count `partitions` until SIGTERM; keep their series stores in `series_dir` (None: no
     counts over time). Returns the exit code."""
