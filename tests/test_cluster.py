@@ -168,6 +168,13 @@ def test_the_whole_cluster_killed_at_once_resumes_exactly(cluster):
         sent.append(i)
     for n in (1, 2):
         counted(node, {str(i): 1 for i in sent}, n)
+    # The counts over time resumed as exactly: every event in the series, once.
+    status, series = request(node.ingest_port(2), "GET", "/series?step=hour")
+    hour = series["points"][-1][0]
+    status, ranged = request(node.ingest_port(1), "GET",
+                             f"/counts?from={quote(series['points'][0][0])}"
+                             f"&to={quote(next_hour(hour))}")
+    assert status == 200 and ranged["counts"] == {str(i): 1 for i in sent}, ranged
 
 
 class Crash(Exception):
