@@ -13,6 +13,7 @@ import json
 import nats.errors
 
 from storage.layout import STREAM, SUBJECT_PREFIX, worker_ping_subject
+from storage.nats_link import UNAVAILABLE
 from storage.stream_checkpoint_store import read_latest
 
 STREAM_INFO_TIMEOUT = 3.0
@@ -55,7 +56,7 @@ def stream_state(link):
     try:
         info = link.call(link.js.stream_info(STREAM, subjects_filter=SUBJECT_PREFIX + "*"),
                          STREAM_INFO_TIMEOUT)
-    except Exception as error:  # noqa: BLE001 - any failure here means "no answer"
+    except UNAVAILABLE as error:
         raise NoQuorum(
             f"stream {STREAM} did not answer within {STREAM_INFO_TIMEOUT:g} s "
             f"({type(error).__name__}{': ' + str(error) if str(error) else ''}): no leader, "
