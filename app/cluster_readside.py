@@ -8,18 +8,18 @@ A checkpoint is decoded once per revision, and the merge is redone only when a r
 changed.
 """
 
-import asyncio
 import json
 import threading
 import time
 
 from app.readside import Unavailable
 from storage.checkpoint import CorruptCheckpoint, merge
-from storage.cluster_state import NoQuorum, cluster_state, stream_state
+from storage.cluster_state import NoQuorum, ask_each, cluster_state, stream_state
 from storage.layout import series_query_subject
 from storage.nats_link import UNAVAILABLE
 from storage.series_store import SeriesState
 from storage.stream_checkpoint_store import read_latest
+from storage.stream_setup import current_majority
 
 RUNNING, MISSING, STALLED = "running", "missing", "stalled"
 # How long the list of partitions is reused before the stream is asked again.
@@ -156,12 +156,14 @@ class ClusterReadSide:
 
     def health(self):
         stats = self.stats()  # Unavailable (503) names a stream that does not answer
-        details = {"worker": stats["worker"], "stream": stats["stream"]}
-        replicas = stats["stream"]["replicas"]
-        current = 1 + sum(1 for peer in replicas if peer["current"])
-        if 2 * current <= 1 + len(replicas):
+        stream = stats["stream"]
+        details = {"worker": stats["worker"], "stream": stream}
+        replicas = 1 + len(stream["replicas"])
+        current, majority = current_majority(
+            stream["leader"], sum(1 for peer in stream["replicas"] if peer["current"]), replicas)
+        if not majority:
             # A leader that lost its followers answers for a few seconds before it steps down.
-            return (f"only {current} of {1 + len(replicas)} replicas of the stream are current: "
+            return (f"only {current} of {replicas} replicas of the stream are current: "
                     "no majority, writes cannot be acknowledged"), details
         if stats["worker"]["state"] != RUNNING:
             return f"worker {stats['worker']['state']}: {stats['worker']['reason']}", details
@@ -183,26 +185,17 @@ class ClusterSeries:
             names = self.partition_names()
         except NoQuorum as problem:
             raise Unavailable(str(problem)) from None
-        body = json.dumps(question).encode()
-
-        async def ask(name):
-            reply = await self.link.nc.request(series_query_subject(name), body,
-                                               timeout=SERIES_TIMEOUT)
-            return json.loads(reply.data)
-
-        async def ask_all():
-            return await asyncio.gather(*(ask(name) for name in names), return_exceptions=True)
-
         try:
-            answers = self.link.call(ask_all(), SERIES_TIMEOUT + 2)
+            answers = ask_each(self.link, names, series_query_subject,
+                               json.dumps(question).encode(), SERIES_TIMEOUT)
         except UNAVAILABLE as error:
             raise Unavailable(f"NATS did not answer ({type(error).__name__})") from None
-        for name, answer in zip(names, answers):
-            if isinstance(answer, BaseException) or "error" in answer:
+        for name, answer in answers.items():
+            if isinstance(answer, Exception) or "error" in answer:
                 why = answer.get("error") if isinstance(answer, dict) else type(answer).__name__
                 raise Unavailable(f"counts over time need every partition's worker: partition "
                                   f"{name}'s did not answer ({why})")
-        return dict(zip(names, answers))
+        return answers
 
     def state(self):
         """A SeriesState whose offset is {partition: stream sequence} of each store."""

@@ -69,21 +69,29 @@ def stream_state(link):
     return (cluster.leader if cluster else None), replicas, info.state.last_seq, messages
 
 
-def ping_workers(link, partitions):
-    """{partition: the owning worker's answer, or None if no worker answered in time}."""
-    async def ping(partition):
+def ask_each(link, partitions, subject, question, timeout):
+    """Send `question` (bytes) to each partition's `subject(partition)` at once, and return
+    {partition: its JSON answer, or the exception that stood for it (no answer in time, no
+    one listening, an answer that is not JSON)}. Their workers answer these subjects."""
+    async def ask(partition):
         try:
-            reply = await link.nc.request(worker_ping_subject(partition), b"",
-                                          timeout=PING_TIMEOUT)
+            reply = await link.nc.request(subject(partition), question, timeout=timeout)
             return json.loads(reply.data)
-        except (nats.errors.Error, asyncio.TimeoutError, ValueError):
-            return None
+        except (nats.errors.Error, asyncio.TimeoutError, ValueError) as error:
+            return error
 
-    async def ping_all():
-        answers = await asyncio.gather(*(ping(partition) for partition in partitions))
+    async def ask_all():
+        answers = await asyncio.gather(*(ask(partition) for partition in partitions))
         return dict(zip(partitions, answers))
 
-    return link.call(ping_all(), PING_TIMEOUT + 2)
+    return link.call(ask_all(), timeout + 2)
+
+
+def ping_workers(link, partitions):
+    """{partition: the owning worker's answer, or None if no worker answered in time}."""
+    answers = ask_each(link, partitions, worker_ping_subject, b"", PING_TIMEOUT)
+    return {partition: None if isinstance(answer, Exception) else answer
+            for partition, answer in answers.items()}
 
 
 def cluster_state(link, extra_partitions=(), known=None):

@@ -166,13 +166,22 @@ def stream_identity(link):
     return f"{STREAM} created {info.created.isoformat() if info.created else 'at an unknown time'}"
 
 
+def current_majority(leader, followers_current, replicas):
+    """(how many of a stream's `replicas` are current: its leader, if it has one, and the
+    followers caught up with it; whether that is a majority, which acknowledging a write
+    needs)."""
+    current = (1 if leader else 0) + followers_current
+    return current, 2 * current > replicas
+
+
 def _check_ready(what, info):
     cluster = info.cluster
     if cluster is None:  # a single server, not clustered: its own leader
         return
-    current = (1 if cluster.leader else 0) + sum(
-        1 for peer in cluster.replicas or [] if peer.current)
-    if not cluster.leader or 2 * current <= info.config.num_replicas:
+    current, majority = current_majority(
+        cluster.leader, sum(1 for peer in cluster.replicas or [] if peer.current),
+        info.config.num_replicas)
+    if not cluster.leader or not majority:
         raise NotReady(f"{what} has {'a leader' if cluster.leader else 'no leader'} and "
                        f"{current} of {info.config.num_replicas} replicas current")
 

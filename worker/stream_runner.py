@@ -76,7 +76,6 @@ class StreamWorker(PassLoop):
         self.owner = owner or owner_name()
         self.partitions = [Partition(link, name, self.owner, series_dir, minute_retention)
                            for name in partitions]
-        self._pings = []
         # When this worker last finished a pass or committed: its ping answer carries it, so
         # the ingest can tell a worker that answers but no longer counts (stalled).
         self.progress_at = time.time()
@@ -85,9 +84,10 @@ class StreamWorker(PassLoop):
         """Answer the partitions' pings. Ownership itself is the compare-and-set's to
         enforce (see the module's docstring), so nothing is locked here."""
         for partition in self.partitions:
-            self._pings.append(self.link.call(self._answer_pings(partition), 10))
+            # The subscriptions last as long as the connection.
+            self.link.call(self._answer_pings(partition), 10)
             if partition.series is not None:
-                self._pings.append(self.link.call(self._answer_series(partition), 10))
+                self.link.call(self._answer_series(partition), 10)
 
     async def _answer_pings(self, partition):
         async def answer(message):
