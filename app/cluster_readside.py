@@ -2,8 +2,17 @@
 the counts over time summed over the partitions' workers. The same methods as
 app/readside.py's FileReadSide (see there).
 
-Any ingest node serves it: the checkpoints are read from the replicated bucket by direct get,
-which any replica answers, so /counts keeps answering while the stream elects a new leader.
+Reads never go backwards. Any ingest node serves them, and a user may watch one node or
+several behind a load balancer, so no node ever serves a checkpoint older than one it has
+already served, or than the bucket's leader holds:
+* checkpoints are read through the bucket's leader (storage/stream_checkpoint_store.py),
+  never from a replica that may lag; while there is no leader, the answer is a 503 naming the
+  lost majority, not older counts;
+* a node keeps, per partition, the newest revision it has read, and never replaces it with an
+  older one: two requests in flight at once, or a paused old leader that still answers, cannot
+  make it step back;
+* the counts over time carry each partition store's position, and an answer from behind the
+  newest position already served is refused (ClusterSeries).
 A checkpoint is decoded once per revision, and the merge is redone only when a revision
 changed.
 """
@@ -14,9 +23,8 @@ import time
 
 from app.readside import Unavailable
 from storage.checkpoint import CorruptCheckpoint, merge
-from storage.cluster_state import NoQuorum, ask_each, cluster_state, stream_state
+from storage.cluster_state import NoQuorum, ask_each, asking, cluster_state, stream_state
 from storage.layout import series_query_subject
-from storage.nats_link import UNAVAILABLE
 from storage.series_store import SeriesState
 from storage.stream_checkpoint_store import read_latest
 from storage.stream_setup import current_majority
@@ -67,43 +75,52 @@ class ClusterReadSide:
         with self._lock:
             try:
                 names = self._partition_names()
-                self._checkpoints = read_latest(self.link, names, known=self._checkpoints)
+                with asking(self.link, "the checkpoints"):
+                    found = read_latest(self.link, names, known=self._checkpoints)
             except NoQuorum as problem:
                 raise Unavailable(str(problem)) from None
             except CorruptCheckpoint as problem:
-                raise Unavailable(f"a partition checkpoint is unreadable ({problem}); its "
-                                  "worker will recount the partition") from None
-            except UNAVAILABLE as error:
-                raise Unavailable(f"the checkpoint bucket did not answer "
-                                  f"({type(error).__name__})") from None
+                raise Unavailable(unreadable(problem)) from None
+            self._keep_newest(found)
             return self._merge()
 
+    def _keep_newest(self, found):
+        """Take each partition's checkpoint in `found`, {partition: (Checkpoint, revision)},
+        unless this node already read a newer revision of it (see the module's docstring).
+        Called with the lock held."""
+        for name, (checkpoint, revision) in found.items():
+            if revision > self._checkpoints.get(name, (None, 0))[1]:
+                self._checkpoints[name] = (checkpoint, revision)
+
     def _merge(self):
-        """The merged counts of self._checkpoints, and their positions; redone only when a
-        revision changed. Called with the lock held."""
+        """The merged counts of self._checkpoints, and where each partition stands; redone
+        only when a revision changed. Called with the lock held."""
         key = tuple(sorted((name, revision) for name, (_, revision) in self._checkpoints.items()))
         if key != self._merged_key:
             self._merged = merge(checkpoint for checkpoint, _ in self._checkpoints.values())
             self._merged_key = key
-            self._positions = {name: found.offset
+            self._positions = {name: {"sequence": found.offset, "events": found.events}
                                for name, (found, _) in sorted(self._checkpoints.items())}
         return self._merged, {"partitions": self._positions}
 
     def _state(self):
-        """The cluster's state, and the merged counts of the same checkpoints."""
+        """The cluster's state, and the merged counts of the newest checkpoints read."""
         try:
             # Outside the lock: the pings may wait a second for a worker that is gone, and
             # /counts must not wait with them.
             state = cluster_state(self.link, known=self._checkpoints)
-            with self._lock:
-                self._checkpoints = {partition.name: (partition.checkpoint, partition.revision)
-                                     for partition in state.partitions if partition.checkpoint}
-                merged, _ = self._merge()
-            return state, merged
-        except (NoQuorum, CorruptCheckpoint) as problem:
+        except NoQuorum as problem:
             raise Unavailable(str(problem)) from None
-        except UNAVAILABLE as error:
-            raise Unavailable(f"NATS did not answer ({type(error).__name__})") from None
+        except CorruptCheckpoint as problem:
+            raise Unavailable(unreadable(problem)) from None
+        with self._lock:
+            self._keep_newest({partition.name: (partition.checkpoint, partition.revision)
+                               for partition in state.partitions if partition.checkpoint})
+            for partition in state.partitions:
+                partition.checkpoint, partition.revision = self._checkpoints.get(
+                    partition.name, (None, 0))
+            merged, _ = self._merge()
+        return state, merged
 
     def _worker(self, partition):
         """The partition's worker: running, missing (none answers) or stalled."""
@@ -163,46 +180,79 @@ class ClusterReadSide:
             stream["leader"], sum(1 for peer in stream["replicas"] if peer["current"]), replicas)
         if not majority:
             # A leader that lost its followers answers for a few seconds before it steps down.
-            return (f"only {current} of {replicas} replicas of the stream are current: "
-                    "no majority, writes cannot be acknowledged"), details
+            return (f"no majority: only {current} of {replicas} replicas of the stream are "
+                    "current; writes cannot be acknowledged"), details
         if stats["worker"]["state"] != RUNNING:
             return f"worker {stats['worker']['state']}: {stats['worker']['reason']}", details
         return None, details
+
+
+class Behind(Exception):
+    """A partition's counts over time answered from behind what this node already served."""
+
+
+def unreadable(problem):
+    return f"a partition checkpoint is unreadable ({problem}); its worker will recount it"
 
 
 class ClusterSeries:
     """The counts over time in cluster mode, with storage/series_store.SeriesReader's
     methods: each partition's worker answers for its partition's series store
     (worker/stream_runner.py), and the answer is their sum. Raises Unavailable (503) if a
-    partition's worker does not answer: a sum without it would be wrong, not partial."""
+    partition's worker does not answer, or answers from behind a position this node already
+    served: a sum without it would be wrong, not partial, and counts must not go down."""
 
     def __init__(self, link, partition_names):
         self.link = link
         self.partition_names = partition_names
+        self._lock = threading.Lock()
+        self._served = {}  # partition -> the newest store position served from
 
     def _ask(self, question):
+        # Asked again once: an answer can be behind only because another request, sent
+        # later, was answered first; the store has caught up with it by now.
+        try:
+            return self._ask_once(question)
+        except Behind:
+            pass
+        try:
+            return self._ask_once(question)
+        except Behind as behind:
+            raise Unavailable(str(behind)) from None
+
+    def _ask_once(self, question):
         try:
             names = self.partition_names()
+            with asking(self.link, "a question about the counts over time"):
+                answers = ask_each(self.link, names, series_query_subject,
+                                   json.dumps(question).encode(), SERIES_TIMEOUT)
         except NoQuorum as problem:
             raise Unavailable(str(problem)) from None
-        try:
-            answers = ask_each(self.link, names, series_query_subject,
-                               json.dumps(question).encode(), SERIES_TIMEOUT)
-        except UNAVAILABLE as error:
-            raise Unavailable(f"NATS did not answer ({type(error).__name__})") from None
         for name, answer in answers.items():
-            if isinstance(answer, Exception) or "error" in answer:
-                why = answer.get("error") if isinstance(answer, dict) else type(answer).__name__
-                raise Unavailable(f"counts over time need every partition's worker: partition "
-                                  f"{name}'s did not answer ({why})")
+            if isinstance(answer, Exception):
+                raise Unavailable(f"counts over time need every partition's worker: no worker "
+                                  f"answers for partition {name}")
+            if "error" in answer:
+                raise Unavailable(f"counts over time need every partition's worker: "
+                                  f"{answer['error']}")
+        with self._lock:
+            for name, answer in answers.items():
+                position = answer["state"][0] if answer["state"] else 0
+                if position < self._served.get(name, 0):
+                    raise Behind(
+                        f"partition {name}'s counts over time answered from sequence "
+                        f"{position}, behind the {self._served[name]} already served (a "
+                        "second worker on the partition, or its store recounted); try again")
+                self._served[name] = position
         return answers
 
     def state(self):
-        """A SeriesState whose offset is {partition: stream sequence} of each store."""
+        """A SeriesState whose offset is {partition: {"sequence", "events"}} of each store."""
         states = {name: SeriesState(*answer["state"])
                   for name, answer in self._ask({"ask": "state"}).items() if answer["state"]}
         return SeriesState(
-            offset={name: state.offset for name, state in sorted(states.items())},
+            offset={name: {"sequence": state.offset, "events": state.events}
+                    for name, state in sorted(states.items())},
             fingerprint="", events=sum(state.events for state in states.values()),
             # Each store keeps its minutes back from its own newest one, which is at most
             # this: every store holds every minute from this one's retention on.

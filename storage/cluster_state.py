@@ -7,8 +7,11 @@ For the stream: its leader and replicas, which tell whether it has a quorum.
 """
 
 import asyncio
+import contextlib
 import dataclasses
 import json
+import logging
+import time
 
 import nats.errors
 
@@ -16,13 +19,44 @@ from storage.layout import STREAM, SUBJECT_PREFIX, worker_ping_subject
 from storage.nats_link import UNAVAILABLE
 from storage.stream_checkpoint_store import read_latest
 
+log = logging.getLogger("nats")
+
 STREAM_INFO_TIMEOUT = 3.0
 PING_TIMEOUT = 1.0
+# The same NATS failure is logged again after this long, not on every request that meets it.
+REPEAT_LOG_SECONDS = 60.0
 
 
 class NoQuorum(Exception):
-    """The stream did not answer: no leader, most often because no majority of its replicas
-    is up (or no NATS server is reachable at all)."""
+    """The cluster did not answer: no leader, most often because no majority of its servers
+    is up (or this node reaches no NATS server at all). The message is in the engine's words,
+    the same whichever node answers; NATS's own error is in the log."""
+
+
+@contextlib.contextmanager
+def asking(link, what):
+    """Turn a NATS failure inside the block, while asking the cluster for `what`, into
+    NoQuorum; log NATS's own words for the operator (once a minute while they repeat)."""
+    try:
+        yield
+    except UNAVAILABLE as error:
+        _log_now_and_then(f"{what} did not answer: {type(error).__name__}: {error}".rstrip(": "))
+        if not link.connected:
+            raise NoQuorum("no NATS server is reachable from this node (reconnecting)") from None
+        raise NoQuorum(f"no majority: the cluster did not answer for {what} (it has no leader), "
+                       "most likely because fewer than a majority of its NATS servers are "
+                       "up; writes cannot be acknowledged") from None
+
+
+_logged = {}  # line -> when it was last logged
+
+
+def _log_now_and_then(line):
+    now = time.monotonic()
+    if now - _logged.get(line, -REPEAT_LOG_SECONDS) >= REPEAT_LOG_SECONDS:
+        _logged.clear()  # only the latest matters: a changed error is logged at once
+        _logged[line] = now
+        log.warning("%s", line)
 
 
 @dataclasses.dataclass
@@ -53,14 +87,9 @@ class ClusterState:
 def stream_state(link):
     """The stream's leader, replicas, last sequence and messages per partition. Raises
     NoQuorum if it does not answer in time."""
-    try:
+    with asking(link, f"stream {STREAM}"):
         info = link.call(link.js.stream_info(STREAM, subjects_filter=SUBJECT_PREFIX + "*"),
                          STREAM_INFO_TIMEOUT)
-    except UNAVAILABLE as error:
-        raise NoQuorum(
-            f"stream {STREAM} did not answer within {STREAM_INFO_TIMEOUT:g} s "
-            f"({type(error).__name__}{': ' + str(error) if str(error) else ''}): no leader, "
-            "most likely no majority of its replicas is up") from None
     cluster = info.cluster
     replicas = [{"name": peer.name, "current": bool(peer.current), "lag": peer.lag or 0}
                 for peer in (cluster.replicas or [])] if cluster else []
@@ -89,7 +118,8 @@ def ask_each(link, partitions, subject, question, timeout):
 
 def ping_workers(link, partitions):
     """{partition: the owning worker's answer, or None if no worker answered in time}."""
-    answers = ask_each(link, partitions, worker_ping_subject, b"", PING_TIMEOUT)
+    with asking(link, "the workers' pings"):
+        answers = ask_each(link, partitions, worker_ping_subject, b"", PING_TIMEOUT)
     return {partition: None if isinstance(answer, Exception) else answer
             for partition, answer in answers.items()}
 
@@ -101,7 +131,8 @@ def cluster_state(link, extra_partitions=(), known=None):
     CorruptCheckpoint."""
     leader, replicas, last_sequence, messages = stream_state(link)
     names = sorted(set(messages) | set(extra_partitions))
-    checkpoints = read_latest(link, names, known)
+    with asking(link, "the checkpoints"):
+        checkpoints = read_latest(link, names, known)
     workers = ping_workers(link, names)
     partitions = []
     for name in names:

@@ -8,9 +8,11 @@ The format is in storage/checkpoint.py ("Cluster mode"). Guarantees:
   same partition is refused (Fenced) as soon as the first one commits: at most one owner's
   commits ever join the key's chain of revisions.
 * The bucket is replicated like the stream, and a commit returns once a quorum stored it.
-* load() reads through the bucket's leader (never a follower that may lag), so the revision
-  it returns is the latest: a worker starting after another one died resumes from its last
-  commit, not from an older one.
+* Every read goes through the bucket's leader, never a follower that may lag: load()'s
+  revision is the latest, so a worker starting after another one died resumes from its last
+  commit, and read_latest() never serves the read side a checkpoint older than the leader
+  holds (a lagging replica would: counts seen on the dashboard would go down). Without a
+  leader there is no answer: the caller reports the lost majority rather than guessing.
 * Nothing is ever deleted: the key keeps its last commits as history (stream_setup.py), an
   unreadable value among them.
 """
@@ -30,11 +32,10 @@ class Fenced(Exception):
     """Another worker committed this partition since this one loaded it."""
 
 
-def bucket(link, direct):
-    """The checkpoint bucket; `direct` reads may be answered by any replica (faster, and
-    possible without a leader, but perhaps a moment behind)."""
+def bucket(link):
+    """The checkpoint bucket, read through its leader (see the module's docstring)."""
     return KeyValue(name=CHECKPOINT_BUCKET, stream=f"KV_{CHECKPOINT_BUCKET}",
-                    pre=f"$KV.{CHECKPOINT_BUCKET}.", js=link.js, direct=direct)
+                    pre=f"$KV.{CHECKPOINT_BUCKET}.", js=link.js, direct=False)
 
 
 class StreamCheckpointStore:
@@ -46,7 +47,7 @@ class StreamCheckpointStore:
         self.key = checkpoint_key(partition)
         self.owner = owner
         self.revision = 0  # the key's revision this store is at; 0: no checkpoint yet
-        self._bucket = bucket(link, direct=False)
+        self._bucket = bucket(link)
 
     def load(self):
         """The partition's committed checkpoint, or None if there is none. Raises
@@ -82,7 +83,7 @@ class StreamCheckpointStore:
         return stamped
 
 
-def read_latest(link, partitions, known=None, direct=True):
+def read_latest(link, partitions, known=None):
     """{partition: (Checkpoint, revision)} for those of `partitions` that have a checkpoint.
 
     `known`, a previous answer, saves decoding a checkpoint whose revision did not change.
@@ -91,7 +92,7 @@ def read_latest(link, partitions, known=None, direct=True):
     known = known or {}
 
     async def read_all():
-        store = bucket(link, direct)
+        store = bucket(link)
         found = {}
         for partition in partitions:
             try:
@@ -115,7 +116,7 @@ def history(link, partition):
     revision just before it."""
     async def read():
         try:
-            entries = await bucket(link, direct=False).history(checkpoint_key(partition))
+            entries = await bucket(link).history(checkpoint_key(partition))
         except NoKeysError:
             return []
         chain = []

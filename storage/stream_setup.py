@@ -56,8 +56,9 @@ def bucket_config(replicas):
         replicas=replicas,
         history=CHECKPOINT_HISTORY,
         max_value_size=MAX_CHECKPOINT_BYTES,
-        # Reads answered by any replica: the ingest's read side keeps serving the counts
-        # while the bucket elects a leader.
+        # Allowed, and checked like every setting, because buckets were created with it;
+        # nothing reads directly: a replica that lags would serve older counts
+        # (storage/stream_checkpoint_store.py reads through the leader).
         direct=True,
     )
 

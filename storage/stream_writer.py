@@ -127,11 +127,13 @@ class StreamLog:
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
+                # NATS's own words are for the operator's log, not for the client's answer.
                 log.warning("publish %s not acknowledged after %d attempts in %.1f s: %s",
                             message_id, attempts, self.timeout, last_error)
                 raise AppendError(
                     f"the cluster did not acknowledge the events within {self.timeout:g} s "
-                    f"({last_error}); they may or may not be stored: at most once")
+                    "(no majority of its NATS servers answered in time); they may or may not "
+                    "be stored: at most once")
             attempts += 1
             try:
                 # The same id on every attempt: the stream stores the message once.

@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from cluster_harness import PROGRAMS
 from http_client import request, wait_for
 from ledger import Posters, check_ledgers
 from storage.layout import SUBJECT_PREFIX
@@ -88,7 +89,7 @@ class Watcher:
 def healthy(node):
     """Every program running, the stream led, every replica current, both workers there."""
     states = node.status()
-    if len(states) != 7 or any(state != "RUNNING" for state in states.values()):
+    if any(states.get(name) != "RUNNING" for name in PROGRAMS):
         return False
     try:
         status, stats = request(node.ingest_port(1), "GET", "/stats", timeout=5)

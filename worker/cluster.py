@@ -58,9 +58,6 @@ def status(servers, partitions, print_top, out=sys.stdout):
     except (NoQuorum, CorruptCheckpoint) as problem:
         print(problem, file=sys.stderr)
         return process.EXIT_FAILED
-    except UNAVAILABLE as error:
-        print(f"NATS did not answer ({type(error).__name__})", file=sys.stderr)
-        return process.EXIT_FAILED
     finally:
         link.close()
     followers = ", ".join(f"{peer['name']} ({'current' if peer['current'] else 'behind'})"

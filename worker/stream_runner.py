@@ -101,29 +101,42 @@ class StreamWorker(PassLoop):
         return await self.link.nc.subscribe(worker_ping_subject(partition.name), cb=answer)
 
     async def _answer_series(self, partition):
-        """Answer questions about the partition's counts over time: JSON in, JSON out.
+        """Answer questions about the partition's counts over time: JSON in, JSON out. Every
+        answer carries the store's `state` ([offset, ...], read before the answer itself, so
+        the answer is at least that new), which the ingest uses to refuse answers from behind
+        what it already served.
 
             {"ask": "state"}                                 -> {"state": [offset, ...]}
             {"ask": "buckets", "step", "experience", "start", "end"} -> {"buckets": [[s, n]]}
             {"ask": "counts", "step", "start", "end"}        -> {"counts": [[id, n]]}
+
+        While the store is behind the partition's checkpoint (it is being recounted, after it
+        was rejected or lost), the answer is {"error": ...}: partial sums would show counts
+        over time going down.
         """
         reader = partition.series_reader
 
         async def answer(message):
             try:
                 question = json.loads(message.data)
-                if question["ask"] == "state":
-                    state = reader.state()
-                    reply = {"state": list(state) if state else None}
+                state = reader.state()
+                reply = {"state": list(state) if state else None}
+                if (state.offset if state else 0) < partition.checkpoint.offset:
+                    reply = {"error": f"partition {partition.name}'s counts over time are being "
+                                      f"recounted (at sequence {state.offset if state else 0} "
+                                      f"of {partition.checkpoint.offset})"}
                 elif question["ask"] == "buckets":
-                    reply = {"buckets": list(reader.buckets(
+                    reply["buckets"] = list(reader.buckets(
                         question["step"], question["experience"], question["start"],
-                        question["end"]).items())}
-                else:
-                    reply = {"counts": list(reader.counts(
-                        question["step"], question["start"], question["end"]).items())}
+                        question["end"]).items())
+                elif question["ask"] == "counts":
+                    reply["counts"] = list(reader.counts(
+                        question["step"], question["start"], question["end"]).items())
             except (ValueError, KeyError, TypeError, sqlite3.Error) as problem:
-                reply = {"error": f"{type(problem).__name__}: {problem}"}
+                log.error("partition %s: a question about its counts over time failed: %s: %s",
+                          partition.name, type(problem).__name__, problem)
+                reply = {"error": f"partition {partition.name}'s worker could not read its "
+                                  "counts over time (its log says why)"}
             await message.respond(json.dumps(reply).encode())
 
         return await self.link.nc.subscribe(series_query_subject(partition.name), cb=answer)
