@@ -2,7 +2,7 @@
 cluster mode, with MINI_ANALYTICS_CLUSTER set, to its partition of the NATS JetStream stream).
 
 Takes no arguments; every setting is a MINI_ANALYTICS_* environment variable (README,
-"Configuration").
+"Configuration"), listed below.
 """
 
 import json
@@ -129,23 +129,26 @@ def run_server(app, host, port, threads):
 
 
 def main(argv):
+    usage = f"{__doc__.strip()}\n\n{settings.help_table()}"
     if argv in (["-h"], ["--help"]):
-        print(__doc__.strip())
+        print(usage)
         return process.EXIT_OK
     if argv:
-        print(f"python -m app takes no arguments, got {' '.join(argv)!r}\n\n{__doc__.strip()}",
+        print(f"python -m app takes no arguments, got {' '.join(argv)!r}\n\n{usage}",
               file=sys.stderr)
         return process.EXIT_BAD_SETUP
-    process.start_logging()
+    process.start_logging("ingest")
     # waitress warns "Task queue depth is N" whenever all threads are busy, which under load
     # is every request: the flood costs real CPU and says nothing an operator can act on.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     try:
+        state_dir = settings.state_dir()
+        process.log_to_existing_file("ingest", state_dir)
         config = {
             "host": settings.host(),
             "port": settings.port(),
             "threads": settings.threads(),
-            "state_dir": settings.state_dir(),
+            "state_dir": state_dir,
             "durable": settings.fsync(),
             "stalled_after": settings.stalled_after(),
             "cpu": settings.ingest_cpu(),

@@ -20,6 +20,7 @@ import os
 import sys
 import time
 
+from storage import settings
 from storage.layout import Layout
 from storage.lockfile import AlreadyLocked
 
@@ -39,13 +40,27 @@ MIN_LIFETIME = 1.0
 _started = time.monotonic()
 
 
-def start_logging():
+def start_logging(program):
+    """Log lines to stderr, each written whole in one write (logging's StreamHandler writes a
+    line and its newline together; print() writes them apart, and under supervisord another
+    program's line can land between the two). Warns of MINI_ANALYTICS_* names that are no
+    setting."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    for warning in settings.unknown():
+        logging.getLogger(program).warning("%s", warning)
+
+
+def log_to_existing_file(program, state_dir):
+    """Also write the log to the program's log file, if the state folder already has its logs
+    folder: so that a start that fails is in the file too, while a bad setting on a new
+    folder still creates nothing."""
+    if Layout(state_dir).log_file(program).parent.is_dir():
+        _log_to_file(Layout(state_dir).log_file(program))
 
 
 def bad_setting(program, error):
-    """Report a bad setting in one line; return the exit code for it."""
-    print(f"mini-analytics {program}: {error}", file=sys.stderr)
+    """Report a bad setting in one log line; return the exit code for it."""
+    logging.getLogger(program).critical("%s; exiting", error)
     return EXIT_BAD_SETUP
 
 
@@ -72,12 +87,15 @@ def run_in_state_folder(program, state_dir, body):
 
 
 def _log_to_file(path):
+    root = logging.getLogger()
+    if any(getattr(handler, "baseFilename", None) == str(path) for handler in root.handlers):
+        return
     path.parent.mkdir(exist_ok=True)
     handler = logging.handlers.RotatingFileHandler(
         path, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS
     )
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    logging.getLogger().addHandler(handler)
+    root.addHandler(handler)
 
 
 def paced(code):

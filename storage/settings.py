@@ -5,6 +5,7 @@ message names the variable; each program reports it (storage/process.py) and exi
 code 2 before it touches anything on disk.
 """
 
+import difflib
 import math
 import os
 import re
@@ -12,6 +13,51 @@ from pathlib import Path
 
 PREFIX = "MINI_ANALYTICS_"
 DEFAULT_STATE_DIR = Path(__file__).resolve().parent.parent / "state"
+
+# Every setting, its default and what it does: what `--help` prints, and what a misspelt name
+# is matched against. The README's configuration table says the same at more length.
+SETTINGS = [
+    ("INTERVAL", "5", "seconds between worker passes (0.01 to 86400)"),
+    ("STALLED_AFTER", "max(3 x interval, 30)", "seconds an event may wait to be counted "
+                                               "before the worker is called stalled"),
+    ("HOST", "127.0.0.1", "address the ingest API binds to"),
+    ("PORT", "8000", "port of the ingest API"),
+    ("INGEST_CPU", "auto", "the CPU the ingest keeps its threads on: auto, a CPU number, all"),
+    ("THREADS", "16", "the ingest's waitress threads (1 to 256)"),
+    ("FSYNC", "on", "on: a 202 means on disk; off: no sync per request"),
+    ("SERIES", "on", "whether the worker keeps the counts over time"),
+    ("MINUTE_RETENTION_HOURS", "48", "hours of minute buckets kept before the newest event"),
+    ("STATE_DIR", "state/ beside the code", "folder of data1, data2, locks and logs"),
+    ("CLUSTER", "(unset: one machine)", "cluster mode: NATS server URLs, comma-separated"),
+    ("PARTITION", "(none)", "cluster mode, ingest: the partition this node appends to"),
+    ("PARTITIONS", "(none)", "cluster mode, worker: the partitions it owns, comma-separated"),
+    ("REPLICAS", "3", "cluster mode: copies of the stream and checkpoints (1, 3 or 5)"),
+    ("PUBLISH_TIMEOUT", "10", "cluster mode: seconds a publish is retried before a 503"),
+    ("CLUSTER_PORT_BASE", "7000", "cluster/supervisord.conf: shifts every port of the local "
+                                  "cluster"),
+]
+
+
+def help_table():
+    """The settings as `python -m app --help` and `python -m worker --help` list them."""
+    width = max(len(PREFIX + name) for name, _, _ in SETTINGS)
+    lines = ["Settings (environment variables; README, Configuration):"]
+    lines += [f"  {PREFIX + name:<{width}}  {meaning} (default: {default})"
+              for name, default, meaning in SETTINGS]
+    return "\n".join(lines)
+
+
+def unknown(environ=os.environ):
+    """One warning for each MINI_ANALYTICS_* variable that is no setting (a misspelt name is
+    otherwise silently ignored, and its default used), naming the closest setting."""
+    known = [PREFIX + name for name, _, _ in SETTINGS]
+    warnings = []
+    for name in sorted(environ):
+        if name.startswith(PREFIX) and name not in known:
+            closest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"did you mean {closest[0]}?" if closest else "see --help for the settings"
+            warnings.append(f"{name} is not a setting and is ignored ({hint})")
+    return warnings
 
 
 class ConfigError(Exception):

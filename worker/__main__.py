@@ -175,20 +175,23 @@ COMMANDS = {"run": run, "status": status, "rebuild": rebuild}
 
 
 def main(argv):
+    usage = f"{__doc__.strip()}\n\n{settings.help_table()}"
     if argv in (["-h"], ["--help"], ["help"]):
-        print(__doc__.strip())
+        print(usage)
         return process.EXIT_OK
     command = argv[0] if argv else "run"
     if command not in COMMANDS or len(argv) > 1:
         problem = (f"unknown command {command!r}" if command not in COMMANDS
                    else f"{command} takes no arguments, got {' '.join(argv[1:])!r}")
-        print(f"python -m worker: {problem}\n\n{__doc__.strip()}", file=sys.stderr)
+        print(f"python -m worker: {problem}\n\n{usage}", file=sys.stderr)
         return process.EXIT_BAD_SETUP
-    process.start_logging()
+    process.start_logging("worker")
     try:
         state_dir = settings.state_dir()
     except settings.ConfigError as error:
         return process.bad_setting("worker", error)
+    if command == "run":
+        process.log_to_existing_file("worker", state_dir)
     return COMMANDS[command](state_dir)
 
 
