@@ -16,10 +16,21 @@ run: $(VENV)/installed
 		     "state folder $${state:-$(CURDIR)/state}); see: make status" >&2; \
 		exit 1; \
 	fi
+	@rm -f state/bad-setup
 	$(BIN)/supervisord -c supervisord.conf
+	@$(call fail_on_bad_setup,state/bad-setup)
 
+# A program that exited 2 (a bad setup) ended the run (storage/stop_on_bad_setup.py): its
+# reason is the last line printed, and make fails.
+fail_on_bad_setup = if [ -f $(1) ]; then echo "mini-analytics stopped: $$(cat $(1))" >&2; exit 1; fi
+
+# supervisorctl's own answer when nothing runs is a socket path and "no such file".
 status: $(VENV)/installed
-	@$(CTL) status; $(BIN)/python -m worker status
+	@if ! $(CTL) pid >/dev/null 2>&1; then \
+		echo "mini-analytics is not running (start it with: make run)"; \
+	else \
+		$(CTL) status; \
+	fi; $(BIN)/python -m worker status
 
 # Cluster mode on this machine (README, "Cluster mode"): 3 NATS nodes, 2 ingest nodes, 2 workers.
 CLUSTER_CTL := $(BIN)/supervisorctl -c cluster/supervisord.conf
@@ -30,10 +41,15 @@ cluster: $(VENV)/installed
 		echo "the local cluster is already running (supervisord pid $$pid); see: make cluster-status" >&2; \
 		exit 1; \
 	fi
+	@rm -f state/cluster-bad-setup
 	$(BIN)/supervisord -c cluster/supervisord.conf
+	@$(call fail_on_bad_setup,state/cluster-bad-setup)
 
 cluster-status: $(VENV)/installed
-	@$(CLUSTER_CTL) status; base=$(CLUSTER_BASE); \
+	@if ! $(CLUSTER_CTL) pid >/dev/null 2>&1; then \
+		echo "the local cluster is not running (start it with: make cluster)"; exit 1; \
+	fi; \
+	$(CLUSTER_CTL) status; base=$(CLUSTER_BASE); \
 	MINI_ANALYTICS_CLUSTER=nats://127.0.0.1:$$((base + 1)),nats://127.0.0.1:$$((base + 2)),nats://127.0.0.1:$$((base + 3)) \
 		$(BIN)/python -m worker status
 

@@ -138,6 +138,11 @@ class Supervisor:
                 states[fields[0]] = fields[1]
         return states
 
+    def all_running(self):
+        """Both programs and the bad-setup listener RUNNING."""
+        return self.status() == {"ingest": "RUNNING", "worker": "RUNNING",
+                                 "stop_on_bad_setup": "RUNNING"}
+
     def pid(self, name):
         """The program's pid while it is RUNNING, else None (never 0: see stack notes)."""
         text = self.ctl("pid", name, check=False).stdout.strip()

@@ -40,8 +40,7 @@ def test_chaos_under_load_with_a_ledger(supervisor):
             time.sleep(rng.uniform(0.0, 0.5))  # a random moment in its life
             os.kill(pid, signal.SIGKILL)
             kills[program] += 1
-        wait_for(lambda: sup.status() == {"ingest": "RUNNING", "worker": "RUNNING"},
-                 what="both programs back")
+        wait_for(sup.all_running, what="both programs back")
         acked = len(singles.acked), len(batches.acked)
         wait_for(lambda: len(singles.acked) > acked[0] and len(batches.acked) > acked[1],
                  what="acknowledgements after the chaos")

@@ -65,8 +65,7 @@ def test_sigkill_the_ingest_under_supervisord(supervisor):
     check_ledgers(final["counts"], posters)
     wait_for(lambda: read_series(sup.state_dir)[0] == final["offset"], what="the series")
     check_series_ledgers(sup.state_dir, posters)
-    wait_for(lambda: sup.status() == {"ingest": "RUNNING", "worker": "RUNNING"},
-             what="supervisord to report both programs RUNNING")
+    wait_for(sup.all_running, what="supervisord to report both programs RUNNING")
     print(
         f"\ningest kills: {INGEST_KILLS}, acked: {len(posters.acked)}, "
         f"unknown: {len(posters.unknown)}, refused: {len(posters.refused)}, "

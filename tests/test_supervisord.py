@@ -4,14 +4,14 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
-import time
 
-from http_client import post, request, wait_for
+from http_client import free_port, post, request, wait_for
 from ledger import Posters, check_ledgers
-from processes import REPO
+from processes import REPO, Supervisor
 from reference import caught_up, check_invariant, read_checkpoint
 
 
@@ -72,19 +72,52 @@ def test_stop_and_start(supervisor):
 LOG_LINE = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Za-z]")
 
 
-def test_a_bad_setting_stops_for_good(supervisor):
+def test_a_bad_setting_ends_the_run_saying_why(supervisor):
     sup = supervisor(wait=False, interval="abc")
-    wait_for(lambda: sup.status().get("worker") == "EXITED"
-             and sup.status().get("ingest") == "EXITED", what="both programs to give up")
+    # Not a crash: nothing restarts it, and a run without it is no run: supervisord ends.
+    wait_for(lambda: sup.proc.poll() is not None, 30, what="supervisord to end the run")
     log = sup.log()
-    assert "MINI_ANALYTICS_INTERVAL must be" in log
     assert "exited: worker (exit status 2; expected)" in log
-    # Not a crash: nothing brings it back. Watched for a while, it stays down, started once.
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        assert sup.status()["worker"] == "EXITED"
-        time.sleep(0.2)
-    assert sup.log().count("spawned: 'worker'") == 1
+    assert log.count("spawned: 'worker'") == 1
+    reason = (sup.root / "state" / "bad-setup").read_text()
+    assert reason.startswith("worker cannot run (exit status 2") or \
+        reason.startswith("ingest cannot run (exit status 2"), reason
+    assert "MINI_ANALYTICS_INTERVAL must be a number of seconds" in reason
+    assert f"mini-analytics CRITICAL {reason.strip()}; stopping everything" in log
+    lines = (sup.root / "supervisord.out").read_bytes().splitlines()
+    assert all(LOG_LINE.match(line) for line in lines), lines
+    assert not (sup.state_dir / "data1").exists()
+
+
+def test_a_taken_port_ends_make_run_with_the_reason_last(supervisor):
+    root = supervisor.root
+    shutil.copy2(REPO / "Makefile", root / "Makefile")
+    (root / ".venv").symlink_to(sys.prefix, target_is_directory=True)
+    sup = Supervisor(root, free_port(), interval=0.2)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", sup.port))
+        taken.listen()
+        result = subprocess.run(
+            ["make", "-s", "-o", ".venv/installed", "run"], cwd=root, env=sup.env,
+            capture_output=True, text=True, timeout=120,
+        )
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if not line.startswith("make: ")]
+    assert ours[-1].startswith("mini-analytics stopped: ingest cannot run (exit status 2"), \
+        result.stderr
+    assert f"cannot listen on 127.0.0.1:{sup.port}" in ours[-1]
+    assert "Address already in use" in ours[-1]
+    # supervisord and the worker ended with the run, none left behind.
+    assert sup.ctl("pid", check=False).returncode != 0
+
+
+def test_a_crash_does_not_end_the_run(supervisor):
+    sup = supervisor(interval=0.2)
+    pid = sup.pid("ingest")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: sup.pid("ingest") not in (None, pid), what="a new ingest")
+    wait_for(sup.http_ready, what="the ingest to answer again")
+    assert sup.proc.poll() is None and not (sup.root / "state" / "bad-setup").exists()
 
 
 def test_a_killed_program_is_restarted_however_early_and_often(supervisor):
@@ -154,7 +187,7 @@ def test_a_second_start_says_it_is_running(supervisor):
     )
     assert result.returncode != 0
     assert "already running" in result.stderr and str(sup.state_dir) in result.stderr
-    assert sup.status() == {"ingest": "RUNNING", "worker": "RUNNING"}
+    assert sup.all_running()
 
 
 def test_log_lines_stay_whole_in_a_file(supervisor):
