@@ -137,13 +137,16 @@ def main(argv):
         print(f"python -m app takes no arguments, got {' '.join(argv)!r}\n\n{usage}",
               file=sys.stderr)
         return process.EXIT_BAD_SETUP
-    process.start_logging("ingest")
+    try:
+        state_dir = settings.state_dir()
+    except settings.ConfigError as error:
+        process.start_logging("ingest")
+        return process.bad_setting("ingest", error)
+    process.start_logging("ingest", state_dir)
     # waitress warns "Task queue depth is N" whenever all threads are busy, which under load
     # is every request: the flood costs real CPU and says nothing an operator can act on.
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
     try:
-        state_dir = settings.state_dir()
-        process.log_to_existing_file("ingest", state_dir)
         config = {
             "host": settings.host(),
             "port": settings.port(),

@@ -58,13 +58,15 @@ def json_body(document, status=200):
     return json.dumps(document) + "\n"
 
 
-def csv_body(header, rows):
-    """A CSV answer (RFC 4180: CRLF line ends) with a header row."""
+def csv_body(name, header, rows):
+    """A CSV answer (RFC 4180: CRLF line ends) with a header row, which a browser saves as
+    `name`.csv rather than showing it."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(header)
     writer.writerows(rows)
     response.content_type = "text/csv; charset=utf-8"
+    response.set_header("Content-Disposition", f'attachment; filename="{name}.csv"')
     return out.getvalue()
 
 
@@ -196,7 +198,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
         else:
             raise HTTPError(400, f"top must be a positive integer, got {top!r}")
         if csv_wanted:
-            return csv_body(["experienceID", "count"], items)
+            return csv_body("counts", ["experienceID", "count"], items)
         document = {
             "counts": {str(key): value for key, value in items},
             **position,
@@ -231,7 +233,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
         points = series_query.points(
             query, lambda step, start, end: available(series.buckets, step, which, start, end))
         if csv_wanted:
-            return csv_body(["time", "count"], points)
+            return csv_body("series", ["time", "count"], points)
         return json_body({
             "step": query.step,
             "from": query.start.isoformat(timespec="seconds"),

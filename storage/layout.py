@@ -24,6 +24,10 @@
                       storage/process.py: each program's own log lines; read by the operator
     supervisor.sock, supervisord.pid
                       supervisord (paths in supervisord.conf), not the engine
+    bad-setup         storage/stop_on_bad_setup.py (supervisord's listener: why a program
+                      exiting 2 ended the run)  `make run`, which prints it last
+    (These three are supervisord's, in state/ beside supervisord.conf, wherever
+    MINI_ANALYTICS_STATE_DIR points; cluster/supervisord.conf's are named cluster-*.)
 
 Nothing else is ever created in the state folder.
 

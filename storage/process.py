@@ -40,22 +40,18 @@ MIN_LIFETIME = 1.0
 _started = time.monotonic()
 
 
-def start_logging(program):
+def start_logging(program, state_dir=None):
     """Log lines to stderr, each written whole in one write (logging's StreamHandler writes a
     line and its newline together; print() writes them apart, and under supervisord another
-    program's line can land between the two). Warns of MINI_ANALYTICS_* names that are no
-    setting."""
+    program's line can land between the two). With `state_dir`, also to the program's log
+    file there, if the folder already has its logs/: so that a start that fails is in the
+    file too, while a bad setting on a new folder still creates nothing. Then warns of
+    MINI_ANALYTICS_* names that are no setting."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    if state_dir is not None and Layout(state_dir).log_file(program).parent.is_dir():
+        _log_to_file(Layout(state_dir).log_file(program))
     for warning in settings.unknown():
         logging.getLogger(program).warning("%s", warning)
-
-
-def log_to_existing_file(program, state_dir):
-    """Also write the log to the program's log file, if the state folder already has its logs
-    folder: so that a start that fails is in the file too, while a bad setting on a new
-    folder still creates nothing."""
-    if Layout(state_dir).log_file(program).parent.is_dir():
-        _log_to_file(Layout(state_dir).log_file(program))
 
 
 def bad_setting(program, error):

@@ -50,12 +50,14 @@ def help_table():
 def unknown(environ=os.environ):
     """One warning for each MINI_ANALYTICS_* variable that is no setting (a misspelt name is
     otherwise silently ignored, and its default used), naming the closest setting."""
-    known = [PREFIX + name for name, _, _ in SETTINGS]
+    known = [name for name, _, _ in SETTINGS]
     warnings = []
     for name in sorted(environ):
-        if name.startswith(PREFIX) and name not in known:
-            closest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-            hint = f"did you mean {closest[0]}?" if closest else "see --help for the settings"
+        if name.startswith(PREFIX) and name[len(PREFIX):] not in known:
+            # Matched without the prefix, which every name shares and would make all alike.
+            closest = difflib.get_close_matches(name[len(PREFIX):], known, n=1, cutoff=0.6)
+            hint = (f"did you mean {PREFIX}{closest[0]}?" if closest
+                    else "see --help for the settings")
             warnings.append(f"{name} is not a setting and is ignored ({hint})")
     return warnings
 

@@ -7,9 +7,12 @@ Afterwards: every 202 is counted exactly once, every unknown at most once, every
 nothing is counted that was never sent; each partition's checkpoint equals a recount of its
 messages in the stream; and each partition's commits form one chain of revisions (no two
 owners ever committed from the same revision). Meanwhile a watcher checks that no checkpoint
-ever goes backwards."""
+ever goes backwards, and that what users read never does either: /counts, /stats and the
+counts over time on both ingest nodes, each count never lower than one either node had
+already answered before the request was sent."""
 
 import datetime
+import itertools
 import os
 import random
 import signal
@@ -36,17 +39,22 @@ ACTIONS = ("leader", "follower", "ingest", "worker", "pause")
 
 
 class Watcher:
-    """Polls the stream's leader and the checkpoints while the chaos runs: counts leader
-    changes, and fails if a checkpoint ever goes backwards."""
+    """Polls the stream's leader, the checkpoints and the read endpoints while the chaos
+    runs: counts leader changes, and fails if a checkpoint or a count read ever goes
+    backwards."""
 
-    def __init__(self, node):
+    def __init__(self, node, hours):
         self.node = node
+        self.hours = hours  # a range of whole hours that holds the whole test
         self.leaders = []
         self.observations = 0
+        self.reads = 0
         self.failures = []
         self._stopping = threading.Event()
         self._threads = [threading.Thread(target=self._watch_leader, daemon=True),
                          threading.Thread(target=self._watch_checkpoints, daemon=True)]
+        self._threads += [threading.Thread(target=self._watch_reads, args=(path,), daemon=True)
+                          for path in ("/counts", "/stats", "/counts?" + hours)]
 
     def __enter__(self):
         self.link = Link(self.node.servers, "chaos watcher")
@@ -86,6 +94,38 @@ class Watcher:
                 self.observations += 1
 
 
+    def _watch_reads(self, path):
+        """Ask `path` of both ingest nodes in turn. Each answer's counts must be at least
+        every count of an answer that either node gave before this request was sent: a
+        user reading one node, or both behind a load balancer, never sees one go down."""
+        answered = []  # (when the answer came, its counts)
+        ports = [self.node.ingest_port(1), self.node.ingest_port(2)]
+        for turn in itertools.count():
+            if self._stopping.wait(0.1):
+                return
+            sent = time.monotonic()
+            try:
+                status, body = request(ports[turn % 2], "GET", path, timeout=10)
+            except OSError:
+                continue  # that ingest node is down: nothing to observe this time
+            if status != 200:
+                continue  # a 503 (no majority, a worker missing) shows nothing old
+            counts = {"events": body["events"], **body.get("counts", {})}
+            floor = {}
+            for when, earlier in answered:
+                if when < sent:
+                    for key, count in earlier.items():
+                        floor[key] = max(floor.get(key, 0), count)
+            lower = {key: (count, counts.get(key, 0)) for key, count in floor.items()
+                     if counts.get(key, 0) < count}
+            if lower:
+                self.failures.append(f"{path} on ingest-{turn % 2 + 1} went backwards: "
+                                     f"{dict(list(lower.items())[:3])}")
+            answered = [(when, earlier) for when, earlier in answered if when >= sent]
+            answered.append((time.monotonic(), counts))
+            self.reads += 1
+
+
 def healthy(node):
     """Every program running, the stream led, every replica current, both workers there."""
     states = node.status()
@@ -118,7 +158,13 @@ def test_chaos_on_the_cluster_with_a_ledger(cluster):  # noqa: F811
                Posters(one, 1, batch_size=20, first_id=2 * 10**9),
                Posters(two, 1, batch_size=20, first_id=3 * 10**9)]
     done = {action: 0 for action in ACTIONS}
-    with Watcher(node) as watcher:
+
+    def hour_of(moment):
+        start = datetime.datetime.fromtimestamp(moment - moment % 3600, datetime.timezone.utc)
+        return start.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    hours = f"from={hour_of(began)}&to={hour_of(time.time() + DURATION + 3600)}"
+    with Watcher(node, hours) as watcher:
         for poster in posters:
             poster.__enter__()
         try:
@@ -162,12 +208,6 @@ def test_chaos_on_the_cluster_with_a_ledger(cluster):  # noqa: F811
     check_ledgers(counts, *posters)
     # The counts over time, summed over the partitions' workers: the same ledger holds, and
     # whole hours around the test hold every event counted.
-    def hour_of(moment):
-        start = datetime.datetime.fromtimestamp(moment - moment % 3600, datetime.timezone.utc)
-        return start.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-    hours = f"from={hour_of(began)}&to={hour_of(time.time() + 3600)}"
-
     def series_counts():
         status, body = request(one, "GET", "/counts?" + hours)
         return status == 200 and body["counts"] == counts and body
@@ -186,5 +226,5 @@ def test_chaos_on_the_cluster_with_a_ledger(cluster):  # noqa: F811
     print(f"\nchaos: {done}; leader changes seen: {len(watcher.leaders) - 1} "
           f"({' -> '.join(watcher.leaders)}); {acked} events acknowledged, {unknown} unknown, "
           f"{sum(len(p.refused) for p in posters)} refused; {watcher.observations} checkpoint "
-          f"observations; subjects {SUBJECT_PREFIX}p1, p2")
-    assert done["leader"] and done["pause"] and watcher.observations
+          f"observations, {watcher.reads} reads watched; subjects {SUBJECT_PREFIX}p1, p2")
+    assert done["leader"] and done["pause"] and watcher.observations and watcher.reads

@@ -4,6 +4,7 @@ must cover every route and describe every live response."""
 import datetime
 import json
 import re
+import urllib.request
 
 import jsonschema
 import pytest
@@ -217,6 +218,10 @@ def test_counts_in_a_range(system, state_dir):
     status, raw = request(ingest.port, "GET", f"/counts?from={since}&to={until}&format=csv")
     assert raw.decode().splitlines() == ["experienceID,count", "5,2", "6,1"]
     assert request(ingest.port, "GET", "/counts?format=csv")[1].decode().splitlines()[0] == "experienceID,count"
+    # A browser saves a CSV answer as a file rather than showing it.
+    for path, name in (("/counts?format=csv", "counts"), ("/series?format=csv", "series")):
+        with urllib.request.urlopen(f"http://127.0.0.1:{ingest.port}{path}") as answer:
+            assert answer.headers["Content-Disposition"] == f'attachment; filename="{name}.csv"'
 
 
 @pytest.mark.parametrize("query, names", [

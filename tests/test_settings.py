@@ -1,5 +1,6 @@
 """storage/settings.py: parsing rules, and bad values stopping a process with exit code 2."""
 
+import re
 import subprocess
 import sys
 
@@ -150,3 +151,47 @@ def test_the_single_machine_mode_never_imports_nats():
     shown = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                            text=True, timeout=30, check=True)
     assert shown.stdout.strip() == "[]"
+
+
+def test_a_misspelt_setting_is_named_with_the_closest_one():
+    assert config.unknown({"MINI_ANALYTICS_INTERVALL": "1", "MINI_ANALYTICS_PORT": "80",
+                           "OTHER": "x"}) == [
+        "MINI_ANALYTICS_INTERVALL is not a setting and is ignored "
+        "(did you mean MINI_ANALYTICS_INTERVAL?)"]
+    assert config.unknown({"MINI_ANALYTICS_VERBOSE": "1"}) == [
+        "MINI_ANALYTICS_VERBOSE is not a setting and is ignored (see --help for the settings)"]
+
+
+@pytest.mark.parametrize("module", ["worker", "app"])
+def test_warnings_and_a_bad_setting_are_whole_log_lines_also_in_the_log_file(tmp_path, module):
+    state_dir = tmp_path / "state"
+    (state_dir / "logs").mkdir(parents=True)  # a folder the program has run on before
+    env = service_env(state_dir, interval="5s", port=free_port())
+    env["MINI_ANALYTICS_INTERVALL"] = "1"
+    result = subprocess.run([sys.executable, "-m", module], cwd=REPO, capture_output=True,
+                            text=True, timeout=30, env=env)
+    assert result.returncode == 2
+    program = "ingest" if module == "app" else "worker"
+    lines = result.stderr.splitlines()
+    assert [line.split(" ", 4)[2:4] for line in lines] == [
+        [program, "WARNING"], [program, "CRITICAL"]], lines
+    assert "did you mean MINI_ANALYTICS_INTERVAL?" in lines[0]
+    assert lines[1].endswith("got '5s'; exiting")
+    assert (state_dir / "logs" / f"{program}.log").read_text().splitlines() == lines
+    assert sorted(path.name for path in state_dir.iterdir()) == ["logs"]  # nothing else
+
+
+@pytest.mark.parametrize("module", ["worker", "app"])
+def test_help_lists_every_setting_with_its_default(module):
+    shown = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO,
+                           capture_output=True, text=True, timeout=30, check=True).stdout
+    for name, default, _ in config.SETTINGS:
+        line = next(line for line in shown.splitlines()
+                    if line.startswith(f"  MINI_ANALYTICS_{name} "))
+        assert line.endswith(f"(default: {default})"), line
+
+
+def test_the_configuration_table_documents_exactly_the_settings():
+    table = (REPO / "docs" / "configuration.md").read_text()
+    documented = re.findall(r"^\| `MINI_ANALYTICS_([A-Z_]+)` \|", table, re.MULTILINE)
+    assert documented == [name for name, _, _ in config.SETTINGS]

@@ -185,13 +185,13 @@ def main(argv):
                    else f"{command} takes no arguments, got {' '.join(argv[1:])!r}")
         print(f"python -m worker: {problem}\n\n{usage}", file=sys.stderr)
         return process.EXIT_BAD_SETUP
-    process.start_logging("worker")
     try:
         state_dir = settings.state_dir()
     except settings.ConfigError as error:
+        process.start_logging("worker")
         return process.bad_setting("worker", error)
-    if command == "run":
-        process.log_to_existing_file("worker", state_dir)
+    # Only the worker itself writes its log file; status and rebuild answer on the terminal.
+    process.start_logging("worker", state_dir if command == "run" else None)
     return COMMANDS[command](state_dir)
 
 
