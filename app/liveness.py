@@ -36,7 +36,7 @@ class WorkerWatch:
     def state(self, counted_offset, data1_size):
         """(state, reason): reason is None while running."""
         if not is_held(self.worker_lock):
-            return STOPPED, "no worker process holds worker.lock: counting has stopped"
+            return STOPPED, "no worker is running: new events are kept, and wait to be counted"
         waited = self.waiting_seconds(counted_offset, data1_size)
         if waited > self.stalled_after:
             return STALLED, (

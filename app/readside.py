@@ -100,6 +100,7 @@ class FileReadSide:
             "skipped": checkpoint.skipped,
             "last_checkpoint_at": checkpoint.updated_at or None,
             "checkpoint_age_seconds": checkpoint.age(),
+            "waiting_seconds": self.watch.waiting_seconds(checkpoint.offset, size),
             "worker": self._worker(checkpoint, size),
         }
 

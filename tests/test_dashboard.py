@@ -89,8 +89,9 @@ def test_dashboard_shows_the_live_counts(procs, state_dir, tmp_path):
     page = Page(chromium(tmp_path, "--dump-dom", url))
     assert page.by_id["total-events"] == "19"
     assert page.by_id["experiences"] == "5"
-    assert page.by_id["lag"] == "0"
-    assert page.by_id["age"].endswith((" s", " min"))
+    # Idle and counted: "up to date", not a checkpoint age that keeps growing.
+    assert page.by_id["lag"] == "up to date"
+    assert page.by_id["lag-note"].startswith("last change ")
     assert page.by_id["status"].startswith("updated")
     assert page.bars == ["42", "1", "100", "9223372036854775807", "7"]  # largest first
     # Default sort: most events first, exact ids (even past 2^53), shares of the total.
@@ -259,7 +260,9 @@ def test_a_stopped_worker_is_shown_as_a_warning(procs, state_dir, tmp_path):
     url = f"http://127.0.0.1:{ingest.port}/"
     page = Page(chromium(tmp_path, "--dump-dom", url))
     assert page.by_id["worker-state"] == "stopped"
-    assert page.by_id["worker-alert"].startswith("Worker stopped: no worker process holds")
+    assert page.by_id["worker-alert"].startswith("Worker stopped: no worker is running: new "
+                                                 "events are kept, and wait to be counted")
+    assert "worker.lock" not in page.by_id["worker-alert"]
     screenshot(tmp_path, url, "dashboard-worker-stopped.png", 1200, 900)
 
 
@@ -275,11 +278,18 @@ def test_the_chart_over_time_for_all_events_and_for_one_experience(procs, state_
     def timeline(fragment):
         dom = chromium(tmp_path, "--dump-dom", url + fragment)
         counts = [int(n) for n in re.findall(r'class="slot" data-count="(\d+)"', dom)]
-        return Page(dom), counts
+        page = Page(dom)
+        page.x_axis = re.findall(r"<span>([^<]*)</span>",
+                                 re.search(r'id="x-axis">(.*?)</div>', dom).group(1))
+        return page, counts
 
     page, counts = timeline("")
     assert len(counts) == 60 and sum(counts) == 10  # the last hour, by minute
     assert page.by_id["timeline-title"] == "Events over time"
+    # A y-axis of round numbers (10 at most a minute: 10 and 5), five times under the bars.
+    assert (page.by_id["y-max"], page.by_id["y-mid"]) == ("10", "5")
+    assert len(page.x_axis) == 5, page.x_axis
+    assert all(re.fullmatch(r"\d\d:\d\d", label) for label in page.x_axis), page.x_axis
     page, counts = timeline("#range=day&exp=42")
     assert len(counts) == 24 and sum(counts) == 6  # 24 hours, experience 42 only
     assert page.by_id["timeline-title"] == "Experience #42 over time"
