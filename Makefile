@@ -32,7 +32,7 @@ status: $(VENV)/installed
 		$(CTL) status; \
 	fi; $(BIN)/python -m worker status
 
-# Cluster mode on this machine (README, "Cluster mode"): 3 NATS nodes, 2 ingest nodes, 2 workers.
+# Cluster mode on this machine (docs/cluster.md): 3 NATS nodes, 2 ingest nodes, 2 workers.
 CLUSTER_CTL := $(BIN)/supervisorctl -c cluster/supervisord.conf
 CLUSTER_BASE := $${MINI_ANALYTICS_CLUSTER_PORT_BASE:-7000}
 

@@ -1,8 +1,8 @@
 """`python -m app`: the ingest process. Bottle on waitress, appending to state/data1 (in
 cluster mode, with MINI_ANALYTICS_CLUSTER set, to its partition of the NATS JetStream stream).
 
-Takes no arguments; every setting is a MINI_ANALYTICS_* environment variable (README,
-"Configuration"), listed below.
+Takes no arguments; every setting is a MINI_ANALYTICS_* environment variable, listed below
+(the README's configuration table says more of each).
 """
 
 import json

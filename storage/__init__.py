@@ -14,5 +14,5 @@ The ingest (app/) and the worker (worker/) never import each other; both import 
     process.py           log format, exit codes, bad-setting report: the same for every program
     stop_on_bad_setup.py supervisord's event listener: a program exiting 2 ends the run
     series_store.py, time_index.py, and the cluster mode's stream_*.py, nats_link.py,
-    cluster_state.py: see the README's layout
+    cluster_state.py: see docs/design.md's layout
 """

@@ -22,7 +22,7 @@ log = logging.getLogger("nats")
 
 CONNECT_TIMEOUT = 5.0
 # How long one JetStream API request may take. A leader election takes about 7 s (measured in
-# ../README, "Cluster mode"); callers that must ride one out retry.
+# docs/cluster.md); callers that must ride one out retry.
 REQUEST_TIMEOUT = 5.0
 
 # What a NATS operation raises when the cluster cannot answer (now): no server reachable, no

@@ -183,7 +183,7 @@ def ingest_cpu(environ=os.environ, allowed=None):
     return int(raw)
 
 
-# Cluster mode (README, "Cluster mode"): set MINI_ANALYTICS_CLUSTER and the log and the
+# Cluster mode (docs/cluster.md): set MINI_ANALYTICS_CLUSTER and the log and the
 # checkpoints live in NATS JetStream instead of data1 and data2.
 
 _PARTITION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -144,7 +144,7 @@ def rebuild(state_dir):
         return process.bad_setting("worker", error)
     if cluster:
         print("rebuild recounts data1, the single machine's log; it is not available in "
-              "cluster mode yet (README, Cluster mode)", file=sys.stderr)
+              "cluster mode yet (docs/cluster.md)", file=sys.stderr)
         return process.EXIT_BAD_SETUP
     bar = ProgressBar(data1_size(state_dir))
     started = time.monotonic()

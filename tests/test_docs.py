@@ -1,0 +1,37 @@
+"""The README and docs/: every link leads somewhere, and the README stays a front page."""
+
+import re
+
+import pytest
+
+from processes import REPO
+
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def anchors(page):
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces
+    to hyphens."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+            for heading in re.findall(r"^#+ (.+)$", text, re.MULTILINE)}
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: page.name)
+def test_every_link_leads_to_a_file_and_a_heading(page):
+    for target in LINK.findall(page.read_text()):
+        if target.startswith(("http://", "https://")):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        assert linked.exists(), f"{page.name}: {target} leads nowhere"
+        if anchor:
+            assert anchor in anchors(linked), f"{page.name}: no heading for {target}"
+
+
+def test_the_readme_is_a_front_page():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) < 250
+    for page in sorted((REPO / "docs").glob("*.md")):
+        assert f"(docs/{page.name})" in readme, f"the README does not link {page.name}"
