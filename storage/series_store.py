@@ -119,7 +119,7 @@ class SeriesStore:
         return db
 
     def commit(self, minute_rows, hour_rows, offset, fingerprint):
-        """Add the rows ([(bucket start, experience id or ALL, count)], best sorted) to the
+        """Add the rows ([(bucket start, experience id or ALL, count)], in key order) to the
         minute and hour buckets and move the offset to `offset`, in one transaction. The
         caller has made data1 durable up to `offset`."""
         db = self.db
@@ -128,7 +128,8 @@ class SeriesStore:
             db.executemany(UPSERT.format(table="minute"), minute_rows)
             db.executemany(UPSERT.format(table="hour"), hour_rows)
             added = sum(count for _, experience, count in hour_rows if experience == ALL)
-            newest = max((bucket for bucket, _, _ in minute_rows), default=0)
+            # The rows come in key order, bucket first: the last is the newest.
+            newest = minute_rows[-1][0] if minute_rows else 0
             db.execute("UPDATE state SET offset = ?, fingerprint = ?, events = events + ?, "
                        "newest_minute = max(newest_minute, ?), updated_at = ?",
                        (offset, fingerprint, added, newest, utc_now()))
