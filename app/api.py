@@ -167,7 +167,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
         return Checkpoint(counts=counts), series.position(state)
 
     def series_state():
-        state = available(series.state)
+        state = available(reads.series_state)
         if state is None:
             raise HTTPError(503, "no counts over time yet: the worker has not created "
                                  "series.sqlite3 (is MINI_ANALYTICS_SERIES off?)")

@@ -71,6 +71,10 @@ class ClusterReadSide:
     def committed(self):
         return self.committed_at()[0]
 
+    def series_state(self):
+        # Each partition's worker refuses to answer while its store is behind its checkpoint.
+        return self.series.state()
+
     def committed_at(self):
         with self._lock:
             try:

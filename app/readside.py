@@ -10,6 +10,9 @@ app/__main__.py gives it:
                    /healthz), with the details to show
     series         the counts over time: storage/series_store.SeriesReader, or in cluster
                    mode app/cluster_readside.ClusterSeries (the same methods)
+    series_state() the series store's state, or None while there is none; Unavailable while
+                   it is being counted again and is behind the counts (its sums would be
+                   partial: counts over time going down)
 
 Each raises Unavailable (answered 503) when it cannot tell.
 """
@@ -79,6 +82,18 @@ class FileReadSide:
     def committed_at(self):
         checkpoint = self.committed()
         return checkpoint, {"offset": checkpoint.offset}
+
+    def series_state(self):
+        # data2 first: the worker commits the series store before data2, so read in this
+        # order the store is never seen behind unless it really is.
+        counted = self.committed().offset
+        state = self.series.state()
+        if state is not None and state.offset < counted:
+            raise Unavailable(
+                f"the counts over time are behind the counts (offset {state.offset:,} of "
+                f"{counted:,}): the worker is counting them again, or MINI_ANALYTICS_SERIES "
+                "is off")
+        return state
 
     def _data1_size(self):
         return os.fstat(self.eventlog.fileno()).st_size  # the file itself: other writers too

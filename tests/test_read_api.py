@@ -17,6 +17,7 @@ from reference import caught_up, read_checkpoint, read_series
 from app.api import make_app
 from app.readside import FileReadSide
 from storage.log_writer import EventLog
+from storage.series_store import SeriesStore
 
 OPENAPI = json.loads((REPO / "app" / "openapi.json").read_text())
 # The whole document is one resource, so "#/components/..." references resolve inside it.
@@ -262,3 +263,27 @@ def test_no_series_store_is_a_503(procs, state_dir):
     status, body = request(ingest.port, "GET", "/series")
     assert status == 503 and "series" in body["error"]
     assert_matches_spec("/series", "GET", 503, body)
+
+
+def test_counts_over_time_behind_the_counts_are_a_503_not_partial_sums(procs, state_dir):
+    # The series store set aside and being counted again (or switched off a while): its sums
+    # would be partial, so counts over time would be seen going down.
+    ingest = procs.ingest(state_dir)
+    worker = procs.worker(state_dir, interval=0.05)
+    assert post(ingest.port, {"batch": [{"experienceID": 4}] * 3}, path="/batch")[0] == 202
+    wait_for(lambda: series_caught_up(state_dir), what="the series")
+    worker.terminate()
+    worker.wait(timeout=10)
+    assert request(ingest.port, "GET", "/series")[0] == 200
+    store = SeriesStore(state_dir, 48 * 3600)
+    store.open("")
+    store.reset("")  # as a recount from 0 leaves it, before its first commit
+    store.close()
+    for path in ("/series", "/counts?from=2026-01-01T00:00:00Z&to=2030-01-01T00:00:00Z"):
+        status, body = request(ingest.port, "GET", path)
+        assert status == 503 and body["error"].startswith(
+            "the counts over time are behind the counts (offset 0 of 6)"), body
+    procs.worker(state_dir, interval=0.05)  # counts them again
+    wait_for(lambda: request(ingest.port, "GET", "/series")[0] == 200, what="the series back")
+    status, body = request(ingest.port, "GET", "/series")
+    assert sum(count for _, count in body["points"]) == 3
