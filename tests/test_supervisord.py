@@ -190,6 +190,18 @@ def test_a_second_start_says_it_is_running(supervisor):
     assert sup.all_running()
 
 
+def test_make_status_when_nothing_runs_says_so(supervisor):
+    root = supervisor.root
+    shutil.copy2(REPO / "Makefile", root / "Makefile")
+    (root / ".venv").symlink_to(sys.prefix, target_is_directory=True)
+    sup = Supervisor(root, free_port())
+    shown = subprocess.run(["make", "-s", "-o", ".venv/installed", "status"], cwd=root,
+                           env=sup.env, capture_output=True, text=True, timeout=60)
+    assert shown.stdout.startswith("mini-analytics is not running (start it with: make run)")
+    assert "no such file" not in shown.stdout + shown.stderr
+    assert "checkpoint     none yet" in shown.stdout  # and where the worker stands
+
+
 def test_log_lines_stay_whole_in_a_file(supervisor):
     sup = supervisor(interval=0.05)
     with Posters(sup.port, threads=2):
