@@ -89,20 +89,29 @@ def test_a_bad_setting_ends_the_run_saying_why(supervisor):
     assert not (sup.state_dir / "data1").exists()
 
 
+def make(root, target, env):
+    """`make TARGET` in the copy at `root`, as a user runs it: with the Makefile, the
+    project's .venv (this Python's), and no make of ours around it (`make test` would
+    otherwise pass down its level and flags)."""
+    if not (root / "Makefile").exists():
+        shutil.copy2(REPO / "Makefile", root / "Makefile")
+        (root / ".venv").symlink_to(sys.prefix, target_is_directory=True)
+    env = {k: v for k, v in env.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    return subprocess.run(["make", "-s", "-o", ".venv/installed", target], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+MAKES_OWN_LINE = re.compile(r"make(\[\d+\])?: ")
+
+
 def test_a_taken_port_ends_make_run_with_the_reason_last(supervisor):
-    root = supervisor.root
-    shutil.copy2(REPO / "Makefile", root / "Makefile")
-    (root / ".venv").symlink_to(sys.prefix, target_is_directory=True)
-    sup = Supervisor(root, free_port(), interval=0.2)
+    sup = Supervisor(supervisor.root, free_port(), interval=0.2)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", sup.port))
         taken.listen()
-        result = subprocess.run(
-            ["make", "-s", "-o", ".venv/installed", "run"], cwd=root, env=sup.env,
-            capture_output=True, text=True, timeout=120,
-        )
+        result = make(supervisor.root, "run", sup.env)
     assert result.returncode != 0
-    ours = [line for line in result.stderr.splitlines() if not line.startswith("make: ")]
+    ours = [line for line in result.stderr.splitlines() if not MAKES_OWN_LINE.match(line)]
     assert ours[-1].startswith("mini-analytics stopped: ingest cannot run (exit status 2"), \
         result.stderr
     assert f"cannot listen on 127.0.0.1:{sup.port}" in ours[-1]
@@ -178,25 +187,15 @@ def test_supervisord_from_the_venv_with_a_path_that_lacks_it(supervisor):
 
 def test_a_second_start_says_it_is_running(supervisor):
     sup = supervisor(interval=0.2)
-    root = supervisor.root
-    shutil.copy2(REPO / "Makefile", root / "Makefile")
-    (root / ".venv").symlink_to(sys.prefix, target_is_directory=True)
-    result = subprocess.run(
-        ["make", "-s", "-o", ".venv/installed", "run"], cwd=root, env=sup.env,
-        capture_output=True, text=True, timeout=60,
-    )
+    result = make(supervisor.root, "run", sup.env)
     assert result.returncode != 0
     assert "already running" in result.stderr and str(sup.state_dir) in result.stderr
     assert sup.all_running()
 
 
 def test_make_status_when_nothing_runs_says_so(supervisor):
-    root = supervisor.root
-    shutil.copy2(REPO / "Makefile", root / "Makefile")
-    (root / ".venv").symlink_to(sys.prefix, target_is_directory=True)
-    sup = Supervisor(root, free_port())
-    shown = subprocess.run(["make", "-s", "-o", ".venv/installed", "status"], cwd=root,
-                           env=sup.env, capture_output=True, text=True, timeout=60)
+    sup = Supervisor(supervisor.root, free_port())
+    shown = make(supervisor.root, "status", sup.env)
     assert shown.stdout.startswith("mini-analytics is not running (start it with: make run)")
     assert "no such file" not in shown.stdout + shown.stderr
     assert "checkpoint     none yet" in shown.stdout  # and where the worker stands
