@@ -195,3 +195,19 @@ def test_the_configuration_table_documents_exactly_the_settings():
     table = (REPO / "README.md").read_text()
     documented = re.findall(r"^\| `MINI_ANALYTICS_([A-Z_]+)` \|", table, re.MULTILINE)
     assert documented == [name for name, _, _ in config.SETTINGS]
+
+
+def test_the_defaults_help_shows_are_the_defaults_parsed():
+    # SETTINGS says the defaults for people; the functions apply them: they must agree.
+    shown = {name: default for name, default, _ in config.SETTINGS}
+    switch = {True: "on", False: "off"}
+    assert shown["INTERVAL"] == f"{config.interval({}):g}"
+    assert shown["HOST"] == config.host({})
+    assert shown["PORT"] == str(config.port({}))
+    assert shown["THREADS"] == str(config.threads({}))
+    assert shown["FSYNC"] == switch[config.fsync({})]
+    assert shown["SERIES"] == switch[config.series({})]
+    assert shown["MINUTE_RETENTION_HOURS"] == f"{config.minute_retention({}) / 3600:g}"
+    assert shown["REPLICAS"] == str(config.replicas({}))
+    assert shown["PUBLISH_TIMEOUT"] == f"{config.publish_timeout({}):g}"
+    assert config.state_dir({}) == config.DEFAULT_STATE_DIR and shown["STATE_DIR"].startswith("state/")
