@@ -88,7 +88,12 @@ class Cluster(Supervisor):
                             return leader
         return None
 
-    def counts(self, n=1):
-        status, body = request(self.ingest_port(n), "GET", "/counts")
+    def counts(self, n=1, timeout=30):
+        """Ingest node n's /counts. Checkpoints are read through the bucket's leader, so
+        while the bucket elects one (after nodes were stopped or killed) the answer is a 503
+        naming the lost majority: that is waited out, as a client would retry it."""
+        status, body = wait_for(
+            lambda: (answer := request(self.ingest_port(n), "GET", "/counts"))[0] != 503
+            and answer, timeout, what=f"/counts on ingest-{n} to answer")
         assert status == 200, body
         return body
