@@ -43,9 +43,9 @@ def asking(link, what):
         _log_now_and_then(f"{what} did not answer: {type(error).__name__}: {error}".rstrip(": "))
         if not link.connected:
             raise NoQuorum("no NATS server is reachable from this node (reconnecting)") from None
-        raise NoQuorum(f"no majority: the cluster did not answer for {what} (it has no leader), "
-                       "most likely because fewer than a majority of its NATS servers are "
-                       "up; writes cannot be acknowledged") from None
+        raise NoQuorum(f"no majority: the cluster has no leader for {what} just now (it is "
+                       "electing one, or fewer than a majority of its NATS servers are up); "
+                       "try again in a few seconds") from None
 
 
 _logged = {}  # line -> when it was last logged
