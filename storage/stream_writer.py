@@ -132,8 +132,8 @@ class StreamLog:
                             message_id, attempts, self.timeout, last_error)
                 raise AppendError(
                     f"the cluster did not acknowledge the events within {self.timeout:g} s "
-                    "(no majority of its NATS servers answered in time); they may or may not "
-                    "be stored: at most once")
+                    "(it has no leader just now: it is electing one, or fewer than a majority "
+                    "of its NATS servers are up); they may or may not be stored: at most once")
             attempts += 1
             try:
                 # The same id on every attempt: the stream stores the message once.

@@ -119,12 +119,15 @@ class StreamWorker(PassLoop):
         async def answer(message):
             try:
                 question = json.loads(message.data)
+                # The checkpoint's position first: the store is committed before it, so read
+                # in this order the store is never seen behind unless it really is.
+                counted = partition.checkpoint.offset
                 state = reader.state()
                 reply = {"state": list(state) if state else None}
-                if (state.offset if state else 0) < partition.checkpoint.offset:
+                if (state.offset if state else 0) < counted:
                     reply = {"error": f"partition {partition.name}'s counts over time are being "
                                       f"recounted (at sequence {state.offset if state else 0} "
-                                      f"of {partition.checkpoint.offset})"}
+                                      f"of {counted})"}
                 elif question["ask"] == "buckets":
                     reply["buckets"] = list(reader.buckets(
                         question["step"], question["experience"], question["start"],
