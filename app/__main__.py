@@ -118,8 +118,7 @@ def run_server(app, host, port, threads):
         )
     except OSError as error:
         # Most often the port is taken by another program: restarting cannot cure that.
-        log.critical("cannot listen on %s:%d: %s; exiting", host, port, error)
-        return process.EXIT_BAD_SETUP
+        return process.bad_setup(log, f"cannot listen on {host}:{port}: {error}")
     server.channel_class = Channel
     signal.signal(signal.SIGTERM, stop_like_sigint)
     signal.signal(signal.SIGINT, stop_like_sigint)  # even where SIGINT was inherited ignored

@@ -54,10 +54,25 @@ def start_logging(program, state_dir=None):
         logging.getLogger(program).warning("%s", warning)
 
 
-def bad_setting(program, error):
-    """Report a bad setting in one log line; return the exit code for it."""
-    logging.getLogger(program).critical("%s; exiting", error)
+# supervisord's process communication: what a program writes between these tokens reaches
+# its event listeners as one event (and not its log). storage/stop_on_bad_setup.py listens.
+COMMUNICATION = "<!--XSUPERVISOR:BEGIN-->{}<!--XSUPERVISOR:END-->"
+
+
+def bad_setup(log, problem):
+    """Report a setup that no restart can mend: one log line and, under supervisord, the same
+    words to its listener, which ends the run with them (storage/stop_on_bad_setup.py).
+    Returns the exit code for it."""
+    log.critical("%s; exiting", problem)
+    if os.environ.get("SUPERVISOR_ENABLED"):  # set by supervisord for its programs
+        # After the log line (logging flushes each), in one write: never split.
+        os.write(sys.stderr.fileno(), COMMUNICATION.format(problem).encode())
     return EXIT_BAD_SETUP
+
+
+def bad_setting(program, error):
+    """Report a bad setting; return the exit code for it."""
+    return bad_setup(logging.getLogger(program), error)
 
 
 def run_in_state_folder(program, state_dir, body):
@@ -73,8 +88,7 @@ def run_in_state_folder(program, state_dir, body):
         _log_to_file(Layout(state_dir).log_file(program))
         return body()
     except AlreadyLocked:
-        log.error("another %s is already running on %s; exiting", program, state_dir)
-        return paced(EXIT_BAD_SETUP)
+        return paced(bad_setup(log, f"another {program} is already running on {state_dir}"))
     except OSError as error:
         # An error persisting state ends the process. Nothing half-done is trusted: the next
         # start recovers from what was fully committed.

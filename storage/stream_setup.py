@@ -84,9 +84,8 @@ def connect(servers, name, replicas, log):
             link.call(ensure(link.js, replicas), READY_TIMEOUT)
             return link, None
         except SetupMismatch as mismatch:
-            log.critical("%s; exiting", mismatch)
             link.close()
-            return None, process.paced(process.EXIT_BAD_SETUP)
+            return None, process.paced(process.bad_setup(log, mismatch))
         except (NotReady, *UNAVAILABLE) as error:
             problem = f"{type(error).__name__}: {error}".rstrip(": ")
             if time.monotonic() > deadline:

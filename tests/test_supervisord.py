@@ -120,6 +120,23 @@ def test_a_taken_port_ends_make_run_with_the_reason_last(supervisor):
     assert sup.ctl("pid", check=False).returncode != 0
 
 
+def test_a_bad_setup_ends_the_local_cluster_too_with_every_program_failing_at_once(supervisor):
+    # Seven programs exit 2 within milliseconds, before the listener is even ready: its
+    # buffer holds all their events, and the reason is the one the program gave.
+    sup = Supervisor(supervisor.root, free_port(), cluster_port_base="abc")
+    sup.conf = supervisor.root / "cluster" / "supervisord.conf"
+    sup.start(wait=False)
+    try:
+        wait_for(lambda: sup.proc.poll() is not None, 30, what="supervisord to end the run")
+    finally:
+        sup.stop()
+    reason = (supervisor.root / "state" / "cluster-bad-setup").read_text()
+    assert re.fullmatch(r"(nats|ingest|worker)-\d cannot run \(exit status 2: a bad setup, "
+                        r"which a restart cannot mend\): MINI_ANALYTICS_CLUSTER_PORT_BASE must "
+                        r"be a number from 1024 to 65400, got 'abc'\n", reason), reason
+    assert "overflowed" not in sup.log()
+
+
 def test_a_crash_does_not_end_the_run(supervisor):
     sup = supervisor(interval=0.2)
     pid = sup.pid("ingest")
