@@ -3,10 +3,9 @@ from the venv, 2 ingest nodes, 2 workers) on a copy of the code, on ports of its
 
 import json
 import random
-import socket
 import urllib.request
 
-from http_client import answers_http, request, wait_for
+from http_client import PORTS, answers_http, bindable, request, wait_for
 from processes import Supervisor
 
 # As supervisorctl names them: group:process.
@@ -17,21 +16,11 @@ PORT_OFFSETS = (1, 2, 3, 11, 12, 13, 21, 22, 23, 80, 81)
 
 
 def free_port_base():
-    """A base whose every cluster port is free now."""
+    """A base whose every cluster port is free now, all below the ephemeral range."""
     for _ in range(200):
-        base = random.randrange(20000, 60000, 100)
-        sockets = []
-        try:
-            for offset in PORT_OFFSETS:
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", base + offset))
+        base = random.randrange(PORTS.start, PORTS.stop - max(PORT_OFFSETS), 100)
+        if bindable(base + offset for offset in PORT_OFFSETS):
             return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
     raise AssertionError("no free port range for a cluster")
 
 

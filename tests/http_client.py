@@ -2,6 +2,7 @@
 
 import http.client
 import json
+import random
 import socket
 import time
 
@@ -20,10 +21,44 @@ def wait_for(predicate, timeout=15.0, what="condition"):
         delay = min(delay * 2, 0.1)
 
 
+def first_ephemeral_port():
+    """Where the kernel starts picking clients' source ports."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            return int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+# Test servers listen below the ephemeral range. A probe that connects to a port nobody
+# listens on yet can otherwise be given that same port as its own source port, connect to
+# itself, and hold the port the server is about to bind (TCP's simultaneous open).
+PORTS = range(10_000, min(first_ephemeral_port(), 30_000))
+
+
+def bindable(ports):
+    """True if every one of `ports` can be bound on 127.0.0.1 now."""
+    sockets = []
+    try:
+        for port in ports:
+            sock = socket.socket()
+            sockets.append(sock)
+            sock.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free now, below the ephemeral range."""
+    for _ in range(1000):
+        port = random.choice(PORTS)
+        if bindable([port]):
+            return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def request(port, method, path, body=None, headers=None, timeout=10):
