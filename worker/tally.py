@@ -54,12 +54,10 @@ class Tally:
         store's key order.
 
         A catch-up drains hundreds of thousands of (minute, experience) pairs, so the work
-        per pair is left to C: each distinct token is parsed once, and a minute's rows come
-        from one sort of (id, count) pairs, built with map and zip rather than a loop."""
+        per pair is left to C: each distinct token is parsed once, and a bucket's rows come
+        from one sort of its ids, built with map and zip rather than a loop. Undated tokens
+        (the series off) count in the totals only."""
         dated = sorted(minute for minute in self._by_minute if minute is not None)
-        if not dated:  # the common case when the series are off: one counter, no rows
-            skipped, invalid = self._drain_undated(counts)
-            return skipped, invalid, [], []
         counters = self._by_minute.values()
         ids = {token: parse_token(token) for token in set().union(*counters)}
         invalid = [token for token, experience_id in ids.items() if experience_id is None]
@@ -88,20 +86,6 @@ class Tally:
         self.discard_pending()
         self.skipped += skipped
         return skipped, invalid[:5], minute_rows, hour_rows
-
-    def _drain_undated(self, counts):
-        skipped, invalid = 0, []
-        for token, times in self._by_minute.get(None, {}).items():
-            experience_id = parse_token(token)
-            if experience_id is None:
-                skipped += times
-                invalid.append(token)
-            else:
-                counts[experience_id] = counts.get(experience_id, 0) + times
-                self.events += times
-        self.discard_pending()
-        self.skipped += skipped
-        return skipped, invalid[:5]
 
 
 def _rows(bucket, counter, ids):
