@@ -54,7 +54,7 @@ class Channel(HTTPChannel):
 
 
 def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute_retention,
-          cluster=None):
+          dedupe_window, cluster=None):
     """Serve the API until SIGTERM/SIGINT; return the exit code. `cluster`, in cluster mode,
     is (NATS server URLs, this node's partition, replicas, publish timeout)."""
     process.place_on_cpus("ingest", cpu)
@@ -65,10 +65,13 @@ def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute
     # Held until the process exits: one ingest per state folder, so no other writer can
     # interleave with our appends or our torn-tail repair.
     hold_exclusive_lock(layout.ingest_lock)
-    eventlog = EventLog(layout.data1, durable=durable, time_index=layout.time_index)
+    eventlog = EventLog(layout.data1, durable=durable, time_index=layout.time_index,
+                        details=layout.details, seen=layout.seen, dedupe_window=dedupe_window,
+                        set_aside=layout.set_aside)
     log.info(
-        "ingest starting: http://%s:%d state_dir=%s fsync=%s threads=%d data1=%d bytes",
-        host, port, state_dir, "on" if durable else "off", threads, eventlog.size,
+        "ingest starting: http://%s:%d state_dir=%s fsync=%s threads=%d dedupe_window=%ds "
+        "data1=%d bytes", host, port, state_dir, "on" if durable else "off", threads,
+        dedupe_window, eventlog.size,
     )
     app = make_app(eventlog, FileReadSide(eventlog, state_dir, stalled_after), minute_retention)
     code = run_server(app, host, port, threads)
@@ -155,6 +158,7 @@ def main(argv):
             "stalled_after": settings.stalled_after(),
             "cpu": settings.ingest_cpu(),
             "minute_retention": settings.minute_retention(),
+            "dedupe_window": settings.dedupe_window(),
         }
         servers = settings.cluster()
         if servers:

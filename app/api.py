@@ -13,6 +13,8 @@ import datetime
 import io
 import json
 import re
+import threading
+import time
 from pathlib import Path
 
 import bottle
@@ -94,6 +96,32 @@ def parse_experience_id(raw):
     return parsed
 
 
+class SdkTally:
+    """What this ingest process has taken from the SDKs since it started, for /stats."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        self.stored = dict.fromkeys(validate.SDK_TYPES, 0)
+        self.duplicates = self.rejected = self.clock_flagged = 0
+
+    def add(self, events, fresh, rejected):
+        with self._lock:
+            for event, new in zip(events, fresh):
+                if new:
+                    self.stored[event.details["event"]["type"]] += 1
+                    self.clock_flagged += "clock" in event.details
+                else:
+                    self.duplicates += 1
+            self.rejected += rejected
+
+    def summary(self):
+        with self._lock:
+            return {"since": self.since, "stored": dict(self.stored),
+                    "duplicates": self.duplicates, "rejected": self.rejected,
+                    "clock_flagged": self.clock_flagged}
+
+
 def make_app(eventlog, reads, minute_retention=48 * 3600):
     """The API on `eventlog` (an EventLog or a StreamLog) and `reads` (app/readside.py's
     FileReadSide or app/cluster_readside.py's ClusterReadSide)."""
@@ -124,9 +152,35 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
     def post_event():
         return accept((parse(validate.parse_event, EVENT_BODY_LIMIT),))
 
+    sdk = SdkTally()
+
+    def accept_sdk_batch(batch, received):
+        """Store what is new of an SDK batch; answer what was taken, what repeated an event
+        taken before, and what was left out and why."""
+        try:
+            fresh = eventlog.append_events(batch.ids, batch.events, received)
+        except AppendError as error:
+            raise HTTPError(503, str(error)) from None
+        sdk.add(batch.events, fresh, len(batch.rejected))
+        duplicates = [{"index": event.index, "id": event.event_id}
+                      for event, new in zip(batch.events, fresh) if not new]
+        return json_body({
+            "accepted": len(batch.ids) + len(batch.events),
+            "stored": len(batch.ids) + len(batch.events) - len(duplicates),
+            "duplicates": duplicates,
+            "rejected": [{"index": index, "id": event_id, "error": reason}
+                         for index, event_id, reason in batch.rejected],
+        }, 202)
+
     @app.post("/batch")
     def post_batch():
-        return accept(parse(validate.parse_batch, BATCH_BODY_LIMIT))
+        # apiVersion (?apiVersion=N, which the SDKs send) is accepted and needs no reading:
+        # every version's events have the shape validate.py takes.
+        received = time.time()
+        batch = parse(lambda body: validate.parse_batch(body, received), BATCH_BODY_LIMIT)
+        if not batch.events and not batch.rejected:
+            return accept(batch.ids)
+        return accept_sdk_batch(batch, received)
 
     def available(read, *args):
         """read(*args), or a 503 naming why the read side cannot answer now."""
@@ -267,7 +321,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
 
     @app.get("/stats")
     def get_stats():
-        return json_body(available(reads.stats))
+        return json_body({**available(reads.stats), "sdk": sdk.summary()})
 
     @app.get("/")
     def get_dashboard():

@@ -1,11 +1,22 @@
-"""Request bodies in, experience ids out: the ingest's input rules, as pure functions.
+"""Request bodies in, experience ids and SDK events out: the ingest's input rules, as pure
+functions.
 
-An event is a JSON object whose "experienceID" is an integer with 0 <= id <= 2**63 - 1; other
-keys are ignored. A batch is {"batch": [event, ...]}, all or nothing. Anything else raises
-Invalid with a message that names the problem, and nothing is written.
+A minimal event is a JSON object whose "experienceID" is an integer with
+0 <= id <= 2**63 - 1; other keys are ignored. A batch is {"batch": [event, ...]}.
+
+* A batch of minimal events only is all or nothing: one bad element rejects it, naming it.
+* A batch holding any SDK event (an element with a "type", "id" or "anonymousID": what Judo's
+  SDKs send) is judged event by event: each unusable element is left out and named, and the
+  rest is taken. The SDKs drop a whole chunk on any 4xx, so one bad event must never cost
+  its neighbours.
+
+A body that is unusable as a whole (not JSON, no "batch" list, too large) raises Invalid with
+a message that names the problem, and nothing is written.
 """
 
+import datetime
 import json
+import re
 
 from storage.log_format import MAX_ID
 
@@ -74,8 +85,9 @@ def parse_event(body):
     return event_id(parse_json(body))
 
 
-def parse_batch(body):
-    """The ids in a POST /batch body, in order; one bad element rejects the whole batch."""
+def parse_batch(body, received):
+    """A POST /batch body as a Batch; `received` is the receive time (Unix seconds), which
+    stands in for a device time that cannot be believed."""
     document = parse_json(body)
     if type(document) is not dict or type(document.get("batch")) is not list:
         raise Invalid('body must be a JSON object like {"batch": [{"experienceID": 1}]}')
@@ -84,6 +96,8 @@ def parse_batch(body):
         raise Invalid("batch is empty")
     if len(events) > MAX_BATCH_EVENTS:
         raise Invalid(f"batch holds {len(events)} events; the limit is {MAX_BATCH_EVENTS}", 413)
+    if _is_sdk_batch(events):
+        return _sdk_batch(events, received)
     ids = []
     for event in events:
         # The common case checked inline; only a bad element pays for a named error.
@@ -91,4 +105,152 @@ def parse_batch(body):
         if type(value) is not int or not 0 <= value <= MAX_ID:
             value = event_id(event, f"batch[{len(ids)}]")  # raises, naming element and problem
         ids.append(value)
-    return ids
+    return Batch(ids)
+
+
+# --- The SDKs' events (Judo's iOS and Android SDKs; README, "Sending events from Judo's SDKs")
+
+SDK_TYPES = ("screen", "identify", "register")
+SDK_MARKS = ("type", "id", "anonymousID")  # any of these makes a batch an SDK batch
+MAX_SDK_STRING = 256  # longest id, anonymousID or userID kept
+CLOCK_AHEAD_LIMIT = 24 * 3600  # a device time further ahead than this is not believed
+CLOCK_OLDEST = 946684800  # 2000-01-01T00:00:00Z: earlier device times are not believed
+# RFC 3339 as both SDKs write it: iOS `2026-11-27T14:11:12Z`, Android `...-0400` (no colon).
+# \d is any Unicode digit on purpose: Android formats with the device's locale, whose digits
+# may not be ASCII; int() reads them all.
+_TIMESTAMP = re.compile(
+    r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?(Z|z|[+-]\d\d:?\d\d)")
+
+
+class SdkEvent:
+    """One usable SDK event: `index` in its batch, its `event_id`, `experience_id` (an int
+    for a screen view, else None), and `details`, what storage/details.py keeps of it."""
+
+    __slots__ = ("index", "event_id", "experience_id", "details")
+
+    def __init__(self, index, event_id, experience_id, details):
+        self.index = index
+        self.event_id = event_id
+        self.experience_id = experience_id
+        self.details = details
+
+
+class Batch:
+    """A parsed POST /batch body: `ids` from minimal items, `events` from SDK items, and
+    `rejected`: (index, event id or None, reason) of each SDK item left out."""
+
+    def __init__(self, ids=(), events=(), rejected=()):
+        self.ids = list(ids)
+        self.events = list(events)
+        self.rejected = list(rejected)
+
+
+def device_time(raw, received):
+    """(Unix time in seconds, None) for a believable device timestamp; else (received, why).
+
+    The receive time stands in for a timestamp that is missing, unparsable, more than 24 h
+    after the receive time, or before 2000; `why` says which, and the event is flagged."""
+    if raw is None:
+        return received, "missing"
+    match = _TIMESTAMP.fullmatch(raw) if type(raw) is str else None
+    if match is None:
+        return received, "unparsable"
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    try:
+        if zone in ("Z", "z"):
+            offset = datetime.timedelta(0)
+        else:
+            sign = -1 if zone[0] == "-" else 1
+            digits = zone[1:].replace(":", "")
+            offset = sign * datetime.timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
+        moment = datetime.datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second),
+            int((fraction or "0")[:6].ljust(6, "0")), datetime.timezone(offset))
+    except ValueError:  # a month 13, an offset of 24 h or more
+        return received, "unparsable"
+    seconds = moment.timestamp()
+    if seconds > received + CLOCK_AHEAD_LIMIT:
+        return received, "ahead"
+    if seconds < CLOCK_OLDEST:
+        return received, "before 2000"
+    return seconds, None
+
+
+def _sdk_string(event, key, optional=False):
+    value = event.get(key)
+    if value is None and optional:
+        return None
+    if type(value) is not str or not value:
+        kind = "missing" if key not in event else _TYPE_NAMES.get(type(value), "an empty string")
+        raise Invalid(f"{key} must be a non-empty string, got {kind}")
+    if len(value) > MAX_SDK_STRING:
+        raise Invalid(f"{key} is longer than {MAX_SDK_STRING} characters")
+    return value
+
+
+def _optional_object(event, key):
+    value = event.get(key)
+    if value is not None and type(value) is not dict:
+        raise Invalid(f"{key} must be an object, got {_TYPE_NAMES.get(type(value), 'a value')}")
+
+
+def experience_id_of(properties):
+    """properties.experienceID, a decimal string as the SDKs send it, or an integer."""
+    value = properties.get("experienceID")
+    if type(value) is str and value.isascii() and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    if type(value) is not int or not 0 <= value <= MAX_ID:
+        shown = "missing" if "experienceID" not in properties else json.dumps(value)[:40]
+        raise Invalid("properties.experienceID must be a decimal string of an id from 0 to "
+                      f"{MAX_ID}, got {shown}")
+    return value
+
+
+def sdk_event(event, received, index=0):
+    """One SDK event as an SdkEvent; Invalid naming its problem if it is unusable."""
+    if type(event) is not dict:
+        raise Invalid("must be a JSON object")
+    event_id = _sdk_string(event, "id")
+    _sdk_string(event, "anonymousID")
+    _sdk_string(event, "userID", optional=True)
+    kind = event.get("type")
+    if kind not in SDK_TYPES:
+        raise Invalid(f"type must be one of {', '.join(SDK_TYPES)}, got {json.dumps(kind)[:40]}")
+    _optional_object(event, "context")
+    experience = None
+    if kind == "screen":
+        properties = event.get("properties")
+        if type(properties) is not dict:
+            raise Invalid("a screen event needs properties, an object with its experienceID")
+        experience = experience_id_of(properties)
+        for key in ("id", "name", "experienceName", "experienceRevisionID"):
+            if properties.get(key) is not None and type(properties[key]) is not str:
+                raise Invalid(f"properties.{key} must be a string")
+    elif kind == "identify":
+        _optional_object(event, "traits")
+    seconds, clock = device_time(event.get("timestamp"), received)
+    details = {"event": event, "time": round(seconds * 1000)}
+    if clock:
+        details["clock"] = clock
+    return SdkEvent(index, event_id, experience, details)
+
+
+def _is_sdk_batch(events):
+    return any(type(event) is dict and any(mark in event for mark in SDK_MARKS)
+               for event in events)
+
+
+def _sdk_batch(events, received):
+    """Every usable event kept; each unusable one left out and named (the SDKs drop a whole
+    chunk on a 4xx, so one bad event must not cost its neighbours)."""
+    batch = Batch()
+    for index, event in enumerate(events):
+        try:
+            if type(event) is dict and not any(mark in event for mark in SDK_MARKS):
+                batch.ids.append(event_id(event, f"batch[{index}]"))  # a minimal item
+            else:
+                batch.events.append(sdk_event(event, received, index))
+        except Invalid as invalid:
+            named = event.get("id") if type(event) is dict else None
+            batch.rejected.append((index, named if type(named) is str else None, str(invalid)))
+    return batch

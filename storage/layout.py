@@ -5,6 +5,14 @@
     data1.timeindex   storage/time_index.py: the writer  storage/time_index.py: the reader
                       (ingest, via log_writer)          (worker; ingest: is the worker
                                                          stalled?)
+    data1.details     storage/details.py: the writer     storage/details.py: read_groups
+                      (ingest, via log_writer)          (ingest: the dedupe index; the
+                                                         worker, for the overview)
+    data1.seen (and its -wal, -shm)
+                      storage/seen_index.py (ingest)    storage/seen_index.py (ingest)
+    data1.details.bad-<time>, data1.seen.bad-<time>
+                      storage/details.py, storage/seen_index.py (set aside, never deleted)
+                                                        the operator
     data2             storage/checkpoint_store.py       storage/checkpoint_store.py
                       (worker: commit)                  (worker: recovery; ingest: read side;
                                                          `python -m worker status`)
@@ -60,6 +68,8 @@ from pathlib import Path
 DATA1 = "data1"
 DATA2 = "data2"
 TIME_INDEX = "data1.timeindex"
+DETAILS = "data1.details"
+SEEN = "data1.seen"
 SERIES = "series.sqlite3"
 TEMP_SUFFIX = ".tmp"
 SET_ASIDE_INFIX = ".bad-"
@@ -99,6 +109,8 @@ class Layout:
         self.data1 = self.root / DATA1
         self.data2 = self.root / DATA2
         self.time_index = self.root / TIME_INDEX
+        self.details = self.root / DETAILS
+        self.seen = self.root / SEEN
         self.series = self.root / SERIES
         self.ingest_lock = self.root / INGEST_LOCK
         self.worker_lock = self.root / WORKER_LOCK

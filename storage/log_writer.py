@@ -16,16 +16,29 @@ The format is in storage/log_format.py. This module's guarantees:
 * With a time index (storage/time_index.py), each append is dated: a new second's entry is
   written before the records it dates, and made durable with them before append() returns,
   so an acknowledged event's time is as durable as the event.
+* With a details file (storage/details.py), append_events() keeps each SDK event's details:
+  the group is written before the data1 bytes it describes, under the same lock, and made
+  durable by the same sync, before append_events() returns; a failed write undoes both.
+* With a dedupe index (storage/seen_index.py), an SDK event whose id was accepted within the
+  window is neither written nor counted again. The check and the claim of new ids happen
+  under the write lock, so two requests carrying the same id at once store it once; and an
+  append that found only repeats still waits for the sync covering the first delivery, so
+  a repeat is never acknowledged before the event it repeats is durable.
 """
 
 import logging
 import os
 import threading
 import time
+from pathlib import Path
 
-from storage.layout import names_open_file
+import zlib
+
+from storage.details import DetailsWriter, encode_group
+from storage.layout import Layout, names_open_file
 from storage.log_format import last_separator
 from storage.process import die
+from storage.seen_index import SeenIndex
 from storage.time_index import TimeIndexWriter
 
 log = logging.getLogger("ingest")
@@ -39,8 +52,11 @@ class AppendError(Exception):
 
 
 class EventLog:
-    def __init__(self, path, durable=True, time_index=None, clock=time.time):
-        """`time_index`: the path of data1's time index, or None to keep no time."""
+    def __init__(self, path, durable=True, time_index=None, clock=time.time, details=None,
+                 seen=None, dedupe_window=24 * 3600, set_aside=None):
+        """`time_index`, `details`, `seen`: the paths of data1's time index, details file and
+        dedupe index, or None to keep none (`seen` needs `details`). `set_aside(path)`
+        names where a rejected details file or index is kept."""
         self.path = path
         self.durable = durable
         self._clock = clock
@@ -54,11 +70,24 @@ class EventLog:
         if time_index is not None:
             # Opened after the torn-tail repair: entries past the repaired end are dropped.
             self._index = TimeIndexWriter(time_index, self._end, os.fstat(self._fd).st_mtime)
+        self._details = self._seen = None
+        set_aside = set_aside or Layout(Path(path).parent).set_aside
+        if details is not None:
+            self._details = DetailsWriter(Path(details), self._fd, self._end, set_aside)
+            if seen is not None and dedupe_window:
+                self._seen = SeenIndex(Path(seen), self._details, dedupe_window, set_aside,
+                                       clock)
+        # The details end a sync may cover: only groups whose ids the dedupe index has bound.
+        self._details_end = self._details_synced = self._details.end if self._details else 0
 
     def close(self):
+        if self._seen:
+            self._seen.close()
         os.close(self._fd)
         if self._index:
             self._index.close()
+        if self._details:
+            self._details.close()
 
     @property
     def size(self):
@@ -74,23 +103,87 @@ class EventLog:
         the write failed; nothing of it is then left in data1.
         """
         with self._write_lock:
-            if self._index:
-                try:
-                    self._index.note(int(self._clock()), self._end)
-                except OSError as error:  # before any of the records is written
-                    raise AppendError(f"writing data1's time index failed: {error.strerror}")
-            try:
-                written = os.write(self._fd, records)
-            except OSError as error:
-                self._undo_partial_write()
-                raise AppendError(f"writing data1 failed: {error.strerror}") from error
-            if written != len(records):
-                self._undo_partial_write()
-                raise AppendError(f"short write to data1 ({written} of {len(records)} bytes)")
-            self._end += written
+            self._write(records)
             end = self._end
         if self.durable:
-            self._sync_through(end)
+            self._sync_through(end, 0)
+
+    def append_events(self, ids, events, received):
+        """Append minimal items' `ids` and SDK events (validate.SdkEvent) received at
+        `received` (Unix seconds): the screen views' ids to data1, every new event's details
+        to the details file. Returns, for each event, True if it was new, False if it
+        repeats one accepted within the dedupe window (written and counted once, before).
+
+        Returns once all of it, and every event it repeats, is durable. Raises AppendError
+        if a write failed; nothing of the request is then written.
+        """
+        with self._write_lock:
+            fresh = self._seen.claim(events, received) if self._seen else [True] * len(events)
+            try:
+                self._write_events(ids, events, fresh, received)
+            except AppendError:
+                if self._seen:
+                    self._seen.unclaim(events, fresh)
+                raise
+            end, details_end = self._end, self._details_end
+        if self.durable:
+            self._sync_through(end, details_end)
+        elif self._seen:
+            self._seen.note_synced(details_end)
+        return fresh
+
+    def _write_events(self, ids, events, fresh, received):
+        tokens = [str(value).encode() for value in ids]
+        offset = self._end + sum(len(token) + 1 for token in tokens)
+        kept = []
+        for event, new in zip(events, fresh):
+            if not new:
+                continue
+            item = event.details
+            if event.experience_id is not None:
+                token = str(event.experience_id).encode()
+                item = {**item, "offset": offset}
+                offset += len(token) + 1
+                tokens.append(token)
+            kept.append(item)
+        records = b" ".join(tokens) + b" " if tokens else b""
+        if kept:
+            if self._details is None:
+                raise AppendError("this ingest keeps no details file")
+            group = encode_group(self._end, self._end + len(records), zlib.crc32(records),
+                                 int(received * 1000), kept)
+            try:
+                self._details.append(group)
+            except OSError as error:
+                raise AppendError(f"writing data1.details failed: {error}") from error
+        if records:
+            try:
+                self._write(records)
+            except AppendError:
+                if kept:
+                    self._details.take_back(len(group))
+                raise
+        if kept:
+            if self._seen:
+                self._seen.bind(events, fresh, self._details.end)
+            self._details_end = self._details.end
+
+    def _write(self, records):
+        """Write `records` to data1 (and date them), holding the write lock."""
+        if self._index:
+            try:
+                self._index.note(int(self._clock()), self._end)
+            except OSError as error:  # before any of the records is written
+                raise AppendError(f"writing data1's time index failed: {error.strerror}")
+        try:
+            written = os.write(self._fd, records)
+        except OSError as error:
+            self._undo_partial_write()
+            raise AppendError(f"writing data1 failed: {error.strerror}") from error
+        if written != len(records):
+            self._undo_partial_write()
+            raise AppendError(f"short write to data1 ({written} of {len(records)} bytes)")
+        self._end += written
 
     def problem(self):
         """Why an append would fail now, or None if data1 looks writable."""
@@ -104,22 +197,28 @@ class EventLog:
 
     def sync(self):
         """Make everything appended so far durable."""
-        self._sync_through(self._end)
+        self._sync_through(self._end, self._details_end)
 
-    def _sync_through(self, end):
+    def _sync_through(self, end, details_end):
         with self._sync_lock:
-            if self._synced >= end:
+            if self._synced >= end and self._details_synced >= details_end:
                 return  # a sync that started after our write already covered it
             # Everything below _end has been written (it is raised after each write), so one
             # sync covers the appends of every request queued behind this lock too.
-            target = self._end
+            target, details_target = self._end, self._details_end
             # Read after target: the entries dating every byte below target were written
             # before those bytes were, so they are all counted here.
             entries = self._index.written if self._index else 0
-            try:
-                os.fdatasync(self._fd)
-            except OSError as error:
-                die(log, f"fdatasync of data1 failed: {error}")
+            if target > self._synced:
+                try:
+                    os.fdatasync(self._fd)
+                except OSError as error:
+                    die(log, f"fdatasync of data1 failed: {error}")
+            if details_target > self._details_synced:
+                try:
+                    self._details.sync()
+                except OSError as error:
+                    die(log, f"fdatasync of data1.details failed: {error}")
             if entries > (self._index.synced if self._index else 0):
                 # At most once a second: a new entry is written at most once a second.
                 try:
@@ -127,7 +226,9 @@ class EventLog:
                 except OSError as error:
                     die(log, f"fdatasync of data1's time index failed: {error}")
                 self._index.synced = entries
-            self._synced = target
+            self._synced, self._details_synced = target, details_target
+            if self._seen:
+                self._seen.note_synced(details_target)
 
     def _undo_partial_write(self):
         # Called with the write lock held: _end is where our write started.

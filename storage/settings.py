@@ -27,6 +27,8 @@ SETTINGS = [
     ("FSYNC", "on", "on: a 202 means on disk; off: no sync per request"),
     ("SERIES", "on", "whether the worker keeps the counts over time"),
     ("MINUTE_RETENTION_HOURS", "48", "hours of minute buckets kept before the newest event"),
+    ("DEDUPE_WINDOW", "86400", "seconds an SDK event id is remembered, so that a retry is "
+                               "counted once (0: off; 60 to 2592000)"),
     ("STATE_DIR", "state/ beside the code", "folder of data1, data2, locks and logs"),
     ("CLUSTER", "(unset: one machine)", "cluster mode: NATS server URLs, comma-separated"),
     ("PARTITION", "(none)", "cluster mode, ingest: the partition this node appends to"),
@@ -147,6 +149,15 @@ def minute_retention(environ=os.environ):
     """Seconds of minute buckets kept before the newest event (hours are kept for good)."""
     hours = _seconds(environ, "MINUTE_RETENTION_HOURS", 48.0, 1.0, 24.0 * 366, "48", "hours")
     return int(hours * 3600)
+
+
+def dedupe_window(environ=os.environ):
+    """Seconds an SDK event's id is remembered, as a whole number; 0 turns dedupe off."""
+    seconds = _seconds(environ, "DEDUPE_WINDOW", 86400.0, 0.0, 30 * 86400.0, "86400")
+    if seconds and seconds < 60:
+        raise ConfigError(f"{PREFIX}DEDUPE_WINDOW must be 0 (off) or at least 60 seconds, "
+                          f"got {_raw(environ, 'DEDUPE_WINDOW')!r}")
+    return int(seconds)
 
 
 def interval(environ=os.environ):

@@ -78,8 +78,8 @@ def test_error_messages_name_the_problem():
 def test_parse_batch_names_the_bad_index():
     batch = {"batch": [{"experienceID": 1}, {"experienceID": 2}, {"experienceID": "3"}]}
     with pytest.raises(Invalid, match=r"batch\[2\]"):
-        parse_batch(json.dumps(batch).encode())
-    assert parse_batch(b'{"batch": [{"experienceID": 5}, {"experienceID": 5}]}') == [5, 5]
+        parse_batch(json.dumps(batch).encode(), 0)
+    assert parse_batch(b'{"batch": [{"experienceID": 5}, {"experienceID": 5}]}', 0).ids == [5, 5]
 
 
 @pytest.mark.parametrize(
@@ -94,5 +94,5 @@ def test_parse_batch_names_the_bad_index():
 )
 def test_parse_batch_rejects(body, status):
     with pytest.raises(Invalid) as raised:
-        parse_batch(body)
+        parse_batch(body, 0)
     assert raised.value.status == status

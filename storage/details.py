@@ -1,0 +1,195 @@
+"""data1.details: everything the SDKs sent with their events, beside data1, keyed by its offsets.
+
+data1 holds only the ids that are counted. An SDK event carries much more (its own id, the
+device and person, the device's clock, the screen, the experience's name and revision, an
+identify's traits); the experience overview and any recount need all of it. It is kept here,
+in a file of its own, the way data1.timeindex keeps data1's times.
+
+Format
+    A 32-byte header, then groups, one per request that brought new SDK events:
+
+        header   b"MADETAIL"  magic
+                 u32          version (1)
+                 16 bytes     identity: random, new for each details file; the dedupe index
+                              (storage/seen_index.py) names the file it was built from with it
+                 u32          reserved, 0
+
+        group    u32  length of the rest of the group, from data1_start on
+                 u32  CRC-32 (zlib.crc32) of the rest of the group
+                 u64  data1_start   the data1 bytes written with this group: the ids of its
+                 u64  data1_end     screen views, and of any minimal items beside them
+                 u32  CRC-32 of those data1 bytes (ties the group to this data1)
+                 u64  received      receive time, Unix milliseconds (UTC)
+                 ...  payload       a JSON array (UTF-8) with one object per event:
+                                    {"event": the event as sent,
+                                     "time": the device's time (Unix ms), or the receive
+                                             time where "clock" says it was not believed,
+                                     "clock": why not ("missing", "unparsable", "ahead",
+                                              "before 2000"); absent when believed,
+                                     "offset": the data1 offset of a screen view's id}
+
+    All integers are little-endian. An event's id is inside "event" ("id").
+
+Invariants
+    * The ingest appends a group before the data1 bytes it describes, under data1's write
+      lock, and makes both durable with the same group commit before the 2xx. A request
+      whose events are all duplicates writes nothing here.
+    * Opening repairs what a crash left: a torn or corrupt last group is removed, and so
+      are groups whose data1 bytes are not in data1 (the crash came between the two
+      writes: never acknowledged). If the last group's data1 bytes differ from data1's
+      (another data1 was put in place), the file is set aside and a new one begun.
+    * A missing file is begun anew: events already in data1 then have no details. That
+      never changes what is counted, only what is known of those events.
+"""
+
+import json
+import logging
+import os
+import struct
+import zlib
+
+from storage.process import die
+
+log = logging.getLogger("ingest")
+
+MAGIC = b"MADETAIL"
+VERSION = 1
+HEADER = struct.Struct("<8sI16sI")
+FRAME = struct.Struct("<II")  # length, crc
+GROUP = struct.Struct("<QQIQ")  # data1_start, data1_end, data1_crc, received
+MAX_GROUP = 64 * 1024 * 1024  # a length beyond this is damage, not a group
+
+
+class Group:
+    __slots__ = ("data1_start", "data1_end", "data1_crc", "received_ms", "payload", "end")
+
+    def __init__(self, data1_start, data1_end, data1_crc, received_ms, payload, end):
+        self.data1_start = data1_start
+        self.data1_end = data1_end
+        self.data1_crc = data1_crc
+        self.received_ms = received_ms
+        self.payload = payload  # bytes: the JSON array
+        self.end = end  # this file's offset just past the group
+
+    def events(self):
+        return json.loads(self.payload)
+
+
+def encode_group(data1_start, data1_end, data1_crc, received_ms, events):
+    body = GROUP.pack(data1_start, data1_end, data1_crc, received_ms) + json.dumps(
+        events, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return FRAME.pack(len(body), zlib.crc32(body)) + body
+
+
+def read_header(fd):
+    """The file's identity, or None if it has no valid header."""
+    raw = os.pread(fd, HEADER.size, 0)
+    if len(raw) < HEADER.size:
+        return None
+    magic, version, identity, _ = HEADER.unpack(raw)
+    return identity if magic == MAGIC and version == VERSION else None
+
+
+def read_groups(fd, start=HEADER.size, received_after_ms=None):
+    """Yield the complete, intact groups from `start` on; stop at the first that is not.
+
+    With `received_after_ms`, groups received earlier are skipped without decoding their
+    payload (they are framed and checked all the same)."""
+    offset = start
+    while True:
+        frame = os.pread(fd, FRAME.size, offset)
+        if len(frame) < FRAME.size:
+            return
+        length, crc = FRAME.unpack(frame)
+        if length < GROUP.size or length > MAX_GROUP:
+            return
+        body = os.pread(fd, length, offset + FRAME.size)
+        if len(body) < length or zlib.crc32(body) != crc:
+            return
+        offset += FRAME.size + length
+        data1_start, data1_end, data1_crc, received_ms = GROUP.unpack_from(body)
+        if received_after_ms is not None and received_ms < received_after_ms:
+            continue
+        yield Group(data1_start, data1_end, data1_crc, received_ms,
+                    body[GROUP.size:], offset)
+
+
+class DetailsWriter:
+    """The ingest's side. Opening it repairs the file against data1 (see the invariants)."""
+
+    def __init__(self, path, data1_fd, data1_size, set_aside):
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.identity = read_header(self.fd)
+        if self.identity is None and os.fstat(self.fd).st_size:
+            self._begin_anew(set_aside, "its header is not a details header")
+        if self.identity is None:
+            self._write_header(data1_size)
+        self.end = self._repair(data1_fd, data1_size, set_aside)
+
+    def _write_header(self, data1_size):
+        self.identity = os.urandom(16)
+        os.write(self.fd, HEADER.pack(MAGIC, VERSION, self.identity, 0))
+        os.fsync(self.fd)
+        if data1_size:
+            log.warning("data1.details: begun anew; the events already in data1 (%d bytes) "
+                        "have no details (they stay counted)", data1_size)
+
+    def _begin_anew(self, set_aside, why):
+        aside = set_aside(self.path)
+        log.error("data1.details: %s; kept aside as %s, and a new one begun", why, aside.name)
+        os.close(self.fd)
+        os.rename(self.path, aside)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.identity = None
+
+    def _repair(self, data1_fd, data1_size, set_aside):
+        keep, last = HEADER.size, None
+        for group in read_groups(self.fd):
+            if group.data1_end > data1_size:
+                break  # and so are all groups after it: data1 only grows
+            keep, last = group.end, group
+        if last and last.data1_end > last.data1_start:
+            written = os.pread(data1_fd, last.data1_end - last.data1_start, last.data1_start)
+            if zlib.crc32(written) != last.data1_crc:
+                self._begin_anew(set_aside, "its last group does not describe the bytes in "
+                                            "data1 (data1 was replaced)")
+                self._write_header(data1_size)
+                return HEADER.size
+        size = os.fstat(self.fd).st_size
+        if keep < size:
+            log.warning("data1.details: removing %d bytes at offset %d (a torn group, or "
+                        "groups whose data1 write a crash cut off; never acknowledged)",
+                        size - keep, keep)
+            os.ftruncate(self.fd, keep)
+            os.fsync(self.fd)
+        return keep
+
+    def append(self, group):
+        """Append one encoded group (encode_group) in one write; undone if it fails."""
+        try:
+            written = os.write(self.fd, group)
+        except OSError:
+            self.undo()
+            raise
+        if written != len(group):
+            self.undo()
+            raise OSError(f"short write to data1.details ({written} of {len(group)} bytes)")
+        self.end += written
+
+    def take_back(self, size):
+        """Remove the last `size` bytes appended (their data1 write failed)."""
+        self.end -= size
+        self.undo()
+
+    def undo(self):
+        try:
+            os.ftruncate(self.fd, self.end)
+        except OSError as error:
+            die(log, f"could not truncate a failed write off data1.details: {error}")
+
+    def sync(self):
+        os.fdatasync(self.fd)
+
+    def close(self):
+        os.close(self.fd)

@@ -1,0 +1,234 @@
+"""POST /batch with Judo's SDK events: the SDKs' own shapes counted, bad events left out and
+named (never a 4xx that would make an SDK drop the chunk), device clocks read or flagged,
+and a retry counted once, against a real waitress server."""
+
+import datetime
+import json
+import math
+import threading
+
+import pytest
+
+from http_client import post, request, wait_for
+from sdk_shapes import AndroidDevice, IosDevice, mixed_batch
+from test_validate import BAD_EVENT_BODIES
+from app import validate
+from storage import details
+
+NOW = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+
+
+@pytest.fixture
+def ingest(procs, state_dir):
+    return procs.ingest(state_dir)
+
+
+def data1(state_dir):
+    return (state_dir / "data1").read_bytes()
+
+
+def stored_details(state_dir):
+    with open(state_dir / "data1.details", "rb") as file:
+        return [item for group in details.read_groups(file.fileno())
+                for item in group.events()]
+
+
+def screen_counts(state_dir):
+    counts = {}
+    for token in data1(state_dir).split():
+        counts[int(token)] = counts.get(int(token), 0) + 1
+    return counts
+
+
+# --- device clocks (pure)
+
+@pytest.mark.parametrize("raw, expected", [
+    ("2026-11-27T14:11:12Z", "2026-11-27T14:11:12+00:00"),          # iOS
+    ("2026-11-27T10:11:12-0400", "2026-11-27T14:11:12+00:00"),      # Android
+    ("2026-11-27T19:41:12+0530", "2026-11-27T14:11:12+00:00"),
+    ("2026-11-27T14:11:12.250+00:00", "2026-11-27T14:11:12.250000+00:00"),
+    ("٢٠٢٦-١١-٢٧T١٠:١١:١٢-0400", "2026-11-27T14:11:12+00:00"),     # Arabic-Indic digits
+])
+def test_both_sdk_timestamp_formats_parse(raw, expected):
+    received = datetime.datetime(2026, 11, 27, 15, tzinfo=datetime.timezone.utc).timestamp()
+    seconds, flag = validate.device_time(raw, received)
+    assert flag is None
+    assert datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).isoformat() == expected
+
+
+@pytest.mark.parametrize("raw, flag", [
+    (None, "missing"),
+    ("yesterday", "unparsable"),
+    (1764252672, "unparsable"),
+    ("2026-11-27T14:11:12", "unparsable"),  # no offset: which zone?
+    ("2026-13-27T14:11:12Z", "unparsable"),
+    ("2026-11-29T15:00:01Z", "ahead"),
+    ("1999-12-31T23:59:59Z", "before 2000"),
+])
+def test_unbelievable_device_clocks_are_flagged_and_the_receive_time_stands_in(raw, flag):
+    received = datetime.datetime(2026, 11, 28, 15, tzinfo=datetime.timezone.utc).timestamp()
+    assert validate.device_time(raw, received) == (received, flag)
+
+
+# --- the SDKs' shapes through a real server
+
+@pytest.mark.parametrize("api_version", ["", "?apiVersion=2"])
+def test_both_sdks_batches_of_100_are_counted(ingest, state_dir, api_version):
+    events, expected = mixed_batch(NOW, 100)
+    status, answer = post(ingest.port, {"batch": events}, path="/batch" + api_version)
+    assert status == 202, answer
+    assert answer == {"accepted": 100, "stored": 100, "duplicates": [], "rejected": []}
+    assert screen_counts(state_dir) == expected
+    kept = stored_details(state_dir)
+    assert [item["event"] for item in kept] == events  # every field, as sent
+    screens = [item for item in kept if item["event"]["type"] == "screen"]
+    assert all(data1(state_dir)[item["offset"]:].split(b" ", 1)[0]
+               == item["event"]["properties"]["experienceID"].encode() for item in screens)
+    assert {item["time"] for item in kept} == {NOW.timestamp() * 1000}
+    assert not any("clock" in item for item in kept)
+    sdk = request(ingest.port, "GET", "/stats")[1]["sdk"]
+    assert sdk["stored"] == {"screen": 97, "identify": 2, "register": 1}
+
+
+def test_a_retry_is_answered_accepted_and_counted_once(ingest, state_dir):
+    events, expected = mixed_batch(NOW, 40)
+    assert post(ingest.port, {"batch": events}, path="/batch")[0] == 202
+    before = (data1(state_dir), (state_dir / "data1.details").read_bytes())
+    # The SDK's next chunk: the unanswered 40 again, with 10 new ones after them.
+    more = [IosDevice().screen(NOW, 5) for _ in range(10)]
+    status, answer = post(ingest.port, {"batch": events + more}, path="/batch")
+    assert status == 202
+    assert answer["accepted"] == 50 and answer["stored"] == 10
+    assert answer["duplicates"] == [{"index": i, "id": e["id"]} for i, e in enumerate(events)]
+    expected[5] = 10
+    assert screen_counts(state_dir) == expected
+    assert data1(state_dir).startswith(before[0])
+    assert (state_dir / "data1.details").read_bytes().startswith(before[1])
+    assert request(ingest.port, "GET", "/stats")[1]["sdk"]["duplicates"] == 40
+
+
+def test_the_same_id_twice_in_one_batch_is_stored_once(ingest, state_dir):
+    event = AndroidDevice().screen(NOW, 3)
+    status, answer = post(ingest.port, {"batch": [event, event]}, path="/batch")
+    assert (status, answer["stored"], answer["duplicates"]) == (
+        202, 1, [{"index": 1, "id": event["id"]}])
+    assert data1(state_dir) == b"3 "
+
+
+def test_the_same_event_at_once_from_many_connections_is_stored_once(ingest, state_dir):
+    device = IosDevice()
+    for round_number in range(20):
+        event = device.screen(NOW, round_number)
+        start = threading.Barrier(8)
+        answers = []
+
+        def send():
+            start.wait()
+            answers.append(post(ingest.port, {"batch": [event]}, path="/batch"))
+
+        threads = [threading.Thread(target=send) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert [status for status, _ in answers] == [202] * 8
+        assert sorted(answer["stored"] for _, answer in answers) == [0] * 7 + [1]
+    assert screen_counts(state_dir) == {number: 1 for number in range(20)}
+
+
+# --- one bad event never costs its neighbours
+
+def bad_events():
+    """Every bad experienceID of the abuse test, as an SDK screen's, and every other way an
+    SDK event can be unusable."""
+    device = AndroidDevice()
+    cases = {}
+    for name, body in BAD_EVENT_BODIES.items():
+        try:
+            value = validate.parse_json(body)["experienceID"]
+        except (validate.Invalid, KeyError, TypeError):
+            continue  # not JSON at all: a body unusable as a whole
+        if isinstance(value, str) and value.isdigit():
+            continue  # "12" is how the SDKs send an id: good
+        if isinstance(value, float) and not math.isfinite(value):
+            value = 1e308  # 1e400 is read as infinity, which json.dumps cannot send back
+        event = device.screen(NOW, 1)
+        event["properties"]["experienceID"] = value
+        cases[f"experienceID {name}"] = event
+    screen = device.screen(NOW, 1)
+    cases.update({
+        "not an object": [screen],
+        "a number": 7,
+        "null": None,
+        "unknown type": {**screen, "type": "track"},
+        "no type": {key: value for key, value in screen.items() if key != "type"},
+        "no id": {key: value for key, value in screen.items() if key != "id"},
+        "empty id": {**screen, "id": ""},
+        "numeric id": {**screen, "id": 12},
+        "no anonymousID": {key: value for key, value in screen.items() if key != "anonymousID"},
+        "userID a number": {**screen, "userID": 5},
+        "no properties": {key: value for key, value in screen.items() if key != "properties"},
+        "properties a list": {**screen, "properties": [1]},
+        "no experienceID": {**screen, "properties": {"id": "s", "name": "n"}},
+        "experienceID signed": {**screen, "properties": {"experienceID": "+1"}},
+        "experienceID 2**63": {**screen, "properties": {"experienceID": str(2**63)}},
+        "experienceID spaces": {**screen, "properties": {"experienceID": " 1"}},
+        "screen name a number": {**screen, "properties": {"experienceID": "1", "name": 3}},
+        "context a string": {**screen, "context": "phone"},
+        "traits a list": {**device.identify(NOW, "u", {}), "traits": ["x"]},
+        "id too long": {**screen, "id": "x" * 300},
+    })
+    return cases
+
+
+BAD = bad_events()
+
+
+@pytest.mark.parametrize("bad", BAD.values(), ids=BAD.keys())
+def test_a_bad_event_in_an_sdk_batch_is_named_and_the_other_99_are_counted(
+        ingest, state_dir, bad):
+    events, expected = mixed_batch(NOW, 99)
+    events.insert(37, bad)
+    status, answer = post(ingest.port, {"batch": events}, path="/batch")
+    assert status == 202, answer
+    assert answer["stored"] == 99 and answer["duplicates"] == []
+    [rejected] = answer["rejected"]
+    assert rejected["index"] == 37 and rejected["error"]
+    assert rejected["id"] == (bad.get("id") if isinstance(bad, dict)
+                              and isinstance(bad.get("id"), str) else None)
+    assert screen_counts(state_dir) == expected
+    assert request(ingest.port, "GET", "/stats")[1]["sdk"]["rejected"] == 1
+
+
+def test_a_body_unusable_as_a_whole_is_a_4xx_and_writes_nothing(ingest, state_dir):
+    for body in (b'{"batch": ', b'{"events": []}', b'{"batch": "x"}', b"[]"):
+        status, answer = post(ingest.port, body, path="/batch")
+        assert status == 400 and answer["error"]
+    assert data1(state_dir) == b""
+    assert stored_details(state_dir) == []
+
+
+def test_minimal_batches_stay_all_or_nothing(ingest, state_dir):
+    status, answer = post(ingest.port, {"batch": [{"experienceID": 1}, {"experienceID": "x"}]},
+                          path="/batch")
+    assert status == 400 and "batch[1]" in answer["error"]
+    assert post(ingest.port, {"batch": [{"experienceID": 1}]}, path="/batch") == (
+        202, {"accepted": 1})
+    assert data1(state_dir) == b"1 "
+
+
+def test_flagged_clocks_are_kept_as_sent_and_counted_in_stats(ingest, state_dir):
+    device = IosDevice()
+    late = device.screen(NOW, 1)
+    late["timestamp"] = "2199-01-01T00:00:00Z"
+    missing = device.screen(NOW, 1)
+    del missing["timestamp"]
+    good = device.screen(NOW, 1)
+    assert post(ingest.port, {"batch": [late, missing, good]}, path="/batch")[0] == 202
+    kept = stored_details(state_dir)
+    assert [item.get("clock") for item in kept] == ["ahead", "missing", None]
+    assert kept[0]["event"]["timestamp"] == "2199-01-01T00:00:00Z"
+    received = kept[0]["time"]
+    assert abs(received / 1000 - datetime.datetime.now().timestamp()) < 600
+    assert request(ingest.port, "GET", "/stats")[1]["sdk"]["clock_flagged"] == 2
+    wait_for(lambda: screen_counts(state_dir) == {1: 3})
