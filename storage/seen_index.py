@@ -87,7 +87,7 @@ class SeenIndex:
         return writer
 
     def _open(self, set_aside):
-        why = None
+        why, self._db = None, None
         try:
             self._db = self._connect()
             why = self._problem()
@@ -127,7 +127,8 @@ class SeenIndex:
     def _rebuild(self, set_aside, why):
         began = time.monotonic()
         if why != "it is new":
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
             aside = set_aside(self.path)
             for suffix in ("", "-wal", "-shm"):
                 try:
@@ -178,7 +179,7 @@ class SeenIndex:
         waiting = {key: recent.get(key) for key in keys}
         known = set()
         asked = [key for key, claimed in waiting.items() if claimed is None]
-        since = now - self.window
+        since = now - self.window + 1  # remembered while now - second < window
         for start in range(0, len(asked), _LOOKUP_CHUNK):
             chunk = asked[start:start + _LOOKUP_CHUNK]
             marks = ",".join("?" * len(chunk))
@@ -274,7 +275,7 @@ class SeenIndex:
         return self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
 
     def _count(self):
-        since = int(self._clock()) - self.window
+        since = int(self._clock()) - self.window + 1
         return sum(self._db.execute(f"SELECT count(*) FROM seen{t} WHERE second >= ?",
                                     (since,)).fetchone()[0] for t in (0, 1))
 

@@ -1,8 +1,10 @@
-"""Model-based property test (hypothesis stateful): random sequences of posts, raw fragments,
-worker passes with random chunk sizes, worker kills and crashes mid-commit, and ingest crashes
-mid-token, checked against a reference model after every step."""
+"""Model-based property test (hypothesis stateful): random sequences of posts, SDK batches and
+their retries, raw fragments, worker passes with random chunk sizes, worker kills and crashes
+mid-commit, and ingest crashes (mid-token, between the details and the data1 write, with the
+dedupe index unwritten), checked against a reference model after every step."""
 
 import collections
+import datetime
 import os
 import shutil
 import tempfile
@@ -14,6 +16,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from clocks import Clock
+from sdk_shapes import IosDevice
+from app.validate import sdk_event
+from storage import details
 from reference import check_invariant, check_series, read_checkpoint, read_series, valid_counts
 from storage.log_writer import EventLog
 from storage.log_format import encode
@@ -22,6 +27,7 @@ from storage.series_store import SeriesStore
 from worker.runner import Worker
 
 ids = st.integers(0, 2**63 - 1) | st.integers(0, 20)  # small ids repeat, so counts exceed 1
+WINDOW = 86400
 garbage = st.sampled_from([b"abc", b"007", b"-1", b"\x00\x00", b"9" * 30, b"1.5", b"+2"])
 separators = st.sampled_from([b" ", b"\n", b"\t", b"  "])
 
@@ -49,10 +55,71 @@ class Engine(RuleBasedStateMachine):
         self.log = self._open_log()
         self.worker = None
         self.expected = collections.Counter()  # what data1's valid complete tokens must count
+        self.device = IosDevice()
+        self.sent = []  # every SDK event sent, accepted or not: what a retry picks from
+        self.accepted_at = {}  # SDK event id -> receive second of its first delivery
 
     def _open_log(self):
         return EventLog(self.dir / "data1", time_index=self.dir / "data1.timeindex",
-                        clock=self.clock)
+                        clock=self.clock, details=self.dir / "data1.details",
+                        seen=self.dir / "data1.seen", dedupe_window=WINDOW)
+
+    def _ingest_dies(self):
+        """The ingest is killed: nothing more is written, not even the dedupe index."""
+        seen = self.log._seen
+        seen._stop.set()
+        seen._flusher.join()
+        seen._reader.close()
+        seen._db.close()
+        for fd in (self.log._fd, self.log._index.fd, self.log._details.fd):
+            os.close(fd)
+        self.log = self._open_log()
+
+    def _sdk_events(self, new, retries):
+        moment = self.clock.now
+        when = datetime.datetime.fromtimestamp(moment, datetime.timezone.utc)
+        raw = [self.device.screen(when, experience) for experience in new]
+        raw += [self.sent[i % len(self.sent)] for i in retries] if self.sent else []
+        self.sent.extend(raw[: len(new)])
+        return [sdk_event(event, moment, index) for index, event in enumerate(raw)]
+
+    def _expect_sdk(self, events):
+        """The model's answer: which of `events` are new, given the window."""
+        now = int(self.clock.now)
+        fresh = []
+        for event in events:
+            first = self.accepted_at.get(event.event_id)
+            new = first is None or now - first >= WINDOW
+            if new:
+                self.accepted_at[event.event_id] = now
+                self.expected[str(event.experience_id)] += 1
+            fresh.append(new)
+        return fresh
+
+    @rule(new=st.lists(st.integers(0, 20), max_size=8), retries=st.lists(st.integers(0, 999),
+                                                                          max_size=8))
+    def sdk_batch(self, new, retries):
+        """Screen views from an SDK: new ones, and retries of any sent before."""
+        events = self._sdk_events(new, retries)
+        assert self.log.append_events([], events, self.clock.now) == self._expect_sdk(events)
+
+    @rule(new=st.lists(st.integers(0, 20), min_size=1, max_size=8))
+    def ingest_dies_between_details_and_data1(self, new):
+        """The details group is written, the data1 write is not: never acknowledged."""
+        events = self._sdk_events(new, [])
+        end = self.log.size
+        group = details.encode_group(end, end + 2 * len(new), 0, int(self.clock.now * 1000),
+                                     [event.details for event in events])
+        os.write(self.log._details.fd, group)
+        self._ingest_dies()
+
+    @rule()
+    def ingest_dies(self):
+        self._ingest_dies()
+
+    @rule()
+    def dedupe_index_flushed(self):
+        self.log._seen.flush()
 
     def teardown(self):
         self._stop_worker()

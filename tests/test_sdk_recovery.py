@@ -1,0 +1,222 @@
+"""data1.details and data1.seen after crashes and damage: each is repaired or rebuilt from what
+is durable, never trusted blindly, and a retry is still counted once.
+
+The log is driven in-process (storage/log_writer.py), with the receive time given: the states
+a crash leaves are planted as files."""
+
+import datetime
+import json
+import os
+import shutil
+import sqlite3
+
+import pytest
+
+from sdk_shapes import AndroidDevice, IosDevice
+from app.validate import parse_batch
+from storage import details
+from storage.log_writer import AppendError, EventLog
+
+T0 = 1_800_000_000  # receive times, Unix seconds
+WINDOW = 3600
+
+
+class Clock:
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+def open_log(root, clock=None, window=WINDOW):
+    return EventLog(root / "data1", details=root / "data1.details", seen=root / "data1.seen",
+                    dedupe_window=window, clock=clock or Clock(T0))
+
+
+def sdk_events(count, received=T0, experience=1):
+    moment = datetime.datetime.fromtimestamp(received, datetime.timezone.utc)
+    device = IosDevice()
+    body = {"batch": [device.screen(moment, experience) for _ in range(count)]}
+    return parse_batch(json.dumps(body).encode(), received).events
+
+
+def stored(log, events, received=T0):
+    """How many of `events` were new."""
+    return sum(log.append_events([], events, received))
+
+
+def groups(root):
+    with open(root / "data1.details", "rb") as file:
+        return list(details.read_groups(file.fileno()))
+
+
+def tokens(root):
+    return (root / "data1").read_bytes().split()
+
+
+@pytest.fixture
+def root(tmp_path):
+    return tmp_path
+
+
+def test_retries_are_known_after_a_restart_whether_or_not_the_index_was_written(root):
+    log = open_log(root)
+    first, second = sdk_events(30), sdk_events(30)
+    assert stored(log, first) == 30
+    log._seen.flush()  # the first in the index on disk,
+    assert stored(log, second) == 30  # the second only in data1.details: a crash now
+    os.close(log._fd)  # (no close(): nothing more is written)
+    log = open_log(root)
+    assert stored(log, first + second) == 0
+    assert len(tokens(root)) == 60
+    log.close()
+
+
+def test_a_torn_details_group_is_removed_and_its_events_can_be_sent_again(root):
+    log = open_log(root)
+    kept, torn = sdk_events(5), sdk_events(5)
+    stored(log, kept)
+    log.close()
+    group = details.encode_group(999, 999, 0, T0 * 1000, [e.details for e in torn])
+    with open(root / "data1.details", "ab") as file:
+        file.write(group[: len(group) // 2])
+    log = open_log(root)
+    assert [len(g.events()) for g in groups(root)] == [5]
+    assert stored(log, kept) == 0 and stored(log, torn) == 5
+    log.close()
+
+
+def test_details_ahead_of_data1_are_dropped_never_acknowledged(root):
+    # A crash between the details write and the data1 write: the group describes bytes that
+    # data1 does not have. Its events were never acknowledged, so their retry must count.
+    log = open_log(root)
+    stored(log, sdk_events(3))
+    log.close()
+    ahead = sdk_events(4, experience=9)
+    end = (root / "data1").stat().st_size
+    group = details.encode_group(end, end + 8, 0, T0 * 1000, [e.details for e in ahead])
+    with open(root / "data1.details", "ab") as file:
+        file.write(group)
+    log = open_log(root)
+    assert len(groups(root)) == 1
+    assert stored(log, ahead) == 4
+    assert tokens(root).count(b"9") == 4
+    log.close()
+
+
+def test_a_missing_details_file_is_begun_anew_and_counts_stay(root):
+    log = open_log(root)
+    stored(log, sdk_events(3))
+    log.close()
+    os.remove(root / "data1.details")
+    log = open_log(root)
+    assert groups(root) == [] and len(tokens(root)) == 3
+    assert stored(log, sdk_events(2)) == 2
+    log.close()
+    assert len(groups(root)) == 1
+
+
+def test_details_of_another_data1_are_set_aside(root):
+    log = open_log(root)
+    events = sdk_events(3)
+    stored(log, events)
+    log.close()
+    (root / "data1").write_bytes(b"5 5 5 5 ")  # another data1, as long or longer
+    log = open_log(root)
+    assert groups(root) == []
+    assert len(list(root.glob("data1.details.bad-*"))) == 1
+    assert stored(log, events) == 3  # a new history: nothing to repeat
+    log.close()
+
+
+@pytest.mark.parametrize("damage", ["lost", "garbage", "truncated", "another details",
+                                    "ahead of details", "behind"])
+def test_a_damaged_or_stale_index_is_rebuilt_and_retries_stay_duplicates(root, damage):
+    log = open_log(root)
+    early = sdk_events(20)
+    stored(log, early)
+    log.close()
+    index = root / "data1.seen"
+    shutil.copy(index, root / "early-index")
+    log = open_log(root)
+    late = sdk_events(20)
+    stored(log, late)
+    log.close()
+    if damage == "lost":
+        index.unlink()
+    elif damage == "garbage":
+        index.write_bytes(os.urandom(8192))
+    elif damage == "truncated":
+        index.write_bytes(index.read_bytes()[:5000])
+    elif damage == "another details":
+        other = root / "other"
+        other.mkdir()
+        log = open_log(other)
+        stored(log, sdk_events(1))
+        log.close()
+        shutil.copy(other / "data1.seen", index)
+    elif damage == "ahead of details":
+        with sqlite3.connect(index) as db:
+            db.execute("UPDATE meta SET value = value + 1000 WHERE key = 'covered'")
+    elif damage == "behind":  # the last commits lost, as a power loss may
+        shutil.copy(root / "early-index", index)
+    log = open_log(root)
+    assert stored(log, early + late) == 0
+    assert len(tokens(root)) == 40
+    log.close()
+
+
+def test_a_failed_data1_write_undoes_the_details_and_the_claim(root, monkeypatch):
+    log = open_log(root)
+    events = sdk_events(3)
+    real_write = os.write
+
+    def failing(fd, data):
+        if fd == log._fd:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", failing)
+    with pytest.raises(AppendError):
+        log.append_events([], events, T0)
+    monkeypatch.setattr(os, "write", real_write)
+    assert groups(root) == [] and tokens(root) == []
+    assert stored(log, events) == 3  # the retry is a first delivery
+    log.close()
+
+
+def test_ids_expire_after_the_window_and_periods_turn_over(root):
+    clock = Clock(T0)
+    log = open_log(root, clock)
+    events = sdk_events(5)
+    assert stored(log, events, T0) == 5
+    assert stored(log, events, T0 + WINDOW - 1) == 0
+    log._seen.flush()
+    assert stored(log, events, T0 + WINDOW) == 5  # remembered for the window, no longer
+    # Three more periods: each table is emptied as its period begins, and what is within
+    # the window stays known.
+    for period in range(2, 5):
+        now = T0 + period * WINDOW
+        fresh = sdk_events(4, received=now)
+        assert stored(log, fresh, now) == 4
+        log._seen.flush()
+        assert stored(log, fresh, now + WINDOW // 2) == 0
+    clock.now = T0 + 4 * WINDOW + 10
+    log.close()
+    log = open_log(root, clock)  # a rebuild takes only the window's groups
+    assert log._seen._count() == 4
+    log.close()
+
+
+def test_identify_and_register_are_kept_and_deduplicated_too(root):
+    moment = datetime.datetime.fromtimestamp(T0, datetime.timezone.utc)
+    device = AndroidDevice()
+    body = {"batch": [device.identify(moment, "u1", {"plan": "pro"}), device.register(moment)]}
+    events = parse_batch(json.dumps(body).encode(), T0).events
+    log = open_log(root)
+    assert stored(log, events) == 2 and stored(log, events) == 0
+    assert tokens(root) == []  # not experience events
+    assert [item["event"]["type"] for item in groups(root)[0].events()] == [
+        "identify", "register"]
+    log.close()
