@@ -60,7 +60,7 @@ def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute
     process.place_on_cpus("ingest", cpu)
     if cluster:
         return serve_cluster(host=host, port=port, threads=threads, stalled_after=stalled_after,
-                             cluster=cluster)
+                             dedupe_window=dedupe_window, cluster=cluster)
     layout = Layout(state_dir)
     # Held until the process exits: one ingest per state folder, so no other writer can
     # interleave with our appends or our torn-tail repair.
@@ -81,7 +81,7 @@ def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute
     return code
 
 
-def serve_cluster(*, host, port, threads, stalled_after, cluster):
+def serve_cluster(*, host, port, threads, stalled_after, dedupe_window, cluster):
     # Imported here: only cluster mode imports nats-py.
     from app.cluster_readside import ClusterReadSide
     from storage import stream_setup
@@ -90,7 +90,8 @@ def serve_cluster(*, host, port, threads, stalled_after, cluster):
     servers, partition, replicas, publish_timeout = cluster
     log.info("ingest starting in cluster mode: http://%s:%d partition=%s servers=%s "
              "replicas=%d threads=%d", host, port, partition, ",".join(servers), replicas, threads)
-    link, failed = stream_setup.connect(servers, f"ingest {partition}", replicas, log)
+    link, failed = stream_setup.connect(servers, f"ingest {partition}", replicas,
+                                        dedupe_window, log)
     if link is None:
         return failed
     eventlog = StreamLog(link, partition, publish_timeout)

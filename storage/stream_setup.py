@@ -21,9 +21,10 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 # The largest checkpoint value: about 20 bytes per experience, so some 400,000 experiences per
 # partition. The servers' max_payload (cluster/nats.conf) must be at least this.
 MAX_CHECKPOINT_BYTES = 8 * 1024 * 1024
-# A publish retried with the same Nats-Msg-Id within this window is stored once. It must be
-# longer than an ingest node's longest retry (settings.publish_timeout, at most 60 s).
-DUPLICATE_WINDOW_SECONDS = 120.0
+# A publish retried with the same Nats-Msg-Id within the duplicate window is stored once. It
+# is the dedupe window (settings.dedupe_window: an SDK event's retry), and never shorter than
+# this, an ingest node's longest retry of a publish (settings.publish_timeout, at most 60 s).
+MIN_DUPLICATE_WINDOW_SECONDS = 120.0
 # Each checkpoint key keeps its last commits: who committed which revision after which, for an
 # operator (and the tests) to audit that no two workers ever committed from the same revision.
 CHECKPOINT_HISTORY = 64
@@ -33,7 +34,7 @@ class SetupMismatch(Exception):
     """The stream or the bucket exists with settings other than the ones this cluster needs."""
 
 
-def stream_config(replicas):
+def stream_config(replicas, dedupe_window):
     return api.StreamConfig(
         name=STREAM,
         subjects=[SUBJECT_PREFIX + "*"],
@@ -44,7 +45,7 @@ def stream_config(replicas):
         max_msgs=-1,
         max_bytes=-1,
         max_age=0,
-        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        duplicate_window=max(float(dedupe_window), MIN_DUPLICATE_WINDOW_SECONDS),
         max_msg_size=MAX_MESSAGE_BYTES,
     )
 
@@ -68,7 +69,7 @@ def bucket_config(replicas):
 READY_TIMEOUT = 30.0
 
 
-def connect(servers, name, replicas, log):
+def connect(servers, name, replicas, dedupe_window, log):
     """A Link to the cluster, with the stream and the bucket created or checked; or None and
     the exit code a program should exit with, after one log line saying why."""
     try:
@@ -81,7 +82,7 @@ def connect(servers, name, replicas, log):
     waiting_logged = False
     while True:
         try:
-            link.call(ensure(link.js, replicas), READY_TIMEOUT)
+            link.call(ensure(link.js, replicas, dedupe_window), READY_TIMEOUT)
             return link, None
         except SetupMismatch as mismatch:
             link.close()
@@ -124,12 +125,12 @@ class NotReady(Exception):
     """The stream or the bucket has no leader, or too few current replicas, to take writes."""
 
 
-async def ensure(js, replicas):
+async def ensure(js, replicas, dedupe_window):
     """Create the stream and the checkpoint bucket, or check the existing ones, and check
     that both can take writes now (a leader and a majority of current replicas: a cluster
     that has just started may not have them yet). Raises SetupMismatch naming every
     difference, NotReady, or what NATS raised if it cannot answer."""
-    wanted = stream_config(replicas)
+    wanted = stream_config(replicas, dedupe_window)
     try:
         await js.add_stream(wanted)
     except BadRequestError:

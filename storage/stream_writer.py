@@ -17,19 +17,31 @@ counts messages with the same code as data1's blocks. This module's guarantees:
   a message twice.
 * If no acknowledgement comes within `timeout`, append() raises AppendError. The records
   may or may not be stored (a lost acknowledgement): such an event is counted at most once.
+* An SDK event (append_events) is a message of its own: its payload is its screen view's
+  record (empty for an identify or a register), its details (storage/details.py's item, with
+  the receive time) ride in the DETAILS_HEADER header, and its Nats-Msg-Id is derived from
+  the event's own id. The stream drops a repeat of that id within its duplicate window (the
+  dedupe window, storage/stream_setup.py) whichever ingest node it reaches, and acknowledges
+  it as a duplicate: a retry is stored and counted once, as data1.seen does on one machine.
 """
 
 import asyncio
 import collections
 import itertools
+import json
 import logging
 import os
 import threading
 
 from storage.layout import STREAM, partition_subject
+from storage.log_format import encode
 from storage.log_writer import AppendError
 from storage.nats_link import UNAVAILABLE
+from storage.seen_index import key_of
 from storage.stream_setup import MAX_MESSAGE_BYTES
+
+# The header holding an SDK event's details: JSON, ASCII only (as a header must be).
+DETAILS_HEADER = "Mini-Analytics-Details"
 
 log = logging.getLogger("ingest")
 
@@ -95,6 +107,35 @@ class StreamLog:
         if group.error:
             raise group.error
 
+    def append_events(self, ids, events, received):
+        """Append minimal items' `ids`, and each SDK event as a message of its own. Returns,
+        for each event, True if it was new, False if the stream already held its id (within
+        the duplicate window). Raises AppendError if any publish was not acknowledged in
+        time: the events may then be stored or not, and their retry is stored once."""
+        if ids:
+            self.append(encode(ids))
+        if not events:
+            return []
+        try:
+            return self.link.call(self._publish_events(events, int(received * 1000)),
+                                  self.timeout + 5)
+        except TimeoutError:
+            raise AppendError(f"the cluster did not acknowledge the events within "
+                              f"{self.timeout + 5:g} s; they may or may not be stored: a "
+                              "retry of them is stored once") from None
+
+    async def _publish_events(self, events, received_ms):
+        return await asyncio.gather(*(self._publish_event(event, received_ms)
+                                      for event in events))
+
+    async def _publish_event(self, event, received_ms):
+        payload = b"" if event.experience_id is None else encode((event.experience_id,))
+        details = json.dumps({"received": received_ms, **event.details}, ensure_ascii=True,
+                             separators=(",", ":"))
+        ack = await self._publish_until_acknowledged(
+            payload, f"sdk-{key_of(event.event_id).hex()}", {DETAILS_HEADER: details})
+        return not ack.duplicate
+
     def _start_publishes(self):
         """On the link's loop: publish waiting groups while fewer than IN_FLIGHT are out."""
         with self._lock:
@@ -119,10 +160,12 @@ class StreamLog:
                 self._in_flight -= 1
             self._start_publishes()
 
-    async def _publish_until_acknowledged(self, payload, message_id):
+    async def _publish_until_acknowledged(self, payload, message_id, extra_headers=None):
+        """The publish's acknowledgement (its `duplicate` says whether the stream already
+        held `message_id`), or AppendError once `timeout` has passed."""
         loop = self.link.loop
         deadline = loop.time() + self.timeout
-        headers = {"Nats-Msg-Id": message_id}
+        headers = {"Nats-Msg-Id": message_id, **(extra_headers or {})}
         attempts, last_error = 0, None
         while True:
             remaining = deadline - loop.time()
@@ -137,12 +180,12 @@ class StreamLog:
             attempts += 1
             try:
                 # The same id on every attempt: the stream stores the message once.
-                await self.link.js.publish(
+                ack = await self.link.js.publish(
                     self.subject, payload, timeout=min(remaining, ATTEMPT_TIMEOUT),
                     stream=STREAM, headers=dict(headers))
                 if attempts > 1:
                     log.info("publish %s acknowledged on attempt %d", message_id, attempts)
-                return
+                return ack
             except UNAVAILABLE as error:
                 last_error = f"{type(error).__name__}: {error}".rstrip(": ")
                 await asyncio.sleep(min(RETRY_PAUSE, max(0.0, deadline - loop.time())))

@@ -11,13 +11,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from urllib.parse import quote
 
+import nats.errors
 import pytest
 
 from cluster_harness import PROGRAMS, Cluster
 from http_client import post, request, wait_for
 from processes import copy_of_the_code, short_temp_dir
+from sdk_shapes import mixed_batch
 from test_dashboard import (CHROMIUM, MEASURE, PHONE_WIDTH, CountingProxy, Page, chromium,
                             screenshot)
 from storage import stream_setup
@@ -25,6 +28,7 @@ from storage.layout import STREAM, Layout
 from storage.nats_link import Link
 from storage.series_store import HOUR, SeriesReader
 from storage.stream_checkpoint_store import history, read_latest
+from storage.stream_writer import DETAILS_HEADER
 from worker.stream_runner import StreamWorker
 
 pytestmark = pytest.mark.cluster
@@ -328,7 +332,7 @@ def test_counts_of_a_deleted_stream_are_never_continued_on_a_new_one(cluster, ca
         assert read_latest(link, ["p1"])["p1"][0].counts == {1: 2}
 
         link.call(link.js.delete_stream(STREAM), 30)
-        link.call(stream_setup.ensure(link.js, 3), 30)  # as an ingest node starting would
+        link.call(stream_setup.ensure(link.js, 3, 86400), 30)  # as an ingest node starting would
         wait_for(lambda: post(node.ingest_port(1), {"experienceID": 9})[0] == 202, 30,
                  what="a write to the new stream")
 
@@ -338,3 +342,53 @@ def test_counts_of_a_deleted_stream_are_never_continued_on_a_new_one(cluster, ca
         second.run_pass()
         checkpoint, _ = read_latest(link, ["p1"])["p1"]
         assert checkpoint.counts == {9: 1} and checkpoint.messages == 1
+
+
+def test_sdk_events_and_their_retries_on_either_node_are_counted_once(cluster):
+    node = cluster(interval=0.2)
+    one, two = node.ingest_port(1), node.ingest_port(2)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    events, expected = mixed_batch(now, 100)
+    status, answer = post(one, {"batch": events}, "/batch?apiVersion=2")
+    assert (status, answer["stored"], answer["rejected"]) == (202, 100, [])
+    # The same chunk again, to the other node (the answer to the first was lost).
+    status, answer = post(two, {"batch": events}, "/batch?apiVersion=2")
+    assert (status, answer["stored"], len(answer["duplicates"])) == (202, 0, 100)
+    # A new chunk sent to both nodes at the same moment: stored once.
+    fresh, more = mixed_batch(now, 50, experiences=(7,))
+    start, answers = threading.Barrier(2), []
+
+    def send(port):
+        start.wait()
+        answers.append(post(port, {"batch": fresh}, "/batch"))
+
+    threads = [threading.Thread(target=send, args=(port,)) for port in (one, two)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Each event is stored by one of the two: one message per event, deduplicated by the
+    # stream, so the two answers may split them.
+    assert sum(answer["stored"] for _, answer in answers) == 50
+    expected[7] += more[7]
+    for n in (1, 2):
+        counted(node, {str(e): c for e, c in expected.items()}, n)
+    # Every event's details are kept in the stream, once.
+    with link_to(node) as link:
+        async def details_kept():
+            sub = await link.js.subscribe("mini_analytics.events.*", ordered_consumer=True)
+            kept = []
+            while True:
+                try:
+                    message = await sub.next_msg(timeout=2)
+                except nats.errors.TimeoutError:
+                    break  # every stored message read
+                if message.headers and DETAILS_HEADER in message.headers:
+                    kept.append(json.loads(message.headers[DETAILS_HEADER]))
+            await sub.unsubscribe()
+            return kept
+
+        kept = link.call(details_kept(), 60)
+    ids = [item["event"]["id"] for item in kept]
+    assert sorted(ids) == sorted(e["id"] for e in events + fresh)
+    assert all(item["received"] and item["time"] for item in kept)

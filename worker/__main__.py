@@ -31,6 +31,9 @@ def run(state_dir):
         servers = settings.cluster()
         if servers:
             partitions, replicas = settings.partitions(), settings.replicas()
+            # The stream's duplicate window is the dedupe window: every program creating or
+            # checking the stream must agree on it.
+            dedupe_window = settings.dedupe_window()
     except settings.ConfigError as error:
         return process.bad_setting("worker", error)
 
@@ -38,7 +41,8 @@ def run(state_dir):
         from worker import cluster  # only cluster mode imports nats-py
 
         return process.run_in_state_folder("worker", state_dir, lambda: cluster.run(
-            servers, partitions, replicas, interval, state_dir if series else None, retention))
+            servers, partitions, replicas, dedupe_window, interval,
+            state_dir if series else None, retention))
 
     def count():
         log.info("worker starting: state_dir=%s interval=%gs series=%s minute_retention=%gh",

@@ -17,14 +17,15 @@ from worker.stream_runner import StreamWorker
 log = logging.getLogger("worker")
 
 
-def run(servers, partitions, replicas, interval, series_dir, minute_retention):
+def run(servers, partitions, replicas, dedupe_window, interval, series_dir, minute_retention):
     """Count `partitions` until SIGTERM; keep their series stores in `series_dir` (None: no
     counts over time). Returns the exit code."""
     log.info("worker starting in cluster mode: partitions=%s servers=%s replicas=%d "
              "interval=%gs series=%s minute_retention=%gh", ",".join(partitions),
              ",".join(servers), replicas, interval, "on" if series_dir else "off",
              minute_retention / 3600)
-    link, failed = stream_setup.connect(servers, f"worker {','.join(partitions)}", replicas, log)
+    link, failed = stream_setup.connect(servers, f"worker {','.join(partitions)}", replicas,
+                                        dedupe_window, log)
     if link is None:
         return failed
     try:
