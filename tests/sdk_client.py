@@ -23,10 +23,11 @@ CHUNK = 100
 
 
 class SimulatedSdks:
-    """`devices` app installs posting to `port`, each on its own thread."""
+    """`devices` app installs, each on its own thread, posting to `ports` (one port, or a list:
+    each request to one of them at random, so a retry often reaches another node)."""
 
-    def __init__(self, port, devices=8, experiences=range(1, 41), cut_share=0.1, seed=None):
-        self.port = port
+    def __init__(self, ports, devices=8, experiences=range(1, 41), cut_share=0.1, seed=None):
+        self.ports = [ports] if isinstance(ports, int) else list(ports)
         self.devices = devices
         self.experiences = list(experiences)
         self.cut_share = cut_share
@@ -111,9 +112,10 @@ class SimulatedSdks:
 
     def _send(self, chunk, rng):
         body = json.dumps({"batch": chunk}).encode()
+        port = rng.choice(self.ports)
         if rng.random() < self.cut_share:
-            return self._send_and_cut(body)
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+            return self._send_and_cut(port, body)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
         try:
             conn.request("POST", "/batch?apiVersion=2", body,
                          {"Content-Type": "application/json"})
@@ -131,12 +133,12 @@ class SimulatedSdks:
         finally:
             conn.close()
 
-    def _send_and_cut(self, body):
+    def _send_and_cut(self, port, body):
         """The whole request goes out; the answer is never read."""
         head = (f"POST /batch?apiVersion=2 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
                 sock.sendall(head.encode() + body)
         except OSError:
             pass

@@ -3,7 +3,10 @@ ingest nodes while a chaos loop SIGKILLs, in turn, the stream's leader node, a f
 an ingest node and a worker, and SIGSTOPs a NATS node for a few seconds (a long GC pause, a
 network stall). supervisord restarts whatever was killed, as in production.
 
-Afterwards: every 202 is counted exactly once, every unknown at most once, every refusal never,
+Simulated SDKs (tests/sdk_client.py) send screen views beside them, each chunk to either
+node: a retry often reaches the other one.
+
+Afterwards: every 202 is counted exactly once, every SDK screen view exactly once, every unknown at most once, every refusal never,
 nothing is counted that was never sent; each partition's checkpoint equals a recount of its
 messages in the stream; and each partition's commits form one chain of revisions (no two
 owners ever committed from the same revision). Meanwhile a watcher checks that no checkpoint
@@ -24,6 +27,7 @@ import pytest
 from cluster_harness import PROGRAMS
 from http_client import request, wait_for
 from ledger import Posters, check_ledgers
+from sdk_client import SimulatedSdks
 from storage.layout import SUBJECT_PREFIX
 from storage.nats_link import UNAVAILABLE, Link
 from storage.stream_checkpoint_store import history, read_latest
@@ -34,6 +38,7 @@ from worker.tally import Tally
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 DURATION = 45
+SDK_EXPERIENCES = range(5 * 10**9, 5 * 10**9 + 40)  # apart from every Posters id
 PAUSE_SECONDS = 3
 ACTIONS = ("leader", "follower", "ingest", "worker", "pause")
 
@@ -157,6 +162,7 @@ def test_chaos_on_the_cluster_with_a_ledger(cluster):  # noqa: F811
     posters = [Posters(one, 3), Posters(two, 3, first_id=10**9),
                Posters(one, 1, batch_size=20, first_id=2 * 10**9),
                Posters(two, 1, batch_size=20, first_id=3 * 10**9)]
+    sdks = SimulatedSdks((one, two), devices=4, experiences=SDK_EXPERIENCES)
     done = {action: 0 for action in ACTIONS}
 
     def hour_of(moment):
@@ -167,6 +173,7 @@ def test_chaos_on_the_cluster_with_a_ledger(cluster):  # noqa: F811
     with Watcher(node, hours) as watcher:
         for poster in posters:
             poster.__enter__()
+        sdks.__enter__()
         try:
             deadline = time.monotonic() + DURATION
             turn = 0
@@ -195,9 +202,12 @@ def test_chaos_on_the_cluster_with_a_ledger(cluster):  # noqa: F811
             acked = [len(poster.acked) for poster in posters]
             wait_for(lambda: all(len(p.acked) > n for p, n in zip(posters, acked)), 30,
                      what="acknowledgements after the chaos")
+            sdks.stop_viewing()
+            wait_for(sdks.drained, 120, what="the SDKs' queues to drain")
         finally:
             for poster in posters:
                 poster.__exit__(None, None, None)
+            sdks.__exit__(None, None, None)
 
     def caught_up():
         status, stats = request(one, "GET", "/stats")
@@ -205,15 +215,20 @@ def test_chaos_on_the_cluster_with_a_ledger(cluster):  # noqa: F811
 
     wait_for(caught_up, 60, what="the workers to count every message")
     counts = node.counts(2)["counts"]
+    viewed = {str(experience): count for experience, count in sdks.viewed.items()}
+    assert sdks.dropped_for_4xx == []
+    assert {key: n for key, n in counts.items() if int(key) in SDK_EXPERIENCES} == viewed
+    counts = {key: n for key, n in counts.items() if int(key) not in SDK_EXPERIENCES}
     check_ledgers(counts, *posters)
     # The counts over time, summed over the partitions' workers: the same ledger holds, and
     # whole hours around the test hold every event counted.
     def series_counts():
         status, body = request(one, "GET", "/counts?" + hours)
-        return status == 200 and body["counts"] == counts and body
+        return status == 200 and body["counts"] == {**counts, **viewed} and body
 
     ranged = wait_for(series_counts, 60, what="the counts over time to hold every event")
-    check_ledgers(ranged["counts"], *posters)
+    check_ledgers({key: n for key, n in ranged["counts"].items() if key not in viewed},
+                  *posters)
     with link_to(node) as link:
         for partition in ("p1", "p2"):
             checkpoint, _ = read_latest(link, [partition])[partition]
@@ -225,6 +240,8 @@ def test_chaos_on_the_cluster_with_a_ledger(cluster):  # noqa: F811
     unknown = sum(len(poster.unknown) for poster in posters)
     print(f"\nchaos: {done}; leader changes seen: {len(watcher.leaders) - 1} "
           f"({' -> '.join(watcher.leaders)}); {acked} events acknowledged, {unknown} unknown, "
-          f"{sum(len(p.refused) for p in posters)} refused; {watcher.observations} checkpoint "
+          f"{sum(len(p.refused) for p in posters)} refused; SDK screen views "
+          f"{sum(sdks.viewed.values())}, answers {dict(sdks.answers)}, duplicates answered "
+          f"{sdks.duplicates_answered}; {watcher.observations} checkpoint "
           f"observations, {watcher.reads} reads watched; subjects {SUBJECT_PREFIX}p1, p2")
     assert done["leader"] and done["pause"] and watcher.observations and watcher.reads
