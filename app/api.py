@@ -154,11 +154,13 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
 
     sdk = SdkTally()
 
-    def accept_sdk_batch(batch, received):
+    def accept_sdk_batch(batch, received, body):
         """Store what is new of an SDK batch; answer what was taken, what repeated an event
         taken before, and what was left out and why."""
+        whole = not batch.ids and not batch.rejected  # the body's batch is exactly the events
         try:
-            fresh = eventlog.append_events(batch.ids, batch.events, received)
+            fresh = eventlog.append_events(batch.ids, batch.events, received,
+                                           body if whole else None)
         except AppendError as error:
             raise HTTPError(503, str(error)) from None
         sdk.add(batch.events, fresh, len(batch.rejected))
@@ -177,10 +179,14 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
         # apiVersion (?apiVersion=N, which the SDKs send) is accepted and needs no reading:
         # every version's events have the shape validate.py takes.
         received = time.time()
-        batch = parse(lambda body: validate.parse_batch(body, received), BATCH_BODY_LIMIT)
+        body = read_body(BATCH_BODY_LIMIT)
+        try:
+            batch = validate.parse_batch(body, received)
+        except validate.Invalid as invalid:
+            raise HTTPError(invalid.status, str(invalid)) from None
         if not batch.events and not batch.rejected:
             return accept(batch.ids)
-        return accept_sdk_batch(batch, received)
+        return accept_sdk_batch(batch, received, body)
 
     def available(read, *args):
         """read(*args), or a 503 naming why the read side cannot answer now."""

@@ -206,8 +206,60 @@ def experience_id_of(properties):
     return value
 
 
-def sdk_event(event, received, index=0):
-    """One SDK event as an SdkEvent; Invalid naming its problem if it is unusable."""
+def _usable_string(value):
+    return type(value) is str and 0 < len(value) <= MAX_SDK_STRING
+
+
+def _fast_experience(event):
+    """The common case checked inline: (True, experience id or None) for a well-formed event,
+    or (False, None) when sdk_event must look again, step by step, to name what is wrong."""
+    kind = event.get("type")
+    user = event.get("userID")
+    context = event.get("context")
+    if not (_usable_string(event.get("id")) and _usable_string(event.get("anonymousID"))
+            and (user is None or _usable_string(user))
+            and (context is None or type(context) is dict)):
+        return False, None
+    if kind == "screen":
+        properties = event.get("properties")
+        if type(properties) is not dict:
+            return False, None
+        value = properties.get("experienceID")
+        if not (type(value) is str and value.isascii() and value.isdigit()
+                and len(value) <= 18):  # 18 digits are always below 2**63
+            return False, None
+        for key in ("id", "name", "experienceName", "experienceRevisionID"):
+            if type(properties.get(key, "")) is not str and properties[key] is not None:
+                return False, None
+        return True, int(value)
+    if kind == "identify":
+        traits = event.get("traits")
+        return traits is None or type(traits) is dict, None
+    return kind == "register", None
+
+
+def sdk_event(event, received, index=0, clocks=None):
+    """One SDK event as an SdkEvent; Invalid naming its problem if it is unusable. `clocks`:
+    a dict that caches device_time answers across a batch (its events share timestamps)."""
+    if type(event) is dict:
+        usable, experience = _fast_experience(event)
+        if usable:
+            raw = event.get("timestamp")
+            known = clocks.get(raw) if clocks is not None and type(raw) is str else None
+            if known is None:
+                known = device_time(raw, received)
+                if clocks is not None and type(raw) is str:
+                    clocks[raw] = known
+            seconds, clock = known
+            details = {"event": event, "time": round(seconds * 1000)}
+            if clock:
+                details["clock"] = clock
+            return SdkEvent(index, event["id"], experience, details)
+    return _checked_sdk_event(event, received, index)
+
+
+def _checked_sdk_event(event, received, index):
+    """sdk_event, step by step: each check names its problem."""
     if type(event) is not dict:
         raise Invalid("must be a JSON object")
     event_id = _sdk_string(event, "id")
@@ -244,12 +296,13 @@ def _sdk_batch(events, received):
     """Every usable event kept; each unusable one left out and named (the SDKs drop a whole
     chunk on a 4xx, so one bad event must not cost its neighbours)."""
     batch = Batch()
+    clocks = {}
     for index, event in enumerate(events):
         try:
             if type(event) is dict and not any(mark in event for mark in SDK_MARKS):
                 batch.ids.append(event_id(event, f"batch[{index}]"))  # a minimal item
             else:
-                batch.events.append(sdk_event(event, received, index))
+                batch.events.append(sdk_event(event, received, index, clocks))
         except Invalid as invalid:
             named = event.get("id") if type(event) is dict else None
             batch.rejected.append((index, named if type(named) is str else None, str(invalid)))

@@ -6,7 +6,7 @@ across machines; the absolute rates are printed too. Needs wrk (apt-get install 
 
     python -m bench                 everything (about 5 minutes on 2 cores)
     python -m bench ingest batch    only some parts: ingest, batch, catchup, series, checkpoint,
-                                    cluster (bench/cluster.py)
+                                    sdk (bench/sdk.py), cluster (bench/cluster.py)
 """
 
 import datetime
@@ -24,6 +24,8 @@ from pathlib import Path
 
 from bench.cluster import bench_cluster
 from bench.cluster import rows as cluster_rows
+from bench.sdk import bench_sdk
+from bench.sdk import rows as sdk_rows
 from bench.harness import REPO, bare_server, ingest_server, run_wrk, scratch_dir, wrk_script
 from storage import settings
 from storage.checkpoint import EMPTY_FINGERPRINT, Checkpoint
@@ -331,11 +333,11 @@ def print_table(results):
                 print(f"{label:<{width}}  {results[f'{key}_ms']:.1f} / {results[f'{key}_max_ms']:.1f}")
         elif key in results:
             print(f"{label:<{width}}  {fmt.format(results[key])}")
-    for label, value in cluster_rows(results):
+    for label, value in sdk_rows(results) + cluster_rows(results):
         print(f"{label:<{width}}  {value}")
 
 
-PARTS = ("ingest", "batch", "catchup", "series", "checkpoint", "cluster")
+PARTS = ("ingest", "batch", "catchup", "series", "checkpoint", "sdk", "cluster")
 
 
 def main(argv):
@@ -355,6 +357,8 @@ def main(argv):
         results.update(bench_series())
     if "checkpoint" in parts:
         results.update(bench_checkpoint())
+    if "sdk" in parts:
+        results.update(bench_sdk(seconds))
     if "cluster" in parts:
         results.update(bench_cluster(seconds))
     print_table(results)

@@ -43,17 +43,25 @@ def wait_until_listening(port, proc, timeout=15):
     raise RuntimeError("server did not start listening")
 
 
+# The pid of the server listening on each port, for a bench that reads its RSS.
+PIDS = {}
+
+
 @contextlib.contextmanager
-def server(args, env_extra=None):
-    """Run a server process (args get the port appended via env or argv); yield its port."""
+def server(args, env_extra=None, prepare=None):
+    """Run a server process (args get the port appended via env or argv); yield its port and
+    state folder. `prepare(state_dir)` runs before the server starts."""
     port = free_port()
     state_dir = scratch_dir()
+    if prepare:
+        prepare(state_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MINI_ANALYTICS_")}
     env.update({"MINI_ANALYTICS_PORT": str(port), "MINI_ANALYTICS_STATE_DIR": str(state_dir)})
     env.update(env_extra or {})
     argv = [arg.format(port=port) for arg in args]
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+    PIDS[port] = proc.pid
     try:
         wait_until_listening(port, proc)
         yield port, state_dir
@@ -73,11 +81,14 @@ def bare_server(threads, pinned=True):
                   {"MINI_ANALYTICS_INGEST_CPU": "auto" if pinned else "all"})
 
 
-def ingest_server(fsync=True, pinned=True):
-    return server([sys.executable, "-m", "app"], {
+def ingest_server(fsync=True, pinned=True, dedupe_window=None, prepare=None):
+    settings = {
         "MINI_ANALYTICS_FSYNC": "on" if fsync else "off",
         "MINI_ANALYTICS_INGEST_CPU": "auto" if pinned else "all",
-    })
+    }
+    if dedupe_window is not None:
+        settings["MINI_ANALYTICS_DEDUPE_WINDOW"] = str(dedupe_window)
+    return server([sys.executable, "-m", "app"], settings, prepare)
 
 
 @contextlib.contextmanager

@@ -20,15 +20,22 @@ Format
                  u64  data1_end     screen views, and of any minimal items beside them
                  u32  CRC-32 of those data1 bytes (ties the group to this data1)
                  u64  received      receive time, Unix milliseconds (UTC)
-                 ...  payload       a JSON array (UTF-8) with one object per event:
-                                    {"event": the event as sent,
-                                     "time": the device's time (Unix ms), or the receive
-                                             time where "clock" says it was not believed,
-                                     "clock": why not ("missing", "unparsable", "ahead",
-                                              "before 2000"); absent when believed,
-                                     "offset": the data1 offset of a screen view's id}
+                 ...  payload       JSON (UTF-8), one item per event, in either form:
+                                    [item, ...], each item with its "event"; or, when
+                                    the request's body was all new events, the body itself
+                                    and the items without "event", item i describing
+                                    batch element i (no need to encode the events again):
+                                    {"sent": {"batch": [event, ...]}, "items": [item, ...]}
 
-    All integers are little-endian. An event's id is inside "event" ("id").
+        item     {"event": the event as sent,
+                  "time": the device's time (Unix ms), or the receive time where "clock"
+                          says it was not believed,
+                  "clock": why not ("missing", "unparsable", "ahead", "before 2000");
+                           absent when believed,
+                  "offset": the data1 offset of a screen view's id}
+
+    All integers are little-endian. An event's id is inside "event" ("id"). Group.events()
+    reads both forms into [item, ...].
 
 Invariants
     * The ingest appends a group before the data1 bytes it describes, under data1's write
@@ -72,12 +79,26 @@ class Group:
         self.end = end  # this file's offset just past the group
 
     def events(self):
-        return json.loads(self.payload)
+        """The group's items, each with its "event"."""
+        payload = json.loads(self.payload)
+        if type(payload) is list:
+            return payload
+        return [{"event": event, **item}
+                for event, item in zip(payload["sent"]["batch"], payload["items"])]
 
 
-def encode_group(data1_start, data1_end, data1_crc, received_ms, events):
-    body = GROUP.pack(data1_start, data1_end, data1_crc, received_ms) + json.dumps(
-        events, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+def encode_group(data1_start, data1_end, data1_crc, received_ms, items, sent=None):
+    """One group, ready to append. `items` as the format says; with `sent` (the request body,
+    whose batch is exactly the items' events, in order), the items go without their
+    "event" and the body is kept as it came."""
+    if sent is None:
+        payload = json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode()
+    else:
+        bare = [{key: value for key, value in item.items() if key != "event"}
+                for item in items]
+        payload = b'{"sent":%s,"items":%s}' % (
+            sent, json.dumps(bare, separators=(",", ":")).encode())
+    body = GROUP.pack(data1_start, data1_end, data1_crc, received_ms) + payload
     return FRAME.pack(len(body), zlib.crc32(body)) + body
 
 

@@ -108,11 +108,13 @@ class EventLog:
         if self.durable:
             self._sync_through(end, 0)
 
-    def append_events(self, ids, events, received):
+    def append_events(self, ids, events, received, sent=None):
         """Append minimal items' `ids` and SDK events (validate.SdkEvent) received at
         `received` (Unix seconds): the screen views' ids to data1, every new event's details
         to the details file. Returns, for each event, True if it was new, False if it
         repeats one accepted within the dedupe window (written and counted once, before).
+        `sent`: the request body, when its batch is exactly `events`: if they are all new,
+        the details keep it as it came (storage/details.py) rather than encode them again.
 
         Returns once all of it, and every event it repeats, is durable. Raises AppendError
         if a write failed; nothing of the request is then written.
@@ -120,10 +122,10 @@ class EventLog:
         with self._write_lock:
             fresh = self._seen.claim(events, received) if self._seen else [True] * len(events)
             try:
-                self._write_events(ids, events, fresh, received)
+                self._write_events(ids, events, fresh, received, sent)
             except AppendError:
                 if self._seen:
-                    self._seen.unclaim(events, fresh)
+                    self._seen.unclaim()
                 raise
             end, details_end = self._end, self._details_end
         if self.durable:
@@ -132,7 +134,7 @@ class EventLog:
             self._seen.note_synced(details_end)
         return fresh
 
-    def _write_events(self, ids, events, fresh, received):
+    def _write_events(self, ids, events, fresh, received, sent):
         tokens = [str(value).encode() for value in ids]
         offset = self._end + sum(len(token) + 1 for token in tokens)
         kept = []
@@ -151,7 +153,8 @@ class EventLog:
             if self._details is None:
                 raise AppendError("this ingest keeps no details file")
             group = encode_group(self._end, self._end + len(records), zlib.crc32(records),
-                                 int(received * 1000), kept)
+                                 int(received * 1000), kept,
+                                 sent if len(kept) == len(events) and not ids else None)
             try:
                 self._details.append(group)
             except OSError as error:
@@ -165,7 +168,7 @@ class EventLog:
                 raise
         if kept:
             if self._seen:
-                self._seen.bind(events, fresh, self._details.end)
+                self._seen.bind(self._details.end)
             self._details_end = self._details.end
 
     def _write(self, records):

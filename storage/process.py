@@ -113,6 +113,9 @@ def paced(code):
     return code
 
 
+_ALLOWED_CPUS = None  # the CPUs the process could run on before place_on_cpus pinned it
+
+
 def place_on_cpus(program, ingest_cpu):
     """Keep the ingest's threads on `ingest_cpu`, and the worker off it while another CPU is
     free (a catch-up must not take the ingest's core). Logs the choice in one line."""
@@ -123,12 +126,21 @@ def place_on_cpus(program, ingest_cpu):
     if not hasattr(os, "sched_setaffinity"):
         log.info("%s: CPU affinity is not supported here; running unpinned", program)
         return
-    allowed = os.sched_getaffinity(0)
+    global _ALLOWED_CPUS
+    allowed = _ALLOWED_CPUS = os.sched_getaffinity(0)
     cpus = {ingest_cpu} if program == "ingest" else (allowed - {ingest_cpu} or allowed)
     # Set before any thread starts: threads inherit their creator's affinity.
     os.sched_setaffinity(0, cpus)
     log.info("%s: running on CPU %s (the ingest's CPU is %d)",
              program, ",".join(map(str, sorted(cpus))), ingest_cpu)
+
+
+def unpin_this_thread():
+    """Let the calling thread run on every CPU the process could before place_on_cpus pinned
+    it: for a thread whose work runs in C without the GIL (SQLite), and so can use another
+    core without contending with the pinned threads."""
+    if _ALLOWED_CPUS and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, _ALLOWED_CPUS)  # on Linux, 0 is the calling thread
 
 
 def die(log, message):

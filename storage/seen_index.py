@@ -45,13 +45,21 @@ import threading
 import time
 
 from storage import details as details_file
-from storage.process import die
+from storage.process import die, unpin_this_thread
 
 log = logging.getLogger("ingest")
 
 VERSION = 1
 FLUSH_EVERY = 1.0  # seconds between writes of waiting ids to the index
-_LOOKUP_CHUNK = 400  # ids per lookup query, under SQLite's host-parameter limit
+KEY_SIZE = 16
+# The keys of a lookup or an insert go to SQLite as one blob, cut into keys inside SQLite: one
+# statement and one step for them all, so the work runs in C with the GIL released, rather
+# than one step per key from Python.
+_KEYS = ("WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE n + 1 < ?) "
+         "SELECT substr(?, n * 16 + 1, 16) FROM i")
+_LOOKUP = (f"WITH keys(key) AS ({_KEYS}) "
+           "SELECT key FROM seen0 WHERE key IN keys AND second >= ? UNION ALL "
+           "SELECT key FROM seen1 WHERE key IN keys AND second >= ?")
 
 
 def key_of(event_id):
@@ -69,6 +77,7 @@ class SeenIndex:
         # Only the ingest's write lock changes it, and only the flusher empties it.
         self._recent = {}
         self._synced_details = 0  # details offset known durable (from note_synced)
+        self._claimed = []  # the keys the last claim made (under data1's write lock)
         self._lock = threading.Lock()  # the flusher against close
         self._open(set_aside)
         self._stop = threading.Event()
@@ -170,45 +179,38 @@ class SeenIndex:
     def claim(self, events, received):
         """For each SdkEvent, True if it is new (and now claimed: a repeat of it, even in
         this same call, is a duplicate), or False if its id was accepted within the window.
-        The caller must then write the new ones' group, or call unclaim."""
+        The caller, still holding data1's write lock, must then write the new ones' group
+        and call bind, or call unclaim."""
         now = int(received)
         keys = [key_of(event.event_id) for event in events]
         recent = self._recent
         # One look at the waiting ids, before SQLite is asked: the flusher commits an id to
         # SQLite before it stops waiting, so an id missed here is found there.
         waiting = {key: recent.get(key) for key in keys}
-        known = set()
         asked = [key for key, claimed in waiting.items() if claimed is None]
         since = now - self.window + 1  # remembered while now - second < window
-        for start in range(0, len(asked), _LOOKUP_CHUNK):
-            chunk = asked[start:start + _LOOKUP_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            known.update(row[0] for row in self._reader.execute(
-                f"SELECT key FROM seen0 WHERE key IN ({marks}) AND second >= ? UNION ALL "
-                f"SELECT key FROM seen1 WHERE key IN ({marks}) AND second >= ?",
-                (*chunk, since, *chunk, since)))
-        fresh = []
+        known = {row[0] for row in self._reader.execute(
+            _LOOKUP, (len(asked), b"".join(asked), since, since))} if asked else set()
+        fresh, self._claimed = [], []
         for key in keys:
             claimed = waiting[key]
             new = key not in known and (claimed is None or claimed[0] < since)
             if new:
                 recent[key] = waiting[key] = (now, None)  # a repeat in this call: duplicate
+                self._claimed.append(key)
             fresh.append(new)
         return fresh
 
-    def bind(self, events, fresh, details_end):
-        """The claimed events' group was written and ends at `details_end`."""
+    def bind(self, details_end):
+        """The last claim's group was written and ends at `details_end`."""
         recent = self._recent
-        for event, new in zip(events, fresh):
-            if new:
-                key = key_of(event.event_id)
-                recent[key] = (recent[key][0], details_end)
+        for key in self._claimed:
+            recent[key] = (recent[key][0], details_end)
 
-    def unclaim(self, events, fresh):
-        """The claimed events' group could not be written: they were never accepted."""
-        for event, new in zip(events, fresh):
-            if new:
-                self._recent.pop(key_of(event.event_id), None)
+    def unclaim(self):
+        """The last claim's group could not be written: its events were never accepted."""
+        for key in self._claimed:
+            self._recent.pop(key, None)
 
     def note_synced(self, details_end):
         """data1.details is durable up to `details_end`: its ids may go into the index."""
@@ -217,6 +219,9 @@ class SeenIndex:
     # --- the flusher: waiting ids into SQLite, off the request path
 
     def _flush_loop(self):
+        # SQLite's inserts run without the GIL: off the ingest's pinned CPU they never hold
+        # up a request.
+        unpin_this_thread()
         while not self._stop.wait(FLUSH_EVERY):
             try:
                 self.flush()
@@ -248,22 +253,27 @@ class SeenIndex:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            by_table = ([], [])
+            by_second = {}
             for key, second in pairs:
-                by_table[(second // self.window) % 2].append((key, second))
-            for table, rows in enumerate(by_table):
-                if not rows:
-                    continue
-                newest = max(second for _, second in rows) // self.window
-                if int(self._meta(f"generation{table}")) < newest:
-                    # Period `newest` begins: this table held period newest - 2, all older
-                    # than the window. (Rows from an older period in this batch are out of
-                    # the window by now, so they are not kept.)
+                by_second.setdefault(second, []).append(key)
+            generations = {table: int(self._meta(f"generation{table}")) for table in (0, 1)}
+            for second in sorted(by_second):
+                period = second // self.window
+                table = period % 2
+                if generations[table] > period:
+                    continue  # out of the window by now: its table holds a later period
+                if generations[table] < period:
+                    # Period `period` begins: this table held period - 2 (or older), all
+                    # older than the window.
                     db.execute(f"DELETE FROM seen{table}")
                     db.execute("UPDATE meta SET value = ? WHERE key = ?",
-                               (newest, f"generation{table}"))
-                    rows = [row for row in rows if row[1] // self.window == newest]
-                db.executemany(f"INSERT OR REPLACE INTO seen{table} VALUES (?, ?)", rows)
+                               (period, f"generation{table}"))
+                    generations[table] = period
+                keys = sorted(by_second[second])  # in key order: fewer pages touched
+                db.execute(f"WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i "
+                           f"WHERE n + 1 < ?) INSERT OR REPLACE INTO seen{table} "
+                           f"SELECT substr(?, n * 16 + 1, 16), ? FROM i",
+                           (len(keys), b"".join(keys), second))
             db.execute("UPDATE meta SET value = ? WHERE key = 'covered'", (covered,))
             db.execute("COMMIT")
         except BaseException:

@@ -107,8 +107,9 @@ class StreamLog:
         if group.error:
             raise group.error
 
-    def append_events(self, ids, events, received):
-        """Append minimal items' `ids`, and each SDK event as a message of its own. Returns,
+    def append_events(self, ids, events, received, sent=None):
+        """Append minimal items' `ids`, and each SDK event as a message of its own (`sent`,
+        the request body, is not needed: each message carries its event). Returns,
         for each event, True if it was new, False if the stream already held its id (within
         the duplicate window). Raises AppendError if any publish was not acknowledged in
         time: the events may then be stored or not, and their retry is stored once."""

@@ -8,9 +8,12 @@ import math
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from http_client import post, request, wait_for
 from sdk_shapes import AndroidDevice, IosDevice, mixed_batch
+from test_read_api import assert_matches_spec
 from test_validate import BAD_EVENT_BODIES
 from app import validate
 from storage import details
@@ -78,6 +81,7 @@ def test_both_sdks_batches_of_100_are_counted(ingest, state_dir, api_version):
     status, answer = post(ingest.port, {"batch": events}, path="/batch" + api_version)
     assert status == 202, answer
     assert answer == {"accepted": 100, "stored": 100, "duplicates": [], "rejected": []}
+    assert_matches_spec("/batch", "POST", status, answer)
     assert screen_counts(state_dir) == expected
     kept = stored_details(state_dir)
     assert [item["event"] for item in kept] == events  # every field, as sent
@@ -86,8 +90,9 @@ def test_both_sdks_batches_of_100_are_counted(ingest, state_dir, api_version):
                == item["event"]["properties"]["experienceID"].encode() for item in screens)
     assert {item["time"] for item in kept} == {NOW.timestamp() * 1000}
     assert not any("clock" in item for item in kept)
-    sdk = request(ingest.port, "GET", "/stats")[1]["sdk"]
-    assert sdk["stored"] == {"screen": 97, "identify": 2, "register": 1}
+    stats = request(ingest.port, "GET", "/stats")[1]
+    assert_matches_spec("/stats", "GET", 200, stats)
+    assert stats["sdk"]["stored"] == {"screen": 97, "identify": 2, "register": 1}
 
 
 def test_a_retry_is_answered_accepted_and_counted_once(ingest, state_dir):
@@ -99,6 +104,7 @@ def test_a_retry_is_answered_accepted_and_counted_once(ingest, state_dir):
     status, answer = post(ingest.port, {"batch": events + more}, path="/batch")
     assert status == 202
     assert answer["accepted"] == 50 and answer["stored"] == 10
+    assert_matches_spec("/batch", "POST", status, answer)
     assert answer["duplicates"] == [{"index": i, "id": e["id"]} for i, e in enumerate(events)]
     expected[5] = 10
     assert screen_counts(state_dir) == expected
@@ -192,6 +198,7 @@ def test_a_bad_event_in_an_sdk_batch_is_named_and_the_other_99_are_counted(
     status, answer = post(ingest.port, {"batch": events}, path="/batch")
     assert status == 202, answer
     assert answer["stored"] == 99 and answer["duplicates"] == []
+    assert_matches_spec("/batch", "POST", status, answer)
     [rejected] = answer["rejected"]
     assert rejected["index"] == 37 and rejected["error"]
     assert rejected["id"] == (bad.get("id") if isinstance(bad, dict)
@@ -232,3 +239,50 @@ def test_flagged_clocks_are_kept_as_sent_and_counted_in_stats(ingest, state_dir)
     assert abs(received / 1000 - datetime.datetime.now().timestamp()) < 600
     assert request(ingest.port, "GET", "/stats")[1]["sdk"]["clock_flagged"] == 2
     wait_for(lambda: screen_counts(state_dir) == {1: 3})
+
+
+# --- the fast path takes exactly what the step-by-step checks take
+
+_values = st.one_of(st.none(), st.booleans(), st.integers(-2, 2**64), st.text(max_size=3),
+                    st.sampled_from(["", "x" * 257, "12", "007", "9" * 19, "٣"]),
+                    st.just({}), st.just([]))
+_events = st.fixed_dictionaries({}, optional={
+    "id": _values, "anonymousID": _values, "userID": _values, "context": _values,
+    "type": st.sampled_from(["screen", "identify", "register", "track"]) | _values,
+    "traits": _values, "timestamp": _values,
+    "properties": st.fixed_dictionaries({}, optional={
+        "experienceID": _values, "id": _values, "name": _values,
+        "experienceName": _values, "experienceRevisionID": _values}) | _values,
+})
+
+
+def _valid_with(changes):
+    event = AndroidDevice().screen(NOW, 5) if changes.pop("android") else IosDevice().identify(
+        NOW, "u", {"a": 1})
+    properties = changes.pop("properties_changes")
+    if "properties" in event:
+        event["properties"].update(properties)
+    event.update(changes)
+    return event
+
+
+_near_valid = st.fixed_dictionaries(
+    {"android": st.booleans(),
+     "properties_changes": st.dictionaries(st.sampled_from(
+         ["experienceID", "id", "name", "experienceName", "experienceRevisionID"]), _values,
+         max_size=2)},
+    optional={"id": _values, "userID": _values, "type": _values, "context": _values,
+              "traits": _values, "timestamp": _values}).map(_valid_with)
+
+
+@settings(max_examples=500)
+@given(_events | _near_valid)
+def test_the_fast_path_agrees_with_the_step_by_step_checks(event):
+    def outcome(check):
+        try:
+            parsed = check(event, 1.8e9, 0)
+            return (parsed.event_id, parsed.experience_id, parsed.details)
+        except validate.Invalid:
+            return "invalid"
+
+    assert outcome(validate.sdk_event) == outcome(validate._checked_sdk_event)

@@ -1,0 +1,205 @@
+"""`python -m bench sdk`: Judo SDK batches of 100 real-shaped events, 16 connections, every
+request with fresh event ids: events/s against today's minimal batches of 100 and a bare
+waitress app reading the same bodies; what the dedupe costs with 0 and 20 M ids in its window,
+and the ingest's peak RSS; the details file's bytes per event."""
+
+import datetime
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import time
+from pathlib import Path
+
+from bench.harness import (PIDS, bare_server, ingest_server, run_wrk, scratch_dir,
+                           wrk_script)
+from storage import details
+from storage.layout import DETAILS, SEEN
+from storage.seen_index import VERSION
+
+ROUNDS = 3
+EVENTS = 100
+FULL_WINDOW_IDS = 20_000_000
+PLACEHOLDER = "@ID@"
+
+
+def sdk_body():
+    """100 events as the SDKs send them (tests/sdk_shapes.py has the field-by-field source),
+    each id a placeholder that the wrk script fills with a fresh value per request."""
+    moment = datetime.datetime.now(datetime.timezone.utc)
+    stamp = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    events = []
+    for number in range(EVENTS):
+        events.append({
+            "id": PLACEHOLDER, "timestamp": stamp,
+            "anonymousID": f"4F1E6B0C-6E4A-4C8B-9D0E-{number % 7:012d}",
+            "type": "screen",
+            "properties": {"id": f"node-{number % 9}", "name": "Écran d'accueil",
+                           "experienceID": str(1000 + number % 37),
+                           "experienceRevisionID": "rev-12", "experienceName": "Welcome"},
+            "context": {"device": {"id": "7C0E3D1E-2B5A-4F44-9C3A-0D9A1E3B5F21",
+                                   "buildEnvironment": "PRODUCTION"},
+                        "os": {"name": "iOS", "version": "17.2"}, "locale": "en-CA"},
+        })
+    return json.dumps({"batch": events})
+
+
+def fresh_ids_script(template):
+    """Lua for wrk: each request is `template` with its placeholders replaced by ids unique
+    to this run (a random prefix, the request number and the event's place)."""
+    parts = template.split(PLACEHOLDER)
+    quoted = ", ".join('"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                       for part in parts)
+    return (
+        f"local parts = {{{quoted}}}\n"
+        "local prefix = string.format('%08x', math.random(0, 2^31))\n"
+        "local n = 0\n"
+        "request = function()\n"
+        "  n = n + 1\n"
+        "  local out = {parts[1]}\n"
+        "  for i = 2, #parts do\n"
+        "    out[#out + 1] = prefix .. '-' .. n .. '-' .. i\n"
+        "    out[#out + 1] = parts[i]\n"
+        "  end\n"
+        '  return wrk.format("POST", "/batch?apiVersion=2", '
+        '{["Content-Type"] = "application/json"}, table.concat(out))\n'
+        "end\n"
+    )
+
+
+def prefilled_index(folder, ids):
+    """A details file and a dedupe index holding `ids` random ids received in the last hour,
+    as an ingest leaves them: the ingest opens and trusts it. Returns the two paths."""
+    details_path, seen_path = folder / DETAILS, folder / SEEN
+    identity = os.urandom(16)
+    details_path.write_bytes(details.HEADER.pack(details.MAGIC, details.VERSION, identity, 0))
+    window = 86400
+    now = int(time.time())
+    table = (now // window) % 2
+    db = sqlite3.connect(seen_path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(f"""
+        CREATE TABLE meta(key TEXT PRIMARY KEY, value);
+        CREATE TABLE seen0(key BLOB PRIMARY KEY, second INTEGER) WITHOUT ROWID;
+        CREATE TABLE seen1(key BLOB PRIMARY KEY, second INTEGER) WITHOUT ROWID;
+        INSERT INTO meta VALUES ('version', '{VERSION}'), ('covered', {details.HEADER.size}),
+            ('details', '{identity.hex()}'), ('window', {window}),
+            ('generation{table}', {now // window}), ('generation{1 - table}', -1);
+    """)
+    # Sorted, so the tree is built in order: 20 M random inserts would take far longer.
+    step = 1_000_000
+    for start in range(0, ids, step):
+        keys = sorted(os.urandom(16) for _ in range(min(step, ids - start)))
+        db.execute("BEGIN")
+        db.executemany(f"INSERT OR IGNORE INTO seen{table} VALUES (?, ?)",
+                       ((key, now - 1800) for key in keys))
+        db.execute("COMMIT")
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.close()
+    return details_path, seen_path
+
+
+def peak_rss_mb(pid):
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[1]) / 1024
+
+
+def bench_sdk(seconds):
+    results = {}
+    template = sdk_body()
+    results["sdk_body_bytes"] = len(template.replace(PLACEHOLDER, "x" * 30))
+    minimal = json.dumps({"batch": [{"experienceID": 1000 + i % 37} for i in range(EVENTS)]})
+    folder = scratch_dir()
+    try:
+        began = time.perf_counter()
+        full = prefilled_index(folder, FULL_WINDOW_IDS)
+        results["sdk_prefill_20m_s"] = time.perf_counter() - began
+        results["sdk_index_20m_bytes"] = full[1].stat().st_size
+
+        def with_full_window(state_dir):
+            for path in full:
+                shutil.copy(path, state_dir / path.name)
+
+        script_path = folder / "sdk.lua"
+        script_path.write_text(fresh_ids_script(template) + DONE)
+        configs = {
+            "sdk": (lambda: ingest_server(), str(script_path)),
+            "sdk_no_dedupe": (lambda: ingest_server(dedupe_window=0), str(script_path)),
+            "sdk_20m": (lambda: ingest_server(prepare=with_full_window), str(script_path)),
+            "bare": (lambda: bare_server(16), str(script_path)),
+        }
+        runs = {name: [] for name in [*configs, "minimal"]}
+        rss = {name: [] for name in configs}
+        details_per_event = []
+        with wrk_script(minimal.encode(), "/batch") as minimal_script:
+            for _ in range(ROUNDS):
+                for name, (start, script) in [*configs.items(),
+                                              ("minimal", (ingest_server, minimal_script))]:
+                    with start() as (port, state_dir):
+                        run_wrk(port, script, seconds=1)
+                        runs[name].append(run_wrk(port, script, seconds=seconds))
+                        if name in rss:
+                            rss[name].append(peak_rss_mb(PIDS[port]))
+                        if name == "sdk":
+                            kept = (state_dir / DETAILS).stat().st_size - details.HEADER.size
+                            stored = (state_dir / "data1").read_bytes().count(b" ")
+                            details_per_event.append(kept / stored)
+        for name, measured in runs.items():
+            results[f"sdk_{name}_events_s" if not name.startswith("sdk") else
+                    f"{name}_events_s"] = statistics.median(r["rate"] for r in measured) * EVENTS
+            spread = [r["rate"] for r in measured]
+            results[f"{name}_spread"] = (min(spread) * EVENTS, max(spread) * EVENTS)
+            results[f"{name}_p99_ms"] = statistics.median(r["p99"] for r in measured)
+        for name, values in rss.items():
+            results[f"{name}_peak_rss_mb"] = max(values)
+        rate = lambda name: results[f"{name}_events_s"]  # noqa: E731
+        results.update(
+            sdk_vs_minimal=rate("sdk") / results["sdk_minimal_events_s"],
+            sdk_vs_bare=rate("sdk") / results["sdk_bare_events_s"],
+            sdk_dedupe_cost=rate("sdk") / rate("sdk_no_dedupe"),
+            sdk_20m_vs_empty=rate("sdk_20m") / rate("sdk"),
+            sdk_details_bytes_per_event=statistics.median(details_per_event),
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return results
+
+
+DONE = (
+    "done = function(summary, latency, requests)\n"
+    '  io.write(string.format("PERCENTILES %d %d %d\\n", latency:percentile(50),\n'
+    "    latency:percentile(99), latency:percentile(99.9)))\n"
+    "end\n"
+)
+
+
+def rows(results):
+    """The bench table's lines for this part."""
+    if "sdk_events_s" not in results:
+        return []
+    spread = lambda name: "{:,.0f} to {:,.0f}".format(*results[f"{name}_spread"])  # noqa: E731
+    return [
+        ("SDK batches of 100, dedupe on, empty window (events/s)",
+         f"{results['sdk_events_s']:,.0f} ({spread('sdk')})"),
+        ("SDK batches of 100, dedupe on, 20 M ids in the window (events/s)",
+         f"{results['sdk_20m_events_s']:,.0f} ({spread('sdk_20m')})"),
+        ("SDK batches of 100, dedupe off (events/s)",
+         f"{results['sdk_no_dedupe_events_s']:,.0f} ({spread('sdk_no_dedupe')})"),
+        ("Minimal batches of 100 ids (events/s)",
+         f"{results['sdk_minimal_events_s']:,.0f} ({spread('minimal')})"),
+        ("Bare waitress reading the SDK bodies (events/s)",
+         f"{results['sdk_bare_events_s']:,.0f} ({spread('bare')})"),
+        ("  SDK / minimal batches", f"{results['sdk_vs_minimal']:.2f}"),
+        ("  SDK / bare waitress", f"{results['sdk_vs_bare']:.2f}"),
+        ("  dedupe on / off", f"{results['sdk_dedupe_cost']:.2f}"),
+        ("  20 M ids in the window / empty", f"{results['sdk_20m_vs_empty']:.2f}"),
+        ("SDK p99, empty window / 20 M ids (ms)",
+         f"{results['sdk_p99_ms']:.1f} / {results['sdk_20m_p99_ms']:.1f}"),
+        ("Ingest peak RSS, empty window / 20 M ids / dedupe off (MB)",
+         f"{results['sdk_peak_rss_mb']:.0f} / {results['sdk_20m_peak_rss_mb']:.0f} / "
+         f"{results['sdk_no_dedupe_peak_rss_mb']:.0f}"),
+        ("Dedupe index with 20 M ids (MB)", f"{results['sdk_index_20m_bytes'] / 2**20:,.0f}"),
+        ("Details file (bytes per event)", f"{results['sdk_details_bytes_per_event']:.0f}"),
+        ("SDK body of 100 events (bytes)", f"{results['sdk_body_bytes']:,}"),
+    ]
