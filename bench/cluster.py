@@ -6,7 +6,8 @@ copy of the code under bench/scratch/, on ports of its own. The workers are stop
 ingest is measured (as the single-machine ingest is measured without its worker), then
 started to time their catch-up on the backlog the measurements left.
 
-    ingest     acknowledged single events/s and batched events/s (batches of 100) through 1
+    ingest     acknowledged single events/s, batched events/s (batches of 100) and SDK
+               events/s (bench/sdk.py's batches of 100, a message per event) through 1
                and through 2 ingest nodes (a wrk per node), beside the single machine
                (fsync on) and beside raw nats-py publishing the same messages with the same
                concurrency: the engine's own limit
@@ -27,6 +28,7 @@ import time
 import urllib.request
 
 from bench.harness import REPO, ingest_server, run_wrk, scratch_dir, wrk_script
+from bench.sdk import DONE, fresh_ids_script, sdk_body
 
 BIN = os.path.dirname(sys.executable)
 CONNECTIONS = 16  # per ingest node, as in the single-machine bench
@@ -188,6 +190,12 @@ def bench_cluster(seconds):
             results["cluster_1_node_batched_events_s"] = rate * BATCH
             rate, _ = wrk_on(both, batch_script, seconds)
             results["cluster_2_nodes_batched_events_s"] = rate * BATCH
+            sdk_script = scratch_dir() / "sdk.lua"
+            sdk_script.write_text(fresh_ids_script(sdk_body()) + DONE)
+            for nodes, ports in (("1_node", one), ("2_nodes", both)):
+                rate, _ = wrk_on(ports, str(sdk_script), seconds)
+                results[f"cluster_{nodes}_sdk_events_s"] = rate * BATCH
+            shutil.rmtree(sdk_script.parent, ignore_errors=True)
             results["raw_nats_single_events_s"] = raw_publish(cluster.servers, 1, seconds)
             results["raw_nats_batched_events_s"] = raw_publish(cluster.servers, BATCH,
                                                                seconds) * BATCH
@@ -238,6 +246,9 @@ ROWS = [
     ("Cluster, 2 ingest nodes: single events/s", "cluster_2_nodes_single_events_s", "{:,.0f}"),
     ("Cluster, 1 ingest node: batched events/s", "cluster_1_node_batched_events_s", "{:,.0f}"),
     ("Cluster, 2 ingest nodes: batched events/s", "cluster_2_nodes_batched_events_s", "{:,.0f}"),
+    ("Cluster, 1 ingest node: SDK events/s (a message each)", "cluster_1_node_sdk_events_s",
+     "{:,.0f}"),
+    ("Cluster, 2 ingest nodes: SDK events/s", "cluster_2_nodes_sdk_events_s", "{:,.0f}"),
     ("Raw nats-py, 16 in flight: 1 id a message (events/s)", "raw_nats_single_events_s", "{:,.0f}"),
     ("Raw nats-py, 16 in flight: 100 ids a message (events/s)", "raw_nats_batched_events_s",
      "{:,.0f}"),

@@ -47,13 +47,17 @@ def sdk_body():
 
 def fresh_ids_script(template):
     """Lua for wrk: each request is `template` with its placeholders replaced by ids unique
-    to this run (a random prefix, the request number and the event's place)."""
+    to this run (a prefix random to each wrk process, the request number and the event's
+    place)."""
     parts = template.split(PLACEHOLDER)
     quoted = ", ".join('"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
                        for part in parts)
     return (
         f"local parts = {{{quoted}}}\n"
-        "local prefix = string.format('%08x', math.random(0, 2^31))\n"
+        "local urandom = io.open('/dev/urandom', 'rb')\n"
+        "local prefix = urandom:read(6):gsub('.', function(c)\n"
+        "  return string.format('%02x', c:byte()) end)\n"
+        "urandom:close()\n"
         "local n = 0\n"
         "request = function()\n"
         "  n = n + 1\n"
