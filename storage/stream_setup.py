@@ -4,7 +4,10 @@ Every ingest node and worker calls ensure() at start, so any of them may be firs
 starting at once both succeed (JetStream's create is idempotent for an identical config).
 A stream or bucket that exists with different settings is never changed here: changing
 replicas or limits under live data is an operator's decision. It is a SetupMismatch naming
-each difference, and the program exits with the "bad setup" code.
+each difference, and the program exits with the "bad setup" code. One exception: a stream's
+duplicate window shorter than the dedupe window is raised to it (a longer window only
+remembers message ids longer; a stream created before the dedupe window existed had 120 s).
+It is never lowered: a program set to a shorter window than the stream's is refused.
 """
 
 import time
@@ -82,7 +85,7 @@ def connect(servers, name, replicas, dedupe_window, log):
     waiting_logged = False
     while True:
         try:
-            link.call(ensure(link.js, replicas, dedupe_window), READY_TIMEOUT)
+            link.call(ensure(link.js, replicas, dedupe_window, log), READY_TIMEOUT)
             return link, None
         except SetupMismatch as mismatch:
             link.close()
@@ -125,7 +128,7 @@ class NotReady(Exception):
     """The stream or the bucket has no leader, or too few current replicas, to take writes."""
 
 
-async def ensure(js, replicas, dedupe_window):
+async def ensure(js, replicas, dedupe_window, log=None):
     """Create the stream and the checkpoint bucket, or check the existing ones, and check
     that both can take writes now (a leader and a majority of current replicas: a cluster
     that has just started may not have them yet). Raises SetupMismatch naming every
@@ -136,6 +139,13 @@ async def ensure(js, replicas, dedupe_window):
     except BadRequestError:
         pass  # exists with another config: the check below names the differences
     info = await js.stream_info(STREAM)
+    found_window = info.config.duplicate_window or 0.0
+    if found_window < wanted.duplicate_window:
+        info.config.duplicate_window = wanted.duplicate_window
+        info = await js.update_stream(info.config)
+        if log:
+            log.warning("stream %s: duplicate window raised from %g s to the dedupe window, "
+                        "%g s", STREAM, found_window, wanted.duplicate_window)
     _compare(f"stream {STREAM}", info.config, wanted, _CHECKED_STREAM)
     _check_ready(f"stream {STREAM}", info)
 

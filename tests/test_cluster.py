@@ -293,6 +293,23 @@ def test_a_stream_set_up_otherwise_is_a_clear_error_and_left_alone(cluster, tmp_
     assert len(stats["stream"]["replicas"]) == 2  # still three copies
 
 
+def test_a_shorter_duplicate_window_is_raised_to_the_dedupe_window_never_lowered(cluster):
+    node = cluster()
+    with link_to(node) as link:
+        def window():
+            return link.call(link.js.stream_info(STREAM), 30).config.duplicate_window
+
+        # A stream as created before the dedupe window existed.
+        info = link.call(link.js.stream_info(STREAM), 30)
+        info.config.duplicate_window = 120.0
+        link.call(link.js.update_stream(info.config), 30)
+        link.call(stream_setup.ensure(link.js, 3, 86400), 30)
+        assert window() == 86400.0
+        with pytest.raises(stream_setup.SetupMismatch, match="duplicate window is 86400"):
+            link.call(stream_setup.ensure(link.js, 3, 3600), 30)
+        assert window() == 86400.0
+
+
 @pytest.mark.skipif(not CHROMIUM and not os.environ.get("CI"), reason="needs chromium")
 def test_the_dashboard_in_cluster_mode(cluster, tmp_path):
     node = cluster(interval=0.2)
