@@ -14,6 +14,8 @@ import waitress
 from waitress.channel import HTTPChannel
 from waitress.task import ErrorTask
 
+from app.access import Access, BadToken, Tokens
+from app.admission import Admission
 from app.api import BATCH_BODY_LIMIT, make_app
 from app.readside import FileReadSide
 from storage import process, settings
@@ -53,14 +55,38 @@ class Channel(HTTPChannel):
     error_task_class = JsonErrorTask
 
 
+def load_access(write, read):
+    """Access from the settings' (tokens, file) pairs; ConfigError if a file is unusable."""
+    kinds = {}
+    for kind, (tokens, path) in (("write", write), ("read", read)):
+        try:
+            kinds[kind] = Tokens(kind, tokens, path)
+        except (OSError, BadToken) as problem:
+            raise settings.ConfigError(
+                f"{settings.PREFIX}{kind.upper()}_TOKENS_FILE {path}: {problem}") from None
+    return Access(kinds["write"], kinds["read"])
+
+
+def describe(tokens):
+    if not tokens.required:
+        return "open"
+    held = ", ".join(tokens.labels()) or "none yet"
+    return f"need a token ({len(tokens)}: {held})"
+
+
 def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute_retention,
-          dedupe_window, cluster=None):
+          dedupe_window, access, trusted_proxy, cluster=None):
     """Serve the API until SIGTERM/SIGINT; return the exit code. `cluster`, in cluster mode,
     is (NATS server URLs, this node's partition, replicas, publish timeout)."""
     process.place_on_cpus("ingest", cpu)
+    log.info("access: writes %s; reads %s%s", describe(access.write), describe(access.read),
+             f"; client addresses from {trusted_proxy}'s X-Forwarded-For" if trusted_proxy
+             else "")
+    server_settings = {"host": host, "port": port, "threads": threads, "access": access,
+                       "trusted_proxy": trusted_proxy}
     if cluster:
-        return serve_cluster(host=host, port=port, threads=threads, stalled_after=stalled_after,
-                             dedupe_window=dedupe_window, cluster=cluster)
+        return serve_cluster(stalled_after=stalled_after, dedupe_window=dedupe_window,
+                             cluster=cluster, **server_settings)
     layout = Layout(state_dir)
     # Held until the process exits: one ingest per state folder, so no other writer can
     # interleave with our appends or our torn-tail repair.
@@ -73,15 +99,18 @@ def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute
         "data1=%d bytes", host, port, state_dir, "on" if durable else "off", threads,
         dedupe_window, eventlog.size,
     )
-    app = make_app(eventlog, FileReadSide(eventlog, state_dir, stalled_after), minute_retention)
-    code = run_server(app, host, port, threads)
+    admission = Admission(eventlog, threads, several_tokens=lambda: len(access.write) > 1)
+    app = make_app(eventlog, FileReadSide(eventlog, state_dir, stalled_after), minute_retention,
+                   access, admission)
+    code = run_server(app, admission, **server_settings)
     eventlog.sync()  # with fsync off, a clean stop still leaves everything durable
     eventlog.close()
     log.info("ingest stopped")
     return code
 
 
-def serve_cluster(*, host, port, threads, stalled_after, dedupe_window, cluster):
+def serve_cluster(*, host, port, threads, stalled_after, dedupe_window, cluster, access,
+                  trusted_proxy):
     # Imported here: only cluster mode imports nats-py.
     from app.cluster_readside import ClusterReadSide
     from storage import stream_setup
@@ -95,20 +124,30 @@ def serve_cluster(*, host, port, threads, stalled_after, dedupe_window, cluster)
     if link is None:
         return failed
     eventlog = StreamLog(link, partition, publish_timeout)
-    code = run_server(make_app(eventlog, ClusterReadSide(link, stalled_after)), host, port,
-                      threads)
+    admission = Admission(eventlog, threads, several_tokens=lambda: len(access.write) > 1)
+    app = make_app(eventlog, ClusterReadSide(link, stalled_after), access=access,
+                   admission=admission)
+    code = run_server(app, admission, host=host, port=port, threads=threads, access=access,
+                      trusted_proxy=trusted_proxy)  # the same server as on one machine
     link.close()
     log.info("ingest stopped")
     return code
 
 
-def run_server(app, host, port, threads):
+def run_server(app, admission, *, host, port, threads, access, trusted_proxy):
+    proxy = {}
+    if trusted_proxy:
+        # REMOTE_ADDR becomes the client the proxy names: the device a share is counted for.
+        proxy = {"trusted_proxy": trusted_proxy, "trusted_proxy_count": 1,
+                 "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"},
+                 "clear_untrusted_proxy_headers": True}
     try:
         server = waitress.create_server(
             app,
             host=host,
             port=port,
             threads=threads,
+            **proxy,
             # At or above the app's own largest limit, so an ordinary oversize body gets the
             # app's 413 naming the route's limit; a larger one gets JsonErrorTask's, sent
             # before the body is read.
@@ -124,6 +163,10 @@ def run_server(app, host, port, threads):
         # Most often the port is taken by another program: restarting cannot cure that.
         return process.bad_setup(log, f"cannot listen on {host}:{port}: {error}")
     server.channel_class = Channel
+    # Requests read and waiting for a thread: what tells admission the ingest is behind.
+    admission.waiting = lambda: len(server.task_dispatcher.queue)
+    # SIGHUP reads the token files again (they are also looked at once a second).
+    signal.signal(signal.SIGHUP, lambda signum, frame: access.reload())
     signal.signal(signal.SIGTERM, stop_like_sigint)
     signal.signal(signal.SIGINT, stop_like_sigint)  # even where SIGINT was inherited ignored
     log.info("ingest ready on http://%s:%s", host, server.effective_port)
@@ -160,7 +203,14 @@ def main(argv):
             "cpu": settings.ingest_cpu(),
             "minute_retention": settings.minute_retention(),
             "dedupe_window": settings.dedupe_window(),
+            "access": load_access(settings.tokens("WRITE"), settings.tokens("READ")),
+            "trusted_proxy": settings.trusted_proxy(),
         }
+        if not settings.is_loopback(config["host"]) and not config["access"].write.required:
+            raise settings.ConfigError(
+                f"{settings.PREFIX}HOST={config['host']} takes events from anyone who can reach "
+                f"it, and no write token is set: set {settings.PREFIX}WRITE_TOKENS (or "
+                f"{settings.PREFIX}WRITE_TOKENS_FILE), or listen on 127.0.0.1 behind a proxy")
         servers = settings.cluster()
         if servers:
             config["cluster"] = (servers, settings.partition(), settings.replicas(),

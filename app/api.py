@@ -8,6 +8,7 @@ records are durable in the log (see storage/log_writer.py and storage/stream_wri
 app/openapi.json.
 """
 
+import contextlib
 import csv
 import datetime
 import io
@@ -21,6 +22,8 @@ import bottle
 from bottle import HTTPError, request, response
 
 from app import series_query, validate
+from app.access import Access, Tokens
+from app.admission import Busy
 from app.readside import Unavailable
 from storage.checkpoint import Checkpoint
 from storage.log_format import encode, parse_token
@@ -122,15 +125,42 @@ class SdkTally:
                     "clock_flagged": self.clock_flagged}
 
 
-def make_app(eventlog, reads, minute_retention=48 * 3600):
+def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission=None):
     """The API on `eventlog` (an EventLog or a StreamLog) and `reads` (app/readside.py's
-    FileReadSide or app/cluster_readside.py's ClusterReadSide)."""
+    FileReadSide or app/cluster_readside.py's ClusterReadSide). `access` (app/access.py)
+    holds the tokens, none by default; `admission` (app/admission.py) refuses writes under
+    overload, none by default."""
     series = reads.series
+    access = access or Access(Tokens("write"), Tokens("read"))
     app = bottle.Bottle()
     # No JSON or template plugins: every handler returns its own bytes, which keeps the
     # per-request path short.
     app.uninstall(True)
     app.default_error_handler = error_body
+
+    def authorized(kind):
+        """The request's token digest (None where no token is needed); a 401 if it has
+        none, or one that is not a `kind` token. Checked before the body is read."""
+        problem, token = access.check(kind, request.environ)
+        if problem:
+            raise HTTPError(401, problem, **{"WWW-Authenticate": 'Bearer realm="mini-analytics"'})
+        return token
+
+    @contextlib.contextmanager
+    def admitted(token):
+        """A place for one write, or a 503 with Retry-After (never a 4xx: the SDKs drop a
+        chunk answered 4xx, and retry one answered 503)."""
+        if admission is None:
+            yield
+            return
+        try:
+            place = admission.take(request.environ, token)
+        except Busy as busy:
+            raise HTTPError(503, str(busy), **{"Retry-After": str(busy.retry_after)}) from None
+        try:
+            yield
+        finally:
+            admission.release(place)
 
     def accept(ids):
         try:
@@ -150,7 +180,8 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
     @app.post("/event")
     @app.post("/ingest-api")  # the path the assignment's example uses
     def post_event():
-        return accept((parse(validate.parse_event, EVENT_BODY_LIMIT),))
+        with admitted(authorized("write")):
+            return accept((parse(validate.parse_event, EVENT_BODY_LIMIT),))
 
     sdk = SdkTally()
 
@@ -178,15 +209,16 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
     def post_batch():
         # apiVersion (?apiVersion=N, which the SDKs send) is accepted and needs no reading:
         # every version's events have the shape validate.py takes.
-        received = time.time()
-        body = read_body(BATCH_BODY_LIMIT)
-        try:
-            batch = validate.parse_batch(body, received)
-        except validate.Invalid as invalid:
-            raise HTTPError(invalid.status, str(invalid)) from None
-        if not batch.events and not batch.rejected:
-            return accept(batch.ids)
-        return accept_sdk_batch(batch, received, body)
+        with admitted(authorized("write")):
+            received = time.time()
+            body = read_body(BATCH_BODY_LIMIT)
+            try:
+                batch = validate.parse_batch(body, received)
+            except validate.Invalid as invalid:
+                raise HTTPError(invalid.status, str(invalid)) from None
+            if not batch.events and not batch.rejected:
+                return accept(batch.ids)
+            return accept_sdk_batch(batch, received, body)
 
     def available(read, *args):
         """read(*args), or a 503 naming why the read side cannot answer now."""
@@ -243,6 +275,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
 
     @app.get("/counts")
     def get_counts():
+        authorized("read")
         params = query_params()
         csv_wanted = wants_csv()
         ranged = "from" in params or "to" in params
@@ -272,11 +305,13 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
 
     @app.get("/counts/<experience_id>")
     def get_count(experience_id):
+        authorized("read")
         parsed = parse_experience_id(experience_id)
         return json_body({"experienceID": parsed, "count": committed().counts.get(parsed, 0)})
 
     @app.get("/series")
     def get_series():
+        authorized("read")
         params = query_params()
         csv_wanted = wants_csv()
         experience = params.get("experienceID")
@@ -327,6 +362,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600):
 
     @app.get("/stats")
     def get_stats():
+        authorized("read")
         return json_body({**available(reads.stats), "sdk": sdk.summary()})
 
     @app.get("/")

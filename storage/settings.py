@@ -6,6 +6,7 @@ code 2 before it touches anything on disk.
 """
 
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -27,6 +28,16 @@ SETTINGS = [
     ("FSYNC", "on", "on: a 202 means on disk; off: no sync per request"),
     ("SERIES", "on", "whether the worker keeps the counts over time"),
     ("MINUTE_RETENTION_HOURS", "48", "hours of minute buckets kept before the newest event"),
+    ("WRITE_TOKENS", "(none: writes open)", "tokens that may write, comma-separated; needed "
+                                             "to listen beyond loopback"),
+    ("WRITE_TOKENS_FILE", "(none)", "a file of write tokens, one a line, read again on "
+                                    "SIGHUP or when it changes"),
+    ("READ_TOKENS", "(none: reads open)", "tokens that may read the counts and the dashboard, "
+                                          "comma-separated"),
+    ("READ_TOKENS_FILE", "(none)", "a file of read tokens, one a line, read again on SIGHUP "
+                                   "or when it changes"),
+    ("TRUSTED_PROXY", "(none)", "the address of a reverse proxy whose X-Forwarded-For is "
+                                "believed"),
     ("DEDUPE_WINDOW", "86400", "seconds an SDK event id is remembered, so that a retry is "
                                "counted once (0: off; 60 to 2592000)"),
     ("STATE_DIR", "state/ beside the code", "folder of data1, data2, locks and logs"),
@@ -91,6 +102,59 @@ def state_dir(environ=os.environ):
 
 def host(environ=os.environ):
     return _raw(environ, "HOST") or "127.0.0.1"
+
+
+def is_loopback(address):
+    """True for an address only this machine can reach: localhost, 127.x.x.x, ::1."""
+    if address.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def token_problem(token):
+    """Why `token` cannot be a token, or None: 16 to 256 visible ASCII characters, no comma."""
+    if not 16 <= len(token) <= 256:
+        return f"a token must be 16 to 256 characters long, got one of {len(token)}"
+    if not all(0x21 <= ord(char) <= 0x7E and char != "," for char in token):
+        return "a token must be visible ASCII characters other than a comma"
+    return None
+
+
+def tokens(kind, environ=os.environ):
+    """(tokens, file) for kind "WRITE" or "READ": the list in MINI_ANALYTICS_<kind>_TOKENS,
+    or the file named by MINI_ANALYTICS_<kind>_TOKENS_FILE (app/access.py reads it); ([],
+    None) when neither is set. A token itself is never put in an error message."""
+    listed, named = _raw(environ, f"{kind}_TOKENS"), _raw(environ, f"{kind}_TOKENS_FILE")
+    if listed and named:
+        raise ConfigError(f"{PREFIX}{kind}_TOKENS and {PREFIX}{kind}_TOKENS_FILE are both set: "
+                          "give the tokens one way")
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ConfigError(f"{PREFIX}{kind}_TOKENS_FILE names no file: {path}")
+        return [], path
+    found = [token.strip() for token in listed.split(",") if token.strip()]
+    for number, token in enumerate(found, 1):
+        problem = token_problem(token)
+        if problem:
+            raise ConfigError(f"{PREFIX}{kind}_TOKENS: token {number}: {problem}")
+    return found, None
+
+
+def trusted_proxy(environ=os.environ):
+    """The reverse proxy's address, whose X-Forwarded-For names the real client; or None."""
+    raw = _raw(environ, "TRUSTED_PROXY")
+    if not raw:
+        return None
+    try:
+        ipaddress.ip_address(raw)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}TRUSTED_PROXY must be the proxy's IP address (like "
+                          f"127.0.0.1), got {raw!r}") from None
+    return raw
 
 
 def port(environ=os.environ):

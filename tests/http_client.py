@@ -61,8 +61,9 @@ def free_port():
     raise AssertionError("no free port below the ephemeral range")
 
 
-def request(port, method, path, body=None, headers=None, timeout=10):
-    """One HTTP request on a new connection: (status, parsed JSON body or raw bytes)."""
+def request(port, method, path, body=None, headers=None, timeout=10, with_headers=False):
+    """One HTTP request on a new connection: (status, parsed JSON body or raw bytes), and
+    the answer's headers (a dict) too `with_headers`."""
     if isinstance(body, (dict, list)):
         body = json.dumps(body).encode()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -72,13 +73,15 @@ def request(port, method, path, body=None, headers=None, timeout=10):
         data = response.read()
         if response.getheader("Content-Type", "").startswith("application/json"):
             data = json.loads(data)
+        if with_headers:
+            return response.status, data, dict(response.getheaders())
         return response.status, data
     finally:
         conn.close()
 
 
-def post(port, body, path="/event"):
-    return request(port, "POST", path, body)
+def post(port, body, path="/event", headers=None):
+    return request(port, "POST", path, body, headers)
 
 
 def answers_http(port):

@@ -26,8 +26,10 @@ class SimulatedSdks:
     """`devices` app installs, each on its own thread, posting to `ports` (one port, or a list:
     each request to one of them at random, so a retry often reaches another node)."""
 
-    def __init__(self, ports, devices=8, experiences=range(1, 41), cut_share=0.1, seed=None):
+    def __init__(self, ports, devices=8, experiences=range(1, 41), cut_share=0.1, seed=None,
+                 token=None):
         self.ports = [ports] if isinstance(ports, int) else list(ports)
+        self.token = token  # sent as Judo-Access-Token, as the SDKs send the app's token
         self.devices = devices
         self.experiences = list(experiences)
         self.cut_share = cut_share
@@ -93,7 +95,7 @@ class SimulatedSdks:
                 time.sleep(0.005)  # an idle app: nothing to send
                 continue
             chunk = [queue[index] for index in range(min(CHUNK, len(queue)))]
-            outcome = self._send(chunk, rng)
+            outcome = self._send(chunk, rng, device.context["device"]["id"])
             with self._lock:
                 self.answers[outcome[0]] += 1
             status, answer = outcome
@@ -110,15 +112,18 @@ class SimulatedSdks:
             else:
                 time.sleep(rng.uniform(0.01, 0.1))  # kept; sent again later
 
-    def _send(self, chunk, rng):
+    def _send(self, chunk, rng, device_id):
         body = json.dumps({"batch": chunk}).encode()
         port = rng.choice(self.ports)
+        # The headers iOS's SDK sends (Sources/JudoSDK/Extensions/URL+API.swift).
+        headers = {"Content-Type": "application/json", "Judo-Device-ID": device_id}
+        if self.token:
+            headers["Judo-Access-Token"] = self.token
         if rng.random() < self.cut_share:
-            return self._send_and_cut(port, body)
+            return self._send_and_cut(port, body, headers)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
         try:
-            conn.request("POST", "/batch?apiVersion=2", body,
-                         {"Content-Type": "application/json"})
+            conn.request("POST", "/batch?apiVersion=2", body, headers)
             response = conn.getresponse()
             text = response.read()
             try:
@@ -133,10 +138,11 @@ class SimulatedSdks:
         finally:
             conn.close()
 
-    def _send_and_cut(self, port, body):
+    def _send_and_cut(self, port, body, headers):
         """The whole request goes out; the answer is never read."""
-        head = (f"POST /batch?apiVersion=2 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        head = (f"POST /batch?apiVersion=2 HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}"
+                f"Content-Length: {len(body)}\r\n\r\n")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
                 sock.sendall(head.encode() + body)

@@ -409,3 +409,19 @@ def test_sdk_events_and_their_retries_on_either_node_are_counted_once(cluster):
     ids = [item["event"]["id"] for item in kept]
     assert sorted(ids) == sorted(e["id"] for e in events + fresh)
     assert all(item["received"] and item["time"] for item in kept)
+
+
+def test_the_same_tokens_guard_every_ingest_node(cluster):
+    write, read = "w-cluster-token-0001", "r-cluster-token-0001"
+    node = cluster(interval=0.2, write_tokens=write, read_tokens=read)
+    for n in (1, 2):
+        port = node.ingest_port(n)
+        assert post(port, {"experienceID": 3})[0] == 401
+        assert post(port, {"experienceID": 3}, headers={"Judo-Access-Token": write})[0] == 202
+        assert request(port, "GET", "/stats")[0] == 401
+    def counted_with_token():
+        status, body = request(node.ingest_port(2), "GET", "/counts",
+                               headers={"Authorization": f"Bearer {read}"})
+        return status == 200 and body["counts"] == {"3": 2}
+
+    wait_for(counted_with_token, 30, what="both events counted, read with the token")

@@ -1,0 +1,164 @@
+"""Who may write and who may read: access tokens (docs/security.md).
+
+Write tokens guard the write paths (POST /event, /ingest-api, /batch); read tokens guard
+every read path and the dashboard's data. /healthz and /healthz/ingest stay open, for
+monitors and load balancers. A kind with no token configured is open, as on 127.0.0.1 by
+default; app/__main__.py refuses to listen beyond loopback with no write token.
+
+Tokens come from MINI_ANALYTICS_WRITE_TOKENS (comma-separated), or from the file named by
+MINI_ANALYTICS_WRITE_TOKENS_FILE (one a line; blank lines and lines starting with # are
+skipped), and likewise for READ. A file is read again on SIGHUP, and whenever it changes
+(looked at once a second): a revoked token stops working within about a second, without a
+restart. A file that cannot be read, or holds a malformed token, keeps the tokens read
+before and is logged: a rotation caught half-written neither locks everyone out nor opens
+the door.
+
+A client sends its token in `Judo-Access-Token` (the header Judo's SDKs send) or in
+`Authorization: Bearer <token>`. Only each token's SHA-256 is held; a presented token is
+hashed and compared with every held digest by hmac.compare_digest, so the answer's timing
+says nothing of how much of a token matched. A token is never logged: logs name it by the
+first 4 hex characters of its hash.
+"""
+
+import hashlib
+import hmac
+import logging
+import os
+import threading
+import time
+
+from storage.settings import token_problem
+
+log = logging.getLogger("ingest")
+
+HEADER = "Judo-Access-Token"
+RELOAD_EVERY = 1.0  # seconds between looks at a token file
+
+
+class BadToken(ValueError):
+    pass
+
+
+def check_token(token, line):
+    problem = token_problem(token)
+    if problem:
+        raise BadToken(f"line {line}: {problem}")
+    return token
+
+
+def digest(token):
+    return hashlib.sha256(token.encode("ascii", "replace")).digest()
+
+
+def label(token_digest):
+    """How logs name a token: never the token, 4 hex characters of its hash."""
+    return token_digest.hex()[:4]
+
+
+def read_token_file(path):
+    """The tokens in a token file; OSError or BadToken if it cannot be used."""
+    with open(path, encoding="ascii", errors="replace") as file:
+        lines = [line.strip() for line in file]
+    return [check_token(text, number) for number, text in enumerate(lines, 1)
+            if text and not text.startswith("#")]
+
+
+class Tokens:
+    """One kind of token (write or read): the digests held, and the file they come from."""
+
+    def __init__(self, kind, tokens=None, path=None):
+        self.kind = kind
+        self.path = path
+        self._lock = threading.Lock()
+        self._seen_file = None  # (inode, size, mtime) of the file as last read
+        self._looked_at = 0.0
+        self._digests = [digest(token) for token in tokens or ()]
+        if path is not None:
+            self._digests = [digest(token) for token in read_token_file(path)]
+            self._seen_file = self._signature()
+        self.required = path is not None or bool(self._digests)
+
+    def __len__(self):
+        return len(self._digests)
+
+    def labels(self):
+        """How the log names the tokens held (label())."""
+        return [label(held) for held in self._digests]
+
+    def match(self, presented):
+        """The digest of `presented` if it is a held token, else None."""
+        if self.path is not None and time.monotonic() - self._looked_at >= RELOAD_EVERY:
+            self.reload_if_changed()
+        if not presented:
+            return None
+        wanted = digest(presented)
+        found = False
+        for held in self._digests:  # every one, whatever matches: constant time in the token
+            found |= hmac.compare_digest(wanted, held)
+        return wanted if found else None
+
+    def _signature(self):
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+    def reload_if_changed(self, force=False):
+        with self._lock:
+            self._looked_at = time.monotonic()
+            signature = self._signature()
+            if not force and signature == self._seen_file:
+                return
+            self._seen_file = signature
+            try:
+                tokens = read_token_file(self.path)
+            except (OSError, BadToken) as problem:
+                log.error("%s tokens: %s cannot be used (%s); keeping the %d read before",
+                          self.kind, self.path, problem, len(self._digests))
+                return
+            before = {label(held) for held in self._digests}
+            self._digests = [digest(token) for token in tokens]
+            after = {label(held) for held in self._digests}
+            log.info("%s tokens: read %s: %d tokens (added %s; removed %s)", self.kind,
+                     self.path, len(tokens), ",".join(sorted(after - before)) or "none",
+                     ",".join(sorted(before - after)) or "none")
+
+
+def presented_token(environ):
+    """The token a request carries, or None: Judo-Access-Token, else Authorization: Bearer."""
+    token = environ.get("HTTP_JUDO_ACCESS_TOKEN")
+    if token:
+        return token.strip()
+    authorization = environ.get("HTTP_AUTHORIZATION", "")
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+class Access:
+    """The write and read tokens; `refusal` says why a request may not pass."""
+
+    def __init__(self, write, read):
+        self.write = write
+        self.read = read
+
+    def reload(self):
+        """SIGHUP: read every token file again now."""
+        for tokens in (self.write, self.read):
+            if tokens.path is not None:
+                tokens.reload_if_changed(force=True)
+
+    def check(self, kind, environ):
+        """(None, the token's digest or None) if the request may pass, else (why, None)."""
+        tokens = self.write if kind == "write" else self.read
+        if not tokens.required:
+            return None, None
+        presented = presented_token(environ)
+        matched = tokens.match(presented)
+        if matched is not None:
+            return None, matched
+        problem = "carries no" if presented is None else "carries an unknown"
+        return (f"this request {problem} {kind} token: send one in the {HEADER} header, or "
+                f"as Authorization: Bearer <token>"), None
