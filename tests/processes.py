@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from http_client import answers_http, free_port, wait_for
@@ -142,6 +143,27 @@ class Supervisor:
         """Both programs and the bad-setup listener RUNNING."""
         return self.status() == {"ingest": "RUNNING", "worker": "RUNNING",
                                  "stop_on_bad_setup": "RUNNING"}
+
+    def kill_in_turn(self, seconds, rng, moment=(0.0, 0.5)):
+        """SIGKILL the worker and the ingest in turn for `seconds`, each at a random moment of
+        its life (`moment`: the range of seconds after it is seen RUNNING). Returns the kills
+        per program."""
+        kills = {"ingest": 0, "worker": 0}
+        killed = {"ingest": None, "worker": None}  # the pid each was last killed as
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            program = "ingest" if sum(kills.values()) % 2 else "worker"
+            # Any running process, however young: supervisord restarts every kill at once.
+            # A new one each time: supervisord may report a killed process RUNNING until it
+            # has reaped it.
+            pid = wait_for(lambda: self.status().get(program) == "RUNNING"
+                           and self.pid(program) not in (None, killed[program])
+                           and self.pid(program), what=f"a new {program} RUNNING")
+            time.sleep(rng.uniform(*moment))  # a random moment in its life
+            os.kill(pid, signal.SIGKILL)
+            kills[program] += 1
+            killed[program] = pid
+        return kills
 
     def pid(self, name):
         """The program's pid while it is RUNNING, else None (never 0: see stack notes)."""

@@ -78,7 +78,7 @@ class SimulatedSdks:
                 event = device.identify(moment, f"user-{rng.randrange(1000)}", {"n": 1})
             else:
                 experience = rng.choice(self.experiences)
-                event = device.screen(moment, experience, screen_id=f"s{rng.randrange(9)}")
+                event = device.screen(moment, experience, id=f"s{rng.randrange(9)}")
                 with self._lock:
                     self.viewed[experience] += 1
             with self._lock:

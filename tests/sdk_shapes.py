@@ -22,9 +22,30 @@ def android_timestamp(moment, offset_hours=-4):
     return local.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-class IosDevice:
+class Device:
+    """What both SDKs share: a screen view's properties (in each SDK's own key order) and an
+    identify, which also sets the userID sent from then on."""
+
+    PROPERTIES = ()  # the screen properties' keys, in the order the SDK writes them
+    SCREEN_DEFAULTS = {}
+
+    def screen(self, moment, experience_id, **given):
+        values = {**self.SCREEN_DEFAULTS, **given, "experienceID": str(experience_id)}
+        return self._event("screen", moment,
+                           properties={key: values[key] for key in self.PROPERTIES})
+
+    def identify(self, moment, user_id, traits):
+        self.user_id = user_id
+        return self._event("identify", moment, traits=traits)
+
+
+class IosDevice(Device):
     """One app install on iOS: EventPayload's fields. userID is omitted when nil
     (encodeIfPresent); traits and properties are JSON objects."""
+
+    PROPERTIES = ("id", "name", "experienceID", "experienceRevisionID", "experienceName")
+    SCREEN_DEFAULTS = {"id": "a1b2c3", "name": "Screen", "experienceName": "Welcome",
+                       "experienceRevisionID": "5f1e"}
 
     def __init__(self, user_id=None, locale="en-CA"):
         self.anonymous_id = str(uuid.uuid4()).upper()
@@ -45,19 +66,13 @@ class IosDevice:
         event["context"] = self.context
         return event
 
-    def screen(self, moment, experience_id, screen_id="a1b2c3", name="Screen",
-               experience_name="Welcome", revision="5f1e"):
-        return self._event("screen", moment, properties={
-            "id": screen_id, "name": name, "experienceID": str(experience_id),
-            "experienceRevisionID": revision, "experienceName": experience_name})
 
-    def identify(self, moment, user_id, traits):
-        self.user_id = user_id
-        return self._event("identify", moment, traits=traits)
-
-
-class AndroidDevice:
+class AndroidDevice(Device):
     """One app install on Android: Moshi writes null for a null userID and token."""
+
+    PROPERTIES = ("id", "name", "experienceID", "experienceName", "experienceRevisionID")
+    SCREEN_DEFAULTS = {"id": "node-7", "name": "Écran d'accueil", "experienceName": "Bienvenue",
+                       "experienceRevisionID": "rev-3"}
 
     def __init__(self, user_id=None, locale="fr-CA", offset_hours=-4):
         self.anonymous_id = str(uuid.uuid4())
@@ -74,16 +89,6 @@ class AndroidDevice:
                 "userID": self.user_id,
                 "timestamp": android_timestamp(moment, self.offset_hours),
                 "context": self.context, **fields, "type": kind}
-
-    def screen(self, moment, experience_id, screen_id="node-7", name="Écran d'accueil",
-               experience_name="Bienvenue", revision="rev-3"):
-        return self._event("screen", moment, properties={
-            "id": screen_id, "name": name, "experienceID": str(experience_id),
-            "experienceName": experience_name, "experienceRevisionID": revision})
-
-    def identify(self, moment, user_id, traits):
-        self.user_id = user_id
-        return self._event("identify", moment, traits=traits)
 
     def register(self, moment, token="fcm-token-1"):
         self.context = {**self.context, "device": {**self.context["device"], "token": token}}
@@ -105,6 +110,6 @@ def mixed_batch(moment, size=100, experiences=(7, 8, 9)):
             events.append(android.register(moment))
         else:
             experience = experiences[number % len(experiences)]
-            events.append(device.screen(moment, experience, screen_id=f"s{number % 5}"))
+            events.append(device.screen(moment, experience, id=f"s{number % 5}"))
             expected[experience] = expected.get(experience, 0) + 1
     return events, expected

@@ -4,12 +4,9 @@ loop SIGKILLs the worker and the ingest at random. Afterwards every acknowledged
 counted exactly once, every other id at most once, and nothing is counted that was never
 sent (Jepsen's set checker, in spirit)."""
 
-import os
 import random
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -26,25 +23,10 @@ CONNECTIONS = 32
 def test_chaos_under_load_with_a_ledger(supervisor):
     rng = random.Random()
     sup = supervisor(interval=0.05)
-    kills = {"ingest": 0, "worker": 0}
-    killed = {"ingest": None, "worker": None}  # the pid each was last killed as
     singles = Posters(sup.port, CONNECTIONS // 2)
     batches = Posters(sup.port, CONNECTIONS // 2, batch_size=10, first_id=10**12)
     with InvariantWatcher(sup.state_dir) as watcher, singles, batches:
-        deadline = time.monotonic() + DURATION
-        while time.monotonic() < deadline:
-            # Both programs in turn, each at a random moment of its life.
-            program = "ingest" if sum(kills.values()) % 2 else "worker"
-            # Any running process, however young: supervisord restarts every kill at once.
-            # A new one each time: supervisord may report a killed process RUNNING until it
-            # has reaped it.
-            pid = wait_for(lambda: sup.status().get(program) == "RUNNING"
-                           and sup.pid(program) not in (None, killed[program])
-                           and sup.pid(program), what=f"a new {program} RUNNING")
-            time.sleep(rng.uniform(0.0, 0.5))  # a random moment in its life
-            os.kill(pid, signal.SIGKILL)
-            kills[program] += 1
-            killed[program] = pid
+        kills = sup.kill_in_turn(DURATION, rng)
         wait_for(sup.all_running, what="both programs back")
         acked = len(singles.acked), len(batches.acked)
         wait_for(lambda: len(singles.acked) > acked[0] and len(batches.acked) > acked[1],

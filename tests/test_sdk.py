@@ -3,7 +3,6 @@ named (never a 4xx that would make an SDK drop the chunk), device clocks read or
 and a retry counted once, against a real waitress server."""
 
 import datetime
-import json
 import math
 import threading
 

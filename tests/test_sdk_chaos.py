@@ -3,12 +3,9 @@
 chaos loop SIGKILLs the ingest and the worker. Afterwards the devices' ledger equals the
 counts: every screen view counted exactly once, none lost, none doubled, none dropped."""
 
-import os
 import random
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -31,19 +28,8 @@ def stored_event_ids(state_dir):
 def test_sdk_retries_through_kills_are_counted_exactly_once(supervisor):
     rng = random.Random()
     sup = supervisor(interval=0.05)
-    kills = {"ingest": 0, "worker": 0}
-    killed = {"ingest": None, "worker": None}
     with SimulatedSdks(sup.port, devices=8) as sdks:
-        deadline = time.monotonic() + DURATION
-        while time.monotonic() < deadline:
-            program = "ingest" if sum(kills.values()) % 2 else "worker"
-            pid = wait_for(lambda: sup.status().get(program) == "RUNNING"
-                           and sup.pid(program) not in (None, killed[program])
-                           and sup.pid(program), what=f"a new {program} RUNNING")
-            time.sleep(rng.uniform(0.2, 1.0))
-            os.kill(pid, signal.SIGKILL)
-            kills[program] += 1
-            killed[program] = pid
+        kills = sup.kill_in_turn(DURATION, rng, moment=(0.2, 1.0))
         sdks.stop_viewing()
         wait_for(sdks.drained, timeout=120, what="every device's queue to drain")
     final = wait_for(lambda: caught_up(sup.state_dir) and check_invariant(sup.state_dir),
