@@ -7,8 +7,12 @@ The format is in storage/log_format.py. This module's guarantees:
 * A failed or short write is undone (truncated back) before the error is reported, so the
   next record never glues onto half of a failed one.
 * With durability on, append() returns only after an fdatasync that covers the bytes it
-  wrote. Concurrent appends share syncs (group commit): one sync covers everything written
-  before it started, and the appends it covered return without a sync of their own.
+  wrote. Concurrent appends share syncs (group commit, as LevelDB's DBImpl::Write): the
+  first append to need a sync leads; while its fdatasync runs (the GIL released), the
+  others write and queue, each on a lock of its own. When the sync is done, the leader wakes
+  each append it covered, once, and hands the lead to the first one still waiting, whose
+  sync covers everything written meanwhile. No append waits on a lock shared with the others
+  (a convoy: each woken in turn only to find its bytes already synced).
 * An fsync or truncate that fails is fatal: after a failed fsync the kernel may already have
   dropped the dirty pages, so retrying could report success for lost data. The process exits
   and, on restart, recovery works from what is really on disk.
@@ -27,6 +31,7 @@ The format is in storage/log_format.py. This module's guarantees:
 """
 
 import logging
+import _thread
 import os
 import threading
 import time
@@ -44,11 +49,28 @@ from storage.time_index import TimeIndexWriter
 log = logging.getLogger("ingest")
 
 _SCAN_BLOCK = 64 * 1024
+# How long a sync waits for other appends while others are writing (see _lead). Measured
+# with 16 connections of single events, as fsync on's throughput over fsync off's: no wait
+# 0.53, 0.1 ms 0.62, 0.3 ms 0.68, 0.4 ms 0.73, 0.6 ms 0.75, 0.8 ms 0.67, 1.2 ms 0.52. Longer
+# waits hold the whole group back for appends that are not coming.
+COMMIT_DELAY = 0.0005
 MIN_FREE_BYTES = 1024 * 1024
 
 
 class AppendError(Exception):
     """The append failed and was undone: nothing of it is in data1."""
+
+
+class _Waiter:
+    """An append waiting for a sync: `woken` is held until the leader releases it, once, with
+    `role` set: "covered" (its bytes are durable) or "lead" (it syncs next)."""
+
+    __slots__ = ("end", "details_end", "woken", "role")
+
+    def __init__(self, end, details_end):
+        self.end, self.details_end, self.role = end, details_end, None
+        self.woken = _thread.allocate_lock()
+        self.woken.acquire()
 
 
 class EventLog:
@@ -63,7 +85,12 @@ class EventLog:
         # O_RDWR, not O_WRONLY: recovery reads the tail back with pread.
         self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self._write_lock = threading.Lock()
-        self._sync_lock = threading.Lock()
+        # The group commit's state: who leads, and the appends waiting for a sync (see
+        # _sync_through). Held only for a few list operations, never across a sync.
+        self._sync_state = threading.Lock()
+        self._leading = False
+        self._last_group = 1  # appends the last sync covered
+        self._waiting = []  # _Waiters, in the order they came
         self._end = self._remove_torn_tail()  # bytes written so far; only ever grows
         self._synced = self._end  # bytes known durable
         self._index = None
@@ -203,35 +230,73 @@ class EventLog:
         self._sync_through(self._end, self._details_end)
 
     def _sync_through(self, end, details_end):
-        with self._sync_lock:
+        """Return once data1 is durable up to `end` and data1.details up to `details_end`."""
+        with self._sync_state:
             if self._synced >= end and self._details_synced >= details_end:
                 return  # a sync that started after our write already covered it
-            # Everything below _end has been written (it is raised after each write), so one
-            # sync covers the appends of every request queued behind this lock too.
-            target, details_target = self._end, self._details_end
-            # Read after target: the entries dating every byte below target were written
-            # before those bytes were, so they are all counted here.
-            entries = self._index.written if self._index else 0
-            if target > self._synced:
-                try:
-                    os.fdatasync(self._fd)
-                except OSError as error:
-                    die(log, f"fdatasync of data1 failed: {error}")
-            if details_target > self._details_synced:
-                try:
-                    self._details.sync()
-                except OSError as error:
-                    die(log, f"fdatasync of data1.details failed: {error}")
-            if entries > (self._index.synced if self._index else 0):
-                # At most once a second: a new entry is written at most once a second.
-                try:
-                    self._index.sync()
-                except OSError as error:
-                    die(log, f"fdatasync of data1's time index failed: {error}")
-                self._index.synced = entries
+            if self._leading:
+                waiter = _Waiter(end, details_end)
+                self._waiting.append(waiter)
+            else:
+                self._leading, waiter = True, None
+        if waiter is not None:
+            waiter.woken.acquire()  # released once, by the leader of the sync that covered us
+            if waiter.role == "covered":  # (or that hands us the lead)
+                return
+        self._lead()
+
+    def _lead(self):
+        """Sync everything written so far; wake the appends it covered; hand the lead on to
+        the first still waiting (written during the sync), or give it up."""
+        if self._last_group > 1:
+            # Others are writing too (PostgreSQL's commit_delay and commit_siblings): let
+            # them write before the sync rather than after it. The sleep releases the GIL;
+            # the requests being parsed write, queue behind this lead and block, and one
+            # sync covers them all instead of one each.
+            time.sleep(COMMIT_DELAY)
+        # Everything below _end has been written (it is raised after each write), and only
+        # bound details groups are below _details_end: one sync covers them all.
+        target, details_target = self._end, self._details_end
+        # Read after target: the entries dating every byte below target were written
+        # before those bytes were, so they are all counted here.
+        entries = self._index.written if self._index else 0
+        if target > self._synced:
+            try:
+                os.fdatasync(self._fd)
+            except OSError as error:
+                die(log, f"fdatasync of data1 failed: {error}")
+        if details_target > self._details_synced:
+            try:
+                self._details.sync()
+            except OSError as error:
+                die(log, f"fdatasync of data1.details failed: {error}")
+        if entries > (self._index.synced if self._index else 0):
+            # At most once a second: a new entry is written at most once a second.
+            try:
+                self._index.sync()
+            except OSError as error:
+                die(log, f"fdatasync of data1's time index failed: {error}")
+            self._index.synced = entries
+        if self._seen:
+            self._seen.note_synced(details_target)
+        with self._sync_state:
             self._synced, self._details_synced = target, details_target
-            if self._seen:
-                self._seen.note_synced(details_target)
+            still, covered = [], 1
+            for waiter in self._waiting:
+                if waiter.end <= target and waiter.details_end <= details_target:
+                    waiter.role = "covered"
+                    waiter.woken.release()
+                    covered += 1
+                else:
+                    still.append(waiter)
+            self._waiting = still
+            self._last_group = covered
+            if still:
+                successor = still.pop(0)
+                successor.role = "lead"
+                successor.woken.release()
+            else:
+                self._leading = False
 
     def _undo_partial_write(self):
         # Called with the write lock held: _end is where our write started.

@@ -4,6 +4,7 @@ and fsync failure being fatal. Faults are injected by patching os functions in-p
 import errno
 import os
 import threading
+import time
 
 import pytest
 
@@ -169,3 +170,37 @@ def test_a_failed_undo_is_fatal(tmp_path, monkeypatch):
     monkeypatch.setattr(eventlog.os, "_exit", fake_exit)
     with pytest.raises(Exited):
         log.append(b"1 ")
+
+
+def test_the_commit_delay_waits_only_while_others_write(tmp_path, monkeypatch):
+    """A lone writer never waits for siblings; with others writing, a lead waits a moment so
+    that one sync covers them, and every append is still acknowledged only once synced."""
+    import storage.log_writer as log_writer
+
+    delays = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(log_writer.time, "sleep",
+                        lambda seconds: (delays.append(seconds), real_sleep(seconds)))
+    log = EventLog(tmp_path / "data1")
+    for i in range(50):
+        log.append(encode([i]))
+    assert delays == []  # one writer: each sync covers one append, and nobody waits
+    syncs = []
+    real_fdatasync = os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (syncs.append(fd), real_fdatasync(fd)))
+    start = threading.Barrier(8)
+
+    def poster(base):
+        start.wait()
+        for i in range(50):
+            log.append(encode([base * 1000 + i]))
+
+    workers = [threading.Thread(target=poster, args=(t + 1,)) for t in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    log.close()
+    assert delays and set(delays) == {log_writer.COMMIT_DELAY}
+    assert len(syncs) < 400 / 2  # groups of more than two appends a sync, on average
+    assert len((tmp_path / "data1").read_bytes().split()) == 450
