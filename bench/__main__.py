@@ -6,7 +6,9 @@ across machines; the absolute rates are printed too. Needs wrk (apt-get install 
 
     python -m bench                 everything (about 5 minutes on 2 cores)
     python -m bench ingest batch    only some parts: ingest, batch, catchup, series, checkpoint,
-                                    sdk (bench/sdk.py), cluster (bench/cluster.py)
+                                    sdk (bench/sdk.py), node (bench/node.py: the
+                                    public Node.js implementations, when present),
+                                    cluster (bench/cluster.py)
 """
 
 import datetime
@@ -24,6 +26,8 @@ from pathlib import Path
 
 from bench.cluster import bench_cluster
 from bench.cluster import rows as cluster_rows
+from bench.node import bench_node
+from bench.node import rows as node_rows
 from bench.sdk import bench_sdk
 from bench.sdk import rows as sdk_rows
 from bench.harness import REPO, bare_server, ingest_server, run_wrk, scratch_dir, wrk_script
@@ -333,11 +337,11 @@ def print_table(results):
                 print(f"{label:<{width}}  {results[f'{key}_ms']:.1f} / {results[f'{key}_max_ms']:.1f}")
         elif key in results:
             print(f"{label:<{width}}  {fmt.format(results[key])}")
-    for label, value in sdk_rows(results) + cluster_rows(results):
+    for label, value in sdk_rows(results) + node_rows(results) + cluster_rows(results):
         print(f"{label:<{width}}  {value}")
 
 
-PARTS = ("ingest", "batch", "catchup", "series", "checkpoint", "sdk", "cluster")
+PARTS = ("ingest", "batch", "catchup", "series", "checkpoint", "sdk", "node", "cluster")
 
 
 def main(argv):
@@ -359,6 +363,8 @@ def main(argv):
         results.update(bench_checkpoint())
     if "sdk" in parts:
         results.update(bench_sdk(seconds))
+    if "node" in parts:
+        results.update(bench_node(seconds))
     if "cluster" in parts:
         results.update(bench_cluster(seconds))
     print_table(results)
