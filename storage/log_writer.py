@@ -248,6 +248,14 @@ class EventLog:
     def _lead(self):
         """Sync everything written so far; wake the appends it covered; hand the lead on to
         the first still waiting (written during the sync), or give it up."""
+        try:
+            self._sync_and_wake()
+        except Exception as error:
+            # Never expected (a failed sync already ends the process); but a lead that ended
+            # here would leave every later append waiting for a sync that never comes.
+            die(log, f"the group commit failed: {error!r}")
+
+    def _sync_and_wake(self):
         if self._last_group > 1:
             # Others are writing too (PostgreSQL's commit_delay and commit_siblings): let
             # them write before the sync rather than after it. The sleep releases the GIL;
