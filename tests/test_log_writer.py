@@ -53,15 +53,20 @@ def test_concurrent_appends_never_interleave(tmp_path):
         for i in range(per_thread):
             log.append(encode([base * 1_000_000 + i]))
 
-    workers = [threading.Thread(target=poster, args=(t + 1,)) for t in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    in_threads(poster, threads)
     log.close()
     written = [int(token) for token in path.read_bytes().split()]
     expected = [(t + 1) * 1_000_000 + i for t in range(threads) for i in range(per_thread)]
     assert sorted(written) == expected
+
+
+def in_threads(poster, count):
+    """poster(1) ... poster(count), each on a thread of its own; return once all are done."""
+    workers = [threading.Thread(target=poster, args=(t + 1,)) for t in range(count)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
 
 
 def test_group_commit_acknowledges_only_synced_bytes_and_shares_syncs(tmp_path, monkeypatch):
@@ -90,11 +95,7 @@ def test_group_commit_acknowledges_only_synced_bytes_and_shares_syncs(tmp_path, 
             if not synced_sizes or max(synced_sizes) < end:
                 problems.append(f"{record!r} acknowledged before a sync covered it")
 
-    workers = [threading.Thread(target=poster, args=(t + 1,)) for t in range(8)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    in_threads(poster, 8)
     log.close()
     assert problems == []
     assert len(path.read_bytes().split()) == 800
@@ -195,11 +196,7 @@ def test_the_commit_delay_waits_only_while_others_write(tmp_path, monkeypatch):
         for i in range(50):
             log.append(encode([base * 1000 + i]))
 
-    workers = [threading.Thread(target=poster, args=(t + 1,)) for t in range(8)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    in_threads(poster, 8)
     log.close()
     assert delays and set(delays) == {log_writer.COMMIT_DELAY}
     assert len(syncs) < 400 / 2  # groups of more than two appends a sync, on average
