@@ -55,7 +55,7 @@ import os
 import struct
 import zlib
 
-from storage.process import die
+from storage.durable import append_whole, truncate_or_die
 
 log = logging.getLogger("ingest")
 
@@ -188,26 +188,13 @@ class DetailsWriter:
 
     def append(self, group):
         """Append one encoded group (encode_group) in one write; undone if it fails."""
-        try:
-            written = os.write(self.fd, group)
-        except OSError:
-            self.undo()
-            raise
-        if written != len(group):
-            self.undo()
-            raise OSError(f"short write to data1.details ({written} of {len(group)} bytes)")
-        self.end += written
+        append_whole(self.fd, group, self.end, "data1.details", log)
+        self.end += len(group)
 
     def take_back(self, size):
         """Remove the last `size` bytes appended (their data1 write failed)."""
         self.end -= size
-        self.undo()
-
-    def undo(self):
-        try:
-            os.ftruncate(self.fd, self.end)
-        except OSError as error:
-            die(log, f"could not truncate a failed write off data1.details: {error}")
+        truncate_or_die(self.fd, self.end, "data1.details", log)
 
     def sync(self):
         os.fdatasync(self.fd)

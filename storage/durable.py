@@ -3,11 +3,43 @@
 The sequence PostgreSQL's durable_rename and LevelDB's SetCurrentFile follow. Any OSError
 propagates: after a failed fsync the kernel may have dropped the data, so the caller must not
 retry; it exits and recovery starts from what is on disk.
+
+And the append both logs' writers use (data1, data1.details): one write, undone if it fails.
 """
 
 import os
 
 from storage.layout import temp_path
+from storage.process import die
+
+
+class ShortWrite(OSError):
+    """The kernel took only part of an append (which was then undone)."""
+
+
+def append_whole(fd, data, end, name, log):
+    """Append `data` to the O_APPEND file `fd`, `end` bytes long, in one os.write.
+
+    Guarantee: on return all of `data` was written. If the write fails, or is short, the file
+    is truncated back to `end` before the OSError (ShortWrite for a short write) is raised,
+    so no part of `data` is left for the next append to glue onto. If that truncate fails,
+    the process ends (process.die): the file's contents are no longer known."""
+    try:
+        written = os.write(fd, data)
+    except OSError:
+        truncate_or_die(fd, end, name, log)
+        raise
+    if written != len(data):
+        truncate_or_die(fd, end, name, log)
+        raise ShortWrite(f"short write to {name} ({written} of {len(data)} bytes)")
+
+
+def truncate_or_die(fd, end, name, log):
+    """Cut the file back to `end` bytes; end the process if that fails (its state unknown)."""
+    try:
+        os.ftruncate(fd, end)
+    except OSError as error:
+        die(log, f"could not truncate a failed write off {name}: {error}")
 
 
 def replace_durably(path, data):

@@ -30,16 +30,16 @@ The format is in storage/log_format.py. This module's guarantees:
   a repeat is never acknowledged before the event it repeats is durable.
 """
 
-import logging
 import _thread
+import logging
 import os
 import threading
 import time
+import zlib
 from pathlib import Path
 
-import zlib
-
 from storage.details import DetailsWriter, encode_group
+from storage.durable import ShortWrite, append_whole
 from storage.layout import Layout, names_open_file
 from storage.log_format import last_separator
 from storage.process import die
@@ -206,14 +206,12 @@ class EventLog:
             except OSError as error:  # before any of the records is written
                 raise AppendError(f"writing data1's time index failed: {error.strerror}")
         try:
-            written = os.write(self._fd, records)
+            append_whole(self._fd, records, self._end, "data1", log)
+        except ShortWrite as short:
+            raise AppendError(str(short)) from None
         except OSError as error:
-            self._undo_partial_write()
             raise AppendError(f"writing data1 failed: {error.strerror}") from error
-        if written != len(records):
-            self._undo_partial_write()
-            raise AppendError(f"short write to data1 ({written} of {len(records)} bytes)")
-        self._end += written
+        self._end += len(records)
 
     def problem(self):
         """Why an append would fail now, or None if data1 looks writable."""
@@ -305,13 +303,6 @@ class EventLog:
                 successor.woken.release()
             else:
                 self._leading = False
-
-    def _undo_partial_write(self):
-        # Called with the write lock held: _end is where our write started.
-        try:
-            os.ftruncate(self._fd, self._end)
-        except OSError as error:
-            die(log, f"could not truncate a failed write off data1: {error}")
 
     def _remove_torn_tail(self):
         size = os.fstat(self._fd).st_size
