@@ -168,9 +168,10 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         response.content_type = "application/json"
         return b'{"accepted": %d}\n' % len(ids)
 
-    def parse(parser, limit):
+    def parse(parser, body, *args):
+        """parser(body, *args), or the 4xx its Invalid names."""
         try:
-            return parser(read_body(limit))
+            return parser(body, *args)
         except validate.Invalid as invalid:
             raise HTTPError(invalid.status, str(invalid)) from None
 
@@ -179,7 +180,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
     def post_event():
         place = admit(authorized("write"))
         try:
-            return accept((parse(validate.parse_event, EVENT_BODY_LIMIT),))
+            return accept((parse(validate.parse_event, read_body(EVENT_BODY_LIMIT)),))
         finally:
             release(place)
 
@@ -213,10 +214,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         try:
             received = time.time()
             body = read_body(BATCH_BODY_LIMIT)
-            try:
-                batch = validate.parse_batch(body, received)
-            except validate.Invalid as invalid:
-                raise HTTPError(invalid.status, str(invalid)) from None
+            batch = parse(validate.parse_batch, body, received)
             if not batch.events and not batch.rejected:
                 return accept(batch.ids)
             return accept_sdk_batch(batch, received, body)
