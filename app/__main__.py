@@ -99,7 +99,7 @@ def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute
         "data1=%d bytes", host, port, state_dir, "on" if durable else "off", threads,
         dedupe_window, eventlog.size,
     )
-    admission = Admission(eventlog, threads, several_tokens=lambda: len(access.write) > 1)
+    admission = Admission(eventlog, threads, access.write)
     app = make_app(eventlog, FileReadSide(eventlog, state_dir, stalled_after), minute_retention,
                    access, admission)
     code = run_server(app, admission, **server_settings)
@@ -124,7 +124,7 @@ def serve_cluster(*, host, port, threads, stalled_after, dedupe_window, cluster,
     if link is None:
         return failed
     eventlog = StreamLog(link, partition, publish_timeout)
-    admission = Admission(eventlog, threads, several_tokens=lambda: len(access.write) > 1)
+    admission = Admission(eventlog, threads, access.write)
     app = make_app(eventlog, ClusterReadSide(link, stalled_after), access=access,
                    admission=admission)
     code = run_server(app, admission, host=host, port=port, threads=threads, access=access,

@@ -36,12 +36,13 @@ def device_of(environ):
 
 
 class Admission:
-    def __init__(self, eventlog, threads, several_tokens=lambda: False):
+    def __init__(self, eventlog, threads, write_tokens=()):
+        """`write_tokens`: app/access.py's Tokens (anything with a len) of the write kind."""
         self.eventlog = eventlog
         self.threads = threads
         self.waiting_limit = WAITING_PER_THREAD * threads
         self.waiting = lambda: 0  # requests queued for a thread: set by the server
-        self._several_tokens = several_tokens
+        self._write_tokens = write_tokens
         self._lock = threading.Lock()
         self._in_flight = collections.Counter()  # device or token -> writes in progress
         self._problem, self._problem_at = None, 0.0
@@ -62,7 +63,7 @@ class Admission:
         if problem:
             raise Busy(f"the ingest cannot take writes now: {problem}", RETRY_UNAVAILABLE)
         keys = [("device", device_of(environ))]
-        if token is not None and self._several_tokens():
+        if token is not None and len(self._write_tokens) > 1:
             keys.append(("token", token))
         with self._lock:
             for key in keys:
