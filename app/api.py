@@ -20,7 +20,7 @@ from pathlib import Path
 import bottle
 from bottle import HTTPError, request, response
 
-from app import series_query, validate
+from app import overview_query, series_query, validate
 from app.access import Access, Tokens
 from app.admission import Busy
 from app.readside import Unavailable
@@ -338,6 +338,52 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
             "experienceID": experience,
             "points": points,
         })
+
+    def overview_snapshot():
+        """One consistent read of the overview store, or the 5xx saying why there is none."""
+        reader = reads.overview
+        if reader is None:
+            raise HTTPError(501, "the experience overview is not served in cluster mode yet; "
+                                 "the counts and the counts over time are")
+        snapshot = reader.snapshot()
+        if snapshot is None:
+            raise HTTPError(503, "no overview yet: the worker has not created overview.sqlite3 "
+                                 "(is MINI_ANALYTICS_OVERVIEW off?)")
+        return snapshot
+
+    def overview_query_of(params):
+        try:
+            return overview_query.parse(params, datetime.datetime.now(datetime.timezone.utc))
+        except overview_query.BadQuery as problem:
+            raise HTTPError(400, str(problem)) from None
+
+    @app.get("/experiences")
+    def get_experiences():
+        authorized("read")
+        params = query_params()
+        csv_wanted = wants_csv()
+        query = overview_query_of(params)
+        with overview_snapshot() as snapshot:
+            document = overview_query.experiences(snapshot, query)
+        if csv_wanted:
+            return csv_body("experiences", overview_query.CSV_COLUMNS, overview_query.csv_rows(
+                document["experiences"], overview_query.CSV_COLUMNS))
+        return json_body(document)
+
+    @app.get("/experiences/<experience_id>")
+    def get_experience(experience_id):
+        authorized("read")
+        parsed = parse_experience_id(experience_id)
+        params = query_params()
+        csv_wanted = wants_csv()
+        query = overview_query_of(params)
+        with overview_snapshot() as snapshot:
+            document = overview_query.experience(snapshot, query, parsed)
+        if csv_wanted:
+            return csv_body(f"experience-{parsed}", overview_query.POINT_COLUMNS,
+                            overview_query.csv_rows(document["points"],
+                                                    overview_query.POINT_COLUMNS))
+        return json_body(document)
 
     @app.get("/healthz/ingest")
     def get_ingest_health():

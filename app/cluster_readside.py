@@ -40,6 +40,7 @@ class ClusterReadSide:
     def __init__(self, link, stalled_after, clock=time.time):
         self.link = link
         self.series = ClusterSeries(link, self._partition_names_locked)
+        self.overview = None  # the experience overview is not served in cluster mode yet
         self.stalled_after = stalled_after
         self.clock = clock
         self._lock = threading.Lock()

@@ -13,6 +13,8 @@ app/__main__.py gives it:
     series_state() the series store's state, or None while there is none; Unavailable while
                    it is being counted again and is behind the counts (its sums would be
                    partial: counts over time going down)
+    overview       the experience overview: storage/overview_store.OverviewReader (single
+                   machine only for now; the cluster read side has none)
 
 Each raises Unavailable (answered 503) when it cannot tell.
 """
@@ -24,6 +26,7 @@ from app.liveness import RUNNING, WorkerWatch
 from storage.checkpoint import Checkpoint, CorruptCheckpoint
 from storage.checkpoint_store import CheckpointStore
 from storage.layout import Layout
+from storage.overview_store import OverviewReader
 from storage.series_store import SeriesReader
 
 
@@ -69,6 +72,7 @@ class FileReadSide:
         self.eventlog = eventlog
         self.reader = CheckpointReader(state_dir)
         self.series = SeriesReader(state_dir)
+        self.overview = OverviewReader(state_dir)
         layout = Layout(state_dir)
         self.watch = WorkerWatch(layout.worker_lock, layout.time_index, stalled_after)
 

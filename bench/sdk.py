@@ -25,7 +25,7 @@ PLACEHOLDER = "@ID@"
 
 
 def sdk_body():
-    """100 events as the SDKs send them (tests/sdk_shapes.py has the field-by-field source),
+    """100 events as the SDKs send them (bench/sdk_shapes.py has the field-by-field source),
     each id a placeholder that the wrk script fills with a fresh value per request."""
     moment = datetime.datetime.now(datetime.timezone.utc)
     stamp = moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -25,6 +25,11 @@
                       (worker: commit)                  (ingest: /series, /counts?from=)
     series.sqlite3.bad-<time>
                       storage/series_store.py (set aside)  the operator
+    overview.sqlite3 (and its -wal, -shm)
+                      storage/overview_store.py         storage/overview_store.py
+                      (worker: worker/overview.py)      (ingest: /experiences)
+    overview.sqlite3.bad-<time>
+                      storage/overview_store.py (set aside)  the operator
     ingest.lock       storage/lockfile.py: held by the ingest; probed by nothing
     worker.lock       storage/lockfile.py: held by the worker (and `rebuild`); probed by the
                       ingest to tell whether a worker is alive
@@ -71,6 +76,7 @@ TIME_INDEX = "data1.timeindex"
 DETAILS = "data1.details"
 SEEN = "data1.seen"
 SERIES = "series.sqlite3"
+OVERVIEW = "overview.sqlite3"
 TEMP_SUFFIX = ".tmp"
 SET_ASIDE_INFIX = ".bad-"
 INGEST_LOCK = "ingest.lock"
@@ -112,6 +118,7 @@ class Layout:
         self.details = self.root / DETAILS
         self.seen = self.root / SEEN
         self.series = self.root / SERIES
+        self.overview = self.root / OVERVIEW
         self.ingest_lock = self.root / INGEST_LOCK
         self.worker_lock = self.root / WORKER_LOCK
 

@@ -28,6 +28,9 @@ SETTINGS = [
     ("FSYNC", "on", "on: a 202 means on disk; off: no sync per request"),
     ("SERIES", "on", "whether the worker keeps the counts over time"),
     ("MINUTE_RETENTION_HOURS", "48", "hours of minute buckets kept before the newest event"),
+    ("OVERVIEW", "on", "whether the worker keeps the experience overview (users, sessions)"),
+    ("SESSION_TIMEOUT", "1800", "seconds without a screen view that end a session (60 to "
+                                "86400)"),
     ("WRITE_TOKENS", "(none: writes open)", "tokens that may write, comma-separated; needed "
                                              "to listen beyond loopback"),
     ("WRITE_TOKENS_FILE", "(none)", "a file of write tokens, one a line, read again on "
@@ -207,6 +210,20 @@ def _switch(environ, name, default):
 def series(environ=os.environ):
     """Whether the worker keeps the counts over time (series.sqlite3)."""
     return _switch(environ, "SERIES", True)
+
+
+def overview(environ=os.environ):
+    """Whether the worker keeps the experience overview (overview.sqlite3)."""
+    return _switch(environ, "OVERVIEW", True)
+
+
+def session_timeout(environ=os.environ):
+    """Seconds without a screen view that end a session, a whole number."""
+    seconds = _seconds(environ, "SESSION_TIMEOUT", 1800.0, 60.0, 86400.0, "1800")
+    if seconds != int(seconds):
+        raise ConfigError(f"{PREFIX}SESSION_TIMEOUT must be a whole number of seconds, "
+                          f"got {_raw(environ, 'SESSION_TIMEOUT')!r}")
+    return int(seconds)
 
 
 def minute_retention(environ=os.environ):

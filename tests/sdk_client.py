@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 
-from sdk_shapes import AndroidDevice, IosDevice
+from bench.sdk_shapes import AndroidDevice, IosDevice
 
 QUEUE_LIMIT = 1000
 CHUNK = 100

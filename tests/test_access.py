@@ -18,7 +18,7 @@ from http_client import post, request, wait_for
 from processes import REPO, service_env
 from reference import caught_up
 from sdk_client import SimulatedSdks
-from sdk_shapes import mixed_batch
+from bench.sdk_shapes import mixed_batch
 from test_dashboard import CHROMIUM, chromium, screenshot
 from test_read_api import assert_matches_spec
 from app.access import Access, Tokens

@@ -20,7 +20,7 @@ import pytest
 from cluster_harness import PROGRAMS, Cluster
 from http_client import post, request, wait_for
 from processes import copy_of_the_code, short_temp_dir
-from sdk_shapes import mixed_batch
+from bench.sdk_shapes import mixed_batch
 from test_dashboard import (CHROMIUM, MEASURE, PHONE_WIDTH, CountingProxy, Page, chromium,
                             screenshot)
 from storage import stream_setup

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from clocks import Clock
-from sdk_shapes import IosDevice
+from bench.sdk_shapes import IosDevice
 from app.validate import sdk_event
 from storage import details
 from reference import check_invariant, check_series, read_checkpoint, read_series, valid_counts

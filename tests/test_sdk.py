@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from http_client import post, request, wait_for
-from sdk_shapes import AndroidDevice, IosDevice, mixed_batch
+from bench.sdk_shapes import AndroidDevice, IosDevice, mixed_batch
 from test_read_api import assert_matches_spec
 from test_validate import BAD_EVENT_BODIES
 from app import validate

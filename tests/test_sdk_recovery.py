@@ -12,7 +12,7 @@ import sqlite3
 
 import pytest
 
-from sdk_shapes import AndroidDevice, IosDevice
+from bench.sdk_shapes import AndroidDevice, IosDevice
 from app.validate import parse_batch
 from storage import details
 from storage.log_writer import AppendError, EventLog

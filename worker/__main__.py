@@ -28,6 +28,7 @@ def run(state_dir):
     try:
         interval, ingest_cpu = settings.interval(), settings.ingest_cpu()
         series, retention = settings.series(), settings.minute_retention()
+        overview, session_timeout = settings.overview(), settings.session_timeout()
         servers = settings.cluster()
         if servers:
             partitions, replicas = settings.partitions(), settings.replicas()
@@ -45,10 +46,13 @@ def run(state_dir):
             state_dir if series else None, retention))
 
     def count():
-        log.info("worker starting: state_dir=%s interval=%gs series=%s minute_retention=%gh",
-                 state_dir, interval, "on" if series else "off", retention / 3600)
+        log.info("worker starting: state_dir=%s interval=%gs series=%s minute_retention=%gh "
+                 "overview=%s session_timeout=%ds", state_dir, interval,
+                 "on" if series else "off", retention / 3600, "on" if overview else "off",
+                 session_timeout)
         process.place_on_cpus("worker", ingest_cpu)
-        Worker(state_dir, series=series, minute_retention=retention).run(interval)
+        Worker(state_dir, series=series, minute_retention=retention, overview=overview,
+               session_timeout=session_timeout).run(interval)
         return process.EXIT_OK
 
     return process.run_in_state_folder("worker", state_dir, count)
@@ -143,6 +147,7 @@ def rebuild(state_dir):
     """Recount data2 from data1 from scratch, with a progress bar."""
     try:
         series, retention = settings.series(), settings.minute_retention()
+        overview, session_timeout = settings.overview(), settings.session_timeout()
         cluster = settings.cluster()
     except settings.ConfigError as error:
         return process.bad_setting("worker", error)
@@ -154,7 +159,8 @@ def rebuild(state_dir):
     started = time.monotonic()
     try:
         state_dir.mkdir(exist_ok=True)
-        result = Worker(state_dir, series=series, minute_retention=retention).rebuild(bar)
+        result = Worker(state_dir, series=series, minute_retention=retention,
+                        overview=overview, session_timeout=session_timeout).rebuild(bar)
     except AlreadyLocked:
         print(
             f"a worker is running on {state_dir} (it holds worker.lock); stop it first, "

@@ -12,6 +12,9 @@ its own, committed in its own transaction. The two views are committed one after
 so a crash can leave one ahead: recovery first brings the one behind up to the other (reading
 only that stretch of data1), and from then on each pass feeds both from the same reads. The
 time of each part of data1 comes from its time index (storage/time_index.py).
+
+The experience overview (worker/overview.py) is a third view, of data1.details: each commit,
+once data1 is durable up to its offset, counts the details groups of that stretch.
 """
 
 import dataclasses
@@ -28,6 +31,7 @@ from storage.lockfile import hold_exclusive_lock
 from storage.log_reader import CHUNK_SIZE, LogReader
 from storage.series_store import CorruptSeries, SeriesStore
 from storage.time_index import EPOCH, TimeIndexReader
+from worker.overview import Overview
 from worker.tally import Tally
 
 log = logging.getLogger("worker")
@@ -111,7 +115,8 @@ def report_skipped(skipped, samples):
 class Worker(PassLoop):
     """The worker on data1 (single-machine mode)."""
 
-    def __init__(self, state_dir, chunk_size=None, series=True, minute_retention=48 * 3600):
+    def __init__(self, state_dir, chunk_size=None, series=True, minute_retention=48 * 3600,
+                 overview=True, session_timeout=1800):
         self.layout = Layout(state_dir)
         self.store = CheckpointStore(state_dir)
         self.chunk_size = chunk_size or CHUNK_SIZE
@@ -122,6 +127,8 @@ class Worker(PassLoop):
         self.series = SeriesStore(state_dir, minute_retention) if series else None
         self.series_offset = 0
         self._undated_logged = False
+        # The experience overview, or None when it is off (MINI_ANALYTICS_OVERVIEW=off).
+        self.overview = Overview(state_dir, session_timeout) if overview else None
 
     def take_ownership(self):
         """Hold the worker lock: one worker per state folder. Raises AlreadyLocked."""
@@ -135,6 +142,8 @@ class Worker(PassLoop):
             self.data1 = None
         if self.series is not None:
             self.series.close()
+        if self.overview is not None:
+            self.overview.close()
 
     def recover(self):
         """Load data2 and the series store, check them against data1 (each is started over
@@ -163,6 +172,9 @@ class Worker(PassLoop):
         if self.series is not None:
             self._open_series()
         self._align_views()
+        if self.overview is not None:
+            self.overview.recover()
+            self.overview.advance(self.checkpoint.offset)  # durable: data2 claims it
 
     def _open_series(self):
         try:
@@ -226,6 +238,8 @@ class Worker(PassLoop):
             except CorruptSeries as problem:
                 self.start_series_over(f"series.sqlite3 is unusable: {problem}")
             self.series_offset = 0
+        if self.overview is not None:
+            self.overview.rebuild()
         self.run_pass(progress)
         if self.checkpoint.offset == 0:  # an empty data1: its checkpoint is empty counts
             self.checkpoint = self.store.commit(self.checkpoint)
@@ -320,6 +334,8 @@ class Worker(PassLoop):
                 skipped=self.checkpoint.skipped + skipped,
                 fingerprint=fingerprint,
             ))
+        if self.overview is not None:
+            self.overview.advance(end)
 
     def _read_again(self, tally, start, end, dated):
         """Count data1[start:end] again from what is durably there, before skipping

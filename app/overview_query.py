@@ -1,0 +1,221 @@
+"""The experience overview as the API serves it (/experiences, /experiences/<id>): the query
+checked, the range laid out in hours and days, and the stored rows merged into figures.
+
+A range runs on whole UTC hours: from the start of the hour holding `from` to the end of the
+hour holding `to`'s last instant. Its figures merge the rows of the UTC days it covers whole
+and of the hours at either end (storage/overview_store.py keeps both); a day point in a time
+zone is the local day, cut to the range. As in /series, in a zone whose offset is not a
+whole number of hours a day's edges move back to the start of the UTC hour holding local
+midnight.
+
+Sums (screen views, sessions, durations) are added; people and durations are merged, never
+added (storage/sketches.py): a user seen on two days of the range counts once.
+"""
+
+import datetime
+import math
+
+from app import series_query
+from storage.overview_store import DAY, HOUR
+from storage.sketches import People, add_encoded_durations, median
+
+UTC = datetime.timezone.utc
+DEFAULT_SPAN = 30 * 86400
+MAX_POINTS = 10_000
+SORTS = ("users", "sessions", "screen_views", "avg_session_seconds", "median_session_seconds",
+         "screens_per_session", "bounce_rate")
+TOP_SCREENS = 10
+BadQuery = series_query.BadQuery
+
+
+class Query:
+    def __init__(self, start, end, tz, tz_name, step, sort, top):
+        self.start, self.end = start, end  # Unix seconds, on whole UTC hours
+        self.tz, self.tz_name, self.step = tz, tz_name, step
+        self.sort, self.top = sort, top
+
+
+def parse(params, now):
+    """Check the query's parameters (a dict of strings) and return a Query."""
+    tz, tz_name = series_query.parse_zone(params.get("tz"))
+    end = series_query.parse_time(params["to"], "to", tz) if params.get("to") else now
+    if params.get("from"):
+        start = series_query.parse_time(params["from"], "from", tz)
+    else:
+        start = end - datetime.timedelta(seconds=DEFAULT_SPAN)
+    if start >= end:
+        raise BadQuery(f"from ({start.isoformat()}) must be before to ({end.isoformat()})")
+    first = int(start.timestamp() // HOUR * HOUR)
+    last = math.ceil(end.timestamp() / HOUR) * HOUR
+    step = params.get("step") or "day"
+    if step not in ("hour", "day"):
+        raise BadQuery(f"step must be hour or day, got {step!r}")
+    if step == "hour" and (last - first) // HOUR > MAX_POINTS:
+        raise BadQuery(f"from..to is {(last - first) // HOUR:,} hours; at most {MAX_POINTS:,} "
+                       "points are served at a time: ask for step=day or a shorter range")
+    sort = params.get("sort") or "users"
+    if sort not in SORTS:
+        raise BadQuery(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
+    top = params.get("top")
+    if top is not None:
+        if not (top.isascii() and top.isdigit() and 0 < int(top) <= 1_000_000):
+            raise BadQuery(f"top must be a positive integer, got {top!r}")
+        top = int(top)
+    return Query(first, last, tz, tz_name, step, sort, top)
+
+
+def pieces(start, end):
+    """[start, end) (whole hours) as [(HOUR or DAY, start, end)]: the whole UTC days inside
+    from the day rows, the hours before and after from the hour rows."""
+    first_day = -(-start // DAY) * DAY
+    last_day = end // DAY * DAY
+    if first_day >= last_day:
+        return [(HOUR, start, end)]
+    parts = [(HOUR, start, first_day), (DAY, first_day, last_day), (HOUR, last_day, end)]
+    return [part for part in parts if part[1] < part[2]]
+
+
+class Figures:
+    """One experience's figures over some rows, merged."""
+
+    __slots__ = ("views", "people", "sessions", "duration_sum", "session_screens", "bounces",
+                 "durations")
+
+    def __init__(self):
+        self.views = self.sessions = self.duration_sum = 0
+        self.session_screens = self.bounces = 0
+        self.people = People()
+        self.durations = {}
+
+    def add(self, row):
+        """A stored row: (bucket, experience, views, people, sessions, duration_sum,
+        session_screens, bounces, durations)."""
+        _, _, views, people, sessions, duration_sum, session_screens, bounces, durations = row
+        self.views += views
+        self.people.merge_encoded(people)
+        self.sessions += sessions
+        self.duration_sum += duration_sum
+        self.session_screens += session_screens
+        self.bounces += bounces
+        add_encoded_durations(self.durations, durations)
+
+    def document(self):
+        sessions = self.sessions
+        return {
+            "screen_views": self.views,
+            "users": self.people.count(),
+            "users_estimated": self.people.estimated,
+            "sessions": sessions,
+            "avg_session_seconds": round(self.duration_sum / sessions, 2) if sessions else None,
+            "median_session_seconds": median(self.durations),
+            "screens_per_session": round(self.session_screens / sessions, 2) if sessions
+            else None,
+            "bounce_rate": round(self.bounces / sessions, 4) if sessions else None,
+        }
+
+
+def _sort_key(sort):
+    def key(document):
+        value = document[sort]
+        # Highest first; experiences with no value (no sessions) last, then by id.
+        return (value is None, -(value or 0), document["experienceID"])
+    return key
+
+
+def experiences(snapshot, query):
+    """/experiences: every experience with screen views in the range, with its figures."""
+    merged = {}
+    for level, start, end in pieces(query.start, query.end):
+        for row in snapshot.experience_rows(level, start, end):
+            figures = merged.get(row[1])
+            if figures is None:
+                figures = merged[row[1]] = Figures()
+            figures.add(row)
+    names = snapshot.names()
+    listed = [{"experienceID": experience, "name": names.get(experience),
+               **figures.document()} for experience, figures in merged.items()]
+    listed.sort(key=_sort_key(query.sort))
+    if query.top is not None:
+        listed = listed[:query.top]
+    return {**_range(query), "sort": query.sort, "experiences": listed}
+
+
+def experience(snapshot, query, experience_id):
+    """/experiences/<id>: one experience's figures, its top screens and its points."""
+    total = Figures()
+    for level, start, end in pieces(query.start, query.end):
+        for row in snapshot.experience_rows(level, start, end, experience_id):
+            total.add(row)
+    screens = {}  # id -> [views, People]
+    for level, start, end in pieces(query.start, query.end):
+        for screen, views, people in snapshot.screen_rows(level, experience_id, start, end):
+            known = screens.get(screen)
+            if known is None:
+                known = screens[screen] = [0, People()]
+            known[0] += views
+            known[1].merge_encoded(people)
+    names = snapshot.names(experience_id, screen=None)
+    top = sorted(screens.items(), key=lambda item: (-item[1][0], item[0]))[:TOP_SCREENS]
+    return {
+        "experienceID": experience_id,
+        "name": snapshot.names().get(experience_id),
+        **_range(query),
+        "step": query.step,
+        **total.document(),
+        "screens": len(screens),
+        "top_screens": [{"id": screen, "name": names.get(screen), "views": views,
+                         "users": people.count()} for screen, (views, people) in top],
+        "points": _points(snapshot, query, experience_id),
+    }
+
+
+def _points(snapshot, query, experience_id):
+    edges = _edges(query)
+    points = []
+    for start, end in zip(edges, edges[1:]):
+        figures = Figures()
+        for level, piece_start, piece_end in pieces(start, end):
+            for row in snapshot.experience_rows(level, piece_start, piece_end, experience_id):
+                figures.add(row)
+        document = figures.document()
+        points.append({"time": _label(start, query), "screen_views": document["screen_views"],
+                       "users": document["users"], "sessions": document["sessions"],
+                       "avg_session_seconds": document["avg_session_seconds"]})
+    return points
+
+
+def _edges(query):
+    """The points' edges: every hour, or every local midnight, within [start, end]."""
+    if query.step == "hour":
+        return list(range(query.start, query.end + 1, HOUR))
+    edges = [query.start]
+    day = datetime.datetime.fromtimestamp(query.start, query.tz).date()
+    while True:
+        day += datetime.timedelta(days=1)
+        midnight = datetime.datetime.combine(day, datetime.time(), tzinfo=query.tz)
+        edge = int(midnight.timestamp()) // HOUR * HOUR  # see the module's note
+        if edge >= query.end:
+            return edges + [query.end]
+        edges.append(edge)
+
+
+def _label(second, query):
+    moment = datetime.datetime.fromtimestamp(second, UTC)
+    if query.tz is UTC:
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(query.tz).isoformat(timespec="seconds")
+
+
+def _range(query):
+    return {"from": _label(query.start, query), "to": _label(query.end, query),
+            "tz": query.tz_name}
+
+
+CSV_COLUMNS = ("experienceID", "name", "screen_views", "users", "sessions",
+               "avg_session_seconds", "median_session_seconds", "screens_per_session",
+               "bounce_rate")
+POINT_COLUMNS = ("time", "screen_views", "users", "sessions", "avg_session_seconds")
+
+
+def csv_rows(documents, columns):
+    return [[document[column] for column in columns] for document in documents]

@@ -1,0 +1,381 @@
+"""overview.sqlite3: the experience overview (screen views, people, sessions and their
+durations, screens), per experience, per hour and per day. The worker is its one writer
+(worker/overview.py); the ingest's read side reads it (app/overview_query.py).
+
+It is derived from data1.details, the SDK events as sent, and stands at a position of its own
+there, as series.sqlite3 stands at one in data1.
+
+Format (version 1), SQLite in WAL mode. Times are Unix seconds; a bucket is the second at
+the start of its UTC hour or UTC day; all times are the devices' (storage/details.py: "time").
+
+    experience_hour, experience_day   one row per (bucket, experience) with screen views:
+        views            screen views in the bucket
+        people           distinct people who viewed a screen in it (storage/sketches.People)
+        sessions         sessions that start in the bucket
+        duration_sum     their durations, seconds
+        session_screens  their screen views
+        bounces          those of them with one screen view
+        durations        their durations' histogram (storage/sketches: encode_durations)
+    screen_hour, screen_day           one row per (experience, bucket, screen id): views, people
+    name            (experience, screen, moment, name): the latest name seen, by device time
+                    (screen '' for the experience's own name); ties go to the greater name
+    open_session    (device, experience, first, last, screens): every session that a screen
+                    view still to come could stretch or join (worker/sessions.py)
+    device          (device, newest): each device's newest screen view
+    state           one row: version, session_timeout (the sessions' rule: a store built
+                    with another is counted again), details_identity (the details file it was
+                    built from), details_offset (how far in it is counted), data1_end (the
+                    data1 offset its last counted group ends at), events, updated_at
+
+    A device is storage/sketches.person_key of its anonymousID, a person that of "user:"
+    and its userID when the event has one, else of "anon:" and its anonymousID.
+
+Invariants, true at every commit because everything changes in one SQLite transaction:
+
+    the rows == the overview of the screen views in the groups of data1.details before
+                details_offset, whatever order they came in (worker/sessions.py), except
+                that a view more than LATE_BOUND older than its device's newest may begin
+                a session of its own
+    open_session holds every session whose last view is within LATE_BOUND + the session
+                timeout of its device's newest, and sessions starting in a bucket are
+                counted in that bucket's rows, each once
+
+Like the series store, it is a derived view: a commit needs atomicity, not durability
+(synchronous=NORMAL). A power loss may take the last commits back; the worker counts on from
+the older position.
+"""
+
+import collections
+import datetime
+import os
+import sqlite3
+import threading
+
+from storage.durable import move_durably
+from storage.layout import Layout, temp_path
+from storage.series_store import sidecars
+from storage.sketches import People, add_encoded_durations, encode_durations
+
+VERSION = 1
+HOUR, DAY = 3600, 86400
+LEVELS = {HOUR: "hour", DAY: "day"}
+
+SCHEMA = """
+CREATE TABLE experience_hour (bucket INTEGER NOT NULL, experience INTEGER NOT NULL,
+    views INTEGER NOT NULL, people BLOB NOT NULL, sessions INTEGER NOT NULL,
+    duration_sum INTEGER NOT NULL, session_screens INTEGER NOT NULL, bounces INTEGER NOT NULL,
+    durations BLOB NOT NULL, PRIMARY KEY (bucket, experience)) WITHOUT ROWID;
+CREATE TABLE experience_day (bucket INTEGER NOT NULL, experience INTEGER NOT NULL,
+    views INTEGER NOT NULL, people BLOB NOT NULL, sessions INTEGER NOT NULL,
+    duration_sum INTEGER NOT NULL, session_screens INTEGER NOT NULL, bounces INTEGER NOT NULL,
+    durations BLOB NOT NULL, PRIMARY KEY (bucket, experience)) WITHOUT ROWID;
+CREATE TABLE screen_hour (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    screen TEXT NOT NULL, views INTEGER NOT NULL, people BLOB NOT NULL,
+    PRIMARY KEY (experience, bucket, screen)) WITHOUT ROWID;
+CREATE TABLE screen_day (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    screen TEXT NOT NULL, views INTEGER NOT NULL, people BLOB NOT NULL,
+    PRIMARY KEY (experience, bucket, screen)) WITHOUT ROWID;
+CREATE TABLE name (experience INTEGER NOT NULL, screen TEXT NOT NULL, moment INTEGER NOT NULL,
+    name TEXT NOT NULL, PRIMARY KEY (experience, screen)) WITHOUT ROWID;
+CREATE TABLE open_session (device INTEGER NOT NULL, experience INTEGER NOT NULL,
+    first INTEGER NOT NULL, last INTEGER NOT NULL, screens INTEGER NOT NULL,
+    PRIMARY KEY (device, experience, first)) WITHOUT ROWID;
+CREATE TABLE device (device INTEGER PRIMARY KEY, newest INTEGER NOT NULL);
+CREATE TABLE state (version INTEGER NOT NULL, session_timeout INTEGER NOT NULL,
+    details_identity BLOB NOT NULL,
+    details_offset INTEGER NOT NULL, data1_end INTEGER NOT NULL, events INTEGER NOT NULL,
+    updated_at TEXT NOT NULL);
+"""
+
+EXPERIENCE_COLUMNS = ("views", "people", "sessions", "duration_sum", "session_screens",
+                      "bounces", "durations")
+
+
+class CorruptOverview(Exception):
+    """overview.sqlite3 exists but cannot be trusted; the message says why."""
+
+
+OverviewState = collections.namedtuple(
+    "OverviewState", "session_timeout details_identity details_offset data1_end events")
+STATE_COLUMNS = ", ".join(OverviewState._fields)
+
+
+class Changes:
+    """What a stretch of screen views changes, per hour bucket, as the worker gathers it.
+
+    Session figures may go down: a late view that joins two sessions takes both out (from the
+    buckets they started in) and puts the joined one in."""
+
+    def __init__(self):
+        self.views = collections.Counter()  # (experience, hour) -> screen views
+        self.people = collections.defaultdict(set)  # (experience, hour) -> person keys
+        # (experience, hour) -> [sessions, duration_sum, session_screens, bounces]
+        self.sessions = collections.defaultdict(lambda: [0, 0, 0, 0])
+        self.durations = collections.defaultdict(collections.Counter)  # -> {bucket: +-n}
+        self.screen_views = collections.Counter()  # (experience, screen, hour) -> views
+        self.screen_people = collections.defaultdict(set)  # (experience, screen, hour) -> keys
+        self.names = {}  # (experience, screen) -> (moment, name), the latest
+        self.open_sessions = {}  # (device, experience) -> its sessions now, whole
+        self.devices = {}  # device -> its newest screen view
+        self.events = 0  # SDK events read (screen views and the rest)
+
+    def __len__(self):
+        return self.events
+
+
+class OverviewStore:
+    """The worker's side: open (or create), read a device's sessions, commit, set aside."""
+
+    def __init__(self, state_dir, path=None):
+        self.layout = Layout(state_dir)
+        self.path = path or self.layout.overview
+        self.db = None
+
+    def open(self, session_timeout):
+        """Open the store, creating it empty (for `session_timeout`) if missing; return its
+        OverviewState. Raises CorruptOverview if the file is not a store this code can
+        trust."""
+        if not self.path.exists():
+            self._create(session_timeout)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=5, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            rows = self.db.execute(f"SELECT version, {STATE_COLUMNS} FROM state").fetchall()
+        except sqlite3.DatabaseError as error:
+            self.close()
+            raise CorruptOverview(f"not a readable store ({error})") from None
+        if len(rows) != 1:
+            self.close()
+            raise CorruptOverview(f"its state table has {len(rows)} rows, not 1")
+        version, *state = rows[0]
+        if version != VERSION:
+            self.close()
+            raise CorruptOverview(f"format version {version!r}; this program reads {VERSION}")
+        return OverviewState(*state)
+
+    def _create(self, session_timeout):
+        """An empty store made under a temp name and renamed into place: a reader never sees
+        a store without its tables."""
+        temp = temp_path(self.path)
+        for leftover in (temp, *sidecars(temp)):
+            if leftover.exists():
+                os.unlink(leftover)  # from a creation that crashed: never a store
+        db = sqlite3.connect(temp, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(SCHEMA)
+        db.execute("INSERT INTO state VALUES (?, ?, x'', 0, 0, 0, '')",
+                   (VERSION, session_timeout))
+        db.close()
+        move_durably(temp, self.path)
+
+    def device_newest(self, device):
+        row = self.db.execute("SELECT newest FROM device WHERE device = ?", (device,)).fetchone()
+        return row[0] if row else None
+
+    def sessions(self, device, experience):
+        """The device's open sessions of the experience, [[first, last, screens], ...]
+        sorted by first."""
+        return [list(row) for row in self.db.execute(
+            "SELECT first, last, screens FROM open_session WHERE device = ? AND experience = ? "
+            "ORDER BY first", (device, experience))]
+
+    def commit(self, changes, details_identity, details_offset, data1_end):
+        """Apply `changes` and move the position, in one transaction. The caller has made
+        data1.details durable up to `details_offset`."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for level in (HOUR, DAY):
+                self._experience_rows(level, changes)
+                self._screen_rows(level, changes)
+            db.executemany(
+                "INSERT INTO name VALUES (?, ?, ?, ?) ON CONFLICT (experience, screen) DO "
+                "UPDATE SET moment = excluded.moment, name = excluded.name WHERE "
+                "(excluded.moment, excluded.name) > (moment, name)",
+                [(experience, screen, moment, name)
+                 for (experience, screen), (moment, name) in changes.names.items()])
+            for (device, experience), sessions in changes.open_sessions.items():
+                db.execute("DELETE FROM open_session WHERE device = ? AND experience = ?",
+                           (device, experience))
+                db.executemany("INSERT INTO open_session VALUES (?, ?, ?, ?, ?)",
+                               [(device, experience, *session) for session in sessions])
+            db.executemany("INSERT OR REPLACE INTO device VALUES (?, ?)",
+                           changes.devices.items())
+            db.execute("UPDATE state SET details_identity = ?, details_offset = ?, "
+                       "data1_end = ?, events = events + ?, updated_at = ?",
+                       (details_identity, details_offset, data1_end, changes.events,
+                        utc_now()))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _experience_rows(self, level, changes):
+        table = f"experience_{LEVELS[level]}"
+        merged = {}  # (bucket, experience) -> [views, People, s, d, ss, b, histogram]
+        for source in (changes.views, changes.people, changes.sessions, changes.durations):
+            for experience, hour in source:
+                key = (hour - hour % level, experience)
+                if key not in merged:
+                    merged[key] = self._experience_row(table, key)
+        for (experience, hour), views in changes.views.items():
+            merged[hour - hour % level, experience][0] += views
+        for (experience, hour), people in changes.people.items():
+            merged[hour - hour % level, experience][1].update(people)
+        for (experience, hour), figures in changes.sessions.items():
+            row = merged[hour - hour % level, experience]
+            for index, value in enumerate(figures):
+                row[2 + index] += value
+        for (experience, hour), histogram in changes.durations.items():
+            row = merged[hour - hour % level, experience][6]
+            for bucket, sessions in histogram.items():
+                row[bucket] = row.get(bucket, 0) + sessions
+        self.db.executemany(
+            f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(bucket, experience, views, people.encode(), sessions, duration_sum,
+              session_screens, bounces, encode_durations(histogram))
+             for (bucket, experience), (views, people, sessions, duration_sum,
+                                        session_screens, bounces, histogram)
+             in merged.items()])
+
+    def _experience_row(self, table, key):
+        row = self.db.execute(
+            f"SELECT {', '.join(EXPERIENCE_COLUMNS)} FROM {table} "
+            "WHERE bucket = ? AND experience = ?", key).fetchone()
+        if row is None:
+            return [0, People(), 0, 0, 0, 0, {}]
+        views, people, sessions, duration_sum, session_screens, bounces, durations = row
+        histogram = {}
+        add_encoded_durations(histogram, durations)
+        return [views, People.decode(people), sessions, duration_sum, session_screens,
+                bounces, histogram]
+
+    def _screen_rows(self, level, changes):
+        table = f"screen_{LEVELS[level]}"
+        merged = {}  # (experience, bucket, screen) -> [views, People]
+        for source in (changes.screen_views, changes.screen_people):
+            for experience, screen, hour in source:
+                key = (experience, hour - hour % level, screen)
+                if key not in merged:
+                    row = self.db.execute(
+                        f"SELECT views, people FROM {table} WHERE experience = ? AND "
+                        "bucket = ? AND screen = ?", key).fetchone()
+                    merged[key] = [row[0], People.decode(row[1])] if row else [0, People()]
+        for (experience, screen, hour), views in changes.screen_views.items():
+            merged[experience, hour - hour % level, screen][0] += views
+        for (experience, screen, hour), people in changes.screen_people.items():
+            merged[experience, hour - hour % level, screen][1].update(people)
+        self.db.executemany(
+            f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?, ?)",
+            [(*key, views, people.encode()) for key, (views, people) in merged.items()])
+
+    def reset(self, session_timeout):
+        """Empty the store and its position in one transaction (for a recount)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        for table in ("experience_hour", "experience_day", "screen_hour", "screen_day", "name",
+                      "open_session", "device"):
+            db.execute(f"DELETE FROM {table}")
+        db.execute("UPDATE state SET session_timeout = ?, details_identity = x'', "
+                   "details_offset = 0, data1_end = 0, events = 0, updated_at = ?",
+                   (session_timeout, utc_now()))
+        db.execute("COMMIT")
+
+    def set_aside(self):
+        """Move the store out of the way, kept for inspection; return where it went."""
+        self.close()
+        if not self.path.exists():
+            return None
+        aside = self.layout.set_aside(self.path)
+        move_durably(self.path, aside)
+        for leftover in sidecars(self.path):
+            if leftover.exists():
+                os.unlink(leftover)
+        return aside
+
+    def close(self):
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class OverviewReader:
+    """The ingest's side: the rows of a range, read in one snapshot per question."""
+
+    def __init__(self, state_dir, path=None):
+        self.path = path or Layout(state_dir).overview
+        self._local = threading.local()  # one connection per thread, as sqlite3 requires
+
+    def _db(self):
+        """This thread's connection, or None while there is no store; reopened when the
+        worker replaced the file."""
+        try:
+            identity = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return None
+        local = self._local
+        if getattr(local, "identity", None) != identity:
+            if getattr(local, "db", None) is not None:
+                local.db.close()
+            local.db = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=5,
+                                       isolation_level=None, check_same_thread=False)
+            local.db.execute("PRAGMA query_only=1")
+            local.identity = identity
+        return local.db
+
+    def snapshot(self):
+        """A connection holding one read transaction: every read through it sees the same
+        commit. Use as a context manager; None while there is no store."""
+        db = self._db()
+        return None if db is None else _Snapshot(db)
+
+
+class _Snapshot:
+    def __init__(self, db):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN")
+        return self
+
+    def __exit__(self, *exc):
+        self.db.execute("COMMIT")
+
+    def state(self):
+        return OverviewState(*self.db.execute(f"SELECT {STATE_COLUMNS} FROM state").fetchone())
+
+    def experience_rows(self, level, start, end, experience=None):
+        """(bucket, experience, views, people, sessions, duration_sum, session_screens,
+        bounces, durations) of the `level` table (HOUR or DAY) in [start, end)."""
+        columns = ", ".join(EXPERIENCE_COLUMNS)
+        table = f"experience_{LEVELS[level]}"
+        if experience is None:
+            return self.db.execute(
+                f"SELECT bucket, experience, {columns} FROM {table} "
+                "WHERE bucket >= ? AND bucket < ?", (start, end))
+        # One key seek per bucket (generated, not scanned), as in the series store.
+        return self.db.execute(
+            "WITH RECURSIVE wanted(bucket) AS (SELECT ? UNION ALL SELECT bucket + ? FROM "
+            f"wanted WHERE bucket + ? < ?) SELECT t.bucket, t.experience, {columns} FROM "
+            f"wanted CROSS JOIN {table} AS t ON t.bucket = wanted.bucket AND "
+            "t.experience = ?", (start - start % level, level, level, end, experience))
+
+    def screen_rows(self, level, experience, start, end):
+        """(screen, views, people) of the experience's screens in [start, end)."""
+        return self.db.execute(
+            f"SELECT screen, views, people FROM screen_{LEVELS[level]} "
+            "WHERE experience = ? AND bucket >= ? AND bucket < ?", (experience, start, end))
+
+    def names(self, experience=None, screen=""):
+        """{experience: name} of every experience (screen ''), or {screen: name} of one
+        experience's screens (screen None)."""
+        if screen is None:
+            return dict(self.db.execute(
+                "SELECT screen, name FROM name WHERE experience = ? AND screen != ''",
+                (experience,)))
+        return dict(self.db.execute("SELECT experience, name FROM name WHERE screen = ''"))

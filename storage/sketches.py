@@ -1,0 +1,178 @@
+"""The overview's two summaries that are not plain sums: distinct people, and session durations.
+
+Both are mergeable (a range's summary is the merge of its hours' and days' summaries, never a
+sum of their figures), and both are stored as bytes in storage/overview_store.py.
+
+People: a distinct count, exact up to EXACT_LIMIT, an HLL sketch past it
+    A person is a 64-bit hash (person_key). Up to EXACT_LIMIT distinct people are kept as
+    the set of their hashes, so small counts are exact (a collision among a thousand 64-bit
+    hashes has a chance of about 3e-14). Past it, an Apache DataSketches HLL sketch at
+    lg_k 14 (GA4's precision for users) takes over: 0.81 % standard error after unions.
+    Merging is a set union below the limit and an HLL union above it: the same people seen
+    on several days are counted once.
+
+    Encoded:  b"E" + the hashes as little-endian int64, ascending   (exact)
+              b"H" + the HLL sketch, serialize_compact(), HLL_4      (estimated)
+
+Durations: an exact histogram of session durations, for medians
+    Session durations are whole seconds (both SDKs send whole-second timestamps). The
+    histogram counts sessions per duration, exactly below 4,096 s (68 minutes); above, per
+    duration with its 12 leading bits kept (a bucket no wider than 1/2048 of its value).
+    So a median is exact below 68 minutes and within 0.05 % of its value above.
+
+    Why not a KLL sketch: a session changes as its events arrive (a late screen view stretches
+    it, or joins two), so its old duration must be taken out. A histogram's counts can go
+    down; a KLL sketch has no delete.
+
+    Encoded:  pairs of little-endian int64 (duration bucket, sessions), ascending.
+"""
+
+import array
+import hashlib
+import sys
+
+from datasketches import hll_sketch, hll_union, tgt_hll_type
+
+EXACT_LIMIT = 1000
+LG_K = 14
+EXACT_DURATION_BELOW = 4096
+_LITTLE = sys.byteorder == "little"
+
+
+def person_key(text):
+    """A person's (or a device's) 64-bit hash, as a signed integer (what SQLite and the HLL
+    sketch take)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little",
+                          signed=True)
+
+
+def _int64s(blob):
+    values = array.array("q", blob)
+    if not _LITTLE:
+        values.byteswap()
+    return values
+
+
+def _blob(values):
+    values = array.array("q", values)
+    if not _LITTLE:
+        values.byteswap()
+    return values.tobytes()
+
+
+class People:
+    """A set of people that counts them exactly below EXACT_LIMIT and estimates above."""
+
+    __slots__ = ("exact", "hll")
+
+    def __init__(self, keys=()):
+        self.exact = set(keys)
+        self.hll = None  # an hll_union once past the limit
+        self._spill_if_large()
+
+    def _spill_if_large(self):
+        if self.hll is None and len(self.exact) > EXACT_LIMIT:
+            self.hll = hll_union(LG_K)
+            for key in self.exact:
+                self.hll.update(key)
+            self.exact = set()
+
+    def add(self, key):
+        if self.hll is not None:
+            self.hll.update(key)
+        else:
+            self.exact.add(key)
+            if len(self.exact) > EXACT_LIMIT:
+                self._spill_if_large()
+
+    def update(self, keys):
+        if self.hll is not None:
+            for key in keys:
+                self.hll.update(key)
+        else:
+            self.exact.update(keys)
+            self._spill_if_large()
+
+    def merge(self, other):
+        """Add another People's members (a union: a person in both counts once)."""
+        if other.hll is not None:
+            if self.hll is None:
+                self.hll = hll_union(LG_K)
+                for key in self.exact:
+                    self.hll.update(key)
+                self.exact = set()
+            self.hll.update(other.hll.get_result(tgt_hll_type.HLL_8))
+        else:
+            self.update(other.exact)
+
+    def merge_encoded(self, blob):
+        if blob[:1] == b"H":
+            if self.hll is None:
+                self.hll = hll_union(LG_K)
+                for key in self.exact:
+                    self.hll.update(key)
+                self.exact = set()
+            self.hll.update(hll_sketch.deserialize(blob[1:]))
+        elif blob:
+            self.update(_int64s(blob[1:]))
+
+    @property
+    def estimated(self):
+        return self.hll is not None
+
+    def count(self):
+        if self.hll is None:
+            return len(self.exact)
+        return round(self.hll.get_estimate())
+
+    def encode(self):
+        if self.hll is None:
+            return b"E" + _blob(sorted(self.exact))
+        return b"H" + self.hll.get_result(tgt_hll_type.HLL_4).serialize_compact()
+
+    @classmethod
+    def decode(cls, blob):
+        people = cls()
+        people.merge_encoded(blob)
+        return people
+
+
+def duration_bucket(seconds):
+    """The histogram bucket of a duration: itself below EXACT_DURATION_BELOW, else its value
+    with only its 12 leading bits kept."""
+    if seconds < EXACT_DURATION_BELOW:
+        return seconds
+    drop = seconds.bit_length() - 12
+    return seconds >> drop << drop
+
+
+def encode_durations(histogram):
+    """{bucket: sessions} -> bytes, leaving out empty buckets."""
+    pairs = []
+    for bucket in sorted(histogram):
+        if histogram[bucket]:
+            pairs += (bucket, histogram[bucket])
+    return _blob(pairs)
+
+
+def add_encoded_durations(histogram, blob, sign=1):
+    """Add (or, with sign=-1, take out) an encoded histogram's counts to `histogram`."""
+    values = _int64s(blob)
+    for index in range(0, len(values), 2):
+        bucket = values[index]
+        histogram[bucket] = histogram.get(bucket, 0) + sign * values[index + 1]
+
+
+def median(histogram):
+    """The nearest-rank median, the ceil(n/2)-th smallest duration, or None if there are no
+    sessions."""
+    total = sum(histogram.values())
+    if not total:
+        return None
+    rank = (total + 1) // 2
+    seen = 0
+    for bucket in sorted(histogram):
+        seen += histogram[bucket]
+        if seen >= rank:
+            return bucket
+    raise AssertionError("unreachable: the ranks add up to the total")

@@ -1,0 +1,215 @@
+"""The experience overview, counted from data1.details into overview.sqlite3.
+
+The worker calls advance(end) each time data1 is durable and counted up to `end`: every
+group of data1.details whose data1 bytes end there or before is read, its screen views are
+placed in their hours, people and sessions (worker/sessions.py), and the changes are
+committed with the new position in one transaction (storage/overview_store.py).
+
+Only a group whose data1 bytes the worker has already read is counted. The ingest writes a
+group before its data1 bytes and takes it back only if that data1 write fails, so a group
+whose bytes are in data1 is never taken back; and the group read at that place is the one
+describing those bytes (a group taken back was replaced before its successor's bytes went
+to data1). Before a commit claims a stretch of the details file, that stretch is made
+durable, as data1 is before data2 claims it.
+
+The position is the details file's own (an offset in it, and the file's identity), so a
+store built from another details file, or with another session timeout, or ahead of the
+file, is never continued: it is set aside and the overview counted again from the start.
+"""
+
+import logging
+import os
+import time
+
+from storage.details import HEADER, read_groups, read_header
+from storage.layout import Layout, names_open_file
+from storage.overview_store import Changes, CorruptOverview, OverviewStore
+from storage.sketches import duration_bucket, person_key
+from worker.sessions import place
+
+log = logging.getLogger("worker")
+
+# A screen view more than this older than its device's newest may be counted as a session of
+# its own: the sessions a view could still join are kept for this long (and the timeout).
+LATE_BOUND = 72 * 3600
+# Commit at least every this many SDK events, which bounds the memory a catch-up holds.
+COMMIT_EVENTS = 100_000
+
+
+class Overview:
+    def __init__(self, state_dir, session_timeout):
+        self.layout = Layout(state_dir)
+        self.store = OverviewStore(state_dir)
+        self.timeout = int(session_timeout)
+        self.details = None  # read-only descriptor of data1.details, once it exists
+        self.identity = b""  # the details file's identity the store stands on
+        self.offset = HEADER.size  # how far in it the store is counted
+        self.data1_end = 0
+
+    def recover(self):
+        """Open the store; set it aside and start over if it cannot be continued."""
+        try:
+            state = self.store.open(self.timeout)
+        except CorruptOverview as problem:
+            self._start_over(f"overview.sqlite3 is unusable: {problem}")
+            return
+        if state.session_timeout != self.timeout:
+            self._start_over(f"it was counted with a session timeout of "
+                             f"{state.session_timeout}s, and the timeout is now {self.timeout}s",
+                             aside=False)
+            return
+        self.identity, self.data1_end = state.details_identity, state.data1_end
+        self.offset = max(state.details_offset, HEADER.size)
+        log.info("overview store at details offset %d (data1 offset %d), %d SDK events",
+                 self.offset, self.data1_end, state.events)
+
+    def _start_over(self, reason, aside=True):
+        if aside:
+            where = self.store.set_aside()
+            log.error("OVERVIEW REJECTED: %s; moved it aside to %s; counting data1.details "
+                      "again from the start", reason, where)
+            self.store.open(self.timeout)
+        else:
+            log.warning("overview: %s; counting data1.details again from the start", reason)
+            self.store.reset(self.timeout)
+        self.identity, self.offset, self.data1_end = b"", HEADER.size, 0
+
+    def rebuild(self):
+        """Empty the store, for a recount from the start."""
+        try:
+            self.store.open(self.timeout)
+            self.store.reset(self.timeout)
+        except CorruptOverview as problem:
+            self._start_over(f"overview.sqlite3 is unusable: {problem}")
+        self.identity, self.offset, self.data1_end = b"", HEADER.size, 0
+
+    def _open_details(self):
+        """The details file's descriptor, checked against the store's position; None while
+        there is no details file (no SDK event yet)."""
+        path = self.layout.details
+        if self.details is not None and not names_open_file(path, self.details):
+            os.close(self.details)
+            self.details = None
+        if self.details is None:
+            try:
+                self.details = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None
+        identity = read_header(self.details)
+        if identity is None:
+            return None  # being begun: its header is not written yet
+        if self.identity and identity != self.identity:
+            self._start_over("data1.details was begun anew (another file than the one it "
+                             "was counted from)", aside=False)
+        elif self.offset > os.fstat(self.details).st_size:
+            self._start_over(f"it is counted to offset {self.offset} of data1.details, "
+                             f"which is shorter")
+        self.identity = identity
+        return self.details
+
+    def advance(self, data1_end):
+        """Count the details groups whose data1 bytes end at or before `data1_end` (read and
+        made durable by the caller) and commit them. Returns the SDK events counted."""
+        details = self._open_details()
+        if details is None:
+            return 0
+        started, counted, screens = time.monotonic(), 0, 0
+        start = self.offset
+        changes = Changes()
+        for group in read_groups(details, self.offset):
+            if group.data1_end > data1_end:
+                break
+            screens += self._add(changes, group.events())
+            self.offset, self.data1_end = group.end, group.data1_end
+            if len(changes) >= COMMIT_EVENTS:
+                counted += self._commit(changes)
+                changes = Changes()
+        counted += self._commit(changes)
+        if counted:
+            log.info("overview: counted %d SDK events (%d screen views) in %.3fs; details "
+                     "offset %d -> %d", counted, screens, time.monotonic() - started, start,
+                     self.offset)
+        return counted
+
+    def _commit(self, changes):
+        if not changes.events:
+            return 0
+        # The store must never claim details a power loss could undo.
+        os.fdatasync(self.details)
+        self.store.commit(changes, self.identity, self.offset, self.data1_end)
+        return changes.events
+
+    def _add(self, changes, items):
+        """Place a group's screen views in `changes`. Returns how many there were."""
+        changes.events += len(items)
+        screens = 0
+        for item in items:
+            event = item["event"]
+            if event.get("type") != "screen":
+                continue  # identifies and registers are kept in the details, not counted
+            screens += 1
+            properties = event["properties"]
+            experience = int(properties["experienceID"])  # as the ingest checked it
+            moment = item["time"] // 1000
+            hour = moment - moment % 3600
+            anonymous = event["anonymousID"]
+            user = event.get("userID")
+            device = person_key("anon:" + anonymous)
+            person = person_key("user:" + user) if user else device
+            screen = properties.get("id") or ""
+            changes.views[experience, hour] += 1
+            changes.people[experience, hour].add(person)
+            changes.screen_views[experience, screen, hour] += 1
+            changes.screen_people[experience, screen, hour].add(person)
+            self._name(changes, experience, "", moment, properties.get("experienceName"))
+            self._name(changes, experience, screen, moment, properties.get("name"))
+            self._place(changes, device, experience, moment)
+        return screens
+
+    @staticmethod
+    def _name(changes, experience, screen, moment, name):
+        if name:
+            known = changes.names.get((experience, screen))
+            if known is None or (moment, name) > known:
+                changes.names[experience, screen] = (moment, name)
+
+    def _place(self, changes, device, experience, moment):
+        newest = changes.devices.get(device)
+        if newest is None:
+            newest = self.store.device_newest(device)
+        if newest is not None and moment < newest - LATE_BOUND:
+            _add_session(changes, experience, [moment, moment, 1], 1)
+            return
+        sessions = changes.open_sessions.get((device, experience))
+        if sessions is None:
+            sessions = changes.open_sessions[device, experience] = self.store.sessions(
+                device, experience)
+        replaced, joined = place(sessions, moment, self.timeout)
+        for session in replaced:
+            _add_session(changes, experience, session, -1)
+        _add_session(changes, experience, joined, 1)
+        if newest is None or moment > newest:
+            changes.devices[device] = moment
+            # Sessions no view within the late bound can reach any more are final: their
+            # figures are in the rows already, and they need not be kept.
+            final = moment - LATE_BOUND - self.timeout
+            if sessions[0][1] < final:
+                sessions[:] = [session for session in sessions if session[1] >= final]
+
+    def close(self):
+        self.store.close()
+        if self.details is not None:
+            os.close(self.details)
+            self.details = None
+
+
+def _add_session(changes, experience, session, sign):
+    """Count a session in (sign 1) or out (sign -1) of the hour it starts in."""
+    first, last, screens = session
+    key = (experience, first - first % 3600)
+    figures = changes.sessions[key]
+    figures[0] += sign
+    figures[1] += sign * (last - first)
+    figures[2] += sign * screens
+    figures[3] += sign * (screens == 1)
+    changes.durations[key][duration_bucket(last - first)] += sign
