@@ -1,0 +1,249 @@
+"""Realistic SDK traffic, sent to a running mini-analytics: python -m bench.traffic --help.
+
+App installs (iOS and Android, bench/sdk_shapes.py) view the screens of experiences in
+sessions spread over the last days: a few screens each, seconds to a minute apart, now and
+then a pause near the 30-minute session timeout, some sessions of one screen (bounces). Some
+installs identify a user (some users on two devices). Each install sends as the SDKs do: a
+POST /batch of its queued events once 20 wait or the app goes to the background (a session's
+end), at most 100 at a time. Some batches are sent twice (an answer lost: a retry), and some
+arrive late, after the next one (a queue kept across app launches), never more than a day
+behind.
+
+generate() returns the traffic and its ledger (every screen view, with its device, person,
+experience, screen and device time); send() posts it, keeping a batch and sending it again on
+a 5xx or a broken connection, as the SDKs do. The tests compute the overview the engine must
+give from the ledger (tests/overview_reference.py).
+"""
+
+import argparse
+import collections
+import datetime
+import http.client
+import json
+import os
+import random
+import sys
+import threading
+import time
+import urllib.parse
+
+from bench.sdk_shapes import AndroidDevice, IosDevice
+
+UTC = datetime.timezone.utc
+FLUSH_AT = 20
+CHUNK = 100
+
+View = collections.namedtuple("View", "anonymous user experience screen moment")
+
+
+class Traffic:
+    def __init__(self):
+        self.batches = []  # (Judo-Device-ID, [event, ...]) in the order they are sent
+        self.views = []  # the ledger: View per screen view, each once
+        self.events = 0  # distinct events (a retry sends some twice)
+        self.retries = 0
+        self.late = 0
+
+
+def _experience_names(experiences, rng):
+    words = ["Welcome", "Spring Sale", "Onboarding", "Rewards", "Bienvenue", "Nouveautés",
+             "Tips", "Checkout", "Premium", "Événement", "Survey", "Stories"]
+    return {experience: f"{rng.choice(words)} {experience}" for experience in experiences}
+
+
+def generate(seed=1, devices=100, experiences=10, days=7, end=None, sessions_per_day=1.0,
+             identified=0.5, retry_share=0.05, late_share=0.05):
+    """The traffic of `devices` installs over the `days` before `end` (a UTC datetime, now
+    by default), on experiences 1 to `experiences`."""
+    rng = random.Random(seed)
+    end = end or datetime.datetime.now(UTC).replace(microsecond=0)
+    span = days * 86400
+    ids = list(range(1, experiences + 1))
+    weights = [1 / rank for rank in range(1, experiences + 1)]  # a few popular ones
+    names = _experience_names(ids, rng)
+    traffic = Traffic()
+    users = []
+    timed = []  # (send time, order, device id, events)
+    for number in range(devices):
+        if number % 2:
+            device = IosDevice()
+        else:
+            device = AndroidDevice(offset_hours=rng.choice([-8, -5, -4, 0, 1, 2, 5, 9]))
+        # Device ids from the seed, so that a run is the same each time.
+        device.anonymous_id = f"{seed:04d}-{number:08d}-{rng.getrandbits(48):012x}"
+        device_id = f"device-{seed}-{number}"
+        starts = sorted(rng.uniform(0, span - 3600)
+                        for _ in range(max(1, round(rng.expovariate(1) * days
+                                                    * sessions_per_day))))
+        user = None
+        if rng.random() < identified:
+            if users and rng.random() < 0.1:
+                user = rng.choice(users)  # the same person on a second device
+            else:
+                user = f"user-{seed}-{number}"
+                users.append(user)
+        identify_at = rng.randrange(len(starts)) if user else None
+        queue, batches = [], []
+        for index, start in enumerate(starts):
+            moment = end - datetime.timedelta(seconds=span - start)
+            if index == identify_at:
+                queue.append(device.identify(moment.replace(microsecond=0), user,
+                                             {"plan": rng.choice(["free", "pro"])}))
+            experience = rng.choices(ids, weights)[0]
+            screens = 1 if rng.random() < 0.3 else 1 + int(rng.expovariate(1 / 5))
+            for _ in range(screens):
+                moment = moment.replace(microsecond=0)
+                screen = f"screen-{rng.randrange(1, 8)}"
+                queue.append(device.screen(moment, experience, id=screen,
+                                           name=f"Screen {screen[-1]}",
+                                           experienceName=names[experience]))
+                traffic.views.append(View(device.anonymous_id, device.user_id, experience,
+                                          screen, int(moment.timestamp())))
+                if len(queue) >= FLUSH_AT:
+                    batches.append(queue)
+                    queue = []
+                gap = (rng.uniform(20 * 60, 45 * 60) if rng.random() < 0.04
+                       else rng.expovariate(1 / 20))
+                moment += datetime.timedelta(seconds=gap)
+            if queue:  # the app goes to the background: a flush
+                batches.append(queue)
+                queue = []
+        traffic.events += sum(len(batch) for batch in batches)
+        for order, events in enumerate(batches):
+            for chunk_start in range(0, len(events), CHUNK):
+                chunk = events[chunk_start:chunk_start + CHUNK]
+                sent_at = _stamp(chunk[-1]) + rng.uniform(1, 60)
+                if rng.random() < late_share:
+                    sent_at += rng.uniform(3600, 86400)  # kept in the queue: up to a day late
+                    traffic.late += 1
+                timed.append((sent_at, number, order, device_id, chunk))
+                if rng.random() < retry_share:
+                    timed.append((sent_at + rng.uniform(1, 600), number, order, device_id,
+                                  chunk))
+                    traffic.retries += 1
+    timed.sort(key=lambda entry: entry[:3])
+    traffic.batches = [(device_id, chunk) for _, _, _, device_id, chunk in timed]
+    return traffic
+
+
+def _stamp(event):
+    raw = event["timestamp"]
+    if raw.endswith("Z"):
+        raw = raw[:-1] + "+00:00"
+    return datetime.datetime.strptime(raw, "%Y-%m-%dT%H:%M:%S%z").timestamp()
+
+
+class Sender:
+    """Posts batches over keep-alive connections; a batch answered 5xx, or whose connection
+    broke, is sent again (as the SDKs keep it); a 4xx is a fault of the traffic, raised."""
+
+    def __init__(self, url, token=None, connections=4):
+        parsed = urllib.parse.urlsplit(url)
+        self.host, self.port = parsed.hostname, parsed.port or 80
+        self.token = token
+        self.connections = connections
+        self.duplicates = 0
+        self.requests = 0
+        self.refused = 0
+        self._lock = threading.Lock()
+
+    def send(self, batches):
+        pending = collections.deque(enumerate(batches))
+        failures = []
+
+        def run():
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+            while True:
+                with self._lock:
+                    if not pending or failures:
+                        break
+                    _, (device_id, events) = pending.popleft()
+                try:
+                    self._post(conn, device_id, events)
+                except Exception as error:  # noqa: BLE001 - reported by send()
+                    failures.append(error)
+            conn.close()
+
+        threads = [threading.Thread(target=run) for _ in range(self.connections)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
+
+    def _post(self, conn, device_id, events):
+        body = json.dumps({"batch": events}).encode()
+        headers = {"Content-Type": "application/json", "Judo-Device-ID": device_id}
+        if self.token:
+            headers["Judo-Access-Token"] = self.token
+        delay = 0.05
+        while True:
+            try:
+                conn.request("POST", "/batch?apiVersion=2", body, headers)
+                response = conn.getresponse()
+                answer = response.read()
+            except (OSError, http.client.HTTPException):
+                conn.close()  # reconnects on the next request
+                status = None
+            else:
+                status = response.status
+            with self._lock:
+                self.requests += 1
+            if status is not None and 200 <= status < 300:
+                with self._lock:
+                    self.duplicates += len(json.loads(answer).get("duplicates", ()))
+                return
+            if status is not None and 400 <= status < 500:
+                raise RuntimeError(f"POST /batch answered {status}: {answer[:300]!r}")
+            with self._lock:
+                self.refused += 1
+            time.sleep(delay)  # kept, sent again later
+            delay = min(delay * 2, 2.0)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.traffic",
+        description="Send realistic SDK traffic (screen views in sessions, identifies, "
+                    "retries, late batches) to a running mini-analytics.")
+    port = os.environ.get("MINI_ANALYTICS_PORT", "8000")
+    parser.add_argument("--url", default=f"http://127.0.0.1:{port}",
+                        help="the ingest API (default: %(default)s)")
+    parser.add_argument("--devices", type=int, default=200, help="app installs (default 200)")
+    parser.add_argument("--experiences", type=int, default=10,
+                        help="experiences 1 to N (default 10)")
+    parser.add_argument("--days", type=float, default=7,
+                        help="the traffic spans the last DAYS days (default 7)")
+    parser.add_argument("--seed", type=int, default=1, help="the same seed, the same traffic")
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--token", default=None,
+                        help="a write token, when the ingest asks for one (default: the first "
+                             "of MINI_ANALYTICS_WRITE_TOKENS, if set)")
+    parser.add_argument("--ledger", default=None,
+                        help="write every screen view to this file, as JSON lines")
+    args = parser.parse_args(argv)
+    token = args.token or (os.environ.get("MINI_ANALYTICS_WRITE_TOKENS") or "").split(",")[0]
+    traffic = generate(args.seed, args.devices, args.experiences, args.days)
+    if args.ledger:
+        with open(args.ledger, "w") as ledger:
+            for view in traffic.views:
+                ledger.write(json.dumps(view._asdict()) + "\n")
+    sender = Sender(args.url, token or None, args.connections)
+    started = time.monotonic()
+    try:
+        sender.send(traffic.batches)
+    except (RuntimeError, ValueError) as error:
+        print(f"traffic: {error}", file=sys.stderr)
+        return 1
+    elapsed = time.monotonic() - started
+    people = {view.user or view.anonymous for view in traffic.views}
+    print(f"sent {len(traffic.batches):,} batches ({traffic.events:,} events, "
+          f"{len(traffic.views):,} screen views, {args.devices:,} devices, {len(people):,} "
+          f"users) in {elapsed:.1f}s: {traffic.retries:,} sent twice, {traffic.late:,} late; "
+          f"{sender.duplicates:,} duplicates answered, {sender.refused:,} answers to retry")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

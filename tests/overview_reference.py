@@ -1,0 +1,94 @@
+"""The experience overview computed straight from a ledger of screen views (bench/traffic.py's
+View: anonymous, user, experience, screen, moment), the obvious way: sort each device's views
+of an experience, split at gaps longer than the timeout. What the engine must answer."""
+
+import collections
+import datetime
+import math
+
+
+def sessions_of(moments, timeout):
+    """The sessions of a set of view times: maximal runs with no gap longer than `timeout`,
+    each [first, last, screens]."""
+    result = []
+    for moment in sorted(moments):
+        if result and moment - result[-1][1] <= timeout:
+            result[-1][1] = moment
+            result[-1][2] += 1
+        else:
+            result.append([moment, moment, 1])
+    return result
+
+
+def all_sessions(views, timeout):
+    """{experience: [session, ...]} over every device."""
+    moments = collections.defaultdict(list)
+    for view in views:
+        moments[view.anonymous, view.experience].append(view.moment)
+    by_experience = collections.defaultdict(list)
+    for (_, experience), times in moments.items():
+        by_experience[experience] += sessions_of(times, timeout)
+    return by_experience
+
+
+def nearest_rank_median(values):
+    ordered = sorted(values)
+    return ordered[(len(ordered) + 1) // 2 - 1] if ordered else None
+
+
+def figures(views, sessions, start, end):
+    """The overview figures of the views and of the sessions starting in [start, end)."""
+    inside = [view for view in views if start <= view.moment < end]
+    started = [session for session in sessions if start <= session[0] < end]
+    durations = [last - first for first, last, _ in started]
+    count = len(started)
+    return {
+        "screen_views": len(inside),
+        "users": len({("user", view.user) if view.user else ("anon", view.anonymous)
+                      for view in inside}),
+        "sessions": count,
+        "avg_session_seconds": round(sum(durations) / count, 2) if count else None,
+        "median_session_seconds": nearest_rank_median(durations),
+        "screens_per_session": round(sum(s[2] for s in started) / count, 2) if count
+        else None,
+        "bounce_rate": round(sum(s[2] == 1 for s in started) / count, 4) if count else None,
+    }
+
+
+def overview(views, timeout, start, end):
+    """{experience: figures} of every experience with views in [start, end)."""
+    sessions = all_sessions(views, timeout)
+    by_experience = collections.defaultdict(list)
+    for view in views:
+        by_experience[view.experience].append(view)
+    result = {}
+    for experience, its_views in by_experience.items():
+        if any(start <= view.moment < end for view in its_views):
+            result[experience] = figures(its_views, sessions[experience], start, end)
+    return result
+
+
+def day_edges(start, end, tz):
+    """Local midnights in `tz` within the range (each moved back to its UTC hour's start), with
+    the range's own ends."""
+    edges = [start]
+    day = datetime.datetime.fromtimestamp(start, tz).date()
+    while True:
+        day += datetime.timedelta(days=1)
+        edge = int(datetime.datetime.combine(day, datetime.time(), tzinfo=tz).timestamp())
+        edge -= edge % 3600
+        if edge >= end:
+            return edges + [end]
+        edges.append(edge)
+
+
+def relative_error(estimate, exact):
+    return abs(estimate - exact) / exact if exact else float(estimate != 0)
+
+
+def hour_floor(second):
+    return second - second % 3600
+
+
+def hour_ceil(second):
+    return math.ceil(second / 3600) * 3600

@@ -1,0 +1,317 @@
+"""The experience overview against a reference computed from the traffic's ledger
+(tests/overview_reference.py): exact for sums, sessions and durations, whatever order the
+batches arrived in, across worker restarts and commit boundaries, after a rebuild, in a time
+zone with a daylight-saving change, and from every planted state of overview.sqlite3.
+
+The log and the worker run in-process (storage/log_writer.py, worker/runner.py) on real
+files; test_overview_processes.py does the same through real processes and SIGKILLs."""
+
+import datetime
+import json
+import random
+import sqlite3
+import zoneinfo
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import overview_reference as ref
+from app import overview_query
+from app.validate import parse_batch
+from bench import traffic as generator
+from storage.log_writer import EventLog
+from storage.overview_store import OverviewReader
+from storage.sketches import EXACT_LIMIT, People, duration_bucket, median, person_key
+from worker import overview as overview_module
+from worker.runner import Worker
+from worker.sessions import place
+
+UTC = datetime.timezone.utc
+END = datetime.datetime(2026, 11, 3, 12, 0, tzinfo=UTC)  # New York left DST on Nov 1
+RECEIVED = int(END.timestamp()) + 3600
+TIMEOUT = 1800
+NEW_YORK = zoneinfo.ZoneInfo("America/New_York")
+
+
+def ingest(root, batches):
+    """Append each (device id, events) batch as POST /batch would."""
+    log = EventLog(root / "data1", details=root / "data1.details", seen=root / "data1.seen",
+                   dedupe_window=30 * 86400, clock=lambda: RECEIVED)
+    for _, events in batches:
+        body = json.dumps({"batch": events}).encode()
+        batch = parse_batch(body, RECEIVED)
+        assert not batch.rejected
+        log.append_events(batch.ids, batch.events, RECEIVED, body)
+    log.close()
+
+
+def count(root, **options):
+    worker = Worker(root, **options)
+    worker.recover()
+    worker.run_pass()
+    worker.close()
+
+
+def answers(root, queries):
+    """Every query's /experiences and /experiences/<id> documents, from the store."""
+    reader = OverviewReader(root)
+    now = datetime.datetime.fromtimestamp(RECEIVED, UTC)
+    result = []
+    with reader.snapshot() as snapshot:
+        for params in queries:
+            query = overview_query.parse(params, now)
+            listed = overview_query.experiences(snapshot, query)
+            result.append(listed)
+            for item in listed["experiences"]:
+                result.append(overview_query.experience(snapshot, query, item["experienceID"]))
+    return result
+
+
+QUERIES = [
+    {},  # the last 30 days
+    {"from": "2026-10-31T00:00:00", "to": "2026-11-03T00:00:00", "tz": "America/New_York"},
+    {"from": "2026-11-01T05:00:00Z", "to": "2026-11-01T09:00:00Z", "step": "hour"},
+    {"from": "2026-11-02T03:30:00", "to": "2026-11-02T21:00:00", "tz": "Asia/Kolkata"},
+]
+
+
+def check_against_ledger(root, views, queries=QUERIES):
+    now = datetime.datetime.fromtimestamp(RECEIVED, UTC)
+    reader = OverviewReader(root)
+    sessions = ref.all_sessions(views, TIMEOUT)
+    by_experience = {}
+    for view in views:
+        by_experience.setdefault(view.experience, []).append(view)
+    checked = 0
+    with reader.snapshot() as snapshot:
+        for params in queries:
+            query = overview_query.parse(params, now)
+            expected = ref.overview(views, TIMEOUT, query.start, query.end)
+            listed = overview_query.experiences(snapshot, query)["experiences"]
+            assert {item["experienceID"] for item in listed} == set(expected)
+            for item in listed:
+                experience = item["experienceID"]
+                assert_figures(item, expected[experience])
+                one = overview_query.experience(snapshot, query, experience)
+                assert_figures(one, expected[experience])
+                edges = overview_query._edges(query)
+                for point, start, end in zip(one["points"], edges, edges[1:]):
+                    want = ref.figures(by_experience[experience], sessions[experience],
+                                       start, end)
+                    for key in ("screen_views", "users", "sessions", "avg_session_seconds"):
+                        assert point[key] == want[key], (params, point, want)
+                    checked += 1
+                screens = {}
+                for view in by_experience[experience]:
+                    if query.start <= view.moment < query.end:
+                        screens.setdefault(view.screen, set()).add(view.user or view.anonymous)
+                assert one["screens"] == len(screens)
+                for top in one["top_screens"]:
+                    assert top["users"] == len(screens[top["id"]])
+    return checked
+
+
+def assert_figures(got, want):
+    for key, value in want.items():
+        if key == "median_session_seconds" and value is not None:
+            assert got[key] == duration_bucket(value), (key, got, want)
+        else:
+            assert got[key] == value, (key, got, want)
+
+
+@pytest.fixture(scope="module")
+def traffic():
+    return generator.generate(seed=7, devices=120, experiences=6, days=4, end=END)
+
+
+def test_the_overview_equals_the_ledger(tmp_path, traffic, monkeypatch):
+    # Small commits, so that sessions span commit boundaries.
+    monkeypatch.setattr(overview_module, "COMMIT_EVENTS", 97)
+    ingest(tmp_path, traffic.batches)
+    count(tmp_path, session_timeout=TIMEOUT)
+    assert traffic.late and traffic.retries  # the arrival order is not the device order
+    points = check_against_ledger(tmp_path, traffic.views)
+    assert points > 50
+
+
+def test_any_arrival_order_gives_the_same_overview(tmp_path, traffic):
+    """The batches shuffled (within the late bound: at most a day apart) and counted in three
+    worker runs: the same answers, to the byte, as in the order sent."""
+    in_order, shuffled = tmp_path / "in_order", tmp_path / "shuffled"
+    in_order.mkdir()
+    shuffled.mkdir()
+    ingest(in_order, traffic.batches)
+    count(in_order, session_timeout=TIMEOUT)
+    rng = random.Random(3)
+    keyed = sorted(traffic.batches,
+                   key=lambda batch: generator._stamp(batch[1][0]) + rng.uniform(0, 86400))
+    third = len(keyed) // 3
+    for part in (keyed[:third], keyed[third:2 * third], keyed[2 * third:]):
+        ingest(shuffled, part)
+        count(shuffled, session_timeout=TIMEOUT)  # a worker restart between parts
+    assert answers(shuffled, QUERIES) == answers(in_order, QUERIES)
+    check_against_ledger(shuffled, traffic.views)
+
+
+def test_rebuild_gives_the_same_overview(tmp_path, traffic):
+    ingest(tmp_path, traffic.batches[: len(traffic.batches) // 2])
+    count(tmp_path, session_timeout=TIMEOUT)
+    ingest(tmp_path, traffic.batches[len(traffic.batches) // 2:])
+    count(tmp_path, session_timeout=TIMEOUT)
+    before = answers(tmp_path, QUERIES)
+    Worker(tmp_path, session_timeout=TIMEOUT).rebuild()
+    assert answers(tmp_path, QUERIES) == before
+
+
+def test_a_session_across_a_worker_restart_and_a_commit_is_neither_split_nor_doubled(tmp_path):
+    device = generator.IosDevice()
+    start = END - datetime.timedelta(hours=5)
+    moments = [start + datetime.timedelta(seconds=s) for s in (0, 60, 600, 1500)]
+    views = [generator.View(device.anonymous_id, None, 3, "a", int(m.timestamp()))
+             for m in moments]
+    for moment in moments:  # one batch per view, counted by a new worker each time
+        ingest(tmp_path, [("d", [device.screen(moment, 3, id="a")])])
+        count(tmp_path, session_timeout=TIMEOUT)
+    [item] = answers(tmp_path, [{}])[0]["experiences"]
+    assert (item["sessions"], item["avg_session_seconds"], item["screens_per_session"]) == (
+        1, 1500.0, 4.0)
+    check_against_ledger(tmp_path, views)
+
+
+def test_a_late_view_joins_two_sessions(tmp_path):
+    device = generator.AndroidDevice()
+    start = END - datetime.timedelta(hours=5)
+    early, late = start, start + datetime.timedelta(minutes=50)
+    ingest(tmp_path, [("d", [device.screen(early, 3), device.screen(late, 3)])])
+    count(tmp_path, session_timeout=TIMEOUT)
+    [item] = answers(tmp_path, [{}])[0]["experiences"]
+    assert (item["sessions"], item["bounce_rate"]) == (2, 1.0)
+    ingest(tmp_path, [("d", [device.screen(start + datetime.timedelta(minutes=25), 3)])])
+    count(tmp_path, session_timeout=TIMEOUT)
+    [item] = answers(tmp_path, [{}])[0]["experiences"]
+    assert (item["sessions"], item["avg_session_seconds"], item["bounce_rate"]) == (
+        1, 3000.0, 0.0)
+
+
+def test_a_view_beyond_the_late_bound_is_a_session_of_its_own(tmp_path):
+    device = generator.IosDevice()
+    newest = END - datetime.timedelta(hours=1)
+    old = newest - datetime.timedelta(seconds=overview_module.LATE_BOUND + 600)
+    ingest(tmp_path, [("d", [device.screen(old, 3)])])
+    ingest(tmp_path, [("d", [device.screen(newest, 3)])])
+    ingest(tmp_path, [("d", [device.screen(old + datetime.timedelta(seconds=60), 3)])])
+    count(tmp_path, session_timeout=TIMEOUT)
+    [item] = answers(tmp_path, [{"from": "2026-10-01T00:00:00Z"}])[0]["experiences"]
+    assert item["sessions"] == 3  # within the bound it would have joined the first: 2
+
+
+# The session rule, for any views in any order.
+
+moments = st.lists(st.integers(0, 20_000), min_size=1, max_size=40)
+
+
+@given(moments, st.randoms(use_true_random=False), st.sampled_from([60, 300, 1800]))
+@settings(max_examples=300, deadline=None)
+def test_placing_views_in_any_order_gives_the_maximal_runs(times, rng, timeout):
+    shuffled = list(times)
+    rng.shuffle(shuffled)
+    sessions, counted = [], {}
+    for moment in shuffled:
+        replaced, joined = place(sessions, moment, timeout)
+        for session in replaced:  # what the worker takes out of the rows ...
+            counted[tuple(session)] -= 1
+        counted[tuple(joined)] = counted.get(tuple(joined), 0) + 1  # ... and puts in
+    assert sessions == ref.sessions_of(times, timeout)
+    # The rows hold each final session once, and nothing else.
+    assert {session: n for session, n in counted.items() if n} == {
+        tuple(session): 1 for session in sessions}
+    assert all(first <= last for first, last, _ in sessions)
+    assert sum(screens for _, _, screens in sessions) == len(times)
+    for before, after in zip(sessions, sessions[1:]):
+        assert after[0] - before[1] > timeout  # maximal: no two could be one
+
+
+# The summaries' bounds.
+
+def test_people_are_exact_below_the_limit_and_within_two_percent_at_100000():
+    small = People(range(EXACT_LIMIT))
+    assert (small.count(), small.estimated) == (EXACT_LIMIT, False)
+    # 100,000 users over 30 days, each seen on 1 to 5 days: the union of the days' sketches.
+    rng = random.Random(5)
+    days = [People() for _ in range(30)]
+    for user in range(100_000):
+        key = person_key(f"user:{user}")
+        for day in rng.sample(range(30), rng.randint(1, 5)):
+            days[day].add(key)
+    merged = People()
+    for day in days:
+        merged.merge_encoded(day.encode())  # through the stored bytes, as the reads do
+    assert merged.estimated
+    assert ref.relative_error(merged.count(), 100_000) < 0.02
+    added = sum(day.count() for day in days)
+    assert added > 250_000  # what adding the days' figures would have said
+
+
+def test_the_median_is_the_nearest_rank_one():
+    rng = random.Random(2)
+    durations = [int(rng.expovariate(1 / 200)) for _ in range(10_001)]
+    histogram = {}
+    for duration in durations:
+        histogram[duration_bucket(duration)] = histogram.get(duration_bucket(duration), 0) + 1
+    assert median(histogram) == ref.nearest_rank_median(durations)
+    long = [5000, 9000, 100_000]
+    assert median({duration_bucket(d): 1 for d in long}) == duration_bucket(9000)
+    assert 0 <= 9000 - duration_bucket(9000) <= 9000 / 2048
+
+
+# Planted states: whatever overview.sqlite3 holds, the worker never continues from a store it
+# cannot trust, and ends with the overview the ledger gives.
+
+def plant_garbage(path):
+    path.write_bytes(b"not a database" * 100)
+
+
+def plant_other_timeout(path):
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE state SET session_timeout = 60")
+
+
+def plant_ahead(path):
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE state SET details_offset = details_offset + 10000000")
+
+
+def plant_other_details(path):
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE state SET details_identity = x'00112233445566778899aabbccddeeff'")
+
+
+def plant_truncated(path):
+    path.write_bytes(path.read_bytes()[:4096])
+
+
+def plant_no_state(path):
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM state")
+
+
+def plant_temp_leftover(path):
+    path.with_name(path.name + ".tmp").write_bytes(b"half a store")
+    path.unlink()
+
+
+@pytest.mark.parametrize("plant", [plant_garbage, plant_other_timeout, plant_ahead,
+                                   plant_other_details, plant_truncated, plant_no_state,
+                                   plant_temp_leftover])
+def test_a_planted_store_is_never_continued(tmp_path, traffic, plant):
+    half = len(traffic.batches) // 2
+    ingest(tmp_path, traffic.batches[:half])
+    count(tmp_path, session_timeout=TIMEOUT)
+    store = tmp_path / "overview.sqlite3"
+    for sidecar in ("-wal", "-shm"):  # the worker closed it: checkpointed into the file
+        assert not (tmp_path / ("overview.sqlite3" + sidecar)).exists()
+    plant(store)
+    ingest(tmp_path, traffic.batches[half:])
+    count(tmp_path, session_timeout=TIMEOUT)
+    check_against_ledger(tmp_path, traffic.views, QUERIES[:2])
+    assert not (tmp_path / "overview.sqlite3.tmp").exists()

@@ -1,0 +1,146 @@
+"""The experience overview through the real programs under supervisord: the traffic generator
+(bench/traffic.py) sends while the worker and the ingest are SIGKILLed in turn; afterwards,
+and after `python -m worker rebuild`, /experiences and /experiences/<id> answer exactly what
+the generator's ledger gives (tests/overview_reference.py). Also the API's answers to bad
+queries, and CSV."""
+
+import datetime
+import random
+import subprocess
+import sys
+import threading
+import urllib.parse
+
+import pytest
+
+import overview_reference as ref
+from bench import traffic as generator
+from http_client import request, wait_for
+from storage.sketches import duration_bucket
+
+pytestmark = pytest.mark.slow
+
+UTC = datetime.timezone.utc
+TIMEOUT = 1800
+
+
+def get(port, path, **params):
+    return request(port, "GET", f"{path}?{urllib.parse.urlencode(params)}")
+
+
+def screen_views(port, span):
+    try:
+        status, body = get(port, "/experiences", **span)
+    except OSError:  # the ingest just killed, and not yet restarted
+        return -1
+    return sum(item["screen_views"] for item in body["experiences"]) if status == 200 else -1
+
+
+def check(port, views, span):
+    start = int(datetime.datetime.fromisoformat(span["from"]).timestamp())
+    end = int(datetime.datetime.fromisoformat(span["to"]).timestamp())
+    expected = ref.overview(views, TIMEOUT, start, end)
+    status, listed = get(port, "/experiences", **span)
+    assert status == 200, listed
+    assert {item["experienceID"]: figures_of(item) for item in listed["experiences"]} == {
+        experience: comparable(want) for experience, want in expected.items()}
+    for experience in expected:
+        status, one = get(port, f"/experiences/{experience}", **span, step="hour")
+        assert status == 200, one
+        assert figures_of(one) == comparable(expected[experience])
+        assert sum(point["screen_views"] for point in one["points"]) == one["screen_views"]
+    return {experience: figures_of(item) for experience, item in
+            ((item["experienceID"], item) for item in listed["experiences"])}
+
+
+def figures_of(document):
+    return {key: document[key] for key in ("screen_views", "users", "sessions",
+                                           "avg_session_seconds", "median_session_seconds",
+                                           "screens_per_session", "bounce_rate")}
+
+
+def comparable(want):
+    median = want["median_session_seconds"]
+    return {**want, "median_session_seconds": None if median is None else duration_bucket(median)}
+
+
+def test_the_overview_is_exact_through_kills_and_rebuild(supervisor):
+    rng = random.Random()
+    end = datetime.datetime.now(UTC).replace(microsecond=0) - datetime.timedelta(minutes=5)
+    traffic = generator.generate(seed=rng.randrange(10**6), devices=1500, experiences=8,
+                                 days=5, end=end)
+    sup = supervisor(interval=0.05, session_timeout=TIMEOUT)
+    sender = generator.Sender(f"http://127.0.0.1:{sup.port}", connections=4)
+    failures = []
+
+    def send():
+        try:
+            sender.send(traffic.batches)
+        except Exception as error:  # noqa: BLE001 - asserted below
+            failures.append(error)
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    kills = {"ingest": 0, "worker": 0}
+    try:
+        while thread.is_alive() or sum(kills.values()) < 4:
+            for program, n in sup.kill_in_turn(2, rng, moment=(0.1, 0.6)).items():
+                kills[program] += n
+    finally:
+        thread.join(timeout=300)
+    assert not failures, failures
+    span = {"from": (end - datetime.timedelta(days=6)).isoformat(),
+            "to": (end + datetime.timedelta(hours=2)).isoformat()}
+    wait_for(lambda: screen_views(sup.port, span) == len(traffic.views), timeout=120,
+             what="the overview to count every screen view")
+    before = check(sup.port, traffic.views, span)
+    assert kills["ingest"] >= 2 and kills["worker"] >= 2
+    assert sender.refused > 0  # some answers were lost to the kills, and sent again
+
+    assert sup.ctl("stop", "worker").returncode == 0
+    rebuild = subprocess.run([sys.executable, "-m", "worker", "rebuild"], cwd=sup.root,
+                             env=sup.env, capture_output=True, text=True, timeout=300)
+    assert rebuild.returncode == 0, rebuild.stderr
+    assert check(sup.port, traffic.views, span) == before
+    print(f"\noverview through kills: {len(traffic.views)} screen views, {traffic.retries} "
+          f"batches sent twice, {traffic.late} late, kills {kills}, {sender.refused} answers "
+          f"to retry, {sender.duplicates} duplicates answered")
+
+
+def test_bad_queries_are_named_and_csv_is_served(supervisor):
+    sup = supervisor(interval=0.05)
+    end = datetime.datetime.now(UTC).replace(microsecond=0) - datetime.timedelta(minutes=5)
+    traffic = generator.generate(seed=3, devices=20, experiences=3, days=2, end=end)
+    generator.Sender(f"http://127.0.0.1:{sup.port}").send(traffic.batches)
+    wait_for(lambda: screen_views(sup.port, {}) == len(traffic.views), timeout=60,
+             what="the overview to count every screen view")
+    for path, params, named in [
+        ("/experiences", {"tz": "Mars/Olympus"}, "tz"),
+        ("/experiences", {"from": "yesterday"}, "from"),
+        ("/experiences", {"from": "2026-11-02T00:00:00Z", "to": "2026-11-01T00:00:00Z"},
+         "before"),
+        ("/experiences", {"sort": "colour"}, "sort"),
+        ("/experiences", {"top": "-1"}, "top"),
+        ("/experiences", {"format": "xml"}, "format"),
+        ("/experiences/1", {"step": "minute"}, "step"),
+        ("/experiences/abc", {}, "experienceID"),
+        ("/experiences/1", {"from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z",
+                            "step": "hour"}, "points"),
+    ]:
+        status, body = get(sup.port, path, **params)
+        assert status == 400, (path, params, body)
+        assert named in body["error"], (path, params, body)
+
+    status, body = get(sup.port, "/experiences", sort="sessions", top="2")
+    assert status == 200 and len(body["experiences"]) == 2
+    sessions = [item["sessions"] for item in body["experiences"]]
+    assert sessions == sorted(sessions, reverse=True)
+    status, text = get(sup.port, "/experiences", format="csv")
+    lines = text.decode().splitlines()
+    assert status == 200 and lines[0].startswith("experienceID,name,screen_views,users")
+    assert len(lines) == 1 + 3
+    status, text = get(sup.port, "/experiences/1", format="csv", step="day")
+    lines = text.decode().splitlines()
+    assert lines[0] == "time,screen_views,users,sessions,avg_session_seconds"
+    assert sum(int(line.split(",")[1]) for line in lines[1:]) == sum(
+        view.experience == 1 for view in traffic.views)
