@@ -28,6 +28,7 @@ from bench.cluster import bench_cluster
 from bench.cluster import rows as cluster_rows
 from bench.node import bench_node
 from bench.node import rows as node_rows
+from bench.overview import bench_overview
 from bench.sdk import bench_sdk
 from bench.sdk import rows as sdk_rows
 from bench.harness import REPO, bare_server, ingest_server, run_wrk, scratch_dir, wrk_script
@@ -323,6 +324,18 @@ def print_table(results):
         ("Checkpoint commit, 100k ids (s)", "checkpoint_commit_s_100000_ids", "{:.3f}"),
         ("Checkpoint commit, 1M ids (s)", "checkpoint_commit_s_1000000_ids", "{:.3f}"),
         ("Checkpoint load, 1M ids (s)", "checkpoint_load_s_1000000_ids", "{:.3f}"),
+        ("Overview backlog (SDK screen views)", "overview_backlog_events", "{:,}"),
+        ("Catch-up, overview off (events/s)", "overview_catchup_off_events_s", "{:,.0f}"),
+        ("Catch-up, overview on (events/s)", "overview_catchup_on_events_s", "{:,.0f}"),
+        ("  overview on / off", "overview_catchup_on_off_ratio", "{:.2f}"),
+        ("Worker peak RSS, overview off (MB)", "overview_worker_rss_off_mb", "{:.1f}"),
+        ("Worker peak RSS, overview on (MB)", "overview_worker_rss_on_mb", "{:.1f}"),
+        ("overview.sqlite3 (MB per million screen views)", "overview_store_mb_per_million",
+         "{:.1f}"),
+        ("/experiences, 1,000 experiences, 30 days (ms, median / max)", "overview_experiences_30d", "ms"),
+        ("/experiences, the same in Berlin time (ms)", "overview_experiences_30d_berlin", "ms"),
+        ("/experiences/1 (the busiest), 7 days by hour (ms)", "overview_experience_1_7d_hourly", "ms"),
+        ("/experiences/500, 7 days by hour (ms)", "overview_experience_500_7d_hourly", "ms"),
     ]
     width = max(len(label) for label, _, _ in rows)
     print(f"\n{'Measure':<{width}}  Result")
@@ -341,7 +354,8 @@ def print_table(results):
         print(f"{label:<{width}}  {value}")
 
 
-PARTS = ("ingest", "batch", "catchup", "series", "checkpoint", "sdk", "node", "cluster")
+PARTS = ("ingest", "batch", "catchup", "series", "checkpoint", "sdk", "node", "cluster",
+         "overview")
 
 
 def main(argv):
@@ -367,6 +381,8 @@ def main(argv):
         results.update(bench_node(seconds))
     if "cluster" in parts:
         results.update(bench_cluster(seconds))
+    if "overview" in parts:
+        results.update(bench_overview(time_requests))
     print_table(results)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -296,3 +296,49 @@ def test_the_chart_over_time_for_all_events_and_for_one_experience(procs, state_
     page, counts = timeline("#range=month&exp=9223372036854775807")
     assert len(counts) in (30, 31) and sum(counts) == 1
     screenshot(tmp_path, url + "#range=hour", "dashboard-over-time.png", 1200, 900)
+
+
+def test_the_dashboard_opens_on_the_experience_overview(procs, state_dir, tmp_path):
+    from bench import traffic as generator
+    from http_client import request
+
+    ingest = procs.ingest(state_dir)
+    procs.worker(state_dir, interval=0.05)
+    traffic = generator.generate(seed=12, devices=150, experiences=6, days=20)
+    generator.Sender(f"http://127.0.0.1:{ingest.port}").send(traffic.batches)
+
+    def listed():
+        status, body = request(ingest.port, "GET", "/experiences?top=200")
+        return status == 200 and body
+    wait_for(lambda: (body := listed()) and sum(item["screen_views"] for item in
+                                               body["experiences"]) == len(traffic.views),
+             what="the overview to count every screen view")
+    api = listed()["experiences"]
+    url = f"http://127.0.0.1:{ingest.port}/"
+    page = Page(chromium(tmp_path, "--dump-dom", url))
+    rows = page.tables["overview-rows"]
+    assert len(rows) == len(api) == 6
+    first = api[0]  # the most users first, as the API sorts them
+    assert rows[0][0] == first["name"] and rows[0][1] == f"#{first['experienceID']}"
+    assert rows[0][2] == f"{first['users']:,}"
+    assert rows[0][3] == f"{first['sessions']:,}"
+    assert rows[0][-1] == f"{first['screen_views']:,}"
+    assert rows[0][-2] == f"{100 * first['bounce_rate']:.1f}%"
+    assert page.by_id["experience-title"] == f"{first['name']}: users per day"
+    status, one = request(ingest.port, "GET", f"/experiences/{first['experienceID']}")
+    screens = page.tables["screen-rows"]
+    assert [row[1] for row in screens] == [f"#{s['id']}" for s in one["top_screens"]]
+    dom = chromium(tmp_path, "--dump-dom", url)
+    days = re.search(r'id="ov-timeline">(.*?)</div>\s*<div class="x-axis"', dom, re.S).group(1)
+    assert len(re.findall(r'class="slot"', days)) in (30, 31)
+
+    last = api[-1]["experienceID"]  # choosing another experience shows its own
+    page = Page(chromium(tmp_path, "--dump-dom", url + f"#ov={last}"))
+    assert page.by_id["experience-title"].startswith(api[-1]["name"])
+    screenshot(tmp_path, url, "dashboard-overview.png", 1200, 1100)
+    with CountingProxy(ingest.port, inject=MEASURE) as proxy:
+        base = f"http://127.0.0.1:{proxy.server_port}"
+        page = Page(chromium(tmp_path, "--dump-dom", "--window-size=1200,900", base + "/phone"))
+        measured = json.loads(page.by_id["measure"])
+        assert measured["scrollWidth"] <= measured["innerWidth"], measured
+        screenshot(tmp_path, base + "/phone", "dashboard-overview-phone.png", 500, PHONE_HEIGHT)

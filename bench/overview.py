@@ -1,0 +1,187 @@
+"""`python -m bench overview`: the experience overview's cost.
+
+- Worker catch-up over a backlog of real-shaped SDK screen views (data1 and data1.details
+  written as the ingest writes them, storage/details.py), the overview on against off: events
+  per second each way, their ratio, and the worker's peak RSS.
+- overview.sqlite3's size per million screen views.
+- /experiences over 30 days of 1,000 experiences, and /experiences/<id> by hour over 7 days,
+  on a store holding 30 days of hourly rows for 1,000 experiences (the first with thousands of
+  users a day, the tail with a few): median and largest milliseconds.
+"""
+
+import datetime
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+from bench.harness import REPO, ingest_server, scratch_dir
+from storage import details
+from storage.overview_store import Changes, OverviewStore
+from storage.sketches import person_key
+
+BACKLOG_EVENTS = 2_000_000
+DEVICES = 200_000
+EXPERIENCES = 1000
+END = 1_795_000_000 - 1_795_000_000 % 86400
+
+
+def make_backlog(state_dir, events=BACKLOG_EVENTS, seed=11):
+    """data1 and data1.details holding `events` screen views in groups of 100, as the ingest
+    writes them: each install's sessions over 30 days, a few screens 5 to 60 s apart."""
+    rng = random.Random(seed)
+    weights = [1 / rank for rank in range(1, EXPERIENCES + 1)]
+    experiences = rng.choices(range(1, EXPERIENCES + 1), weights, k=4096)
+    offset = 0
+    data1 = open(state_dir / "data1", "wb")
+    out = open(state_dir / "data1.details", "wb")
+    out.write(details.HEADER.pack(details.MAGIC, details.VERSION, os.urandom(16), 0))
+    # Each device's clock, moved forward by each view: sessions with gaps.
+    clocks = [END - 30 * 86400 + rng.randrange(86400) for _ in range(DEVICES)]
+    written = 0
+    while written < events:
+        items, ids = [], []
+        device = rng.randrange(DEVICES)
+        for _ in range(100):
+            if rng.random() < 0.2:
+                device = rng.randrange(DEVICES)
+            clocks[device] += rng.randrange(5, 60) if rng.random() < 0.9 else rng.randrange(
+                1800, 20000)
+            experience = experiences[device % 4096]
+            event = {"id": f"{written:032x}", "timestamp": "", "anonymousID": f"anon-{device}",
+                     "userID": f"user-{device // 2}" if device % 3 else None,
+                     "type": "screen", "properties": {
+                         "id": f"screen-{device % 7}", "name": "Écran d'accueil",
+                         "experienceID": str(experience), "experienceName": "Welcome",
+                         "experienceRevisionID": "rev-3"},
+                     "context": {"device": {"id": "d", "token": None}, "locale": "fr-CA"}}
+            token = str(experience).encode() + b" "
+            items.append({"event": event, "time": min(clocks[device], END) * 1000,
+                          "offset": offset + sum(len(i) for i in ids)})
+            ids.append(token)
+            written += 1
+        chunk = b"".join(ids)
+        out.write(details.encode_group(offset, offset + len(chunk), zlib.crc32(chunk),
+                                       END * 1000, items))
+        data1.write(chunk)
+        offset += len(chunk)
+    data1.close()
+    out.close()
+    return written
+
+
+def time_catchup(state_dir, overview):
+    """Seconds until the worker has counted all of data1 (and, with the overview, all of the
+    details), and its peak RSS in MB."""
+    size = (state_dir / "data1").stat().st_size
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINI_ANALYTICS_")}
+    env.update(MINI_ANALYTICS_STATE_DIR=str(state_dir), MINI_ANALYTICS_INTERVAL="3600",
+               MINI_ANALYTICS_SERIES="off", MINI_ANALYTICS_OVERVIEW="on" if overview else "off")
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not _done(state_dir, size, overview):
+            if proc.poll() is not None:
+                raise RuntimeError("the worker exited during the benchmark")
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        peak_kb = int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[1])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    return elapsed, peak_kb / 1024
+
+
+def _done(state_dir, size, overview):
+    try:
+        if json.loads((state_dir / "data2").read_bytes())["offset"] != size:
+            return False
+    except (FileNotFoundError, ValueError):
+        return False
+    if not overview:
+        return True
+    try:
+        with sqlite3.connect(f"file:{state_dir / 'overview.sqlite3'}?mode=ro", uri=True) as db:
+            return db.execute("SELECT data1_end FROM state").fetchone()[0] == size
+    except sqlite3.Error:
+        return False
+
+
+def build_store(state_dir, days=30):
+    """30 days of hourly rows for 1,000 experiences, committed a day at a time."""
+    rng = random.Random(5)
+    store = OverviewStore(state_dir)
+    store.open(1800)
+    for day in range(days):
+        changes = Changes()
+        for experience in range(1, EXPERIENCES + 1):
+            users_a_day = max(2, 5000 // experience)
+            for hour in range(24):
+                moment = END - (days - day) * 86400 + hour * 3600
+                people = {person_key(f"u{rng.randrange(users_a_day * 3)}")
+                          for _ in range(max(1, users_a_day // 24))}
+                changes.views[experience, moment] += len(people) * 3
+                changes.people[experience, moment] |= people
+                sessions = len(people)
+                changes.sessions[experience, moment] = [sessions, sessions * 90, sessions * 3,
+                                                        sessions // 4]
+                for _ in range(sessions):
+                    changes.durations[experience, moment][rng.randrange(0, 600)] += 1
+                for screen in range(3):
+                    changes.screen_views[experience, f"screen-{screen}", moment] += len(people)
+                    changes.screen_people[experience, f"screen-{screen}", moment] |= people
+        store.commit(changes, b"", 0, 0)
+    store.close()
+
+
+def bench_overview(time_requests):
+    results = {}
+    state_dir = scratch_dir()
+    try:
+        started = time.perf_counter()
+        events = make_backlog(state_dir)
+        results["overview_backlog_events"] = events
+        results["overview_backlog_build_s"] = time.perf_counter() - started
+        off, off_rss = time_catchup(state_dir, overview=False)
+        for name in ("data2",):
+            (state_dir / name).unlink()
+        on, on_rss = time_catchup(state_dir, overview=True)
+        results["overview_catchup_off_events_s"] = events / off
+        results["overview_catchup_on_events_s"] = events / on
+        results["overview_catchup_on_off_ratio"] = off / on
+        results["overview_worker_rss_off_mb"] = off_rss
+        results["overview_worker_rss_on_mb"] = on_rss
+        size = (state_dir / "overview.sqlite3").stat().st_size
+        results["overview_store_mb_per_million"] = size / 1e6 / (events / 1e6)
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    with ingest_server() as (port, ingest_state):
+        build_store(ingest_state)
+        since = datetime.datetime.fromtimestamp(END - 30 * 86400, datetime.timezone.utc)
+        week = datetime.datetime.fromtimestamp(END - 7 * 86400, datetime.timezone.utc)
+        until = datetime.datetime.fromtimestamp(END, datetime.timezone.utc)
+        queries = {
+            "experiences_30d": f"/experiences?from={since:%Y-%m-%dT%H:%M:%SZ}"
+                               f"&to={until:%Y-%m-%dT%H:%M:%SZ}",
+            "experiences_30d_berlin": f"/experiences?from={since:%Y-%m-%dT%H:%M:%S}"
+                                      f"&to={until:%Y-%m-%dT%H:%M:%S}&tz=Europe/Berlin",
+            "experience_1_7d_hourly": f"/experiences/1?step=hour&from="
+                                      f"{week:%Y-%m-%dT%H:%M:%SZ}&to={until:%Y-%m-%dT%H:%M:%SZ}",
+            "experience_500_7d_hourly": f"/experiences/500?step=hour&from="
+                                        f"{week:%Y-%m-%dT%H:%M:%SZ}&to="
+                                        f"{until:%Y-%m-%dT%H:%M:%SZ}",
+        }
+        for name, path in queries.items():
+            median, worst = time_requests(port, path, count=15)
+            results[f"overview_{name}_ms"] = median
+            results[f"overview_{name}_max_ms"] = worst
+    return results
