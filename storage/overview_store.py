@@ -169,16 +169,21 @@ class OverviewStore:
         db.close()
         move_durably(temp, self.path)
 
-    def device_newest(self, device):
-        row = self.db.execute("SELECT newest FROM device WHERE device = ?", (device,)).fetchone()
-        return row[0] if row else None
-
-    def sessions(self, device, experience):
-        """The device's open sessions of the experience, [[first, last, screens], ...]
-        sorted by first."""
-        return [list(row) for row in self.db.execute(
-            "SELECT first, last, screens FROM open_session WHERE device = ? AND experience = ? "
-            "ORDER BY first", (device, experience))]
+    def devices(self, devices):
+        """What the store holds of these devices: ({device: newest screen view},
+        {(device, experience): its open sessions, [[first, last, screens], ...] by first})."""
+        newest, sessions = {}, collections.defaultdict(list)
+        devices = list(devices)
+        for start in range(0, len(devices), 500):  # within SQLite's limit on parameters
+            part = devices[start:start + 500]
+            marks = ",".join("?" * len(part))
+            newest.update(self.db.execute(
+                f"SELECT device, newest FROM device WHERE device IN ({marks})", part))
+            for device, experience, first, last, screens in self.db.execute(
+                    "SELECT device, experience, first, last, screens FROM open_session "
+                    f"WHERE device IN ({marks}) ORDER BY device, experience, first", part):
+                sessions[device, experience].append([first, last, screens])
+        return newest, sessions
 
     def commit(self, changes, details_identity, details_offset, data1_end):
         """Apply `changes` and move the position, in one transaction. The caller has made
@@ -364,6 +369,20 @@ class _Snapshot:
             f"wanted WHERE bucket + ? < ?) SELECT t.bucket, t.experience, {columns} FROM "
             f"wanted CROSS JOIN {table} AS t ON t.bucket = wanted.bucket AND "
             "t.experience = ?", (start - start % level, level, level, end, experience))
+
+    def experience_sums(self, level, start, end):
+        """(experience, views, sessions, duration_sum, session_screens, bounces), summed over
+        the `level` table's buckets in [start, end), for every experience."""
+        return self.db.execute(
+            "SELECT experience, sum(views), sum(sessions), sum(duration_sum), "
+            f"sum(session_screens), sum(bounces) FROM experience_{LEVELS[level]} "
+            "WHERE bucket >= ? AND bucket < ? GROUP BY experience", (start, end))
+
+    def experience_sketches(self, level, start, end):
+        """(experience, people, durations) of every row of the `level` table in [start, end)."""
+        return self.db.execute(
+            f"SELECT experience, people, durations FROM experience_{LEVELS[level]} "
+            "WHERE bucket >= ? AND bucket < ?", (start, end))
 
     def screen_rows(self, level, experience, start, end):
         """(screen, views, people) of the experience's screens in [start, end)."""

@@ -27,16 +27,14 @@ Durations: an exact histogram of session durations, for medians
     Encoded:  pairs of little-endian int64 (duration bucket, sessions), ascending.
 """
 
-import array
 import hashlib
-import sys
 
+import numpy  # installed with datasketches, which needs it
 from datasketches import hll_sketch, hll_union, tgt_hll_type
 
 EXACT_LIMIT = 1000
 LG_K = 14
 EXACT_DURATION_BELOW = 4096
-_LITTLE = sys.byteorder == "little"
 
 
 def person_key(text):
@@ -47,35 +45,42 @@ def person_key(text):
 
 
 def _int64s(blob):
-    values = array.array("q", blob)
-    if not _LITTLE:
-        values.byteswap()
-    return values
+    return numpy.frombuffer(blob, dtype="<i8")
 
 
 def _blob(values):
-    values = array.array("q", values)
-    if not _LITTLE:
-        values.byteswap()
-    return values.tobytes()
+    return numpy.array(values, dtype="<i8").tobytes()
 
 
 class People:
     """A set of people that counts them exactly below EXACT_LIMIT and estimates above."""
 
-    __slots__ = ("exact", "hll")
+    __slots__ = ("exact", "hll", "_pending")
 
     def __init__(self, keys=()):
         self.exact = set(keys)
         self.hll = None  # an hll_union once past the limit
+        self._pending = []  # encoded exact sets merged, not yet unpacked (see _settle)
         self._spill_if_large()
 
     def _spill_if_large(self):
         if self.hll is None and len(self.exact) > EXACT_LIMIT:
+            self._to_hll()
+
+    def _to_hll(self):
+        if self.hll is None:
             self.hll = hll_union(LG_K)
             for key in self.exact:
                 self.hll.update(key)
             self.exact = set()
+
+    def _settle(self):
+        """Unpack the exact sets merged so far, all at once: a range merges thousands of
+        small ones, and numpy finds their distinct members far faster than set updates."""
+        if self._pending:
+            keys = numpy.unique(_int64s(b"".join(self._pending)))
+            self._pending = []
+            self.update(keys.tolist())
 
     def add(self, key):
         if self.hll is not None:
@@ -83,9 +88,10 @@ class People:
         else:
             self.exact.add(key)
             if len(self.exact) > EXACT_LIMIT:
-                self._spill_if_large()
+                self._to_hll()
 
     def update(self, keys):
+        self._settle()
         if self.hll is not None:
             for key in keys:
                 self.hll.update(key)
@@ -93,39 +99,27 @@ class People:
             self.exact.update(keys)
             self._spill_if_large()
 
-    def merge(self, other):
-        """Add another People's members (a union: a person in both counts once)."""
-        if other.hll is not None:
-            if self.hll is None:
-                self.hll = hll_union(LG_K)
-                for key in self.exact:
-                    self.hll.update(key)
-                self.exact = set()
-            self.hll.update(other.hll.get_result(tgt_hll_type.HLL_8))
-        else:
-            self.update(other.exact)
-
     def merge_encoded(self, blob):
+        """Add the members of an encoded People (a union: a person in both counts once)."""
         if blob[:1] == b"H":
-            if self.hll is None:
-                self.hll = hll_union(LG_K)
-                for key in self.exact:
-                    self.hll.update(key)
-                self.exact = set()
+            self._to_hll()
             self.hll.update(hll_sketch.deserialize(blob[1:]))
-        elif blob:
-            self.update(_int64s(blob[1:]))
+        elif len(blob) > 1:
+            self._pending.append(blob[1:])
 
     @property
     def estimated(self):
+        self._settle()
         return self.hll is not None
 
     def count(self):
+        self._settle()
         if self.hll is None:
             return len(self.exact)
         return round(self.hll.get_estimate())
 
     def encode(self):
+        self._settle()
         if self.hll is None:
             return b"E" + _blob(sorted(self.exact))
         return b"H" + self.hll.get_result(tgt_hll_type.HLL_4).serialize_compact()
@@ -157,22 +151,32 @@ def encode_durations(histogram):
 
 def add_encoded_durations(histogram, blob, sign=1):
     """Add (or, with sign=-1, take out) an encoded histogram's counts to `histogram`."""
-    values = _int64s(blob)
+    values = _int64s(blob).tolist()
     for index in range(0, len(values), 2):
         bucket = values[index]
         histogram[bucket] = histogram.get(bucket, 0) + sign * values[index + 1]
 
 
-def median(histogram):
-    """The nearest-rank median, the ceil(n/2)-th smallest duration, or None if there are no
-    sessions."""
-    total = sum(histogram.values())
-    if not total:
-        return None
-    rank = (total + 1) // 2
-    seen = 0
-    for bucket in sorted(histogram):
-        seen += histogram[bucket]
-        if seen >= rank:
-            return bucket
-    raise AssertionError("unreachable: the ranks add up to the total")
+class Durations:
+    """Encoded histograms merged for a median (the read side): the bytes are kept as they
+    come and summed once, in numpy, rather than bucket by bucket in Python."""
+
+    def __init__(self):
+        self._blobs = []
+
+    def add_encoded(self, blob):
+        if blob:
+            self._blobs.append(blob)
+
+    def median(self):
+        """The nearest-rank median, the ceil(n/2)-th smallest duration's bucket, or None if
+        there are no sessions."""
+        if not self._blobs:
+            return None
+        pairs = numpy.frombuffer(b"".join(self._blobs), dtype="<i8").reshape(-1, 2)
+        order = numpy.argsort(pairs[:, 0], kind="stable")
+        ranks = numpy.cumsum(pairs[order, 1])
+        total = int(ranks[-1])
+        if total <= 0:
+            return None
+        return int(pairs[order[numpy.searchsorted(ranks, (total + 1) // 2)], 0])

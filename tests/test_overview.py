@@ -21,7 +21,8 @@ from app.validate import parse_batch
 from bench import traffic as generator
 from storage.log_writer import EventLog
 from storage.overview_store import OverviewReader
-from storage.sketches import EXACT_LIMIT, People, duration_bucket, median, person_key
+from storage.sketches import (EXACT_LIMIT, Durations, People, duration_bucket,
+                              encode_durations, person_key)
 from worker import overview as overview_module
 from worker.runner import Worker
 from worker.sessions import place
@@ -258,9 +259,15 @@ def test_the_median_is_the_nearest_rank_one():
     histogram = {}
     for duration in durations:
         histogram[duration_bucket(duration)] = histogram.get(duration_bucket(duration), 0) + 1
-    assert median(histogram) == ref.nearest_rank_median(durations)
-    long = [5000, 9000, 100_000]
-    assert median({duration_bucket(d): 1 for d in long}) == duration_bucket(9000)
+    # Merged from several encoded histograms, as a range's rows are.
+    merged = Durations()
+    for part in range(0, len(histogram), 7):
+        merged.add_encoded(encode_durations(dict(list(histogram.items())[part:part + 7])))
+    assert merged.median() == ref.nearest_rank_median(durations)
+    long = Durations()
+    long.add_encoded(encode_durations({duration_bucket(d): 1 for d in [5000, 9000, 100_000]}))
+    assert long.median() == duration_bucket(9000)
+    assert Durations().median() is None
     assert 0 <= 9000 - duration_bucket(9000) <= 9000 / 2048
 
 

@@ -17,6 +17,7 @@ import overview_reference as ref
 from bench import traffic as generator
 from http_client import request, wait_for
 from storage.sketches import duration_bucket
+from test_read_api import assert_matches_spec
 
 pytestmark = pytest.mark.slow
 
@@ -42,11 +43,13 @@ def check(port, views, span):
     expected = ref.overview(views, TIMEOUT, start, end)
     status, listed = get(port, "/experiences", **span)
     assert status == 200, listed
+    assert_matches_spec("/experiences", "GET", status, listed)
     assert {item["experienceID"]: figures_of(item) for item in listed["experiences"]} == {
         experience: comparable(want) for experience, want in expected.items()}
     for experience in expected:
         status, one = get(port, f"/experiences/{experience}", **span, step="hour")
         assert status == 200, one
+        assert_matches_spec("/experiences/{experience_id}", "GET", status, one)
         assert figures_of(one) == comparable(expected[experience])
         assert sum(point["screen_views"] for point in one["points"]) == one["screen_views"]
     return {experience: figures_of(item) for experience, item in
@@ -129,6 +132,8 @@ def test_bad_queries_are_named_and_csv_is_served(supervisor):
     ]:
         status, body = get(sup.port, path, **params)
         assert status == 400, (path, params, body)
+        assert_matches_spec(path.replace("/1", "/{experience_id}").replace(
+            "/abc", "/{experience_id}"), "GET", status, body)
         assert named in body["error"], (path, params, body)
 
     status, body = get(sup.port, "/experiences", sort="sessions", top="2")

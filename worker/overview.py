@@ -115,81 +115,68 @@ class Overview:
             return 0
         started, counted, screens = time.monotonic(), 0, 0
         start = self.offset
-        changes = Changes()
+        views, events = [], 0  # of the groups read since the last commit
         for group in read_groups(details, self.offset):
             if group.data1_end > data1_end:
                 break
-            screens += self._add(changes, group.events())
+            items = group.events()
+            events += len(items)
+            views += screen_views(items)
             self.offset, self.data1_end = group.end, group.data1_end
-            if len(changes) >= COMMIT_EVENTS:
-                counted += self._commit(changes)
-                changes = Changes()
-        counted += self._commit(changes)
+            if events >= COMMIT_EVENTS:
+                counted += self._count(views, events)
+                screens += len(views)
+                views, events = [], 0
+        counted += self._count(views, events)
+        screens += len(views)
         if counted:
             log.info("overview: counted %d SDK events (%d screen views) in %.3fs; details "
                      "offset %d -> %d", counted, screens, time.monotonic() - started, start,
                      self.offset)
         return counted
 
-    def _commit(self, changes):
-        if not changes.events:
+    def _count(self, views, events):
+        """Place `views` and commit them with the position reached."""
+        if not events:
             return 0
-        # The store must never claim details a power loss could undo.
-        os.fdatasync(self.details)
-        self.store.commit(changes, self.identity, self.offset, self.data1_end)
-        return changes.events
-
-    def _add(self, changes, items):
-        """Place a group's screen views in `changes`. Returns how many there were."""
-        changes.events += len(items)
-        screens = 0
-        for item in items:
-            event = item["event"]
-            if event.get("type") != "screen":
-                continue  # identifies and registers are kept in the details, not counted
-            screens += 1
-            properties = event["properties"]
-            experience = int(properties["experienceID"])  # as the ingest checked it
-            moment = item["time"] // 1000
+        changes = Changes()
+        changes.events = events
+        # Every device's state in a few queries, not two per view.
+        newest, stored = self.store.devices({view[2] for view in views})
+        for experience, moment, device, person, screen, name, screen_name in views:
             hour = moment - moment % 3600
-            anonymous = event["anonymousID"]
-            user = event.get("userID")
-            device = person_key("anon:" + anonymous)
-            person = person_key("user:" + user) if user else device
-            screen = properties.get("id") or ""
             changes.views[experience, hour] += 1
             changes.people[experience, hour].add(person)
             changes.screen_views[experience, screen, hour] += 1
             changes.screen_people[experience, screen, hour].add(person)
-            self._name(changes, experience, "", moment, properties.get("experienceName"))
-            self._name(changes, experience, screen, moment, properties.get("name"))
-            self._place(changes, device, experience, moment)
-        return screens
+            _name(changes, experience, "", moment, name)
+            _name(changes, experience, screen, moment, screen_name)
+            self._place(changes, newest, stored, device, experience, moment)
+        # The store must never claim details a power loss could undo.
+        os.fdatasync(self.details)
+        self.store.commit(changes, self.identity, self.offset, self.data1_end)
+        return events
 
-    @staticmethod
-    def _name(changes, experience, screen, moment, name):
-        if name:
-            known = changes.names.get((experience, screen))
-            if known is None or (moment, name) > known:
-                changes.names[experience, screen] = (moment, name)
-
-    def _place(self, changes, device, experience, moment):
-        newest = changes.devices.get(device)
-        if newest is None:
-            newest = self.store.device_newest(device)
-        if newest is not None and moment < newest - LATE_BOUND:
-            _add_session(changes, experience, [moment, moment, 1], 1)
+    def _place(self, changes, newest, stored, device, experience, moment):
+        """Place a screen view in its device's sessions (`stored`: those of the store, taken
+        from as each is first touched), and count what changed."""
+        latest = newest.get(device)
+        if latest is not None and moment < latest - LATE_BOUND:
+            _count_session(changes, experience, [moment, moment, 1], 1)
             return
         sessions = changes.open_sessions.get((device, experience))
         if sessions is None:
-            sessions = changes.open_sessions[device, experience] = self.store.sessions(
-                device, experience)
+            sessions = changes.open_sessions[device, experience] = stored.pop(
+                (device, experience), [])
         replaced, joined = place(sessions, moment, self.timeout)
-        for session in replaced:
-            _add_session(changes, experience, session, -1)
-        _add_session(changes, experience, joined, 1)
-        if newest is None or moment > newest:
-            changes.devices[device] = moment
+        if len(replaced) == 1 and replaced[0][0] == joined[0]:
+            _stretch_session(changes, experience, replaced[0], joined)  # the usual case
+        else:
+            for session in replaced:
+                _count_session(changes, experience, session, -1)
+            _count_session(changes, experience, joined, 1)
+        if latest is None or moment > latest:
+            newest[device] = changes.devices[device] = moment
             # Sessions no view within the late bound can reach any more are final: their
             # figures are in the rows already, and they need not be kept.
             final = moment - LATE_BOUND - self.timeout
@@ -203,7 +190,32 @@ class Overview:
             self.details = None
 
 
-def _add_session(changes, experience, session, sign):
+def screen_views(items):
+    """A group's screen views as (experience, moment, device, person, screen id, experience
+    name, screen name); identifies and registers are kept in the details, not counted."""
+    views = []
+    for item in items:
+        event = item["event"]
+        if event.get("type") != "screen":
+            continue
+        properties = event["properties"]
+        device = person_key("anon:" + event["anonymousID"])
+        user = event.get("userID")
+        views.append((int(properties["experienceID"]),  # as the ingest checked it
+                      item["time"] // 1000, device, person_key("user:" + user) if user else device,
+                      properties.get("id") or "", properties.get("experienceName"),
+                      properties.get("name")))
+    return views
+
+
+def _name(changes, experience, screen, moment, name):
+    if name:
+        known = changes.names.get((experience, screen))
+        if known is None or (moment, name) > known:
+            changes.names[experience, screen] = (moment, name)
+
+
+def _count_session(changes, experience, session, sign):
     """Count a session in (sign 1) or out (sign -1) of the hour it starts in."""
     first, last, screens = session
     key = (experience, first - first % 3600)
@@ -213,3 +225,19 @@ def _add_session(changes, experience, session, sign):
     figures[2] += sign * screens
     figures[3] += sign * (screens == 1)
     changes.durations[key][duration_bucket(last - first)] += sign
+
+
+def _stretch_session(changes, experience, old, new):
+    """_count_session(old, -1) then (new, 1), for a session that kept its start and gained
+    one view: the same changes, in a third of the work."""
+    first = new[0]
+    key = (experience, first - first % 3600)
+    figures = changes.sessions[key]
+    figures[1] += new[1] - old[1]
+    figures[2] += 1
+    figures[3] -= old[2] == 1
+    before, after = duration_bucket(old[1] - first), duration_bucket(new[1] - first)
+    if before != after:
+        durations = changes.durations[key]
+        durations[before] -= 1
+        durations[after] += 1
