@@ -139,6 +139,8 @@ class OverviewStore:
             self._create(session_timeout)
         try:
             self.db = sqlite3.connect(self.path, timeout=5, isolation_level=None)
+            self.db.create_function("merge_people", 2, _merge_people, deterministic=True)
+            self.db.create_function("add_durations", 2, _add_durations, deterministic=True)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             rows = self.db.execute(f"SELECT version, {STATE_COLUMNS} FROM state").fetchall()
@@ -200,11 +202,12 @@ class OverviewStore:
                 "(excluded.moment, excluded.name) > (moment, name)",
                 [(experience, screen, moment, name)
                  for (experience, screen), (moment, name) in changes.names.items()])
-            for (device, experience), sessions in changes.open_sessions.items():
-                db.execute("DELETE FROM open_session WHERE device = ? AND experience = ?",
-                           (device, experience))
-                db.executemany("INSERT INTO open_session VALUES (?, ?, ?, ?, ?)",
-                               [(device, experience, *session) for session in sessions])
+            db.executemany("DELETE FROM open_session WHERE device = ? AND experience = ?",
+                           changes.open_sessions)
+            db.executemany("INSERT INTO open_session VALUES (?, ?, ?, ?, ?)",
+                           [(device, experience, *session)
+                            for (device, experience), sessions in changes.open_sessions.items()
+                            for session in sessions])
             db.executemany("INSERT OR REPLACE INTO device VALUES (?, ?)",
                            changes.devices.items())
             db.execute("UPDATE state SET details_identity = ?, details_offset = ?, "
@@ -217,13 +220,15 @@ class OverviewStore:
             raise
 
     def _experience_rows(self, level, changes):
-        table = f"experience_{LEVELS[level]}"
-        merged = {}  # (bucket, experience) -> [views, People, s, d, ss, b, histogram]
+        """Add the changes to the `level` table's rows: one upsert per row, the sums added
+        and the people and durations merged by SQL functions (_merge_people,
+        _add_durations), in SQLite's loop rather than a read and a write per row."""
+        merged = {}  # (bucket, experience) -> [views, people, s, d, ss, b, durations]
         for source in (changes.views, changes.people, changes.sessions, changes.durations):
             for experience, hour in source:
                 key = (hour - hour % level, experience)
                 if key not in merged:
-                    merged[key] = self._experience_row(table, key)
+                    merged[key] = [0, set(), 0, 0, 0, 0, collections.Counter()]
         for (experience, hour), views in changes.views.items():
             merged[hour - hour % level, experience][0] += views
         for (experience, hour), people in changes.people.items():
@@ -233,47 +238,38 @@ class OverviewStore:
             for index, value in enumerate(figures):
                 row[2 + index] += value
         for (experience, hour), histogram in changes.durations.items():
-            row = merged[hour - hour % level, experience][6]
-            for bucket, sessions in histogram.items():
-                row[bucket] = row.get(bucket, 0) + sessions
+            merged[hour - hour % level, experience][6].update(histogram)
         self.db.executemany(
-            f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(bucket, experience, views, people.encode(), sessions, duration_sum,
+            f"INSERT INTO experience_{LEVELS[level]} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (bucket, experience) DO UPDATE SET views = views + excluded.views, "
+            "people = merge_people(people, excluded.people), "
+            "sessions = sessions + excluded.sessions, "
+            "duration_sum = duration_sum + excluded.duration_sum, "
+            "session_screens = session_screens + excluded.session_screens, "
+            "bounces = bounces + excluded.bounces, "
+            "durations = add_durations(durations, excluded.durations)",
+            [(bucket, experience, views, People(people).encode(), sessions, duration_sum,
               session_screens, bounces, encode_durations(histogram))
              for (bucket, experience), (views, people, sessions, duration_sum,
                                         session_screens, bounces, histogram)
              in merged.items()])
 
-    def _experience_row(self, table, key):
-        row = self.db.execute(
-            f"SELECT {', '.join(EXPERIENCE_COLUMNS)} FROM {table} "
-            "WHERE bucket = ? AND experience = ?", key).fetchone()
-        if row is None:
-            return [0, People(), 0, 0, 0, 0, {}]
-        views, people, sessions, duration_sum, session_screens, bounces, durations = row
-        histogram = {}
-        add_encoded_durations(histogram, durations)
-        return [views, People.decode(people), sessions, duration_sum, session_screens,
-                bounces, histogram]
-
     def _screen_rows(self, level, changes):
-        table = f"screen_{LEVELS[level]}"
-        merged = {}  # (experience, bucket, screen) -> [views, People]
+        merged = {}  # (experience, bucket, screen) -> [views, people]
         for source in (changes.screen_views, changes.screen_people):
             for experience, screen, hour in source:
                 key = (experience, hour - hour % level, screen)
                 if key not in merged:
-                    row = self.db.execute(
-                        f"SELECT views, people FROM {table} WHERE experience = ? AND "
-                        "bucket = ? AND screen = ?", key).fetchone()
-                    merged[key] = [row[0], People.decode(row[1])] if row else [0, People()]
+                    merged[key] = [0, set()]
         for (experience, screen, hour), views in changes.screen_views.items():
             merged[experience, hour - hour % level, screen][0] += views
         for (experience, screen, hour), people in changes.screen_people.items():
             merged[experience, hour - hour % level, screen][1].update(people)
         self.db.executemany(
-            f"INSERT OR REPLACE INTO {table} VALUES (?, ?, ?, ?, ?)",
-            [(*key, views, people.encode()) for key, (views, people) in merged.items()])
+            f"INSERT INTO screen_{LEVELS[level]} VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (experience, bucket, screen) DO UPDATE SET "
+            "views = views + excluded.views, people = merge_people(people, excluded.people)",
+            [(*key, views, People(people).encode()) for key, (views, people) in merged.items()])
 
     def reset(self, session_timeout):
         """Empty the store and its position in one transaction (for a recount)."""
@@ -303,6 +299,19 @@ class OverviewStore:
         if self.db is not None:
             self.db.close()
             self.db = None
+
+
+def _merge_people(stored, added):
+    people = People.decode(stored)
+    people.merge_encoded(added)
+    return people.encode()
+
+
+def _add_durations(stored, added):
+    histogram = {}
+    add_encoded_durations(histogram, stored)
+    add_encoded_durations(histogram, added)
+    return encode_durations(histogram)
 
 
 def utc_now():
