@@ -77,7 +77,8 @@ def describe(tokens):
 def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute_retention,
           dedupe_window, access, trusted_proxy, cluster=None):
     """Serve the API until SIGTERM/SIGINT; return the exit code. `cluster`, in cluster mode,
-    is (NATS server URLs, this node's partition, replicas, publish timeout)."""
+    is (NATS server URLs, this node's partition, replicas, publish timeout, the partitions SDK
+    events are spread over)."""
     process.place_on_cpus("ingest", cpu)
     log.info("access: writes %s; reads %s%s", describe(access.write), describe(access.read),
              f"; client addresses from {trusted_proxy}'s X-Forwarded-For" if trusted_proxy
@@ -116,14 +117,16 @@ def serve_cluster(*, host, port, threads, stalled_after, dedupe_window, cluster,
     from storage import stream_setup
     from storage.stream_writer import StreamLog
 
-    servers, partition, replicas, publish_timeout = cluster
-    log.info("ingest starting in cluster mode: http://%s:%d partition=%s servers=%s "
-             "replicas=%d threads=%d", host, port, partition, ",".join(servers), replicas, threads)
+    servers, partition, replicas, publish_timeout, sdk_partitions = cluster
+    sdk_partitions = sdk_partitions or [partition]
+    log.info("ingest starting in cluster mode: http://%s:%d partition=%s sdk_partitions=%s "
+             "servers=%s replicas=%d threads=%d", host, port, partition,
+             ",".join(sdk_partitions), ",".join(servers), replicas, threads)
     link, failed = stream_setup.connect(servers, f"ingest {partition}", replicas,
                                         dedupe_window, log)
     if link is None:
         return failed
-    eventlog = StreamLog(link, partition, publish_timeout)
+    eventlog = StreamLog(link, partition, publish_timeout, sdk_partitions)
     admission = Admission(eventlog, threads, access.write)
     app = make_app(eventlog, ClusterReadSide(link, stalled_after), access=access,
                    admission=admission)
@@ -214,7 +217,7 @@ def main(argv):
         servers = settings.cluster()
         if servers:
             config["cluster"] = (servers, settings.partition(), settings.replicas(),
-                                 settings.publish_timeout())
+                                 settings.publish_timeout(), settings.sdk_partitions())
     except settings.ConfigError as error:
         return process.bad_setting("ingest", error)
     return process.run_in_state_folder("ingest", config["state_dir"], lambda: serve(**config))

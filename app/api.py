@@ -27,6 +27,7 @@ from app.readside import Unavailable
 from storage.checkpoint import Checkpoint
 from storage.log_format import encode, parse_token
 from storage.log_writer import AppendError
+from storage.overview_store import NoOverview
 from storage.series_store import ALL, HOUR, MINUTE
 
 HERE = Path(__file__).resolve().parent
@@ -339,17 +340,12 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
             "points": points,
         })
 
-    def overview_snapshot():
-        """One consistent read of the overview store, or the 5xx saying why there is none."""
-        reader = reads.overview
-        if reader is None:
-            raise HTTPError(501, "the experience overview is not served in cluster mode yet; "
-                                 "the counts and the counts over time are")
-        snapshot = reader.snapshot()
-        if snapshot is None:
-            raise HTTPError(503, "no overview yet: the worker has not created overview.sqlite3 "
-                                 "(is MINI_ANALYTICS_OVERVIEW off?)")
-        return snapshot
+    def overview(answer, *args):
+        """answer(the overview's reader, *args), or a 503 naming why it cannot be read now."""
+        try:
+            return answer(reads.overview, *args)
+        except (NoOverview, Unavailable) as problem:
+            raise HTTPError(503, str(problem)) from None
 
     def overview_query_of(params):
         try:
@@ -363,8 +359,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         params = query_params()
         csv_wanted = wants_csv()
         query = overview_query_of(params)
-        with overview_snapshot() as snapshot:
-            document = overview_query.experiences(snapshot, query)
+        document = overview(overview_query.experiences, query)
         if csv_wanted:
             return csv_body("experiences", overview_query.CSV_COLUMNS, overview_query.csv_rows(
                 document["experiences"], overview_query.CSV_COLUMNS))
@@ -377,8 +372,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         params = query_params()
         csv_wanted = wants_csv()
         query = overview_query_of(params)
-        with overview_snapshot() as snapshot:
-            document = overview_query.experience(snapshot, query, parsed)
+        document = overview(overview_query.experience, query, parsed)
         if csv_wanted:
             return csv_body(f"experience-{parsed}", overview_query.POINT_COLUMNS,
                             overview_query.csv_rows(document["points"],

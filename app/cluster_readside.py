@@ -1,6 +1,6 @@
 """The read side in cluster mode: the partition checkpoints, merged, the cluster's state, and
-the counts over time summed over the partitions' workers. The same methods as
-app/readside.py's FileReadSide (see there).
+the counts over time summed over the partitions' workers, and the experience overview merged
+from theirs. The same methods as app/readside.py's FileReadSide (see there).
 
 Reads never go backwards. Any ingest node serves them, and a user may watch one node or
 several behind a load balancer, so no node ever serves a checkpoint older than one it has
@@ -17,6 +17,7 @@ A checkpoint is decoded once per revision, and the merge is redone only when a r
 changed.
 """
 
+import base64
 import json
 import threading
 import time
@@ -24,7 +25,7 @@ import time
 from app.readside import Unavailable
 from storage.checkpoint import CorruptCheckpoint, merge
 from storage.cluster_state import NoQuorum, ask_each, asking, cluster_state, stream_state
-from storage.layout import series_query_subject
+from storage.layout import overview_query_subject, series_query_subject
 from storage.series_store import SeriesState
 from storage.stream_checkpoint_store import read_latest
 from storage.stream_setup import current_majority
@@ -40,7 +41,7 @@ class ClusterReadSide:
     def __init__(self, link, stalled_after, clock=time.time):
         self.link = link
         self.series = ClusterSeries(link, self._partition_names_locked)
-        self.overview = None  # the experience overview is not served in cluster mode yet
+        self.overview = ClusterOverview(link, self._partition_names_locked)
         self.stalled_after = stalled_after
         self.clock = clock
         self._lock = threading.Lock()
@@ -283,3 +284,43 @@ class ClusterSeries:
             for key, count in pairs:
                 total[key] = total.get(key, 0) + count
         return total
+
+
+class ClusterOverview:
+    """The experience overview in cluster mode, with storage/overview_store.OverviewReader's
+    run(): each partition's worker runs the reads on its partition's overview store, in one
+    snapshot (worker/stream_runner.py), and the rows of every partition are put together for
+    app/overview_query.py to merge (an install's events are all in one partition, so its
+    sessions are whole in one store; people and sums merge across them). Raises Unavailable
+    (503) if a partition's worker does not answer, or its overview is being recounted."""
+
+    def __init__(self, link, partition_names):
+        self.link = link
+        self.partition_names = partition_names
+
+    def run(self, calls):
+        try:
+            names = self.partition_names()
+            with asking(self.link, "a read of the experience overview"):
+                answers = ask_each(self.link, names, overview_query_subject,
+                                   json.dumps({"calls": calls}).encode(), SERIES_TIMEOUT)
+        except NoQuorum as problem:
+            raise Unavailable(str(problem)) from None
+        results = [[] for _ in calls]
+        for name, answer in sorted(answers.items()):
+            if isinstance(answer, Exception):
+                raise Unavailable(f"the overview needs every partition's worker: no worker "
+                                  f"answers for partition {name}")
+            if "error" in answer:
+                raise Unavailable(f"the overview needs every partition's worker: "
+                                  f"{answer['error']}")
+            for rows, more in zip(results, answer["results"]):
+                rows.extend([_stored(value) for value in row] for row in more)
+        return results
+
+
+def _stored(value):
+    """A value as the worker sent it (worker/stream_runner.py's _jsonable), back as stored."""
+    if isinstance(value, dict):
+        return base64.b64decode(value["b64"])
+    return value

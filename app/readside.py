@@ -13,8 +13,8 @@ app/__main__.py gives it:
     series_state() the series store's state, or None while there is none; Unavailable while
                    it is being counted again and is behind the counts (its sums would be
                    partial: counts over time going down)
-    overview       the experience overview: storage/overview_store.OverviewReader (single
-                   machine only for now; the cluster read side has none)
+    overview       the experience overview: storage/overview_store.OverviewReader, or in
+                   cluster mode app/cluster_readside.ClusterOverview (the same run())
 
 Each raises Unavailable (answered 503) when it cannot tell.
 """

@@ -111,7 +111,7 @@ def _done(state_dir, size, overview):
         return True
     try:
         with sqlite3.connect(f"file:{state_dir / 'overview.sqlite3'}?mode=ro", uri=True) as db:
-            return db.execute("SELECT data1_end FROM state").fetchone()[0] == size
+            return db.execute("SELECT log_end FROM state").fetchone()[0] == size
     except sqlite3.Error:
         return False
 

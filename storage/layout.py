@@ -61,9 +61,16 @@ not in files; their names are below too, with the module that writes and reads e
                       storage/series_store.py (the worker owning the partition writes it and
                       answers the ingest's questions about it on the subject
                       mini_analytics.series.<partition>: app/cluster_readside.py asks)
+    overview-<partition>.sqlite3 in the worker's state folder: the partition's experience
+                      overview, overview.sqlite3's format counted from the details header
+                      (Mini-Analytics-Details) of the partition's SDK messages, the stream
+                      sequence as its position; storage/overview_store.py (the worker owning
+                      the partition writes it and answers the ingest's reads of it on the
+                      subject mini_analytics.overview.<partition>: app/cluster_readside.py)
 
 In cluster mode an ingest node's state folder holds only its logs/; a worker's, its logs/
-and its partitions' series stores, which it can always count again from the stream.
+and its partitions' series and overview stores, which it can always count again from the
+stream.
 """
 
 import datetime
@@ -89,6 +96,10 @@ CHECKPOINT_BUCKET = "mini_analytics_checkpoints"
 CHECKPOINT_KEY_PREFIX = "partition."
 WORKER_PING_PREFIX = "mini_analytics.workers."
 SERIES_QUERY_PREFIX = "mini_analytics.series."
+OVERVIEW_QUERY_PREFIX = "mini_analytics.overview."
+# The header of a message holding an SDK event: its details (storage/details.py's item, with
+# the receive time), JSON, ASCII only (as a header must be).
+DETAILS_HEADER = "Mini-Analytics-Details"
 
 
 def partition_subject(partition):
@@ -105,6 +116,10 @@ def worker_ping_subject(partition):
 
 def series_query_subject(partition):
     return SERIES_QUERY_PREFIX + partition
+
+
+def overview_query_subject(partition):
+    return OVERVIEW_QUERY_PREFIX + partition
 
 
 class Layout:
@@ -125,6 +140,10 @@ class Layout:
     def partition_series(self, partition):
         """A cluster worker's series store of one partition."""
         return self.root / f"series-{partition}.sqlite3"
+
+    def partition_overview(self, partition):
+        """A cluster worker's overview store of one partition."""
+        return self.root / f"overview-{partition}.sqlite3"
 
     def log_file(self, program):
         return self.root / LOGS / f"{program}.log"

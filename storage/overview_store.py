@@ -2,8 +2,10 @@
 durations, screens), per experience, per hour and per day. The worker is its one writer
 (worker/overview.py); the ingest's read side reads it (app/overview_query.py).
 
-It is derived from data1.details, the SDK events as sent, and stands at a position of its own
-there, as series.sqlite3 stands at one in data1.
+It is derived from the SDK events as sent, and stands at a position of its own in them, as
+series.sqlite3 stands at one in data1: on one machine in data1.details; in cluster mode a
+worker keeps one per partition (overview-<partition>.sqlite3), counted from the details that
+ride with the partition's messages, its position a stream sequence.
 
 Format (version 1), SQLite in WAL mode. Times are Unix seconds; a bucket is the second at
 the start of its UTC hour or UTC day; all times are the devices' (storage/details.py: "time").
@@ -23,17 +25,19 @@ the start of its UTC hour or UTC day; all times are the devices' (storage/detail
                     view still to come could stretch or join (worker/sessions.py)
     device          (device, newest): each device's newest screen view
     state           one row: version, session_timeout (the sessions' rule: a store built
-                    with another is counted again), details_identity (the details file it was
-                    built from), details_offset (how far in it is counted), data1_end (the
-                    data1 offset its last counted group ends at), events, updated_at
+                    with another is counted again), source (what it is counted from: the
+                    details file's identity, or the stream's), position (how far in it: an
+                    offset in the details file, or a stream sequence), log_end (the data1
+                    offset its last counted group ends at; the sequence again in cluster
+                    mode), events, updated_at
 
     A device is storage/sketches.person_key of its anonymousID, a person that of "user:"
     and its userID when the event has one, else of "anon:" and its anonymousID.
 
 Invariants, true at every commit because everything changes in one SQLite transaction:
 
-    the rows == the overview of the screen views in the groups of data1.details before
-                details_offset, whatever order they came in (worker/sessions.py), except
+    the rows == the overview of the screen views before position in the source (the groups
+                of data1.details, or the partition's messages), whatever order they came in (worker/sessions.py), except
                 that a view more than LATE_BOUND older than its device's newest may begin
                 a session of its own
     open_session holds every session whose last view is within LATE_BOUND + the session
@@ -82,8 +86,8 @@ CREATE TABLE open_session (device INTEGER NOT NULL, experience INTEGER NOT NULL,
     PRIMARY KEY (device, experience, first)) WITHOUT ROWID;
 CREATE TABLE device (device INTEGER PRIMARY KEY, newest INTEGER NOT NULL);
 CREATE TABLE state (version INTEGER NOT NULL, session_timeout INTEGER NOT NULL,
-    details_identity BLOB NOT NULL,
-    details_offset INTEGER NOT NULL, data1_end INTEGER NOT NULL, events INTEGER NOT NULL,
+    source BLOB NOT NULL,
+    position INTEGER NOT NULL, log_end INTEGER NOT NULL, events INTEGER NOT NULL,
     updated_at TEXT NOT NULL);
 """
 
@@ -96,7 +100,7 @@ class CorruptOverview(Exception):
 
 
 OverviewState = collections.namedtuple(
-    "OverviewState", "session_timeout details_identity details_offset data1_end events")
+    "OverviewState", "session_timeout source position log_end events")
 STATE_COLUMNS = ", ".join(OverviewState._fields)
 
 
@@ -187,9 +191,9 @@ class OverviewStore:
                 sessions[device, experience].append([first, last, screens])
         return newest, sessions
 
-    def commit(self, changes, details_identity, details_offset, data1_end):
+    def commit(self, changes, source, position, log_end):
         """Apply `changes` and move the position, in one transaction. The caller has made
-        data1.details durable up to `details_offset`."""
+        the source durable up to `position`."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -210,9 +214,9 @@ class OverviewStore:
                             for session in sessions])
             db.executemany("INSERT OR REPLACE INTO device VALUES (?, ?)",
                            changes.devices.items())
-            db.execute("UPDATE state SET details_identity = ?, details_offset = ?, "
-                       "data1_end = ?, events = events + ?, updated_at = ?",
-                       (details_identity, details_offset, data1_end, changes.events,
+            db.execute("UPDATE state SET source = ?, position = ?, "
+                       "log_end = ?, events = events + ?, updated_at = ?",
+                       (source, position, log_end, changes.events,
                         utc_now()))
             db.execute("COMMIT")
         except BaseException:
@@ -278,8 +282,8 @@ class OverviewStore:
         for table in ("experience_hour", "experience_day", "screen_hour", "screen_day", "name",
                       "open_session", "device"):
             db.execute(f"DELETE FROM {table}")
-        db.execute("UPDATE state SET session_timeout = ?, details_identity = x'', "
-                   "details_offset = 0, data1_end = 0, events = 0, updated_at = ?",
+        db.execute("UPDATE state SET session_timeout = ?, source = x'', "
+                   "position = 0, log_end = 0, events = 0, updated_at = ?",
                    (session_timeout, utc_now()))
         db.execute("COMMIT")
 
@@ -342,41 +346,44 @@ class OverviewReader:
             local.identity = identity
         return local.db
 
-    def snapshot(self):
-        """A connection holding one read transaction: every read through it sees the same
-        commit. Use as a context manager; None while there is no store."""
+    def run(self, calls):
+        """The rows of each read in `calls` ([(name, *arguments)], a name of READS), all
+        read in one snapshot: every read sees the same commit. Raises NoOverview while there
+        is no store."""
         db = self._db()
-        return None if db is None else _Snapshot(db)
+        if db is None:
+            raise NoOverview("no overview yet: the worker has not created "
+                             f"{self.path.name} (is MINI_ANALYTICS_OVERVIEW off?)")
+        reads = _Reads(db)
+        db.execute("BEGIN")
+        try:
+            return [list(getattr(reads, name)(*arguments)) for name, *arguments in calls]
+        finally:
+            db.execute("COMMIT")
 
 
-class _Snapshot:
+class NoOverview(Exception):
+    """There is no overview store (yet); the message says why."""
+
+
+# The reads OverviewReader.run answers: also what a cluster worker answers for the ingest.
+READS = ("experience_rows", "experience_sums", "experience_sketches", "screen_rows", "names")
+
+
+class _Reads:
     def __init__(self, db):
         self.db = db
 
-    def __enter__(self):
-        self.db.execute("BEGIN")
-        return self
-
-    def __exit__(self, *exc):
-        self.db.execute("COMMIT")
-
-    def state(self):
-        return OverviewState(*self.db.execute(f"SELECT {STATE_COLUMNS} FROM state").fetchone())
-
-    def experience_rows(self, level, start, end, experience=None):
+    def experience_rows(self, level, start, end, experience):
         """(bucket, experience, views, people, sessions, duration_sum, session_screens,
-        bounces, durations) of the `level` table (HOUR or DAY) in [start, end)."""
-        columns = ", ".join(EXPERIENCE_COLUMNS)
-        table = f"experience_{LEVELS[level]}"
-        if experience is None:
-            return self.db.execute(
-                f"SELECT bucket, experience, {columns} FROM {table} "
-                "WHERE bucket >= ? AND bucket < ?", (start, end))
+        bounces, durations) of one experience in the `level` table (HOUR or DAY), [start,
+        end)."""
         # One key seek per bucket (generated, not scanned), as in the series store.
         return self.db.execute(
             "WITH RECURSIVE wanted(bucket) AS (SELECT ? UNION ALL SELECT bucket + ? FROM "
-            f"wanted WHERE bucket + ? < ?) SELECT t.bucket, t.experience, {columns} FROM "
-            f"wanted CROSS JOIN {table} AS t ON t.bucket = wanted.bucket AND "
+            f"wanted WHERE bucket + ? < ?) SELECT t.bucket, t.experience, "
+            f"{', '.join('t.' + column for column in EXPERIENCE_COLUMNS)} FROM wanted "
+            f"CROSS JOIN experience_{LEVELS[level]} AS t ON t.bucket = wanted.bucket AND "
             "t.experience = ?", (start - start % level, level, level, end, experience))
 
     def experience_sums(self, level, start, end):
@@ -399,11 +406,9 @@ class _Snapshot:
             f"SELECT screen, views, people FROM screen_{LEVELS[level]} "
             "WHERE experience = ? AND bucket >= ? AND bucket < ?", (experience, start, end))
 
-    def names(self, experience=None, screen=""):
-        """{experience: name} of every experience (screen ''), or {screen: name} of one
-        experience's screens (screen None)."""
-        if screen is None:
-            return dict(self.db.execute(
-                "SELECT screen, name FROM name WHERE experience = ? AND screen != ''",
-                (experience,)))
-        return dict(self.db.execute("SELECT experience, name FROM name WHERE screen = ''"))
+    def names(self, experience):
+        """(experience, screen, moment, name) rows: every experience's own name (screen ''),
+        or with `experience`, its own and its screens'."""
+        if experience is None:
+            return self.db.execute("SELECT * FROM name WHERE screen = ''")
+        return self.db.execute("SELECT * FROM name WHERE experience = ?", (experience,))

@@ -47,6 +47,9 @@ SETTINGS = [
     ("CLUSTER", "(unset: one machine)", "cluster mode: NATS server URLs, comma-separated"),
     ("PARTITION", "(none)", "cluster mode, ingest: the partition this node appends to"),
     ("PARTITIONS", "(none)", "cluster mode, worker: the partitions it owns, comma-separated"),
+    ("SDK_PARTITIONS", "(this node's partition)", "cluster mode, ingest: the partitions SDK "
+                                                  "events are spread over by install, the "
+                                                  "same list on every node"),
     ("REPLICAS", "3", "cluster mode: copies of the stream and checkpoints (1, 3 or 5)"),
     ("PUBLISH_TIMEOUT", "10", "cluster mode: seconds a publish is retried before a 503"),
     ("CLUSTER_PORT_BASE", "7000", "cluster/supervisord.conf: shifts every port of the local "
@@ -328,6 +331,13 @@ def partitions(environ=os.environ):
         raise ConfigError(f"{PREFIX}PARTITIONS must name the partitions this worker owns "
                           "(like p1,p2) in cluster mode")
     return _partition_names(environ, "PARTITIONS", raw)
+
+
+def sdk_partitions(environ=os.environ):
+    """The partitions an ingest node spreads SDK events over, by their anonymousID (cluster
+    mode); None: its own partition only."""
+    raw = _raw(environ, "SDK_PARTITIONS")
+    return _partition_names(environ, "SDK_PARTITIONS", raw) if raw else None
 
 
 def replicas(environ=os.environ):

@@ -11,7 +11,7 @@ import os
 
 from nats.js import api
 
-from storage.layout import STREAM, partition_subject
+from storage.layout import DETAILS_HEADER, STREAM, partition_subject
 from storage.nats_link import UNAVAILABLE
 
 # Messages asked for per fetch, and how long one fetch may wait for them (they are stored:
@@ -30,10 +30,11 @@ class StreamReader:
         self.pending = 0
 
     def messages(self, after):
-        """Yield (payload, stream sequence, second) for the partition's messages after
-        sequence `after`, in order: every one stored when the call began (at least). The
-        second (Unix time) is when the stream stored the message: its events' time, as
-        data1's time index gives the time of data1's records.
+        """Yield (payload, stream sequence, second, details) for the partition's messages
+        after sequence `after`, in order: every one stored when the call began (at least).
+        The second (Unix time) is when the stream stored the message: its events' time, as
+        data1's time index gives the time of data1's records. `details` is an SDK event's
+        details (the DETAILS_HEADER's JSON text), or None for a message of minimal events.
 
         Raises what the link raises (storage/nats_link.UNAVAILABLE) if the cluster cannot
         answer; what was yielded before stays valid.
@@ -51,8 +52,10 @@ class StreamReader:
                     pending -= 1
                     self.pending = message.metadata.num_pending
                     metadata = message.metadata
+                    headers = message.headers
                     yield (message.data, metadata.sequence.stream,
-                           int(metadata.timestamp.timestamp()))
+                           int(metadata.timestamp.timestamp()),
+                           headers.get(DETAILS_HEADER) if headers else None)
         finally:
             try:
                 self.link.call(self._close(subscription, name), FETCH_TIMEOUT)

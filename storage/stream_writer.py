@@ -17,7 +17,11 @@ counts messages with the same code as data1's blocks. This module's guarantees:
   a message twice.
 * If no acknowledgement comes within `timeout`, append() raises AppendError. The records
   may or may not be stored (a lost acknowledgement): such an event is counted at most once.
-* An SDK event (append_events) is a message of its own: its payload is its screen view's
+* An SDK event (append_events) goes to the partition its anonymousID picks among
+  `sdk_partitions` (the same on every ingest node), so that each app install's events are
+  in one partition, counted by one worker: its sessions are whole there
+  (worker/overview.py). Minimal events go to the node's own partition.
+* An SDK event is a message of its own: its payload is its screen view's
   record (empty for an identify or a register), its details (storage/details.py's item, with
   the receive time) ride in the DETAILS_HEADER header, and its Nats-Msg-Id is derived from
   the event's own id. The stream drops a repeat of that id within its duplicate window (the
@@ -27,21 +31,19 @@ counts messages with the same code as data1's blocks. This module's guarantees:
 
 import asyncio
 import collections
+import hashlib
 import itertools
 import json
 import logging
 import os
 import threading
 
-from storage.layout import STREAM, partition_subject
+from storage.layout import DETAILS_HEADER, STREAM, partition_subject
 from storage.log_format import encode
 from storage.log_writer import AppendError
 from storage.nats_link import UNAVAILABLE
 from storage.seen_index import key_of
 from storage.stream_setup import MAX_MESSAGE_BYTES
-
-# The header holding an SDK event's details: JSON, ASCII only (as a header must be).
-DETAILS_HEADER = "Mini-Analytics-Details"
 
 log = logging.getLogger("ingest")
 
@@ -66,12 +68,20 @@ class Group:
                                  "stored: at most once")
 
 
+def partition_of(anonymous_id, partitions):
+    """The partition an install's SDK events go to: the same for the same anonymousID on
+    every node, spread evenly."""
+    digest = hashlib.blake2b(anonymous_id.encode(), digest_size=8).digest()
+    return partitions[int.from_bytes(digest, "little") % len(partitions)]
+
+
 class StreamLog:
-    def __init__(self, link, partition, timeout):
+    def __init__(self, link, partition, timeout, sdk_partitions=None):
         self.link = link
         self.partition = partition
         self.subject = partition_subject(partition)
         self.timeout = timeout
+        self.sdk_partitions = sdk_partitions or [partition]
         # Unique to this process's life, so that no two messages ever share an id: the
         # partition, a random part, and a counter.
         self._writer_id = f"{partition}-{os.urandom(6).hex()}"
@@ -133,8 +143,10 @@ class StreamLog:
         payload = b"" if event.experience_id is None else encode((event.experience_id,))
         details = json.dumps({"received": received_ms, **event.details}, ensure_ascii=True,
                              separators=(",", ":"))
+        partition = partition_of(event.details["event"]["anonymousID"], self.sdk_partitions)
         ack = await self._publish_until_acknowledged(
-            payload, f"sdk-{key_of(event.event_id).hex()}", {DETAILS_HEADER: details})
+            payload, f"sdk-{key_of(event.event_id).hex()}", {DETAILS_HEADER: details},
+            partition_subject(partition))
         return not ack.duplicate
 
     def _start_publishes(self):
@@ -161,9 +173,11 @@ class StreamLog:
                 self._in_flight -= 1
             self._start_publishes()
 
-    async def _publish_until_acknowledged(self, payload, message_id, extra_headers=None):
+    async def _publish_until_acknowledged(self, payload, message_id, extra_headers=None,
+                                          subject=None):
         """The publish's acknowledgement (its `duplicate` says whether the stream already
-        held `message_id`), or AppendError once `timeout` has passed."""
+        held `message_id`), or AppendError once `timeout` has passed. To this node's
+        partition unless `subject` says another."""
         loop = self.link.loop
         deadline = loop.time() + self.timeout
         headers = {"Nats-Msg-Id": message_id, **(extra_headers or {})}
@@ -182,7 +196,7 @@ class StreamLog:
             try:
                 # The same id on every attempt: the stream stores the message once.
                 ack = await self.link.js.publish(
-                    self.subject, payload, timeout=min(remaining, ATTEMPT_TIMEOUT),
+                    subject or self.subject, payload, timeout=min(remaining, ATTEMPT_TIMEOUT),
                     stream=STREAM, headers=dict(headers))
                 if attempts > 1:
                     log.info("publish %s acknowledged on attempt %d", message_id, attempts)

@@ -11,7 +11,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import random
 import threading
+import urllib.parse
 from urllib.parse import quote
 
 import nats.errors
@@ -20,15 +22,18 @@ import pytest
 from cluster_harness import PROGRAMS, Cluster
 from http_client import post, request, wait_for
 from processes import copy_of_the_code, short_temp_dir
+from bench import traffic as generator
 from bench.sdk_shapes import mixed_batch
+import overview_reference as ref
 from test_dashboard import (CHROMIUM, MEASURE, PHONE_WIDTH, CountingProxy, Page, chromium,
                             screenshot)
 from storage import stream_setup
-from storage.layout import STREAM, Layout
+from storage.layout import DETAILS_HEADER, STREAM, Layout
 from storage.nats_link import Link
 from storage.series_store import HOUR, SeriesReader
+from storage.sketches import duration_bucket
 from storage.stream_checkpoint_store import history, read_latest
-from storage.stream_writer import DETAILS_HEADER
+from storage.stream_writer import partition_of
 from worker.stream_runner import StreamWorker
 
 pytestmark = pytest.mark.cluster
@@ -425,3 +430,50 @@ def test_the_same_tokens_guard_every_ingest_node(cluster):
         return status == 200 and body["counts"] == {"3": 2}
 
     wait_for(counted_with_token, 30, what="both events counted, read with the token")
+
+
+def test_the_overview_through_both_nodes_is_the_ledger_s(cluster):
+    """SDK traffic sent to either ingest node at random, with a worker SIGKILLed midway: each
+    install's events are in one partition (its sessions whole there), and either node's
+    /experiences merges the partitions' overviews into exactly what the ledger gives."""
+    node = cluster(interval=0.1)
+    end = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    traffic = generator.generate(seed=21, devices=150, experiences=5, days=3,
+                                 end=end - datetime.timedelta(minutes=5))
+    rng = random.Random(4)
+    senders = {n: generator.Sender(f"http://127.0.0.1:{node.ingest_port(n)}") for n in (1, 2)}
+    half = len(traffic.batches) // 2
+    for index, batch in enumerate(traffic.batches):
+        if index == half:
+            os.kill(node.pid("worker:worker-1"), signal.SIGKILL)
+        senders[rng.choice((1, 2))].send([batch])
+    installs = {view.anonymous for view in traffic.views}
+    assert {partition_of(install, ["p1", "p2"]) for install in installs} == {"p1", "p2"}
+    span = {"from": (end - datetime.timedelta(days=4)).isoformat(),
+            "to": (end + datetime.timedelta(hours=1)).isoformat()}
+    path = f"/experiences?{urllib.parse.urlencode(span)}"
+
+    def screen_views(n):
+        status, body = request(node.ingest_port(n), "GET", path)
+        return status == 200 and sum(item["screen_views"] for item in body["experiences"])
+
+    start = int(datetime.datetime.fromisoformat(span["from"]).timestamp())
+    stop = int(datetime.datetime.fromisoformat(span["to"]).timestamp())
+    expected = ref.overview(traffic.views, 1800, start, stop)
+    for n in (1, 2):
+        wait_for(lambda: screen_views(n) == len(traffic.views), 60,
+                 what=f"ingest-{n}'s overview to count every screen view")
+        status, body = request(node.ingest_port(n), "GET", path)
+        got = {item["experienceID"]: item for item in body["experiences"]}
+        assert set(got) == set(expected)
+        for experience, want in expected.items():
+            for key, value in want.items():
+                if key == "median_session_seconds" and value is not None:
+                    value = duration_bucket(value)
+                assert got[experience][key] == value, (experience, key, got[experience], want)
+        one = min(expected)
+        status, single = request(node.ingest_port(n), "GET",
+                                 f"/experiences/{one}?step=hour&{urllib.parse.urlencode(span)}")
+        assert status == 200 and single["sessions"] == expected[one]["sessions"]
+        assert sum(point["screen_views"] for point in single["points"]) == \
+            expected[one]["screen_views"]

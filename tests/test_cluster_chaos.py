@@ -148,7 +148,7 @@ def healthy(node):
 def recount(link, partition):
     """The partition's counts, recounted from its messages in the stream."""
     tally, counts = Tally(), {}
-    for payload, _, _ in StreamReader(link, partition).messages(0):
+    for payload, *_ in StreamReader(link, partition).messages(0):
         tally.add(payload)
     tally.drain_into(counts)
     return counts

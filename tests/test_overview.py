@@ -58,13 +58,12 @@ def answers(root, queries):
     reader = OverviewReader(root)
     now = datetime.datetime.fromtimestamp(RECEIVED, UTC)
     result = []
-    with reader.snapshot() as snapshot:
-        for params in queries:
-            query = overview_query.parse(params, now)
-            listed = overview_query.experiences(snapshot, query)
-            result.append(listed)
-            for item in listed["experiences"]:
-                result.append(overview_query.experience(snapshot, query, item["experienceID"]))
+    for params in queries:
+        query = overview_query.parse(params, now)
+        listed = overview_query.experiences(reader, query)
+        result.append(listed)
+        for item in listed["experiences"]:
+            result.append(overview_query.experience(reader, query, item["experienceID"]))
     return result
 
 
@@ -84,31 +83,30 @@ def check_against_ledger(root, views, queries=QUERIES):
     for view in views:
         by_experience.setdefault(view.experience, []).append(view)
     checked = 0
-    with reader.snapshot() as snapshot:
-        for params in queries:
-            query = overview_query.parse(params, now)
-            expected = ref.overview(views, TIMEOUT, query.start, query.end)
-            listed = overview_query.experiences(snapshot, query)["experiences"]
-            assert {item["experienceID"] for item in listed} == set(expected)
-            for item in listed:
-                experience = item["experienceID"]
-                assert_figures(item, expected[experience])
-                one = overview_query.experience(snapshot, query, experience)
-                assert_figures(one, expected[experience])
-                edges = overview_query._edges(query)
-                for point, start, end in zip(one["points"], edges, edges[1:]):
-                    want = ref.figures(by_experience[experience], sessions[experience],
-                                       start, end)
-                    for key in ("screen_views", "users", "sessions", "avg_session_seconds"):
-                        assert point[key] == want[key], (params, point, want)
-                    checked += 1
-                screens = {}
-                for view in by_experience[experience]:
-                    if query.start <= view.moment < query.end:
-                        screens.setdefault(view.screen, set()).add(view.user or view.anonymous)
-                assert one["screens"] == len(screens)
-                for top in one["top_screens"]:
-                    assert top["users"] == len(screens[top["id"]])
+    for params in queries:
+        query = overview_query.parse(params, now)
+        expected = ref.overview(views, TIMEOUT, query.start, query.end)
+        listed = overview_query.experiences(reader, query)["experiences"]
+        assert {item["experienceID"] for item in listed} == set(expected)
+        for item in listed:
+            experience = item["experienceID"]
+            assert_figures(item, expected[experience])
+            one = overview_query.experience(reader, query, experience)
+            assert_figures(one, expected[experience])
+            edges = overview_query._edges(query)
+            for point, start, end in zip(one["points"], edges, edges[1:]):
+                want = ref.figures(by_experience[experience], sessions[experience],
+                                   start, end)
+                for key in ("screen_views", "users", "sessions", "avg_session_seconds"):
+                    assert point[key] == want[key], (params, point, want)
+                checked += 1
+            screens = {}
+            for view in by_experience[experience]:
+                if query.start <= view.moment < query.end:
+                    screens.setdefault(view.screen, set()).add(view.user or view.anonymous)
+            assert one["screens"] == len(screens)
+            for top in one["top_screens"]:
+                assert top["users"] == len(screens[top["id"]])
     return checked
 
 
@@ -285,12 +283,12 @@ def plant_other_timeout(path):
 
 def plant_ahead(path):
     with sqlite3.connect(path) as db:
-        db.execute("UPDATE state SET details_offset = details_offset + 10000000")
+        db.execute("UPDATE state SET position = position + 10000000")
 
 
 def plant_other_details(path):
     with sqlite3.connect(path) as db:
-        db.execute("UPDATE state SET details_identity = x'00112233445566778899aabbccddeeff'")
+        db.execute("UPDATE state SET source = x'00112233445566778899aabbccddeeff'")
 
 
 def plant_truncated(path):

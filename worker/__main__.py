@@ -43,7 +43,8 @@ def run(state_dir):
 
         return process.run_in_state_folder("worker", state_dir, lambda: cluster.run(
             servers, partitions, replicas, dedupe_window, interval,
-            state_dir if series else None, retention))
+            state_dir if series else None, retention, state_dir if overview else None,
+            session_timeout))
 
     def count():
         log.info("worker starting: state_dir=%s interval=%gs series=%s minute_retention=%gh "

@@ -17,20 +17,24 @@ from worker.stream_runner import StreamWorker
 log = logging.getLogger("worker")
 
 
-def run(servers, partitions, replicas, dedupe_window, interval, series_dir, minute_retention):
+def run(servers, partitions, replicas, dedupe_window, interval, series_dir, minute_retention,
+        overview_dir=None, session_timeout=1800):
     """Count `partitions` until SIGTERM; keep their series stores in `series_dir` (None: no
-    counts over time). Returns the exit code."""
+    counts over time), and their overview stores in `overview_dir` (None: no overview).
+    Returns the exit code."""
     log.info("worker starting in cluster mode: partitions=%s servers=%s replicas=%d "
-             "interval=%gs series=%s minute_retention=%gh", ",".join(partitions),
-             ",".join(servers), replicas, interval, "on" if series_dir else "off",
-             minute_retention / 3600)
+             "interval=%gs series=%s minute_retention=%gh overview=%s session_timeout=%ds",
+             ",".join(partitions), ",".join(servers), replicas, interval,
+             "on" if series_dir else "off", minute_retention / 3600,
+             "on" if overview_dir else "off", session_timeout)
     link, failed = stream_setup.connect(servers, f"worker {','.join(partitions)}", replicas,
                                         dedupe_window, log)
     if link is None:
         return failed
     try:
         StreamWorker(link, partitions, series_dir=series_dir,
-                     minute_retention=minute_retention).run(interval)
+                     minute_retention=minute_retention, overview_dir=overview_dir,
+                     session_timeout=session_timeout).run(interval)
         return process.EXIT_OK
     except Fenced as fenced:
         log.error("FENCED: %s; exiting, to start again from the latest checkpoint", fenced)

@@ -1,6 +1,11 @@
-"""The experience overview, counted from data1.details into overview.sqlite3.
+"""The experience overview, counted from the SDK events' details into an overview store.
 
-The worker calls advance(end) each time data1 is durable and counted up to `end`: every
+OverviewCounter holds the rule: screen views placed in their hours, people and sessions
+(worker/sessions.py), the changes committed with the new position in one transaction
+(storage/overview_store.py). Both workers use it: Overview, below, on data1.details, and the
+cluster's worker on each partition's messages (worker/stream_runner.py).
+
+On one machine the worker calls advance(end) each time data1 is durable and counted up to `end`: every
 group of data1.details whose data1 bytes end there or before is read, its screen views are
 placed in their hours, people and sessions (worker/sessions.py), and the changes are
 committed with the new position in one transaction (storage/overview_store.py).
@@ -36,108 +41,65 @@ LATE_BOUND = 72 * 3600
 COMMIT_EVENTS = 100_000
 
 
-class Overview:
-    def __init__(self, state_dir, session_timeout):
-        self.layout = Layout(state_dir)
-        self.store = OverviewStore(state_dir)
-        self.timeout = int(session_timeout)
-        self.details = None  # read-only descriptor of data1.details, once it exists
-        self.identity = b""  # the details file's identity the store stands on
-        self.offset = HEADER.size  # how far in it the store is counted
-        self.data1_end = 0
+class OverviewCounter:
+    """One overview store and the rule that fills it: screen views in, placed in their hours
+    and sessions, committed with the source's new position. Shared by the worker on
+    data1.details (Overview, below) and by each partition of the cluster's worker
+    (worker/stream_runner.py); `source_name` names the source in the log."""
 
-    def recover(self):
-        """Open the store; set it aside and start over if it cannot be continued."""
+    def __init__(self, store, session_timeout, source_name):
+        self.store = store
+        self.timeout = int(session_timeout)
+        self.source_name = source_name
+        self.source = b""  # the identity of what it is counted from; b"" until a commit
+        self.position = 0  # how far in it
+        self.log_end = 0
+
+    def open(self):
+        """Open the store, and start it over if it cannot be continued (then its position
+        is 0). Returns the store's state."""
         try:
             state = self.store.open(self.timeout)
         except CorruptOverview as problem:
-            self._start_over(f"overview.sqlite3 is unusable: {problem}")
-            return
+            self.start_over(f"{self.store.path.name} is unusable: {problem}")
+            return self.store.open(self.timeout)
         if state.session_timeout != self.timeout:
-            self._start_over(f"it was counted with a session timeout of "
-                             f"{state.session_timeout}s, and the timeout is now {self.timeout}s",
-                             aside=False)
-            return
-        self.identity, self.data1_end = state.details_identity, state.data1_end
-        self.offset = max(state.details_offset, HEADER.size)
-        log.info("overview store at details offset %d (data1 offset %d), %d SDK events",
-                 self.offset, self.data1_end, state.events)
+            self.start_over(f"it was counted with a session timeout of "
+                            f"{state.session_timeout}s, and the timeout is now "
+                            f"{self.timeout}s", aside=False)
+            return self.store.open(self.timeout)
+        self.source, self.position, self.log_end = state.source, state.position, state.log_end
+        log.info("overview store %s at %s position %d, %d SDK events", self.store.path.name,
+                 self.source_name, self.position, state.events)
+        return state
 
-    def _start_over(self, reason, aside=True):
+    def start_over(self, reason, aside=True):
+        """Never continue from a store that cannot be trusted: set it aside (or, when it is
+        sound but of another source or rule, empty it) and count from the start."""
         if aside:
             where = self.store.set_aside()
-            log.error("OVERVIEW REJECTED: %s; moved it aside to %s; counting data1.details "
-                      "again from the start", reason, where)
+            log.error("OVERVIEW REJECTED: %s; moved it aside to %s; counting %s again from "
+                      "the start", reason, where, self.source_name)
             self.store.open(self.timeout)
         else:
-            log.warning("overview: %s; counting data1.details again from the start", reason)
+            log.warning("overview: %s; counting %s again from the start", reason,
+                        self.source_name)
             self.store.reset(self.timeout)
-        self.identity, self.offset, self.data1_end = b"", HEADER.size, 0
+        self.source, self.position, self.log_end = b"", 0, 0
 
     def rebuild(self):
         """Empty the store, for a recount from the start."""
         try:
             self.store.open(self.timeout)
-            self.store.reset(self.timeout)
         except CorruptOverview as problem:
-            self._start_over(f"overview.sqlite3 is unusable: {problem}")
-        self.identity, self.offset, self.data1_end = b"", HEADER.size, 0
+            self.start_over(f"{self.store.path.name} is unusable: {problem}")
+        self.store.reset(self.timeout)
+        self.source, self.position, self.log_end = b"", 0, 0
 
-    def _open_details(self):
-        """The details file's descriptor, checked against the store's position; None while
-        there is no details file (no SDK event yet)."""
-        path = self.layout.details
-        if self.details is not None and not names_open_file(path, self.details):
-            os.close(self.details)
-            self.details = None
-        if self.details is None:
-            try:
-                self.details = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                return None
-        identity = read_header(self.details)
-        if identity is None:
-            return None  # being begun: its header is not written yet
-        if self.identity and identity != self.identity:
-            self._start_over("data1.details was begun anew (another file than the one it "
-                             "was counted from)", aside=False)
-        elif self.offset > os.fstat(self.details).st_size:
-            self._start_over(f"it is counted to offset {self.offset} of data1.details, "
-                             f"which is shorter")
-        self.identity = identity
-        return self.details
-
-    def advance(self, data1_end):
-        """Count the details groups whose data1 bytes end at or before `data1_end` (read and
-        made durable by the caller) and commit them. Returns the SDK events counted."""
-        details = self._open_details()
-        if details is None:
-            return 0
-        started, counted, screens = time.monotonic(), 0, 0
-        start = self.offset
-        views, events = [], 0  # of the groups read since the last commit
-        for group in read_groups(details, self.offset):
-            if group.data1_end > data1_end:
-                break
-            items = group.events()
-            events += len(items)
-            views += screen_views(items)
-            self.offset, self.data1_end = group.end, group.data1_end
-            if events >= COMMIT_EVENTS:
-                counted += self._count(views, events)
-                screens += len(views)
-                views, events = [], 0
-        counted += self._count(views, events)
-        screens += len(views)
-        if counted:
-            log.info("overview: counted %d SDK events (%d screen views) in %.3fs; details "
-                     "offset %d -> %d", counted, screens, time.monotonic() - started, start,
-                     self.offset)
-        return counted
-
-    def _count(self, views, events):
-        """Place `views` and commit them with the position reached."""
-        if not events:
+    def count(self, views, events, source, position, log_end):
+        """Place `views` (screen_views()) of `events` SDK events and commit them with the new
+        position. The caller has made the source durable up to `position`."""
+        if not events and position == self.position:
             return 0
         changes = Changes()
         changes.events = events
@@ -152,10 +114,12 @@ class Overview:
             _name(changes, experience, "", moment, name)
             _name(changes, experience, screen, moment, screen_name)
             self._place(changes, newest, stored, device, experience, moment)
-        # The store must never claim details a power loss could undo.
-        os.fdatasync(self.details)
-        self.store.commit(changes, self.identity, self.offset, self.data1_end)
+        self.store.commit(changes, source, position, log_end)
+        self.source, self.position, self.log_end = source, position, log_end
         return events
+
+    def close(self):
+        self.store.close()
 
     def _place(self, changes, newest, stored, device, experience, moment):
         """Place a screen view in its device's sessions (`stored`: those of the store, taken
@@ -183,8 +147,84 @@ class Overview:
             if sessions[0][1] < final:
                 sessions[:] = [session for session in sessions if session[1] >= final]
 
+
+class Overview:
+    """The overview on one machine: counted from data1.details into overview.sqlite3."""
+
+    def __init__(self, state_dir, session_timeout):
+        self.layout = Layout(state_dir)
+        self.counter = OverviewCounter(OverviewStore(state_dir), session_timeout,
+                                       "data1.details")
+        self.details = None  # read-only descriptor of data1.details, once it exists
+
+    def recover(self):
+        self.counter.open()
+
+    def rebuild(self):
+        self.counter.rebuild()
+
+    def _open_details(self):
+        """The details file's identity, checked against the store's position; None while
+        there is no details file (no SDK event yet)."""
+        path = self.layout.details
+        if self.details is not None and not names_open_file(path, self.details):
+            os.close(self.details)
+            self.details = None
+        if self.details is None:
+            try:
+                self.details = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None
+        identity = read_header(self.details)
+        if identity is None:
+            return None  # being begun: its header is not written yet
+        counter = self.counter
+        if counter.source and identity != counter.source:
+            counter.start_over("data1.details was begun anew (another file than the one it "
+                               "was counted from)", aside=False)
+        elif counter.position > os.fstat(self.details).st_size:
+            counter.start_over(f"it is counted to offset {counter.position} of "
+                               "data1.details, which is shorter")
+        return identity
+
+    def advance(self, data1_end):
+        """Count the details groups whose data1 bytes end at or before `data1_end` (read and
+        made durable by the caller) and commit them. Returns the SDK events counted."""
+        identity = self._open_details()
+        if identity is None:
+            return 0
+        counter = self.counter
+        started, counted, screens = time.monotonic(), 0, 0
+        start = offset = max(counter.position, HEADER.size)
+        end = counter.log_end
+        views, events = [], 0  # of the groups read since the last commit
+        for group in read_groups(self.details, start):
+            if group.data1_end > data1_end:
+                break
+            items = group.events()
+            events += len(items)
+            views += screen_views(items)
+            offset, end = group.end, group.data1_end
+            if events >= COMMIT_EVENTS:
+                counted += self._commit(views, events, identity, offset, end)
+                screens += len(views)
+                views, events = [], 0
+        counted += self._commit(views, events, identity, offset, end)
+        screens += len(views)
+        if counted:
+            log.info("overview: counted %d SDK events (%d screen views) in %.3fs; details "
+                     "offset %d -> %d", counted, screens, time.monotonic() - started, start,
+                     offset)
+        return counted
+
+    def _commit(self, views, events, identity, offset, end):
+        if events:
+            # The store must never claim details a power loss could undo.
+            os.fdatasync(self.details)
+        return self.counter.count(views, events, identity, offset, end)
+
     def close(self):
-        self.store.close()
+        self.counter.close()
         if self.details is not None:
             os.close(self.details)
             self.details = None

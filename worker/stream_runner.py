@@ -14,6 +14,14 @@ checkpoint. The counts stay exact whichever commits.
 A worker also answers "who counts partition p?" on the partition's ping subject, so the
 ingest's /healthz and `python -m worker status` can tell that it is alive.
 
+The experience overview is a third view of each partition, as on one machine: an overview
+store per partition (worker/overview.py's OverviewCounter, the stream sequence its position)
+counted from the details that ride with the partition's SDK messages. The ingest sends each
+install's SDK events to one partition (storage/stream_writer.py), so its sessions are whole
+there. It is committed with the series, before the checkpoint, and read the same way: the
+worker answers the ingest's reads of it on the partition's overview subject, and
+app/cluster_readside.py merges the answers.
+
 The counts over time are a second view of each partition, as data1 has: a series store per
 partition in the worker's state folder (storage/series_store.py; the stream sequence is its
 offset), each message dated by when the stream stored it. It is committed just before the
@@ -24,6 +32,7 @@ questions about its partitions' series on their series subjects (app/cluster_rea
 sums the answers); a series store lost with its machine is counted again from the stream.
 """
 
+import base64
 import dataclasses
 import json
 import logging
@@ -33,12 +42,15 @@ import sqlite3
 import time
 
 from storage.checkpoint import Checkpoint, CorruptCheckpoint
-from storage.layout import Layout, series_query_subject, worker_ping_subject
+from storage.layout import (Layout, overview_query_subject, series_query_subject,
+                            worker_ping_subject)
 from storage.nats_link import UNAVAILABLE
+from storage.overview_store import READS, OverviewReader, OverviewStore
 from storage.series_store import CorruptSeries, SeriesReader, SeriesStore
 from storage.stream_checkpoint_store import StreamCheckpointStore
 from storage.stream_reader import StreamReader
 from storage.stream_setup import stream_identity
+from worker.overview import COMMIT_EVENTS, OverviewCounter, screen_views
 from worker.runner import COMMIT_EVERY, PassLoop, plural, report_skipped
 from worker.tally import Tally
 
@@ -51,10 +63,11 @@ def owner_name():
 
 
 class Partition:
-    """One owned partition: its reader, its checkpoint store, its series store (or None),
-    and where each stands."""
+    """One owned partition: its reader, its checkpoint store, its series store and its
+    overview (or None), and where each stands."""
 
-    def __init__(self, link, name, owner, series_dir, minute_retention):
+    def __init__(self, link, name, owner, series_dir, minute_retention, overview_dir=None,
+                 session_timeout=1800):
         self.name = name
         self.reader = StreamReader(link, name)
         self.store = StreamCheckpointStore(link, name, owner)
@@ -65,16 +78,30 @@ class Partition:
             self.series = SeriesStore(series_dir, minute_retention, path)
             self.series_reader = SeriesReader(series_dir, path)
         self.series_offset = 0
+        self.overview = self.overview_reader = None
+        if overview_dir is not None:
+            path = Layout(overview_dir).partition_overview(name)
+            self.overview = OverviewCounter(OverviewStore(overview_dir, path), session_timeout,
+                                            f"partition {name}")
+            self.overview_reader = OverviewReader(overview_dir, path)
+
+    def positions(self):
+        """Where each view stands: the checkpoint's sequence, then each store's."""
+        return [self.checkpoint.offset] + (
+            [self.series_offset] if self.series is not None else []) + (
+            [self.overview.position] if self.overview is not None else [])
 
 
 class StreamWorker(PassLoop):
     def __init__(self, link, partitions, owner=None, series_dir=None,
-                 minute_retention=48 * 3600):
+                 minute_retention=48 * 3600, overview_dir=None, session_timeout=1800):
         """`series_dir`: the folder of the partitions' series stores, or None to keep no
-        counts over time (MINI_ANALYTICS_SERIES=off)."""
+        counts over time (MINI_ANALYTICS_SERIES=off); `overview_dir` the same for their
+        overview stores (MINI_ANALYTICS_OVERVIEW=off)."""
         self.link = link
         self.owner = owner or owner_name()
-        self.partitions = [Partition(link, name, self.owner, series_dir, minute_retention)
+        self.partitions = [Partition(link, name, self.owner, series_dir, minute_retention,
+                                     overview_dir, session_timeout)
                            for name in partitions]
         # When this worker last finished a pass or committed: its ping answer carries it, so
         # the ingest can tell a worker that answers but no longer counts (stalled).
@@ -88,6 +115,8 @@ class StreamWorker(PassLoop):
             self.link.call(self._answer_pings(partition), 10)
             if partition.series is not None:
                 self.link.call(self._answer_series(partition), 10)
+            if partition.overview is not None:
+                self.link.call(self._answer_overview(partition), 10)
 
     async def _answer_pings(self, partition):
         async def answer(message):
@@ -144,6 +173,35 @@ class StreamWorker(PassLoop):
 
         return await self.link.nc.subscribe(series_query_subject(partition.name), cb=answer)
 
+    async def _answer_overview(self, partition):
+        """Answer the ingest's reads of the partition's overview: {"calls": [[name, *args],
+        ...]} (storage/overview_store.py's READS) in, {"results": [rows, ...]} out, every
+        read in one snapshot of the store, bytes as {"b64": ...}. While the store is behind
+        the partition's checkpoint (being recounted), {"error": ...}: a merge without all of
+        it would show figures going down."""
+        reader = partition.overview_reader
+
+        async def answer(message):
+            try:
+                calls = json.loads(message.data)["calls"]
+                if not all(call[0] in READS for call in calls):
+                    raise ValueError(f"unknown reads in {calls!r}")
+                if partition.overview.position < partition.checkpoint.offset:
+                    reply = {"error": f"partition {partition.name}'s overview is being "
+                                      f"recounted (at sequence {partition.overview.position} "
+                                      f"of {partition.checkpoint.offset})"}
+                else:
+                    reply = {"results": [[[_jsonable(value) for value in row] for row in rows]
+                                         for rows in reader.run(calls)]}
+            except (ValueError, KeyError, TypeError, sqlite3.Error) as problem:
+                log.error("partition %s: a read of its overview failed: %s: %s",
+                          partition.name, type(problem).__name__, problem)
+                reply = {"error": f"partition {partition.name}'s worker could not read its "
+                                  "overview (its log says why)"}
+            await message.respond(json.dumps(reply).encode())
+
+        return await self.link.nc.subscribe(overview_query_subject(partition.name), cb=answer)
+
     def recover(self):
         stream = stream_identity(self.link)
         for partition in self.partitions:
@@ -174,6 +232,12 @@ class StreamWorker(PassLoop):
         for partition in self.partitions:
             if partition.series is not None:
                 self._open_series(partition, stream)
+            if partition.overview is not None:
+                partition.overview.open()
+                if partition.overview.source not in (b"", stream.encode()):
+                    partition.overview.start_over(
+                        f"it counts {partition.overview.source.decode(errors='replace')!r}, "
+                        f"but the stream is now {stream!r}", aside=False)
 
     def _open_series(self, partition, stream):
         """Open the partition's series store, or start it over if it cannot be used or
@@ -204,13 +268,14 @@ class StreamWorker(PassLoop):
     def _count(self, partition):
         started = time.monotonic()
         counted, dated = partition.checkpoint.offset, partition.series_offset
+        overviewed = partition.overview.position if partition.overview is not None else None
         # From the view behind; each view takes only what is past its own position.
-        start = counted if partition.series is None else min(counted, dated)
-        counts, series = Tally(), Tally()
+        start = min(partition.positions())
+        counts, series, sdk = Tally(), Tally(), []
         messages = pending_bytes = 0
         reached = start
         try:
-            for payload, sequence, second in partition.reader.messages(start):
+            for payload, sequence, second, details in partition.reader.messages(start):
                 if self.stop_requested():
                     return 0
                 if sequence > counted:
@@ -218,26 +283,35 @@ class StreamWorker(PassLoop):
                     messages += 1
                 if partition.series is not None and sequence > dated:
                     series.add(payload, second - second % 60)
-                pending_bytes += len(payload)
+                if details is not None and overviewed is not None and sequence > overviewed:
+                    sdk.append(json.loads(details))
+                pending_bytes += len(payload) + len(details or "")
                 reached = sequence
-                if pending_bytes >= COMMIT_EVERY:
-                    self._commit(partition, counts, series, reached, messages)
+                if pending_bytes >= COMMIT_EVERY or len(sdk) >= COMMIT_EVENTS:
+                    self._commit(partition, counts, series, sdk, reached, messages)
                     messages = pending_bytes = 0
+                    sdk = []
         except UNAVAILABLE as error:
             # What was read is consistent up to `reached`: commit it; the next pass reads on.
             log.warning("partition %s: reading the stream failed after sequence %d (%s); "
                         "retrying next pass", partition.name, reached,
                         f"{type(error).__name__}: {error}".rstrip(": "))
         if reached > start:
-            self._commit(partition, counts, series, reached, messages)
+            self._commit(partition, counts, series, sdk, reached, messages)
             log.info("pass: partition %s: counted %s (%d skipped) in %.3fs; sequence %d -> %d; "
                      "lag %s", partition.name, plural(counts.events, "event"), counts.skipped,
                      time.monotonic() - started, start, reached,
                      plural(partition.reader.pending, "message"))
         return counts.events
 
-    def _commit(self, partition, counts, series, sequence, messages):
-        """Commit both views up to `sequence`: the series first, then the checkpoint."""
+    def _commit(self, partition, counts, series, sdk, sequence, messages):
+        """Commit the views up to `sequence`: the series and the overview (`sdk`: the SDK
+        events' details past its position), then the checkpoint."""
+        overview = partition.overview
+        if overview is not None and sequence > overview.position:
+            # Acknowledged messages are on a quorum's disks: nothing to make durable first.
+            overview.count(screen_views(sdk), len(sdk),
+                           partition.checkpoint.fingerprint.encode(), sequence, sequence)
         if partition.series is not None and sequence > partition.series_offset:
             _, _, minute_rows, hour_rows = series.drain_into({})
             partition.series.commit(minute_rows, hour_rows, sequence,
@@ -261,7 +335,16 @@ class StreamWorker(PassLoop):
         for partition in self.partitions:
             if partition.series is not None:
                 partition.series.close()
+            if partition.overview is not None:
+                partition.overview.close()
         if self.stop:
             log.info("worker stopped at %s", ", ".join(
                 f"{partition.name} sequence {partition.checkpoint.offset}"
                 for partition in self.partitions))
+
+
+def _jsonable(value):
+    """A stored value as JSON can carry it: bytes (sketches) as {"b64": base64}."""
+    if isinstance(value, bytes):
+        return {"b64": base64.b64encode(value).decode()}
+    return value
