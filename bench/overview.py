@@ -1,8 +1,9 @@
 """`python -m bench overview`: the experience overview's cost.
 
-- Worker catch-up over a backlog of real-shaped SDK screen views (data1 and data1.details
-  written as the ingest writes them, storage/details.py), the overview on against off: events
-  per second each way, their ratio, and the worker's peak RSS.
+- Worker catch-up over a backlog of SDK events from the traffic generator (bench/traffic.py;
+  data1 and data1.details written as the ingest writes them, storage/details.py), the
+  overview on against off: events per second each way, their ratio, and the worker's peak
+  RSS.
 - overview.sqlite3's size per million screen views.
 - /experiences over 30 days of 1,000 experiences, and /experiences/<id> by hour over 7 days,
   on a store holding 30 days of hourly rows for 1,000 experiences (the first with thousands of
@@ -22,59 +23,50 @@ import time
 import zlib
 from pathlib import Path
 
+from bench import traffic as generator
 from bench.harness import REPO, ingest_server, scratch_dir
 from storage import details
 from storage.overview_store import Changes, OverviewStore
 from storage.sketches import person_key
 
 BACKLOG_EVENTS = 2_000_000
-DEVICES = 200_000
 EXPERIENCES = 1000
 END = 1_795_000_000 - 1_795_000_000 % 86400
+END_TIME = datetime.datetime.fromtimestamp(END, datetime.timezone.utc)
 
 
-def make_backlog(state_dir, events=BACKLOG_EVENTS, seed=11):
-    """data1 and data1.details holding `events` screen views in groups of 100, as the ingest
-    writes them: each install's sessions over 30 days, a few screens 5 to 60 s apart."""
-    rng = random.Random(seed)
-    weights = [1 / rank for rank in range(1, EXPERIENCES + 1)]
-    experiences = rng.choices(range(1, EXPERIENCES + 1), weights, k=4096)
-    offset = 0
-    data1 = open(state_dir / "data1", "wb")
-    out = open(state_dir / "data1.details", "wb")
-    out.write(details.HEADER.pack(details.MAGIC, details.VERSION, os.urandom(16), 0))
-    # Each device's clock, moved forward by each view: sessions with gaps.
-    clocks = [END - 30 * 86400 + rng.randrange(86400) for _ in range(DEVICES)]
-    written = 0
-    while written < events:
-        items, ids = [], []
-        device = rng.randrange(DEVICES)
-        for _ in range(100):
-            if rng.random() < 0.2:
-                device = rng.randrange(DEVICES)
-            clocks[device] += rng.randrange(5, 60) if rng.random() < 0.9 else rng.randrange(
-                1800, 20000)
-            experience = experiences[device % 4096]
-            event = {"id": f"{written:032x}", "timestamp": "", "anonymousID": f"anon-{device}",
-                     "userID": f"user-{device // 2}" if device % 3 else None,
-                     "type": "screen", "properties": {
-                         "id": f"screen-{device % 7}", "name": "Écran d'accueil",
-                         "experienceID": str(experience), "experienceName": "Welcome",
-                         "experienceRevisionID": "rev-3"},
-                     "context": {"device": {"id": "d", "token": None}, "locale": "fr-CA"}}
-            token = str(experience).encode() + b" "
-            items.append({"event": event, "time": min(clocks[device], END) * 1000,
-                          "offset": offset + sum(len(i) for i in ids)})
-            ids.append(token)
-            written += 1
-        chunk = b"".join(ids)
-        out.write(details.encode_group(offset, offset + len(chunk), zlib.crc32(chunk),
-                                       END * 1000, items))
-        data1.write(chunk)
-        offset += len(chunk)
-    data1.close()
-    out.close()
-    return written
+def make_backlog(state_dir, events=BACKLOG_EVENTS):
+    """data1 and data1.details holding about `events` SDK events from bench/traffic.py (its
+    installs' sessions over 30 days, both SDKs' shapes, identifies), written as the ingest
+    writes them, a group per batch. Returns (events, screen views, distinct users)."""
+    offset = written = views = 0
+    users = set()
+    with open(state_dir / "data1", "wb") as data1, \
+            open(state_dir / "data1.details", "wb") as out:
+        out.write(details.HEADER.pack(details.MAGIC, details.VERSION, os.urandom(16), 0))
+        seed = 0
+        while written < events:
+            seed += 1  # 2,000 installs at a time, each seed's its own
+            traffic = generator.generate(seed=seed, devices=2000, experiences=EXPERIENCES,
+                                         days=30, end=END_TIME, sessions_per_day=0.05,
+                                         retry_share=0, late_share=0)
+            views += len(traffic.views)
+            users.update(view.user or view.anonymous for view in traffic.views)
+            for _, batch in traffic.batches:
+                ids, items = [], []
+                for event in batch:
+                    item = {"event": event, "time": int(generator._stamp(event) * 1000)}
+                    if event["type"] == "screen":
+                        item["offset"] = offset + sum(len(token) for token in ids)
+                        ids.append(event["properties"]["experienceID"].encode() + b" ")
+                    items.append(item)
+                chunk = b"".join(ids)
+                out.write(details.encode_group(offset, offset + len(chunk), zlib.crc32(chunk),
+                                               END * 1000, items))
+                data1.write(chunk)
+                offset += len(chunk)
+                written += len(batch)
+    return written, views, len(users)
 
 
 def time_catchup(state_dir, overview):
@@ -148,8 +140,10 @@ def bench_overview(time_requests):
     state_dir = scratch_dir()
     try:
         started = time.perf_counter()
-        events = make_backlog(state_dir)
+        events, views, users = make_backlog(state_dir)
         results["overview_backlog_events"] = events
+        results["overview_backlog_screen_views"] = views
+        results["overview_backlog_users"] = users
         results["overview_backlog_build_s"] = time.perf_counter() - started
         off, off_rss = time_catchup(state_dir, overview=False)
         for name in ("data2",):
@@ -161,7 +155,7 @@ def bench_overview(time_requests):
         results["overview_worker_rss_off_mb"] = off_rss
         results["overview_worker_rss_on_mb"] = on_rss
         size = (state_dir / "overview.sqlite3").stat().st_size
-        results["overview_store_mb_per_million"] = size / 1e6 / (events / 1e6)
+        results["overview_store_mb_per_million"] = size / 1e6 / (views / 1e6)
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
     with ingest_server() as (port, ingest_state):

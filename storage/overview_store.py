@@ -37,9 +37,9 @@ the start of its UTC hour or UTC day; all times are the devices' (storage/detail
 Invariants, true at every commit because everything changes in one SQLite transaction:
 
     the rows == the overview of the screen views before position in the source (the groups
-                of data1.details, or the partition's messages), whatever order they came in (worker/sessions.py), except
-                that a view more than LATE_BOUND older than its device's newest may begin
-                a session of its own
+                of data1.details, or the partition's messages), whatever order they came
+                in (worker/sessions.py), except that a view more than LATE_BOUND older
+                than its device's newest may begin a session of its own
     open_session holds every session whose last view is within LATE_BOUND + the session
                 timeout of its device's newest, and sessions starting in a bucket are
                 counted in that bucket's rows, each once

@@ -5,10 +5,8 @@ OverviewCounter holds the rule: screen views placed in their hours, people and s
 (storage/overview_store.py). Both workers use it: Overview, below, on data1.details, and the
 cluster's worker on each partition's messages (worker/stream_runner.py).
 
-On one machine the worker calls advance(end) each time data1 is durable and counted up to `end`: every
-group of data1.details whose data1 bytes end there or before is read, its screen views are
-placed in their hours, people and sessions (worker/sessions.py), and the changes are
-committed with the new position in one transaction (storage/overview_store.py).
+On one machine the worker calls advance(end) each time data1 is durable and counted up to
+`end`: every group of data1.details whose data1 bytes end there or before is counted.
 
 Only a group whose data1 bytes the worker has already read is counted. The ingest writes a
 group before its data1 bytes and takes it back only if that data1 write fails, so a group
