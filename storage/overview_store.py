@@ -44,20 +44,17 @@ Invariants, true at every commit because everything changes in one SQLite transa
                 timeout of its device's newest, and sessions starting in a bucket are
                 counted in that bucket's rows, each once
 
-Like the series store, it is a derived view: a commit needs atomicity, not durability
-(synchronous=NORMAL). A power loss may take the last commits back; the worker counts on from
-the older position.
+Like the series store, it is a derived view (storage/derived_store.py): a commit needs
+atomicity, not durability. A power loss may take the last commits back; the worker counts on
+from the older position.
 """
 
 import collections
-import datetime
-import os
 import sqlite3
-import threading
 
-from storage.durable import move_durably
-from storage.layout import Layout, temp_path
-from storage.series_store import sidecars
+from storage import derived_store
+from storage.derived_store import utc_now
+from storage.layout import Layout
 from storage.sketches import People, add_encoded_durations, encode_durations
 
 VERSION = 1
@@ -142,11 +139,9 @@ class OverviewStore:
         if not self.path.exists():
             self._create(session_timeout)
         try:
-            self.db = sqlite3.connect(self.path, timeout=5, isolation_level=None)
+            self.db = derived_store.writer(self.path)
             self.db.create_function("merge_people", 2, _merge_people, deterministic=True)
             self.db.create_function("add_durations", 2, _add_durations, deterministic=True)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
             rows = self.db.execute(f"SELECT version, {STATE_COLUMNS} FROM state").fetchall()
         except sqlite3.DatabaseError as error:
             self.close()
@@ -161,19 +156,9 @@ class OverviewStore:
         return OverviewState(*state)
 
     def _create(self, session_timeout):
-        """An empty store made under a temp name and renamed into place: a reader never sees
-        a store without its tables."""
-        temp = temp_path(self.path)
-        for leftover in (temp, *sidecars(temp)):
-            if leftover.exists():
-                os.unlink(leftover)  # from a creation that crashed: never a store
-        db = sqlite3.connect(temp, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(SCHEMA)
-        db.execute("INSERT INTO state VALUES (?, ?, x'', 0, 0, 0, '')",
-                   (VERSION, session_timeout))
-        db.close()
-        move_durably(temp, self.path)
+        derived_store.create(self.path, SCHEMA,
+                             "INSERT INTO state VALUES (?, ?, x'', 0, 0, 0, '')",
+                             (VERSION, session_timeout))
 
     def devices(self, devices):
         """What the store holds of these devices: ({device: newest screen view},
@@ -290,14 +275,7 @@ class OverviewStore:
     def set_aside(self):
         """Move the store out of the way, kept for inspection; return where it went."""
         self.close()
-        if not self.path.exists():
-            return None
-        aside = self.layout.set_aside(self.path)
-        move_durably(self.path, aside)
-        for leftover in sidecars(self.path):
-            if leftover.exists():
-                os.unlink(leftover)
-        return aside
+        return derived_store.set_aside(self.layout, self.path)
 
     def close(self):
         if self.db is not None:
@@ -318,33 +296,12 @@ def _add_durations(stored, added):
     return encode_durations(histogram)
 
 
-def utc_now():
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-
-
 class OverviewReader:
     """The ingest's side: the rows of a range, read in one snapshot per question."""
 
     def __init__(self, state_dir, path=None):
         self.path = path or Layout(state_dir).overview
-        self._local = threading.local()  # one connection per thread, as sqlite3 requires
-
-    def _db(self):
-        """This thread's connection, or None while there is no store; reopened when the
-        worker replaced the file."""
-        try:
-            identity = os.stat(self.path).st_ino
-        except FileNotFoundError:
-            return None
-        local = self._local
-        if getattr(local, "identity", None) != identity:
-            if getattr(local, "db", None) is not None:
-                local.db.close()
-            local.db = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=5,
-                                       isolation_level=None, check_same_thread=False)
-            local.db.execute("PRAGMA query_only=1")
-            local.identity = identity
-        return local.db
+        self._db = derived_store.Readers(self.path).connection
 
     def run(self, calls):
         """The rows of each read in `calls` ([(name, *arguments)], a name of READS), all

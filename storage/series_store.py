@@ -26,13 +26,11 @@ back; the worker then counts on from the older offset, which is as exact.
 """
 
 import collections
-import datetime
-import os
 import sqlite3
-import threading
 
-from storage.durable import move_durably
-from storage.layout import Layout, temp_path
+from storage import derived_store
+from storage.derived_store import utc_now
+from storage.layout import Layout
 
 VERSION = 1
 ALL = -1
@@ -84,7 +82,7 @@ class SeriesStore:
         if not self.path.exists():
             self._create(empty_fingerprint)
         try:
-            self.db = self._connect(self.path)
+            self.db = derived_store.writer(self.path)
             rows = self.db.execute(f"SELECT version, {STATE_COLUMNS} FROM state").fetchall()
         except sqlite3.DatabaseError as error:
             self.close()
@@ -99,24 +97,8 @@ class SeriesStore:
         return SeriesState(*state)
 
     def _create(self, empty_fingerprint):
-        """Make an empty store under a temp name, then rename it into place: a reader never
-        sees a store without its tables."""
-        temp = temp_path(self.path)
-        for leftover in (temp, *sidecars(temp)):
-            if leftover.exists():
-                os.unlink(leftover)  # from a creation that crashed: never a store
-        db = self._connect(temp)
-        db.executescript(SCHEMA)
-        db.execute("INSERT INTO state VALUES (?, 0, ?, 0, 0, '')", (VERSION, empty_fingerprint))
-        db.close()  # checkpoints the WAL into the file and removes it
-        move_durably(temp, self.path)
-
-    @staticmethod
-    def _connect(path):
-        db = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        return db
+        derived_store.create(self.path, SCHEMA, "INSERT INTO state VALUES (?, 0, ?, 0, 0, '')",
+                             (VERSION, empty_fingerprint))
 
     def commit(self, minute_rows, hour_rows, offset, fingerprint):
         """Add the rows ([(bucket start, experience id or ALL, count)], in key order) to the
@@ -154,14 +136,7 @@ class SeriesStore:
     def set_aside(self):
         """Move the store out of the way, kept for inspection; return where it went."""
         self.close()
-        if not self.path.exists():
-            return None
-        aside = self.layout.set_aside(self.path)
-        move_durably(self.path, aside)
-        for leftover in sidecars(self.path):  # belong to the store just moved; never replayed
-            if leftover.exists():
-                os.unlink(leftover)
-        return aside
+        return derived_store.set_aside(self.layout, self.path)
 
     def close(self):
         if self.db is not None:
@@ -169,40 +144,12 @@ class SeriesStore:
             self.db = None
 
 
-def sidecars(path):
-    """SQLite's write-ahead log and shared-memory index beside a store."""
-    return [path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
-
-
-def utc_now():
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-
-
 class SeriesReader:
     """The ingest's side: sums of buckets, read in one snapshot per question."""
 
     def __init__(self, state_dir, path=None):
         self.path = path or Layout(state_dir).series
-        self._local = threading.local()  # one connection per thread, as sqlite3 requires
-
-    def _db(self):
-        """This thread's connection, or None while there is no store. Reopened when the
-        worker replaced the file (it sets a rejected store aside and starts a new one)."""
-        try:
-            identity = os.stat(self.path).st_ino
-        except FileNotFoundError:
-            return None
-        local = self._local
-        if getattr(local, "identity", None) != identity:
-            if getattr(local, "db", None) is not None:
-                local.db.close()
-            # mode=rw: never create the store (only the worker does); query_only: never
-            # write to it either.
-            local.db = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=5,
-                                       isolation_level=None, check_same_thread=False)
-            local.db.execute("PRAGMA query_only=1")
-            local.identity = identity
-        return local.db
+        self._db = derived_store.Readers(self.path).connection
 
     def buckets(self, step, experience, start, end):
         """{bucket start: count} of the `step` table (MINUTE or HOUR) in [start, end)."""

@@ -1,0 +1,91 @@
+"""What the worker's SQLite stores share: series.sqlite3 (storage/series_store.py) and
+overview.sqlite3 (storage/overview_store.py). Each is a view derived from the log, with its
+own position in it: the worker alone writes it, the ingest only reads it.
+
+* create() makes an empty store under a temp name and renames it into place durably: a
+  reader never sees a store without its tables.
+* writer() is the worker's connection: WAL, and synchronous=NORMAL. A commit needs
+  atomicity, not durability: the log is the truth, and a power loss that takes the last
+  commits back leaves an older position to count on from, as exact.
+* set_aside() moves a store that cannot be trusted out of the way, kept for inspection.
+* Readers gives each ingest thread its own read-only connection (sqlite3 wants one per
+  thread), opened again when the worker replaced the file.
+"""
+
+import datetime
+import os
+import sqlite3
+import threading
+
+from storage.durable import move_durably
+from storage.layout import temp_path
+
+
+def sidecars(path):
+    """SQLite's write-ahead log and shared-memory index beside a store."""
+    return [path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+
+
+def writer(path):
+    db = sqlite3.connect(path, timeout=5, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
+def create(path, schema, first_state, parameters):
+    """Make an empty store at `path`: `schema`'s tables, and its state row inserted by
+    `first_state` with `parameters`."""
+    temp = temp_path(path)
+    for leftover in (temp, *sidecars(temp)):
+        if leftover.exists():
+            os.unlink(leftover)  # from a creation that crashed: never a store
+    db = writer(temp)
+    db.executescript(schema)
+    db.execute(first_state, parameters)
+    db.close()  # checkpoints the WAL into the file and removes it
+    move_durably(temp, path)
+
+
+def set_aside(layout, path):
+    """Move the (closed) store at `path` aside; return where it went, or None if there was
+    none."""
+    if not path.exists():
+        return None
+    aside = layout.set_aside(path)
+    move_durably(path, aside)
+    for leftover in sidecars(path):  # belong to the store just moved; never replayed
+        if leftover.exists():
+            os.unlink(leftover)
+    return aside
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Readers:
+    """The ingest's connections to one store, one per thread."""
+
+    def __init__(self, path):
+        self.path = path
+        self._local = threading.local()
+
+    def connection(self):
+        """This thread's connection, or None while there is no store. Opened again when the
+        worker replaced the file (it sets a rejected store aside and starts a new one)."""
+        try:
+            identity = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return None
+        local = self._local
+        if getattr(local, "identity", None) != identity:
+            if getattr(local, "db", None) is not None:
+                local.db.close()
+            # mode=rw: never create the store (only the worker does); query_only: never
+            # write to it either.
+            local.db = sqlite3.connect(f"file:{self.path}?mode=rw", uri=True, timeout=5,
+                                       isolation_level=None, check_same_thread=False)
+            local.db.execute("PRAGMA query_only=1")
+            local.identity = identity
+        return local.db
