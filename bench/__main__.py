@@ -17,7 +17,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,8 @@ from bench.node import rows as node_rows
 from bench.overview import bench_overview
 from bench.sdk import bench_sdk
 from bench.sdk import rows as sdk_rows
-from bench.harness import REPO, bare_server, ingest_server, run_wrk, scratch_dir, wrk_script
+from bench.harness import (REPO, bare_server, ingest_server, run_wrk, scratch_dir,
+                           time_worker_until, wrk_script)
 from storage import settings
 from storage.checkpoint import EMPTY_FINGERPRINT, Checkpoint
 from storage.checkpoint_store import CheckpointStore
@@ -138,31 +138,18 @@ def time_worker(state_dir, series=True):
     and the worker's peak RSS in MB (VmHWM). With `series`, it keeps the counts over time
     too (and data2, committed after them, is the last to cover data1)."""
     size = (state_dir / "data1").stat().st_size
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MINI_ANALYTICS_")}
-    env.update(MINI_ANALYTICS_STATE_DIR=str(state_dir), MINI_ANALYTICS_INTERVAL="3600",
-               MINI_ANALYTICS_SERIES="on" if series else "off")
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while True:
-            try:
-                if json.loads((state_dir / "data2").read_bytes())["offset"] == size:
-                    break
-            except (FileNotFoundError, ValueError):
-                pass
-            if proc.poll() is not None:
-                raise RuntimeError("the worker exited during the benchmark")
-            time.sleep(0.002)
-        elapsed = time.perf_counter() - started
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-        peak_kb = int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[1])
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+
+    def covered():
+        try:
+            return json.loads((state_dir / "data2").read_bytes())["offset"] == size
+        except (FileNotFoundError, ValueError):
+            return False
+
+    result = time_worker_until(state_dir, {"MINI_ANALYTICS_SERIES": "on" if series else "off",
+                                           "MINI_ANALYTICS_OVERVIEW": "off"}, covered)
     for name in ("data2", "series.sqlite3", "series.sqlite3-wal", "series.sqlite3-shm"):
         (state_dir / name).unlink(missing_ok=True)
-    return elapsed, peak_kb / 1024
+    return result
 
 
 def time_awk(path):

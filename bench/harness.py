@@ -133,3 +133,27 @@ def run_wrk(port, script, seconds=5, connections=16, threads=1):
     percentiles = re.search(r"PERCENTILES (\d+) (\d+) (\d+)", out).groups()
     p50, p99, p999 = (int(us) / 1000 for us in percentiles)
     return {"rate": (total - bad) / duration, "p50": p50, "p99": p99, "p999": p999}
+
+
+def time_worker_until(state_dir, settings, done):
+    """Seconds from starting `python -m worker` on `state_dir` (with `settings`, a dict of
+    MINI_ANALYTICS_* variables) until `done()` is true, and the worker's peak RSS in MB
+    (VmHWM). The worker is stopped after."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINI_ANALYTICS_")}
+    env.update(MINI_ANALYTICS_STATE_DIR=str(state_dir), MINI_ANALYTICS_INTERVAL="3600",
+               **settings)
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not done():
+            if proc.poll() is not None:
+                raise RuntimeError("the worker exited during the benchmark")
+            time.sleep(0.002)
+        elapsed = time.perf_counter() - started
+        with open(f"/proc/{proc.pid}/status") as status:
+            peak_kb = int(next(line for line in status if line.startswith("VmHWM")).split()[1])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    return elapsed, peak_kb / 1024

@@ -15,16 +15,12 @@ import json
 import os
 import random
 import shutil
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 import zlib
-from pathlib import Path
 
 from bench import traffic as generator
-from bench.harness import REPO, ingest_server, scratch_dir
+from bench.harness import ingest_server, scratch_dir, time_worker_until
 from storage import details
 from storage.overview_store import Changes, OverviewStore
 from storage.sketches import person_key
@@ -73,24 +69,10 @@ def time_catchup(state_dir, overview):
     """Seconds until the worker has counted all of data1 (and, with the overview, all of the
     details), and its peak RSS in MB."""
     size = (state_dir / "data1").stat().st_size
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MINI_ANALYTICS_")}
-    env.update(MINI_ANALYTICS_STATE_DIR=str(state_dir), MINI_ANALYTICS_INTERVAL="3600",
-               MINI_ANALYTICS_SERIES="off", MINI_ANALYTICS_OVERVIEW="on" if overview else "off")
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "worker"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while not _done(state_dir, size, overview):
-            if proc.poll() is not None:
-                raise RuntimeError("the worker exited during the benchmark")
-            time.sleep(0.05)
-        elapsed = time.perf_counter() - started
-        status = Path(f"/proc/{proc.pid}/status").read_text()
-        peak_kb = int(next(l for l in status.splitlines() if l.startswith("VmHWM")).split()[1])
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-    return elapsed, peak_kb / 1024
+    return time_worker_until(
+        state_dir, {"MINI_ANALYTICS_SERIES": "off",
+                    "MINI_ANALYTICS_OVERVIEW": "on" if overview else "off"},
+        lambda: _done(state_dir, size, overview))
 
 
 def _done(state_dir, size, overview):
