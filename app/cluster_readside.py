@@ -33,8 +33,8 @@ from storage.stream_setup import current_majority
 RUNNING, MISSING, STALLED = "running", "missing", "stalled"
 # How long the list of partitions is reused before the stream is asked again.
 PARTITIONS_FRESH_SECONDS = 1.0
-# How long a partition's worker may take to answer a question about its series.
-SERIES_TIMEOUT = 2.0
+# How long a partition's worker may take to answer a read of its series or its overview.
+WORKER_TIMEOUT = 2.0
 
 
 class ClusterReadSide:
@@ -201,6 +201,28 @@ def unreadable(problem):
     return f"a partition checkpoint is unreadable ({problem}); its worker will recount it"
 
 
+def ask_workers(link, partition_names, subject_of, question, what):
+    """Every partition's worker's answer to `question` (JSON), {partition: answer}. Raises
+    Unavailable naming the first partition whose worker does not answer, or answers an
+    error: `what` is made of every partition's, and without one it would be wrong, not
+    partial."""
+    try:
+        names = partition_names()
+        with asking(link, f"a read of {what}"):
+            answers = ask_each(link, names, subject_of, json.dumps(question).encode(),
+                               WORKER_TIMEOUT)
+    except NoQuorum as problem:
+        raise Unavailable(str(problem)) from None
+    for name, answer in sorted(answers.items()):
+        if isinstance(answer, Exception):
+            raise Unavailable(f"every partition's worker is needed for {what}: no worker "
+                              f"answers for partition {name}")
+        if "error" in answer:
+            raise Unavailable(f"every partition's worker is needed for {what}: "
+                              f"{answer['error']}")
+    return answers
+
+
 class ClusterSeries:
     """The counts over time in cluster mode, with storage/series_store.SeriesReader's
     methods: each partition's worker answers for its partition's series store
@@ -227,20 +249,8 @@ class ClusterSeries:
             raise Unavailable(str(behind)) from None
 
     def _ask_once(self, question):
-        try:
-            names = self.partition_names()
-            with asking(self.link, "a question about the counts over time"):
-                answers = ask_each(self.link, names, series_query_subject,
-                                   json.dumps(question).encode(), SERIES_TIMEOUT)
-        except NoQuorum as problem:
-            raise Unavailable(str(problem)) from None
-        for name, answer in answers.items():
-            if isinstance(answer, Exception):
-                raise Unavailable(f"counts over time need every partition's worker: no worker "
-                                  f"answers for partition {name}")
-            if "error" in answer:
-                raise Unavailable(f"counts over time need every partition's worker: "
-                                  f"{answer['error']}")
+        answers = ask_workers(self.link, self.partition_names, series_query_subject, question,
+                              "the counts over time")
         with self._lock:
             for name, answer in answers.items():
                 position = answer["state"][0] if answer["state"] else 0
@@ -299,21 +309,10 @@ class ClusterOverview:
         self.partition_names = partition_names
 
     def run(self, calls):
-        try:
-            names = self.partition_names()
-            with asking(self.link, "a read of the experience overview"):
-                answers = ask_each(self.link, names, overview_query_subject,
-                                   json.dumps({"calls": calls}).encode(), SERIES_TIMEOUT)
-        except NoQuorum as problem:
-            raise Unavailable(str(problem)) from None
+        answers = ask_workers(self.link, self.partition_names, overview_query_subject,
+                              {"calls": calls}, "the experience overview")
         results = [[] for _ in calls]
-        for name, answer in sorted(answers.items()):
-            if isinstance(answer, Exception):
-                raise Unavailable(f"the overview needs every partition's worker: no worker "
-                                  f"answers for partition {name}")
-            if "error" in answer:
-                raise Unavailable(f"the overview needs every partition's worker: "
-                                  f"{answer['error']}")
+        for _, answer in sorted(answers.items()):
             for rows, more in zip(results, answer["results"]):
                 rows.extend([_stored(value) for value in row] for row in more)
         return results

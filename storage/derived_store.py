@@ -3,7 +3,8 @@ overview.sqlite3 (storage/overview_store.py). Each is a view derived from the lo
 own position in it: the worker alone writes it, the ingest only reads it.
 
 * create() makes an empty store under a temp name and renames it into place durably: a
-  reader never sees a store without its tables.
+  reader never sees a store without its tables. open_writer() opens it and checks its
+  format's version.
 * writer() is the worker's connection: WAL, and synchronous=NORMAL. A commit needs
   atomicity, not durability: the log is the truth, and a power loss that takes the last
   commits back leaves an older position to count on from, as exact.
@@ -31,6 +32,34 @@ def writer(path):
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     return db
+
+
+class Unusable(Exception):
+    """The file is not a store this code can trust; the message says why."""
+
+
+def open_writer(path, version, columns, functions=()):
+    """The worker's connection to the store at `path`, with the SQL `functions` ((name,
+    two-argument function)) its commits use, and its one state row's `columns`. Raises
+    Unusable if it is not a readable store of format `version`."""
+    db = None
+    try:
+        db = writer(path)
+        for name, function in functions:
+            db.create_function(name, 2, function, deterministic=True)
+        rows = db.execute(f"SELECT version, {columns} FROM state").fetchall()
+        if len(rows) != 1:
+            raise Unusable(f"its state table has {len(rows)} rows, not 1")
+        found, *state = rows[0]
+        if found != version:
+            raise Unusable(f"format version {found!r}; this program reads {version}")
+        return db, state
+    except (sqlite3.DatabaseError, Unusable) as problem:
+        if db is not None:
+            db.close()
+        if isinstance(problem, Unusable):
+            raise
+        raise Unusable(f"not a readable store ({problem})") from None
 
 
 def create(path, schema, first_state, parameters):
@@ -62,6 +91,26 @@ def set_aside(layout, path):
 
 def utc_now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+
+
+class Writer:
+    """The worker's side of a store, what every store's writer has: where it is, its
+    connection once open, closing it, and setting the store aside."""
+
+    def __init__(self, layout, path):
+        self.layout = layout
+        self.path = path
+        self.db = None
+
+    def set_aside(self):
+        """Move the store out of the way, kept for inspection; return where it went."""
+        self.close()
+        return set_aside(self.layout, self.path)
+
+    def close(self):
+        if self.db is not None:
+            self.db.close()
+            self.db = None
 
 
 class Readers:

@@ -50,7 +50,6 @@ from the older position.
 """
 
 import collections
-import sqlite3
 
 from storage import derived_store
 from storage.derived_store import utc_now
@@ -124,13 +123,12 @@ class Changes:
         return self.events
 
 
-class OverviewStore:
+class OverviewStore(derived_store.Writer):
     """The worker's side: open (or create), read a device's sessions, commit, set aside."""
 
     def __init__(self, state_dir, path=None):
-        self.layout = Layout(state_dir)
-        self.path = path or self.layout.overview
-        self.db = None
+        layout = Layout(state_dir)
+        super().__init__(layout, path or layout.overview)
 
     def open(self, session_timeout):
         """Open the store, creating it empty (for `session_timeout`) if missing; return its
@@ -139,20 +137,11 @@ class OverviewStore:
         if not self.path.exists():
             self._create(session_timeout)
         try:
-            self.db = derived_store.writer(self.path)
-            self.db.create_function("merge_people", 2, _merge_people, deterministic=True)
-            self.db.create_function("add_durations", 2, _add_durations, deterministic=True)
-            rows = self.db.execute(f"SELECT version, {STATE_COLUMNS} FROM state").fetchall()
-        except sqlite3.DatabaseError as error:
-            self.close()
-            raise CorruptOverview(f"not a readable store ({error})") from None
-        if len(rows) != 1:
-            self.close()
-            raise CorruptOverview(f"its state table has {len(rows)} rows, not 1")
-        version, *state = rows[0]
-        if version != VERSION:
-            self.close()
-            raise CorruptOverview(f"format version {version!r}; this program reads {VERSION}")
+            self.db, state = derived_store.open_writer(
+                self.path, VERSION, STATE_COLUMNS,
+                [("merge_people", _merge_people), ("add_durations", _add_durations)])
+        except derived_store.Unusable as problem:
+            raise CorruptOverview(str(problem)) from None
         return OverviewState(*state)
 
     def _create(self, session_timeout):
@@ -272,15 +261,6 @@ class OverviewStore:
                    (session_timeout, utc_now()))
         db.execute("COMMIT")
 
-    def set_aside(self):
-        """Move the store out of the way, kept for inspection; return where it went."""
-        self.close()
-        return derived_store.set_aside(self.layout, self.path)
-
-    def close(self):
-        if self.db is not None:
-            self.db.close()
-            self.db = None
 
 
 def _merge_people(stored, added):

@@ -26,7 +26,6 @@ back; the worker then counts on from the older offset, which is as exact.
 """
 
 import collections
-import sqlite3
 
 from storage import derived_store
 from storage.derived_store import utc_now
@@ -63,16 +62,15 @@ class SeriesState(collections.namedtuple(
 STATE_COLUMNS = ", ".join(SeriesState._fields)  # read in this order into a SeriesState
 
 
-class SeriesStore:
+class SeriesStore(derived_store.Writer):
     """The worker's side: open (or create), commit increments with their offset, set aside."""
 
     def __init__(self, state_dir, minute_retention, path=None):
         """`path`: the store's file, series.sqlite3 in the state folder unless given (a
         cluster worker keeps one per partition: Layout.partition_series)."""
-        self.layout = Layout(state_dir)
-        self.path = path or self.layout.series
+        layout = Layout(state_dir)
+        super().__init__(layout, path or layout.series)
         self.minute_retention = minute_retention
-        self.db = None
 
     def open(self, empty_fingerprint):
         """Open the store, creating it empty if missing; return its SeriesState.
@@ -82,18 +80,9 @@ class SeriesStore:
         if not self.path.exists():
             self._create(empty_fingerprint)
         try:
-            self.db = derived_store.writer(self.path)
-            rows = self.db.execute(f"SELECT version, {STATE_COLUMNS} FROM state").fetchall()
-        except sqlite3.DatabaseError as error:
-            self.close()
-            raise CorruptSeries(f"not a readable store ({error})") from None
-        if len(rows) != 1:
-            self.close()
-            raise CorruptSeries(f"its state table has {len(rows)} rows, not 1")
-        version, *state = rows[0]
-        if version != VERSION:
-            self.close()
-            raise CorruptSeries(f"format version {version!r}; this program reads {VERSION}")
+            self.db, state = derived_store.open_writer(self.path, VERSION, STATE_COLUMNS)
+        except derived_store.Unusable as problem:
+            raise CorruptSeries(str(problem)) from None
         return SeriesState(*state)
 
     def _create(self, empty_fingerprint):
@@ -133,15 +122,6 @@ class SeriesStore:
                         "newest_minute = 0, updated_at = ?", (empty_fingerprint, utc_now()))
         self.db.execute("COMMIT")
 
-    def set_aside(self):
-        """Move the store out of the way, kept for inspection; return where it went."""
-        self.close()
-        return derived_store.set_aside(self.layout, self.path)
-
-    def close(self):
-        if self.db is not None:
-            self.db.close()
-            self.db = None
 
 
 class SeriesReader:

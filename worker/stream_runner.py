@@ -129,11 +129,27 @@ class StreamWorker(PassLoop):
 
         return await self.link.nc.subscribe(worker_ping_subject(partition.name), cb=answer)
 
+    async def _answer(self, partition, subject, what, reply_to):
+        """Answer the ingest's questions on `subject`: JSON in, reply_to(question) out; a
+        question that cannot be answered gets {"error": ...}, and the reason goes to the
+        log."""
+        async def answer(message):
+            try:
+                reply = reply_to(json.loads(message.data))
+            except (ValueError, KeyError, TypeError, sqlite3.Error) as problem:
+                log.error("partition %s: a read of its %s failed: %s: %s", partition.name,
+                          what, type(problem).__name__, problem)
+                reply = {"error": f"partition {partition.name}'s worker could not read its "
+                                  f"{what} (its log says why)"}
+            await message.respond(json.dumps(reply).encode())
+
+        return await self.link.nc.subscribe(subject, cb=answer)
+
     async def _answer_series(self, partition):
-        """Answer questions about the partition's counts over time: JSON in, JSON out. Every
-        answer carries the store's `state` ([offset, ...], read before the answer itself, so
-        the answer is at least that new), which the ingest uses to refuse answers from behind
-        what it already served.
+        """Answer questions about the partition's counts over time. Every answer carries the
+        store's `state` ([offset, ...], read before the answer itself, so the answer is at
+        least that new), which the ingest uses to refuse answers from behind what it already
+        served.
 
             {"ask": "state"}                                 -> {"state": [offset, ...]}
             {"ask": "buckets", "step", "experience", "start", "end"} -> {"buckets": [[s, n]]}
@@ -145,33 +161,27 @@ class StreamWorker(PassLoop):
         """
         reader = partition.series_reader
 
-        async def answer(message):
-            try:
-                question = json.loads(message.data)
-                # The checkpoint's position first: the store is committed before it, so read
-                # in this order the store is never seen behind unless it really is.
-                counted = partition.checkpoint.offset
-                state = reader.state()
-                reply = {"state": list(state) if state else None}
-                if (state.offset if state else 0) < counted:
-                    reply = {"error": f"partition {partition.name}'s counts over time are being "
-                                      f"recounted (at sequence {state.offset if state else 0} "
-                                      f"of {counted})"}
-                elif question["ask"] == "buckets":
-                    reply["buckets"] = list(reader.buckets(
-                        question["step"], question["experience"], question["start"],
-                        question["end"]).items())
-                elif question["ask"] == "counts":
-                    reply["counts"] = list(reader.counts(
-                        question["step"], question["start"], question["end"]).items())
-            except (ValueError, KeyError, TypeError, sqlite3.Error) as problem:
-                log.error("partition %s: a question about its counts over time failed: %s: %s",
-                          partition.name, type(problem).__name__, problem)
-                reply = {"error": f"partition {partition.name}'s worker could not read its "
-                                  "counts over time (its log says why)"}
-            await message.respond(json.dumps(reply).encode())
+        def reply_to(question):
+            # The checkpoint's position first: the store is committed before it, so read in
+            # this order the store is never seen behind unless it really is.
+            counted = partition.checkpoint.offset
+            state = reader.state()
+            reply = {"state": list(state) if state else None}
+            if (state.offset if state else 0) < counted:
+                return {"error": f"partition {partition.name}'s counts over time are being "
+                                 f"recounted (at sequence {state.offset if state else 0} of "
+                                 f"{counted})"}
+            if question["ask"] == "buckets":
+                reply["buckets"] = list(reader.buckets(
+                    question["step"], question["experience"], question["start"],
+                    question["end"]).items())
+            elif question["ask"] == "counts":
+                reply["counts"] = list(reader.counts(
+                    question["step"], question["start"], question["end"]).items())
+            return reply
 
-        return await self.link.nc.subscribe(series_query_subject(partition.name), cb=answer)
+        return await self._answer(partition, series_query_subject(partition.name),
+                                  "counts over time", reply_to)
 
     async def _answer_overview(self, partition):
         """Answer the ingest's reads of the partition's overview: {"calls": [[name, *args],
@@ -181,26 +191,19 @@ class StreamWorker(PassLoop):
         it would show figures going down."""
         reader = partition.overview_reader
 
-        async def answer(message):
-            try:
-                calls = json.loads(message.data)["calls"]
-                if not all(call[0] in READS for call in calls):
-                    raise ValueError(f"unknown reads in {calls!r}")
-                if partition.overview.position < partition.checkpoint.offset:
-                    reply = {"error": f"partition {partition.name}'s overview is being "
-                                      f"recounted (at sequence {partition.overview.position} "
-                                      f"of {partition.checkpoint.offset})"}
-                else:
-                    reply = {"results": [[[_jsonable(value) for value in row] for row in rows]
-                                         for rows in reader.run(calls)]}
-            except (ValueError, KeyError, TypeError, sqlite3.Error) as problem:
-                log.error("partition %s: a read of its overview failed: %s: %s",
-                          partition.name, type(problem).__name__, problem)
-                reply = {"error": f"partition {partition.name}'s worker could not read its "
-                                  "overview (its log says why)"}
-            await message.respond(json.dumps(reply).encode())
+        def reply_to(question):
+            calls = question["calls"]
+            if not all(call[0] in READS for call in calls):
+                raise ValueError(f"unknown reads in {calls!r}")
+            counted, overviewed = partition.checkpoint.offset, partition.overview.position
+            if overviewed < counted:
+                return {"error": f"partition {partition.name}'s overview is being recounted "
+                                 f"(at sequence {overviewed} of {counted})"}
+            return {"results": [[[_jsonable(value) for value in row] for row in rows]
+                                for rows in reader.run(calls)]}
 
-        return await self.link.nc.subscribe(overview_query_subject(partition.name), cb=answer)
+        return await self._answer(partition, overview_query_subject(partition.name),
+                                  "overview", reply_to)
 
     def recover(self):
         stream = stream_identity(self.link)
