@@ -28,8 +28,14 @@ Durations: an exact histogram of session durations, for medians
 """
 
 import hashlib
+import os
 
-import numpy  # installed with datasketches, which needs it
+# numpy (which DataSketches imports too) starts OpenBLAS's pool of threads when it is
+# imported: threads this code never uses (it does no linear algebra), and which would escape
+# the ingest's CPU pinning (storage/process.py). With one thread, it starts none.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy  # noqa: E402 - after the setting above; installed with datasketches
 from datasketches import hll_sketch, hll_union, tgt_hll_type
 
 EXACT_LIMIT = 1000

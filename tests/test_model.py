@@ -7,6 +7,7 @@ import collections
 import datetime
 import os
 import shutil
+import sqlite3
 import tempfile
 from pathlib import Path
 from unittest import mock
@@ -23,6 +24,7 @@ from reference import check_invariant, check_series, read_checkpoint, read_serie
 from storage.log_writer import EventLog
 from storage.log_format import encode
 from storage import durable
+from storage.overview_store import OverviewStore
 from storage.series_store import SeriesStore
 from worker.runner import Worker
 
@@ -43,6 +45,7 @@ COMMIT_STEPS = [
     (os, "replace"),
     (durable, "fsync_directory"),
     (SeriesStore, "commit"),
+    (OverviewStore, "commit"),
 ]
 
 
@@ -58,6 +61,7 @@ class Engine(RuleBasedStateMachine):
         self.device = IosDevice()
         self.sent = []  # every SDK event sent, accepted or not: what a retry picks from
         self.accepted_at = {}  # SDK event id -> receive second of its first delivery
+        self.screen_views = collections.Counter()  # the SDK's, per experience: the overview's
 
     def _open_log(self):
         return EventLog(self.dir / "data1", time_index=self.dir / "data1.timeindex",
@@ -93,6 +97,7 @@ class Engine(RuleBasedStateMachine):
             if new:
                 self.accepted_at[event.event_id] = now
                 self.expected[str(event.experience_id)] += 1
+                self.screen_views[event.experience_id] += 1
             fresh.append(new)
         return fresh
 
@@ -208,6 +213,13 @@ class Engine(RuleBasedStateMachine):
             offset, _, hours = read_series(self.dir)
             assert offset == cp["offset"]
             assert sum(n for (e, _), n in hours.items() if e == -1) == cp["events"]
+        # The overview holds every SDK screen view once, each in one session.
+        with sqlite3.connect(self.dir / "overview.sqlite3") as db:
+            rows = db.execute("SELECT experience, sum(views), sum(session_screens) "
+                              "FROM experience_hour GROUP BY experience").fetchall()
+        assert {experience: views for experience, views, _ in rows if views} == dict(
+            +self.screen_views)
+        assert all(views == in_sessions for _, views, in_sessions in rows)
 
 
 Engine.TestCase.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)

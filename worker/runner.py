@@ -171,9 +171,10 @@ class Worker(PassLoop):
                 )
         if self.series is not None:
             self._open_series()
-        self._align_views()
         if self.overview is not None:
             self.overview.recover()
+        self._align_views()  # which moves the overview on too, as every commit does
+        if self.overview is not None:
             self.overview.advance(self.checkpoint.offset)  # durable: data2 claims it
 
     def _open_series(self):
