@@ -320,3 +320,20 @@ def test_a_planted_store_is_never_continued(tmp_path, traffic, plant):
     count(tmp_path, session_timeout=TIMEOUT)
     check_against_ledger(tmp_path, traffic.views, QUERIES[:2])
     assert not (tmp_path / "overview.sqlite3.tmp").exists()
+
+
+def test_sessions_no_view_can_reach_are_not_kept(tmp_path):
+    """Open sessions are kept for the late bound only: a device seen daily for a week keeps
+    the last 72 hours' and the timeout's, not all of them (their figures stay counted)."""
+    device = generator.IosDevice()
+    days = [END - datetime.timedelta(days=day) for day in range(7, -1, -1)]
+    ingest(tmp_path, [("d", [device.screen(moment, 3)]) for moment in days])
+    count(tmp_path, session_timeout=TIMEOUT)
+    with sqlite3.connect(tmp_path / "overview.sqlite3") as db:
+        kept = [first for (first,) in db.execute("SELECT first FROM open_session")]
+    newest = int(days[-1].timestamp())
+    assert kept == [int(moment.timestamp()) for moment in days
+                    if int(moment.timestamp()) >= newest - overview_module.LATE_BOUND - TIMEOUT]
+    assert len(kept) == 4  # 3 days back and today
+    [item] = answers(tmp_path, [{}])[0]["experiences"]
+    assert item["sessions"] == 8
