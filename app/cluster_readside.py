@@ -194,49 +194,33 @@ class ClusterReadSide:
 
 
 class Behind(Exception):
-    """A partition's counts over time answered from behind what this node already served."""
+    """A partition's worker answered from behind what this node already served."""
 
 
 def unreadable(problem):
     return f"a partition checkpoint is unreadable ({problem}); its worker will recount it"
 
 
-def ask_workers(link, partition_names, subject_of, question, what):
-    """Every partition's worker's answer to `question` (JSON), {partition: answer}. Raises
-    Unavailable naming the first partition whose worker does not answer, or answers an
-    error: `what` is made of every partition's, and without one it would be wrong, not
-    partial."""
-    try:
-        names = partition_names()
-        with asking(link, f"a read of {what}"):
-            answers = ask_each(link, names, subject_of, json.dumps(question).encode(),
-                               WORKER_TIMEOUT)
-    except NoQuorum as problem:
-        raise Unavailable(str(problem)) from None
-    for name, answer in sorted(answers.items()):
-        if isinstance(answer, Exception):
-            raise Unavailable(f"every partition's worker is needed for {what}: no worker "
-                              f"answers for partition {name}")
-        if "error" in answer:
-            raise Unavailable(f"every partition's worker is needed for {what}: "
-                              f"{answer['error']}")
-    return answers
+class WorkerReads:
+    """Reads answered by every partition's worker (worker/stream_runner.py), for the counts
+    over time or the overview: `what`, asked on `subject_of(partition)`. Never from behind:
+    each answer carries its store's position (`position_of(answer)`), and an answer from
+    behind a position this node already served is refused, so figures never go back."""
 
-
-class ClusterSeries:
-    """The counts over time in cluster mode, with storage/series_store.SeriesReader's
-    methods: each partition's worker answers for its partition's series store
-    (worker/stream_runner.py), and the answer is their sum. Raises Unavailable (503) if a
-    partition's worker does not answer, or answers from behind a position this node already
-    served: a sum without it would be wrong, not partial, and counts must not go down."""
-
-    def __init__(self, link, partition_names):
+    def __init__(self, link, partition_names, subject_of, what, position_of):
         self.link = link
         self.partition_names = partition_names
+        self.subject_of = subject_of
+        self.what = what
+        self.position_of = position_of
         self._lock = threading.Lock()
         self._served = {}  # partition -> the newest store position served from
 
-    def _ask(self, question):
+    def ask(self, question):
+        """{partition: answer} to `question` (JSON). Raises Unavailable naming the first
+        partition whose worker does not answer, answers an error, or answers from behind:
+        `what` is made of every partition's, and without one it would be wrong, not
+        partial."""
         # Asked again once: an answer can be behind only because another request, sent
         # later, was answered first; the store has caught up with it by now.
         try:
@@ -249,23 +233,47 @@ class ClusterSeries:
             raise Unavailable(str(behind)) from None
 
     def _ask_once(self, question):
-        answers = ask_workers(self.link, self.partition_names, series_query_subject, question,
-                              "the counts over time")
+        what = self.what
+        try:
+            names = self.partition_names()
+            with asking(self.link, f"a read of {what}"):
+                answers = ask_each(self.link, names, self.subject_of,
+                                   json.dumps(question).encode(), WORKER_TIMEOUT)
+        except NoQuorum as problem:
+            raise Unavailable(str(problem)) from None
+        for name, answer in sorted(answers.items()):
+            if isinstance(answer, Exception):
+                raise Unavailable(f"every partition's worker is needed for {what}: no worker "
+                                  f"answers for partition {name}")
+            if "error" in answer:
+                raise Unavailable(f"every partition's worker is needed for {what}: "
+                                  f"{answer['error']}")
         with self._lock:
             for name, answer in answers.items():
-                position = answer["state"][0] if answer["state"] else 0
+                position = self.position_of(answer)
                 if position < self._served.get(name, 0):
                     raise Behind(
-                        f"partition {name}'s counts over time answered from sequence "
-                        f"{position}, behind the {self._served[name]} already served (a "
-                        "second worker on the partition, or its store recounted); try again")
+                        f"partition {name}'s {what} answered from sequence {position}, "
+                        f"behind the {self._served[name]} already served (a second worker "
+                        "on the partition, or its store recounted); try again")
                 self._served[name] = position
         return answers
+
+
+class ClusterSeries:
+    """The counts over time in cluster mode, with storage/series_store.SeriesReader's
+    methods: each partition's worker answers for its partition's series store, and the
+    answer is their sum (WorkerReads: every partition's, never from behind)."""
+
+    def __init__(self, link, partition_names):
+        self.reads = WorkerReads(link, partition_names, series_query_subject,
+                                 "the counts over time",
+                                 lambda answer: answer["state"][0] if answer["state"] else 0)
 
     def state(self):
         """A SeriesState whose offset is {partition: {"sequence", "events"}} of each store."""
         states = {name: SeriesState(*answer["state"])
-                  for name, answer in self._ask({"ask": "state"}).items() if answer["state"]}
+                  for name, answer in self.reads.ask({"ask": "state"}).items() if answer["state"]}
         return SeriesState(
             offset={name: {"sequence": state.offset, "events": state.events}
                     for name, state in sorted(states.items())},
@@ -281,11 +289,11 @@ class ClusterSeries:
     def buckets(self, step, experience, start, end):
         question = {"ask": "buckets", "step": step, "experience": experience, "start": start,
                     "end": end}
-        return self._sum(answer["buckets"] for answer in self._ask(question).values())
+        return self._sum(answer["buckets"] for answer in self.reads.ask(question).values())
 
     def counts(self, step, start, end):
         question = {"ask": "counts", "step": step, "start": start, "end": end}
-        return self._sum(answer["counts"] for answer in self._ask(question).values())
+        return self._sum(answer["counts"] for answer in self.reads.ask(question).values())
 
     @staticmethod
     def _sum(pair_lists):
@@ -302,17 +310,15 @@ class ClusterOverview:
     snapshot (worker/stream_runner.py), and the rows of every partition are put together for
     app/overview_query.py to merge (an install's events are all in one partition, so its
     sessions are whole in one store; people and sums merge across them). Raises Unavailable
-    (503) if a partition's worker does not answer, or its overview is being recounted."""
+    (503) as WorkerReads says."""
 
     def __init__(self, link, partition_names):
-        self.link = link
-        self.partition_names = partition_names
+        self.reads = WorkerReads(link, partition_names, overview_query_subject,
+                                 "the experience overview", lambda answer: answer["position"])
 
     def run(self, calls):
-        answers = ask_workers(self.link, self.partition_names, overview_query_subject,
-                              {"calls": calls}, "the experience overview")
         results = [[] for _ in calls]
-        for _, answer in sorted(answers.items()):
+        for _, answer in sorted(self.reads.ask({"calls": calls}).items()):
             for rows, more in zip(results, answer["results"]):
                 rows.extend([_stored(value) for value in row] for row in more)
         return results

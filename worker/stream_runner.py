@@ -185,8 +185,8 @@ class StreamWorker(PassLoop):
 
     async def _answer_overview(self, partition):
         """Answer the ingest's reads of the partition's overview: {"calls": [[name, *args],
-        ...]} (storage/overview_store.py's READS) in, {"results": [rows, ...]} out, every
-        read in one snapshot of the store, bytes as {"b64": ...}. While the store is behind
+        ...]} (storage/overview_store.py's READS) in, {"position": sequence, "results":
+        [rows, ...]} out, every read in one snapshot of the store, bytes as {"b64": ...}. While the store is behind
         the partition's checkpoint (being recounted), {"error": ...}: a merge without all of
         it would show figures going down."""
         reader = partition.overview_reader
@@ -199,7 +199,9 @@ class StreamWorker(PassLoop):
             if overviewed < counted:
                 return {"error": f"partition {partition.name}'s overview is being recounted "
                                  f"(at sequence {overviewed} of {counted})"}
-            return {"results": [[[_jsonable(value) for value in row] for row in rows]
+            # `position` read before the reads: they are at least that new.
+            return {"position": overviewed,
+                    "results": [[[_jsonable(value) for value in row] for row in rows]
                                 for rows in reader.run(calls)]}
 
         return await self._answer(partition, overview_query_subject(partition.name),
