@@ -131,9 +131,12 @@ def test_a_missing_worker_fails_healthz_naming_it(cluster):
     node.ctl("stop", "worker:worker-2")
     status, body = request(node.ingest_port(1), "GET", "/healthz")
     assert status == 503 and "no worker answers for partition p2" in body["error"]
-    status, body = request(node.ingest_port(1), "GET", "/series")
-    assert status == 503 and body["error"] == ("counts over time need every partition's "
-                                               "worker: no worker answers for partition p2")
+    for path, what in (("/series", "the counts over time"),
+                       ("/experiences", "the experience overview")):
+        status, body = request(node.ingest_port(1), "GET", path)
+        assert status == 503 and body["error"] == (
+            f"every partition's worker is needed for {what}: no worker answers for "
+            "partition p2")
     node.ctl("start", "worker:worker-2")
     wait_for(lambda: request(node.ingest_port(1), "GET", "/healthz")[0] == 200, 30,
              what="/healthz ok again")
