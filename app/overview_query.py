@@ -172,22 +172,20 @@ def experience(store, query, experience_id):
     """/experiences/<id>: one experience's figures, its top screens and its points."""
     parts = pieces(query.start, query.end)
     results = store.run([("experience_rows", *part, experience_id) for part in parts]
-                        + [("screen_rows", level, experience_id, start, end)
-                           for level, start, end in parts]
-                        + [("experience_rows", HOUR, query.start, query.end, experience_id),
+                        + [("screen_rows", experience_id, query.start, query.end),
+                           ("experience_rows", HOUR, query.start, query.end, experience_id),
                            ("names", experience_id)])
     total = Figures()
     for rows in results[:len(parts)]:
         for row in rows:
             total.add(row)
     screens = {}  # id -> [views, People]
-    for rows in results[len(parts):2 * len(parts)]:
-        for screen, views, people in rows:
-            known = screens.get(screen)
-            if known is None:
-                known = screens[screen] = [0, People()]
-            known[0] += views
-            known[1].merge_encoded(people)
+    for screen, views, people in results[-3]:
+        known = screens.get(screen)
+        if known is None:
+            known = screens[screen] = [0, People()]
+        known[0] += views
+        known[1].merge_encoded(people)
     names = _latest_names(results[-1])
     top = sorted(screens.items(), key=lambda item: (-item[1][0], item[0]))[:TOP_SCREENS]
     return {

@@ -103,16 +103,17 @@ def build_store(state_dir, days=30):
                 moment = END - (days - day) * 86400 + hour * 3600
                 people = {person_key(f"u{rng.randrange(users_a_day * 3)}")
                           for _ in range(max(1, users_a_day // 24))}
-                changes.views[experience, moment] += len(people) * 3
-                changes.people[experience, moment] |= people
                 sessions = len(people)
-                changes.sessions[experience, moment] = [sessions, sessions * 90, sessions * 3,
-                                                        sessions // 4]
+                durations = {}
                 for _ in range(sessions):
-                    changes.durations[experience, moment][rng.randrange(0, 600)] += 1
+                    duration = rng.randrange(0, 600)
+                    durations[duration] = durations.get(duration, 0) + 1
+                changes.hours[experience, moment] = [
+                    len(people) * 3, people, sessions, sessions * 90, sessions * 3,
+                    sessions // 4, durations]
                 for screen in range(3):
-                    changes.screen_views[experience, f"screen-{screen}", moment] += len(people)
-                    changes.screen_people[experience, f"screen-{screen}", moment] |= people
+                    changes.screens[experience, f"screen-{screen}", moment] = [len(people),
+                                                                              people]
         store.commit(changes, b"", 0, 0)
     store.close()
 

@@ -18,7 +18,8 @@ the start of its UTC hour or UTC day; all times are the devices' (storage/detail
         session_screens  their screen views
         bounces          those of them with one screen view
         durations        their durations' histogram (storage/sketches: encode_durations)
-    screen_hour, screen_day           one row per (experience, bucket, screen id): views, people
+    screen_hour                       one row per (experience, hour, screen id): views, people
+                                      (read for one experience at a time: no day rows needed)
     name            (experience, screen, moment, name): the latest name seen, by device time
                     (screen '' for the experience's own name); ties go to the greater name
     open_session    (device, experience, first, last, screens): every session that a screen
@@ -54,7 +55,7 @@ import collections
 from storage import derived_store
 from storage.derived_store import utc_now
 from storage.layout import Layout
-from storage.sketches import People, add_encoded_durations, encode_durations
+from storage.sketches import People, add_encoded_durations, encode_durations, encode_people
 
 VERSION = 1
 HOUR, DAY = 3600, 86400
@@ -70,9 +71,6 @@ CREATE TABLE experience_day (bucket INTEGER NOT NULL, experience INTEGER NOT NUL
     duration_sum INTEGER NOT NULL, session_screens INTEGER NOT NULL, bounces INTEGER NOT NULL,
     durations BLOB NOT NULL, PRIMARY KEY (bucket, experience)) WITHOUT ROWID;
 CREATE TABLE screen_hour (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
-    screen TEXT NOT NULL, views INTEGER NOT NULL, people BLOB NOT NULL,
-    PRIMARY KEY (experience, bucket, screen)) WITHOUT ROWID;
-CREATE TABLE screen_day (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
     screen TEXT NOT NULL, views INTEGER NOT NULL, people BLOB NOT NULL,
     PRIMARY KEY (experience, bucket, screen)) WITHOUT ROWID;
 CREATE TABLE name (experience INTEGER NOT NULL, screen TEXT NOT NULL, moment INTEGER NOT NULL,
@@ -100,6 +98,10 @@ OverviewState = collections.namedtuple(
 STATE_COLUMNS = ", ".join(OverviewState._fields)
 
 
+# An hour's changes, as Changes.hour() gives them.
+VIEWS, PEOPLE, SESSIONS, DURATION_SUM, SESSION_SCREENS, BOUNCES, DURATIONS = range(7)
+
+
 class Changes:
     """What a stretch of screen views changes, per hour bucket, as the worker gathers it.
 
@@ -107,17 +109,27 @@ class Changes:
     buckets they started in) and puts the joined one in."""
 
     def __init__(self):
-        self.views = collections.Counter()  # (experience, hour) -> screen views
-        self.people = collections.defaultdict(set)  # (experience, hour) -> person keys
-        # (experience, hour) -> [sessions, duration_sum, session_screens, bounces]
-        self.sessions = collections.defaultdict(lambda: [0, 0, 0, 0])
-        self.durations = collections.defaultdict(collections.Counter)  # -> {bucket: +-n}
-        self.screen_views = collections.Counter()  # (experience, screen, hour) -> views
-        self.screen_people = collections.defaultdict(set)  # (experience, screen, hour) -> keys
+        # (experience, hour) -> [views, person keys (a set), sessions, duration_sum,
+        # session_screens, bounces, {duration bucket: +-sessions}]
+        self.hours = {}
+        self.screens = {}  # (experience, screen, hour) -> [views, person keys]
         self.names = {}  # (experience, screen) -> (moment, name), the latest
         self.open_sessions = {}  # (device, experience) -> its sessions now, whole
         self.devices = {}  # device -> its newest screen view
         self.events = 0  # SDK events read (screen views and the rest)
+
+    def hour(self, experience, hour):
+        """The changes of one experience's hour, to add to in place."""
+        changes = self.hours.get((experience, hour))
+        if changes is None:
+            changes = self.hours[experience, hour] = [0, set(), 0, 0, 0, 0, {}]
+        return changes
+
+    def screen(self, experience, screen, hour):
+        changes = self.screens.get((experience, screen, hour))
+        if changes is None:
+            changes = self.screens[experience, screen, hour] = [0, set()]
+        return changes
 
     def __len__(self):
         return self.events
@@ -173,7 +185,7 @@ class OverviewStore(derived_store.Writer):
         try:
             for level in (HOUR, DAY):
                 self._experience_rows(level, changes)
-                self._screen_rows(level, changes)
+            self._screen_rows(changes)
             db.executemany(
                 "INSERT INTO name VALUES (?, ?, ?, ?) ON CONFLICT (experience, screen) DO "
                 "UPDATE SET moment = excluded.moment, name = excluded.name WHERE "
@@ -201,22 +213,23 @@ class OverviewStore(derived_store.Writer):
         """Add the changes to the `level` table's rows: one upsert per row, the sums added
         and the people and durations merged by SQL functions (_merge_people,
         _add_durations), in SQLite's loop rather than a read and a write per row."""
-        merged = {}  # (bucket, experience) -> [views, people, s, d, ss, b, durations]
-        for source in (changes.views, changes.people, changes.sessions, changes.durations):
-            for experience, hour in source:
-                key = (hour - hour % level, experience)
-                if key not in merged:
-                    merged[key] = [0, set(), 0, 0, 0, 0, collections.Counter()]
-        for (experience, hour), views in changes.views.items():
-            merged[hour - hour % level, experience][0] += views
-        for (experience, hour), people in changes.people.items():
-            merged[hour - hour % level, experience][1].update(people)
-        for (experience, hour), figures in changes.sessions.items():
-            row = merged[hour - hour % level, experience]
-            for index, value in enumerate(figures):
-                row[2 + index] += value
-        for (experience, hour), histogram in changes.durations.items():
-            merged[hour - hour % level, experience][6].update(histogram)
+        if level == HOUR:
+            merged = changes.hours
+        else:
+            merged = {}  # the hours' changes, added up per day
+            for (experience, hour), row in changes.hours.items():
+                key = (experience, hour - hour % level)
+                day = merged.get(key)
+                if day is None:
+                    merged[key] = [row[VIEWS], set(row[PEOPLE]), *row[SESSIONS:BOUNCES + 1],
+                                   dict(row[DURATIONS])]
+                    continue
+                day[PEOPLE].update(row[PEOPLE])
+                for index in (VIEWS, SESSIONS, DURATION_SUM, SESSION_SCREENS, BOUNCES):
+                    day[index] += row[index]
+                durations = day[DURATIONS]
+                for bucket, sessions in row[DURATIONS].items():
+                    durations[bucket] = durations.get(bucket, 0) + sessions
         self.db.executemany(
             f"INSERT INTO experience_{LEVELS[level]} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (bucket, experience) DO UPDATE SET views = views + excluded.views, "
@@ -226,34 +239,25 @@ class OverviewStore(derived_store.Writer):
             "session_screens = session_screens + excluded.session_screens, "
             "bounces = bounces + excluded.bounces, "
             "durations = add_durations(durations, excluded.durations)",
-            [(bucket, experience, views, People(people).encode(), sessions, duration_sum,
-              session_screens, bounces, encode_durations(histogram))
-             for (bucket, experience), (views, people, sessions, duration_sum,
-                                        session_screens, bounces, histogram)
+            [(bucket, experience, views, encode_people(people), sessions, duration_sum,
+              session_screens, bounces, encode_durations(durations))
+             for (experience, bucket), (views, people, sessions, duration_sum,
+                                        session_screens, bounces, durations)
              in merged.items()])
 
-    def _screen_rows(self, level, changes):
-        merged = {}  # (experience, bucket, screen) -> [views, people]
-        for source in (changes.screen_views, changes.screen_people):
-            for experience, screen, hour in source:
-                key = (experience, hour - hour % level, screen)
-                if key not in merged:
-                    merged[key] = [0, set()]
-        for (experience, screen, hour), views in changes.screen_views.items():
-            merged[experience, hour - hour % level, screen][0] += views
-        for (experience, screen, hour), people in changes.screen_people.items():
-            merged[experience, hour - hour % level, screen][1].update(people)
+    def _screen_rows(self, changes):
         self.db.executemany(
-            f"INSERT INTO screen_{LEVELS[level]} VALUES (?, ?, ?, ?, ?) "
+            "INSERT INTO screen_hour VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (experience, bucket, screen) DO UPDATE SET "
             "views = views + excluded.views, people = merge_people(people, excluded.people)",
-            [(*key, views, People(people).encode()) for key, (views, people) in merged.items()])
+            [(experience, hour, screen, views, encode_people(people))
+             for (experience, screen, hour), (views, people) in changes.screens.items()])
 
     def reset(self, session_timeout):
         """Empty the store and its position in one transaction (for a recount)."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
-        for table in ("experience_hour", "experience_day", "screen_hour", "screen_day", "name",
+        for table in ("experience_hour", "experience_day", "screen_hour", "name",
                       "open_session", "device"):
             db.execute(f"DELETE FROM {table}")
         db.execute("UPDATE state SET session_timeout = ?, source = x'', "
@@ -337,10 +341,10 @@ class _Reads:
             f"SELECT experience, people, durations FROM experience_{LEVELS[level]} "
             "WHERE bucket >= ? AND bucket < ?", (start, end))
 
-    def screen_rows(self, level, experience, start, end):
-        """(screen, views, people) of the experience's screens in [start, end)."""
+    def screen_rows(self, experience, start, end):
+        """(screen, views, people) of the experience's screens, each hour of [start, end)."""
         return self.db.execute(
-            f"SELECT screen, views, people FROM screen_{LEVELS[level]} "
+            "SELECT screen, views, people FROM screen_hour "
             "WHERE experience = ? AND bucket >= ? AND bucket < ?", (experience, start, end))
 
     def names(self, experience):

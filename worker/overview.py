@@ -26,7 +26,8 @@ import time
 
 from storage.details import HEADER, read_groups, read_header
 from storage.layout import Layout, names_open_file
-from storage.overview_store import Changes, CorruptOverview, OverviewStore
+from storage.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, PEOPLE, SESSION_SCREENS,
+                                    SESSIONS, VIEWS, Changes, CorruptOverview, OverviewStore)
 from storage.sketches import duration_bucket, person_key
 from worker.sessions import place
 
@@ -105,10 +106,12 @@ class OverviewCounter:
         newest, stored = self.store.devices({view[2] for view in views})
         for experience, moment, device, person, screen, name, screen_name in views:
             hour = moment - moment % 3600
-            changes.views[experience, hour] += 1
-            changes.people[experience, hour].add(person)
-            changes.screen_views[experience, screen, hour] += 1
-            changes.screen_people[experience, screen, hour].add(person)
+            row = changes.hour(experience, hour)
+            row[VIEWS] += 1
+            row[PEOPLE].add(person)
+            row = changes.screen(experience, screen, hour)
+            row[0] += 1
+            row[1].add(person)
             _name(changes, experience, "", moment, name)
             _name(changes, experience, screen, moment, screen_name)
             self._place(changes, newest, stored, device, experience, moment)
@@ -256,26 +259,26 @@ def _name(changes, experience, screen, moment, name):
 def _count_session(changes, experience, session, sign):
     """Count a session in (sign 1) or out (sign -1) of the hour it starts in."""
     first, last, screens = session
-    key = (experience, first - first % 3600)
-    figures = changes.sessions[key]
-    figures[0] += sign
-    figures[1] += sign * (last - first)
-    figures[2] += sign * screens
-    figures[3] += sign * (screens == 1)
-    changes.durations[key][duration_bucket(last - first)] += sign
+    row = changes.hour(experience, first - first % 3600)
+    row[SESSIONS] += sign
+    row[DURATION_SUM] += sign * (last - first)
+    row[SESSION_SCREENS] += sign * screens
+    row[BOUNCES] += sign * (screens == 1)
+    durations = row[DURATIONS]
+    bucket = duration_bucket(last - first)
+    durations[bucket] = durations.get(bucket, 0) + sign
 
 
 def _stretch_session(changes, experience, old, new):
     """_count_session(old, -1) then (new, 1), for a session that kept its start and gained
     one view: the same changes, in a third of the work."""
     first = new[0]
-    key = (experience, first - first % 3600)
-    figures = changes.sessions[key]
-    figures[1] += new[1] - old[1]
-    figures[2] += 1
-    figures[3] -= old[2] == 1
+    row = changes.hour(experience, first - first % 3600)
+    row[DURATION_SUM] += new[1] - old[1]
+    row[SESSION_SCREENS] += 1
+    row[BOUNCES] -= old[2] == 1
     before, after = duration_bucket(old[1] - first), duration_bucket(new[1] - first)
     if before != after:
-        durations = changes.durations[key]
-        durations[before] -= 1
-        durations[after] += 1
+        durations = row[DURATIONS]
+        durations[before] = durations.get(before, 0) - 1
+        durations[after] = durations.get(after, 0) + 1

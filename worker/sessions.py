@@ -26,7 +26,10 @@ def place(sessions, moment, timeout):
     while high < len(sessions) and sessions[high][0] - timeout <= moment:
         high += 1
     replaced = sessions[low:high]
-    if replaced:
+    if len(replaced) == 1:  # the usual case: a view within one session's reach
+        first, last, screens = replaced[0]
+        joined = [min(moment, first), max(moment, last), screens + 1]
+    elif replaced:
         joined = [min(moment, replaced[0][0]), max(moment, replaced[-1][1]),
                   1 + sum(session[2] for session in replaced)]
     else:
