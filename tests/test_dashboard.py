@@ -332,6 +332,11 @@ def test_the_dashboard_opens_on_the_experience_overview(procs, state_dir, tmp_pa
     days = re.search(r'id="ov-timeline">(.*?)</div>\s*<div class="x-axis"', dom, re.S).group(1)
     assert len(re.findall(r'class="slot"', days)) in (30, 31)
 
+    # The last 24 hours, by hour: the table and the chart follow the range.
+    dom = chromium(tmp_path, "--dump-dom", url + "#ovr=day")
+    hours = re.search(r'id="ov-timeline">(.*?)</div>\s*<div class="x-axis"', dom, re.S).group(1)
+    assert len(re.findall(r'class="slot"', hours)) in (24, 25)
+    assert Page(dom).by_id["experience-title"].endswith(": users per hour")
     last = api[-1]["experienceID"]  # choosing another experience shows its own
     page = Page(chromium(tmp_path, "--dump-dom", url + f"#ov={last}"))
     assert page.by_id["experience-title"].startswith(api[-1]["name"])
