@@ -308,7 +308,8 @@ class NoOverview(Exception):
 
 
 # The reads OverviewReader.run answers: also what a cluster worker answers for the ingest.
-READS = ("experience_rows", "experience_sums", "experience_sketches", "screen_rows", "names")
+READS = ("experience_rows", "experience_sums", "experience_sketches", "screen_rows", "names",
+         "state")
 
 
 class _Reads:
@@ -346,6 +347,10 @@ class _Reads:
         return self.db.execute(
             "SELECT screen, views, people FROM screen_hour "
             "WHERE experience = ? AND bucket >= ? AND bucket < ?", (experience, start, end))
+
+    def state(self):
+        """The store's state row, as an OverviewState."""
+        return [OverviewState(*self.db.execute(f"SELECT {STATE_COLUMNS} FROM state").fetchone())]
 
     def names(self, experience):
         """(experience, screen, moment, name) rows: every experience's own name (screen ''),

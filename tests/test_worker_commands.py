@@ -1,9 +1,11 @@
 """The worker's operator commands, run as real processes: status and rebuild."""
 
+import datetime
 import json
 import subprocess
 import sys
 
+from bench.sdk_shapes import mixed_batch
 from http_client import post, wait_for
 from processes import REPO, service_env
 from reference import caught_up, check_series, read_checkpoint, read_series, valid_counts
@@ -33,9 +35,21 @@ def test_status_while_the_worker_runs(procs, state_dir):
     assert "s ago" in out
 
 
+def test_status_shows_where_the_overview_stands(procs, state_dir):
+    ingest = procs.ingest(state_dir)
+    procs.worker(state_dir, interval=0.05)
+    events, _ = mixed_batch(datetime.datetime.now(datetime.timezone.utc), 20)
+    assert post(ingest.port, {"batch": events}, path="/batch?apiVersion=2")[0] == 202
+    size = (state_dir / "data1.details").stat().st_size
+    line = f"overview       20 SDK events; data1.details offset {size:,} of {size:,} bytes"
+    wait_for(lambda: line in worker_command(state_dir, "status").stdout,
+             what="status to show the overview counted")
+
+
 def test_status_without_and_with_a_bad_checkpoint(state_dir):
     result = worker_command(state_dir, "status")
     assert result.returncode == 0 and "none yet" in result.stdout
+    assert "overview       none yet" in result.stdout
     (state_dir / "data2").write_bytes(b"{")
     result = worker_command(state_dir, "status")
     assert result.returncode == 1 and "data2 is unreadable" in result.stderr

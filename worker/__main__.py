@@ -9,6 +9,7 @@
 """
 
 import logging
+import sqlite3
 import sys
 import time
 
@@ -17,6 +18,7 @@ from storage.checkpoint import CorruptCheckpoint
 from storage.checkpoint_store import CheckpointStore
 from storage.layout import Layout
 from storage.lockfile import AlreadyLocked
+from storage.overview_store import NoOverview, OverviewReader
 from worker.runner import Worker
 
 log = logging.getLogger("worker")
@@ -96,11 +98,29 @@ def status(state_dir, out=sys.stdout):
             ("counted", f"{current.events:,} events, {len(current.counts):,} experiences, "
                         f"{current.skipped:,} skipped"),
         ]
+    rows.append(("overview", overview_status(state_dir)))
     for label, value in rows:
         print(f"{label:<14} {value}", file=out)
     if current:
         print_top(current, out)
     return process.EXIT_OK
+
+
+def overview_status(state_dir):
+    """Where the experience overview stands in data1.details."""
+    layout = Layout(state_dir)
+    try:
+        [[state]] = OverviewReader(state_dir).run([("state",)])
+    except NoOverview:
+        return "none yet (or MINI_ANALYTICS_OVERVIEW is off)"
+    except sqlite3.DatabaseError as error:
+        return f"overview.sqlite3 is unreadable ({error}): the worker will count it again"
+    try:
+        details = layout.details.stat().st_size
+    except FileNotFoundError:
+        details = 0
+    return (f"{state.events:,} SDK events; data1.details offset {state.position:,} of "
+            f"{details:,} bytes")
 
 
 def print_top(checkpoint, out):
