@@ -21,6 +21,7 @@ import random
 import signal
 import threading
 import time
+import urllib.parse
 
 import pytest
 
@@ -229,6 +230,22 @@ def test_chaos_on_the_cluster_with_a_ledger(cluster):  # noqa: F811
     ranged = wait_for(series_counts, 60, what="the counts over time to hold every event")
     check_ledgers({key: n for key, n in ranged["counts"].items() if key not in viewed},
                   *posters)
+    # The experience overview, merged from both partitions' stores on either node: every
+    # screen view once, and each device's views of an experience one session (they are
+    # seconds apart), whole in its partition whichever node took them.
+    now = datetime.datetime.now(datetime.timezone.utc)
+    span = urllib.parse.urlencode({"from": (now - datetime.timedelta(hours=2)).isoformat(),
+                                   "to": (now + datetime.timedelta(hours=1)).isoformat()})
+
+    def overview(n):
+        status, body = request(node.ingest_port(n), "GET", f"/experiences?{span}")
+        return status == 200 and body["experiences"]
+
+    for n in (1, 2):
+        listed = wait_for(lambda: (got := overview(n)) and {
+            str(item["experienceID"]): item["screen_views"] for item in got} == viewed and got,
+            60, what=f"ingest-{n}'s overview to hold every screen view")
+        assert all(1 <= item["sessions"] <= 4 for item in listed), listed
     with link_to(node) as link:
         for partition in ("p1", "p2"):
             checkpoint, _ = read_latest(link, [partition])[partition]
