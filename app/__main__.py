@@ -118,12 +118,12 @@ def serve_cluster(*, host, port, threads, stalled_after, dedupe_window, cluster,
     from storage.stream_writer import StreamLog
 
     servers, partition, replicas, publish_timeout, sdk_partitions = cluster
-    sdk_partitions = sdk_partitions or [partition]
     log.info("ingest starting in cluster mode: http://%s:%d partition=%s sdk_partitions=%s "
              "servers=%s replicas=%d threads=%d", host, port, partition,
-             ",".join(sdk_partitions), ",".join(servers), replicas, threads)
+             ",".join(sdk_partitions or [partition]), ",".join(servers), replicas, threads)
+    # A list set for the whole cluster is checked against the one recorded there.
     link, failed = stream_setup.connect(servers, f"ingest {partition}", replicas,
-                                        dedupe_window, log)
+                                        dedupe_window, log, sdk_partitions)
     if link is None:
         return failed
     eventlog = StreamLog(link, partition, publish_timeout, sdk_partitions)

@@ -49,6 +49,9 @@ not in files; their names are below too, with the module that writes and reads e
 
     stream MINI_ANALYTICS, subject mini_analytics.events.<partition>
                       storage/stream_writer.py (ingest)  storage/stream_reader.py (worker)
+    key-value bucket mini_analytics_checkpoints, key config.sdk-partitions
+                      storage/stream_setup.py: written by the first ingest node, checked by
+                      every other (they must spread SDK events over the same partitions)
     key-value bucket mini_analytics_checkpoints, key partition.<partition>
                       storage/stream_checkpoint_store.py: one writer per partition (the
                       worker owning it, fenced by compare-and-set); read by the same module
@@ -94,6 +97,8 @@ STREAM = "MINI_ANALYTICS"
 SUBJECT_PREFIX = "mini_analytics.events."
 CHECKPOINT_BUCKET = "mini_analytics_checkpoints"
 CHECKPOINT_KEY_PREFIX = "partition."
+# In the same bucket: the partitions SDK events are spread over (storage/stream_setup.py).
+SDK_PARTITIONS_KEY = "config.sdk-partitions"
 WORKER_PING_PREFIX = "mini_analytics.workers."
 SERIES_QUERY_PREFIX = "mini_analytics.series."
 OVERVIEW_QUERY_PREFIX = "mini_analytics.overview."

@@ -13,10 +13,11 @@ It is never lowered: a program set to a shorter window than the stream's is refu
 import time
 
 from nats.js import api
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
 
 from storage import process
-from storage.layout import CHECKPOINT_BUCKET, STREAM, SUBJECT_PREFIX
+from storage.layout import CHECKPOINT_BUCKET, SDK_PARTITIONS_KEY, STREAM, SUBJECT_PREFIX
 from storage.nats_link import UNAVAILABLE, Link
 
 # The largest message: one group commit of ids (an ingest node cuts its messages below this).
@@ -72,9 +73,10 @@ def bucket_config(replicas):
 READY_TIMEOUT = 30.0
 
 
-def connect(servers, name, replicas, dedupe_window, log):
-    """A Link to the cluster, with the stream and the bucket created or checked; or None and
-    the exit code a program should exit with, after one log line saying why."""
+def connect(servers, name, replicas, dedupe_window, log, sdk_partitions=None):
+    """A Link to the cluster, with the stream and the bucket created or checked (and, for an
+    ingest node, the partitions SDK events are spread over); or None and the exit code a
+    program should exit with, after one log line saying why."""
     try:
         link = Link(servers, name)
     except UNAVAILABLE as error:
@@ -86,6 +88,8 @@ def connect(servers, name, replicas, dedupe_window, log):
     while True:
         try:
             link.call(ensure(link.js, replicas, dedupe_window, log), READY_TIMEOUT)
+            if sdk_partitions:
+                link.call(agree_on_sdk_partitions(link.js, sdk_partitions), READY_TIMEOUT)
             return link, None
         except SetupMismatch as mismatch:
             link.close()
@@ -167,6 +171,31 @@ async def ensure(js, replicas, dedupe_window, log=None):
     )
     _compare(f"key-value bucket {CHECKPOINT_BUCKET}", info.config, wanted_kv, _CHECKED_BUCKET)
     _check_ready(f"key-value bucket {CHECKPOINT_BUCKET}", info)
+
+
+async def agree_on_sdk_partitions(js, partitions):
+    """Record the partitions SDK events are spread over, or check them against the recorded
+    ones. Every ingest node must spread them over the same list, in the same order: each
+    install's events then go to one partition, whichever node takes them, and its sessions
+    are whole there (storage/stream_writer.py). Raises SetupMismatch if this node's list
+    differs: a node that spread them otherwise would split installs' sessions."""
+    bucket = KeyValue(name=CHECKPOINT_BUCKET, stream=f"KV_{CHECKPOINT_BUCKET}",
+                      pre=f"$KV.{CHECKPOINT_BUCKET}.", js=js, direct=False)
+    wanted = ",".join(partitions)
+    try:
+        await bucket.create(SDK_PARTITIONS_KEY, wanted.encode())
+        return
+    except KeyWrongLastSequenceError:
+        pass  # recorded before: by the first ingest node of this cluster
+    found = (await bucket.get(SDK_PARTITIONS_KEY)).value.decode()
+    if found != wanted:
+        raise SetupMismatch(
+            f"SDK events are spread over partitions {found} in this cluster, and this node "
+            f"is set to spread them over {wanted} (MINI_ANALYTICS_SDK_PARTITIONS): every "
+            "ingest node must list the same partitions in the same order. To change the "
+            "list, stop every ingest node, delete the key config.sdk-partitions of the "
+            f"bucket {CHECKPOINT_BUCKET}, and start them with the new one (a session that "
+            "spans the change may be split)")
 
 
 def stream_identity(link):

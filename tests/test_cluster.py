@@ -20,7 +20,7 @@ import nats.errors
 import pytest
 
 from cluster_harness import PROGRAMS, Cluster
-from http_client import post, request, wait_for
+from http_client import free_port, post, request, wait_for
 from processes import copy_of_the_code, short_temp_dir
 from bench import traffic as generator
 from bench.sdk_shapes import mixed_batch
@@ -299,6 +299,21 @@ def test_a_stream_set_up_otherwise_is_a_clear_error_and_left_alone(cluster, tmp_
     assert "replicas is 3, not 1" in started.stderr
     _, stats = request(node.ingest_port(1), "GET", "/stats")
     assert len(stats["stream"]["replicas"]) == 2  # still three copies
+
+
+def test_an_ingest_node_spreading_sdk_events_otherwise_is_refused(cluster, tmp_path):
+    """The first ingest node records the partitions SDK events are spread over; a node set
+    otherwise (here, the same two in another order: each install would change partition)
+    exits with the bad-setup code, naming both lists, before it takes any event."""
+    node = cluster()
+    env = {**node.env, "MINI_ANALYTICS_CLUSTER": ",".join(node.servers),
+           "MINI_ANALYTICS_PARTITION": "p9", "MINI_ANALYTICS_SDK_PARTITIONS": "p2,p1",
+           "MINI_ANALYTICS_STATE_DIR": str(tmp_path), "MINI_ANALYTICS_PORT": str(free_port())}
+    started = subprocess.run([sys.executable, "-m", "app"], env=env, cwd=node.root,
+                             capture_output=True, text=True, timeout=120)
+    assert started.returncode == 2, started.stderr
+    assert ("SDK events are spread over partitions p1,p2 in this cluster, and this node is "
+            "set to spread them over p2,p1") in started.stderr
 
 
 def test_a_shorter_duplicate_window_is_raised_to_the_dedupe_window_never_lowered(cluster):
