@@ -52,9 +52,11 @@ def parse(params, now):
     step = params.get("step") or "day"
     if step not in ("hour", "day"):
         raise BadQuery(f"step must be hour or day, got {step!r}")
-    if step == "hour" and (last - first) // HOUR > MAX_POINTS:
-        raise BadQuery(f"from..to is {(last - first) // HOUR:,} hours; at most {MAX_POINTS:,} "
-                       "points are served at a time: ask for step=day or a shorter range")
+    points = (last - first) // (HOUR if step == "hour" else DAY)
+    if points > MAX_POINTS:
+        raise BadQuery(f"from..to is {points:,} {step}s; at most {MAX_POINTS:,} points are "
+                       "served at a time: ask for "
+                       f"{'step=day or ' if step == 'hour' else ''}a shorter range")
     sort = params.get("sort") or "users"
     if sort not in SORTS:
         raise BadQuery(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
