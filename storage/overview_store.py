@@ -32,8 +32,8 @@ the start of its UTC hour or UTC day; all times are the devices' (storage/detail
                     offset its last counted group ends at; the sequence again in cluster
                     mode), events, updated_at
 
-    A device is storage/sketches.person_key of its anonymousID, a person that of "user:"
-    and its userID when the event has one, else of "anon:" and its anonymousID.
+    A device is storage/sketches.person_key("anon:" + its anonymousID); a person is
+    person_key("user:" + the event's userID) when it has one, else the event's device.
 
 Invariants, true at every commit because everything changes in one SQLite transaction:
 
