@@ -45,7 +45,7 @@ from storage.checkpoint import Checkpoint, CorruptCheckpoint
 from storage.layout import (Layout, overview_query_subject, series_query_subject,
                             worker_ping_subject)
 from storage.nats_link import UNAVAILABLE
-from storage.overview_store import READS, OverviewReader, OverviewStore
+from storage.overview_store import READS, NoOverview, OverviewReader, OverviewStore
 from storage.series_store import CorruptSeries, SeriesReader, SeriesStore
 from storage.stream_checkpoint_store import StreamCheckpointStore
 from storage.stream_reader import StreamReader
@@ -136,6 +136,8 @@ class StreamWorker(PassLoop):
         async def answer(message):
             try:
                 reply = reply_to(json.loads(message.data))
+            except NoOverview as problem:  # asked before the worker opened its store
+                reply = {"error": f"partition {partition.name}'s {what}: {problem}"}
             except (ValueError, KeyError, TypeError, sqlite3.Error) as problem:
                 log.error("partition %s: a read of its %s failed: %s: %s", partition.name,
                           what, type(problem).__name__, problem)
@@ -186,9 +188,9 @@ class StreamWorker(PassLoop):
     async def _answer_overview(self, partition):
         """Answer the ingest's reads of the partition's overview: {"calls": [[name, *args],
         ...]} (storage/overview_store.py's READS) in, {"position": sequence, "results":
-        [rows, ...]} out, every read in one snapshot of the store, bytes as {"b64": ...}. While the store is behind
-        the partition's checkpoint (being recounted), {"error": ...}: a merge without all of
-        it would show figures going down."""
+        [rows, ...]} out, every read in one snapshot of the store, bytes as {"b64": ...}.
+        While the store is behind the partition's checkpoint (being recounted), or not yet
+        created, {"error": ...}: a merge without all of it would show figures going down."""
         reader = partition.overview_reader
 
         def reply_to(question):
