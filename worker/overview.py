@@ -235,17 +235,26 @@ def screen_views(items):
     """A group's screen views as (experience, moment, device, person, screen id, experience
     name, screen name); identifies and registers are kept in the details, not counted."""
     views = []
+    keys = {}  # a group's events mostly share one install and one person: hashed once
     for item in items:
         event = item["event"]
         if event.get("type") != "screen":
             continue
         properties = event["properties"]
-        device = person_key("anon:" + event["anonymousID"])
+        anonymous = "anon:" + event["anonymousID"]
+        device = keys.get(anonymous)
+        if device is None:
+            device = keys[anonymous] = person_key(anonymous)
         user = event.get("userID")
+        person = device
+        if user:
+            user = "user:" + user
+            person = keys.get(user)
+            if person is None:
+                person = keys[user] = person_key(user)
         views.append((int(properties["experienceID"]),  # as the ingest checked it
-                      item["time"] // 1000, device, person_key("user:" + user) if user else device,
-                      properties.get("id") or "", properties.get("experienceName"),
-                      properties.get("name")))
+                      item["time"] // 1000, device, person, properties.get("id") or "",
+                      properties.get("experienceName"), properties.get("name")))
     return views
 
 
