@@ -51,6 +51,7 @@ from the older position.
 """
 
 import collections
+import sqlite3
 
 from storage import derived_store
 from storage.derived_store import utc_now
@@ -290,21 +291,26 @@ class OverviewReader:
     def run(self, calls):
         """The rows of each read in `calls` ([(name, *arguments)], a name of READS), all
         read in one snapshot: every read sees the same commit. Raises NoOverview while there
-        is no store."""
+        is no usable store."""
         db = self._db()
         if db is None:
             raise NoOverview("no overview yet: the worker has not created "
                              f"{self.path.name} (is MINI_ANALYTICS_OVERVIEW off?)")
         reads = _Reads(db)
-        db.execute("BEGIN")
         try:
-            return [list(getattr(reads, name)(*arguments)) for name, *arguments in calls]
-        finally:
-            db.execute("COMMIT")
+            db.execute("BEGIN")
+            try:
+                return [list(getattr(reads, name)(*arguments)) for name, *arguments in calls]
+            finally:
+                db.execute("COMMIT")
+        except sqlite3.DatabaseError as error:
+            raise NoOverview(f"{self.path.name} is unreadable ({error}); the worker will set "
+                             "it aside and count the overview again") from None
 
 
 class NoOverview(Exception):
-    """There is no overview store (yet); the message says why."""
+    """There is no usable overview store now (none yet, or a damaged one); the message says
+    why."""
 
 
 # The reads OverviewReader.run answers: also what a cluster worker answers for the ingest.

@@ -20,7 +20,7 @@ from app import overview_query
 from app.validate import parse_batch
 from bench import traffic as generator
 from storage.log_writer import EventLog
-from storage.overview_store import OverviewReader
+from storage.overview_store import NoOverview, OverviewReader
 from storage.sketches import (EXACT_LIMIT, Durations, People, duration_bucket,
                               encode_durations, person_key)
 from worker import overview as overview_module
@@ -202,6 +202,15 @@ def test_a_view_beyond_the_late_bound_is_a_session_of_its_own(tmp_path):
     count(tmp_path, session_timeout=TIMEOUT)
     [item] = answers(tmp_path, [{"from": "2026-10-01T00:00:00Z"}])[0]["experiences"]
     assert item["sessions"] == 3  # within the bound it would have joined the first: 2
+
+
+def test_the_reads_name_a_missing_or_damaged_store(tmp_path):
+    reader = OverviewReader(tmp_path)
+    with pytest.raises(NoOverview, match="no overview yet"):
+        reader.run([("names", None)])
+    (tmp_path / "overview.sqlite3").write_bytes(b"not a database" * 100)
+    with pytest.raises(NoOverview, match="overview.sqlite3 is unreadable"):
+        reader.run([("names", None)])
 
 
 # The session rule, for any views in any order.
