@@ -2,8 +2,8 @@
 checked, the range laid out in hours and days, and the stored rows merged into figures.
 
 A range runs on whole UTC hours: from the start of the hour holding `from` to the end of the
-hour holding `to`'s last instant. Its figures merge the rows of the UTC days it covers whole
-and of the hours at either end (storage/overview_store.py keeps both); a day point in a time
+hour holding `to`'s last instant. Its figures merge the rows of the weeks and UTC days it
+covers whole and of the hours at either end (storage/overview_store.py keeps all three); a day point in a time
 zone is the local day, cut to the range. As in /series, in a zone whose offset is not a
 whole number of hours a day's edges move back to the start of the UTC hour holding local
 midnight.
@@ -18,7 +18,7 @@ import datetime
 import math
 
 from app import series_query
-from storage.overview_store import DAY, HOUR
+from storage.overview_store import DAY, HOUR, WEEK
 from storage.sketches import Durations, People
 
 UTC = datetime.timezone.utc
@@ -69,13 +69,19 @@ def parse(params, now):
 
 
 def pieces(start, end):
-    """[start, end) (whole hours) as [(HOUR or DAY, start, end)]: the whole UTC days inside
-    from the day rows, the hours before and after from the hour rows."""
-    first_day = -(-start // DAY) * DAY
-    last_day = end // DAY * DAY
+    """[start, end) (whole hours) as [(HOUR, DAY or WEEK, start, end)]: the fewest rows that
+    cover it: whole weeks from the week rows, whole UTC days around them from the day rows,
+    the hours at either end from the hour rows."""
+    first_day, last_day = -(-start // DAY) * DAY, end // DAY * DAY
     if first_day >= last_day:
         return [(HOUR, start, end)]
-    parts = [(HOUR, start, first_day), (DAY, first_day, last_day), (HOUR, last_day, end)]
+    first_week, last_week = -(-first_day // WEEK) * WEEK, last_day // WEEK * WEEK
+    if first_week >= last_week:
+        parts = [(HOUR, start, first_day), (DAY, first_day, last_day), (HOUR, last_day, end)]
+    else:
+        parts = [(HOUR, start, first_day), (DAY, first_day, first_week),
+                 (WEEK, first_week, last_week), (DAY, last_week, last_day),
+                 (HOUR, last_day, end)]
     return [part for part in parts if part[1] < part[2]]
 
 

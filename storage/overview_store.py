@@ -8,9 +8,11 @@ worker keeps one per partition (overview-<partition>.sqlite3), counted from the 
 ride with the partition's messages, its position a stream sequence.
 
 Format (version 1), SQLite in WAL mode. Times are Unix seconds; a bucket is the second at
-the start of its UTC hour or UTC day; all times are the devices' (storage/details.py: "time").
+the start of its UTC hour, UTC day or week (7 days from a Thursday 00:00 UTC, as weeks fall
+from the Unix epoch); all times are the devices' (storage/details.py: "time").
 
-    experience_hour, experience_day   one row per (bucket, experience) with screen views:
+    experience_hour, experience_day, experience_week
+                                      one row per (bucket, experience) with screen views:
         views            screen views in the bucket
         people           distinct people who viewed a screen in it (storage/sketches.People)
         sessions         sessions that start in the bucket
@@ -59,8 +61,9 @@ from storage.layout import Layout
 from storage.sketches import People, add_encoded_durations, encode_durations, encode_people
 
 VERSION = 1
-HOUR, DAY = 3600, 86400
-LEVELS = {HOUR: "hour", DAY: "day"}
+HOUR, DAY, WEEK = 3600, 86400, 7 * 86400
+# The levels of experience rows: a range is read from the fewest rows (app/overview_query.py).
+LEVELS = {HOUR: "hour", DAY: "day", WEEK: "week"}
 
 SCHEMA = """
 CREATE TABLE experience_hour (bucket INTEGER NOT NULL, experience INTEGER NOT NULL,
@@ -68,6 +71,10 @@ CREATE TABLE experience_hour (bucket INTEGER NOT NULL, experience INTEGER NOT NU
     duration_sum INTEGER NOT NULL, session_screens INTEGER NOT NULL, bounces INTEGER NOT NULL,
     durations BLOB NOT NULL, PRIMARY KEY (bucket, experience)) WITHOUT ROWID;
 CREATE TABLE experience_day (bucket INTEGER NOT NULL, experience INTEGER NOT NULL,
+    views INTEGER NOT NULL, people BLOB NOT NULL, sessions INTEGER NOT NULL,
+    duration_sum INTEGER NOT NULL, session_screens INTEGER NOT NULL, bounces INTEGER NOT NULL,
+    durations BLOB NOT NULL, PRIMARY KEY (bucket, experience)) WITHOUT ROWID;
+CREATE TABLE experience_week (bucket INTEGER NOT NULL, experience INTEGER NOT NULL,
     views INTEGER NOT NULL, people BLOB NOT NULL, sessions INTEGER NOT NULL,
     duration_sum INTEGER NOT NULL, session_screens INTEGER NOT NULL, bounces INTEGER NOT NULL,
     durations BLOB NOT NULL, PRIMARY KEY (bucket, experience)) WITHOUT ROWID;
@@ -184,7 +191,7 @@ class OverviewStore(derived_store.Writer):
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for level in (HOUR, DAY):
+            for level in LEVELS:
                 self._experience_rows(level, changes)
             self._screen_rows(changes)
             db.executemany(
@@ -217,7 +224,7 @@ class OverviewStore(derived_store.Writer):
         if level == HOUR:
             merged = changes.hours
         else:
-            merged = {}  # the hours' changes, added up per day
+            merged = {}  # the hours' changes, added up per day or week
             for (experience, hour), row in changes.hours.items():
                 key = (experience, hour - hour % level)
                 day = merged.get(key)
@@ -258,8 +265,8 @@ class OverviewStore(derived_store.Writer):
         """Empty the store and its position in one transaction (for a recount)."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
-        for table in ("experience_hour", "experience_day", "screen_hour", "name",
-                      "open_session", "device"):
+        for table in (*(f"experience_{level}" for level in LEVELS.values()), "screen_hour",
+                      "name", "open_session", "device"):
             db.execute(f"DELETE FROM {table}")
         db.execute("UPDATE state SET session_timeout = ?, source = x'', "
                    "position = 0, log_end = 0, events = 0, updated_at = ?",

@@ -188,9 +188,18 @@ class Durations:
         if not self._blobs:
             return None
         pairs = numpy.frombuffer(b"".join(self._blobs), dtype="<i8").reshape(-1, 2)
-        order = numpy.argsort(pairs[:, 0], kind="stable")
-        ranks = numpy.cumsum(pairs[order, 1])
-        total = int(ranks[-1])
+        buckets, sessions = pairs[:, 0], pairs[:, 1]
+        total = int(sessions.sum())
         if total <= 0:
             return None
-        return int(pairs[order[numpy.searchsorted(ranks, (total + 1) // 2)], 0])
+        rank = (total + 1) // 2
+        # The exact seconds by counting (no sort); the rare long ones sorted, if needed.
+        short = buckets < EXACT_DURATION_BELOW
+        ranks = numpy.cumsum(numpy.bincount(buckets[short], weights=sessions[short],
+                                            minlength=EXACT_DURATION_BELOW))
+        if ranks[-1] >= rank:
+            return int(numpy.searchsorted(ranks, rank))
+        long_buckets, long_sessions = buckets[~short], sessions[~short]
+        order = numpy.argsort(long_buckets, kind="stable")
+        ranks = ranks[-1] + numpy.cumsum(long_sessions[order])
+        return int(long_buckets[order[numpy.searchsorted(ranks, rank)]])

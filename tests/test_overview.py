@@ -346,3 +346,25 @@ def test_sessions_no_view_can_reach_are_not_kept(tmp_path):
     assert len(kept) == 4  # 3 days back and today
     [item] = answers(tmp_path, [{}])[0]["experiences"]
     assert item["sessions"] == 8
+
+
+def test_weeks_days_and_hours_give_the_same_figures(tmp_path):
+    """A range of 16 days is read from whole weeks, whole days and hours: every figure as
+    the ledger gives it, as merging hours alone gives it."""
+    traffic = generator.generate(seed=9, devices=80, experiences=3, days=16, end=END)
+    ingest(tmp_path, traffic.batches)
+    count(tmp_path, session_timeout=TIMEOUT)
+    span = {"from": "2026-10-17T05:00:00Z", "to": "2026-11-03T07:00:00Z"}
+    query = overview_query.parse(span, END)
+    assert overview_query.WEEK in {level for level, _, _ in
+                                   overview_query.pieces(query.start, query.end)}
+    check_against_ledger(tmp_path, traffic.views, [span, {**span, "tz": "Europe/Paris"}])
+
+
+@given(st.integers(0, 5000), st.integers(1, 3000))
+def test_pieces_cover_a_range_once_on_their_own_edges(start_hour, hours):
+    start, end = start_hour * 3600, (start_hour + hours) * 3600
+    parts = overview_query.pieces(start, end)
+    assert parts[0][1] == start and parts[-1][2] == end
+    assert all(before[2] == after[1] for before, after in zip(parts, parts[1:]))
+    assert all(low < high and low % level == 0 == high % level for level, low, high in parts)
