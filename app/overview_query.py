@@ -1,5 +1,6 @@
 """The experience overview as the API serves it (/experiences, /experiences/<id>): the query
-checked, the range laid out in hours and days, and the stored rows merged into figures.
+checked, the range laid out in hours, days and weeks, and the stored rows merged into
+figures.
 
 A range runs on whole UTC hours: from the start of the hour holding `from` to the end of the
 hour holding `to`'s last instant. Its figures merge the rows of the weeks and UTC days it

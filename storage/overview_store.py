@@ -1,5 +1,5 @@
 """overview.sqlite3: the experience overview (screen views, people, sessions and their
-durations, screens), per experience, per hour and per day. The worker is its one writer
+durations, screens), per experience, per hour, day and week. The worker is its one writer
 (worker/overview.py); the ingest's read side reads it (app/overview_query.py).
 
 It is derived from the SDK events as sent, and stands at a position of its own in them, as

@@ -193,7 +193,11 @@ class Durations:
         if total <= 0:
             return None
         rank = (total + 1) // 2
-        # The exact seconds by counting (no sort); the rare long ones sorted, if needed.
+        if len(buckets) < EXACT_DURATION_BELOW // 4:  # few: sorting them is the cheaper
+            order = numpy.argsort(buckets, kind="stable")
+            return int(buckets[order[numpy.searchsorted(numpy.cumsum(sessions[order]),
+                                                        rank)]])
+        # Many: the exact seconds by counting (no sort); the rare long ones sorted, if needed.
         short = buckets < EXACT_DURATION_BELOW
         ranks = numpy.cumsum(numpy.bincount(buckets[short], weights=sessions[short],
                                             minlength=EXACT_DURATION_BELOW))
