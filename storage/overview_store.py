@@ -65,19 +65,14 @@ HOUR, DAY, WEEK = 3600, 86400, 7 * 86400
 # The levels of experience rows: a range is read from the fewest rows (app/overview_query.py).
 LEVELS = {HOUR: "hour", DAY: "day", WEEK: "week"}
 
-SCHEMA = """
-CREATE TABLE experience_hour (bucket INTEGER NOT NULL, experience INTEGER NOT NULL,
+# One table per level, alike.
+EXPERIENCE_TABLE = """
+CREATE TABLE experience_{level} (bucket INTEGER NOT NULL, experience INTEGER NOT NULL,
     views INTEGER NOT NULL, people BLOB NOT NULL, sessions INTEGER NOT NULL,
     duration_sum INTEGER NOT NULL, session_screens INTEGER NOT NULL, bounces INTEGER NOT NULL,
     durations BLOB NOT NULL, PRIMARY KEY (bucket, experience)) WITHOUT ROWID;
-CREATE TABLE experience_day (bucket INTEGER NOT NULL, experience INTEGER NOT NULL,
-    views INTEGER NOT NULL, people BLOB NOT NULL, sessions INTEGER NOT NULL,
-    duration_sum INTEGER NOT NULL, session_screens INTEGER NOT NULL, bounces INTEGER NOT NULL,
-    durations BLOB NOT NULL, PRIMARY KEY (bucket, experience)) WITHOUT ROWID;
-CREATE TABLE experience_week (bucket INTEGER NOT NULL, experience INTEGER NOT NULL,
-    views INTEGER NOT NULL, people BLOB NOT NULL, sessions INTEGER NOT NULL,
-    duration_sum INTEGER NOT NULL, session_screens INTEGER NOT NULL, bounces INTEGER NOT NULL,
-    durations BLOB NOT NULL, PRIMARY KEY (bucket, experience)) WITHOUT ROWID;
+"""
+SCHEMA = "".join(EXPERIENCE_TABLE.format(level=level) for level in LEVELS.values()) + """
 CREATE TABLE screen_hour (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
     screen TEXT NOT NULL, views INTEGER NOT NULL, people BLOB NOT NULL,
     PRIMARY KEY (experience, bucket, screen)) WITHOUT ROWID;
@@ -88,9 +83,8 @@ CREATE TABLE open_session (device INTEGER NOT NULL, experience INTEGER NOT NULL,
     PRIMARY KEY (device, experience, first)) WITHOUT ROWID;
 CREATE TABLE device (device INTEGER PRIMARY KEY, newest INTEGER NOT NULL);
 CREATE TABLE state (version INTEGER NOT NULL, session_timeout INTEGER NOT NULL,
-    source BLOB NOT NULL,
-    position INTEGER NOT NULL, log_end INTEGER NOT NULL, events INTEGER NOT NULL,
-    updated_at TEXT NOT NULL);
+    source BLOB NOT NULL, position INTEGER NOT NULL, log_end INTEGER NOT NULL,
+    events INTEGER NOT NULL, updated_at TEXT NOT NULL);
 """
 
 EXPERIENCE_COLUMNS = ("views", "people", "sessions", "duration_sum", "session_screens",
