@@ -133,8 +133,6 @@ class Changes:
             changes = self.screens[experience, screen, hour] = [0, set()]
         return changes
 
-    def __len__(self):
-        return self.events
 
 
 class OverviewStore(derived_store.Writer):
@@ -185,8 +183,9 @@ class OverviewStore(derived_store.Writer):
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for level in LEVELS:
-                self._experience_rows(level, changes)
+            rows = changes.hours
+            for level in LEVELS:  # each level added up from the finer one before it
+                rows = self._experience_rows(level, rows)
             self._screen_rows(changes)
             db.executemany(
                 "INSERT INTO name VALUES (?, ?, ?, ?) ON CONFLICT (experience, screen) DO "
@@ -211,27 +210,29 @@ class OverviewStore(derived_store.Writer):
             db.execute("ROLLBACK")
             raise
 
-    def _experience_rows(self, level, changes):
+    def _experience_rows(self, level, finer):
         """Add the changes to the `level` table's rows: one upsert per row, the sums added
         and the people and durations merged by SQL functions (_merge_people,
-        _add_durations), in SQLite's loop rather than a read and a write per row."""
+        _add_durations), in SQLite's loop rather than a read and a write per row. `finer`:
+        the changes of the level below ({(experience, bucket): changes}, Changes.hours for
+        HOUR itself); returns this level's, for the next."""
         if level == HOUR:
-            merged = changes.hours
+            merged = finer
         else:
-            merged = {}  # the hours' changes, added up per day or week
-            for (experience, hour), row in changes.hours.items():
-                key = (experience, hour - hour % level)
-                day = merged.get(key)
-                if day is None:
+            merged = {}  # the finer buckets' changes, added up per day or week
+            for (experience, bucket), row in finer.items():
+                key = (experience, bucket - bucket % level)
+                total = merged.get(key)
+                if total is None:
                     merged[key] = [row[VIEWS], set(row[PEOPLE]), *row[SESSIONS:BOUNCES + 1],
                                    dict(row[DURATIONS])]
                     continue
-                day[PEOPLE].update(row[PEOPLE])
+                total[PEOPLE].update(row[PEOPLE])
                 for index in (VIEWS, SESSIONS, DURATION_SUM, SESSION_SCREENS, BOUNCES):
-                    day[index] += row[index]
-                durations = day[DURATIONS]
-                for bucket, sessions in row[DURATIONS].items():
-                    durations[bucket] = durations.get(bucket, 0) + sessions
+                    total[index] += row[index]
+                durations = total[DURATIONS]
+                for duration, sessions in row[DURATIONS].items():
+                    durations[duration] = durations.get(duration, 0) + sessions
         self.db.executemany(
             f"INSERT INTO experience_{LEVELS[level]} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (bucket, experience) DO UPDATE SET views = views + excluded.views, "
@@ -246,6 +247,7 @@ class OverviewStore(derived_store.Writer):
              for (experience, bucket), (views, people, sessions, duration_sum,
                                         session_screens, bounces, durations)
              in merged.items()])
+        return merged
 
     def _screen_rows(self, changes):
         self.db.executemany(

@@ -56,21 +56,20 @@ class OverviewCounter:
 
     def open(self):
         """Open the store, and start it over if it cannot be continued (then its position
-        is 0). Returns the store's state."""
+        is 0)."""
         try:
             state = self.store.open(self.timeout)
         except CorruptOverview as problem:
-            self.start_over(f"{self.store.path.name} is unusable: {problem}")
-            return self.store.open(self.timeout)
+            self.start_over(f"{self.store.path.name} is unusable: {problem}")  # opens it anew
+            return
         if state.session_timeout != self.timeout:
             self.start_over(f"it was counted with a session timeout of "
                             f"{state.session_timeout}s, and the timeout is now "
                             f"{self.timeout}s", aside=False)
-            return self.store.open(self.timeout)
+            return
         self.source, self.position, self.log_end = state.source, state.position, state.log_end
         log.info("overview store %s at %s position %d, %d SDK events", self.store.path.name,
                  self.source_name, self.position, state.events)
-        return state
 
     def start_over(self, reason, aside=True):
         """Never continue from a store that cannot be trusted: set it aside (or, when it is
