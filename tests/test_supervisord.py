@@ -23,7 +23,9 @@ def counts_once_caught_up(state_dir):
 def test_restart_worker_keeps_counts_exact(supervisor):
     sup = supervisor(interval=0.2)
     assert stat.S_IMODE((sup.state_dir / "supervisor.sock").stat().st_mode) == 0o700
-    assert "interval=0.2s" in sup.log()  # the caller's environment reaches the worker
+    # The caller's environment reaches the worker (its start line may follow the ingest's
+    # readiness: the worker imports more before it logs).
+    wait_for(lambda: "interval=0.2s" in sup.log(), what="the worker's start line")
 
     for experience_id in (1, 100, 1):
         assert post(sup.port, {"experienceID": experience_id})[0] == 202
