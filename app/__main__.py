@@ -9,14 +9,16 @@ import json
 import logging
 import signal
 import sys
+import time
 
 import waitress
+from waitress import wasyncore
 from waitress.channel import HTTPChannel
-from waitress.task import ErrorTask
+from waitress.task import ErrorTask, WSGITask
 
 from app.access import Access, BadToken, Tokens
 from app.admission import Admission
-from app.api import BATCH_BODY_LIMIT, make_app
+from app.api import BATCH_BODY_LIMIT, HOLD_ANSWER, make_app
 from app.readside import FileReadSide
 from storage import process, settings
 from storage.layout import Layout
@@ -51,8 +53,45 @@ class JsonErrorTask(ErrorTask):
         self.write(body)
 
 
+class HoldingTask(WSGITask):
+    """A request whose write may hold its answer back: see Channel."""
+
+    def get_environment(self):
+        environ = super().get_environment()
+        environ[HOLD_ANSWER] = self.channel.hold
+        return environ
+
+
 class Channel(HTTPChannel):
+    """A connection whose answers wait for the writes they acknowledge to be durable, without
+    a thread waiting for them (storage/log_writer.py's group commit).
+
+    A write hands its Ticket to hold(); until ticket.durable(), nothing more is sent on the
+    connection: its thread serves the next request meanwhile, and the server's loop sends
+    the answer once a sync covered it (the log's on_durable wakes the loop). Tickets on one
+    connection only ever grow (a log's end only grows, and its requests run one at a time),
+    so the last one covers every answer before it. Bytes leave only through _flush_some, so
+    holding it back there holds everything, whichever thread flushes.
+    """
+
     error_task_class = JsonErrorTask
+    task_class = HoldingTask
+    held = None  # the Ticket of the last write on this connection; never cleared (no race)
+
+    def hold(self, ticket):
+        self.held = ticket
+
+    def _holding(self):
+        held = self.held
+        return held is not None and not held.durable()
+
+    def writable(self):
+        return not self._holding() and super().writable()
+
+    def _flush_some(self, do_close=True):
+        if self._holding():
+            return False
+        return super()._flush_some(do_close)
 
 
 def load_access(write, read):
@@ -103,8 +142,7 @@ def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute
     admission = Admission(eventlog, threads, access.write)
     app = make_app(eventlog, FileReadSide(eventlog, state_dir, stalled_after), minute_retention,
                    access, admission)
-    code = run_server(app, admission, **server_settings)
-    eventlog.sync()  # with fsync off, a clean stop still leaves everything durable
+    code = run_server(app, eventlog, admission, **server_settings)
     eventlog.close()
     log.info("ingest stopped")
     return code
@@ -130,42 +168,55 @@ def serve_cluster(*, host, port, threads, stalled_after, dedupe_window, cluster,
     admission = Admission(eventlog, threads, access.write)
     app = make_app(eventlog, ClusterReadSide(link, stalled_after), access=access,
                    admission=admission)
-    code = run_server(app, admission, host=host, port=port, threads=threads, access=access,
+    code = run_server(app, eventlog, admission, host=host, port=port, threads=threads, access=access,
                       trusted_proxy=trusted_proxy)  # the same server as on one machine
     link.close()
     log.info("ingest stopped")
     return code
 
 
-def run_server(app, admission, *, host, port, threads, access, trusted_proxy):
+def create_server(app, eventlog, connections, *, host, port, threads, trusted_proxy=None):
+    """The ingest's waitress server (not yet serving): Channel's connections, woken by the
+    log after each sync. `connections` is the dict of the sockets its loop watches (waitress
+    fills it). Raises OSError if it cannot listen."""
     proxy = {}
     if trusted_proxy:
         # REMOTE_ADDR becomes the client the proxy names: the device a share is counted for.
         proxy = {"trusted_proxy": trusted_proxy, "trusted_proxy_count": 1,
                  "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"},
                  "clear_untrusted_proxy_headers": True}
+    server = waitress.create_server(
+        app,
+        map=connections,
+        host=host,
+        port=port,
+        threads=threads,
+        **proxy,
+        # At or above the app's own largest limit, so an ordinary oversize body gets the
+        # app's 413 naming the route's limit; a larger one gets JsonErrorTask's, sent
+        # before the body is read.
+        max_request_body_size=2 * BATCH_BODY_LIMIT,
+        max_request_header_size=64 * 1024,
+        # Slow or idle clients hold only a connection, never a thread; allow many of them
+        # (within the default limit of 1024 open files) and drop the idle ones sooner.
+        connection_limit=800,
+        channel_timeout=30,
+        ident="mini-analytics",
+    )
+    server.channel_class = Channel
+    # After each sync, the loop looks again at the connections whose answers it holds.
+    eventlog.on_durable = server.pull_trigger
+    return server
+
+
+def run_server(app, eventlog, admission, *, host, port, threads, access, trusted_proxy):
+    connections = {}
     try:
-        server = waitress.create_server(
-            app,
-            host=host,
-            port=port,
-            threads=threads,
-            **proxy,
-            # At or above the app's own largest limit, so an ordinary oversize body gets the
-            # app's 413 naming the route's limit; a larger one gets JsonErrorTask's, sent
-            # before the body is read.
-            max_request_body_size=2 * BATCH_BODY_LIMIT,
-            max_request_header_size=64 * 1024,
-            # Slow or idle clients hold only a connection, never a thread; allow many of them
-            # (within the default limit of 1024 open files) and drop the idle ones sooner.
-            connection_limit=800,
-            channel_timeout=30,
-            ident="mini-analytics",
-        )
+        server = create_server(app, eventlog, connections, host=host, port=port,
+                               threads=threads, trusted_proxy=trusted_proxy)
     except OSError as error:
         # Most often the port is taken by another program: restarting cannot cure that.
         return process.bad_setup(log, f"cannot listen on {host}:{port}: {error}")
-    server.channel_class = Channel
     # Requests read and waiting for a thread: what tells admission the ingest is behind.
     admission.waiting = lambda: len(server.task_dispatcher.queue)
     # SIGHUP reads the token files again (they are also looked at once a second).
@@ -174,7 +225,26 @@ def run_server(app, admission, *, host, port, threads, access, trusted_proxy):
     signal.signal(signal.SIGINT, stop_like_sigint)  # even where SIGINT was inherited ignored
     log.info("ingest ready on http://%s:%s", host, server.effective_port)
     server.run()  # returns on SIGINT/SIGTERM, once requests in flight are done
+    held = {fd: c for fd, c in connections.items()
+            if isinstance(c, Channel) and c.connected and c.total_outbufs_len}
+    log.info("ingest stopping: a last sync, then the answers held for it (%d)", len(held))
+    eventlog.sync()  # with fsync off too, a clean stop leaves everything durable
+    send_held_answers(held)
     return process.EXIT_OK
+
+
+def send_held_answers(held, timeout=5.0):
+    """Send the answers the server's loop held for a sync when it stopped (`held`: their
+    connections by socket): their events are durable now, and a client left without its
+    answer would send them again. For at most `timeout` seconds; a connection that takes
+    nothing is left."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        held = {fd: c for fd, c in held.items() if c.connected and c.total_outbufs_len}
+        if not held:
+            return
+        # A connection with an answer to send reads no new request (HTTPChannel.readable).
+        wasyncore.loop(timeout=0.05, map=held, count=1)
 
 
 def main(argv):

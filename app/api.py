@@ -35,6 +35,9 @@ DASHBOARD = (HERE / "dashboard.html").read_bytes()
 OPENAPI = (HERE / "openapi.json").read_bytes()
 
 EVENT_BODY_LIMIT = 8 * 1024
+# The environ key of a server that can hold an answer back until a write is durable
+# (app/__main__.py's Channel): hold(ticket). Under any other server a write waits.
+HOLD_ANSWER = "mini_analytics.hold_answer"
 BATCH_BODY_LIMIT = 1024 * 1024
 
 
@@ -162,7 +165,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
 
     def accept(ids):
         try:
-            eventlog.append(encode(ids))
+            eventlog.append(encode(ids), request.environ.get(HOLD_ANSWER))
         except AppendError as error:
             raise HTTPError(503, str(error)) from None
         response.status = 202
@@ -193,7 +196,8 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         whole = not batch.ids and not batch.rejected  # the body's batch is exactly the events
         try:
             fresh = eventlog.append_events(batch.ids, batch.events, received,
-                                           body if whole else None)
+                                           body if whole else None,
+                                           request.environ.get(HOLD_ANSWER))
         except AppendError as error:
             raise HTTPError(503, str(error)) from None
         sdk.add(batch.events, fresh, len(batch.rejected))

@@ -6,13 +6,15 @@ The format is in storage/log_format.py. This module's guarantees:
   concurrent requests never interleave or tear one another.
 * A failed or short write is undone (truncated back) before the error is reported, so the
   next record never glues onto half of a failed one.
-* With durability on, append() returns only after an fdatasync that covers the bytes it
-  wrote. Concurrent appends share syncs (group commit, as LevelDB's DBImpl::Write): the
-  first append to need a sync leads; while its fdatasync runs (the GIL released), the
-  others write and queue, each on a lock of its own. When the sync is done, the leader wakes
-  each append it covered, once, and hands the lead to the first one still waiting, whose
-  sync covers everything written meanwhile. No append waits on a lock shared with the others
-  (a convoy: each woken in turn only to find its bytes already synced).
+* With durability on, an append is acknowledged only once an fdatasync covers the bytes it
+  wrote. One sync thread makes them durable for everyone (group commit): it syncs whatever
+  was written when it starts, and while it syncs (the GIL released) the next appends are
+  parsed and written, so the sync after covers them all. An append either waits (append()
+  returns once durable) or, given `hold`, returns at once and hands hold() its Ticket: the
+  HTTP server then holds the request's answer back until the ticket is durable, and sends it
+  after the sync, its thread already free for the next request (app/__main__.py's Channel).
+  No request thread ever blocks on a lock shared with others (a convoy), and one that waits
+  is woken once, by the sync that covered it. `on_durable` is called after every sync.
 * An fsync or truncate that fails is fatal: after a failed fsync the kernel may already have
   dropped the dirty pages, so retrying could report success for lost data. The process exits
   and, on restart, recovery works from what is really on disk.
@@ -49,11 +51,14 @@ from storage.time_index import TimeIndexWriter
 log = logging.getLogger("ingest")
 
 _SCAN_BLOCK = 64 * 1024
-# How long a sync waits for other appends while others are writing (see _lead). Measured
-# with 16 connections of single events, as fsync on's throughput over fsync off's: no wait
-# 0.53, 0.1 ms 0.62, 0.3 ms 0.68, 0.4 ms 0.73, 0.6 ms 0.75, 0.8 ms 0.67, 1.2 ms 0.52. Longer
-# waits hold the whole group back for appends that are not coming.
-COMMIT_DELAY = 0.0005
+# How long the sync thread lets appends gather before a sync, while requests keep arriving
+# (see _sync_forever). An fdatasync can take less than the CPU one request costs (about
+# 0.1 ms on the bench machine): without a pause nearly every sync would cover one append.
+# Measured with 16 connections of single events on threads without SCHED_BATCH: appends a
+# sync / requests a second: no pause 2 / 6,200; 0.2 ms 3 / 6,900; 0.5 ms 5.5 / 7,700; 1 ms
+# 8.7 / 8,450. Under SCHED_BATCH (storage/process.py) the sync thread runs only once the
+# request threads block, and every sync covers all 16 whatever the pause.
+COMMIT_DELAY = 0.001
 MIN_FREE_BYTES = 1024 * 1024
 
 
@@ -61,14 +66,26 @@ class AppendError(Exception):
     """The append failed and was undone: nothing of it is in data1."""
 
 
+class Ticket:
+    """Where an append ends in data1 and data1.details: durable() once a sync covers both."""
+
+    __slots__ = ("_log", "end", "details_end")
+
+    def __init__(self, log, end, details_end):
+        self._log, self.end, self.details_end = log, end, details_end
+
+    def durable(self):
+        return self._log._synced >= self.end and self._log._details_synced >= self.details_end
+
+
 class _Waiter:
-    """An append waiting for a sync: `woken` is held until the leader releases it, once, with
-    `role` set: "covered" (its bytes are durable) or "lead" (it syncs next)."""
+    """An append waiting for a sync: `woken` is held until the sync covering `ticket` is done,
+    then released once by the sync thread."""
 
-    __slots__ = ("end", "details_end", "woken", "role")
+    __slots__ = ("ticket", "woken")
 
-    def __init__(self, end, details_end):
-        self.end, self.details_end, self.role = end, details_end, None
+    def __init__(self, ticket):
+        self.ticket = ticket
         self.woken = _thread.allocate_lock()
         self.woken.acquire()
 
@@ -85,12 +102,16 @@ class EventLog:
         # O_RDWR, not O_WRONLY: recovery reads the tail back with pread.
         self._fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self._write_lock = threading.Lock()
-        # The group commit's state: who leads, and the appends waiting for a sync (see
-        # _sync_through). Held only for a few list operations, never across a sync.
+        # The group commit's state (see _sync_forever), held only for a few list operations,
+        # never across a sync: the appends waiting for a sync, and whether the sync thread
+        # is idle (blocked on _sync_wanted, which an append releases to wake it).
         self._sync_state = threading.Lock()
-        self._leading = False
-        self._last_group = 1  # appends the last sync covered
         self._waiting = []  # _Waiters, in the order they came
+        self._sync_idle = False
+        self._sync_wanted = _thread.allocate_lock()
+        self._sync_wanted.acquire()
+        self._closing = False
+        self.on_durable = None  # called by the sync thread after each sync
         self._end = self._remove_torn_tail()  # bytes written so far; only ever grows
         self._synced = self._end  # bytes known durable
         self._index = None
@@ -106,8 +127,18 @@ class EventLog:
                                        clock)
         # The details end a sync may cover: only groups whose ids the dedupe index has bound.
         self._details_end = self._details_synced = self._details.end if self._details else 0
+        self._sync_thread = None
+        if durable:
+            self._sync_thread = threading.Thread(target=self._sync_forever, daemon=True,
+                                                 name="data1-sync")
+            self._sync_thread.start()
 
     def close(self):
+        if self._sync_thread:
+            with self._sync_state:
+                self._closing = True
+                self._wake_sync_thread()
+            self._sync_thread.join()
         if self._seen:
             self._seen.close()
         os.close(self._fd)
@@ -123,19 +154,21 @@ class EventLog:
     def fileno(self):
         return self._fd
 
-    def append(self, records):
+    def append(self, records, hold=None):
         """Append `records` (complete records, see log_format.encode) as one write.
 
-        Returns once the bytes are durable (when durability is on). Raises AppendError if
-        the write failed; nothing of it is then left in data1.
+        Returns once the bytes are durable (when durability is on), or at once after
+        hold(ticket) if `hold` is given: the caller must then not acknowledge the append
+        before ticket.durable(). Raises AppendError if the write failed; nothing of it is
+        then left in data1.
         """
         with self._write_lock:
             self._write(records)
-            end = self._end
+            ticket = Ticket(self, self._end, 0)
         if self.durable:
-            self._sync_through(end, 0)
+            self._await(ticket, hold)
 
-    def append_events(self, ids, events, received, sent=None):
+    def append_events(self, ids, events, received, sent=None, hold=None):
         """Append minimal items' `ids` and SDK events (validate.SdkEvent) received at
         `received` (Unix seconds): the screen views' ids to data1, every new event's details
         to the details file. Returns, for each event, True if it was new, False if it
@@ -143,8 +176,9 @@ class EventLog:
         `sent`: the request body, when its batch is exactly `events`: if they are all new,
         the details keep it as it came (storage/details.py) rather than encode them again.
 
-        Returns once all of it, and every event it repeats, is durable. Raises AppendError
-        if a write failed; nothing of the request is then written.
+        Returns once all of it, and every event it repeats, is durable; or, given `hold`, as
+        append() does. Raises AppendError if a write failed; nothing of the request is then
+        written.
         """
         with self._write_lock:
             fresh = self._seen.claim(events, received) if self._seen else [True] * len(events)
@@ -154,11 +188,13 @@ class EventLog:
                 if self._seen:
                     self._seen.unclaim()
                 raise
-            end, details_end = self._end, self._details_end
+            # Everything written so far: an append of repeats only waits for the sync that
+            # covers the events it repeats.
+            ticket = Ticket(self, self._end, self._details_end)
         if self.durable:
-            self._sync_through(end, details_end)
+            self._await(ticket, hold)
         elif self._seen:
-            self._seen.note_synced(details_end)
+            self._seen.note_synced(ticket.details_end)
         return fresh
 
     def _write_events(self, ids, events, fresh, received, sent):
@@ -225,41 +261,65 @@ class EventLog:
 
     def sync(self):
         """Make everything appended so far durable."""
-        self._sync_through(self._end, self._details_end)
+        with self._write_lock:
+            ticket = Ticket(self, self._end, self._details_end)
+        if self.durable:
+            self._await(ticket, None)
+        else:
+            self._sync_once()
 
-    def _sync_through(self, end, details_end):
-        """Return once data1 is durable up to `end` and data1.details up to `details_end`."""
+    def _await(self, ticket, hold):
+        """Have the sync thread make `ticket` durable; hand it to `hold`, or wait for it."""
+        if hold is not None:
+            hold(ticket)
         with self._sync_state:
-            if self._synced >= end and self._details_synced >= details_end:
+            if ticket.durable():
                 return  # a sync that started after our write already covered it
-            if self._leading:
-                waiter = _Waiter(end, details_end)
+            if hold is None:
+                waiter = _Waiter(ticket)
                 self._waiting.append(waiter)
-            else:
-                self._leading, waiter = True, None
-        if waiter is not None:
-            waiter.woken.acquire()  # released once, by the leader of the sync that covered us
-            if waiter.role == "covered":  # (or that hands us the lead)
-                return
-        self._lead()
+            self._wake_sync_thread()
+        if hold is None:
+            waiter.woken.acquire()  # released once, by the sync that covered us
 
-    def _lead(self):
-        """Sync everything written so far; wake the appends it covered; hand the lead on to
-        the first still waiting (written during the sync), or give it up."""
+    def _wake_sync_thread(self):
+        """Holding _sync_state."""
+        if self._sync_idle:
+            self._sync_idle = False
+            self._sync_wanted.release()
+
+    def _sync_forever(self):
+        """The sync thread: sync what was written, wake who it covered, again. Sleeps while
+        there is nothing to sync."""
         try:
-            self._sync_and_wake()
+            gathering = False
+            while True:
+                with self._sync_state:
+                    if self._closing and not self._waiting:
+                        return
+                    idle = self._synced >= self._end and self._details_synced >= self._details_end
+                    if idle:
+                        self._sync_idle = True
+                if idle:
+                    self._sync_wanted.acquire()  # released by the next append (or close)
+                    gathering = False
+                    continue
+                if gathering:
+                    # Requests kept arriving during the last sync (PostgreSQL's commit_delay):
+                    # let those being parsed write before this sync rather than after it. A
+                    # lone append, woken from idle, is synced at once.
+                    time.sleep(COMMIT_DELAY)
+                self._sync_once()
+                gathering = True
+                if self.on_durable is not None:
+                    self.on_durable()
         except Exception as error:
-            # Never expected (a failed sync already ends the process); but a lead that ended
-            # here would leave every later append waiting for a sync that never comes.
+            # Never expected (a failed sync already ends the process); but a sync thread that
+            # ended here would leave every later append waiting for a sync that never comes.
             die(log, f"the group commit failed: {error!r}")
 
-    def _sync_and_wake(self):
-        if self._last_group > 1:
-            # Others are writing too (PostgreSQL's commit_delay and commit_siblings): let
-            # them write before the sync rather than after it. The sleep releases the GIL;
-            # the requests being parsed write, queue behind this lead and block, and one
-            # sync covers them all instead of one each.
-            time.sleep(COMMIT_DELAY)
+    def _sync_once(self):
+        """Sync everything written so far, and wake the appends it covered."""
         # Everything below _end has been written (it is raised after each write), and only
         # bound details groups are below _details_end: one sync covers them all.
         target, details_target = self._end, self._details_end
@@ -287,22 +347,13 @@ class EventLog:
             self._seen.note_synced(details_target)
         with self._sync_state:
             self._synced, self._details_synced = target, details_target
-            still, covered = [], 1
+            still = []
             for waiter in self._waiting:
-                if waiter.end <= target and waiter.details_end <= details_target:
-                    waiter.role = "covered"
+                if waiter.ticket.durable():
                     waiter.woken.release()
-                    covered += 1
                 else:
                     still.append(waiter)
             self._waiting = still
-            self._last_group = covered
-            if still:
-                successor = still.pop(0)
-                successor.role = "lead"
-                successor.woken.release()
-            else:
-                self._leading = False
 
     def _remove_torn_tail(self):
         size = os.fstat(self._fd).st_size

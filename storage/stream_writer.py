@@ -29,6 +29,7 @@ counts messages with the same code as data1's blocks. This module's guarantees:
   it as a duplicate: a retry is stored and counted once, as data1.seen does on one machine.
 """
 
+import _thread
 import asyncio
 import collections
 import hashlib
@@ -57,12 +58,14 @@ RETRY_PAUSE = 0.1
 
 
 class Group:
-    """Appends that go out in one message; every append in it waits for its outcome."""
+    """Appends that go out in one message. Each waits for the outcome on a lock of its own
+    (in `waiters`), released once when the publish is done: no convoy, as an Event's waiters
+    would form, each taking its condition's lock in turn only to find the outcome known."""
 
     def __init__(self):
         self.records = []
         self.size = 0
-        self.done = threading.Event()
+        self.waiters = []  # joined under StreamLog._lock, before the group is published
         # Until the publish is acknowledged: an interrupted publish must not read as success.
         self.error = AppendError("the publish was interrupted; the events may or may not be "
                                  "stored: at most once")
@@ -76,6 +79,8 @@ def partition_of(anonymous_id, partitions):
 
 
 class StreamLog:
+    on_durable = None  # never called: no answer waits for a StreamLog's sync (see append)
+
     def __init__(self, link, partition, timeout, sdk_partitions=None):
         self.link = link
         self.partition = partition
@@ -91,10 +96,12 @@ class StreamLog:
         self._in_flight = 0
         self._flush_scheduled = False
 
-    def append(self, records):
+    def append(self, records, hold=None):
         """Append `records` (complete records, see log_format.encode) to the partition.
 
-        Returns once JetStream acknowledged them. Raises AppendError if it did not within
+        Returns once JetStream acknowledged them: `hold` is not used, since a publish may
+        still fail after the records are sent, and an answer held back could not then be
+        turned into the 503 it must be. Raises AppendError if it did not within
         the timeout (they may then be stored or not: at most once).
         """
         with self._lock:
@@ -104,25 +111,29 @@ class StreamLog:
                 self._waiting.append(group)
             group.records.append(records)
             group.size += len(records)
+            done = _thread.allocate_lock()
+            done.acquire()
+            group.waiters.append(done)
             # One wake-up of the loop per batch of appends, not one per append.
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 self.link.loop.call_soon_threadsafe(self._start_publishes)
         # The publish gives up at its own deadline, but the group may wait behind others that
         # are retrying: past this, the answer is "unknown" and the group may still be stored.
-        if not group.done.wait(self.timeout + 5):
+        if not done.acquire(timeout=self.timeout + 5):
             raise AppendError(f"the cluster did not acknowledge the events within "
                               f"{self.timeout + 5:g} s; they may or may not be stored: at "
                               "most once")
         if group.error:
             raise group.error
 
-    def append_events(self, ids, events, received, sent=None):
+    def append_events(self, ids, events, received, sent=None, hold=None):
         """Append minimal items' `ids`, and each SDK event as a message of its own (`sent`,
-        the request body, is not needed: each message carries its event). Returns,
-        for each event, True if it was new, False if the stream already held its id (within
-        the duplicate window). Raises AppendError if any publish was not acknowledged in
-        time: the events may then be stored or not, and their retry is stored once."""
+        the request body, is not needed: each message carries its event; `hold` is not
+        used, as in append()). Returns, for each event, True if it was new, False if the
+        stream already held its id (within the duplicate window). Raises AppendError if any
+        publish was not acknowledged in time: the events may then be stored or not, and
+        their retry is stored once."""
         if ids:
             self.append(encode(ids))
         if not events:
@@ -168,7 +179,8 @@ class StreamLog:
         except AppendError as error:
             group.error = error
         finally:
-            group.done.set()
+            for done in group.waiters:
+                done.release()
             with self._lock:
                 self._in_flight -= 1
             self._start_publishes()

@@ -1,17 +1,19 @@
 """The ingest's crash and fault matrix: a crash between write and fsync, short writes, ENOSPC
-and EIO, a failing fsync, and a crash mid-token. Faults are injected by patching os functions,
-in-process through the WSGI app or in a real process started through a small wrapper."""
+and EIO, a slow and a failing fsync, and a crash mid-token. Faults are injected by patching
+os functions, in-process through the WSGI app or in a real process started through a small
+wrapper."""
 
 import errno
 import io
 import json
 import os
+import socket
 import sys
 import textwrap
 
 import pytest
 
-from http_client import free_port, post, wait_for
+from http_client import free_port, post, request, wait_for
 from processes import ready, service_env
 from reference import valid_counts
 from app.api import make_app
@@ -72,11 +74,12 @@ def test_a_failed_append_is_a_503_leaves_nothing_and_the_service_goes_on(
     assert (state_dir / "data1").read_bytes() == b"1 2 "
 
 
-def start_patched_ingest(procs, state_dir, patch):
+def start_patched_ingest(procs, state_dir, patch, **settings):
     """A real ingest process with `patch` (Python source) applied before it starts."""
     port = free_port()
     source = textwrap.dedent(patch) + "\nfrom app.__main__ import main\nraise SystemExit(main([]))\n"
-    proc = procs.spawn([sys.executable, "-c", source], service_env(state_dir, port=port), "patched")
+    proc = procs.spawn([sys.executable, "-c", source],
+                       service_env(state_dir, port=port, **settings), "patched")
     proc.port = port
     wait_for(lambda: ready(proc), what="the patched ingest")
     return proc
@@ -106,6 +109,68 @@ def test_a_crash_between_write_and_fsync(procs, state_dir):
     assert post(ingest.port, {"experienceID": 6})[0] == 202
     data1 = (state_dir / "data1").read_bytes()
     assert data1 in (b"5 6 ", b"6 ")
+
+
+def start_slow_disk_ingest(procs, state_dir, tmp_path, **settings):
+    """A real ingest whose fdatasync of data1 waits (as on a very slow disk) until the test
+    creates proc.gate; it creates proc.entered when a sync starts waiting."""
+    entered, gate = tmp_path / "sync-entered", tmp_path / "sync-may-finish"
+    proc = start_patched_ingest(procs, state_dir, f"""
+        import os, time
+        real = os.fdatasync
+        def fdatasync(fd):
+            if os.readlink(f"/proc/self/fd/{{fd}}").endswith("/data1"):
+                open({str(entered)!r}, "w").close()
+                deadline = time.monotonic() + 60
+                while not os.path.exists({str(gate)!r}) and time.monotonic() < deadline:
+                    time.sleep(0.005)  # a disk this slow
+            real(fd)
+        os.fdatasync = fdatasync
+    """, **settings)
+    proc.entered, proc.gate = entered, gate
+    return proc
+
+
+def send_event(port, experience_id):
+    """A connection with one POST /event sent on it, its answer not read."""
+    body = b'{"experienceID": %d}' % experience_id
+    connection = socket.create_connection(("127.0.0.1", port), timeout=30)
+    connection.sendall(b"POST /event HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    return connection
+
+
+def test_an_answer_waits_for_its_sync_and_its_thread_serves_others_meanwhile(
+        procs, state_dir, tmp_path):
+    """The 202 leaves only after the fdatasync covering its event; the request's thread is
+    free at once. With one thread, serving a second request proves that the first one's
+    answer was ready, and held."""
+    proc = start_slow_disk_ingest(procs, state_dir, tmp_path, threads=1)
+    with send_event(proc.port, 41) as held:
+        wait_for(proc.entered.exists, what="the sync of the event's write")
+        assert request(proc.port, "GET", "/stats")[0] == 200  # the one thread served another
+        held.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            held.recv(1)  # and the event's answer, ready, was not sent
+        proc.gate.touch()
+        held.setblocking(True)
+        assert held.recv(4096).startswith(b"HTTP/1.1 202 ")
+    assert (state_dir / "data1").read_bytes() == b"41 "
+
+
+def test_a_stop_sends_the_answers_held_for_a_sync_once_it_is_done(procs, state_dir, tmp_path):
+    """SIGTERM stops the server's loop while an answer waits for its sync: the ingest still
+    makes the sync, sends the answer, and exits cleanly."""
+    proc = start_slow_disk_ingest(procs, state_dir, tmp_path)
+    with send_event(proc.port, 42) as held:
+        wait_for(proc.entered.exists, what="the sync of the event's write")
+        proc.terminate()
+        wait_for(lambda: "the answers held for it (1)" in proc.log_path.read_text(),
+                 what="the ingest to stop serving")
+        proc.gate.touch()
+        assert held.recv(4096).startswith(b"HTTP/1.1 202 ")
+    assert proc.wait(timeout=15) == 0
+    assert (state_dir / "data1").read_bytes() == b"42 "
 
 
 def test_a_failing_fsync_stops_the_process_and_recovery_is_exact(procs, state_dir):

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from http_client import wait_for
 from storage import log_writer as eventlog
 from storage.log_format import encode
 from storage.log_writer import AppendError, EventLog
@@ -102,6 +103,38 @@ def test_group_commit_acknowledges_only_synced_bytes_and_shares_syncs(tmp_path, 
     assert len(synced_sizes) < 800  # syncs were shared
 
 
+def test_a_held_append_returns_at_once_and_is_durable_only_after_its_sync(tmp_path, monkeypatch):
+    """append(hold=...) hands over a ticket rather than waiting: the ticket turns durable once
+    a sync covering the append is done, and on_durable says when to look again."""
+    path = tmp_path / "data1"
+    log = EventLog(path)
+    log.append(encode([1]))  # the first sync, before the gate
+    entered, gate = threading.Event(), threading.Event()
+    synced_sizes = []
+    real_fdatasync = os.fdatasync
+
+    def gated_fdatasync(fd):
+        size = os.fstat(fd).st_size
+        entered.set()
+        assert gate.wait(30)
+        real_fdatasync(fd)
+        synced_sizes.append(size)
+
+    monkeypatch.setattr(os, "fdatasync", gated_fdatasync)
+    woken = []
+    log.on_durable = lambda: woken.append(len(synced_sizes))
+    tickets = []
+    log.append(encode([2]), hold=tickets.append)  # returns although the sync cannot finish
+    log.append(encode([3]), hold=tickets.append)
+    assert entered.wait(30)
+    assert [ticket.durable() for ticket in tickets] == [False, False]
+    gate.set()
+    wait_for(lambda: all(ticket.durable() for ticket in tickets), what="the held appends' sync")
+    assert max(synced_sizes) >= tickets[1].end == path.stat().st_size
+    assert woken and woken[-1] == len(synced_sizes)  # called after the sync, not before
+    log.close()
+
+
 def test_durability_off_never_syncs_on_append(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(os, "fdatasync", calls.append)
@@ -143,18 +176,26 @@ class Exited(BaseException):
 
 def test_a_failed_fsync_is_fatal(tmp_path, monkeypatch):
     log = EventLog(tmp_path / "data1")
+    exits = []
 
     def failing_fdatasync(fd):
         raise OSError(errno.EIO, "Input/output error")
 
-    def fake_exit(code):
-        raise Exited(code)
+    def fake_exit(code):  # os._exit never returns: the sync thread ends here
+        exits.append(code)
+        raise SystemExit(code)
 
     monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
     monkeypatch.setattr(eventlog.os, "_exit", fake_exit)
-    with pytest.raises(Exited) as exited:
-        log.append(b"1 ")
-    assert exited.value.args[0] != 0
+    reported = threading.excepthook  # the thread's SystemExit is the stand-in exit, no error
+    monkeypatch.setattr(threading, "excepthook",
+                        lambda args: args.exc_type is SystemExit or reported(args))
+    tickets = []
+    log.append(b"1 ", hold=tickets.append)
+    wait_for(lambda: exits, what="the sync thread to end the process")
+    assert exits[0] != 0
+    assert not tickets[0].durable()  # never acknowledged
+    log.close()
 
 
 def test_a_failed_undo_is_fatal(tmp_path, monkeypatch):

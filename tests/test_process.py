@@ -1,5 +1,5 @@
-"""storage/process.py's CPU placement, on real processes: the ingest's threads on its core,
-the worker off it, and `all` leaving the affinity alone."""
+"""storage/process.py's CPU placement, on real processes: the ingest's threads on its core
+under SCHED_BATCH, the worker off it, and `all` leaving both alone."""
 
 import logging
 import os
@@ -24,6 +24,11 @@ def thread_affinities(pid):
     )
 
 
+def thread_policies(pid):
+    """The scheduling policy of each thread of `pid`."""
+    return [os.sched_getscheduler(int(task.name)) for task in Path(f"/proc/{pid}/task").iterdir()]
+
+
 def cpu_list(cpus):
     return ",".join(map(str, sorted(cpus))) if len(cpus) < 2 or max(cpus) - min(cpus) + 1 != len(
         cpus) else f"{min(cpus)}-{max(cpus)}"
@@ -42,12 +47,15 @@ def test_the_ingest_runs_on_its_cpu(procs, state_dir, setting, expected):
 
     affinities = wait_for(one_thread_unpinned, what="the dedupe index's writer unpinned")
     assert set(affinities) == {str(expected), cpu_list(ALLOWED)} and len(affinities) > 16
-    assert f"ingest: running on CPU {expected}" in ingest.log_path.read_text()
+    # every thread without wakeup preemption: they share one core and one GIL
+    assert set(thread_policies(ingest.pid)) == {os.SCHED_BATCH}
+    assert f"ingest: running on CPU {expected}, SCHED_BATCH" in ingest.log_path.read_text()
 
 
 def test_all_leaves_the_affinity_alone(procs, state_dir):
     ingest = procs.ingest(state_dir, ingest_cpu="all")
     assert os.sched_getaffinity(ingest.pid) == ALLOWED
+    assert set(thread_policies(ingest.pid)) == {os.SCHED_OTHER}
     assert "CPU affinity left as it is" in ingest.log_path.read_text()
 
 
