@@ -39,5 +39,6 @@ if __name__ == "__main__":
     port, threads, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # as the ingest does
     app = keep_alive if mode == "keepalive" else close_each_time
-    process.place_on_cpus("ingest", settings.ingest_cpu())  # before waitress starts threads
+    # Before waitress starts threads; placed as the single-machine ingest is.
+    process.place_on_cpus("ingest", settings.ingest_cpu(), batch=True)
     waitress.serve(app, host="127.0.0.1", port=port, threads=threads, _quiet=True)

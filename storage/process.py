@@ -116,9 +116,10 @@ def paced(code):
 _ALLOWED_CPUS = None  # the CPUs the process could run on before place_on_cpus pinned it
 
 
-def place_on_cpus(program, ingest_cpu):
+def place_on_cpus(program, ingest_cpu, batch=False):
     """Keep the ingest's threads on `ingest_cpu`, and the worker off it while another CPU is
-    free (a catch-up must not take the ingest's core). Logs the choice in one line."""
+    free (a catch-up must not take the ingest's core). `batch`: the ingest's threads run
+    under SCHED_BATCH there. Logs the choice in one line."""
     log = logging.getLogger(program)
     if ingest_cpu is None:
         log.info("%s: CPU affinity left as it is (MINI_ANALYTICS_INGEST_CPU)", program)
@@ -132,7 +133,7 @@ def place_on_cpus(program, ingest_cpu):
     # Set before any thread starts: threads inherit their creator's affinity (and policy).
     os.sched_setaffinity(0, cpus)
     policy = ""
-    if program == "ingest" and hasattr(os, "SCHED_BATCH"):
+    if program == "ingest" and batch and hasattr(os, "SCHED_BATCH"):
         # The ingest's threads now share one CPU and one GIL. A thread woken (a request read,
         # a sync done) that preempts the running one mostly finds the GIL held and sleeps
         # again: two context switches for nothing, several per request. Under SCHED_BATCH
