@@ -81,14 +81,13 @@ def bare_server(threads, pinned=True):
                   {"MINI_ANALYTICS_INGEST_CPU": "auto" if pinned else "all"})
 
 
-def ingest_server(fsync=True, pinned=True, dedupe_window=None, prepare=None, extra=None):
+def ingest_server(fsync=True, pinned=True, dedupe_window=None, prepare=None):
     settings = {
         "MINI_ANALYTICS_FSYNC": "on" if fsync else "off",
         "MINI_ANALYTICS_INGEST_CPU": "auto" if pinned else "all",
     }
     if dedupe_window is not None:
         settings["MINI_ANALYTICS_DEDUPE_WINDOW"] = str(dedupe_window)
-    settings.update(extra or {})
     return server([sys.executable, "-m", "app"], settings, prepare)
 
 
