@@ -5,8 +5,8 @@ SDK drops a chunk on any 4xx for good, and both SDKs retry a 503 later with the 
 ids (which the dedupe window then stores once). Refused, with nothing written:
 
 * the server is behind: more requests wait for a thread than WAITING_PER_THREAD per thread;
-* the log cannot take writes now (disk nearly full, data1 replaced, no NATS server):
-  eventlog.problem(), looked at once a second;
+* the log cannot take writes now (disk nearly full, a sync stalled, data1 replaced, no NATS
+  server): eventlog.problem(), looked at once a second;
 * a device asks for more than its fair share of the threads while others have writes in
   progress: the threads divided among the devices writing now (at least 2 each). A device
   alone may use them all; a flooding one cannot starve the others. A device is its

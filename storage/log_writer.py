@@ -60,6 +60,10 @@ _SCAN_BLOCK = 64 * 1024
 # request threads block, and every sync covers all 16 whatever the pause.
 COMMIT_DELAY = 0.001
 MIN_FREE_BYTES = 1024 * 1024
+# A sync still not done after this long means a stalled (or failing) disk: problem() says so,
+# and the ingest refuses writes (503, Retry-After) rather than take them and hold their
+# answers for a sync that may never finish.
+SYNC_STALLED_AFTER = 5.0
 
 
 class AppendError(Exception):
@@ -112,6 +116,7 @@ class EventLog:
         self._sync_wanted.acquire()
         self._closing = False
         self.on_durable = None  # called by the sync thread after each sync
+        self._syncing_since = None  # when the sync in progress started (time.monotonic)
         self._end = self._remove_torn_tail()  # bytes written so far; only ever grows
         self._synced = self._end  # bytes known durable
         self._index = None
@@ -250,13 +255,17 @@ class EventLog:
         self._end += len(records)
 
     def problem(self):
-        """Why an append would fail now, or None if data1 looks writable."""
+        """Why the ingest should take no write now, or None if data1 looks writable."""
         if not names_open_file(self.path, self._fd):
             return "data1 was replaced or removed under the ingest; restart it"
         space = os.statvfs(self._fd)
         free = space.f_bavail * space.f_frsize
         if free < MIN_FREE_BYTES:
             return f"only {free} bytes free on data1's file system"
+        since = self._syncing_since
+        if since is not None and time.monotonic() - since > SYNC_STALLED_AFTER:
+            return (f"data1's disk has not finished a sync in {time.monotonic() - since:.1f} s "
+                    f"(more than {SYNC_STALLED_AFTER:g} s)")
         return None
 
     def sync(self):
@@ -326,6 +335,7 @@ class EventLog:
         # Read after target: the entries dating every byte below target were written
         # before those bytes were, so they are all counted here.
         entries = self._index.written if self._index else 0
+        self._syncing_since = time.monotonic()
         if target > self._synced:
             try:
                 os.fdatasync(self._fd)
@@ -343,6 +353,7 @@ class EventLog:
             except OSError as error:
                 die(log, f"fdatasync of data1's time index failed: {error}")
             self._index.synced = entries
+        self._syncing_since = None
         if self._seen:
             self._seen.note_synced(details_target)
         with self._sync_state:

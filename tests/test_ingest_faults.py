@@ -111,12 +111,17 @@ def test_a_crash_between_write_and_fsync(procs, state_dir):
     assert data1 in (b"5 6 ", b"6 ")
 
 
-def start_slow_disk_ingest(procs, state_dir, tmp_path, **settings):
+def start_slow_disk_ingest(procs, state_dir, tmp_path, stalled_after=5.0, **settings):
     """A real ingest whose fdatasync of data1 waits (as on a very slow disk) until the test
-    creates proc.gate; it creates proc.entered when a sync starts waiting."""
+    creates proc.gate; it creates proc.entered when a sync starts waiting. `stalled_after`:
+    when it calls the disk stalled (storage/log_writer.py's SYNC_STALLED_AFTER); admission
+    looks at that on every write rather than once a second."""
     entered, gate = tmp_path / "sync-entered", tmp_path / "sync-may-finish"
     proc = start_patched_ingest(procs, state_dir, f"""
         import os, time
+        import app.admission, storage.log_writer
+        storage.log_writer.SYNC_STALLED_AFTER = {stalled_after!r}
+        app.admission.PROBLEM_EVERY = 0.0
         real = os.fdatasync
         def fdatasync(fd):
             if os.readlink(f"/proc/self/fd/{{fd}}").endswith("/data1"):
@@ -156,6 +161,30 @@ def test_an_answer_waits_for_its_sync_and_its_thread_serves_others_meanwhile(
         held.setblocking(True)
         assert held.recv(4096).startswith(b"HTTP/1.1 202 ")
     assert (state_dir / "data1").read_bytes() == b"41 "
+
+
+def test_a_stalled_disk_refuses_writes_rather_than_hold_them(procs, state_dir, tmp_path):
+    """A sync that does not finish: once it has taken longer than the limit, the ingest says
+    so and answers new writes 503 with Retry-After, writing nothing; the held answer still
+    comes once the disk finishes, and writes are taken again."""
+    proc = start_slow_disk_ingest(procs, state_dir, tmp_path, stalled_after=0.3)
+    with send_event(proc.port, 43) as held:
+        wait_for(proc.entered.exists, what="the sync of the event's write")
+        def unhealthy():
+            status, body = request(proc.port, "GET", "/healthz/ingest")
+            return status == 503 and body
+
+        health = wait_for(unhealthy, what="the stalled sync to be reported")
+        assert "has not finished a sync" in health["error"]
+        refused = request(proc.port, "POST", "/event", {"experienceID": 44}, with_headers=True)
+        assert refused[0] == 503
+        assert "has not finished a sync" in refused[1]["error"]
+        assert refused[2]["Retry-After"] == "10"
+        assert (state_dir / "data1").read_bytes() == b"43 "  # the refused write: nothing
+        proc.gate.touch()
+        assert held.recv(4096).startswith(b"HTTP/1.1 202 ")
+    wait_for(lambda: post(proc.port, {"experienceID": 45})[0] == 202, what="writes again")
+    assert (state_dir / "data1").read_bytes() == b"43 45 "
 
 
 def test_a_stop_sends_the_answers_held_for_a_sync_once_it_is_done(procs, state_dir, tmp_path):
