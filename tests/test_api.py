@@ -126,6 +126,28 @@ def test_answers_end_with_a_newline(ingest):
         conn.close()
 
 
+def test_pipelined_requests_are_answered_in_order(ingest, state_dir):
+    """Several requests sent at once on one connection (HTTP pipelining): each write's answer
+    waits for its sync (app/__main__.py's Channel), and still every answer comes, in order."""
+    requests = b""
+    for experience in (101, 102, 103):
+        body = b'{"experienceID": %d}' % experience
+        requests += (b"POST /event HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+    requests += b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", ingest.port), timeout=10) as connection:
+        connection.sendall(requests)
+        answers = b""
+        while answers.count(b"HTTP/1.1 ") < 4:
+            chunk = connection.recv(65536)
+            assert chunk, f"the connection closed after {answers!r}"
+            answers += chunk
+    statuses = [line.split(b" ")[1] for line in answers.split(b"\n")
+                if line.startswith(b"HTTP/1.1 ")]
+    assert statuses == [b"202", b"202", b"202", b"404"]
+    assert data1(state_dir) == b"101 102 103 "
+
+
 def test_unknown_path_and_wrong_method(ingest):
     status, answer = request(ingest.port, "GET", "/nope")
     assert status == 404 and "error" in answer
