@@ -44,7 +44,8 @@ class Admission:
         self.waiting = lambda: 0  # requests queued for a thread: set by the server
         self._write_tokens = write_tokens
         self._lock = threading.Lock()
-        self._in_flight = collections.Counter()  # device or token -> writes in progress
+        self._in_flight = {}  # (kind, device or token) -> writes in progress, never 0
+        self._active = collections.Counter()  # kind -> how many of that kind are in flight
         self._problem, self._problem_at = None, 0.0
 
     def _log_problem(self):
@@ -67,23 +68,30 @@ class Admission:
             keys.append(("token", token))
         with self._lock:
             for key in keys:
-                share = self._share(key[0], key not in self._in_flight)
-                if self._in_flight[key] >= share:
+                held = self._in_flight.get(key, 0)
+                # A share is at least 2: below that, no need to count who else writes.
+                if held >= 2 and held >= self._share(key[0]):
                     what = "this device" if key[0] == "device" else "this token"
-                    raise Busy(f"{what} has {self._in_flight[key]} writes in progress, its "
-                               f"share of the ingest now; retry in {RETRY_BUSY} s", RETRY_BUSY)
+                    raise Busy(f"{what} has {held} writes in progress, its share of the "
+                               f"ingest now; retry in {RETRY_BUSY} s", RETRY_BUSY)
             for key in keys:
-                self._in_flight[key] += 1
+                held = self._in_flight.get(key, 0)
+                if not held:
+                    self._active[key[0]] += 1
+                self._in_flight[key] = held + 1
         return keys
 
-    def _share(self, kind, newcomer):
-        """The threads divided among the devices (or tokens) writing now, this one counted."""
-        active = sum(1 for other_kind, _ in self._in_flight if other_kind == kind) + newcomer
-        return max(2, self.threads // active)
+    def _share(self, kind):
+        """The threads divided among the devices (or tokens) writing now (the one asking
+        among them: it has writes in progress)."""
+        return max(2, self.threads // self._active[kind])
 
     def release(self, place):
         with self._lock:
             for key in place:
-                self._in_flight[key] -= 1
-                if not self._in_flight[key]:
+                held = self._in_flight[key] - 1
+                if held:
+                    self._in_flight[key] = held
+                else:
                     del self._in_flight[key]
+                    self._active[key[0]] -= 1

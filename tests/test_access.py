@@ -2,6 +2,7 @@
 only holders of a read token read, the ingest refuses to start wide open, and under a flood
 it answers only 503 with Retry-After, which makes the SDKs retry."""
 
+import collections
 import datetime
 import json
 import os
@@ -13,6 +14,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from http_client import post, request, wait_for
 from processes import REPO, service_env
@@ -247,6 +250,41 @@ def test_a_device_alone_may_use_every_thread_but_not_while_others_write():
         admission.release(place)
     admission.take({"HTTP_JUDO_DEVICE_ID": "a"}, None)  # 7 in flight: under its share of 8
     admission.release(other)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from("abcd"), st.sampled_from("xy")),
+                max_size=80),
+       st.sampled_from([2, 4, 16]))
+def test_admission_shares_match_the_rule_whatever_the_order(steps, threads):
+    """Any order of takes and releases, over devices and tokens: a take is refused exactly
+    when a device (or token) already has its share, the threads divided among those of its
+    kind writing now, itself counted, at least 2."""
+    admission = Admission(FakeLog(), threads=threads, write_tokens=["x", "y"])
+    held = collections.Counter()  # the model: (kind, name) -> writes in progress
+    places = []
+    for take, device, token in steps:
+        if not take:
+            if places:
+                place = places.pop(0)
+                admission.release(place)
+                held.subtract(place)
+            continue
+        keys = [("device", device), ("token", token)]
+
+        def share(key):
+            active = {other for other, n in held.items() if n and other[0] == key[0]}
+            return max(2, threads // len(active | {key}))
+
+        refused = any(held[key] >= share(key) for key in keys)
+        try:
+            place = admission.take({"HTTP_JUDO_DEVICE_ID": device}, token)
+        except Busy:
+            assert refused
+            continue
+        assert not refused
+        places.append(place)
+        held.update(place)
 
 
 def test_tokens_compare_every_digest_and_keep_no_token():
