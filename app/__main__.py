@@ -175,8 +175,8 @@ def serve_cluster(*, host, port, threads, stalled_after, dedupe_window, cluster,
     admission = Admission(eventlog, threads, access.write)
     app = make_app(eventlog, ClusterReadSide(link, stalled_after), access=access,
                    admission=admission)
-    code = run_server(app, eventlog, admission, host=host, port=port, threads=threads, access=access,
-                      trusted_proxy=trusted_proxy)  # the same server as on one machine
+    code = run_server(app, eventlog, admission, host=host, port=port, threads=threads,
+                      access=access, trusted_proxy=trusted_proxy)  # as on one machine
     link.close()
     log.info("ingest stopped")
     return code
