@@ -14,17 +14,18 @@ The format is in storage/log_format.py. This module's guarantees:
   HTTP server then holds the request's answer back until the ticket is durable, and sends it
   after the sync, its thread already free for the next request (app/__main__.py's Channel).
   No request thread ever blocks on a lock shared with others (a convoy), and one that waits
-  is woken once, by the sync that covered it. `on_durable` is called after every sync.
+  is woken once, by the sync that covered it. `on_durable` is called after every sync; a
+  sync that takes longer than SYNC_STALLED_AFTER is a problem() (writes are then refused).
 * An fsync or truncate that fails is fatal: after a failed fsync the kernel may already have
   dropped the dirty pages, so retrying could report success for lost data. The process exits
   and, on restart, recovery works from what is really on disk.
 * Opening the log removes a torn tail left by a crash mid-write (never acknowledged).
 * With a time index (storage/time_index.py), each append is dated: a new second's entry is
-  written before the records it dates, and made durable with them before append() returns,
-  so an acknowledged event's time is as durable as the event.
+  written before the records it dates, and made durable with them before the append is
+  acknowledged, so an acknowledged event's time is as durable as the event.
 * With a details file (storage/details.py), append_events() keeps each SDK event's details:
   the group is written before the data1 bytes it describes, under the same lock, and made
-  durable by the same sync, before append_events() returns; a failed write undoes both.
+  durable by the same sync, before the append is acknowledged; a failed write undoes both.
 * With a dedupe index (storage/seen_index.py), an SDK event whose id was accepted within the
   window is neither written nor counted again. The check and the claim of new ids happen
   under the write lock, so two requests carrying the same id at once store it once; and an
