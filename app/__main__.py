@@ -86,11 +86,10 @@ class Channel(HTTPChannel):
         return held is not None and not held.durable()
 
     def writable(self):
-        # Asked of every connection on every turn of the loop, so in one call: waitress's
-        # own test (HTTPChannel.writable: output to send, or a close due), then the hold.
-        held = self.held
+        # Asked of every connection on every turn of the loop: waitress's own cheap test
+        # first (HTTPChannel.writable: output to send, or a close due), then the hold.
         return ((self.total_outbufs_len or self.will_close or self.close_when_flushed)
-                and (held is None or held.durable()))
+                and not self._holding())
 
     def _flush_some(self, do_close=True):
         if self._holding():
