@@ -7,7 +7,6 @@ Takes no arguments; every setting is a MINI_ANALYTICS_* environment variable, li
 
 import json
 import logging
-import signal
 import sys
 import time
 
@@ -26,13 +25,6 @@ from storage.lockfile import hold_exclusive_lock
 from storage.log_writer import EventLog
 
 log = logging.getLogger("ingest")
-
-
-def stop_like_sigint(signum, frame):
-    # waitress treats KeyboardInterrupt as "shut down": it stops serving and waits (up to
-    # 5 s) for the requests in flight to finish. SIGTERM, supervisord's stop signal, would
-    # otherwise kill the process with those requests half done (written, never answered).
-    raise KeyboardInterrupt
 
 
 class JsonErrorTask(ErrorTask):
@@ -225,18 +217,46 @@ def run_server(app, eventlog, admission, *, host, port, threads, access, trusted
         return process.bad_setup(log, f"cannot listen on {host}:{port}: {error}")
     # Requests read and waiting for a thread: what tells admission the ingest is behind.
     admission.waiting = lambda: len(server.task_dispatcher.queue)
-    # SIGHUP reads the token files again (they are also looked at once a second).
-    signal.signal(signal.SIGHUP, lambda signum, frame: access.reload())
-    signal.signal(signal.SIGTERM, stop_like_sigint)
-    signal.signal(signal.SIGINT, stop_like_sigint)  # even where SIGINT was inherited ignored
+    signals = process.Signals(hangup=True)
+    SignalWakeup(signals, connections)
     log.info("ingest ready on http://%s:%s", host, server.effective_port)
-    server.run()  # returns on SIGINT/SIGTERM, once requests in flight are done
+    serve_until_stopped(server, connections, signals, access)
     held = {fd: c for fd, c in connections.items()
             if isinstance(c, Channel) and c.connected and c.total_outbufs_len}
     log.info("ingest stopping: a last sync, then the answers held for it (%d)", len(held))
     eventlog.sync()  # with fsync off too, a clean stop leaves everything durable
     send_held_answers(held)
     return process.EXIT_OK
+
+
+class SignalWakeup(wasyncore.file_dispatcher):
+    """The signals' wakeup pipe in the server's loop: a signal ends the loop's wait."""
+
+    def __init__(self, signals, connections):
+        super().__init__(signals.wakeup, connections)  # watched through a dup of it
+        self.signals = signals
+
+    def writable(self):
+        return False
+
+    def handle_read(self):
+        self.signals.drain()
+
+
+def serve_until_stopped(server, connections, signals, access):
+    """Run the server's loop until SIGTERM or SIGINT, then let the requests in flight finish
+    (up to 5 s, as waitress's own stop does).
+
+    The signals act only between two turns of the loop, never inside one (storage/process.py's
+    Signals says what that prevents). SIGHUP reads the token files again (they are also looked
+    at once a second)."""
+    while not signals.stop:
+        wasyncore.loop(timeout=server.adj.asyncore_loop_timeout, map=connections,
+                       use_poll=server.adj.asyncore_use_poll, count=1)
+        if signals.hangup:
+            signals.hangup = False
+            access.reload()
+    server.task_dispatcher.shutdown()
 
 
 def send_held_answers(held, timeout=5.0):

@@ -17,6 +17,8 @@ bad setup are "expected" and left stopped; every other exit is restarted at once
 import logging
 import logging.handlers
 import os
+import select
+import signal
 import sys
 import time
 
@@ -154,6 +156,56 @@ def unpin_this_thread():
     core without contending with the pinned threads."""
     if _ALLOWED_CPUS and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, _ALLOWED_CPUS)  # on Linux, 0 is the calling thread
+
+
+class Signals:
+    """SIGTERM and SIGINT ask the program to stop (`stop`); with `hangup`, SIGHUP asks it to
+    read its files again (`hangup`, which the program clears once done).
+
+    The handlers only note the request, and the program acts on it at a point of its own
+    choosing. A handler that did the work (or raised, as Python's default SIGINT does) would
+    run at whatever instruction the main thread was at: a worker's commit half done, or the
+    ingest's loop between sending an answer and marking it sent, which then sends it again,
+    where the client takes it for its next request's answer: an event acknowledged and never
+    written (tests/test_ingest_faults.py).
+
+    `wakeup` becomes readable when a signal arrives (signal.set_wakeup_fd): Python retries an
+    interrupted sleep, select or poll (PEP 475), so a loop sleeping on it would otherwise not
+    see the request until it woke for something else. drain() empties it.
+    """
+
+    def __init__(self, hangup=False):
+        self.stop = False
+        self.hangup = False
+        self.wakeup, write_end = os.pipe()
+        os.set_blocking(self.wakeup, False)
+        os.set_blocking(write_end, False)
+        signal.set_wakeup_fd(write_end)
+        signal.signal(signal.SIGTERM, self._note)
+        signal.signal(signal.SIGINT, self._note)  # even where SIGINT was inherited ignored
+        if hangup:
+            signal.signal(signal.SIGHUP, self._note)
+
+    def _note(self, signum, frame):
+        if signum == signal.SIGHUP:
+            self.hangup = True
+        else:
+            self.stop = True
+
+    def drain(self):
+        try:
+            while os.read(self.wakeup, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def wait(self, seconds):
+        """Sleep up to `seconds`, or until a signal arrives; True if a stop was asked for."""
+        if not self.stop:
+            readable, _, _ = select.select([self.wakeup], [], [], seconds)
+            if readable:
+                self.drain()  # so the next wait sleeps again
+        return self.stop
 
 
 def die(log, message):

@@ -202,6 +202,31 @@ def test_a_stop_sends_the_answers_held_for_a_sync_once_it_is_done(procs, state_d
     assert (state_dir / "data1").read_bytes() == b"42 "
 
 
+def test_a_stop_signalled_as_an_answer_leaves_sends_it_once(procs, state_dir):
+    """SIGTERM arriving in the server's loop just after an answer's bytes were sent, before
+    the loop marked them sent: the answer still leaves once. (Acted on there, the stop left
+    the bytes in the buffer and sent them again with the answers held for the last sync; the
+    client took the copy for its next request's answer: acknowledged, never written.)"""
+    proc = start_patched_ingest(procs, state_dir, """
+        import os, signal
+        from waitress.channel import HTTPChannel
+        real = HTTPChannel.send
+        def send(self, data, do_close=True):
+            sent = real(self, data, do_close)
+            if bytes(data).startswith(b"HTTP/1.1 202 "):
+                os.kill(os.getpid(), signal.SIGTERM)  # before _flush_some marks them sent
+            return sent
+        HTTPChannel.send = send
+    """)
+    with send_event(proc.port, 7) as connection:
+        received = b""
+        while chunk := connection.recv(4096):  # until the stopped ingest closes it
+            received += chunk
+    assert received.count(b"HTTP/1.1 ") == 1, received
+    assert proc.wait(timeout=15) == 0
+    assert (state_dir / "data1").read_bytes() == b"7 "
+
+
 def test_a_failing_fsync_stops_the_process_and_recovery_is_exact(procs, state_dir):
     proc = start_patched_ingest(procs, state_dir, """
         import errno, os

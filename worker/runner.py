@@ -19,9 +19,6 @@ once data1 is durable up to its offset, counts the details groups of that stretc
 
 import dataclasses
 import logging
-import os
-import select
-import signal
 import time
 
 from storage.checkpoint import EMPTY_FINGERPRINT, Checkpoint, CorruptCheckpoint
@@ -29,6 +26,7 @@ from storage.checkpoint_store import CheckpointStore
 from storage.layout import Layout
 from storage.lockfile import hold_exclusive_lock
 from storage.log_reader import CHUNK_SIZE, LogReader
+from storage.process import Signals
 from storage.series_store import CorruptSeries, SeriesStore
 from storage.time_index import EPOCH, TimeIndexReader
 from worker.overview import Overview
@@ -48,56 +46,27 @@ def plural(n, noun):
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-class StopSignal:
-    """SIGTERM and SIGINT ask the worker to stop; wait() wakes up as soon as one arrives.
-
-    The handler only sets a flag, so a signal can never interrupt a commit half way. The
-    wakeup pipe is there because Python retries an interrupted sleep or select (PEP 475):
-    without it, a stop would wait out the whole interval.
-    """
-
-    def __init__(self):
-        self.requested = False
-        self._wakeup, write_end = os.pipe()
-        os.set_blocking(self._wakeup, False)
-        os.set_blocking(write_end, False)
-        signal.set_wakeup_fd(write_end)
-        signal.signal(signal.SIGTERM, self._handle)
-        signal.signal(signal.SIGINT, self._handle)
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def wait(self, seconds):
-        """Sleep up to `seconds`; True if a stop was requested."""
-        if not self.requested:
-            readable, _, _ = select.select([self._wakeup], [], [], seconds)
-            if readable:
-                os.read(self._wakeup, 512)  # drained, so the next wait sleeps again
-        return self.requested
-
-
 class PassLoop:
     """The loop both workers share (this module's, on data1, and worker/stream_runner.py's,
     on the stream): take ownership of what is counted, recover, then one pass now and one
     every interval until SIGTERM or SIGINT. A pass commits only whole, consistent
     checkpoints, so a stop (or a kill) at any instant loses nothing but uncommitted work."""
 
-    stop = None
+    signals = None  # set once running: SIGTERM and SIGINT ask for a stop (storage/process.py)
 
     def run(self, interval):
         self.take_ownership()
-        self.stop = StopSignal()
+        self.signals = Signals()
         self.recover()
-        while not self.stop.requested:
+        while not self.signals.stop:
             self.run_pass()
-            if self.stop.wait(interval):
+            if self.signals.wait(interval):
                 break
         self.close()
 
     def stop_requested(self):
         """True once a stop was asked for: a pass drops its uncommitted part and returns."""
-        if self.stop and self.stop.requested:
+        if self.signals and self.signals.stop:
             log.info("stop requested mid-pass; uncommitted work is dropped")
             return True
         return False
@@ -135,7 +104,7 @@ class Worker(PassLoop):
         hold_exclusive_lock(self.layout.worker_lock)  # the kernel releases it however we exit
 
     def close(self):
-        if self.stop:
+        if self.signals:
             log.info("worker stopped at offset %d", self.checkpoint.offset)
         if self.data1 is not None:
             self.data1.close()

@@ -344,7 +344,7 @@ class StreamWorker(PassLoop):
                 partition.series.close()
             if partition.overview is not None:
                 partition.overview.close()
-        if self.stop:
+        if self.signals:
             log.info("worker stopped at %s", ", ".join(
                 f"{partition.name} sequence {partition.checkpoint.offset}"
                 for partition in self.partitions))
