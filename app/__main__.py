@@ -111,8 +111,8 @@ def describe(tokens):
 def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute_retention,
           dedupe_window, access, trusted_proxy, cluster=None):
     """Serve the API until SIGTERM/SIGINT; return the exit code. `cluster`, in cluster mode,
-    is (NATS server URLs, this node's partition, replicas, publish timeout, the partitions SDK
-    events are spread over)."""
+    is (NATS server URLs, the partition count asked for or None, replicas, publish
+    timeout)."""
     # Not in cluster mode: there an answer waits for NATS servers, which may share the core,
     # and an ingest thread woken by their acknowledgement would wait out their time slice
     # (bench cluster: p99 of single events 12 -> 50 ms).
@@ -153,18 +153,18 @@ def serve_cluster(*, host, port, threads, stalled_after, dedupe_window, cluster,
     from storage import stream_setup
     from storage.stream_writer import StreamLog
 
-    servers, partition, replicas, publish_timeout, sdk_partitions = cluster
-    log.info("ingest starting in cluster mode: http://%s:%d partition=%s sdk_partitions=%s "
-             "servers=%s replicas=%d threads=%d", host, port, partition,
-             ",".join(sdk_partitions or [partition]), ",".join(servers), replicas, threads)
-    # A list set for the whole cluster is checked against the one recorded there.
-    link, failed = stream_setup.connect(servers, f"ingest {partition}", replicas,
-                                        dedupe_window, log, sdk_partitions)
+    servers, partition_count, replicas, publish_timeout = cluster
+    log.info("ingest starting in cluster mode: http://%s:%d servers=%s replicas=%d threads=%d",
+             host, port, ",".join(servers), replicas, threads)
+    link, partitions, failed = stream_setup.connect(servers, "ingest", replicas, dedupe_window,
+                                                    log, partition_count)
     if link is None:
         return failed
-    eventlog = StreamLog(link, partition, publish_timeout, sdk_partitions)
+    log.info("ingest: events go to the stream's %d partitions (%s to %s)", len(partitions),
+             partitions[0], partitions[-1])
+    eventlog = StreamLog(link, partitions, publish_timeout)
     admission = Admission(eventlog, threads, access.write)
-    app = make_app(eventlog, ClusterReadSide(link, stalled_after), access=access,
+    app = make_app(eventlog, ClusterReadSide(link, stalled_after, partitions), access=access,
                    admission=admission)
     code = run_server(app, eventlog, admission, host=host, port=port, threads=threads,
                       access=access, trusted_proxy=trusted_proxy)  # as on one machine
@@ -312,8 +312,8 @@ def main(argv):
                 f"{settings.PREFIX}WRITE_TOKENS_FILE), or listen on 127.0.0.1 behind a proxy")
         servers = settings.cluster()
         if servers:
-            config["cluster"] = (servers, settings.partition(), settings.replicas(),
-                                 settings.publish_timeout(), settings.sdk_partitions())
+            config["cluster"] = (servers, settings.partition_count(), settings.replicas(),
+                                 settings.publish_timeout())
     except settings.ConfigError as error:
         return process.bad_setting("ingest", error)
     return process.run_in_state_folder("ingest", config["state_dir"], lambda: serve(**config))

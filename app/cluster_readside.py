@@ -38,8 +38,11 @@ WORKER_TIMEOUT = 2.0
 
 
 class ClusterReadSide:
-    def __init__(self, link, stalled_after, clock=time.time):
+    def __init__(self, link, stalled_after, partitions=(), clock=time.time):
+        """`partitions`: the stream's, each reported by stats() and health() even before it
+        has a message (a partition nobody counts would not be counted when one comes)."""
         self.link = link
+        self.all_partitions = list(partitions)
         self.series = ClusterSeries(link, self._partition_names_locked)
         self.overview = ClusterOverview(link, self._partition_names_locked)
         self.stalled_after = stalled_after
@@ -114,7 +117,7 @@ class ClusterReadSide:
         try:
             # Outside the lock: the pings may wait a second for a worker that is gone, and
             # /counts must not wait with them.
-            state = cluster_state(self.link, known=self._checkpoints)
+            state = cluster_state(self.link, self.all_partitions, known=self._checkpoints)
         except NoQuorum as problem:
             raise Unavailable(str(problem)) from None
         except CorruptCheckpoint as problem:
@@ -132,15 +135,16 @@ class ClusterReadSide:
         """The partition's worker: running, missing (none answers) or stalled."""
         answer = partition.worker
         if answer is None:
-            return {"state": MISSING, "owner": None,
+            return {"state": MISSING, "owner": None, "since": None,
                     "reason": f"no worker answers for partition {partition.name}"}
         idle = max(0.0, self.clock() - float(answer.get("progress_at", 0)))
         if partition.lag_messages and idle > self.stalled_after:
-            return {"state": STALLED, "owner": answer.get("owner"),
+            return {"state": STALLED, "owner": answer.get("owner"), "since": answer.get("since"),
                     "reason": f"partition {partition.name}'s worker has made no progress for "
                               f"{idle:.0f} s (more than {self.stalled_after:g} s) with "
                               f"{partition.lag_messages} messages waiting"}
-        return {"state": RUNNING, "owner": answer.get("owner"), "reason": None}
+        return {"state": RUNNING, "owner": answer.get("owner"), "since": answer.get("since"),
+                "reason": None}
 
     def stats(self):
         state, merged = self._state()

@@ -49,9 +49,13 @@ not in files; their names are below too, with the module that writes and reads e
 
     stream MINI_ANALYTICS, subject mini_analytics.events.<partition>
                       storage/stream_writer.py (ingest)  storage/stream_reader.py (worker)
-    key-value bucket mini_analytics_checkpoints, key config.sdk-partitions
-                      storage/stream_setup.py: written by the first ingest node, checked by
-                      every other (they must spread SDK events over the same partitions)
+    key-value bucket mini_analytics_checkpoints, key config.partitions
+                      storage/stream_setup.py: the stream's partitions, written by the first
+                      program to start, read and checked by every other
+    key-value bucket mini_analytics_checkpoints, keys member.<worker> and lease.<partition>
+                      storage/leases.py (worker): a live worker's sign of life, and which
+                      worker counts a partition; each renewed by its holder only, taken over
+                      by compare-and-set once it lapses
     key-value bucket mini_analytics_checkpoints, key partition.<partition>
                       storage/stream_checkpoint_store.py: one writer per partition (the
                       worker owning it, fenced by compare-and-set); read by the same module
@@ -97,8 +101,13 @@ STREAM = "MINI_ANALYTICS"
 SUBJECT_PREFIX = "mini_analytics.events."
 CHECKPOINT_BUCKET = "mini_analytics_checkpoints"
 CHECKPOINT_KEY_PREFIX = "partition."
-# In the same bucket: the partitions SDK events are spread over (storage/stream_setup.py).
-SDK_PARTITIONS_KEY = "config.sdk-partitions"
+# In the same bucket: the stream's partitions (storage/stream_setup.py); the key a cluster
+# created before the partition count existed recorded them under; and the workers' signs of
+# life and the partitions' leases (storage/leases.py).
+PARTITIONS_KEY = "config.partitions"
+LEGACY_PARTITIONS_KEY = "config.sdk-partitions"
+MEMBER_KEY_PREFIX = "member."
+LEASE_KEY_PREFIX = "lease."
 WORKER_PING_PREFIX = "mini_analytics.workers."
 SERIES_QUERY_PREFIX = "mini_analytics.series."
 OVERVIEW_QUERY_PREFIX = "mini_analytics.overview."
@@ -113,6 +122,19 @@ def partition_subject(partition):
 
 def checkpoint_key(partition):
     return CHECKPOINT_KEY_PREFIX + partition
+
+
+def partition_names(count):
+    """The stream's partitions when it has `count` of them: p1 to p<count>."""
+    return [f"p{n}" for n in range(1, count + 1)]
+
+
+def lease_key(partition):
+    return LEASE_KEY_PREFIX + partition
+
+
+def member_key(member):
+    return MEMBER_KEY_PREFIX + member
 
 
 def worker_ping_subject(partition):

@@ -45,11 +45,11 @@ SETTINGS = [
                                "counted once (0: off; 60 to 2592000)"),
     ("STATE_DIR", "state/ beside the code", "folder of data1, data2, locks and logs"),
     ("CLUSTER", "(unset: one machine)", "cluster mode: NATS server URLs, comma-separated"),
-    ("PARTITION", "(none)", "cluster mode, ingest: the partition this node appends to"),
-    ("PARTITIONS", "(none)", "cluster mode, worker: the partitions it owns, comma-separated"),
-    ("SDK_PARTITIONS", "(this node's partition)", "cluster mode, ingest: the partitions SDK "
-                                                  "events are spread over by install, the "
-                                                  "same list on every node"),
+    ("PARTITION_COUNT", "(the stream's; 8 for a new one)", "cluster mode: the stream's "
+                                                            "partitions, fixed when it is "
+                                                            "created (1 to 256)"),
+    ("TAKEOVER", "15", "cluster mode: seconds without a sign of life after which a worker's "
+                       "partitions are taken over (2 to 600)"),
     ("REPLICAS", "3", "cluster mode: copies of the stream and checkpoints (1, 3 or 5)"),
     ("PUBLISH_TIMEOUT", "10", "cluster mode: seconds a publish is retried before a 503"),
     ("CLUSTER_PORT_BASE", "7000", "cluster/supervisord.conf: shifts every port of the local "
@@ -281,9 +281,6 @@ def ingest_cpu(environ=os.environ, allowed=None):
 # Cluster mode (docs/cluster.md): set MINI_ANALYTICS_CLUSTER and the log and the
 # checkpoints live in NATS JetStream instead of data1 and data2.
 
-_PARTITION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
 def cluster(environ=os.environ):
     """The NATS servers to use (a list of nats:// URLs), or None for the single-machine mode."""
     raw = _raw(environ, "CLUSTER")
@@ -299,45 +296,27 @@ def cluster(environ=os.environ):
     return urls
 
 
-def _partition_names(environ, name, raw):
-    names = [part.strip() for part in raw.split(",")]
-    for part in names:
-        if not _PARTITION_NAME.fullmatch(part):
-            raise ConfigError(
-                f"{PREFIX}{name} must be partition names (letters, digits, - and _, at most "
-                f"64 characters) separated by commas, got {raw!r}"
-            )
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{PREFIX}{name} names a partition twice: {raw!r}")
-    return names
+# A stream created without MINI_ANALYTICS_PARTITION_COUNT gets this many partitions: more
+# than the workers of a small cluster, so that it can grow to as many workers without
+# changing the count (storage/stream_setup.py says why the count cannot change).
+DEFAULT_PARTITION_COUNT = 8
 
 
-def partition(environ=os.environ):
-    """The partition an ingest node appends to (cluster mode): one per ingest node."""
-    raw = _raw(environ, "PARTITION")
+def partition_count(environ=os.environ):
+    """The number of partitions asked for, or None to take the stream's (DEFAULT_PARTITION_COUNT
+    for a stream not yet created)."""
+    raw = _raw(environ, "PARTITION_COUNT")
     if not raw:
-        raise ConfigError(f"{PREFIX}PARTITION must name this ingest node's partition "
-                          "(like p1) in cluster mode")
-    names = _partition_names(environ, "PARTITION", raw)
-    if len(names) != 1:
-        raise ConfigError(f"{PREFIX}PARTITION names one partition per ingest node, got {raw!r}")
-    return names[0]
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 256:
+        raise ConfigError(f"{PREFIX}PARTITION_COUNT must be a whole number from 1 to 256, "
+                          f"got {raw!r}")
+    return int(raw)
 
 
-def partitions(environ=os.environ):
-    """The partitions a worker owns (cluster mode)."""
-    raw = _raw(environ, "PARTITIONS")
-    if not raw:
-        raise ConfigError(f"{PREFIX}PARTITIONS must name the partitions this worker owns "
-                          "(like p1,p2) in cluster mode")
-    return _partition_names(environ, "PARTITIONS", raw)
-
-
-def sdk_partitions(environ=os.environ):
-    """The partitions an ingest node spreads SDK events over, by their anonymousID (cluster
-    mode); None: its own partition only."""
-    raw = _raw(environ, "SDK_PARTITIONS")
-    return _partition_names(environ, "SDK_PARTITIONS", raw) if raw else None
+def takeover(environ=os.environ):
+    """Seconds a worker's lease may go unrenewed before another worker takes its partition."""
+    return _seconds(environ, "TAKEOVER", 15.0, 2.0, 600.0, "15")
 
 
 def replicas(environ=os.environ):
@@ -354,8 +333,3 @@ def replicas(environ=os.environ):
 def publish_timeout(environ=os.environ):
     """Seconds an ingest node keeps retrying a publish before answering 503."""
     return _seconds(environ, "PUBLISH_TIMEOUT", 10.0, 0.5, 60.0, "10")
-
-
-def optional_partitions(environ=os.environ):
-    """MINI_ANALYTICS_PARTITIONS where it is optional (`python -m worker status`)."""
-    return partitions(environ) if _raw(environ, "PARTITIONS") else []

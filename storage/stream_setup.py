@@ -8,6 +8,15 @@ each difference, and the program exits with the "bad setup" code. One exception:
 duplicate window shorter than the dedupe window is raised to it (a longer window only
 remembers message ids longer; a stream created before the dedupe window existed had 120 s).
 It is never lowered: a program set to a shorter window than the stream's is refused.
+
+The stream's partitions are fixed when it is created, and recorded in the bucket
+(config.partitions): the first program to start records MINI_ANALYTICS_PARTITION_COUNT's
+(settings.DEFAULT_PARTITION_COUNT if unset), every other takes the recorded list, and one set
+to another count is refused (SetupMismatch). The count cannot change on a live stream: an
+install's SDK events go to the partition its anonymousID picks among them
+(storage/stream_writer.py), so a new count would send its later events to another partition,
+counted by another worker, and split its sessions. A cluster grows by adding workers, up to
+one per partition (storage/leases.py).
 """
 
 import time
@@ -16,8 +25,9 @@ from nats.js import api
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
-from storage import process
-from storage.layout import CHECKPOINT_BUCKET, SDK_PARTITIONS_KEY, STREAM, SUBJECT_PREFIX
+from storage import process, settings
+from storage.layout import (CHECKPOINT_BUCKET, LEGACY_PARTITIONS_KEY, PARTITIONS_KEY, STREAM,
+                            SUBJECT_PREFIX, partition_names)
 from storage.nats_link import UNAVAILABLE, Link
 
 # The largest message: one group commit of ids (an ingest node cuts its messages below this).
@@ -73,34 +83,35 @@ def bucket_config(replicas):
 READY_TIMEOUT = 30.0
 
 
-def connect(servers, name, replicas, dedupe_window, log, sdk_partitions=None):
-    """A Link to the cluster, with the stream and the bucket created or checked (and, for an
-    ingest node, the partitions SDK events are spread over); or None and the exit code a
-    program should exit with, after one log line saying why."""
+def connect(servers, name, replicas, dedupe_window, log, partition_count=None):
+    """A Link to the cluster, with the stream and the bucket created or checked, and the
+    stream's partitions (`partition_count`: the count asked for, None to take the stream's):
+    (link, partitions, None). Or (None, None, the exit code a program should exit with),
+    after one log line saying why."""
     try:
         link = Link(servers, name)
     except UNAVAILABLE as error:
         log.error("no NATS server answered at %s (%s); exiting", ",".join(servers),
                   type(error).__name__)
-        return None, process.paced(process.EXIT_FAILED)
+        return None, None, process.paced(process.EXIT_FAILED)
     deadline = time.monotonic() + READY_TIMEOUT
     waiting_logged = False
     while True:
         try:
             link.call(ensure(link.js, replicas, dedupe_window, log), READY_TIMEOUT)
-            if sdk_partitions:
-                link.call(agree_on_sdk_partitions(link.js, sdk_partitions), READY_TIMEOUT)
-            return link, None
+            partitions = link.call(agree_on_partitions(link.js, partition_count, log),
+                                   READY_TIMEOUT)
+            return link, partitions, None
         except SetupMismatch as mismatch:
             link.close()
-            return None, process.paced(process.bad_setup(log, mismatch))
+            return None, None, process.paced(process.bad_setup(log, mismatch))
         except (NotReady, *UNAVAILABLE) as error:
             problem = f"{type(error).__name__}: {error}".rstrip(": ")
             if time.monotonic() > deadline:
                 log.error("JetStream did not answer for %g s (%s); exiting", READY_TIMEOUT,
                           problem)
                 link.close()
-                return None, process.paced(process.EXIT_FAILED)
+                return None, None, process.paced(process.EXIT_FAILED)
             if not waiting_logged:
                 log.info("waiting for JetStream to answer (%s)", problem)
                 waiting_logged = True
@@ -173,29 +184,58 @@ async def ensure(js, replicas, dedupe_window, log=None):
     _check_ready(f"key-value bucket {CHECKPOINT_BUCKET}", info)
 
 
-async def agree_on_sdk_partitions(js, partitions):
-    """Record the partitions SDK events are spread over, or check them against the recorded
-    ones. Every ingest node must spread them over the same list, in the same order: each
-    install's events then go to one partition, whichever node takes them, and its sessions
-    are whole there (storage/stream_writer.py). Raises SetupMismatch if this node's list
-    differs: a node that spread them otherwise would split installs' sessions."""
+async def agree_on_partitions(js, count, log=None):
+    """The stream's partitions: recorded now if no program recorded them before (`count` of
+    them, or settings.DEFAULT_PARTITION_COUNT if None), else the recorded ones. Raises
+    SetupMismatch if `count` differs from the recorded count (see the module's docstring)."""
     bucket = KeyValue(name=CHECKPOINT_BUCKET, stream=f"KV_{CHECKPOINT_BUCKET}",
                       pre=f"$KV.{CHECKPOINT_BUCKET}.", js=js, direct=False)
-    wanted = ",".join(partitions)
     try:
-        await bucket.create(SDK_PARTITIONS_KEY, wanted.encode())
-        return
-    except KeyWrongLastSequenceError:
-        pass  # recorded before: by the first ingest node of this cluster
-    found = (await bucket.get(SDK_PARTITIONS_KEY)).value.decode()
-    if found != wanted:
+        found = (await bucket.get(PARTITIONS_KEY)).value.decode().split(",")
+    except NotFoundError:
+        found = None
+    if found is None:
+        try:
+            # A cluster from before the partition count: its ingest nodes recorded the
+            # partitions its SDK events were spread over, and its checkpoints count them.
+            legacy = (await bucket.get(LEGACY_PARTITIONS_KEY)).value.decode().split(",")
+        except NotFoundError:
+            legacy = None
+        wanted = legacy or partition_names(count or settings.DEFAULT_PARTITION_COUNT)
+        try:
+            await bucket.create(PARTITIONS_KEY, ",".join(wanted).encode())
+            found = wanted
+            if log:
+                log.info("stream %s: recorded its %d partitions: %s", STREAM, len(found),
+                         ",".join(found))
+        except KeyWrongLastSequenceError:  # recorded meanwhile by another program
+            found = (await bucket.get(PARTITIONS_KEY)).value.decode().split(",")
+    if count is not None and count != len(found):
         raise SetupMismatch(
-            f"SDK events are spread over partitions {found} in this cluster, and this node "
-            f"is set to spread them over {wanted} (MINI_ANALYTICS_SDK_PARTITIONS): every "
-            "ingest node must list the same partitions in the same order. To change the "
-            "list, stop every ingest node, delete the key config.sdk-partitions of the "
-            f"bucket {CHECKPOINT_BUCKET}, and start them with the new one (a session that "
-            "spans the change may be split)")
+            f"stream {STREAM} has {len(found)} partitions ({found[0]} to {found[-1]}), fixed "
+            f"when it was created, and this program is set to {count} "
+            f"({settings.PREFIX}PARTITION_COUNT): the count of a live stream cannot change, "
+            "since each app install's events would move to another partition and its "
+            f"sessions be split. Unset {settings.PREFIX}PARTITION_COUNT to use the stream's "
+            f"{len(found)}; for more, start a new cluster with the count it needs (it grows by "
+            "adding workers, up to one per partition)")
+    return found
+
+
+def recorded_partitions(link):
+    """The stream's partitions as recorded, or [] if no program recorded them yet. Raises
+    what the link raises."""
+    async def read():
+        bucket = KeyValue(name=CHECKPOINT_BUCKET, stream=f"KV_{CHECKPOINT_BUCKET}",
+                          pre=f"$KV.{CHECKPOINT_BUCKET}.", js=link.js, direct=False)
+        for key in (PARTITIONS_KEY, LEGACY_PARTITIONS_KEY):
+            try:
+                return (await bucket.get(key)).value.decode().split(",")
+            except NotFoundError:
+                continue
+        return []
+
+    return link.call(read(), READY_TIMEOUT)
 
 
 def stream_identity(link):

@@ -17,10 +17,11 @@ counts messages with the same code as data1's blocks. This module's guarantees:
   a message twice.
 * If no acknowledgement comes within `timeout`, append() raises AppendError. The records
   may or may not be stored (a lost acknowledgement): such an event is counted at most once.
-* An SDK event (append_events) goes to the partition its anonymousID picks among
-  `sdk_partitions` (the same on every ingest node), so that each app install's events are
-  in one partition, counted by one worker: its sessions are whole there
-  (worker/overview.py). Minimal events go to the node's own partition.
+* An SDK event (append_events) goes to the partition its anonymousID picks among the
+  stream's partitions (the same list on every ingest node: storage/stream_setup.py), so
+  that each app install's events are in one partition, counted by one worker at a time:
+  its sessions are whole there (worker/overview.py). Minimal events carry no install: each
+  message of them goes to the next partition in turn, spreading the counting evenly.
 * An SDK event is a message of its own: its payload is its screen view's
   record (empty for an identify or a register), its details (storage/details.py's item, with
   the receive time) ride in the DETAILS_HEADER header, and its Nats-Msg-Id is derived from
@@ -81,16 +82,15 @@ def partition_of(anonymous_id, partitions):
 class StreamLog:
     on_durable = None  # never called: no answer waits for a StreamLog's sync (see append)
 
-    def __init__(self, link, partition, timeout, sdk_partitions=None):
+    def __init__(self, link, partitions, timeout):
         self.link = link
-        self.partition = partition
-        self.subject = partition_subject(partition)
+        self.partitions = partitions
         self.timeout = timeout
-        self.sdk_partitions = sdk_partitions or [partition]
-        # Unique to this process's life, so that no two messages ever share an id: the
-        # partition, a random part, and a counter.
-        self._writer_id = f"{partition}-{os.urandom(6).hex()}"
-        self._numbers = itertools.count(1)
+        # Unique to this process's life, so that no two messages ever share an id: a random
+        # part and a counter (which also picks each message's partition; from a random start,
+        # so that nodes starting together do not send their first messages to one partition).
+        self._writer_id = f"ingest-{os.urandom(6).hex()}"
+        self._numbers = itertools.count(int.from_bytes(os.urandom(2), "little"))
         self._lock = threading.Lock()
         self._waiting = collections.deque()  # Groups not yet published; appends join the last
         self._in_flight = 0
@@ -154,7 +154,7 @@ class StreamLog:
         payload = b"" if event.experience_id is None else encode((event.experience_id,))
         details = json.dumps({"received": received_ms, **event.details}, ensure_ascii=True,
                              separators=(",", ":"))
-        partition = partition_of(event.details["event"]["anonymousID"], self.sdk_partitions)
+        partition = partition_of(event.details["event"]["anonymousID"], self.partitions)
         ack = await self._publish_until_acknowledged(
             payload, f"sdk-{key_of(event.event_id).hex()}", {DETAILS_HEADER: details},
             partition_subject(partition))
@@ -172,9 +172,12 @@ class StreamLog:
             self.link.loop.create_task(self._publish(group))
 
     async def _publish(self, group):
-        message_id = f"{self._writer_id}-{next(self._numbers)}"
+        number = next(self._numbers)
+        message_id = f"{self._writer_id}-{number}"
+        subject = partition_subject(self.partitions[number % len(self.partitions)])
         try:
-            await self._publish_until_acknowledged(b"".join(group.records), message_id)
+            await self._publish_until_acknowledged(b"".join(group.records), message_id,
+                                                   None, subject)
             group.error = None
         except AppendError as error:
             group.error = error
@@ -185,11 +188,9 @@ class StreamLog:
                 self._in_flight -= 1
             self._start_publishes()
 
-    async def _publish_until_acknowledged(self, payload, message_id, extra_headers=None,
-                                          subject=None):
+    async def _publish_until_acknowledged(self, payload, message_id, extra_headers, subject):
         """The publish's acknowledgement (its `duplicate` says whether the stream already
-        held `message_id`), or AppendError once `timeout` has passed. To this node's
-        partition unless `subject` says another."""
+        held `message_id`), or AppendError once `timeout` has passed."""
         loop = self.link.loop
         deadline = loop.time() + self.timeout
         headers = {"Nats-Msg-Id": message_id, **(extra_headers or {})}
@@ -208,7 +209,7 @@ class StreamLog:
             try:
                 # The same id on every attempt: the stream stores the message once.
                 ack = await self.link.js.publish(
-                    subject or self.subject, payload, timeout=min(remaining, ATTEMPT_TIMEOUT),
+                    subject, payload, timeout=min(remaining, ATTEMPT_TIMEOUT),
                     stream=STREAM, headers=dict(headers))
                 if attempts > 1:
                     log.info("publish %s acknowledged on attempt %d", message_id, attempts)

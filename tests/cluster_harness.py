@@ -3,6 +3,7 @@ from the venv, 2 ingest nodes, 2 workers) on a copy of the code, on ports of its
 
 import json
 import random
+import socket
 import urllib.request
 
 from http_client import PORTS, answers_http, bindable, request, wait_for
@@ -26,7 +27,10 @@ def free_port_base():
 
 class Cluster(Supervisor):
     def __init__(self, root, **settings):
+        """`settings` as MINI_ANALYTICS_* variables. Unless set: 2 partitions (one per
+        worker, so that a test knows who counts what) and a take-over after 3 s."""
         self.base = free_port_base()
+        settings = {"partition_count": 2, "takeover": 3, **settings}
         super().__init__(root, self.base + 80, cluster_port_base=self.base, **settings)
         self.conf = root / "cluster" / "supervisord.conf"
 
@@ -49,12 +53,22 @@ class Cluster(Supervisor):
             wait_for(lambda: answers_http(self.ingest_port(n)), timeout,
                      what=f"ingest-{n} to answer HTTP")
         wait_for(lambda: request(self.ingest_port(1), "GET", "/healthz")[0] == 200, timeout,
-                 what="/healthz to answer 200 (a stream leader; both workers answering)")
+                 what="/healthz to answer 200 (a stream leader; every partition counted)")
 
     def stop(self):
         for name in PROGRAMS:  # remembered, so that stop() can make sure none outlives it
             self.pid(name)
         super().stop()
+
+    def owners(self):
+        """{partition: the owner of the worker answering for it, or None}, from /stats."""
+        status, stats = request(self.ingest_port(1), "GET", "/stats", timeout=10)
+        assert status == 200, stats
+        return {entry["partition"]: entry["worker"]["owner"] for entry in stats["partitions"]}
+
+    def worker_owner(self, n):
+        """How worker-n signs its commits (storage/leases.py's owner): worker@<host>:<pid>."""
+        return f"worker@{socket.gethostname()}:{self.pid(f'worker:worker-{n}')}"
 
     def monitor(self, n, path):
         # A short timeout: a paused (SIGSTOPped) node accepts the connection, never answers.

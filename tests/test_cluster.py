@@ -2,6 +2,7 @@
 example through both ingest nodes, fencing, a whole-cluster restart, and the worker's commit
 crashing on either side of its compare-and-set."""
 
+import collections
 import contextlib
 import datetime
 import json
@@ -32,6 +33,7 @@ from storage.layout import DETAILS_HEADER, STREAM, Layout
 from storage.nats_link import Link
 from storage.series_store import HOUR, SeriesReader
 from storage.sketches import duration_bucket
+from storage.checkpoint import merge
 from storage.stream_checkpoint_store import history, read_latest
 from storage.stream_writer import partition_of
 from worker.stream_runner import StreamWorker
@@ -78,7 +80,7 @@ def counted(node, expected, n=1):
 
 
 def test_the_example_through_both_ingest_nodes(cluster):
-    node = cluster(interval=0.2)
+    node = cluster(interval=0.2, partition_count=8)
     one, two = node.ingest_port(1), node.ingest_port(2)
     assert post(one, {"experienceID": 1}, "/ingest-api") == (202, {"accepted": 1})
     assert post(two, {"experienceID": 1}, "/ingest-api") == (202, {"accepted": 1})
@@ -87,9 +89,9 @@ def test_the_example_through_both_ingest_nodes(cluster):
         counted(node, {"1": 2, "100": 1}, n)
     counts = node.counts(2)
     # Where each partition stands: its stream sequence, and the events counted up to it.
-    assert counts["events"] == 3 and counts["partitions"] == {
-        "p1": {"sequence": counts["partitions"]["p1"]["sequence"], "events": 1},
-        "p2": {"sequence": counts["partitions"]["p2"]["sequence"], "events": 2}}
+    assert counts["events"] == 3
+    assert sum(at["events"] for at in counts["partitions"].values()) == 3
+    assert all(at["sequence"] > 0 for at in counts["partitions"].values() if at["events"])
 
     # The same validation and errors as the single machine, and nothing written.
     status, body = post(one, {"experienceID": "1"})
@@ -101,10 +103,15 @@ def test_the_example_through_both_ingest_nodes(cluster):
     assert status == 200 and stats["mode"] == "cluster"
     assert stats["stream"]["leader"] in ("nats-1", "nats-2", "nats-3")
     assert len(stats["stream"]["replicas"]) == 2
-    by_name = {entry["partition"]: entry for entry in stats["partitions"]}
-    assert by_name["p1"]["counted_messages"] == 1 and by_name["p2"]["counted_messages"] == 2
+    # Every partition of the stream (8 unless set), each counted by one of the two workers,
+    # which share them evenly between themselves.
+    assert [entry["partition"] for entry in stats["partitions"]] == [f"p{n}" for n in range(1, 9)]
+    assert sum(entry["counted_messages"] for entry in stats["partitions"]) == 3
     assert all(entry["lag_messages"] == 0 and entry["worker"]["state"] == "running"
-               for entry in stats["partitions"])
+               and entry["worker"]["since"] for entry in stats["partitions"])
+    wait_for(lambda: sorted(collections.Counter(
+        entry["worker"]["owner"] for entry in request(one, "GET", "/stats")[1]["partitions"]
+    ).values()) == [4, 4], 30, what="4 partitions for each worker")
     assert request(two, "GET", "/healthz")[0] == 200
     # Counts over time, summed over both partitions' workers, from either node.
     status, series = request(two, "GET", "/series?step=minute")
@@ -114,7 +121,7 @@ def test_the_example_through_both_ingest_nodes(cluster):
     hour = series["points"][-1][0]
     status, ranged = request(one, "GET", f"/counts?from={quote(hour)}&to={quote(next_hour(hour))}")
     assert status == 200 and ranged["counts"] == {"1": 2, "100": 1}, ranged
-    assert {name: at["events"] for name, at in ranged["partitions"].items()} == {"p1": 1, "p2": 2}
+    assert sum(at["events"] for at in ranged["partitions"].values()) == 3
 
     env = {**node.env, "MINI_ANALYTICS_CLUSTER": ",".join(node.servers)}
     shown = subprocess.run([sys.executable, "-m", "worker", "status"], env=env, cwd=node.root,
@@ -124,49 +131,83 @@ def test_the_example_through_both_ingest_nodes(cluster):
     assert "p1" in shown.stdout and "p2" in shown.stdout and "worker@" in shown.stdout
 
 
-def test_a_missing_worker_fails_healthz_naming_it(cluster):
+def test_a_stopped_worker_s_partitions_move_to_the_other_at_once(cluster):
+    """A worker stopped cleanly releases its leases: the other takes its partition at once
+    (no take-over wait), and counts it from its checkpoint."""
+    node = cluster(interval=0.2, takeover=60)  # far longer than this test may wait
+    wait_for(lambda: len(set(node.owners().values())) == 2, 30, what="a partition each")
+    sent = list(range(1, 21))
+    for i in sent[:10]:
+        assert post(node.ingest_port(1 + i % 2), {"experienceID": i})[0] == 202
+    counted(node, {str(i): 1 for i in sent[:10]})
+    survivor = node.worker_owner(2)
+    node.ctl("stop", "worker:worker-1")
+    wait_for(lambda: set(node.owners().values()) == {survivor}, 30,
+             what="worker-2 counting both partitions")
+    for i in sent[10:]:
+        assert post(node.ingest_port(1 + i % 2), {"experienceID": i})[0] == 202
+    counted(node, {str(i): 1 for i in sent})
+
+
+def test_with_no_worker_healthz_names_a_partition_nobody_counts(cluster):
     node = cluster(interval=0.2)
     assert post(node.ingest_port(2), {"experienceID": 5})[0] == 202
     counted(node, {"5": 1})
-    node.ctl("stop", "worker:worker-2")
+    node.ctl("stop", "worker:worker-1", "worker:worker-2")
     status, body = request(node.ingest_port(1), "GET", "/healthz")
-    assert status == 503 and "no worker answers for partition p2" in body["error"]
+    assert status == 503 and re.search(r"no worker answers for partition p[12]", body["error"])
     for path, what in (("/series", "the counts over time"),
                        ("/experiences", "the experience overview")):
         status, body = request(node.ingest_port(1), "GET", path)
-        assert status == 503 and body["error"] == (
+        assert status == 503 and re.fullmatch(
             f"every partition's worker is needed for {what}: no worker answers for "
-            "partition p2")
+            r"partition p[12]", body["error"]), body
     node.ctl("start", "worker:worker-2")
     wait_for(lambda: request(node.ingest_port(1), "GET", "/healthz")[0] == 200, 30,
-             what="/healthz ok again")
+             what="/healthz ok again, worker-2 counting both partitions")
+    assert set(node.owners().values()) == {node.worker_owner(2)}
 
 
-def test_a_second_worker_on_a_partition_is_fenced_and_the_counts_stay_exact(cluster, procs):
-    node = cluster(interval=0.05)
-    settings = {**node.env, "MINI_ANALYTICS_CLUSTER": ",".join(node.servers),
-                "MINI_ANALYTICS_PARTITIONS": "p1", "MINI_ANALYTICS_INTERVAL": "0.05",
-                "MINI_ANALYTICS_STATE_DIR": str(procs.log_dir / "second-worker")}
-    second = procs.spawn([sys.executable, "-m", "worker"], settings, "second-worker")
-    shipped_log = node.root / "state" / "cluster" / "worker-1" / "logs" / "worker.log"
+def test_a_paused_worker_loses_its_partition_and_is_fenced_when_it_wakes(cluster):
+    """SIGSTOP a worker for longer than its lease: the other worker takes its partition over
+    and counts it; SIGCONT: the woken worker finds its lease gone (or its next commit
+    refused) and drops the partition, and the partition's commits stay one chain."""
+    node = cluster(interval=0.05, takeover=2)
+    wait_for(lambda: len(set(node.owners().values())) == 2, 30, what="a partition each")
+    paused_owner, survivor = node.worker_owner(1), node.worker_owner(2)
+    [taken] = [name for name, owner in node.owners().items() if owner == paused_owner]
     sent = []
 
-    def fenced_somewhere():
-        sent.append(1000 + len(sent))
-        assert post(node.ingest_port(1), {"experienceID": sent[-1]})[0] == 202
-        logs = second.log_path.read_text() + (shipped_log.read_text() if shipped_log.exists()
-                                              else "")
-        return "FENCED" in logs
+    def send(count):
+        for _ in range(count):
+            sent.append(len(sent) + 1)
+            assert post(node.ingest_port(1 + len(sent) % 2), {"experienceID": sent[-1]})[0] == 202
 
-    wait_for(fenced_somewhere, 60, what="one of the two workers to be fenced")
-    second.kill()
-    second.wait()
+    send(10)
+    counted(node, {str(i): 1 for i in sent})
+    pid = node.pid("worker:worker-1")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        send(10)  # half of them to the paused worker's partition, waiting to be counted
+        wait_for(lambda: node.owners()[taken] == survivor, 30,
+                 what=f"worker-2 to take {taken} over")
+        counted(node, {str(i): 1 for i in sent})
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    log = node.root / "state" / "cluster" / "worker-1" / "logs" / "worker.log"
+    wait_for(lambda: f"partition {taken}: no longer counted here" in log.read_text(), 30,
+             what="the woken worker to drop the partition")
+    send(10)
     counted(node, {str(i): 1 for i in sent})
     with link_to(node) as link:
-        chain = history(link, "p1")
+        chain = history(link, taken)
     # Every commit replaced the one just before it: never two commits from one revision.
     for (revision, _, _, _), (_, before, _, _) in zip(chain, chain[1:]):
         assert before == revision, chain
+    # Once the survivor committed the partition, the paused owner never did again.
+    owners = [owner for _, _, owner, _ in chain]
+    first_taken = owners.index(survivor)
+    assert paused_owner not in owners[first_taken:], chain
 
 
 def test_the_whole_cluster_killed_at_once_resumes_exactly(cluster):
@@ -200,58 +241,62 @@ class Crash(Exception):
     """Stands for the process dying: the worker object is dropped with all it held."""
 
 
+def committed(link):
+    """The partitions' committed checkpoints, merged."""
+    return merge(checkpoint for checkpoint, _ in read_latest(link, ["p1", "p2"]).values())
+
+
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_a_worker_crashing_around_its_compare_and_set_loses_and_repeats_nothing(cluster, when,
                                                                               tmp_path):
     node = cluster(interval=0.2)
-    node.ctl("stop", "worker:worker-1")  # partition p1 is this test's to count
+    node.ctl("stop", "worker:worker-1", "worker:worker-2")  # the partitions are this test's
     ids = [11, 12, 12, 13]
     for experience in ids:
         assert post(node.ingest_port(1), {"experienceID": experience})[0] == 202
     with link_to(node) as link:
         # The series store is committed just before the checkpoint: "before" leaves it ahead.
-        crashing = StreamWorker(link, ["p1"], owner="crashing", series_dir=tmp_path)
-        crashing.recover()
-        store = crashing.partitions[0].store
-        real_commit = store.commit
+        crashing = StreamWorker(link, ["p1", "p2"], owner="crashing", series_dir=tmp_path)
+        crashing.recover()  # takes both partitions: commits their checkpoints as loaded
+        for partition in crashing.partitions.values():
+            real_commit = partition.store.commit
 
-        def commit(checkpoint):
-            if when == "before":
+            def commit(checkpoint, real_commit=real_commit):
+                if when == "before":
+                    raise Crash
+                real_commit(checkpoint)
                 raise Crash
-            real_commit(checkpoint)
-            raise Crash
 
-        store.commit = commit
+            partition.store.commit = commit
         with pytest.raises(Crash):
             crashing.run_pass()
-        committed = read_latest(link, ["p1"]).get("p1")
-        if when == "before":
-            assert committed is None
-        else:
-            assert committed[0].counts == {11: 1, 12: 2, 13: 1}
+        # The crash came at the first partition with events: its commit, if made, is all.
+        assert (committed(link).events > 0) == (when == "after")
 
         crashing.close()
-        restarted = StreamWorker(link, ["p1"], owner="restarted", series_dir=tmp_path)
+        restarted = StreamWorker(link, ["p1", "p2"], owner="restarted", series_dir=tmp_path)
         restarted.recover()
         restarted.run_pass()
         assert series_counts(tmp_path) == {11: 1, 12: 2, 13: 1}
-        checkpoint, _ = read_latest(link, ["p1"])["p1"]
-        assert checkpoint.counts == {11: 1, 12: 2, 13: 1}
-        assert checkpoint.messages == 4 and checkpoint.owner == (
-            "restarted" if when == "before" else "crashing")
+        assert committed(link).counts == {11: 1, 12: 2, 13: 1}
+        latest = [found for found, _ in read_latest(link, ["p1", "p2"]).values()]
+        assert sum(found.messages for found in latest) == 4
+        assert {found.owner for found in latest} == {"restarted"}
         # More events: counted once more each, from where the commit left off.
         assert post(node.ingest_port(1), {"experienceID": 11})[0] == 202
         restarted.run_pass()
-        checkpoint, _ = read_latest(link, ["p1"])["p1"]
-        assert checkpoint.counts == {11: 2, 12: 2, 13: 1}
+        assert committed(link).counts == {11: 2, 12: 2, 13: 1}
         assert series_counts(tmp_path) == {11: 2, 12: 2, 13: 1}
         restarted.close()
 
 
 def series_counts(folder):
-    """Per experience, the sum of a partition p1 series store's hour buckets."""
-    reader = SeriesReader(folder, Layout(folder).partition_series("p1"))
-    return reader.counts(HOUR, 0, 2**62)
+    """Per experience, the sum of the partitions' series stores' hour buckets."""
+    total = collections.Counter()
+    for partition in ("p1", "p2"):
+        reader = SeriesReader(folder, Layout(folder).partition_series(partition))
+        total.update(reader.counts(HOUR, 0, 2**62))
+    return dict(total)
 
 
 NATS_WORDS = re.compile(r"Error\b|err_code|nats:|APIError|NoResponders")
@@ -293,8 +338,7 @@ def test_without_a_quorum_writes_get_503_and_healthz_names_it(cluster, survivor)
 def test_a_stream_set_up_otherwise_is_a_clear_error_and_left_alone(cluster, tmp_path):
     node = cluster()
     env = {**node.env, "MINI_ANALYTICS_CLUSTER": ",".join(node.servers),
-           "MINI_ANALYTICS_PARTITION": "p9", "MINI_ANALYTICS_REPLICAS": "1",
-           "MINI_ANALYTICS_STATE_DIR": str(tmp_path)}
+           "MINI_ANALYTICS_REPLICAS": "1", "MINI_ANALYTICS_STATE_DIR": str(tmp_path)}
     started = subprocess.run([sys.executable, "-m", "app"], env=env, cwd=node.root,
                              capture_output=True, text=True, timeout=120)
     assert started.returncode == 2, started.stderr
@@ -304,19 +348,21 @@ def test_a_stream_set_up_otherwise_is_a_clear_error_and_left_alone(cluster, tmp_
     assert len(stats["stream"]["replicas"]) == 2  # still three copies
 
 
-def test_an_ingest_node_spreading_sdk_events_otherwise_is_refused(cluster, tmp_path):
-    """The first ingest node records the partitions SDK events are spread over; a node set
-    otherwise (here, the same two in another order: each install would change partition)
-    exits with the bad-setup code, naming both lists, before it takes any event."""
-    node = cluster()
+@pytest.mark.parametrize("program", ["app", "worker"])
+def test_a_program_set_to_another_partition_count_is_refused(cluster, tmp_path, program):
+    """The first program to start records the stream's partitions; one set to another count
+    (here, more: growing the stream in place) exits with the bad-setup code, naming both
+    counts, before it takes or counts any event."""
+    node = cluster()  # 2 partitions
     env = {**node.env, "MINI_ANALYTICS_CLUSTER": ",".join(node.servers),
-           "MINI_ANALYTICS_PARTITION": "p9", "MINI_ANALYTICS_SDK_PARTITIONS": "p2,p1",
-           "MINI_ANALYTICS_STATE_DIR": str(tmp_path), "MINI_ANALYTICS_PORT": str(free_port())}
-    started = subprocess.run([sys.executable, "-m", "app"], env=env, cwd=node.root,
+           "MINI_ANALYTICS_PARTITION_COUNT": "4", "MINI_ANALYTICS_STATE_DIR": str(tmp_path),
+           "MINI_ANALYTICS_PORT": str(free_port())}
+    started = subprocess.run([sys.executable, "-m", program], env=env, cwd=node.root,
                              capture_output=True, text=True, timeout=120)
     assert started.returncode == 2, started.stderr
-    assert ("SDK events are spread over partitions p1,p2 in this cluster, and this node is "
-            "set to spread them over p2,p1") in started.stderr
+    assert ("stream MINI_ANALYTICS has 2 partitions (p1 to p2), fixed when it was created, "
+            "and this program is set to 4") in started.stderr
+    assert "cannot change" in started.stderr
 
 
 def test_a_shorter_duplicate_window_is_raised_to_the_dedupe_window_never_lowered(cluster):
@@ -365,26 +411,26 @@ def test_the_dashboard_in_cluster_mode(cluster, tmp_path):
 
 def test_counts_of_a_deleted_stream_are_never_continued_on_a_new_one(cluster, caplog):
     node = cluster(interval=0.2)
-    node.ctl("stop", "worker:worker-1")  # partition p1 is this test's to count
+    node.ctl("stop", "worker:worker-1", "worker:worker-2")  # the partitions are this test's
     for experience in (1, 1):
         assert post(node.ingest_port(1), {"experienceID": experience})[0] == 202
     with link_to(node) as link:
-        first = StreamWorker(link, ["p1"], owner="first")
+        first = StreamWorker(link, ["p1", "p2"], owner="first")
         first.recover()
         first.run_pass()
-        assert read_latest(link, ["p1"])["p1"][0].counts == {1: 2}
+        assert committed(link).counts == {1: 2}
 
         link.call(link.js.delete_stream(STREAM), 30)
         link.call(stream_setup.ensure(link.js, 3, 86400), 30)  # as an ingest node starting would
         wait_for(lambda: post(node.ingest_port(1), {"experienceID": 9})[0] == 202, 30,
                  what="a write to the new stream")
 
-        second = StreamWorker(link, ["p1"], owner="second")
+        second = StreamWorker(link, ["p1", "p2"], owner="second")
         second.recover()
         assert "CHECKPOINT REJECTED" in caplog.text and "deleted and created again" in caplog.text
         second.run_pass()
-        checkpoint, _ = read_latest(link, ["p1"])["p1"]
-        assert checkpoint.counts == {9: 1} and checkpoint.messages == 1
+        assert committed(link).counts == {9: 1}
+        assert sum(found.messages for found, _ in read_latest(link, ["p1", "p2"]).values()) == 1
 
 
 def test_sdk_events_and_their_retries_on_either_node_are_counted_once(cluster):

@@ -131,12 +131,16 @@ def test_cluster_mode_settings():
     for bad in ("localhost:4222", "nats://a", "http://a:4222"):
         with pytest.raises(config.ConfigError, match="MINI_ANALYTICS_CLUSTER"):
             config.cluster({"MINI_ANALYTICS_CLUSTER": bad})
-    assert config.partition({"MINI_ANALYTICS_PARTITION": "p1"}) == "p1"
-    assert config.partitions({"MINI_ANALYTICS_PARTITIONS": "p1,p2"}) == ["p1", "p2"]
-    for name, bad in (("PARTITION", ""), ("PARTITION", "p1,p2"), ("PARTITION", "a.b"),
-                      ("PARTITIONS", "p1,p1"), ("PARTITIONS", "p1,,p2"), ("PARTITIONS", "")):
-        with pytest.raises(config.ConfigError, match=f"MINI_ANALYTICS_{name}"):
-            getattr(config, name.lower())({f"MINI_ANALYTICS_{name}": bad})
+    assert config.partition_count({}) is None  # the stream's, whatever it is
+    assert config.partition_count({"MINI_ANALYTICS_PARTITION_COUNT": "16"}) == 16
+    for bad in ("0", "257", "4.5", "-1", "many"):
+        with pytest.raises(config.ConfigError, match="MINI_ANALYTICS_PARTITION_COUNT"):
+            config.partition_count({"MINI_ANALYTICS_PARTITION_COUNT": bad})
+    assert config.takeover({}) == 15.0
+    assert config.takeover({"MINI_ANALYTICS_TAKEOVER": "2.5"}) == 2.5
+    for bad in ("1", "601", "soon"):
+        with pytest.raises(config.ConfigError, match="MINI_ANALYTICS_TAKEOVER"):
+            config.takeover({"MINI_ANALYTICS_TAKEOVER": bad})
     assert config.replicas({}) == 3
     with pytest.raises(config.ConfigError, match="MINI_ANALYTICS_REPLICAS"):
         config.replicas({"MINI_ANALYTICS_REPLICAS": "2"})

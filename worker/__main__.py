@@ -1,7 +1,7 @@
 """`python -m worker [run | status | rebuild]`
 
     run       count data1 into data2 every MINI_ANALYTICS_INTERVAL seconds (the default);
-              in cluster mode, the stream's partitions MINI_ANALYTICS_PARTITIONS names
+              in cluster mode, this worker's share of the stream's partitions
     status    print the offset, lag, last checkpoint and top counts (takes no lock); in
               cluster mode, each partition's and its worker's
     rebuild   recount data2 from all of data1 (refused while a worker runs; single-machine
@@ -33,7 +33,8 @@ def run(state_dir):
         overview, session_timeout = settings.overview(), settings.session_timeout()
         servers = settings.cluster()
         if servers:
-            partitions, replicas = settings.partitions(), settings.replicas()
+            partition_count, replicas = settings.partition_count(), settings.replicas()
+            takeover = settings.takeover()
             # The stream's duplicate window is the dedupe window: every program creating or
             # checking the stream must agree on it.
             dedupe_window = settings.dedupe_window()
@@ -44,9 +45,8 @@ def run(state_dir):
         from worker import cluster  # only cluster mode imports nats-py
 
         return process.run_in_state_folder("worker", state_dir, lambda: cluster.run(
-            servers, partitions, replicas, dedupe_window, interval,
-            state_dir if series else None, retention, state_dir if overview else None,
-            session_timeout))
+            state_dir, servers, partition_count, replicas, dedupe_window, interval, takeover,
+            series, retention, overview, session_timeout))
 
     def count():
         log.info("worker starting: state_dir=%s interval=%gs series=%s minute_retention=%gh "
@@ -72,13 +72,12 @@ def status(state_dir, out=sys.stdout):
     """Print where the worker stands. Reads data1's size and data2; takes no lock."""
     try:
         servers = settings.cluster()
-        partitions = settings.optional_partitions() if servers else ()
     except settings.ConfigError as error:
         return process.bad_setting("worker", error)
     if servers:
         from worker import cluster  # only cluster mode imports nats-py
 
-        return cluster.status(servers, partitions, print_top, out)
+        return cluster.status(servers, print_top, out)
     data1_bytes = data1_size(state_dir)
     try:
         current = CheckpointStore(state_dir).load()

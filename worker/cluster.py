@@ -9,49 +9,54 @@ import sys
 
 from storage import process, stream_setup
 from storage.checkpoint import Checkpoint, CorruptCheckpoint, merge
-from storage.cluster_state import NoQuorum, cluster_state
+from storage.cluster_state import NoQuorum, asking, cluster_state
+from storage.layout import Layout
+from storage.leases import Leases, member_name
+from storage.lockfile import hold_exclusive_lock
 from storage.nats_link import UNAVAILABLE, Link
-from storage.stream_checkpoint_store import Fenced
-from worker.stream_runner import StreamWorker
+from worker.stream_runner import StreamWorker, owner_name
 
 log = logging.getLogger("worker")
 
 
-def run(servers, partitions, replicas, dedupe_window, interval, series_dir, minute_retention,
-        overview_dir=None, session_timeout=1800):
-    """Count `partitions` until SIGTERM; keep their series stores in `series_dir` (None: no
-    counts over time), and their overview stores in `overview_dir` (None: no overview).
+def run(state_dir, servers, partition_count, replicas, dedupe_window, interval, takeover,
+        series=True, minute_retention=48 * 3600, overview=True, session_timeout=1800):
+    """Count this worker's share of the stream's partitions until SIGTERM, keeping their
+    series and overview stores (unless `series` or `overview` is off) in `state_dir`.
     Returns the exit code."""
-    log.info("worker starting in cluster mode: partitions=%s servers=%s replicas=%d "
-             "interval=%gs series=%s minute_retention=%gh overview=%s session_timeout=%ds",
-             ",".join(partitions), ",".join(servers), replicas, interval,
-             "on" if series_dir else "off", minute_retention / 3600,
-             "on" if overview_dir else "off", session_timeout)
-    link, failed = stream_setup.connect(servers, f"worker {','.join(partitions)}", replicas,
-                                        dedupe_window, log)
+    log.info("worker starting in cluster mode: servers=%s replicas=%d interval=%gs "
+             "takeover=%gs series=%s minute_retention=%gh overview=%s session_timeout=%ds",
+             ",".join(servers), replicas, interval, takeover, "on" if series else "off",
+             minute_retention / 3600, "on" if overview else "off", session_timeout)
+    # One worker per state folder: its stores have one writer, and its place in the cluster
+    # (storage/leases.py) one holder. Raises AlreadyLocked (run_in_state_folder says so).
+    hold_exclusive_lock(Layout(state_dir).worker_lock)
+    link, partitions, failed = stream_setup.connect(servers, "worker", replicas, dedupe_window,
+                                                    log, partition_count)
     if link is None:
         return failed
+    owner = owner_name()
+    leases = Leases(link, member_name(state_dir), owner, takeover)
+    log.info("worker %s: sharing the stream's %d partitions (%s to %s) with the other live "
+             "workers; a lease not renewed for %g s is taken over", owner, len(partitions),
+             partitions[0], partitions[-1], takeover)
     try:
-        StreamWorker(link, partitions, series_dir=series_dir,
-                     minute_retention=minute_retention, overview_dir=overview_dir,
-                     session_timeout=session_timeout).run(interval)
+        StreamWorker(link, partitions, owner=owner, series_dir=state_dir if series else None,
+                     minute_retention=minute_retention,
+                     overview_dir=state_dir if overview else None,
+                     session_timeout=session_timeout, leases=leases).run(interval)
         return process.EXIT_OK
-    except Fenced as fenced:
-        log.error("FENCED: %s; exiting, to start again from the latest checkpoint", fenced)
-        return process.paced(process.EXIT_FAILED)
     except UNAVAILABLE as error:
-        # A commit not answered in time may or may not have happened: only a restart, which
-        # reloads the checkpoint, knows which.
-        log.error("NATS did not answer (%s: %s); exiting, to resume from the last commit",
-                  type(error).__name__, error)
+        log.error("NATS did not answer (%s: %s); exiting, to start again", type(error).__name__,
+                  error)
         return process.paced(process.EXIT_FAILED)
     finally:
         link.close()
 
 
-def status(servers, partitions, print_top, out=sys.stdout):
-    """Print each partition's position, lag, owner and last commit, and the top counts
-    (with `print_top(merged checkpoint, out)`)."""
+def status(servers, print_top, out=sys.stdout):
+    """Print each partition's position, lag, worker (and since when it counts it) and last
+    commit, and the top counts (with `print_top(merged checkpoint, out)`)."""
     try:
         link = Link(servers, "worker status")
     except UNAVAILABLE as error:
@@ -59,6 +64,8 @@ def status(servers, partitions, print_top, out=sys.stdout):
               file=sys.stderr)
         return process.EXIT_FAILED
     try:
+        with asking(link, "the stream's partitions"):
+            partitions = stream_setup.recorded_partitions(link)
         state = cluster_state(link, partitions)
     except (NoQuorum, CorruptCheckpoint) as problem:
         print(problem, file=sys.stderr)
@@ -69,7 +76,7 @@ def status(servers, partitions, print_top, out=sys.stdout):
                           for peer in state.replicas)
     print(f"{'stream':<14} leader {state.leader}; replicas {followers or 'none'}; "
           f"last sequence {state.last_sequence:,}", file=out)
-    header = ("partition", "sequence", "messages", "lag", "worker", "last commit")
+    header = ("partition", "sequence", "messages", "lag", "worker", "since", "last commit")
     rows = [header]
     for partition in state.partitions:
         checkpoint = partition.checkpoint or Checkpoint()
@@ -78,6 +85,7 @@ def status(servers, partitions, print_top, out=sys.stdout):
             f"{partition.counted_messages:,}/{partition.stream_messages:,}",
             f"{partition.lag_messages:,}",
             partition.worker["owner"] if partition.worker else "NONE ANSWERS",
+            (partition.worker or {}).get("since") or "",
             checkpoint.updated_at or "none yet",
         ))
     widths = [max(len(row[column]) for row in rows) for column in range(len(header))]

@@ -60,9 +60,13 @@ class PassLoop:
         self.recover()
         while not self.signals.stop:
             self.run_pass()
-            if self.signals.wait(interval):
+            if self.wait(interval):
                 break
         self.close()
+
+    def wait(self, seconds):
+        """Wait for the next pass; True if a stop was asked for meanwhile."""
+        return self.signals.wait(seconds)
 
     def stop_requested(self):
         """True once a stop was asked for: a pass drops its uncommitted part and returns."""

@@ -6,13 +6,19 @@ code as for data1), and commits sequence and counts together by compare-and-set
 (storage/stream_checkpoint_store.py). Recovery needs no special case, as with data2: the
 checkpoint is the old one or the new one, each consistent with the stream.
 
-Ownership is fixed by configuration (MINI_ANALYTICS_PARTITIONS), and enforced by the
-compare-and-set, not trusted: should two workers be given one partition, the first commit of
-one makes the other's next commit fail (Fenced), and that one exits; its restart reloads the
-checkpoint. The counts stay exact whichever commits.
+Which partitions a worker counts is not configured: the live workers share the stream's
+partitions between them (worker/assignment.py), each holding a lease on the ones it counts
+(storage/leases.py). A worker renews its leases while it is alive and counting; when one
+lapses (its worker died, is paused, or is cut off from the cluster) or is released (its worker
+stopped, or has more than its share), another worker takes it and commits the partition's
+checkpoint at once. That commit is the fence: the old owner's next commit is refused
+(Fenced), and it drops the partition. So the counts stay exact whichever worker commits, and
+the lease only decides who should. A commit that goes unanswered (the cluster cut off) drops
+the partition too: the checkpoint may or may not have changed, and only taking the partition
+again, which reloads it, knows which.
 
-A worker also answers "who counts partition p?" on the partition's ping subject, so the
-ingest's /healthz and `python -m worker status` can tell that it is alive.
+A worker also answers "who counts partition p, and since when?" on the partition's ping
+subject, so the ingest's /healthz and `python -m worker status` can tell that it is alive.
 
 The experience overview is a third view of each partition, as on one machine: an overview
 store per partition (worker/overview.py's OverviewCounter, the stream sequence its position)
@@ -41,20 +47,29 @@ import socket
 import sqlite3
 import time
 
-from storage.checkpoint import Checkpoint, CorruptCheckpoint
+from storage.checkpoint import Checkpoint, CorruptCheckpoint, utc_now_iso
+from storage.cluster_state import NoQuorum, stream_state
 from storage.layout import (Layout, overview_query_subject, series_query_subject,
                             worker_ping_subject)
 from storage.nats_link import UNAVAILABLE
 from storage.overview_store import READS, NoOverview, OverviewReader, OverviewStore
 from storage.series_store import CorruptSeries, SeriesReader, SeriesStore
-from storage.stream_checkpoint_store import StreamCheckpointStore
+from storage.stream_checkpoint_store import Fenced, StreamCheckpointStore
 from storage.stream_reader import StreamReader
 from storage.stream_setup import stream_identity
+from worker.assignment import assign
 from worker.overview import COMMIT_EVENTS, OverviewCounter, screen_views
 from worker.runner import COMMIT_EVERY, PassLoop, plural, report_skipped
 from worker.tally import Tally
 
 log = logging.getLogger("worker")
+
+# A worker renews its leases this many times per take-over time: a few renewals may be late
+# (a slow disk, a busy core, a leader election) before the others call its leases lapsed.
+RENEWALS_PER_TAKEOVER = 5
+# Taking a partition commits its checkpoint as loaded; an old owner committing between the
+# load and that commit makes it fail (Fenced): load and try again, this many times.
+ADOPT_ATTEMPTS = 3
 
 
 def owner_name():
@@ -85,38 +100,186 @@ class Partition:
                                             f"partition {name}")
             self.overview_reader = OverviewReader(overview_dir, path)
 
+        self.subscriptions = []  # the subjects this worker answers for the partition
+        self.taken_at = utc_now_iso()
+        # The stream's count of the partition's messages when a pass last read all of them:
+        # while it is the same, a pass has nothing to read (messages are never removed).
+        self.read_through = None
+
     def positions(self):
         """Where each view stands: the checkpoint's sequence, then each store's."""
         return [self.checkpoint.offset] + (
             [self.series_offset] if self.series is not None else []) + (
             [self.overview.position] if self.overview is not None else [])
 
+    def close(self):
+        if self.series is not None:
+            self.series.close()
+        if self.overview is not None:
+            self.overview.close()
+
 
 class StreamWorker(PassLoop):
     def __init__(self, link, partitions, owner=None, series_dir=None,
-                 minute_retention=48 * 3600, overview_dir=None, session_timeout=1800):
-        """`series_dir`: the folder of the partitions' series stores, or None to keep no
-        counts over time (MINI_ANALYTICS_SERIES=off); `overview_dir` the same for their
-        overview stores (MINI_ANALYTICS_OVERVIEW=off)."""
+                 minute_retention=48 * 3600, overview_dir=None, session_timeout=1800,
+                 leases=None):
+        """With `leases` (storage/leases.Leases), `partitions` are the stream's, and the
+        worker counts its share of them, as assigned among the live workers; without, it
+        counts `partitions` (a test, or a tool). `series_dir`: the folder of the partitions'
+        series stores, or None to keep no counts over time (MINI_ANALYTICS_SERIES=off);
+        `overview_dir` the same for their overview stores (MINI_ANALYTICS_OVERVIEW=off)."""
         self.link = link
+        self.all_partitions = list(partitions)
         self.owner = owner or owner_name()
-        self.partitions = [Partition(link, name, self.owner, series_dir, minute_retention,
-                                     overview_dir, session_timeout)
-                           for name in partitions]
+        self.leases = leases
+        self._stores = (series_dir, minute_retention, overview_dir, session_timeout)
+        self.partitions = {}  # name -> Partition: those this worker counts now
+        self._stream = None  # the stream's identity, which every checkpoint must name
+        self._next_upkeep = 0.0
+        self._looked = False  # whether upkeep() has looked at the others once
+        self._lost = set()  # partitions whose lease was found taken over, to drop
         # When this worker last finished a pass or committed: its ping answer carries it, so
         # the ingest can tell a worker that answers but no longer counts (stalled).
         self.progress_at = time.time()
 
     def take_ownership(self):
-        """Answer the partitions' pings. Ownership itself is the compare-and-set's to
-        enforce (see the module's docstring), so nothing is locked here."""
-        for partition in self.partitions:
-            # The subscriptions last as long as the connection.
-            self.link.call(self._answer_pings(partition), 10)
-            if partition.series is not None:
-                self.link.call(self._answer_series(partition), 10)
-            if partition.overview is not None:
-                self.link.call(self._answer_overview(partition), 10)
+        """Nothing to take yet: partitions are taken one by one (adopt)."""
+
+    def recover(self):
+        self._stream = stream_identity(self.link)
+        if self.leases is None:
+            for name in self.all_partitions:
+                self.adopt(name)
+
+    def wait(self, seconds):
+        """Wait for the next pass, keeping the leases meanwhile (upkeep)."""
+        deadline = time.monotonic() + seconds
+        while True:
+            self.upkeep()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return self.signals.stop
+            until_upkeep = self._next_upkeep - time.monotonic() if self.leases else left
+            if self.signals.wait(max(0.0, min(left, until_upkeep))):
+                return True
+
+    def upkeep(self):
+        """Renew this worker's leases; then release what it holds beyond its share of the
+        partitions and take free ones up to it. Every takeover/RENEWALS_PER_TAKEOVER
+        seconds; a cluster that does not answer is tried again then."""
+        if not self._renew_leases():
+            return
+        self._drop_lost()
+        try:
+            view = self.leases.observe(self.all_partitions)
+        except UNAVAILABLE as error:
+            self._unanswered(error)
+            return
+        me = self.leases.member
+        share = assign(self.all_partitions, view.members, view.holders)[me]
+        for name in sorted(set(self.leases.held) - set(share)):
+            self.drop(name, f"its share is now {len(share)} of {len(self.all_partitions)} "
+                            f"partitions, with {len(view.members)} workers")
+            try:
+                self.leases.release(name)
+            except UNAVAILABLE:
+                pass  # it lapses by itself
+        if not self._looked:
+            # Workers starting together each see only themselves at first: one look before
+            # taking anything, so that they take their shares rather than everything.
+            self._looked = True
+            return
+        for name in share:
+            if name in self.partitions or view.holders[name] not in (None, me):
+                continue  # counted already, or still held by a live worker releasing it
+            before = view.leases[name].get("owner") or "nobody"
+            try:
+                if self.leases.take(name):
+                    self.adopt(name, f"from {before}")
+            except (UNAVAILABLE, Fenced) as error:
+                log.warning("partition %s: could not take it (%s); trying again later", name,
+                            f"{type(error).__name__}: {error}".rstrip(": "))
+                self.drop(name, "taking it failed")
+
+    def _renew_leases(self):
+        """Renew the leases if it is time to (see upkeep); False if it was not, or the
+        cluster did not answer. Lost leases are dropped by _drop_lost, between passes."""
+        now = time.monotonic()
+        if self.leases is None or now < self._next_upkeep:
+            return False
+        self._next_upkeep = now + self.leases.takeover / RENEWALS_PER_TAKEOVER
+        try:
+            self._lost.update(self.leases.renew())
+        except UNAVAILABLE as error:
+            self._unanswered(error)
+            return False
+        return True
+
+    def _drop_lost(self):
+        for name in sorted(self._lost):
+            self.drop(name, "another worker took its lease over")
+        self._lost.clear()
+
+    def _unanswered(self, error):
+        log.warning("leases: the cluster did not answer (%s); trying again in %.1f s",
+                    f"{type(error).__name__}: {error}".rstrip(": "),
+                    max(0.0, self._next_upkeep - time.monotonic()))
+
+    def adopt(self, name, how=""):
+        """Count partition `name` from now on: load its checkpoint and commit it at once
+        (the fence: an old owner's next commit is refused), open its views, answer its
+        subjects. Raises Fenced, or what the link raises."""
+        series_dir, minute_retention, overview_dir, session_timeout = self._stores
+        partition = Partition(self.link, name, self.owner, series_dir, minute_retention,
+                              overview_dir, session_timeout)
+        try:
+            for attempt in range(1, ADOPT_ATTEMPTS + 1):
+                try:
+                    self._recover_checkpoint(partition)
+                    break
+                except Fenced:
+                    if attempt == ADOPT_ATTEMPTS:
+                        raise
+            self._open_views(partition)
+            self._answer(partition)
+        except BaseException:
+            self._unsubscribe(partition)
+            partition.close()
+            raise
+        self.partitions[name] = partition
+        loaded = partition.checkpoint
+        log.info("partition %s: taken%s: counting from sequence %d (%s, %d experiences)",
+                 name, f" {how}" if how else "", loaded.offset, plural(loaded.events, "event"),
+                 len(loaded.counts))
+
+    def drop(self, name, why):
+        """Stop counting partition `name` (what was committed stays; nothing is pending
+        between passes)."""
+        partition = self.partitions.pop(name, None)
+        if partition is None:
+            return
+        self._unsubscribe(partition)
+        partition.close()
+        log.warning("partition %s: no longer counted here: %s (its checkpoint is at sequence "
+                    "%d)", name, why, partition.checkpoint.offset)
+
+    def _unsubscribe(self, partition):
+        for subscription in partition.subscriptions:
+            try:
+                self.link.call(subscription.unsubscribe(), 10)
+            except UNAVAILABLE:
+                pass  # the connection is gone, and its subscriptions with it
+        partition.subscriptions = []
+
+    def _answer(self, partition):
+        """Answer the partition's pings, and the reads of its views."""
+        # The subscriptions last as long as the connection, or until the partition is dropped.
+        partition.subscriptions.append(self.link.call(self._answer_pings(partition), 10))
+        if partition.series is not None:
+            partition.subscriptions.append(self.link.call(self._answer_series(partition), 10))
+        if partition.overview is not None:
+            partition.subscriptions.append(
+                self.link.call(self._answer_overview(partition), 10))
 
     async def _answer_pings(self, partition):
         async def answer(message):
@@ -124,12 +287,13 @@ class StreamWorker(PassLoop):
                 "partition": partition.name,
                 "owner": self.owner,
                 "sequence": partition.checkpoint.offset,
+                "since": partition.taken_at,
                 "progress_at": self.progress_at,
             }).encode())
 
         return await self.link.nc.subscribe(worker_ping_subject(partition.name), cb=answer)
 
-    async def _answer(self, partition, subject, what, reply_to):
+    async def _answer_reads(self, partition, subject, what, reply_to):
         """Answer the ingest's questions on `subject`: JSON in, reply_to(question) out; a
         question that cannot be answered gets {"error": ...}, and the reason goes to the
         log."""
@@ -182,8 +346,8 @@ class StreamWorker(PassLoop):
                     question["step"], question["start"], question["end"]).items())
             return reply
 
-        return await self._answer(partition, series_query_subject(partition.name),
-                                  "counts over time", reply_to)
+        return await self._answer_reads(partition, series_query_subject(partition.name),
+                                        "counts over time", reply_to)
 
     async def _answer_overview(self, partition):
         """Answer the ingest's reads of the partition's overview: {"calls": [[name, *args],
@@ -206,45 +370,37 @@ class StreamWorker(PassLoop):
                     "results": [[[_jsonable(value) for value in row] for row in rows]
                                 for rows in reader.run(calls)]}
 
-        return await self._answer(partition, overview_query_subject(partition.name),
-                                  "overview", reply_to)
+        return await self._answer_reads(partition, overview_query_subject(partition.name),
+                                        "overview", reply_to)
 
-    def recover(self):
-        stream = stream_identity(self.link)
-        for partition in self.partitions:
-            try:
-                loaded = partition.store.load()
-                if loaded is not None and loaded.fingerprint != stream:
-                    raise CorruptCheckpoint(
-                        f"it counts {loaded.fingerprint!r}, but the stream is now {stream!r} "
-                        "(deleted and created again?)")
-            except CorruptCheckpoint as problem:
-                # Committed over, not deleted: the key's history keeps the bad value.
-                log.error("CHECKPOINT REJECTED: partition %s's checkpoint cannot be used: %s; "
-                          "recounting the partition from its first message",
-                          partition.name, problem)
-                # Replaced at once by empty counts, so that nobody keeps reading the
-                # rejected ones until the recount's first commit.
-                partition.checkpoint = partition.store.commit(Checkpoint(fingerprint=stream))
-                continue
-            if loaded is None:
-                log.info("partition %s: no checkpoint yet: counting from its first message",
-                         partition.name)
-                partition.checkpoint = Checkpoint(fingerprint=stream)
-            else:
-                partition.checkpoint = loaded
-                log.info("partition %s: resuming from sequence %d (%d messages, %d events, "
-                         "%d experiences, committed by %s)", partition.name, loaded.offset,
-                         loaded.messages, loaded.events, len(loaded.counts), loaded.owner)
-        for partition in self.partitions:
-            if partition.series is not None:
-                self._open_series(partition, stream)
-            if partition.overview is not None:
-                partition.overview.open()
-                if partition.overview.source not in (b"", stream.encode()):
-                    partition.overview.start_over(
-                        f"it counts {partition.overview.source.decode(errors='replace')!r}, "
-                        f"but the stream is now {stream!r}", aside=False)
+    def _recover_checkpoint(self, partition):
+        """Load the partition's checkpoint and commit it back (see adopt): a rejected one
+        is replaced by empty counts. Raises Fenced, or what the link raises."""
+        stream = self._stream
+        try:
+            loaded = partition.store.load()
+            if loaded is not None and loaded.fingerprint != stream:
+                raise CorruptCheckpoint(
+                    f"it counts {loaded.fingerprint!r}, but the stream is now {stream!r} "
+                    "(deleted and created again?)")
+        except CorruptCheckpoint as problem:
+            # Committed over, not deleted: the key's history keeps the bad value.
+            log.error("CHECKPOINT REJECTED: partition %s's checkpoint cannot be used: %s; "
+                      "recounting the partition from its first message", partition.name,
+                      problem)
+            loaded = None
+        partition.checkpoint = partition.store.commit(loaded or Checkpoint(fingerprint=stream))
+
+    def _open_views(self, partition):
+        stream = self._stream
+        if partition.series is not None:
+            self._open_series(partition, stream)
+        if partition.overview is not None:
+            partition.overview.open()
+            if partition.overview.source not in (b"", stream.encode()):
+                partition.overview.start_over(
+                    f"it counts {partition.overview.source.decode(errors='replace')!r}, "
+                    f"but the stream is now {stream!r}", aside=False)
 
     def _open_series(self, partition, stream):
         """Open the partition's series store, or start it over if it cannot be used or
@@ -268,11 +424,34 @@ class StreamWorker(PassLoop):
     def run_pass(self):
         """Count what each partition gained since its last commit, and commit it. Returns
         the events counted."""
-        counted = sum(self._count(partition) for partition in self.partitions)
+        try:
+            _, _, _, stored = stream_state(self.link)
+        except NoQuorum:
+            stored = {}  # unknown: read every partition (the reads say why they fail)
+        counted = 0
+        for name, partition in list(self.partitions.items()):
+            if stored.get(name) is not None and stored[name] == partition.read_through:
+                continue  # nothing new since the last complete read
+            try:
+                counted += self._count(partition, stored.get(name))
+            except Fenced as fenced:
+                self.drop(name, f"FENCED: {fenced}")
+                if self.leases:
+                    self.leases.forget(name)
+            except UNAVAILABLE as error:
+                # The commit may or may not have happened: taking the partition again
+                # (next upkeep, if its lease is still this worker's) reloads whichever.
+                self.drop(name, f"a commit was not answered ({type(error).__name__}: "
+                                f"{error})".replace(":  )", ")"))
+            if self.stop_requested():
+                break
+        self._drop_lost()
         self.progress_at = time.time()
         return counted
 
-    def _count(self, partition):
+    def _count(self, partition, stored):
+        """Count the partition's new messages; `stored`, the stream's count of them before
+        the read (or None), is what a complete read has read through."""
         started = time.monotonic()
         counted, dated = partition.checkpoint.offset, partition.series_offset
         overviewed = partition.overview.position if partition.overview is not None else None
@@ -285,6 +464,7 @@ class StreamWorker(PassLoop):
             for payload, sequence, second, details in partition.reader.messages(start):
                 if self.stop_requested():
                     return 0
+                self._renew_leases()  # a long read keeps its leases too
                 if sequence > counted:
                     counts.add(payload)
                     messages += 1
@@ -303,12 +483,14 @@ class StreamWorker(PassLoop):
             log.warning("partition %s: reading the stream failed after sequence %d (%s); "
                         "retrying next pass", partition.name, reached,
                         f"{type(error).__name__}: {error}".rstrip(": "))
+            stored = None
         if reached > start:
             self._commit(partition, counts, series, sdk, reached, messages)
             log.info("pass: partition %s: counted %s (%d skipped) in %.3fs; sequence %d -> %d; "
                      "lag %s", partition.name, plural(counts.events, "event"), counts.skipped,
                      time.monotonic() - started, start, reached,
                      plural(partition.reader.pending, "message"))
+        partition.read_through = stored
         return counts.events
 
     def _commit(self, partition, counts, series, sdk, sequence, messages):
@@ -331,23 +513,28 @@ class StreamWorker(PassLoop):
             totals = current.counts
             skipped, samples, _, _ = counts.drain_into(totals)
             report_skipped(skipped, samples)
-            # Raises Fenced if another worker committed meanwhile: the caller exits.
+            # Raises Fenced if another worker committed meanwhile: the caller drops the
+            # partition.
             partition.checkpoint = partition.store.commit(dataclasses.replace(
                 current, offset=sequence, counts=totals, skipped=current.skipped + skipped,
                 messages=current.messages + messages,
             ))
         self.progress_at = time.time()
+        self._renew_leases()  # a long catch-up keeps its leases too
 
     def close(self):
-        for partition in self.partitions:
-            if partition.series is not None:
-                partition.series.close()
-            if partition.overview is not None:
-                partition.overview.close()
+        at = ", ".join(f"{name} sequence {partition.checkpoint.offset}"
+                       for name, partition in sorted(self.partitions.items()))
+        for partition in self.partitions.values():
+            partition.close()
+        self.partitions = {}
+        if self.leases:
+            try:
+                self.leases.leave()  # the others take its partitions at once
+            except UNAVAILABLE:
+                pass  # they lapse instead
         if self.signals:
-            log.info("worker stopped at %s", ", ".join(
-                f"{partition.name} sequence {partition.checkpoint.offset}"
-                for partition in self.partitions))
+            log.info("worker stopped at %s", at or "no partition")
 
 
 def _jsonable(value):
