@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 CTL := $(BIN)/supervisorctl -c supervisord.conf
 
-.PHONY: run status test bench cluster cluster-status
+.PHONY: run status test partitions bench cluster cluster-status
 
 # A second `make run` says so plainly instead of supervisord's message about its socket. The
 # state folder is the running supervisord's own setting (its environment), not this shell's.
@@ -55,6 +55,11 @@ cluster-status: $(VENV)/installed
 
 test: $(VENV)/installed
 	$(BIN)/python -m pytest
+
+# The network-partition schedules (tests/test_partitions.py) at length: 10 rounds each rather
+# than the suite's 2, with the checker's line per schedule.
+partitions: $(VENV)/installed
+	NEMESIS_ROUNDS=$${NEMESIS_ROUNDS:-10} $(BIN)/python -m pytest -s tests/test_partitions.py
 
 bench: $(VENV)/installed
 	$(BIN)/python -m bench

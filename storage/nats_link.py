@@ -21,6 +21,12 @@ import nats.js.errors
 log = logging.getLogger("nats")
 
 CONNECT_TIMEOUT = 5.0
+# A connection that goes silent (its server cut off by the network, not closed) is noticed
+# when this many pings in a row, one every PING_INTERVAL seconds, go unanswered; then the
+# link moves to another server. nats-py's default, 2 minutes, would leave an ingest node
+# refusing writes, or a worker unable to renew its leases, for that long.
+PING_INTERVAL = 2
+MAX_OUTSTANDING_PINGS = 3
 # How long one JetStream API request may take. A leader election takes about 7 s (measured in
 # docs/cluster.md); callers that must ride one out retry.
 REQUEST_TIMEOUT = 5.0
@@ -72,6 +78,8 @@ class Link:
             # Once connected, never give up: a whole-cluster restart must not need ours.
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.25,
+            ping_interval=PING_INTERVAL,
+            max_outstanding_pings=MAX_OUTSTANDING_PINGS,
             disconnected_cb=disconnected,
             reconnected_cb=reconnected,
             error_cb=error,

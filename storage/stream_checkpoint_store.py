@@ -19,11 +19,12 @@ The format is in storage/checkpoint.py ("Cluster mode"). Guarantees:
 
 import dataclasses
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from storage import checkpoint
 from storage.layout import CHECKPOINT_BUCKET, checkpoint_key
+from storage.stream_reader import read_subject
 
 TIMEOUT = 10.0
 
@@ -113,16 +114,13 @@ def read_latest(link, partitions, known=None):
 def history(link, partition):
     """The partition's kept commits, oldest first: (revision, revision_before, owner,
     sequence) each. What an audit of fencing reads: each revision_before must be the
-    revision just before it."""
-    async def read():
-        try:
-            entries = await bucket(link).history(checkpoint_key(partition))
-        except NoKeysError:
-            return []
-        chain = []
-        for entry in entries:
-            loaded, before = checkpoint.decode_partition(entry.value, partition)
-            chain.append((entry.revision, before, loaded.owner, loaded.offset))
-        return chain
-
-    return link.call(read(), TIMEOUT)
+    revision just before it. Raises what the link raises."""
+    # Read from the bucket's stream directly: nats-py's KeyValue.history() may find nothing
+    # when its watcher starts before the server counted the key's messages.
+    chain = []
+    for message in read_subject(link, f"KV_{CHECKPOINT_BUCKET}",
+                                f"$KV.{CHECKPOINT_BUCKET}.{checkpoint_key(partition)}", 0,
+                                "history"):
+        loaded, before = checkpoint.decode_partition(message.data, partition)
+        chain.append((message.metadata.sequence.stream, before, loaded.owner, loaded.offset))
+    return chain

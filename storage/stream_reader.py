@@ -39,45 +39,55 @@ class StreamReader:
         Raises what the link raises (storage/nats_link.UNAVAILABLE) if the cluster cannot
         answer; what was yielded before stays valid.
         """
-        name = f"worker-{self.partition}-{os.urandom(4).hex()}"
-        subscription, pending = self.link.call(self._open(name, after), FETCH_TIMEOUT)
-        self.pending = pending
+        for message in read_subject(self.link, STREAM, self.subject, after,
+                                    f"worker-{self.partition}"):
+            metadata = message.metadata
+            headers = message.headers
+            self.pending = metadata.num_pending
+            yield (message.data, metadata.sequence.stream,
+                   int(metadata.timestamp.timestamp()),
+                   headers.get(DETAILS_HEADER) if headers else None)
+
+
+def read_subject(link, stream, subject, after, name):
+    """Yield the messages of `stream` on `subject` after sequence `after`, in order: every
+    one stored when the call began (at least), through a consumer of its own named after
+    `name`, removed at the end. Raises what the link raises; what was yielded before stays
+    valid."""
+    name = f"{name}-{os.urandom(4).hex()}"
+    subscription, pending = link.call(_open(link, stream, subject, name, after), FETCH_TIMEOUT)
+    try:
+        while pending > 0:
+            batch = link.call(
+                subscription.fetch(min(FETCH_MESSAGES, pending), timeout=FETCH_TIMEOUT),
+                FETCH_TIMEOUT + 1,
+            )
+            for message in batch:
+                pending -= 1
+                yield message
+    finally:
         try:
-            while pending > 0:
-                batch = self.link.call(
-                    subscription.fetch(min(FETCH_MESSAGES, pending), timeout=FETCH_TIMEOUT),
-                    FETCH_TIMEOUT + 1,
-                )
-                for message in batch:
-                    pending -= 1
-                    self.pending = message.metadata.num_pending
-                    metadata = message.metadata
-                    headers = message.headers
-                    yield (message.data, metadata.sequence.stream,
-                           int(metadata.timestamp.timestamp()),
-                           headers.get(DETAILS_HEADER) if headers else None)
-        finally:
-            try:
-                self.link.call(self._close(subscription, name), FETCH_TIMEOUT)
-            except UNAVAILABLE:
-                pass  # the server removes an idle consumer by itself (inactive_threshold)
+            link.call(_close(link, stream, subscription, name), FETCH_TIMEOUT)
+        except UNAVAILABLE:
+            pass  # the server removes an idle consumer by itself (inactive_threshold)
 
-    async def _open(self, name, after):
-        info = await self.link.js.add_consumer(STREAM, api.ConsumerConfig(
-            name=name,
-            filter_subject=self.subject,
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=after + 1,
-            ack_policy=api.AckPolicy.NONE,
-            mem_storage=True,
-            num_replicas=1,
-            # Should the worker die, the server removes the consumer by itself.
-            inactive_threshold=30.0,
-        ))
-        subscription = await self.link.js.pull_subscribe_bind(
-            durable=None, stream=STREAM, name=name)
-        return subscription, info.num_pending
 
-    async def _close(self, subscription, name):
-        await subscription.unsubscribe()
-        await self.link.js.delete_consumer(STREAM, name)
+async def _open(link, stream, subject, name, after):
+    info = await link.js.add_consumer(stream, api.ConsumerConfig(
+        name=name,
+        filter_subject=subject,
+        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=after + 1,
+        ack_policy=api.AckPolicy.NONE,
+        mem_storage=True,
+        num_replicas=1,
+        # Should the reader die, the server removes the consumer by itself.
+        inactive_threshold=30.0,
+    ))
+    subscription = await link.js.pull_subscribe_bind(durable=None, stream=stream, name=name)
+    return subscription, info.num_pending
+
+
+async def _close(link, stream, subscription, name):
+    await subscription.unsubscribe()
+    await link.js.delete_consumer(stream, name)

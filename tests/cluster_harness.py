@@ -31,6 +31,7 @@ class Cluster(Supervisor):
         worker, so that a test knows who counts what) and a take-over after 3 s."""
         self.base = free_port_base()
         settings = {"partition_count": 2, "takeover": 3, **settings}
+        self.partitions = [f"p{n}" for n in range(1, int(settings["partition_count"]) + 1)]
         super().__init__(root, self.base + 80, cluster_port_base=self.base, **settings)
         self.conf = root / "cluster" / "supervisord.conf"
 

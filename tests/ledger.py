@@ -14,7 +14,9 @@ class Posters:
 
     acked: answered 202, so they must be counted exactly once.
     refused: answered with an error status, or never connected: never written.
-    unknown: the connection broke mid-request: written at most once.
+    unknown: the connection broke mid-request, or the answer said the events "may or may
+    not be stored" (a 503 in cluster mode whose publish was not acknowledged in time):
+    written at most once.
 
     With batch_size > 1 each request is a POST /batch of that many unique ids. Ids start at
     first_id, so several Posters can run side by side without sharing any.
@@ -74,13 +76,18 @@ class Posters:
             try:
                 conn.request("POST", path, body=body)
                 response = conn.getresponse()
-                response.read()
+                answer = response.read()
             except (OSError, http.client.HTTPException):
                 conn.close()
                 conn = None
                 self._record(self.unknown, ids)
                 continue
-            self._record(self.acked if response.status == 202 else self.refused, ids)
+            if response.status == 202:
+                self._record(self.acked, ids)
+            elif b"may or may not be stored" in answer:
+                self._record(self.unknown, ids)
+            else:
+                self._record(self.refused, ids)
         if conn is not None:
             conn.close()
 

@@ -15,11 +15,9 @@ counts over time on both ingest nodes, each count never lower than one either no
 already answered before the request was sent."""
 
 import datetime
-import itertools
 import os
 import random
 import signal
-import threading
 import time
 import urllib.parse
 
@@ -28,13 +26,10 @@ import pytest
 from cluster_harness import PROGRAMS
 from http_client import request, wait_for
 from ledger import Posters, check_ledgers
+from cluster_checker import Watcher, check_partitions
 from sdk_client import SimulatedSdks
 from storage.layout import SUBJECT_PREFIX
-from storage.nats_link import UNAVAILABLE, Link
-from storage.stream_checkpoint_store import history, read_latest
-from storage.stream_reader import StreamReader
 from test_cluster import cluster, link_to  # noqa: F401 - the fixture
-from worker.tally import Tally
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -42,94 +37,6 @@ DURATION = 45
 SDK_EXPERIENCES = range(5 * 10**9, 5 * 10**9 + 40)  # apart from every Posters id
 PAUSE_SECONDS = 3
 ACTIONS = ("leader", "follower", "ingest", "worker", "pause")
-
-
-class Watcher:
-    """Polls the stream's leader, the checkpoints and the read endpoints while the chaos
-    runs: counts leader changes, and fails if a checkpoint or a count read ever goes
-    backwards."""
-
-    def __init__(self, node, hours):
-        self.node = node
-        self.hours = hours  # a range of whole hours that holds the whole test
-        self.leaders = []
-        self.observations = 0
-        self.reads = 0
-        self.failures = []
-        self._stopping = threading.Event()
-        self._threads = [threading.Thread(target=self._watch_leader, daemon=True),
-                         threading.Thread(target=self._watch_checkpoints, daemon=True)]
-        self._threads += [threading.Thread(target=self._watch_reads, args=(path,), daemon=True)
-                          for path in ("/counts", "/stats", "/counts?" + hours)]
-
-    def __enter__(self):
-        self.link = Link(self.node.servers, "chaos watcher")
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stopping.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
-        self.link.close()
-        assert not self.failures, self.failures[:3]
-
-    def _watch_leader(self):
-        while not self._stopping.wait(0.1):
-            leader = self.node.stream_leader()
-            if leader and (not self.leaders or self.leaders[-1] != leader):
-                self.leaders.append(leader)
-
-    def _watch_checkpoints(self):
-        seen = {}
-        while not self._stopping.wait(0.2):
-            try:
-                latest = read_latest(self.link, ["p1", "p2"])
-            except UNAVAILABLE:
-                continue  # a node is down or paused: nothing to observe this time
-            for name, (checkpoint, revision) in latest.items():
-                before = seen.get(name)
-                if before and (revision < before[1] or checkpoint.offset < before[0].offset
-                               or any(checkpoint.counts.get(k, 0) < v
-                                      for k, v in before[0].counts.items())):
-                    self.failures.append(f"{name} went backwards: revision {before[1]} -> "
-                                         f"{revision}, sequence {before[0].offset} -> "
-                                         f"{checkpoint.offset}")
-                seen[name] = (checkpoint, revision)
-                self.observations += 1
-
-
-    def _watch_reads(self, path):
-        """Ask `path` of both ingest nodes in turn. Each answer's counts must be at least
-        every count of an answer that either node gave before this request was sent: a
-        user reading one node, or both behind a load balancer, never sees one go down."""
-        answered = []  # (when the answer came, its counts)
-        ports = [self.node.ingest_port(1), self.node.ingest_port(2)]
-        for turn in itertools.count():
-            if self._stopping.wait(0.1):
-                return
-            sent = time.monotonic()
-            try:
-                status, body = request(ports[turn % 2], "GET", path, timeout=10)
-            except OSError:
-                continue  # that ingest node is down: nothing to observe this time
-            if status != 200:
-                continue  # a 503 (no majority, a worker missing) shows nothing old
-            counts = {"events": body["events"], **body.get("counts", {})}
-            floor = {}
-            for when, earlier in answered:
-                if when < sent:
-                    for key, count in earlier.items():
-                        floor[key] = max(floor.get(key, 0), count)
-            lower = {key: (count, counts.get(key, 0)) for key, count in floor.items()
-                     if counts.get(key, 0) < count}
-            if lower:
-                self.failures.append(f"{path} on ingest-{turn % 2 + 1} went backwards: "
-                                     f"{dict(list(lower.items())[:3])}")
-            answered = [(when, earlier) for when, earlier in answered if when >= sent]
-            answered.append((time.monotonic(), counts))
-            self.reads += 1
 
 
 def healthy(node):
@@ -144,15 +51,6 @@ def healthy(node):
     return (status == 200 and stats["stream"]["leader"]
             and all(peer["current"] for peer in stats["stream"]["replicas"])
             and all(entry["worker"]["state"] == "running" for entry in stats["partitions"]))
-
-
-def recount(link, partition):
-    """The partition's counts, recounted from its messages in the stream."""
-    tally, counts = Tally(), {}
-    for payload, *_ in StreamReader(link, partition).messages(0):
-        tally.add(payload)
-    tally.drain_into(counts)
-    return counts
 
 
 def test_chaos_on_the_cluster_with_a_ledger(cluster):  # noqa: F811
@@ -247,12 +145,7 @@ def test_chaos_on_the_cluster_with_a_ledger(cluster):  # noqa: F811
             60, what=f"ingest-{n}'s overview to hold every screen view")
         assert all(1 <= item["sessions"] <= 4 for item in listed), listed
     with link_to(node) as link:
-        for partition in ("p1", "p2"):
-            checkpoint, _ = read_latest(link, [partition])[partition]
-            assert checkpoint.counts == recount(link, partition)
-            chain = history(link, partition)
-            for (revision, _, _, _), (_, before, _, _) in zip(chain, chain[1:]):
-                assert before == revision, chain
+        check_partitions(link, node.partitions)
     acked = sum(len(poster.acked) for poster in posters)
     unknown = sum(len(poster.unknown) for poster in posters)
     print(f"\nchaos: {done}; leader changes seen: {len(watcher.leaders) - 1} "
