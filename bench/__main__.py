@@ -8,7 +8,8 @@ across machines; the absolute rates are printed too. Needs wrk (apt-get install 
     python -m bench ingest batch    only some parts: ingest, batch, catchup, series, checkpoint,
                                     sdk (bench/sdk.py), node (bench/node.py: the
                                     public Node.js implementations, when present),
-                                    cluster (bench/cluster.py)
+                                    cluster (bench/cluster.py), takeover
+                                    (bench/takeover.py)
 """
 
 import datetime
@@ -30,6 +31,8 @@ from bench.node import rows as node_rows
 from bench.overview import bench_overview
 from bench.sdk import bench_sdk
 from bench.sdk import rows as sdk_rows
+from bench.takeover import bench_takeover
+from bench.takeover import rows as takeover_rows
 from bench.harness import (REPO, bare_server, ingest_server, run_wrk, scratch_dir,
                            time_worker_until, wrk_script)
 from storage import settings
@@ -339,12 +342,13 @@ def print_table(results):
                 print(f"{label:<{width}}  {results[f'{key}_ms']:.1f} / {results[f'{key}_max_ms']:.1f}")
         elif key in results:
             print(f"{label:<{width}}  {fmt.format(results[key])}")
-    for label, value in sdk_rows(results) + node_rows(results) + cluster_rows(results):
+    for label, value in (sdk_rows(results) + node_rows(results) + cluster_rows(results)
+                         + takeover_rows(results)):
         print(f"{label:<{width}}  {value}")
 
 
 PARTS = ("ingest", "batch", "catchup", "series", "checkpoint", "sdk", "node", "cluster",
-         "overview")
+         "overview", "takeover")
 
 
 def main(argv):
@@ -372,6 +376,8 @@ def main(argv):
         results.update(bench_cluster(seconds))
     if "overview" in parts:
         results.update(bench_overview(time_requests))
+    if "takeover" in parts:
+        results.update(bench_takeover())
     print_table(results)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")

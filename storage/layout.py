@@ -52,6 +52,9 @@ not in files; their names are below too, with the module that writes and reads e
     key-value bucket mini_analytics_checkpoints, key config.partitions
                       storage/stream_setup.py: the stream's partitions, written by the first
                       program to start, read and checked by every other
+    key-value bucket mini_analytics_checkpoints, key read-barrier
+                      storage/stream_checkpoint_store.py: written empty before each read of
+                      the checkpoints, so that only a leader with a majority answers it
     key-value bucket mini_analytics_checkpoints, keys member.<worker> and lease.<partition>
                       storage/leases.py (worker): a live worker's sign of life, and which
                       worker counts a partition; each renewed by its holder only, taken over
@@ -108,6 +111,8 @@ PARTITIONS_KEY = "config.partitions"
 LEGACY_PARTITIONS_KEY = "config.sdk-partitions"
 MEMBER_KEY_PREFIX = "member."
 LEASE_KEY_PREFIX = "lease."
+# Written (empty) before every read of the checkpoints (storage/stream_checkpoint_store.py).
+READ_BARRIER_KEY = "read-barrier"
 WORKER_PING_PREFIX = "mini_analytics.workers."
 SERIES_QUERY_PREFIX = "mini_analytics.series."
 OVERVIEW_QUERY_PREFIX = "mini_analytics.overview."

@@ -78,6 +78,7 @@ class Leases:
         # failed): the time others' keys must stay unchanged is counted from here at most.
         self._healthy_since = None
         self._renewed_at = None
+        self._last_renewal_started = None  # of the last renewal that succeeded
         self._seen = {}  # key -> Seen
         self._bucket = bucket(link)
 
@@ -118,9 +119,19 @@ class Leases:
             self._healthy_since = None
             raise
         self._renewed_at = self.clock()
+        self._last_renewal_started = started
         if self._healthy_since is None:
             self._healthy_since = started
         return lost
+
+    def fresh(self):
+        """True while no other worker can have taken this worker's leases over: less than
+        half the take-over time since its last renewal began (the others count a whole
+        take-over time from when they saw it). Only then may it answer for its partitions
+        (their counts over time, their overview): past that, another worker may count them,
+        and this one's answers could be older than what readers were already shown."""
+        started = self._last_renewal_started
+        return started is not None and self.clock() - started < self.takeover / 2
 
     async def _revision(self, key):
         try:

@@ -13,6 +13,10 @@ The format is in storage/checkpoint.py ("Cluster mode"). Guarantees:
   commit, and read_latest() never serves the read side a checkpoint older than the leader
   holds (a lagging replica would: counts seen on the dashboard would go down). Without a
   leader there is no answer: the caller reports the lost majority rather than guessing.
+* read_latest() is linearizable: it first writes a barrier to the bucket, which only a
+  leader with a majority behind it can acknowledge. A leader cut off with a minority still
+  believes it leads for a few seconds, and without the barrier would serve a node on its
+  side checkpoints older than another node already showed (found by tests/test_partitions.py).
 * Nothing is ever deleted: the key keeps its last commits as history (stream_setup.py), an
   unreadable value among them.
 """
@@ -23,7 +27,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from storage import checkpoint
-from storage.layout import CHECKPOINT_BUCKET, checkpoint_key
+from storage.layout import CHECKPOINT_BUCKET, READ_BARRIER_KEY, checkpoint_key
 from storage.stream_reader import read_subject
 
 TIMEOUT = 10.0
@@ -94,6 +98,7 @@ def read_latest(link, partitions, known=None):
 
     async def read_all():
         store = bucket(link)
+        await store.put(READ_BARRIER_KEY, b"")  # see the module's docstring
         found = {}
         for partition in partitions:
             try:

@@ -69,6 +69,12 @@ class Proxy:
         return self._call(start())
 
     async def _serve(self, link, reader, writer):
+        try:
+            await self._forward(link, reader, writer)
+        except asyncio.CancelledError:
+            writer.transport.abort()  # the proxy is closing: not an error to report
+
+    async def _forward(self, link, reader, writer):
         if link.state == "refusing":
             writer.transport.abort()
             return
@@ -136,14 +142,18 @@ class Proxy:
             for server in self._servers:
                 server.close()
             for link in self.links.values():
-                link.open.set()
                 for transports in list(link.connections):
                     for transport in transports:
                         transport.abort()
+            others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
         self._call(close_all())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+        self.loop.close()
 
 
 class PartitionedCluster:
@@ -287,12 +297,16 @@ class PartitionedCluster:
                             return leader
         return None
 
-    def stats(self, n=1):
-        try:
-            status, stats = request(self.http_port[n], "GET", "/stats", timeout=10)
-        except OSError:
-            return None
-        return stats if status == 200 else None
+    def stats(self):
+        """/stats from the first ingest node that answers it, or None."""
+        for m in INGEST_MACHINES:
+            try:
+                status, stats = request(self.http_port[m], "GET", "/stats", timeout=10)
+            except OSError:
+                continue
+            if status == 200:
+                return stats
+        return None
 
     def healthy(self):
         """A stream leader, every replica current, every partition counted by a worker."""

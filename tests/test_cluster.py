@@ -395,8 +395,13 @@ def test_the_dashboard_in_cluster_mode(cluster, tmp_path):
     assert page.by_id["worker-state"] == "running"
     assert page.by_id["timeline-note"].startswith("3 events")
     assert page.by_id["stream-note"].startswith("stream leader nats-")
-    assert [row[:3] for row in page.tables["partition-rows"]] == [
+    rows = page.tables["partition-rows"]
+    assert [[row[0], row[1], row[3]] for row in rows] == [
         ["p1", "running", "none"], ["p2", "running", "none"]]
+    # Counted by one of the two workers each, since the moment it took the partition.
+    assert {row[2].split(" since ")[0] for row in rows} <= {
+        node.worker_owner(1), node.worker_owner(2)}
+    assert all(" since " in row[2] for row in rows)
     screenshot(tmp_path, url, "dashboard-cluster.png", 1200, 1000)
     # At a phone's width the partitions table sheds its less needed columns: no sideways
     # scroll, as on one machine.

@@ -3,10 +3,10 @@ network; tests/cluster_checker.py and tests/ledger.py judge).
 
 Each schedule runs nemeses in rounds while clients post to both ingest nodes: isolate the
 stream leader's machine; split a majority from a minority; a bridge (one machine sees both
-halves); flapping partitions; a worker cut off while its leases are valid; and a machine's
-ingest node and worker killed together. Between rounds the network heals, and the cluster
-must be healthy again (a stream leader, every replica current, every partition counted)
-within the take-over time and an election's.
+halves); flapping partitions; a worker cut off while its leases are valid; an ingest node
+cut off; and a machine's ingest node and worker killed together. Between rounds the network
+heals, and the cluster must be healthy again (a stream leader, every replica current, every
+partition counted) within the take-over time and an election's.
 
 Afterwards: every 202 is counted exactly once, every unknown at most once, every refusal
 never; no node's reads and no checkpoint ever went backwards; each partition's checkpoint
@@ -18,6 +18,7 @@ rounds rather than CI's two.
 import datetime
 import os
 import random
+import socket
 import time
 
 import pytest
@@ -84,22 +85,37 @@ def worker_cut_off(cluster, rng):
     leases are valid; the cut lasts past the take-over time, so they are taken over."""
     owners = cluster.owners()
     busiest = max(set(owners.values()) - {None}, key=list(owners.values()).count)
-    program = next(name for name in cluster.program_names()
-                   if name.startswith("worker") and busiest.endswith(
-                       f":{cluster.processes[name].pid}"))
+    program = next(name for name in cluster.program_names() if name.startswith("worker")
+                   and busiest == f"worker@{socket.gethostname()}:{cluster.processes[name].pid}")
     cluster.cut_off(program)
-    wait_for(lambda: busiest not in cluster.owners().values(), HEALING_ALLOWANCE,
+    wait_for(lambda: (now := cluster.owners()) and busiest not in now.values()
+             and None not in now.values(), HEALING_ALLOWANCE,
              what=f"{program}'s partitions taken over")
     return f"{program} cut off ({sum(1 for o in owners.values() if o == busiest)} partitions)"
 
 
-def kill_machine(cluster, rng):
-    """A machine's ingest node and worker SIGKILLed together (its NATS node lives on); they
-    come back after the cut's time, as a restarted machine's would."""
+def ingest_cut_off(cluster, rng):
+    """An ingest node cut off from every NATS node: it answers its writes 503 (refused, or
+    unknown if a publish was under way) while the other keeps taking them."""
     m = rng.choice(INGEST_MACHINES)
+    cluster.cut_off(f"ingest-{m}", rng.choice(("silent", "reset")))
+    return f"ingest-{m} cut off"
+
+
+def kill_machine(cluster, rng):
+    """A machine's ingest node and worker SIGKILLed together (its NATS node lives on), while
+    the clients keep sending to both ingest nodes; once the other workers took its
+    partitions over, the machine's programs come back (the round restarts them)."""
+    m = rng.choice(INGEST_MACHINES)
+    owner = f"worker@{socket.gethostname()}:{cluster.processes[f'worker-{m}'].pid}"
+    held = wait_for(lambda: sum(1 for found in cluster.owners().values() if found == owner),
+                    HEALING_ALLOWANCE, what=f"worker-{m} to hold a share")
     for program in (f"ingest-{m}", f"worker-{m}"):
         cluster.kill(program)
-    return f"killed ingest-{m} and worker-{m}"
+    wait_for(lambda: (owners := cluster.owners()) and owner not in owners.values()
+             and None not in owners.values(), HEALING_ALLOWANCE,
+             what=f"worker-{m}'s partitions taken over")
+    return f"killed ingest-{m} and worker-{m} ({held} partitions taken over)"
 
 
 SCHEDULES = {
@@ -108,6 +124,7 @@ SCHEDULES = {
     "bridge": bridge,
     "flapping": flapping,
     "worker-cut-off": worker_cut_off,
+    "ingest-cut-off": ingest_cut_off,
     "kill-machine": kill_machine,
 }
 

@@ -281,8 +281,15 @@ class StreamWorker(PassLoop):
             partition.subscriptions.append(
                 self.link.call(self._answer_overview(partition), 10))
 
+    def answering(self):
+        """Whether this worker may answer for its partitions now (Leases.fresh): a worker
+        cut off, or paused, falls silent before another can take its partitions over."""
+        return self.leases is None or self.leases.fresh()
+
     async def _answer_pings(self, partition):
         async def answer(message):
+            if not self.answering():
+                return
             await message.respond(json.dumps({
                 "partition": partition.name,
                 "owner": self.owner,
@@ -298,6 +305,8 @@ class StreamWorker(PassLoop):
         question that cannot be answered gets {"error": ...}, and the reason goes to the
         log."""
         async def answer(message):
+            if not self.answering():
+                return  # another worker may count the partition by now: it answers
             try:
                 reply = reply_to(json.loads(message.data))
             except NoOverview as problem:  # asked before the worker opened its store
