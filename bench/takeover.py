@@ -8,8 +8,9 @@ renews), and measures, from that moment:
 
     take-over    until every one of its partitions is counted by the other worker again
                  (its checkpoint moves past what was acknowledged when the worker stopped)
-    stalled      the most events acknowledged but not yet counted, and until when any
-                 event acknowledged before the stop was still uncounted
+    stalled      the most events acknowledged but not yet counted (all partitions), and
+                 until when the stopped worker's partitions still had a message from
+                 before the stop uncounted
     throughput   acknowledged events/s during the take-over, against the seconds before
 
 Then the stopped worker is SIGKILLed; supervisord restarts it, it takes its share back,
@@ -116,20 +117,24 @@ def one_try(cluster, traffic):
     victim = Counter(held.values()).most_common(1)[0][0]
     pid = int(victim.rsplit(":", 1)[1])
     partitions = sorted(p for p, owner in held.items() if owner == victim)
-    acked_before = traffic.sample()
     os.kill(pid, signal.SIGSTOP)
     stopped = time.monotonic()
+    traffic.sample()
+    # Every event acknowledged before the stop is in one of the messages the stream held then.
+    stored_at_stop = {p["partition"]: p["stream_messages"] for p in stats(cluster)["partitions"]}
     most_stalled, caught_up_at, taken_over_at = 0, None, None
     try:
         while taken_over_at is None or caught_up_at is None:
-            acked, counted = traffic.sample(), counted_events(cluster)
+            acked, counted, now = traffic.sample(), counted_events(cluster), stats(cluster)
             if counted is not None:
                 most_stalled = max(most_stalled, acked - counted)
-                if caught_up_at is None and counted >= acked_before:
-                    caught_up_at = time.monotonic()
-            now = owners(cluster)
-            if taken_over_at is None and now and all(
-                    now.get(p) not in (None, victim) for p in partitions):
+            if now and caught_up_at is None and all(
+                    p["counted_messages"] >= stored_at_stop[p["partition"]]
+                    for p in now["partitions"] if p["partition"] in partitions):
+                caught_up_at = time.monotonic()
+            if now and taken_over_at is None and all(
+                    p["worker"]["owner"] not in (None, victim)
+                    for p in now["partitions"] if p["partition"] in partitions):
                 taken_over_at = time.monotonic()
             if time.monotonic() - stopped > 120:
                 raise RuntimeError("no take-over within 120 s")

@@ -36,6 +36,7 @@ from storage.sketches import duration_bucket
 from storage.checkpoint import merge
 from storage.stream_checkpoint_store import history, read_latest
 from storage.stream_writer import partition_of
+from worker import stream_runner
 from worker.stream_runner import StreamWorker
 
 pytestmark = pytest.mark.cluster
@@ -288,6 +289,40 @@ def test_a_worker_crashing_around_its_compare_and_set_loses_and_repeats_nothing(
         assert committed(link).counts == {11: 2, 12: 2, 13: 1}
         assert series_counts(tmp_path) == {11: 2, 12: 2, 13: 1}
         restarted.close()
+
+
+def test_a_partition_taken_over_is_counted_before_its_views_are_counted_again(
+        cluster, tmp_path, monkeypatch):
+    """A worker taking over a partition with a long history and no counts over time of its
+    own counts the new events at once, and recounts its views a bounded stretch per pass
+    after that: the take-over does not wait for a recount of the whole stream."""
+    node = cluster(interval=0.2)
+    node.ctl("stop", "worker:worker-1", "worker:worker-2")  # the partitions are this test's
+    for experience in range(40):
+        assert post(node.ingest_port(1), {"experienceID": experience})[0] == 202
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    with link_to(node) as link:
+        first = StreamWorker(link, ["p1", "p2"], owner="first", series_dir=first_dir)
+        first.recover()
+        first.run_pass()
+        first.close()
+        for experience in range(40, 50):
+            assert post(node.ingest_port(1), {"experienceID": experience})[0] == 202
+        monkeypatch.setattr(stream_runner, "CATCH_UP_BYTES", 10)  # a few messages a pass
+        second = StreamWorker(link, ["p1", "p2"], owner="second", series_dir=second_dir)
+        second.recover()
+        second.run_pass()
+        assert committed(link).counts == {experience: 1 for experience in range(50)}
+        assert sum(series_counts(second_dir).values()) < 50
+        passes = 1
+        while sum(series_counts(second_dir).values()) < 50 and passes < 100:
+            second.run_pass()
+            passes += 1
+        assert series_counts(second_dir) == {experience: 1 for experience in range(50)}
+        assert passes > 2, passes
+        second.close()
 
 
 def series_counts(folder):

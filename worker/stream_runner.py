@@ -67,6 +67,9 @@ log = logging.getLogger("worker")
 # A worker renews its leases this many times per take-over time: a few renewals may be late
 # (a slow disk, a busy core, a leader election) before the others call its leases lapsed.
 RENEWALS_PER_TAKEOVER = 5
+# A view behind the checkpoint (a partition new to this worker) is counted again at most this
+# many bytes of messages a pass, after the pass counted what is new.
+CATCH_UP_BYTES = COMMIT_EVERY
 # Taking a partition commits its checkpoint as loaded; an old owner committing between the
 # load and that commit makes it fail (Fenced): load and try again, this many times.
 ADOPT_ATTEMPTS = 3
@@ -459,66 +462,106 @@ class StreamWorker(PassLoop):
         return counted
 
     def _count(self, partition, stored):
-        """Count the partition's new messages; `stored`, the stream's count of them before
-        the read (or None), is what a complete read has read through."""
+        """Count the partition's new messages, from its checkpoint on, feeding each view
+        that is level with it (or ahead); then bring the views that are behind closer, at
+        most CATCH_UP_BYTES of messages a pass. A partition this worker takes over has no
+        views of its own yet, or old ones: their recount of the whole stream must not hold
+        the counting up. `stored`, the stream's count of the partition's messages before the
+        read (or None), is what a complete read has read through. Returns the events
+        counted."""
+        counted = partition.checkpoint.offset
+        series_level = partition.series is not None and partition.series_offset >= counted
+        overview_level = partition.overview is not None and partition.overview.position >= counted
+        events, complete = self._read(partition, counted, series_level, overview_level)
+        series_behind = partition.series is not None and not series_level
+        overview_behind = partition.overview is not None and not overview_level
+        if (series_behind or overview_behind) and complete and not self.stop_requested():
+            self._read(partition, min(partition.positions()), series_behind, overview_behind,
+                       until=partition.checkpoint.offset)
+        level = min(partition.positions()) >= partition.checkpoint.offset
+        partition.read_through = stored if complete and level else None
+        return events
+
+    def _read(self, partition, start, feed_series, feed_overview, until=None):
+        """Read the partition's messages after `start`: into the counts (unless `until`, a
+        catch-up of the views, which reads at most CATCH_UP_BYTES and no further than that
+        sequence), the series if `feed_series` and the overview if `feed_overview`, each
+        only past its own position; commit as it goes. Returns (events counted, whether the
+        read ended where meant to rather than on an error)."""
         started = time.monotonic()
         counted, dated = partition.checkpoint.offset, partition.series_offset
         overviewed = partition.overview.position if partition.overview is not None else None
-        # From the view behind; each view takes only what is past its own position.
-        start = min(partition.positions())
         counts, series, sdk = Tally(), Tally(), []
-        messages = pending_bytes = 0
-        reached = start
+        messages = pending_bytes = read_bytes = 0
+        reached, complete = start, True
+        reading = partition.reader.messages(start)
         try:
-            for payload, sequence, second, details in partition.reader.messages(start):
+            for payload, sequence, second, details in reading:
                 if self.stop_requested():
-                    return 0
+                    return 0, False
+                if until is not None and sequence > until:
+                    break
                 self._renew_leases()  # a long read keeps its leases too
-                if sequence > counted:
+                if until is None and sequence > counted:
                     counts.add(payload)
                     messages += 1
-                if partition.series is not None and sequence > dated:
+                if feed_series and sequence > dated:
                     series.add(payload, second - second % 60)
-                if details is not None and overviewed is not None and sequence > overviewed:
+                if feed_overview and details is not None and sequence > overviewed:
                     sdk.append(json.loads(details))
-                pending_bytes += len(payload) + len(details or "")
+                size = len(payload) + len(details or "")
+                pending_bytes, read_bytes = pending_bytes + size, read_bytes + size
                 reached = sequence
                 if pending_bytes >= COMMIT_EVERY or len(sdk) >= COMMIT_EVENTS:
-                    self._commit(partition, counts, series, sdk, reached, messages)
+                    self._commit(partition, counts, feed_series and series,
+                                 feed_overview and sdk, reached, messages)
                     messages = pending_bytes = 0
                     sdk = []
+                if until is not None and read_bytes >= CATCH_UP_BYTES:
+                    break
         except UNAVAILABLE as error:
             # What was read is consistent up to `reached`: commit it; the next pass reads on.
             log.warning("partition %s: reading the stream failed after sequence %d (%s); "
                         "retrying next pass", partition.name, reached,
                         f"{type(error).__name__}: {error}".rstrip(": "))
-            stored = None
+            complete = False
+        finally:
+            reading.close()  # ends its consumer
         if reached > start:
-            self._commit(partition, counts, series, sdk, reached, messages)
-            log.info("pass: partition %s: counted %s (%d skipped) in %.3fs; sequence %d -> %d; "
-                     "lag %s", partition.name, plural(counts.events, "event"), counts.skipped,
-                     time.monotonic() - started, start, reached,
-                     plural(partition.reader.pending, "message"))
-        partition.read_through = stored
-        return counts.events
+            self._commit(partition, counts, feed_series and series, feed_overview and sdk,
+                         reached, messages)
+            if until is None:
+                log.info("pass: partition %s: counted %s (%d skipped) in %.3fs; sequence %d "
+                         "-> %d; lag %s", partition.name, plural(counts.events, "event"),
+                         counts.skipped, time.monotonic() - started, start, reached,
+                         plural(partition.reader.pending, "message"))
+            else:
+                log.info("partition %s: %s counted again up to sequence %d of %d",
+                         partition.name, " and ".join(
+                             view for view, fed in (("counts over time", feed_series),
+                                                    ("overview", feed_overview)) if fed),
+                         reached, until)
+        return counts.events, complete
 
     def _commit(self, partition, counts, series, sdk, sequence, messages):
-        """Commit the views up to `sequence`: the series and the overview (`sdk`: the SDK
-        events' details past its position), then the checkpoint."""
+        """Commit the views fed up to `sequence` (`series`, a Tally, and `sdk`, the SDK
+        events' details past the overview's position; False for a view not fed), then the
+        checkpoint."""
         overview = partition.overview
-        if overview is not None and sequence > overview.position:
+        if sdk is not False and overview is not None and sequence > overview.position:
             # Acknowledged messages are on a quorum's disks: nothing to make durable first.
             overview.count(screen_views(sdk), len(sdk),
                            partition.checkpoint.fingerprint.encode(), sequence, sequence)
-        if partition.series is not None and sequence > partition.series_offset:
+        if series is not False and partition.series is not None and (
+                sequence > partition.series_offset):
             _, _, minute_rows, hour_rows = series.drain_into({})
             partition.series.commit(minute_rows, hour_rows, sequence,
                                     partition.checkpoint.fingerprint)
             partition.series_offset = sequence
         if sequence > partition.checkpoint.offset:
             current = partition.checkpoint
-            # Extended in place, as in worker/runner.py: should the commit fail, the process
-            # exits and this state goes with it.
+            # Extended in place, as in worker/runner.py: should the commit fail, the
+            # partition is dropped and this state goes with it.
             totals = current.counts
             skipped, samples, _, _ = counts.drain_into(totals)
             report_skipped(skipped, samples)
