@@ -182,7 +182,7 @@ class StreamWorker(PassLoop):
         share = assign(self.all_partitions, view.members, view.holders)[me]
         for name in sorted(set(self.leases.held) - set(share)):
             self.drop(name, f"its share is now {len(share)} of {len(self.all_partitions)} "
-                            f"partitions, with {len(view.members)} workers")
+                            f"partitions, with {len(view.members)} workers", logging.INFO)
             try:
                 self.leases.release(name)
             except UNAVAILABLE:
@@ -251,20 +251,20 @@ class StreamWorker(PassLoop):
             raise
         self.partitions[name] = partition
         loaded = partition.checkpoint
-        log.info("partition %s: taken%s: counting from sequence %d (%s, %d experiences)",
-                 name, f" {how}" if how else "", loaded.offset, plural(loaded.events, "event"),
-                 len(loaded.counts))
+        log.info("partition %s: taken%s: counting from sequence %d (%s, %s)", name,
+                 f" {how}" if how else "", loaded.offset, plural(loaded.events, "event"),
+                 plural(len(loaded.counts), "experience"))
 
-    def drop(self, name, why):
+    def drop(self, name, why, level=logging.WARNING):
         """Stop counting partition `name` (what was committed stays; nothing is pending
-        between passes)."""
+        between passes). Logged at `level`: a warning, unless the drop is routine."""
         partition = self.partitions.pop(name, None)
         if partition is None:
             return
         self._unsubscribe(partition)
         partition.close()
-        log.warning("partition %s: no longer counted here: %s (its checkpoint is at sequence "
-                    "%d)", name, why, partition.checkpoint.offset)
+        log.log(level, "partition %s: no longer counted here: %s (its checkpoint is at "
+                "sequence %d)", name, why, partition.checkpoint.offset)
 
     def _unsubscribe(self, partition):
         for subscription in partition.subscriptions:
