@@ -79,18 +79,7 @@ class Cluster(Supervisor):
 
     def stream_leader(self):
         """The name of the stream's leader node (nats-N), or None while there is none."""
-        for n in (1, 2, 3):
-            try:
-                info = self.monitor(n, "/jsz?streams=true")
-            except OSError:
-                continue
-            for account in info.get("account_details", []):
-                for stream in account.get("stream_detail", []):
-                    if stream["name"] == "MINI_ANALYTICS":
-                        leader = stream.get("cluster", {}).get("leader")
-                        if leader:
-                            return leader
-        return None
+        return stream_leader(self.monitor, (1, 2, 3))
 
     def counts(self, n=1, timeout=30):
         """Ingest node n's /counts. Checkpoints are read through the bucket's leader, so
@@ -101,3 +90,20 @@ class Cluster(Supervisor):
             and answer, timeout, what=f"/counts on ingest-{n} to answer")
         assert status == 200, body
         return body
+
+
+def stream_leader(monitor, nodes):
+    """The stream's leader (nats-N) as the first of `nodes` that knows one reports it, asked
+    with monitor(n, path) (its monitoring port), or None."""
+    for n in nodes:
+        try:
+            info = monitor(n, "/jsz?streams=true")
+        except OSError:
+            continue
+        for account in info.get("account_details", []):
+            for stream in account.get("stream_detail", []):
+                if stream["name"] == "MINI_ANALYTICS":
+                    leader = stream.get("cluster", {}).get("leader")
+                    if leader:
+                        return leader
+    return None

@@ -24,6 +24,7 @@ import sys
 import threading
 import urllib.request
 
+from cluster_harness import stream_leader
 from http_client import answers_http, free_port, request, wait_for
 from processes import BIN, REPO, service_env
 
@@ -284,18 +285,7 @@ class PartitionedCluster:
     def stream_leader(self, among=MACHINES):
         """The stream leader's name (nats-N) as the first of the nodes `among` that knows
         one reports it, or None."""
-        for m in among:
-            try:
-                info = self.monitor(m, "/jsz?streams=true")
-            except OSError:
-                continue
-            for account in info.get("account_details", []):
-                for stream in account.get("stream_detail", []):
-                    if stream["name"] == "MINI_ANALYTICS":
-                        leader = stream.get("cluster", {}).get("leader")
-                        if leader:
-                            return leader
-        return None
+        return stream_leader(self.monitor, among)
 
     def stats(self):
         """/stats from the first ingest node that answers it, or None."""
