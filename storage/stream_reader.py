@@ -8,8 +8,10 @@ is ever redelivered, and nothing depends on JetStream's consumer state.
 """
 
 import os
+import time
 
 from nats.js import api
+from nats.js.errors import ServiceUnavailableError
 
 from storage.layout import DETAILS_HEADER, STREAM, partition_subject
 from storage.nats_link import UNAVAILABLE
@@ -18,6 +20,7 @@ from storage.nats_link import UNAVAILABLE
 # only a dead node or a leader election makes one wait).
 FETCH_MESSAGES = 64
 FETCH_TIMEOUT = 5.0
+FETCH_RETRY_PAUSE = 0.05
 
 
 class StreamReader:
@@ -58,10 +61,7 @@ def read_subject(link, stream, subject, after, name):
     subscription, pending = link.call(_open(link, stream, subject, name, after), FETCH_TIMEOUT)
     try:
         while pending > 0:
-            batch = link.call(
-                subscription.fetch(min(FETCH_MESSAGES, pending), timeout=FETCH_TIMEOUT),
-                FETCH_TIMEOUT + 1,
-            )
+            batch = _fetch(link, subscription, min(FETCH_MESSAGES, pending))
             for message in batch:
                 pending -= 1
                 yield message
@@ -70,6 +70,22 @@ def read_subject(link, stream, subject, after, name):
             link.call(_close(link, stream, subscription, name), FETCH_TIMEOUT)
         except UNAVAILABLE:
             pass  # the server removes an idle consumer by itself (inactive_threshold)
+
+
+def _fetch(link, subscription, count):
+    """Up to `count` messages from the consumer. A fetch answered "no responders" (503) is
+    asked again until FETCH_TIMEOUT: the consumer was just created on the server that leads
+    it, and its interest may not yet have reached the server this client is connected to
+    (seen under load, and across a slow route)."""
+    deadline = time.monotonic() + FETCH_TIMEOUT
+    while True:
+        try:
+            return link.call(subscription.fetch(count, timeout=FETCH_TIMEOUT),
+                             FETCH_TIMEOUT + 1)
+        except ServiceUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(FETCH_RETRY_PAUSE)
 
 
 async def _open(link, stream, subject, name, after):
