@@ -199,7 +199,7 @@ class StreamWorker(PassLoop):
             try:
                 if self.leases.take(name):
                     self.adopt(name, f"from {before}")
-            except (UNAVAILABLE, Fenced) as error:
+            except (*UNAVAILABLE, Fenced) as error:
                 log.warning("partition %s: could not take it (%s); trying again later", name,
                             f"{type(error).__name__}: {error}".rstrip(": "))
                 self.drop(name, "taking it failed")

@@ -1,0 +1,114 @@
+"""worker/stream_runner.py's upkeep: what a worker does with the leases it observes (the
+leases themselves faked; tests/test_cluster.py and tests/test_partitions.py run the real
+ones)."""
+
+import nats.errors
+
+from storage.checkpoint import Checkpoint
+from storage.leases import View
+from worker.stream_runner import StreamWorker
+
+PARTITIONS = ["p1", "p2", "p3", "p4"]
+
+
+class FakeLeases:
+    takeover = 5.0
+    member = "me"
+
+    def __init__(self, members, holders):
+        self.members, self.holders = members, holders
+        self.held = {p: 1 for p, member in holders.items() if member == "me"}
+        self.taking_fails = None  # an exception take() raises, as an unanswered CAS does
+        self.lost, self.taken, self.released = [], [], []
+
+    def renew(self):
+        lost, self.lost = self.lost, []
+        for partition in lost:
+            self.held.pop(partition, None)
+        return lost
+
+    def observe(self, partitions):
+        return View(sorted(self.members), dict(self.holders),
+                    {p: {"owner": self.holders[p] or ""} for p in partitions})
+
+    def take(self, partition):
+        if self.taking_fails:
+            raise self.taking_fails
+        self.taken.append(partition)
+        self.held[partition] = 1
+        self.holders[partition] = "me"
+        return True
+
+    def release(self, partition):
+        self.released.append(partition)
+        self.held.pop(partition, None)
+        self.holders[partition] = None
+
+    def forget(self, partition):
+        self.held.pop(partition, None)
+
+    def fresh(self):
+        return True
+
+
+class FakePartition:
+    subscriptions = []
+    checkpoint = Checkpoint()
+
+    def close(self):
+        pass
+
+
+def worker_on(leases):
+    """A StreamWorker on fake leases, whose adopt() only records the partition."""
+    worker = StreamWorker(None, PARTITIONS, owner="me@test", leases=leases)
+
+    def adopt(name, how=""):
+        worker.partitions[name] = FakePartition()
+
+    worker.adopt = adopt
+    return worker
+
+
+def upkeep(worker):
+    worker._next_upkeep = 0.0  # due now
+    worker.upkeep()
+
+
+def test_a_starting_worker_looks_once_then_takes_its_share():
+    leases = FakeLeases(["me", "other"], {p: None for p in PARTITIONS})
+    worker = worker_on(leases)
+    upkeep(worker)
+    assert leases.taken == []  # the others starting with it may not be seen yet
+    upkeep(worker)
+    assert leases.taken == ["p1", "p2"] and sorted(worker.partitions) == ["p1", "p2"]
+
+
+def test_a_take_that_goes_unanswered_is_tried_again_at_the_next_upkeep(caplog):
+    leases = FakeLeases(["me"], {p: None for p in PARTITIONS})
+    worker = worker_on(leases)
+    upkeep(worker)
+    leases.taking_fails = nats.errors.TimeoutError()
+    upkeep(worker)  # must not end the worker
+    assert worker.partitions == {} and "could not take it" in caplog.text
+    leases.taking_fails = None
+    upkeep(worker)
+    assert sorted(worker.partitions) == PARTITIONS
+
+
+def test_what_is_held_beyond_the_share_is_released_and_dropped():
+    leases = FakeLeases(["me", "other"], {p: "me" for p in PARTITIONS})
+    worker = worker_on(leases)
+    worker.partitions = {p: FakePartition() for p in PARTITIONS}
+    upkeep(worker)
+    assert leases.released == ["p3", "p4"] and sorted(worker.partitions) == ["p1", "p2"]
+
+
+def test_a_lease_found_taken_over_is_dropped_and_not_taken_back_while_held():
+    leases = FakeLeases(["me", "other"], {"p1": "me", "p2": "me", "p3": "other", "p4": "other"})
+    worker = worker_on(leases)
+    worker.partitions = {"p1": FakePartition(), "p2": FakePartition()}
+    leases.lost = ["p2"]
+    leases.holders["p2"] = "other"  # the other worker took it while this one was paused
+    upkeep(worker)
+    assert sorted(worker.partitions) == ["p1"] and leases.taken == []
