@@ -31,11 +31,14 @@ app/cluster_readside.py merges the answers.
 The counts over time are a second view of each partition, as data1 has: a series store per
 partition in the worker's state folder (storage/series_store.py; the stream sequence is its
 offset), each message dated by when the stream stored it. It is committed just before the
-checkpoint, each view with its own position, so a crash between the two leaves one ahead: a
-pass reads from the position of the one behind and feeds each view only the messages past
-its own position, so neither counts a message twice. The worker answers the ingest's
-questions about its partitions' series on their series subjects (app/cluster_readside.py
-sums the answers); a series store lost with its machine is counted again from the stream.
+checkpoint, each view with its own position, so a crash between the two leaves one ahead.
+A pass reads from the checkpoint and feeds each view only the messages past its own
+position, so none counts a message twice; a view behind the checkpoint (a partition new to
+this worker has none, or an old one) is then brought closer a bounded stretch per pass, so
+that counting never waits for its recount. The worker answers the ingest's questions about
+its partitions' series on their series subjects (app/cluster_readside.py sums the answers),
+while its leases are fresh; a series store lost with its machine is counted again from the
+stream.
 """
 
 import base64
