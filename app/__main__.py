@@ -221,8 +221,7 @@ def run_server(app, eventlog, admission, *, host, port, threads, access, trusted
     SignalWakeup(signals, connections)
     log.info("ingest ready on http://%s:%s", host, server.effective_port)
     serve_until_stopped(server, connections, signals, access)
-    held = {fd: c for fd, c in connections.items()
-            if isinstance(c, Channel) and c.connected and c.total_outbufs_len}
+    held = with_answers_to_send(connections)
     log.info("ingest stopping: a last sync, then the answers held for it (%d)", len(held))
     eventlog.sync()  # with fsync off too, a clean stop leaves everything durable
     send_held_answers(held)
@@ -259,6 +258,13 @@ def serve_until_stopped(server, connections, signals, access):
     server.task_dispatcher.shutdown()
 
 
+def with_answers_to_send(connections):
+    """Those of the loop's `connections` (by socket) that are HTTP connections still open with
+    output not yet sent."""
+    return {fd: c for fd, c in connections.items()
+            if isinstance(c, Channel) and c.connected and c.total_outbufs_len}
+
+
 def send_held_answers(held, timeout=5.0):
     """Send the answers the server's loop held for a sync when it stopped (`held`: their
     connections by socket): their events are durable now, and a client left without its
@@ -266,7 +272,7 @@ def send_held_answers(held, timeout=5.0):
     nothing is left."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        held = {fd: c for fd, c in held.items() if c.connected and c.total_outbufs_len}
+        held = with_answers_to_send(held)
         if not held:
             return
         # A connection with an answer to send reads no new request (HTTPChannel.readable).

@@ -80,7 +80,7 @@ class Leases:
         self._renewed_at = None
         self._last_renewal_started = None  # of the last renewal that succeeded
         self._seen = {}  # key -> Seen
-        self._bucket = bucket(link)
+        self._bucket = bucket(link.js)
 
     def _value(self, since=None):
         return json.dumps({"member": self.member, "owner": self.owner,
@@ -92,7 +92,7 @@ class Leases:
         raises if the cluster does not answer (then nothing is known to be lost)."""
         async def renew_all():
             if self._member_revision is None:
-                self._member_revision = await self._revision(member_key(self.member))
+                self._member_revision, _ = await self._read(member_key(self.member))
             try:
                 self._member_revision = await self._bucket.update(
                     member_key(self.member), self._value(), last=self._member_revision)
@@ -133,13 +133,6 @@ class Leases:
         started = self._last_renewal_started
         return started is not None and self.clock() - started < self.takeover / 2
 
-    async def _revision(self, key):
-        try:
-            return (await self._bucket.get(key)).revision
-        except KeyNotFoundError as missing:
-            entry = getattr(missing, "entry", None)  # a deleted key's tombstone
-            return entry.revision if entry else 0
-
     def observe(self, partitions):
         """Read every member key and the leases of `partitions`, and say who is alive and who
         holds what (View). Raises what the link raises if the cluster does not answer."""
@@ -170,10 +163,12 @@ class Leases:
         return View(sorted(members), holders, leases)
 
     async def _read(self, key):
+        """(the key's revision, its value); (0, {}) if it never existed, and a deleted key's
+        tombstone revision with {}."""
         try:
             entry = await self._bucket.get(key)
         except KeyNotFoundError as missing:
-            entry = getattr(missing, "entry", None)
+            entry = getattr(missing, "entry", None)  # a deleted key's tombstone
             return (entry.revision if entry else 0), {}
         try:
             value = json.loads(entry.value)

@@ -37,10 +37,10 @@ class Fenced(Exception):
     """Another worker committed this partition since this one loaded it."""
 
 
-def bucket(link):
+def bucket(js):
     """The checkpoint bucket, read through its leader (see the module's docstring)."""
     return KeyValue(name=CHECKPOINT_BUCKET, stream=f"KV_{CHECKPOINT_BUCKET}",
-                    pre=f"$KV.{CHECKPOINT_BUCKET}.", js=link.js, direct=False)
+                    pre=f"$KV.{CHECKPOINT_BUCKET}.", js=js, direct=False)
 
 
 class StreamCheckpointStore:
@@ -52,7 +52,7 @@ class StreamCheckpointStore:
         self.key = checkpoint_key(partition)
         self.owner = owner
         self.revision = 0  # the key's revision this store is at; 0: no checkpoint yet
-        self._bucket = bucket(link)
+        self._bucket = bucket(link.js)
 
     def load(self):
         """The partition's committed checkpoint, or None if there is none. Raises
@@ -97,7 +97,7 @@ def read_latest(link, partitions, known=None):
     known = known or {}
 
     async def read_all():
-        store = bucket(link)
+        store = bucket(link.js)
         await store.put(READ_BARRIER_KEY, b"")  # see the module's docstring
         found = {}
         for partition in partitions:

@@ -23,12 +23,12 @@ import time
 
 from nats.js import api
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
-from nats.js.kv import KeyValue
 
 from storage import process, settings
 from storage.layout import (CHECKPOINT_BUCKET, LEGACY_PARTITIONS_KEY, PARTITIONS_KEY, STREAM,
                             SUBJECT_PREFIX, partition_names)
 from storage.nats_link import UNAVAILABLE, Link
+from storage.stream_checkpoint_store import bucket as checkpoint_bucket
 
 # The largest message: one group commit of ids (an ingest node cuts its messages below this).
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -188,20 +188,13 @@ async def agree_on_partitions(js, count, log=None):
     """The stream's partitions: recorded now if no program recorded them before (`count` of
     them, or settings.DEFAULT_PARTITION_COUNT if None), else the recorded ones. Raises
     SetupMismatch if `count` differs from the recorded count (see the module's docstring)."""
-    bucket = KeyValue(name=CHECKPOINT_BUCKET, stream=f"KV_{CHECKPOINT_BUCKET}",
-                      pre=f"$KV.{CHECKPOINT_BUCKET}.", js=js, direct=False)
-    try:
-        found = (await bucket.get(PARTITIONS_KEY)).value.decode().split(",")
-    except NotFoundError:
-        found = None
+    bucket = checkpoint_bucket(js)
+    found = await _recorded(bucket, PARTITIONS_KEY)
     if found is None:
-        try:
-            # A cluster from before the partition count: its ingest nodes recorded the
-            # partitions its SDK events were spread over, and its checkpoints count them.
-            legacy = (await bucket.get(LEGACY_PARTITIONS_KEY)).value.decode().split(",")
-        except NotFoundError:
-            legacy = None
-        wanted = legacy or partition_names(count or settings.DEFAULT_PARTITION_COUNT)
+        # A cluster from before the partition count: its ingest nodes recorded the partitions
+        # its SDK events were spread over, and its checkpoints count them.
+        wanted = (await _recorded(bucket, LEGACY_PARTITIONS_KEY)
+                  or partition_names(count or settings.DEFAULT_PARTITION_COUNT))
         try:
             await bucket.create(PARTITIONS_KEY, ",".join(wanted).encode())
             found = wanted
@@ -209,7 +202,7 @@ async def agree_on_partitions(js, count, log=None):
                 log.info("stream %s: recorded its %d partitions: %s", STREAM, len(found),
                          ",".join(found))
         except KeyWrongLastSequenceError:  # recorded meanwhile by another program
-            found = (await bucket.get(PARTITIONS_KEY)).value.decode().split(",")
+            found = await _recorded(bucket, PARTITIONS_KEY)
     if count is not None and count != len(found):
         raise SetupMismatch(
             f"stream {STREAM} has {len(found)} partitions ({found[0]} to {found[-1]}), fixed "
@@ -226,16 +219,19 @@ def recorded_partitions(link):
     """The stream's partitions as recorded, or [] if no program recorded them yet. Raises
     what the link raises."""
     async def read():
-        bucket = KeyValue(name=CHECKPOINT_BUCKET, stream=f"KV_{CHECKPOINT_BUCKET}",
-                          pre=f"$KV.{CHECKPOINT_BUCKET}.", js=link.js, direct=False)
-        for key in (PARTITIONS_KEY, LEGACY_PARTITIONS_KEY):
-            try:
-                return (await bucket.get(key)).value.decode().split(",")
-            except NotFoundError:
-                continue
-        return []
+        bucket = checkpoint_bucket(link.js)
+        return (await _recorded(bucket, PARTITIONS_KEY)
+                or await _recorded(bucket, LEGACY_PARTITIONS_KEY) or [])
 
     return link.call(read(), READY_TIMEOUT)
+
+
+async def _recorded(bucket, key):
+    """The partitions recorded under `key`, or None."""
+    try:
+        return (await bucket.get(key)).value.decode().split(",")
+    except NotFoundError:
+        return None
 
 
 def stream_identity(link):

@@ -1,4 +1,4 @@
-"""The writer of one partition of the stream (cluster mode): data1's writer, on JetStream.
+"""The writer of the stream (cluster mode, the ingest): data1's writer, on JetStream.
 
 A message's payload is records in data1's format (storage/log_format.py), so the worker
 counts messages with the same code as data1's blocks. This module's guarantees:
@@ -97,7 +97,8 @@ class StreamLog:
         self._flush_scheduled = False
 
     def append(self, records, hold=None):
-        """Append `records` (complete records, see log_format.encode) to the partition.
+        """Append `records` (complete records, see log_format.encode) to the stream, in the
+        message a partition's turn comes for (see the module's docstring).
 
         Returns once JetStream acknowledged them: `hold` is not used, since a publish may
         still fail after the records are sent, and an answer held back could not then be
