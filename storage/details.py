@@ -38,13 +38,25 @@ Format
     reads both forms into [item, ...].
 
 Invariants
-    * The ingest appends a group before the data1 bytes it describes, under data1's write
-      lock, and makes both durable with the same group commit before the 2xx. A request
+    * The ingest appends a group under data1's write lock, and writes the data1 bytes it
+      describes only once the group is durable (storage/log_writer.py): so data1's bytes
+      are never on disk without their details, whatever a power loss keeps. A request
       whose events are all duplicates writes nothing here.
-    * Opening repairs what a crash left: a torn or corrupt last group is removed, and so
-      are groups whose data1 bytes are not in data1 (the crash came between the two
-      writes: never acknowledged). If the last group's data1 bytes differ from data1's
-      (another data1 was put in place), the file is set aside and a new one begun.
+    * Opening repairs what a crash left (DetailsWriter._repair), from the first group that
+      data1 does not hold on:
+      - a torn or corrupt group, and every group after it, is removed (never acknowledged:
+        a group is durable before anything it describes is written);
+      - a group whose data1 bytes are missing was never acknowledged either: it and every
+        group after it are removed, and data1 is cut back to where its bytes began
+        (DetailsWriter.data1_kept). Its events are then new to the dedupe index, so a resend is stored
+        once. So is a group whose data1 bytes are torn: NULs where a power loss lost pages
+        of their write (storage/log_format.py's invariants);
+      - a group whose data1 bytes are whole but different means data1 is another file
+        (replaced, or restored from elsewhere): only then is this file set aside and a new
+        one begun. A power loss never leaves different bytes, only lost ones: NULs, or a
+        shorter file.
+      Only the groups describing data1's last MAX_UNSYNCED bytes can have lost theirs; of
+      the groups before them, the last is checked, to tell another data1.
     * A missing file is begun anew: events already in data1 then have no details. That
       never changes what is counted, only what is known of those events.
 """
@@ -56,6 +68,7 @@ import struct
 import zlib
 
 from storage.durable import append_whole, truncate_or_die
+from storage.log_format import MAX_UNSYNCED
 
 log = logging.getLogger("ingest")
 
@@ -135,6 +148,22 @@ def read_groups(fd, start=HEADER.size, received_after_ms=None):
                     body[GROUP.size:], offset)
 
 
+class _Place:
+    """Where a group is, in this file and in data1."""
+
+    __slots__ = ("data1_start", "data1_end", "data1_crc", "end")
+
+    def __init__(self, group):
+        self.data1_start, self.data1_end = group.data1_start, group.data1_end
+        self.data1_crc, self.end = group.data1_crc, group.end
+
+
+def _holds(data1_fd, group):
+    """True if data1 holds the group's bytes, as they were written."""
+    written = os.pread(data1_fd, group.data1_end - group.data1_start, group.data1_start)
+    return zlib.crc32(written) == group.data1_crc
+
+
 class DetailsWriter:
     """The ingest's side. Opening it repairs the file against data1 (see the invariants)."""
 
@@ -165,26 +194,47 @@ class DetailsWriter:
         self.identity = None
 
     def _repair(self, data1_fd, data1_size, set_aside):
-        keep, last = HEADER.size, None
+        """Cut this file after the last group that data1 holds whole (see the invariants);
+        return its new end. Sets data1_kept: how much of data1 the groups kept allow."""
+        self.data1_kept = data1_size
+        checked_from = data1_size - MAX_UNSYNCED
+        keep, trusted, recent = HEADER.size, None, []
         for group in read_groups(self.fd):
+            if group.data1_end <= checked_from:
+                keep, trusted = group.end, _Place(group)
+            else:  # only their places: their payloads could be large
+                recent.append(_Place(group))
+        if trusted and not _holds(data1_fd, trusted):
+            return self._another_data1(set_aside, data1_size)
+        lost = None
+        for group in recent:
             if group.data1_end > data1_size:
-                break  # and so are all groups after it: data1 only grows
-            keep, last = group.end, group
-        if last and last.data1_end > last.data1_start:
-            written = os.pread(data1_fd, last.data1_end - last.data1_start, last.data1_start)
-            if zlib.crc32(written) != last.data1_crc:
-                self._begin_anew(set_aside, "its last group does not describe the bytes in "
-                                            "data1 (data1 was replaced)")
-                self._write_header(data1_size)
-                return HEADER.size
+                lost = "their data1 bytes were lost"
+                self.data1_kept = group.data1_start
+                break
+            if not _holds(data1_fd, group):
+                written = os.pread(data1_fd, group.data1_end - group.data1_start,
+                                   group.data1_start)
+                if b"\0" not in written:
+                    return self._another_data1(set_aside, data1_size)
+                lost = "their data1 bytes are torn"
+                self.data1_kept = group.data1_start
+                break
+            keep = group.end
         size = os.fstat(self.fd).st_size
         if keep < size:
-            log.warning("data1.details: removing %d bytes at offset %d (a torn group, or "
-                        "groups whose data1 write a crash cut off; never acknowledged)",
-                        size - keep, keep)
+            log.warning("data1.details: removing %d bytes at offset %d (%s; never "
+                        "acknowledged)", size - keep, keep,
+                        f"groups from there on: {lost}" if lost else "a torn group")
             os.ftruncate(self.fd, keep)
             os.fsync(self.fd)
         return keep
+
+    def _another_data1(self, set_aside, data1_size):
+        self._begin_anew(set_aside, "a group describes other bytes than data1 holds there "
+                                    "(data1 is another file)")
+        self._write_header(data1_size)
+        return HEADER.size
 
     def append(self, group):
         """Append one encoded group (encode_group) in one write; undone if it fails."""

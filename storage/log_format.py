@@ -19,12 +19,17 @@ Invariants
       them.
     * A complete token that is not a canonical id (garbage written by something else, NUL
       bytes left by a power loss) is skipped and counted as skipped; it never stops a reader.
+    * At most MAX_UNSYNCED bytes at the end of data1 were ever written and not yet synced
+      (the writer syncs before it writes more). A power loss can lose any pages of those,
+      which then read as NULs, or cut the file short; everything before them is durable.
+      storage/details.py's repair relies on it to tell a torn data1 from another one.
 """
 
 SEPARATOR = b" "
 # Exactly the bytes that bytes.split() splits on, so a reader can split a block with it.
 SEPARATORS = b" \t\n\r\x0b\x0c"
 
+MAX_UNSYNCED = 8 * 1024 * 1024
 MAX_ID = 2**63 - 1
 MAX_TOKEN_LEN = len(str(MAX_ID))
 
@@ -55,4 +60,5 @@ def last_separator(buf):
     for sep in (b" ", b"\n", b"\t", b"\r", b"\x0b", b"\x0c"):
         last = max(last, buf.rfind(sep, last + 1))
     return last
+
 

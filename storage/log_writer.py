@@ -19,13 +19,22 @@ The format is in storage/log_format.py. This module's guarantees:
 * An fsync or truncate that fails is fatal: after a failed fsync the kernel may already have
   dropped the dirty pages, so retrying could report success for lost data. The process exits
   and, on restart, recovery works from what is really on disk.
-* Opening the log removes a torn tail left by a crash mid-write (never acknowledged).
+* Opening the log repairs what a crash or a power loss left, none of it acknowledged: a
+  torn tail, and details groups whose data1 bytes were lost or torn, with data1 cut back
+  to where those bytes began (storage/details.py).
 * With a time index (storage/time_index.py), each append is dated: a new second's entry is
   written before the records it dates, and made durable with them before the append is
   acknowledged, so an acknowledged event's time is as durable as the event.
-* With a details file (storage/details.py), append_events() keeps each SDK event's details:
-  the group is written before the data1 bytes it describes, under the same lock, and made
-  durable by the same sync, before the append is acknowledged; a failed write undoes both.
+* With a details file (storage/details.py), append_events() keeps each SDK event's details,
+  and data1's bytes are never durable before their details, whatever a power loss keeps:
+  an append writes its details group under the write lock, and queues its data1 bytes; the
+  sync thread syncs the details, then writes the queued bytes to data1 (one write, at most
+  MAX_UNSYNCED bytes), then syncs data1, and only then is the append acknowledged. No
+  writeback, and no other process's fdatasync of data1 (the worker's), can put data1's
+  bytes on disk ahead of their details, because until their details are durable those
+  bytes are not in the file at all. A failed details write is undone and answered as an
+  error; a failed data1 write, made after the request's thread went on, ends the process
+  like a failed fsync: nothing of it was acknowledged, and recovery removes what it left.
 * With a dedupe index (storage/seen_index.py), an SDK event whose id was accepted within the
   window is neither written nor counted again. The check and the claim of new ids happen
   under the write lock, so two requests carrying the same id at once store it once; and an
@@ -34,6 +43,7 @@ The format is in storage/log_format.py. This module's guarantees:
 """
 
 import _thread
+import collections
 import logging
 import os
 import threading
@@ -44,7 +54,7 @@ from pathlib import Path
 from storage.details import DetailsWriter, encode_group
 from storage.durable import ShortWrite, append_whole
 from storage.layout import Layout, names_open_file
-from storage.log_format import last_separator
+from storage.log_format import MAX_UNSYNCED, last_separator
 from storage.process import die
 from storage.seen_index import SeenIndex
 from storage.time_index import TimeIndexWriter
@@ -118,19 +128,25 @@ class EventLog:
         self._closing = False
         self.on_durable = None  # called by the sync thread after each sync
         self._syncing_since = None  # when the sync in progress started (time.monotonic)
-        self._end = self._remove_torn_tail()  # bytes written so far; only ever grows
+        self._size_unknown_logged = False
+        self._details = self._seen = None
+        # Recovery: how much of data1 holds only what may have been acknowledged.
+        size = kept = os.fstat(self._fd).st_size
+        set_aside = set_aside or Layout(Path(path).parent).set_aside
+        if details is not None:
+            self._details = DetailsWriter(Path(details), self._fd, kept, set_aside)
+            kept = self._details.data1_kept
+        self._end = self._remove_torn_tail(size, kept)  # bytes taken so far; only ever grows
         self._synced = self._end  # bytes known durable
+        # With details, data1's bytes wait here (the sync thread writes them once their
+        # details are durable): the records taken and not yet written, in order.
+        self._unwritten = collections.deque() if durable and details is not None else None
         self._index = None
         if time_index is not None:
             # Opened after the torn-tail repair: entries past the repaired end are dropped.
             self._index = TimeIndexWriter(time_index, self._end, os.fstat(self._fd).st_mtime)
-        self._details = self._seen = None
-        set_aside = set_aside or Layout(Path(path).parent).set_aside
-        if details is not None:
-            self._details = DetailsWriter(Path(details), self._fd, self._end, set_aside)
-            if seen is not None and dedupe_window:
-                self._seen = SeenIndex(Path(seen), self._details, dedupe_window, set_aside,
-                                       clock)
+        if self._details is not None and seen is not None and dedupe_window:
+            self._seen = SeenIndex(Path(seen), self._details, dedupe_window, set_aside, clock)
         # The details end a sync may cover: only groups whose ids the dedupe index has bound.
         self._details_end = self._details_synced = self._details.end if self._details else 0
         self._sync_thread = None
@@ -241,18 +257,22 @@ class EventLog:
             self._details_end = self._details.end
 
     def _write(self, records):
-        """Write `records` to data1 (and date them), holding the write lock."""
+        """Write `records` to data1 (and date them), holding the write lock; or, with
+        details, queue them for the sync thread to write once their details are durable."""
         if self._index:
             try:
                 self._index.note(int(self._clock()), self._end)
             except OSError as error:  # before any of the records is written
                 raise AppendError(f"writing data1's time index failed: {error.strerror}")
-        try:
-            append_whole(self._fd, records, self._end, "data1", log)
-        except ShortWrite as short:
-            raise AppendError(str(short)) from None
-        except OSError as error:
-            raise AppendError(f"writing data1 failed: {error.strerror}") from error
+        if self._unwritten is not None:
+            self._unwritten.append(records)
+        else:
+            try:
+                append_whole(self._fd, records, self._end, "data1", log)
+            except ShortWrite as short:
+                raise AppendError(str(short)) from None
+            except OSError as error:
+                raise AppendError(f"writing data1 failed: {error.strerror}") from error
         self._end += len(records)
 
     def problem(self):
@@ -261,7 +281,13 @@ class EventLog:
             return "data1 was replaced or removed under the ingest; restart it"
         space = os.statvfs(self._fd)
         free = space.f_bavail * space.f_frsize
-        if free < MIN_FREE_BYTES:
+        if space.f_blocks == 0:
+            # Some FUSE file systems report no size at all: unknown is not full.
+            if not self._size_unknown_logged:
+                log.warning("data1's file system reports no size (statfs gives 0 blocks): "
+                            "its free space is not checked")
+                self._size_unknown_logged = True
+        elif free < MIN_FREE_BYTES:
             return f"only {free} bytes free on data1's file system"
         since = self._syncing_since
         if since is not None and time.monotonic() - since > SYNC_STALLED_AFTER:
@@ -305,9 +331,9 @@ class EventLog:
             gathering = False
             while True:
                 with self._sync_state:
-                    if self._closing and not self._waiting:
-                        return
                     idle = self._synced >= self._end and self._details_synced >= self._details_end
+                    if self._closing and (idle or not self._waiting and not self._unwritten):
+                        return
                     if idle:
                         self._sync_idle = True
                 if idle:
@@ -330,23 +356,39 @@ class EventLog:
 
     def _sync_once(self):
         """Sync everything written so far, and wake the appends it covered."""
-        # Everything below _end has been written (it is raised after each write), and only
-        # bound details groups are below _details_end: one sync covers them all.
-        target, details_target = self._end, self._details_end
+        # Only bound details groups are below _details_end, and each group's data1 bytes
+        # were queued (or written) before _details_end moved past it: read first, it names
+        # groups whose bytes are all below the target taken next.
+        details_target = self._details_end
+        if self._unwritten is None:
+            # Everything below _end has been written (it is raised after each write).
+            target, records = self._end, None
+        else:
+            records = self._take_unwritten()
+            target = self._synced + len(records)
         # Read after target: the entries dating every byte below target were written
         # before those bytes were, so they are all counted here.
         entries = self._index.written if self._index else 0
         self._syncing_since = time.monotonic()
+        if records or details_target > self._details_synced:
+            # Before data1's bytes are written: every group they belong to was written
+            # before they were queued, so this sync makes all of them durable first.
+            try:
+                self._details.sync()
+            except OSError as error:
+                die(log, f"fdatasync of data1.details failed: {error}")
+        if records:
+            try:
+                append_whole(self._fd, records, self._synced, "data1", log)
+            except OSError as error:
+                # The request's thread went on long ago: its answer can only be withheld.
+                # Nothing of this write is acknowledged; recovery removes what it left.
+                die(log, f"writing data1 failed: {error}")
         if target > self._synced:
             try:
                 os.fdatasync(self._fd)
             except OSError as error:
                 die(log, f"fdatasync of data1 failed: {error}")
-        if details_target > self._details_synced:
-            try:
-                self._details.sync()
-            except OSError as error:
-                die(log, f"fdatasync of data1.details failed: {error}")
         if entries > (self._index.synced if self._index else 0):
             # At most once a second: a new entry is written at most once a second.
             try:
@@ -367,10 +409,20 @@ class EventLog:
                     still.append(waiter)
             self._waiting = still
 
-    def _remove_torn_tail(self):
-        size = os.fstat(self._fd).st_size
+    def _take_unwritten(self):
+        """The queued records, in order, up to MAX_UNSYNCED bytes (data1's format promises
+        no more is ever written and not yet synced): the rest waits for the next sync."""
+        taken, size, unwritten = [], 0, self._unwritten
+        while unwritten and (not taken or size + len(unwritten[0]) <= MAX_UNSYNCED):
+            records = unwritten.popleft()  # the only taker: appends only append
+            taken.append(records)
+            size += len(records)
+        return b"".join(taken)
+
+    def _remove_torn_tail(self, size, keep_at_most):
+        """Cut data1 to `keep_at_most` bytes, then back to its last separator."""
         keep = 0
-        block_end = size
+        block_end = keep_at_most
         while block_end > 0:
             block_start = max(0, block_end - _SCAN_BLOCK)
             block = os.pread(self._fd, block_end - block_start, block_start)
@@ -382,7 +434,7 @@ class EventLog:
         if keep < size:
             log.warning(
                 "data1: removing a torn tail of %d bytes at offset %d "
-                "(left by a crash mid-write; it was never acknowledged)",
+                "(left by a crash mid-write, or a power loss; it was never acknowledged)",
                 size - keep,
                 keep,
             )

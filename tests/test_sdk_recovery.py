@@ -9,12 +9,15 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 
 import pytest
 
 from bench.sdk_shapes import AndroidDevice, IosDevice
 from app.validate import parse_batch
 from storage import details
+from http_client import wait_for
+from storage import log_writer
 from storage.log_writer import AppendError, EventLog
 
 T0 = 1_800_000_000  # receive times, Unix seconds
@@ -167,13 +170,13 @@ def test_a_damaged_or_stale_index_is_rebuilt_and_retries_stay_duplicates(root, d
     log.close()
 
 
-def test_a_failed_data1_write_undoes_the_details_and_the_claim(root, monkeypatch):
+def test_a_failed_details_write_is_undone_with_its_claim(root, monkeypatch):
     log = open_log(root)
     events = sdk_events(3)
     real_write = os.write
 
     def failing(fd, data):
-        if fd == log._fd:
+        if fd == log._details.fd:
             raise OSError(28, "No space left on device")
         return real_write(fd, data)
 
@@ -184,6 +187,46 @@ def test_a_failed_data1_write_undoes_the_details_and_the_claim(root, monkeypatch
     assert groups(root) == [] and tokens(root) == []
     assert stored(log, events) == 3  # the retry is a first delivery
     log.close()
+
+
+def test_a_failed_data1_write_ends_the_process_and_the_retry_is_a_first_delivery(
+        root, monkeypatch):
+    # data1's bytes are written by the sync thread once their details are durable, after
+    # the request's thread went on: a failure there cannot become the request's error, so
+    # it ends the process (as a failed fsync does), and recovery removes what it left.
+    log = open_log(root)
+    events = sdk_events(3)
+    real_write = os.write
+    exits = []
+
+    def failing(fd, data):
+        if fd == log._fd:
+            real_write(fd, bytes(data[:5]))  # a part, as a full disk may take
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    def fake_exit(code):  # os._exit never returns: the sync thread ends here
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(os, "write", failing)
+    monkeypatch.setattr(log_writer.os, "_exit", fake_exit)
+    reported = threading.excepthook
+    monkeypatch.setattr(threading, "excepthook",
+                        lambda args: args.exc_type is SystemExit or reported(args))
+    tickets = []
+    log.append_events([], events, T0, hold=tickets.append)
+    wait_for(lambda: exits, what="the sync thread to end the process")
+    monkeypatch.setattr(os, "write", real_write)
+    assert exits[0] != 0 and not tickets[0].durable()  # never acknowledged
+    assert len(groups(root)) == 1 and tokens(root) == []  # the details are ahead of data1
+    log._seen.close()
+    os.close(log._fd)
+    log = open_log(root)  # the restart
+    assert groups(root) == [] and tokens(root) == []
+    assert stored(log, events) == 3
+    log.close()
+    assert len(tokens(root)) == 3
 
 
 def test_ids_expire_after_the_window_and_periods_turn_over(root):

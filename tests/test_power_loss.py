@@ -1,0 +1,181 @@
+"""Power loss on the SDK path: the real log writer and worker, in this process, on a disk
+that keeps only what was synced (tests/power_loss.py), with the power failing at every kind
+of step: before or after each write and sync of data1, data1.details and the time index, by
+the ingest's sync thread, its request path, or the worker syncing data1 before a commit.
+
+SDK devices resend whatever was not answered, as Judo's SDKs do, across every power loss.
+After the last one, and the resends, every event sent is stored and counted exactly once:
+in data2, in data1.details and in the overview. A minimal event (no id to dedupe by) is
+counted if it was answered, and at most once."""
+
+import collections
+import datetime
+import json
+import random
+import sqlite3
+
+import pytest
+
+from bench.sdk_shapes import IosDevice
+from app.validate import parse_batch
+from power_loss import Disk, PowerLost
+from reference import check_invariant, read_checkpoint
+from storage import details
+from storage.log_format import encode
+from storage.log_writer import EventLog
+from worker.runner import Worker
+
+T0 = 1_800_000_000
+MINIMAL = 777  # the experience of the minimal events; the SDK's are 1 to 5
+CHUNK = 20  # the SDKs' flushAt
+
+
+class Device:
+    """An SDK install: a queue of events, one request in flight at a time, and a resend of
+    every event not answered 2xx."""
+
+    def __init__(self, rng):
+        self.shape, self.rng = IosDevice(), rng
+        self.queue = []  # raw events, oldest first
+        self.made = []  # every event it ever made
+        self.in_flight = None  # the events of the request not yet answered
+
+    def view(self, moment):
+        event = self.shape.screen(moment, self.rng.randint(1, 5))
+        self.queue.append(event)
+        self.made.append(event)
+
+    def chunk(self):
+        self.in_flight = self.queue[:CHUNK]
+        return self.in_flight
+
+    def answered(self, chunk):
+        sent = {event["id"] for event in chunk}
+        self.queue = [event for event in self.queue if event["id"] not in sent]
+        self.in_flight = None
+
+
+class Engine:
+    """The ingest's log and a worker on one state folder, driven one action at a time."""
+
+    def __init__(self, folder, now):
+        self.folder, self.now = folder, now
+        self.log = EventLog(folder / "data1", time_index=folder / "data1.timeindex",
+                            details=folder / "data1.details", seen=folder / "data1.seen",
+                            clock=lambda: self.now)
+        self.worker = Worker(folder)
+        self.worker.recover()
+        self.requests = []  # (ticket, what answers it)
+
+    def send(self, device):
+        chunk = device.chunk()
+        events = parse_batch(json.dumps({"batch": chunk}).encode(), self.now).events
+        self.log.append_events([], events, self.now, hold=lambda ticket: self.requests.append(
+            (ticket, lambda: device.answered(chunk))))
+
+    def post(self, answered):
+        self.log.append(encode([MINIMAL]), hold=lambda ticket: self.requests.append(
+            (ticket, answered)))
+
+    def settle(self):
+        """Answer every request whose sync is done, as the server sends its held answer."""
+        waiting = []
+        for ticket, answer in self.requests:
+            if ticket.durable():
+                answer()
+            else:
+                waiting.append((ticket, answer))
+        self.requests = waiting
+
+    def abandon(self):
+        """The power is gone: nothing of this process runs on (its threads write to a folder
+        no longer looked at)."""
+        self.worker.close()
+
+
+def run_until_power_fails(disk, folder, now, devices, minimal, rng):
+    """Start the engine on `folder` (recovering what the last power loss left), then random
+    traffic, worker passes and resends until the power fails. Returns the clock."""
+    engine = None
+    try:
+        with disk.lock:
+            engine = Engine(folder, now)  # the power may fail during recovery, too
+            disk.quiet.append(engine.log._seen._lock)
+            disk.on_power_loss = engine.settle  # the answers sent before the power failed
+        for _ in range(400):
+            with disk.lock:
+                if disk.image is not None:
+                    break
+                engine.now += rng.choice([0, 0, 1, 7])
+                action = rng.random()
+                device = rng.choice(devices)
+                if action < 0.45:
+                    device.view(datetime.datetime.fromtimestamp(engine.now,
+                                                                datetime.timezone.utc))
+                elif action < 0.8:
+                    if device.in_flight is None and device.queue:
+                        engine.send(device)
+                elif action < 0.9:
+                    minimal["sent"] += 1
+                    engine.post(lambda: minimal.__setitem__("answered", minimal["answered"] + 1))
+                else:
+                    engine.worker.run_pass()
+                engine.settle()
+        disk.fail_now()
+    except PowerLost:
+        pass
+    disk.on_power_loss = None
+    for device in devices:
+        device.in_flight = None  # never answered: sent again after the restart
+    if engine is None:
+        return now
+    engine.abandon()
+    return engine.now
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_power_loss_at_any_write_or_sync_counts_every_sdk_event_once(
+        tmp_path, monkeypatch, seed):
+    rng = random.Random(seed)
+    disk = Disk(rng)
+    disk.install(monkeypatch)
+    devices = [Device(rng) for _ in range(4)]
+    minimal = {"sent": 0, "answered": 0}
+    now = T0
+    folder = tmp_path / "state0"
+    folder.mkdir()
+    for loss in range(1, 9):
+        disk.start(folder, fail_at=rng.randint(1, 120), after=rng.random() < 0.5)
+        now = run_until_power_fails(disk, folder, now, devices, minimal, rng)
+        folder = tmp_path / f"state{loss}"
+        disk.restore(folder)
+    disk.start(folder, fail_at=0, after=False)  # the power stays on from here
+    engine = Engine(folder, now)
+    while any(device.queue for device in devices):
+        for device in devices:
+            if device.queue:
+                engine.send(device)
+        engine.log.sync()
+        engine.settle()
+    engine.log.sync()
+    engine.settle()
+    engine.worker.run_pass()
+    engine.log.close()
+    engine.worker.close()
+    disk.release()
+
+    sent = [event for device in devices for event in device.made]
+    expected = collections.Counter(int(event["properties"]["experienceID"]) for event in sent)
+    counts = {int(k): v for k, v in read_checkpoint(folder)["counts"].items()}
+    assert minimal["answered"] <= counts.pop(MINIMAL, 0) <= minimal["sent"]
+    assert counts == dict(expected)
+    check_invariant(folder)
+    with open(folder / "data1.details", "rb") as file:
+        stored = collections.Counter(item["event"]["id"] for group in
+                                     details.read_groups(file.fileno())
+                                     for item in group.events())
+    assert stored == collections.Counter(event["id"] for event in sent)
+    with sqlite3.connect(folder / "overview.sqlite3") as db:
+        views = dict(db.execute("SELECT experience, sum(views) FROM experience_hour "
+                                "GROUP BY experience").fetchall())
+    assert views == dict(expected)
