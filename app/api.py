@@ -27,7 +27,7 @@ from app.readside import Unavailable
 from storage.checkpoint import Checkpoint
 from storage.log_format import encode, parse_token
 from storage.log_writer import AppendError
-from storage.overview_store import NoOverview
+from storage.overview_store import NoOverview, OverviewState
 from storage.series_store import ALL, HOUR, MINUTE
 
 HERE = Path(__file__).resolve().parent
@@ -35,6 +35,7 @@ DASHBOARD = (HERE / "dashboard.html").read_bytes()
 OPENAPI = (HERE / "openapi.json").read_bytes()
 
 EVENT_BODY_LIMIT = 8 * 1024
+SET_ASIDE = OverviewState._fields.index("set_aside")
 # The environ key of a server that can hold an answer back until a write is durable
 # (app/__main__.py's Channel): hold(ticket). Under any other server a write waits.
 HOLD_ANSWER = "mini_analytics.hold_answer"
@@ -405,10 +406,20 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
             return json_body({"status": "unavailable", "error": problem, **details}, 503)
         return json_body({"status": "ok", **details})
 
+    def overview_set_aside():
+        """The SDK events the overview read and could not count (worker/overview.py's
+        screen_views), or None while the overview cannot be read."""
+        try:
+            states = reads.overview.run([("state",)])[0]
+        except (NoOverview, Unavailable):
+            return None
+        return sum(state[SET_ASIDE] for state in states)
+
     @app.get("/stats")
     def get_stats():
         authorized("read")
-        return json_body({**available(reads.stats), "sdk": sdk.summary()})
+        return json_body({**available(reads.stats), "sdk": sdk.summary(),
+                          "overview_set_aside": overview_set_aside()})
 
     @app.get("/")
     def get_dashboard():

@@ -9,6 +9,10 @@ A minimal event is a JSON object whose "experienceID" is an integer with
   SDKs send) is judged event by event: each unusable element is left out and named, and the
   rest is taken. The SDKs drop a whole chunk on any 4xx, so one bad event must never cost
   its neighbours.
+* An SDK event is stored as it came, so every string in it (keys too) must be text that
+  UTF-8 can hold. JSON's \\u escapes can carry a lone surrogate (half of a character such
+  as an emoji, "\\udc00"), which no UTF-8 reader, SQLite or hash can take: such an event
+  is left out and named, like any other unusable one.
 
 A body that is unusable as a whole (not JSON, no "batch" list, too large) raises Invalid with
 a message that names the problem, and nothing is written.
@@ -97,7 +101,7 @@ def parse_batch(body, received):
     if len(events) > MAX_BATCH_EVENTS:
         raise Invalid(f"batch holds {len(events)} events; the limit is {MAX_BATCH_EVENTS}", 413)
     if _is_sdk_batch(events):
-        return _sdk_batch(events, received)
+        return _sdk_batch(events, received, may_hold_lone_surrogates(body))
     ids = []
     for event in events:
         # The common case checked inline; only a bad element pays for a named error.
@@ -287,23 +291,63 @@ def _checked_sdk_event(event, received, index):
     return SdkEvent(index, event_id, experience, details)
 
 
+# A JSON \\u escape of a UTF-16 surrogate: only a body holding one can decode to a lone one.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def may_hold_lone_surrogates(body):
+    return b"\\u" in body and _SURROGATE_ESCAPE.search(body) is not None
+
+
+def not_unicode(value, where=""):
+    """The path of the first string in `value` (a decoded JSON value, keys included) that
+    UTF-8 cannot encode, or None."""
+    if type(value) is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where or "a string"
+        return None
+    if type(value) is dict:
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else key
+            if not_unicode(key) is not None:
+                return f"a key in {where or 'the event'}"
+            found = not_unicode(item, path)
+            if found:
+                return found
+    elif type(value) is list:
+        for index, item in enumerate(value):
+            found = not_unicode(item, f"{where}[{index}]")
+            if found:
+                return found
+    return None
+
+
 def _is_sdk_batch(events):
     return any(type(event) is dict and any(mark in event for mark in SDK_MARKS)
                for event in events)
 
 
-def _sdk_batch(events, received):
+def _sdk_batch(events, received, check_text):
     """Every usable event kept; each unusable one left out and named (the SDKs drop a whole
-    chunk on a 4xx, so one bad event must not cost its neighbours)."""
+    chunk on a 4xx, so one bad event must not cost its neighbours). `check_text`: the body
+    may hold lone surrogates, so each event is looked through for them."""
     batch = Batch()
     clocks = {}
     for index, event in enumerate(events):
         try:
             if type(event) is dict and not any(mark in event for mark in SDK_MARKS):
                 batch.ids.append(event_id(event, f"batch[{index}]"))  # a minimal item
-            else:
-                batch.events.append(sdk_event(event, received, index, clocks))
+                continue
+            where = not_unicode(event) if check_text else None
+            if where:
+                raise Invalid(f"{where} holds a lone surrogate (half of a character such as "
+                              "an emoji), which is not text UTF-8 can hold")
+            batch.events.append(sdk_event(event, received, index, clocks))
         except Invalid as invalid:
             named = event.get("id") if type(event) is dict else None
-            batch.rejected.append((index, named if type(named) is str else None, str(invalid)))
+            if type(named) is not str or not_unicode(named):
+                named = None
+            batch.rejected.append((index, named, str(invalid)))
     return batch

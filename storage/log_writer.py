@@ -206,7 +206,10 @@ class EventLog:
             fresh = self._seen.claim(events, received) if self._seen else [True] * len(events)
             try:
                 self._write_events(ids, events, fresh, received, sent)
-            except AppendError:
+            except BaseException:
+                # Whatever failed (an AppendError, or anything unforeseen), nothing of the
+                # request was written: a claim kept would answer its retry as a duplicate
+                # of an event never stored.
                 if self._seen:
                     self._seen.unclaim()
                 raise
@@ -247,7 +250,7 @@ class EventLog:
         if records:
             try:
                 self._write(records)
-            except AppendError:
+            except BaseException:
                 if kept:
                     self._details.take_back(len(group))
                 raise

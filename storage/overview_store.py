@@ -32,7 +32,8 @@ from the Unix epoch); all times are the devices' (storage/details.py: "time").
                     details file's identity, or the stream's), position (how far in it: an
                     offset in the details file, or a stream sequence), log_end (the data1
                     offset its last counted group ends at; the sequence again in cluster
-                    mode), events, updated_at
+                    mode), events, updated_at, set_aside (SDK events read that could not
+                    be counted, worker/overview.screen_views)
 
     A device is storage/sketches.person_key("anon:" + its anonymousID); a person is
     person_key("user:" + the event's userID) when it has one, else the event's device.
@@ -84,7 +85,7 @@ CREATE TABLE open_session (device INTEGER NOT NULL, experience INTEGER NOT NULL,
 CREATE TABLE device (device INTEGER PRIMARY KEY, newest INTEGER NOT NULL);
 CREATE TABLE state (version INTEGER NOT NULL, session_timeout INTEGER NOT NULL,
     source BLOB NOT NULL, position INTEGER NOT NULL, log_end INTEGER NOT NULL,
-    events INTEGER NOT NULL, updated_at TEXT NOT NULL);
+    events INTEGER NOT NULL, updated_at TEXT NOT NULL, set_aside INTEGER NOT NULL DEFAULT 0);
 """
 
 EXPERIENCE_COLUMNS = ("views", "people", "sessions", "duration_sum", "session_screens",
@@ -96,7 +97,7 @@ class CorruptOverview(Exception):
 
 
 OverviewState = collections.namedtuple(
-    "OverviewState", "session_timeout source position log_end events")
+    "OverviewState", "session_timeout source position log_end events set_aside")
 STATE_COLUMNS = ", ".join(OverviewState._fields)
 
 
@@ -119,6 +120,7 @@ class Changes:
         self.open_sessions = {}  # (device, experience) -> its sessions now, whole
         self.devices = {}  # device -> its newest screen view
         self.events = 0  # SDK events read (screen views and the rest)
+        self.set_aside = 0  # of those, the ones that could not be counted
 
     def hour(self, experience, hour):
         """The changes of one experience's hour, to add to in place."""
@@ -148,6 +150,8 @@ class OverviewStore(derived_store.Writer):
         trust."""
         if not self.path.exists():
             self._create(session_timeout)
+        else:
+            self._add_set_aside_column()
         try:
             self.db, state = derived_store.open_writer(
                 self.path, VERSION, STATE_COLUMNS,
@@ -156,9 +160,23 @@ class OverviewStore(derived_store.Writer):
             raise CorruptOverview(str(problem)) from None
         return OverviewState(*state)
 
+    def _add_set_aside_column(self):
+        """A store made before state.set_aside gains it (0): nothing else changed."""
+        try:
+            db = derived_store.writer(self.path)
+            try:
+                columns = {row[1] for row in db.execute("PRAGMA table_info(state)")}
+                if columns and "set_aside" not in columns:
+                    db.execute("ALTER TABLE state ADD COLUMN set_aside INTEGER NOT NULL "
+                               "DEFAULT 0")
+            finally:
+                db.close()
+        except sqlite3.DatabaseError:
+            pass  # open() says what is wrong with it
+
     def _create(self, session_timeout):
         derived_store.create(self.path, SCHEMA,
-                             "INSERT INTO state VALUES (?, ?, x'', 0, 0, 0, '')",
+                             "INSERT INTO state VALUES (?, ?, x'', 0, 0, 0, '', 0)",
                              (VERSION, session_timeout))
 
     def devices(self, devices):
@@ -201,9 +219,9 @@ class OverviewStore(derived_store.Writer):
                             for session in sessions])
             db.executemany("INSERT OR REPLACE INTO device VALUES (?, ?)",
                            changes.devices.items())
-            db.execute("UPDATE state SET source = ?, position = ?, "
-                       "log_end = ?, events = events + ?, updated_at = ?",
-                       (source, position, log_end, changes.events,
+            db.execute("UPDATE state SET source = ?, position = ?, log_end = ?, "
+                       "events = events + ?, set_aside = set_aside + ?, updated_at = ?",
+                       (source, position, log_end, changes.events, changes.set_aside,
                         utc_now()))
             db.execute("COMMIT")
         except BaseException:
@@ -265,7 +283,7 @@ class OverviewStore(derived_store.Writer):
                       "name", "open_session", "device"):
             db.execute(f"DELETE FROM {table}")
         db.execute("UPDATE state SET session_timeout = ?, source = x'', "
-                   "position = 0, log_end = 0, events = 0, updated_at = ?",
+                   "position = 0, log_end = 0, events = 0, set_aside = 0, updated_at = ?",
                    (session_timeout, utc_now()))
         db.execute("COMMIT")
 

@@ -47,8 +47,9 @@ EXACT_DURATION_BELOW = 4096
 def person_key(text):
     """A person's (or a device's) 64-bit hash, as a signed integer (what SQLite and the HLL
     sketch take)."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little",
-                          signed=True)
+    # surrogatepass: any str hashes, even one holding half an emoji (JSON can carry it).
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"),
+                                          digest_size=8).digest(), "little", signed=True)
 
 
 def _int64s(blob):

@@ -28,6 +28,7 @@ from storage.details import HEADER, read_groups, read_header
 from storage.layout import Layout, names_open_file
 from storage.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, PEOPLE, SESSION_SCREENS,
                                     SESSIONS, VIEWS, Changes, CorruptOverview, OverviewStore)
+from storage.log_format import MAX_ID
 from storage.sketches import duration_bucket, person_key
 from worker.sessions import place
 
@@ -94,13 +95,20 @@ class OverviewCounter:
         self.store.reset(self.timeout)
         self.source, self.position, self.log_end = b"", 0, 0
 
-    def count(self, views, events, source, position, log_end):
+    def count(self, views, events, source, position, log_end, set_aside=()):
         """Place `views` (screen_views()) of `events` SDK events and commit them with the new
-        position. The caller has made the source durable up to `position`."""
+        position; `set_aside`, what screen_views left out of them, is counted in the store's
+        state and logged. The caller has made the source durable up to `position`."""
         if not events and position == self.position:
             return 0
         changes = Changes()
         changes.events = events
+        changes.set_aside = len(set_aside)
+        if set_aside:
+            named, why = set_aside[0]
+            log.error("overview: %d SDK events in %s cannot be counted and are set aside "
+                      "(kept in the source, counted in /stats as overview_set_aside), e.g. "
+                      "event %s: %s", len(set_aside), self.source_name, named, why)
         # Every device's state in a few queries, not two per view.
         newest, stored = self.store.devices({view[2] for view in views})
         for experience, moment, device, person, screen, name, screen_name in views:
@@ -197,19 +205,19 @@ class Overview:
         started, counted, screens = time.monotonic(), 0, 0
         start = offset = max(counter.position, HEADER.size)
         end = counter.log_end
-        views, events = [], 0  # of the groups read since the last commit
+        views, events, set_aside = [], 0, []  # of the groups read since the last commit
         for group in read_groups(self.details, start):
             if group.data1_end > data1_end:
                 break
             items = group.events()
             events += len(items)
-            views += screen_views(items)
+            views += screen_views(items, set_aside)
             offset, end = group.end, group.data1_end
             if events >= COMMIT_EVENTS:
-                counted += self._commit(views, events, identity, offset, end)
+                counted += self._commit(views, events, identity, offset, end, set_aside)
                 screens += len(views)
-                views, events = [], 0
-        counted += self._commit(views, events, identity, offset, end)
+                views, events, set_aside = [], 0, []
+        counted += self._commit(views, events, identity, offset, end, set_aside)
         screens += len(views)
         if counted:
             log.info("overview: counted %d SDK events (%d screen views) in %.3fs; details "
@@ -217,11 +225,11 @@ class Overview:
                      offset)
         return counted
 
-    def _commit(self, views, events, identity, offset, end):
+    def _commit(self, views, events, identity, offset, end, set_aside):
         if events:
             # The store must never claim details a power loss could undo.
             os.fdatasync(self.details)
-        return self.counter.count(views, events, identity, offset, end)
+        return self.counter.count(views, events, identity, offset, end, set_aside)
 
     def close(self):
         self.counter.close()
@@ -230,31 +238,57 @@ class Overview:
             self.details = None
 
 
-def screen_views(items):
+def screen_views(items, set_aside):
     """A group's screen views as (experience, moment, device, person, screen id, experience
-    name, screen name); identifies and registers are kept in the details, not counted."""
+    name, screen name); identifies and registers are kept in the details, not counted.
+
+    The ingest stores only events it checked, but a store outlives the code that checked it:
+    an event that still cannot be counted (a field of the wrong type, a time out of range)
+    is appended to `set_aside` as (its id, why) and left out, so that no stored event can
+    stop the counting of the others."""
     views = []
     keys = {}  # a group's events mostly share one install and one person: hashed once
     for item in items:
-        event = item["event"]
-        if event.get("type") != "screen":
-            continue
-        properties = event["properties"]
-        anonymous = "anon:" + event["anonymousID"]
-        device = keys.get(anonymous)
-        if device is None:
-            device = keys[anonymous] = person_key(anonymous)
-        user = event.get("userID")
-        person = device
-        if user:
-            user = "user:" + user
-            person = keys.get(user)
-            if person is None:
-                person = keys[user] = person_key(user)
-        views.append((int(properties["experienceID"]),  # as the ingest checked it
-                      item["time"] // 1000, device, person, properties.get("id") or "",
-                      properties.get("experienceName"), properties.get("name")))
+        try:
+            event = item["event"]
+            if event.get("type") != "screen":
+                continue
+            properties = event["properties"]
+            anonymous = "anon:" + event["anonymousID"]
+            device = keys.get(anonymous)
+            if device is None:
+                device = keys[anonymous] = person_key(anonymous)
+            user = event.get("userID")
+            person = device
+            if user:
+                user = "user:" + user
+                person = keys.get(user)
+                if person is None:
+                    person = keys[user] = person_key(user)
+            experience, moment = int(properties["experienceID"]), item["time"] // 1000
+            if not (0 <= experience <= MAX_ID and 0 <= moment < 2**40):
+                raise ValueError("experienceID or time out of range")
+            views.append((experience, moment, device, person,
+                          stored_text(properties.get("id") or ""),
+                          stored_text(properties.get("experienceName")),
+                          stored_text(properties.get("name"))))
+        except Exception as error:  # noqa: BLE001 (any flaw of one event, named below)
+            named = item.get("event", {}).get("id") if type(item) is dict else None
+            set_aside.append((named if type(named) is str else None,
+                              f"{type(error).__name__}: {error}"))
     return views
+
+
+def stored_text(value):
+    """A name or screen id as SQLite can store it: a string whose lone surrogates (half an
+    emoji, which JSON's \\u escapes can carry and UTF-8 cannot) become U+FFFD."""
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise TypeError(f"a name or screen id is {type(value).__name__}, not a string")
+    if value.isascii():
+        return value
+    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _name(changes, experience, screen, moment, name):

@@ -553,8 +553,10 @@ class StreamWorker(PassLoop):
         overview = partition.overview
         if sdk is not False and overview is not None and sequence > overview.position:
             # Acknowledged messages are on a quorum's disks: nothing to make durable first.
-            overview.count(screen_views(sdk), len(sdk),
-                           partition.checkpoint.fingerprint.encode(), sequence, sequence)
+            set_aside = []
+            overview.count(screen_views(sdk, set_aside), len(sdk),
+                           partition.checkpoint.fingerprint.encode(), sequence, sequence,
+                           set_aside)
         if series is not False and partition.series is not None and (
                 sequence > partition.series_offset):
             _, _, minute_rows, hour_rows = series.drain_into({})

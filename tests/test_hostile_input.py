@@ -1,0 +1,163 @@
+"""Hostile input never stops counting and never loses what was answered: text UTF-8 cannot
+hold (a lone surrogate, half an emoji) is refused per event and named in the 2xx; an event
+stored before that rule, which the worker cannot count, is set aside and counted in /stats
+while counting goes on; and a write that fails in any unforeseen way releases its dedupe
+claims, so the retry is stored. Against a real ingest and worker where it matters."""
+
+import json
+import zlib
+
+import pytest
+
+from http_client import post, request, wait_for
+from app.validate import parse_batch
+from storage import details
+from storage.log_writer import EventLog
+
+SURROGATE_FIELDS = ["anonymousID", "userID", "id", "properties.name",
+                    "properties.experienceName", "properties.id", "context.locale", "key"]
+
+
+def screen(event_id, experience, anonymous="device-1", **fields):
+    event = {"id": event_id, "anonymousID": anonymous, "type": "screen",
+             "timestamp": "2026-12-02T17:00:00Z",
+             "properties": {"experienceID": str(experience), "name": "Home"}}
+    event.update(fields)
+    return event
+
+
+def poisoned(field):
+    """A screen event with a lone surrogate in `field`, as JSON text (json.dumps writes the
+    escape \\udc00, as a hostile client would)."""
+    event = screen("poison-" + field, 777)
+    if field == "key":
+        event["properties"]["\udc00"] = "x"
+    elif field == "id":
+        event["id"] = "\udc00poison"
+    elif "." in field:
+        outer, inner = field.split(".")
+        event.setdefault(outer, {})[inner] = "half \ud83d of an emoji"
+    else:
+        event[field] = "\udc00"
+    return event
+
+
+@pytest.mark.parametrize("field", SURROGATE_FIELDS)
+def test_a_lone_surrogate_anywhere_in_an_sdk_event_refuses_that_event_only(field):
+    body = json.dumps({"batch": [poisoned(field), screen("good-1", 501)]}).encode()
+    batch = parse_batch(body, 1.8e9)
+    assert [event.event_id for event in batch.events] == ["good-1"]
+    [(index, named, why)] = batch.rejected
+    assert index == 0 and "lone surrogate" in why
+    assert named == (None if field == "id" else "poison-" + field)  # never echoed back broken
+
+
+def test_a_whole_emoji_written_as_an_escaped_pair_is_text():
+    body = json.dumps({"batch": [screen("e-1", 5, properties={
+        "experienceID": "5", "name": "\U0001F600 party"})]}).encode()
+    assert b"\\ud83d\\ude00" in body
+    batch = parse_batch(body, 1.8e9)
+    assert not batch.rejected and batch.events[0].details["event"]["properties"]["name"] == (
+        "\U0001F600 party")
+
+
+def test_the_poisoned_request_is_answered_and_counting_goes_on(procs, state_dir):
+    ingest = procs.ingest(state_dir)
+    procs.worker(state_dir)
+    status, answer = post(ingest.port, json.dumps({"batch": [
+        poisoned("anonymousID"), screen("sur-good-1", 501),
+        poisoned("properties.name"), {"id": "sur-x"}]}).encode(), "/batch?apiVersion=2")
+    assert status == 202 and answer["stored"] == 1
+    assert [entry["index"] for entry in answer["rejected"]] == [0, 2, 3]
+    status, answer = post(ingest.port, json.dumps({"batch": [screen("after-1", 502)]}).encode(),
+                          "/batch?apiVersion=2")
+    assert status == 202 and answer["stored"] == 1
+    wait_for(lambda: request(ingest.port, "GET", "/counts")[1]["counts"] == {"501": 1, "502": 1},
+             what="both good events counted")
+    wait_for(lambda: request(ingest.port, "GET", "/experiences")[1]["experiences"],
+             what="the overview to count them")
+    status, health = request(ingest.port, "GET", "/healthz")
+    assert status == 200, health
+    assert request(ingest.port, "GET", "/stats")[1]["overview_set_aside"] == 0
+
+
+def plant_stored_poison(state_dir):
+    """What an ingest without the rule stored: the request's body kept as it came (the
+    details' `sent` form), a lone surrogate in an install id and in a screen name."""
+    events = [screen("old-1", 601), screen("old-2", 602, anonymous="\udc00"),
+              screen("old-3", 603, properties={"experienceID": "603", "name": "\ud83d"})]
+    body = json.dumps({"batch": events}).encode()
+    log = EventLog(state_dir / "data1", details=state_dir / "data1.details",
+                   seen=state_dir / "data1.seen")
+    records = b"601 602 603 "
+    items = []
+    for index, event in enumerate(events):
+        offset = index * 4
+        items.append({"event": event, "time": 1_795_000_000_000, "offset": offset})
+    group = details.encode_group(0, len(records), zlib.crc32(records),
+                                 1_795_000_000_000, items, sent=body)
+    log._details.append(group)
+    log._details.sync()
+    log.close()
+    with open(state_dir / "data1", "ab") as data1:
+        data1.write(records)
+
+
+def test_stored_lone_surrogates_are_counted_and_stop_nothing(procs, state_dir):
+    plant_stored_poison(state_dir)
+    ingest = procs.ingest(state_dir)
+    worker = procs.worker(state_dir)
+    wait_for(lambda: request(ingest.port, "GET", "/counts")[1]["counts"] == {
+        "601": 1, "602": 1, "603": 1}, what="data1 counted")
+    # Lone surrogates are hashed (install ids) and stored as U+FFFD (names): all three are
+    # counted; nothing of them stops the worker.
+    wait_for(lambda: sum(item["screen_views"] for item in request(
+        ingest.port, "GET", "/experiences")[1]["experiences"]) == 3, what="the overview")
+    assert worker.poll() is None
+    status, one = request(ingest.port, "GET", "/experiences/603")
+    assert status == 200 and one["top_screens"][0]["name"] == "\ufffd"
+
+
+def test_a_stored_event_of_the_wrong_shape_is_set_aside_named_and_counted_in_stats(
+        procs, state_dir):
+    """An event no code can count (its time is not a number): the overview leaves it out,
+    says so once, counts it in /stats, and counts the others."""
+    records = b"701 702 "
+    items = [{"event": screen("bad-1", 701), "time": "soon", "offset": 0},
+             {"event": screen("ok-1", 702), "time": 1_795_000_000_000, "offset": 4}]
+    log = EventLog(state_dir / "data1", details=state_dir / "data1.details",
+                   seen=state_dir / "data1.seen")
+    log._details.append(details.encode_group(0, len(records),
+                                             zlib.crc32(records),
+                                             1_795_000_000_000, items))
+    log._details.sync()
+    log.close()
+    with open(state_dir / "data1", "ab") as data1:
+        data1.write(records)
+    ingest = procs.ingest(state_dir)
+    worker = procs.worker(state_dir)
+    wait_for(lambda: request(ingest.port, "GET", "/stats")[1]["overview_set_aside"] == 1,
+             what="the bad event set aside")
+    assert [item["experienceID"] for item in request(
+        ingest.port, "GET", "/experiences")[1]["experiences"]] == [702]
+    assert worker.poll() is None
+    logged = worker.log_path.read_text()
+    assert "1 SDK events in data1.details cannot be counted" in logged and "bad-1" in logged
+
+
+def test_any_failure_of_a_write_releases_its_claims(tmp_path, monkeypatch):
+    log = EventLog(tmp_path / "data1", details=tmp_path / "data1.details",
+                   seen=tmp_path / "data1.seen")
+    events = parse_batch(json.dumps({"batch": [screen("c-1", 1), screen("c-2", 2)]}).encode(),
+                         1.8e9).events
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("an error nobody foresaw")
+
+    monkeypatch.setattr("storage.log_writer.encode_group", broken)
+    with pytest.raises(RuntimeError):
+        log.append_events([], events, 1.8e9)
+    monkeypatch.undo()
+    assert log.append_events([], events, 1.8e9) == [True, True]  # stored, not "duplicates"
+    log.close()
+    assert (tmp_path / "data1").read_bytes() == b"1 2 "
