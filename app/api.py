@@ -12,6 +12,7 @@ import csv
 import datetime
 import io
 import json
+import logging
 import re
 import threading
 import time
@@ -34,6 +35,8 @@ HERE = Path(__file__).resolve().parent
 DASHBOARD = (HERE / "dashboard.html").read_bytes()
 OPENAPI = (HERE / "openapi.json").read_bytes()
 
+log = logging.getLogger("ingest")
+
 EVENT_BODY_LIMIT = 8 * 1024
 SET_ASIDE = OverviewState._fields.index("set_aside")
 # The environ key of a server that can hold an answer back until a write is durable
@@ -55,6 +58,11 @@ def read_body(limit):
 
 
 def error_body(error):
+    if error.status_code >= 500 and error.traceback:
+        # Bottle writes an unexpected error's traceback to wsgi.errors (stderr, which only
+        # supervisord keeps): the ingest's own log must have it, where its other lines are.
+        log.error("%s %s answered 500: %s", request.method, request.path,
+                  error.traceback.rstrip().replace("\n", "\n    "))
     response.content_type = "application/json"
     return json.dumps({"error": error.body or error.status_line}) + "\n"
 
@@ -285,7 +293,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         authorized("read")
         params = query_params()
         csv_wanted = wants_csv()
-        ranged = "from" in params or "to" in params
+        ranged = bool(params.get("from") or params.get("to"))  # empty is absent, as in /series
         if ranged:
             checkpoint, position = counted_in_range(params)
         else:
@@ -293,7 +301,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         top = params.get("top")
         if top is None:
             items = sorted(checkpoint.counts.items())
-        elif top.isdigit() and 0 < int(top) <= 10**9:
+        elif top.isascii() and top.isdigit() and 0 < int(top) <= 10**9:
             items = checkpoint.top(int(top))
         else:
             raise HTTPError(400, f"top must be a positive integer, got {top!r}")

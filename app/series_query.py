@@ -20,6 +20,8 @@ UTC = datetime.timezone.utc
 STEPS = {"minute": MINUTE, "hour": HOUR, "day": 86400}
 DEFAULT_SPAN = {"minute": 3600, "hour": 86400, "day": 30 * 86400}
 MAX_POINTS = 10_000
+EARLIEST = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime.datetime(9000, 1, 1, tzinfo=UTC)
 
 
 class BadQuery(Exception):
@@ -37,19 +39,30 @@ def parse_zone(raw):
         return UTC, "UTC"
     try:
         return zoneinfo.ZoneInfo(raw), raw
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    # OSError: a name that is a folder of the zone database (America), or too long a path.
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
         raise BadQuery(
             f"tz must be an IANA time zone name like Europe/Berlin, got {raw!r}") from None
 
 
 def parse_time(raw, name, tz):
-    """An ISO 8601 time; one without an offset is read in `tz`."""
+    """An ISO 8601 time from 1970 to 8999; one without an offset is read in `tz`."""
     try:
         moment = datetime.datetime.fromisoformat(raw)
     except ValueError:
         raise BadQuery(f"{name} must be an ISO 8601 time like 2026-11-25T10:00:00Z, "
                        f"got {raw!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=tz)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=tz)
+    try:
+        # Bounded so that a range and its buckets (a day either side) stay in datetime's
+        # years 1 to 9999 in any zone.
+        inside = EARLIEST <= moment < LATEST
+    except OverflowError:  # the year 1 or 9999 taken to UTC
+        inside = False
+    if not inside:
+        raise BadQuery(f"{name} must be from 1970-01-01T00:00:00Z to before "
+                       f"9000-01-01T00:00:00Z, got {raw!r}")
+    return moment
 
 
 def parse(params, now, experience=None, step_default="hour"):

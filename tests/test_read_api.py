@@ -2,6 +2,7 @@
 must cover every route and describe every live response."""
 
 import datetime
+import io
 import json
 import re
 import urllib.request
@@ -287,3 +288,58 @@ def test_counts_over_time_behind_the_counts_are_a_503_not_partial_sums(procs, st
     wait_for(lambda: request(ingest.port, "GET", "/series")[0] == 200, what="the series back")
     status, body = request(ingest.port, "GET", "/series")
     assert sum(count for _, count in body["points"]) == 3
+
+
+# Each a parameter value that once answered 500 somewhere, and what the 400 must name.
+HOSTILE_PARAMETERS = [
+    ("tz=America", "tz"),  # a folder of the zone database
+    ("tz=Europe", "tz"),
+    ("tz=" + "x" * 300, "tz"),  # too long a file name
+    ("tz=../../../etc/passwd", "tz"),
+    ("from=0001-01-01T00:00:00Z&to=2026-01-01T00:00:00Z", "from"),
+    ("from=2026-01-01T00:00:00Z&to=0001-01-01T00:00:00Z", "to"),
+    ("from=2026-01-01T00:00:00&to=9999-12-31T23:00:00&tz=America/New_York", "to"),
+    ("from=0001-01-01T00:00:00&to=2026-01-01T00:00:00&tz=Asia/Tokyo", "from"),
+]
+READ_PATHS = ["/series", "/experiences", "/experiences/1", "/counts"]
+
+
+def test_no_parameter_value_makes_a_read_answer_500(system, state_dir):
+    ingest, _ = system
+    post(ingest.port, {"experienceID": 1})
+    settle(state_dir)
+    for path in READ_PATHS:
+        for query, names in HOSTILE_PARAMETERS:
+            if path == "/counts" and "from" not in query:  # its tz reads a range only
+                query += "&from=2026-01-01T00:00:00&to=2026-01-02T00:00:00"
+            status, body = request(ingest.port, "GET", f"{path}?{query}")
+            assert status == 400 and names in body["error"], (path, query, body)
+            assert_matches_spec(path if path != "/experiences/1" else "/experiences/{experience_id}",
+                                "GET", 400, body)
+    status, body = request(ingest.port, "GET", "/counts?top=%C2%B2")  # '²': isdigit() says yes
+    assert status == 400 and "top" in body["error"]
+    # An empty parameter is an absent one, on every route.
+    assert request(ingest.port, "GET", "/counts?from=&to=")[1]["counts"] == {"1": 1}
+    assert request(ingest.port, "GET", "/counts?format=")[1]["counts"] == {"1": 1}
+
+
+def test_an_unexpected_error_is_a_json_500_and_its_traceback_is_in_the_ingest_log(
+        tmp_path, caplog):
+    log = EventLog(tmp_path / "data1")
+    reads = FileReadSide(log, tmp_path, stalled_after=30)
+
+    def broken():
+        raise RuntimeError("a bug")
+
+    reads.stats = broken
+    app = make_app(log, reads)
+    answer = {}
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/stats", "SERVER_NAME": "test",
+               "SERVER_PORT": "80", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+               "wsgi.errors": io.StringIO(), "wsgi.input": io.BytesIO()}
+    body = b"".join(app(environ, lambda status, headers, exc_info=None:
+                        answer.setdefault("status", status)))
+    log.close()
+    assert answer["status"].startswith("500") and "error" in json.loads(body)
+    [record] = [r for r in caplog.records if r.name == "ingest" and "answered 500" in r.message]
+    assert "RuntimeError: a bug" in record.getMessage() and "/stats" in record.getMessage()
