@@ -2,6 +2,7 @@
 example through both ingest nodes, fencing, a whole-cluster restart, and the worker's commit
 crashing on either side of its compare-and-set."""
 
+import asyncio
 import collections
 import contextlib
 import datetime
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import random
 import threading
+import time
 import urllib.parse
 from urllib.parse import quote
 
@@ -29,12 +31,13 @@ import overview_reference as ref
 from test_dashboard import (CHROMIUM, MEASURE, PHONE_WIDTH, CountingProxy, Page, chromium,
                             screenshot)
 from storage import stream_setup
-from storage.layout import DETAILS_HEADER, STREAM, Layout
-from storage.nats_link import Link
+from storage.layout import DETAILS_HEADER, STREAM, Layout, partition_subject
+from storage.nats_link import UNAVAILABLE, Link
 from storage.series_store import HOUR, SeriesReader
 from storage.sketches import duration_bucket
 from storage.checkpoint import merge
 from storage.stream_checkpoint_store import history, read_latest
+from storage.stream_reader import read_subject
 from storage.stream_writer import partition_of
 from worker import stream_runner
 from worker.stream_runner import StreamWorker
@@ -590,3 +593,81 @@ def test_the_overview_through_both_nodes_is_the_ledger_s(cluster):
         assert status == 200 and single["sessions"] == expected[one]["sessions"]
         assert sum(point["screen_views"] for point in single["points"]) == \
             expected[one]["screen_views"]
+
+
+def consumer_servers(link, prefix):
+    """{consumer name: the server it lives on} of the stream's consumers named `prefix`..."""
+    async def ask():
+        return {info.name: info.cluster.leader if info.cluster else None
+                for info in await link.js.consumers_info(STREAM)
+                if info.name.startswith(prefix)}
+    return link.call(ask(), 10)
+
+
+def kill_the_server_of(node, link, prefix):
+    """SIGKILL the server a consumer named `prefix`... lives on, and wait until supervisord
+    has it back and it answers healthy (so that a read going on meets the consumer made
+    again there). True if there was one to kill."""
+    try:
+        servers = set(consumer_servers(link, prefix).values()) - {None}
+    except UNAVAILABLE:
+        return False
+    for server in servers:
+        pid = node.pid(f"nats:{server}")
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            n = int(server.split("-")[1])
+
+            def healthy():
+                try:
+                    return node.pid(f"nats:{server}") not in (None, pid) and node.monitor(
+                        n, "/healthz").get("status") == "ok"
+                except OSError:
+                    return False
+            wait_for(healthy, 60, what=f"{server} back and healthy")
+            return True
+    return False
+
+
+def test_a_nats_server_killed_mid_read_never_makes_a_message_count_twice(cluster):
+    """The server holding a read's consumer is killed in the middle of the read, again and
+    again: each read yields every message once, in rising order, and the workers, whose
+    consumers' servers are killed while they catch up, count every message once, in their
+    counts and their counts over time."""
+    node = cluster(interval=0.2, partition_count=1)
+    node.ctl("stop", "worker:*")
+    total, chunk = 6000, 200
+    subject = partition_subject("p1")
+    with link_to(node) as link:
+        async def publish_all():
+            for _ in range(total // chunk):
+                await asyncio.gather(*(link.js.publish(subject, b"7 ", stream=STREAM)
+                                       for _ in range(chunk)))
+        link.call(publish_all(), 120)
+        stored = None
+        kills, yielded, last = 0, [], 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (stored is None or len(yielded) < stored):
+            try:
+                for message in read_subject(link, STREAM, subject, last, "test-read"):
+                    sequence = message.metadata.sequence.stream
+                    assert sequence > last, f"sequence {sequence} after {last}"
+                    yielded.append(sequence)
+                    last = sequence
+                    if kills < 4 and len(yielded) % 1200 == 300 and kill_the_server_of(
+                            node, link, "test-read"):
+                        kills += 1
+                stored = stored or total
+            except UNAVAILABLE:
+                continue  # the read failed with its server: read on from the last message
+        assert kills >= 2 and len(yielded) == len(set(yielded)) == total
+    node.ctl("start", "worker:*")
+    with link_to(node) as link:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not kill_the_server_of(node, link, "worker-p1"):
+            pass  # the first worker's catch-up read: its consumer's server killed once
+    counted(node, {"7": total})
+    status, series = request(node.ingest_port(1), "GET", "/series?step=hour")
+    assert status == 200 and sum(count for _, count in series["points"]) == total
+    assert sum(entry["counted_messages"] for entry in request(
+        node.ingest_port(1), "GET", "/stats")[1]["partitions"]) == total

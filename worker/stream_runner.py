@@ -83,6 +83,11 @@ def owner_name():
     return f"worker@{socket.gethostname()}:{os.getpid()}"
 
 
+
+class Overcounted(Exception):
+    """A pass counted more messages than the stream holds between its positions: nothing of
+    it is committed."""
+
 class Partition:
     """One owned partition: its reader, its checkpoint store, its series store and its
     overview (or None), and where each stands."""
@@ -453,6 +458,10 @@ class StreamWorker(PassLoop):
                 self.drop(name, f"FENCED: {fenced}")
                 if self.leases:
                     self.leases.forget(name)
+            except Overcounted as refused:
+                # Nothing of the pass was committed; taking the partition again reloads the
+                # committed state, and the next pass reads from there.
+                self.drop(name, f"COMMIT REFUSED: {refused}")
             except UNAVAILABLE as error:
                 # The commit may or may not have happened: taking the partition again
                 # (next upkeep, if its lease is still this worker's) reloads whichever.
@@ -550,6 +559,13 @@ class StreamWorker(PassLoop):
         """Commit the views fed up to `sequence` (`series`, a Tally, and `sdk`, the SDK
         events' details past the overview's position; False for a view not fed), then the
         checkpoint."""
+        if messages > sequence - partition.checkpoint.offset:
+            # Sequences only rise in a read (storage/stream_reader.py), so this cannot happen;
+            # were it to, no view may claim messages the stream does not hold.
+            raise Overcounted(f"partition {partition.name}: {messages} messages counted "
+                              f"between sequences {partition.checkpoint.offset} and "
+                              f"{sequence}, which hold at most "
+                              f"{sequence - partition.checkpoint.offset}")
         overview = partition.overview
         if sdk is not False and overview is not None and sequence > overview.position:
             # Acknowledged messages are on a quorum's disks: nothing to make durable first.
