@@ -15,6 +15,16 @@ from http_client import free_port
 from processes import Procs, Supervisor, copy_of_the_code, short_temp_dir
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on the test item (item.failed_call), for fixtures that keep what a
+    failing test leaves."""
+    report = yield
+    if report.when == "call":
+        item.failed_call = report.failed
+    return report
+
+
 @pytest.fixture
 def procs(tmp_path):
     registry = Procs(tmp_path)

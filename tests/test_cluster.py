@@ -46,7 +46,9 @@ pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture
-def cluster():
+def cluster(request):
+    """Start the shipped cluster on a copy of the code. A failing test's folder (state, every
+    program's log) is kept, and its path printed, for a look at what went wrong."""
     root = short_temp_dir()
     copy_of_the_code(root)
     started = []
@@ -60,7 +62,10 @@ def cluster():
     yield start
     for node in started:
         node.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    if getattr(request.node, "failed_call", False):
+        print(f"\nthe failed test's cluster folder is kept: {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @contextlib.contextmanager

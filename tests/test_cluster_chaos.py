@@ -113,21 +113,25 @@ def test_chaos_on_the_cluster_with_a_ledger(cluster):  # noqa: F811
         return status == 200 and stats["lag_messages"] == 0 and stats
 
     wait_for(caught_up, 60, what="the workers to count every message")
-    counts = node.counts(2)["counts"]
     viewed = {str(experience): count for experience, count in sdks.viewed.items()}
     assert sdks.dropped_for_4xx == []
-    assert {key: n for key, n in counts.items() if int(key) in SDK_EXPERIENCES} == viewed
-    counts = {key: n for key, n in counts.items() if int(key) not in SDK_EXPERIENCES}
-    check_ledgers(counts, *posters)
-    # The counts over time, summed over the partitions' workers: the same ledger holds, and
-    # whole hours around the test hold every event counted.
-    def series_counts():
-        status, body = request(one, "GET", "/counts?" + hours)
+    for number in (1, 2):
+        counts = node.counts(number)["counts"]
+        assert {key: n for key, n in counts.items() if int(key) in SDK_EXPERIENCES} == viewed
+        counts = {key: n for key, n in counts.items() if int(key) not in SDK_EXPERIENCES}
+        check_ledgers(counts, *posters)
+
+    # The counts over time, summed over the partitions' workers, on either node: the same
+    # ledger holds, and whole hours around the test hold every event counted.
+    def series_counts(port):
+        status, body = request(port, "GET", "/counts?" + hours)
         return status == 200 and body["counts"] == {**counts, **viewed} and body
 
-    ranged = wait_for(series_counts, 60, what="the counts over time to hold every event")
-    check_ledgers({key: n for key, n in ranged["counts"].items() if key not in viewed},
-                  *posters)
+    for port in (one, two):
+        ranged = wait_for(lambda: series_counts(port), 60,
+                          what="the counts over time to hold every event")
+        check_ledgers({key: n for key, n in ranged["counts"].items() if key not in viewed},
+                      *posters)
     # The experience overview, merged from both partitions' stores on either node: every
     # screen view once, and each device's views of an experience one session (they are
     # seconds apart), whole in its partition whichever node took them.

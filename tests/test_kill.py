@@ -19,14 +19,28 @@ WORKER_KILLS = 30
 INGEST_KILLS = 10
 
 
+def committed_at(state_dir):
+    checkpoint = read_checkpoint(state_dir)
+    return checkpoint and checkpoint["updated_at"]
+
+
 def test_sigkill_the_worker_at_random_moments(procs, state_dir):
+    """Half the kills land in a worker's start-up or recovery (a random instant of its first
+    0.3 s), half in its passes and commits: a random instant up to 50 ms after it was seen
+    to commit. So the moments are the worker's, not the clock's: on a machine where a
+    worker takes longer than 0.3 s to start, its commits are still killed."""
     rng = random.Random()
     ingest = procs.ingest(state_dir)
     with InvariantWatcher(state_dir) as watcher, Posters(ingest.port) as posters:
         worker = procs.worker(state_dir, interval=0.02)
-        for _ in range(WORKER_KILLS):
-            # A random instant of the worker's life: start-up, recovery, a pass, a commit.
-            time.sleep(rng.uniform(0.0, 0.3))
+        for kill in range(WORKER_KILLS):
+            if kill % 2:
+                before = committed_at(state_dir)
+                wait_for(lambda: committed_at(state_dir) != before,
+                         what="the restarted worker's first commit")
+                time.sleep(rng.uniform(0.0, 0.05))
+            else:
+                time.sleep(rng.uniform(0.0, 0.3))
             worker.send_signal(signal.SIGKILL)
             worker.wait(timeout=10)
             worker = procs.worker(state_dir, interval=0.02)
