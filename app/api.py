@@ -398,7 +398,8 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         problem = eventlog.problem()
         if problem:
             return json_body({"status": "unavailable", "error": problem}, 503)
-        return json_body({"status": "ok"})
+        notes = eventlog.notes()
+        return json_body({"status": "ok", **({"notes": notes} if notes else {})})
 
     @app.get("/healthz")
     def get_health():

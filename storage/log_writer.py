@@ -75,6 +75,8 @@ MIN_FREE_BYTES = 1024 * 1024
 # and the ingest refuses writes (503, Retry-After) rather than take them and hold their
 # answers for a sync that may never finish.
 SYNC_STALLED_AFTER = 5.0
+SIZE_UNKNOWN = ("data1's file system reports no size (statfs gives 0 blocks, as some FUSE "
+                "file systems do): its free space is not checked")
 
 
 class AppendError(Exception):
@@ -128,7 +130,7 @@ class EventLog:
         self._closing = False
         self.on_durable = None  # called by the sync thread after each sync
         self._syncing_since = None  # when the sync in progress started (time.monotonic)
-        self._size_unknown_logged = False
+        self._size_unknown = False  # data1's file system reports no size (statfs)
         self._details = self._seen = None
         # Recovery: how much of data1 holds only what may have been acknowledged.
         size = kept = os.fstat(self._fd).st_size
@@ -286,10 +288,9 @@ class EventLog:
         free = space.f_bavail * space.f_frsize
         if space.f_blocks == 0:
             # Some FUSE file systems report no size at all: unknown is not full.
-            if not self._size_unknown_logged:
-                log.warning("data1's file system reports no size (statfs gives 0 blocks): "
-                            "its free space is not checked")
-                self._size_unknown_logged = True
+            if not self._size_unknown:
+                log.warning(SIZE_UNKNOWN)
+                self._size_unknown = True
         elif free < MIN_FREE_BYTES:
             return f"only {free} bytes free on data1's file system"
         since = self._syncing_since
@@ -297,6 +298,10 @@ class EventLog:
             return (f"data1's disk has not finished a sync in {time.monotonic() - since:.1f} s "
                     f"(more than {SYNC_STALLED_AFTER:g} s)")
         return None
+
+    def notes(self):
+        """What an operator should know that does not stop writes (for /healthz/ingest)."""
+        return [SIZE_UNKNOWN] if self._size_unknown else []
 
     def sync(self):
         """Make everything appended so far durable."""

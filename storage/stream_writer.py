@@ -225,6 +225,10 @@ class StreamLog:
             return "not connected to any NATS server (reconnecting)"
         return None
 
+    def notes(self):
+        """What an operator should know that does not stop writes: nothing here."""
+        return []
+
     def sync(self):
         """Nothing to do: every acknowledged append is already on a quorum's disks."""
 

@@ -22,10 +22,10 @@ from storage.log_writer import EventLog
 from worker.runner import Worker
 
 
-def wsgi_post(app, path, body):
+def wsgi_post(app, path, body, method="POST"):
     """One request straight through the WSGI app: (status code, decoded JSON body)."""
     environ = {
-        "REQUEST_METHOD": "POST", "PATH_INFO": path, "SERVER_NAME": "test", "SERVER_PORT": "80",
+        "REQUEST_METHOD": method, "PATH_INFO": path, "SERVER_NAME": "test", "SERVER_PORT": "80",
         "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http", "wsgi.errors": io.StringIO(),
         "CONTENT_LENGTH": str(len(body)), "wsgi.input": io.BytesIO(body),
     }
@@ -266,3 +266,24 @@ def test_a_second_ingest_on_the_same_state_folder_exits(procs, state_dir):
                          service_env(state_dir, port=free_port()), "second")
     assert second.wait(timeout=30) == 2  # a bad setup: supervisord leaves it stopped
     assert "another ingest is already running" in second.log_path.read_text()
+
+
+def test_a_file_system_that_reports_no_size_is_not_full(app_and_log, state_dir, monkeypatch,
+                                                        caplog):
+    """Some FUSE file systems implement no statfs: 0 blocks, 0 free. Unknown is not full:
+    writes go on, /healthz/ingest says so, and the log says so once."""
+    app, log = app_and_log
+    real = os.statvfs
+
+    def sizeless(fd):
+        space = real(fd)
+        return os.statvfs_result((space.f_bsize, space.f_frsize, 0, 0, 0, 0, 0, 0,
+                                  space.f_flag, space.f_namemax))
+
+    monkeypatch.setattr(os, "statvfs", sizeless)
+    for n in range(3):
+        status, health = wsgi_post(app, "/healthz/ingest", b"", "GET")  # as admission asks
+        assert status == 200 and "reports no size" in health["notes"][0]
+        assert wsgi_post(app, "/event", b'{"experienceID": %d}' % n)[0] == 202
+    assert (state_dir / "data1").read_bytes() == b"0 1 2 "
+    assert sum("reports no size" in record.message for record in caplog.records) == 1
