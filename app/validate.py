@@ -25,6 +25,7 @@ import re
 from storage.log_format import MAX_ID
 
 MAX_BATCH_EVENTS = 10_000
+EXACT_FLOAT = 2**53
 
 _TYPE_NAMES = {
     type(None): "null",
@@ -76,6 +77,10 @@ def event_id(event, where="body"):
         raise Invalid(f"{where} has no experienceID")
     value = event["experienceID"]
     field = "experienceID" if where == "body" else f"{where}.experienceID"
+    if type(value) is float and value.is_integer() and abs(value) < EXACT_FLOAT:
+        # JSON Schema's integer: 425.0 and 4.25e2 are 425. Only below 2**53, where a float
+        # still holds the number written: 9007199254740993.0 reads as ...992.0.
+        value = int(value)
     if type(value) is not int:  # not isinstance: True and False are ints to Python
         kind = _TYPE_NAMES.get(type(value), type(value).__name__)
         raise Invalid(f"{field} must be an integer, got {kind}")
@@ -203,6 +208,8 @@ def experience_id_of(properties):
     value = properties.get("experienceID")
     if type(value) is str and value.isascii() and value.isdigit() and len(value) <= 19:
         value = int(value)
+    elif type(value) is float and value.is_integer() and abs(value) < EXACT_FLOAT:
+        value = int(value)  # as event_id reads it
     if type(value) is not int or not 0 <= value <= MAX_ID:
         shown = "missing" if "experienceID" not in properties else json.dumps(value)[:40]
         raise Invalid("properties.experienceID must be a decimal string of an id from 0 to "
@@ -221,7 +228,7 @@ def _fast_experience(event):
     user = event.get("userID")
     context = event.get("context")
     if not (_usable_string(event.get("id")) and _usable_string(event.get("anonymousID"))
-            and (user is None or _usable_string(user))
+            and (user is None or user == "" or _usable_string(user))
             and (context is None or type(context) is dict)):
         return False, None
     if kind == "screen":
@@ -268,7 +275,8 @@ def _checked_sdk_event(event, received, index):
         raise Invalid("must be a JSON object")
     event_id = _sdk_string(event, "id")
     _sdk_string(event, "anonymousID")
-    _sdk_string(event, "userID", optional=True)
+    if event.get("userID") != "":  # empty, as null: no person named
+        _sdk_string(event, "userID", optional=True)
     kind = event.get("type")
     if kind not in SDK_TYPES:
         raise Invalid(f"type must be one of {', '.join(SDK_TYPES)}, got {json.dumps(kind)[:40]}")

@@ -22,8 +22,8 @@ BAD_EVENT_BODIES = {
     "true": b'{"experienceID": true}',
     "false": b'{"experienceID": false}',
     "fraction": b'{"experienceID": 1.5}',
-    "float one": b'{"experienceID": 1.0}',
-    "exponent": b'{"experienceID": 1e3}',
+    "2**53 + 1 as a float": b'{"experienceID": 9007199254740993.0}',  # read as ...992
+    "a large exponent": b'{"experienceID": 1e18}',
     "string id": b'{"experienceID": "12"}',
     "NaN": b'{"experienceID": NaN}',
     "Infinity": b'{"experienceID": Infinity}',
@@ -55,6 +55,10 @@ def test_parse_event_rejects(body):
         (b'{"experienceID": 7, "other": [1.5, null, "x"]}', 7),
         (b'  {"experienceID":42}\n', 42),
         (b'{"experienceID": 1, "experienceID": 2}', 2),  # duplicate keys: JSON's last wins
+        # JSON Schema's integers (app/openapi.json), exact up to 2**53:
+        (b'{"experienceID": 425.0}', 425),
+        (b'{"experienceID": 4.25e2}', 425),
+        (b'{"experienceID": 9007199254740991.0}', 2**53 - 1),
     ],
 )
 def test_parse_event_accepts(body, expected):
