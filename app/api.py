@@ -63,8 +63,12 @@ def error_body(error):
         # supervisord keeps): the ingest's own log must have it, where its other lines are.
         log.error("%s %s answered 500: %s", request.method, request.path,
                   error.traceback.rstrip().replace("\n", "\n    "))
+    message = error.body or error.status_line
+    if error.status_code == 405 and error.headers.get("Allow"):
+        message = (f"{request.method} is not allowed on {request.path}; it takes "
+                   f"{error.headers['Allow'].replace(',', ', ')}")
     response.content_type = "application/json"
-    return json.dumps({"error": error.body or error.status_line}) + "\n"
+    return json.dumps({"error": message}) + "\n"
 
 
 def json_body(document, status=200):

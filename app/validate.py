@@ -98,8 +98,12 @@ def parse_batch(body, received):
     """A POST /batch body as a Batch; `received` is the receive time (Unix seconds), which
     stands in for a device time that cannot be believed."""
     document = parse_json(body)
-    if type(document) is not dict or type(document.get("batch")) is not list:
+    if type(document) is not dict or "batch" not in document:
         raise Invalid('body must be a JSON object like {"batch": [{"experienceID": 1}]}')
+    if type(document["batch"]) is not list:
+        kind = _TYPE_NAMES.get(type(document["batch"]), "a number")
+        raise Invalid(f'batch must be an array of events, like {{"batch": [{{"experienceID": '
+                      f'1}}]}}, got {kind}')
     events = document["batch"]
     if not events:
         raise Invalid("batch is empty")

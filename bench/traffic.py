@@ -147,9 +147,12 @@ class Sender:
         self.refused = 0
         self._lock = threading.Lock()
 
-    def send(self, batches):
+    def send(self, batches, duration=None):
+        """Post every batch; with `duration` (seconds), spread over about that long, batch i
+        not before duration * i / len(batches) (a steady rate rather than a burst)."""
         pending = collections.deque(enumerate(batches))
         failures = []
+        started, total = time.monotonic(), max(1, len(batches))
 
         def run():
             conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
@@ -157,7 +160,9 @@ class Sender:
                 with self._lock:
                     if not pending or failures:
                         break
-                    _, (device_id, events) = pending.popleft()
+                    number, (device_id, events) = pending.popleft()
+                if duration:
+                    time.sleep(max(0.0, started + duration * number / total - time.monotonic()))
                 try:
                     self._post(conn, device_id, events)
                 except Exception as error:  # noqa: BLE001 - reported by send()
@@ -215,7 +220,14 @@ def main(argv=None):
                         help="experiences 1 to N (default 10)")
     parser.add_argument("--days", type=float, default=7,
                         help="the traffic spans the last DAYS days (default 7)")
-    parser.add_argument("--seed", type=int, default=1, help="the same seed, the same traffic")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="the same seed, the same installs and history, ending now: run "
+                             "again, it sends those installs' views again, moved on in time "
+                             "(new views of the same installs); another seed gives other "
+                             "installs (default 1)")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="send over about this many seconds, at a steady rate (default: "
+                             "as fast as the connections go)")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--token", default=None,
                         help="a write token, when the ingest asks for one (default: the first "
@@ -232,7 +244,7 @@ def main(argv=None):
     sender = Sender(args.url, token or None, args.connections)
     started = time.monotonic()
     try:
-        sender.send(traffic.batches)
+        sender.send(traffic.batches, args.duration)
     except (RuntimeError, ValueError) as error:
         print(f"traffic: {error}", file=sys.stderr)
         return 1

@@ -104,7 +104,8 @@ class Checkpoint:
 def merge(checkpoints):
     """One Checkpoint holding the counts of several partitions' checkpoints (counts are
     additive; None stands for a partition with no checkpoint yet). Its updated_at is the
-    oldest of theirs: the merged counts are at least that recent."""
+    newest of theirs: when the counts last changed, as on one machine (each partition's own
+    time is in its entry of /stats)."""
     counts, skipped, times = {}, 0, []
     for checkpoint in checkpoints:
         if checkpoint is None:
@@ -114,7 +115,7 @@ def merge(checkpoints):
         for experience, count in checkpoint.counts.items():
             counts[experience] = counts.get(experience, 0) + count
     return Checkpoint(counts=counts, skipped=skipped, fingerprint="",
-                      updated_at=min(times) if times else "")
+                      updated_at=max(times) if times else "")
 
 
 def utc_now_iso():

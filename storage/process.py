@@ -31,7 +31,7 @@ EXIT_FAILED = 1
 EXIT_BAD_SETUP = 2
 EXIT_STATE_UNKNOWN = 70
 
-LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+LOG_FORMAT = "%(asctime)s %(name)s%(program)s %(levelname)s %(message)s"
 LOG_FILE_BYTES = 10 * 1024 * 1024
 LOG_FILE_BACKUPS = 5
 
@@ -42,6 +42,30 @@ MIN_LIFETIME = 1.0
 _started = time.monotonic()
 
 
+class LogFormatter(logging.Formatter):
+    """LOG_FORMAT, naming the program beside the logger where the two differ. In cluster
+    mode supervisord runs ingest-1 and ingest-2, worker-1 and worker-2 (its
+    SUPERVISOR_PROCESS_NAME), and both of a pair log as "ingest" or "worker": a line then
+    reads `worker[worker-2] INFO ...`. On one machine the names are the same and nothing is
+    added."""
+
+    def __init__(self):
+        super().__init__(LOG_FORMAT)
+        self.program_name = os.environ.get("SUPERVISOR_PROCESS_NAME", "")
+
+    def format(self, record):
+        name = self.program_name
+        record.program = f"[{name}]" if name and name != record.name else ""
+        return super().format(record)
+
+
+def log_to_stderr():
+    """Log lines (INFO and up) to stderr, LogFormatter's way."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogFormatter())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
 def start_logging(program, state_dir=None):
     """Log lines to stderr, each written whole in one write (logging's StreamHandler writes a
     line and its newline together; print() writes them apart, and under supervisord another
@@ -49,7 +73,7 @@ def start_logging(program, state_dir=None):
     file there, if the folder already has its logs/: so that a start that fails is in the
     file too, while a bad setting on a new folder still creates nothing. Then warns of
     MINI_ANALYTICS_* names that are no setting."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    log_to_stderr()
     if state_dir is not None and Layout(state_dir).log_file(program).parent.is_dir():
         _log_to_file(Layout(state_dir).log_file(program))
     for warning in settings.unknown():
@@ -106,7 +130,7 @@ def _log_to_file(path):
     handler = logging.handlers.RotatingFileHandler(
         path, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS
     )
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(LogFormatter())
     root.addHandler(handler)
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from supervisor import childutils
 
-from storage.process import EXIT_BAD_SETUP, LOG_FORMAT
+from storage.process import EXIT_BAD_SETUP, log_to_stderr
 
 log = logging.getLogger("mini-analytics")
 
@@ -77,7 +77,7 @@ def listen(reason_file, stdin=sys.stdin.buffer, stdout=sys.stdout.buffer):
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python -m storage.stop_on_bad_setup REASON_FILE")
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    log_to_stderr()
     # supervisord's stop is SIGTERM: a stop that was asked for, so exit 0 (logged as such).
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     listen(sys.argv[1])

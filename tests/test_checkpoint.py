@@ -118,12 +118,12 @@ def test_bad_partition_checkpoints_are_refused(field, value):
         decode_partition(json.dumps(document).encode(), "p1")
 
 
-def test_merge_adds_partitions_and_keeps_the_oldest_time():
+def test_merge_adds_partitions_and_keeps_the_newest_time():
     merged = merge([
         Checkpoint(counts={1: 2, 5: 1}, skipped=1, updated_at="2026-11-25T10:00:05.000Z"),
         None,
         Checkpoint(counts={1: 1, 7: 4}, skipped=2, updated_at="2026-11-25T10:00:01.000Z"),
     ])
     assert merged.counts == {1: 3, 5: 1, 7: 4} and merged.skipped == 3
-    assert merged.updated_at == "2026-11-25T10:00:01.000Z"
+    assert merged.updated_at == "2026-11-25T10:00:05.000Z"  # when the counts last changed
     assert merge([]).counts == {} and merge([]).updated_at == ""
