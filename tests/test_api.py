@@ -4,6 +4,7 @@
 import collections
 import http.client
 import json
+import logging
 import socket
 import threading
 
@@ -12,6 +13,7 @@ import pytest
 from http_client import post, request, wait_for
 from ledger import Posters
 from app.api import BATCH_BODY_LIMIT, EVENT_BODY_LIMIT
+from storage import process
 from test_validate import BAD_EVENT_BODIES, MAX_ID
 
 
@@ -148,6 +150,16 @@ def test_pipelined_requests_are_answered_in_order(ingest, state_dir):
     assert data1(state_dir) == b"101 102 103 "
 
 
+def test_a_log_line_names_its_program_where_two_share_a_logger(monkeypatch):
+    """In cluster mode supervisord runs worker-1 and worker-2, both logging as "worker"."""
+    record = logging.LogRecord("worker", logging.INFO, __file__, 1, "partition p5: counted",
+                               None, None)
+    monkeypatch.setenv("SUPERVISOR_PROCESS_NAME", "worker-2")
+    assert " worker[worker-2] INFO partition p5: counted" in process.LogFormatter().format(record)
+    monkeypatch.setenv("SUPERVISOR_PROCESS_NAME", "worker")  # one machine: the same name
+    assert " worker INFO partition p5: counted" in process.LogFormatter().format(record)
+
+
 def test_unknown_path_and_wrong_method(ingest):
     status, answer = request(ingest.port, "GET", "/nope")
     assert status == 404 and "error" in answer
@@ -155,7 +167,10 @@ def test_unknown_path_and_wrong_method(ingest):
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 405")
     assert b"\r\nAllow: POST" in head
-    assert b"application/json" in head and json.loads(body)["error"]
+    assert b"application/json" in head
+    assert json.loads(body)["error"] == "GET is not allowed on /event; it takes POST"
+    status, answer = post(ingest.port, {"batch": {"experienceID": 1}}, path="/batch")
+    assert status == 400 and answer["error"].startswith("batch must be an array of events")
 
 
 def test_batch_all_or_nothing(ingest, state_dir):
