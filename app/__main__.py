@@ -27,6 +27,55 @@ from storage.log_writer import EventLog
 log = logging.getLogger("ingest")
 
 
+# Slow and idle connections (docs/security.md): a request must arrive whole within this long
+# of its first byte, or its connection is closed (a client sending a byte every few seconds,
+# slowloris, would otherwise hold its place for as long as it likes) ...
+REQUEST_READ_TIMEOUT = 10
+# ... a connection with nothing under way is closed after this long ...
+IDLE_TIMEOUT = 15
+# ... and while every place is taken, the connections idle longest are closed, down to this
+# share of the limit, so that a new client is let in within a second (CLEANUP_INTERVAL)
+# rather than wait in the kernel's backlog for as long as the others hold on.
+CONNECTION_LIMIT = 800
+ROOM_AT_THE_LIMIT = 0.9
+CLEANUP_INTERVAL = 1
+
+
+def maintenance(server, now):
+    """The server's once-a-second upkeep (waitress calls it every cleanup_interval): close
+    the connections past their time, and make room when the server is full. A connection is
+    closed gracefully (will_close), never while a request is served or an answer is owed."""
+    channels = list(server.active_channels.values())
+    idle = []
+    for channel in channels:
+        if channel.requests or channel.total_outbufs_len or channel._holding():
+            continue  # serving, or owing an answer
+        if channel.request is not None:
+            if now - channel.request_began > REQUEST_READ_TIMEOUT:
+                channel.will_close = True
+                server.slow_closed += 1
+            else:
+                idle.append((channel.request_began, channel))
+        elif now - channel.last_activity > IDLE_TIMEOUT:
+            channel.will_close = True
+        else:
+            idle.append((channel.last_activity, channel))
+    excess = len(channels) - int(server.adj.connection_limit * ROOM_AT_THE_LIMIT)
+    if len(channels) >= server.adj.connection_limit and excess > 0:
+        # Full: the ones that have waited longest without a whole request go first.
+        idle.sort(key=lambda pair: pair[0])
+        for _, channel in idle[:excess]:
+            channel.will_close = True
+        server.evicted += min(excess, len(idle))
+        if now - server.eviction_logged > 60:
+            log.warning("connections: all %d places taken; closed %d of the connections "
+                        "idle or slow the longest (%d so far; %d closed for a request not "
+                        "whole within %d s)", server.adj.connection_limit,
+                        min(excess, len(idle)), server.evicted, server.slow_closed,
+                        REQUEST_READ_TIMEOUT)
+            server.eviction_logged = now
+
+
 class JsonErrorTask(ErrorTask):
     """waitress's own error answers (a body over its limit, headers too large, a malformed
     request) in the API's JSON shape rather than plain text.
@@ -69,6 +118,18 @@ class Channel(HTTPChannel):
     error_task_class = JsonErrorTask
     task_class = HoldingTask
     held = None  # the Ticket of the last write on this connection; never cleared (no race)
+    request_began = 0.0  # when the first byte of the request being read arrived (time.time)
+
+    def received(self, data):
+        if data and self.request is None:
+            self.request_began = time.time()
+        return super().received(data)
+
+    def idle(self):
+        """True if nothing is under way here: no request being read or served, no answer
+        to send or held. Closing it loses nothing (a client reconnects)."""
+        return (self.request is None and not self.requests and not self.total_outbufs_len
+                and not self._holding())
 
     def hold(self, ticket):
         self.held = ticket
@@ -196,12 +257,17 @@ def create_server(app, eventlog, connections, *, host, port, threads, trusted_pr
         max_request_body_size=2 * BATCH_BODY_LIMIT,
         max_request_header_size=64 * 1024,
         # Slow or idle clients hold only a connection, never a thread; allow many of them
-        # (within the default limit of 1024 open files) and drop the idle ones sooner.
-        connection_limit=800,
-        channel_timeout=30,
+        # (within the default limit of 1024 open files). maintenance() (above) closes the
+        # slow and the idle ones, and makes room when all places are taken.
+        connection_limit=CONNECTION_LIMIT,
+        channel_timeout=IDLE_TIMEOUT,
+        cleanup_interval=CLEANUP_INTERVAL,
         ident="mini-analytics",
     )
     server.channel_class = Channel
+    server.evicted = server.slow_closed = 0
+    server.eviction_logged = 0.0
+    server.maintenance = lambda now: maintenance(server, now)
     # After each sync, the loop looks again at the connections whose answers it holds.
     eventlog.on_durable = server.pull_trigger
     return server

@@ -2,6 +2,7 @@
 clients all along, and data1 holds nothing but the events those other clients had acknowledged."""
 
 import socket
+import threading
 import time
 
 import pytest
@@ -127,3 +128,70 @@ def test_hostile_json(ingest, state_dir, body, path):
             assert status in (400, 413) and answer["error"]
         wait_for(lambda: len(prober.acked) >= 3, what="the prober")
     prober.check(state_dir)
+
+
+class Slowloris:
+    """More connections than the ingest has places (CONNECTION_LIMIT): half of them idle,
+    half sending their request's head one byte every 2 s, each reopened at once when the
+    ingest closes it, for as long as the attack lasts (at most `seconds`)."""
+
+    def __init__(self, port, connections, seconds):
+        self.port, self.connections, self.seconds = port, connections, seconds
+        self.reopened = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._attack, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _open(self):
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", self.port))  # queued in the backlog if need be
+        return sock
+
+    def _attack(self):
+        head = b"POST /event HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 10_000
+        socks = [self._open() for _ in range(self.connections)]
+        sent = [0] * len(socks)
+        deadline = time.monotonic() + self.seconds
+        try:
+            while not self._stop.wait(2.0) and time.monotonic() < deadline:
+                for index, sock in enumerate(socks):
+                    try:
+                        if index % 2:  # slow: one more byte of a head that never ends
+                            sock.send(head[sent[index]:sent[index] + 1])
+                            sent[index] += 1
+                        elif sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                            raise ConnectionResetError  # idle, and closed by the ingest
+                    except BlockingIOError:
+                        pass  # connecting, or nothing to read: still held
+                    except OSError:
+                        sock.close()
+                        socks[index], sent[index] = self._open(), 0
+                        self.reopened += 1
+        finally:
+            for sock in socks:
+                sock.close()
+
+
+def test_more_slow_and_idle_connections_than_places_never_shut_out_a_client(ingest, state_dir):
+    """1,200 attacking connections against 800 places, every closed one reopened at once: a
+    client is still let in and served while the attack goes on (before, it waited for as
+    long as the attack lasted)."""
+    with Slowloris(ingest.port, 1200, seconds=90) as attack:
+        wait_for(lambda: attack.reopened > 0, 60, what="the ingest to close attacking "
+                                                      "connections to make room")
+        started = time.monotonic()
+        with Prober(ingest.port) as prober:
+            wait_for(lambda: len(prober.acked) >= 5, 60, what="the prober served mid-attack")
+        waited = time.monotonic() - started
+        assert attack._thread.is_alive()  # the attack was still going on
+    prober.check(state_dir)
+    print(f"\nslowloris: served 5 events {waited:.1f} s into the attack; "
+          f"{attack.reopened} attacking connections closed by the ingest and reopened")
