@@ -48,9 +48,9 @@ Invariants
         a group is durable before anything it describes is written);
       - a group whose data1 bytes are missing was never acknowledged either: it and every
         group after it are removed, and data1 is cut back to where its bytes began
-        (DetailsWriter.data1_kept). Its events are then new to the dedupe index, so a resend is stored
-        once. So is a group whose data1 bytes are torn: NULs where a power loss lost pages
-        of their write (storage/log_format.py's invariants);
+        (DetailsWriter.data1_kept). Its events are then new to the dedupe index, so a
+        resend is stored once. So is a group whose data1 bytes are torn: NULs where a power
+        loss lost pages of their write (storage/log_format.py's invariants);
       - a group whose data1 bytes are whole but different means data1 is another file
         (replaced, or restored from elsewhere): only then is this file set aside and a new
         one begun. A power loss never leaves different bytes, only lost ones: NULs, or a

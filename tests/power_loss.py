@@ -12,8 +12,9 @@ torn-seq faults leave (../shared/notes/crash-safety.md), drawn at random from a 
 Every write, fsync and fdatasync of a tracked file is a numbered step; the power fails just
 before or just after step `fail_at`. The thread that reaches it records the image of the
 folder, and neither it nor any other thread takes a tracked step after that: the ingest's
-sync thread is parked (acknowledging nothing more), the test's own thread gets PowerLost. Everything else in the folder (the dedupe
-index, the worker's stores) is copied as it is at that instant: its own writers sync it as
+sync thread is parked (acknowledging nothing more), the test's own thread gets PowerLost.
+Everything else in the folder (the dedupe index, the worker's stores) is copied as it is
+at that instant: its own writers sync it as
 their designs say, and the tests of those designs plant their stale states.
 """
 

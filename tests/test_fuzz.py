@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from http_client import request, wait_for
-from test_read_api import OPENAPI
+from test_read_api import OPENAPI, system  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
 
@@ -88,14 +88,8 @@ def json_error(status, body):
     return 400 <= status < 500 and isinstance(body, dict) and isinstance(body.get("error"), str)
 
 
-@pytest.fixture
-def system(procs, state_dir):
-    ingest = procs.ingest(state_dir)
-    worker = procs.worker(state_dir, interval=0.05)
-    return ingest, worker
-
-
-def test_sdk_batches_from_the_document_are_answered_2xx_or_json_4xx_and_counted(system):
+def test_sdk_batches_from_the_document_are_answered_2xx_or_json_4xx_and_counted(
+        system):  # noqa: F811
     ingest, worker = system
     ledger = collections.Counter()
     statuses = collections.Counter()
@@ -136,7 +130,7 @@ READ_ROUTES = [(path, [parameter["name"] for parameter in operation.get("paramet
                if method == "get" and "{" not in path and path not in ("/", "/openapi.json")]
 
 
-def test_every_read_route_answers_hostile_parameters_2xx_or_json_4xx(system, state_dir):
+def test_every_read_route_answers_hostile_parameters_2xx_or_json_4xx(system):  # noqa: F811
     ingest, _ = system
     request(ingest.port, "POST", "/event", b'{"experienceID": 5}')
     wait_for(lambda: request(ingest.port, "GET", "/counts")[1]["events"] == 1, 30,

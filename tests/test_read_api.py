@@ -314,8 +314,8 @@ def test_no_parameter_value_makes_a_read_answer_500(system, state_dir):
                 query += "&from=2026-01-01T00:00:00&to=2026-01-02T00:00:00"
             status, body = request(ingest.port, "GET", f"{path}?{query}")
             assert status == 400 and names in body["error"], (path, query, body)
-            assert_matches_spec(path if path != "/experiences/1" else "/experiences/{experience_id}",
-                                "GET", 400, body)
+            documented = "/experiences/{experience_id}" if path == "/experiences/1" else path
+            assert_matches_spec(documented, "GET", 400, body)
     status, body = request(ingest.port, "GET", "/counts?top=%C2%B2")  # '²': isdigit() says yes
     assert status == 400 and "top" in body["error"]
     # An empty parameter is an absent one, on every route.
