@@ -7,15 +7,15 @@ contents each had at its last fsync or fdatasync (by whoever made it: the ingest
 thread, or the worker syncing data1 before a commit), and, at the power loss, keeps any
 subset of the pages written since, the lost ones reading as NULs, and a length anywhere
 from the synced one to the written one. That is what LazyFS's clear-cache, torn-op and
-torn-seq faults leave (../shared/notes/crash-safety.md), drawn at random from a seed.
+torn-seq faults leave, drawn at random from a seed.
 
 Every write, fsync and fdatasync of a tracked file is a numbered step; the power fails just
 before or just after step `fail_at`. The thread that reaches it records the image of the
 folder, and neither it nor any other thread takes a tracked step after that: the ingest's
 sync thread is parked (acknowledging nothing more), the test's own thread gets PowerLost.
 Everything else in the folder (the dedupe index, the worker's stores) is copied as it is
-at that instant: its own writers sync it as
-their designs say, and the tests of those designs plant their stale states.
+at that instant: its own writers sync it as their designs say, and the tests of those
+designs plant their stale states.
 """
 
 import contextlib
@@ -60,10 +60,6 @@ class Disk:
         for name, real in self._real.items():
             monkeypatch.setattr(os, name, self._wrap(name, real))
 
-    def release(self):
-        """Let the parked sync thread end (it exits as os._exit would have)."""
-        self._parked.set()
-
     def _tracked(self, fd):
         try:
             path = os.readlink(f"/proc/self/fd/{fd}")
@@ -98,8 +94,7 @@ class Disk:
     def _stop(self):
         if threading.current_thread() is threading.main_thread():
             raise PowerLost()
-        self._parked.wait()
-        raise SystemExit(1)
+        self._parked.wait()  # never set: a daemon thread, gone with the test's process
 
     def fail_now(self):
         """The power fails at once (if it has not already)."""

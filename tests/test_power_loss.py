@@ -162,7 +162,6 @@ def test_power_loss_at_any_write_or_sync_counts_every_sdk_event_once(
     engine.worker.run_pass()
     engine.log.close()
     engine.worker.close()
-    disk.release()
 
     sent = [event for device in devices for event in device.made]
     expected = collections.Counter(int(event["properties"]["experienceID"]) for event in sent)
