@@ -559,7 +559,7 @@ class StreamWorker(PassLoop):
         """Commit the views fed up to `sequence` (`series`, a Tally, and `sdk`, the SDK
         events' details past the overview's position; False for a view not fed), then the
         checkpoint."""
-        if messages > sequence - partition.checkpoint.offset:
+        if messages > max(0, sequence - partition.checkpoint.offset):  # 0 in a views' catch-up
             # Sequences only rise in a read (storage/stream_reader.py), so this cannot happen;
             # were it to, no view may claim messages the stream does not hold.
             raise Overcounted(f"partition {partition.name}: {messages} messages counted "
