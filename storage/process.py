@@ -43,19 +43,20 @@ _started = time.monotonic()
 
 
 class LogFormatter(logging.Formatter):
-    """LOG_FORMAT, naming the program beside the logger where the two differ. In cluster
-    mode supervisord runs ingest-1 and ingest-2, worker-1 and worker-2 (its
-    SUPERVISOR_PROCESS_NAME), and both of a pair log as "ingest" or "worker": a line then
-    reads `worker[worker-2] INFO ...`. On one machine the names are the same and nothing is
-    added."""
+    """LOG_FORMAT, naming the program where supervisord runs several of one kind. In cluster
+    mode it runs ingest-1 and ingest-2, worker-1 and worker-2 (SUPERVISOR_PROCESS_NAME, in
+    the groups ingest and worker), and both of a pair log alike: a line then reads
+    `worker[worker-2] INFO ...`. On one machine each program is alone in its group, and
+    nothing is added."""
 
     def __init__(self):
         super().__init__(LOG_FORMAT)
-        self.program_name = os.environ.get("SUPERVISOR_PROCESS_NAME", "")
+        name = os.environ.get("SUPERVISOR_PROCESS_NAME", "")
+        alone = name == os.environ.get("SUPERVISOR_GROUP_NAME", name)
+        self.program = "" if alone else f"[{name}]"
 
     def format(self, record):
-        name = self.program_name
-        record.program = f"[{name}]" if name and name != record.name else ""
+        record.program = self.program
         return super().format(record)
 
 

@@ -154,9 +154,10 @@ def test_a_log_line_names_its_program_where_two_share_a_logger(monkeypatch):
     """In cluster mode supervisord runs worker-1 and worker-2, both logging as "worker"."""
     record = logging.LogRecord("worker", logging.INFO, __file__, 1, "partition p5: counted",
                                None, None)
+    monkeypatch.setenv("SUPERVISOR_GROUP_NAME", "worker")
     monkeypatch.setenv("SUPERVISOR_PROCESS_NAME", "worker-2")
     assert " worker[worker-2] INFO partition p5: counted" in process.LogFormatter().format(record)
-    monkeypatch.setenv("SUPERVISOR_PROCESS_NAME", "worker")  # one machine: the same name
+    monkeypatch.setenv("SUPERVISOR_PROCESS_NAME", "worker")  # one machine: alone in its group
     assert " worker INFO partition p5: counted" in process.LogFormatter().format(record)
 
 
