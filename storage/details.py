@@ -176,6 +176,7 @@ class DetailsWriter:
         if self.identity is None:
             self._write_header(data1_size)
         self.end = self._repair(data1_fd, data1_size, set_aside)
+        self.appended = 0
 
     def _write_header(self, data1_size):
         self.identity = os.urandom(16)
@@ -240,6 +241,10 @@ class DetailsWriter:
         """Append one encoded group (encode_group) in one write; undone if it fails."""
         append_whole(self.fd, group, self.end, "data1.details", log)
         self.end += len(group)
+        # Bytes appended since opening, never lowered by take_back: a sync that saw this
+        # count knows whether anything was written since (the end alone can come back to
+        # where a sync saw it, with other bytes).
+        self.appended += len(group)
 
     def take_back(self, size):
         """Remove the last `size` bytes appended (their data1 write failed)."""

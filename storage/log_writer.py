@@ -151,6 +151,7 @@ class EventLog:
             self._seen = SeenIndex(Path(seen), self._details, dedupe_window, set_aside, clock)
         # The details end a sync may cover: only groups whose ids the dedupe index has bound.
         self._details_end = self._details_synced = self._details.end if self._details else 0
+        self._details_fsynced = 0  # the details' `appended` count at their last fdatasync
         self._sync_thread = None
         if durable:
             self._sync_thread = threading.Thread(target=self._sync_forever, daemon=True,
@@ -374,17 +375,21 @@ class EventLog:
         else:
             records = self._take_unwritten()
             target = self._synced + len(records)
+        # Read after the records were taken: each of their groups was appended before them.
+        details_written = self._details.appended if self._details else 0
         # Read after target: the entries dating every byte below target were written
         # before those bytes were, so they are all counted here.
         entries = self._index.written if self._index else 0
         self._syncing_since = time.monotonic()
-        if records or details_target > self._details_synced:
+        if details_written > self._details_fsynced:
             # Before data1's bytes are written: every group they belong to was written
-            # before they were queued, so this sync makes all of them durable first.
+            # before they were queued, so this sync makes all of them durable first. (A
+            # round of minimal events only has no new group, and needs no such sync.)
             try:
                 self._details.sync()
             except OSError as error:
                 die(log, f"fdatasync of data1.details failed: {error}")
+            self._details_fsynced = details_written
         if records:
             try:
                 append_whole(self._fd, records, self._synced, "data1", log)
