@@ -211,7 +211,7 @@ class DetailsWriter:
         for group in recent:
             if group.data1_end > data1_size:
                 lost = "their data1 bytes were lost"
-                self.data1_kept = group.data1_start
+                self.data1_kept = min(group.data1_start, data1_size)
                 break
             if not _holds(data1_fd, group):
                 written = os.pread(data1_fd, group.data1_end - group.data1_start,
@@ -247,7 +247,8 @@ class DetailsWriter:
         self.appended += len(group)
 
     def take_back(self, size):
-        """Remove the last `size` bytes appended (their data1 write failed)."""
+        """Remove the last `size` bytes appended (the rest of their append failed, before
+        any of its data1 bytes was written)."""
         self.end -= size
         truncate_or_die(self.fd, self.end, "data1.details", log)
 

@@ -83,10 +83,10 @@ def owner_name():
     return f"worker@{socket.gethostname()}:{os.getpid()}"
 
 
-
 class Overcounted(Exception):
     """A pass counted more messages than the stream holds between its positions: nothing of
     it is committed."""
+
 
 class Partition:
     """One owned partition: its reader, its checkpoint store, its series store and its
