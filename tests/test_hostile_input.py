@@ -13,6 +13,7 @@ from http_client import post, request, wait_for
 from app.validate import parse_batch
 from storage import details
 from storage.log_writer import EventLog
+from worker.overview import screen_views
 
 SURROGATE_FIELDS = ["anonymousID", "userID", "id", "properties.name",
                     "properties.experienceName", "properties.id", "context.locale", "key"]
@@ -161,3 +162,12 @@ def test_any_failure_of_a_write_releases_its_claims(tmp_path, monkeypatch):
     assert log.append_events([], events, 1.8e9) == [True, True]  # stored, not "duplicates"
     log.close()
     assert (tmp_path / "data1").read_bytes() == b"1 2 "
+
+
+def test_screen_views_set_aside_any_malformed_item_and_keep_the_rest():
+    good = {"event": screen("ok", 3), "time": 1_795_000_000_000}
+    set_aside = []
+    views = screen_views(["text", 5, {"event": "x"}, {"event": screen("no-time", 4)},
+                          {"event": screen("huge", 5), "time": 10**30}, good], set_aside)
+    assert [view[0] for view in views] == [3]
+    assert [named for named, _ in set_aside] == [None, None, None, "no-time", "huge"]

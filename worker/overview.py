@@ -273,7 +273,8 @@ def screen_views(items, set_aside):
                           stored_text(properties.get("experienceName")),
                           stored_text(properties.get("name"))))
         except Exception as error:  # noqa: BLE001 (any flaw of one event, named below)
-            named = item.get("event", {}).get("id") if type(item) is dict else None
+            event = item.get("event") if type(item) is dict else None
+            named = event.get("id") if type(event) is dict else None
             set_aside.append((named if type(named) is str else None,
                               f"{type(error).__name__}: {error}"))
     return views
