@@ -48,9 +48,9 @@ def maintenance(server, now):
     channels = list(server.active_channels.values())
     idle = []
     for channel in channels:
-        if channel.requests or channel.total_outbufs_len or channel._holding():
-            continue  # serving, or owing an answer
-        if channel.request is not None:
+        if channel.owing():
+            continue
+        if channel.request is not None:  # a request being read
             if now - channel.request_began > REQUEST_READ_TIMEOUT:
                 channel.will_close = True
                 server.slow_closed += 1
@@ -125,11 +125,10 @@ class Channel(HTTPChannel):
             self.request_began = time.time()
         return super().received(data)
 
-    def idle(self):
-        """True if nothing is under way here: no request being read or served, no answer
-        to send or held. Closing it loses nothing (a client reconnects)."""
-        return (self.request is None and not self.requests and not self.total_outbufs_len
-                and not self._holding())
+    def owing(self):
+        """True while a request is served here or its answer is still to send (or held):
+        such a connection is never closed by maintenance()."""
+        return bool(self.requests or self.total_outbufs_len or self._holding())
 
     def hold(self, ticket):
         self.held = ticket
