@@ -461,7 +461,7 @@ class StreamWorker(PassLoop):
             except Overcounted as refused:
                 # Nothing of the pass was committed; taking the partition again reloads the
                 # committed state, and the next pass reads from there.
-                self.drop(name, f"COMMIT REFUSED: {refused}")
+                self.drop(name, f"COMMIT REFUSED: {refused}", logging.ERROR)
             except UNAVAILABLE as error:
                 # The commit may or may not have happened: taking the partition again
                 # (next upkeep, if its lease is still this worker's) reloads whichever.
