@@ -8,6 +8,10 @@ already served, or than the bucket's leader holds:
 * checkpoints are read through the bucket's leader (storage/stream_checkpoint_store.py),
   never from a replica that may lag; while there is no leader, the answer is a 503 naming the
   lost majority, not older counts;
+* every partition of the stream is asked for, not only those a stream's info lists as
+  holding messages: that info may come from a server that lags, and a node that had read
+  no checkpoint yet then served counts without the partitions it left out (seen with the
+  network flapping: 50 events on one node, then 0 on the other);
 * a node keeps, per partition, the newest revision it has read, and never replaces it with an
   older one: two requests in flight at once, or a paused old leader that still answers, cannot
   make it step back;
@@ -83,7 +87,9 @@ class ClusterReadSide:
     def committed_at(self):
         with self._lock:
             try:
-                names = self._partition_names()
+                # The partitions fixed when the stream was made (a partition with no
+                # checkpoint yet is simply not found); the stream's list where none was given.
+                names = self.all_partitions or self._partition_names()
                 with asking(self.link, "the checkpoints"):
                     found = read_latest(self.link, names, known=self._checkpoints)
             except NoQuorum as problem:

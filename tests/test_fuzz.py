@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from http_client import request, wait_for
+from app.api import BATCH_BODY_LIMIT
 from test_read_api import OPENAPI, system  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
@@ -99,8 +100,14 @@ def test_sdk_batches_from_the_document_are_answered_2xx_or_json_4xx_and_counted(
     @given(st.lists(SDK_EVENTS, min_size=1, max_size=4))
     def send(batch):
         body = json.dumps({"batch": batch}).encode()  # lone surrogates as \u escapes
-        status, answer = request(ingest.port, "POST", "/batch?apiVersion=2", body,
-                                 {"Content-Type": "application/json"}, timeout=30)
+        try:
+            status, answer = request(ingest.port, "POST", "/batch?apiVersion=2", body,
+                                     {"Content-Type": "application/json"}, timeout=30)
+        except (BrokenPipeError, ConnectionResetError):
+            # Far over the limit, the 413 is sent from the headers and the connection closed
+            # before the body is read (app/__main__.py's JsonErrorTask): cut off mid-send.
+            assert len(body) > BATCH_BODY_LIMIT
+            return
         statuses[status] += 1
         assert 200 <= status < 300 or json_error(status, answer), (status, answer)
         if 200 <= status < 300:
