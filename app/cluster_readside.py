@@ -8,10 +8,10 @@ already served, or than the bucket's leader holds:
 * checkpoints are read through the bucket's leader (storage/stream_checkpoint_store.py),
   never from a replica that may lag; while there is no leader, the answer is a 503 naming the
   lost majority, not older counts;
-* every partition of the stream is asked for, not only those a stream's info lists as
-  holding messages: that info may come from a server that lags, and a node that had read
-  no checkpoint yet then served counts without the partitions it left out (seen with the
-  network flapping: 50 events on one node, then 0 on the other);
+* every partition of the stream is asked for (its checkpoint, its series, its overview), not
+  only those a stream's info lists as holding messages: that info may come from a server
+  that lags, and a node then served figures without the partitions it left out (seen with
+  the network flapping: 50 events on one node, then 0 on the other);
 * a node keeps, per partition, the newest revision it has read, and never replaces it with an
   older one: two requests in flight at once, or a paused old leader that still answers, cannot
   make it step back;
@@ -47,8 +47,8 @@ class ClusterReadSide:
         has a message (a partition nobody counts would not be counted when one comes)."""
         self.link = link
         self.all_partitions = list(partitions)
-        self.series = ClusterSeries(link, self._partition_names_locked)
-        self.overview = ClusterOverview(link, self._partition_names_locked)
+        self.series = ClusterSeries(link, self._partitions_to_ask)
+        self.overview = ClusterOverview(link, self._partitions_to_ask)
         self.stalled_after = stalled_after
         self.clock = clock
         self._lock = threading.Lock()
@@ -73,7 +73,12 @@ class ClusterReadSide:
                 self._partitions, self._partitions_at = sorted(messages), now
         return self._partitions
 
-    def _partition_names_locked(self):
+    def _partitions_to_ask(self):
+        """Every partition of the stream (fixed when it was made), or where none was given,
+        those the stream lists. Never only the listed ones when all are known: a lagging
+        server's list can leave some out, and a read would then miss their figures."""
+        if self.all_partitions:
+            return list(self.all_partitions)
         with self._lock:
             return list(self._partition_names())
 
