@@ -69,6 +69,15 @@ def parse_json(body):
         raise Invalid("body is nested too deeply") from None
 
 
+def exact_integer(value):
+    """JSON Schema's integer: 425.0 and 4.25e2 are 425, as ints. Only below 2**53, where a
+    float still holds the number written (9007199254740993.0 reads as ...992.0); any other
+    value is returned as it is."""
+    if type(value) is float and value.is_integer() and abs(value) < EXACT_FLOAT:
+        return int(value)
+    return value
+
+
 def event_id(event, where="body"):
     """The experience id of one decoded event; `where` names the event in error messages."""
     if type(event) is not dict:
@@ -77,10 +86,7 @@ def event_id(event, where="body"):
         raise Invalid(f"{where} has no experienceID")
     value = event["experienceID"]
     field = "experienceID" if where == "body" else f"{where}.experienceID"
-    if type(value) is float and value.is_integer() and abs(value) < EXACT_FLOAT:
-        # JSON Schema's integer: 425.0 and 4.25e2 are 425. Only below 2**53, where a float
-        # still holds the number written: 9007199254740993.0 reads as ...992.0.
-        value = int(value)
+    value = exact_integer(value)
     if type(value) is not int:  # not isinstance: True and False are ints to Python
         kind = _TYPE_NAMES.get(type(value), type(value).__name__)
         raise Invalid(f"{field} must be an integer, got {kind}")
@@ -212,8 +218,8 @@ def experience_id_of(properties):
     value = properties.get("experienceID")
     if type(value) is str and value.isascii() and value.isdigit() and len(value) <= 19:
         value = int(value)
-    elif type(value) is float and value.is_integer() and abs(value) < EXACT_FLOAT:
-        value = int(value)  # as event_id reads it
+    else:
+        value = exact_integer(value)
     if type(value) is not int or not 0 <= value <= MAX_ID:
         shown = "missing" if "experienceID" not in properties else json.dumps(value)[:40]
         raise Invalid("properties.experienceID must be a decimal string of an id from 0 to "
