@@ -6,7 +6,7 @@ import itertools
 import threading
 import time
 
-from http_client import request
+from http_client import NO_ANSWER, request
 from storage.nats_link import UNAVAILABLE, Link
 from storage.stream_checkpoint_store import history, read_latest
 from storage.stream_reader import StreamReader
@@ -81,8 +81,8 @@ class Watcher:
             sent = time.monotonic()
             try:
                 status, body = request(ports[turn % 2], "GET", path, timeout=10)
-            except OSError:
-                continue  # that ingest node is down: nothing to observe this time
+            except NO_ANSWER:
+                continue  # that ingest node is down, or killed mid-answer: nothing to observe
             if status != 200:
                 continue  # a 503 (no majority, a worker missing) shows nothing old
             counts = {"events": body["events"], **body.get("counts", {})}

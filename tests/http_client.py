@@ -6,6 +6,10 @@ import random
 import socket
 import time
 
+# What a request to a server that is down, or killed mid-answer, raises: a refused or reset
+# connection is an OSError, a cut answer (IncompleteRead, BadStatusLine) is not.
+NO_ANSWER = (OSError, http.client.HTTPException)
+
 
 def wait_for(predicate, timeout=15.0, what="condition"):
     """Poll `predicate` until it returns something truthy; fail after `timeout` seconds."""
@@ -89,5 +93,5 @@ def answers_http(port):
     try:
         request(port, "GET", "/no-such-page", timeout=1)
         return True
-    except OSError:
+    except NO_ANSWER:
         return False

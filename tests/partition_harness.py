@@ -25,7 +25,7 @@ import threading
 import urllib.request
 
 from cluster_harness import stream_leader
-from http_client import answers_http, free_port, request, wait_for
+from http_client import NO_ANSWER, answers_http, free_port, request, wait_for
 from processes import BIN, REPO, service_env
 
 MACHINES = (1, 2, 3)
@@ -292,7 +292,7 @@ class PartitionedCluster:
         for m in INGEST_MACHINES:
             try:
                 status, stats = request(self.http_port[m], "GET", "/stats", timeout=10)
-            except OSError:
+            except NO_ANSWER:
                 continue
             if status == 200:
                 return stats

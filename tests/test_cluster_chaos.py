@@ -24,7 +24,7 @@ import urllib.parse
 import pytest
 
 from cluster_harness import PROGRAMS
-from http_client import request, wait_for
+from http_client import NO_ANSWER, request, wait_for
 from ledger import Posters, check_ledgers
 from cluster_checker import Watcher, check_partitions
 from sdk_client import SimulatedSdks
@@ -46,7 +46,7 @@ def healthy(node):
         return False
     try:
         status, stats = request(node.ingest_port(1), "GET", "/stats", timeout=5)
-    except OSError:
+    except NO_ANSWER:
         return False
     return (status == 200 and stats["stream"]["leader"]
             and all(peer["current"] for peer in stats["stream"]["replicas"])

@@ -15,7 +15,7 @@ import pytest
 
 import overview_reference as ref
 from bench import traffic as generator
-from http_client import request, wait_for
+from http_client import NO_ANSWER, request, wait_for
 from storage.sketches import duration_bucket
 from test_read_api import assert_matches_spec
 
@@ -32,7 +32,7 @@ def get(port, path, **params):
 def screen_views(port, span):
     try:
         status, body = get(port, "/experiences", **span)
-    except OSError:  # the ingest just killed, and not yet restarted
+    except NO_ANSWER:  # the ingest just killed, and not yet restarted
         return -1
     return sum(item["screen_views"] for item in body["experiences"]) if status == 200 else -1
 
