@@ -89,21 +89,23 @@ def pieces(start, end):
 class Figures:
     """One experience's figures over some rows, merged."""
 
-    __slots__ = ("views", "people", "sessions", "duration_sum", "session_screens", "bounces",
-                 "durations")
+    __slots__ = ("views", "people", "identified", "sessions", "duration_sum",
+                 "session_screens", "bounces", "durations")
 
     def __init__(self):
         self.views = self.sessions = self.duration_sum = 0
         self.session_screens = self.bounces = 0
         self.people = People()
+        self.identified = People()
         self.durations = Durations()
 
     def add(self, row):
-        """A stored row: (bucket, experience, views, people, sessions, duration_sum,
-        session_screens, bounces, durations)."""
-        _, _, views, people, sessions, duration_sum, session_screens, bounces, durations = row
+        """A stored row: (bucket, experience, views, people, identified, sessions,
+        duration_sum, session_screens, bounces, durations)."""
+        (_, _, views, people, identified, sessions, duration_sum, session_screens, bounces,
+         durations) = row
         self.add_sums(views, sessions, duration_sum, session_screens, bounces)
-        self.add_sketches(people, durations)
+        self.add_sketches(people, identified, durations)
 
     def add_sums(self, views, sessions, duration_sum, session_screens, bounces):
         self.views += views
@@ -112,8 +114,9 @@ class Figures:
         self.session_screens += session_screens
         self.bounces += bounces
 
-    def add_sketches(self, people, durations):
+    def add_sketches(self, people, identified, durations):
         self.people.merge_encoded(people)
+        self.identified.merge_encoded(identified)
         self.durations.add_encoded(durations)
 
     def document(self):
@@ -122,6 +125,7 @@ class Figures:
             "screen_views": self.views,
             "users": self.people.count(),
             "users_estimated": self.people.estimated,
+            "identified_users": self.identified.count(),
             "sessions": sessions,
             "avg_session_seconds": round(self.duration_sum / sessions, 2) if sessions else None,
             "median_session_seconds": self.durations.median(),
@@ -166,8 +170,8 @@ def experiences(store, query):
         for experience, *sums in rows:
             merged[experience].add_sums(*sums)
     for rows in results[len(parts):-1]:
-        for experience, people, durations in rows:
-            merged[experience].add_sketches(people, durations)
+        for experience, people, identified, durations in rows:
+            merged[experience].add_sketches(people, identified, durations)
     names = _latest_names(results[-1])
     listed = [{"experienceID": experience, "name": names.get((experience, "")),
                **figures.document()} for experience, figures in merged.items()]
@@ -253,9 +257,9 @@ def _range(query):
             "tz": query.tz_name}
 
 
-CSV_COLUMNS = ("experienceID", "name", "screen_views", "users", "sessions",
-               "avg_session_seconds", "median_session_seconds", "screens_per_session",
-               "bounce_rate")
+CSV_COLUMNS = ("experienceID", "name", "screen_views", "users", "identified_users",
+               "sessions", "avg_session_seconds", "median_session_seconds",
+               "screens_per_session", "bounce_rate")
 POINT_COLUMNS = ("time", "screen_views", "users", "sessions", "avg_session_seconds")
 
 

@@ -4,6 +4,9 @@
   data1 and data1.details written as the ingest writes them, storage/details.py), the
   overview on against off: events per second each way, their ratio, and the worker's peak
   RSS.
+- A late login: 1,000 installs of the backlog that viewed anonymously over the 30 days
+  log in at once, after everything was counted: the hours counted again and the seconds
+  the commit takes (worker/people.py).
 - overview.sqlite3's size per million screen views.
 - /experiences over 30 days of 1,000 experiences, and /experiences/<id> by hour over 7 days,
   on a store holding 30 days of hourly rows for 1,000 experiences (the first with thousands of
@@ -24,6 +27,7 @@ from bench.harness import ingest_server, scratch_dir, time_worker_until
 from storage import details
 from storage.overview_store import Changes, OverviewStore
 from storage.sketches import person_key
+from worker.overview import OverviewCounter, SdkEvents
 
 BACKLOG_EVENTS = 2_000_000
 EXPERIENCES = 1000
@@ -34,9 +38,10 @@ END_TIME = datetime.datetime.fromtimestamp(END, datetime.timezone.utc)
 def make_backlog(state_dir, events=BACKLOG_EVENTS):
     """data1 and data1.details holding about `events` SDK events from bench/traffic.py (its
     installs' sessions over 30 days, both SDKs' shapes, identifies), written as the ingest
-    writes them, a group per batch. Returns (events, screen views, distinct users)."""
+    writes them, a group per batch. Returns (events, screen views, installs that never logged
+    in)."""
     offset = written = views = 0
-    users = set()
+    anonymous = {}  # installs that never logged in -> the device that sends as them
     with open(state_dir / "data1", "wb") as data1, \
             open(state_dir / "data1.details", "wb") as out:
         out.write(details.HEADER.pack(details.MAGIC, details.VERSION, os.urandom(16), 0))
@@ -47,7 +52,9 @@ def make_backlog(state_dir, events=BACKLOG_EVENTS):
                                          days=30, end=END_TIME, sessions_per_day=0.05,
                                          retry_share=0, late_share=0)
             views += len(traffic.views)
-            users.update(view.user or view.anonymous for view in traffic.views)
+            linked = {link.anonymous for link in traffic.links}
+            anonymous.update((view.anonymous, view.moment) for view in traffic.views
+                             if view.anonymous not in linked and not view.user)
             for _, batch in traffic.batches:
                 ids, items = [], []
                 for event in batch:
@@ -62,7 +69,32 @@ def make_backlog(state_dir, events=BACKLOG_EVENTS):
                 data1.write(chunk)
                 offset += len(chunk)
                 written += len(batch)
-    return written, views, len(users)
+    return written, views, anonymous
+
+
+def time_late_logins(state_dir, installs):
+    """Log `installs` ({anonymousID: a moment it viewed}) in as a user each, in one commit
+    after all else is counted: (hours counted again, seconds)."""
+    counter = OverviewCounter(OverviewStore(state_dir), 1800, "bench")
+    counter.open()
+    read = SdkEvents()
+    read.read([{"event": {"id": f"login-{number}", "type": "identify", "anonymousID": install,
+                          "userID": f"late-{number}", "traits": {}},
+                "time": (moment + 60) * 1000}
+               for number, (install, moment) in enumerate(installs.items())])
+    recounted = []
+    commit = counter.store.commit
+
+    def measured(changes, *args):
+        recounted.append(len(changes.recount))
+        commit(changes, *args)
+
+    counter.store.commit = measured
+    started = time.perf_counter()
+    counter.count(read, counter.source, counter.position + 1, counter.log_end)
+    elapsed = time.perf_counter() - started
+    counter.close()
+    return recounted[0], elapsed
 
 
 def time_catchup(state_dir, overview):
@@ -109,8 +141,8 @@ def build_store(state_dir, days=30):
                     duration = rng.randrange(0, 600)
                     durations[duration] = durations.get(duration, 0) + 1
                 changes.hours[experience, moment] = [
-                    len(people) * 3, people, sessions, sessions * 90, sessions * 3,
-                    sessions // 4, durations]
+                    len(people) * 3, people, set(list(people)[::2]), sessions, sessions * 90,
+                    sessions * 3, sessions // 4, durations]
                 for screen in range(3):
                     changes.screens[experience, f"screen-{screen}", moment] = [len(people),
                                                                               people]
@@ -123,10 +155,9 @@ def bench_overview(time_requests):
     state_dir = scratch_dir()
     try:
         started = time.perf_counter()
-        events, views, users = make_backlog(state_dir)
+        events, views, anonymous = make_backlog(state_dir)
         results["overview_backlog_events"] = events
         results["overview_backlog_screen_views"] = views
-        results["overview_backlog_users"] = users
         results["overview_backlog_build_s"] = time.perf_counter() - started
         off, off_rss = time_catchup(state_dir, overview=False)
         for name in ("data2",):
@@ -139,6 +170,10 @@ def bench_overview(time_requests):
         results["overview_worker_rss_on_mb"] = on_rss
         size = (state_dir / "overview.sqlite3").stat().st_size
         results["overview_store_mb_per_million"] = size / 1e6 / (views / 1e6)
+        late = dict(random.Random(1).sample(sorted(anonymous.items()), 1000))
+        hours, seconds = time_late_logins(state_dir, late)
+        results["overview_late_logins_1000_hours_recounted"] = hours
+        results["overview_late_logins_1000_s"] = seconds
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
     with ingest_server() as (port, ingest_state):

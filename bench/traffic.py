@@ -2,8 +2,12 @@
 
 App installs (iOS and Android, bench/sdk_shapes.py) view the screens of experiences in
 sessions spread over the last days: a few screens each, seconds to a minute apart, now and
-then a pause near the 30-minute session timeout, some sessions of one screen (bounces). Some
-installs identify a user (some users on two devices). Each install sends as the SDKs do: a
+then a pause near the 30-minute session timeout, some sessions of one screen (bounces).
+
+People as apps see them: some installs log in mid-session (their views before count for the
+person, worker/people.py); some people log in on a second install too; some phones are
+shared (an Android install, which keeps its anonymousID, logged out and logged in as
+someone else); some installs send identify(null). Each install sends as the SDKs do: a
 POST /batch of its queued events once 20 wait or the app goes to the background (a session's
 end), at most 100 at a time. Some batches are sent twice (an answer lost: a retry), and some
 arrive late, after the next one (a queue kept across app launches), never more than a day
@@ -34,12 +38,15 @@ FLUSH_AT = 20
 CHUNK = 100
 
 View = collections.namedtuple("View", "anonymous user experience screen moment")
+# An identify with a userID: the install linked to that user from `moment` (device time).
+Link = collections.namedtuple("Link", "anonymous user moment")
 
 
 class Traffic:
     def __init__(self):
         self.batches = []  # (Judo-Device-ID, [event, ...]) in the order they are sent
         self.views = []  # the ledger: View per screen view, each once
+        self.links = []  # and a Link per identify with a userID
         self.events = 0  # distinct events (a retry sends some twice)
         self.retries = 0
         self.late = 0
@@ -75,24 +82,38 @@ def generate(seed=1, devices=100, experiences=10, days=7, end=None, sessions_per
         starts = sorted(rng.uniform(0, span - 3600)
                         for _ in range(max(1, round(rng.expovariate(1) * days
                                                     * sessions_per_day))))
-        user = None
+        # Who uses it: a user who logs in during a session (some on a second install), and
+        # now and then a phone shared with a second user, or an identify(null).
+        logins = []  # (session index, screen index within it, userID or None)
         if rng.random() < identified:
-            if users and rng.random() < 0.1:
-                user = rng.choice(users)  # the same person on a second device
+            if users and rng.random() < 0.15:
+                user = rng.choice(users)  # the same person on a second install
             else:
                 user = f"user-{seed}-{number}"
                 users.append(user)
-        identify_at = rng.randrange(len(starts)) if user else None
+            logins.append((rng.randrange(len(starts)), rng.randrange(4), user))
+            if isinstance(device, AndroidDevice) and len(starts) > 2 and rng.random() < 0.1:
+                other = f"user-{seed}-{number}-shared"  # logged out, and in as someone else
+                users.append(other)
+                logins.append((rng.randrange(logins[0][0], len(starts)), 0, other))
+        elif rng.random() < 0.05:
+            logins.append((rng.randrange(len(starts)), 0, None))  # identify(null)
         queue, batches = [], []
         for index, start in enumerate(starts):
             moment = end - datetime.timedelta(seconds=span - start)
-            if index == identify_at:
-                queue.append(device.identify(moment.replace(microsecond=0), user,
-                                             {"plan": rng.choice(["free", "pro"])}))
             experience = rng.choices(ids, weights)[0]
             screens = 1 if rng.random() < 0.3 else 1 + int(rng.expovariate(1 / 5))
-            for _ in range(screens):
+            for screen_index in range(screens):
                 moment = moment.replace(microsecond=0)
+                if moment > end:
+                    break  # the traffic ends at `end`: no view from the future
+                for at, after, user in logins:
+                    if (at, min(after, screens - 1)) == (index, screen_index):
+                        queue.append(device.identify(moment, user,
+                                                     {"plan": rng.choice(["free", "pro"])}))
+                        if user:
+                            traffic.links.append(Link(device.anonymous_id, user,
+                                                      int(moment.timestamp())))
                 screen = f"screen-{rng.randrange(1, 8)}"
                 queue.append(device.screen(moment, experience, id=screen,
                                            name=f"Screen {screen[-1]}",
@@ -249,11 +270,11 @@ def main(argv=None):
         print(f"traffic: {error}", file=sys.stderr)
         return 1
     elapsed = time.monotonic() - started
-    people = {view.user or view.anonymous for view in traffic.views}
     print(f"sent {len(traffic.batches):,} batches ({traffic.events:,} events, "
-          f"{len(traffic.views):,} screen views, {args.devices:,} devices, {len(people):,} "
-          f"users) in {elapsed:.1f}s: {traffic.retries:,} sent twice, {traffic.late:,} late; "
-          f"{sender.duplicates:,} duplicates answered, {sender.refused:,} answers to retry")
+          f"{len(traffic.views):,} screen views, {args.devices:,} devices, "
+          f"{len(traffic.links):,} logins) in {elapsed:.1f}s: {traffic.retries:,} sent "
+          f"twice, {traffic.late:,} late; {sender.duplicates:,} duplicates answered, "
+          f"{sender.refused:,} answers to retry")
     return 0
 
 

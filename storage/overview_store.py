@@ -7,7 +7,7 @@ series.sqlite3 stands at one in data1: on one machine in data1.details; in clust
 worker keeps one per partition (overview-<partition>.sqlite3), counted from the details that
 ride with the partition's messages, its position a stream sequence.
 
-Format (version 1), SQLite in WAL mode. Times are Unix seconds; a bucket is the second at
+Format (version 2), SQLite in WAL mode. Times are Unix seconds; a bucket is the second at
 the start of its UTC hour, UTC day or week (7 days from a Thursday 00:00 UTC, as weeks fall
 from the Unix epoch); all times are the devices' (storage/details.py: "time").
 
@@ -15,6 +15,7 @@ from the Unix epoch); all times are the devices' (storage/details.py: "time").
                                       one row per (bucket, experience) with screen views:
         views            screen views in the bucket
         people           distinct people who viewed a screen in it (storage/sketches.People)
+        identified       those of them who are userIDs (the rest are installs linked to none)
         sessions         sessions that start in the bucket
         duration_sum     their durations, seconds
         session_screens  their screen views
@@ -24,29 +25,40 @@ from the Unix epoch); all times are the devices' (storage/details.py: "time").
                                       (read for one experience at a time: no day rows needed)
     name            (experience, screen, moment, name): the latest name seen, by device time
                     (screen '' for the experience's own name); ties go to the greater name
-    open_session    (device, experience, first, last, screens): every session that a screen
-                    view still to come could stretch or join (worker/sessions.py)
-    device          (device, newest): each device's newest screen view
+    session         (device, experience, first, last, screens): every session of every
+                    install, kept at any age, so that a view however late joins the sessions
+                    it falls within the timeout of (worker/sessions.py)
+    viewer          (experience, hour, screen, device, carried): who viewed a screen in an
+                    hour: the install, and the userID key the view carried (0 if none); what
+                    the people of an hour are counted again from when an install's person
+                    changes
+    link            (device, user, moment): each install's links to a userID, with the
+                    device time of the first (worker/people.py)
+    person          (device, user): the person of each install that has one, by the people
+                    rule (worker/people.py); an install not listed is a person of its own
     state           one row: version, session_timeout (the sessions' rule: a store built
                     with another is counted again), source (what it is counted from: the
                     details file's identity, or the stream's), position (how far in it: an
                     offset in the details file, or a stream sequence), log_end (the data1
                     offset its last counted group ends at; the sequence again in cluster
                     mode), events, updated_at, set_aside (SDK events read that could not
-                    be counted, worker/overview.screen_views)
+                    be counted, worker/overview.SdkEvents)
 
-    A device is storage/sketches.person_key("anon:" + its anonymousID); a person is
-    person_key("user:" + the event's userID) when it has one, else the event's device.
+    A device is storage/sketches.person_key("anon:" + its anonymousID), a user
+    person_key("user:" + its userID); a view's person is the user it carries, else its
+    install's person, else its install.
 
 Invariants, true at every commit because everything changes in one SQLite transaction:
 
     the rows == the overview of the screen views before position in the source (the groups
-                of data1.details, or the partition's messages), whatever order they came
-                in (worker/sessions.py), except that a view more than LATE_BOUND older
-                than its device's newest may begin a session of its own
-    open_session holds every session whose last view is within LATE_BOUND + the session
-                timeout of its device's newest, and sessions starting in a bucket are
+                of data1.details, or the partition's messages), whatever order and however
+                late they came in (worker/sessions.py, worker/people.py)
+    session holds every session of every install, and sessions starting in a bucket are
                 counted in that bucket's rows, each once
+    people and identified of every hour row == the persons of its viewer rows by the
+                links in link, and of every day and week row == the union of its hours':
+                an install whose person changes has every hour it has sessions in counted
+                again, with its days and weeks, in the same transaction
 
 Like the series store, it is a derived view (storage/derived_store.py): a commit needs
 atomicity, not durability. A power loss may take the last commits back; the worker counts on
@@ -61,7 +73,7 @@ from storage.derived_store import utc_now
 from storage.layout import Layout
 from storage.sketches import People, add_encoded_durations, encode_durations, encode_people
 
-VERSION = 1
+VERSION = 2
 HOUR, DAY, WEEK = 3600, 86400, 7 * 86400
 # The levels of experience rows: a range is read from the fewest rows (app/overview_query.py).
 LEVELS = {HOUR: "hour", DAY: "day", WEEK: "week"}
@@ -69,9 +81,9 @@ LEVELS = {HOUR: "hour", DAY: "day", WEEK: "week"}
 # One table per level, alike.
 EXPERIENCE_TABLE = """
 CREATE TABLE experience_{level} (bucket INTEGER NOT NULL, experience INTEGER NOT NULL,
-    views INTEGER NOT NULL, people BLOB NOT NULL, sessions INTEGER NOT NULL,
-    duration_sum INTEGER NOT NULL, session_screens INTEGER NOT NULL, bounces INTEGER NOT NULL,
-    durations BLOB NOT NULL, PRIMARY KEY (bucket, experience)) WITHOUT ROWID;
+    views INTEGER NOT NULL, people BLOB NOT NULL, identified BLOB NOT NULL,
+    sessions INTEGER NOT NULL, duration_sum INTEGER NOT NULL, session_screens INTEGER NOT NULL,
+    bounces INTEGER NOT NULL, durations BLOB NOT NULL, PRIMARY KEY (bucket, experience)) WITHOUT ROWID;
 """
 SCHEMA = "".join(EXPERIENCE_TABLE.format(level=level) for level in LEVELS.values()) + """
 CREATE TABLE screen_hour (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
@@ -79,17 +91,23 @@ CREATE TABLE screen_hour (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
     PRIMARY KEY (experience, bucket, screen)) WITHOUT ROWID;
 CREATE TABLE name (experience INTEGER NOT NULL, screen TEXT NOT NULL, moment INTEGER NOT NULL,
     name TEXT NOT NULL, PRIMARY KEY (experience, screen)) WITHOUT ROWID;
-CREATE TABLE open_session (device INTEGER NOT NULL, experience INTEGER NOT NULL,
+CREATE TABLE session (device INTEGER NOT NULL, experience INTEGER NOT NULL,
     first INTEGER NOT NULL, last INTEGER NOT NULL, screens INTEGER NOT NULL,
     PRIMARY KEY (device, experience, first)) WITHOUT ROWID;
-CREATE TABLE device (device INTEGER PRIMARY KEY, newest INTEGER NOT NULL);
+CREATE TABLE viewer (experience INTEGER NOT NULL, hour INTEGER NOT NULL, screen TEXT NOT NULL,
+    device INTEGER NOT NULL, carried INTEGER NOT NULL,
+    PRIMARY KEY (experience, hour, screen, device, carried)) WITHOUT ROWID;
+CREATE TABLE link (device INTEGER NOT NULL, user INTEGER NOT NULL, moment INTEGER NOT NULL,
+    PRIMARY KEY (device, user)) WITHOUT ROWID;
+CREATE INDEX link_by_user ON link (user, device);
+CREATE TABLE person (device INTEGER PRIMARY KEY, user INTEGER NOT NULL);
 CREATE TABLE state (version INTEGER NOT NULL, session_timeout INTEGER NOT NULL,
     source BLOB NOT NULL, position INTEGER NOT NULL, log_end INTEGER NOT NULL,
     events INTEGER NOT NULL, updated_at TEXT NOT NULL, set_aside INTEGER NOT NULL DEFAULT 0);
 """
 
-EXPERIENCE_COLUMNS = ("views", "people", "sessions", "duration_sum", "session_screens",
-                      "bounces", "durations")
+EXPERIENCE_COLUMNS = ("views", "people", "identified", "sessions", "duration_sum",
+                      "session_screens", "bounces", "durations")
 
 
 class CorruptOverview(Exception):
@@ -102,23 +120,30 @@ STATE_COLUMNS = ", ".join(OverviewState._fields)
 
 
 # An hour's changes, as Changes.hour() gives them.
-VIEWS, PEOPLE, SESSIONS, DURATION_SUM, SESSION_SCREENS, BOUNCES, DURATIONS = range(7)
+(VIEWS, PEOPLE, IDENTIFIED, SESSIONS, DURATION_SUM, SESSION_SCREENS, BOUNCES,
+ DURATIONS) = range(8)
 
 
 class Changes:
     """What a stretch of screen views changes, per hour bucket, as the worker gathers it.
 
     Session figures may go down: a late view that joins two sessions takes both out (from the
-    buckets they started in) and puts the joined one in."""
+    buckets they started in) and puts the joined one in. People may go down too: an install
+    whose person changes has its hours in `recount`, whose people are counted again from
+    their viewers at commit."""
 
     def __init__(self):
-        # (experience, hour) -> [views, person keys (a set), sessions, duration_sum,
-        # session_screens, bounces, {duration bucket: +-sessions}]
+        # (experience, hour) -> [views, person keys (a set), identified person keys,
+        # sessions, duration_sum, session_screens, bounces, {duration bucket: +-sessions}]
         self.hours = {}
         self.screens = {}  # (experience, screen, hour) -> [views, person keys]
         self.names = {}  # (experience, screen) -> (moment, name), the latest
-        self.open_sessions = {}  # (device, experience) -> its sessions now, whole
-        self.devices = {}  # device -> its newest screen view
+        self.sessions = {}  # (device, experience, first) -> [first, last, screens], new
+        self.sessions_gone = set()  # (device, experience, first) of sessions replaced
+        self.viewers = set()  # (experience, hour, screen, device, carried)
+        self.links = {}  # (device, user) -> moment: links new or found earlier
+        self.persons = {}  # device -> its person's user key now, or None: those changed
+        self.recount = set()  # (experience, hour) whose people are counted again
         self.events = 0  # SDK events read (screen views and the rest)
         self.set_aside = 0  # of those, the ones that could not be counted
 
@@ -126,7 +151,7 @@ class Changes:
         """The changes of one experience's hour, to add to in place."""
         changes = self.hours.get((experience, hour))
         if changes is None:
-            changes = self.hours[experience, hour] = [0, set(), 0, 0, 0, 0, {}]
+            changes = self.hours[experience, hour] = [0, set(), set(), 0, 0, 0, 0, {}]
         return changes
 
     def screen(self, experience, screen, hour):
@@ -135,10 +160,18 @@ class Changes:
             changes = self.screens[experience, screen, hour] = [0, set()]
         return changes
 
+    def replace_sessions(self, device, experience, replaced, joined):
+        """Record that `joined` (a list, kept as it is) took the place of `replaced`."""
+        for first, _, _ in replaced:
+            if first != joined[0]:  # the same key is replaced by the insert itself
+                self.sessions.pop((device, experience, first), None)
+                self.sessions_gone.add((device, experience, first))
+        self.sessions[device, experience, joined[0]] = joined
 
 
 class OverviewStore(derived_store.Writer):
-    """The worker's side: open (or create), read a device's sessions, commit, set aside."""
+    """The worker's side: open (or create), read what it holds of some installs and users,
+    commit, set aside."""
 
     def __init__(self, state_dir, path=None):
         layout = Layout(state_dir)
@@ -150,8 +183,6 @@ class OverviewStore(derived_store.Writer):
         trust."""
         if not self.path.exists():
             self._create(session_timeout)
-        else:
-            self._add_set_aside_column()
         try:
             self.db, state = derived_store.open_writer(
                 self.path, VERSION, STATE_COLUMNS,
@@ -160,40 +191,51 @@ class OverviewStore(derived_store.Writer):
             raise CorruptOverview(str(problem)) from None
         return OverviewState(*state)
 
-    def _add_set_aside_column(self):
-        """A store made before state.set_aside gains it (0): nothing else changed."""
-        try:
-            db = derived_store.writer(self.path)
-            try:
-                columns = {row[1] for row in db.execute("PRAGMA table_info(state)")}
-                if columns and "set_aside" not in columns:
-                    db.execute("ALTER TABLE state ADD COLUMN set_aside INTEGER NOT NULL "
-                               "DEFAULT 0")
-            finally:
-                db.close()
-        except sqlite3.DatabaseError:
-            pass  # open() says what is wrong with it
-
     def _create(self, session_timeout):
         derived_store.create(self.path, SCHEMA,
                              "INSERT INTO state VALUES (?, ?, x'', 0, 0, 0, '', 0)",
                              (VERSION, session_timeout))
 
-    def devices(self, devices):
-        """What the store holds of these devices: ({device: newest screen view},
-        {(device, experience): its open sessions, [[first, last, screens], ...] by first})."""
-        newest, sessions = {}, collections.defaultdict(list)
-        devices = list(devices)
-        for start in range(0, len(devices), 500):  # within SQLite's limit on parameters
-            part = devices[start:start + 500]
-            marks = ",".join("?" * len(part))
-            newest.update(self.db.execute(
-                f"SELECT device, newest FROM device WHERE device IN ({marks})", part))
-            for device, experience, first, last, screens in self.db.execute(
-                    "SELECT device, experience, first, last, screens FROM open_session "
-                    f"WHERE device IN ({marks}) ORDER BY device, experience, first", part):
-                sessions[device, experience].append([first, last, screens])
-        return newest, sessions
+    def _each_part(self, keys, query):
+        """The rows of `query` (with a {marks} for an IN list) for every key, asked 500 at a
+        time (within SQLite's limit on parameters)."""
+        keys = list(keys)
+        for start in range(0, len(keys), 500):
+            part = keys[start:start + 500]
+            yield from self.db.execute(query.format(marks=",".join("?" * len(part))), part)
+
+    def sessions(self, devices):
+        """{(device, experience): its sessions, [[first, last, screens], ...] by first} of
+        these installs."""
+        sessions = collections.defaultdict(list)
+        for device, experience, first, last, screens in self._each_part(
+                devices, "SELECT device, experience, first, last, screens FROM session "
+                         "WHERE device IN ({marks}) ORDER BY device, experience, first"):
+            sessions[device, experience].append([first, last, screens])
+        return sessions
+
+    def links(self, devices):
+        """{device: {user: moment of its first link}} of these installs (those with links)."""
+        links = collections.defaultdict(dict)
+        for device, user, moment in self._each_part(
+                devices, "SELECT device, user, moment FROM link WHERE device IN ({marks})"):
+            links[device][user] = moment
+        return links
+
+    def persons(self, devices):
+        """{device: its person's user key} of those of these installs that have one."""
+        return dict(self._each_part(
+            devices, "SELECT device, user FROM person WHERE device IN ({marks})"))
+
+    def installs(self, users):
+        """{user: how many installs are linked to it} of these users (those linked)."""
+        return dict(self._each_part(
+            users, "SELECT user, count(*) FROM link WHERE user IN ({marks}) GROUP BY user"))
+
+    def linked_to(self, users):
+        """The installs linked to any of these users."""
+        return {device for device, in self._each_part(
+            users, "SELECT device FROM link WHERE user IN ({marks})")}
 
     def commit(self, changes, source, position, log_end):
         """Apply `changes` and move the position, in one transaction. The caller has made
@@ -211,14 +253,22 @@ class OverviewStore(derived_store.Writer):
                 "(excluded.moment, excluded.name) > (moment, name)",
                 [(experience, screen, moment, name)
                  for (experience, screen), (moment, name) in changes.names.items()])
-            db.executemany("DELETE FROM open_session WHERE device = ? AND experience = ?",
-                           changes.open_sessions)
-            db.executemany("INSERT INTO open_session VALUES (?, ?, ?, ?, ?)",
-                           [(device, experience, *session)
-                            for (device, experience), sessions in changes.open_sessions.items()
-                            for session in sessions])
-            db.executemany("INSERT OR REPLACE INTO device VALUES (?, ?)",
-                           changes.devices.items())
+            db.executemany("DELETE FROM session WHERE device = ? AND experience = ? AND "
+                           "first = ?", changes.sessions_gone)
+            db.executemany("INSERT OR REPLACE INTO session VALUES (?, ?, ?, ?, ?)",
+                           [(*key[:2], *session)
+                            for key, session in changes.sessions.items()])
+            db.executemany("INSERT OR IGNORE INTO viewer VALUES (?, ?, ?, ?, ?)",
+                           changes.viewers)
+            db.executemany("INSERT OR REPLACE INTO link VALUES (?, ?, ?)",
+                           [(*key, moment) for key, moment in changes.links.items()])
+            db.executemany("DELETE FROM person WHERE device = ?",
+                           [(device,) for device, user in changes.persons.items()
+                            if user is None])
+            db.executemany("INSERT OR REPLACE INTO person VALUES (?, ?)",
+                           [(device, user) for device, user in changes.persons.items()
+                            if user is not None])
+            self._count_people_again(changes.recount)
             db.execute("UPDATE state SET source = ?, position = ?, log_end = ?, "
                        "events = events + ?, set_aside = set_aside + ?, updated_at = ?",
                        (source, position, log_end, changes.events, changes.set_aside,
@@ -227,6 +277,49 @@ class OverviewStore(derived_store.Writer):
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _count_people_again(self, hours):
+        """Set the people of these (experience, hour)s and of their screens to the persons of
+        their viewers by the links as they stand now (after this commit's), and the people
+        of their days and weeks to the union of their hours' and days': what an install's
+        changed person takes out of them and puts in."""
+        for experience, hour in sorted(hours):
+            people, identified = set(), set()
+            screens = collections.defaultdict(set)
+            for screen, device, carried, user in self.db.execute(
+                    "SELECT viewer.screen, viewer.device, viewer.carried, person.user "
+                    "FROM viewer LEFT JOIN person ON person.device = viewer.device "
+                    "WHERE viewer.experience = ? AND viewer.hour = ?", (experience, hour)):
+                user = carried or user
+                person = user or device
+                people.add(person)
+                screens[screen].add(person)
+                if user:
+                    identified.add(person)
+            self.db.execute("UPDATE experience_hour SET people = ?, identified = ? "
+                            "WHERE bucket = ? AND experience = ?",
+                            (encode_people(people), encode_people(identified), hour,
+                             experience))
+            self.db.executemany(
+                "UPDATE screen_hour SET people = ? WHERE experience = ? AND bucket = ? AND "
+                "screen = ?", [(encode_people(persons), experience, hour, screen)
+                               for screen, persons in screens.items()])
+        finer, parts = hours, HOUR
+        for level in (DAY, WEEK):  # a day's people are its hours', a week's its days'
+            buckets = {(experience, bucket - bucket % level) for experience, bucket in finer}
+            for experience, bucket in sorted(buckets):
+                people, identified = People(), People()
+                starts = list(range(bucket, bucket + level, parts))
+                for stored, stored_identified in self.db.execute(
+                        f"SELECT people, identified FROM experience_{LEVELS[parts]} WHERE "
+                        f"experience = ? AND bucket IN ({','.join('?' * len(starts))})",
+                        (experience, *starts)):
+                    people.merge_encoded(stored)
+                    identified.merge_encoded(stored_identified)
+                self.db.execute(f"UPDATE experience_{LEVELS[level]} SET people = ?, "
+                                "identified = ? WHERE bucket = ? AND experience = ?",
+                                (people.encode(), identified.encode(), bucket, experience))
+            finer, parts = buckets, level
 
     def _experience_rows(self, level, finer):
         """Add the changes to the `level` table's rows: one upsert per row, the sums added
@@ -242,27 +335,29 @@ class OverviewStore(derived_store.Writer):
                 key = (experience, bucket - bucket % level)
                 total = merged.get(key)
                 if total is None:
-                    merged[key] = [row[VIEWS], set(row[PEOPLE]), *row[SESSIONS:BOUNCES + 1],
-                                   dict(row[DURATIONS])]
+                    merged[key] = [row[VIEWS], set(row[PEOPLE]), set(row[IDENTIFIED]),
+                                   *row[SESSIONS:BOUNCES + 1], dict(row[DURATIONS])]
                     continue
                 total[PEOPLE].update(row[PEOPLE])
+                total[IDENTIFIED].update(row[IDENTIFIED])
                 for index in (VIEWS, SESSIONS, DURATION_SUM, SESSION_SCREENS, BOUNCES):
                     total[index] += row[index]
                 durations = total[DURATIONS]
                 for duration, sessions in row[DURATIONS].items():
                     durations[duration] = durations.get(duration, 0) + sessions
         self.db.executemany(
-            f"INSERT INTO experience_{LEVELS[level]} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO experience_{LEVELS[level]} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (bucket, experience) DO UPDATE SET views = views + excluded.views, "
             "people = merge_people(people, excluded.people), "
+            "identified = merge_people(identified, excluded.identified), "
             "sessions = sessions + excluded.sessions, "
             "duration_sum = duration_sum + excluded.duration_sum, "
             "session_screens = session_screens + excluded.session_screens, "
             "bounces = bounces + excluded.bounces, "
             "durations = add_durations(durations, excluded.durations)",
-            [(bucket, experience, views, encode_people(people), sessions, duration_sum,
-              session_screens, bounces, encode_durations(durations))
-             for (experience, bucket), (views, people, sessions, duration_sum,
+            [(bucket, experience, views, encode_people(people), encode_people(identified),
+              sessions, duration_sum, session_screens, bounces, encode_durations(durations))
+             for (experience, bucket), (views, people, identified, sessions, duration_sum,
                                         session_screens, bounces, durations)
              in merged.items()])
         return merged
@@ -280,7 +375,7 @@ class OverviewStore(derived_store.Writer):
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         for table in (*(f"experience_{level}" for level in LEVELS.values()), "screen_hour",
-                      "name", "open_session", "device"):
+                      "name", "session", "viewer", "link", "person"):
             db.execute(f"DELETE FROM {table}")
         db.execute("UPDATE state SET session_timeout = ?, source = x'', "
                    "position = 0, log_end = 0, events = 0, set_aside = 0, updated_at = ?",
@@ -344,8 +439,8 @@ class _Reads:
         self.db = db
 
     def experience_rows(self, level, start, end, experience):
-        """(bucket, experience, views, people, sessions, duration_sum, session_screens,
-        bounces, durations) of one experience in the `level` table (HOUR or DAY), [start,
+        """(bucket, experience, views, people, identified, sessions, duration_sum,
+        session_screens, bounces, durations) of one experience in the `level` table (HOUR or DAY), [start,
         end)."""
         # One key seek per bucket (generated, not scanned), as in the series store.
         return self.db.execute(
@@ -364,9 +459,10 @@ class _Reads:
             "WHERE bucket >= ? AND bucket < ? GROUP BY experience", (start, end))
 
     def experience_sketches(self, level, start, end):
-        """(experience, people, durations) of every row of the `level` table in [start, end)."""
+        """(experience, people, identified, durations) of every row of the `level` table in
+        [start, end)."""
         return self.db.execute(
-            f"SELECT experience, people, durations FROM experience_{LEVELS[level]} "
+            f"SELECT experience, people, identified, durations FROM experience_{LEVELS[level]} "
             "WHERE bucket >= ? AND bucket < ?", (start, end))
 
     def screen_rows(self, experience, start, end):

@@ -1,10 +1,14 @@
 """The experience overview computed straight from a ledger of screen views (bench/traffic.py's
-View: anonymous, user, experience, screen, moment), the obvious way: sort each device's views
-of an experience, split at gaps longer than the timeout. What the engine must answer."""
+View: anonymous, user, experience, screen, moment) and links (Link: anonymous, user, moment,
+the identifies), the obvious way: sort each device's views of an experience, split at gaps
+longer than the timeout; give each view its person by the people rule written out by brute
+force. What the engine must answer."""
 
 import collections
 import datetime
 import math
+
+from storage.sketches import person_key
 
 
 def sessions_of(moments, timeout):
@@ -31,21 +35,47 @@ def all_sessions(views, timeout):
     return by_experience
 
 
+class People:
+    """Each view's person by the rule of worker/people.py, from scratch: a view carrying a
+    userID is that user's; an anonymous view is its install's first linked user's, by device
+    time, among users linked from at most `bound` installs; else the install's own."""
+
+    def __init__(self, views, links, bound):
+        first = collections.defaultdict(dict)  # install -> {user: first moment linked}
+        for anonymous, user, moment in [*links, *((view.anonymous, view.user, view.moment)
+                                                  for view in views if view.user)]:
+            if user and (user not in first[anonymous] or moment < first[anonymous][user]):
+                first[anonymous][user] = moment
+        installs = collections.Counter(user for users in first.values() for user in users)
+        self.install_person = {}
+        for anonymous, users in first.items():
+            valid = sorted((moment, person_key("user:" + user), user)
+                           for user, moment in users.items() if installs[user] <= bound)
+            if valid:
+                self.install_person[anonymous] = valid[0][2]
+
+    def of(self, view):
+        """("user", userID) or ("anon", anonymousID)."""
+        user = view.user or self.install_person.get(view.anonymous)
+        return ("user", user) if user else ("anon", view.anonymous)
+
+
 def nearest_rank_median(values):
     ordered = sorted(values)
     return ordered[(len(ordered) + 1) // 2 - 1] if ordered else None
 
 
-def figures(views, sessions, start, end):
+def figures(views, sessions, start, end, people):
     """The overview figures of the views and of the sessions starting in [start, end)."""
     inside = [view for view in views if start <= view.moment < end]
     started = [session for session in sessions if start <= session[0] < end]
     durations = [last - first for first, last, _ in started]
     count = len(started)
+    persons = {people.of(view) for view in inside}
     return {
         "screen_views": len(inside),
-        "users": len({("user", view.user) if view.user else ("anon", view.anonymous)
-                      for view in inside}),
+        "users": len(persons),
+        "identified_users": sum(kind == "user" for kind, _ in persons),
         "sessions": count,
         "avg_session_seconds": round(sum(durations) / count, 2) if count else None,
         "median_session_seconds": nearest_rank_median(durations),
@@ -55,7 +85,7 @@ def figures(views, sessions, start, end):
     }
 
 
-def overview(views, timeout, start, end):
+def overview(views, timeout, start, end, people):
     """{experience: figures} of every experience with views in [start, end)."""
     sessions = all_sessions(views, timeout)
     by_experience = collections.defaultdict(list)
@@ -64,7 +94,7 @@ def overview(views, timeout, start, end):
     result = {}
     for experience, its_views in by_experience.items():
         if any(start <= view.moment < end for view in its_views):
-            result[experience] = figures(its_views, sessions[experience], start, end)
+            result[experience] = figures(its_views, sessions[experience], start, end, people)
     return result
 
 

@@ -40,6 +40,7 @@ from storage.stream_checkpoint_store import history, read_latest
 from storage.stream_reader import read_subject
 from storage.stream_writer import partition_of
 from worker import stream_runner
+from worker.people import MAX_INSTALLS_PER_USER
 from worker.stream_runner import StreamWorker
 
 pytestmark = pytest.mark.cluster
@@ -580,7 +581,8 @@ def test_the_overview_through_both_nodes_is_the_ledger_s(cluster):
 
     start = int(datetime.datetime.fromisoformat(span["from"]).timestamp())
     stop = int(datetime.datetime.fromisoformat(span["to"]).timestamp())
-    expected = ref.overview(traffic.views, 1800, start, stop)
+    people = ref.People(traffic.views, traffic.links, MAX_INSTALLS_PER_USER)
+    expected = ref.overview(traffic.views, 1800, start, stop, people)
     for n in (1, 2):
         wait_for(lambda: screen_views(n) == len(traffic.views), 60,
                  what=f"ingest-{n}'s overview to count every screen view")

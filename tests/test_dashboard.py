@@ -326,6 +326,8 @@ def test_the_dashboard_opens_on_the_experience_overview(procs, state_dir, tmp_pa
     assert rows[0][-2] == f"{100 * first['bounce_rate']:.1f}%"
     assert page.by_id["experience-title"] == f"{first['name']}: users per day"
     status, one = request(ingest.port, "GET", f"/experiences/{first['experienceID']}")
+    assert page.by_id["experience-note"].startswith(
+        f"{one['users']} users ({one['identified_users']} identified), ")
     screens = page.tables["screen-rows"]
     assert [row[1] for row in screens] == [f"#{s['id']}" for s in one["top_screens"]]
     dom = chromium(tmp_path, "--dump-dom", url)

@@ -13,7 +13,7 @@ from http_client import post, request, wait_for
 from app.validate import parse_batch
 from storage import details
 from storage.log_writer import EventLog
-from worker.overview import screen_views
+from worker.overview import SdkEvents
 
 SURROGATE_FIELDS = ["anonymousID", "userID", "id", "properties.name",
                     "properties.experienceName", "properties.id", "context.locale", "key"]
@@ -164,10 +164,11 @@ def test_any_failure_of_a_write_releases_its_claims(tmp_path, monkeypatch):
     assert (tmp_path / "data1").read_bytes() == b"1 2 "
 
 
-def test_screen_views_set_aside_any_malformed_item_and_keep_the_rest():
+def test_the_overview_sets_aside_any_malformed_item_and_keeps_the_rest():
     good = {"event": screen("ok", 3), "time": 1_795_000_000_000}
-    set_aside = []
-    views = screen_views(["text", 5, {"event": "x"}, {"event": screen("no-time", 4)},
-                          {"event": screen("huge", 5), "time": 10**30}, good], set_aside)
-    assert [view[0] for view in views] == [3]
-    assert [named for named, _ in set_aside] == [None, None, None, "no-time", "huge"]
+    read = SdkEvents()
+    read.read(["text", 5, {"event": "x"}, {"event": screen("no-time", 4)},
+               {"event": screen("huge", 5), "time": 10**30}, good])
+    assert [view[0] for view in read.views] == [3]
+    assert [named for named, _ in read.set_aside] == [None, None, None, "no-time", "huge"]
+    assert read.events == 6

@@ -25,6 +25,7 @@ from storage.sketches import (EXACT_LIMIT, Durations, People, duration_bucket,
                               encode_durations, person_key)
 from worker import overview as overview_module
 from worker.runner import Worker
+from worker.people import MAX_INSTALLS_PER_USER
 from worker.sessions import place
 
 UTC = datetime.timezone.utc
@@ -75,17 +76,18 @@ QUERIES = [
 ]
 
 
-def check_against_ledger(root, views, queries=QUERIES):
+def check_against_ledger(root, views, queries=QUERIES, links=()):
     now = datetime.datetime.fromtimestamp(RECEIVED, UTC)
     reader = OverviewReader(root)
     sessions = ref.all_sessions(views, TIMEOUT)
+    people = ref.People(views, links, MAX_INSTALLS_PER_USER)
     by_experience = {}
     for view in views:
         by_experience.setdefault(view.experience, []).append(view)
     checked = 0
     for params in queries:
         query = overview_query.parse(params, now)
-        expected = ref.overview(views, TIMEOUT, query.start, query.end)
+        expected = ref.overview(views, TIMEOUT, query.start, query.end, people)
         listed = overview_query.experiences(reader, query)["experiences"]
         assert {item["experienceID"] for item in listed} == set(expected)
         for item in listed:
@@ -96,14 +98,14 @@ def check_against_ledger(root, views, queries=QUERIES):
             edges = overview_query._edges(query)
             for point, start, end in zip(one["points"], edges, edges[1:]):
                 want = ref.figures(by_experience[experience], sessions[experience],
-                                   start, end)
+                                   start, end, people)
                 for key in ("screen_views", "users", "sessions", "avg_session_seconds"):
                     assert point[key] == want[key], (params, point, want)
                 checked += 1
             screens = {}
             for view in by_experience[experience]:
                 if query.start <= view.moment < query.end:
-                    screens.setdefault(view.screen, set()).add(view.user or view.anonymous)
+                    screens.setdefault(view.screen, set()).add(people.of(view))
             assert one["screens"] == len(screens)
             for top in one["top_screens"]:
                 assert top["users"] == len(screens[top["id"]])
@@ -129,27 +131,27 @@ def test_the_overview_equals_the_ledger(tmp_path, traffic, monkeypatch):
     ingest(tmp_path, traffic.batches)
     count(tmp_path, session_timeout=TIMEOUT)
     assert traffic.late and traffic.retries  # the arrival order is not the device order
-    points = check_against_ledger(tmp_path, traffic.views)
+    points = check_against_ledger(tmp_path, traffic.views, links=traffic.links)
     assert points > 50
 
 
 def test_any_arrival_order_gives_the_same_overview(tmp_path, traffic):
-    """The batches shuffled (within the late bound: at most a day apart) and counted in three
-    worker runs: the same answers, to the byte, as in the order sent."""
+    """The batches in a random order (any one as late as any other: days of history after
+    today's) and counted in three worker runs: the same answers, to the byte, as in the
+    order sent."""
     in_order, shuffled = tmp_path / "in_order", tmp_path / "shuffled"
     in_order.mkdir()
     shuffled.mkdir()
     ingest(in_order, traffic.batches)
     count(in_order, session_timeout=TIMEOUT)
-    rng = random.Random(3)
-    keyed = sorted(traffic.batches,
-                   key=lambda batch: generator._stamp(batch[1][0]) + rng.uniform(0, 86400))
+    keyed = list(traffic.batches)
+    random.Random(3).shuffle(keyed)
     third = len(keyed) // 3
     for part in (keyed[:third], keyed[third:2 * third], keyed[2 * third:]):
         ingest(shuffled, part)
         count(shuffled, session_timeout=TIMEOUT)  # a worker restart between parts
     assert answers(shuffled, QUERIES) == answers(in_order, QUERIES)
-    check_against_ledger(shuffled, traffic.views)
+    check_against_ledger(shuffled, traffic.views, links=traffic.links)
 
 
 def test_rebuild_gives_the_same_overview(tmp_path, traffic):
@@ -192,16 +194,20 @@ def test_a_late_view_joins_two_sessions(tmp_path):
         1, 3000.0, 0.0)
 
 
-def test_a_view_beyond_the_late_bound_is_a_session_of_its_own(tmp_path):
+def test_a_view_however_late_joins_its_session(tmp_path):
+    """A phone offline for a week: its views arrive after a week of newer ones, and join the
+    sessions they belong to, as if they had come in time."""
     device = generator.IosDevice()
     newest = END - datetime.timedelta(hours=1)
-    old = newest - datetime.timedelta(seconds=overview_module.LATE_BOUND + 600)
+    old = newest - datetime.timedelta(days=8)
     ingest(tmp_path, [("d", [device.screen(old, 3)])])
     ingest(tmp_path, [("d", [device.screen(newest, 3)])])
+    count(tmp_path, session_timeout=TIMEOUT)
     ingest(tmp_path, [("d", [device.screen(old + datetime.timedelta(seconds=60), 3)])])
     count(tmp_path, session_timeout=TIMEOUT)
     [item] = answers(tmp_path, [{"from": "2026-10-01T00:00:00Z"}])[0]["experiences"]
-    assert item["sessions"] == 3  # within the bound it would have joined the first: 2
+    assert (item["sessions"], item["screens_per_session"], item["avg_session_seconds"]) == (
+        2, 1.5, 30.0)
 
 
 def test_the_reads_name_a_missing_or_damaged_store(tmp_path):
@@ -327,25 +333,53 @@ def test_a_planted_store_is_never_continued(tmp_path, traffic, plant):
     plant(store)
     ingest(tmp_path, traffic.batches[half:])
     count(tmp_path, session_timeout=TIMEOUT)
-    check_against_ledger(tmp_path, traffic.views, QUERIES[:2])
+    check_against_ledger(tmp_path, traffic.views, QUERIES[:2], traffic.links)
     assert not (tmp_path / "overview.sqlite3.tmp").exists()
 
 
-def test_sessions_no_view_can_reach_are_not_kept(tmp_path):
-    """Open sessions are kept for the late bound only: a device seen daily for a week keeps
-    the last 72 hours' and the timeout's, not all of them (their figures stay counted)."""
-    device = generator.IosDevice()
-    days = [END - datetime.timedelta(days=day) for day in range(7, -1, -1)]
-    ingest(tmp_path, [("d", [device.screen(moment, 3)]) for moment in days])
-    count(tmp_path, session_timeout=TIMEOUT)
-    with sqlite3.connect(tmp_path / "overview.sqlite3") as db:
-        kept = [first for (first,) in db.execute("SELECT first FROM open_session")]
-    newest = int(days[-1].timestamp())
-    assert kept == [int(moment.timestamp()) for moment in days
-                    if int(moment.timestamp()) >= newest - overview_module.LATE_BOUND - TIMEOUT]
-    assert len(kept) == 4  # 3 days back and today
+def test_history_sent_newest_day_first_gives_one_session_a_day(tmp_path):
+    """30 installs with a session a day for 10 days, the newest day sent first and the older
+    days after it, each day counted in a commit of its own: 300 sessions, as sorting each
+    install's views and splitting them at the timeout gives."""
+    devices = [generator.AndroidDevice() for _ in range(30)]
+    views, days = [], []
+    for day in range(10):
+        start = END - datetime.timedelta(days=day, hours=3)
+        batches = []
+        for number, device in enumerate(devices):
+            moments = [start + datetime.timedelta(minutes=number, seconds=20 * k)
+                       for k in range(3)]
+            batches.append(("d", [device.screen(moment, 4, id=f"s{k}")
+                                  for k, moment in enumerate(moments)]))
+            views += [generator.View(device.anonymous_id, None, 4, f"s{k}",
+                                     int(moment.timestamp())) for k, moment in enumerate(moments)]
+        days.append(batches)
+    for batches in days:  # today first
+        ingest(tmp_path, batches)
+        count(tmp_path, session_timeout=TIMEOUT)
     [item] = answers(tmp_path, [{}])[0]["experiences"]
-    assert item["sessions"] == 8
+    assert (item["sessions"], item["bounce_rate"], item["avg_session_seconds"]) == (
+        300, 0.0, 40.0)
+    check_against_ledger(tmp_path, views)
+
+
+def test_the_same_history_sent_again_seconds_later_gives_the_sorted_sessions(tmp_path):
+    """The README's traffic command run twice: the same installs' history again, 7 seconds
+    later. Every view joins the sessions that sorting each install's views and splitting
+    them at the timeout gives (before, views 72 hours older than an install's newest began
+    sessions of their own: 503 sessions became 1,384)."""
+    first = generator.generate(seed=7, devices=60, experiences=3, days=5, end=END)
+    again = generator.generate(seed=7, devices=60, experiences=3, days=5,
+                               end=END + datetime.timedelta(seconds=7))
+    for traffic in (first, again):
+        ingest(tmp_path, traffic.batches)
+        count(tmp_path, session_timeout=TIMEOUT)
+    views, links = first.views + again.views, first.links + again.links
+    check_against_ledger(tmp_path, views, QUERIES[:1], links)
+    listed = answers(tmp_path, [{}])[0]["experiences"]
+    sessions = ref.all_sessions(views, TIMEOUT)
+    assert {item["experienceID"]: item["sessions"] for item in listed} == {
+        experience: len(found) for experience, found in sessions.items()}
 
 
 def test_weeks_days_and_hours_give_the_same_figures(tmp_path):
@@ -358,7 +392,8 @@ def test_weeks_days_and_hours_give_the_same_figures(tmp_path):
     query = overview_query.parse(span, END)
     assert overview_query.WEEK in {level for level, _, _ in
                                    overview_query.pieces(query.start, query.end)}
-    check_against_ledger(tmp_path, traffic.views, [span, {**span, "tz": "Europe/Paris"}])
+    check_against_ledger(tmp_path, traffic.views, [span, {**span, "tz": "Europe/Paris"}],
+                         traffic.links)
 
 
 @given(st.integers(0, 5000), st.integers(1, 3000))

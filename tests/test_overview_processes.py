@@ -18,6 +18,7 @@ from bench import traffic as generator
 from http_client import NO_ANSWER, request, wait_for
 from storage.sketches import duration_bucket
 from test_read_api import assert_matches_spec
+from worker.people import MAX_INSTALLS_PER_USER
 
 pytestmark = pytest.mark.slow
 
@@ -37,10 +38,11 @@ def screen_views(port, span):
     return sum(item["screen_views"] for item in body["experiences"]) if status == 200 else -1
 
 
-def check(port, views, span):
+def check(port, traffic, span):
     start = int(datetime.datetime.fromisoformat(span["from"]).timestamp())
     end = int(datetime.datetime.fromisoformat(span["to"]).timestamp())
-    expected = ref.overview(views, TIMEOUT, start, end)
+    people = ref.People(traffic.views, traffic.links, MAX_INSTALLS_PER_USER)
+    expected = ref.overview(traffic.views, TIMEOUT, start, end, people)
     status, listed = get(port, "/experiences", **span)
     assert status == 200, listed
     assert_matches_spec("/experiences", "GET", status, listed)
@@ -57,7 +59,8 @@ def check(port, views, span):
 
 
 def figures_of(document):
-    return {key: document[key] for key in ("screen_views", "users", "sessions",
+    return {key: document[key] for key in ("screen_views", "users", "identified_users",
+                                           "sessions",
                                            "avg_session_seconds", "median_session_seconds",
                                            "screens_per_session", "bounce_rate")}
 
@@ -96,7 +99,7 @@ def test_the_overview_is_exact_through_kills_and_rebuild(supervisor):
             "to": (end + datetime.timedelta(hours=2)).isoformat()}
     wait_for(lambda: screen_views(sup.port, span) == len(traffic.views), timeout=120,
              what="the overview to count every screen view")
-    before = check(sup.port, traffic.views, span)
+    before = check(sup.port, traffic, span)
     assert kills["ingest"] >= 2 and kills["worker"] >= 2
     assert sender.refused > 0  # some answers were lost to the kills, and sent again
 
@@ -104,7 +107,7 @@ def test_the_overview_is_exact_through_kills_and_rebuild(supervisor):
     rebuild = subprocess.run([sys.executable, "-m", "worker", "rebuild"], cwd=sup.root,
                              env=sup.env, capture_output=True, text=True, timeout=300)
     assert rebuild.returncode == 0, rebuild.stderr
-    assert check(sup.port, traffic.views, span) == before
+    assert check(sup.port, traffic, span) == before
     print(f"\noverview through kills: {len(traffic.views)} screen views, {traffic.retries} "
           f"batches sent twice, {traffic.late} late, kills {kills}, {sender.refused} answers "
           f"to retry, {sender.duplicates} duplicates answered")

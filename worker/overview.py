@@ -1,7 +1,7 @@
 """The experience overview, counted from the SDK events' details into an overview store.
 
-OverviewCounter holds the rule: screen views placed in their hours, people and sessions
-(worker/sessions.py), the changes committed with the new position in one transaction
+OverviewCounter holds the rule: screen views placed in their hours, sessions
+(worker/sessions.py) and people (worker/people.py), the changes committed with the new position in one transaction
 (storage/overview_store.py). Both workers use it: Overview, below, on data1.details, and the
 cluster's worker on each partition's messages (worker/stream_runner.py).
 
@@ -20,23 +20,22 @@ store built from another details file, or with another session timeout, or ahead
 file, is never continued: it is set aside and the overview counted again from the start.
 """
 
+import collections
 import logging
 import os
 import time
 
 from storage.details import HEADER, read_groups, read_header
 from storage.layout import Layout, names_open_file
-from storage.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, PEOPLE, SESSION_SCREENS,
-                                    SESSIONS, VIEWS, Changes, CorruptOverview, OverviewStore)
+from storage.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDENTIFIED, PEOPLE,
+                                    SESSION_SCREENS, SESSIONS, VIEWS, Changes, CorruptOverview,
+                                    OverviewStore)
 from storage.log_format import MAX_ID
 from storage.sketches import duration_bucket, person_key
+from worker.people import MAX_INSTALLS_PER_USER, person_of
 from worker.sessions import place
 
 log = logging.getLogger("worker")
-
-# A screen view more than this older than its device's newest may be counted as a session of
-# its own: the sessions a view could still join are kept for this long (and the timeout).
-LATE_BOUND = 72 * 3600
 # Commit at least every this many SDK events, which bounds the memory a catch-up holds.
 COMMIT_EVENTS = 100_000
 
@@ -95,65 +94,106 @@ class OverviewCounter:
         self.store.reset(self.timeout)
         self.source, self.position, self.log_end = b"", 0, 0
 
-    def count(self, views, events, source, position, log_end, set_aside=()):
-        """Place `views` (screen_views()) of `events` SDK events and commit them with the new
-        position; `set_aside`, what screen_views left out of them, is counted in the store's
-        state and logged. The caller has made the source durable up to `position`."""
-        if not events and position == self.position:
+    def count(self, read, source, position, log_end):
+        """Place the screen views and links of `read` (SdkEvents) and commit them with the
+        new position; the events it set aside are counted in the store's state and logged.
+        The caller has made the source durable up to `position`."""
+        if not read.events and position == self.position:
             return 0
+        views, set_aside = read.views, read.set_aside
         changes = Changes()
-        changes.events = events
+        changes.events = read.events
         changes.set_aside = len(set_aside)
         if set_aside:
             named, why = set_aside[0]
             log.error("overview: %d SDK events in %s cannot be counted and are set aside "
                       "(kept in the source, counted in /stats as overview_set_aside), e.g. "
                       "event %s: %s", len(set_aside), self.source_name, named, why)
-        # Every device's state in a few queries, not two per view.
-        newest, stored = self.store.devices({view[2] for view in views})
-        for experience, moment, device, person, screen, name, screen_name in views:
+        # Every install's state in a few queries, not a few per view.
+        viewing = {view[2] for view in views}
+        persons, changed = self._link(changes, read.links, viewing)
+        stored = self.store.sessions(viewing | changed)
+        for (device, experience), sessions in stored.items():
+            if device in changed:  # its people are counted again wherever it has views
+                for first, last, _ in sessions:
+                    changes.recount.update((experience, hour) for hour in
+                                           range(first - first % 3600, last + 1, 3600))
+        for experience, moment, device, carried, screen, name, screen_name in views:
             hour = moment - moment % 3600
+            user = carried or persons.get(device)
+            person = user or device
             row = changes.hour(experience, hour)
             row[VIEWS] += 1
             row[PEOPLE].add(person)
+            if user:
+                row[IDENTIFIED].add(person)
             row = changes.screen(experience, screen, hour)
             row[0] += 1
             row[1].add(person)
+            changes.viewers.add((experience, hour, screen, device, carried))
             _name(changes, experience, "", moment, name)
             _name(changes, experience, screen, moment, screen_name)
-            self._place(changes, newest, stored, device, experience, moment)
+            self._place(changes, stored, device, experience, moment)
         self.store.commit(changes, source, position, log_end)
         self.source, self.position, self.log_end = source, position, log_end
-        return events
+        return read.events
+
+    def _link(self, changes, links, viewing):
+        """Add `links` ((device, user, moment)) to the store's, and find each install's
+        person by the people rule (worker/people.py). Returns ({device: its person's user
+        key} for the `viewing` installs and those whose person changed, the installs whose
+        person changed); the changes are recorded in `changes`."""
+        store = self.store
+        earliest = {}  # (device, user) -> its first moment in these links
+        for device, user, moment in links:
+            known = earliest.get((device, user))
+            if known is None or moment < known:
+                earliest[device, user] = moment
+        linking = {device for device, _ in earliest}
+        known = store.links(linking)
+        new_installs = collections.Counter()  # user -> installs linked to it first here
+        for (device, user), moment in earliest.items():
+            mine = known[device]
+            if user not in mine:
+                new_installs[user] += 1
+            if user not in mine or moment < mine[user]:
+                mine[user] = changes.links[device, user] = moment
+        installs = store.installs(new_installs)
+        crowding = {user for user, added in new_installs.items()
+                    if installs.get(user, 0) <= MAX_INSTALLS_PER_USER
+                    < installs.get(user, 0) + added}
+        # Every install linked to a user that just became crowded loses that link too.
+        affected = linking | store.linked_to(crowding)
+        known.update(store.links(affected - known.keys()))
+        users = {user for device in affected for user in known[device]}
+        installs = store.installs(users)
+        crowded = {user for user in users
+                   if installs.get(user, 0) + new_installs[user] > MAX_INSTALLS_PER_USER}
+        persons = store.persons(viewing | affected)
+        changed = set()
+        for device in affected:
+            person = person_of(known[device], crowded)
+            if person != persons.get(device):
+                changes.persons[device] = persons[device] = person
+                changed.add(device)
+        return persons, changed
 
     def close(self):
         self.store.close()
 
-    def _place(self, changes, newest, stored, device, experience, moment):
-        """Place a screen view in its device's sessions (`stored`: those of the store, taken
-        from as each is first touched), and count what changed."""
-        latest = newest.get(device)
-        if latest is not None and moment < latest - LATE_BOUND:
-            _count_session(changes, experience, [moment, moment, 1], 1)
-            return
-        sessions = changes.open_sessions.get((device, experience))
-        if sessions is None:
-            sessions = changes.open_sessions[device, experience] = stored.pop(
-                (device, experience), [])
+    def _place(self, changes, stored, device, experience, moment):
+        """Place a screen view in its install's sessions (`stored`: every session of the
+        commit's installs, as loaded from the store, kept whole in place), and count what
+        changed."""
+        sessions = stored[device, experience]  # a defaultdict: [] for a new one
         replaced, joined = place(sessions, moment, self.timeout)
+        changes.replace_sessions(device, experience, replaced, joined)
         if len(replaced) == 1 and replaced[0][0] == joined[0]:
             _stretch_session(changes, experience, replaced[0], joined)  # the usual case
         else:
             for session in replaced:
                 _count_session(changes, experience, session, -1)
             _count_session(changes, experience, joined, 1)
-        if latest is None or moment > latest:
-            newest[device] = changes.devices[device] = moment
-            # Sessions no view within the late bound can reach any more are final: their
-            # figures are in the rows already, and they need not be kept.
-            final = moment - LATE_BOUND - self.timeout
-            if sessions[0][1] < final:
-                sessions[:] = [session for session in sessions if session[1] >= final]
 
 
 class Overview:
@@ -205,31 +245,29 @@ class Overview:
         started, counted, screens = time.monotonic(), 0, 0
         start = offset = max(counter.position, HEADER.size)
         end = counter.log_end
-        views, events, set_aside = [], 0, []  # of the groups read since the last commit
+        read = SdkEvents()  # of the groups read since the last commit
         for group in read_groups(self.details, start):
             if group.data1_end > data1_end:
                 break
-            items = group.events()
-            events += len(items)
-            views += screen_views(items, set_aside)
+            read.read(group.events())
             offset, end = group.end, group.data1_end
-            if events >= COMMIT_EVENTS:
-                counted += self._commit(views, events, identity, offset, end, set_aside)
-                screens += len(views)
-                views, events, set_aside = [], 0, []
-        counted += self._commit(views, events, identity, offset, end, set_aside)
-        screens += len(views)
+            if read.events >= COMMIT_EVENTS:
+                counted += self._commit(read, identity, offset, end)
+                screens += len(read.views)
+                read = SdkEvents()
+        counted += self._commit(read, identity, offset, end)
+        screens += len(read.views)
         if counted:
             log.info("overview: counted %d SDK events (%d screen views) in %.3fs; details "
                      "offset %d -> %d", counted, screens, time.monotonic() - started, start,
                      offset)
         return counted
 
-    def _commit(self, views, events, identity, offset, end, set_aside):
-        if events:
+    def _commit(self, read, identity, offset, end):
+        if read.events:
             # The store must never claim details a power loss could undo.
             os.fdatasync(self.details)
-        return self.counter.count(views, events, identity, offset, end, set_aside)
+        return self.counter.count(read, identity, offset, end)
 
     def close(self):
         self.counter.close()
@@ -238,46 +276,61 @@ class Overview:
             self.details = None
 
 
-def screen_views(items, set_aside):
-    """A group's screen views as (experience, moment, device, person, screen id, experience
-    name, screen name); identifies and registers are kept in the details, not counted.
+class SdkEvents:
+    """What the overview counts of a stretch of SDK events: its screen views, as
+    (experience, moment, device, carried, screen id, experience name, screen name), with
+    `carried` the key of the userID the view carries (0 if none); its links, as (device,
+    user, moment) (worker/people.py: any event that carries both ids); how many events were
+    read, and those set aside. The rest of an identify or a register is kept in the details,
+    not counted."""
 
-    The ingest stores only events it checked, but a store outlives the code that checked it:
-    an event that still cannot be counted (a field of the wrong type, a time out of range)
-    is appended to `set_aside` as (its id, why) and left out, so that no stored event can
-    stop the counting of the others."""
-    views = []
-    keys = {}  # a group's events mostly share one install and one person: hashed once
-    for item in items:
-        try:
-            event = item["event"]
-            if event.get("type") != "screen":
-                continue
+    def __init__(self):
+        self.views, self.links, self.set_aside, self.events = [], [], [], 0
+        self._keys = {}  # installs and users mostly recur from event to event: hashed once
+
+    def read(self, items):
+        """Read the events (as details keep them: {"event", "time", ...}).
+
+        The ingest stores only events it checked, but a store outlives the code that checked
+        it: an event that still cannot be counted (a field of the wrong type, a time out of
+        range) is set aside as (its id, why) and left out, so that no stored event can stop
+        the counting of the others."""
+        self.events += len(items)
+        for item in items:
+            try:
+                self._read(item)
+            except Exception as error:  # noqa: BLE001 (any flaw of one event, named below)
+                event = item.get("event") if type(item) is dict else None
+                named = event.get("id") if type(event) is dict else None
+                self.set_aside.append((named if type(named) is str else None,
+                                       f"{type(error).__name__}: {error}"))
+
+    def _read(self, item):
+        event = item["event"]
+        moment = item["time"] // 1000
+        if not 0 <= moment < 2**40:
+            raise ValueError("time out of range")
+        device = self._key("anon:" + event["anonymousID"])
+        user = event.get("userID")
+        # null and "" are no userID (identify(null), Judo's anonymous mode): no link
+        carried = self._key("user:" + user) if user else 0
+        if event.get("type") == "screen":
             properties = event["properties"]
-            anonymous = "anon:" + event["anonymousID"]
-            device = keys.get(anonymous)
-            if device is None:
-                device = keys[anonymous] = person_key(anonymous)
-            user = event.get("userID")
-            person = device
-            if user:
-                user = "user:" + user
-                person = keys.get(user)
-                if person is None:
-                    person = keys[user] = person_key(user)
-            experience, moment = int(properties["experienceID"]), item["time"] // 1000
-            if not (0 <= experience <= MAX_ID and 0 <= moment < 2**40):
-                raise ValueError("experienceID or time out of range")
-            views.append((experience, moment, device, person,
-                          stored_text(properties.get("id") or ""),
-                          stored_text(properties.get("experienceName")),
-                          stored_text(properties.get("name"))))
-        except Exception as error:  # noqa: BLE001 (any flaw of one event, named below)
-            event = item.get("event") if type(item) is dict else None
-            named = event.get("id") if type(event) is dict else None
-            set_aside.append((named if type(named) is str else None,
-                              f"{type(error).__name__}: {error}"))
-    return views
+            experience = int(properties["experienceID"])
+            if not 0 <= experience <= MAX_ID:
+                raise ValueError("experienceID out of range")
+            self.views.append((experience, moment, device, carried,
+                               stored_text(properties.get("id") or ""),
+                               stored_text(properties.get("experienceName")),
+                               stored_text(properties.get("name"))))
+        if carried:
+            self.links.append((device, carried, moment))
+
+    def _key(self, text):
+        key = self._keys.get(text)
+        if key is None:
+            key = self._keys[text] = person_key(text)
+        return key
 
 
 def stored_text(value):

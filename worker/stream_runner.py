@@ -61,7 +61,7 @@ from storage.stream_checkpoint_store import Fenced, StreamCheckpointStore
 from storage.stream_reader import StreamReader
 from storage.stream_setup import stream_identity
 from worker.assignment import assign
-from worker.overview import COMMIT_EVENTS, OverviewCounter, screen_views
+from worker.overview import COMMIT_EVENTS, OverviewCounter, SdkEvents
 from worker.runner import COMMIT_EVERY, PassLoop, plural, report_skipped
 from worker.tally import Tally
 
@@ -569,10 +569,9 @@ class StreamWorker(PassLoop):
         overview = partition.overview
         if sdk is not False and overview is not None and sequence > overview.position:
             # Acknowledged messages are on a quorum's disks: nothing to make durable first.
-            set_aside = []
-            overview.count(screen_views(sdk, set_aside), len(sdk),
-                           partition.checkpoint.fingerprint.encode(), sequence, sequence,
-                           set_aside)
+            read = SdkEvents()
+            read.read(sdk)
+            overview.count(read, partition.checkpoint.fingerprint.encode(), sequence, sequence)
         if series is not False and partition.series is not None and (
                 sequence > partition.series_offset):
             _, _, minute_rows, hour_rows = series.drain_into({})
