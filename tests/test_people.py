@@ -100,6 +100,17 @@ def two_phones_identified_on_one(phones):
         yield second.view(number + 2)
 
 
+def second_view_carries_a_user(phones):
+    """No identify at all: the second view is sent logged in (the issue's 3 installs that
+    counted as 6 users)."""
+    for number in range(3):
+        phone = Phone()
+        phones.append(phone)
+        yield phone.view(number)
+        phone.device.user_id = f"u{number}"
+        yield phone.view(number + 1)
+
+
 def never_identified(phones):
     for number in range(30):
         phone = Phone()
@@ -118,7 +129,8 @@ def identified_as_null_or_empty(phones):
 
 @pytest.mark.parametrize("case, people, identified", [
     (anonymous_then_identified, 40, 40), (two_phones_identified_on_both, 20, 20),
-    (two_phones_identified_on_one, 40, 20), (never_identified, 30, 0),
+    (two_phones_identified_on_one, 40, 20), (second_view_carries_a_user, 3, 3),
+    (never_identified, 30, 0),
     (identified_as_null_or_empty, 10, 0)])
 def test_users_count_people(tmp_path, case, people, identified):
     phones = []
