@@ -183,7 +183,7 @@ def test_a_shared_phone_keeps_its_users_apart(tmp_path):
     assert figures(tmp_path) == (2, 2)
 
 
-def test_a_user_on_too_many_installs_links_none_of_them(tmp_path, monkeypatch):
+def test_a_user_on_too_many_installs_links_none_of_them(tmp_path, monkeypatch, caplog):
     """A test account logged in on more installs than the bound (3 here): once past it, its
     installs' anonymous views count for each install again; its own views for it."""
     monkeypatch.setattr(overview_module, "MAX_INSTALLS_PER_USER", 3)
@@ -195,6 +195,9 @@ def test_a_user_on_too_many_installs_links_none_of_them(tmp_path, monkeypatch):
         views, links = ledger(phones[:number + 1])
         people = ref.People(views, links, 3)
         assert len({people.of(view) for view in views}) == figures(tmp_path)[0]
+    [warning] = [record.getMessage() for record in caplog.records
+                 if "linked from more than" in record.getMessage()]
+    assert warning.startswith("overview: 1 userIDs are now linked from more than 3 installs")
 
 
 def test_people_counted_again_past_the_exact_limit_are_exact_again(tmp_path):

@@ -162,6 +162,11 @@ class OverviewCounter:
         crowding = {user for user, added in new_installs.items()
                     if installs.get(user, 0) <= MAX_INSTALLS_PER_USER
                     < installs.get(user, 0) + added}
+        if crowding:
+            log.warning("overview: %d userIDs are now linked from more than %d installs each "
+                        "(a test account, a shared login?): they link none of them, so those "
+                        "installs' anonymous views count for each install "
+                        "(worker/people.py)", len(crowding), MAX_INSTALLS_PER_USER)
         # Every install linked to a user that just became crowded loses that link too.
         affected = linking | store.linked_to(crowding)
         known.update(store.links(affected - known.keys()))
