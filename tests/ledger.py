@@ -5,6 +5,7 @@ import collections
 import http.client
 import sqlite3
 import threading
+import time
 
 from reference import check_invariant, check_series, read_checkpoint, read_series
 
@@ -22,9 +23,11 @@ class Posters:
     first_id, so several Posters can run side by side without sharing any.
     """
 
-    def __init__(self, port, threads=4, batch_size=1, first_id=1):
+    def __init__(self, port, threads=4, batch_size=1, first_id=1, timeout=10):
         self.port, self.threads, self.batch_size, self.first_id = port, threads, batch_size, first_id
+        self.timeout = timeout  # seconds a request may wait for its answer
         self.acked, self.refused, self.unknown = set(), set(), set()
+        self.lost_answers = []  # (seconds waited, the error) of the first unknown outcomes
         self._stopping = threading.Event()
         self._threads = []
         self._lock = threading.Lock()
@@ -66,21 +69,25 @@ class Posters:
             path, body = self._request(ids)
             try:
                 if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port,
+                                                      timeout=self.timeout)
                     conn.connect()
             except OSError:
                 conn = None
                 self._record(self.refused, ids)
                 self._stopping.wait(0.01)  # the server is down: don't spin
                 continue
+            began = time.monotonic()
             try:
                 conn.request("POST", path, body=body)
                 response = conn.getresponse()
                 answer = response.read()
-            except (OSError, http.client.HTTPException):
+            except (OSError, http.client.HTTPException) as error:
                 conn.close()
                 conn = None
                 self._record(self.unknown, ids)
+                if len(self.lost_answers) < 5:
+                    self.lost_answers.append((round(time.monotonic() - began, 2), repr(error)))
                 continue
             if response.status == 202:
                 self._record(self.acked, ids)
