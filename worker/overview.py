@@ -1,9 +1,10 @@
 """The experience overview, counted from the SDK events' details into an overview store.
 
 OverviewCounter holds the rule: screen views placed in their hours, sessions
-(worker/sessions.py) and people (worker/people.py), the changes committed with the new position in one transaction
-(storage/overview_store.py). Both workers use it: Overview, below, on data1.details, and the
-cluster's worker on each partition's messages (worker/stream_runner.py).
+(worker/sessions.py) and people (worker/people.py), the changes committed with the new
+position in one transaction (storage/overview_store.py). Both workers use it: Overview,
+below, on data1.details, and the cluster's worker on each partition's messages
+(worker/stream_runner.py).
 
 On one machine the worker calls advance(end) each time data1 is durable and counted up to
 `end`: every group of data1.details whose data1 bytes end there or before is counted.
