@@ -83,7 +83,8 @@ EXPERIENCE_TABLE = """
 CREATE TABLE experience_{level} (bucket INTEGER NOT NULL, experience INTEGER NOT NULL,
     views INTEGER NOT NULL, people BLOB NOT NULL, identified BLOB NOT NULL,
     sessions INTEGER NOT NULL, duration_sum INTEGER NOT NULL, session_screens INTEGER NOT NULL,
-    bounces INTEGER NOT NULL, durations BLOB NOT NULL, PRIMARY KEY (bucket, experience)) WITHOUT ROWID;
+    bounces INTEGER NOT NULL, durations BLOB NOT NULL,
+    PRIMARY KEY (bucket, experience)) WITHOUT ROWID;
 """
 SCHEMA = "".join(EXPERIENCE_TABLE.format(level=level) for level in LEVELS.values()) + """
 CREATE TABLE screen_hour (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
@@ -440,8 +441,8 @@ class _Reads:
 
     def experience_rows(self, level, start, end, experience):
         """(bucket, experience, views, people, identified, sessions, duration_sum,
-        session_screens, bounces, durations) of one experience in the `level` table (HOUR or DAY), [start,
-        end)."""
+        session_screens, bounces, durations) of one experience in the `level` table (HOUR or
+        DAY), [start, end)."""
         # One key seek per bucket (generated, not scanned), as in the series store.
         return self.db.execute(
             "WITH RECURSIVE wanted(bucket) AS (SELECT ? UNION ALL SELECT bucket + ? FROM "
