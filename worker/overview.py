@@ -172,7 +172,7 @@ class OverviewCounter:
         affected = linking | store.linked_to(crowding)
         known.update(store.links(affected - known.keys()))
         users = {user for device in affected for user in known[device]}
-        installs = store.installs(users)
+        installs.update(store.installs(users - new_installs.keys()))  # the rest asked above
         crowded = {user for user in users
                    if installs.get(user, 0) + new_installs[user] > MAX_INSTALLS_PER_USER}
         persons = store.persons(viewing | affected)
