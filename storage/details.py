@@ -50,7 +50,12 @@ Invariants
         group after it are removed, and data1 is cut back to where its bytes began
         (DetailsWriter.data1_kept). Its events are then new to the dedupe index, so a
         resend is stored once. So is a group whose data1 bytes are torn: NULs where a power
-        loss lost pages of their write (storage/log_format.py's invariants);
+        loss lost pages of their write (storage/log_format.py's invariants). data1 is cut,
+        and the cut made durable, before the groups are (DetailsWriter.remove_unheld): a
+        power loss between the two cuts leaves groups whose data1 bytes are lost, removed
+        again at the next opening. The other order could leave data1 bytes whose group is
+        gone: they would read as minimal events, counted with no details for a resend's
+        dedupe to find;
       - a group whose data1 bytes are whole but different means data1 is another file
         (replaced, or restored from elsewhere): only then is this file set aside and a new
         one begun. A power loss never leaves different bytes, only lost ones: NULs, or a
@@ -158,10 +163,10 @@ class _Place:
         self.data1_crc, self.end = group.data1_crc, group.end
 
 
-def _holds(data1_fd, group):
-    """True if data1 holds the group's bytes, as they were written."""
+def _data1_bytes(data1_fd, group):
+    """What data1 holds where the group's bytes were written, and whether it is them."""
     written = os.pread(data1_fd, group.data1_end - group.data1_start, group.data1_start)
-    return zlib.crc32(written) == group.data1_crc
+    return written, zlib.crc32(written) == group.data1_crc
 
 
 class DetailsWriter:
@@ -177,6 +182,16 @@ class DetailsWriter:
             self._write_header(data1_size)
         self.end = self._repair(data1_fd, data1_size, set_aside)
         self.appended = 0
+
+    def remove_unheld(self):
+        """Remove the groups that opening found data1 does not hold (see the invariants), once
+        data1 is cut back to data1_kept and the cut is durable."""
+        size = os.fstat(self.fd).st_size
+        if self.end < size:
+            log.warning("data1.details: removing %d bytes at offset %d (%s; never "
+                        "acknowledged)", size - self.end, self.end, self._unheld)
+            os.ftruncate(self.fd, self.end)
+            os.fsync(self.fd)
 
     def _write_header(self, data1_size):
         self.identity = os.urandom(16)
@@ -195,9 +210,11 @@ class DetailsWriter:
         self.identity = None
 
     def _repair(self, data1_fd, data1_size, set_aside):
-        """Cut this file after the last group that data1 holds whole (see the invariants);
-        return its new end. Sets data1_kept: how much of data1 the groups kept allow."""
+        """Find the last group that data1 holds whole (see the invariants); return the end
+        this file is to be cut to (by remove_unheld). Sets data1_kept: how much of data1 the
+        groups kept allow."""
         self.data1_kept = data1_size
+        self._unheld = None  # why the groups from `keep` on are to be removed
         checked_from = data1_size - MAX_UNSYNCED
         keep, trusted, recent = HEADER.size, None, []
         for group in read_groups(self.fd):
@@ -205,7 +222,7 @@ class DetailsWriter:
                 keep, trusted = group.end, _Place(group)
             else:  # only their places: their payloads could be large
                 recent.append(_Place(group))
-        if trusted and not _holds(data1_fd, trusted):
+        if trusted and not _data1_bytes(data1_fd, trusted)[1]:
             return self._another_data1(set_aside, data1_size)
         lost = None
         for group in recent:
@@ -213,22 +230,15 @@ class DetailsWriter:
                 lost = "their data1 bytes were lost"
                 self.data1_kept = min(group.data1_start, data1_size)
                 break
-            if not _holds(data1_fd, group):
-                written = os.pread(data1_fd, group.data1_end - group.data1_start,
-                                   group.data1_start)
+            written, held = _data1_bytes(data1_fd, group)
+            if not held:
                 if b"\0" not in written:
                     return self._another_data1(set_aside, data1_size)
                 lost = "their data1 bytes are torn"
                 self.data1_kept = group.data1_start
                 break
             keep = group.end
-        size = os.fstat(self.fd).st_size
-        if keep < size:
-            log.warning("data1.details: removing %d bytes at offset %d (%s; never "
-                        "acknowledged)", size - keep, keep,
-                        f"groups from there on: {lost}" if lost else "a torn group")
-            os.ftruncate(self.fd, keep)
-            os.fsync(self.fd)
+        self._unheld = f"groups from there on: {lost}" if lost else "a torn group"
         return keep
 
     def _another_data1(self, set_aside, data1_size):

@@ -21,7 +21,7 @@ The format is in storage/log_format.py. This module's guarantees:
   and, on restart, recovery works from what is really on disk.
 * Opening the log repairs what a crash or a power loss left, none of it acknowledged: a
   torn tail, and details groups whose data1 bytes were lost or torn, with data1 cut back
-  to where those bytes began (storage/details.py).
+  to where those bytes began, durably, before the groups are removed (storage/details.py).
 * With a time index (storage/time_index.py), each append is dated: a new second's entry is
   written before the records it dates, and made durable with them before the append is
   acknowledged, so an acknowledged event's time is as durable as the event.
@@ -139,6 +139,8 @@ class EventLog:
             self._details = DetailsWriter(Path(details), self._fd, kept, set_aside)
             kept = self._details.data1_kept
         self._end = self._remove_torn_tail(size, kept)  # bytes taken so far; only ever grows
+        if self._details is not None:
+            self._details.remove_unheld()  # only now: data1's cut is durable first
         self._synced = self._end  # bytes known durable
         # With details, data1's bytes wait here (the sync thread writes them once their
         # details are durable): the records taken and not yet written, in order.

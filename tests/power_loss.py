@@ -3,8 +3,8 @@ sync, for tests that run the real log writer and worker in this process.
 
 A process killed by SIGKILL leaves every write it made in the kernel; a power loss keeps only
 what was synced. This model tracks the files named in TRACKED inside one state folder: the
-contents each had at its last fsync or fdatasync (by whoever made it: the ingest's sync
-thread, or the worker syncing data1 before a commit), and, at the power loss, keeps any
+contents each had when its latest fsync or fdatasync began (by whoever made it: the ingest's
+sync thread, or the worker syncing data1 before a commit), and, at the power loss, keeps any
 subset of the pages written since, the lost ones reading as NULs, and a length anywhere
 from the synced one to the written one. That is what LazyFS's clear-cache, torn-op and
 torn-seq faults leave, drawn at random from a seed.
@@ -13,6 +13,8 @@ Every write, fsync and fdatasync of a tracked file is a numbered step; the power
 before or just after step `fail_at`. The thread that reaches it records the image of the
 folder, and neither it nor any other thread takes a tracked step after that: the ingest's
 sync thread is parked (acknowledging nothing more), the test's own thread gets PowerLost.
+A sync still under way when the power fails counts for nothing, even if it returns later,
+after the test has moved on to the next folder.
 Everything else in the folder (the dedupe index, the worker's stores) is copied as it is
 at that instant: its own writers sync it as their designs say, and the tests of those
 designs plant their stale states.
@@ -44,15 +46,21 @@ class Disk:
         self.quiet = []  # more locks to hold while the folder is copied (a store's writer's)
         self.on_power_loss = None  # called at the instant of the loss, holding the lock
         self._parked = threading.Event()
+        # The model's own lock, held briefly: around each tracked write, a sync's read and
+        # record, start(), and the power loss's reading of the model. Never held while
+        # taking `lock` (always taken first) nor across a sync.
+        self._model = threading.Lock()
         self._real = {name: getattr(os, name) for name in ("write", "fsync", "fdatasync")}
 
     def start(self, folder, fail_at, after):
         """Track `folder`; the power fails just before (or after) tracked step `fail_at`."""
-        with self.lock:
+        with self.lock, self._model:
             self.folder = str(folder)
             self.fail_at, self.after = fail_at, after
             self.steps = 0
             self.synced = {name: _read(folder, name) for name in TRACKED}
+            self.synced_at = {}  # name: the write count when the sync recorded began
+            self.writes = 0
             self.image = None
             self.quiet = []
 
@@ -60,41 +68,61 @@ class Disk:
         for name, real in self._real.items():
             monkeypatch.setattr(os, name, self._wrap(name, real))
 
-    def _tracked(self, fd):
+    def _tracked(self, fd, folder):
         try:
             path = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
             return None
-        folder, name = os.path.split(path)
-        return name if folder == self.folder and name in TRACKED else None
+        parent, name = os.path.split(path)
+        return name if parent == folder and name in TRACKED else None
 
     def _wrap(self, op, real):
         def call(fd, *args):
-            name = self._tracked(fd)
+            folder = self.folder
+            name = self._tracked(fd, folder)
             if name is None:
                 return real(fd, *args)
-            self._step()
-            result = real(fd, *args)
-            if op != "write":
-                self.synced[name] = _read(self.folder, name)
-            self._step(after=True)
+            self._step(folder)
+            if op == "write":
+                with self._model:  # a sync's read of the file sees it whole, or not at all
+                    result = real(fd, *args)
+                    self.writes += 1
+            else:
+                # A sync makes durable at least what was written when it began. Two threads
+                # sync data1 (the ingest's and the worker's): the later write count wins,
+                # whichever call returns last, so the model never forgets a sync the
+                # engine relied on. A call begun before the power failed and ending after
+                # it records nothing: the image is taken, or the test has moved on.
+                with self._model:
+                    began = (self.writes, _read(folder, name))
+                result = real(fd, *args)
+                with self._model:
+                    if (self.image is None and folder == self.folder
+                            and began[0] >= self.synced_at.get(name, -1)):
+                        self.synced[name], self.synced_at[name] = began[1], began[0]
+            self._step(folder, after=True)
             return result
         return call
 
-    def _step(self, after=False):
-        if self.image is not None:
+    def _step(self, folder, after=False):
+        with self._model:
+            # A thread still finishing a call begun before the power failed and the test
+            # moved on to the next folder: its engine is gone, as its step must be.
+            gone = self.image is not None or folder != self.folder
+            fail = False
+            if not gone and after == self.after:
+                self.steps += 1
+                fail = self.steps == self.fail_at
+        if gone:
             self._stop()
-        if after != self.after:
-            return
-        self.steps += 1
-        if self.steps == self.fail_at:
+        if fail:
             self.fail_now()
             self._stop()
 
     def _stop(self):
         if threading.current_thread() is threading.main_thread():
             raise PowerLost()
-        self._parked.wait()  # never set: a daemon thread, gone with the test's process
+        self._parked.wait()  # a daemon thread, gone with the test's process (or set free)
 
     def fail_now(self):
         """The power fails at once (if it has not already)."""
@@ -109,6 +137,7 @@ class Disk:
         with contextlib.ExitStack() as held:
             for lock in self.quiet:
                 held.enter_context(lock)
+            held.enter_context(self._model)
             for entry in os.listdir(self.folder):
                 path = os.path.join(self.folder, entry)
                 if entry in TRACKED:
