@@ -226,9 +226,11 @@ class SeenIndex:
         while not self._stop.wait(FLUSH_EVERY):
             try:
                 self.flush()
-            except sqlite3.Error as error:
+            except Exception as error:
                 # Derived state: the restart rebuilds it from data1.details; no event is lost.
-                die(log, f"writing data1.seen failed ({error}); it is rebuilt on restart")
+                # Never a flusher that ends quietly: the ids would pile up in memory, and the
+                # index fall further behind, until the next restart.
+                die(log, f"writing data1.seen failed ({error!r}); it is rebuilt on restart")
 
     def flush(self):
         """Write every claimed id whose group is durable, and mark the index covered up to
@@ -238,7 +240,7 @@ class SeenIndex:
             # publishes the end a sync covers), and a later group starts after it: so once
             # the ids bound below it are written, the index is complete up to it.
             synced = self._synced_details
-            ready = [(key, second) for key, (second, end) in list(self._recent.items())
+            ready = [(key, second) for key, (second, end) in self._recent_now()
                      if end is not None and end <= synced]
             if not ready and synced <= int(self._meta("covered")):
                 return
@@ -247,6 +249,17 @@ class SeenIndex:
                 # Popped after the commit: a lookup that misses it here finds it in SQLite.
                 if self._recent.get(key, (None, None))[0] == second:
                     self._recent.pop(key, None)
+
+    def _recent_now(self):
+        """A copy of the recent ids' items. Claims change them under the log's write lock,
+        which the flusher does not take: copying them in one call is not enough, since a
+        garbage collection during the copy can let a claim's thread run. A copy that saw a
+        change is made again."""
+        while True:
+            try:
+                return list(self._recent.items())
+            except RuntimeError:  # "dictionary changed size during iteration"
+                continue
 
     def _insert(self, pairs, covered):
         """Insert (key, second) pairs, each into its period's table, and set the mark, in one

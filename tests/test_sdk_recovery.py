@@ -76,6 +76,27 @@ def test_retries_are_known_after_a_restart_whether_or_not_the_index_was_written(
     log.close()
 
 
+def test_the_index_flush_copies_the_recent_ids_again_if_a_claim_changed_them(root):
+    # The flusher copies the recent ids without the log's write lock; a garbage collection
+    # mid-copy can let a claim change them ("dictionary changed size during iteration").
+    log = open_log(root)
+    stored(log, sdk_events(5))
+
+    class ChangedOnce(dict):
+        changed = True
+
+        def items(self):
+            if self.changed:
+                self.changed = False
+                raise RuntimeError("dictionary changed size during iteration")
+            return super().items()
+
+    log._seen._recent = ChangedOnce(log._seen._recent)
+    log._seen.flush()
+    assert not log._seen._recent and not log._seen._recent.changed
+    log.close()
+
+
 def test_a_torn_details_group_is_removed_and_its_events_can_be_sent_again(root):
     log = open_log(root)
     kept, torn = sdk_events(5), sdk_events(5)
