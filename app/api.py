@@ -21,7 +21,7 @@ from pathlib import Path
 import bottle
 from bottle import HTTPError, request, response
 
-from app import overview_query, series_query, validate
+from app import flow_query, overview_query, series_query, validate
 from app.access import Access, Tokens
 from app.admission import Busy
 from app.readside import Unavailable
@@ -394,6 +394,45 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
             return csv_body(f"experience-{parsed}", overview_query.POINT_COLUMNS,
                             overview_query.csv_rows(document["points"],
                                                     overview_query.POINT_COLUMNS))
+        return json_body(document)
+
+    def flow_query_of(params):
+        for key in ("goal", "revision"):  # ids of any text: UTF-8 in the query string
+            if params.get(key):
+                try:
+                    params[key] = params[key].encode("latin-1").decode("utf-8")
+                except UnicodeError:
+                    raise HTTPError(400, f"{key} must be UTF-8 text") from None
+        try:
+            return flow_query.parse(params, datetime.datetime.now(datetime.timezone.utc))
+        except overview_query.BadQuery as problem:
+            raise HTTPError(400, str(problem)) from None
+
+    @app.get("/experiences/<experience_id>/flow")
+    def get_flow(experience_id):
+        authorized("read")
+        parsed = parse_experience_id(experience_id)
+        params = query_params()
+        csv_wanted = wants_csv()
+        document = overview(flow_query.flow, flow_query_of(params), parsed)
+        if csv_wanted:
+            return csv_body(f"experience-{parsed}-flow", flow_query.SCREEN_COLUMNS,
+                            overview_query.csv_rows(document["screens"],
+                                                    flow_query.SCREEN_COLUMNS))
+        return json_body(document)
+
+    @app.get("/experiences/<experience_id>/revisions")
+    def get_revisions(experience_id):
+        authorized("read")
+        parsed = parse_experience_id(experience_id)
+        params = query_params()
+        csv_wanted = wants_csv()
+        query = flow_query_of(params)
+        document = overview(flow_query.revisions, query, parsed)
+        if csv_wanted:
+            columns = flow_query.revision_columns(query)
+            return csv_body(f"experience-{parsed}-revisions", columns,
+                            overview_query.csv_rows(document["revisions"], columns))
         return json_body(document)
 
     @app.get("/healthz/ingest")

@@ -2,7 +2,10 @@
 
 App installs (iOS and Android, bench/sdk_shapes.py) view the screens of experiences in
 sessions spread over the last days: a few screens each, seconds to a minute apart, now and
-then a pause near the 30-minute session timeout, some sessions of one screen (bounces).
+then a pause near the 30-minute session timeout, some sessions of one screen (bounces). An
+experience is a flow of 3 to 8 screens, mostly gone through in order, now and then back a
+step, left at any step or done at the last; half of them publish a second revision part way through, whose
+sessions go a little further.
 
 People as apps see them: some installs log in mid-session (their views before count for the
 person, worker/people.py); some people log in on a second install too; some phones are
@@ -14,7 +17,7 @@ arrive late, after the next one (a queue kept across app launches), never more t
 behind.
 
 generate() returns the traffic and its ledger (every screen view, with its device, person,
-experience, screen and device time); send() posts it, keeping a batch and sending it again on
+experience, screen, device time and revision); send() posts it, keeping a batch and sending it again on
 a 5xx or a broken connection, as the SDKs do. The tests compute the overview the engine must
 give from the ledger (tests/overview_reference.py).
 """
@@ -37,7 +40,9 @@ UTC = datetime.timezone.utc
 FLUSH_AT = 20
 CHUNK = 100
 
-View = collections.namedtuple("View", "anonymous user experience screen moment")
+# `revision`: the experienceRevisionID the view carried (None where a test left it out).
+View = collections.namedtuple("View", "anonymous user experience screen moment revision",
+                              defaults=[None])
 # An identify with a userID: the install linked to that user from `moment` (device time).
 Link = collections.namedtuple("Link", "anonymous user moment")
 
@@ -68,6 +73,12 @@ def generate(seed=1, devices=100, experiences=10, days=7, end=None, sessions_per
     ids = list(range(1, experiences + 1))
     weights = [1 / rank for rank in range(1, experiences + 1)]  # a few popular ones
     names = _experience_names(ids, rng)
+    # Each experience is a flow of screens (screen-1, screen-2, ...) that people mostly go
+    # through in order, now and then going back, and leave at any step. Some publish a
+    # second revision part way through, whose sessions go a little further.
+    flow_lengths = {experience: rng.randint(3, 8) for experience in ids}
+    revised_at = {experience: rng.uniform(0, span) if rng.random() < 0.5 else span
+                  for experience in ids}
     traffic = Traffic()
     users = []
     timed = []  # (send time, order, device id, events)
@@ -102,7 +113,11 @@ def generate(seed=1, devices=100, experiences=10, days=7, end=None, sessions_per
         for index, start in enumerate(starts):
             moment = end - datetime.timedelta(seconds=span - start)
             experience = rng.choices(ids, weights)[0]
-            screens = 1 if rng.random() < 0.3 else 1 + int(rng.expovariate(1 / 5))
+            second = start >= revised_at[experience]
+            revision = f"rev-{experience}-{2 if second else 1}"
+            screens = (1 if rng.random() < (0.25 if second else 0.3)
+                       else 1 + int(rng.expovariate(1 / (6 if second else 5))))
+            step = 1
             for screen_index in range(screens):
                 moment = moment.replace(microsecond=0)
                 if moment > end:
@@ -114,12 +129,18 @@ def generate(seed=1, devices=100, experiences=10, days=7, end=None, sessions_per
                         if user:
                             traffic.links.append(Link(device.anonymous_id, user,
                                                       int(moment.timestamp())))
-                screen = f"screen-{rng.randrange(1, 8)}"
-                queue.append(device.screen(moment, experience, id=screen,
-                                           name=f"Screen {screen[-1]}",
-                                           experienceName=names[experience]))
-                traffic.views.append(View(device.anonymous_id, device.user_id, experience,
-                                          screen, int(moment.timestamp())))
+                if step <= flow_lengths[experience]:  # past its end, the flow is done
+                    screen = f"screen-{step}"
+                    queue.append(device.screen(moment, experience, id=screen,
+                                               name=f"Screen {step}",
+                                               experienceName=names[experience],
+                                               experienceRevisionID=revision))
+                    traffic.views.append(View(device.anonymous_id, device.user_id,
+                                              experience, screen, int(moment.timestamp()),
+                                              revision))
+                    turn = rng.random()
+                    step = (max(1, step - 1) if turn < 0.1 else step if turn < 0.15
+                            else step + 1)
                 if len(queue) >= FLUSH_AT:
                     batches.append(queue)
                     queue = []

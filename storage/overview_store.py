@@ -7,7 +7,7 @@ series.sqlite3 stands at one in data1: on one machine in data1.details; in clust
 worker keeps one per partition (overview-<partition>.sqlite3), counted from the details that
 ride with the partition's messages, its position a stream sequence.
 
-Format (version 2), SQLite in WAL mode. Times are Unix seconds; a bucket is the second at
+Format (version 3), SQLite in WAL mode. Times are Unix seconds; a bucket is the second at
 the start of its UTC hour, UTC day or week (7 days from a Thursday 00:00 UTC, as weeks fall
 from the Unix epoch); all times are the devices' (storage/details.py: "time").
 
@@ -25,13 +25,26 @@ from the Unix epoch); all times are the devices' (storage/details.py: "time").
                                       (read for one experience at a time: no day rows needed)
     name            (experience, screen, moment, name): the latest name seen, by device time
                     (screen '' for the experience's own name); ties go to the greater name
-    session         (device, experience, first, last, screens): every session of every
+    session         (device, experience, first, last, views): every session of every
                     install, kept at any age, so that a view however late joins the sessions
-                    it falls within the timeout of (worker/sessions.py)
-    viewer          (experience, hour, screen, device, carried): who viewed a screen in an
-                    hour: the install, and the userID key the view carried (0 if none); what
-                    the people of an hour are counted again from when an install's person
-                    changes
+                    it falls within the timeout of (worker/sessions.py); views is its views
+                    in order (encode_views)
+    viewer          (experience, hour, screen, revision, device, carried): who viewed a
+                    screen of a revision in an hour: the install, and the userID key the
+                    view carried (0 if none); what the people of an hour are counted again
+                    from when an install's person changes, and what people per revision and
+                    a goal's people are read from
+    revision_hour   one row per (experience, hour, revision) (worker/flows.py): its screen
+                    views, first_seen and last_seen (their earliest and latest moment); the
+                    sessions that start in the hour on it, duration_sum, bounces, durations
+    flow_screen     (experience, hour, revision, screen): of the sessions starting in the
+                    hour on the revision, the histograms (encode_durations) of the step at
+                    which they first reached the screen (positions), of the seconds until
+                    then (to_reach), and of the seconds spent on it (on_screen)
+    flow_exit       (experience, hour, revision, exit, reached, sessions): sessions that
+                    ended on `exit` having reached `reached`
+    flow_move       (experience, hour, revision, source, target, moves): views of `target`
+                    right after `source` in a session
     link            (device, user, moment): each install's links to a userID, with the
                     device time of the first (worker/people.py)
     person          (device, user): the person of each install that has one, by the people
@@ -66,6 +79,7 @@ from the older position.
 """
 
 import collections
+import json
 import sqlite3
 
 from storage import derived_store
@@ -73,7 +87,7 @@ from storage.derived_store import utc_now
 from storage.layout import Layout
 from storage.sketches import People, add_encoded_durations, encode_durations, encode_people
 
-VERSION = 2
+VERSION = 3
 HOUR, DAY, WEEK = 3600, 86400, 7 * 86400
 # The levels of experience rows: a range is read from the fewest rows (app/overview_query.py).
 LEVELS = {HOUR: "hour", DAY: "day", WEEK: "week"}
@@ -93,11 +107,28 @@ CREATE TABLE screen_hour (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
 CREATE TABLE name (experience INTEGER NOT NULL, screen TEXT NOT NULL, moment INTEGER NOT NULL,
     name TEXT NOT NULL, PRIMARY KEY (experience, screen)) WITHOUT ROWID;
 CREATE TABLE session (device INTEGER NOT NULL, experience INTEGER NOT NULL,
-    first INTEGER NOT NULL, last INTEGER NOT NULL, screens INTEGER NOT NULL,
+    first INTEGER NOT NULL, last INTEGER NOT NULL, views TEXT NOT NULL,
     PRIMARY KEY (device, experience, first)) WITHOUT ROWID;
 CREATE TABLE viewer (experience INTEGER NOT NULL, hour INTEGER NOT NULL, screen TEXT NOT NULL,
-    device INTEGER NOT NULL, carried INTEGER NOT NULL,
-    PRIMARY KEY (experience, hour, screen, device, carried)) WITHOUT ROWID;
+    revision TEXT NOT NULL, device INTEGER NOT NULL, carried INTEGER NOT NULL,
+    PRIMARY KEY (experience, hour, screen, revision, device, carried)) WITHOUT ROWID;
+CREATE TABLE revision_hour (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    revision TEXT NOT NULL, views INTEGER NOT NULL, first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL, sessions INTEGER NOT NULL, duration_sum INTEGER NOT NULL,
+    bounces INTEGER NOT NULL, durations BLOB NOT NULL,
+    PRIMARY KEY (experience, bucket, revision)) WITHOUT ROWID;
+CREATE TABLE flow_screen (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    revision TEXT NOT NULL, screen TEXT NOT NULL, positions BLOB NOT NULL,
+    to_reach BLOB NOT NULL, on_screen BLOB NOT NULL,
+    PRIMARY KEY (experience, bucket, revision, screen)) WITHOUT ROWID;
+CREATE TABLE flow_exit (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    revision TEXT NOT NULL, exit TEXT NOT NULL, reached TEXT NOT NULL,
+    sessions INTEGER NOT NULL,
+    PRIMARY KEY (experience, bucket, revision, exit, reached)) WITHOUT ROWID;
+CREATE TABLE flow_move (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
+    revision TEXT NOT NULL, source TEXT NOT NULL, target TEXT NOT NULL,
+    moves INTEGER NOT NULL,
+    PRIMARY KEY (experience, bucket, revision, source, target)) WITHOUT ROWID;
 CREATE TABLE link (device INTEGER NOT NULL, user INTEGER NOT NULL, moment INTEGER NOT NULL,
     PRIMARY KEY (device, user)) WITHOUT ROWID;
 CREATE INDEX link_by_user ON link (user, device);
@@ -123,6 +154,31 @@ STATE_COLUMNS = ", ".join(OverviewState._fields)
 # An hour's changes, as Changes.hour() gives them.
 (VIEWS, PEOPLE, IDENTIFIED, SESSIONS, DURATION_SUM, SESSION_SCREENS, BOUNCES,
  DURATIONS) = range(8)
+# A revision's hour's changes, as Changes.revision() gives them.
+(REVISION_VIEWS, REVISION_FIRST_SEEN, REVISION_LAST_SEEN, REVISION_SESSIONS,
+ REVISION_DURATION_SUM, REVISION_BOUNCES, REVISION_DURATIONS) = range(7)
+
+
+def encode_views(first, views):
+    """A session's views (worker/sessions.py) as stored: JSON, [[seconds after `first`,
+    screen id, revision id], ...], each revision left out where it is the view before's."""
+    encoded, revision = [], None
+    for moment, screen, view_revision in views:
+        if view_revision == revision:
+            encoded.append([moment - first, screen])
+        else:
+            encoded.append([moment - first, screen, view_revision])
+            revision = view_revision
+    return json.dumps(encoded, ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_views(first, text):
+    views, revision = [], None
+    for view in json.loads(text):
+        if len(view) == 3:
+            revision = view[2]
+        views.append((first + view[0], view[1], revision))
+    return views
 
 
 class Changes:
@@ -141,7 +197,15 @@ class Changes:
         self.names = {}  # (experience, screen) -> (moment, name), the latest
         self.sessions = {}  # (device, experience, first) -> [first, last, screens], new
         self.sessions_gone = set()  # (device, experience, first) of sessions replaced
-        self.viewers = set()  # (experience, hour, screen, device, carried)
+        self.viewers = set()  # (experience, hour, screen, revision, device, carried)
+        # worker/flows.py's figures: (experience, hour, revision) -> [views, first_seen,
+        # last_seen, sessions, duration_sum, bounces, {duration bucket: +-sessions}]
+        self.revisions = {}
+        # (experience, hour, revision, screen) -> [positions, to_reach, on_screen], each
+        # {bucket: +-sessions}
+        self.flow_screens = {}
+        self.flow_exits = {}  # (experience, hour, revision, exit, reached) -> +-sessions
+        self.flow_moves = {}  # (experience, hour, revision, source, target) -> +-moves
         self.links = {}  # (device, user) -> moment: links new or found earlier
         self.persons = {}  # device -> its person's user key now, or None: those changed
         self.recount = set()  # (experience, hour) whose people are counted again
@@ -159,6 +223,20 @@ class Changes:
         changes = self.screens.get((experience, screen, hour))
         if changes is None:
             changes = self.screens[experience, screen, hour] = [0, set()]
+        return changes
+
+    def revision(self, key):
+        """The changes of one (experience, hour, revision), to add to in place."""
+        changes = self.revisions.get(key)
+        if changes is None:
+            changes = self.revisions[key] = [0, None, None, 0, 0, 0, {}]
+        return changes
+
+    def flow_screen(self, key, screen):
+        """The flow changes of one screen of an (experience, hour, revision)."""
+        changes = self.flow_screens.get((*key, screen))
+        if changes is None:
+            changes = self.flow_screens[(*key, screen)] = [{}, {}, {}]
         return changes
 
     def replace_sessions(self, device, experience, replaced, joined):
@@ -206,13 +284,13 @@ class OverviewStore(derived_store.Writer):
             yield from self.db.execute(query.format(marks=",".join("?" * len(part))), part)
 
     def sessions(self, devices):
-        """{(device, experience): its sessions, [[first, last, screens], ...] by first} of
-        these installs."""
+        """{(device, experience): its sessions, [[first, last, views], ...] by first} of
+        these installs, their views still encoded (worker/sessions.views_of decodes them)."""
         sessions = collections.defaultdict(list)
-        for device, experience, first, last, screens in self._each_part(
-                devices, "SELECT device, experience, first, last, screens FROM session "
+        for device, experience, first, last, views in self._each_part(
+                devices, "SELECT device, experience, first, last, views FROM session "
                          "WHERE device IN ({marks}) ORDER BY device, experience, first"):
-            sessions[device, experience].append([first, last, screens])
+            sessions[device, experience].append([first, last, views])
         return sessions
 
     def links(self, devices):
@@ -257,10 +335,11 @@ class OverviewStore(derived_store.Writer):
             db.executemany("DELETE FROM session WHERE device = ? AND experience = ? AND "
                            "first = ?", changes.sessions_gone)
             db.executemany("INSERT OR REPLACE INTO session VALUES (?, ?, ?, ?, ?)",
-                           [(*key[:2], *session)
-                            for key, session in changes.sessions.items()])
-            db.executemany("INSERT OR IGNORE INTO viewer VALUES (?, ?, ?, ?, ?)",
+                           [(*key[:2], first, last, encode_views(first, views))
+                            for key, (first, last, views) in changes.sessions.items()])
+            db.executemany("INSERT OR IGNORE INTO viewer VALUES (?, ?, ?, ?, ?, ?)",
                            changes.viewers)
+            self._flow_rows(changes)
             db.executemany("INSERT OR REPLACE INTO link VALUES (?, ?, ?)",
                            [(*key, moment) for key, moment in changes.links.items()])
             db.executemany("DELETE FROM person WHERE device = ?",
@@ -363,6 +442,45 @@ class OverviewStore(derived_store.Writer):
              in merged.items()])
         return merged
 
+    def _flow_rows(self, changes):
+        """Add worker/flows.py's changes: each row's counts added, its histograms merged."""
+        db = self.db
+        db.executemany(
+            "INSERT INTO revision_hour VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (experience, bucket, revision) DO UPDATE SET "
+            "views = views + excluded.views, "
+            "first_seen = min(first_seen, excluded.first_seen), "
+            "last_seen = max(last_seen, excluded.last_seen), "
+            "sessions = sessions + excluded.sessions, "
+            "duration_sum = duration_sum + excluded.duration_sum, "
+            "bounces = bounces + excluded.bounces, "
+            "durations = add_durations(durations, excluded.durations)",
+            # A revision's hour changed only by a session taken out has no views here:
+            # its stored first and last seen stay (min and max with these bounds).
+            [(experience, hour, revision, views,
+              2**62 if first_seen is None else first_seen,
+              -1 if last_seen is None else last_seen, sessions, duration_sum, bounces,
+              encode_durations(durations))
+             for (experience, hour, revision), (views, first_seen, last_seen, sessions,
+                                                duration_sum, bounces, durations)
+             in changes.revisions.items()])
+        db.executemany(
+            "INSERT INTO flow_screen VALUES (?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (experience, bucket, revision, screen) DO UPDATE SET "
+            "positions = add_durations(positions, excluded.positions), "
+            "to_reach = add_durations(to_reach, excluded.to_reach), "
+            "on_screen = add_durations(on_screen, excluded.on_screen)",
+            [(*key, *(encode_durations(histogram) for histogram in histograms))
+             for key, histograms in changes.flow_screens.items()])
+        for table, pair, column, rows in (
+                ("flow_exit", "exit, reached", "sessions", changes.flow_exits),
+                ("flow_move", "source, target", "moves", changes.flow_moves)):
+            db.executemany(
+                f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (experience, "
+                f"bucket, revision, {pair}) DO UPDATE SET {column} = {column} + "
+                f"excluded.{column}",
+                [(*key, count) for key, count in rows.items() if count])
+
     def _screen_rows(self, changes):
         self.db.executemany(
             "INSERT INTO screen_hour VALUES (?, ?, ?, ?, ?) "
@@ -376,7 +494,8 @@ class OverviewStore(derived_store.Writer):
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         for table in (*(f"experience_{level}" for level in LEVELS.values()), "screen_hour",
-                      "name", "session", "viewer", "link", "person"):
+                      "name", "session", "viewer", "link", "person", "revision_hour",
+                      "flow_screen", "flow_exit", "flow_move"):
             db.execute(f"DELETE FROM {table}")
         db.execute("UPDATE state SET session_timeout = ?, source = x'', "
                    "position = 0, log_end = 0, events = 0, set_aside = 0, updated_at = ?",
@@ -432,7 +551,8 @@ class NoOverview(Exception):
 
 # The reads OverviewReader.run answers: also what a cluster worker answers for the ingest.
 READS = ("experience_rows", "experience_sums", "experience_sketches", "screen_rows", "names",
-         "state")
+         "state", "revision_rows", "flow_screen_rows", "flow_exit_rows", "flow_move_rows",
+         "revision_people")
 
 
 class _Reads:
@@ -482,3 +602,53 @@ class _Reads:
         if experience is None:
             return self.db.execute("SELECT * FROM name WHERE screen = ''")
         return self.db.execute("SELECT * FROM name WHERE experience = ?", (experience,))
+
+    # worker/flows.py's figures: one experience's hour rows of [start, end), every revision.
+
+    def revision_rows(self, experience, start, end):
+        """(revision, views, first_seen, last_seen, sessions, duration_sum, bounces,
+        durations)."""
+        return self.db.execute(
+            "SELECT revision, views, first_seen, last_seen, sessions, duration_sum, bounces, "
+            "durations FROM revision_hour WHERE experience = ? AND bucket >= ? AND bucket < ?",
+            (experience, start, end))
+
+    def flow_screen_rows(self, experience, start, end):
+        """(revision, screen, positions, to_reach, on_screen)."""
+        return self.db.execute(
+            "SELECT revision, screen, positions, to_reach, on_screen FROM flow_screen "
+            "WHERE experience = ? AND bucket >= ? AND bucket < ?", (experience, start, end))
+
+    def flow_exit_rows(self, experience, start, end):
+        """(revision, exit, reached, sessions)."""
+        return self.db.execute(
+            "SELECT revision, exit, reached, sum(sessions) FROM flow_exit WHERE experience = ? "
+            "AND bucket >= ? AND bucket < ? GROUP BY revision, exit, reached HAVING "
+            "sum(sessions) != 0", (experience, start, end))
+
+    def flow_move_rows(self, experience, start, end):
+        """(revision, source, target, moves)."""
+        return self.db.execute(
+            "SELECT revision, source, target, sum(moves) FROM flow_move WHERE experience = ? "
+            "AND bucket >= ? AND bucket < ? GROUP BY revision, source, target HAVING "
+            "sum(moves) != 0", (experience, start, end))
+
+    def revision_people(self, experience, start, end, screen):
+        """(revision, people, identified) per revision: the people who viewed the experience
+        (or, given `screen`, that screen of it) in [start, end), encoded
+        (storage/sketches.People), each by the people rule as it stands."""
+        people = collections.defaultdict(set)
+        identified = collections.defaultdict(set)
+        query = ("SELECT viewer.revision, viewer.device, viewer.carried, person.user "
+                 "FROM viewer LEFT JOIN person ON person.device = viewer.device "
+                 "WHERE viewer.experience = ? AND viewer.hour >= ? AND viewer.hour < ?")
+        arguments = (experience, start, end)
+        if screen is not None:
+            query, arguments = query + " AND viewer.screen = ?", (*arguments, screen)
+        for revision, device, carried, user in self.db.execute(query, arguments):
+            user = carried or user
+            people[revision].add(user or device)
+            if user:
+                identified[revision].add(user)
+        return [(revision, encode_people(persons), encode_people(identified[revision]))
+                for revision, persons in people.items()]

@@ -186,6 +186,11 @@ class Durations:
     def median(self):
         """The nearest-rank median, the ceil(n/2)-th smallest duration's bucket, or None if
         there are no sessions."""
+        return self.quantile(1, 2)
+
+    def quantile(self, part, whole):
+        """The nearest-rank quantile part/whole: the ceil(n * part / whole)-th smallest
+        duration's bucket, or None if there are none."""
         if not self._blobs:
             return None
         pairs = numpy.frombuffer(b"".join(self._blobs), dtype="<i8").reshape(-1, 2)
@@ -193,7 +198,7 @@ class Durations:
         total = int(sessions.sum())
         if total <= 0:
             return None
-        rank = (total + 1) // 2
+        rank = max(1, -(-total * part // whole))
         if len(buckets) < EXACT_DURATION_BELOW // 4:  # few: sorting them is the cheaper
             order = numpy.argsort(buckets, kind="stable")
             return int(buckets[order[numpy.searchsorted(numpy.cumsum(sessions[order]),

@@ -8,7 +8,7 @@ import collections
 import datetime
 import math
 
-from storage.sketches import person_key
+from storage.sketches import duration_bucket, person_key
 
 
 def sessions_of(moments, timeout):
@@ -122,3 +122,108 @@ def hour_floor(second):
 
 def hour_ceil(second):
     return math.ceil(second / 3600) * 3600
+
+
+def flow_sessions(views, timeout):
+    """{experience: [(first view's revision, [(moment, screen, revision), ...])]}: each
+    device's views of an experience sorted (moment, screen, revision) and split at gaps
+    longer than `timeout`, as worker/sessions.py's order says."""
+    by_device = collections.defaultdict(list)
+    for view in views:
+        by_device[view.anonymous, view.experience].append(
+            (view.moment, view.screen, view.revision))
+    result = collections.defaultdict(list)
+    for (_, experience), its_views in by_device.items():
+        current = []
+        for view in sorted(its_views):
+            if current and view[0] - current[-1][0] > timeout:
+                result[experience].append(current)
+                current = []
+            current.append(view)
+        result[experience].append(current)
+    return result
+
+
+def quantile(values, part, whole):
+    """Nearest rank, of the values' duration buckets (storage/sketches.py)."""
+    ordered = sorted(duration_bucket(value) for value in values)
+    if not ordered:
+        return None
+    return ordered[max(1, -(-len(ordered) * part // whole)) - 1]
+
+
+def flow(views, timeout, start, end, people, experience, revision=None, goal=None):
+    """The flow of `experience`'s sessions starting in [start, end) (of `revision` only, if
+    given), worked out from each session's sorted views: what /experiences/<id>/flow must
+    answer, names left out."""
+    sessions = [session for session in flow_sessions(views, timeout)[experience]
+                if start <= session[0][0] < end
+                and (revision is None or session[0][2] == revision)]
+    reach, exits, moves, positions, on_screen, to_reach = (
+        collections.Counter(), collections.Counter(), collections.Counter(),
+        collections.defaultdict(list), collections.defaultdict(list),
+        collections.defaultdict(list))
+    left = collections.Counter()
+    for session in sessions:
+        first = session[0][0]
+        seen = {}
+        for position, (moment, screen, _) in enumerate(session, 1):
+            seen.setdefault(screen, (min(position, 50), moment))
+        for screen, (position, moment) in seen.items():
+            reach[screen] += 1
+            positions[screen].append(position)
+            to_reach[screen].append(moment - first)
+        exits[session[-1][1]] += 1
+        if goal is not None and goal not in seen:
+            left[session[-1][1]] += 1
+        for (moment, screen, _), (after, following, _) in zip(session, session[1:]):
+            on_screen[screen].append(after - moment)
+            moves[screen, following] += 1
+    for screen, count in exits.items():
+        moves[screen, None] = count
+    total = len(sessions)
+    ratio = lambda part, whole: round(part / whole, 4) if whole else None  # noqa: E731
+    screens = sorted(({"id": screen, "sessions": count, "share": ratio(count, total),
+                       "exits": exits[screen], "drop_off": ratio(exits[screen], count),
+                       "median_seconds_on_screen": quantile(on_screen[screen], 1, 2),
+                       "median_position": quantile(positions[screen], 1, 2)}
+                      for screen, count in reach.items()),
+                     key=lambda s: (s["median_position"], -s["sessions"], s["id"]))
+    in_range = [view for view in views if view.experience == experience
+                and start <= view.moment < end
+                and (revision is None or view.revision == revision)]
+    persons = {people.of(view) for view in in_range}
+    result = {"sessions": total, "users": len(persons), "screens": screens,
+              "paths": sorted(({"from": source, "to": target, "moves": count}
+                               for (source, target), count in moves.items()),
+                              key=lambda p: (-p["moves"], p["from"], p["to"] or ""))}
+    if goal is not None:
+        reached = {people.of(view) for view in in_range if view.screen == goal}
+        most = min(((-count, screen) for screen, count in left.items()), default=None)
+        result["goal"] = {
+            "sessions": reach[goal], "session_rate": ratio(reach[goal], total),
+            "users": len(reached), "user_rate": ratio(len(reached), len(persons)),
+            "median_seconds_to_goal": quantile(to_reach[goal], 1, 2),
+            "p90_seconds_to_goal": quantile(to_reach[goal], 9, 10),
+            "most_left_from": None if most is None else {"id": most[1], "sessions": -most[0]}}
+    return result
+
+
+def flow_without_names(document):
+    """A flow document as flow() gives it: the screens' and the goal's names left out (they
+    are the generator's "Screen <n>", checked here), and no goal key without a goal."""
+    document = {key: value for key, value in document.items()
+                if key in ("sessions", "users", "screens", "paths", "goal")}
+    document["screens"] = [dict(screen) for screen in document["screens"]]
+    for screen in document["screens"]:
+        assert screen.pop("name") == f"Screen {screen['id'].split('-')[1]}"
+    if document["goal"] is None:
+        del document["goal"]
+    else:
+        goal = document["goal"] = dict(document["goal"])
+        name = goal.pop("name")
+        assert name in (None, f"Screen {goal.pop('id').split('-')[1]}")
+        if goal["most_left_from"] is not None:
+            goal["most_left_from"] = dict(goal["most_left_from"])
+            goal["most_left_from"].pop("name")
+    return document

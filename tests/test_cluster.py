@@ -600,6 +600,12 @@ def test_the_overview_through_both_nodes_is_the_ledger_s(cluster):
         assert status == 200 and single["sessions"] == expected[one]["sessions"]
         assert sum(point["screen_views"] for point in single["points"]) == \
             expected[one]["screen_views"]
+        for experience in expected:  # each flow: sessions whole in their partition, merged
+            status, flow = request(node.ingest_port(n), "GET", f"/experiences/{experience}/"
+                                   f"flow?goal=screen-2&top=1000&{urllib.parse.urlencode(span)}")
+            assert status == 200, flow
+            assert ref.flow_without_names(flow) == ref.flow(
+                traffic.views, 1800, start, stop, people, experience, goal="screen-2")
 
 
 def consumer_servers(link, prefix):

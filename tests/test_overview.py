@@ -221,26 +221,32 @@ def test_the_reads_name_a_missing_or_damaged_store(tmp_path):
 
 # The session rule, for any views in any order.
 
-moments = st.lists(st.integers(0, 20_000), min_size=1, max_size=40)
+views = st.lists(st.tuples(st.integers(0, 20_000), st.sampled_from("abc"),
+                           st.sampled_from(["r1", "r2"])), min_size=1, max_size=40)
 
 
-@given(moments, st.randoms(use_true_random=False), st.sampled_from([60, 300, 1800]))
+@given(views, st.randoms(use_true_random=False), st.sampled_from([60, 300, 1800]))
 @settings(max_examples=300, deadline=None)
-def test_placing_views_in_any_order_gives_the_maximal_runs(times, rng, timeout):
-    shuffled = list(times)
+def test_placing_views_in_any_order_gives_the_maximal_runs(placed, rng, timeout):
+    shuffled = list(placed)
     rng.shuffle(shuffled)
     sessions, counted = [], {}
-    for moment in shuffled:
-        replaced, joined = place(sessions, moment, timeout)
-        for session in replaced:  # what the worker takes out of the rows ...
-            counted[tuple(session)] -= 1
-        counted[tuple(joined)] = counted.get(tuple(joined), 0) + 1  # ... and puts in
-    assert sessions == ref.sessions_of(times, timeout)
+    for view in shuffled:
+        replaced, joined = place(sessions, view, timeout)
+        for first, last, in_order in replaced:  # what the worker takes out of the rows ...
+            counted[first, last, tuple(in_order)] -= 1
+        key = (joined[0], joined[1], tuple(joined[2]))
+        counted[key] = counted.get(key, 0) + 1  # ... and puts in
+    assert [[first, last, len(in_order)] for first, last, in_order in sessions] == \
+        ref.sessions_of([moment for moment, _, _ in placed], timeout)
     # The rows hold each final session once, and nothing else.
     assert {session: n for session, n in counted.items() if n} == {
-        tuple(session): 1 for session in sessions}
-    assert all(first <= last for first, last, _ in sessions)
-    assert sum(screens for _, _, screens in sessions) == len(times)
+        (first, last, tuple(in_order)): 1 for first, last, in_order in sessions}
+    # Each session's views are in the one order any arrival gives.
+    assert sorted(view for session in sessions for view in session[2]) == sorted(placed)
+    for first, last, in_order in sessions:
+        assert in_order == sorted(in_order)
+        assert (first, last) == (in_order[0][0], in_order[-1][0])
     for before, after in zip(sessions, sessions[1:]):
         assert after[0] - before[1] > timeout  # maximal: no two could be one
 

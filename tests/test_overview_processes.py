@@ -54,6 +54,18 @@ def check(port, traffic, span):
         assert_matches_spec("/experiences/{experience_id}", "GET", status, one)
         assert figures_of(one) == comparable(expected[experience])
         assert sum(point["screen_views"] for point in one["points"]) == one["screen_views"]
+        status, flow = get(port, f"/experiences/{experience}/flow", **span, goal="screen-3",
+                           top=1000)
+        assert status == 200, flow
+        assert_matches_spec("/experiences/{experience_id}/flow", "GET", status, flow)
+        assert ref.flow_without_names(flow) == ref.flow(
+            traffic.views, TIMEOUT, start, end, people, experience, goal="screen-3")
+        status, revisions = get(port, f"/experiences/{experience}/revisions", **span,
+                                goal="screen-3")
+        assert status == 200, revisions
+        assert_matches_spec("/experiences/{experience_id}/revisions", "GET", status, revisions)
+        assert sum(revision["sessions"] for revision in revisions["revisions"]) == \
+            flow["sessions"]
     return {experience: figures_of(item) for experience, item in
             ((item["experienceID"], item) for item in listed["experiences"])}
 

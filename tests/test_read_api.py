@@ -301,7 +301,8 @@ HOSTILE_PARAMETERS = [
     ("from=2026-01-01T00:00:00&to=9999-12-31T23:00:00&tz=America/New_York", "to"),
     ("from=0001-01-01T00:00:00&to=2026-01-01T00:00:00&tz=Asia/Tokyo", "from"),
 ]
-READ_PATHS = ["/series", "/experiences", "/experiences/1", "/counts"]
+READ_PATHS = ["/series", "/experiences", "/experiences/1", "/experiences/1/flow",
+              "/experiences/1/revisions", "/counts"]
 
 
 def test_no_parameter_value_makes_a_read_answer_500(system, state_dir):
@@ -314,7 +315,7 @@ def test_no_parameter_value_makes_a_read_answer_500(system, state_dir):
                 query += "&from=2026-01-01T00:00:00&to=2026-01-02T00:00:00"
             status, body = request(ingest.port, "GET", f"{path}?{query}")
             assert status == 400 and names in body["error"], (path, query, body)
-            documented = "/experiences/{experience_id}" if path == "/experiences/1" else path
+            documented = path.replace("/experiences/1", "/experiences/{experience_id}")
             assert_matches_spec(documented, "GET", 400, body)
     status, body = request(ingest.port, "GET", "/counts?top=%C2%B2")  # '²': isdigit() says yes
     assert status == 400 and "top" in body["error"]

@@ -1,7 +1,8 @@
 """The experience overview, counted from the SDK events' details into an overview store.
 
 OverviewCounter holds the rule: screen views placed in their hours, sessions
-(worker/sessions.py) and people (worker/people.py), the changes committed with the new
+(worker/sessions.py), their flows (worker/flows.py) and people (worker/people.py), the
+changes committed with the new
 position in one transaction (storage/overview_store.py). Both workers use it: Overview,
 below, on data1.details, and the cluster's worker on each partition's messages
 (worker/stream_runner.py).
@@ -29,10 +30,12 @@ import time
 from storage.details import HEADER, read_groups, read_header
 from storage.layout import Layout, names_open_file
 from storage.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDENTIFIED, PEOPLE,
+                                    REVISION_FIRST_SEEN, REVISION_LAST_SEEN, REVISION_VIEWS,
                                     SESSION_SCREENS, SESSIONS, VIEWS, Changes, CorruptOverview,
                                     OverviewStore)
 from storage.log_format import MAX_ID
 from storage.sketches import duration_bucket, person_key
+from worker.flows import add_session
 from worker.people import MAX_INSTALLS_PER_USER, person_of
 from worker.sessions import place
 
@@ -119,7 +122,7 @@ class OverviewCounter:
                 for first, last, _ in sessions:
                     changes.recount.update((experience, hour) for hour in
                                            range(first - first % 3600, last + 1, 3600))
-        for experience, moment, device, carried, screen, name, screen_name in views:
+        for experience, moment, device, carried, screen, name, screen_name, revision in views:
             hour = moment - moment % 3600
             user = carried or persons.get(device)
             person = user or device
@@ -131,10 +134,16 @@ class OverviewCounter:
             row = changes.screen(experience, screen, hour)
             row[0] += 1
             row[1].add(person)
-            changes.viewers.add((experience, hour, screen, device, carried))
+            changes.viewers.add((experience, hour, screen, revision, device, carried))
+            row = changes.revision((experience, hour, revision))
+            row[REVISION_VIEWS] += 1
+            if row[REVISION_FIRST_SEEN] is None or moment < row[REVISION_FIRST_SEEN]:
+                row[REVISION_FIRST_SEEN] = moment
+            if row[REVISION_LAST_SEEN] is None or moment > row[REVISION_LAST_SEEN]:
+                row[REVISION_LAST_SEEN] = moment
             _name(changes, experience, "", moment, name)
             _name(changes, experience, screen, moment, screen_name)
-            self._place(changes, stored, device, experience, moment)
+            self._place(changes, stored, device, experience, (moment, screen, revision))
         self.store.commit(changes, source, position, log_end)
         self.source, self.position, self.log_end = source, position, log_end
         return read.events
@@ -187,12 +196,12 @@ class OverviewCounter:
     def close(self):
         self.store.close()
 
-    def _place(self, changes, stored, device, experience, moment):
-        """Place a screen view in its install's sessions (`stored`: every session of the
-        commit's installs, as loaded from the store, kept whole in place), and count what
-        changed."""
+    def _place(self, changes, stored, device, experience, view):
+        """Place a screen view ((moment, screen, revision)) in its install's sessions
+        (`stored`: every session of the commit's installs, as loaded from the store, kept
+        whole in place), and count what changed."""
         sessions = stored[device, experience]  # a defaultdict: [] for a new one
-        replaced, joined = place(sessions, moment, self.timeout)
+        replaced, joined = place(sessions, view, self.timeout)
         changes.replace_sessions(device, experience, replaced, joined)
         if len(replaced) == 1 and replaced[0][0] == joined[0]:
             _stretch_session(changes, experience, replaced[0], joined)  # the usual case
@@ -200,6 +209,9 @@ class OverviewCounter:
             for session in replaced:
                 _count_session(changes, experience, session, -1)
             _count_session(changes, experience, joined, 1)
+        for session in replaced:
+            add_session(changes, experience, session, -1)
+        add_session(changes, experience, joined, 1)
 
 
 class Overview:
@@ -284,8 +296,9 @@ class Overview:
 
 class SdkEvents:
     """What the overview counts of a stretch of SDK events: its screen views, as
-    (experience, moment, device, carried, screen id, experience name, screen name), with
-    `carried` the key of the userID the view carries (0 if none); its links, as (device,
+    (experience, moment, device, carried, screen id, experience name, screen name, revision
+    id), with `carried` the key of the userID the view carries (0 if none), and a missing
+    screen or revision id ""; its links, as (device,
     user, moment) (worker/people.py: any event that carries both ids); how many events were
     read, and those set aside. The rest of an identify or a register is kept in the details,
     not counted."""
@@ -328,7 +341,8 @@ class SdkEvents:
             self.views.append((experience, moment, device, carried,
                                stored_text(properties.get("id") or ""),
                                stored_text(properties.get("experienceName")),
-                               stored_text(properties.get("name"))))
+                               stored_text(properties.get("name")),
+                               stored_text(properties.get("experienceRevisionID") or "")))
         if carried:
             self.links.append((device, carried, moment))
 
@@ -360,7 +374,8 @@ def _name(changes, experience, screen, moment, name):
 
 def _count_session(changes, experience, session, sign):
     """Count a session in (sign 1) or out (sign -1) of the hour it starts in."""
-    first, last, screens = session
+    first, last, views = session
+    screens = len(views)
     row = changes.hour(experience, first - first % 3600)
     row[SESSIONS] += sign
     row[DURATION_SUM] += sign * (last - first)
@@ -378,7 +393,7 @@ def _stretch_session(changes, experience, old, new):
     row = changes.hour(experience, first - first % 3600)
     row[DURATION_SUM] += new[1] - old[1]
     row[SESSION_SCREENS] += 1
-    row[BOUNCES] -= old[2] == 1
+    row[BOUNCES] -= len(old[2]) == 1
     before, after = duration_bucket(old[1] - first), duration_bucket(new[1] - first)
     if before != after:
         durations = row[DURATIONS]

@@ -1,0 +1,64 @@
+"""The flow rule: what one session adds to its experience's flow.
+
+A session (worker/sessions.py) is a sequence of screen views. What it adds is counted in the
+hour it starts in, under the revision of its first view (the revision the person began), so
+that, as with the overview's other session figures, a session is counted once, and taken
+out and put in again whole when a late view changes it:
+
+    revision     the session, its duration and whether it bounced (one view), per revision
+
+    reach        each screen it viewed, once, however often it came back to it
+    position     for each screen reached, the step at which it first was (1 for the first
+                 view; MAX_POSITION for any step from there on)
+    to_reach     for each screen reached, seconds from the session's first view to the
+                 screen's first view: a goal's time to completion
+    on_screen    for each view but the last, seconds to the next view, on that view's screen
+                 (the last view's time is not known: the session ended there)
+    exits        (exit screen, reached screen) for each screen reached, the exit screen
+                 being its last view's: a screen's exits are the pairs (it, it); a goal's
+                 sessions that left from X without reaching it are exits(X, X) less
+                 exits(X, goal); a screen's reach is the sum of its pairs
+    moves        (from, to) for each two consecutive views: the paths people take. The
+                 moves out of a screen are its views less its exits.
+
+A goal reached twice in a session counts once, at its first view.
+"""
+
+from storage.overview_store import (REVISION_BOUNCES, REVISION_DURATION_SUM,
+                                    REVISION_DURATIONS, REVISION_SESSIONS)
+from storage.sketches import duration_bucket
+
+MAX_POSITION = 50
+
+
+def add_session(changes, experience, session, sign):
+    """Count a session in (sign 1) or out (sign -1) of `changes` (storage/overview_store's
+    Changes)."""
+    first, last, views = session
+    key = (experience, first - first % 3600, views[0][2])
+    row = changes.revision(key)
+    row[REVISION_SESSIONS] += sign
+    row[REVISION_DURATION_SUM] += sign * (last - first)
+    row[REVISION_BOUNCES] += sign * (len(views) == 1)
+    _bump(row[REVISION_DURATIONS], duration_bucket(last - first), sign)
+    reached = {}  # screen -> (position, moment), at its first view
+    for position, (moment, screen, _) in enumerate(views, 1):
+        if screen not in reached:
+            reached[screen] = (min(position, MAX_POSITION), moment)
+    exit_screen = views[-1][1]
+    exits = changes.flow_exits
+    for screen, (position, moment) in reached.items():
+        pair = (*key, exit_screen, screen)
+        exits[pair] = exits.get(pair, 0) + sign
+        row = changes.flow_screen(key, screen)
+        _bump(row[0], position, sign)
+        _bump(row[1], duration_bucket(moment - first), sign)
+    moves = changes.flow_moves
+    for (moment, screen, _), (after, following, _) in zip(views, views[1:]):
+        _bump(changes.flow_screen(key, screen)[2], duration_bucket(after - moment), sign)
+        move = (*key, screen, following)
+        moves[move] = moves.get(move, 0) + sign
+
+
+def _bump(histogram, bucket, sign):
+    histogram[bucket] = histogram.get(bucket, 0) + sign
