@@ -333,6 +333,21 @@ def test_the_dashboard_opens_on_the_experience_overview(procs, state_dir, tmp_pa
     dom = chromium(tmp_path, "--dump-dom", url)
     days = re.search(r'id="ov-timeline">(.*?)</div>\s*<div class="x-axis"', dom, re.S).group(1)
     assert len(re.findall(r'class="slot"', days)) in (30, 31)
+    # The flow: a bar per screen in the order people reach them, the top paths, and the
+    # revisions with their completion of the flow's last screen.
+    status, flow = request(ingest.port, "GET", f"/experiences/{first['experienceID']}/flow?top=8")
+    funnel = re.search(r'id="funnel">(.*?)</div>\s*<h3>', dom, re.S).group(1)
+    assert re.findall(r'<span class="label" title="([^"]+)"', funnel) == [
+        screen["id"] for screen in flow["screens"]]
+    assert [row[2] for row in page.tables["path-rows"]] == [
+        f"{path['moves']:,}" for path in flow["paths"]]
+    goal = flow["screens"][-1]["id"]
+    status, revisions = request(ingest.port, "GET",
+                                f"/experiences/{first['experienceID']}/revisions?goal={goal}")
+    shown = page.tables["revision-rows"]
+    assert [row[0] for row in shown] == [r["revision"] for r in revisions["revisions"]]
+    assert [row[6] for row in shown] == [f"{100 * r['completion_rate']:.1f}%"
+                                         for r in revisions["revisions"]]
 
     # The last 24 hours, by hour: the table and the chart follow the range.
     dom = chromium(tmp_path, "--dump-dom", url + "#ovr=day")
@@ -342,7 +357,8 @@ def test_the_dashboard_opens_on_the_experience_overview(procs, state_dir, tmp_pa
     last = api[-1]["experienceID"]  # choosing another experience shows its own
     page = Page(chromium(tmp_path, "--dump-dom", url + f"#ov={last}"))
     assert page.by_id["experience-title"].startswith(api[-1]["name"])
-    screenshot(tmp_path, url, "dashboard-overview.png", 1200, 1100)
+    screenshot(tmp_path, url, "dashboard-overview.png", 1200, 1900)
+    screenshot(tmp_path, url, "dashboard-flow-phone.png", PHONE_WIDTH, 2600)  # the whole page
     with CountingProxy(ingest.port, inject=MEASURE) as proxy:
         base = f"http://127.0.0.1:{proxy.server_port}"
         page = Page(chromium(tmp_path, "--dump-dom", "--window-size=1200,900", base + "/phone"))
