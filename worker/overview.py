@@ -35,7 +35,7 @@ from storage.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDENTIFIED
                                     OverviewStore)
 from storage.log_format import MAX_ID
 from storage.sketches import duration_bucket, person_key
-from worker.flows import add_session
+from worker.flows import add_session, extend_session
 from worker.people import MAX_INSTALLS_PER_USER, person_of
 from worker.sessions import place
 
@@ -205,6 +205,9 @@ class OverviewCounter:
         changes.replace_sessions(device, experience, replaced, joined)
         if len(replaced) == 1 and replaced[0][0] == joined[0]:
             _stretch_session(changes, experience, replaced[0], joined)  # the usual case
+            if joined[2][-1] is view:  # and the view came after the session's others
+                extend_session(changes, experience, replaced[0], joined)
+                return
         else:
             for session in replaced:
                 _count_session(changes, experience, session, -1)
