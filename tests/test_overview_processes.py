@@ -144,10 +144,13 @@ def test_bad_queries_are_named_and_csv_is_served(supervisor):
         ("/experiences/abc", {}, "experienceID"),
         ("/experiences/1", {"from": "2020-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z",
                             "step": "hour"}, "points"),
+        ("/experiences/1/flow", {"top": "0"}, "top"),
+        ("/experiences/1/flow", {"tz": "Mars/Olympus"}, "tz"),
+        ("/experiences/1/revisions", {"from": "yesterday"}, "from"),
     ]:
         status, body = get(sup.port, path, **params)
         assert status == 400, (path, params, body)
-        assert_matches_spec(path.replace("/1", "/{experience_id}").replace(
+        assert_matches_spec(path.replace("/1", "/{experience_id}", 1).replace(
             "/abc", "/{experience_id}"), "GET", status, body)
         assert named in body["error"], (path, params, body)
 
@@ -164,3 +167,15 @@ def test_bad_queries_are_named_and_csv_is_served(supervisor):
     assert lines[0] == "time,screen_views,users,sessions,avg_session_seconds"
     assert sum(int(line.split(",")[1]) for line in lines[1:]) == sum(
         view.experience == 1 for view in traffic.views)
+    status, text = get(sup.port, "/experiences/1/flow", format="csv")
+    lines = text.decode().splitlines()
+    assert status == 200 and lines[0] == ("id,name,sessions,share,exits,drop_off,"
+                                          "median_seconds_on_screen,median_position")
+    status, flow = get(sup.port, "/experiences/1/flow")
+    assert [line.split(",")[0] for line in lines[1:]] == [s["id"] for s in flow["screens"]]
+    status, text = get(sup.port, "/experiences/1/revisions", format="csv", goal="screen-2")
+    lines = text.decode().splitlines()
+    assert status == 200 and lines[0] == ("revision,first_seen,last_seen,screen_views,sessions,"
+                                          "users,median_session_seconds,bounce_rate,"
+                                          "goal_sessions,completion_rate")
+    assert sum(int(line.split(",")[4]) for line in lines[1:]) == flow["sessions"]
