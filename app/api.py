@@ -382,20 +382,6 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
                 document["experiences"], overview_query.CSV_COLUMNS))
         return json_body(document)
 
-    @app.get("/experiences/<experience_id>")
-    def get_experience(experience_id):
-        authorized("read")
-        parsed = parse_experience_id(experience_id)
-        params = query_params()
-        csv_wanted = wants_csv()
-        query = overview_query_of(params)
-        document = overview(overview_query.experience, query, parsed)
-        if csv_wanted:
-            return csv_body(f"experience-{parsed}", overview_query.POINT_COLUMNS,
-                            overview_query.csv_rows(document["points"],
-                                                    overview_query.POINT_COLUMNS))
-        return json_body(document)
-
     def flow_query_of(params):
         for key in ("goal", "revision"):  # ids of any text: UTF-8 in the query string
             if params.get(key):
@@ -408,32 +394,35 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         except overview_query.BadQuery as problem:
             raise HTTPError(400, str(problem)) from None
 
-    @app.get("/experiences/<experience_id>/flow")
-    def get_flow(experience_id):
+    def one_experience(experience_id, parse, answer, csv_name, csv_part):
+        """answer(the overview's reader, parse(the query's parameters), the id) as JSON, or
+        as CSV: the document's list and columns csv_part(query) names."""
         authorized("read")
         parsed = parse_experience_id(experience_id)
         params = query_params()
         csv_wanted = wants_csv()
-        document = overview(flow_query.flow, flow_query_of(params), parsed)
+        query = parse(params)
+        document = overview(answer, query, parsed)
         if csv_wanted:
-            return csv_body(f"experience-{parsed}-flow", flow_query.SCREEN_COLUMNS,
-                            overview_query.csv_rows(document["screens"],
-                                                    flow_query.SCREEN_COLUMNS))
+            key, columns = csv_part(query)
+            return csv_body(f"experience-{parsed}{csv_name}", columns,
+                            overview_query.csv_rows(document[key], columns))
         return json_body(document)
+
+    @app.get("/experiences/<experience_id>")
+    def get_experience(experience_id):
+        return one_experience(experience_id, overview_query_of, overview_query.experience, "",
+                              lambda query: ("points", overview_query.POINT_COLUMNS))
+
+    @app.get("/experiences/<experience_id>/flow")
+    def get_flow(experience_id):
+        return one_experience(experience_id, flow_query_of, flow_query.flow, "-flow",
+                              lambda query: ("screens", flow_query.SCREEN_COLUMNS))
 
     @app.get("/experiences/<experience_id>/revisions")
     def get_revisions(experience_id):
-        authorized("read")
-        parsed = parse_experience_id(experience_id)
-        params = query_params()
-        csv_wanted = wants_csv()
-        query = flow_query_of(params)
-        document = overview(flow_query.revisions, query, parsed)
-        if csv_wanted:
-            columns = flow_query.revision_columns(query)
-            return csv_body(f"experience-{parsed}-revisions", columns,
-                            overview_query.csv_rows(document["revisions"], columns))
-        return json_body(document)
+        return one_experience(experience_id, flow_query_of, flow_query.revisions, "-revisions",
+                              lambda query: ("revisions", flow_query.revision_columns(query)))
 
     @app.get("/healthz/ingest")
     def get_ingest_health():

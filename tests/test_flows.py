@@ -8,7 +8,6 @@ random sessions.
 The log and the worker run in-process on real files, as in test_overview.py."""
 
 import datetime
-import random
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -17,7 +16,8 @@ import overview_reference as ref
 from app import flow_query
 from bench import traffic as generator
 from storage.overview_store import Changes, OverviewReader
-from test_overview import END, RECEIVED, TIMEOUT, UTC, count, ingest
+from test_overview import (END, RECEIVED, TIMEOUT, UTC, count, counted_in_order_and_shuffled,
+                           ingest)
 from worker import overview as overview_module
 from worker.flows import add_session, extend_session
 from worker.people import MAX_INSTALLS_PER_USER
@@ -91,17 +91,7 @@ def test_the_flow_equals_the_ledger(tmp_path, traffic, monkeypatch):
 def test_any_arrival_order_gives_the_same_flows(tmp_path, traffic):
     """The batches shuffled and counted in three worker runs: the same answers as in the
     order sent."""
-    in_order, shuffled = tmp_path / "in_order", tmp_path / "shuffled"
-    in_order.mkdir()
-    shuffled.mkdir()
-    ingest(in_order, traffic.batches)
-    count(in_order, session_timeout=TIMEOUT)
-    keyed = list(traffic.batches)
-    random.Random(5).shuffle(keyed)
-    third = len(keyed) // 3
-    for part in (keyed[:third], keyed[third:2 * third], keyed[2 * third:]):
-        ingest(shuffled, part)
-        count(shuffled, session_timeout=TIMEOUT)
+    in_order, shuffled = counted_in_order_and_shuffled(tmp_path, traffic, 5)
     assert flows(shuffled, traffic) == flows(in_order, traffic)
 
 
