@@ -51,24 +51,23 @@ def parse(params, now):
                      top)
 
 
-def _reads(query, experience_id, screen):
+def _reads(query, experience_id):
     start, end = query.range.start, query.range.end
     return [("revision_rows", experience_id, start, end),
             ("flow_screen_rows", experience_id, start, end),
             ("flow_exit_rows", experience_id, start, end),
             ("flow_move_rows", experience_id, start, end),
-            ("revision_people", experience_id, start, end, None),
-            ("revision_people", experience_id, start, end, screen),
+            ("goal_people", experience_id, start, end, query.goal),
             ("names", experience_id)]
 
 
 def flow(store, query, experience_id):
     """/experiences/<id>/flow."""
-    (revisions, screen_rows, exit_rows, move_rows, people_rows, goal_people_rows,
-     name_rows) = store.run(_reads(query, experience_id, query.goal))
+    revisions, screen_rows, exit_rows, move_rows, goal_people_rows, name_rows = store.run(
+        _reads(query, experience_id))
     wanted = query.revision
     mine = (lambda revision: True) if wanted is None else (lambda revision: revision == wanted)
-    sessions = sum(row[4] for row in revisions if mine(row[0]))
+    sessions = sum(row[5] for row in revisions if mine(row[0]))
     names = overview_query._latest_names(name_rows)
 
     reach, exits = {}, {}
@@ -105,7 +104,7 @@ def flow(store, query, experience_id):
         moves[screen, None] = count
     paths = sorted(((source, target, count) for (source, target), count in moves.items()
                     if count > 0), key=lambda path: (-path[2], path[0], path[1] or ""))
-    people = _people(people_rows, mine)
+    people = _people(((row[0], row[4]) for row in revisions), mine)
     document = {
         "experienceID": experience_id, "name": names.get((experience_id, "")),
         **overview_query._range(query.range), "revision": wanted,
@@ -143,16 +142,17 @@ def _goal(goal, sessions, people, reach, exit_rows, histograms, goal_people, min
 
 def revisions(store, query, experience_id):
     """/experiences/<id>/revisions."""
-    (revision_rows, _, exit_rows, _, people_rows, _, name_rows) = store.run(
-        _reads(query, experience_id, None))
+    revision_rows, _, exit_rows, _, _, name_rows = store.run(_reads(query, experience_id))
     names = overview_query._latest_names(name_rows)
     merged = {}
-    for (revision, views, first_seen, last_seen, sessions, duration_sum, bounces,
+    for (revision, views, first_seen, last_seen, people, sessions, _, bounces,
          durations) in revision_rows:
         row = merged.get(revision)
         if row is None:
             row = merged[revision] = {"views": 0, "first": None, "last": None, "sessions": 0,
-                                      "bounces": 0, "durations": Durations()}
+                                      "bounces": 0, "durations": Durations(),
+                                      "people": People()}
+        row["people"].merge_encoded(people)
         row["sessions"] += sessions
         row["bounces"] += bounces
         row["durations"].add_encoded(durations)
@@ -165,9 +165,6 @@ def revisions(store, query, experience_id):
         for revision, _, reached, count in exit_rows:
             if reached == query.goal:
                 goal_sessions[revision] = goal_sessions.get(revision, 0) + count
-    people = {}  # revision -> People (rows of several partitions hold parts of a revision)
-    for revision, blob, _ in people_rows:
-        people.setdefault(revision, People()).merge_encoded(blob)
     listed = []
     for revision, row in merged.items():
         if row["views"] == 0 and row["sessions"] == 0:
@@ -177,7 +174,7 @@ def revisions(store, query, experience_id):
             "revision": revision,
             "first_seen": _moment(row["first"], query), "last_seen": _moment(row["last"], query),
             "screen_views": row["views"], "sessions": sessions,
-            "users": people.get(revision, People()).count(),
+            "users": row["people"].count(),
             "median_session_seconds": row["durations"].median(),
             "bounce_rate": _ratio(row["bounces"], sessions, 4)}
         if query.goal is not None:
@@ -231,8 +228,9 @@ def difference_interval(successes1, trials1, successes2, trials2, z=Z95):
 
 
 def _people(rows, mine):
+    """The people of (revision, encoded people) rows, of the revisions `mine` keeps."""
     people = People()
-    for revision, blob, _ in rows:
+    for revision, blob in rows:
         if mine(revision):
             people.merge_encoded(blob)
     return people

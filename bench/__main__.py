@@ -330,6 +330,8 @@ def print_table(results):
         ("/experiences, the same in Berlin time (ms)", "overview_experiences_30d_berlin", "ms"),
         ("/experiences/1 (the busiest), 7 days by hour (ms)", "overview_experience_1_7d_hourly", "ms"),
         ("/experiences/500, 7 days by hour (ms)", "overview_experience_500_7d_hourly", "ms"),
+        ("/experiences/1/flow?goal=, 30 days (ms)", "overview_flow_1_30d_goal", "ms"),
+        ("/experiences/1/revisions?goal=, 30 days (ms)", "overview_revisions_1_30d_goal", "ms"),
     ]
     width = max(len(label) for label, _, _ in rows)
     print(f"\n{'Measure':<{width}}  Result")

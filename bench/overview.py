@@ -8,9 +8,10 @@
   log in at once, after everything was counted: the hours counted again and the seconds
   the commit takes (worker/people.py).
 - overview.sqlite3's size per million screen views.
-- /experiences over 30 days of 1,000 experiences, and /experiences/<id> by hour over 7 days,
-  on a store holding 30 days of hourly rows for 1,000 experiences (the first with thousands of
-  users a day, the tail with a few): median and largest milliseconds.
+- /experiences over 30 days of 1,000 experiences, /experiences/<id> by hour over 7 days, and
+  the first experience's flow and revisions with a goal over 30 days, on a store holding 30
+  days of hourly rows for 1,000 experiences (the first with thousands of users a day, the
+  tail with a few): median and largest milliseconds.
 """
 
 import datetime
@@ -144,10 +145,29 @@ def build_store(state_dir, days=30):
                     len(people) * 3, people, set(list(people)[::2]), sessions, sessions * 90,
                     sessions * 3, sessions // 4, durations]
                 for screen in range(3):
-                    changes.screens[experience, f"screen-{screen}", moment] = [len(people),
-                                                                              people]
+                    changes.screens[experience, f"screen-{screen}", moment, "rev-1"] = [
+                        len(people), people]
+                _flow_rows(changes, experience, moment, people, sessions, durations)
         store.commit(changes, b"", 0, 0)
     store.close()
+
+
+def _flow_rows(changes, experience, moment, people, sessions, durations):
+    """An hour's flow of a three-screen experience on one revision: a third of its sessions
+    leave at each screen."""
+    key = (experience, moment, "rev-1")
+    changes.revisions[key] = [len(people) * 3, moment, moment + 3599, people,
+                              set(list(people)[::2]), sessions, sessions * 90, sessions // 4,
+                              durations]
+    for step in range(3):
+        screen = f"screen-{step}"
+        reached = sessions * (3 - step) // 3
+        changes.flow_screens[(*key, screen)] = [{step + 1: reached}, {20 * step: reached},
+                                                {15: reached}]
+        for earlier in range(step + 1):
+            changes.flow_exits[(*key, screen, f"screen-{earlier}")] = sessions // 3
+        if step < 2:
+            changes.flow_moves[(*key, screen, f"screen-{step + 1}")] = reached
 
 
 def bench_overview(time_requests):
@@ -191,6 +211,11 @@ def bench_overview(time_requests):
             "experience_500_7d_hourly": f"/experiences/500?step=hour&from="
                                         f"{week:%Y-%m-%dT%H:%M:%SZ}&to="
                                         f"{until:%Y-%m-%dT%H:%M:%SZ}",
+            "flow_1_30d_goal": f"/experiences/1/flow?goal=screen-2&from="
+                               f"{since:%Y-%m-%dT%H:%M:%SZ}&to={until:%Y-%m-%dT%H:%M:%SZ}",
+            "revisions_1_30d_goal": f"/experiences/1/revisions?goal=screen-2&from="
+                                    f"{since:%Y-%m-%dT%H:%M:%SZ}&to="
+                                    f"{until:%Y-%m-%dT%H:%M:%SZ}",
         }
         for name, path in queries.items():
             median, worst = time_requests(port, path, count=15)

@@ -21,8 +21,9 @@ from the Unix epoch); all times are the devices' (storage/details.py: "time").
         session_screens  their screen views
         bounces          those of them with one screen view
         durations        their durations' histogram (storage/sketches: encode_durations)
-    screen_hour                       one row per (experience, hour, screen id): views, people
-                                      (read for one experience at a time: no day rows needed)
+    screen_hour                       one row per (experience, hour, screen id, revision id):
+                                      views, people (read for one experience at a time: no
+                                      day rows needed)
     name            (experience, screen, moment, name): the latest name seen, by device time
                     (screen '' for the experience's own name); ties go to the greater name
     session         (device, experience, first, last, views): every session of every
@@ -32,11 +33,11 @@ from the Unix epoch); all times are the devices' (storage/details.py: "time").
     viewer          (experience, hour, screen, revision, device, carried): who viewed a
                     screen of a revision in an hour: the install, and the userID key the
                     view carried (0 if none); what the people of an hour are counted again
-                    from when an install's person changes, and what people per revision and
-                    a goal's people are read from
+                    from when an install's person changes
     revision_hour   one row per (experience, hour, revision) (worker/flows.py): its screen
-                    views, first_seen and last_seen (their earliest and latest moment); the
-                    sessions that start in the hour on it, duration_sum, bounces, durations
+                    views, first_seen and last_seen (their earliest and latest moment), the
+                    people and identified people who viewed it; the sessions that start in
+                    the hour on it, duration_sum, bounces, durations
     flow_screen     (experience, hour, revision, screen): of the sessions starting in the
                     hour on the revision, the histograms (encode_durations) of the step at
                     which they first reached the screen (positions), of the seconds until
@@ -102,8 +103,8 @@ CREATE TABLE experience_{level} (bucket INTEGER NOT NULL, experience INTEGER NOT
 """
 SCHEMA = "".join(EXPERIENCE_TABLE.format(level=level) for level in LEVELS.values()) + """
 CREATE TABLE screen_hour (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
-    screen TEXT NOT NULL, views INTEGER NOT NULL, people BLOB NOT NULL,
-    PRIMARY KEY (experience, bucket, screen)) WITHOUT ROWID;
+    screen TEXT NOT NULL, revision TEXT NOT NULL, views INTEGER NOT NULL, people BLOB NOT NULL,
+    PRIMARY KEY (experience, bucket, screen, revision)) WITHOUT ROWID;
 CREATE TABLE name (experience INTEGER NOT NULL, screen TEXT NOT NULL, moment INTEGER NOT NULL,
     name TEXT NOT NULL, PRIMARY KEY (experience, screen)) WITHOUT ROWID;
 CREATE TABLE session (device INTEGER NOT NULL, experience INTEGER NOT NULL,
@@ -114,9 +115,9 @@ CREATE TABLE viewer (experience INTEGER NOT NULL, hour INTEGER NOT NULL, screen 
     PRIMARY KEY (experience, hour, screen, revision, device, carried)) WITHOUT ROWID;
 CREATE TABLE revision_hour (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
     revision TEXT NOT NULL, views INTEGER NOT NULL, first_seen INTEGER NOT NULL,
-    last_seen INTEGER NOT NULL, sessions INTEGER NOT NULL, duration_sum INTEGER NOT NULL,
-    bounces INTEGER NOT NULL, durations BLOB NOT NULL,
-    PRIMARY KEY (experience, bucket, revision)) WITHOUT ROWID;
+    last_seen INTEGER NOT NULL, people BLOB NOT NULL, identified BLOB NOT NULL,
+    sessions INTEGER NOT NULL, duration_sum INTEGER NOT NULL, bounces INTEGER NOT NULL,
+    durations BLOB NOT NULL, PRIMARY KEY (experience, bucket, revision)) WITHOUT ROWID;
 CREATE TABLE flow_screen (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
     revision TEXT NOT NULL, screen TEXT NOT NULL, positions BLOB NOT NULL,
     to_reach BLOB NOT NULL, on_screen BLOB NOT NULL,
@@ -155,8 +156,8 @@ STATE_COLUMNS = ", ".join(OverviewState._fields)
 (VIEWS, PEOPLE, IDENTIFIED, SESSIONS, DURATION_SUM, SESSION_SCREENS, BOUNCES,
  DURATIONS) = range(8)
 # A revision's hour's changes, as Changes.revision() gives them.
-(REVISION_VIEWS, REVISION_FIRST_SEEN, REVISION_LAST_SEEN, REVISION_SESSIONS,
- REVISION_DURATION_SUM, REVISION_BOUNCES, REVISION_DURATIONS) = range(7)
+(REVISION_VIEWS, REVISION_FIRST_SEEN, REVISION_LAST_SEEN, REVISION_PEOPLE, REVISION_IDENTIFIED,
+ REVISION_SESSIONS, REVISION_DURATION_SUM, REVISION_BOUNCES, REVISION_DURATIONS) = range(9)
 
 
 def encode_views(first, views):
@@ -193,13 +194,14 @@ class Changes:
         # (experience, hour) -> [views, person keys (a set), identified person keys,
         # sessions, duration_sum, session_screens, bounces, {duration bucket: +-sessions}]
         self.hours = {}
-        self.screens = {}  # (experience, screen, hour) -> [views, person keys]
+        self.screens = {}  # (experience, screen, hour, revision) -> [views, person keys]
         self.names = {}  # (experience, screen) -> (moment, name), the latest
         self.sessions = {}  # (device, experience, first) -> [first, last, screens], new
         self.sessions_gone = set()  # (device, experience, first) of sessions replaced
         self.viewers = set()  # (experience, hour, screen, revision, device, carried)
         # worker/flows.py's figures: (experience, hour, revision) -> [views, first_seen,
-        # last_seen, sessions, duration_sum, bounces, {duration bucket: +-sessions}]
+        # last_seen, person keys, identified person keys, sessions, duration_sum, bounces,
+        # {duration bucket: +-sessions}]
         self.revisions = {}
         # (experience, hour, revision, screen) -> [positions, to_reach, on_screen], each
         # {bucket: +-sessions}
@@ -219,17 +221,17 @@ class Changes:
             changes = self.hours[experience, hour] = [0, set(), set(), 0, 0, 0, 0, {}]
         return changes
 
-    def screen(self, experience, screen, hour):
-        changes = self.screens.get((experience, screen, hour))
+    def screen(self, experience, screen, hour, revision):
+        changes = self.screens.get((experience, screen, hour, revision))
         if changes is None:
-            changes = self.screens[experience, screen, hour] = [0, set()]
+            changes = self.screens[experience, screen, hour, revision] = [0, set()]
         return changes
 
     def revision(self, key):
         """The changes of one (experience, hour, revision), to add to in place."""
         changes = self.revisions.get(key)
         if changes is None:
-            changes = self.revisions[key] = [0, None, None, 0, 0, 0, {}]
+            changes = self.revisions[key] = [0, None, None, set(), set(), 0, 0, 0, {}]
         return changes
 
     def flow_screen(self, key, screen):
@@ -359,31 +361,40 @@ class OverviewStore(derived_store.Writer):
             raise
 
     def _count_people_again(self, hours):
-        """Set the people of these (experience, hour)s and of their screens to the persons of
-        their viewers by the links as they stand now (after this commit's), and the people
-        of their days and weeks to the union of their hours' and days': what an install's
+        """Set the people of these (experience, hour)s, of their screens and of their revisions
+        to the persons of their viewers by the links as they stand now (after this commit's),
+        and the people of their days and weeks to the union of their hours' and days': what an install's
         changed person takes out of them and puts in."""
         for experience, hour in sorted(hours):
             people, identified = set(), set()
-            screens = collections.defaultdict(set)
-            for screen, device, carried, user in self.db.execute(
-                    "SELECT viewer.screen, viewer.device, viewer.carried, person.user "
-                    "FROM viewer LEFT JOIN person ON person.device = viewer.device "
+            screens = collections.defaultdict(set)  # (screen, revision) -> people
+            revisions = collections.defaultdict(lambda: (set(), set()))
+            for screen, revision, device, carried, user in self.db.execute(
+                    "SELECT viewer.screen, viewer.revision, viewer.device, viewer.carried, "
+                    "person.user FROM viewer LEFT JOIN person ON person.device = viewer.device "
                     "WHERE viewer.experience = ? AND viewer.hour = ?", (experience, hour)):
                 user = carried or user
                 person = user or device
                 people.add(person)
-                screens[screen].add(person)
+                screens[screen, revision].add(person)
+                revisions[revision][0].add(person)
                 if user:
                     identified.add(person)
+                    revisions[revision][1].add(person)
             self.db.execute("UPDATE experience_hour SET people = ?, identified = ? "
                             "WHERE bucket = ? AND experience = ?",
                             (encode_people(people), encode_people(identified), hour,
                              experience))
             self.db.executemany(
                 "UPDATE screen_hour SET people = ? WHERE experience = ? AND bucket = ? AND "
-                "screen = ?", [(encode_people(persons), experience, hour, screen)
-                               for screen, persons in screens.items()])
+                "screen = ? AND revision = ?",
+                [(encode_people(persons), experience, hour, screen, revision)
+                 for (screen, revision), persons in screens.items()])
+            self.db.executemany(
+                "UPDATE revision_hour SET people = ?, identified = ? WHERE experience = ? AND "
+                "bucket = ? AND revision = ?",
+                [(encode_people(persons), encode_people(known), experience, hour, revision)
+                 for revision, (persons, known) in revisions.items()])
         finer, parts = hours, HOUR
         for level in (DAY, WEEK):  # a day's people are its hours', a week's its days'
             buckets = {(experience, bucket - bucket % level) for experience, bucket in finer}
@@ -446,11 +457,13 @@ class OverviewStore(derived_store.Writer):
         """Add worker/flows.py's changes: each row's counts added, its histograms merged."""
         db = self.db
         db.executemany(
-            "INSERT INTO revision_hour VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "INSERT INTO revision_hour VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (experience, bucket, revision) DO UPDATE SET "
             "views = views + excluded.views, "
             "first_seen = min(first_seen, excluded.first_seen), "
             "last_seen = max(last_seen, excluded.last_seen), "
+            "people = merge_people(people, excluded.people), "
+            "identified = merge_people(identified, excluded.identified), "
             "sessions = sessions + excluded.sessions, "
             "duration_sum = duration_sum + excluded.duration_sum, "
             "bounces = bounces + excluded.bounces, "
@@ -459,10 +472,12 @@ class OverviewStore(derived_store.Writer):
             # its stored first and last seen stay (min and max with these bounds).
             [(experience, hour, revision, views,
               2**62 if first_seen is None else first_seen,
-              -1 if last_seen is None else last_seen, sessions, duration_sum, bounces,
+              -1 if last_seen is None else last_seen, encode_people(people),
+              encode_people(identified), sessions, duration_sum, bounces,
               encode_durations(durations))
-             for (experience, hour, revision), (views, first_seen, last_seen, sessions,
-                                                duration_sum, bounces, durations)
+             for (experience, hour, revision), (views, first_seen, last_seen, people,
+                                                identified, sessions, duration_sum, bounces,
+                                                durations)
              in changes.revisions.items()])
         db.executemany(
             "INSERT INTO flow_screen VALUES (?, ?, ?, ?, ?, ?, ?) "
@@ -483,11 +498,12 @@ class OverviewStore(derived_store.Writer):
 
     def _screen_rows(self, changes):
         self.db.executemany(
-            "INSERT INTO screen_hour VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (experience, bucket, screen) DO UPDATE SET "
+            "INSERT INTO screen_hour VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (experience, bucket, screen, revision) DO UPDATE SET "
             "views = views + excluded.views, people = merge_people(people, excluded.people)",
-            [(experience, hour, screen, views, encode_people(people))
-             for (experience, screen, hour), (views, people) in changes.screens.items()])
+            [(experience, hour, screen, revision, views, encode_people(people))
+             for (experience, screen, hour, revision), (views, people)
+             in changes.screens.items()])
 
     def reset(self, session_timeout):
         """Empty the store and its position in one transaction (for a recount)."""
@@ -552,7 +568,7 @@ class NoOverview(Exception):
 # The reads OverviewReader.run answers: also what a cluster worker answers for the ingest.
 READS = ("experience_rows", "experience_sums", "experience_sketches", "screen_rows", "names",
          "state", "revision_rows", "flow_screen_rows", "flow_exit_rows", "flow_move_rows",
-         "revision_people")
+         "goal_people")
 
 
 class _Reads:
@@ -606,12 +622,12 @@ class _Reads:
     # worker/flows.py's figures: one experience's hour rows of [start, end), every revision.
 
     def revision_rows(self, experience, start, end):
-        """(revision, views, first_seen, last_seen, sessions, duration_sum, bounces,
+        """(revision, views, first_seen, last_seen, people, sessions, duration_sum, bounces,
         durations)."""
         return self.db.execute(
-            "SELECT revision, views, first_seen, last_seen, sessions, duration_sum, bounces, "
-            "durations FROM revision_hour WHERE experience = ? AND bucket >= ? AND bucket < ?",
-            (experience, start, end))
+            "SELECT revision, views, first_seen, last_seen, people, sessions, duration_sum, "
+            "bounces, durations FROM revision_hour WHERE experience = ? AND bucket >= ? AND "
+            "bucket < ?", (experience, start, end))
 
     def flow_screen_rows(self, experience, start, end):
         """(revision, screen, positions, to_reach, on_screen)."""
@@ -633,22 +649,8 @@ class _Reads:
             "AND bucket >= ? AND bucket < ? GROUP BY revision, source, target HAVING "
             "sum(moves) != 0", (experience, start, end))
 
-    def revision_people(self, experience, start, end, screen):
-        """(revision, people, identified) per revision: the people who viewed the experience
-        (or, given `screen`, that screen of it) in [start, end), encoded
-        (storage/sketches.People), each by the people rule as it stands."""
-        people = collections.defaultdict(set)
-        identified = collections.defaultdict(set)
-        query = ("SELECT viewer.revision, viewer.device, viewer.carried, person.user "
-                 "FROM viewer LEFT JOIN person ON person.device = viewer.device "
-                 "WHERE viewer.experience = ? AND viewer.hour >= ? AND viewer.hour < ?")
-        arguments = (experience, start, end)
-        if screen is not None:
-            query, arguments = query + " AND viewer.screen = ?", (*arguments, screen)
-        for revision, device, carried, user in self.db.execute(query, arguments):
-            user = carried or user
-            people[revision].add(user or device)
-            if user:
-                identified[revision].add(user)
-        return [(revision, encode_people(persons), encode_people(identified[revision]))
-                for revision, persons in people.items()]
+    def goal_people(self, experience, start, end, screen):
+        """(revision, people) of one screen: the people who viewed it, each hour."""
+        return self.db.execute(
+            "SELECT revision, people FROM screen_hour WHERE experience = ? AND bucket >= ? AND "
+            "bucket < ? AND screen = ?", (experience, start, end, screen))

@@ -15,7 +15,8 @@ from hypothesis import given, settings, strategies as st
 import overview_reference as ref
 from app import flow_query
 from bench import traffic as generator
-from storage.overview_store import Changes, OverviewReader
+from storage.overview_store import (REVISION_BOUNCES, REVISION_DURATIONS, REVISION_SESSIONS,
+                                    Changes, OverviewReader)
 from test_overview import (END, RECEIVED, TIMEOUT, UTC, count, counted_in_order_and_shuffled,
                            ingest)
 from worker import overview as overview_module
@@ -227,7 +228,8 @@ def test_a_session_taken_out_leaves_nothing_behind(steps):
     for histograms in changes.flow_screens.values():
         assert not any(count_ for histogram in histograms for count_ in histogram.values())
     for row in changes.revisions.values():
-        assert row[3:6] == [0, 0, 0] and not any(row[6].values())
+        assert row[REVISION_SESSIONS:REVISION_BOUNCES + 1] == [0, 0, 0]
+        assert not any(row[REVISION_DURATIONS].values())
 
 
 @given(session_steps, st.integers(0, 3000), st.sampled_from(["s1", "s2", "s9"]))
@@ -249,7 +251,8 @@ def _net(changes):
     histograms = {key: [{bucket: n for bucket, n in histogram.items() if n}
                         for histogram in value]
                   for key, value in changes.flow_screens.items()}
-    revisions = {key: [*row[3:6], {bucket: n for bucket, n in row[6].items() if n}]
+    revisions = {key: [*row[REVISION_SESSIONS:REVISION_BOUNCES + 1],
+                       {bucket: n for bucket, n in row[REVISION_DURATIONS].items() if n}]
                  for key, row in changes.revisions.items()}
     return ({key: value for key, value in histograms.items() if any(value)},
             {key: n for key, n in changes.flow_exits.items() if n},

@@ -30,7 +30,8 @@ import time
 from storage.details import HEADER, read_groups, read_header
 from storage.layout import Layout, names_open_file
 from storage.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDENTIFIED, PEOPLE,
-                                    REVISION_FIRST_SEEN, REVISION_LAST_SEEN, REVISION_VIEWS,
+                                    REVISION_FIRST_SEEN, REVISION_IDENTIFIED, REVISION_LAST_SEEN,
+                                    REVISION_PEOPLE, REVISION_VIEWS,
                                     SESSION_SCREENS, SESSIONS, VIEWS, Changes, CorruptOverview,
                                     OverviewStore)
 from storage.log_format import MAX_ID
@@ -131,12 +132,15 @@ class OverviewCounter:
             row[PEOPLE].add(person)
             if user:
                 row[IDENTIFIED].add(person)
-            row = changes.screen(experience, screen, hour)
+            row = changes.screen(experience, screen, hour, revision)
             row[0] += 1
             row[1].add(person)
             changes.viewers.add((experience, hour, screen, revision, device, carried))
             row = changes.revision((experience, hour, revision))
             row[REVISION_VIEWS] += 1
+            row[REVISION_PEOPLE].add(person)
+            if user:
+                row[REVISION_IDENTIFIED].add(person)
             if row[REVISION_FIRST_SEEN] is None or moment < row[REVISION_FIRST_SEEN]:
                 row[REVISION_FIRST_SEEN] = moment
             if row[REVISION_LAST_SEEN] is None or moment > row[REVISION_LAST_SEEN]:
