@@ -4,8 +4,9 @@ App installs (iOS and Android, bench/sdk_shapes.py) view the screens of experien
 sessions spread over the last days: a few screens each, seconds to a minute apart, now and
 then a pause near the 30-minute session timeout, some sessions of one screen (bounces). An
 experience is a flow of 3 to 8 screens, mostly gone through in order, now and then back a
-step, left at any step or done at the last; half of them publish a second revision part way through, whose
-sessions go a little further.
+step, left at any step or done at the last, some branching at the third step; half of them
+publish a second revision part way through, which moves a screen and whose sessions go a
+little further (traffic.flows has each revision's steps).
 
 People as apps see them: some installs log in mid-session (their views before count for the
 person, worker/people.py); some people log in on a second install too; some phones are
@@ -52,6 +53,9 @@ class Traffic:
         self.batches = []  # (Judo-Device-ID, [event, ...]) in the order they are sent
         self.views = []  # the ledger: View per screen view, each once
         self.links = []  # and a Link per identify with a userID
+        # Each experience's flow per revision: its steps in order, each a list of the
+        # screens people go to at that step (two where it branches).
+        self.flows = {}
         self.events = 0  # distinct events (a retry sends some twice)
         self.retries = 0
         self.late = 0
@@ -73,13 +77,21 @@ def generate(seed=1, devices=100, experiences=10, days=7, end=None, sessions_per
     ids = list(range(1, experiences + 1))
     weights = [1 / rank for rank in range(1, experiences + 1)]  # a few popular ones
     names = _experience_names(ids, rng)
+    traffic = Traffic()
     # Each experience is a flow of screens (screen-1, screen-2, ...) that people mostly go
-    # through in order, now and then going back, and leave at any step. Some publish a
-    # second revision part way through, whose sessions go a little further.
-    flow_lengths = {experience: rng.randint(3, 8) for experience in ids}
+    # through in order, now and then going back, and leave at any step; some branch at the
+    # third step (screen-3 or screen-3b). Half publish a second revision part way through,
+    # which moves the second screen after the third, and whose sessions go a little further.
     revised_at = {experience: rng.uniform(0, span) if rng.random() < 0.5 else span
                   for experience in ids}
-    traffic = Traffic()
+    for experience in ids:
+        steps = [[f"screen-{number}"] for number in range(1, rng.randint(3, 8) + 1)]
+        if len(steps) >= 4 and rng.random() < 0.3:
+            steps[2] = ["screen-3", "screen-3b"]
+        moved = list(steps)
+        moved[1], moved[2] = moved[2], moved[1]
+        traffic.flows[experience] = {f"rev-{experience}-1": steps,
+                                     f"rev-{experience}-2": moved}
     users = []
     timed = []  # (send time, order, device id, events)
     for number in range(devices):
@@ -117,6 +129,7 @@ def generate(seed=1, devices=100, experiences=10, days=7, end=None, sessions_per
             revision = f"rev-{experience}-{2 if second else 1}"
             screens = (1 if rng.random() < (0.25 if second else 0.3)
                        else 1 + int(rng.expovariate(1 / (6 if second else 5))))
+            steps = traffic.flows[experience][revision]
             step = 1
             for screen_index in range(screens):
                 moment = moment.replace(microsecond=0)
@@ -129,10 +142,10 @@ def generate(seed=1, devices=100, experiences=10, days=7, end=None, sessions_per
                         if user:
                             traffic.links.append(Link(device.anonymous_id, user,
                                                       int(moment.timestamp())))
-                if step <= flow_lengths[experience]:  # past its end, the flow is done
-                    screen = f"screen-{step}"
+                if step <= len(steps):  # past its end, the flow is done
+                    screen = rng.choice(steps[step - 1])
                     queue.append(device.screen(moment, experience, id=screen,
-                                               name=f"Screen {step}",
+                                               name=f"Screen {screen.split('-')[1]}",
                                                experienceName=names[experience],
                                                experienceRevisionID=revision))
                     traffic.views.append(View(device.anonymous_id, device.user_id,

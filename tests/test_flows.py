@@ -257,3 +257,33 @@ def _net(changes):
     return ({key: value for key, value in histograms.items() if any(value)},
             {key: n for key, n in changes.flow_exits.items() if n},
             {key: n for key, n in changes.flow_moves.items() if n}, revisions)
+
+
+def test_each_revision_shows_its_own_order_of_screens_and_its_branch(tmp_path, traffic):
+    """The generator's flows (traffic.flows): the second revision moves the second screen
+    after the third, and some experiences branch at the third step. Each revision's flow
+    lists its screens in its own order, and both screens of a branch at the same step."""
+    ingest(tmp_path, traffic.batches)
+    count(tmp_path, session_timeout=TIMEOUT)
+    reader = OverviewReader(tmp_path)
+    now = datetime.datetime.fromtimestamp(RECEIVED, UTC)
+    seen = {view.revision for view in traffic.views}
+    shown = 0
+    for experience, revisions in traffic.flows.items():
+        for revision, steps in revisions.items():
+            if revision not in seen:
+                continue
+            query = flow_query.parse({"revision": revision}, now)
+            screens = flow_query.flow(reader, query, experience)["screens"]
+            # The screens most sessions reach: the first three steps (a back step or a
+            # branch can make a few sessions reach later screens out of order).
+            first = [screen for screen in screens if screen["median_position"] <= 3]
+            assert [[screen["id"]] for screen in first if len(steps[
+                screen["median_position"] - 1]) == 1] == [
+                step for step in steps[:3] if len(step) == 1], (experience, revision)
+            for screen in first:
+                assert screen["id"] in steps[screen["median_position"] - 1]
+            shown += 1
+    assert shown > len(traffic.flows)  # some experiences showed both revisions
+    assert any(len(step) == 2 for revisions in traffic.flows.values()
+               for steps in revisions.values() for step in steps)
