@@ -42,7 +42,9 @@ from worker.sessions import place
 
 log = logging.getLogger("worker")
 # Commit at least every this many SDK events, which bounds the memory a catch-up holds.
-COMMIT_EVENTS = 100_000
+# Measured on a catch-up of 206,170 SDK events with flows: peak RSS 304 MB at 100,000, 185 MB
+# at 50,000, 119 MB at 25,000, at about the same events per CPU-second (within the noise).
+COMMIT_EVENTS = 50_000
 
 
 class OverviewCounter:
