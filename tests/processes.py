@@ -160,7 +160,13 @@ class Supervisor:
                            and self.pid(program) not in (None, killed[program])
                            and self.pid(program), what=f"a new {program} RUNNING")
             time.sleep(rng.uniform(*moment))  # a random moment in its life
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                # It ended on its own: never expected of either program, so say how.
+                raise AssertionError(
+                    f"{program} (pid {pid}) ended on its own before it was killed; "
+                    f"supervisord's output ends:\n{self.log()[-3000:]}") from None
             kills[program] += 1
             killed[program] = pid
         return kills
