@@ -2,10 +2,9 @@
 
 OverviewCounter holds the rule: screen views placed in their hours, sessions
 (worker/sessions.py), their flows (worker/flows.py) and people (worker/people.py), the
-changes committed with the new
-position in one transaction (storage/overview_store.py). Both workers use it: Overview,
-below, on data1.details, and the cluster's worker on each partition's messages
-(worker/stream_runner.py).
+changes committed with the new position in one transaction (storage/overview_store.py).
+Both workers use it: Overview, below, on data1.details, and the cluster's worker on each
+partition's messages (worker/stream_runner.py).
 
 On one machine the worker calls advance(end) each time data1 is durable and counted up to
 `end`: every group of data1.details whose data1 bytes end there or before is counted.
@@ -307,9 +306,8 @@ class SdkEvents:
     """What the overview counts of a stretch of SDK events: its screen views, as
     (experience, moment, device, carried, screen id, experience name, screen name, revision
     id), with `carried` the key of the userID the view carries (0 if none), and a missing
-    screen or revision id ""; its links, as (device,
-    user, moment) (worker/people.py: any event that carries both ids); how many events were
-    read, and those set aside. The rest of an identify or a register is kept in the details,
+    screen or revision id ""; its links, as (device, user, moment) (worker/people.py: any
+    event that carries both ids); how many events were read, and those set aside. The rest of an identify or a register is kept in the details,
     not counted."""
 
     def __init__(self):
