@@ -66,11 +66,13 @@ Invariants, true at every commit because everything changes in one SQLite transa
 
     the rows == the overview of the screen views before position in the source (the groups
                 of data1.details, or the partition's messages), whatever order and however
-                late they came in (worker/sessions.py, worker/people.py)
-    session holds every session of every install, and sessions starting in a bucket are
-                counted in that bucket's rows, each once
-    people and identified of every hour row == the persons of its viewer rows by the
-                links in link, and of every day and week row == the union of its hours':
+                late they came in (worker/sessions.py, worker/flows.py, worker/people.py)
+    session holds every session of every install, with its views in order, and sessions
+                starting in a bucket are counted in that bucket's rows (the experience's
+                and, by its first view's revision, the flow's), each once
+    people and identified of every hour row (experience, screen, revision) == the persons
+                of its viewer rows by the links in link, and of every day and week row ==
+                the union of its hours':
                 an install whose person changes has every hour it has sessions in counted
                 again, with its days and weeks, in the same transaction
 
