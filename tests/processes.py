@@ -163,10 +163,18 @@ class Supervisor:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
-                # It ended on its own: never expected of either program, so say how.
+                # It ended on its own: never expected of either program, so say how. Its
+                # last lines and supervisord's word on its exit may come just after the reap.
+                spawned = f"spawned: '{program}' with pid {pid}"
+                try:
+                    wait_for(lambda: f"exited: {program}" in self.log().split(spawned)[-1],
+                             10, what=f"supervisord to report how {program} ended")
+                except AssertionError:
+                    pass
                 raise AssertionError(
                     f"{program} (pid {pid}) ended on its own before it was killed; "
-                    f"supervisord's output ends:\n{self.log()[-3000:]}") from None
+                    f"supervisord's output from its start:\n"
+                    f"{spawned}{self.log().split(spawned)[-1][-6000:]}") from None
             kills[program] += 1
             killed[program] = pid
         return kills
