@@ -146,12 +146,12 @@ class Supervisor:
 
     def kill_in_turn(self, seconds, rng, moment=(0.0, 0.5)):
         """SIGKILL the worker and the ingest in turn for `seconds`, each at a random moment of
-        its life (`moment`: the range of seconds after it is seen RUNNING). Returns the kills
-        per program."""
+        its life (`moment`: the range of seconds after it is seen RUNNING), and each at least
+        once however slow the machine. Returns the kills per program."""
         kills = {"ingest": 0, "worker": 0}
         killed = {"ingest": None, "worker": None}  # the pid each was last killed as
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline or sum(kills.values()) < 2:
             program = "ingest" if sum(kills.values()) % 2 else "worker"
             # Any running process, however young: supervisord restarts every kill at once.
             # A new one each time: supervisord may report a killed process RUNNING until it
