@@ -51,20 +51,21 @@ def parse(params, now):
                      top)
 
 
-def _reads(query, experience_id):
+def _reads(query, experience_id, *names):
+    """The reads `names` of one experience's hour rows in the query's range, then its names."""
     start, end = query.range.start, query.range.end
-    return [("revision_rows", experience_id, start, end),
-            ("flow_screen_rows", experience_id, start, end),
-            ("flow_exit_rows", experience_id, start, end),
-            ("flow_move_rows", experience_id, start, end),
-            ("goal_people", experience_id, start, end, query.goal),
+    return [*((name, experience_id, start, end) for name in names),
             ("names", experience_id)]
 
 
 def flow(store, query, experience_id):
     """/experiences/<id>/flow."""
-    revisions, screen_rows, exit_rows, move_rows, goal_people_rows, name_rows = store.run(
-        _reads(query, experience_id))
+    # One snapshot for every read; a goal's people only when a goal is asked for.
+    revisions, screen_rows, exit_rows, move_rows, name_rows, *goal_people_rows = store.run(
+        _reads(query, experience_id, "revision_rows", "flow_screen_rows", "flow_exit_rows",
+               "flow_move_rows")
+        + ([("goal_people", experience_id, query.range.start, query.range.end, query.goal)]
+           if query.goal is not None else []))
     wanted = query.revision
     mine = (lambda revision: True) if wanted is None else (lambda revision: revision == wanted)
     sessions = sum(row[5] for row in revisions if mine(row[0]))
@@ -114,7 +115,8 @@ def flow(store, query, experience_id):
         "goal": None}
     if query.goal is not None:
         document["goal"] = _goal(query.goal, sessions, people, reach, exit_rows, histograms,
-                                 _people(goal_people_rows, mine), mine, names, experience_id)
+                                 _people(goal_people_rows[0], mine), mine, names,
+                                 experience_id)
     return document
 
 
@@ -142,7 +144,8 @@ def _goal(goal, sessions, people, reach, exit_rows, histograms, goal_people, min
 
 def revisions(store, query, experience_id):
     """/experiences/<id>/revisions."""
-    revision_rows, _, exit_rows, _, _, name_rows = store.run(_reads(query, experience_id))
+    revision_rows, exit_rows, name_rows = store.run(_reads(
+        query, experience_id, "revision_rows", "flow_exit_rows"))
     names = overview_query._latest_names(name_rows)
     merged = {}
     for (revision, views, first_seen, last_seen, people, sessions, _, bounces,
