@@ -90,7 +90,7 @@ class Leases:
         """Write this worker's sign of life and its leases again. Returns the partitions
         whose lease another worker took; they are no longer held. Raises what the link
         raises if the cluster does not answer (then nothing is known to be lost)."""
-        async def renew_all():
+        async def renew_member():
             if self._member_revision is None:
                 self._member_revision, _ = await self._read(member_key(self.member))
             try:
@@ -99,16 +99,22 @@ class Leases:
             except KeyWrongLastSequenceError:
                 # Written by an earlier process in this place: the place is this one's now.
                 self._member_revision = None
-            lost = []
-            for partition, revision in list(self.held.items()):
-                try:
-                    self.held[partition] = await self._bucket.update(
-                        lease_key(partition), self._value(self.taken_at[partition]),
-                        last=revision)
-                except KeyWrongLastSequenceError:
-                    self.forget(partition)
-                    lost.append(partition)
-            return lost
+
+        async def renew_lease(partition, revision):
+            try:
+                self.held[partition] = await self._bucket.update(
+                    lease_key(partition), self._value(self.taken_at[partition]),
+                    last=revision)
+            except KeyWrongLastSequenceError:
+                self.forget(partition)
+                return partition
+
+        async def renew_all():
+            # All at once: a renewal takes one round of the bucket's replication, not one
+            # per key, so it stays well inside the time this worker may answer (fresh()).
+            renewed = await asyncio.gather(renew_member(), *(
+                renew_lease(partition, revision) for partition, revision in list(self.held.items())))
+            return [partition for partition in renewed[1:] if partition is not None]
 
         started = self.clock()
         if self._renewed_at is None or started - self._renewed_at > self.takeover / 2:
@@ -130,8 +136,12 @@ class Leases:
         take-over time from when they saw it). Only then may it answer for its partitions
         (their counts over time, their overview): past that, another worker may count them,
         and this one's answers could be older than what readers were already shown."""
+        return self.since_renewal() < self.takeover / 2
+
+    def since_renewal(self):
+        """Seconds since the last renewal that succeeded began (inf before the first)."""
         started = self._last_renewal_started
-        return started is not None and self.clock() - started < self.takeover / 2
+        return float("inf") if started is None else self.clock() - started
 
     def observe(self, partitions):
         """Read every member key and the leases of `partitions`, and say who is alive and who

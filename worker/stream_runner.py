@@ -152,6 +152,7 @@ class StreamWorker(PassLoop):
         # When this worker last finished a pass or committed: its ping answer carries it, so
         # the ingest can tell a worker that answers but no longer counts (stalled).
         self.progress_at = time.time()
+        self._silent = False  # whether answering() last said no
 
     def take_ownership(self):
         """Nothing to take yet: partitions are taken one by one (adopt)."""
@@ -295,7 +296,16 @@ class StreamWorker(PassLoop):
     def answering(self):
         """Whether this worker may answer for its partitions now (Leases.fresh): a worker
         cut off, or paused, falls silent before another can take its partitions over."""
-        return self.leases is None or self.leases.fresh()
+        answering = self.leases is None or self.leases.fresh()
+        if answering == self._silent:  # a change: readers see it as a missing worker
+            self._silent = not answering
+            if answering:
+                log.info("leases renewed: answering for its partitions again")
+            else:
+                log.warning("not answering for its partitions: its last lease renewal that "
+                            "succeeded began %.1f s ago (answers stop at half the take-over "
+                            "time, %g s)", self.leases.since_renewal(), self.leases.takeover / 2)
+        return answering
 
     async def _answer_pings(self, partition):
         async def answer(message):
