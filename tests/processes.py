@@ -103,6 +103,10 @@ class Supervisor:
         self.env["PATH"] = path or f"{BIN}{os.pathsep}{self.env.get('PATH', '')}"
         self.proc = None
         self.child_pids = set()
+        # The pid each program was last SIGKILLed as, across kill_in_turn calls: supervisord
+        # reports a killed process RUNNING until it has reaped it, and a next call that took
+        # that pid for a live one would find it gone (a program seemingly ended on its own).
+        self.killed = {"ingest": None, "worker": None}
 
     def start(self, wait=True):
         # Opened as a shell's `> file` opens it (not in append mode): the conf must keep the
@@ -149,7 +153,7 @@ class Supervisor:
         its life (`moment`: the range of seconds after it is seen RUNNING), and each at least
         once however slow the machine. Returns the kills per program."""
         kills = {"ingest": 0, "worker": 0}
-        killed = {"ingest": None, "worker": None}  # the pid each was last killed as
+        killed = self.killed
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline or sum(kills.values()) < 2:
             program = "ingest" if sum(kills.values()) % 2 else "worker"
