@@ -22,7 +22,7 @@ from app.readside import FileReadSide
 from storage import process, settings
 from storage.layout import Layout
 from storage.lockfile import hold_exclusive_lock
-from storage.log_writer import EventLog
+from storage.log.writer import EventLog
 
 log = logging.getLogger("ingest")
 
@@ -105,7 +105,7 @@ class HoldingTask(WSGITask):
 
 class Channel(HTTPChannel):
     """A connection whose answers wait for the writes they acknowledge to be durable, without
-    a thread waiting for them (storage/log_writer.py's group commit).
+    a thread waiting for them (storage/log/writer.py's group commit).
 
     A write hands its Ticket to hold(); until ticket.durable(), nothing more is sent on the
     connection: its thread serves the next request meanwhile, and the server's loop sends
@@ -210,8 +210,8 @@ def serve_cluster(*, host, port, threads, stalled_after, dedupe_window, cluster,
                   trusted_proxy):
     # Imported here: only cluster mode imports nats-py.
     from app.cluster_readside import ClusterReadSide
-    from storage import stream_setup
-    from storage.stream_writer import StreamLog
+    from storage.stream import setup as stream_setup
+    from storage.stream.writer import StreamLog
 
     servers, partition_count, replicas, publish_timeout = cluster
     log.info("ingest starting in cluster mode: http://%s:%d servers=%s replicas=%d threads=%d",

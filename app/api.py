@@ -4,8 +4,8 @@ and the series store, or the partition checkpoints in cluster mode).
 
 Every response body is JSON (but the dashboard's HTML, and CSV where ?format=csv asks for
 it), errors included: {"error": "<what was wrong>"}. A write is answered 202 only after its
-records are durable in the log (see storage/log_writer.py and storage/stream_writer.py). The whole API is described in
-app/openapi.json.
+records are durable in the log (see storage/log/writer.py and storage/stream/writer.py). The
+whole API is described in app/openapi.json.
 """
 
 import csv
@@ -25,11 +25,11 @@ from app import flow_query, overview_query, series_query, validate
 from app.access import Access, Tokens
 from app.admission import Busy
 from app.readside import Unavailable
+from storage.backend import AppendError
 from storage.checkpoint import Checkpoint
-from storage.log_format import encode, parse_token
-from storage.log_writer import AppendError
-from storage.overview_store import NoOverview, OverviewState
-from storage.series_store import ALL, HOUR, MINUTE
+from storage.log.format import encode, parse_token
+from storage.views.overview_store import NoOverview, OverviewState
+from storage.views.series_store import ALL, HOUR, MINUTE
 
 HERE = Path(__file__).resolve().parent
 DASHBOARD = (HERE / "dashboard.html").read_bytes()

@@ -5,7 +5,7 @@ from theirs. The same methods as app/readside.py's FileReadSide (see there).
 Reads never go backwards. Any ingest node serves them, and a user may watch one node or
 several behind a load balancer, so no node ever serves a checkpoint older than one it has
 already served, or than the bucket's leader holds:
-* checkpoints are read through the bucket's leader (storage/stream_checkpoint_store.py),
+* checkpoints are read through the bucket's leader (storage/stream/checkpoint_store.py),
   never from a replica that may lag; while there is no leader, the answer is a 503 naming the
   lost majority, not older counts;
 * every partition of the stream is asked for (its checkpoint, its series, its overview), not
@@ -28,11 +28,11 @@ import time
 
 from app.readside import Unavailable
 from storage.checkpoint import CorruptCheckpoint, merge
-from storage.cluster_state import NoQuorum, ask_each, asking, cluster_state, stream_state
-from storage.layout import overview_query_subject, series_query_subject
-from storage.series_store import SeriesState
-from storage.stream_checkpoint_store import read_latest
-from storage.stream_setup import current_majority
+from storage.stream.checkpoint_store import read_latest
+from storage.stream.names import overview_query_subject, series_query_subject
+from storage.stream.setup import current_majority
+from storage.stream.state import NoQuorum, ask_each, asking, cluster_state, stream_state
+from storage.views.series_store import SeriesState
 
 RUNNING, MISSING, STALLED = "running", "missing", "stalled"
 # How long the list of partitions is reused before the stream is asked again.
@@ -276,7 +276,7 @@ class WorkerReads:
 
 
 class ClusterSeries:
-    """The counts over time in cluster mode, with storage/series_store.SeriesReader's
+    """The counts over time in cluster mode, with storage/views/series_store.SeriesReader's
     methods: each partition's worker answers for its partition's series store, and the
     answer is their sum (WorkerReads: every partition's, never from behind)."""
 
@@ -320,7 +320,7 @@ class ClusterSeries:
 
 
 class ClusterOverview:
-    """The experience overview in cluster mode, with storage/overview_store.OverviewReader's
+    """The experience overview in cluster mode, with storage/views/overview_store.OverviewReader's
     run(): each partition's worker runs the reads on its partition's overview store, in one
     snapshot (worker/stream_runner.py), and the rows of every partition are put together for
     app/overview_query.py to merge (an install's events are all in one partition, so its

@@ -24,7 +24,7 @@ and merged here from the hour rows of one experience:
 import math
 
 from app import overview_query
-from storage.sketches import Durations, People
+from storage.views.sketches import Durations, People
 
 TOP_PATHS = 20
 Z95 = 1.959963984540054

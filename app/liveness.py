@@ -6,14 +6,14 @@
   seconds to be counted (the worker is hung, paused, or far behind).
 
 How long the oldest uncounted event has waited comes from data1's time index
-(storage/time_index.py), which dates every acknowledged event to its second: an idle system,
+(storage/log/time_index.py), which dates every acknowledged event to its second: an idle system,
 however old its checkpoint, has nothing waiting and is never called stalled.
 """
 
 import time
 
 from storage.lockfile import is_held
-from storage.time_index import TimeIndexReader
+from storage.log.time_index import TimeIndexReader
 
 RUNNING, STOPPED, STALLED = "running", "stopped", "stalled"
 

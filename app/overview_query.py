@@ -4,13 +4,13 @@ figures.
 
 A range runs on whole UTC hours: from the start of the hour holding `from` to the end of the
 hour holding `to`'s last instant. Its figures merge the rows of the weeks and UTC days it
-covers whole and of the hours at either end (storage/overview_store.py keeps all three); a day point in a time
-zone is the local day, cut to the range. As in /series, in a zone whose offset is not a
-whole number of hours a day's edges move back to the start of the UTC hour holding local
-midnight.
+covers whole and of the hours at either end (storage/views/overview_store.py keeps all
+three); a day point in a time zone is the local day, cut to the range. As in /series, in a
+zone whose offset is not a whole number of hours a day's edges move back to the start of the
+UTC hour holding local midnight.
 
 Sums (screen views, sessions, durations) are added; people and durations are merged, never
-added (storage/sketches.py): a user seen on two days of the range counts once.
+added (storage/views/sketches.py): a user seen on two days of the range counts once.
 """
 
 import bisect
@@ -19,8 +19,8 @@ import datetime
 import math
 
 from app import series_query
-from storage.overview_store import DAY, HOUR, WEEK
-from storage.sketches import Durations, People
+from storage.views.overview_store import DAY, HOUR, WEEK
+from storage.views.sketches import Durations, People
 
 UTC = datetime.timezone.utc
 DEFAULT_SPAN = 30 * 86400
@@ -157,7 +157,7 @@ def _latest_names(rows):
 def experiences(store, query):
     """/experiences: every experience with screen views in the range, with its figures.
 
-    `store` runs the reads (storage/overview_store.OverviewReader, or in cluster mode
+    `store` runs the reads (storage/views/overview_store.OverviewReader, or in cluster mode
     app/cluster_readside.ClusterOverview): all of them at once, in one snapshot."""
     parts = pieces(query.start, query.end)
     # The sums added up by SQLite, and only the sketches' bytes brought into Python: over

@@ -8,12 +8,12 @@ app/__main__.py gives it:
     stats()        the /stats document
     health()       None if the system is taking and counting events, else why not (for
                    /healthz), with the details to show
-    series         the counts over time: storage/series_store.SeriesReader, or in cluster
+    series         the counts over time: storage/views/series_store.SeriesReader, or in cluster
                    mode app/cluster_readside.ClusterSeries (the same methods)
     series_state() the series store's state, or None while there is none; Unavailable while
                    it is being counted again and is behind the counts (its sums would be
                    partial: counts over time going down)
-    overview       the experience overview: storage/overview_store.OverviewReader, or in
+    overview       the experience overview: storage/views/overview_store.OverviewReader, or in
                    cluster mode app/cluster_readside.ClusterOverview (the same run())
 
 Each raises Unavailable (answered 503) when it cannot tell.
@@ -24,10 +24,10 @@ import threading
 
 from app.liveness import RUNNING, WorkerWatch
 from storage.checkpoint import Checkpoint, CorruptCheckpoint
-from storage.checkpoint_store import CheckpointStore
 from storage.layout import Layout
-from storage.overview_store import OverviewReader
-from storage.series_store import SeriesReader
+from storage.log.checkpoint_store import CheckpointStore
+from storage.views.overview_store import OverviewReader
+from storage.views.series_store import SeriesReader
 
 
 class Unavailable(Exception):

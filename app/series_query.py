@@ -2,7 +2,7 @@
 time zone, zero-filled.
 
 Buckets are half-open, [start, next start). Minute and hour buckets are the store's own
-(storage/series_store.py), whole UTC minutes and hours. Day buckets run from one local
+(storage/views/series_store.py), whole UTC minutes and hours. Day buckets run from one local
 midnight to the next in the asked zone, so a day of a daylight-saving change has 23 or 25
 hours; they are summed from hour buckets, so in a zone whose offset is not a whole number of
 hours (India's +05:30, Nepal's +05:45) a day's edges move back to the start of the UTC hour
@@ -14,7 +14,7 @@ import datetime
 import math
 import zoneinfo
 
-from storage.series_store import HOUR, MINUTE
+from storage.views.series_store import HOUR, MINUTE
 
 UTC = datetime.timezone.utc
 STEPS = {"minute": MINUTE, "hour": HOUR, "day": 86400}

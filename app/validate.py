@@ -22,7 +22,7 @@ import datetime
 import json
 import re
 
-from storage.log_format import MAX_ID
+from storage.log.format import MAX_ID
 
 MAX_BATCH_EVENTS = 10_000
 EXACT_FLOAT = 2**53
@@ -143,7 +143,7 @@ _TIMESTAMP = re.compile(
 
 class SdkEvent:
     """One usable SDK event: `index` in its batch, its `event_id`, `experience_id` (an int
-    for a screen view, else None), and `details`, what storage/details.py keeps of it."""
+    for a screen view, else None), and `details`, what storage/log/details.py keeps of it."""
 
     __slots__ = ("index", "event_id", "experience_id", "details")
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from bench.cluster import bench_cluster
 from bench.cluster import rows as cluster_rows
+from bench.harness import (REPO, bare_server, ingest_server, run_wrk, scratch_dir,
+                           time_worker_until, wrk_script)
 from bench.node import bench_node
 from bench.node import rows as node_rows
 from bench.overview import bench_overview
@@ -33,13 +35,11 @@ from bench.sdk import bench_sdk
 from bench.sdk import rows as sdk_rows
 from bench.takeover import bench_takeover
 from bench.takeover import rows as takeover_rows
-from bench.harness import (REPO, bare_server, ingest_server, run_wrk, scratch_dir,
-                           time_worker_until, wrk_script)
 from storage import settings
 from storage.checkpoint import EMPTY_FINGERPRINT, Checkpoint
-from storage.checkpoint_store import CheckpointStore
-from storage.series_store import ALL, SeriesStore
-from storage.time_index import ENTRY
+from storage.log.checkpoint_store import CheckpointStore
+from storage.log.time_index import ENTRY
+from storage.views.series_store import ALL, SeriesStore
 
 RESULTS = REPO / "bench" / "results"
 EVENT = b'{"experienceID": 12345}'

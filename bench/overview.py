@@ -1,7 +1,7 @@
 """`python -m bench overview`: the experience overview's cost.
 
 - Worker catch-up over a backlog of SDK events from the traffic generator (bench/traffic.py;
-  data1 and data1.details written as the ingest writes them, storage/details.py), the
+  data1 and data1.details written as the ingest writes them, storage/log/details.py), the
   overview on against off: events per second each way, their ratio, and the worker's peak
   RSS.
 - A late login: 1,000 installs of the backlog that viewed anonymously over the 30 days
@@ -25,9 +25,9 @@ import zlib
 
 from bench import traffic as generator
 from bench.harness import ingest_server, scratch_dir, time_worker_until
-from storage import details
-from storage.overview_store import Changes, OverviewStore
-from storage.sketches import person_key
+from storage.log import details
+from storage.views.overview_store import Changes, OverviewStore
+from storage.views.sketches import person_key
 from worker.overview import OverviewCounter, SdkEvents
 
 BACKLOG_EVENTS = 2_000_000

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from bench.harness import (PIDS, bare_server, ingest_server, run_wrk, scratch_dir,
                            wrk_script)
-from storage import details
 from storage.layout import DETAILS, SEEN
-from storage.seen_index import VERSION
+from storage.log import details
+from storage.log.seen_index import VERSION
 
 ROUNDS = 3
 EVENTS = 100

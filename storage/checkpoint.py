@@ -1,6 +1,6 @@
 """data2, the checkpoint: the worker's position in data1 and the counts up to it, in one file.
 
-The store that writes and reads it is storage/checkpoint_store.py.
+The store that writes and reads it is storage/log/checkpoint_store.py.
 
 Format (version 1)
     One JSON object, replaced whole on every commit:
@@ -16,7 +16,7 @@ Format (version 1)
     skipped      complete tokens before offset that were not valid ids
     fingerprint  sha256 of data1's first 64 bytes and the 64 bytes before offset, so a data1
                  that was replaced or rewritten under the checkpoint is noticed
-                 (storage/log_reader.py computes it)
+                 (storage/log/reader.py computes it)
     updated_at   when this checkpoint was committed (UTC)
 
 Invariant, true at every instant because offset and counts live in one atomically replaced
@@ -26,7 +26,7 @@ file (Kafka stores a consumer's position with its output for the same reason):
 
 Cluster mode: one checkpoint per partition (version 1)
     The value of key partition.<name> in the checkpoint bucket
-    (storage/stream_checkpoint_store.py), replaced by compare-and-set:
+    (storage/stream/checkpoint_store.py), replaced by compare-and-set:
 
         {"version": 1, "partition": "p1", "stream": "MINI_ANALYTICS created 2026-11-25T09:...",
          "sequence": 41, "messages": 17, "events": 3, "skipped": 0, "owner": "worker@host:pid",
@@ -55,7 +55,7 @@ import hashlib
 import heapq
 import json
 
-from storage.log_format import parse_token
+from storage.log.format import parse_token
 
 VERSION = 1
 

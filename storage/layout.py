@@ -1,35 +1,38 @@
 """The state folder: every file name in it, in one place (LevelDB's filename.h).
 
-    file              written by                        read by
-    data1             storage/log_writer.py (ingest)    storage/log_reader.py (worker)
-    data1.timeindex   storage/time_index.py: the writer  storage/time_index.py: the reader
-                      (ingest, via log_writer)          (worker; ingest: is the worker
-                                                         stalled?)
-    data1.details     storage/details.py: the writer     storage/details.py: read_groups
-                      (ingest, via log_writer)          (ingest: the dedupe index; the
+    file              written by                         read by
+    data1             storage/log/writer.py (ingest)     storage/log/reader.py (worker)
+    data1.timeindex   storage/log/time_index.py's        storage/log/time_index.py's reader
+                      writer (ingest, via the log's      (worker; ingest: is the worker
+                      writer)                            stalled?)
+    data1.details     storage/log/details.py's writer    storage/log/details.py's read_groups
+                      (ingest, via the log's writer)     (ingest: the dedupe index; the
                                                          worker, for the overview)
     data1.seen (and its -wal, -shm)
-                      storage/seen_index.py (ingest)    storage/seen_index.py (ingest)
+                      storage/log/seen_index.py (ingest) storage/log/seen_index.py (ingest)
     data1.details.bad-<time>, data1.seen.bad-<time>
-                      storage/details.py, storage/seen_index.py (set aside, never deleted)
-                                                        the operator
-    data2             storage/checkpoint_store.py       storage/checkpoint_store.py
-                      (worker: commit)                  (worker: recovery; ingest: read side;
+                      storage/log/details.py,            the operator
+                      storage/log/seen_index.py (set
+                      aside, never deleted)
+    data2             storage/log/checkpoint_store.py    storage/log/checkpoint_store.py
+                      (worker: commit)                   (worker: recovery; ingest: read side;
                                                          `python -m worker status`)
-    data2.tmp         storage/durable.py (the commit's  nobody: removed by the worker at start
+    data2.tmp         storage/durable.py (the commit's   nobody: removed by the worker at start
                       temp file, renamed over data2)
-    data2.bad-<time>  storage/checkpoint_store.py       the operator (a rejected checkpoint,
-                      (set aside, never deleted)        kept for inspection)
+    data2.bad-<time>  storage/log/checkpoint_store.py    the operator (a rejected checkpoint,
+                      (set aside, never deleted)         kept for inspection)
     series.sqlite3 (and its -wal, -shm)
-                      storage/series_store.py           storage/series_store.py
-                      (worker: commit)                  (ingest: /series, /counts?from=)
+                      storage/views/series_store.py      storage/views/series_store.py
+                      (worker: commit)                   (ingest: /series, /counts?from=)
     series.sqlite3.bad-<time>
-                      storage/series_store.py (set aside)  the operator
+                      storage/views/series_store.py      the operator
+                      (set aside)
     overview.sqlite3 (and its -wal, -shm)
-                      storage/overview_store.py         storage/overview_store.py
-                      (worker: worker/overview.py)      (ingest: /experiences)
+                      storage/views/overview_store.py    storage/views/overview_store.py
+                      (worker: worker/overview.py)       (ingest: /experiences)
     overview.sqlite3.bad-<time>
-                      storage/overview_store.py (set aside)  the operator
+                      storage/views/overview_store.py    the operator
+                      (set aside)
     ingest.lock       storage/lockfile.py: held by the ingest; probed by nothing
     worker.lock       storage/lockfile.py: held by the worker (and `rebuild`); probed by the
                       ingest to tell whether a worker is alive
@@ -45,36 +48,19 @@
 Nothing else is ever created in the state folder.
 
 In cluster mode (MINI_ANALYTICS_CLUSTER) the log and the checkpoints live in NATS JetStream,
-not in files; their names are below too, with the module that writes and reads each:
+not in files: storage/stream/names.py names the stream, its subjects and the bucket's keys,
+with the module that writes and reads each. A worker's state folder holds its partitions'
+stores:
 
-    stream MINI_ANALYTICS, subject mini_analytics.events.<partition>
-                      storage/stream_writer.py (ingest)  storage/stream_reader.py (worker)
-    key-value bucket mini_analytics_checkpoints, key config.partitions
-                      storage/stream_setup.py: the stream's partitions, written by the first
-                      program to start, read and checked by every other
-    key-value bucket mini_analytics_checkpoints, key read-barrier
-                      storage/stream_checkpoint_store.py: written empty before each read of
-                      the checkpoints, so that only a leader with a majority answers it
-    key-value bucket mini_analytics_checkpoints, keys member.<worker> and lease.<partition>
-                      storage/leases.py (worker): a live worker's sign of life, and which
-                      worker counts a partition; each renewed by its holder only, taken over
-                      by compare-and-set once it lapses
-    key-value bucket mini_analytics_checkpoints, key partition.<partition>
-                      storage/stream_checkpoint_store.py: one writer per partition (the
-                      worker owning it, fenced by compare-and-set); read by the same module
-                      (worker: recovery; ingest: read side; `python -m worker status`)
-    subject mini_analytics.workers.<partition> (request-reply, nothing stored)
-                      answered by the worker owning the partition; asked by the ingest
-                      and by `status`, to tell whether that worker is alive
     series-<partition>.sqlite3 in the worker's state folder: the partition's counts over
                       time, series.sqlite3's format with the stream sequence as its offset
-                      storage/series_store.py (the worker owning the partition writes it and
+                      storage/views/series_store.py (the worker owning the partition writes it and
                       answers the ingest's questions about it on the subject
                       mini_analytics.series.<partition>: app/cluster_readside.py asks)
     overview-<partition>.sqlite3 in the worker's state folder: the partition's experience
                       overview, overview.sqlite3's format counted from the details header
                       (Mini-Analytics-Details) of the partition's SDK messages, the stream
-                      sequence as its position; storage/overview_store.py (the worker owning
+                      sequence as its position; storage/views/overview_store.py (the worker owning
                       the partition writes it and answers the ingest's reads of it on the
                       subject mini_analytics.overview.<partition>: app/cluster_readside.py)
 
@@ -100,58 +86,9 @@ INGEST_LOCK = "ingest.lock"
 WORKER_LOCK = "worker.lock"
 LOGS = "logs"
 
-STREAM = "MINI_ANALYTICS"
-SUBJECT_PREFIX = "mini_analytics.events."
-CHECKPOINT_BUCKET = "mini_analytics_checkpoints"
-CHECKPOINT_KEY_PREFIX = "partition."
-# In the same bucket: the stream's partitions (storage/stream_setup.py); the key a cluster
-# created before the partition count existed recorded them under; and the workers' signs of
-# life and the partitions' leases (storage/leases.py).
-PARTITIONS_KEY = "config.partitions"
-LEGACY_PARTITIONS_KEY = "config.sdk-partitions"
-MEMBER_KEY_PREFIX = "member."
-LEASE_KEY_PREFIX = "lease."
-# Written (empty) before every read of the checkpoints (storage/stream_checkpoint_store.py).
-READ_BARRIER_KEY = "read-barrier"
-WORKER_PING_PREFIX = "mini_analytics.workers."
-SERIES_QUERY_PREFIX = "mini_analytics.series."
-OVERVIEW_QUERY_PREFIX = "mini_analytics.overview."
-# The header of a message holding an SDK event: its details (storage/details.py's item, with
-# the receive time), JSON, ASCII only (as a header must be).
-DETAILS_HEADER = "Mini-Analytics-Details"
-
-
-def partition_subject(partition):
-    return SUBJECT_PREFIX + partition
-
-
-def checkpoint_key(partition):
-    return CHECKPOINT_KEY_PREFIX + partition
-
-
 def partition_names(count):
     """The stream's partitions when it has `count` of them: p1 to p<count>."""
     return [f"p{n}" for n in range(1, count + 1)]
-
-
-def lease_key(partition):
-    return LEASE_KEY_PREFIX + partition
-
-
-def member_key(member):
-    return MEMBER_KEY_PREFIX + member
-
-
-def worker_ping_subject(partition):
-    return WORKER_PING_PREFIX + partition
-
-
-def series_query_subject(partition):
-    return SERIES_QUERY_PREFIX + partition
-
-
-def overview_query_subject(partition):
-    return OVERVIEW_QUERY_PREFIX + partition
 
 
 class Layout:

@@ -298,7 +298,7 @@ def cluster(environ=os.environ):
 
 # A stream created without MINI_ANALYTICS_PARTITION_COUNT gets this many partitions: more
 # than the workers of a small cluster, so that it can grow to as many workers without
-# changing the count (storage/stream_setup.py says why the count cannot change).
+# changing the count (storage/stream/setup.py says why the count cannot change).
 DEFAULT_PARTITION_COUNT = 8
 
 

@@ -7,9 +7,9 @@ import threading
 import time
 
 from http_client import NO_ANSWER, request
-from storage.nats_link import UNAVAILABLE, Link
-from storage.stream_checkpoint_store import history, read_latest
-from storage.stream_reader import StreamReader
+from storage.stream.checkpoint_store import history, read_latest
+from storage.stream.link import UNAVAILABLE, Link
+from storage.stream.reader import StreamReader
 from worker.tally import Tally
 
 

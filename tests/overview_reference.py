@@ -8,7 +8,7 @@ import collections
 import datetime
 import math
 
-from storage.sketches import duration_bucket, person_key
+from storage.views.sketches import duration_bucket, person_key
 
 
 def sessions_of(moments, timeout):
@@ -145,7 +145,7 @@ def flow_sessions(views, timeout):
 
 
 def quantile(values, part, whole):
-    """Nearest rank, of the values' duration buckets (storage/sketches.py)."""
+    """Nearest rank, of the values' duration buckets (storage/views/sketches.py)."""
     ordered = sorted(duration_bucket(value) for value in values)
     if not ordered:
         return None

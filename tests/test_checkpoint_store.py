@@ -1,10 +1,10 @@
-"""storage/checkpoint_store.py: data2's one writer and one reader."""
+"""storage/log/checkpoint_store.py: data2's one writer and one reader."""
 
 import json
 import os
 
 from storage.checkpoint import Checkpoint
-from storage.checkpoint_store import CheckpointStore
+from storage.log.checkpoint_store import CheckpointStore
 
 
 def test_load_missing_is_none(tmp_path):

@@ -30,15 +30,16 @@ from bench.sdk_shapes import mixed_batch
 import overview_reference as ref
 from test_dashboard import (CHROMIUM, MEASURE, PHONE_WIDTH, CountingProxy, Page, chromium,
                             screenshot)
-from storage import stream_setup
-from storage.layout import DETAILS_HEADER, STREAM, Layout, partition_subject
-from storage.nats_link import UNAVAILABLE, Link
-from storage.series_store import HOUR, SeriesReader
-from storage.sketches import duration_bucket
 from storage.checkpoint import merge
-from storage.stream_checkpoint_store import history, read_latest
-from storage.stream_reader import read_subject
-from storage.stream_writer import partition_of
+from storage.layout import Layout
+from storage.stream import setup as stream_setup
+from storage.stream.checkpoint_store import history, read_latest
+from storage.stream.link import UNAVAILABLE, Link
+from storage.stream.names import DETAILS_HEADER, STREAM, partition_subject
+from storage.stream.reader import read_subject
+from storage.stream.writer import partition_of
+from storage.views.series_store import HOUR, SeriesReader
+from storage.views.sketches import duration_bucket
 from worker import stream_runner
 from worker.people import MAX_INSTALLS_PER_USER
 from worker.stream_runner import StreamWorker

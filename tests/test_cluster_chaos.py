@@ -28,7 +28,7 @@ from http_client import NO_ANSWER, request, wait_for
 from ledger import Posters, check_ledgers
 from cluster_checker import Watcher, check_partitions
 from sdk_client import SimulatedSdks
-from storage.layout import SUBJECT_PREFIX
+from storage.stream.names import SUBJECT_PREFIX
 from test_cluster import cluster, link_to  # noqa: F401 - the fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]

@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 import overview_reference as ref
 from app import flow_query
 from bench import traffic as generator
-from storage.overview_store import (REVISION_BOUNCES, REVISION_DURATIONS, REVISION_SESSIONS,
+from storage.views.overview_store import (REVISION_BOUNCES, REVISION_DURATIONS, REVISION_SESSIONS,
                                     Changes, OverviewReader)
 from test_overview import (END, RECEIVED, TIMEOUT, UTC, count, counted_in_order_and_shuffled,
                            ingest)

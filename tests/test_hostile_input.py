@@ -11,8 +11,8 @@ import pytest
 
 from http_client import post, request, wait_for
 from app.validate import parse_batch
-from storage import details
-from storage.log_writer import EventLog
+from storage.log import details
+from storage.log.writer import EventLog
 from worker.overview import SdkEvents
 
 SURROGATE_FIELDS = ["anonymousID", "userID", "id", "properties.name",
@@ -155,7 +155,7 @@ def test_any_failure_of_a_write_releases_its_claims(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("an error nobody foresaw")
 
-    monkeypatch.setattr("storage.log_writer.encode_group", broken)
+    monkeypatch.setattr("storage.log.writer.encode_group", broken)
     with pytest.raises(RuntimeError):
         log.append_events([], events, 1.8e9)
     monkeypatch.undo()

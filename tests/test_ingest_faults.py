@@ -18,7 +18,7 @@ from processes import ready, service_env
 from reference import valid_counts
 from app.api import make_app
 from app.readside import FileReadSide
-from storage.log_writer import EventLog
+from storage.log.writer import EventLog
 from worker.runner import Worker
 
 
@@ -114,13 +114,13 @@ def test_a_crash_between_write_and_fsync(procs, state_dir):
 def start_slow_disk_ingest(procs, state_dir, tmp_path, stalled_after=5.0, **settings):
     """A real ingest whose fdatasync of data1 waits (as on a very slow disk) until the test
     creates proc.gate; it creates proc.entered when a sync starts waiting. `stalled_after`:
-    when it calls the disk stalled (storage/log_writer.py's SYNC_STALLED_AFTER); admission
+    when it calls the disk stalled (storage/log/writer.py's SYNC_STALLED_AFTER); admission
     looks at that on every write rather than once a second."""
     entered, gate = tmp_path / "sync-entered", tmp_path / "sync-may-finish"
     proc = start_patched_ingest(procs, state_dir, f"""
         import os, time
-        import app.admission, storage.log_writer
-        storage.log_writer.SYNC_STALLED_AFTER = {stalled_after!r}
+        import app.admission, storage.log.writer
+        storage.log.writer.SYNC_STALLED_AFTER = {stalled_after!r}
         app.admission.PROBLEM_EVERY = 0.0
         real = os.fdatasync
         def fdatasync(fd):

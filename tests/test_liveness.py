@@ -8,7 +8,7 @@ import pytest
 
 from app.liveness import RUNNING, STALLED, STOPPED, WorkerWatch
 from clocks import Clock
-from storage.time_index import ENTRY
+from storage.log.time_index import ENTRY
 
 
 @pytest.fixture

@@ -1,8 +1,8 @@
-"""storage/log_format.py: data1's tokens and separators."""
+"""storage/log/format.py: data1's tokens and separators."""
 
 import pytest
 
-from storage.log_format import encode, last_separator, parse_token
+from storage.log.format import encode, last_separator, parse_token
 
 
 @pytest.mark.parametrize(

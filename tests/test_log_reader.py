@@ -1,4 +1,4 @@
-"""storage/log_reader.py: complete_blocks with every chunk size against the reference model,
+"""storage/log/reader.py: complete_blocks with every chunk size against the reference model,
 and the fingerprint that tells whether data1 is still the file a checkpoint counted."""
 
 import os
@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 
 from reference import complete_length, valid_counts
 from storage.checkpoint import Checkpoint
-from storage.log_format import parse_token
-from storage.log_reader import LogReader, complete_blocks
+from storage.log.format import parse_token
+from storage.log.reader import LogReader, complete_blocks
 from worker.tally import Tally
 
 

@@ -1,4 +1,4 @@
-"""storage/log_writer.py, the writer of data1: torn-tail repair, concurrent appends, group commit, undo of failed writes,
+"""storage/log/writer.py, the writer of data1: torn-tail repair, concurrent appends, group commit, undo of failed writes,
 and fsync failure being fatal. Faults are injected by patching os functions in-process."""
 
 import errno
@@ -9,9 +9,10 @@ import time
 import pytest
 
 from http_client import wait_for
-from storage import log_writer as eventlog
-from storage.log_format import encode
-from storage.log_writer import AppendError, EventLog
+from storage.backend import AppendError
+from storage.log import writer as eventlog
+from storage.log.format import encode
+from storage.log.writer import EventLog
 
 
 @pytest.mark.parametrize(
@@ -217,7 +218,7 @@ def test_a_failed_undo_is_fatal(tmp_path, monkeypatch):
 def test_the_commit_delay_waits_only_while_others_write(tmp_path, monkeypatch):
     """A lone writer never waits for siblings; with others writing, a lead waits a moment so
     that one sync covers them, and every append is still acknowledged only once synced."""
-    import storage.log_writer as log_writer
+    import storage.log.writer as log_writer
 
     delays = []
     real_sleep = time.sleep

@@ -17,15 +17,15 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from clocks import Clock
-from bench.sdk_shapes import IosDevice
 from app.validate import sdk_event
-from storage import details
+from bench.sdk_shapes import IosDevice
+from storage.log import details
 from reference import check_invariant, check_series, read_checkpoint, read_series, valid_counts
-from storage.log_writer import EventLog
-from storage.log_format import encode
 from storage import durable
-from storage.overview_store import OverviewStore
-from storage.series_store import SeriesStore
+from storage.log.format import encode
+from storage.log.writer import EventLog
+from storage.views.overview_store import OverviewStore
+from storage.views.series_store import SeriesStore
 from worker.runner import Worker
 
 ids = st.integers(0, 2**63 - 1) | st.integers(0, 20)  # small ids repeat, so counts exceed 1

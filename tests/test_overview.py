@@ -3,7 +3,7 @@
 batches arrived in, across worker restarts and commit boundaries, after a rebuild, in a time
 zone with a daylight-saving change, and from every planted state of overview.sqlite3.
 
-The log and the worker run in-process (storage/log_writer.py, worker/runner.py) on real
+The log and the worker run in-process (storage/log/writer.py, worker/runner.py) on real
 files; test_overview_processes.py does the same through real processes and SIGKILLs."""
 
 import datetime
@@ -19,13 +19,13 @@ import overview_reference as ref
 from app import overview_query
 from app.validate import parse_batch
 from bench import traffic as generator
-from storage.log_writer import EventLog
-from storage.overview_store import NoOverview, OverviewReader
-from storage.sketches import (EXACT_LIMIT, Durations, People, duration_bucket,
+from storage.log.writer import EventLog
+from storage.views.overview_store import NoOverview, OverviewReader
+from storage.views.sketches import (EXACT_LIMIT, Durations, People, duration_bucket,
                               encode_durations, person_key)
 from worker import overview as overview_module
-from worker.runner import Worker
 from worker.people import MAX_INSTALLS_PER_USER
+from worker.runner import Worker
 from worker.sessions import place
 
 UTC = datetime.timezone.utc

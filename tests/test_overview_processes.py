@@ -16,7 +16,7 @@ import pytest
 import overview_reference as ref
 from bench import traffic as generator
 from http_client import NO_ANSWER, request, wait_for
-from storage.sketches import duration_bucket
+from storage.views.sketches import duration_bucket
 from test_read_api import assert_matches_spec
 from worker.people import MAX_INSTALLS_PER_USER
 

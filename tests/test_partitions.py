@@ -28,7 +28,7 @@ from http_client import wait_for
 from ledger import Posters, check_ledgers
 from partition_harness import INGEST_MACHINES, MACHINES, PartitionedCluster
 from processes import short_temp_dir
-from storage.nats_link import Link
+from storage.stream.link import Link
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 import overview_reference as ref
 from bench import traffic as generator
-from storage.sketches import EXACT_LIMIT, person_key
+from storage.views.sketches import EXACT_LIMIT, person_key
 from test_overview import END, QUERIES, TIMEOUT, answers, check_against_ledger, count, ingest
 from worker import overview as overview_module
 from worker.people import person_of

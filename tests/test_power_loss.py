@@ -18,13 +18,13 @@ import threading
 
 import pytest
 
-from bench.sdk_shapes import IosDevice
 from app.validate import parse_batch
+from bench.sdk_shapes import IosDevice
 from power_loss import Disk, PowerLost
 from reference import check_invariant, read_checkpoint
-from storage import details
-from storage.log_format import encode
-from storage.log_writer import EventLog
+from storage.log import details
+from storage.log.format import encode
+from storage.log.writer import EventLog
 from worker.runner import Worker
 
 T0 = 1_800_000_000

@@ -40,7 +40,7 @@ def test_the_ingest_runs_on_its_cpu(procs, state_dir, setting, expected):
     ingest = procs.ingest(state_dir, ingest_cpu=setting)
     assert os.sched_getaffinity(ingest.pid) == {expected}
     # waitress's threads too; all but the dedupe index's writer, whose SQLite work runs
-    # without the GIL and so is let onto every CPU (storage/seen_index.py)
+    # without the GIL and so is let onto every CPU (storage/log/seen_index.py)
     def one_thread_unpinned():
         affinities = thread_affinities(ingest.pid)
         return affinities.count(cpu_list(ALLOWED)) == 1 and affinities

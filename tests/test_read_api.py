@@ -17,8 +17,8 @@ from processes import REPO
 from reference import caught_up, read_checkpoint, read_series
 from app.api import make_app
 from app.readside import FileReadSide
-from storage.log_writer import EventLog
-from storage.series_store import SeriesStore
+from storage.log.writer import EventLog
+from storage.views.series_store import SeriesStore
 
 OPENAPI = json.loads((REPO / "app" / "openapi.json").read_text())
 # The whole document is one resource, so "#/components/..." references resolve inside it.

@@ -12,9 +12,10 @@ import pytest
 from clocks import Clock
 from http_client import wait_for
 from reference import check_invariant, check_series, read_checkpoint, read_series, valid_counts
-from storage.log_format import encode
-from storage.log_writer import EventLog
-from storage import checkpoint_store, durable
+from storage import durable
+from storage.log import checkpoint_store
+from storage.log.format import encode
+from storage.log.writer import EventLog
 from worker import runner
 from worker.runner import Worker
 

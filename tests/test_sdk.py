@@ -15,7 +15,7 @@ from bench.sdk_shapes import AndroidDevice, IosDevice, mixed_batch
 from test_read_api import assert_matches_spec
 from test_validate import BAD_EVENT_BODIES
 from app import validate
-from storage import details
+from storage.log import details
 
 NOW = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
 

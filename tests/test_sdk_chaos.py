@@ -12,7 +12,7 @@ import pytest
 from http_client import wait_for
 from reference import caught_up, check_invariant
 from sdk_client import SimulatedSdks
-from storage import details
+from storage.log import details
 
 pytestmark = pytest.mark.slow
 

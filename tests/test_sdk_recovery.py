@@ -1,7 +1,7 @@
 """data1.details and data1.seen after crashes and damage: each is repaired or rebuilt from what
 is durable, never trusted blindly, and a retry is still counted once.
 
-The log is driven in-process (storage/log_writer.py), with the receive time given: the states
+The log is driven in-process (storage/log/writer.py), with the receive time given: the states
 a crash leaves are planted as files."""
 
 import datetime
@@ -13,12 +13,13 @@ import threading
 
 import pytest
 
-from bench.sdk_shapes import AndroidDevice, IosDevice
 from app.validate import parse_batch
-from storage import details
+from bench.sdk_shapes import AndroidDevice, IosDevice
+from storage.log import details
 from http_client import wait_for
-from storage import log_writer
-from storage.log_writer import AppendError, EventLog
+from storage.backend import AppendError
+from storage.log import writer as log_writer
+from storage.log.writer import EventLog
 
 T0 = 1_800_000_000  # receive times, Unix seconds
 WINDOW = 3600

@@ -1,10 +1,10 @@
-"""storage/series_store.py: commits with their offset, retention, versions, damage refused."""
+"""storage/views/series_store.py: commits with their offset, retention, versions, damage refused."""
 
 import sqlite3
 
 import pytest
 
-from storage.series_store import ALL, HOUR, MINUTE, CorruptSeries, SeriesReader, SeriesStore
+from storage.views.series_store import ALL, HOUR, MINUTE, CorruptSeries, SeriesReader, SeriesStore
 
 FINGERPRINT = "f" * 64
 

@@ -8,7 +8,7 @@ import types
 
 import pytest
 
-from storage import stream_reader
+from storage.stream import reader as stream_reader
 
 
 def message(sequence):

@@ -5,8 +5,8 @@ import collections
 from hypothesis import given
 from hypothesis import strategies as st
 
-from storage.log_format import parse_token
-from storage.series_store import ALL
+from storage.log.format import parse_token
+from storage.views.series_store import ALL
 from worker.tally import Tally
 
 

@@ -1,11 +1,11 @@
-"""storage/time_index.py, and the log writer dating its appends with an injected clock."""
+"""storage/log/time_index.py, and the log writer dating its appends with an injected clock."""
 
 import os
 
 from clocks import Clock
-from storage.log_format import encode
-from storage.log_writer import EventLog
-from storage.time_index import ENTRY, TimeIndexReader
+from storage.log.format import encode
+from storage.log.time_index import ENTRY, TimeIndexReader
+from storage.log.writer import EventLog
 
 from reference import index_entries
 

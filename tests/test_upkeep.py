@@ -5,7 +5,7 @@ ones)."""
 import nats.errors
 
 from storage.checkpoint import Checkpoint
-from storage.leases import View
+from storage.stream.leases import View
 from worker.stream_runner import StreamWorker
 
 PARTITIONS = ["p1", "p2", "p3", "p4"]

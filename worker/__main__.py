@@ -15,10 +15,10 @@ import time
 
 from storage import process, settings
 from storage.checkpoint import CorruptCheckpoint
-from storage.checkpoint_store import CheckpointStore
 from storage.layout import Layout
 from storage.lockfile import AlreadyLocked
-from storage.overview_store import NoOverview, OverviewReader
+from storage.log.checkpoint_store import CheckpointStore
+from storage.views.overview_store import NoOverview, OverviewReader
 from worker.runner import Worker
 
 log = logging.getLogger("worker")

@@ -1,7 +1,7 @@
 """Which partitions each live worker should count (cluster mode): a fair share, moving as few
 partitions as it can.
 
-A pure function of what every worker observes (storage/leases.py), so that all of them,
+A pure function of what every worker observes (storage/stream/leases.py), so that all of them,
 seeing the same, agree without talking: each then releases what it holds beyond its share
 and takes free partitions up to it (worker/stream_runner.py).
 """

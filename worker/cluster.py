@@ -7,13 +7,14 @@ imports nats-py.
 import logging
 import sys
 
-from storage import process, stream_setup
+from storage import process
 from storage.checkpoint import Checkpoint, CorruptCheckpoint, merge
-from storage.cluster_state import NoQuorum, asking, cluster_state
 from storage.layout import Layout
-from storage.leases import Leases, member_name
 from storage.lockfile import hold_exclusive_lock
-from storage.nats_link import UNAVAILABLE, Link
+from storage.stream import setup as stream_setup
+from storage.stream.leases import Leases, member_name
+from storage.stream.link import UNAVAILABLE, Link
+from storage.stream.state import NoQuorum, asking, cluster_state
 from worker.stream_runner import StreamWorker, owner_name
 
 log = logging.getLogger("worker")
@@ -29,7 +30,7 @@ def run(state_dir, servers, partition_count, replicas, dedupe_window, interval, 
              ",".join(servers), replicas, interval, takeover, "on" if series else "off",
              minute_retention / 3600, "on" if overview else "off", session_timeout)
     # One worker per state folder: its stores have one writer, and its place in the cluster
-    # (storage/leases.py) one holder. Raises AlreadyLocked (run_in_state_folder says so).
+    # (storage/stream/leases.py) one holder. Raises AlreadyLocked (run_in_state_folder says so).
     hold_exclusive_lock(Layout(state_dir).worker_lock)
     link, partitions, failed = stream_setup.connect(servers, "worker", replicas, dedupe_window,
                                                     log, partition_count)

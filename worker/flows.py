@@ -24,15 +24,15 @@ out and put in again whole when a late view changes it:
 A goal reached twice in a session counts once, at its first view.
 """
 
-from storage.overview_store import (REVISION_BOUNCES, REVISION_DURATION_SUM,
+from storage.views.overview_store import (REVISION_BOUNCES, REVISION_DURATION_SUM,
                                     REVISION_DURATIONS, REVISION_SESSIONS)
-from storage.sketches import duration_bucket
+from storage.views.sketches import duration_bucket
 
 MAX_POSITION = 50
 
 
 def add_session(changes, experience, session, sign):
-    """Count a session in (sign 1) or out (sign -1) of `changes` (storage/overview_store's
+    """Count a session in (sign 1) or out (sign -1) of `changes` (storage/views/overview_store's
     Changes)."""
     first, last, views = session
     key = (experience, first - first % 3600, views[0][2])

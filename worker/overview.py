@@ -2,7 +2,7 @@
 
 OverviewCounter holds the rule: screen views placed in their hours, sessions
 (worker/sessions.py), their flows (worker/flows.py) and people (worker/people.py), the
-changes committed with the new position in one transaction (storage/overview_store.py).
+changes committed with the new position in one transaction (storage/views/overview_store.py).
 Both workers use it: Overview, below, on data1.details, and the cluster's worker on each
 partition's messages (worker/stream_runner.py).
 
@@ -26,15 +26,15 @@ import logging
 import os
 import time
 
-from storage.details import HEADER, read_groups, read_header
 from storage.layout import Layout, names_open_file
-from storage.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDENTIFIED, PEOPLE,
+from storage.log.details import HEADER, read_groups, read_header
+from storage.log.format import MAX_ID
+from storage.views.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDENTIFIED, PEOPLE,
                                     REVISION_FIRST_SEEN, REVISION_IDENTIFIED, REVISION_LAST_SEEN,
                                     REVISION_PEOPLE, REVISION_VIEWS,
                                     SESSION_SCREENS, SESSIONS, VIEWS, Changes, CorruptOverview,
                                     OverviewStore)
-from storage.log_format import MAX_ID
-from storage.sketches import duration_bucket, person_key
+from storage.views.sketches import duration_bucket, person_key
 from worker.flows import add_session, extend_session
 from worker.people import MAX_INSTALLS_PER_USER, person_of
 from worker.sessions import place

@@ -1,17 +1,17 @@
 """The worker's run loop: recover, then one pass now and one every interval.
 
-A pass reads data1 from the checkpoint's offset (storage/log_reader.py), counts the complete
-tokens (worker/tally.py), and commits offset and counts together (storage/checkpoint_store.py).
+A pass reads data1 from the checkpoint's offset (storage/log/reader.py), counts the complete
+tokens (worker/tally.py), and commits offset and counts together (storage/log/checkpoint_store.py).
 Recovery needs no special case: whatever instant the previous worker died at, data2 is either
 the old checkpoint or the new one, each consistent with data1, and the next pass simply starts
 from its offset. Anything in data2 that cannot be trusted is moved aside and data1 is counted
 again from offset 0, which is exact because data1 holds every acknowledged event.
 
-The counts over time (storage/series_store.py) are a second view of data1 with an offset of
+The counts over time (storage/views/series_store.py) are a second view of data1 with an offset of
 its own, committed in its own transaction. The two views are committed one after the other,
 so a crash can leave one ahead: recovery first brings the one behind up to the other (reading
 only that stretch of data1), and from then on each pass feeds both from the same reads. The
-time of each part of data1 comes from its time index (storage/time_index.py).
+time of each part of data1 comes from its time index (storage/log/time_index.py).
 
 The experience overview (worker/overview.py) is a third view, of data1.details: each commit,
 once data1 is durable up to its offset, counts the details groups of that stretch.
@@ -22,13 +22,13 @@ import logging
 import time
 
 from storage.checkpoint import EMPTY_FINGERPRINT, Checkpoint, CorruptCheckpoint
-from storage.checkpoint_store import CheckpointStore
 from storage.layout import Layout
 from storage.lockfile import hold_exclusive_lock
-from storage.log_reader import CHUNK_SIZE, LogReader
+from storage.log.checkpoint_store import CheckpointStore
+from storage.log.reader import CHUNK_SIZE, LogReader
+from storage.log.time_index import EPOCH, TimeIndexReader
 from storage.process import Signals
-from storage.series_store import CorruptSeries, SeriesStore
-from storage.time_index import EPOCH, TimeIndexReader
+from storage.views.series_store import CorruptSeries, SeriesStore
 from worker.overview import Overview
 from worker.tally import Tally
 

@@ -12,13 +12,13 @@ experience's revision it showed. A session is [first, last, views]: its first an
 view's moment, and its views in order: by moment, then screen id, then revision. The SDKs
 send whole seconds, so the true order within a second is not known; a fixed order keeps a
 session's flow (worker/flows.py) the same whatever order its views arrive in. Its duration
-is last - first. `views` may still be the store's encoding (storage/overview_store.py) of a
+is last - first. `views` may still be the store's encoding (storage/views/overview_store.py) of a
 session read but not changed: views_of() decodes it, in place, when it is needed.
 """
 
 import bisect
 
-from storage.overview_store import decode_views
+from storage.views.overview_store import decode_views
 
 
 def views_of(session):

@@ -1,14 +1,14 @@
 """The worker in cluster mode: the same loop and counting as worker/runner.py, on the stream.
 
 Each partition it owns is counted on its own: a pass reads the partition's messages after its
-checkpoint's sequence (storage/stream_reader.py), counts their ids (worker/tally.py, the same
+checkpoint's sequence (storage/stream/reader.py), counts their ids (worker/tally.py, the same
 code as for data1), and commits sequence and counts together by compare-and-set
-(storage/stream_checkpoint_store.py). Recovery needs no special case, as with data2: the
+(storage/stream/checkpoint_store.py). Recovery needs no special case, as with data2: the
 checkpoint is the old one or the new one, each consistent with the stream.
 
 Which partitions a worker counts is not configured: the live workers share the stream's
 partitions between them (worker/assignment.py), each holding a lease on the ones it counts
-(storage/leases.py). A worker renews its leases while it is alive and counting; when one
+(storage/stream/leases.py). A worker renews its leases while it is alive and counting; when one
 lapses (its worker died, is paused, or is cut off from the cluster) or is released (its worker
 stopped, or has more than its share), another worker takes it and commits the partition's
 checkpoint at once. That commit is the fence: the old owner's next commit is refused
@@ -23,13 +23,13 @@ subject, so the ingest's /healthz and `python -m worker status` can tell that it
 The experience overview is a third view of each partition, as on one machine: an overview
 store per partition (worker/overview.py's OverviewCounter, the stream sequence its position)
 counted from the details that ride with the partition's SDK messages. The ingest sends each
-install's SDK events to one partition (storage/stream_writer.py), so its sessions are whole
+install's SDK events to one partition (storage/stream/writer.py), so its sessions are whole
 there. It is committed with the series, before the checkpoint, and read the same way: the
 worker answers the ingest's reads of it on the partition's overview subject, and
 app/cluster_readside.py merges the answers.
 
 The counts over time are a second view of each partition, as data1 has: a series store per
-partition in the worker's state folder (storage/series_store.py; the stream sequence is its
+partition in the worker's state folder (storage/views/series_store.py; the stream sequence is its
 offset), each message dated by when the stream stored it. It is committed just before the
 checkpoint, each view with its own position, so a crash between the two leaves one ahead.
 A pass reads from the checkpoint and feeds each view only the messages past its own
@@ -51,15 +51,15 @@ import sqlite3
 import time
 
 from storage.checkpoint import Checkpoint, CorruptCheckpoint, utc_now_iso
-from storage.cluster_state import NoQuorum, stream_state
-from storage.layout import (Layout, overview_query_subject, series_query_subject,
-                            worker_ping_subject)
-from storage.nats_link import UNAVAILABLE
-from storage.overview_store import READS, NoOverview, OverviewReader, OverviewStore
-from storage.series_store import CorruptSeries, SeriesReader, SeriesStore
-from storage.stream_checkpoint_store import Fenced, StreamCheckpointStore
-from storage.stream_reader import StreamReader
-from storage.stream_setup import stream_identity
+from storage.layout import Layout
+from storage.stream.checkpoint_store import Fenced, StreamCheckpointStore
+from storage.stream.link import UNAVAILABLE
+from storage.stream.names import overview_query_subject, series_query_subject, worker_ping_subject
+from storage.stream.reader import StreamReader
+from storage.stream.setup import stream_identity
+from storage.stream.state import NoQuorum, stream_state
+from storage.views.overview_store import READS, NoOverview, OverviewReader, OverviewStore
+from storage.views.series_store import CorruptSeries, SeriesReader, SeriesStore
 from worker.assignment import assign
 from worker.overview import COMMIT_EVENTS, OverviewCounter, SdkEvents
 from worker.runner import COMMIT_EVERY, PassLoop, plural, report_skipped
@@ -134,7 +134,7 @@ class StreamWorker(PassLoop):
     def __init__(self, link, partitions, owner=None, series_dir=None,
                  minute_retention=48 * 3600, overview_dir=None, session_timeout=1800,
                  leases=None):
-        """With `leases` (storage/leases.Leases), `partitions` are the stream's, and the
+        """With `leases` (storage/stream/leases.Leases), `partitions` are the stream's, and the
         worker counts its share of them, as assigned among the live workers; without, it
         counts `partitions` (a test, or a tool). `series_dir`: the folder of the partitions'
         series stores, or None to keep no counts over time (MINI_ANALYTICS_SERIES=off);
@@ -381,7 +381,7 @@ class StreamWorker(PassLoop):
 
     async def _answer_overview(self, partition):
         """Answer the ingest's reads of the partition's overview: {"calls": [[name, *args],
-        ...]} (storage/overview_store.py's READS) in, {"position": sequence, "results":
+        ...]} (storage/views/overview_store.py's READS) in, {"position": sequence, "results":
         [rows, ...]} out, every read in one snapshot of the store, bytes as {"b64": ...}.
         While the store is behind the partition's checkpoint (being recounted), or not yet
         created, {"error": ...}: a merge without all of it would show figures going down."""
@@ -570,7 +570,7 @@ class StreamWorker(PassLoop):
         events' details past the overview's position; False for a view not fed), then the
         checkpoint."""
         if messages > max(0, sequence - partition.checkpoint.offset):  # 0 in a views' catch-up
-            # Sequences only rise in a read (storage/stream_reader.py), so this cannot happen;
+            # Sequences only rise in a read (storage/stream/reader.py), so this cannot happen;
             # were it to, no view may claim messages the stream does not hold.
             raise Overcounted(f"partition {partition.name}: {messages} messages counted "
                               f"between sequences {partition.checkpoint.offset} and "

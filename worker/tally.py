@@ -3,8 +3,8 @@
 import collections
 import itertools
 
-from storage.log_format import parse_token
-from storage.series_store import ALL
+from storage.log.format import parse_token
+from storage.views.series_store import ALL
 
 
 class Tally:

@@ -1,6 +1,6 @@
 """The reader of data1: complete tokens from a byte offset on, in bounded chunks.
 
-The format is in storage/log_format.py. The reader never reads data1 from the start again: it
+The format is in storage/log/format.py. The reader never reads data1 from the start again: it
 starts at the checkpoint's offset, and it never consumes a token that no separator follows
 yet (that is a torn tail, or an append still in progress), so the offset it reports is always
 just after a separator.
@@ -9,8 +9,8 @@ just after a separator.
 import hashlib
 import os
 
-from storage.log_format import MAX_TOKEN_LEN, last_separator
 from storage.layout import names_open_file
+from storage.log.format import MAX_TOKEN_LEN, last_separator
 
 CHUNK_SIZE = 256 * 1024  # measured: big enough to amortise calls, small enough to stay in cache
 FINGERPRINT_SPAN = 64

@@ -9,18 +9,18 @@ ride with the partition's messages, its position a stream sequence.
 
 Format (version 3), SQLite in WAL mode. Times are Unix seconds; a bucket is the second at
 the start of its UTC hour, UTC day or week (7 days from a Thursday 00:00 UTC, as weeks fall
-from the Unix epoch); all times are the devices' (storage/details.py: "time").
+from the Unix epoch); all times are the devices' (storage/log/details.py: "time").
 
     experience_hour, experience_day, experience_week
                                       one row per (bucket, experience) with screen views:
         views            screen views in the bucket
-        people           distinct people who viewed a screen in it (storage/sketches.People)
+        people           distinct people who viewed a screen in it (storage/views/sketches.People)
         identified       those of them who are userIDs (the rest are installs linked to none)
         sessions         sessions that start in the bucket
         duration_sum     their durations, seconds
         session_screens  their screen views
         bounces          those of them with one screen view
-        durations        their durations' histogram (storage/sketches: encode_durations)
+        durations        their durations' histogram (storage/views/sketches: encode_durations)
     screen_hour                       one row per (experience, hour, screen id, revision id):
                                       views, people (read for one experience at a time: no
                                       day rows needed)
@@ -58,7 +58,7 @@ from the Unix epoch); all times are the devices' (storage/details.py: "time").
                     mode), events, updated_at, set_aside (SDK events read that could not
                     be counted, worker/overview.SdkEvents)
 
-    A device is storage/sketches.person_key("anon:" + its anonymousID), a user
+    A device is storage/views/sketches.person_key("anon:" + its anonymousID), a user
     person_key("user:" + its userID); a view's person is the user it carries, else its
     install's person, else its install.
 
@@ -76,7 +76,7 @@ Invariants, true at every commit because everything changes in one SQLite transa
                 an install whose person changes has every hour it has sessions in counted
                 again, with its days and weeks, in the same transaction
 
-Like the series store, it is a derived view (storage/derived_store.py): a commit needs
+Like the series store, it is a derived view (storage/views/derived_store.py): a commit needs
 atomicity, not durability. A power loss may take the last commits back; the worker counts on
 from the older position.
 """
@@ -85,10 +85,10 @@ import collections
 import json
 import sqlite3
 
-from storage import derived_store
-from storage.derived_store import utc_now
 from storage.layout import Layout
-from storage.sketches import People, add_encoded_durations, encode_durations, encode_people
+from storage.views import derived_store
+from storage.views.derived_store import utc_now
+from storage.views.sketches import People, add_encoded_durations, encode_durations, encode_people
 
 VERSION = 3
 HOUR, DAY, WEEK = 3600, 86400, 7 * 86400

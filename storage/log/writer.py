@@ -1,6 +1,6 @@
 """The writer of data1: appends records, and acknowledges them only once they are durable.
 
-The format is in storage/log_format.py. This module's guarantees:
+The format is in storage/log/format.py. This module's guarantees:
 
 * Each append is one os.write on an O_APPEND descriptor under one lock, so records from
   concurrent requests never interleave or tear one another.
@@ -21,11 +21,11 @@ The format is in storage/log_format.py. This module's guarantees:
   and, on restart, recovery works from what is really on disk.
 * Opening the log repairs what a crash or a power loss left, none of it acknowledged: a
   torn tail, and details groups whose data1 bytes were lost or torn, with data1 cut back
-  to where those bytes began, durably, before the groups are removed (storage/details.py).
-* With a time index (storage/time_index.py), each append is dated: a new second's entry is
+  to where those bytes began, durably, before the groups are removed (storage/log/details.py).
+* With a time index (storage/log/time_index.py), each append is dated: a new second's entry is
   written before the records it dates, and made durable with them before the append is
   acknowledged, so an acknowledged event's time is as durable as the event.
-* With a details file (storage/details.py), append_events() keeps each SDK event's details,
+* With a details file (storage/log/details.py), append_events() keeps each SDK event's details,
   and data1's bytes are never durable before their details, whatever a power loss keeps:
   an append writes its details group under the write lock, and queues its data1 bytes; the
   sync thread syncs the details, then writes the queued bytes to data1 (one write, at most
@@ -35,7 +35,7 @@ The format is in storage/log_format.py. This module's guarantees:
   bytes are not in the file at all. A failed details write is undone and answered as an
   error; a failed data1 write, made after the request's thread went on, ends the process
   like a failed fsync: nothing of it was acknowledged, and recovery removes what it left.
-* With a dedupe index (storage/seen_index.py), an SDK event whose id was accepted within the
+* With a dedupe index (storage/log/seen_index.py), an SDK event whose id was accepted within the
   window is neither written nor counted again. The check and the claim of new ids happen
   under the write lock, so two requests carrying the same id at once store it once; and an
   append that found only repeats still waits for the sync covering the first delivery, so
@@ -51,13 +51,14 @@ import time
 import zlib
 from pathlib import Path
 
-from storage.details import DetailsWriter, encode_group
+from storage.backend import AppendError
 from storage.durable import ShortWrite, append_whole
 from storage.layout import Layout, names_open_file
-from storage.log_format import MAX_UNSYNCED, last_separator
+from storage.log.details import DetailsWriter, encode_group
+from storage.log.format import MAX_UNSYNCED, last_separator
+from storage.log.seen_index import SeenIndex
+from storage.log.time_index import TimeIndexWriter
 from storage.process import die
-from storage.seen_index import SeenIndex
-from storage.time_index import TimeIndexWriter
 
 log = logging.getLogger("ingest")
 
@@ -77,10 +78,6 @@ MIN_FREE_BYTES = 1024 * 1024
 SYNC_STALLED_AFTER = 5.0
 SIZE_UNKNOWN = ("data1's file system reports no size (statfs gives 0 blocks, as some FUSE "
                 "file systems do): its free space is not checked")
-
-
-class AppendError(Exception):
-    """The append failed and was undone: nothing of it is in data1."""
 
 
 class Ticket:
@@ -201,7 +198,7 @@ class EventLog:
         to the details file. Returns, for each event, True if it was new, False if it
         repeats one accepted within the dedupe window (written and counted once, before).
         `sent`: the request body, when its batch is exactly `events`: if they are all new,
-        the details keep it as it came (storage/details.py) rather than encode them again.
+        the details keep it as it came (storage/log/details.py) rather than encode them again.
 
         Returns once all of it, and every event it repeats, is durable; or, given `hold`, as
         append() does. Raises AppendError if a write failed; nothing of the request is then

@@ -11,7 +11,7 @@ Format
         header   b"MADETAIL"  magic
                  u32          version (1)
                  16 bytes     identity: random, new for each details file; the dedupe index
-                              (storage/seen_index.py) names the file it was built from with it
+                              (storage/log/seen_index.py) names the file it was built from with it
                  u32          reserved, 0
 
         group    u32  length of the rest of the group, from data1_start on
@@ -39,7 +39,7 @@ Format
 
 Invariants
     * The ingest appends a group under data1's write lock, and writes the data1 bytes it
-      describes only once the group is durable (storage/log_writer.py): so data1's bytes
+      describes only once the group is durable (storage/log/writer.py): so data1's bytes
       are never on disk without their details, whatever a power loss keeps. A request
       whose events are all duplicates writes nothing here.
     * Opening repairs what a crash left (DetailsWriter._repair), from the first group that
@@ -50,7 +50,7 @@ Invariants
         group after it are removed, and data1 is cut back to where its bytes began
         (DetailsWriter.data1_kept). Its events are then new to the dedupe index, so a
         resend is stored once. So is a group whose data1 bytes are torn: NULs where a power
-        loss lost pages of their write (storage/log_format.py's invariants). data1 is cut,
+        loss lost pages of their write (storage/log/format.py's invariants). data1 is cut,
         and the cut made durable, before the groups are (DetailsWriter.remove_unheld): a
         power loss between the two cuts leaves groups whose data1 bytes are lost, removed
         again at the next opening. The other order could leave data1 bytes whose group is
@@ -73,7 +73,7 @@ import struct
 import zlib
 
 from storage.durable import append_whole, truncate_or_die
-from storage.log_format import MAX_UNSYNCED
+from storage.log.format import MAX_UNSYNCED
 
 log = logging.getLogger("ingest")
 

@@ -39,10 +39,11 @@ import time
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from storage.checkpoint import utc_now_iso
-from storage.layout import CHECKPOINT_BUCKET, MEMBER_KEY_PREFIX, lease_key, member_key
-from storage.stream_checkpoint_store import TIMEOUT, bucket
+from storage.stream.checkpoint_store import TIMEOUT, bucket
+from storage.stream.names import (CHECKPOINT_BUCKET_STREAM, MEMBER_KEY_PREFIX, kv_subject,
+                                  lease_key, member_key)
 
-MEMBERS_SUBJECTS = f"$KV.{CHECKPOINT_BUCKET}.{MEMBER_KEY_PREFIX}>"
+MEMBERS_SUBJECTS = kv_subject(f"{MEMBER_KEY_PREFIX}>")
 
 
 def member_name(state_dir):
@@ -147,9 +148,9 @@ class Leases:
         """Read every member key and the leases of `partitions`, and say who is alive and who
         holds what (View). Raises what the link raises if the cluster does not answer."""
         async def read_all():
-            info = await self.link.js.stream_info(f"KV_{CHECKPOINT_BUCKET}",
+            info = await self.link.js.stream_info(CHECKPOINT_BUCKET_STREAM,
                                                   subjects_filter=MEMBERS_SUBJECTS)
-            prefix = f"$KV.{CHECKPOINT_BUCKET}."
+            prefix = kv_subject()
             keys = [subject[len(prefix):] for subject in (info.state.subjects or {})]
             keys += [lease_key(partition) for partition in partitions]
             return dict(zip(keys, await asyncio.gather(*(self._read(key) for key in keys))))

@@ -27,8 +27,9 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from storage import checkpoint
-from storage.layout import CHECKPOINT_BUCKET, READ_BARRIER_KEY, checkpoint_key
-from storage.stream_reader import read_subject
+from storage.stream.names import (CHECKPOINT_BUCKET, CHECKPOINT_BUCKET_STREAM, READ_BARRIER_KEY,
+                                  checkpoint_key, kv_subject)
+from storage.stream.reader import read_subject
 
 TIMEOUT = 10.0
 
@@ -39,8 +40,8 @@ class Fenced(Exception):
 
 def bucket(js):
     """The checkpoint bucket, read through its leader (see the module's docstring)."""
-    return KeyValue(name=CHECKPOINT_BUCKET, stream=f"KV_{CHECKPOINT_BUCKET}",
-                    pre=f"$KV.{CHECKPOINT_BUCKET}.", js=js, direct=False)
+    return KeyValue(name=CHECKPOINT_BUCKET, stream=CHECKPOINT_BUCKET_STREAM,
+                    pre=kv_subject(), js=js, direct=False)
 
 
 class StreamCheckpointStore:
@@ -123,8 +124,8 @@ def history(link, partition):
     # Read from the bucket's stream directly: nats-py's KeyValue.history() may find nothing
     # when its watcher starts before the server counted the key's messages.
     chain = []
-    for message in read_subject(link, f"KV_{CHECKPOINT_BUCKET}",
-                                f"$KV.{CHECKPOINT_BUCKET}.{checkpoint_key(partition)}", 0,
+    for message in read_subject(link, CHECKPOINT_BUCKET_STREAM,
+                                kv_subject(checkpoint_key(partition)), 0,
                                 "history"):
         loaded, before = checkpoint.decode_partition(message.data, partition)
         chain.append((message.metadata.sequence.stream, before, loaded.owner, loaded.offset))

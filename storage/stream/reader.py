@@ -21,8 +21,8 @@ import time
 from nats.js import api
 from nats.js.errors import ServiceUnavailableError
 
-from storage.layout import DETAILS_HEADER, STREAM, partition_subject
-from storage.nats_link import UNAVAILABLE
+from storage.stream.link import UNAVAILABLE
+from storage.stream.names import DETAILS_HEADER, STREAM, partition_subject
 
 # Messages asked for per fetch, and how long one fetch may wait for them (they are stored:
 # only a dead node or a leader election makes one wait).
@@ -49,7 +49,7 @@ class StreamReader:
         data1's time index gives the time of data1's records. `details` is an SDK event's
         details (the DETAILS_HEADER's JSON text), or None for a message of minimal events.
 
-        Raises what the link raises (storage/nats_link.UNAVAILABLE) if the cluster cannot
+        Raises what the link raises (storage/stream/link.UNAVAILABLE) if the cluster cannot
         answer; what was yielded before stays valid.
         """
         for message in read_subject(self.link, STREAM, self.subject, after,

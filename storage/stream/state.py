@@ -15,9 +15,9 @@ import time
 
 import nats.errors
 
-from storage.layout import STREAM, SUBJECT_PREFIX, worker_ping_subject
-from storage.nats_link import UNAVAILABLE
-from storage.stream_checkpoint_store import read_latest
+from storage.stream.checkpoint_store import read_latest
+from storage.stream.link import UNAVAILABLE
+from storage.stream.names import STREAM, SUBJECT_PREFIX, worker_ping_subject
 
 log = logging.getLogger("nats")
 

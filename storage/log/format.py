@@ -1,6 +1,6 @@
 """data1, the event log: its on-disk format, written down once.
 
-The writer (storage/log_writer.py) and the reader (storage/log_reader.py) both follow this
+The writer (storage/log/writer.py) and the reader (storage/log/reader.py) both follow this
 page; the file's name and place are in storage/layout.py.
 
 Format
@@ -22,7 +22,7 @@ Invariants
     * At most MAX_UNSYNCED bytes at the end of data1 were ever written and not yet synced
       (the writer syncs before it writes more). A power loss can lose any pages of those,
       which then read as NULs, or cut the file short; everything before them is durable.
-      storage/details.py's repair relies on it to tell a torn data1 from another one.
+      storage/log/details.py's repair relies on it to tell a torn data1 from another one.
 """
 
 SEPARATOR = b" "

@@ -5,7 +5,7 @@ possibly hours later, possibly to another node. The ingest answers such a repeat
 accepted, and neither stores nor counts it again.
 
 Design (Kafka's idempotent producer: dedupe at the log, with state rebuilt from the log)
-    data1.details (storage/details.py) is the truth: it holds every accepted event's id with
+    data1.details (storage/log/details.py) is the truth: it holds every accepted event's id with
     its receive time, made durable before the 2xx. This index is derived from it and can
     always be rebuilt from it:
 
@@ -35,16 +35,16 @@ Format
              seen0, seen1(key BLOB PRIMARY KEY, second INTEGER) WITHOUT ROWID
                  second: the receive time (Unix seconds) of the id's first delivery
 
-One writer and reader: the ingest (storage/log_writer.py calls it under data1's write lock).
+One writer and reader: the ingest (storage/log/writer.py calls it under data1's write lock).
 """
 
-import hashlib
 import logging
 import sqlite3
 import threading
 import time
 
-from storage import details as details_file
+from storage.backend import event_key
+from storage.log import details as details_file
 from storage.process import die, unpin_this_thread
 
 log = logging.getLogger("ingest")
@@ -60,10 +60,6 @@ _KEYS = ("WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE n
 _LOOKUP = (f"WITH keys(key) AS ({_KEYS}) "
            "SELECT key FROM seen0 WHERE key IN keys AND second >= ? UNION ALL "
            "SELECT key FROM seen1 WHERE key IN keys AND second >= ?")
-
-
-def key_of(event_id):
-    return hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
 class SeenIndex:
@@ -168,7 +164,7 @@ class SeenIndex:
         added, pending = 0, []
         for group in details_file.read_groups(self._details.fd, start, cutoff_ms):
             second = group.received_ms // 1000
-            pending.extend((key_of(item["event"]["id"]), second) for item in group.events())
+            pending.extend((event_key(item["event"]["id"]), second) for item in group.events())
             if len(pending) >= 100_000:
                 added += self._insert(pending, group.end)
                 pending = []
@@ -183,7 +179,7 @@ class SeenIndex:
         The caller, still holding data1's write lock, must then write the new ones' group
         and call bind, or call unclaim."""
         now = int(received)
-        keys = [key_of(event.event_id) for event in events]
+        keys = [event_key(event.event_id) for event in events]
         recent = self._recent
         # One look at the waiting ids, before SQLite is asked: the flusher commits an id to
         # SQLite before it stops waiting, so an id missed here is found there.

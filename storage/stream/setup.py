@@ -14,9 +14,9 @@ The stream's partitions are fixed when it is created, and recorded in the bucket
 (settings.DEFAULT_PARTITION_COUNT if unset), every other takes the recorded list, and one set
 to another count is refused (SetupMismatch). The count cannot change on a live stream: an
 install's SDK events go to the partition its anonymousID picks among them
-(storage/stream_writer.py), so a new count would send its later events to another partition,
+(storage/stream/writer.py), so a new count would send its later events to another partition,
 counted by another worker, and split its sessions. A cluster grows by adding workers, up to
-one per partition (storage/leases.py).
+one per partition (storage/stream/leases.py).
 """
 
 import time
@@ -25,10 +25,11 @@ from nats.js import api
 from nats.js.errors import BadRequestError, KeyWrongLastSequenceError, NotFoundError
 
 from storage import process, settings
-from storage.layout import (CHECKPOINT_BUCKET, LEGACY_PARTITIONS_KEY, PARTITIONS_KEY, STREAM,
-                            SUBJECT_PREFIX, partition_names)
-from storage.nats_link import UNAVAILABLE, Link
-from storage.stream_checkpoint_store import bucket as checkpoint_bucket
+from storage.layout import partition_names
+from storage.stream.checkpoint_store import bucket as checkpoint_bucket
+from storage.stream.link import UNAVAILABLE, Link
+from storage.stream.names import (CHECKPOINT_BUCKET, CHECKPOINT_BUCKET_STREAM,
+                                  LEGACY_PARTITIONS_KEY, PARTITIONS_KEY, STREAM, SUBJECT_PREFIX)
 
 # The largest message: one group commit of ids (an ingest node cuts its messages below this).
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -73,7 +74,7 @@ def bucket_config(replicas):
         max_value_size=MAX_CHECKPOINT_BYTES,
         # Allowed, and checked like every setting, because buckets were created with it;
         # nothing reads directly: a replica that lags would serve older counts
-        # (storage/stream_checkpoint_store.py reads through the leader).
+        # (storage/stream/checkpoint_store.py reads through the leader).
         direct=True,
     )
 
@@ -172,7 +173,7 @@ async def ensure(js, replicas, dedupe_window, log=None):
             await js.create_key_value(bucket)
         except BadRequestError:
             pass  # created meanwhile by another node, perhaps otherwise: checked below
-    info = await js.stream_info(f"KV_{CHECKPOINT_BUCKET}")
+    info = await js.stream_info(CHECKPOINT_BUCKET_STREAM)
     wanted_kv = api.StreamConfig(
         storage=bucket.storage,
         num_replicas=bucket.replicas,

@@ -1,7 +1,7 @@
 """The overview's two summaries that are not plain sums: distinct people, and session durations.
 
 Both are mergeable (a range's summary is the merge of its hours' and days' summaries, never a
-sum of their figures), and both are stored as bytes in storage/overview_store.py.
+sum of their figures), and both are stored as bytes in storage/views/overview_store.py.
 
 People: a distinct count, exact up to EXACT_LIMIT, an HLL sketch past it
     A person is a 64-bit hash (person_key). Up to EXACT_LIMIT distinct people are kept as

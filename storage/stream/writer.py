@@ -1,6 +1,6 @@
 """The writer of the stream (cluster mode, the ingest): data1's writer, on JetStream.
 
-A message's payload is records in data1's format (storage/log_format.py), so the worker
+A message's payload is records in data1's format (storage/log/format.py), so the worker
 counts messages with the same code as data1's blocks. This module's guarantees:
 
 * append() returns only once JetStream acknowledged a message holding the records: the
@@ -13,20 +13,20 @@ counts messages with the same code as data1's blocks. This module's guarantees:
   messages, so a /batch is stored whole or not at all.
 * Every message has a Nats-Msg-Id of its own. A publish that fails or is not answered (a
   leader election, a dead node) is retried with the same id until `timeout`: the stream drops
-  a repeat inside its duplicate window (storage/stream_setup.py), so a retry never stores
+  a repeat inside its duplicate window (storage/stream/setup.py), so a retry never stores
   a message twice.
 * If no acknowledgement comes within `timeout`, append() raises AppendError. The records
   may or may not be stored (a lost acknowledgement): such an event is counted at most once.
 * An SDK event (append_events) goes to the partition its anonymousID picks among the
-  stream's partitions (the same list on every ingest node: storage/stream_setup.py), so
+  stream's partitions (the same list on every ingest node: storage/stream/setup.py), so
   that each app install's events are in one partition, counted by one worker at a time:
   its sessions are whole there (worker/overview.py). Minimal events carry no install: each
   message of them goes to the next partition in turn, spreading the counting evenly.
 * An SDK event is a message of its own: its payload is its screen view's
-  record (empty for an identify or a register), its details (storage/details.py's item, with
+  record (empty for an identify or a register), its details (storage/log/details.py's item, with
   the receive time) ride in the DETAILS_HEADER header, and its Nats-Msg-Id is derived from
   the event's own id. The stream drops a repeat of that id within its duplicate window (the
-  dedupe window, storage/stream_setup.py) whichever ingest node it reaches, and acknowledges
+  dedupe window, storage/stream/setup.py) whichever ingest node it reaches, and acknowledges
   it as a duplicate: a retry is stored and counted once, as data1.seen does on one machine.
 """
 
@@ -40,12 +40,11 @@ import logging
 import os
 import threading
 
-from storage.layout import DETAILS_HEADER, STREAM, partition_subject
-from storage.log_format import encode
-from storage.log_writer import AppendError
-from storage.nats_link import UNAVAILABLE
-from storage.seen_index import key_of
-from storage.stream_setup import MAX_MESSAGE_BYTES
+from storage.backend import AppendError, event_key
+from storage.log.format import encode
+from storage.stream.link import UNAVAILABLE
+from storage.stream.names import DETAILS_HEADER, STREAM, partition_subject
+from storage.stream.setup import MAX_MESSAGE_BYTES
 
 log = logging.getLogger("ingest")
 
@@ -157,7 +156,7 @@ class StreamLog:
                              separators=(",", ":"))
         partition = partition_of(event.details["event"]["anonymousID"], self.partitions)
         ack = await self._publish_until_acknowledged(
-            payload, f"sdk-{key_of(event.event_id).hex()}", {DETAILS_HEADER: details},
+            payload, f"sdk-{event_key(event.event_id).hex()}", {DETAILS_HEADER: details},
             partition_subject(partition))
         return not ack.duplicate
 

@@ -1,5 +1,5 @@
-"""What the worker's SQLite stores share: series.sqlite3 (storage/series_store.py) and
-overview.sqlite3 (storage/overview_store.py). Each is a view derived from the log, with its
+"""What the worker's SQLite stores share: series.sqlite3 (storage/views/series_store.py) and
+overview.sqlite3 (storage/views/overview_store.py). Each is a view derived from the log, with its
 own position in it: the worker alone writes it, the ingest only reads it.
 
 * create() makes an empty store under a temp name and renames it into place durably: a

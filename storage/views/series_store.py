@@ -27,9 +27,9 @@ back; the worker then counts on from the older offset, which is as exact.
 
 import collections
 
-from storage import derived_store
-from storage.derived_store import utc_now
 from storage.layout import Layout
+from storage.views import derived_store
+from storage.views.derived_store import utc_now
 
 VERSION = 1
 ALL = -1
