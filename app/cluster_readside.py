@@ -1,6 +1,6 @@
 """The read side in cluster mode: the partition checkpoints, merged, the cluster's state, and
 the counts over time summed over the partitions' workers, and the experience overview merged
-from theirs. The same methods as app/readside.py's FileReadSide (see there).
+from theirs: a ReadSide (app/readside.py), as FileReadSide is.
 
 Reads never go backwards. Any ingest node serves them, and a user may watch one node or
 several behind a load balancer, so no node ever serves a checkpoint older than one it has
@@ -21,13 +21,12 @@ A checkpoint is decoded once per revision, and the merge is redone only when a r
 changed.
 """
 
-import base64
-import json
 import threading
 import time
 
 from app.readside import Unavailable
 from storage.checkpoint import CorruptCheckpoint, merge
+from storage.stream import reads
 from storage.stream.checkpoint_store import read_latest
 from storage.stream.names import overview_query_subject, series_query_subject
 from storage.stream.setup import current_majority
@@ -253,7 +252,7 @@ class WorkerReads:
             names = self.partition_names()
             with asking(self.link, f"a read of {what}"):
                 answers = ask_each(self.link, names, self.subject_of,
-                                   json.dumps(question).encode(), WORKER_TIMEOUT)
+                                   reads.encode(question), WORKER_TIMEOUT)
         except NoQuorum as problem:
             raise Unavailable(str(problem)) from None
         for name, answer in sorted(answers.items()):
@@ -335,12 +334,5 @@ class ClusterOverview:
         results = [[] for _ in calls]
         for _, answer in sorted(self.reads.ask({"calls": calls}).items()):
             for rows, more in zip(results, answer["results"]):
-                rows.extend([_stored(value) for value in row] for row in more)
+                rows.extend(reads.decode_rows(more))
         return results
-
-
-def _stored(value):
-    """A value as the worker sent it (worker/stream_runner.py's _jsonable), back as stored."""
-    if isinstance(value, dict):
-        return base64.b64decode(value["b64"])
-    return value

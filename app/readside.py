@@ -1,26 +1,12 @@
 """The read side of the ingest process: the committed counts and the engine's state, as the
-API serves them. One class per mode, with the same methods; app/api.py uses whichever
-app/__main__.py gives it:
-
-    committed()    the latest counts (a Checkpoint), merged over partitions in cluster mode
-    committed_at() the same, and where they stand in the log, for /counts: {"offset": n}, or
-                   {"partitions": {name: stream sequence}} in cluster mode
-    stats()        the /stats document
-    health()       None if the system is taking and counting events, else why not (for
-                   /healthz), with the details to show
-    series         the counts over time: storage/views/series_store.SeriesReader, or in cluster
-                   mode app/cluster_readside.ClusterSeries (the same methods)
-    series_state() the series store's state, or None while there is none; Unavailable while
-                   it is being counted again and is behind the counts (its sums would be
-                   partial: counts over time going down)
-    overview       the experience overview: storage/views/overview_store.OverviewReader, or in
-                   cluster mode app/cluster_readside.ClusterOverview (the same run())
-
-Each raises Unavailable (answered 503) when it cannot tell.
+API serves them. One class per mode, each a ReadSide (below): FileReadSide here, on one
+machine, and app/cluster_readside.ClusterReadSide; app/api.py uses whichever
+app/__main__.py gives it. Each method raises Unavailable (answered 503) when it cannot tell.
 """
 
 import os
 import threading
+from typing import Protocol
 
 from app.liveness import RUNNING, WorkerWatch
 from storage.checkpoint import Checkpoint, CorruptCheckpoint
@@ -32,6 +18,53 @@ from storage.views.series_store import SeriesReader
 
 class Unavailable(Exception):
     """The read side cannot answer now; the message says why."""
+
+
+class SeriesReads(Protocol):
+    """The counts over time: storage/views/series_store.SeriesReader, or in cluster mode
+    app/cluster_readside.ClusterSeries."""
+
+    def state(self):
+        """The store's SeriesState, or None while there is none."""
+
+    def buckets(self, step, experience, start, end) -> dict:
+        """{bucket start: count} of one experience over [start, end)."""
+
+    def counts(self, step, start, end) -> dict:
+        """{experience: count} over [start, end)."""
+
+
+class OverviewReads(Protocol):
+    """The experience overview: storage/views/overview_store.OverviewReader, or in cluster
+    mode app/cluster_readside.ClusterOverview."""
+
+    def run(self, calls) -> list:
+        """The rows of each of `calls` ([name, *args], the store's READS), all read in one
+        snapshot."""
+
+
+class ReadSide(Protocol):
+    series: SeriesReads
+    overview: OverviewReads
+
+    def committed(self) -> Checkpoint:
+        """The latest counts, merged over the partitions in cluster mode."""
+
+    def committed_at(self) -> tuple:
+        """(committed(), where they stand in the log, for /counts): {"offset": n}, or
+        {"partitions": {name: {"sequence", "events"}}} in cluster mode."""
+
+    def series_state(self):
+        """The series store's state, or None while there is none. Unavailable while it is
+        being counted again and is behind the counts (its sums would be partial: counts over
+        time going down)."""
+
+    def stats(self) -> dict:
+        """The /stats document."""
+
+    def health(self) -> tuple:
+        """(None if the system is taking and counting events, else why not; the details to
+        show), for /healthz."""
 
 
 class CheckpointReader:

@@ -1,4 +1,4 @@
-"""worker/stream_runner.py's upkeep: what a worker does with the leases it observes (the
+"""worker/stream_shares.py's upkeep: what a worker does with the leases it observes (the
 leases themselves faked; tests/test_cluster.py and tests/test_partitions.py run the real
 ones)."""
 
@@ -71,8 +71,8 @@ def worker_on(leases):
 
 
 def upkeep(worker):
-    worker._next_upkeep = 0.0  # due now
-    worker.upkeep()
+    worker.shares._next_upkeep = 0.0  # due now
+    worker.shares.upkeep()
 
 
 def test_a_starting_worker_looks_once_then_takes_its_share():

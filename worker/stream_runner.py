@@ -7,18 +7,29 @@ code as for data1), and commits sequence and counts together by compare-and-set
 checkpoint is the old one or the new one, each consistent with the stream.
 
 Which partitions a worker counts is not configured: the live workers share the stream's
-partitions between them (worker/assignment.py), each holding a lease on the ones it counts
-(storage/stream/leases.py). A worker renews its leases while it is alive and counting; when one
-lapses (its worker died, is paused, or is cut off from the cluster) or is released (its worker
-stopped, or has more than its share), another worker takes it and commits the partition's
-checkpoint at once. That commit is the fence: the old owner's next commit is refused
-(Fenced), and it drops the partition. So the counts stay exact whichever worker commits, and
-the lease only decides who should. A commit that goes unanswered (the cluster cut off) drops
-the partition too: the checkpoint may or may not have changed, and only taking the partition
-again, which reloads it, knows which.
+partitions between them, each holding a lease on the ones it counts (worker/stream_shares.py).
+When a lease lapses (its worker died, is paused, or is cut off from the cluster) or is
+released (its worker stopped, or has more than its share), another worker takes it and
+commits the partition's checkpoint at once (adopt). That commit is the fence: the old
+owner's next commit is refused (Fenced), and it drops the partition. So the counts stay
+exact whichever worker commits, and the lease only decides who should. A commit that goes
+unanswered (the cluster cut off) drops the partition too: the checkpoint may or may not have
+changed, and only taking the partition again, which reloads it, knows which.
 
-A worker also answers "who counts partition p, and since when?" on the partition's ping
-subject, so the ingest's /healthz and `python -m worker status` can tell that it is alive.
+A worker answers for the partitions it counts, while its leases are fresh
+(worker/stream_answers.py): "who counts partition p, and since when?" for the ingest's
+/healthz and `python -m worker status`, and the ingest's reads of their views.
+
+The counts over time are a second view of each partition, as data1 has: a series store per
+partition in the worker's state folder (storage/views/series_store.py; the stream sequence
+is its offset), each message dated by when the stream stored it. It is committed just
+before the checkpoint, each view with its own position, so a crash between the two leaves
+one ahead.
+A pass reads from the checkpoint and feeds each view only the messages past its own
+position, so none counts a message twice; a view behind the checkpoint (a partition new to
+this worker has none, or an old one) is then brought closer a bounded stretch per pass, so
+that counting never waits for its recount. A series store lost with its machine is counted
+again from the stream.
 
 The experience overview is a third view of each partition, as on one machine: an overview
 store per partition (worker/overview.py's OverviewCounter, the stream sequence its position)
@@ -27,49 +38,32 @@ install's SDK events to one partition (storage/stream/writer.py), so its session
 there. It is committed with the series, before the checkpoint, and read the same way: the
 worker answers the ingest's reads of it on the partition's overview subject, and
 app/cluster_readside.py merges the answers.
-
-The counts over time are a second view of each partition, as data1 has: a series store per
-partition in the worker's state folder (storage/views/series_store.py; the stream sequence is its
-offset), each message dated by when the stream stored it. It is committed just before the
-checkpoint, each view with its own position, so a crash between the two leaves one ahead.
-A pass reads from the checkpoint and feeds each view only the messages past its own
-position, so none counts a message twice; a view behind the checkpoint (a partition new to
-this worker has none, or an old one) is then brought closer a bounded stretch per pass, so
-that counting never waits for its recount. The worker answers the ingest's questions about
-its partitions' series on their series subjects (app/cluster_readside.py sums the answers),
-while its leases are fresh; a series store lost with its machine is counted again from the
-stream.
 """
 
-import base64
 import dataclasses
 import json
 import logging
 import os
 import socket
-import sqlite3
 import time
 
 from storage.checkpoint import Checkpoint, CorruptCheckpoint, utc_now_iso
 from storage.layout import Layout
 from storage.stream.checkpoint_store import Fenced, StreamCheckpointStore
 from storage.stream.link import UNAVAILABLE
-from storage.stream.names import overview_query_subject, series_query_subject, worker_ping_subject
 from storage.stream.reader import StreamReader
 from storage.stream.setup import stream_identity
 from storage.stream.state import NoQuorum, stream_state
-from storage.views.overview_store import READS, NoOverview, OverviewReader, OverviewStore
+from storage.views.overview_store import OverviewReader, OverviewStore
 from storage.views.series_store import CorruptSeries, SeriesReader, SeriesStore
-from worker.assignment import assign
 from worker.overview import COMMIT_EVENTS, OverviewCounter, SdkEvents
 from worker.runner import COMMIT_EVERY, PassLoop, plural, report_skipped
+from worker.stream_answers import Answers
+from worker.stream_shares import Shares
 from worker.tally import Tally
 
 log = logging.getLogger("worker")
 
-# A worker renews its leases this many times per take-over time: a few renewals may be late
-# (a slow disk, a busy core, a leader election) before the others call its leases lapsed.
-RENEWALS_PER_TAKEOVER = 5
 # A view behind the checkpoint (a partition new to this worker) is counted again at most this
 # many bytes of messages a pass, after the pass counted what is new.
 CATCH_UP_BYTES = COMMIT_EVERY
@@ -146,13 +140,11 @@ class StreamWorker(PassLoop):
         self._stores = (series_dir, minute_retention, overview_dir, session_timeout)
         self.partitions = {}  # name -> Partition: those this worker counts now
         self._stream = None  # the stream's identity, which every checkpoint must name
-        self._next_upkeep = 0.0
-        self._looked = False  # whether upkeep() has looked at the others once
-        self._lost = set()  # partitions whose lease was found taken over, to drop
+        self.shares = Shares(leases, partitions, self) if leases else None
         # When this worker last finished a pass or committed: its ping answer carries it, so
         # the ingest can tell a worker that answers but no longer counts (stalled).
         self.progress_at = time.time()
-        self._silent = False  # whether answering() last said no
+        self.answers = Answers(link, self.owner, leases, lambda: self.progress_at)
 
     def take_ownership(self):
         """Nothing to take yet: partitions are taken one by one (adopt)."""
@@ -167,75 +159,18 @@ class StreamWorker(PassLoop):
         """Wait for the next pass, keeping the leases meanwhile (upkeep)."""
         deadline = time.monotonic() + seconds
         while True:
-            self.upkeep()
+            if self.shares:
+                self.shares.upkeep()
             left = deadline - time.monotonic()
             if left <= 0:
                 return self.signals.stop
-            until_upkeep = self._next_upkeep - time.monotonic() if self.leases else left
+            until_upkeep = self.shares.seconds_to_upkeep() if self.shares else left
             if self.signals.wait(max(0.0, min(left, until_upkeep))):
                 return True
 
-    def upkeep(self):
-        """Renew this worker's leases; then release what it holds beyond its share of the
-        partitions and take free ones up to it. Every takeover/RENEWALS_PER_TAKEOVER
-        seconds; a cluster that does not answer is tried again then."""
-        if not self._renew_leases():
-            return
-        self._drop_lost()
-        try:
-            view = self.leases.observe(self.all_partitions)
-        except UNAVAILABLE as error:
-            self._unanswered(error)
-            return
-        me = self.leases.member
-        share = assign(self.all_partitions, view.members, view.holders)[me]
-        for name in sorted(set(self.leases.held) - set(share)):
-            self.drop(name, f"its share is now {len(share)} of {len(self.all_partitions)} "
-                            f"partitions, with {len(view.members)} workers", logging.INFO)
-            try:
-                self.leases.release(name)
-            except UNAVAILABLE:
-                pass  # it lapses by itself
-        if not self._looked:
-            # Workers starting together each see only themselves at first: one look before
-            # taking anything, so that they take their shares rather than everything.
-            self._looked = True
-            return
-        for name in share:
-            if name in self.partitions or view.holders[name] not in (None, me):
-                continue  # counted already, or still held by a live worker releasing it
-            before = view.leases[name].get("owner") or "nobody"
-            try:
-                if self.leases.take(name):
-                    self.adopt(name, f"from {before}")
-            except (*UNAVAILABLE, Fenced) as error:
-                log.warning("partition %s: could not take it (%s); trying again later", name,
-                            f"{type(error).__name__}: {error}".rstrip(": "))
-                self.drop(name, "taking it failed")
-
-    def _renew_leases(self):
-        """Renew the leases if it is time to (see upkeep); False if it was not, or the
-        cluster did not answer. Lost leases are dropped by _drop_lost, between passes."""
-        now = time.monotonic()
-        if self.leases is None or now < self._next_upkeep:
-            return False
-        self._next_upkeep = now + self.leases.takeover / RENEWALS_PER_TAKEOVER
-        try:
-            self._lost.update(self.leases.renew())
-        except UNAVAILABLE as error:
-            self._unanswered(error)
-            return False
-        return True
-
-    def _drop_lost(self):
-        for name in sorted(self._lost):
-            self.drop(name, "another worker took its lease over")
-        self._lost.clear()
-
-    def _unanswered(self, error):
-        log.warning("leases: the cluster did not answer (%s); trying again in %.1f s",
-                    f"{type(error).__name__}: {error}".rstrip(": "),
-                    max(0.0, self._next_upkeep - time.monotonic()))
+    def _keep_leases(self):
+        if self.shares:
+            self.shares.renew()
 
     def adopt(self, name, how=""):
         """Count partition `name` from now on: load its checkpoint and commit it at once
@@ -253,9 +188,9 @@ class StreamWorker(PassLoop):
                     if attempt == ADOPT_ATTEMPTS:
                         raise
             self._open_views(partition)
-            self._answer(partition)
+            self.answers.subscribe(partition)
         except BaseException:
-            self._unsubscribe(partition)
+            self.answers.unsubscribe(partition)
             partition.close()
             raise
         self.partitions[name] = partition
@@ -270,138 +205,10 @@ class StreamWorker(PassLoop):
         partition = self.partitions.pop(name, None)
         if partition is None:
             return
-        self._unsubscribe(partition)
+        self.answers.unsubscribe(partition)
         partition.close()
         log.log(level, "partition %s: no longer counted here: %s (its checkpoint is at "
                 "sequence %d)", name, why, partition.checkpoint.offset)
-
-    def _unsubscribe(self, partition):
-        for subscription in partition.subscriptions:
-            try:
-                self.link.call(subscription.unsubscribe(), 10)
-            except UNAVAILABLE:
-                pass  # the connection is gone, and its subscriptions with it
-        partition.subscriptions = []
-
-    def _answer(self, partition):
-        """Answer the partition's pings, and the reads of its views."""
-        # The subscriptions last as long as the connection, or until the partition is dropped.
-        partition.subscriptions.append(self.link.call(self._answer_pings(partition), 10))
-        if partition.series is not None:
-            partition.subscriptions.append(self.link.call(self._answer_series(partition), 10))
-        if partition.overview is not None:
-            partition.subscriptions.append(
-                self.link.call(self._answer_overview(partition), 10))
-
-    def answering(self):
-        """Whether this worker may answer for its partitions now (Leases.fresh): a worker
-        cut off, or paused, falls silent before another can take its partitions over."""
-        answering = self.leases is None or self.leases.fresh()
-        if answering == self._silent:  # a change: readers see it as a missing worker
-            self._silent = not answering
-            if answering:
-                log.info("leases renewed: answering for its partitions again")
-            else:
-                log.warning("not answering for its partitions: its last lease renewal that "
-                            "succeeded began %.1f s ago (answers stop at half the take-over "
-                            "time, %g s)", self.leases.since_renewal(), self.leases.takeover / 2)
-        return answering
-
-    async def _answer_pings(self, partition):
-        async def answer(message):
-            if not self.answering():
-                return
-            await message.respond(json.dumps({
-                "partition": partition.name,
-                "owner": self.owner,
-                "sequence": partition.checkpoint.offset,
-                "since": partition.taken_at,
-                "progress_at": self.progress_at,
-            }).encode())
-
-        return await self.link.nc.subscribe(worker_ping_subject(partition.name), cb=answer)
-
-    async def _answer_reads(self, partition, subject, what, reply_to):
-        """Answer the ingest's questions on `subject`: JSON in, reply_to(question) out; a
-        question that cannot be answered gets {"error": ...}, and the reason goes to the
-        log."""
-        async def answer(message):
-            if not self.answering():
-                return  # another worker may count the partition by now: it answers
-            try:
-                reply = reply_to(json.loads(message.data))
-            except NoOverview as problem:  # asked before the worker opened its store
-                reply = {"error": f"partition {partition.name}'s {what}: {problem}"}
-            except (ValueError, KeyError, TypeError, sqlite3.Error) as problem:
-                log.error("partition %s: a read of its %s failed: %s: %s", partition.name,
-                          what, type(problem).__name__, problem)
-                reply = {"error": f"partition {partition.name}'s worker could not read its "
-                                  f"{what} (its log says why)"}
-            await message.respond(json.dumps(reply).encode())
-
-        return await self.link.nc.subscribe(subject, cb=answer)
-
-    async def _answer_series(self, partition):
-        """Answer questions about the partition's counts over time. Every answer carries the
-        store's `state` ([offset, ...], read before the answer itself, so the answer is at
-        least that new), which the ingest uses to refuse answers from behind what it already
-        served.
-
-            {"ask": "state"}                                 -> {"state": [offset, ...]}
-            {"ask": "buckets", "step", "experience", "start", "end"} -> {"buckets": [[s, n]]}
-            {"ask": "counts", "step", "start", "end"}        -> {"counts": [[id, n]]}
-
-        While the store is behind the partition's checkpoint (it is being recounted, after it
-        was rejected or lost), the answer is {"error": ...}: partial sums would show counts
-        over time going down.
-        """
-        reader = partition.series_reader
-
-        def reply_to(question):
-            # The checkpoint's position first: the store is committed before it, so read in
-            # this order the store is never seen behind unless it really is.
-            counted = partition.checkpoint.offset
-            state = reader.state()
-            reply = {"state": list(state) if state else None}
-            if (state.offset if state else 0) < counted:
-                return {"error": f"partition {partition.name}'s counts over time are being "
-                                 f"recounted (at sequence {state.offset if state else 0} of "
-                                 f"{counted})"}
-            if question["ask"] == "buckets":
-                reply["buckets"] = list(reader.buckets(
-                    question["step"], question["experience"], question["start"],
-                    question["end"]).items())
-            elif question["ask"] == "counts":
-                reply["counts"] = list(reader.counts(
-                    question["step"], question["start"], question["end"]).items())
-            return reply
-
-        return await self._answer_reads(partition, series_query_subject(partition.name),
-                                        "counts over time", reply_to)
-
-    async def _answer_overview(self, partition):
-        """Answer the ingest's reads of the partition's overview: {"calls": [[name, *args],
-        ...]} (storage/views/overview_store.py's READS) in, {"position": sequence, "results":
-        [rows, ...]} out, every read in one snapshot of the store, bytes as {"b64": ...}.
-        While the store is behind the partition's checkpoint (being recounted), or not yet
-        created, {"error": ...}: a merge without all of it would show figures going down."""
-        reader = partition.overview_reader
-
-        def reply_to(question):
-            calls = question["calls"]
-            if not all(call[0] in READS for call in calls):
-                raise ValueError(f"unknown reads in {calls!r}")
-            counted, overviewed = partition.checkpoint.offset, partition.overview.position
-            if overviewed < counted:
-                return {"error": f"partition {partition.name}'s overview is being recounted "
-                                 f"(at sequence {overviewed} of {counted})"}
-            # `position` read before the reads: they are at least that new.
-            return {"position": overviewed,
-                    "results": [[[_jsonable(value) for value in row] for row in rows]
-                                for rows in reader.run(calls)]}
-
-        return await self._answer_reads(partition, overview_query_subject(partition.name),
-                                        "overview", reply_to)
 
     def _recover_checkpoint(self, partition):
         """Load the partition's checkpoint and commit it back (see adopt): a rejected one
@@ -479,7 +286,8 @@ class StreamWorker(PassLoop):
                                 f"{error})".replace(":  )", ")"))
             if self.stop_requested():
                 break
-        self._drop_lost()
+        if self.shares:
+            self.shares.drop_lost()
         self.progress_at = time.time()
         return counted
 
@@ -523,7 +331,7 @@ class StreamWorker(PassLoop):
                     return 0, False
                 if until is not None and sequence > until:
                     break
-                self._renew_leases()  # a long read keeps its leases too
+                self._keep_leases()  # a long read keeps its leases too
                 if until is None and sequence > counted:
                     counts.add(payload)
                     messages += 1
@@ -602,7 +410,7 @@ class StreamWorker(PassLoop):
                 messages=current.messages + messages,
             ))
         self.progress_at = time.time()
-        self._renew_leases()  # a long catch-up keeps its leases too
+        self._keep_leases()  # a long catch-up keeps its leases too
 
     def close(self):
         at = ", ".join(f"{name} sequence {partition.checkpoint.offset}"
@@ -617,10 +425,3 @@ class StreamWorker(PassLoop):
                 pass  # they lapse instead
         if self.signals:
             log.info("worker stopped at %s", at or "no partition")
-
-
-def _jsonable(value):
-    """A stored value as JSON can carry it: bytes (sketches) as {"b64": base64}."""
-    if isinstance(value, bytes):
-        return {"b64": base64.b64encode(value).decode()}
-    return value

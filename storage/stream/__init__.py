@@ -5,6 +5,7 @@ only package that imports nats-py, and names.py the only module that names the s
 subjects and the bucket's keys.
 
     names.py             the stream, its subjects, the bucket and its keys
+    reads.py             the worker reads' wire format (questions and answers)
     link.py              one NATS connection on its own event loop thread
     setup.py             the stream, the bucket and its partitions, created or checked
     writer.py            the stream's writer (the ingest): StreamLog

@@ -9,12 +9,12 @@ For the stream: its leader and replicas, which tell whether it has a quorum.
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 
 import nats.errors
 
+from storage.stream import reads
 from storage.stream.checkpoint_store import read_latest
 from storage.stream.link import UNAVAILABLE
 from storage.stream.names import STREAM, SUBJECT_PREFIX, worker_ping_subject
@@ -105,7 +105,7 @@ def ask_each(link, partitions, subject, question, timeout):
     async def ask(partition):
         try:
             reply = await link.nc.request(subject(partition), question, timeout=timeout)
-            return json.loads(reply.data)
+            return reads.decode(reply.data)
         except (nats.errors.Error, asyncio.TimeoutError, ValueError) as error:
             return error
 

@@ -1,0 +1,157 @@
+"""How a worker in cluster mode answers for the partitions it counts: their pings, and the
+ingest's reads of their counts over time and their overview (storage/stream/reads.py has
+the questions and the answers). app/cluster_readside.py asks.
+
+A worker answers only while its leases are fresh (storage/stream/leases.Leases.fresh): one
+that is cut off, or paused, falls silent before another worker can take its partitions over,
+so a reader is never answered from behind what the new owner already served.
+"""
+
+import logging
+import sqlite3
+
+from storage.stream import reads
+from storage.stream.link import UNAVAILABLE
+from storage.stream.names import overview_query_subject, series_query_subject, worker_ping_subject
+from storage.views.overview_store import READS, NoOverview
+
+log = logging.getLogger("worker")
+
+
+class Answers:
+    def __init__(self, link, owner, leases, progress_at):
+        """`leases`: the worker's (None: it answers always, a test or a tool);
+        `progress_at()`: when it last finished a pass or committed (a ping carries it, so the
+        ingest can tell a worker that answers but no longer counts)."""
+        self.link = link
+        self.owner = owner
+        self.leases = leases
+        self.progress_at = progress_at
+        self._silent = False  # whether answering() last said no
+
+    def unsubscribe(self, partition):
+        for subscription in partition.subscriptions:
+            try:
+                self.link.call(subscription.unsubscribe(), 10)
+            except UNAVAILABLE:
+                pass  # the connection is gone, and its subscriptions with it
+        partition.subscriptions = []
+
+    def subscribe(self, partition):
+        """Answer the partition's pings, and the reads of its views."""
+        # The subscriptions last as long as the connection, or until the partition is dropped.
+        partition.subscriptions.append(self.link.call(self._pings(partition), 10))
+        if partition.series is not None:
+            partition.subscriptions.append(self.link.call(self._series(partition), 10))
+        if partition.overview is not None:
+            partition.subscriptions.append(
+                self.link.call(self._overview(partition), 10))
+
+    def answering(self):
+        """Whether this worker may answer for its partitions now (Leases.fresh): a worker
+        cut off, or paused, falls silent before another can take its partitions over."""
+        answering = self.leases is None or self.leases.fresh()
+        if answering == self._silent:  # a change: readers see it as a missing worker
+            self._silent = not answering
+            if answering:
+                log.info("leases renewed: answering for its partitions again")
+            else:
+                log.warning("not answering for its partitions: its last lease renewal that "
+                            "succeeded began %.1f s ago (answers stop at half the take-over "
+                            "time, %g s)", self.leases.since_renewal(), self.leases.takeover / 2)
+        return answering
+
+    async def _pings(self, partition):
+        async def answer(message):
+            if not self.answering():
+                return
+            await message.respond(reads.encode({
+                "partition": partition.name,
+                "owner": self.owner,
+                "sequence": partition.checkpoint.offset,
+                "since": partition.taken_at,
+                "progress_at": self.progress_at(),
+            }))
+
+        return await self.link.nc.subscribe(worker_ping_subject(partition.name), cb=answer)
+
+    async def _reads(self, partition, subject, what, reply_to):
+        """Answer the ingest's questions on `subject`: JSON in, reply_to(question) out; a
+        question that cannot be answered gets {"error": ...}, and the reason goes to the
+        log."""
+        async def answer(message):
+            if not self.answering():
+                return  # another worker may count the partition by now: it answers
+            try:
+                reply = reply_to(reads.decode(message.data))
+            except NoOverview as problem:  # asked before the worker opened its store
+                reply = {"error": f"partition {partition.name}'s {what}: {problem}"}
+            except (ValueError, KeyError, TypeError, sqlite3.Error) as problem:
+                log.error("partition %s: a read of its %s failed: %s: %s", partition.name,
+                          what, type(problem).__name__, problem)
+                reply = {"error": f"partition {partition.name}'s worker could not read its "
+                                  f"{what} (its log says why)"}
+            await message.respond(reads.encode(reply))
+
+        return await self.link.nc.subscribe(subject, cb=answer)
+
+    async def _series(self, partition):
+        """Answer questions about the partition's counts over time. Every answer carries the
+        store's `state` ([offset, ...], read before the answer itself, so the answer is at
+        least that new), which the ingest uses to refuse answers from behind what it already
+        served.
+
+            {"ask": "state"}                                 -> {"state": [offset, ...]}
+            {"ask": "buckets", "step", "experience", "start", "end"} -> {"buckets": [[s, n]]}
+            {"ask": "counts", "step", "start", "end"}        -> {"counts": [[id, n]]}
+
+        While the store is behind the partition's checkpoint (it is being recounted, after it
+        was rejected or lost), the answer is {"error": ...}: partial sums would show counts
+        over time going down.
+        """
+        reader = partition.series_reader
+
+        def reply_to(question):
+            # The checkpoint's position first: the store is committed before it, so read in
+            # this order the store is never seen behind unless it really is.
+            counted = partition.checkpoint.offset
+            state = reader.state()
+            reply = {"state": list(state) if state else None}
+            if (state.offset if state else 0) < counted:
+                return {"error": f"partition {partition.name}'s counts over time are being "
+                                 f"recounted (at sequence {state.offset if state else 0} of "
+                                 f"{counted})"}
+            if question["ask"] == "buckets":
+                reply["buckets"] = list(reader.buckets(
+                    question["step"], question["experience"], question["start"],
+                    question["end"]).items())
+            elif question["ask"] == "counts":
+                reply["counts"] = list(reader.counts(
+                    question["step"], question["start"], question["end"]).items())
+            return reply
+
+        return await self._reads(partition, series_query_subject(partition.name),
+                                        "counts over time", reply_to)
+
+    async def _overview(self, partition):
+        """Answer the ingest's reads of the partition's overview: {"calls": [[name, *args],
+        ...]} (storage/views/overview_store.py's READS) in, {"position": sequence, "results":
+        [rows, ...]} out, every read in one snapshot of the store, bytes as {"b64": ...}.
+        While the store is behind the partition's checkpoint (being recounted), or not yet
+        created, {"error": ...}: a merge without all of it would show figures going down."""
+        reader = partition.overview_reader
+
+        def reply_to(question):
+            calls = question["calls"]
+            if not all(call[0] in READS for call in calls):
+                raise ValueError(f"unknown reads in {calls!r}")
+            counted, overviewed = partition.checkpoint.offset, partition.overview.position
+            if overviewed < counted:
+                return {"error": f"partition {partition.name}'s overview is being recounted "
+                                 f"(at sequence {overviewed} of {counted})"}
+            # `position` read before the reads: they are at least that new.
+            return {"position": overviewed,
+                    "results": [reads.encode_rows(rows) for rows in reader.run(calls)]}
+
+        return await self._reads(partition, overview_query_subject(partition.name),
+                                        "overview", reply_to)
