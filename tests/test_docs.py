@@ -35,3 +35,18 @@ def test_the_readme_is_a_front_page():
     assert len(readme.splitlines()) < 250
     for page in sorted((REPO / "docs").glob("*.md")):
         assert f"(docs/{page.name})" in readme, f"the README does not link {page.name}"
+
+
+NAMED_FILE = re.compile(
+    r"(?<![\w/.])((?:app|worker|storage|bench|tests|cluster)/[\w/]*\w\.(?:py|conf|html|json))\b")
+NAMING = [*PAGES, *(path for folder in ("app", "worker", "storage", "bench", "tests")
+                    for path in sorted((REPO / folder).rglob("*.py"))),
+          REPO / "supervisord.conf", REPO / "Makefile", *sorted((REPO / "cluster").iterdir())]
+
+
+def test_every_file_the_docs_and_the_code_name_exists():
+    """A module moved or renamed leaves no page or comment pointing at its old place."""
+    missing = [f"{page.relative_to(REPO)}: {name}" for page in NAMING
+               for name in sorted(set(NAMED_FILE.findall(page.read_text())))
+               if not (REPO / name).exists()]
+    assert not missing, "named, but not there:\n" + "\n".join(missing)
