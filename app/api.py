@@ -128,8 +128,8 @@ class SdkTally:
         with self._lock:
             for event, new in zip(events, fresh):
                 if new:
-                    self.stored[event.details["event"]["type"]] += 1
-                    self.clock_flagged += "clock" in event.details
+                    self.stored[event.kind] += 1
+                    self.clock_flagged += "clock" in event.item
                 else:
                     self.duplicates += 1
             self.rejected += rejected

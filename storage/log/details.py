@@ -106,16 +106,14 @@ class Group:
 
 
 def encode_group(data1_start, data1_end, data1_crc, received_ms, items, sent=None):
-    """One group, ready to append. `items` as the format says; with `sent` (the request body,
-    whose batch is exactly the items' events, in order), the items go without their
-    "event" and the body is kept as it came."""
+    """One group, ready to append. `items` as the format says, each with its "event"; or,
+    with `sent` (the request body, whose batch is exactly the items' events, in order),
+    without it: the body is kept as it came."""
     if sent is None:
         payload = json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode()
     else:
-        bare = [{key: value for key, value in item.items() if key != "event"}
-                for item in items]
         payload = b'{"sent":%s,"items":%s}' % (
-            sent, json.dumps(bare, separators=(",", ":")).encode())
+            sent, json.dumps(items, separators=(",", ":")).encode())
     body = GROUP.pack(data1_start, data1_end, data1_crc, received_ms) + payload
     return FRAME.pack(len(body), zlib.crc32(body)) + body
 

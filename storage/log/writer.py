@@ -227,11 +227,14 @@ class EventLog:
     def _write_events(self, ids, events, fresh, received, sent):
         tokens = [str(value).encode() for value in ids]
         offset = self._end + sum(len(token) + 1 for token in tokens)
+        # The body kept as it came when its batch is exactly these events, all new: their
+        # items then go without the event (storage/log/details.py).
+        whole = sent is not None and not ids and all(fresh)
         kept = []
         for event, new in zip(events, fresh):
             if not new:
                 continue
-            item = event.details
+            item = event.item if whole else event.details
             if event.experience_id is not None:
                 token = str(event.experience_id).encode()
                 item = {**item, "offset": offset}
@@ -243,8 +246,7 @@ class EventLog:
             if self._details is None:
                 raise AppendError("this ingest keeps no details file")
             group = encode_group(self._end, self._end + len(records), zlib.crc32(records),
-                                 int(received * 1000), kept,
-                                 sent if len(kept) == len(events) and not ids else None)
+                                 int(received * 1000), kept, sent if whole else None)
             try:
                 self._details.append(group)
             except OSError as error:

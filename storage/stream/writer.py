@@ -154,7 +154,7 @@ class StreamLog:
         payload = b"" if event.experience_id is None else encode((event.experience_id,))
         details = json.dumps({"received": received_ms, **event.details}, ensure_ascii=True,
                              separators=(",", ":"))
-        partition = partition_of(event.details["event"]["anonymousID"], self.partitions)
+        partition = partition_of(event.anonymous_id, self.partitions)
         ack = await self._publish_until_acknowledged(
             payload, f"sdk-{event_key(event.event_id).hex()}", {DETAILS_HEADER: details},
             partition_subject(partition))
