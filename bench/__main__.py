@@ -10,6 +10,8 @@ across machines; the absolute rates are printed too. Needs wrk (apt-get install 
                                     public Node.js implementations, when present),
                                     cluster (bench/cluster.py), takeover
                                     (bench/takeover.py)
+    python -m bench soak            ten minutes of SDK traffic on the whole engine at 80 % of
+                                    the ingest's capacity (bench/soak.py); only when named
 """
 
 import datetime
@@ -33,6 +35,8 @@ from bench.node import rows as node_rows
 from bench.overview import bench_overview
 from bench.sdk import bench_sdk
 from bench.sdk import rows as sdk_rows
+from bench.soak import bench_soak
+from bench.soak import rows as soak_rows
 from bench.takeover import bench_takeover
 from bench.takeover import rows as takeover_rows
 from storage import settings
@@ -347,18 +351,21 @@ def print_table(results):
         elif key in results:
             print(f"{label:<{width}}  {fmt.format(results[key])}")
     for label, value in (sdk_rows(results) + node_rows(results) + cluster_rows(results)
-                         + takeover_rows(results)):
+                         + takeover_rows(results) + soak_rows(results)):
         print(f"{label:<{width}}  {value}")
 
 
 PARTS = ("ingest", "batch", "catchup", "series", "checkpoint", "sdk", "node", "cluster",
          "overview", "takeover")
+# Run only when named: ten minutes of traffic.
+NAMED_ONLY = ("soak",)
 
 
 def main(argv):
-    unknown = [part for part in argv if part not in PARTS]
+    unknown = [part for part in argv if part not in PARTS + NAMED_ONLY]
     if unknown:
-        raise SystemExit(f"unknown part {', '.join(unknown)}; the parts are {', '.join(PARTS)}")
+        raise SystemExit(f"unknown part {', '.join(unknown)}; the parts are "
+                         f"{', '.join(PARTS + NAMED_ONLY)}")
     parts = argv or PARTS
     seconds = 4
     results = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
@@ -382,6 +389,8 @@ def main(argv):
         results.update(bench_overview(time_requests))
     if "takeover" in parts:
         results.update(bench_takeover())
+    if "soak" in parts:
+        results.update(bench_soak())
     print_table(results)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
