@@ -68,7 +68,8 @@ class Cluster(Supervisor):
         return {entry["partition"]: entry["worker"]["owner"] for entry in stats["partitions"]}
 
     def worker_owner(self, n):
-        """How worker-n signs its commits (storage/stream/leases.py's owner): worker@<host>:<pid>."""
+        """How worker-n signs its commits (storage/stream/leases.py's owner):
+        worker@<host>:<pid>."""
         return f"worker@{socket.gethostname()}:{self.pid(f'worker:worker-{n}')}"
 
     def monitor(self, n, path):

@@ -1,5 +1,5 @@
-"""storage/log/writer.py, the writer of data1: torn-tail repair, concurrent appends, group commit, undo of failed writes,
-and fsync failure being fatal. Faults are injected by patching os functions in-process."""
+"""storage/log/writer.py, the writer of data1: torn-tail repair, concurrent appends, group
+commit, undo of failed writes, and fsync failure being fatal. Faults are injected by patching os functions in-process."""
 
 import errno
 import os

@@ -1,4 +1,5 @@
-"""storage/views/series_store.py: commits with their offset, retention, versions, damage refused."""
+"""storage/views/series_store.py: commits with their offset, retention, versions, damage
+refused."""
 
 import sqlite3
 

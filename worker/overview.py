@@ -307,8 +307,8 @@ class SdkEvents:
     (experience, moment, device, carried, screen id, experience name, screen name, revision
     id), with `carried` the key of the userID the view carries (0 if none), and a missing
     screen or revision id ""; its links, as (device, user, moment) (worker/people.py: any
-    event that carries both ids); how many events were read, and those set aside. The rest of an identify or a register is kept in the details,
-    not counted."""
+    event that carries both ids); how many events were read, and those set aside. The rest
+    of an identify or a register is kept in the details, not counted."""
 
     def __init__(self):
         self.views, self.links, self.set_aside, self.events = [], [], [], 0

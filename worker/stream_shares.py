@@ -52,8 +52,9 @@ class Shares:
         me = self.leases.member
         share = assign(self.all_partitions, view.members, view.holders)[me]
         for name in sorted(set(self.leases.held) - set(share)):
-            self.counting.drop(name, f"its share is now {len(share)} of {len(self.all_partitions)} "
-                            f"partitions, with {len(view.members)} workers", logging.INFO)
+            self.counting.drop(name, f"its share is now {len(share)} of "
+                                     f"{len(self.all_partitions)} partitions, with "
+                                     f"{len(view.members)} workers", logging.INFO)
             try:
                 self.leases.release(name)
             except UNAVAILABLE:

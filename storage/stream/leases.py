@@ -114,7 +114,8 @@ class Leases:
             # All at once: a renewal takes one round of the bucket's replication, not one
             # per key, so it stays well inside the time this worker may answer (fresh()).
             renewed = await asyncio.gather(renew_member(), *(
-                renew_lease(partition, revision) for partition, revision in list(self.held.items())))
+                renew_lease(partition, revision)
+                for partition, revision in list(self.held.items())))
             return [partition for partition in renewed[1:] if partition is not None]
 
         started = self.clock()

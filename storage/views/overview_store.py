@@ -363,10 +363,10 @@ class OverviewStore(derived_store.Writer):
             raise
 
     def _count_people_again(self, hours):
-        """Set the people of these (experience, hour)s, of their screens and of their revisions
-        to the persons of their viewers by the links as they stand now (after this commit's),
-        and the people of their days and weeks to the union of their hours' and days': what an install's
-        changed person takes out of them and puts in."""
+        """Set the people of these (experience, hour)s, of their screens and of their
+        revisions to the persons of their viewers by the links as they stand now (after this
+        commit's), and the people of their days and weeks to the union of their hours' and
+        days': what an install's changed person takes out of them and puts in."""
         for experience, hour in sorted(hours):
             people, identified = set(), set()
             screens = collections.defaultdict(set)  # (screen, revision) -> people
