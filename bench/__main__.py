@@ -11,7 +11,8 @@ across machines; the absolute rates are printed too. Needs wrk (apt-get install 
                                     cluster (bench/cluster.py), takeover
                                     (bench/takeover.py)
     python -m bench soak            ten minutes of SDK traffic on the whole engine at 80 % of
-                                    the ingest's capacity (bench/soak.py); only when named
+                                    the ingest's capacity, on one machine and then on the
+                                    local cluster (bench/soak.py); only when named
 """
 
 import datetime

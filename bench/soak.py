@@ -1,7 +1,7 @@
-"""`python -m bench soak` (`python -m bench.soak [seconds]` for a shorter look): the whole
-engine on one machine under SDK traffic for ten minutes, offered at 80 % of what the ingest
-alone was measured to take in the same run. The question:
-does the overview keep up? (Its lag must stay bounded: under 10 s at the end.)
+"""`python -m bench soak` (`python -m bench.soak [seconds] [single|cluster]` for a shorter
+look): the whole engine under SDK traffic for ten minutes, on one machine and then on the
+local cluster, offered at 80 % of what its ingest alone was measured to take in the same run.
+The question: does the overview keep up? (Its lag must stay bounded: under 10 s at the end.)
 
 1. Capacity: the ingest alone (fsync on, dedupe on, a fresh state folder), wrk posting SDK
    batches of 100 fresh events (bench/sdk.py's body) for CAPACITY_SECONDS: events/s.
@@ -13,8 +13,14 @@ does the overview keep up? (Its lag must stay bounded: under 10 s at the end.)
    the overview's lag (from the oldest SDK event it has not counted to now, in seconds), the
    counts' lag (data1 bytes behind data2), and each program's RSS.
 At the end, the overview's lag at the end and at its largest, and each program's peak RSS.
+
+On the cluster (cluster/supervisord.conf, bench/cluster.py's local_cluster) the same, through
+both ingest nodes: the capacity is a wrk per node, the senders alternate between the nodes,
+and the overview's lag is the largest over the partitions (from the oldest message after
+the position of the partition's overview store, kept by the worker that counts it, to now).
 """
 
+import asyncio
 import http.client
 import json
 import os
@@ -26,10 +32,12 @@ import threading
 import time
 from pathlib import Path
 
+from bench.cluster import local_cluster, wrk_on
 from bench.harness import REPO, free_port, run_wrk, scratch_dir, wait_until_listening
 from bench.sdk import fresh_ids_script, sdk_body, DONE
 from storage.layout import Layout
 from storage.log import details
+from storage.stream.names import STREAM, partition_subject
 
 CAPACITY_SECONDS = 10
 SHARE = 0.8  # of the capacity, offered
@@ -91,8 +99,8 @@ class Senders:
     each on its own kept-alive connection, paced to a schedule (a sender behind it sends at
     once, so the offered rate holds while the ingest keeps up)."""
 
-    def __init__(self, port, rate):
-        self.port = port
+    def __init__(self, ports, rate):
+        self.ports = ports
         self.interval = SENDERS * BATCH / rate  # seconds between one sender's requests
         self.offered = self.acknowledged = self.failed = 0
         self._lock = threading.Lock()
@@ -126,7 +134,8 @@ class Senders:
         return json.dumps({"batch": events}).encode()
 
     def _send(self, sender):
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        port = self.ports[sender % len(self.ports)]
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         due, number = time.monotonic() + sender * self.interval / SENDERS, 0
         while not self._stop.is_set():
             wait = due - time.monotonic()
@@ -144,7 +153,7 @@ class Senders:
                 ok = answer.status == 202
             except OSError:
                 connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
                 ok = False
             with self._lock:
                 if ok:
@@ -192,7 +201,46 @@ def counts_lag_bytes(layout):
         return 0
 
 
-def bench_soak(seconds=600):
+def soak(label, ports, rate, seconds, overview_lag_now, counts_lag_now, pids):
+    """Offer `rate` SDK events/s to `ports` for `seconds`, printing a line every
+    REPORT_EVERY seconds; `overview_lag_now()` and `counts_lag_now()` say where the counting
+    stands, `pids()` the programs to watch ({name: pid}). Returns the figures."""
+    lags, peaks = [], {}
+    began = time.monotonic()
+    with Senders(ports, rate) as senders:
+        last, last_totals = began, (0, 0, 0)
+        for report in range(1, max(1, seconds // REPORT_EVERY) + 1):
+            time.sleep(max(0.0, began + report * REPORT_EVERY - time.monotonic()))
+            now = time.monotonic()
+            totals = senders.totals()
+            lag = overview_lag_now()
+            lags.append(lag)
+            rss = {name: rss_mb(pid) for name, pid in pids().items()}
+            for name, pid in pids().items():
+                peaks[name] = max(peaks.get(name, 0.0), rss_mb(pid, "VmHWM"))
+            offered, acknowledged = ((totals[i] - last_totals[i]) / (now - last) for i in (0, 1))
+            print(f"{label} {now - began:5.0f} s: offered {offered:8,.0f} ev/s (of {rate:,.0f}), "
+                  f"acknowledged {acknowledged:8,.0f} ev/s, overview lag {lag:6.1f} s, counts "
+                  f"lag {counts_lag_now()}, RSS "
+                  + ", ".join(f"{name} {mb:.0f} MB" for name, mb in sorted(rss.items())),
+                  flush=True)
+            last, last_totals = now, totals
+        offered, acknowledged, failed = senders.totals()
+    seconds = time.monotonic() - began
+    return {
+        "seconds": seconds,
+        "offered_events_s": offered / seconds,
+        "acknowledged_events_s": acknowledged / seconds,
+        "failed_events": failed,
+        "overview_lag_end_s": lags[-1] if lags else 0.0,
+        "overview_lag_max_s": max(lags, default=0.0),
+        "overview_lags_s": lags,
+        "overview_bounded": bool(lags) and lags[-1] < BOUNDED_LAG,
+        "peak_rss_mb": peaks,
+    }
+
+
+def soak_single(seconds):
     capacity = measure_capacity()
     rate = SHARE * capacity
     print(f"soak: the ingest alone takes {capacity:,.0f} SDK events/s; offering {rate:,.0f} "
@@ -204,65 +252,134 @@ def bench_soak(seconds=600):
     port = free_port()
     ingest = start("app", state, port)
     worker = start("worker", state, port)  # the port unused: the settings are shared
-    lags, peaks = [], {"ingest": 0.0, "worker": 0.0}
     try:
         wait_until_listening(port, ingest)
-        began = time.monotonic()
-        with Senders(port, rate) as senders:
-            last, last_totals = began, (0, 0, 0)
-            while time.monotonic() - began < seconds:
-                time.sleep(max(0.0, last + REPORT_EVERY - time.monotonic()))
-                now = time.monotonic()
-                totals = senders.totals()
-                lag = overview_lag(layout, time.time())
-                lags.append(lag)
-                rss = {"ingest": rss_mb(ingest.pid), "worker": rss_mb(worker.pid)}
-                offered, acknowledged = ((totals[i] - last_totals[i]) / (now - last)
-                                         for i in (0, 1))
-                print(f"soak {now - began:5.0f} s: offered {offered:8,.0f} ev/s (of {rate:,.0f}), "
-                      f"acknowledged {acknowledged:8,.0f} ev/s, overview lag {lag:6.1f} s, "
-                      f"counts lag {counts_lag_bytes(layout):10,} bytes, RSS ingest "
-                      f"{rss['ingest']:.0f} MB, worker {rss['worker']:.0f} MB", flush=True)
-                last, last_totals = now, totals
-            offered, acknowledged, failed = senders.totals()
-        for program, proc in (("ingest", ingest), ("worker", worker)):
-            peaks[program] = rss_mb(proc.pid, "VmHWM")
+        figures = soak("soak", [port], rate, seconds, lambda: overview_lag(layout, time.time()),
+                       lambda: f"{counts_lag_bytes(layout):,} bytes",
+                       lambda: {"ingest": ingest.pid, "worker": worker.pid})
     finally:
         stop(ingest)
         stop(worker)
         subprocess.run(["rm", "-rf", str(folder)], check=False)
-    return {
-        "soak_seconds": seconds,
-        "soak_capacity_events_s": capacity,
-        "soak_offered_events_s": offered / seconds,
-        "soak_acknowledged_events_s": acknowledged / seconds,
-        "soak_failed_events": failed,
-        "soak_overview_lag_end_s": lags[-1] if lags else 0.0,
-        "soak_overview_lag_max_s": max(lags, default=0.0),
-        "soak_overview_lags_s": lags,
-        "soak_overview_bounded": bool(lags) and lags[-1] < BOUNDED_LAG,
-        "soak_ingest_peak_rss_mb": peaks["ingest"],
-        "soak_worker_peak_rss_mb": peaks["worker"],
-    }
+    return {"soak_capacity_events_s": capacity,
+            **{f"soak_{key}": value for key, value in figures.items()}}
+
+
+def cluster_overview_lag(cluster, now):
+    """The largest over the partitions of: seconds from the oldest message after the
+    position of the partition's overview store (in the folder of the worker counting it) to
+    `now`; 0 for a partition counted to its end."""
+    import nats  # noqa: PLC0415 - cluster mode's dependency, imported only here
+    from nats.js.errors import NotFoundError  # noqa: PLC0415
+
+    positions = {}
+    for store in (cluster.root / "state" / "cluster").glob("worker-*/overview-*.sqlite3"):
+        partition = store.stem.split("-", 1)[1]
+        try:
+            db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)
+            try:
+                position, = db.execute("SELECT position FROM state").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            position = 0
+        # A partition that moved leaves its old owner's store behind: the furthest is the
+        # one that counts it (a new owner counting it again is behind it, and not yet read).
+        positions[partition] = max(positions.get(partition, 0), position)
+
+    async def oldest_uncounted():
+        connection = await nats.connect(cluster.servers)
+        try:
+            stream = connection.jetstream()
+            lag = 0.0
+            for partition, position in positions.items():
+                try:
+                    message = await stream.get_msg(STREAM, seq=position + 1, next=True,
+                                                   subject=partition_subject(partition))
+                except NotFoundError:
+                    continue
+                lag = max(lag, now - message.time.timestamp())
+            return lag
+        finally:
+            await connection.close()
+
+    return asyncio.run(oldest_uncounted())
+
+
+def soak_cluster(seconds):
+    script_folder = scratch_dir()
+    script = script_folder / "sdk.lua"
+    script.write_text(fresh_ids_script(sdk_body()) + DONE)
+    try:
+        with local_cluster() as cluster:
+            ports = [cluster.port(1), cluster.port(2)]
+            cluster.ctl("stop", "worker:*")  # the ingest alone, as on one machine
+            wrk_on(ports, str(script), 1)
+            capacity = wrk_on(ports, str(script), CAPACITY_SECONDS)[0] * 100
+            cluster.ctl("start", "worker:*")
+            rate = SHARE * capacity
+            print(f"soak cluster: the 2 ingest nodes alone take {capacity:,.0f} SDK events/s; "
+                  f"offering {rate:,.0f} for {seconds} s", flush=True)
+            # The capacity's events are counted first: the soak starts from a caught-up
+            # cluster, as on one machine.
+            cluster.wait(lambda: cluster_overview_lag(cluster, time.time()) == 0.0,
+                         "the workers to count the capacity run's events", timeout=1800)
+
+            def pids():
+                found = {}
+                for name in ("ingest:ingest-1", "ingest:ingest-2", "worker:worker-1",
+                             "worker:worker-2"):
+                    pid = cluster.ctl("pid", name).strip()
+                    if pid.isdigit() and pid != "0":
+                        found[name.split(":")[1]] = int(pid)
+                return found
+
+            def counts_lag():
+                _, stats = cluster.get(1, "/stats")
+                return f"{stats['lag_messages']:,} messages" if stats else "unknown"
+
+            figures = soak("soak cluster", ports, rate, seconds,
+                           lambda: cluster_overview_lag(cluster, time.time()), counts_lag, pids)
+    finally:
+        subprocess.run(["rm", "-rf", str(script_folder)], check=False)
+    return {"soak_cluster_capacity_events_s": capacity,
+            **{f"soak_cluster_{key}": value for key, value in figures.items()}}
+
+
+def bench_soak(seconds=600, modes=("single", "cluster")):
+    results = {}
+    if "single" in modes:
+        results.update(soak_single(seconds))
+    if "cluster" in modes:
+        results.update(soak_cluster(seconds))
+    return results
 
 
 def rows(results):
     """The bench table's lines for this part."""
-    if "soak_seconds" not in results:
-        return []
-    return [
-        ("Soak: the ingest alone (SDK events/s)", f"{results['soak_capacity_events_s']:,.0f}"),
-        ("Soak: offered / acknowledged (SDK events/s)",
-         f"{results['soak_offered_events_s']:,.0f} / "
-         f"{results['soak_acknowledged_events_s']:,.0f}"),
-        ("Soak: overview lag at the end / largest (s)",
-         f"{results['soak_overview_lag_end_s']:.1f} / {results['soak_overview_lag_max_s']:.1f}"
-         f" ({'bounded' if results['soak_overview_bounded'] else 'NOT bounded'})"),
-        ("Soak: peak RSS, ingest / worker (MB)",
-         f"{results['soak_ingest_peak_rss_mb']:.0f} / {results['soak_worker_peak_rss_mb']:.0f}"),
-    ]
+    lines = []
+    for prefix, where in (("soak", "one machine"), ("soak_cluster", "cluster")):
+        if f"{prefix}_seconds" not in results:
+            continue
+        figure = lambda key: results[f"{prefix}_{key}"]  # noqa: E731
+        lines += [
+            (f"Soak, {where}: the ingest alone (SDK events/s)",
+             f"{figure('capacity_events_s'):,.0f}"),
+            (f"Soak, {where}: offered / acknowledged (SDK events/s)",
+             f"{figure('offered_events_s'):,.0f} / {figure('acknowledged_events_s'):,.0f}"),
+            (f"Soak, {where}: overview lag at the end / largest (s)",
+             f"{figure('overview_lag_end_s'):.1f} / {figure('overview_lag_max_s'):.1f} "
+             f"({'bounded' if figure('overview_bounded') else 'NOT bounded'})"),
+            (f"Soak, {where}: peak RSS (MB)",
+             ", ".join(f"{name} {mb:.0f}" for name, mb in sorted(figure('peak_rss_mb').items()))),
+        ]
+    return lines
 
 
 if __name__ == "__main__":
-    for label, value in rows(bench_soak(int(sys.argv[1]) if len(sys.argv) > 1 else 600)):
+    arguments = sys.argv[1:]
+    chosen = [mode for mode in arguments if mode in ("single", "cluster")] or ["single",
+                                                                               "cluster"]
+    length = next((int(value) for value in arguments if value.isdigit()), 600)
+    for label, value in rows(bench_soak(length, chosen)):
         print(f"{label}: {value}")
