@@ -8,11 +8,13 @@ import json
 import zlib
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from http_client import post, request, wait_for
 from app.validate import parse_batch
 from storage.log import details
 from storage.log.writer import EventLog
+from test_validate import sdk_like_events
 from worker.overview import SdkEvents
 
 SURROGATE_FIELDS = ["anonymousID", "userID", "id", "properties.name",
@@ -172,3 +174,39 @@ def test_the_overview_sets_aside_any_malformed_item_and_keeps_the_rest():
     assert [view[0] for view in read.views] == [3]
     assert [named for named, _ in read.set_aside] == [None, None, None, "no-time", "huge"]
     assert read.events == 6
+
+
+ITEM_TIMES = st.one_of(st.integers(0, 2**41 * 1000), st.just(1_795_000_000_000),
+                       st.floats(0, 2e12, allow_nan=False), st.just(10**30), st.text(max_size=3),
+                       st.none())
+
+
+@st.composite
+def stored_items(draw):
+    """Items as data1.details may hold them: mostly as the ingest writes them, some of any
+    shape a store written by other code could hold."""
+    event = draw(sdk_like_events())
+    item = {"event": event, "time": draw(ITEM_TIMES)}
+    for key in draw(st.lists(st.sampled_from(["event", "time", "clock", "offset"]), max_size=1)):
+        item.pop(key, None)
+    return draw(st.one_of(st.just(item), st.just(item), st.just(item), st.just(item),
+                          st.sampled_from(["text", 5, None, {"event": "x"}])))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(stored_items(), min_size=1, max_size=6), st.booleans())
+def test_the_overview_reads_a_group_the_same_whichever_way(items, sent_whole):
+    """SdkEvents.read_group (msgspec, the counted fields only) against read(group.events()),
+    the step by step way: the same views, links, events and events set aside."""
+    if sent_whole and all(type(item) is dict and "event" in item for item in items):
+        payload = json.dumps({"sent": {"batch": [item["event"] for item in items]},
+                              "items": [{k: v for k, v in item.items() if k != "event"}
+                                        for item in items]})
+    else:
+        payload = json.dumps(items)
+    group = details.Group(0, 0, 0, 0, payload.encode("utf-8", "surrogatepass"), 0)
+    fast, checked = SdkEvents(), SdkEvents()
+    fast.read_group(group)
+    checked.read(group.events())
+    assert (fast.views, fast.links, fast.events, fast.set_aside) == (
+        checked.views, checked.links, checked.events, checked.set_aside)

@@ -25,6 +25,9 @@ import collections
 import logging
 import os
 import time
+from typing import Any, Optional
+
+import msgspec
 
 from storage.layout import Layout, names_open_file
 from storage.log.details import HEADER, read_groups, read_header
@@ -275,7 +278,7 @@ class Overview:
         for group in read_groups(self.details, start):
             if group.data1_end > data1_end:
                 break
-            read.read(group.events())
+            read.read_group(group)
             offset, end = group.end, group.data1_end
             if read.events >= COMMIT_EVENTS:
                 counted += self._commit(read, identity, offset, end)
@@ -331,33 +334,82 @@ class SdkEvents:
                 self.set_aside.append((named if type(named) is str else None,
                                        f"{type(error).__name__}: {error}"))
 
+    def read_group(self, group):
+        """read(group.events()), a few times faster: the events are decoded as _Event, only
+        the fields counted. A group that does not fit (a field of another type, a value out of
+        range: what read() sets aside) is read by read(), event by event."""
+        try:
+            items = group.events_as(_Event)
+            views, links = [], []
+            for event, time_ms in items:
+                properties = event.properties
+                if event.type == "screen" and properties is None:
+                    raise ValueError("a screen view without properties")
+                self._add(views, links, time_ms, event.anonymousID, event.userID, event.type,
+                          lambda: (properties.experienceID, properties.id,
+                                   properties.experienceName, properties.name,
+                                   properties.experienceRevisionID))
+        except (msgspec.MsgspecError, ValueError, TypeError):
+            self.read(group.events())
+            return
+        self.events += len(items)
+        self.views += views
+        self.links += links
+
     def _read(self, item):
         event = item["event"]
-        moment = item["time"] // 1000
+
+        def screen():
+            properties = event["properties"]
+            return (properties["experienceID"], properties.get("id"),
+                    properties.get("experienceName"), properties.get("name"),
+                    properties.get("experienceRevisionID"))
+
+        self._add(self.views, self.links, item["time"], event["anonymousID"],
+                  event.get("userID"), event.get("type"), screen)
+
+    def _add(self, views, links, time_ms, anonymous_id, user, kind, screen):
+        """The rule, for either way of reading: `screen()`, asked for a screen view only, is
+        its (experienceID, screen id, experience name, screen name, revision id) as sent."""
+        moment = time_ms // 1000
         if not 0 <= moment < 2**40:
             raise ValueError("time out of range")
-        device = self._key("anon:" + event["anonymousID"])
-        user = event.get("userID")
+        device = self._key("anon:" + anonymous_id)
         # null and "" are no userID (identify(null), Judo's anonymous mode): no link
         carried = self._key("user:" + user) if user else 0
-        if event.get("type") == "screen":
-            properties = event["properties"]
-            experience = int(properties["experienceID"])
+        if kind == "screen":
+            experience_id, screen_id, experience_name, screen_name, revision = screen()
+            experience = int(experience_id)
             if not 0 <= experience <= MAX_ID:
                 raise ValueError("experienceID out of range")
-            self.views.append((experience, moment, device, carried,
-                               stored_text(properties.get("id") or ""),
-                               stored_text(properties.get("experienceName")),
-                               stored_text(properties.get("name")),
-                               stored_text(properties.get("experienceRevisionID") or "")))
+            views.append((experience, moment, device, carried, stored_text(screen_id or ""),
+                          stored_text(experience_name), stored_text(screen_name),
+                          stored_text(revision or "")))
         if carried:
-            self.links.append((device, carried, moment))
+            links.append((device, carried, moment))
 
     def _key(self, text):
         key = self._keys.get(text)
         if key is None:
             key = self._keys[text] = person_key(text)
         return key
+
+
+class _Properties(msgspec.Struct):
+    experienceID: Any = None
+    id: Optional[str] = None
+    name: Optional[str] = None
+    experienceName: Optional[str] = None
+    experienceRevisionID: Optional[str] = None
+
+
+class _Event(msgspec.Struct):
+    """The fields of an SDK event the overview counts (SdkEvents.read_group); the rest of the
+    event is skipped by the decoder."""
+    anonymousID: str
+    type: Any = None
+    userID: Optional[str] = None
+    properties: Optional[_Properties] = None
 
 
 def stored_text(value):

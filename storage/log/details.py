@@ -71,6 +71,9 @@ import logging
 import os
 import struct
 import zlib
+from typing import Union
+
+import msgspec
 
 from storage.durable import append_whole, truncate_or_die
 from storage.log.format import MAX_UNSYNCED
@@ -103,6 +106,32 @@ class Group:
             return payload
         return [{"event": event, **item}
                 for event, item in zip(payload["sent"]["batch"], payload["items"])]
+
+    def events_as(self, event_type):
+        """[(event, time), ...] of the group's items, each event decoded as `event_type`, a
+        msgspec.Struct of the fields the caller reads (the rest is skipped, not decoded: a
+        few times the speed of events()). Raises msgspec.MsgspecError, or ValueError, for a
+        payload that does not fit: events() then reads it, whatever it holds."""
+        payload = _decoder(event_type).decode(self.payload)
+        if type(payload) is list:
+            return [(item.event, item.time) for item in payload]
+        return [(event, item.time) for event, item in zip(payload.sent.batch, payload.items)]
+
+
+_DECODERS = {}
+
+
+def _decoder(event_type):
+    """A decoder of either form of a group's payload (see the format), events as
+    `event_type`."""
+    decoder = _DECODERS.get(event_type)
+    if decoder is None:
+        item = msgspec.defstruct("Item", [("event", event_type), ("time", int)])
+        bare = msgspec.defstruct("BareItem", [("time", int)])
+        sent = msgspec.defstruct("Sent", [("batch", list[event_type])])
+        whole = msgspec.defstruct("SentGroup", [("sent", sent), ("items", list[bare])])
+        decoder = _DECODERS[event_type] = msgspec.json.Decoder(Union[list[item], whole])
+    return decoder
 
 
 def encode_group(data1_start, data1_end, data1_crc, received_ms, items, sent=None):
