@@ -41,7 +41,6 @@ app/cluster_readside.py merges the answers.
 """
 
 import dataclasses
-import json
 import logging
 import os
 import socket
@@ -338,7 +337,7 @@ class StreamWorker(PassLoop):
                 if feed_series and sequence > dated:
                     series.add(payload, second - second % 60)
                 if feed_overview and details is not None and sequence > overviewed:
-                    sdk.append(json.loads(details))
+                    sdk.append(details)  # decoded by SdkEvents.read_encoded, at the commit
                 size = len(payload) + len(details or "")
                 pending_bytes, read_bytes = pending_bytes + size, read_bytes + size
                 reached = sequence
@@ -388,7 +387,7 @@ class StreamWorker(PassLoop):
         if sdk is not False and overview is not None and sequence > overview.position:
             # Acknowledged messages are on a quorum's disks: nothing to make durable first.
             read = SdkEvents()
-            read.read(sdk)
+            read.read_encoded(sdk)
             overview.count(read, partition.checkpoint.fingerprint.encode(), sequence, sequence)
         if series is not False and partition.series is not None and (
                 sequence > partition.series_offset):

@@ -126,11 +126,26 @@ def _decoder(event_type):
     `event_type`."""
     decoder = _DECODERS.get(event_type)
     if decoder is None:
-        item = msgspec.defstruct("Item", [("event", event_type), ("time", int)])
+        item = _item_type(event_type)
         bare = msgspec.defstruct("BareItem", [("time", int)])
         sent = msgspec.defstruct("Sent", [("batch", list[event_type])])
         whole = msgspec.defstruct("SentGroup", [("sent", sent), ("items", list[bare])])
         decoder = _DECODERS[event_type] = msgspec.json.Decoder(Union[list[item], whole])
+    return decoder
+
+
+def _item_type(event_type):
+    return msgspec.defstruct("Item", [("event", event_type), ("time", int)])
+
+
+def item_decoder(event_type):
+    """A decoder of one item in JSON, as a cluster message's details header carries it
+    (storage/stream/writer.py): decode(json) -> an item with .event (as `event_type`) and
+    .time. Raises as events_as does."""
+    key = ("item", event_type)
+    decoder = _DECODERS.get(key)
+    if decoder is None:
+        decoder = _DECODERS[key] = msgspec.json.Decoder(_item_type(event_type))
     return decoder
 
 
