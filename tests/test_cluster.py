@@ -520,7 +520,8 @@ def test_sdk_events_and_their_retries_on_either_node_are_counted_once(cluster):
     for thread in threads:
         thread.join()
     # Each event is stored by one of the two: one message per event, deduplicated by the
-    # stream, so the two answers may split them.
+    # stream (a batch holding an id already stored is refused whole, and its events go one
+    # by one), so the two answers may split them.
     assert sum(answer["stored"] for _, answer in answers) == 50
     expected[7] += more[7]
     for n in (1, 2):
@@ -536,14 +537,18 @@ def test_sdk_events_and_their_retries_on_either_node_are_counted_once(cluster):
                 except nats.errors.TimeoutError:
                     break  # every stored message read
                 if message.headers and DETAILS_HEADER in message.headers:
-                    kept.append(json.loads(message.headers[DETAILS_HEADER]))
+                    kept.append((json.loads(message.headers[DETAILS_HEADER]),
+                                 message.headers.get("Nats-Batch-Id")))
             await sub.unsubscribe()
             return kept
 
         kept = link.call(details_kept(), 60)
-    ids = [item["event"]["id"] for item in kept]
+    ids = [item["event"]["id"] for item, _ in kept]
     assert sorted(ids) == sorted(e["id"] for e in events + fresh)
-    assert all(item["received"] and item["time"] for item in kept)
+    assert all(item["received"] and item["time"] for item, _ in kept)
+    # The first chunk was stored as one atomic batch: one acknowledgement for 100 messages.
+    batches = {batch for item, batch in kept if item["event"]["id"] in {e["id"] for e in events}}
+    assert len(batches) == 1 and None not in batches
 
 
 def test_the_same_tokens_guard_every_ingest_node(cluster):

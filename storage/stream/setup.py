@@ -62,6 +62,8 @@ def stream_config(replicas, dedupe_window):
         max_age=0,
         duplicate_window=max(float(dedupe_window), MIN_DUPLICATE_WINDOW_SECONDS),
         max_msg_size=MAX_MESSAGE_BYTES,
+        # A request's SDK events in one atomic batch (storage/stream/writer.py).
+        allow_atomic=True,
     )
 
 
@@ -162,6 +164,12 @@ async def ensure(js, replicas, dedupe_window, log=None):
         if log:
             log.warning("stream %s: duplicate window raised from %g s to the dedupe window, "
                         "%g s", STREAM, found_window, wanted.duplicate_window)
+    if not info.config.allow_atomic:
+        info.config.allow_atomic = True
+        info = await js.update_stream(info.config)
+        if log:
+            log.warning("stream %s: atomic batches allowed now (a request's SDK events are "
+                        "stored in one)", STREAM)
     _compare(f"stream {STREAM}", info.config, wanted, _CHECKED_STREAM)
     _check_ready(f"stream {STREAM}", info)
 

@@ -28,6 +28,10 @@ counts messages with the same code as data1's blocks. This module's guarantees:
   the event's own id. The stream drops a repeat of that id within its duplicate window (the
   dedupe window, storage/stream/setup.py) whichever ingest node it reaches, and acknowledges
   it as a duplicate: a retry is stored and counted once, as data1.seen does on one machine.
+* A request's SDK events are published as one atomic batch (the stream allows them): stored
+  together, with one acknowledgement. The stream refuses a whole batch that holds an id it
+  already has; a batch refused, or not answered, goes again one message at a time, the same
+  ids, each deduped as above.
 """
 
 import _thread
@@ -52,6 +56,10 @@ log = logging.getLogger("ingest")
 # the next message, so that under load each message carries many appends (measured in
 # bench/cluster.py; more in flight meant more, smaller messages and no more events/s).
 IN_FLIGHT = 2
+# A request's SDK events go out as one atomic batch of at most this many messages (the
+# server's limit): a round trip to begin it and one to commit it, rather than an
+# acknowledgement per event (bench/cluster.py measures both).
+MAX_ATOMIC_BATCH = 1000
 # One attempt's wait for an acknowledgement, and the pause before the next attempt.
 ATTEMPT_TIMEOUT = 2.0
 RETRY_PAUSE = 0.1
@@ -147,18 +155,54 @@ class StreamLog:
                               "retry of them is stored once") from None
 
     async def _publish_events(self, events, received_ms):
-        return await asyncio.gather(*(self._publish_event(event, received_ms)
-                                      for event in events))
+        """For each event, whether it was new. A request's events go out as one atomic batch
+        (MAX_ATOMIC_BATCH at most); a batch refused or unanswered, one by one."""
+        messages = [self._event_message(event, received_ms) for event in events]
+        fresh = []
+        for start in range(0, len(messages), MAX_ATOMIC_BATCH):
+            chunk = messages[start:start + MAX_ATOMIC_BATCH]
+            if len(chunk) > 1 and await self._publish_batch(chunk):
+                fresh += [True] * len(chunk)
+            else:
+                acks = await asyncio.gather(*(self._publish_until_acknowledged(*message)
+                                              for message in chunk))
+                fresh += [not ack.duplicate for ack in acks]
+        return fresh
 
-    async def _publish_event(self, event, received_ms):
+    def _event_message(self, event, received_ms):
+        """(payload, message id, headers, subject) of an SDK event's message."""
         payload = b"" if event.experience_id is None else encode((event.experience_id,))
         details = json.dumps({"received": received_ms, **event.details}, ensure_ascii=True,
                              separators=(",", ":"))
         partition = partition_of(event.anonymous_id, self.partitions)
-        ack = await self._publish_until_acknowledged(
-            payload, f"sdk-{event_key(event.event_id).hex()}", {DETAILS_HEADER: details},
-            partition_subject(partition))
-        return not ack.duplicate
+        return (payload, f"sdk-{event_key(event.event_id).hex()}", {DETAILS_HEADER: details},
+                partition_subject(partition))
+
+    async def _publish_batch(self, messages):
+        """Publish `messages` as one atomic batch (ADR-50: stored all together or not at
+        all); True once the stream acknowledged the commit. False if it refused the batch
+        (an id it already holds: a retry; too many batches in flight) or did not answer in
+        time: the caller then publishes them one by one with the same ids, which the stream
+        stores once, whether or not the batch was committed after all (then they are
+        answered as duplicates, of themselves: counted once either way)."""
+        nc, batch = self.link.nc, os.urandom(16).hex()
+        timeout = min(self.timeout, ATTEMPT_TIMEOUT)
+        try:
+            for number, (payload, message_id, headers, subject) in enumerate(messages, 1):
+                headers = {"Nats-Msg-Id": message_id, **headers, "Nats-Batch-Id": batch,
+                           "Nats-Batch-Sequence": str(number)}
+                if number == 1:  # answered empty once the batch is begun, else an error
+                    if (await nc.request(subject, payload, timeout, headers=headers)).data:
+                        return False
+                elif number < len(messages):
+                    await nc.publish(subject, payload, headers=headers)
+                else:
+                    headers["Nats-Batch-Commit"] = "1"
+                    ack = json.loads((await nc.request(subject, payload, timeout,
+                                                       headers=headers)).data)
+                    return "error" not in ack and ack.get("count") == len(messages)
+        except (*UNAVAILABLE, ValueError):
+            return False
 
     def _start_publishes(self):
         """On the link's loop: publish waiting groups while fewer than IN_FLIGHT are out."""
