@@ -7,10 +7,11 @@ ingest is measured (as the single-machine ingest is measured without its worker)
 started to time their catch-up on the backlog the measurements left.
 
     ingest     acknowledged single events/s, batched events/s (batches of 100) and SDK
-               events/s (bench/sdk.py's batches of 100, a message per event) through 1
-               and through 2 ingest nodes (a wrk per node), beside the single machine
-               (fsync on) and beside raw nats-py publishing the same messages with the same
-               concurrency: the engine's own limit
+               events/s (bench/sdk.py's batches of 100, a message per event, a request's
+               messages in one atomic batch) through 1 and through 2 ingest nodes (a wrk per
+               node), beside the single machine (fsync on, SDK events too) and beside raw
+               nats-py publishing the same messages with the same concurrency: the engine's
+               own limit
     cores      the CPU each process used during the 2-node single-event run
     catch-up   the workers counting the stream from nothing: messages/s and events/s
 """
@@ -170,11 +171,14 @@ def bench_cluster(seconds):
     results = {}
     event = b'{"experienceID": 12345}'
     batch = json.dumps({"batch": [{"experienceID": i % 997} for i in range(BATCH)]}).encode()
+    sdk_script = scratch_dir() / "sdk.lua"
+    sdk_script.write_text(fresh_ids_script(sdk_body()) + DONE)
     with wrk_script(event) as single_script, wrk_script(batch, "/batch") as batch_script:
         with ingest_server(fsync=True) as (port, _):
             run_wrk(port, single_script, seconds=1)
             results["file_single_events_s"] = run_wrk(port, single_script, seconds)["rate"]
             results["file_batched_events_s"] = run_wrk(port, batch_script, seconds)["rate"] * BATCH
+            results["file_sdk_events_s"] = run_wrk(port, str(sdk_script), seconds)["rate"] * BATCH
         with local_cluster() as cluster:
             cluster.ctl("stop", "worker:*")
             one, both = [cluster.port(1)], [cluster.port(1), cluster.port(2)]
@@ -192,17 +196,19 @@ def bench_cluster(seconds):
             results["cluster_1_node_batched_events_s"] = rate * BATCH
             rate, _ = wrk_on(both, batch_script, seconds)
             results["cluster_2_nodes_batched_events_s"] = rate * BATCH
-            sdk_script = scratch_dir() / "sdk.lua"
-            sdk_script.write_text(fresh_ids_script(sdk_body()) + DONE)
             for nodes, ports in (("1_node", one), ("2_nodes", both)):
                 rate, _ = wrk_on(ports, str(sdk_script), seconds)
                 results[f"cluster_{nodes}_sdk_events_s"] = rate * BATCH
-            shutil.rmtree(sdk_script.parent, ignore_errors=True)
             results["raw_nats_single_events_s"] = raw_publish(cluster.servers, 1, seconds)
             results["raw_nats_batched_events_s"] = raw_publish(cluster.servers, BATCH,
                                                                seconds) * BATCH
             results.update(time_catchup(cluster))
+    shutil.rmtree(sdk_script.parent, ignore_errors=True)
     results.update(
+        cluster_1_node_sdk_vs_file=results["cluster_1_node_sdk_events_s"]
+        / results["file_sdk_events_s"],
+        cluster_2_vs_1_node_sdk=results["cluster_2_nodes_sdk_events_s"]
+        / results["cluster_1_node_sdk_events_s"],
         cluster_2_vs_1_node_single=results["cluster_2_nodes_single_events_s"]
         / results["cluster_1_node_single_events_s"],
         cluster_2_vs_1_node_batched=results["cluster_2_nodes_batched_events_s"]
@@ -246,9 +252,13 @@ ROWS = [
     ("Cluster, 2 ingest nodes: single events/s", "cluster_2_nodes_single_events_s", "{:,.0f}"),
     ("Cluster, 1 ingest node: batched events/s", "cluster_1_node_batched_events_s", "{:,.0f}"),
     ("Cluster, 2 ingest nodes: batched events/s", "cluster_2_nodes_batched_events_s", "{:,.0f}"),
-    ("Cluster, 1 ingest node: SDK events/s (a message each)", "cluster_1_node_sdk_events_s",
-     "{:,.0f}"),
+    ("Single machine, fsync on: SDK events/s (bench/sdk.py's batches of 100)",
+     "file_sdk_events_s", "{:,.0f}"),
+    ("Cluster, 1 ingest node: SDK events/s (a message each, a batch a request)",
+     "cluster_1_node_sdk_events_s", "{:,.0f}"),
     ("Cluster, 2 ingest nodes: SDK events/s", "cluster_2_nodes_sdk_events_s", "{:,.0f}"),
+    ("  cluster (1 node) / single machine, SDK events", "cluster_1_node_sdk_vs_file", "{:.2f}"),
+    ("  2 ingest nodes / 1, SDK events", "cluster_2_vs_1_node_sdk", "{:.2f}x"),
     ("Raw nats-py, 16 in flight: 1 id a message (events/s)", "raw_nats_single_events_s", "{:,.0f}"),
     ("Raw nats-py, 16 in flight: 100 ids a message (events/s)", "raw_nats_batched_events_s",
      "{:,.0f}"),
