@@ -21,11 +21,10 @@ a message that names the problem, and nothing is written.
 import datetime
 import json
 import re
-from typing import Any, Optional
-
 import msgspec
 
 from storage.log.format import MAX_ID
+from storage.sdk_event import CheckedEvent
 
 MAX_BATCH_EVENTS = 10_000
 EXACT_FLOAT = 2**53
@@ -404,35 +403,15 @@ def _sdk_batch(events, received, check_text):
 
 
 # --- The fast way: a body whose every element is a well-formed SDK event, decoded and checked
-# in one pass by msgspec into the structs below (several times the speed of json and the
-# checks above, which are most of the ingest's work per event). A body it does not take
-# whole (an element it would reject, a minimal item, text that may hold a lone surrogate, a
-# value msgspec reads otherwise than json) goes the step by step way, which names each
-# problem. For every body it takes, both ways give the same Batch (tests/test_validate.py).
-
-
-class _Properties(msgspec.Struct):
-    experienceID: Any = None
-    id: Optional[str] = None
-    name: Optional[str] = None
-    experienceName: Optional[str] = None
-    experienceRevisionID: Optional[str] = None
-
-
-class _Event(msgspec.Struct):
-    id: str = ""
-    anonymousID: str = ""
-    type: str = ""
-    userID: Optional[str] = None
-    timestamp: Any = None
-    properties: Optional[_Properties] = None
-    # Only whether they are objects matters here: kept as their JSON, never decoded.
-    context: msgspec.Raw = msgspec.Raw(b"null")
-    traits: msgspec.Raw = msgspec.Raw(b"null")
+# in one pass by msgspec into storage/sdk_event.py's CheckedEvent (several times the speed of
+# json and the checks above, which are most of the ingest's work per event). A body it does
+# not take whole (an element it would reject, a minimal item, text that may hold a lone
+# surrogate, a value msgspec reads otherwise than json) goes the step by step way, which names
+# each problem. For every body it takes, both ways give the same Batch (tests/test_validate.py).
 
 
 class _Body(msgspec.Struct):
-    batch: list[_Event]
+    batch: list[CheckedEvent]
 
 
 _DECODE_BODY = msgspec.json.Decoder(_Body)

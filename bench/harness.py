@@ -66,13 +66,18 @@ def server(args, env_extra=None, prepare=None):
         wait_until_listening(port, proc)
         yield port, state_dir
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 10)
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def stop(proc, timeout=60):
+    """SIGTERM, then SIGKILL if it has not ended within `timeout` seconds."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def bare_server(threads, pinned=True):

@@ -24,7 +24,6 @@ import asyncio
 import http.client
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -33,7 +32,7 @@ import time
 from pathlib import Path
 
 from bench.cluster import local_cluster, wrk_on
-from bench.harness import REPO, free_port, run_wrk, scratch_dir, wait_until_listening
+from bench.harness import REPO, free_port, run_wrk, scratch_dir, stop, wait_until_listening
 from bench.sdk import fresh_ids_script, sdk_body, DONE
 from storage.layout import Layout
 from storage.log import details
@@ -57,15 +56,6 @@ def start(program, state_dir, port, **settings):
                    for name, value in settings.items()}})
     return subprocess.Popen([sys.executable, "-m", program], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def stop(proc):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def rss_mb(pid, field="VmRSS"):
@@ -167,17 +157,23 @@ class Senders:
             return self.offered, self.acknowledged, self.failed
 
 
-def overview_lag(layout, now):
-    """Seconds from the oldest SDK event the overview has not counted (its details group's
-    receive time) to `now`; 0 when it has counted them all."""
+def store_position(path):
+    """An overview store's position (read-only, beside the worker writing it); 0 before it
+    exists: nothing counted."""
     try:
-        db = sqlite3.connect(f"file:{layout.overview}?mode=ro", uri=True, timeout=5)
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
         try:
-            position, = db.execute("SELECT position FROM state").fetchone()
+            return db.execute("SELECT position FROM state").fetchone()[0]
         finally:
             db.close()
     except sqlite3.Error:
-        position = 0  # not created yet: nothing counted
+        return 0
+
+
+def overview_lag(layout, now):
+    """Seconds from the oldest SDK event the overview has not counted (its details group's
+    receive time) to `now`; 0 when it has counted them all."""
+    position = store_position(layout.overview)
     try:
         fd = os.open(layout.details, os.O_RDONLY)
     except FileNotFoundError:
@@ -275,14 +271,7 @@ def cluster_overview_lag(cluster, now):
     positions = {}
     for store in (cluster.root / "state" / "cluster").glob("worker-*/overview-*.sqlite3"):
         partition = store.stem.split("-", 1)[1]
-        try:
-            db = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=5)
-            try:
-                position, = db.execute("SELECT position FROM state").fetchone()
-            finally:
-                db.close()
-        except sqlite3.Error:
-            position = 0
+        position = store_position(store)
         # A partition that moved leaves its old owner's store behind: the furthest is the
         # one that counts it (a new owner counting it again is behind it, and not yet read).
         positions[partition] = max(positions.get(partition, 0), position)

@@ -5,6 +5,7 @@ The ingest (app/) and the worker (worker/) never import each other; both import 
     layout.py            every file name in the state folder, with its writer and its reader
     checkpoint.py        data2's format, versioned (both backends' checkpoints)
     backend.py           what a backend provides (an event log, a checkpoint store), declared
+    sdk_event.py         the SDKs' events: the fields the ingest checks and the worker counts
     log/                 the file backend (one machine): data1, its details and dedupe index,
                          data2's store
     stream/              the NATS JetStream backend (cluster mode); the only package that

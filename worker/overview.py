@@ -26,13 +26,12 @@ import json
 import logging
 import os
 import time
-from typing import Any, Optional
-
 import msgspec
 
 from storage.layout import Layout, names_open_file
 from storage.log.details import HEADER, item_decoder, read_groups, read_header
 from storage.log.format import MAX_ID
+from storage.sdk_event import CountedEvent
 from storage.views.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDENTIFIED, PEOPLE,
                                     REVISION_FIRST_SEEN, REVISION_IDENTIFIED, REVISION_LAST_SEEN,
                                     REVISION_PEOPLE, REVISION_VIEWS,
@@ -336,11 +335,12 @@ class SdkEvents:
                                        f"{type(error).__name__}: {error}"))
 
     def read_group(self, group):
-        """read(group.events()), a few times faster: the events are decoded as _Event, only
-        the fields counted. A group that does not fit (a field of another type, a value out of
-        range: what read() sets aside) is read by read(), event by event."""
+        """read(group.events()), a few times faster: the events are decoded as
+        storage/sdk_event.py's CountedEvent, only the fields counted. A group that does not
+        fit (a field of another type, a value out of range: what read() sets aside) is read
+        by read(), event by event."""
         try:
-            decoded = group.events_as(_Event)
+            decoded = group.events_as(CountedEvent)
         except (msgspec.MsgspecError, ValueError):
             self.read(group.events())
             return
@@ -415,24 +415,7 @@ class SdkEvents:
         return key
 
 
-class _Properties(msgspec.Struct):
-    experienceID: Any = None
-    id: Optional[str] = None
-    name: Optional[str] = None
-    experienceName: Optional[str] = None
-    experienceRevisionID: Optional[str] = None
-
-
-class _Event(msgspec.Struct):
-    """The fields of an SDK event the overview counts (SdkEvents.read_group); the rest of the
-    event is skipped by the decoder."""
-    anonymousID: str
-    type: Any = None
-    userID: Optional[str] = None
-    properties: Optional[_Properties] = None
-
-
-_ITEM = item_decoder(_Event)
+_ITEM = item_decoder(CountedEvent)
 
 
 def stored_text(value):
