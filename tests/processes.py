@@ -148,14 +148,15 @@ class Supervisor:
         return self.status() == {"ingest": "RUNNING", "worker": "RUNNING",
                                  "stop_on_bad_setup": "RUNNING"}
 
-    def kill_in_turn(self, seconds, rng, moment=(0.0, 0.5)):
+    def kill_in_turn(self, seconds, rng, moment=(0.0, 0.5), at_least=1):
         """SIGKILL the worker and the ingest in turn for `seconds`, each at a random moment of
         its life (`moment`: the range of seconds after it is seen RUNNING), and each at least
-        once however slow the machine. Returns the kills per program."""
+        `at_least` times however slow the machine (the turns then go on past `seconds`).
+        Returns the kills per program."""
         kills = {"ingest": 0, "worker": 0}
         killed = self.killed
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline or sum(kills.values()) < 2:
+        while time.monotonic() < deadline or min(kills.values()) < at_least:
             program = "ingest" if sum(kills.values()) % 2 else "worker"
             # Any running process, however young: supervisord restarts every kill at once.
             # A new one each time: supervisord may report a killed process RUNNING until it
