@@ -275,14 +275,13 @@ def _fast_experience(event):
         properties = event.get("properties")
         if type(properties) is not dict:
             return False, None
-        value = properties.get("experienceID")
-        if not (type(value) is str and value.isascii() and value.isdigit()
-                and len(value) <= 18):  # 18 digits are always below 2**63
+        experience = _plain_experience_id(properties.get("experienceID"))
+        if experience is None:
             return False, None
         for key in ("id", "name", "experienceName", "experienceRevisionID"):
             if type(properties.get(key, "")) is not str and properties[key] is not None:
                 return False, None
-        return True, int(value)
+        return True, experience
     if kind == "identify":
         traits = event.get("traits")
         return traits is None or type(traits) is dict, None
@@ -295,15 +294,29 @@ def sdk_event(event, received, index=0, clocks=None):
     if type(event) is dict:
         usable, experience = _fast_experience(event)
         if usable:
-            raw = event.get("timestamp")
-            known = clocks.get(raw) if clocks is not None and type(raw) is str else None
-            if known is None:
-                known = device_time(raw, received)
-                if clocks is not None and type(raw) is str:
-                    clocks[raw] = known
             return SdkEvent(index, event["id"], event["type"], event["anonymousID"],
-                            experience, _item(*known), event)
+                            experience, _item(*_device_time(event.get("timestamp"), received,
+                                                            clocks)), event)
     return _checked_sdk_event(event, received, index)
+
+
+def _plain_experience_id(value):
+    """An experienceID as the SDKs send it, up to 18 ASCII digits (always below 2**63), as
+    an int; None for anything else, which the step by step way judges."""
+    if type(value) is str and value.isascii() and value.isdigit() and len(value) <= 18:
+        return int(value)
+    return None
+
+
+def _device_time(raw, received, clocks=None):
+    """device_time, its answers kept in `clocks` (a dict, for one batch: its events share
+    timestamps)."""
+    if clocks is None or type(raw) is not str:
+        return device_time(raw, received)
+    known = clocks.get(raw)
+    if known is None:
+        known = clocks[raw] = device_time(raw, received)
+    return known
 
 
 def _item(seconds, clock):
@@ -457,23 +470,17 @@ def _fast_sdk_batch(body, received):
         experience = None
         if kind == "screen":
             properties = event.properties
-            value = properties.experienceID if properties is not None else None
-            if not (type(value) is str and value.isascii() and value.isdigit()
-                    and len(value) <= 18):  # 18 digits are always below 2**63
+            experience = _plain_experience_id(
+                properties.experienceID if properties is not None else None)
+            if experience is None:
                 return None
-            experience = int(value)
         elif kind == "identify":
             if not _object_or_null(event.traits):
                 return None
         elif kind != "register":
             return None
-        raw = event.timestamp
-        known = clocks.get(raw) if type(raw) is str else None
-        if known is None:
-            known = device_time(raw, received)
-            if type(raw) is str:
-                clocks[raw] = known
         kept.append(SdkEvent(index, event.id, kind, event.anonymousID, experience,
-                             _item(*known), sent=sent))
+                             _item(*_device_time(event.timestamp, received, clocks)),
+                             sent=sent))
     return Batch(events=kept)
 

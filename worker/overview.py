@@ -349,12 +349,15 @@ class SdkEvents:
     def read_encoded(self, items):
         """read() of items each still in JSON (a cluster message's details header), as fast
         as read_group and with the same way back to read()."""
+        def as_dicts():
+            return [json.loads(item) for item in items]
+
         try:
             decoded = [(item.event, item.time) for item in map(_ITEM.decode, items)]
         except (msgspec.MsgspecError, ValueError):
-            self.read([json.loads(item) for item in items])
+            self.read(as_dicts())
             return
-        self._read_decoded(decoded, lambda: [json.loads(item) for item in items])
+        self._read_decoded(decoded, as_dicts)
 
     def _read_decoded(self, decoded, as_dicts):
         """Count [(event, time), ...] as _add does, all of them or, if any does not fit, none:

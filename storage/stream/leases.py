@@ -1,7 +1,7 @@
 """Which worker counts which partition (cluster mode): leases and signs of life in the
 replicated key-value bucket, and the observations that tell when one has lapsed.
 
-Keys (storage/layout.py), in the checkpoint bucket:
+Keys (storage/stream/names.py), in the checkpoint bucket:
 
     member.<member>     a worker's sign of life: {"owner", "since"}. <member> names the
                         worker's place (its host and state folder), so a restarted worker

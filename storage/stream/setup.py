@@ -4,10 +4,12 @@ Every ingest node and worker calls ensure() at start, so any of them may be firs
 starting at once both succeed (JetStream's create is idempotent for an identical config).
 A stream or bucket that exists with different settings is never changed here: changing
 replicas or limits under live data is an operator's decision. It is a SetupMismatch naming
-each difference, and the program exits with the "bad setup" code. One exception: a stream's
-duplicate window shorter than the dedupe window is raised to it (a longer window only
-remembers message ids longer; a stream created before the dedupe window existed had 120 s).
-It is never lowered: a program set to a shorter window than the stream's is refused.
+each difference, and the program exits with the "bad setup" code. Two exceptions, each only
+adding to what a stream does: a stream's duplicate window shorter than the dedupe window is
+raised to it (a longer window only remembers message ids longer; a stream created before
+the dedupe window existed had 120 s), and atomic batches are allowed on a stream created
+before they were used (storage/stream/writer.py). The window is never lowered: a program set
+to a shorter window than the stream's is refused.
 
 The stream's partitions are fixed when it is created, and recorded in the bucket
 (config.partitions): the first program to start records MINI_ANALYTICS_PARTITION_COUNT's
