@@ -23,10 +23,13 @@ class AppendError(Exception):
     be stored, and its retry is stored once (the stream's message ids)."""
 
 
-def event_key(event_id):
+def event_key(event_id, project=""):
     """The 16-byte key an SDK event's id is deduped by: data1.seen's key on one machine, the
-    message id in cluster mode. Lone surrogates, which JSON allows, are kept as they came."""
-    return hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    message id in cluster mode. Lone surrogates, which JSON allows, are kept as they came.
+    A named project's ids are keyed apart (BLAKE2's key is the project's id): one project's
+    ids can never make another's events duplicates."""
+    return hashlib.blake2b(event_id.encode("utf-8", "surrogatepass"), digest_size=16,
+                           key=project.encode("ascii")).digest()
 
 
 class EventLog(Protocol):
@@ -35,14 +38,15 @@ class EventLog(Protocol):
     `hold` a ticket to wait on), and raises AppendError otherwise."""
 
     def append(self, records: bytes, hold=None) -> None:
-        """Append minimal events' records (storage/log/format.py's encode), whole or not at
-        all."""
+        """Append minimal events' records (storage/log/format.py's encode, which names their
+        project), whole or not at all."""
 
-    def append_events(self, ids, events, received: float, sent=None,
-                      hold=None) -> list[bool]:
-        """Append minimal `ids` and SDK `events` (app/validate.SdkEvent) received at
-        `received` (Unix seconds); for each event, True if it was new, False if it repeats
-        one accepted within the dedupe window."""
+    def append_events(self, ids, events, received: float, sent=None, hold=None,
+                      project="") -> list[bool]:
+        """Append minimal `ids` and SDK `events` (app/validate.SdkEvent) of `project`
+        (storage/projects.py) received at `received` (Unix seconds); for each event, True if
+        it was new, False if it repeats one of the project's accepted within the dedupe
+        window."""
 
     def problem(self) -> str | None:
         """Why an append would fail now (answered 503 before any work), or None."""

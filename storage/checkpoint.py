@@ -11,8 +11,14 @@ Format (version 1)
     version      the format's version; a data2 without one was written before versions
                  existed and reads as version 1. A newer version is refused, never guessed at.
     offset       bytes of data1 consumed: always just after a separator
-    counts       experience id (canonical decimal string) -> times seen, in numeric order
+    counts       experience id (canonical decimal string) -> times seen, in numeric order,
+                 of the default project's events (storage/projects.py): with no projects,
+                 every event
     events       sum of counts
+    projects     present once a named project has events: its id -> {"events": the sum of
+                 its counts, "counts": its counts, as above}, in id order:
+
+        ..., "counts": {"1": 2}, "projects": {"shop": {"events": 3, "counts": {"7": 3}}}}
     skipped      complete tokens before offset that were not valid ids
     fingerprint  sha256 of data1's first 64 bytes and the 64 bytes before offset, so a data1
                  that was replaced or rewritten under the checkpoint is noticed
@@ -22,7 +28,8 @@ Format (version 1)
 Invariant, true at every instant because offset and counts live in one atomically replaced
 file (Kafka stores a consumer's position with its output for the same reason):
 
-    counts == Counter(valid complete tokens in data1[0:offset])
+    counts == Counter(valid complete bare tokens in data1[0:offset])
+    projects[p].counts == Counter(ids of the valid complete tokens of project p in it)
 
 Cluster mode: one checkpoint per partition (version 1)
     The value of key partition.<name> in the checkpoint bucket
@@ -46,7 +53,10 @@ Cluster mode: one checkpoint per partition (version 1)
                      compare-and-set accepts a commit only from the latest revision, so the
                      revisions form one chain, which an audit of the key's history can check
 
-    Invariant: counts == Counter(valid ids in the partition's messages up to sequence).
+    projects         as in data2
+
+    Invariant: counts == Counter(valid ids in the partition's messages up to sequence), and
+    projects[p].counts the same of project p's.
 """
 
 import dataclasses
@@ -56,6 +66,7 @@ import heapq
 import json
 
 from storage.log.format import parse_token
+from storage.projects import is_project_id
 
 VERSION = 1
 
@@ -83,10 +94,17 @@ class Checkpoint:
     # Cluster mode only: the partition's messages counted, and who committed.
     messages: int = 0
     owner: str = ""
+    # Each named project's counts, as `counts` (storage/projects.py).
+    projects: dict = dataclasses.field(default_factory=dict)  # project -> {id -> count}
 
     @property
     def events(self):
+        """The default project's events."""
         return sum(self.counts.values())
+
+    def counts_of(self, project):
+        """A project's counts (id -> count): "" for the default project."""
+        return self.counts if not project else self.projects.get(project, {})
 
     def top(self, n):
         """The n largest (id, count) pairs, largest first; equal counts in id order."""
@@ -106,16 +124,22 @@ def merge(checkpoints):
     additive; None stands for a partition with no checkpoint yet). Its updated_at is the
     newest of theirs: when the counts last changed, as on one machine (each partition's own
     time is in its entry of /stats)."""
-    counts, skipped, times = {}, 0, []
+    counts, projects, skipped, times = {}, {}, 0, []
     for checkpoint in checkpoints:
         if checkpoint is None:
             continue
         skipped += checkpoint.skipped
         times.append(checkpoint.updated_at)
-        for experience, count in checkpoint.counts.items():
-            counts[experience] = counts.get(experience, 0) + count
+        _add(counts, checkpoint.counts)
+        for project, project_counts in checkpoint.projects.items():
+            _add(projects.setdefault(project, {}), project_counts)
     return Checkpoint(counts=counts, skipped=skipped, fingerprint="",
-                      updated_at=max(times) if times else "")
+                      updated_at=max(times) if times else "", projects=projects)
+
+
+def _add(counts, more):
+    for experience, count in more.items():
+        counts[experience] = counts.get(experience, 0) + count
 
 
 def utc_now_iso():
@@ -132,7 +156,7 @@ def encode(checkpoint):
         "skipped": checkpoint.skipped,
         "fingerprint": checkpoint.fingerprint,
         "updated_at": checkpoint.updated_at,
-    }, checkpoint.counts)
+    }, checkpoint.counts, checkpoint.projects)
 
 
 def encode_partition(checkpoint, partition, revision_before):
@@ -147,15 +171,24 @@ def encode_partition(checkpoint, partition, revision_before):
         "owner": checkpoint.owner,
         "revision_before": revision_before,
         "updated_at": checkpoint.updated_at,
-    }, checkpoint.counts)
+    }, checkpoint.counts, checkpoint.projects)
 
 
-def _encode(head, counts):
+def _encode(head, counts, projects):
+    head = json.dumps(head)
+    tail = ""
+    if projects:
+        tail = ", ".join([f'"{project}": {{"events": {sum(projects[project].values())}, '
+                          f'"counts": {{{_counts_json(projects[project])}}}}}'
+                          for project in sorted(projects)])
+        tail = f', "projects": {{{tail}}}'
+    return f'{head[:-1]}, "counts": {{{_counts_json(counts)}}}{tail}}}\n'.encode("ascii")
+
+
+def _counts_json(counts):
     # Written by hand rather than with json.dumps over a new dict: the ids are ints and the
     # output must be in numeric order, and this avoids building a million-entry str dict.
-    counts_json = ", ".join([f'"{key}": {counts[key]}' for key in sorted(counts)])
-    head = json.dumps(head)
-    return f'{head[:-1]}, "counts": {{{counts_json}}}}}\n'.encode("ascii")
+    return ", ".join([f'"{key}": {counts[key]}' for key in sorted(counts)])
 
 
 def decode(data):
@@ -163,13 +196,15 @@ def decode(data):
     document, field = _document(data)
     offset, skipped = field("offset", int), field("skipped", int)
     counts, digest = _counts(field("counts", dict)), field("fingerprint", str)
+    projects = _projects(document.get("projects", {}))
     if offset < 0 or skipped < 0:
         raise CorruptCheckpoint(f"negative offset ({offset}) or skipped ({skipped})")
-    events = sum(counts.values())
+    events = sum(counts.values()) + sum(sum(more.values()) for more in projects.values())
     # Every token takes at least two bytes (a digit and a separator).
     if 2 * (events + skipped) > offset:
         raise CorruptCheckpoint(f"{events + skipped} tokens cannot fit in {offset} bytes")
-    return Checkpoint(offset, counts, skipped, digest, str(document.get("updated_at", "")))
+    return Checkpoint(offset, counts, skipped, digest, str(document.get("updated_at", "")),
+                      projects=projects)
 
 
 def decode_partition(data, partition):
@@ -188,7 +223,7 @@ def decode_partition(data, partition):
     checkpoint = Checkpoint(
         offset=sequence, counts=_counts(field("counts", dict)), skipped=skipped,
         fingerprint=stream, updated_at=str(document.get("updated_at", "")), messages=messages,
-        owner=str(document.get("owner", "")),
+        owner=str(document.get("owner", "")), projects=_projects(document.get("projects", {})),
     )
     return checkpoint, revision_before
 
@@ -215,6 +250,21 @@ def _document(data):
         return value
 
     return document, field
+
+
+def _projects(raw_projects):
+    if type(raw_projects) is not dict:
+        raise CorruptCheckpoint("'projects' is not an object")
+    projects = {}
+    for project, entry in raw_projects.items():
+        if not is_project_id(project):
+            raise CorruptCheckpoint(f"projects has a key that is not a project id: {project!r}")
+        if type(entry) is not dict or type(entry.get("counts")) is not dict:
+            raise CorruptCheckpoint(f"projects[{project!r}] has no counts")
+        counts = projects[project] = _counts(entry["counts"])
+        if entry.get("events") != sum(counts.values()):
+            raise CorruptCheckpoint(f"projects[{project!r}]'s events are not its counts' sum")
+    return projects
 
 
 def _counts(raw_counts):

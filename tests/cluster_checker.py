@@ -103,10 +103,10 @@ class Watcher:
 
 def recount(link, partition):
     """The partition's counts, recounted from its messages in the stream."""
-    tally, counts = Tally(), {}
+    tally, counts, projects = Tally(), {}, {}
     for payload, *_ in StreamReader(link, partition).messages(0):
         tally.add(payload)
-    tally.drain_into(counts)
+    tally.drain_into(counts, projects)
     return counts
 
 

@@ -194,23 +194,28 @@ def stored_items(draw):
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(stored_items(), min_size=1, max_size=6), st.booleans())
-def test_the_overview_reads_a_group_the_same_whichever_way(items, sent_whole):
+@given(st.lists(stored_items(), min_size=1, max_size=6), st.booleans(),
+       st.sampled_from(["", "shop"]))
+def test_the_overview_reads_a_group_the_same_whichever_way(items, sent_whole, project):
     """SdkEvents.read_group (msgspec, the counted fields only) and read_encoded (the same,
     on items each in JSON) against read(group.events()), the step by step way: the same
-    views, links, events and events set aside."""
+    views, links, events and events set aside, in the default project and in a named one."""
+    named = {"project": project} if project else {}
     if sent_whole and all(type(item) is dict and "event" in item for item in items):
-        payload = json.dumps({"sent": {"batch": [item["event"] for item in items]},
+        payload = json.dumps({**named, "sent": {"batch": [item["event"] for item in items]},
                               "items": [{k: v for k, v in item.items() if k != "event"}
                                         for item in items]})
+    elif project:
+        payload = json.dumps({**named, "items": items})
     else:
         payload = json.dumps(items)
     group = details.Group(0, 0, 0, 0, payload.encode("utf-8", "surrogatepass"), 0)
     fast, checked, one_by_one = SdkEvents(), SdkEvents(), SdkEvents()
     fast.read_group(group)
-    checked.read(group.events())
+    assert group.events()[0] == project
+    checked.read(group.events()[1], project)
     # As a cluster message's details header carries each: JSON, ASCII only.
-    one_by_one.read_encoded([json.dumps(item) for item in group.events()])
+    one_by_one.read_encoded([json.dumps(item) for item in group.events()[1]], project)
     assert (fast.views, fast.links, fast.events, fast.set_aside) == (
         checked.views, checked.links, checked.events, checked.set_aside)
     assert (one_by_one.views, one_by_one.links, one_by_one.events, one_by_one.set_aside) == (

@@ -76,7 +76,7 @@ def test_reading_from_any_complete_offset_matches_the_model(tmp_path_factory, pi
     for block, _ in blocks:
         tally.add(block)
     counts = {}
-    tally.drain_into(counts)
+    tally.drain_into(counts, {})
     assert {str(k): v for k, v in counts.items()} == valid_counts(content[offset:])
     end = blocks[-1][1] if blocks else offset
     assert end == max(offset, complete_length(content))

@@ -174,7 +174,7 @@ def test_power_loss_at_any_write_or_sync_counts_every_sdk_event_once(
     with open(folder / "data1.details", "rb") as file:
         stored = collections.Counter(item["event"]["id"] for group in
                                      details.read_groups(file.fileno())
-                                     for item in group.events())
+                                     for item in group.events()[1])
     assert stored == collections.Counter(event["id"] for event in sent)
     with sqlite3.connect(folder / "overview.sqlite3") as db:
         views = dict(db.execute("SELECT experience, sum(views) FROM experience_hour "

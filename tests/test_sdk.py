@@ -32,7 +32,7 @@ def data1(state_dir):
 def stored_details(state_dir):
     with open(state_dir / "data1.details", "rb") as file:
         return [item for group in details.read_groups(file.fileno())
-                for item in group.events()]
+                for item in group.events()[1]]
 
 
 def screen_counts(state_dir):

@@ -37,6 +37,7 @@ from storage.views.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDEN
                                     REVISION_PEOPLE, REVISION_VIEWS,
                                     SESSION_SCREENS, SESSIONS, VIEWS, Changes, CorruptOverview,
                                     OverviewStore)
+from storage.projects import person_text
 from storage.views.sketches import duration_bucket, person_key
 from worker.flows import add_session, extend_session
 from worker.people import MAX_INSTALLS_PER_USER, person_of
@@ -127,7 +128,10 @@ class OverviewCounter:
                 for first, last, _ in sessions:
                     changes.recount.update((experience, hour) for hour in
                                            range(first - first % 3600, last + 1, 3600))
+        filed_under = self.store.keys.key
         for experience, moment, device, carried, screen, name, screen_name, revision in views:
+            if type(experience) is tuple:  # (project, id) of a named project's experience
+                experience = filed_under(*experience)
             hour = moment - moment % 3600
             user = carried or persons.get(device)
             person = user or device
@@ -308,8 +312,9 @@ class Overview:
 class SdkEvents:
     """What the overview counts of a stretch of SDK events: its screen views, as
     (experience, moment, device, carried, screen id, experience name, screen name, revision
-    id), with `carried` the key of the userID the view carries (0 if none), and a missing
-    screen or revision id ""; its links, as (device, user, moment) (worker/people.py: any
+    id), with `experience` the id, or (project, id) in a named project, `carried` the key of
+    the userID the view carries (0 if none), and a missing screen or revision id ""; its
+    links, as (device, user, moment) (worker/people.py: any
     event that carries both ids); how many events were read, and those set aside. The rest
     of an identify or a register is kept in the details, not counted."""
 
@@ -317,8 +322,8 @@ class SdkEvents:
         self.views, self.links, self.set_aside, self.events = [], [], [], 0
         self._keys = {}  # installs and users mostly recur from event to event: hashed once
 
-    def read(self, items):
-        """Read the events (as details keep them: {"event", "time", ...}).
+    def read(self, items, project=""):
+        """Read the events of `project` (as details keep them: {"event", "time", ...}).
 
         The ingest stores only events it checked, but a store outlives the code that checked
         it: an event that still cannot be counted (a field of the wrong type, a time out of
@@ -327,7 +332,7 @@ class SdkEvents:
         self.events += len(items)
         for item in items:
             try:
-                self._read(item)
+                self._read(item, project)
             except Exception as error:  # noqa: BLE001 (any flaw of one event, named below)
                 event = item.get("event") if type(item) is dict else None
                 named = event.get("id") if type(event) is dict else None
@@ -340,26 +345,27 @@ class SdkEvents:
         fit (a field of another type, a value out of range: what read() sets aside) is read
         by read(), event by event."""
         try:
-            decoded = group.events_as(CountedEvent)
+            project, decoded = group.events_as(CountedEvent)
         except (msgspec.MsgspecError, ValueError):
-            self.read(group.events())
+            project, items = group.events()
+            self.read(items, project)
             return
-        self._read_decoded(decoded, group.events)
+        self._read_decoded(decoded, lambda: group.events()[1], project)
 
-    def read_encoded(self, items):
-        """read() of items each still in JSON (a cluster message's details header), as fast
-        as read_group and with the same way back to read()."""
+    def read_encoded(self, items, project=""):
+        """read() of items of `project` each still in JSON (a cluster message's details
+        header), as fast as read_group and with the same way back to read()."""
         def as_dicts():
             return [json.loads(item) for item in items]
 
         try:
             decoded = [(item.event, item.time) for item in map(_ITEM.decode, items)]
         except (msgspec.MsgspecError, ValueError):
-            self.read(as_dicts())
+            self.read(as_dicts(), project)
             return
-        self._read_decoded(decoded, as_dicts)
+        self._read_decoded(decoded, as_dicts, project)
 
-    def _read_decoded(self, decoded, as_dicts):
+    def _read_decoded(self, decoded, as_dicts, project):
         """Count [(event, time), ...] as _add does, all of them or, if any does not fit, none:
         read(as_dicts()) then reads them event by event."""
         views, links = [], []
@@ -371,15 +377,15 @@ class SdkEvents:
                 self._add(views, links, time_ms, event.anonymousID, event.userID, event.type,
                           lambda: (properties.experienceID, properties.id,
                                    properties.experienceName, properties.name,
-                                   properties.experienceRevisionID))
+                                   properties.experienceRevisionID), project)
         except (ValueError, TypeError):
-            self.read(as_dicts())
+            self.read(as_dicts(), project)
             return
         self.events += len(decoded)
         self.views += views
         self.links += links
 
-    def _read(self, item):
+    def _read(self, item, project):
         event = item["event"]
 
         def screen():
@@ -389,23 +395,23 @@ class SdkEvents:
                     properties.get("experienceRevisionID"))
 
         self._add(self.views, self.links, item["time"], event["anonymousID"],
-                  event.get("userID"), event.get("type"), screen)
+                  event.get("userID"), event.get("type"), screen, project)
 
-    def _add(self, views, links, time_ms, anonymous_id, user, kind, screen):
+    def _add(self, views, links, time_ms, anonymous_id, user, kind, screen, project):
         """The rule, for either way of reading: `screen()`, asked for a screen view only, is
         its (experienceID, screen id, experience name, screen name, revision id) as sent."""
         moment = time_ms // 1000
         if not 0 <= moment < 2**40:
             raise ValueError("time out of range")
-        device = self._key("anon:" + anonymous_id)
+        device = self._key(person_text(project, "anon:" + anonymous_id))
         # null and "" are no userID (identify(null), Judo's anonymous mode): no link
-        carried = self._key("user:" + user) if user else 0
+        carried = self._key(person_text(project, "user:" + user)) if user else 0
         if kind == "screen":
             experience_id, screen_id, experience_name, screen_name, revision = screen()
             experience = int(experience_id)
             if not 0 <= experience <= MAX_ID:
                 raise ValueError("experienceID out of range")
-            views.append((experience, moment, device, carried, stored_text(screen_id or ""),
+            views.append(((project, experience) if project else experience, moment, device, carried, stored_text(screen_id or ""),
                           stored_text(experience_name), stored_text(screen_name),
                           stored_text(revision or "")))
         if carried:

@@ -295,7 +295,8 @@ class Worker(PassLoop):
         # dict per commit would cost more than the commit. Should the commit fail, the
         # process exits and its in-memory state goes with it.
         totals = self.checkpoint.counts if counts else {}
-        skipped, samples, minute_rows, hour_rows = tally.drain_into(totals)
+        projects = self.checkpoint.projects if counts else {}
+        skipped, samples, minute_rows, hour_rows = tally.drain_into(totals, projects)
         report_skipped(skipped, samples)
         if series:
             self.series.commit(minute_rows, hour_rows, end, fingerprint)
@@ -305,6 +306,7 @@ class Worker(PassLoop):
                 self.checkpoint,
                 offset=end,
                 counts=totals,
+                projects=projects,
                 skipped=self.checkpoint.skipped + skipped,
                 fingerprint=fingerprint,
             ))

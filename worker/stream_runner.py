@@ -391,7 +391,7 @@ class StreamWorker(PassLoop):
             overview.count(read, partition.checkpoint.fingerprint.encode(), sequence, sequence)
         if series is not False and partition.series is not None and (
                 sequence > partition.series_offset):
-            _, _, minute_rows, hour_rows = series.drain_into({})
+            _, _, minute_rows, hour_rows = series.drain_into({}, {})
             partition.series.commit(minute_rows, hour_rows, sequence,
                                     partition.checkpoint.fingerprint)
             partition.series_offset = sequence
@@ -399,13 +399,14 @@ class StreamWorker(PassLoop):
             current = partition.checkpoint
             # Extended in place, as in worker/runner.py: should the commit fail, the
             # partition is dropped and this state goes with it.
-            totals = current.counts
-            skipped, samples, _, _ = counts.drain_into(totals)
+            totals, projects = current.counts, current.projects
+            skipped, samples, _, _ = counts.drain_into(totals, projects)
             report_skipped(skipped, samples)
             # Raises Fenced if another worker committed meanwhile: the caller drops the
             # partition.
             partition.checkpoint = partition.store.commit(dataclasses.replace(
-                current, offset=sequence, counts=totals, skipped=current.skipped + skipped,
+                current, offset=sequence, counts=totals, projects=projects,
+                skipped=current.skipped + skipped,
                 messages=current.messages + messages,
             ))
         self.progress_at = time.time()

@@ -1,9 +1,9 @@
-"""Counting: tokens of data1 in, experience ids and their counts out."""
+"""Counting: tokens of data1 in, experience ids and their counts out, per project."""
 
 import collections
 import itertools
 
-from storage.log.format import parse_token
+from storage.log.format import parse_key
 from storage.views.series_store import ALL
 
 
@@ -40,18 +40,19 @@ class Tally:
         """True if a token added since the last drain is not an experience id."""
         # Each distinct token once, whatever the minutes it appears in.
         distinct = set().union(*self._by_minute.values())
-        return any(parse_token(token) is None for token in distinct)
+        return any(parse_key(token) is None for token in distinct)
 
     def discard_pending(self):
         """Forget the tokens added since the last drain (to add them again)."""
         self._by_minute.clear()
         self._pairs = 0
 
-    def drain_into(self, counts):
-        """Add the valid ids seen since the last drain to `counts` (id -> count) and forget
-        them. Returns (skipped, a few of the skipped tokens, the dated ones' minute rows and
-        hour rows), each row (bucket start, experience id or ALL, count), in the series
-        store's key order.
+    def drain_into(self, counts, projects=None):
+        """Add the valid ids seen since the last drain to `counts` (id -> count) and, those of
+        a named project, to `projects` (project -> {id -> count}), and forget them. Returns
+        (skipped, a few of the skipped tokens, the dated ones' minute rows and hour rows),
+        each row (bucket start, experience, count) in bucket order, `experience` the id or
+        ALL in the default project, and (project, id or ALL) in a named one.
 
         A catch-up drains hundreds of thousands of (minute, experience) pairs, so the work
         per pair is left to C: each distinct token is parsed once, and a bucket's rows come
@@ -59,14 +60,20 @@ class Tally:
         (the series off) count in the totals only."""
         dated = sorted(minute for minute in self._by_minute if minute is not None)
         counters = self._by_minute.values()
-        ids = {token: parse_token(token) for token in set().union(*counters)}
-        invalid = [token for token, experience_id in ids.items() if experience_id is None]
+        keys = {token: parse_key(token) for token in set().union(*counters)}
+        invalid = [token for token, key in keys.items() if key is None]
+        if not any(key[0] for key in keys.values() if key is not None):
+            # The default project's alone (every event, with no projects): the rows by id.
+            keys = {token: key[1] for token, key in keys.items() if key is not None}
+            bucket_rows = _rows
+        else:
+            bucket_rows = _project_rows
         skipped = sum(counter.pop(token, 0) for token in invalid for counter in counters)
         minute_rows, by_hour = [], {}  # by_hour: hour start -> Counter of its tokens
         for minute in dated:
             counter = self._by_minute[minute]
             if counter:
-                minute_rows.extend(_rows(minute, counter, ids))
+                minute_rows.extend(bucket_rows(minute, counter, keys))
                 hour = minute - minute % 3600
                 if hour in by_hour:
                     by_hour[hour].update(counter)
@@ -75,12 +82,14 @@ class Tally:
         totals = collections.Counter(self._by_minute.get(None, ()))
         hour_rows = []
         for hour, counter in sorted(by_hour.items()):
-            hour_rows.extend(_rows(hour, counter, ids))
+            hour_rows.extend(bucket_rows(hour, counter, keys))
             totals.update(counter)
         events = 0
         for token, times in totals.items():  # once per distinct token
-            experience_id = ids[token]
-            counts[experience_id] = counts.get(experience_id, 0) + times
+            key = keys[token]
+            project, experience_id = key if type(key) is tuple else ("", key)
+            into = counts if not project else projects.setdefault(project, {})
+            into[experience_id] = into.get(experience_id, 0) + times
             events += times
         self.events += events
         self.discard_pending()
@@ -90,9 +99,23 @@ class Tally:
 
 def _rows(bucket, counter, ids):
     """The bucket's rows, (bucket, ALL, total) then (bucket, id, count) by id, from its
-    Counter of valid tokens."""
+    Counter of valid tokens, all of the default project (`ids`: token -> id)."""
     by_id = dict(zip(map(ids.__getitem__, counter), counter.values()))
     order = sorted(by_id)  # plain ints: a far cheaper sort than of (id, count) pairs
-    total = [(bucket, ALL, sum(counter.values()))]
+    total = [(bucket, ALL, sum(by_id.values()))]
     return itertools.chain(total, zip(itertools.repeat(bucket), order,
                                       map(by_id.__getitem__, order)))
+
+
+def _project_rows(bucket, counter, keys):
+    """The bucket's rows when named projects have tokens in it (`keys`: token -> (project,
+    id)): the default project's as _rows gives them, each named project's the same with
+    (project, ALL) and (project, id) for ALL and id."""
+    by_key = dict(zip(map(keys.__getitem__, counter), counter.values()))
+    rows, totals = [], collections.Counter()
+    for (project, experience_id), count in sorted(by_key.items()):
+        totals[project] += count
+        rows.append((bucket, (project, experience_id) if project else experience_id, count))
+    heads = [(bucket, (project, ALL) if project else ALL, total)
+             for project, total in sorted(totals.items())]
+    return heads + rows

@@ -21,10 +21,13 @@ Format
                  u32  CRC-32 of those data1 bytes (ties the group to this data1)
                  u64  received      receive time, Unix milliseconds (UTC)
                  ...  payload       JSON (UTF-8), one item per event, in either form:
-                                    [item, ...], each item with its "event"; or, when
-                                    the request's body was all new events, the body itself
-                                    and the items without "event", item i describing
-                                    batch element i (no need to encode the events again):
+                                    [item, ...], each item with its "event"; or an object,
+                                    {"project": "shop", "items": [item, ...]}, with the
+                                    request's project (storage/projects.py; absent for the
+                                    default project), and, when the request's body was all
+                                    new events, the body itself, the items then without
+                                    "event", item i describing batch element i (no need to
+                                    encode the events again):
                                     {"sent": {"batch": [event, ...]}, "items": [item, ...]}
 
         item     {"event": the event as sent,
@@ -35,7 +38,7 @@ Format
                   "offset": the data1 offset of a screen view's id}
 
     All integers are little-endian. An event's id is inside "event" ("id"). Group.events()
-    reads both forms into [item, ...].
+    reads both forms into the project and [item, ...].
 
 Invariants
     * The ingest appends a group under data1's write lock, and writes the data1 bytes it
@@ -71,7 +74,7 @@ import logging
 import os
 import struct
 import zlib
-from typing import Union
+from typing import Optional, Union
 
 import msgspec
 
@@ -100,22 +103,31 @@ class Group:
         self.end = end  # this file's offset just past the group
 
     def events(self):
-        """The group's items, each with its "event"."""
+        """(project, items): the group's project ("" the default) and items, each with its
+        "event"."""
         payload = json.loads(self.payload)
         if type(payload) is list:
-            return payload
-        return [{"event": event, **item}
-                for event, item in zip(payload["sent"]["batch"], payload["items"])]
+            return "", payload
+        project = payload.get("project", "")
+        if "sent" not in payload:
+            return project, payload["items"]
+        return project, [{"event": event, **item}
+                         for event, item in zip(payload["sent"]["batch"], payload["items"])]
 
     def events_as(self, event_type):
-        """[(event, time), ...] of the group's items, each event decoded as `event_type`, a
-        msgspec.Struct of the fields the caller reads (the rest is skipped, not decoded: a
+        """(project, [(event, time), ...]) of the group, each event decoded as `event_type`,
+        a msgspec.Struct of the fields the caller reads (the rest is skipped, not decoded: a
         few times the speed of events()). Raises msgspec.MsgspecError, or ValueError, for a
         payload that does not fit: events() then reads it, whatever it holds."""
         payload = _decoder(event_type).decode(self.payload)
         if type(payload) is list:
-            return [(item.event, item.time) for item in payload]
-        return [(event, item.time) for event, item in zip(payload.sent.batch, payload.items)]
+            return "", [(item.event, item.time) for item in payload]
+        if payload.sent is None:
+            if any(item.event is None for item in payload.items):
+                raise ValueError("an item without its event")
+            return payload.project, [(item.event, item.time) for item in payload.items]
+        return payload.project, [(event, item.time)
+                                 for event, item in zip(payload.sent.batch, payload.items)]
 
 
 _DECODERS = {}
@@ -127,9 +139,12 @@ def _decoder(event_type):
     decoder = _DECODERS.get(event_type)
     if decoder is None:
         item = _item_type(event_type)
-        bare = msgspec.defstruct("BareItem", [("time", int)])
+        either = msgspec.defstruct("EitherItem", [("time", int),
+                                                  ("event", Optional[event_type], None)])
         sent = msgspec.defstruct("Sent", [("batch", list[event_type])])
-        whole = msgspec.defstruct("SentGroup", [("sent", sent), ("items", list[bare])])
+        whole = msgspec.defstruct("ObjectGroup", [("items", list[either]),
+                                                  ("project", str, ""),
+                                                  ("sent", Optional[sent], None)])
         decoder = _DECODERS[event_type] = msgspec.json.Decoder(Union[list[item], whole])
     return decoder
 
@@ -149,15 +164,20 @@ def item_decoder(event_type):
     return decoder
 
 
-def encode_group(data1_start, data1_end, data1_crc, received_ms, items, sent=None):
-    """One group, ready to append. `items` as the format says, each with its "event"; or,
-    with `sent` (the request body, whose batch is exactly the items' events, in order),
-    without it: the body is kept as it came."""
-    if sent is None:
-        payload = json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode()
+def encode_group(data1_start, data1_end, data1_crc, received_ms, items, sent=None, project=""):
+    """One group of `project`'s events, ready to append. `items` as the format says, each
+    with its "event"; or, with `sent` (the request body, whose batch is exactly the items'
+    events, in order), without it: the body is kept as it came."""
+    # Without the body, the items hold the events: as they came, not \u-escaped. With it,
+    # they hold only numbers.
+    items_json = json.dumps(items, ensure_ascii=sent is not None, separators=(",", ":")).encode()
+    if sent is None and not project:
+        payload = items_json
     else:
-        payload = b'{"sent":%s,"items":%s}' % (
-            sent, json.dumps(items, separators=(",", ":")).encode())
+        parts = [b'"project":"%s"' % project.encode("ascii")] if project else []
+        if sent is not None:
+            parts.append(b'"sent":%s' % sent)
+        payload = b"{%s}" % b",".join([*parts, b'"items":%s' % items_json])
     body = GROUP.pack(data1_start, data1_end, data1_crc, received_ms) + payload
     return FRAME.pack(len(body), zlib.crc32(body)) + body
 

@@ -164,7 +164,8 @@ class SeenIndex:
         added, pending = 0, []
         for group in details_file.read_groups(self._details.fd, start, cutoff_ms):
             second = group.received_ms // 1000
-            pending.extend((event_key(item["event"]["id"]), second) for item in group.events())
+            project, items = group.events()
+            pending.extend((event_key(item["event"]["id"], project), second) for item in items)
             if len(pending) >= 100_000:
                 added += self._insert(pending, group.end)
                 pending = []
@@ -173,13 +174,14 @@ class SeenIndex:
 
     # --- the ingest's side, under data1's write lock
 
-    def claim(self, events, received):
-        """For each SdkEvent, True if it is new (and now claimed: a repeat of it, even in
-        this same call, is a duplicate), or False if its id was accepted within the window.
+    def claim(self, events, received, project=""):
+        """For each SdkEvent of `project`, True if it is new (and now claimed: a repeat of
+        it, even in this same call, is a duplicate), or False if its id was accepted within
+        the window.
         The caller, still holding data1's write lock, must then write the new ones' group
         and call bind, or call unclaim."""
         now = int(received)
-        keys = [event_key(event.event_id) for event in events]
+        keys = [event_key(event.event_id, project) for event in events]
         recent = self._recent
         # One look at the waiting ids, before SQLite is asked: the flusher commits an id to
         # SQLite before it stops waiting, so an id missed here is found there.

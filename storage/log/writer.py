@@ -192,11 +192,12 @@ class EventLog:
         if self.durable:
             self._await(ticket, hold)
 
-    def append_events(self, ids, events, received, sent=None, hold=None):
-        """Append minimal items' `ids` and SDK events (validate.SdkEvent) received at
-        `received` (Unix seconds): the screen views' ids to data1, every new event's details
-        to the details file. Returns, for each event, True if it was new, False if it
-        repeats one accepted within the dedupe window (written and counted once, before).
+    def append_events(self, ids, events, received, sent=None, hold=None, project=""):
+        """Append minimal items' `ids` and SDK events (validate.SdkEvent) of `project`
+        (storage/projects.py) received at `received` (Unix seconds): the screen views' ids to
+        data1, every new event's details to the details file. Returns, for each event, True
+        if it was new, False if it repeats one of the project's accepted within the dedupe
+        window (written and counted once, before).
         `sent`: the request body, when its batch is exactly `events`: if they are all new,
         the details keep it as it came (storage/log/details.py) rather than encode them again.
 
@@ -205,9 +206,10 @@ class EventLog:
         written.
         """
         with self._write_lock:
-            fresh = self._seen.claim(events, received) if self._seen else [True] * len(events)
+            fresh = (self._seen.claim(events, received, project) if self._seen
+                     else [True] * len(events))
             try:
-                self._write_events(ids, events, fresh, received, sent)
+                self._write_events(ids, events, fresh, received, sent, project)
             except BaseException:
                 # Whatever failed (an AppendError, or anything unforeseen), nothing of the
                 # request was written: a claim kept would answer its retry as a duplicate
@@ -224,8 +226,9 @@ class EventLog:
             self._seen.note_synced(ticket.details_end)
         return fresh
 
-    def _write_events(self, ids, events, fresh, received, sent):
-        tokens = [str(value).encode() for value in ids]
+    def _write_events(self, ids, events, fresh, received, sent, project):
+        prefix = f"{project}:" if project else ""
+        tokens = [f"{prefix}{value}".encode() for value in ids]
         offset = self._end + sum(len(token) + 1 for token in tokens)
         # The body kept as it came when its batch is exactly these events, all new: their
         # items then go without the event (storage/log/details.py).
@@ -236,7 +239,7 @@ class EventLog:
                 continue
             item = event.item if whole else event.details
             if event.experience_id is not None:
-                token = str(event.experience_id).encode()
+                token = f"{prefix}{event.experience_id}".encode()
                 item = {**item, "offset": offset}
                 offset += len(token) + 1
                 tokens.append(token)
@@ -246,7 +249,8 @@ class EventLog:
             if self._details is None:
                 raise AppendError("this ingest keeps no details file")
             group = encode_group(self._end, self._end + len(records), zlib.crc32(records),
-                                 int(received * 1000), kept, sent if whole else None)
+                                 int(received * 1000), kept, sent if whole else None,
+                                 project)
             try:
                 self._details.append(group)
             except OSError as error:

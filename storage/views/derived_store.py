@@ -11,6 +11,8 @@ own position in it: the worker alone writes it, the ingest only reads it.
 * set_aside() moves a store that cannot be trusted out of the way, kept for inspection.
 * Readers gives each ingest thread its own read-only connection (sqlite3 wants one per
   thread), opened again when the worker replaced the file.
+* ExperienceKeys files each project's experiences under keys of their own (KEYS_TABLE), so
+  that the stores' tables and their readers are the same with projects as without.
 """
 
 import datetime
@@ -87,6 +89,87 @@ def set_aside(layout, path):
         if leftover.exists():
             os.unlink(leftover)
     return aside
+
+
+# An experience is filed, in every table of a store, under an integer key: in the default
+# project its id (0 to 2**63 - 1; the series' ALL, -1, for all of its events), and in a named
+# project (storage/projects.py) a key of its own, -2 and below, given when the store first
+# counts it and listed here. Each store gives its own keys, in the same transaction as the
+# rows filed under them: a key never outlives or predates its rows.
+KEYS_TABLE = """
+CREATE TABLE IF NOT EXISTS experience_key (key INTEGER PRIMARY KEY, project TEXT NOT NULL,
+    experience INTEGER NOT NULL, UNIQUE (project, experience));
+"""
+FIRST_PROJECT_KEY = -2
+
+
+class ExperienceKeys:
+    """The worker's side of a store's experience keys: the key of each (project, experience
+    id), new ones given as they are asked for and written with the commit that uses them."""
+
+    def __init__(self):
+        self._keys = {}  # (project, experience) -> key, of named projects
+        self._new = []  # (key, project, experience) given since the last commit
+        self._next = FIRST_PROJECT_KEY
+
+    def load(self, db):
+        self._keys = {(project, experience): key for key, project, experience
+                      in db.execute("SELECT key, project, experience FROM experience_key")}
+        self._new = []
+        self._next = min(self._keys.values(), default=FIRST_PROJECT_KEY + 1) - 1
+
+    def key(self, project, experience):
+        """The key `experience` (an id, or -1 for all of the project's) is filed under."""
+        if not project:
+            return experience
+        key = self._keys.get((project, experience))
+        if key is None:
+            key = self._keys[project, experience] = self._next
+            self._next -= 1
+            self._new.append((key, project, experience))
+        return key
+
+    def write_new(self, db):
+        """Write the keys given since the last commit, inside the commit's transaction."""
+        if self._new:
+            db.executemany("INSERT INTO experience_key VALUES (?, ?, ?)", self._new)
+            self._new = []
+
+    def forget_new(self):
+        """The commit that was to write them failed: its keys were never given."""
+        for key, project, experience in self._new:
+            del self._keys[project, experience]
+        self._next += len(self._new)
+        self._new = []
+
+    def reset(self, db):
+        """Forget every key (the store is emptied, in the caller's transaction)."""
+        db.execute("DELETE FROM experience_key")
+        self._keys, self._new, self._next = {}, [], FIRST_PROJECT_KEY
+
+
+def key_of(db, project, experience):
+    """The ingest's side: the key `experience` of `project` is filed under in the store open
+    on `db`, or None if the store holds nothing of it."""
+    if not project:
+        return experience
+    row = db.execute("SELECT key FROM experience_key WHERE project = ? AND experience = ?",
+                     (project, experience)).fetchone()
+    return row[0] if row else None
+
+
+def in_project(project):
+    """An SQL condition on a column named experience, and its parameters: the rows of
+    `project`'s experiences (and its ALL, in the series)."""
+    if not project:
+        return "experience >= -1", ()
+    return "experience IN (SELECT key FROM experience_key WHERE project = ?)", (project,)
+
+
+def ids_of_keys(db, project):
+    """{key: experience id} of a named project's experiences in the store open on `db`."""
+    return dict(db.execute("SELECT key, experience FROM experience_key WHERE project = ?",
+                           (project,)))
 
 
 def utc_now():

@@ -7,7 +7,7 @@ series.sqlite3 stands at one in data1: on one machine in data1.details; in clust
 worker keeps one per partition (overview-<partition>.sqlite3), counted from the details that
 ride with the partition's messages, its position a stream sequence.
 
-Format (version 3), SQLite in WAL mode. Times are Unix seconds; a bucket is the second at
+Format (version 4), SQLite in WAL mode. Times are Unix seconds; a bucket is the second at
 the start of its UTC hour, UTC day or week (7 days from a Thursday 00:00 UTC, as weeks fall
 from the Unix epoch); all times are the devices' (storage/log/details.py: "time").
 
@@ -58,8 +58,13 @@ from the Unix epoch); all times are the devices' (storage/log/details.py: "time"
                     mode), events, updated_at, set_aside (SDK events read that could not
                     be counted, worker/overview.SdkEvents)
 
+    experience_key  (key, project, experience): a named project's experiences' keys
+                    (storage/views/derived_store.py: ExperienceKeys); `experience` in every
+                    table above is such a key, which in the default project is the id
+
     A device is storage/views/sketches.person_key("anon:" + its anonymousID), a user
-    person_key("user:" + its userID); a view's person is the user it carries, else its
+    person_key("user:" + its userID), in a named project of those texts prefixed with its
+    id (storage/projects.person_text); a view's person is the user it carries, else its
     install's person, else its install.
 
 Invariants, true at every commit because everything changes in one SQLite transaction:
@@ -90,7 +95,7 @@ from storage.views import derived_store
 from storage.views.derived_store import utc_now
 from storage.views.sketches import People, add_encoded_durations, encode_durations, encode_people
 
-VERSION = 3
+VERSION = 4
 HOUR, DAY, WEEK = 3600, 86400, 7 * 86400
 # The levels of experience rows: a range is read from the fewest rows (app/overview_query.py).
 LEVELS = {HOUR: "hour", DAY: "day", WEEK: "week"}
@@ -139,7 +144,7 @@ CREATE TABLE person (device INTEGER PRIMARY KEY, user INTEGER NOT NULL);
 CREATE TABLE state (version INTEGER NOT NULL, session_timeout INTEGER NOT NULL,
     source BLOB NOT NULL, position INTEGER NOT NULL, log_end INTEGER NOT NULL,
     events INTEGER NOT NULL, updated_at TEXT NOT NULL, set_aside INTEGER NOT NULL DEFAULT 0);
-"""
+""" + derived_store.KEYS_TABLE
 
 EXPERIENCE_COLUMNS = ("views", "people", "identified", "sessions", "duration_sum",
                       "session_screens", "bounces", "durations")
@@ -259,6 +264,7 @@ class OverviewStore(derived_store.Writer):
     def __init__(self, state_dir, path=None):
         layout = Layout(state_dir)
         super().__init__(layout, path or layout.overview)
+        self.keys = derived_store.ExperienceKeys()
 
     def open(self, session_timeout):
         """Open the store, creating it empty (for `session_timeout`) if missing; return its
@@ -272,6 +278,7 @@ class OverviewStore(derived_store.Writer):
                 [("merge_people", _merge_people), ("add_durations", _add_durations)])
         except derived_store.Unusable as problem:
             raise CorruptOverview(str(problem)) from None
+        self.keys.load(self.db)
         return OverviewState(*state)
 
     def _create(self, session_timeout):
@@ -326,6 +333,7 @@ class OverviewStore(derived_store.Writer):
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
+            self.keys.write_new(db)
             rows = changes.hours
             for level in LEVELS:  # each level added up from the finer one before it
                 rows = self._experience_rows(level, rows)
@@ -360,6 +368,7 @@ class OverviewStore(derived_store.Writer):
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            self.keys.forget_new()
             raise
 
     def _count_people_again(self, hours):
@@ -511,6 +520,7 @@ class OverviewStore(derived_store.Writer):
         """Empty the store and its position in one transaction (for a recount)."""
         db = self.db
         db.execute("BEGIN IMMEDIATE")
+        self.keys.reset(db)
         for table in (*(f"experience_{level}" for level in LEVELS.values()), "screen_hour",
                       "name", "session", "viewer", "link", "person", "revision_hour",
                       "flow_screen", "flow_exit", "flow_move"):
@@ -542,15 +552,15 @@ class OverviewReader:
         self.path = path or Layout(state_dir).overview
         self._db = derived_store.Readers(self.path).connection
 
-    def run(self, calls):
-        """The rows of each read in `calls` ([(name, *arguments)], a name of READS), all
-        read in one snapshot: every read sees the same commit. Raises NoOverview while there
-        is no usable store."""
+    def run(self, calls, project=""):
+        """The rows of each read in `calls` ([(name, *arguments)], a name of READS) of
+        `project`'s experiences, all read in one snapshot: every read sees the same commit.
+        Raises NoOverview while there is no usable store."""
         db = self._db()
         if db is None:
             raise NoOverview("no overview yet: the worker has not created "
                              f"{self.path.name} (is MINI_ANALYTICS_OVERVIEW off?)")
-        reads = _Reads(db)
+        reads = _Reads(db, project)
         try:
             db.execute("BEGIN")
             try:
@@ -574,41 +584,66 @@ READS = ("experience_rows", "experience_sums", "experience_sketches", "screen_ro
 
 
 class _Reads:
-    def __init__(self, db):
+    """The reads of one project's experiences: each takes and gives experience ids, and
+    reads the rows filed under their keys (derived_store.ExperienceKeys), none of another
+    project's."""
+
+    def __init__(self, db, project):
         self.db = db
+        self.project = project
+
+    def _key(self, experience):
+        """The key of one of the project's experiences, or None if the store has nothing of
+        it (its reads are then empty)."""
+        return derived_store.key_of(self.db, self.project, experience)
+
+    def _every(self, table, columns, where, parameters):
+        """`columns` (each prefixed t.) of the project's rows of `table` that meet `where`,
+        the experience's id first."""
+        if not self.project:
+            return self.db.execute(
+                f"SELECT t.experience, {columns} FROM {table} AS t WHERE t.experience >= 0 "
+                f"AND {where}", parameters)
+        return self.db.execute(
+            f"SELECT k.experience, {columns} FROM {table} AS t JOIN experience_key AS k ON "
+            f"k.key = t.experience WHERE k.project = ? AND {where}",
+            (self.project, *parameters))
 
     def experience_rows(self, level, start, end, experience):
         """(bucket, experience, views, people, identified, sessions, duration_sum,
         session_screens, bounces, durations) of one experience in the `level` table (HOUR or
         DAY), [start, end)."""
+        key = self._key(experience)
+        if key is None:
+            return []
         # One key seek per bucket (generated, not scanned), as in the series store.
         return self.db.execute(
             "WITH RECURSIVE wanted(bucket) AS (SELECT ? UNION ALL SELECT bucket + ? FROM "
-            f"wanted WHERE bucket + ? < ?) SELECT t.bucket, t.experience, "
+            f"wanted WHERE bucket + ? < ?) SELECT t.bucket, ?, "
             f"{', '.join('t.' + column for column in EXPERIENCE_COLUMNS)} FROM wanted "
             f"CROSS JOIN experience_{LEVELS[level]} AS t ON t.bucket = wanted.bucket AND "
-            "t.experience = ?", (start - start % level, level, level, end, experience))
+            "t.experience = ?", (start - start % level, level, level, end, experience, key))
 
     def experience_sums(self, level, start, end):
         """(experience, views, sessions, duration_sum, session_screens, bounces), summed over
         the `level` table's buckets in [start, end), for every experience."""
-        return self.db.execute(
-            "SELECT experience, sum(views), sum(sessions), sum(duration_sum), "
-            f"sum(session_screens), sum(bounces) FROM experience_{LEVELS[level]} "
-            "WHERE bucket >= ? AND bucket < ? GROUP BY experience", (start, end))
+        return self._every(
+            f"experience_{LEVELS[level]}", "sum(t.views), sum(t.sessions), "
+            "sum(t.duration_sum), sum(t.session_screens), sum(t.bounces)",
+            "t.bucket >= ? AND t.bucket < ? GROUP BY t.experience", (start, end))
 
     def experience_sketches(self, level, start, end):
         """(experience, people, identified, durations) of every row of the `level` table in
         [start, end)."""
-        return self.db.execute(
-            f"SELECT experience, people, identified, durations FROM experience_{LEVELS[level]} "
-            "WHERE bucket >= ? AND bucket < ?", (start, end))
+        return self._every(f"experience_{LEVELS[level]}", "t.people, t.identified, t.durations",
+                           "t.bucket >= ? AND t.bucket < ?", (start, end))
 
     def screen_rows(self, experience, start, end):
         """(screen, views, people) of the experience's screens, each hour of [start, end)."""
         return self.db.execute(
             "SELECT screen, views, people FROM screen_hour "
-            "WHERE experience = ? AND bucket >= ? AND bucket < ?", (experience, start, end))
+            "WHERE experience = ? AND bucket >= ? AND bucket < ?",
+            (self._key(experience), start, end))
 
     def state(self):
         """The store's state row, as an OverviewState."""
@@ -618,8 +653,9 @@ class _Reads:
         """(experience, screen, moment, name) rows: every experience's own name (screen ''),
         or with `experience`, its own and its screens'."""
         if experience is None:
-            return self.db.execute("SELECT * FROM name WHERE screen = ''")
-        return self.db.execute("SELECT * FROM name WHERE experience = ?", (experience,))
+            return self._every("name", "t.screen, t.moment, t.name", "t.screen = ''", ())
+        return self.db.execute("SELECT ?, screen, moment, name FROM name WHERE experience = ?",
+                               (experience, self._key(experience)))
 
     # worker/flows.py's figures: one experience's hour rows of [start, end), every revision.
 
@@ -629,30 +665,31 @@ class _Reads:
         return self.db.execute(
             "SELECT revision, views, first_seen, last_seen, people, sessions, duration_sum, "
             "bounces, durations FROM revision_hour WHERE experience = ? AND bucket >= ? AND "
-            "bucket < ?", (experience, start, end))
+            "bucket < ?", (self._key(experience), start, end))
 
     def flow_screen_rows(self, experience, start, end):
         """(revision, screen, positions, to_reach, on_screen)."""
         return self.db.execute(
             "SELECT revision, screen, positions, to_reach, on_screen FROM flow_screen "
-            "WHERE experience = ? AND bucket >= ? AND bucket < ?", (experience, start, end))
+            "WHERE experience = ? AND bucket >= ? AND bucket < ?",
+            (self._key(experience), start, end))
 
     def flow_exit_rows(self, experience, start, end):
         """(revision, exit, reached, sessions)."""
         return self.db.execute(
             "SELECT revision, exit, reached, sum(sessions) FROM flow_exit WHERE experience = ? "
             "AND bucket >= ? AND bucket < ? GROUP BY revision, exit, reached HAVING "
-            "sum(sessions) != 0", (experience, start, end))
+            "sum(sessions) != 0", (self._key(experience), start, end))
 
     def flow_move_rows(self, experience, start, end):
         """(revision, source, target, moves)."""
         return self.db.execute(
             "SELECT revision, source, target, sum(moves) FROM flow_move WHERE experience = ? "
             "AND bucket >= ? AND bucket < ? GROUP BY revision, source, target HAVING "
-            "sum(moves) != 0", (experience, start, end))
+            "sum(moves) != 0", (self._key(experience), start, end))
 
     def goal_people(self, experience, start, end, screen):
         """(revision, people) of one screen: the people who viewed it, each hour."""
         return self.db.execute(
             "SELECT revision, people FROM screen_hour WHERE experience = ? AND bucket >= ? AND "
-            "bucket < ? AND screen = ?", (experience, start, end, screen))
+            "bucket < ? AND screen = ?", (self._key(experience), start, end, screen))

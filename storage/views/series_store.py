@@ -1,13 +1,17 @@
 """series.sqlite3: how many events happened when, per minute and per hour, for all events
 together and per experience. The worker is its one writer; the ingest's read side reads it.
 
-Format (version 1), SQLite in WAL mode:
+Format (version 2), SQLite in WAL mode:
 
     minute(bucket, experience, count)   bucket: Unix second at the minute's start (UTC)
     hour(bucket, experience, count)     bucket: Unix second at the hour's start
     state(version, offset, fingerprint, events, newest_minute, updated_at), one row
+    experience_key(key, project, experience)
+                                        a named project's experiences' keys
+                                        (storage/views/derived_store.py: ExperienceKeys)
 
-    experience is the experience id, or -1 (ALL) for all events together. Only buckets that
+    experience is the experience id, or -1 (ALL) for all events together, in the default
+    project; a key in experience_key in a named one (its ALL too). Only buckets that
     have events have rows. Keyed by bucket first: a commit appends at the end (new minutes),
     a range of time is one range of the key, and one experience's series is one seek per
     bucket. Minute rows older than the retention before the newest minute
@@ -18,7 +22,7 @@ transaction (atomic, like data2's rename):
 
     the hour and minute rows == the events of data1[0:offset], each in the bucket of the
                                 second its time index gives it
-    sum of hour rows of ALL  == events
+    sum of hour rows of ALL  == events (the default project's)
 
 data1 is the source of truth and this store is derived from it, as data2 is: a commit needs
 atomicity, not durability (synchronous=NORMAL). A power loss may take the last commits
@@ -31,7 +35,7 @@ from storage.layout import Layout
 from storage.views import derived_store
 from storage.views.derived_store import utc_now
 
-VERSION = 1
+VERSION = 2
 ALL = -1
 MINUTE, HOUR = 60, 3600
 TABLES = {MINUTE: "minute", HOUR: "hour"}
@@ -44,7 +48,7 @@ CREATE TABLE IF NOT EXISTS hour (bucket INTEGER NOT NULL, experience INTEGER NOT
 CREATE TABLE IF NOT EXISTS state (version INTEGER NOT NULL, offset INTEGER NOT NULL,
     fingerprint TEXT NOT NULL, events INTEGER NOT NULL, newest_minute INTEGER NOT NULL,
     updated_at TEXT NOT NULL);
-"""
+""" + derived_store.KEYS_TABLE
 
 UPSERT = ("INSERT INTO {table} (bucket, experience, count) VALUES (?, ?, ?) "
           "ON CONFLICT (bucket, experience) DO UPDATE SET count = count + excluded.count")
@@ -71,6 +75,7 @@ class SeriesStore(derived_store.Writer):
         layout = Layout(state_dir)
         super().__init__(layout, path or layout.series)
         self.minute_retention = minute_retention
+        self.keys = derived_store.ExperienceKeys()
 
     def open(self, empty_fingerprint):
         """Open the store, creating it empty if missing; return its SeriesState.
@@ -83,6 +88,7 @@ class SeriesStore(derived_store.Writer):
             self.db, state = derived_store.open_writer(self.path, VERSION, STATE_COLUMNS)
         except derived_store.Unusable as problem:
             raise CorruptSeries(str(problem)) from None
+        self.keys.load(self.db)
         return SeriesState(*state)
 
     def _create(self, empty_fingerprint):
@@ -90,15 +96,18 @@ class SeriesStore(derived_store.Writer):
                              (VERSION, empty_fingerprint))
 
     def commit(self, minute_rows, hour_rows, offset, fingerprint):
-        """Add the rows ([(bucket start, experience id or ALL, count)], in key order) to the
-        minute and hour buckets and move the offset to `offset`, in one transaction. The
-        caller has made data1 durable up to `offset`."""
+        """Add the rows ([(bucket start, experience, count)] in bucket order, `experience` an
+        id or ALL, or (project, id or ALL) of a named project: worker/tally.py's) to the minute
+        and hour buckets and move the offset to `offset`, in one transaction. The caller has
+        made data1 durable up to `offset`."""
         db = self.db
+        added = sum(count for _, experience, count in hour_rows if experience == ALL)
+        minute_rows, hour_rows = self._keyed(minute_rows), self._keyed(hour_rows)
         db.execute("BEGIN IMMEDIATE")
         try:
+            self.keys.write_new(db)
             db.executemany(UPSERT.format(table="minute"), minute_rows)
             db.executemany(UPSERT.format(table="hour"), hour_rows)
-            added = sum(count for _, experience, count in hour_rows if experience == ALL)
             # The rows come in key order, bucket first: the last is the newest.
             newest = minute_rows[-1][0] if minute_rows else 0
             db.execute("UPDATE state SET offset = ?, fingerprint = ?, events = events + ?, "
@@ -111,11 +120,18 @@ class SeriesStore(derived_store.Writer):
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
+            self.keys.forget_new()
             raise
+
+    def _keyed(self, rows):
+        """The rows with each named project's experience as its key."""
+        key = self.keys.key
+        return [row if type(row[1]) is int else (row[0], key(*row[1]), row[2]) for row in rows]
 
     def reset(self, empty_fingerprint):
         """Empty the store and its offset in one transaction (for a recount from 0)."""
         self.db.execute("BEGIN IMMEDIATE")
+        self.keys.reset(self.db)
         self.db.execute("DELETE FROM minute")
         self.db.execute("DELETE FROM hour")
         self.db.execute("UPDATE state SET offset = 0, fingerprint = ?, events = 0, "
@@ -131,10 +147,14 @@ class SeriesReader:
         self.path = path or Layout(state_dir).series
         self._db = derived_store.Readers(self.path).connection
 
-    def buckets(self, step, experience, start, end):
-        """{bucket start: count} of the `step` table (MINUTE or HOUR) in [start, end)."""
+    def buckets(self, step, experience, start, end, project=""):
+        """{bucket start: count} of the `step` table (MINUTE or HOUR) in [start, end), of
+        `experience` (an id, or ALL) of `project`."""
         db = self._db()
         if db is None:
+            return {}
+        experience = derived_store.key_of(db, project, experience)
+        if experience is None:
             return {}
         first = start - start % step
         # One key seek per bucket of the range (the buckets are generated, not scanned): as
@@ -146,14 +166,21 @@ class SeriesReader:
             (first, step, step, end, experience))
         return dict(rows.fetchall())
 
-    def counts(self, step, start, end):
-        """{experience id: count} over the `step` table's buckets in [start, end)."""
+    def counts(self, step, start, end, project=""):
+        """{experience id: count} of `project` over the `step` table's buckets in
+        [start, end)."""
         db = self._db()
         if db is None:
             return {}
-        rows = db.execute(f"SELECT experience, sum(count) FROM {TABLES[step]} "
-                          "WHERE bucket >= ? AND bucket < ? AND experience != ? "
-                          "GROUP BY experience", (start, end, ALL))
+        if not project:
+            rows = db.execute(f"SELECT experience, sum(count) FROM {TABLES[step]} "
+                              "WHERE bucket >= ? AND bucket < ? AND experience >= 0 "
+                              "GROUP BY experience", (start, end))
+            return dict(rows.fetchall())
+        rows = db.execute(f"SELECT k.experience, sum(s.count) FROM {TABLES[step]} AS s JOIN "
+                          "experience_key AS k ON k.key = s.experience WHERE s.bucket >= ? "
+                          "AND s.bucket < ? AND k.project = ? AND k.experience >= 0 "
+                          "GROUP BY k.experience", (start, end, project))
         return dict(rows.fetchall())
 
     def state(self):
