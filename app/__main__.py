@@ -15,7 +15,8 @@ from waitress import wasyncore
 from waitress.channel import HTTPChannel
 from waitress.task import ErrorTask, WSGITask
 
-from app.access import Access, BadToken, Tokens
+from app.access import Access, BadToken, Tokens, digest
+from app.projects import BadProjects, Projects
 from app.admission import Admission
 from app.api import BATCH_BODY_LIMIT, HOLD_ANSWER, make_app
 from app.readside import FileReadSide
@@ -149,8 +150,9 @@ class Channel(HTTPChannel):
         return super()._flush_some(do_close)
 
 
-def load_access(write, read):
-    """Access from the settings' (tokens, file) pairs; ConfigError if a file is unusable."""
+def load_access(write, read, projects_file=None):
+    """Access from the settings' (tokens, file) pairs and projects file; ConfigError if a
+    file is unusable."""
     kinds = {}
     for kind, (tokens, path) in (("write", write), ("read", read)):
         try:
@@ -158,14 +160,23 @@ def load_access(write, read):
         except (OSError, BadToken) as problem:
             raise settings.ConfigError(
                 f"{settings.PREFIX}{kind.upper()}_TOKENS_FILE {path}: {problem}") from None
-    return Access(kinds["write"], kinds["read"])
+    projects = None
+    if projects_file is not None:
+        try:
+            projects = Projects(projects_file, digest,
+                                lambda: kinds["write"].digests() | kinds["read"].digests())
+        except (OSError, UnicodeError, BadProjects) as problem:
+            raise settings.ConfigError(
+                f"{settings.PREFIX}PROJECTS_FILE {projects_file}: {problem}") from None
+    return Access(kinds["write"], kinds["read"], projects)
 
 
-def describe(tokens):
-    if not tokens.required:
+def describe(access, kind):
+    tokens = access.write if kind == "write" else access.read
+    if not access.required(kind):
         return "open"
-    held = ", ".join(tokens.labels()) or "none yet"
-    return f"need a token ({len(tokens)}: {held})"
+    held = ", ".join(tokens.labels()) or "none"
+    return f"need a token ({len(tokens)}: {held}{' in the default project' if access.projects else ''})"
 
 
 def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute_retention,
@@ -177,7 +188,10 @@ def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute
     # and an ingest thread woken by their acknowledgement would wait out their time slice
     # (bench cluster: p99 of single events 12 -> 50 ms).
     process.place_on_cpus("ingest", cpu, batch=cluster is None)
-    log.info("access: writes %s; reads %s%s", describe(access.write), describe(access.read),
+    log.info("access: writes %s; reads %s%s%s", describe(access, "write"),
+             describe(access, "read"),
+             f"; {len(access.projects.projects)} projects from {access.projects.path}"
+             if access.projects else "",
              f"; client addresses from {trusted_proxy}'s X-Forwarded-For" if trusted_proxy
              else "")
     server_settings = {"host": host, "port": port, "threads": threads, "access": access,
@@ -197,7 +211,7 @@ def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute
         "data1=%d bytes", host, port, state_dir, "on" if durable else "off", threads,
         dedupe_window, eventlog.size,
     )
-    admission = Admission(eventlog, threads, access.write)
+    admission = Admission(eventlog, threads, access)
     app = make_app(eventlog, FileReadSide(eventlog, state_dir, stalled_after), minute_retention,
                    access, admission)
     code = run_server(app, eventlog, admission, **server_settings)
@@ -223,7 +237,7 @@ def serve_cluster(*, host, port, threads, stalled_after, dedupe_window, cluster,
     log.info("ingest: events go to the stream's %d partitions (%s to %s)", len(partitions),
              partitions[0], partitions[-1])
     eventlog = StreamLog(link, partitions, publish_timeout)
-    admission = Admission(eventlog, threads, access.write)
+    admission = Admission(eventlog, threads, access)
     app = make_app(eventlog, ClusterReadSide(link, stalled_after, partitions), access=access,
                    admission=admission)
     code = run_server(app, eventlog, admission, host=host, port=port, threads=threads,
@@ -373,10 +387,11 @@ def main(argv):
             "cpu": settings.ingest_cpu(),
             "minute_retention": settings.minute_retention(),
             "dedupe_window": settings.dedupe_window(),
-            "access": load_access(settings.tokens("WRITE"), settings.tokens("READ")),
+            "access": load_access(settings.tokens("WRITE"), settings.tokens("READ"),
+                                  settings.projects_file()),
             "trusted_proxy": settings.trusted_proxy(),
         }
-        if not settings.is_loopback(config["host"]) and not config["access"].write.required:
+        if not settings.is_loopback(config["host"]) and not config["access"].required("write"):
             raise settings.ConfigError(
                 f"{settings.PREFIX}HOST={config['host']} takes events from anyone who can reach "
                 f"it, and no write token is set: set {settings.PREFIX}WRITE_TOKENS (or "

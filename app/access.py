@@ -13,6 +13,11 @@ restart. A file that cannot be read, or holds a malformed token, keeps the token
 before and is logged: a rotation caught half-written neither locks everyone out nor opens
 the door.
 
+With a projects file (MINI_ANALYTICS_PROJECTS_FILE, app/projects.py), its tokens write
+and read their own projects, and its admin tokens read every project; the tokens above
+write and read the default project (storage/projects.py); and every write and every read
+needs a token. A request's Grant says which project it writes or reads.
+
 A client sends its token in `Judo-Access-Token` (the header Judo's SDKs send) or in
 `Authorization: Bearer <token>`. Only each token's SHA-256 is held; a presented token is
 hashed and compared with every held digest by hmac.compare_digest, so the answer's timing
@@ -20,6 +25,7 @@ says nothing of how much of a token matched. A token is never logged: logs name 
 first 4 hex characters of its hash.
 """
 
+import collections
 import hashlib
 import hmac
 import logging
@@ -81,6 +87,9 @@ class Tokens:
     def __len__(self):
         return len(self._digests)
 
+    def digests(self):
+        return set(self._digests)
+
     def labels(self):
         """How the log names the tokens held (label())."""
         return [label(held) for held in self._digests]
@@ -137,28 +146,53 @@ def presented_token(environ):
     return None
 
 
-class Access:
-    """The write and read tokens; `refusal` says why a request may not pass."""
+# What a request that passed may do: write or read `project` (storage/projects.py: "" the
+# default one); `admin`, read any project; `token`, the digest of its token (None where no
+# token is needed), whose writes share the ingest fairly with other tokens' (app/admission.py).
+Grant = collections.namedtuple("Grant", "token project admin")
 
-    def __init__(self, write, read):
+
+class Access:
+    """The write and read tokens, and the projects file's; `check` says whether a request
+    may pass, and what it may do."""
+
+    def __init__(self, write, read, projects=None):
+        """`write`, `read`: Tokens of the default project; `projects`: app/projects.Projects,
+        or None without a projects file."""
         self.write = write
         self.read = read
+        self.projects = projects
 
     def reload(self):
-        """SIGHUP: read every token file again now."""
+        """SIGHUP: read every token file, and the projects file, again now."""
         for tokens in (self.write, self.read):
             if tokens.path is not None:
                 tokens.reload_if_changed(force=True)
+        if self.projects is not None:
+            self.projects.reload_if_changed(force=True)
+
+    def required(self, kind):
+        """True if a request of this kind ("write" or "read") needs a token."""
+        tokens = self.write if kind == "write" else self.read
+        return tokens.required or self.projects is not None
 
     def check(self, kind, environ):
-        """(None, the token's digest or None) if the request may pass, else (why, None)."""
-        tokens = self.write if kind == "write" else self.read
-        if not tokens.required:
-            return None, None
+        """(None, Grant) if the request may pass, else (why, None)."""
+        if not self.required(kind):
+            # Open: the default project, which is every event; any reader sees it all.
+            return None, Grant(None, "", kind == "read")
         presented = presented_token(environ)
+        tokens = self.write if kind == "write" else self.read
         matched = tokens.match(presented)
         if matched is not None:
-            return None, matched
+            return None, Grant(matched, "", False)
+        if presented is not None and self.projects is not None:
+            wanted = digest(presented)
+            role = self.projects.role(wanted)
+            if role is not None and role.kind == kind:
+                return None, Grant(wanted, role.project, False)
+            if role is not None and role.kind == "admin" and kind == "read":
+                return None, Grant(wanted, "", True)
         problem = "carries no" if presented is None else "carries an unknown"
         return (f"this request {problem} {kind} token: send one in the {HEADER} header, or "
                 f"as Authorization: Bearer <token>"), None

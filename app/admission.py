@@ -12,7 +12,8 @@ ids (which the dedupe window then stores once). Refused, with nothing written:
   alone may use them all; a flooding one cannot starve the others. A device is its
   Judo-Device-ID header, else the client's address (behind a proxy, the address it forwards:
   MINI_ANALYTICS_TRUSTED_PROXY);
-* likewise a token, when several write tokens are set: one app cannot starve the others.
+* likewise a token, when several write tokens are set, and a project, when there is a
+  projects file: one app (or customer) cannot starve the others.
 """
 
 import collections
@@ -36,13 +37,14 @@ def device_of(environ):
 
 
 class Admission:
-    def __init__(self, eventlog, threads, write_tokens=()):
-        """`write_tokens`: app/access.py's Tokens (anything with a len) of the write kind."""
+    def __init__(self, eventlog, threads, access=None):
+        """`access`: app/access.py's Access, which says whether there are several write
+        tokens or projects to share among."""
         self.eventlog = eventlog
         self.threads = threads
         self.waiting_limit = WAITING_PER_THREAD * threads
         self.waiting = lambda: 0  # requests queued for a thread: set by the server
-        self._write_tokens = write_tokens
+        self._access = access
         self._lock = threading.Lock()
         self._in_flight = {}  # (kind, device or token) -> writes in progress, never 0
         self._active = collections.Counter()  # kind -> how many of that kind are in flight
@@ -54,8 +56,9 @@ class Admission:
             self._problem, self._problem_at = self.eventlog.problem(), now
         return self._problem
 
-    def take(self, environ, token):
-        """A place for one write (give it back with release), or Busy if there is none."""
+    def take(self, environ, grant=None):
+        """A place for one write of `grant` (app/access.py's; give the place back with
+        release), or Busy if there is none."""
         waiting = self.waiting()
         if waiting > self.waiting_limit:
             raise Busy(f"the ingest is busy ({waiting} requests waiting); retry in "
@@ -64,14 +67,18 @@ class Admission:
         if problem:
             raise Busy(f"the ingest cannot take writes now: {problem}", RETRY_UNAVAILABLE)
         keys = [("device", device_of(environ))]
-        if token is not None and len(self._write_tokens) > 1:
-            keys.append(("token", token))
+        access = self._access
+        if grant is not None and grant.token is not None and access is not None:
+            if access.projects is not None:
+                keys.append(("project", grant.project))
+            if access.projects is not None or len(access.write) > 1:
+                keys.append(("token", grant.token))
         with self._lock:
             for key in keys:
                 held = self._in_flight.get(key, 0)
                 # A share is at least 2: below that, no need to count who else writes.
                 if held >= 2 and held >= self._share(key[0]):
-                    what = "this device" if key[0] == "device" else "this token"
+                    what = f"this {key[0]}"
                     raise Busy(f"{what} has {held} writes in progress, its share of the "
                                f"ingest now; retry in {RETRY_BUSY} s", RETRY_BUSY)
             for key in keys:

@@ -8,6 +8,7 @@ records are durable in the log (see storage/log/writer.py and storage/stream/wri
 whole API is described in app/openapi.json.
 """
 
+import collections
 import csv
 import datetime
 import io
@@ -24,10 +25,12 @@ from bottle import HTTPError, request, response
 from app import flow_query, overview_query, series_query, validate
 from app.access import Access, Tokens
 from app.admission import Busy
+from app.projects import DEFAULT_NAME
 from app.readside import Unavailable
 from storage.backend import AppendError
 from storage.checkpoint import Checkpoint
 from storage.log.format import encode, parse_token
+from storage.projects import ID_RULE, is_project_id
 from storage.views.overview_store import NoOverview, OverviewState
 from storage.views.series_store import ALL, HOUR, MINUTE
 
@@ -115,6 +118,23 @@ def parse_experience_id(raw):
     return parsed
 
 
+# The /stats figures a project's reader sees besides its own: whether its figures are up to
+# date, nothing of the log every project shares.
+PROJECT_STATS = ("last_checkpoint_at", "checkpoint_age_seconds", "waiting_seconds", "worker")
+
+
+class ProjectReads:
+    """The overview's reader (app/readside.py's OverviewReads) of one project: what
+    app/overview_query.py and app/flow_query.py read, none of another project's."""
+
+    def __init__(self, reader, project):
+        self.reader = reader
+        self.project = project
+
+    def run(self, calls):
+        return self.reader.run(calls, self.project)
+
+
 class SdkTally:
     """What this ingest process has taken from the SDKs since it started, for /stats."""
 
@@ -155,20 +175,40 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
     app.default_error_handler = error_body
 
     def authorized(kind):
-        """The request's token digest (None where no token is needed); a 401 if it has
-        none, or one that is not a `kind` token. Checked before the body is read."""
-        problem, token = access.check(kind, request.environ)
+        """The request's Grant (app/access.py: the project it writes or reads); a 401 if it
+        has no token, or one that is not a `kind` token. Checked before the body is read."""
+        problem, grant = access.check(kind, request.environ)
         if problem:
             raise HTTPError(401, problem, **{"WWW-Authenticate": 'Bearer realm="mini-analytics"'})
-        return token
+        return grant
 
-    def admit(token):
+    def read_grant():
+        """(the project a read is of, whether its reader may see the engine's own figures).
+        A project's token reads its project; an admin token (or anyone, with reads open)
+        the one ?project= names, the default project without it. Engine-wide figures (the
+        log's bytes and positions, every project's SDK totals) are for those who may read
+        every project."""
+        grant = authorized("read")
+        asked = request.query.get("project")
+        if grant.admin:
+            if asked is None or asked == DEFAULT_NAME:
+                return "", True
+            if not is_project_id(asked):
+                raise HTTPError(400, f"project must be {DEFAULT_NAME!r} or a project's id "
+                                     f"({ID_RULE}), got {asked!r}")
+            return asked, True
+        own = grant.project or DEFAULT_NAME
+        if asked is not None and asked != own:
+            raise HTTPError(403, f"this token reads project {own!r} only")
+        return grant.project, access.projects is None
+
+    def admit(grant):
         """A place for one write (hand it to release), or a 503 with Retry-After: never a
         4xx, since the SDKs drop a chunk answered 4xx and send one answered 503 again."""
         if admission is None:
             return None
         try:
-            return admission.take(request.environ, token)
+            return admission.take(request.environ, grant)
         except Busy as busy:
             raise HTTPError(503, str(busy), **{"Retry-After": str(busy.retry_after)}) from None
 
@@ -176,9 +216,9 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         if place is not None:
             admission.release(place)
 
-    def accept(ids):
+    def accept(ids, project):
         try:
-            eventlog.append(encode(ids), request.environ.get(HOLD_ANSWER))
+            eventlog.append(encode(ids, project), request.environ.get(HOLD_ANSWER))
         except AppendError as error:
             raise HTTPError(503, str(error)) from None
         response.status = 202
@@ -195,25 +235,29 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
     @app.post("/event")
     @app.post("/ingest-api")  # the path the assignment's example uses
     def post_event():
-        place = admit(authorized("write"))
+        grant = authorized("write")
+        place = admit(grant)
         try:
-            return accept((parse(validate.parse_event, read_body(EVENT_BODY_LIMIT)),))
+            return accept((parse(validate.parse_event, read_body(EVENT_BODY_LIMIT)),),
+                          grant.project)
         finally:
             release(place)
 
-    sdk = SdkTally()
+    sdk = SdkTally()  # every project's
+    sdk_of = collections.defaultdict(SdkTally)  # each project's: project -> SdkTally
 
-    def accept_sdk_batch(batch, received, body):
+    def accept_sdk_batch(batch, received, body, project):
         """Store what is new of an SDK batch; answer what was taken, what repeated an event
         taken before, and what was left out and why."""
         whole = not batch.ids and not batch.rejected  # the body's batch is exactly the events
         try:
             fresh = eventlog.append_events(batch.ids, batch.events, received,
                                            body if whole else None,
-                                           request.environ.get(HOLD_ANSWER))
+                                           request.environ.get(HOLD_ANSWER), project)
         except AppendError as error:
             raise HTTPError(503, str(error)) from None
-        sdk.add(batch.events, fresh, len(batch.rejected))
+        for tally in (sdk, sdk_of[project]):
+            tally.add(batch.events, fresh, len(batch.rejected))
         duplicates = [{"index": event.index, "id": event.event_id}
                       for event, new in zip(batch.events, fresh) if not new]
         return json_body({
@@ -228,14 +272,15 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
     def post_batch():
         # apiVersion (?apiVersion=N, which the SDKs send) is accepted and needs no reading:
         # every version's events have the shape validate.py takes.
-        place = admit(authorized("write"))
+        grant = authorized("write")
+        place = admit(grant)
         try:
             received = time.time()
             body = read_body(BATCH_BODY_LIMIT)
             batch = parse(validate.parse_batch, body, received)
             if not batch.events and not batch.rejected:
-                return accept(batch.ids)
-            return accept_sdk_batch(batch, received, body)
+                return accept(batch.ids, grant.project)
+            return accept_sdk_batch(batch, received, body, grant.project)
         finally:
             release(place)
 
@@ -251,9 +296,9 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         `with_position`, and where they stand in the log."""
         return available(reads.committed_at if with_position else reads.committed)
 
-    def counted_in_range(params):
-        """The counts of events that happened in [from, to), as a Checkpoint to serve, and
-        where they stand in the log."""
+    def counted_in_range(params, project):
+        """The counts of `project`'s events that happened in [from, to), as a Checkpoint to
+        serve, and where they stand in the log."""
         try:
             tz, _ = series_query.parse_zone(params.get("tz"))
             if not (params.get("from") and params.get("to")):
@@ -264,7 +309,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
                 raise series_query.BadQuery("from must be before to")
         except series_query.BadQuery as problem:
             raise HTTPError(400, str(problem)) from None
-        state = series_state()
+        state = series_state(project)
         # Whole hours come from the hour buckets (kept for good); anything finer needs the
         # minute buckets, kept for the last minute_retention of data.
         if start % HOUR == 0 and end % HOUR == 0:
@@ -274,11 +319,13 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
             step = MINUTE
         else:
             raise HTTPError(400, "from and to must fall on whole minutes")
-        counts = available(series.counts, step, int(start), int(end))
+        counts = available(series.counts, step, int(start), int(end), project)
         return Checkpoint(counts=counts), series.position(state)
 
-    def series_state():
-        state = available(reads.series_state)
+    def series_state(project):
+        """The series store's state, its newest minute `project`'s (whose minute buckets
+        are kept back from it)."""
+        state = available(reads.series_state, project)
         if state is None:
             raise HTTPError(503, "no counts over time yet: the worker has not created "
                                  "series.sqlite3 (is MINI_ANALYTICS_SERIES off?)")
@@ -294,14 +341,19 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
 
     @app.get("/counts")
     def get_counts():
-        authorized("read")
+        project, engine_wide = read_grant()
         params = query_params()
         csv_wanted = wants_csv()
         ranged = bool(params.get("from") or params.get("to"))  # empty is absent, as in /series
         if ranged:
-            checkpoint, position = counted_in_range(params)
+            checkpoint, position = counted_in_range(params, project)
         else:
             checkpoint, position = committed(with_position=True)
+            if project:
+                checkpoint = Checkpoint(counts=checkpoint.counts_of(project),
+                                        updated_at=checkpoint.updated_at)
+        if not engine_wide:
+            position = {}  # where the log stands tells of every project's events
         top = params.get("top")
         if top is None:
             items = sorted(checkpoint.counts.items())
@@ -324,13 +376,14 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
 
     @app.get("/counts/<experience_id>")
     def get_count(experience_id):
-        authorized("read")
+        project, _ = read_grant()
         parsed = parse_experience_id(experience_id)
-        return json_body({"experienceID": parsed, "count": committed().counts.get(parsed, 0)})
+        return json_body({"experienceID": parsed,
+                          "count": committed().counts_of(project).get(parsed, 0)})
 
     @app.get("/series")
     def get_series():
-        authorized("read")
+        project, _ = read_grant()
         params = query_params()
         csv_wanted = wants_csv()
         experience = params.get("experienceID")
@@ -340,12 +393,13 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
             query = series_query.parse(params, now, experience)
         except series_query.BadQuery as problem:
             raise HTTPError(400, str(problem)) from None
-        state = series_state()
+        state = series_state(project)
         if query.step == "minute":
             check_minutes_kept(query.start.timestamp(), state)
         which = ALL if experience is None else experience
         points = series_query.points(
-            query, lambda step, start, end: available(series.buckets, step, which, start, end))
+            query,
+            lambda step, start, end: available(series.buckets, step, which, start, end, project))
         if csv_wanted:
             return csv_body("series", ["time", "count"], points)
         return json_body({
@@ -357,10 +411,11 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
             "points": points,
         })
 
-    def overview(answer, *args):
-        """answer(the overview's reader, *args), or a 503 naming why it cannot be read now."""
+    def overview(project, answer, *args):
+        """answer(the overview's reader of `project`, *args), or a 503 naming why it cannot
+        be read now."""
         try:
-            return answer(reads.overview, *args)
+            return answer(ProjectReads(reads.overview, project), *args)
         except (NoOverview, Unavailable) as problem:
             raise HTTPError(503, str(problem)) from None
 
@@ -372,11 +427,11 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
 
     @app.get("/experiences")
     def get_experiences():
-        authorized("read")
+        project, _ = read_grant()
         params = query_params()
         csv_wanted = wants_csv()
         query = overview_query_of(params)
-        document = overview(overview_query.experiences, query)
+        document = overview(project, overview_query.experiences, query)
         if csv_wanted:
             return csv_body("experiences", overview_query.CSV_COLUMNS, overview_query.csv_rows(
                 document["experiences"], overview_query.CSV_COLUMNS))
@@ -397,12 +452,12 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
     def one_experience(experience_id, parse, answer, csv_name, csv_part):
         """answer(the overview's reader, parse(the query's parameters), the id) as JSON, or
         as CSV: the document's list and columns csv_part(query) names."""
-        authorized("read")
+        project, _ = read_grant()
         parsed = parse_experience_id(experience_id)
         params = query_params()
         csv_wanted = wants_csv()
         query = parse(params)
-        document = overview(answer, query, parsed)
+        document = overview(project, answer, query, parsed)
         if csv_wanted:
             key, columns = csv_part(query)
             return csv_body(f"experience-{parsed}{csv_name}", columns,
@@ -458,9 +513,41 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
 
     @app.get("/stats")
     def get_stats():
-        authorized("read")
-        return json_body({**available(reads.stats), "sdk": sdk.summary(),
-                          "overview_set_aside": overview_set_aside()})
+        project, engine_wide = read_grant()
+        stats = available(reads.stats)
+        if engine_wide:
+            document = {**stats, "sdk": sdk.summary(),
+                        "overview_set_aside": overview_set_aside()}
+            if project:  # an admin's read of one project: its figures, the engine's state
+                counts = committed().counts_of(project)
+                document.update(project=project, events=sum(counts.values()),
+                                experiences=len(counts))
+            return json_body(document)
+        # One project's reader: its own figures, and whether they are up to date.
+        counts = committed().counts_of(project)
+        return json_body({
+            "mode": stats["mode"], "project": project or DEFAULT_NAME,
+            "events": sum(counts.values()), "experiences": len(counts),
+            **{key: stats[key] for key in PROJECT_STATS if key in stats},
+            "sdk": sdk_of[project].summary()})
+
+    @app.get("/projects")
+    def get_projects():
+        """Every project: those of the projects file, and those with events that are in it
+        no longer (their figures are kept; only an admin token reads them)."""
+        if not authorized("read").admin:
+            raise HTTPError(403, "only an admin token lists the projects")
+        checkpoint = committed()
+        configured = access.projects.projects if access.projects else {}
+        listed = [{"id": DEFAULT_NAME, "name": DEFAULT_NAME, "configured": True,
+                   "events": checkpoint.events, "experiences": len(checkpoint.counts)}]
+        for project_id in sorted(set(configured) | set(checkpoint.projects)):
+            counts = checkpoint.counts_of(project_id)
+            known = configured.get(project_id)
+            listed.append({"id": project_id, "name": known.name if known else project_id,
+                           "configured": known is not None,
+                           "events": sum(counts.values()), "experiences": len(counts)})
+        return json_body({"projects": listed})
 
     @app.get("/")
     def get_dashboard():

@@ -84,9 +84,9 @@ class ClusterReadSide:
     def committed(self):
         return self.committed_at()[0]
 
-    def series_state(self):
+    def series_state(self, project=""):
         # Each partition's worker refuses to answer while its store is behind its checkpoint.
-        return self.series.state()
+        return self.series.state(project)
 
     def committed_at(self):
         with self._lock:
@@ -284,10 +284,12 @@ class ClusterSeries:
                                  "the counts over time",
                                  lambda answer: answer["state"][0] if answer["state"] else 0)
 
-    def state(self):
-        """A SeriesState whose offset is {partition: {"sequence", "events"}} of each store."""
-        states = {name: SeriesState(*answer["state"])
-                  for name, answer in self.reads.ask({"ask": "state"}).items() if answer["state"]}
+    def state(self, project=""):
+        """A SeriesState whose offset is {partition: {"sequence", "events"}} of each store,
+        and newest_minute `project`'s."""
+        states = {name: SeriesState(*answer["state"]) for name, answer
+                  in self.reads.ask({"ask": "state", "project": project}).items()
+                  if answer["state"]}
         return SeriesState(
             offset={name: {"sequence": state.offset, "events": state.events}
                     for name, state in sorted(states.items())},
@@ -300,13 +302,14 @@ class ClusterSeries:
     def position(state):
         return {"partitions": state.offset}
 
-    def buckets(self, step, experience, start, end):
+    def buckets(self, step, experience, start, end, project=""):
         question = {"ask": "buckets", "step": step, "experience": experience, "start": start,
-                    "end": end}
+                    "end": end, "project": project}
         return self._sum(answer["buckets"] for answer in self.reads.ask(question).values())
 
-    def counts(self, step, start, end):
-        question = {"ask": "counts", "step": step, "start": start, "end": end}
+    def counts(self, step, start, end, project=""):
+        question = {"ask": "counts", "step": step, "start": start, "end": end,
+                    "project": project}
         return self._sum(answer["counts"] for answer in self.reads.ask(question).values())
 
     @staticmethod
@@ -330,9 +333,9 @@ class ClusterOverview:
         self.reads = WorkerReads(link, partition_names, overview_query_subject,
                                  "the experience overview", lambda answer: answer["position"])
 
-    def run(self, calls):
+    def run(self, calls, project=""):
         results = [[] for _ in calls]
-        for _, answer in sorted(self.reads.ask({"calls": calls}).items()):
+        for _, answer in sorted(self.reads.ask({"calls": calls, "project": project}).items()):
             for rows, more in zip(results, answer["results"]):
                 rows.extend(reads.decode_rows(more))
         return results

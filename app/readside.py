@@ -24,23 +24,25 @@ class SeriesReads(Protocol):
     """The counts over time: storage/views/series_store.SeriesReader, or in cluster mode
     app/cluster_readside.ClusterSeries."""
 
-    def state(self):
-        """The store's SeriesState, or None while there is none."""
+    def state(self, project=""):
+        """The store's SeriesState (its newest_minute `project`'s), or None while there is
+        none."""
 
-    def buckets(self, step, experience, start, end) -> dict:
-        """{bucket start: count} of one experience over [start, end)."""
+    def buckets(self, step, experience, start, end, project="") -> dict:
+        """{bucket start: count} of one experience of `project` (storage/projects.py) over
+        [start, end)."""
 
-    def counts(self, step, start, end) -> dict:
-        """{experience: count} over [start, end)."""
+    def counts(self, step, start, end, project="") -> dict:
+        """{experience: count} of `project`'s experiences over [start, end)."""
 
 
 class OverviewReads(Protocol):
     """The experience overview: storage/views/overview_store.OverviewReader, or in cluster
     mode app/cluster_readside.ClusterOverview."""
 
-    def run(self, calls) -> list:
-        """The rows of each of `calls` ([name, *args], the store's READS), all read in one
-        snapshot."""
+    def run(self, calls, project="") -> list:
+        """The rows of each of `calls` ([name, *args], the store's READS) of `project`'s
+        experiences, all read in one snapshot."""
 
 
 class ReadSide(Protocol):
@@ -54,10 +56,10 @@ class ReadSide(Protocol):
         """(committed(), where they stand in the log, for /counts): {"offset": n}, or
         {"partitions": {name: {"sequence", "events"}}} in cluster mode."""
 
-    def series_state(self):
-        """The series store's state, or None while there is none. Unavailable while it is
-        being counted again and is behind the counts (its sums would be partial: counts over
-        time going down)."""
+    def series_state(self, project=""):
+        """The series store's state (its newest_minute `project`'s), or None while there is
+        none. Unavailable while it is being counted again and is behind the counts (its sums
+        would be partial: counts over time going down)."""
 
     def stats(self) -> dict:
         """The /stats document."""
@@ -120,11 +122,11 @@ class FileReadSide:
         checkpoint = self.committed()
         return checkpoint, {"offset": checkpoint.offset}
 
-    def series_state(self):
+    def series_state(self, project=""):
         # data2 first: the worker commits the series store before data2, so read in this
         # order the store is never seen behind unless it really is.
         counted = self.committed().offset
-        state = self.series.state()
+        state = self.series.state(project)
         if state is not None and state.offset < counted:
             raise Unavailable(
                 f"the counts over time are behind the counts (offset {state.offset:,} of "

@@ -39,6 +39,10 @@ SETTINGS = [
                                           "comma-separated"),
     ("READ_TOKENS_FILE", "(none)", "a file of read tokens, one a line, read again on SIGHUP "
                                    "or when it changes"),
+    ("PROJECTS_FILE", "(none: one project)", "a TOML file of projects, each with its write "
+                                             "and read tokens, and admin tokens that read "
+                                             "them all; read again on SIGHUP or when it "
+                                             "changes"),
     ("TRUSTED_PROXY", "(none)", "the address of a reverse proxy whose X-Forwarded-For is "
                                 "believed"),
     ("DEDUPE_WINDOW", "86400", "seconds an SDK event id is remembered, so that a retry is "
@@ -148,6 +152,17 @@ def tokens(kind, environ=os.environ):
         if problem:
             raise ConfigError(f"{PREFIX}{kind}_TOKENS: token {number}: {problem}")
     return found, None
+
+
+def projects_file(environ=os.environ):
+    """The projects file's path (app/projects.py reads it), or None when there is none."""
+    raw = _raw(environ, "PROJECTS_FILE")
+    if not raw:
+        return None
+    path = Path(raw)
+    if not path.is_file():
+        raise ConfigError(f"{PREFIX}PROJECTS_FILE names no file: {path}")
+    return path
 
 
 def trusted_proxy(environ=os.environ):

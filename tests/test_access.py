@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import pytest
 from hypothesis import given, settings
@@ -24,7 +25,7 @@ from sdk_client import SimulatedSdks
 from bench.sdk_shapes import mixed_batch
 from test_dashboard import CHROMIUM, chromium, screenshot
 from test_read_api import assert_matches_spec
-from app.access import Access, Tokens
+from app.access import Access, Grant, Tokens
 from app.admission import Admission, Busy
 
 WRITE = "w-7f3a9c2e41b84d6f"
@@ -253,14 +254,17 @@ def test_a_device_alone_may_use_every_thread_but_not_while_others_write():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.sampled_from("abcd"), st.sampled_from("xy")),
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from("abcd"), st.sampled_from("xyz")),
                 max_size=80),
-       st.sampled_from([2, 4, 16]))
-def test_admission_shares_match_the_rule_whatever_the_order(steps, threads):
-    """Any order of takes and releases, over devices and tokens: a take is refused exactly
-    when a device (or token) already has its share, the threads divided among those of its
-    kind writing now, itself counted, at least 2."""
-    admission = Admission(FakeLog(), threads=threads, write_tokens=["x", "y"])
+       st.sampled_from([2, 4, 16]), st.booleans())
+def test_admission_shares_match_the_rule_whatever_the_order(steps, threads, with_projects):
+    """Any order of takes and releases, over devices, tokens and projects: a take is refused
+    exactly when a device (or token, or project) already has its share, the threads divided
+    among those of its kind writing now, itself counted, at least 2."""
+    project_of = {"x": "p", "y": "p", "z": "q"}  # tokens x and y write project p
+    access = types.SimpleNamespace(write=Tokens("write", [WRITE, OTHER_WRITE]),
+                                   projects=object() if with_projects else None)
+    admission = Admission(FakeLog(), threads=threads, access=access)
     held = collections.Counter()  # the model: (kind, name) -> writes in progress
     places = []
     for take, device, token in steps:
@@ -271,14 +275,17 @@ def test_admission_shares_match_the_rule_whatever_the_order(steps, threads):
                 held.subtract(place)
             continue
         keys = [("device", device), ("token", token)]
+        if with_projects:
+            keys.insert(1, ("project", project_of[token]))
 
         def share(key):
             active = {other for other, n in held.items() if n and other[0] == key[0]}
             return max(2, threads // len(active | {key}))
 
         refused = any(held[key] >= share(key) for key in keys)
+        grant = Grant(token, project_of[token] if with_projects else "", False)
         try:
-            place = admission.take({"HTTP_JUDO_DEVICE_ID": device}, token)
+            place = admission.take({"HTTP_JUDO_DEVICE_ID": device}, grant)
         except Busy:
             assert refused
             continue

@@ -697,3 +697,72 @@ def test_a_nats_server_killed_mid_read_never_makes_a_message_count_twice(cluster
     assert status == 200 and sum(count for _, count in series["points"]) == total
     assert sum(entry["counted_messages"] for entry in request(
         node.ingest_port(1), "GET", "/stats")[1]["partitions"]) == total
+
+
+def test_two_projects_through_both_nodes_each_count_their_own_ledger(cluster, tmp_path):
+    """Projects in cluster mode: two projects send through either node at random, with the
+    same installs, experience ids and event ids (bravo resends all of alpha's, and more), a
+    worker SIGKILLed midway. Each project's reader, on either node, gets its own ledger: its
+    counts, and an overview that equals the ledger's; an admin reads both."""
+    tokens = {"alpha": ("alpha-write-012345678", "alpha-read-0123456789"),
+              "bravo": ("bravo-write-012345678", "bravo-read-0123456789")}
+    projects_file = tmp_path / "projects.toml"
+    projects_file.write_text('admin_tokens = ["admin-token-0123456789"]\n' + "".join(
+        f'[projects.{name}]\nwrite_tokens = ["{write}"]\nread_tokens = ["{read}"]\n'
+        for name, (write, read) in tokens.items()))
+    node = cluster(interval=0.1, projects_file=projects_file)
+    end = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    alpha = generator.generate(seed=21, devices=40, experiences=3, days=2,
+                               end=end - datetime.timedelta(minutes=5))
+    more = generator.generate(seed=22, devices=30, experiences=4, days=2,
+                              end=end - datetime.timedelta(minutes=5))
+    bravo = generator.Traffic()
+    bravo.batches, bravo.views = alpha.batches + more.batches, alpha.views + more.views
+    bravo.links = alpha.links + more.links
+    rng = random.Random(5)
+    sends = [(name, batch) for name, traffic in (("alpha", alpha), ("bravo", bravo))
+             for batch in traffic.batches]
+    rng.shuffle(sends)
+    minimal = {"alpha": [1, 1, 2], "bravo": [1, 7, 7, 7]}
+    for index, (name, batch) in enumerate(sends):
+        if index == len(sends) // 2:
+            os.kill(node.pid("worker:worker-1"), signal.SIGKILL)
+        port = node.ingest_port(rng.choice((1, 2)))
+        generator.Sender(f"http://127.0.0.1:{port}", token=tokens[name][0]).send([batch])
+    for name, ids in minimal.items():
+        for experience in ids:
+            assert post(node.ingest_port(rng.choice((1, 2))), {"experienceID": experience},
+                        headers={"Judo-Access-Token": tokens[name][0]})[0] == 202
+    span = {"from": (end - datetime.timedelta(days=3)).isoformat(),
+            "to": (end + datetime.timedelta(hours=1)).isoformat()}
+    start = int(datetime.datetime.fromisoformat(span["from"]).timestamp())
+    stop = int(datetime.datetime.fromisoformat(span["to"]).timestamp())
+    for name, traffic in (("alpha", alpha), ("bravo", bravo)):
+        read = {"Judo-Access-Token": tokens[name][1]}
+        people = ref.People(traffic.views, traffic.links, MAX_INSTALLS_PER_USER)
+        expected = ref.overview(traffic.views, 1800, start, stop, people)
+        screen_counts = collections.Counter(view.experience for view in traffic.views)
+        screen_counts.update(minimal[name])
+        for n in (1, 2):
+            def figures():
+                status, body = request(node.ingest_port(n), "GET",
+                                       f"/experiences?{urllib.parse.urlencode(span)}",
+                                       headers=read)
+                return status == 200 and body["experiences"]
+
+            wait_for(lambda: sum(item["screen_views"] for item in figures() or []) == len(
+                traffic.views), 60, what=f"{name}'s overview on ingest-{n}")
+            got = {item["experienceID"]: item for item in figures()}
+            assert set(got) == set(expected)
+            for experience, want in expected.items():
+                for key, value in want.items():
+                    if key == "median_session_seconds" and value is not None:
+                        value = duration_bucket(value)
+                    assert got[experience][key] == value, (name, experience, key)
+            status, counts = request(node.ingest_port(n), "GET", "/counts", headers=read)
+            assert status == 200 and counts["counts"] == {
+                str(experience): count for experience, count in screen_counts.items()}
+            assert "partitions" not in counts  # the stream's positions tell of every project
+        status, admin = request(node.ingest_port(1), "GET", f"/counts?project={name}",
+                                headers={"Judo-Access-Token": "admin-token-0123456789"})
+        assert status == 200 and admin["counts"] == counts["counts"]

@@ -215,7 +215,8 @@ def test_the_overview_reads_a_group_the_same_whichever_way(items, sent_whole, pr
     assert group.events()[0] == project
     checked.read(group.events()[1], project)
     # As a cluster message's details header carries each: JSON, ASCII only.
-    one_by_one.read_encoded([json.dumps(item) for item in group.events()[1]], project)
+    one_by_one.read_encoded([json.dumps({**item, **named} if type(item) is dict else item)
+                             for item in group.events()[1]])
     assert (fast.views, fast.links, fast.events, fast.set_aside) == (
         checked.views, checked.links, checked.events, checked.set_aside)
     assert (one_by_one.views, one_by_one.links, one_by_one.events, one_by_one.set_aside) == (

@@ -37,7 +37,7 @@ from storage.views.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDEN
                                     REVISION_PEOPLE, REVISION_VIEWS,
                                     SESSION_SCREENS, SESSIONS, VIEWS, Changes, CorruptOverview,
                                     OverviewStore)
-from storage.projects import person_text
+from storage.projects import is_project_id, person_text
 from storage.views.sketches import duration_bucket, person_key
 from worker.flows import add_session, extend_session
 from worker.people import MAX_INSTALLS_PER_USER, person_of
@@ -350,34 +350,36 @@ class SdkEvents:
             project, items = group.events()
             self.read(items, project)
             return
-        self._read_decoded(decoded, lambda: group.events()[1], project)
+        self._read_decoded([(event, time_ms, project) for event, time_ms in decoded],
+                           lambda: group.events()[1], project)
 
-    def read_encoded(self, items, project=""):
-        """read() of items of `project` each still in JSON (a cluster message's details
-        header), as fast as read_group and with the same way back to read()."""
+    def read_encoded(self, items):
+        """read() of items each still in JSON (a cluster message's details header, which
+        names its project), as fast as read_group and with the same way back to read()."""
         def as_dicts():
             return [json.loads(item) for item in items]
 
         try:
-            decoded = [(item.event, item.time) for item in map(_ITEM.decode, items)]
+            decoded = [(item.event, item.time, item.project)
+                       for item in map(_ITEM.decode, items)]
         except (msgspec.MsgspecError, ValueError):
-            self.read(as_dicts(), project)
+            self.read(as_dicts())
             return
-        self._read_decoded(decoded, as_dicts, project)
+        self._read_decoded(decoded, as_dicts)
 
-    def _read_decoded(self, decoded, as_dicts, project):
-        """Count [(event, time), ...] as _add does, all of them or, if any does not fit, none:
-        read(as_dicts()) then reads them event by event."""
+    def _read_decoded(self, decoded, as_dicts, project=""):
+        """Count [(event, time, project), ...] as _add does, all of them or, if any does not
+        fit, none: read(as_dicts(), project) then reads them event by event."""
         views, links = [], []
         try:
-            for event, time_ms in decoded:
+            for event, time_ms, project_of in decoded:
                 properties = event.properties
                 if event.type == "screen" and properties is None:
                     raise ValueError("a screen view without properties")
                 self._add(views, links, time_ms, event.anonymousID, event.userID, event.type,
                           lambda: (properties.experienceID, properties.id,
                                    properties.experienceName, properties.name,
-                                   properties.experienceRevisionID), project)
+                                   properties.experienceRevisionID), project_of)
         except (ValueError, TypeError):
             self.read(as_dicts(), project)
             return
@@ -387,6 +389,7 @@ class SdkEvents:
 
     def _read(self, item, project):
         event = item["event"]
+        project = item.get("project", project)  # a cluster message's item names its own
 
         def screen():
             properties = event["properties"]
@@ -403,6 +406,8 @@ class SdkEvents:
         moment = time_ms // 1000
         if not 0 <= moment < 2**40:
             raise ValueError("time out of range")
+        if project and not is_project_id(project):
+            raise ValueError(f"not a project: {project!r}")
         device = self._key(person_text(project, "anon:" + anonymous_id))
         # null and "" are no userID (identify(null), Judo's anonymous mode): no link
         carried = self._key(person_text(project, "user:" + user)) if user else 0

@@ -10,6 +10,7 @@ so a reader is never answered from behind what the new owner already served.
 import logging
 import sqlite3
 
+from storage.projects import is_project_id
 from storage.stream import reads
 from storage.stream.link import UNAVAILABLE
 from storage.stream.names import overview_query_subject, series_query_subject, worker_ping_subject
@@ -102,8 +103,9 @@ class Answers:
         served.
 
             {"ask": "state"}                                 -> {"state": [offset, ...]}
-            {"ask": "buckets", "step", "experience", "start", "end"} -> {"buckets": [[s, n]]}
-            {"ask": "counts", "step", "start", "end"}        -> {"counts": [[id, n]]}
+            {"ask": "buckets", "step", "experience", "start", "end", "project"}
+                                                             -> {"buckets": [[s, n]]}
+            {"ask": "counts", "step", "start", "end", "project"}   -> {"counts": [[id, n]]}
 
         While the store is behind the partition's checkpoint (it is being recounted, after it
         was rejected or lost), the answer is {"error": ...}: partial sums would show counts
@@ -115,7 +117,7 @@ class Answers:
             # The checkpoint's position first: the store is committed before it, so read in
             # this order the store is never seen behind unless it really is.
             counted = partition.checkpoint.offset
-            state = reader.state()
+            state = reader.state(_project(question))
             reply = {"state": list(state) if state else None}
             if (state.offset if state else 0) < counted:
                 return {"error": f"partition {partition.name}'s counts over time are being "
@@ -124,10 +126,11 @@ class Answers:
             if question["ask"] == "buckets":
                 reply["buckets"] = list(reader.buckets(
                     question["step"], question["experience"], question["start"],
-                    question["end"]).items())
+                    question["end"], _project(question)).items())
             elif question["ask"] == "counts":
                 reply["counts"] = list(reader.counts(
-                    question["step"], question["start"], question["end"]).items())
+                    question["step"], question["start"], question["end"],
+                    _project(question)).items())
             return reply
 
         return await self._reads(partition, series_query_subject(partition.name),
@@ -135,7 +138,7 @@ class Answers:
 
     async def _overview(self, partition):
         """Answer the ingest's reads of the partition's overview: {"calls": [[name, *args],
-        ...]} (storage/views/overview_store.py's READS) in, {"position": sequence, "results":
+        ...], "project"} (storage/views/overview_store.py's READS) in, {"position": sequence, "results":
         [rows, ...]} out, every read in one snapshot of the store, bytes as {"b64": ...}.
         While the store is behind the partition's checkpoint (being recounted), or not yet
         created, {"error": ...}: a merge without all of it would show figures going down."""
@@ -151,7 +154,16 @@ class Answers:
                                  f"(at sequence {overviewed} of {counted})"}
             # `position` read before the reads: they are at least that new.
             return {"position": overviewed,
-                    "results": [reads.encode_rows(rows) for rows in reader.run(calls)]}
+                    "results": [reads.encode_rows(rows)
+                                for rows in reader.run(calls, _project(question))]}
 
         return await self._reads(partition, overview_query_subject(partition.name),
                                         "overview", reply_to)
+
+
+def _project(question):
+    """The project a read is of (storage/stream/reads.py): "" the default one."""
+    project = question.get("project", "")
+    if project and not is_project_id(project):
+        raise ValueError(f"not a project: {project!r}")
+    return project

@@ -150,13 +150,16 @@ def _decoder(event_type):
 
 
 def _item_type(event_type):
-    return msgspec.defstruct("Item", [("event", event_type), ("time", int)])
+    # "project": a cluster message's item names its project (storage/stream/writer.py);
+    # a group names its own, not each item's.
+    return msgspec.defstruct("Item", [("event", event_type), ("time", int),
+                                      ("project", str, "")])
 
 
 def item_decoder(event_type):
     """A decoder of one item in JSON, as a cluster message's details header carries it
-    (storage/stream/writer.py): decode(json) -> an item with .event (as `event_type`) and
-    .time. Raises as events_as does."""
+    (storage/stream/writer.py): decode(json) -> an item with .event (as `event_type`),
+    .time and .project ("" when absent). Raises as events_as does."""
     key = ("item", event_type)
     decoder = _DECODERS.get(key)
     if decoder is None:

@@ -8,18 +8,22 @@ worker/stream_answers.py answers; app/cluster_readside.py and storage/stream/sta
            partition), "progress_at" (when it last finished a pass or committed, Unix s)}
 
     counts over time, on series_query_subject(p)
-        {"ask": "state"}                                 -> {"state": [offset, ...] or None}
-        {"ask": "buckets", "step", "experience", "start", "end"}
+        {"ask": "state", "project"}                      -> {"state": [offset, ...] or None}
+        {"ask": "buckets", "step", "experience", "start", "end", "project"}
                                                          -> {"state", "buckets": [[s, n], ...]}
-        {"ask": "counts", "step", "start", "end"}        -> {"state", "counts": [[id, n], ...]}
+        {"ask": "counts", "step", "start", "end", "project"}
+                                                         -> {"state", "counts": [[id, n], ...]}
       `state` is the store's SeriesState (storage/views/series_store.py), read before the
       answer, so the answer is at least that new.
 
     overview, on overview_query_subject(p)
-        {"calls": [[name, *args], ...]}  (storage/views/overview_store.py's READS)
+        {"calls": [[name, *args], ...], "project"}  (storage/views/overview_store.py's READS)
             -> {"position": sequence, "results": [rows, ...]}, every read in one snapshot of
                the store, each value in its rows as encode_value gives it (bytes, the
                sketches, as {"b64": ...})
+
+    "project" is the project whose experiences are read (storage/projects.py; "" the default
+    project, and when absent).
 
     any question the worker cannot answer now -> {"error": why}
 

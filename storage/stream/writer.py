@@ -24,7 +24,7 @@ counts messages with the same code as data1's blocks. This module's guarantees:
   message of them goes to the next partition in turn, spreading the counting evenly.
 * An SDK event is a message of its own: its payload is its screen view's record (empty for
   an identify or a register), its details (storage/log/details.py's item, with the receive
-  time) ride in the DETAILS_HEADER header, and its Nats-Msg-Id is derived from the event's
+  time, and its project: storage/projects.py) ride in the DETAILS_HEADER header, and its Nats-Msg-Id is derived from the event's
   own id. The stream drops a repeat of that id within its duplicate window (the
   dedupe window, storage/stream/setup.py) whichever ingest node it reaches, and acknowledges
   it as a duplicate: a retry is stored and counted once, as data1.seen does on one machine.
@@ -135,29 +135,30 @@ class StreamLog:
         if group.error:
             raise group.error
 
-    def append_events(self, ids, events, received, sent=None, hold=None):
-        """Append minimal items' `ids`, and each SDK event as a message of its own (`sent`,
+    def append_events(self, ids, events, received, sent=None, hold=None, project=""):
+        """Append minimal items' `ids`, and each SDK event as a message of its own, all of
+        `project` (storage/projects.py) (`sent`,
         the request body, is not needed: each message carries its event; `hold` is not
         used, as in append()). Returns, for each event, True if it was new, False if the
         stream already held its id (within the duplicate window). Raises AppendError if any
         publish was not acknowledged in time: the events may then be stored or not, and
         their retry is stored once."""
         if ids:
-            self.append(encode(ids))
+            self.append(encode(ids, project))
         if not events:
             return []
         try:
-            return self.link.call(self._publish_events(events, int(received * 1000)),
+            return self.link.call(self._publish_events(events, int(received * 1000), project),
                                   self.timeout + 5)
         except TimeoutError:
             raise AppendError(f"the cluster did not acknowledge the events within "
                               f"{self.timeout + 5:g} s; they may or may not be stored: a "
                               "retry of them is stored once") from None
 
-    async def _publish_events(self, events, received_ms):
+    async def _publish_events(self, events, received_ms, project):
         """For each event, whether it was new. A request's events go out as one atomic batch
         (MAX_ATOMIC_BATCH at most); a batch refused or unanswered, one by one."""
-        messages = [self._event_message(event, received_ms) for event in events]
+        messages = [self._event_message(event, received_ms, project) for event in events]
         fresh = []
         for start in range(0, len(messages), MAX_ATOMIC_BATCH):
             chunk = messages[start:start + MAX_ATOMIC_BATCH]
@@ -169,14 +170,18 @@ class StreamLog:
                 fresh += [not ack.duplicate for ack in acks]
         return fresh
 
-    def _event_message(self, event, received_ms):
-        """(payload, message id, headers, subject) of an SDK event's message."""
-        payload = b"" if event.experience_id is None else encode((event.experience_id,))
-        details = json.dumps({"received": received_ms, **event.details}, ensure_ascii=True,
-                             separators=(",", ":"))
+    def _event_message(self, event, received_ms, project):
+        """(payload, message id, headers, subject) of an SDK event's message of `project`.
+        The message id is the project's key of the event's id (event_key): a retry through
+        any node is dropped, and another project's event with the same id is not."""
+        payload = b"" if event.experience_id is None else encode((event.experience_id,),
+                                                                  project)
+        named = {"project": project} if project else {}
+        details = json.dumps({"received": received_ms, **named, **event.details},
+                             ensure_ascii=True, separators=(",", ":"))
         partition = partition_of(event.anonymous_id, self.partitions)
-        return (payload, f"sdk-{event_key(event.event_id).hex()}", {DETAILS_HEADER: details},
-                partition_subject(partition))
+        return (payload, f"sdk-{event_key(event.event_id, project).hex()}",
+                {DETAILS_HEADER: details}, partition_subject(partition))
 
     async def _publish_batch(self, messages):
         """Publish `messages` as one atomic batch (ADR-50: stored all together or not at

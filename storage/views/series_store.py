@@ -9,13 +9,17 @@ Format (version 2), SQLite in WAL mode:
     experience_key(key, project, experience)
                                         a named project's experiences' keys
                                         (storage/views/derived_store.py: ExperienceKeys)
+    project_minute(project, newest_minute)
+                                        a named project's newest minute with events (the
+                                        default project's is the state's)
 
     experience is the experience id, or -1 (ALL) for all events together, in the default
     project; a key in experience_key in a named one (its ALL too). Only buckets that
     have events have rows. Keyed by bucket first: a commit appends at the end (new minutes),
     a range of time is one range of the key, and one experience's series is one seek per
-    bucket. Minute rows older than the retention before the newest minute
-    with events are dropped; hour rows are kept for good.
+    bucket. Minute rows older than the retention before the newest minute with events of
+    their project are dropped (each project's minutes are kept by its own events, none by
+    another's); hour rows are kept for good.
 
 Invariants, true at every commit because the buckets and the offset change in one SQLite
 transaction (atomic, like data2's rename):
@@ -48,6 +52,8 @@ CREATE TABLE IF NOT EXISTS hour (bucket INTEGER NOT NULL, experience INTEGER NOT
 CREATE TABLE IF NOT EXISTS state (version INTEGER NOT NULL, offset INTEGER NOT NULL,
     fingerprint TEXT NOT NULL, events INTEGER NOT NULL, newest_minute INTEGER NOT NULL,
     updated_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS project_minute (project TEXT PRIMARY KEY,
+    newest_minute INTEGER NOT NULL) WITHOUT ROWID;
 """ + derived_store.KEYS_TABLE
 
 UPSERT = ("INSERT INTO {table} (bucket, experience, count) VALUES (?, ?, ?) "
@@ -102,21 +108,34 @@ class SeriesStore(derived_store.Writer):
         made data1 durable up to `offset`."""
         db = self.db
         added = sum(count for _, experience, count in hour_rows if experience == ALL)
+        newest = {}  # project -> its newest minute in these rows, from its ALL rows
+        for bucket, experience, _ in minute_rows:
+            if experience == ALL:
+                newest[""] = bucket
+            elif type(experience) is tuple and experience[1] == ALL:
+                newest[experience[0]] = bucket
         minute_rows, hour_rows = self._keyed(minute_rows), self._keyed(hour_rows)
         db.execute("BEGIN IMMEDIATE")
         try:
             self.keys.write_new(db)
             db.executemany(UPSERT.format(table="minute"), minute_rows)
             db.executemany(UPSERT.format(table="hour"), hour_rows)
-            # The rows come in key order, bucket first: the last is the newest.
-            newest = minute_rows[-1][0] if minute_rows else 0
             db.execute("UPDATE state SET offset = ?, fingerprint = ?, events = events + ?, "
                        "newest_minute = max(newest_minute, ?), updated_at = ?",
-                       (offset, fingerprint, added, newest, utc_now()))
+                       (offset, fingerprint, added, newest.pop("", 0), utc_now()))
             # Kept relative to the newest event, not to the clock: a recount from data1
             # keeps exactly the same minutes.
             db.execute("DELETE FROM minute WHERE bucket < "
-                       "(SELECT newest_minute FROM state) - ?", (self.minute_retention,))
+                       "(SELECT newest_minute FROM state) - ? AND experience >= -1",
+                       (self.minute_retention,))
+            for project, minute in newest.items():
+                db.execute("INSERT INTO project_minute VALUES (?, ?) ON CONFLICT (project) DO "
+                           "UPDATE SET newest_minute = max(newest_minute, excluded.newest_minute)",
+                           (project, minute))
+                db.execute("DELETE FROM minute WHERE bucket < (SELECT newest_minute FROM "
+                           "project_minute WHERE project = ?) - ? AND experience IN (SELECT key "
+                           "FROM experience_key WHERE project = ?)",
+                           (project, self.minute_retention, project))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -132,6 +151,7 @@ class SeriesStore(derived_store.Writer):
         """Empty the store and its offset in one transaction (for a recount from 0)."""
         self.db.execute("BEGIN IMMEDIATE")
         self.keys.reset(self.db)
+        self.db.execute("DELETE FROM project_minute")
         self.db.execute("DELETE FROM minute")
         self.db.execute("DELETE FROM hour")
         self.db.execute("UPDATE state SET offset = 0, fingerprint = ?, events = 0, "
@@ -183,12 +203,18 @@ class SeriesReader:
                           "GROUP BY k.experience", (start, end, project))
         return dict(rows.fetchall())
 
-    def state(self):
-        """The store's SeriesState, or None while there is no store."""
+    def state(self, project=""):
+        """The store's SeriesState, or None while there is no store; its newest_minute is
+        `project`'s."""
         db = self._db()
         if db is None:
             return None
-        return SeriesState(*db.execute(f"SELECT {STATE_COLUMNS} FROM state").fetchone())
+        state = SeriesState(*db.execute(f"SELECT {STATE_COLUMNS} FROM state").fetchone())
+        if project:
+            row = db.execute("SELECT newest_minute FROM project_minute WHERE project = ?",
+                             (project,)).fetchone()
+            state = state._replace(newest_minute=row[0] if row else 0)
+        return state
 
     @staticmethod
     def position(state):
