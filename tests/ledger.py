@@ -23,8 +23,10 @@ class Posters:
     first_id, so several Posters can run side by side without sharing any.
     """
 
-    def __init__(self, port, threads=4, batch_size=1, first_id=1, timeout=10):
+    def __init__(self, port, threads=4, batch_size=1, first_id=1, timeout=10, token=None):
         self.port, self.threads, self.batch_size, self.first_id = port, threads, batch_size, first_id
+        # A project's write token, which its events are kept under (docs/projects.md).
+        self.headers = {"Judo-Access-Token": token} if token else {}
         self.timeout = timeout  # seconds a request may wait for its answer
         self.acked, self.refused, self.unknown = set(), set(), set()
         self.lost_answers = []  # (seconds waited, the error) of the first unknown outcomes
@@ -79,7 +81,7 @@ class Posters:
                 continue
             began = time.monotonic()
             try:
-                conn.request("POST", path, body=body)
+                conn.request("POST", path, body=body, headers=self.headers)
                 response = conn.getresponse()
                 answer = response.read()
             except (OSError, http.client.HTTPException) as error:

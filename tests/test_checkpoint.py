@@ -26,15 +26,35 @@ def test_encoding_is_json_with_numeric_key_order():
     assert (document["offset"], document["events"], document["skipped"]) == (22, 6, 0)
 
 
+COUNTS = st.dictionaries(st.integers(0, 2**63 - 1), st.integers(1, 10**6), max_size=50)
+
+
 @given(
-    counts=st.dictionaries(st.integers(0, 2**63 - 1), st.integers(1, 10**6), max_size=50),
+    counts=COUNTS,
     skipped=st.integers(0, 1000),
     slack=st.integers(0, 10**9),
+    projects=st.dictionaries(st.sampled_from(["a", "shop", "news-2", "x_y"]),
+                             COUNTS.filter(bool), max_size=3),
 )
-def test_encode_decode_round_trip(counts, skipped, slack):
-    offset = 2 * (sum(counts.values()) + skipped) + slack
-    cp = Checkpoint(offset, counts, skipped, "f" * 64, "2026-11-25T10:00:00.000Z")
+def test_encode_decode_round_trip(counts, skipped, slack, projects):
+    events = sum(counts.values()) + sum(sum(more.values()) for more in projects.values())
+    offset = 2 * (events + skipped) + slack
+    cp = Checkpoint(offset, counts, skipped, "f" * 64, "2026-11-25T10:00:00.000Z",
+                    projects=projects)
     assert decode(encode(cp)) == cp
+    if not projects:  # the assignment's shape, and nothing else
+        assert "projects" not in json.loads(encode(cp))
+
+
+def test_each_project_s_counts_are_kept_apart_in_data2():
+    cp = Checkpoint(offset=40, counts={1: 2}, projects={"shop": {7: 3, 1: 1}})
+    document = json.loads(encode(cp))
+    assert (document["counts"], document["events"]) == ({"1": 2}, 2)
+    assert document["projects"] == {"shop": {"events": 4, "counts": {"1": 1, "7": 3}}}
+    assert cp.counts_of("shop") == {7: 3, 1: 1} and cp.counts_of("") == {1: 2}
+    assert cp.counts_of("news") == {}
+    merged = merge([cp, Checkpoint(projects={"shop": {7: 1}, "news": {2: 5}})])
+    assert merged.projects == {"shop": {7: 4, 1: 1}, "news": {2: 5}}
 
 
 CORRUPT = {
@@ -47,6 +67,13 @@ CORRUPT = {
     "negative offset": b'{"offset": -8, "counts": {}, "skipped": 0, "fingerprint": "x"}',
     "string offset": b'{"offset": "8", "counts": {}, "skipped": 0, "fingerprint": "x"}',
     "bad key": b'{"offset": 8, "counts": {"01": 1}, "skipped": 0, "fingerprint": "x"}',
+    "bad project": b'{"offset": 80, "counts": {}, "skipped": 0, "fingerprint": "x", '
+                   b'"projects": {"Shop": {"events": 1, "counts": {"1": 1}}}}',
+    "project events not its sum": b'{"offset": 80, "counts": {}, "skipped": 0, '
+                                  b'"fingerprint": "x", "projects": {"shop": {"events": 2, '
+                                  b'"counts": {"1": 1}}}}',
+    "projects not an object": b'{"offset": 80, "counts": {}, "skipped": 0, '
+                              b'"fingerprint": "x", "projects": []}',
     "zero count": b'{"offset": 8, "counts": {"1": 0}, "skipped": 0, "fingerprint": "x"}',
     "float count": b'{"offset": 8, "counts": {"1": 1.5}, "skipped": 0, "fingerprint": "x"}',
     "more events than bytes": b'{"offset": 4, "counts": {"1": 3}, "skipped": 0, "fingerprint": "x"}',

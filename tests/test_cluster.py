@@ -759,10 +759,15 @@ def test_two_projects_through_both_nodes_each_count_their_own_ledger(cluster, tm
                     if key == "median_session_seconds" and value is not None:
                         value = duration_bucket(value)
                     assert got[experience][key] == value, (name, experience, key)
-            status, counts = request(node.ingest_port(n), "GET", "/counts", headers=read)
-            assert status == 200 and counts["counts"] == {
-                str(experience): count for experience, count in screen_counts.items()}
-            assert "partitions" not in counts  # the stream's positions tell of every project
+            want = {str(experience): count for experience, count in screen_counts.items()}
+
+            def counts():
+                status, body = request(node.ingest_port(n), "GET", "/counts", headers=read)
+                assert status == 200, body
+                assert "partitions" not in body  # the stream's positions tell of every project
+                return body["counts"]
+
+            wait_for(lambda: counts() == want, 30, what=f"{name}'s counts on ingest-{n}")
         status, admin = request(node.ingest_port(1), "GET", f"/counts?project={name}",
                                 headers={"Judo-Access-Token": "admin-token-0123456789"})
-        assert status == 200 and admin["counts"] == counts["counts"]
+        assert status == 200 and admin["counts"] == want

@@ -87,6 +87,40 @@ def test_sigkill_the_ingest_under_supervisord(supervisor):
     )
 
 
+def test_sigkill_the_worker_with_two_projects_counts_each_its_own(procs, state_dir, tmp_path):
+    """Projects (docs/projects.md): two projects post the same ids, single and in batches,
+    while the worker is SIGKILLed at random moments; each project's counts are its own
+    ledger's, exactly, and the invariant holds for each at every observation."""
+    rng = random.Random()
+    tokens = {"alpha": "alpha-write-012345678", "bravo": "bravo-write-012345678"}
+    projects_file = tmp_path / "projects.toml"
+    projects_file.write_text("".join(f'[projects.{name}]\nwrite_tokens = ["{token}"]\n'
+                                     for name, token in tokens.items()))
+    ingest = procs.ingest(state_dir, projects_file=projects_file)
+    with InvariantWatcher(state_dir) as watcher, \
+            Posters(ingest.port, token=tokens["alpha"]) as alpha, \
+            Posters(ingest.port, batch_size=20, token=tokens["bravo"]) as bravo:
+        worker = procs.worker(state_dir, interval=0.02)
+        for kill in range(WORKER_KILLS // 3):
+            if kill % 2:  # in its passes and commits, as above
+                before = committed_at(state_dir)
+                wait_for(lambda: committed_at(state_dir) != before,
+                         what="the restarted worker's first commit")
+                time.sleep(rng.uniform(0.0, 0.05))
+            else:  # in its start-up or recovery
+                time.sleep(rng.uniform(0.0, 0.3))
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=10)
+            worker = procs.worker(state_dir, interval=0.02)
+    final = wait_for(lambda: caught_up(state_dir) and check_invariant(state_dir), what="catch-up")
+    assert final["counts"] == {} and final["events"] == 0  # no default project's events
+    for name, posters in (("alpha", alpha), ("bravo", bravo)):
+        check_ledgers(final["projects"][name]["counts"], posters)
+        assert len(posters.acked) > 100 and not posters.unknown and not posters.refused
+    assert alpha.acked & bravo.acked  # the same ids, in two projects
+    assert watcher.observations > 10
+
+
 @pytest.mark.slow
 def test_a_worker_killed_mid_catch_up_resumes_exactly(procs, state_dir):
     # About 80 MB of backlog: more than two of the worker's 32 MiB commit windows.

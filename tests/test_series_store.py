@@ -41,6 +41,35 @@ def test_minutes_are_kept_relative_to_the_newest_event(tmp_path):
     series.close()
 
 
+def test_each_project_is_read_apart_and_keeps_its_minutes_by_its_own_events(tmp_path):
+    series = store(tmp_path, retention=600)
+    alpha, alpha_all = ("alpha", 1), ("alpha", ALL)
+    # The default project's events run an hour ahead of alpha's: alpha's minutes stay.
+    series.commit([(0, alpha_all, 2), (0, alpha, 2), (3600, ALL, 1), (3600, 1, 1)],
+                  [(0, alpha_all, 2), (0, alpha, 2), (3600, ALL, 1), (3600, 1, 1)],
+                  10, FINGERPRINT)
+    reader = SeriesReader(tmp_path)
+    assert reader.buckets(MINUTE, 1, 0, 10_000) == {3600: 1}
+    assert reader.buckets(MINUTE, 1, 0, 10_000, "alpha") == {0: 2}
+    assert reader.buckets(MINUTE, ALL, 0, 10_000, "alpha") == {0: 2}
+    assert reader.buckets(MINUTE, ALL, 0, 10_000, "bravo") == {}
+    assert reader.counts(HOUR, 0, 7200) == {1: 1}
+    assert reader.counts(HOUR, 0, 7200, "alpha") == {1: 2}
+    assert (reader.state().newest_minute, reader.state("alpha").newest_minute,
+            reader.state("bravo").newest_minute) == (3600, 0, 0)
+    assert reader.state().events == 1  # the default project's
+    # alpha's own newer events drop its old minutes, and nobody else's.
+    series.commit([(1200, alpha_all, 1), (1200, alpha, 1)],
+                  [(0, alpha_all, 1), (0, alpha, 1)], 20, FINGERPRINT)
+    assert reader.buckets(MINUTE, 1, 0, 10_000, "alpha") == {1200: 1}
+    assert reader.buckets(HOUR, 1, 0, 10_000, "alpha") == {0: 3}
+    assert reader.buckets(MINUTE, 1, 0, 10_000) == {3600: 1}
+    series.reset(FINGERPRINT)
+    assert reader.buckets(HOUR, 1, 0, 10_000, "alpha") == {}
+    assert reader.state("alpha").newest_minute == 0
+    series.close()
+
+
 def test_a_store_in_an_unknown_version_or_shape_is_refused(tmp_path):
     series = store(tmp_path)
     series.db.execute("UPDATE state SET version = 99")
