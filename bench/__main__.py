@@ -9,7 +9,7 @@ across machines; the absolute rates are printed too. Needs wrk (apt-get install 
                                     sdk (bench/sdk.py), node (bench/node.py: the
                                     public Node.js implementations, when present),
                                     cluster (bench/cluster.py), takeover
-                                    (bench/takeover.py)
+                                    (bench/takeover.py), projects (bench/projects.py)
     python -m bench soak            ten minutes of SDK traffic on the whole engine at 80 % of
                                     the ingest's capacity, on one machine and then on the
                                     local cluster (bench/soak.py); only when named
@@ -34,6 +34,8 @@ from bench.harness import (REPO, bare_server, ingest_server, run_wrk, scratch_di
 from bench.node import bench_node
 from bench.node import rows as node_rows
 from bench.overview import bench_overview
+from bench.projects import bench_projects
+from bench.projects import rows as projects_rows
 from bench.sdk import bench_sdk
 from bench.sdk import rows as sdk_rows
 from bench.soak import bench_soak
@@ -352,12 +354,13 @@ def print_table(results):
         elif key in results:
             print(f"{label:<{width}}  {fmt.format(results[key])}")
     for label, value in (sdk_rows(results) + node_rows(results) + cluster_rows(results)
-                         + takeover_rows(results) + soak_rows(results)):
+                         + takeover_rows(results) + projects_rows(results)
+                         + soak_rows(results)):
         print(f"{label:<{width}}  {value}")
 
 
 PARTS = ("ingest", "batch", "catchup", "series", "checkpoint", "sdk", "node", "cluster",
-         "overview", "takeover")
+         "overview", "takeover", "projects")
 # Run only when named: ten minutes of traffic.
 NAMED_ONLY = ("soak",)
 
@@ -390,6 +393,8 @@ def main(argv):
         results.update(bench_overview(time_requests))
     if "takeover" in parts:
         results.update(bench_takeover())
+    if "projects" in parts:
+        results.update(bench_projects(seconds))
     if "soak" in parts:
         results.update(bench_soak())
     print_table(results)

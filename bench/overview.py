@@ -36,11 +36,12 @@ END = 1_795_000_000 - 1_795_000_000 % 86400
 END_TIME = datetime.datetime.fromtimestamp(END, datetime.timezone.utc)
 
 
-def make_backlog(state_dir, events=BACKLOG_EVENTS):
+def make_backlog(state_dir, events=BACKLOG_EVENTS, projects=0):
     """data1 and data1.details holding about `events` SDK events from bench/traffic.py (its
     installs' sessions over 30 days, both SDKs' shapes, identifies), written as the ingest
-    writes them, a group per batch. Returns (events, screen views, installs that never logged
-    in)."""
+    writes them, a group per batch; with `projects`, each install's events in one of that
+    many projects (app-0, app-1, ...: storage/projects.py). Returns (events, screen views,
+    installs that never logged in)."""
     offset = written = views = 0
     anonymous = {}  # installs that never logged in -> the device that sends as them
     with open(state_dir / "data1", "wb") as data1, \
@@ -56,17 +57,20 @@ def make_backlog(state_dir, events=BACKLOG_EVENTS):
             linked = {link.anonymous for link in traffic.links}
             anonymous.update((view.anonymous, view.moment) for view in traffic.views
                              if view.anonymous not in linked and not view.user)
-            for _, batch in traffic.batches:
+            for device_id, batch in traffic.batches:
+                project = (f"app-{zlib.crc32(f'{seed}/{device_id}'.encode()) % projects}"
+                           if projects else "")
+                prefix = f"{project}:".encode() if project else b""
                 ids, items = [], []
                 for event in batch:
                     item = {"event": event, "time": int(generator._stamp(event) * 1000)}
                     if event["type"] == "screen":
                         item["offset"] = offset + sum(len(token) for token in ids)
-                        ids.append(event["properties"]["experienceID"].encode() + b" ")
+                        ids.append(prefix + event["properties"]["experienceID"].encode() + b" ")
                     items.append(item)
                 chunk = b"".join(ids)
                 out.write(details.encode_group(offset, offset + len(chunk), zlib.crc32(chunk),
-                                               END * 1000, items))
+                                               END * 1000, items, project=project))
                 data1.write(chunk)
                 offset += len(chunk)
                 written += len(batch)
