@@ -250,6 +250,14 @@ def test_an_admin_reads_every_project_and_lists_them(engines):
     # The admin's /stats is the engine's own: every project's events in its log.
     status, stats = get(shared.port, "/stats", ADMIN)
     assert status == 200 and "lag_bytes" in stats
+    # So is `python -m worker status`, with a line per project.
+    status_lines = subprocess.run([sys.executable, "-m", "worker", "status"], cwd=REPO,
+                                  env=service_env(shared_dir), capture_output=True, text=True,
+                                  timeout=60).stdout
+    for project in ("alpha", "bravo"):
+        entry = next(p for p in listed["projects"] if p["id"] == project)
+        assert re.search(rf"^project {project} +{entry['events']:,} events, "
+                         rf"{entry['experiences']:,} experiences$", status_lines, re.M), status_lines
 
 
 def test_each_token_reads_and_writes_only_its_own(engines):

@@ -97,6 +97,9 @@ def status(state_dir, out=sys.stdout):
             ("counted", f"{current.events:,} events, {len(current.counts):,} experiences, "
                         f"{current.skipped:,} skipped"),
         ]
+        rows += [(f"project {project}", f"{sum(counts.values()):,} events, "
+                                        f"{len(counts):,} experiences")
+                 for project, counts in sorted(current.projects.items())]
     rows.append(("overview", overview_status(state_dir)))
     for label, value in rows:
         print(f"{label:<14} {value}", file=out)
