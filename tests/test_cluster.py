@@ -28,6 +28,7 @@ from processes import copy_of_the_code, short_temp_dir
 from bench import traffic as generator
 from bench.sdk_shapes import mixed_batch
 import overview_reference as ref
+from test_read_api import assert_matches_spec
 from test_dashboard import (CHROMIUM, MEASURE, PHONE_WIDTH, CountingProxy, Page, chromium,
                             screenshot)
 from storage.checkpoint import merge
@@ -768,6 +769,10 @@ def test_two_projects_through_both_nodes_each_count_their_own_ledger(cluster, tm
                 return body["counts"]
 
             wait_for(lambda: counts() == want, 30, what=f"{name}'s counts on ingest-{n}")
+            status, stats = request(node.ingest_port(n), "GET", "/stats", headers=read)
+            assert status == 200 and stats["project"] == name, stats
+            assert (stats["events"], stats["experiences"]) == (sum(want.values()), len(want))
+            assert_matches_spec("/stats", "GET", status, stats)
         status, admin = request(node.ingest_port(1), "GET", f"/counts?project={name}",
                                 headers={"Judo-Access-Token": "admin-token-0123456789"})
         assert status == 200 and admin["counts"] == want
