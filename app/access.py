@@ -69,19 +69,48 @@ def read_token_file(path):
             if text and not text.startswith("#")]
 
 
+class WatchedFile:
+    """A file read again when it changes, as a token file or the projects file is: looked at
+    at most once a second (due), and whenever asked to (SIGHUP). Its reader holds `lock`
+    while it asks changed() and reads it again."""
+
+    def __init__(self, path):
+        self.path = path
+        self.lock = threading.Lock()
+        self._looked_at = time.monotonic()
+        self._seen = self._signature()  # (inode, size, mtime) as last read
+
+    def due(self):
+        return time.monotonic() - self._looked_at >= RELOAD_EVERY
+
+    def changed(self, force=False):
+        """True if the file changed since it was last read (or `force`): it is to be read
+        again now. The caller holds `lock`."""
+        self._looked_at = time.monotonic()
+        signature = self._signature()
+        if not force and signature == self._seen:
+            return False
+        self._seen = signature
+        return True
+
+    def _signature(self):
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 class Tokens:
     """One kind of token (write or read): the digests held, and the file they come from."""
 
     def __init__(self, kind, tokens=None, path=None):
         self.kind = kind
         self.path = path
-        self._lock = threading.Lock()
-        self._seen_file = None  # (inode, size, mtime) of the file as last read
-        self._looked_at = 0.0
+        self._file = WatchedFile(path) if path is not None else None
         self._digests = [digest(token) for token in tokens or ()]
         if path is not None:
             self._digests = [digest(token) for token in read_token_file(path)]
-            self._seen_file = self._signature()
         self.required = path is not None or bool(self._digests)
 
     def __len__(self):
@@ -96,7 +125,7 @@ class Tokens:
 
     def match(self, presented):
         """The digest of `presented` if it is a held token, else None."""
-        if self.path is not None and time.monotonic() - self._looked_at >= RELOAD_EVERY:
+        if self._file is not None and self._file.due():
             self.reload_if_changed()
         if not presented:
             return None
@@ -106,20 +135,10 @@ class Tokens:
             found |= hmac.compare_digest(wanted, held)
         return wanted if found else None
 
-    def _signature(self):
-        try:
-            stat = os.stat(self.path)
-        except OSError:
-            return None
-        return stat.st_ino, stat.st_size, stat.st_mtime_ns
-
     def reload_if_changed(self, force=False):
-        with self._lock:
-            self._looked_at = time.monotonic()
-            signature = self._signature()
-            if not force and signature == self._seen_file:
+        with self._file.lock:
+            if not self._file.changed(force):
                 return
-            self._seen_file = signature
             try:
                 tokens = read_token_file(self.path)
             except (OSError, BadToken) as problem:

@@ -28,17 +28,14 @@ is readable by its tokens again.
 
 import collections
 import logging
-import os
-import threading
-import time
 import tomllib
 
+from app.access import WatchedFile
 from storage.projects import ID_RULE, is_project_id
 from storage.settings import PREFIX, token_problem
 
 log = logging.getLogger("ingest")
 
-RELOAD_EVERY = 1.0  # seconds between looks at the file
 DEFAULT_NAME = "default"  # how the API names the default project (storage/projects.DEFAULT)
 
 Project = collections.namedtuple("Project", "id name write_tokens read_tokens")
@@ -116,9 +113,7 @@ class Projects:
         self.path = path
         self._digest = digest
         self._taken = taken
-        self._lock = threading.Lock()
-        self._looked_at = time.monotonic()
-        self._seen_file = self._signature()
+        self._file = WatchedFile(path)
         self.projects, self._roles = self._read()
 
     def _read(self):
@@ -130,33 +125,14 @@ class Projects:
 
         Found by the digest (SHA-256) of the token presented, in a dict: the time a lookup
         takes can say something of the digest, which tells nothing of any token."""
-        if time.monotonic() - self._looked_at >= RELOAD_EVERY:
+        if self._file.due():
             self.reload_if_changed()
         return self._roles.get(token_digest)
 
-    def holds(self, kind):
-        """True if a token of this kind ("write" or "read", admin tokens being read ones)
-        is held."""
-        wanted = {"write"} if kind == "write" else {"read", "admin"}
-        return any(role.kind in wanted for role in self._roles.values())
-
-    def digests(self):
-        return set(self._roles)
-
-    def _signature(self):
-        try:
-            stat = os.stat(self.path)
-        except OSError:
-            return None
-        return stat.st_ino, stat.st_size, stat.st_mtime_ns
-
     def reload_if_changed(self, force=False):
-        with self._lock:
-            self._looked_at = time.monotonic()
-            signature = self._signature()
-            if not force and signature == self._seen_file:
+        with self._file.lock:
+            if not self._file.changed(force):
                 return
-            self._seen_file = signature
             try:
                 projects, roles = self._read()
             except (OSError, UnicodeError, BadProjects) as problem:

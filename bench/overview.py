@@ -109,10 +109,10 @@ def time_catchup(state_dir, overview):
     return time_worker_until(
         state_dir, {"MINI_ANALYTICS_SERIES": "off",
                     "MINI_ANALYTICS_OVERVIEW": "on" if overview else "off"},
-        lambda: _done(state_dir, size, overview))
+        lambda: counted_all(state_dir, size, overview))
 
 
-def _done(state_dir, size, overview):
+def counted_all(state_dir, size, overview):
     try:
         if json.loads((state_dir / "data2").read_bytes())["offset"] != size:
             return False

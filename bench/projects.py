@@ -14,8 +14,8 @@ import statistics
 import sys
 
 from bench.harness import run_wrk, scratch_dir, server, time_worker_until
-from bench.overview import _done, make_backlog
-from bench.sdk import DONE, EVENTS, PLACEHOLDER, sdk_body
+from bench.overview import counted_all, make_backlog
+from bench.sdk import DONE, EVENTS, fresh_ids_script, sdk_body
 
 ROUNDS = 3
 BACKLOG_EVENTS = 200_000
@@ -37,35 +37,6 @@ def projects_file(folder, count):
     return path
 
 
-def tokens_script(template, count):
-    """Lua for wrk: bench/sdk.py's fresh ids per request, each request with the write token of
-    the next of `count` projects (none when 0)."""
-    parts = template.split(PLACEHOLDER)
-    quoted = ", ".join('"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
-                       for part in parts)
-    tokens = ", ".join(f'"{write_token(n)}"' for n in range(count))
-    return (
-        f"local parts = {{{quoted}}}\n"
-        f"local tokens = {{{tokens}}}\n"
-        "local urandom = io.open('/dev/urandom', 'rb')\n"
-        "local prefix = urandom:read(6):gsub('.', function(c)\n"
-        "  return string.format('%02x', c:byte()) end)\n"
-        "urandom:close()\n"
-        "local n = 0\n"
-        "request = function()\n"
-        "  n = n + 1\n"
-        "  local out = {parts[1]}\n"
-        "  for i = 2, #parts do\n"
-        "    out[#out + 1] = prefix .. '-' .. n .. '-' .. i\n"
-        "    out[#out + 1] = parts[i]\n"
-        "  end\n"
-        '  local headers = {["Content-Type"] = "application/json"}\n'
-        "  if #tokens > 0 then headers['Judo-Access-Token'] = tokens[n % #tokens + 1] end\n"
-        '  return wrk.format("POST", "/batch?apiVersion=2", headers, table.concat(out))\n'
-        "end\n"
-    )
-
-
 def bench_projects(seconds):
     results = {}
     folder = scratch_dir()
@@ -74,7 +45,8 @@ def bench_projects(seconds):
         scripts, files = {}, {}
         for shape, count in SHAPES.items():
             scripts[shape] = folder / f"{shape}.lua"
-            scripts[shape].write_text(tokens_script(template, count) + DONE)
+            tokens = [write_token(number) for number in range(count)]
+            scripts[shape].write_text(fresh_ids_script(template, tokens) + DONE)
             files[shape] = projects_file(folder, count)
         rates = {shape: [] for shape in SHAPES}
         for _ in range(ROUNDS):  # interleaved: a slow spell weighs on every shape alike
@@ -99,7 +71,7 @@ def bench_projects(seconds):
                         leftover.unlink()
                 elapsed, _ = time_worker_until(
                     state_dir, {"MINI_ANALYTICS_SERIES": "on", "MINI_ANALYTICS_OVERVIEW": "on"},
-                    lambda: _done(state_dir, size, True))
+                    lambda: counted_all(state_dir, size, True))
                 catchup[shape].append(events / elapsed)
             shutil.rmtree(state_dir, ignore_errors=True)
         for shape, measured in catchup.items():

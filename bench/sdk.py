@@ -45,15 +45,17 @@ def sdk_body():
     return json.dumps({"batch": events})
 
 
-def fresh_ids_script(template):
+def fresh_ids_script(template, tokens=()):
     """Lua for wrk: each request is `template` with its placeholders replaced by ids unique
     to this run (a prefix random to each wrk process, the request number and the event's
-    place)."""
+    place); with `tokens`, each request carries the next of them in Judo-Access-Token."""
     parts = template.split(PLACEHOLDER)
     quoted = ", ".join('"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
                        for part in parts)
+    listed = ", ".join(f'"{token}"' for token in tokens)
     return (
         f"local parts = {{{quoted}}}\n"
+        f"local tokens = {{{listed}}}\n"
         "local urandom = io.open('/dev/urandom', 'rb')\n"
         "local prefix = urandom:read(6):gsub('.', function(c)\n"
         "  return string.format('%02x', c:byte()) end)\n"
@@ -66,8 +68,9 @@ def fresh_ids_script(template):
         "    out[#out + 1] = prefix .. '-' .. n .. '-' .. i\n"
         "    out[#out + 1] = parts[i]\n"
         "  end\n"
-        '  return wrk.format("POST", "/batch?apiVersion=2", '
-        '{["Content-Type"] = "application/json"}, table.concat(out))\n'
+        '  local headers = {["Content-Type"] = "application/json"}\n'
+        "  if #tokens > 0 then headers['Judo-Access-Token'] = tokens[n % #tokens + 1] end\n"
+        '  return wrk.format("POST", "/batch?apiVersion=2", headers, table.concat(out))\n'
         "end\n"
     )
 
