@@ -113,6 +113,8 @@ def time_catchup(state_dir, overview):
 
 
 def counted_all(state_dir, size, overview):
+    """True once the worker has counted data1's `size` bytes into data2 and, with
+    `overview`, every details group into the overview."""
     try:
         if json.loads((state_dir / "data2").read_bytes())["offset"] != size:
             return False
