@@ -102,12 +102,13 @@ class Watcher:
 
 
 def recount(link, partition):
-    """The partition's counts, recounted from its messages in the stream."""
+    """The partition's counts and each named project's, recounted from its messages in the
+    stream."""
     tally, counts, projects = Tally(), {}, {}
     for payload, *_ in StreamReader(link, partition).messages(0):
         tally.add(payload)
     tally.drain_into(counts, projects)
-    return counts
+    return counts, projects
 
 
 def check_partitions(link, partitions):
@@ -117,7 +118,7 @@ def check_partitions(link, partitions):
     chains = {}
     for partition in partitions:
         checkpoint, _ = read_latest(link, [partition])[partition]
-        assert checkpoint.counts == recount(link, partition), partition
+        assert (checkpoint.counts, checkpoint.projects) == recount(link, partition), partition
         chain = chains[partition] = history(link, partition)
         assert chain, f"{partition} has a checkpoint, and no commit in its history"
         for (revision, _, _, _), (_, before, _, _) in zip(chain, chain[1:]):

@@ -22,6 +22,7 @@ from urllib.parse import quote
 import nats.errors
 import pytest
 
+from cluster_checker import check_partitions
 from cluster_harness import PROGRAMS, Cluster
 from http_client import free_port, post, request, wait_for
 from processes import copy_of_the_code, short_temp_dir
@@ -776,3 +777,5 @@ def test_two_projects_through_both_nodes_each_count_their_own_ledger(cluster, tm
         status, admin = request(node.ingest_port(1), "GET", f"/counts?project={name}",
                                 headers={"Judo-Access-Token": "admin-token-0123456789"})
         assert status == 200 and admin["counts"] == want
+    with link_to(node) as link:  # each partition's checkpoint, each project's, recounted
+        check_partitions(link, node.partitions)
