@@ -779,3 +779,9 @@ def test_two_projects_through_both_nodes_each_count_their_own_ledger(cluster, tm
         assert status == 200 and admin["counts"] == want
     with link_to(node) as link:  # each partition's checkpoint, each project's, recounted
         check_partitions(link, node.partitions)
+    env = {**node.env, "MINI_ANALYTICS_CLUSTER": ",".join(node.servers)}
+    shown = subprocess.run([sys.executable, "-m", "worker", "status"], env=env, cwd=node.root,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(rf"^project bravo +{sum(want.values()):,} events, {len(want)} "
+                     "experiences$", shown.stdout, re.M), shown.stdout

@@ -96,5 +96,8 @@ def status(servers, print_top, out=sys.stdout):
     merged = merge(partition.checkpoint for partition in state.partitions)
     print(f"{'counted':<14} {merged.events:,} events, {len(merged.counts):,} experiences, "
           f"{merged.skipped:,} skipped", file=out)
+    for project, counts in sorted(merged.projects.items()):
+        print(f"{'project ' + project:<14} {sum(counts.values()):,} events, "
+              f"{len(counts):,} experiences", file=out)
     print_top(merged, out)
     return process.EXIT_OK
