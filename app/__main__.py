@@ -176,7 +176,8 @@ def describe(access, kind):
     if not access.required(kind):
         return "open"
     held = ", ".join(tokens.labels()) or "none"
-    return f"need a token ({len(tokens)}: {held}{' in the default project' if access.projects else ''})"
+    whose = " in the default project" if access.projects else ""
+    return f"need a token ({len(tokens)}: {held}{whose})"
 
 
 def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute_retention,

@@ -416,9 +416,9 @@ class SdkEvents:
             experience = int(experience_id)
             if not 0 <= experience <= MAX_ID:
                 raise ValueError("experienceID out of range")
-            views.append(((project, experience) if project else experience, moment, device, carried, stored_text(screen_id or ""),
-                          stored_text(experience_name), stored_text(screen_name),
-                          stored_text(revision or "")))
+            views.append(((project, experience) if project else experience, moment, device,
+                          carried, stored_text(screen_id or ""), stored_text(experience_name),
+                          stored_text(screen_name), stored_text(revision or "")))
         if carried:
             links.append((device, carried, moment))
 

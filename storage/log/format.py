@@ -22,8 +22,9 @@ Invariants
       are a *torn tail*: the writer died in the middle of a write, so they were never
       acknowledged. The writer removes them when it opens the log; readers never consume
       them.
-    * A complete token that is not a canonical id, bare or after a project's id (garbage written by something else, NUL
-      bytes left by a power loss) is skipped and counted as skipped; it never stops a reader.
+    * A complete token that is not a canonical id, bare or after a project's id (garbage
+      written by something else, NUL bytes left by a power loss) is skipped and counted as
+      skipped; it never stops a reader.
     * At most MAX_UNSYNCED bytes at the end of data1 were ever written and not yet synced
       (the writer syncs before it writes more). A power loss can lose any pages of those,
       which then read as NULs, or cut the file short; everything before them is durable.

@@ -24,8 +24,9 @@ counts messages with the same code as data1's blocks. This module's guarantees:
   message of them goes to the next partition in turn, spreading the counting evenly.
 * An SDK event is a message of its own: its payload is its screen view's record (empty for
   an identify or a register), its details (storage/log/details.py's item, with the receive
-  time, and its project: storage/projects.py) ride in the DETAILS_HEADER header, and its Nats-Msg-Id is derived from the event's
-  own id. The stream drops a repeat of that id within its duplicate window (the
+  time, and its project: storage/projects.py) ride in the DETAILS_HEADER header, and its
+  Nats-Msg-Id is derived from the event's own id (and its project: event_key). The stream
+  drops a repeat of that id within its duplicate window (the
   dedupe window, storage/stream/setup.py) whichever ingest node it reaches, and acknowledges
   it as a duplicate: a retry is stored and counted once, as data1.seen does on one machine.
 * A request's SDK events are published as one atomic batch (the stream allows them): stored

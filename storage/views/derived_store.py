@@ -158,20 +158,6 @@ def key_of(db, project, experience):
     return row[0] if row else None
 
 
-def in_project(project):
-    """An SQL condition on a column named experience, and its parameters: the rows of
-    `project`'s experiences (and its ALL, in the series)."""
-    if not project:
-        return "experience >= -1", ()
-    return "experience IN (SELECT key FROM experience_key WHERE project = ?)", (project,)
-
-
-def ids_of_keys(db, project):
-    """{key: experience id} of a named project's experiences in the store open on `db`."""
-    return dict(db.execute("SELECT key, experience FROM experience_key WHERE project = ?",
-                           (project,)))
-
-
 def utc_now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
