@@ -46,6 +46,9 @@ SET_ASIDE = OverviewState._fields.index("set_aside")
 # (app/__main__.py's Channel): hold(ticket). Under any other server a write waits.
 HOLD_ANSWER = "mini_analytics.hold_answer"
 BATCH_BODY_LIMIT = 1024 * 1024
+# The environ key read_grant sets: False for a reader who may not see the engine's own
+# figures (a project's reader, with a projects file).
+ENGINE_WIDE = "mini_analytics.engine_wide"
 
 
 def read_body(limit):
@@ -200,7 +203,18 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         own = grant.project or DEFAULT_NAME
         if asked is not None and asked != own:
             raise HTTPError(403, f"this token reads project {own!r} only")
-        return grant.project, access.projects is None
+        engine_wide = access.projects is None
+        request.environ[ENGINE_WIDE] = engine_wide
+        return grant.project, engine_wide
+
+    def unavailable(problem):
+        """The 503 of a read that cannot be answered now. Its reason names the log's
+        positions (offsets, stream sequences), which tell of every project's events: a
+        project's reader gets the reason without them."""
+        if request.environ.get(ENGINE_WIDE, True):
+            return HTTPError(503, str(problem))
+        return HTTPError(503, "the figures cannot be read just now (the worker is counting "
+                              "them again, or the cluster is not answering); try again shortly")
 
     def admit(grant):
         """A place for one write (hand it to release), or a 503 with Retry-After: never a
@@ -289,7 +303,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         try:
             return read(*args)
         except Unavailable as problem:
-            raise HTTPError(503, str(problem)) from None
+            raise unavailable(problem) from None
 
     def committed(with_position=False):
         """The latest counts (before the worker's first commit, empty ones); with
@@ -417,7 +431,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         try:
             return answer(ProjectReads(reads.overview, project), *args)
         except (NoOverview, Unavailable) as problem:
-            raise HTTPError(503, str(problem)) from None
+            raise unavailable(problem) from None
 
     def overview_query_of(params):
         try:

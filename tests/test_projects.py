@@ -24,6 +24,7 @@ import pytest
 from app.access import digest
 from app.projects import BadProjects, parse
 from bench import traffic as generator
+from storage.views.series_store import SeriesStore
 from http_client import post, request, wait_for
 from processes import REPO, service_env
 from reference import caught_up
@@ -392,3 +393,32 @@ def test_the_dashboard_shows_a_project_and_an_admin_s_picker(engines, tmp_path):
     assert {row[0]: row[1] for row in picked.rows} == {
         key: f"{value:,}" for key, value in bravo["counts"].items()}
     screenshot(tmp_path, f"{url}#token={ADMIN}&project=bravo", "dashboard-admin.png", 1200, 900)
+
+
+def test_a_project_s_503_names_no_position_in_the_shared_log(procs, tmp_path):
+    """The counts over time being counted again: an admin's 503 names where the log stands
+    (an operator's figure), a project's reader's does not (it tells of every project)."""
+    projects_file = tmp_path / "projects.toml"
+    projects_file.write_text(projects_toml())
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    ingest = procs.ingest(state_dir, projects_file=projects_file)
+    worker = procs.worker(state_dir, projects_file=projects_file)
+    write, read = TOKENS["alpha"]
+    assert post(ingest.port, {"batch": [{"experienceID": 4}] * 3}, path="/batch",
+                headers={"Judo-Access-Token": write})[0] == 202
+    wait_for(lambda: get(ingest.port, "/series", read)[1].get("points") and sum(
+        count for _, count in get(ingest.port, "/series", read)[1]["points"]) == 3,
+             what="the series")
+    worker.terminate()
+    worker.wait(timeout=10)
+    store = SeriesStore(state_dir, 48 * 3600)
+    store.open("")
+    store.reset("")  # as a recount from 0 leaves it, before its first commit
+    store.close()
+    status, body = get(ingest.port, "/series", ADMIN, project="alpha")
+    assert status == 503 and "(offset 0 of " in body["error"], body
+    status, body = get(ingest.port, "/series", read)
+    assert status == 503 and body["error"].startswith("the figures cannot be read just now")
+    assert not re.search(r"\d", body["error"]), body
+    assert_matches_spec("/series", "GET", status, body)
