@@ -67,7 +67,9 @@ def bench_projects(seconds):
             size = (state_dir / "data1").stat().st_size
             for _ in range(ROUNDS):
                 for leftover in state_dir.iterdir():  # counted again from nothing each time
-                    if leftover.name not in ("data1", "data1.details"):
+                    if leftover.is_dir():
+                        shutil.rmtree(leftover)
+                    elif leftover.name not in ("data1", "data1.details"):
                         leftover.unlink()
                 elapsed, _ = time_worker_until(
                     state_dir, {"MINI_ANALYTICS_SERIES": "on", "MINI_ANALYTICS_OVERVIEW": "on"},
