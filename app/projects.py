@@ -38,7 +38,7 @@ log = logging.getLogger("ingest")
 
 DEFAULT_NAME = "default"  # how the API names the default project (storage/projects.DEFAULT)
 
-Project = collections.namedtuple("Project", "id name write_tokens read_tokens")
+Project = collections.namedtuple("Project", "id name")
 # What a held token may do: "write" or "read" `project`, or "admin" (project None).
 Role = collections.namedtuple("Role", "kind project")
 
@@ -61,6 +61,7 @@ def parse(text, digest, taken=frozenset()):
     roles = {}
 
     def held(tokens, where, role):
+        """Hold `tokens` (the file's list at `where`) in `role`."""
         if not isinstance(tokens, list) or not all(isinstance(token, str) for token in tokens):
             raise BadProjects(f"{where} must be a list of strings")
         for number, token in enumerate(tokens, 1):
@@ -73,7 +74,6 @@ def parse(text, digest, taken=frozenset()):
                                   f"{PREFIX}WRITE_TOKENS or READ_TOKENS); a token has one "
                                   "role, in one project")
             roles[key] = role
-        return len(tokens)
 
     held(document.get("admin_tokens", []), "admin_tokens", Role("admin", None))
     tables = document.get("projects", {})
@@ -94,12 +94,9 @@ def parse(text, digest, taken=frozenset()):
         name = table.get("name", project_id)
         if not isinstance(name, str) or not 0 < len(name) <= 200:
             raise BadProjects(f"{where}: name must be text of 1 to 200 characters")
-        projects[project_id] = Project(
-            project_id, name,
-            held(table.get("write_tokens", []), f"{where} write_tokens",
-                 Role("write", project_id)),
-            held(table.get("read_tokens", []), f"{where} read_tokens",
-                 Role("read", project_id)))
+        held(table.get("write_tokens", []), f"{where} write_tokens", Role("write", project_id))
+        held(table.get("read_tokens", []), f"{where} read_tokens", Role("read", project_id))
+        projects[project_id] = Project(project_id, name)
     return projects, roles
 
 
