@@ -28,6 +28,16 @@ def stored_event_ids(state_dir):
                 for item in group.events()[1]]
 
 
+def rebuilt(sup):
+    """data2 after the worker is stopped and `python -m worker rebuild` counted data1 again,
+    the invariant checked."""
+    assert sup.ctl("stop", "worker").returncode == 0
+    rebuild = subprocess.run([sys.executable, "-m", "worker", "rebuild"], cwd=sup.root,
+                             env=sup.env, capture_output=True, text=True, timeout=120)
+    assert rebuild.returncode == 0, rebuild.stderr
+    return check_invariant(sup.state_dir)
+
+
 def test_sdk_retries_through_kills_are_counted_exactly_once(supervisor):
     rng = random.Random()
     sup = supervisor(interval=0.05)
@@ -44,11 +54,7 @@ def test_sdk_retries_through_kills_are_counted_exactly_once(supervisor):
     assert set(stored) == sdks.event_ids  # every event (identifies too) kept once
     # A recount from data1 gives the same counts: each retry is in data1 once, not counted
     # away afterwards.
-    assert sup.ctl("stop", "worker").returncode == 0
-    rebuild = subprocess.run([sys.executable, "-m", "worker", "rebuild"], cwd=sup.root,
-                             env=sup.env, capture_output=True, text=True, timeout=120)
-    assert rebuild.returncode == 0, rebuild.stderr
-    assert check_invariant(sup.state_dir)["counts"] == final["counts"]
+    assert rebuilt(sup)["counts"] == final["counts"]
     assert kills["ingest"] >= KILLS and kills["worker"] >= KILLS
     assert sdks.answers["cut"] > 0 and sdks.duplicates_answered > 0
     print(f"\nsdk chaos: {DURATION}s, kills {kills}, screen views {sum(sdks.viewed.values())}, "
@@ -84,11 +90,7 @@ def test_two_projects_through_kills_each_count_their_own_ledger(supervisor, tmp_
             str(e): n for e, n in sdks.viewed.items()}  # its ledger
         assert len(stored[name]) == len(set(stored[name]))  # no retry stored twice
         assert set(stored[name]) == sdks.event_ids
-    assert sup.ctl("stop", "worker").returncode == 0
-    rebuild = subprocess.run([sys.executable, "-m", "worker", "rebuild"], cwd=sup.root,
-                             env=sup.env, capture_output=True, text=True, timeout=120)
-    assert rebuild.returncode == 0, rebuild.stderr
-    assert check_invariant(sup.state_dir)["projects"] == final["projects"]
+    assert rebuilt(sup)["projects"] == final["projects"]
     assert kills["ingest"] >= KILLS and kills["worker"] >= KILLS
 
 
