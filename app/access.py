@@ -125,11 +125,14 @@ class Tokens:
 
     def match(self, presented):
         """The digest of `presented` if it is a held token, else None."""
+        return self.match_digest(digest(presented) if presented else None)
+
+    def match_digest(self, wanted):
+        """`wanted` (a token's digest, or None for no token) if it is a held token's."""
         if self._file is not None and self._file.due():
             self.reload_if_changed()
-        if not presented:
+        if wanted is None:
             return None
-        wanted = digest(presented)
         found = False
         for held in self._digests:  # every one, whatever matches: constant time in the token
             found |= hmac.compare_digest(wanted, held)
@@ -201,12 +204,11 @@ class Access:
             # Open: the default project, which is every event; any reader sees it all.
             return None, Grant(None, "", kind == "read")
         presented = presented_token(environ)
+        wanted = digest(presented) if presented else None  # hashed once, for either look
         tokens = self.write if kind == "write" else self.read
-        matched = tokens.match(presented)
-        if matched is not None:
-            return None, Grant(matched, "", False)
-        if presented is not None and self.projects is not None:
-            wanted = digest(presented)
+        if tokens.match_digest(wanted) is not None:
+            return None, Grant(wanted, "", False)
+        if wanted is not None and self.projects is not None:
             role = self.projects.role(wanted)
             if role is not None and role.kind == kind:
                 return None, Grant(wanted, role.project, False)
