@@ -20,7 +20,7 @@ from storage.views.overview_store import (REVISION_BOUNCES, REVISION_DURATIONS, 
 from test_overview import (END, RECEIVED, TIMEOUT, UTC, count, counted_in_order_and_shuffled,
                            ingest)
 from worker import overview as overview_module
-from worker.flows import add_session, extend_session
+from worker.flows import add_session
 from worker.people import MAX_INSTALLS_PER_USER
 
 QUERIES = [
@@ -231,32 +231,6 @@ def test_a_session_taken_out_leaves_nothing_behind(steps):
         assert row[REVISION_SESSIONS:REVISION_BOUNCES + 1] == [0, 0, 0]
         assert not any(row[REVISION_DURATIONS].values())
 
-
-@given(session_steps, st.integers(0, 3000), st.sampled_from(["s1", "s2", "s9"]))
-@settings(max_examples=300, deadline=None)
-def test_a_view_after_a_sessions_others_changes_what_taking_it_out_and_in_would(
-        steps, gap, screen):
-    for old in _sessions(steps, forward_only=False):
-        view = (old[1] + gap, screen, "r")
-        new = [old[0], view[0], [*old[2], view]]
-        whole, quick = Changes(), Changes()
-        add_session(whole, 1, old, -1)
-        add_session(whole, 1, new, 1)
-        extend_session(quick, 1, old, new)
-        assert _net(quick) == _net(whole)
-
-
-def _net(changes):
-    """What `changes` add up to, zeros left out."""
-    histograms = {key: [{bucket: n for bucket, n in histogram.items() if n}
-                        for histogram in value]
-                  for key, value in changes.flow_screens.items()}
-    revisions = {key: [*row[REVISION_SESSIONS:REVISION_BOUNCES + 1],
-                       {bucket: n for bucket, n in row[REVISION_DURATIONS].items() if n}]
-                 for key, row in changes.revisions.items()}
-    return ({key: value for key, value in histograms.items() if any(value)},
-            {key: n for key, n in changes.flow_exits.items() if n},
-            {key: n for key, n in changes.flow_moves.items() if n}, revisions)
 
 
 def test_each_revision_shows_its_own_order_of_screens_and_its_branch(tmp_path, traffic):

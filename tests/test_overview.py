@@ -237,12 +237,17 @@ def test_placing_views_in_any_order_gives_the_maximal_runs(placed, rng, timeout)
     shuffled = list(placed)
     rng.shuffle(shuffled)
     sessions, counted = [], {}
-    for view in shuffled:
-        replaced, joined = place(sessions, view, timeout)
+    while shuffled:  # in commits of any size, one view up to all of them
+        size = rng.randint(1, len(shuffled))
+        commit, shuffled = shuffled[:size], shuffled[size:]
+        replaced, joined = place(sessions, commit, timeout)
         for first, last, in_order in replaced:  # what the worker takes out of the rows ...
             counted[first, last, tuple(in_order)] -= 1
-        key = (joined[0], joined[1], tuple(joined[2]))
-        counted[key] = counted.get(key, 0) + 1  # ... and puts in
+        for first, last, in_order in joined:  # ... and puts in
+            key = (first, last, tuple(in_order))
+            counted[key] = counted.get(key, 0) + 1
+        assert sorted(view for session in joined for view in session[2]) == sorted(
+            [*commit, *(view for session in replaced for view in session[2])])
     assert [[first, last, len(in_order)] for first, last, in_order in sessions] == \
         ref.sessions_of([moment for moment, _, _ in placed], timeout)
     # The rows hold each final session once, and nothing else.

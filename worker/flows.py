@@ -60,39 +60,5 @@ def add_session(changes, experience, session, sign):
         moves[move] = moves.get(move, 0) + sign
 
 
-def extend_session(changes, experience, old, new):
-    """add_session(old, -1) then add_session(new, 1), for a session that gained one view
-    after all of its others (the usual case: views mostly come in order): the same changes,
-    without going through every view twice."""
-    first, old_last, views = old
-    last = new[1]
-    key = (experience, first - first % 3600, views[0][2])
-    row = changes.revision(key)
-    row[REVISION_DURATION_SUM] += last - old_last
-    row[REVISION_BOUNCES] -= len(views) == 1
-    durations = row[REVISION_DURATIONS]
-    _bump(durations, duration_bucket(old_last - first), -1)
-    _bump(durations, duration_bucket(last - first), 1)
-    previous, screen = views[-1][1], new[2][-1][1]
-    _bump(changes.flow_screen(key, previous)[2], duration_bucket(last - old_last), 1)
-    moves = changes.flow_moves
-    move = (*key, previous, screen)
-    moves[move] = moves.get(move, 0) + 1
-    reached = {seen for _, seen, _ in views}
-    exits = changes.flow_exits
-    if screen not in reached:
-        row = changes.flow_screen(key, screen)
-        _bump(row[0], min(len(views) + 1, MAX_POSITION), 1)
-        _bump(row[1], duration_bucket(last - first), 1)
-        pair = (*key, screen, screen)
-        exits[pair] = exits.get(pair, 0) + 1
-    if screen != previous:  # the exit moves: every screen reached now leaves from `screen`
-        for seen in reached:
-            pair = (*key, previous, seen)
-            exits[pair] = exits.get(pair, 0) - 1
-            pair = (*key, screen, seen)
-            exits[pair] = exits.get(pair, 0) + 1
-
-
 def _bump(histogram, bucket, sign):
     histogram[bucket] = histogram.get(bucket, 0) + sign

@@ -39,7 +39,7 @@ from storage.views.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDEN
                                     OverviewStore)
 from storage.projects import is_project_id, person_text
 from storage.views.sketches import duration_bucket, person_key
-from worker.flows import add_session, extend_session
+from worker.flows import add_session
 from worker.people import MAX_INSTALLS_PER_USER, person_of
 from worker.sessions import place
 
@@ -129,6 +129,7 @@ class OverviewCounter:
                     changes.recount.update((experience, hour) for hour in
                                            range(first - first % 3600, last + 1, 3600))
         filed_under = self.store.keys.key
+        placing = collections.defaultdict(list)  # (device, experience) -> its views here
         for experience, moment, device, carried, screen, name, screen_name, revision in views:
             if type(experience) is tuple:  # (project, id) of a named project's experience
                 experience = filed_under(*experience)
@@ -155,7 +156,9 @@ class OverviewCounter:
                 row[REVISION_LAST_SEEN] = moment
             _name(changes, experience, "", moment, name)
             _name(changes, experience, screen, moment, screen_name)
-            self._place(changes, stored, device, experience, (moment, screen, revision))
+            placing[device, experience].append((moment, screen, revision))
+        for (device, experience), placed in placing.items():
+            self._place(changes, stored, device, experience, placed)
         self.store.commit(changes, source, position, log_end)
         self.source, self.position, self.log_end = source, position, log_end
         return read.events
@@ -208,25 +211,19 @@ class OverviewCounter:
     def close(self):
         self.store.close()
 
-    def _place(self, changes, stored, device, experience, view):
-        """Place a screen view ((moment, screen, revision)) in its install's sessions
-        (`stored`: every session of the commit's installs, as loaded from the store, kept
-        whole in place), and count what changed."""
-        sessions = stored[device, experience]  # a defaultdict: [] for a new one
-        replaced, joined = place(sessions, view, self.timeout)
+    def _place(self, changes, stored, device, experience, views):
+        """Place an install's screen views of an experience ((moment, screen, revision)) in
+        its sessions (`stored`: every session of the commit's installs, as loaded from the
+        store, kept whole in place), all at once: the sessions they replace are counted out
+        and the sessions they are now in counted in, each once however many views it gained."""
+        replaced, joined = place(stored[device, experience], views, self.timeout)
         changes.replace_sessions(device, experience, replaced, joined)
-        if len(replaced) == 1 and replaced[0][0] == joined[0]:
-            _stretch_session(changes, experience, replaced[0], joined)  # the usual case
-            if joined[2][-1] is view:  # and the view came after the session's others
-                extend_session(changes, experience, replaced[0], joined)
-                return
-        else:
-            for session in replaced:
-                _count_session(changes, experience, session, -1)
-            _count_session(changes, experience, joined, 1)
         for session in replaced:
+            _count_session(changes, experience, session, -1)
             add_session(changes, experience, session, -1)
-        add_session(changes, experience, joined, 1)
+        for session in joined:
+            _count_session(changes, experience, session, 1)
+            add_session(changes, experience, session, 1)
 
 
 class Overview:
@@ -463,18 +460,3 @@ def _count_session(changes, experience, session, sign):
     durations = row[DURATIONS]
     bucket = duration_bucket(last - first)
     durations[bucket] = durations.get(bucket, 0) + sign
-
-
-def _stretch_session(changes, experience, old, new):
-    """_count_session(old, -1) then (new, 1), for a session that kept its start and gained
-    one view: the same changes, in a third of the work."""
-    first = new[0]
-    row = changes.hour(experience, first - first % 3600)
-    row[DURATION_SUM] += new[1] - old[1]
-    row[SESSION_SCREENS] += 1
-    row[BOUNCES] -= len(old[2]) == 1
-    before, after = duration_bucket(old[1] - first), duration_bucket(new[1] - first)
-    if before != after:
-        durations = row[DURATIONS]
-        durations[before] = durations.get(before, 0) - 1
-        durations[after] = durations.get(after, 0) + 1

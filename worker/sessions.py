@@ -4,8 +4,9 @@ than the timeout.
 The sessions of a set of screen views are the maximal runs in time order with no gap longer
 than the timeout: the connected parts of the views when each is joined to any other at most
 the timeout away. That depends only on the set, never on the order the views arrive in, so
-each view is placed as it comes: it joins every session it falls within the timeout of
-(a late view can stretch one session, or join two into one), or begins a session of its own.
+views are placed as they come, a commit's at a time: a view joins every session it falls
+within the timeout of (a late view can stretch one session, or join two into one), or
+begins a session of its own.
 
 A view is (moment, screen id, revision id): device time in seconds, and the screen and the
 experience's revision it showed. A session is [first, last, views]: its first and last
@@ -29,31 +30,30 @@ def views_of(session):
     return views
 
 
-def place(sessions, view, timeout):
-    """Add `view` to `sessions` (one device's sessions of one experience, sorted by first,
-    each more than `timeout` from the next) and keep them so.
+def place(sessions, views, timeout):
+    """Add `views` (in any order) to `sessions` (one device's sessions of one experience,
+    sorted by first, each more than `timeout` from the next) and keep them so.
 
-    Returns (the sessions it replaced, the session it is now in): the replaced ones are gone
-    from `sessions` and the new one is in it, in place. The replaced ones are as they were
-    (their views decoded), the new one holds a new list of views.
+    Returns (the sessions they replaced, the sessions they are now in). A stored session is
+    replaced when a view falls within the timeout of it; the replaced ones are gone from
+    `sessions`, as they were (their views decoded), and the new ones are in it, in place,
+    each with a new list of views. Placing views all at once or one at a time gives the same
+    sessions: the maximal runs of the whole set.
     """
-    moment = view[0]
-    low = 0
-    while low < len(sessions) and sessions[low][1] + timeout < moment:
-        low += 1
-    high = low
-    while high < len(sessions) and sessions[high][0] - timeout <= moment:
-        high += 1
-    replaced = sessions[low:high]
-    if len(replaced) == 1:  # the usual case: a view within one session's reach
-        first, last, _ = replaced[0]
-        views = list(views_of(replaced[0]))
-        bisect.insort(views, view)
-        joined = [min(moment, first), max(moment, last), views]
-    elif replaced:
-        views = sorted([view, *(kept for session in replaced for kept in views_of(session))])
-        joined = [min(moment, replaced[0][0]), max(moment, replaced[-1][1]), views]
-    else:
-        joined = [moment, moment, [view]]
-    sessions[low:high] = [joined]
+    views = sorted(views)
+    moments = [view[0] for view in views]
+    replaced, kept = [], []
+    for session in sessions:
+        # the first view not before the session's reach, if it is within it
+        nearest = bisect.bisect_left(moments, session[0] - timeout)
+        touched = nearest < len(moments) and moments[nearest] <= session[1] + timeout
+        (replaced if touched else kept).append(session)
+    if replaced:
+        views = sorted([*views, *(view for session in replaced for view in views_of(session))])
+    joined, start = [], 0
+    for end in range(1, len(views) + 1):
+        if end == len(views) or views[end][0] - views[end - 1][0] > timeout:
+            joined.append([views[start][0], views[end - 1][0], views[start:end]])
+            start = end
+    sessions[:] = sorted([*kept, *joined], key=lambda session: session[0])
     return replaced, joined

@@ -93,7 +93,8 @@ import sqlite3
 from storage.layout import Layout
 from storage.views import derived_store
 from storage.views.derived_store import utc_now
-from storage.views.sketches import People, add_encoded_durations, encode_durations, encode_people
+from storage.views.sketches import (People, add_durations, encode_durations, encode_people,
+                                    merge_people)
 
 VERSION = 4
 HOUR, DAY, WEEK = 3600, 86400, 7 * 86400
@@ -249,12 +250,14 @@ class Changes:
         return changes
 
     def replace_sessions(self, device, experience, replaced, joined):
-        """Record that `joined` (a list, kept as it is) took the place of `replaced`."""
+        """Record that the sessions `joined` (lists, kept as they are) took the place of
+        `replaced`."""
+        firsts = {session[0] for session in joined}
         for first, _, _ in replaced:
-            if first != joined[0]:  # the same key is replaced by the insert itself
-                self.sessions.pop((device, experience, first), None)
+            if first not in firsts:  # the same key is replaced by the insert itself
                 self.sessions_gone.add((device, experience, first))
-        self.sessions[device, experience, joined[0]] = joined
+        for session in joined:
+            self.sessions[device, experience, session[0]] = session
 
 
 class OverviewStore(derived_store.Writer):
@@ -275,7 +278,7 @@ class OverviewStore(derived_store.Writer):
         try:
             self.db, state = derived_store.open_writer(
                 self.path, VERSION, STATE_COLUMNS,
-                [("merge_people", _merge_people), ("add_durations", _add_durations)])
+                [("merge_people", merge_people), ("add_durations", add_durations)])
         except derived_store.Unusable as problem:
             raise CorruptOverview(str(problem)) from None
         self.keys.load(self.db)
@@ -425,8 +428,8 @@ class OverviewStore(derived_store.Writer):
 
     def _experience_rows(self, level, finer):
         """Add the changes to the `level` table's rows: one upsert per row, the sums added
-        and the people and durations merged by SQL functions (_merge_people,
-        _add_durations), in SQLite's loop rather than a read and a write per row. `finer`:
+        and the people and durations merged by SQL functions (merge_people, add_durations),
+        in SQLite's loop rather than a read and a write per row. `finer`:
         the changes of the level below ({(experience, bucket): changes}, Changes.hours for
         HOUR itself); returns this level's, for the next."""
         if level == HOUR:
@@ -461,7 +464,7 @@ class OverviewStore(derived_store.Writer):
               sessions, duration_sum, session_screens, bounces, encode_durations(durations))
              for (experience, bucket), (views, people, identified, sessions, duration_sum,
                                         session_screens, bounces, durations)
-             in merged.items()])
+             in _changing(merged)])
         return merged
 
     def _flow_rows(self, changes):
@@ -489,7 +492,7 @@ class OverviewStore(derived_store.Writer):
              for (experience, hour, revision), (views, first_seen, last_seen, people,
                                                 identified, sessions, duration_sum, bounces,
                                                 durations)
-             in changes.revisions.items()])
+             in _changing(changes.revisions)])
         db.executemany(
             "INSERT INTO flow_screen VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (experience, bucket, revision, screen) DO UPDATE SET "
@@ -497,7 +500,7 @@ class OverviewStore(derived_store.Writer):
             "to_reach = add_durations(to_reach, excluded.to_reach), "
             "on_screen = add_durations(on_screen, excluded.on_screen)",
             [(*key, *(encode_durations(histogram) for histogram in histograms))
-             for key, histograms in changes.flow_screens.items()])
+             for key, histograms in _changing(changes.flow_screens)])
         for table, pair, column, rows in (
                 ("flow_exit", "exit, reached", "sessions", changes.flow_exits),
                 ("flow_move", "source, target", "moves", changes.flow_moves)):
@@ -532,17 +535,13 @@ class OverviewStore(derived_store.Writer):
 
 
 
-def _merge_people(stored, added):
-    people = People.decode(stored)
-    people.merge_encoded(added)
-    return people.encode()
-
-
-def _add_durations(stored, added):
-    histogram = {}
-    add_encoded_durations(histogram, stored)
-    add_encoded_durations(histogram, added)
-    return encode_durations(histogram)
+def _changing(rows):
+    """The (key, changes) of `rows` whose changes change something: a session taken out and
+    put in again (a late view, or a view more of a session counted before) leaves most of its
+    rows as they were, and those are not written."""
+    for key, row in rows.items():
+        if any(any(part.values()) if type(part) is dict else part for part in row):
+            yield key, row
 
 
 class OverviewReader:

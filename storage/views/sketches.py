@@ -155,8 +155,14 @@ def duration_bucket(seconds):
     return seconds >> drop << drop
 
 
+_PAIR = struct.Struct("<qq")
+
+
 def encode_durations(histogram):
     """{bucket: sessions} -> bytes, leaving out empty buckets."""
+    if len(histogram) == 1:  # most of a commit's histograms: one session's one bucket
+        ((bucket, sessions),) = histogram.items()
+        return _PAIR.pack(bucket, sessions) if sessions else b""
     pairs = []
     for bucket in sorted(histogram):
         if histogram[bucket]:
@@ -170,6 +176,30 @@ def add_encoded_durations(histogram, blob, sign=1):
     for index in range(0, len(values), 2):
         bucket = values[index]
         histogram[bucket] = histogram.get(bucket, 0) + sign * values[index + 1]
+
+
+def add_durations(stored, added):
+    """The histogram of two encoded ones added up, encoded."""
+    if not added:
+        return stored
+    if not stored:
+        return added
+    histogram = {}
+    add_encoded_durations(histogram, stored)
+    add_encoded_durations(histogram, added)
+    return encode_durations(histogram)
+
+
+def merge_people(stored, added):
+    """The union of two encoded People, encoded."""
+    if stored[:1] == added[:1] == b"E":  # two exact sets: a union of sets, no numpy
+        keys = set(struct.unpack_from(f"<{(len(stored) - 1) // 8}q", stored, 1))
+        keys.update(struct.unpack_from(f"<{(len(added) - 1) // 8}q", added, 1))
+        if len(keys) <= EXACT_LIMIT:
+            return b"E" + _blob(sorted(keys))
+    people = People.decode(stored)
+    people.merge_encoded(added)
+    return people.encode()
 
 
 class Durations:
