@@ -24,8 +24,9 @@ out and put in again whole when a late view changes it:
 A goal reached twice in a session counts once, at its first view.
 """
 
-from storage.views.overview_store import (REVISION_BOUNCES, REVISION_DURATION_SUM,
-                                    REVISION_DURATIONS, REVISION_SESSIONS)
+from storage.views.overview_store import (ON_SCREEN, POSITIONS, REVISION_BOUNCES,
+                                          REVISION_DURATION_SUM, REVISION_DURATIONS,
+                                          REVISION_SESSIONS, TO_REACH)
 from storage.views.sketches import duration_bucket
 
 MAX_POSITION = 50
@@ -35,7 +36,8 @@ def add_session(changes, experience, session, sign):
     """Count a session in (sign 1) or out (sign -1) of `changes` (storage/views/overview_store's
     Changes)."""
     first, last, views = session
-    key = (experience, first - first % 3600, views[0][2])
+    _, _, began_on = views[0]  # the revision the session began on
+    key = (experience, first - first % 3600, began_on)
     row = changes.revision(key)
     row[REVISION_SESSIONS] += sign
     row[REVISION_DURATION_SUM] += sign * (last - first)
@@ -45,17 +47,18 @@ def add_session(changes, experience, session, sign):
     for position, (moment, screen, _) in enumerate(views, 1):
         if screen not in reached:
             reached[screen] = (min(position, MAX_POSITION), moment)
-    exit_screen = views[-1][1]
+    _, exit_screen, _ = views[-1]
     exits = changes.flow_exits
     for screen, (position, moment) in reached.items():
         pair = (*key, exit_screen, screen)
         exits[pair] = exits.get(pair, 0) + sign
         row = changes.flow_screen(key, screen)
-        _bump(row[0], position, sign)
-        _bump(row[1], duration_bucket(moment - first), sign)
+        _bump(row[POSITIONS], position, sign)
+        _bump(row[TO_REACH], duration_bucket(moment - first), sign)
     moves = changes.flow_moves
     for (moment, screen, _), (after, following, _) in zip(views, views[1:]):
-        _bump(changes.flow_screen(key, screen)[2], duration_bucket(after - moment), sign)
+        _bump(changes.flow_screen(key, screen)[ON_SCREEN], duration_bucket(after - moment),
+              sign)
         move = (*key, screen, following)
         moves[move] = moves.get(move, 0) + sign
 

@@ -33,10 +33,11 @@ from storage.log.details import HEADER, item_decoder, read_groups, read_header
 from storage.log.format import MAX_ID
 from storage.sdk_event import CountedEvent
 from storage.views.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDENTIFIED, PEOPLE,
-                                    REVISION_FIRST_SEEN, REVISION_IDENTIFIED, REVISION_LAST_SEEN,
-                                    REVISION_PEOPLE, REVISION_VIEWS,
-                                    SESSION_SCREENS, SESSIONS, VIEWS, Changes, CorruptOverview,
-                                    OverviewStore)
+                                          REVISION_FIRST_SEEN, REVISION_IDENTIFIED,
+                                          REVISION_LAST_SEEN, REVISION_PEOPLE, REVISION_VIEWS,
+                                          SCREEN_PEOPLE, SCREEN_VIEWS, SESSION_SCREENS,
+                                          SESSIONS, VIEWS, Changes, CorruptOverview,
+                                          OverviewStore)
 from storage.projects import is_project_id, person_text
 from storage.views.sketches import duration_bucket, person_key
 from worker.flows import add_session
@@ -120,7 +121,7 @@ class OverviewCounter:
                       "(kept in the source, counted in /stats as overview_set_aside), e.g. "
                       "event %s: %s", len(set_aside), self.source_name, named, why)
         # Every install's state in a few queries, not a few per view.
-        viewing = {view[2] for view in views}
+        viewing = {device for _, _, device, *_ in views}
         persons, changed = self._link(changes, read.links, viewing)
         stored = self.store.sessions(viewing | changed)
         for (device, experience), sessions in stored.items():
@@ -142,8 +143,8 @@ class OverviewCounter:
             if user:
                 row[IDENTIFIED].add(person)
             row = changes.screen(experience, screen, hour, revision)
-            row[0] += 1
-            row[1].add(person)
+            row[SCREEN_VIEWS] += 1
+            row[SCREEN_PEOPLE].add(person)
             changes.viewers.add((experience, hour, screen, revision, device, carried))
             row = changes.revision((experience, hour, revision))
             row[REVISION_VIEWS] += 1

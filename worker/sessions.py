@@ -41,19 +41,20 @@ def place(sessions, views, timeout):
     sessions: the maximal runs of the whole set.
     """
     views = sorted(views)
-    moments = [view[0] for view in views]
+    moments = [moment for moment, _, _ in views]
     replaced, kept = [], []
     for session in sessions:
-        # the first view not before the session's reach, if it is within it
-        nearest = bisect.bisect_left(moments, session[0] - timeout)
-        touched = nearest < len(moments) and moments[nearest] <= session[1] + timeout
+        first, last, _ = session
+        nearest = bisect.bisect_left(moments, first - timeout)  # the first view in its reach?
+        touched = nearest < len(moments) and moments[nearest] <= last + timeout
         (replaced if touched else kept).append(session)
     if replaced:
         views = sorted([*views, *(view for session in replaced for view in views_of(session))])
+        moments = [moment for moment, _, _ in views]
     joined, start = [], 0
     for end in range(1, len(views) + 1):
-        if end == len(views) or views[end][0] - views[end - 1][0] > timeout:
-            joined.append([views[start][0], views[end - 1][0], views[start:end]])
+        if end == len(views) or moments[end] - moments[end - 1] > timeout:
+            joined.append([moments[start], moments[end - 1], views[start:end]])
             start = end
     sessions[:] = sorted([*kept, *joined], key=lambda session: session[0])
     return replaced, joined

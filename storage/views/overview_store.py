@@ -163,6 +163,10 @@ STATE_COLUMNS = ", ".join(OverviewState._fields)
 # An hour's changes, as Changes.hour() gives them.
 (VIEWS, PEOPLE, IDENTIFIED, SESSIONS, DURATION_SUM, SESSION_SCREENS, BOUNCES,
  DURATIONS) = range(8)
+# A screen's hour's changes, as Changes.screen() gives them.
+SCREEN_VIEWS, SCREEN_PEOPLE = range(2)
+# A flow screen's histograms, as Changes.flow_screen() gives them.
+POSITIONS, TO_REACH, ON_SCREEN = range(3)
 # A revision's hour's changes, as Changes.revision() gives them.
 (REVISION_VIEWS, REVISION_FIRST_SEEN, REVISION_LAST_SEEN, REVISION_PEOPLE, REVISION_IDENTIFIED,
  REVISION_SESSIONS, REVISION_DURATION_SUM, REVISION_BOUNCES, REVISION_DURATIONS) = range(9)
@@ -252,12 +256,13 @@ class Changes:
     def replace_sessions(self, device, experience, replaced, joined):
         """Record that the sessions `joined` (lists, kept as they are) took the place of
         `replaced`."""
-        firsts = {session[0] for session in joined}
+        firsts = {first for first, _, _ in joined}
         for first, _, _ in replaced:
             if first not in firsts:  # the same key is replaced by the insert itself
                 self.sessions_gone.add((device, experience, first))
         for session in joined:
-            self.sessions[device, experience, session[0]] = session
+            first, _, _ = session
+            self.sessions[device, experience, first] = session
 
 
 class OverviewStore(derived_store.Writer):
@@ -341,26 +346,26 @@ class OverviewStore(derived_store.Writer):
             for level in LEVELS:  # each level added up from the finer one before it
                 rows = self._experience_rows(level, rows)
             self._screen_rows(changes)
-            db.executemany(
+            self._write(
                 "INSERT INTO name VALUES (?, ?, ?, ?) ON CONFLICT (experience, screen) DO "
                 "UPDATE SET moment = excluded.moment, name = excluded.name WHERE "
                 "(excluded.moment, excluded.name) > (moment, name)",
                 [(experience, screen, moment, name)
                  for (experience, screen), (moment, name) in changes.names.items()])
-            db.executemany("DELETE FROM session WHERE device = ? AND experience = ? AND "
+            self._write("DELETE FROM session WHERE device = ? AND experience = ? AND "
                            "first = ?", changes.sessions_gone)
-            db.executemany("INSERT OR REPLACE INTO session VALUES (?, ?, ?, ?, ?)",
+            self._write("INSERT OR REPLACE INTO session VALUES (?, ?, ?, ?, ?)",
                            [(*key[:2], first, last, encode_views(first, views))
                             for key, (first, last, views) in changes.sessions.items()])
-            db.executemany("INSERT OR IGNORE INTO viewer VALUES (?, ?, ?, ?, ?, ?)",
+            self._write("INSERT OR IGNORE INTO viewer VALUES (?, ?, ?, ?, ?, ?)",
                            changes.viewers)
             self._flow_rows(changes)
-            db.executemany("INSERT OR REPLACE INTO link VALUES (?, ?, ?)",
+            self._write("INSERT OR REPLACE INTO link VALUES (?, ?, ?)",
                            [(*key, moment) for key, moment in changes.links.items()])
-            db.executemany("DELETE FROM person WHERE device = ?",
+            self._write("DELETE FROM person WHERE device = ?",
                            [(device,) for device, user in changes.persons.items()
                             if user is None])
-            db.executemany("INSERT OR REPLACE INTO person VALUES (?, ?)",
+            self._write("INSERT OR REPLACE INTO person VALUES (?, ?)",
                            [(device, user) for device, user in changes.persons.items()
                             if user is not None])
             self._count_people_again(changes.recount)
@@ -373,6 +378,13 @@ class OverviewStore(derived_store.Writer):
             db.execute("ROLLBACK")
             self.keys.forget_new()
             raise
+
+    def _write(self, statement, rows):
+        """executemany(statement, rows), the rows in the order of their keys (each row's
+        tuple begins with its table's primary key): rows next to each other in a table's
+        B-tree are written one after the other, each page found once rather than again and
+        again in an order a dict happened to keep."""
+        self.db.executemany(statement, sorted(rows))
 
     def _count_people_again(self, hours):
         """Set the people of these (experience, hour)s, of their screens and of their
@@ -389,12 +401,13 @@ class OverviewStore(derived_store.Writer):
                     "WHERE viewer.experience = ? AND viewer.hour = ?", (experience, hour)):
                 user = carried or user
                 person = user or device
+                revision_people, revision_identified = revisions[revision]
                 people.add(person)
                 screens[screen, revision].add(person)
-                revisions[revision][0].add(person)
+                revision_people.add(person)
                 if user:
                     identified.add(person)
-                    revisions[revision][1].add(person)
+                    revision_identified.add(person)
             self.db.execute("UPDATE experience_hour SET people = ?, identified = ? "
                             "WHERE bucket = ? AND experience = ?",
                             (encode_people(people), encode_people(identified), hour,
@@ -450,7 +463,7 @@ class OverviewStore(derived_store.Writer):
                 durations = total[DURATIONS]
                 for duration, sessions in row[DURATIONS].items():
                     durations[duration] = durations.get(duration, 0) + sessions
-        self.db.executemany(
+        self._write(
             f"INSERT INTO experience_{LEVELS[level]} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (bucket, experience) DO UPDATE SET views = views + excluded.views, "
             "people = merge_people(people, excluded.people), "
@@ -469,8 +482,7 @@ class OverviewStore(derived_store.Writer):
 
     def _flow_rows(self, changes):
         """Add worker/flows.py's changes: each row's counts added, its histograms merged."""
-        db = self.db
-        db.executemany(
+        self._write(
             "INSERT INTO revision_hour VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (experience, bucket, revision) DO UPDATE SET "
             "views = views + excluded.views, "
@@ -493,7 +505,7 @@ class OverviewStore(derived_store.Writer):
                                                 identified, sessions, duration_sum, bounces,
                                                 durations)
              in _changing(changes.revisions)])
-        db.executemany(
+        self._write(
             "INSERT INTO flow_screen VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (experience, bucket, revision, screen) DO UPDATE SET "
             "positions = add_durations(positions, excluded.positions), "
@@ -504,14 +516,14 @@ class OverviewStore(derived_store.Writer):
         for table, pair, column, rows in (
                 ("flow_exit", "exit, reached", "sessions", changes.flow_exits),
                 ("flow_move", "source, target", "moves", changes.flow_moves)):
-            db.executemany(
+            self._write(
                 f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (experience, "
                 f"bucket, revision, {pair}) DO UPDATE SET {column} = {column} + "
                 f"excluded.{column}",
                 [(*key, count) for key, count in rows.items() if count])
 
     def _screen_rows(self, changes):
-        self.db.executemany(
+        self._write(
             "INSERT INTO screen_hour VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (experience, bucket, screen, revision) DO UPDATE SET "
             "views = views + excluded.views, people = merge_people(people, excluded.people)",
