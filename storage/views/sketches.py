@@ -60,8 +60,14 @@ def _blob(values):
     return struct.pack(f"<{len(values)}q", *values)  # faster than numpy for short lists
 
 
+_ONE_PERSON = struct.Struct("<cq")
+
+
 def encode_people(keys):
     """A set of person keys, encoded as People.encode() would, without building a People."""
+    if len(keys) == 1:  # most of a commit's screens and hours: a view or a person's views
+        (key,) = keys
+        return _ONE_PERSON.pack(b"E", key)
     if len(keys) <= EXACT_LIMIT:
         return b"E" + _blob(sorted(keys))
     return People(keys).encode()
