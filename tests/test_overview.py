@@ -10,6 +10,7 @@ import datetime
 import json
 import random
 import sqlite3
+import types
 import zoneinfo
 
 import pytest
@@ -25,6 +26,7 @@ from storage.views.sketches import (EXACT_LIMIT, Durations, People, duration_buc
                               encode_durations, person_key)
 from worker import overview as overview_module
 from worker.people import MAX_INSTALLS_PER_USER
+from worker import runner as runner_module
 from worker.runner import Worker
 from worker.sessions import place
 
@@ -133,6 +135,39 @@ def test_the_overview_equals_the_ledger(tmp_path, traffic, monkeypatch):
     assert traffic.late and traffic.retries  # the arrival order is not the device order
     points = check_against_ledger(tmp_path, traffic.views, links=traffic.links)
     assert points > 50
+
+
+def test_the_counts_never_wait_for_an_overview_far_behind(tmp_path, traffic, monkeypatch):
+    """A running worker gives the overview about an interval a pass: data2 counts everything
+    in the first pass, the overview a commit more each pass after it (an interval of 0: its
+    first commit), and the loop runs them without waiting until the overview has caught up,
+    which then equals the ledger."""
+    monkeypatch.setattr(overview_module, "COMMIT_EVENTS", 97)
+    ingest(tmp_path, traffic.batches)
+    worker = Worker(tmp_path, session_timeout=TIMEOUT)
+    passes, waits = [], []
+
+    def run_pass():
+        before = worker.overview.counter.position
+        Worker.run_pass(worker)
+        # the counts are complete after every pass; the overview moves on a commit a pass
+        assert worker.checkpoint.offset == (tmp_path / "data1").stat().st_size
+        passes.append((before, worker.overview.counter.position, worker.catching_up()))
+
+    def wait(seconds):
+        waits.append((len(passes), seconds))
+        return True  # asks the loop to stop
+
+    worker.take_ownership = lambda: None
+    worker.run_pass, worker.wait = run_pass, wait
+    monkeypatch.setattr(runner_module, "Signals", lambda: types.SimpleNamespace(stop=False))
+    worker.run(0)
+    events = sum(len(events) for _, events in traffic.batches)
+    assert 10 < len(passes) <= events // 97 + 1  # a commit (of 97 events or more) a pass
+    assert all(after > before for before, after, _ in passes)
+    assert [behind for _, _, behind in passes] == [True] * (len(passes) - 1) + [False]
+    assert waits == [(len(passes), 0)]  # no wait until it had caught up
+    check_against_ledger(tmp_path, traffic.views, links=traffic.links)
 
 
 def counted_in_order_and_shuffled(tmp_path, traffic, seed):

@@ -6,8 +6,10 @@ changes committed with the new position in one transaction (storage/views/overvi
 Both workers use it: Overview, below, on data1.details, and the cluster's worker on each
 partition's messages (worker/stream_runner.py).
 
-On one machine the worker calls advance(end) each time data1 is durable and counted up to
-`end`: every group of data1.details whose data1 bytes end there or before is counted.
+On one machine the worker calls advance(end) once data1 is durable and counted up to `end`:
+every group of data1.details whose data1 bytes end there or before is counted, or, when the
+overview is far behind, as many as fit in a slice of time, the rest in the next passes
+(worker/runner.py: the counts never wait for the overview).
 
 Only a group whose data1 bytes the worker has already read is counted. The ingest writes a
 group before its data1 bytes and takes it back only if that data1 write fails, so a group
@@ -266,14 +268,16 @@ class Overview:
                                "data1.details, which is shorter")
         return identity
 
-    def advance(self, data1_end):
+    def advance(self, data1_end, until=None):
         """Count the details groups whose data1 bytes end at or before `data1_end` (read and
-        made durable by the caller) and commit them. Returns the SDK events counted."""
+        made durable by the caller) and commit them; with `until` (a time.monotonic()
+        moment), stop at the first commit past it. Returns True once every such group is
+        counted, False if some are left for the next call."""
         identity = self._open_details()
         if identity is None:
-            return 0
+            return True
         counter = self.counter
-        started, counted, screens = time.monotonic(), 0, 0
+        started, counted, screens, done = time.monotonic(), 0, 0, True
         start = offset = max(counter.position, HEADER.size)
         end = counter.log_end
         read = SdkEvents()  # of the groups read since the last commit
@@ -286,13 +290,16 @@ class Overview:
                 counted += self._commit(read, identity, offset, end)
                 screens += len(read.views)
                 read = SdkEvents()
+                if until is not None and time.monotonic() >= until:
+                    done = False
+                    break
         counted += self._commit(read, identity, offset, end)
         screens += len(read.views)
         if counted:
             log.info("overview: counted %d SDK events (%d screen views) in %.3fs; details "
-                     "offset %d -> %d", counted, screens, time.monotonic() - started, start,
-                     offset)
-        return counted
+                     "offset %d -> %d%s", counted, screens, time.monotonic() - started, start,
+                     offset, "" if done else "; more to count, after the next counts")
+        return done
 
     def _commit(self, read, identity, offset, end):
         if read.events:

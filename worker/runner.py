@@ -13,8 +13,13 @@ so a crash can leave one ahead: recovery first brings the one behind up to the o
 only that stretch of data1), and from then on each pass feeds both from the same reads. The
 time of each part of data1 comes from its time index (storage/log/time_index.py).
 
-The experience overview (worker/overview.py) is a third view, of data1.details: each commit,
-once data1 is durable up to its offset, counts the details groups of that stretch.
+The experience overview (worker/overview.py) is a third view, of data1.details: each pass,
+once data2 is committed, counts the details groups of the stretch data2 now covers. The counts
+come first: when the overview is far behind (a new or rebuilt store, a burst of SDK events it
+counts more slowly than the ingest takes them), it counts for about an interval a pass (to
+its first commit past it), and the passes follow each other without waiting until it has
+caught up, so that data2 stays within about an interval of data1 whatever the overview's
+backlog.
 """
 
 import dataclasses
@@ -54,15 +59,23 @@ class PassLoop:
 
     signals = None  # set once running: SIGTERM and SIGINT ask for a stop (storage/process.py)
 
+    interval = None  # seconds between passes, once running
+
     def run(self, interval):
         self.take_ownership()
         self.signals = Signals()
+        self.interval = interval
         self.recover()
         while not self.signals.stop:
             self.run_pass()
-            if self.wait(interval):
+            if not self.catching_up() and self.wait(interval):
                 break
         self.close()
+
+    def catching_up(self):
+        """True while a view has more to count than a pass gave it time for: the next pass
+        begins at once."""
+        return False
 
     def wait(self, seconds):
         """Wait for the next pass; True if a stop was asked for meanwhile."""
@@ -102,6 +115,7 @@ class Worker(PassLoop):
         self._undated_logged = False
         # The experience overview, or None when it is off (MINI_ANALYTICS_OVERVIEW=off).
         self.overview = Overview(state_dir, session_timeout) if overview else None
+        self.overview_behind = False  # the last pass left details for the next
 
     def take_ownership(self):
         """Hold the worker lock: one worker per state folder. Raises AlreadyLocked."""
@@ -146,9 +160,7 @@ class Worker(PassLoop):
             self._open_series()
         if self.overview is not None:
             self.overview.recover()
-        self._align_views()  # which moves the overview on too, as every commit does
-        if self.overview is not None:
-            self.overview.advance(self.checkpoint.offset)  # durable: data2 claims it
+        self._align_views()  # the overview moves on in the first pass, after the counts
 
     def _open_series(self):
         try:
@@ -236,7 +248,16 @@ class Worker(PassLoop):
                 start_offset, self.checkpoint.offset,
                 self.data1.size() - self.checkpoint.offset,
             )
+        if self.overview is not None and not (self.signals and self.signals.stop):
+            # data2 claims data1 up to its offset: durable there, as the overview needs.
+            # A running worker gives the overview an interval at most (see the module's
+            # docstring); a rebuild, or a pass called on its own, counts it all.
+            until = None if self.interval is None else time.monotonic() + self.interval
+            self.overview_behind = not self.overview.advance(self.checkpoint.offset, until)
         return tally.events
+
+    def catching_up(self):
+        return self.overview_behind
 
     def _count(self, start, end, counts=True, series=True, progress=None):
         """Read data1[start:end] (to its last complete token when end is None) and commit it
@@ -310,8 +331,6 @@ class Worker(PassLoop):
                 skipped=self.checkpoint.skipped + skipped,
                 fingerprint=fingerprint,
             ))
-        if self.overview is not None:
-            self.overview.advance(end)
 
     def _read_again(self, tally, start, end, dated):
         """Count data1[start:end] again from what is durably there, before skipping
