@@ -189,6 +189,7 @@ def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute
     # and an ingest thread woken by their acknowledgement would wait out their time slice
     # (bench cluster: p99 of single events 12 -> 50 ms).
     process.place_on_cpus("ingest", cpu, batch=cluster is None)
+    process.limit_malloc_arenas("ingest")
     log.info("access: writes %s; reads %s%s%s", describe(access, "write"),
              describe(access, "read"),
              f"; {len(access.projects.projects)} projects from {access.projects.path}"

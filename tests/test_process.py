@@ -72,3 +72,14 @@ def test_without_affinity_support_it_starts_anyway_and_says_so(monkeypatch, capl
     caplog.set_level(logging.INFO)
     process.place_on_cpus("ingest", 1)  # returns: nothing to pin with, nothing raised
     assert "CPU affinity is not supported here; running unpinned" in caplog.text
+
+
+def test_the_ingest_keeps_to_two_malloc_arenas_unless_malloc_arena_max_says(monkeypatch,
+                                                                            caplog):
+    caplog.set_level(logging.INFO)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    process.limit_malloc_arenas("ingest")
+    assert "ingest: at most 2 malloc arenas" in caplog.text
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # an operator's choice: glibc applied it
+    process.limit_malloc_arenas("ingest")
+    assert "ingest: malloc arenas as MALLOC_ARENA_MAX says (4)" in caplog.text
