@@ -250,7 +250,7 @@ class Worker(PassLoop):
             )
         if self.overview is not None and not (self.signals and self.signals.stop):
             # data2 claims data1 up to its offset: durable there, as the overview needs.
-            # A running worker gives the overview an interval at most (see the module's
+            # A running worker gives the overview about an interval (see the module's
             # docstring); a rebuild, or a pass called on its own, counts it all.
             until = None if self.interval is None else time.monotonic() + self.interval
             self.overview_behind = not self.overview.advance(self.checkpoint.offset, until)

@@ -353,21 +353,21 @@ class OverviewStore(derived_store.Writer):
                 [(experience, screen, moment, name)
                  for (experience, screen), (moment, name) in changes.names.items()])
             self._write("DELETE FROM session WHERE device = ? AND experience = ? AND "
-                           "first = ?", changes.sessions_gone)
+                        "first = ?", changes.sessions_gone)
             self._write("INSERT OR REPLACE INTO session VALUES (?, ?, ?, ?, ?)",
-                           [(*key[:2], first, last, encode_views(first, views))
-                            for key, (first, last, views) in changes.sessions.items()])
+                        [(*key[:2], first, last, encode_views(first, views))
+                         for key, (first, last, views) in changes.sessions.items()])
             self._write("INSERT OR IGNORE INTO viewer VALUES (?, ?, ?, ?, ?, ?)",
-                           changes.viewers)
+                        changes.viewers)
             self._flow_rows(changes)
             self._write("INSERT OR REPLACE INTO link VALUES (?, ?, ?)",
-                           [(*key, moment) for key, moment in changes.links.items()])
+                        [(*key, moment) for key, moment in changes.links.items()])
             self._write("DELETE FROM person WHERE device = ?",
-                           [(device,) for device, user in changes.persons.items()
-                            if user is None])
+                        [(device,) for device, user in changes.persons.items()
+                         if user is None])
             self._write("INSERT OR REPLACE INTO person VALUES (?, ?)",
-                           [(device, user) for device, user in changes.persons.items()
-                            if user is not None])
+                        [(device, user) for device, user in changes.persons.items()
+                         if user is not None])
             self._count_people_again(changes.recount)
             db.execute("UPDATE state SET source = ?, position = ?, log_end = ?, "
                        "events = events + ?, set_aside = set_aside + ?, updated_at = ?",
