@@ -695,8 +695,12 @@ def test_a_nats_server_killed_mid_read_never_makes_a_message_count_twice(cluster
         while time.monotonic() < deadline and not kill_the_server_of(node, link, "worker-p1"):
             pass  # the first worker's catch-up read: its consumer's server killed once
     counted(node, {"7": total})
-    status, series = request(node.ingest_port(1), "GET", "/series?step=hour")
-    assert status == 200 and sum(count for _, count in series["points"]) == total
+    # The kill above may leave the worker unsure of its lease for a few seconds, and a worker
+    # unsure of its lease answers no read (503, "no worker answers"): wait for its answer.
+    series = wait_for(lambda: (answer := request(node.ingest_port(1), "GET",
+                                                 "/series?step=hour"))[0] == 200 and answer[1],
+                      60, what="/series answered")
+    assert sum(count for _, count in series["points"]) == total
     assert sum(entry["counted_messages"] for entry in request(
         node.ingest_port(1), "GET", "/stats")[1]["partitions"]) == total
 
