@@ -284,15 +284,15 @@ class Overview:
         for group in read_groups(self.details, start):
             if group.data1_end > data1_end:
                 break
+            if counted and not read.events and until is not None and time.monotonic() >= until:
+                done = False  # a commit made, its time up, and this group left for the next
+                break
             read.read_group(group)
             offset, end = group.end, group.data1_end
             if read.events >= COMMIT_EVENTS:
                 counted += self._commit(read, identity, offset, end)
                 screens += len(read.views)
                 read = SdkEvents()
-                if until is not None and time.monotonic() >= until:
-                    done = False
-                    break
         counted += self._commit(read, identity, offset, end)
         screens += len(read.views)
         if counted:
