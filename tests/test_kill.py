@@ -24,6 +24,13 @@ def committed_at(state_dir):
     return checkpoint and checkpoint["updated_at"]
 
 
+def watched(watcher):
+    """Wait for the watcher to check the invariant once more: how often it can in a test
+    depends on the machine's speed (it recounts data1), so the kills wait for it."""
+    seen = watcher.observations
+    wait_for(lambda: watcher.observations > seen, what="the invariant checked again")
+
+
 def test_sigkill_the_worker_at_random_moments(procs, state_dir):
     """Half the kills land in a worker's start-up or recovery (a random instant of its first
     0.3 s), half in its passes and commits: a random instant up to 50 ms after it was seen
@@ -35,6 +42,7 @@ def test_sigkill_the_worker_at_random_moments(procs, state_dir):
         worker = procs.worker(state_dir, interval=0.02)
         for kill in range(WORKER_KILLS):
             if kill % 2:
+                watched(watcher)
                 before = committed_at(state_dir)
                 wait_for(lambda: committed_at(state_dir) != before,
                          what="the restarted worker's first commit")
@@ -48,7 +56,7 @@ def test_sigkill_the_worker_at_random_moments(procs, state_dir):
     check_ledgers(final["counts"], posters)
     check_series_ledgers(state_dir, posters)
     assert len(posters.acked) > 100 and not posters.unknown and not posters.refused
-    assert watcher.observations > 10
+    assert watcher.observations >= WORKER_KILLS // 2
     print(
         f"\nworker kills: {WORKER_KILLS}, acked events: {len(posters.acked)}, "
         f"invariant observations: {watcher.observations}"
@@ -103,6 +111,7 @@ def test_sigkill_the_worker_with_two_projects_counts_each_its_own(procs, state_d
         worker = procs.worker(state_dir, interval=0.02)
         for kill in range(WORKER_KILLS // 3):
             if kill % 2:  # in its passes and commits, as above
+                watched(watcher)
                 before = committed_at(state_dir)
                 wait_for(lambda: committed_at(state_dir) != before,
                          what="the restarted worker's first commit")
@@ -118,7 +127,7 @@ def test_sigkill_the_worker_with_two_projects_counts_each_its_own(procs, state_d
         check_ledgers(final["projects"][name]["counts"], posters)
         assert len(posters.acked) > 100 and not posters.unknown and not posters.refused
     assert alpha.acked & bravo.acked  # the same ids, in two projects
-    assert watcher.observations > 10
+    assert watcher.observations >= WORKER_KILLS // 3 // 2
 
 
 @pytest.mark.slow
