@@ -48,6 +48,12 @@ Cluster mode: one checkpoint per partition (version 1)
                      Checkpoint's offset: the position in the log, as data2's byte offset)
     messages         how many of the partition's messages that is (the lag is the stream's
                      message count for the partition minus this)
+    overview_reached the sequence the partition's overview store had counted to when this
+                     was committed (at most `sequence`; absent, as before the overview could
+                     fall behind the counts, it is `sequence`): a store behind it is being
+                     counted again, and answers no reads until it is there
+                     (worker/stream_answers.py); one at it or past it answers, even while
+                     it is behind the counts
     owner            the worker that committed it
     revision_before  the bucket revision this commit replaced (0 for the first): a
                      compare-and-set accepts a commit only from the latest revision, so the
@@ -94,6 +100,7 @@ class Checkpoint:
     # Cluster mode only: the partition's messages counted, and who committed.
     messages: int = 0
     owner: str = ""
+    overview_reached: int | None = None  # None: offset (see the format above)
     # Each named project's counts, as `counts` (storage/projects.py).
     projects: dict = dataclasses.field(default_factory=dict)  # project -> {id -> count}
 
@@ -166,6 +173,8 @@ def encode_partition(checkpoint, partition, revision_before):
         "stream": checkpoint.fingerprint,
         "sequence": checkpoint.offset,
         "messages": checkpoint.messages,
+        **({} if checkpoint.overview_reached is None else
+           {"overview_reached": checkpoint.overview_reached}),
         "events": checkpoint.events,
         "skipped": checkpoint.skipped,
         "owner": checkpoint.owner,
@@ -220,10 +229,14 @@ def decode_partition(data, partition):
     if min(sequence, messages, skipped, revision_before) < 0 or messages > sequence:
         raise CorruptCheckpoint(f"impossible positions: sequence {sequence}, messages "
                                 f"{messages}, skipped {skipped}")
+    reached = document.get("overview_reached")
+    if reached is not None and (type(reached) is not int or not 0 <= reached <= sequence):
+        raise CorruptCheckpoint(f"impossible overview_reached {reached!r} (sequence {sequence})")
     checkpoint = Checkpoint(
         offset=sequence, counts=_counts(field("counts", dict)), skipped=skipped,
         fingerprint=stream, updated_at=str(document.get("updated_at", "")), messages=messages,
         owner=str(document.get("owner", "")), projects=_projects(document.get("projects", {})),
+        overview_reached=reached,
     )
     return checkpoint, revision_before
 

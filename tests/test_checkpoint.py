@@ -117,11 +117,14 @@ def test_age_is_measured_from_updated_at():
     messages=st.integers(0, 1000),
     extra=st.integers(0, 10**6),
     revision_before=st.integers(0, 10**9),
+    behind=st.one_of(st.none(), st.integers(0, 10**6)),
 )
-def test_partition_checkpoints_round_trip(counts, messages, extra, revision_before):
-    cp = Checkpoint(offset=messages + extra, counts=counts, skipped=3,
+def test_partition_checkpoints_round_trip(counts, messages, extra, revision_before, behind):
+    sequence = messages + extra
+    cp = Checkpoint(offset=sequence, counts=counts, skipped=3,
                     fingerprint="MINI_ANALYTICS created 2026-11-25T09:00:00+00:00",
-                    updated_at="2026-11-25T10:00:00.000Z", messages=messages, owner="worker@h:1")
+                    updated_at="2026-11-25T10:00:00.000Z", messages=messages, owner="worker@h:1",
+                    overview_reached=None if behind is None else max(0, sequence - behind))
     assert decode_partition(encode_partition(cp, "p1", revision_before), "p1") == (
         cp, revision_before)
 
@@ -135,7 +138,18 @@ BAD_PARTITIONS = {
     "no revision_before": ("revision_before", None),
     "no stream": ("stream", None),
     "bad counts": ("counts", {"x": 1}),
+    "overview past the sequence": ("overview_reached", 10),
+    "negative overview_reached": ("overview_reached", -1),
+    "overview_reached not a number": ("overview_reached", "9"),
+    "overview_reached a boolean": ("overview_reached", True),
 }
+
+
+def test_a_partition_checkpoint_without_overview_reached_reads_as_level():
+    """Written before the overview could fall behind the counts: None, which the worker
+    reads as the sequence itself."""
+    assert "overview_reached" not in PARTITION
+    assert decode_partition(json.dumps(PARTITION).encode(), "p1")[0].overview_reached is None
 
 
 @pytest.mark.parametrize("field, value", BAD_PARTITIONS.values(), ids=BAD_PARTITIONS.keys())

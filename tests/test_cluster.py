@@ -11,11 +11,13 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import random
 import threading
 import time
+import types
 import urllib.parse
 from urllib.parse import quote
 
@@ -39,9 +41,11 @@ from storage.stream.checkpoint_store import history, read_latest
 from storage.stream.link import UNAVAILABLE, Link
 from storage.stream.names import DETAILS_HEADER, STREAM, partition_subject
 from storage.stream.reader import read_subject
+from storage.stream.state import stream_state
 from storage.stream.writer import partition_of
 from storage.views.series_store import HOUR, SeriesReader
 from storage.views.sketches import duration_bucket
+from worker import runner as runner_module
 from worker import stream_runner
 from worker.people import MAX_INSTALLS_PER_USER
 from worker.stream_runner import StreamWorker
@@ -348,6 +352,85 @@ def test_a_partition_taken_over_is_counted_before_its_views_are_counted_again(
         assert series_counts(second_dir) == {experience: 1 for experience in range(50)}
         assert passes > 2, passes
         second.close()
+
+
+def test_the_counts_never_wait_for_the_partitions_overviews(cluster, tmp_path, monkeypatch):
+    """A running worker gives each partition's overview its share of an interval a pass (an
+    interval of 0: its first commit): every message is counted in the first pass, each
+    overview moves on a commit a pass after it, the passes follow each other without a wait
+    (the leases kept between them) until every overview has caught up, and the overviews
+    are then row for row those a worker counting them all at once makes. An overview behind
+    the counts answers what it has counted; one behind what the partition's overview had
+    counted (a new owner's, counting it again) answers no read."""
+    node = cluster(interval=0.2)
+    node.ctl("stop", "worker:worker-1", "worker:worker-2")  # the partitions are this test's
+    end = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    traffic = generator.generate(seed=5, devices=40, experiences=3, days=2,
+                                 end=end - datetime.timedelta(minutes=5))
+    generator.Sender(f"http://127.0.0.1:{node.ingest_port(1)}").send(traffic.batches)
+    span = urllib.parse.urlencode({"from": (end - datetime.timedelta(days=3)).isoformat(),
+                                   "to": (end + datetime.timedelta(hours=1)).isoformat()})
+
+    def screen_views(n):
+        status, body = request(node.ingest_port(n), "GET", f"/experiences?{span}")
+        return (sum(item["screen_views"] for item in body["experiences"]) if status == 200
+                else body["error"])
+
+    sliced, at_once = tmp_path / "sliced", tmp_path / "at_once"
+    sliced.mkdir()
+    at_once.mkdir()
+    monkeypatch.setattr(stream_runner, "COMMIT_EVENTS", 20)
+    monkeypatch.setattr(runner_module, "Signals", lambda: types.SimpleNamespace(stop=False))
+    with link_to(node) as link:
+        messages = sum(stream_state(link)[3].values())
+        worker = StreamWorker(link, ["p1", "p2"], owner="sliced", overview_dir=sliced)
+        passes, waits, between, answered = [], [], [], []
+
+        def run_pass():
+            before = {name: p.overview.position for name, p in worker.partitions.items()}
+            StreamWorker.run_pass(worker)
+            # every message counted after every pass; the overviews a commit further
+            assert sum(p.checkpoint.messages for p in worker.partitions.values()) == messages
+            passes.append((before, {name: p.overview.position
+                                    for name, p in worker.partitions.items()},
+                           worker.catching_up()))
+            answered.append(screen_views(1))
+
+        def wait(seconds):
+            waits.append((len(passes), seconds))
+            return True  # asks the loop to stop
+
+        worker.run_pass, worker.wait = run_pass, wait
+        worker.between_passes = lambda: between.append(len(passes))
+        worker.run(0)
+    assert 4 < len(passes) <= messages // 20 + 2
+    for before, after, _ in passes[:-1]:
+        assert any(after[name] > before[name] for name in after)
+    assert [behind for _, _, behind in passes] == [True] * (len(passes) - 1) + [False]
+    assert between == list(range(1, len(passes)))
+    assert waits == [(len(passes), 0)]  # no wait until every overview had caught up
+    # answered while behind the counts, never less than before, in the end every view
+    assert all(type(views) is int for views in answered), answered
+    assert answered == sorted(answered) and answered[0] < answered[-1] == len(traffic.views)
+
+    with link_to(node) as link:
+        everything = StreamWorker(link, ["p1", "p2"], owner="at-once", overview_dir=at_once)
+        everything.recover()  # its stores are empty: behind what the partitions' had counted
+        assert "being recounted" in screen_views(2)
+        everything.run_pass()  # no interval: all of it in one pass
+        assert screen_views(2) == len(traffic.views)
+        everything.close()
+    for name in ("p1", "p2"):
+        assert store_rows(Layout(sliced).partition_overview(name)) == \
+            store_rows(Layout(at_once).partition_overview(name))
+
+
+def store_rows(path):
+    """Every row of every table of an overview store but its state (which says when)."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        tables = [name for name, in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'state'")]
+        return {table: sorted(db.execute(f"SELECT * FROM {table}")) for table in tables}
 
 
 def series_counts(folder):

@@ -68,7 +68,9 @@ class PassLoop:
         self.recover()
         while not self.signals.stop:
             self.run_pass()
-            if not self.catching_up() and self.wait(interval):
+            if self.catching_up():
+                self.between_passes()
+            elif self.wait(interval):
                 break
         self.close()
 
@@ -76,6 +78,9 @@ class PassLoop:
         """True while a view has more to count than a pass gave it time for: the next pass
         begins at once."""
         return False
+
+    def between_passes(self):
+        """What must be done between two passes even when the next begins at once."""
 
     def wait(self, seconds):
         """Wait for the next pass; True if a stop was asked for meanwhile."""

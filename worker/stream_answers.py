@@ -140,18 +140,23 @@ class Answers:
         """Answer the ingest's reads of the partition's overview: {"calls": [[name, *args],
         ...], "project"} (storage/views/overview_store.py's READS) in, {"position": sequence, "results":
         [rows, ...]} out, every read in one snapshot of the store, bytes as {"b64": ...}.
-        While the store is behind the partition's checkpoint (being recounted), or not yet
-        created, {"error": ...}: a merge without all of it would show figures going down."""
+        While the store is behind how far the partition's overview had counted (the
+        checkpoint's overview_reached: it is being counted again, lost with a machine or
+        set aside), or not yet created, {"error": ...}: a merge without all of it would show
+        figures going down. A store merely behind the counts (the counts never wait for
+        it: worker/stream_runner.py) answers with what it has counted."""
         reader = partition.overview_reader
 
         def reply_to(question):
             calls = question["calls"]
             if not all(call[0] in READS for call in calls):
                 raise ValueError(f"unknown reads in {calls!r}")
-            counted, overviewed = partition.checkpoint.offset, partition.overview.position
-            if overviewed < counted:
+            checkpoint, overviewed = partition.checkpoint, partition.overview.position
+            reached = checkpoint.overview_reached
+            reached = checkpoint.offset if reached is None else reached
+            if overviewed < reached:
                 return {"error": f"partition {partition.name}'s overview is being recounted "
-                                 f"(at sequence {overviewed} of {counted})"}
+                                 f"(at sequence {overviewed} of {reached})"}
             # `position` read before the reads: they are at least that new.
             return {"position": overviewed,
                     "results": [reads.encode_rows(rows)

@@ -38,6 +38,12 @@ install's SDK events to one partition (storage/stream/writer.py), so its session
 there. It is committed with the series, before the checkpoint, and read the same way: the
 worker answers the ingest's reads of it on the partition's overview subject, and
 app/cluster_readside.py merges the answers.
+
+The counts come first, as on one machine (worker/runner.py): the overview counts several times
+more slowly than the rest, so a running worker gives each partition's overview its share of
+an interval a pass (to its first commit past it). An overview out of time is left behind,
+and is brought closer by the passes after it, which then follow each other without waiting
+until every view has caught up.
 """
 
 import dataclasses
@@ -97,6 +103,9 @@ class Partition:
             self.series = SeriesStore(series_dir, minute_retention, path)
             self.series_reader = SeriesReader(series_dir, path)
         self.series_offset = 0
+        # True when the last pass left a view behind the checkpoint, out of time or bytes
+        # for it: the next pass begins at once.
+        self.behind = False
         self.overview = self.overview_reader = None
         if overview_dir is not None:
             path = Layout(overview_dir).partition_overview(name)
@@ -170,6 +179,14 @@ class StreamWorker(PassLoop):
     def _keep_leases(self):
         if self.shares:
             self.shares.renew()
+
+    def catching_up(self):
+        return any(partition.behind for partition in self.partitions.values())
+
+    def between_passes(self):
+        """Passes that follow each other without a wait still share the partitions."""
+        if self.shares:
+            self.shares.upkeep()
 
     def adopt(self, name, how=""):
         """Count partition `name` from now on: load its checkpoint and commit it at once
@@ -265,11 +282,16 @@ class StreamWorker(PassLoop):
         except NoQuorum:
             stored = {}  # unknown: read every partition (the reads say why they fail)
         counted = 0
+        # A running worker gives each partition's overview its share of an interval (see the
+        # module's docstring); a pass called on its own gives it all the time it needs.
+        share = (None if self.interval is None else
+                 self.interval / max(1, len(self.partitions)))
         for name, partition in list(self.partitions.items()):
             if stored.get(name) is not None and stored[name] == partition.read_through:
                 continue  # nothing new since the last complete read
+            until = None if share is None else time.monotonic() + share
             try:
-                counted += self._count(partition, stored.get(name))
+                counted += self._count(partition, stored.get(name), until)
             except Fenced as fenced:
                 self.drop(name, f"FENCED: {fenced}")
                 if self.leases:
@@ -290,33 +312,41 @@ class StreamWorker(PassLoop):
         self.progress_at = time.time()
         return counted
 
-    def _count(self, partition, stored):
+    def _count(self, partition, stored, until=None):
         """Count the partition's new messages, from its checkpoint on, feeding each view
         that is level with it (or ahead); then bring the views that are behind closer, at
         most CATCH_UP_BYTES of messages a pass. A partition this worker takes over has no
         views of its own yet, or old ones: their recount of the whole stream must not hold
-        the counting up. `stored`, the stream's count of the partition's messages before the
-        read (or None), is what a complete read has read through. Returns the events
+        the counting up. Nor may the overview's own slowness: with `until` (a
+        time.monotonic() moment), the overview is fed to its first commit past it, and left
+        behind from there. `stored`, the stream's count of the partition's messages before
+        the read (or None), is what a complete read has read through. Returns the events
         counted."""
         counted = partition.checkpoint.offset
         series_level = partition.series is not None and partition.series_offset >= counted
         overview_level = partition.overview is not None and partition.overview.position >= counted
-        events, complete = self._read(partition, counted, series_level, overview_level)
+        events, complete = self._read(partition, counted, series_level, overview_level,
+                                      overview_until=until)
         series_behind = partition.series is not None and not series_level
+        # An overview left behind by the read above has had its time this pass.
         overview_behind = partition.overview is not None and not overview_level
         if (series_behind or overview_behind) and complete and not self.stop_requested():
             self._read(partition, min(partition.positions()), series_behind, overview_behind,
-                       until=partition.checkpoint.offset)
+                       until=partition.checkpoint.offset, overview_until=until)
         level = min(partition.positions()) >= partition.checkpoint.offset
         partition.read_through = stored if complete and level else None
+        partition.behind = complete and not level
         return events
 
-    def _read(self, partition, start, feed_series, feed_overview, until=None):
+    def _read(self, partition, start, feed_series, feed_overview, until=None,
+              overview_until=None):
         """Read the partition's messages after `start`: into the counts (unless `until`, a
         catch-up of the views, which reads at most CATCH_UP_BYTES and no further than that
         sequence), the series if `feed_series` and the overview if `feed_overview`, each
-        only past its own position; commit as it goes. Returns (events counted, whether the
-        read ended where meant to rather than on an error)."""
+        only past its own position; commit as it goes. The overview is fed no further than
+        its first commit past `overview_until` (a time.monotonic() moment, if given): the
+        counts read on without it, a catch-up stops there. Returns (events counted, whether
+        the read ended where meant to rather than on an error)."""
         started = time.monotonic()
         counted, dated = partition.checkpoint.offset, partition.series_offset
         overviewed = partition.overview.position if partition.overview is not None else None
@@ -346,6 +376,11 @@ class StreamWorker(PassLoop):
                                  feed_overview and sdk, reached, messages)
                     messages = pending_bytes = 0
                     sdk = []
+                    if (feed_overview and overview_until is not None
+                            and time.monotonic() >= overview_until):
+                        if until is not None:
+                            break  # a catch-up: the overview's time is up for this pass
+                        feed_overview = False  # the counts read on; the overview waits
                 if until is not None and read_bytes >= CATCH_UP_BYTES:
                     break
         except UNAVAILABLE as error:
@@ -395,8 +430,15 @@ class StreamWorker(PassLoop):
             partition.series.commit(minute_rows, hour_rows, sequence,
                                     partition.checkpoint.fingerprint)
             partition.series_offset = sequence
-        if sequence > partition.checkpoint.offset:
-            current = partition.checkpoint
+        current = partition.checkpoint
+        counted = max(sequence, current.offset)  # a catch-up of the views counts nothing
+        reached = current.overview_reached
+        if overview is not None:  # how far the overview has counted, never back
+            reached = min(counted, max(overview.position, current.offset
+                                       if reached is None else reached))
+        # The overview moving on in a catch-up is committed too: the next owner of the
+        # partition must not answer from a store behind what this one answered from.
+        if counted > current.offset or reached != current.overview_reached:
             # Extended in place, as in worker/runner.py: should the commit fail, the
             # partition is dropped and this state goes with it.
             totals, projects = current.counts, current.projects
@@ -405,9 +447,9 @@ class StreamWorker(PassLoop):
             # Raises Fenced if another worker committed meanwhile: the caller drops the
             # partition.
             partition.checkpoint = partition.store.commit(dataclasses.replace(
-                current, offset=sequence, counts=totals, projects=projects,
+                current, offset=counted, counts=totals, projects=projects,
                 skipped=current.skipped + skipped,
-                messages=current.messages + messages,
+                messages=current.messages + messages, overview_reached=reached,
             ))
         self.progress_at = time.time()
         self._keep_leases()  # a long catch-up keeps its leases too
