@@ -323,6 +323,7 @@ class StreamWorker(PassLoop):
         the read (or None), is what a complete read has read through. Returns the events
         counted."""
         counted = partition.checkpoint.offset
+        lowest = min(partition.positions())
         series_level = partition.series is not None and partition.series_offset >= counted
         overview_level = partition.overview is not None and partition.overview.position >= counted
         events, complete = self._read(partition, counted, series_level, overview_level,
@@ -335,7 +336,9 @@ class StreamWorker(PassLoop):
                        until=partition.checkpoint.offset, overview_until=until)
         level = min(partition.positions()) >= partition.checkpoint.offset
         partition.read_through = stored if complete and level else None
-        partition.behind = complete and not level
+        # The next pass begins at once only while the views are catching up: views that
+        # were not brought closer wait for the interval.
+        partition.behind = complete and not level and min(partition.positions()) > lowest
         return events
 
     def _read(self, partition, start, feed_series, feed_overview, until=None,
