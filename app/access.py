@@ -123,10 +123,6 @@ class Tokens:
         """How the log names the tokens held (label())."""
         return [label(held) for held in self._digests]
 
-    def match(self, presented):
-        """The digest of `presented` if it is a held token, else None."""
-        return self.match_digest(digest(presented) if presented else None)
-
     def match_digest(self, wanted):
         """`wanted` (a token's digest, or None for no token) if it is a held token's."""
         if self._file is not None and self._file.due():
