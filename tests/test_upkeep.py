@@ -112,3 +112,22 @@ def test_a_lease_found_taken_over_is_dropped_and_not_taken_back_while_held():
     leases.holders["p2"] = "other"  # the other worker took it while this one was paused
     upkeep(worker)
     assert sorted(worker.partitions) == ["p1"] and leases.taken == []
+
+
+def test_a_lease_found_taken_over_mid_pass_silences_its_partition_at_once():
+    """A renewal during a pass (a long read keeps its leases) that finds a lease taken over
+    makes the worker's leases fresh again while the partition is still counted here until
+    the pass ends: it must not answer for that partition meanwhile, its store being behind
+    the new owner's. The others it still holds, it answers for."""
+    leases = FakeLeases(["me", "other"], {"p1": "me", "p2": "me", "p3": "other", "p4": "other"})
+    worker = worker_on(leases)
+    worker.partitions = {"p1": FakePartition(), "p2": FakePartition()}
+    partition = {name: type("Named", (FakePartition,), {"name": name})() for name in PARTITIONS}
+    assert worker.answers.answering(partition["p1"]) and worker.answers.answering(partition["p2"])
+    leases.lost = ["p2"]
+    worker.shares._next_upkeep = 0.0
+    worker._keep_leases()  # as a read does, mid-pass: p2 is lost, and still counted here
+    assert "p2" in worker.partitions
+    assert worker.answers.answering(partition["p1"])
+    assert not worker.answers.answering(partition["p2"])
+    assert not worker.answers.answering(partition["p3"])  # never held here

@@ -48,9 +48,15 @@ class Answers:
             partition.subscriptions.append(
                 self.link.call(self._overview(partition), 10))
 
-    def answering(self):
-        """Whether this worker may answer for its partitions now (Leases.fresh): a worker
-        cut off, or paused, falls silent before another can take its partitions over."""
+    def answering(self, partition):
+        """Whether this worker may answer for `partition` now: while its leases are fresh
+        (Leases.fresh: a worker cut off, or paused, falls silent before another can take its
+        partitions over), and only for a partition whose lease it still holds. A renewal
+        that finds a lease taken over (the worker was cut off meanwhile) makes this one fresh
+        again, while the partition is still counted here until the pass ends: its store is
+        behind the new owner's, and must not answer."""
+        if self.leases is not None and partition.name not in self.leases.held:
+            return False
         answering = self.leases is None or self.leases.fresh()
         if answering == self._silent:  # a change: readers see it as a missing worker
             self._silent = not answering
@@ -64,7 +70,7 @@ class Answers:
 
     async def _pings(self, partition):
         async def answer(message):
-            if not self.answering():
+            if not self.answering(partition):
                 return
             await message.respond(reads.encode({
                 "partition": partition.name,
@@ -81,7 +87,7 @@ class Answers:
         question that cannot be answered gets {"error": ...}, and the reason goes to the
         log."""
         async def answer(message):
-            if not self.answering():
+            if not self.answering(partition):
                 return  # another worker may count the partition by now: it answers
             try:
                 reply = reply_to(reads.decode(message.data))
