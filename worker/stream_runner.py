@@ -332,8 +332,9 @@ class StreamWorker(PassLoop):
         # An overview left behind by the read above has had its time this pass.
         overview_behind = partition.overview is not None and not overview_level
         if (series_behind or overview_behind) and complete and not self.stop_requested():
-            self._read(partition, min(partition.positions()), series_behind, overview_behind,
-                       until=partition.checkpoint.offset, overview_until=until)
+            _, complete = self._read(partition, min(partition.positions()), series_behind,
+                                     overview_behind, until=partition.checkpoint.offset,
+                                     overview_until=until)
         level = min(partition.positions()) >= partition.checkpoint.offset
         partition.read_through = stored if complete and level else None
         # The next pass begins at once only while the views are catching up: views that
