@@ -83,7 +83,9 @@ def flapping(cluster, rng):
 def worker_cut_off(cluster, rng):
     """The worker counting the most partitions, cut off from every NATS node while its
     leases are valid; the cut lasts past the take-over time, so they are taken over."""
-    owners = cluster.owners()
+    # /stats may go unanswered a moment on a loaded machine: asked until it names owners.
+    owners = wait_for(lambda: (found := cluster.owners()) and set(found.values()) - {None}
+                      and found, HEALING_ALLOWANCE, what="the partitions' owners")
     busiest = max(set(owners.values()) - {None}, key=list(owners.values()).count)
     program = next(name for name in cluster.program_names() if name.startswith("worker")
                    and busiest == f"worker@{socket.gethostname()}:{cluster.processes[name].pid}")
