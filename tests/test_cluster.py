@@ -46,7 +46,7 @@ from storage.stream.writer import partition_of
 from storage.views.series_store import HOUR, SeriesReader
 from storage.views.sketches import duration_bucket
 from worker import runner as runner_module
-from worker import stream_runner
+from worker import stream_answers, stream_runner
 from worker.people import MAX_INSTALLS_PER_USER
 from worker.stream_runner import StreamWorker
 
@@ -423,6 +423,48 @@ def test_the_counts_never_wait_for_the_partitions_overviews(cluster, tmp_path, m
     for name in ("p1", "p2"):
         assert store_rows(Layout(sliced).partition_overview(name)) == \
             store_rows(Layout(at_once).partition_overview(name))
+
+
+def test_a_view_ahead_of_its_checkpoint_answers_nothing_until_the_checkpoint_is_committed(
+        cluster, tmp_path, monkeypatch):
+    """A view is committed just before the checkpoint; were it to answer from there and the
+    checkpoint commit then be lost (the worker cut off), the next owner could only answer
+    from behind what readers were shown. So a read waits for the checkpoint, and a view
+    ahead of it for longer answers no read (503), and its counts once the commit is made."""
+    monkeypatch.setattr(stream_answers, "AHEAD_WAIT", 0.2)
+    node = cluster(interval=0.2)
+    node.ctl("stop", "worker:worker-1", "worker:worker-2")  # the partitions are this test's
+    hour = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:00:00Z")
+    path = f"/counts?from={quote(hour)}&to={quote(next_hour(hour))}"
+    with link_to(node) as link:
+        worker = StreamWorker(link, ["p1", "p2"], owner="test", series_dir=tmp_path)
+        worker.recover()
+        assert post(node.ingest_port(1), {"experienceID": 1})[0] == 202
+        worker.run_pass()
+        assert request(node.ingest_port(1), "GET", path)[1]["counts"] == {"1": 1}
+        for _ in range(4):  # at least one to each partition
+            assert post(node.ingest_port(1), {"experienceID": 2})[0] == 202
+        held, release = threading.Event(), threading.Event()
+        for partition in worker.partitions.values():
+            commit = partition.store.commit
+
+            def held_commit(new, commit=commit):
+                held.set()
+                release.wait(30)
+                return commit(new)
+
+            partition.store.commit = held_commit
+        passing = threading.Thread(target=worker.run_pass)
+        passing.start()
+        try:
+            assert held.wait(30)  # a series store committed, its checkpoint not yet
+            status, body = request(node.ingest_port(2), "GET", path)
+            assert status == 503 and "ahead of its checkpoint" in body["error"], body
+        finally:
+            release.set()
+            passing.join(30)
+        assert request(node.ingest_port(2), "GET", path)[1]["counts"] == {"1": 1, "2": 4}
+        worker.close()
 
 
 def store_rows(path):

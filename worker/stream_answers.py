@@ -5,10 +5,19 @@ the questions and the answers). app/cluster_readside.py asks.
 A worker answers only while its leases are fresh (storage/stream/leases.Leases.fresh): one
 that is cut off, or paused, falls silent before another worker can take its partitions over,
 so a reader is never answered from behind what the new owner already served.
+
+And a view answers only from where the partition's checkpoint says it has reached (the
+checkpoint's sequence for the counts over time, its overview_reached for the overview): a
+view is committed just before the checkpoint, and an answer from a view ahead of it, were
+that checkpoint commit then lost (the worker cut off), would be ahead of every store the next
+owner can answer from. While a view is ahead (a commit under way), the answer waits for the
+checkpoint, for up to AHEAD_WAIT.
 """
 
+import asyncio
 import logging
 import sqlite3
+import time
 
 from storage.projects import is_project_id
 from storage.stream import reads
@@ -17,6 +26,14 @@ from storage.stream.names import overview_query_subject, series_query_subject, w
 from storage.views.overview_store import READS, NoOverview
 
 log = logging.getLogger("worker")
+
+# How long an answer waits for the checkpoint commit that follows its view's: well within
+# the ingest's wait for an answer (app/cluster_readside.py's WORKER_TIMEOUT, 2 s).
+AHEAD_WAIT = 1.0
+
+
+class Ahead(Exception):
+    """The view is ahead of the partition's committed checkpoint (a commit under way)."""
 
 
 class Answers:
@@ -90,7 +107,19 @@ class Answers:
             if not self.answering(partition):
                 return  # another worker may count the partition by now: it answers
             try:
-                reply = reply_to(reads.decode(message.data))
+                question = reads.decode(message.data)
+                deadline = time.monotonic() + AHEAD_WAIT
+                while True:
+                    try:
+                        reply = reply_to(question)
+                        break
+                    except Ahead as ahead:
+                        if time.monotonic() >= deadline:
+                            reply = {"error": f"partition {partition.name}'s {what} is "
+                                              f"ahead of its checkpoint ({ahead}): a commit "
+                                              "is under way or went unanswered"}
+                            break
+                        await asyncio.sleep(0.01)  # the worker's commit goes on meanwhile
             except NoOverview as problem:  # asked before the worker opened its store
                 reply = {"error": f"partition {partition.name}'s {what}: {problem}"}
             except (ValueError, KeyError, TypeError, sqlite3.Error) as problem:
@@ -115,7 +144,8 @@ class Answers:
 
         While the store is behind the partition's checkpoint (it is being recounted, after it
         was rejected or lost), the answer is {"error": ...}: partial sums would show counts
-        over time going down.
+        over time going down. While it is ahead, the answer waits (see the module's
+        docstring).
         """
         reader = partition.series_reader
 
@@ -129,6 +159,8 @@ class Answers:
                 return {"error": f"partition {partition.name}'s counts over time are being "
                                  f"recounted (at sequence {state.offset if state else 0} of "
                                  f"{counted})"}
+            if state and state.offset > counted:
+                raise Ahead(f"at sequence {state.offset}, the checkpoint at {counted}")
             if question["ask"] == "buckets":
                 reply["buckets"] = list(reader.buckets(
                     question["step"], question["experience"], question["start"],
@@ -137,6 +169,9 @@ class Answers:
                 reply["counts"] = list(reader.counts(
                     question["step"], question["start"], question["end"],
                     _project(question)).items())
+            after = reader.state(_project(question))
+            if after and after.offset != state.offset:  # a commit between: its rows may be in
+                raise Ahead(f"committed on to sequence {after.offset} while read")
             return reply
 
         return await self._reads(partition, series_query_subject(partition.name),
@@ -157,16 +192,18 @@ class Answers:
             calls = question["calls"]
             if not all(call[0] in READS for call in calls):
                 raise ValueError(f"unknown reads in {calls!r}")
-            checkpoint, overviewed = partition.checkpoint, partition.overview.position
+            checkpoint = partition.checkpoint  # first, as for the series
             reached = checkpoint.overview_reached
             reached = checkpoint.offset if reached is None else reached
-            if overviewed < reached:
+            # The store's position read in the same snapshot as the reads: exactly theirs.
+            (state,), *results = reader.run([("state",), *calls], _project(question))
+            if state.position < reached:
                 return {"error": f"partition {partition.name}'s overview is being recounted "
-                                 f"(at sequence {overviewed} of {reached})"}
-            # `position` read before the reads: they are at least that new.
-            return {"position": overviewed,
-                    "results": [reads.encode_rows(rows)
-                                for rows in reader.run(calls, _project(question))]}
+                                 f"(at sequence {state.position} of {reached})"}
+            if state.position > reached:
+                raise Ahead(f"at sequence {state.position}, the checkpoint at {reached}")
+            return {"position": state.position,
+                    "results": [reads.encode_rows(rows) for rows in results]}
 
         return await self._reads(partition, overview_query_subject(partition.name),
                                         "overview", reply_to)
