@@ -6,7 +6,7 @@ import itertools
 import threading
 import time
 
-from http_client import NO_ANSWER, request
+from http_client import NO_ANSWER, request, wait_for
 from storage.stream.checkpoint_store import history, read_latest
 from storage.stream.link import UNAVAILABLE, Link
 from storage.stream.reader import StreamReader
@@ -43,6 +43,14 @@ class Watcher:
             thread.join(timeout=30)
         self.link.close()
         assert not self.failures, self.failures[:3]
+
+    def watched(self):
+        """Wait for the watcher to look at the checkpoints and at a read once more: how
+        often it can depends on the machine's speed and on which NATS node its own link is
+        on (a cut may hold it up for seconds), so a test waits for it."""
+        observations, reads = self.observations, self.reads
+        wait_for(lambda: self.observations > observations and self.reads > reads, 60,
+                 what="the watcher to look again")
 
     def _watch_leader(self):
         while not self._stopping.wait(0.1):

@@ -161,6 +161,7 @@ def test_network_partitions_with_a_ledger(partitioned, schedule):
         for poster in posters:
             poster.__enter__()
         try:
+            watcher.watched()  # before the first cut
             for _ in range(ROUNDS):
                 acked = sum(len(poster.acked) for poster in posters)
                 wait_for(lambda: sum(len(poster.acked) for poster in posters) > acked + 20, 60,
@@ -182,6 +183,7 @@ def test_network_partitions_with_a_ledger(partitioned, schedule):
             acked = [len(poster.acked) for poster in posters]
             wait_for(lambda: all(len(p.acked) > n for p, n in zip(posters, acked)), 60,
                      what="acknowledgements after the last round")
+            watcher.watched()  # after the last heal
         finally:
             for poster in posters:
                 poster.__exit__(None, None, None)
