@@ -39,11 +39,11 @@ there. It is committed with the series, before the checkpoint, and read the same
 worker answers the ingest's reads of it on the partition's overview subject, and
 app/cluster_readside.py merges the answers.
 
-The counts come first, as on one machine (worker/runner.py): the overview counts several times
-more slowly than the rest, so a running worker gives each partition's overview its share of
-an interval a pass (to its first commit past it). An overview out of time is left behind,
-and is brought closer by the passes after it, which then follow each other without waiting
-until every view has caught up.
+The overview counts several times more slowly than the rest, so a running worker gives each
+partition's overview its share of an interval a pass (to its first commit past it: a pass
+smaller than one commit still commits its overview with its counts). An overview out of time
+is left behind, and is brought closer by the passes after it, which then follow each other
+without waiting until every view has caught up.
 """
 
 import dataclasses
