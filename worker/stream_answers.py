@@ -170,7 +170,8 @@ class Answers:
                     question["step"], question["start"], question["end"],
                     _project(question)).items())
             after = reader.state(_project(question))
-            if after and after.offset != state.offset:  # a commit between: its rows may be in
+            if (after.offset if after else 0) != (state.offset if state else 0):
+                # a commit landed between the two looks: its rows may be in the answer
                 raise Ahead(f"committed on to sequence {after.offset} while read")
             return reply
 
@@ -184,8 +185,8 @@ class Answers:
         While the store is behind how far the partition's overview had counted (the
         checkpoint's overview_reached: it is being counted again, lost with a machine or
         set aside), or not yet created, {"error": ...}: a merge without all of it would show
-        figures going down. A store merely behind the counts (the counts never wait for
-        it: worker/stream_runner.py) answers with what it has counted."""
+        figures going down. A store merely behind the counts (the overview may fall behind
+        them: worker/stream_runner.py) answers with what it has counted."""
         reader = partition.overview_reader
 
         def reply_to(question):
