@@ -109,6 +109,12 @@ class Checkpoint:
         """The default project's events."""
         return sum(self.counts.values())
 
+    @property
+    def overview_mark(self):
+        """Cluster mode: how far the partition's overview had counted (overview_reached, or
+        the sequence itself in a checkpoint written before the field existed)."""
+        return self.offset if self.overview_reached is None else self.overview_reached
+
     def counts_of(self, project):
         """A project's counts (id -> count): "" for the default project."""
         return self.counts if not project else self.projects.get(project, {})

@@ -193,9 +193,7 @@ class Answers:
             calls = question["calls"]
             if not all(call[0] in READS for call in calls):
                 raise ValueError(f"unknown reads in {calls!r}")
-            checkpoint = partition.checkpoint  # first, as for the series
-            reached = checkpoint.overview_reached
-            reached = checkpoint.offset if reached is None else reached
+            reached = partition.checkpoint.overview_mark  # first, as for the series
             # The store's position read in the same snapshot as the reads: exactly theirs.
             (state,), *results = reader.run([("state",), *calls], _project(question))
             if state.position < reached:

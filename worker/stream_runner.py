@@ -438,8 +438,7 @@ class StreamWorker(PassLoop):
         counted = max(sequence, current.offset)  # a catch-up of the views counts nothing
         reached = current.overview_reached
         if overview is not None:  # how far the overview has counted, never back
-            reached = min(counted, max(overview.position, current.offset
-                                       if reached is None else reached))
+            reached = min(counted, max(overview.position, current.overview_mark))
         # The overview moving on in a catch-up is committed too: the next owner of the
         # partition must not answer from a store behind what this one answered from.
         if counted > current.offset or reached != current.overview_reached:
