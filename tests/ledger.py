@@ -7,6 +7,7 @@ import sqlite3
 import threading
 import time
 
+from http_client import wait_for
 from reference import check_invariant, check_series, read_checkpoint, read_series
 
 
@@ -153,6 +154,12 @@ class InvariantWatcher:
         self._stopping.set()
         self._thread.join(timeout=30)
         assert not self.failures, self.failures[:3]
+
+    def watched(self):
+        """Wait for the watcher to check the invariant once more: how often it can in a test
+        depends on the machine's speed (it recounts data1), so a test waits for it."""
+        seen = self.observations
+        wait_for(lambda: self.observations > seen, what="the invariant checked again")
 
     def _watch(self):
         while not self._stopping.wait(0.02):

@@ -24,13 +24,6 @@ def committed_at(state_dir):
     return checkpoint and checkpoint["updated_at"]
 
 
-def watched(watcher):
-    """Wait for the watcher to check the invariant once more: how often it can in a test
-    depends on the machine's speed (it recounts data1), so the kills wait for it."""
-    seen = watcher.observations
-    wait_for(lambda: watcher.observations > seen, what="the invariant checked again")
-
-
 def test_sigkill_the_worker_at_random_moments(procs, state_dir):
     """Half the kills land in a worker's start-up or recovery (a random instant of its first
     0.3 s), half in its passes and commits: a random instant up to 50 ms after it was seen
@@ -42,7 +35,7 @@ def test_sigkill_the_worker_at_random_moments(procs, state_dir):
         worker = procs.worker(state_dir, interval=0.02)
         for kill in range(WORKER_KILLS):
             if kill % 2:
-                watched(watcher)
+                watcher.watched()
                 before = committed_at(state_dir)
                 wait_for(lambda: committed_at(state_dir) != before,
                          what="the restarted worker's first commit")
@@ -111,7 +104,7 @@ def test_sigkill_the_worker_with_two_projects_counts_each_its_own(procs, state_d
         worker = procs.worker(state_dir, interval=0.02)
         for kill in range(WORKER_KILLS // 3):
             if kill % 2:  # in its passes and commits, as above
-                watched(watcher)
+                watcher.watched()
                 before = committed_at(state_dir)
                 wait_for(lambda: committed_at(state_dir) != before,
                          what="the restarted worker's first commit")
