@@ -6,6 +6,7 @@ zone with a daylight-saving change, and from every planted state of overview.sql
 The log and the worker run in-process (storage/log/writer.py, worker/runner.py) on real
 files; test_overview_processes.py does the same through real processes and SIGKILLs."""
 
+import contextlib
 import datetime
 import json
 import random
@@ -168,6 +169,28 @@ def test_the_counts_never_wait_for_an_overview_far_behind(tmp_path, traffic, mon
     assert [behind for _, _, behind in passes] == [True] * (len(passes) - 1) + [False]
     assert waits == [(len(passes), 0)]  # no wait until it had caught up
     check_against_ledger(tmp_path, traffic.views, links=traffic.links)
+
+
+def store_rows(path):
+    """Every row of every table of an overview store but its state (which says when)."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        tables = [name for name, in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'state'")]
+        return {table: sorted(db.execute(f"SELECT * FROM {table}")) for table in tables}
+
+
+def test_the_commits_boundaries_leave_no_trace_in_the_store(tmp_path, traffic, monkeypatch):
+    """Counted in commits of 13 events (sessions taken out in a later commit than the one
+    that put them in, moved by late views, their flows' rows taken back to nothing), the
+    store holds row for row what one commit of everything makes."""
+    at_once, small = tmp_path / "at_once", tmp_path / "small"
+    for folder in (at_once, small):
+        folder.mkdir()
+        ingest(folder, traffic.batches)
+    count(at_once, session_timeout=TIMEOUT)
+    monkeypatch.setattr(overview_module, "COMMIT_EVENTS", 13)
+    count(small, session_timeout=TIMEOUT)
+    assert store_rows(small / "overview.sqlite3") == store_rows(at_once / "overview.sqlite3")
 
 
 def counted_in_order_and_shuffled(tmp_path, traffic, seed):

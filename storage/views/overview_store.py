@@ -481,7 +481,10 @@ class OverviewStore(derived_store.Writer):
         return merged
 
     def _flow_rows(self, changes):
-        """Add worker/flows.py's changes: each row's counts added, its histograms merged."""
+        """Add worker/flows.py's changes: each row's counts added, its histograms merged.
+        A session taken out in a later commit than the one that put it in (it gained a view,
+        or a late one moved its start to another hour) can leave a row of the flow's at
+        nothing: it goes, so that the store is the same whatever the commits' boundaries."""
         self._write(
             "INSERT INTO revision_hour VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (experience, bucket, revision) DO UPDATE SET "
@@ -521,6 +524,16 @@ class OverviewStore(derived_store.Writer):
                 f"bucket, revision, {pair}) DO UPDATE SET {column} = {column} + "
                 f"excluded.{column}",
                 [(*key, count) for key, count in rows.items() if count])
+            first, second = pair.split(", ")
+            self._write(
+                f"DELETE FROM {table} WHERE experience = ? AND bucket = ? AND revision = ? "
+                f"AND {first} = ? AND {second} = ? AND {column} = 0",
+                [key for key, count in rows.items() if count < 0])
+        self._write(
+            "DELETE FROM flow_screen WHERE experience = ? AND bucket = ? AND revision = ? "
+            "AND screen = ? AND positions = x'' AND to_reach = x'' AND on_screen = x''",
+            [key for key, histograms in changes.flow_screens.items()
+             if any(count < 0 for histogram in histograms for count in histogram.values())])
 
     def _screen_rows(self, changes):
         self._write(
