@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import random
@@ -32,6 +31,7 @@ from bench import traffic as generator
 from bench.sdk_shapes import mixed_batch
 import overview_reference as ref
 from test_read_api import assert_matches_spec
+from test_overview import slow_overview, store_rows
 from test_dashboard import (CHROMIUM, MEASURE, PHONE_WIDTH, CountingProxy, Page, chromium,
                             screenshot)
 from storage.checkpoint import merge
@@ -45,8 +45,9 @@ from storage.stream.state import stream_state
 from storage.stream.writer import partition_of
 from storage.views.series_store import HOUR, SeriesReader
 from storage.views.sketches import duration_bucket
-from worker import runner as runner_module
+from worker import overview as overview_module, runner as runner_module
 from worker import stream_answers, stream_runner
+from worker.overview import OverviewCounter
 from worker.people import MAX_INSTALLS_PER_USER
 from worker.stream_runner import StreamWorker
 
@@ -365,17 +366,21 @@ def test_a_partition_taken_over_is_counted_before_its_views_are_counted_again(
 
 
 def test_the_counts_never_wait_for_the_partitions_overviews(cluster, tmp_path, monkeypatch):
-    """A running worker gives each partition's overview its share of an interval a pass (an
-    interval of 0: its first commit): every message is counted in the first pass, each
-    overview moves on a commit a pass after it, the passes follow each other without a wait
-    (the leases kept between them) until every overview has caught up, and the overviews
-    are then row for row those a worker counting them all at once makes. An overview behind
-    the counts answers what it has counted; one behind what the partition's overview had
-    counted (a new owner's, counting it again) answers no read."""
+    """A running worker gives each partition's overview its share of an interval a pass, in
+    commits sized to fit it, even when all a partition has to count is far less than one
+    commit of 50,000 events (every event made to take 2 ms to count, the interval 0.2 s:
+    0.1 s a partition): every message is counted in the first pass, each overview moves on
+    at most about its share a pass after it, whatever the machine's speed, the passes follow
+    each other without a wait (the leases kept between them) until every overview has
+    caught up, and the overviews are then row for row those a worker counting them all at
+    once makes. An overview behind the counts answers what it has counted; one behind what
+    the partition's overview had counted (a new owner's, counting it again) answers no
+    read."""
+    seconds_per_event, interval = 0.002, 0.2
     node = cluster(interval=0.2)
     node.ctl("stop", "worker:worker-1", "worker:worker-2")  # the partitions are this test's
     end = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
-    traffic = generator.generate(seed=5, devices=40, experiences=3, days=2,
+    traffic = generator.generate(seed=5, devices=80, experiences=3, days=2,
                                  end=end - datetime.timedelta(minutes=5))
     generator.Sender(f"http://127.0.0.1:{node.ingest_port(1)}").send(traffic.batches)
     span = urllib.parse.urlencode({"from": (end - datetime.timedelta(days=3)).isoformat(),
@@ -389,21 +394,32 @@ def test_the_counts_never_wait_for_the_partitions_overviews(cluster, tmp_path, m
     sliced, at_once = tmp_path / "sliced", tmp_path / "at_once"
     sliced.mkdir()
     at_once.mkdir()
-    monkeypatch.setattr(stream_runner, "COMMIT_EVENTS", 20)
+    monkeypatch.setattr(overview_module, "MIN_COMMIT_EVENTS", 5)
+    slow_overview(monkeypatch, seconds_per_event)
     monkeypatch.setattr(runner_module, "Signals", lambda: types.SimpleNamespace(stop=False))
+    overviewed = collections.Counter()  # SDK events counted by each partition's overview
+    count = OverviewCounter.count
+
+    def counting(counter, read, *args):
+        overviewed[counter.source_name] += read.events
+        return count(counter, read, *args)
+
+    monkeypatch.setattr(OverviewCounter, "count", counting)
     with link_to(node) as link:
         messages = sum(stream_state(link)[3].values())
         worker = StreamWorker(link, ["p1", "p2"], owner="sliced", overview_dir=sliced)
-        passes, waits, between, answered = [], [], [], []
+        passes, waits, between, answered, moved = [], [], [], [], []
 
         def run_pass():
             before = {name: p.overview.position for name, p in worker.partitions.items()}
+            counted_before = overviewed.copy()
             StreamWorker.run_pass(worker)
-            # every message counted after every pass; the overviews a commit further
+            # every message counted after every pass
             assert sum(p.checkpoint.messages for p in worker.partitions.values()) == messages
             passes.append((before, {name: p.overview.position
                                     for name, p in worker.partitions.items()},
                            worker.catching_up()))
+            moved.extend((overviewed - counted_before).values())
             answered.append(screen_views(1))
 
         def wait(seconds):
@@ -412,13 +428,17 @@ def test_the_counts_never_wait_for_the_partitions_overviews(cluster, tmp_path, m
 
         worker.run_pass, worker.wait = run_pass, wait
         worker.between_passes = lambda: between.append(len(passes))
-        worker.run(0)
-    assert 4 < len(passes) <= messages // 20 + 2
+        worker.run(interval)
+    # Before a pass's last commit of a partition, at most its share's worth (each message
+    # takes 2 ms or more); the last sized by what is left of it.
+    most = 2 * (interval / 2 / seconds_per_event + 1) + 5
+    assert max(moved) <= most < min(overviewed.values()) / 2, (moved, overviewed)
+    assert len(passes) >= 3
     for before, after, _ in passes[:-1]:
         assert any(after[name] > before[name] for name in after)
     assert [behind for _, _, behind in passes] == [True] * (len(passes) - 1) + [False]
     assert between == list(range(1, len(passes)))
-    assert waits == [(len(passes), 0)]  # no wait until every overview had caught up
+    assert waits == [(len(passes), interval)]  # no wait until every overview had caught up
     # answered while behind the counts, never less than before, in the end every view
     assert all(type(views) is int for views in answered), answered
     assert answered == sorted(answered) and answered[0] < answered[-1] == len(traffic.views)
@@ -475,14 +495,6 @@ def test_a_view_ahead_of_its_checkpoint_answers_nothing_until_the_checkpoint_is_
             passing.join(30)
         assert request(node.ingest_port(2), "GET", path)[1]["counts"] == {"1": 1, "2": 4}
         worker.close()
-
-
-def store_rows(path):
-    """Every row of every table of an overview store but its state (which says when)."""
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        tables = [name for name, in db.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'state'")]
-        return {table: sorted(db.execute(f"SELECT * FROM {table}")) for table in tables}
 
 
 def series_counts(folder):

@@ -11,6 +11,7 @@ import datetime
 import json
 import random
 import sqlite3
+import time
 import types
 import zoneinfo
 
@@ -22,7 +23,7 @@ from app import overview_query
 from app.validate import parse_batch
 from bench import traffic as generator
 from storage.log.writer import EventLog
-from storage.views.overview_store import NoOverview, OverviewReader
+from storage.views.overview_store import NoOverview, OverviewReader, OverviewStore
 from storage.views.sketches import (EXACT_LIMIT, Durations, People, duration_bucket,
                               encode_durations, person_key)
 from worker import overview as overview_module
@@ -191,6 +192,59 @@ def test_the_commits_boundaries_leave_no_trace_in_the_store(tmp_path, traffic, m
     monkeypatch.setattr(overview_module, "COMMIT_EVENTS", 13)
     count(small, session_timeout=TIMEOUT)
     assert store_rows(small / "overview.sqlite3") == store_rows(at_once / "overview.sqlite3")
+
+
+def slow_overview(monkeypatch, seconds_per_event):
+    """Make every SDK event take `seconds_per_event` more to count (a slower machine, or a
+    heavier overview), in the commit, where the counter's own timing sees it."""
+    commit = OverviewStore.commit
+
+    def slow_commit(self, changes, *args):
+        time.sleep(changes.events * seconds_per_event)
+        return commit(self, changes, *args)
+
+    monkeypatch.setattr(OverviewStore, "commit", slow_commit)
+
+
+def test_an_overview_slower_than_its_slice_is_given_the_slice_in_commits_that_fit_it(
+        tmp_path, traffic, monkeypatch):
+    """All there is to count is far less than one commit of 50,000 events, but more than the
+    overview counts in an interval (every event made to take 1 ms, the interval 0.1 s): each
+    pass gives it about the interval, in commits sized by the speed of the last ones (the
+    first a probe of MIN_COMMIT_EVENTS), whatever the machine's speed; data2 is complete
+    after every pass, and the overview, once caught up, equals the ledger."""
+    seconds_per_event, interval = 0.001, 0.1
+    monkeypatch.setattr(overview_module, "MIN_COMMIT_EVENTS", 5)
+    slow_overview(monkeypatch, seconds_per_event)
+    ingest(tmp_path, traffic.batches)
+    worker = Worker(tmp_path, session_timeout=TIMEOUT)
+    counter = worker.overview.counter
+    commits, passes = [], []
+    count = counter.count
+
+    def counting(read, *args):
+        commits.append(read.events)
+        return count(read, *args)
+
+    def run_pass():
+        before = len(commits)
+        Worker.run_pass(worker)
+        assert worker.checkpoint.offset == (tmp_path / "data1").stat().st_size
+        passes.append(sum(commits[before:]))
+
+    counter.count = counting
+    worker.take_ownership = lambda: None
+    worker.run_pass, worker.wait = run_pass, lambda seconds: True
+    monkeypatch.setattr(runner_module, "Signals", lambda: types.SimpleNamespace(stop=False))
+    worker.run(interval)
+    assert sum(passes) == sum(commits) > 1000
+    largest_group = max(len(events) for _, events in traffic.batches)
+    # Before the last commit of a pass, at most the interval's worth (each event takes 1 ms
+    # or more); the last sized by what is left of it; a commit ends on a whole group.
+    most = 2 * (interval / seconds_per_event + largest_group) + 5
+    assert all(0 < counted <= most for counted in passes), (passes, most)
+    assert len(passes) >= sum(commits) // most
+    check_against_ledger(tmp_path, traffic.views, links=traffic.links)
 
 
 def counted_in_order_and_shuffled(tmp_path, traffic, seed):

@@ -51,6 +51,10 @@ log = logging.getLogger("worker")
 # Measured on a catch-up of 206,170 SDK events with flows: peak RSS 304 MB at 100,000, 185 MB
 # at 50,000, 119 MB at 25,000, at about the same events per CPU-second (within the noise).
 COMMIT_EVENTS = 50_000
+# A commit sized by the time left (OverviewCounter.commit_size) holds at least this many: each
+# commit costs a transaction and a read of its installs' sessions, and the overview must move
+# on in every slice of time it is given, however short.
+MIN_COMMIT_EVENTS = 1_000
 
 
 class OverviewCounter:
@@ -66,6 +70,9 @@ class OverviewCounter:
         self.source = b""  # the identity of what it is counted from; b"" until a commit
         self.position = 0  # how far in it
         self.log_end = 0
+        # How long an SDK event took to count in the last commits (seconds, a moving
+        # average), or None before the first: sizes a commit that must end by a given time.
+        self.seconds_per_event = None
 
     def open(self):
         """Open the store, and start it over if it cannot be continued (then its position
@@ -107,12 +114,26 @@ class OverviewCounter:
         self.store.reset(self.timeout)
         self.source, self.position, self.log_end = b"", 0, 0
 
+    def commit_size(self, until=None):
+        """How many SDK events to gather for the next commit: COMMIT_EVENTS, or with `until`
+        (a time.monotonic() moment) about as many as can be counted by then at the speed of
+        the last commits, so that a slice of time ends near its end even when one commit
+        would take longer than the whole slice. Never fewer than MIN_COMMIT_EVENTS (the
+        first commit, whose speed is not known yet, holds that many)."""
+        if until is None:
+            return COMMIT_EVENTS
+        if self.seconds_per_event is None:
+            return min(COMMIT_EVENTS, MIN_COMMIT_EVENTS)
+        fits = (until - time.monotonic()) / self.seconds_per_event
+        return int(min(COMMIT_EVENTS, max(MIN_COMMIT_EVENTS, fits)))
+
     def count(self, read, source, position, log_end):
         """Place the screen views and links of `read` (SdkEvents) and commit them with the
         new position; the events it set aside are counted in the store's state and logged.
         The caller has made the source durable up to `position`."""
         if not read.events and position == self.position:
             return 0
+        started = time.monotonic()
         views, set_aside = read.views, read.set_aside
         changes = Changes()
         changes.events = read.events
@@ -164,6 +185,10 @@ class OverviewCounter:
             self._place(changes, stored, device, experience, placed)
         self.store.commit(changes, source, position, log_end)
         self.source, self.position, self.log_end = source, position, log_end
+        if read.events:
+            took = (time.monotonic() - started) / read.events
+            last = self.seconds_per_event
+            self.seconds_per_event = took if last is None else (last + took) / 2
         return read.events
 
     def _link(self, changes, links, viewing):
@@ -271,8 +296,9 @@ class Overview:
     def advance(self, data1_end, until=None):
         """Count the details groups whose data1 bytes end at or before `data1_end` (read and
         made durable by the caller) and commit them; with `until` (a time.monotonic()
-        moment), stop at the first commit past it. Returns True once every such group is
-        counted, False if some are left for the next call."""
+        moment), in commits sized to end by then (OverviewCounter.commit_size), and stop at
+        the first commit past it. Returns True once every such group is counted, False if
+        some are left for the next call."""
         identity = self._open_details()
         if identity is None:
             return True
@@ -281,6 +307,7 @@ class Overview:
         start = offset = max(counter.position, HEADER.size)
         end = counter.log_end
         read = SdkEvents()  # of the groups read since the last commit
+        size = counter.commit_size(until)
         for group in read_groups(self.details, start):
             if group.data1_end > data1_end:
                 break
@@ -289,10 +316,11 @@ class Overview:
                 break
             read.read_group(group)
             offset, end = group.end, group.data1_end
-            if read.events >= COMMIT_EVENTS:
+            if read.events >= size:
                 counted += self._commit(read, identity, offset, end)
                 screens += len(read.views)
                 read = SdkEvents()
+                size = counter.commit_size(until)
         counted += self._commit(read, identity, offset, end)
         screens += len(read.views)
         if counted:

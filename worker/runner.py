@@ -16,8 +16,8 @@ time of each part of data1 comes from its time index (storage/log/time_index.py)
 The experience overview (worker/overview.py) is a third view, of data1.details: each pass,
 once data2 is committed, counts the details groups of the stretch data2 now covers. The counts
 come first: when the overview is far behind (a new or rebuilt store, a burst of SDK events it
-counts more slowly than the ingest takes them), it counts for about an interval a pass (to
-its first commit past it), and the passes follow each other without waiting until it has
+counts more slowly than the ingest takes them), it counts for about an interval a pass (in
+commits sized by its speed to fit, to its first commit past it), and the passes follow each other without waiting until it has
 caught up, so that data2 stays within about an interval of data1 whatever the overview's
 backlog.
 """

@@ -40,10 +40,11 @@ worker answers the ingest's reads of it on the partition's overview subject, and
 app/cluster_readside.py merges the answers.
 
 The overview counts several times more slowly than the rest, so a running worker gives each
-partition's overview its share of an interval a pass (to its first commit past it: a pass
-smaller than one commit still commits its overview with its counts). An overview out of time
-is left behind, and is brought closer by the passes after it, which then follow each other
-without waiting until every view has caught up.
+partition's overview its share of an interval a pass, in commits sized to fit it (at the
+speed of its last commits), to its first commit past it; the counts commit with each of them,
+and read on without it once its time is up. An overview out of time is left behind, and is
+brought closer by the passes after it, which then follow each other without waiting until
+every view has caught up.
 """
 
 import dataclasses
@@ -61,7 +62,7 @@ from storage.stream.setup import stream_identity
 from storage.stream.state import NoQuorum, stream_state
 from storage.views.overview_store import OverviewReader, OverviewStore
 from storage.views.series_store import CorruptSeries, SeriesReader, SeriesStore
-from worker.overview import COMMIT_EVENTS, OverviewCounter, SdkEvents
+from worker.overview import OverviewCounter, SdkEvents
 from worker.runner import COMMIT_EVERY, PassLoop, plural, report_skipped
 from worker.stream_answers import Answers
 from worker.stream_shares import Shares
@@ -347,9 +348,10 @@ class StreamWorker(PassLoop):
         """Read the partition's messages after `start`: into the counts (unless `until`, a
         catch-up of the views, which reads at most CATCH_UP_BYTES and no further than that
         sequence), the series if `feed_series` and the overview if `feed_overview`, each
-        only past its own position; commit as it goes. The overview is fed no further than
-        its first commit past `overview_until` (a time.monotonic() moment, if given): the
-        counts read on without it, a catch-up stops there. Returns (events counted, whether
+        only past its own position; commit as it goes. With `overview_until` (a
+        time.monotonic() moment), the overview's commits are sized to end by then, and it is
+        fed no further than its first commit past it: the counts read on without it, a
+        catch-up stops there. Returns (events counted, whether
         the read ended where meant to rather than on an error)."""
         started = time.monotonic()
         counted, dated = partition.checkpoint.offset, partition.series_offset
@@ -357,6 +359,9 @@ class StreamWorker(PassLoop):
         counts, series, sdk = Tally(), Tally(), []
         messages = pending_bytes = read_bytes = 0
         reached, complete = start, True
+        # The overview's commit is sized by the time it has left, and the counts commit with it.
+        overview_commit = (partition.overview.commit_size(overview_until) if feed_overview
+                           else None)
         reading = partition.reader.messages(start)
         try:
             for payload, sequence, second, details in reading:
@@ -375,16 +380,19 @@ class StreamWorker(PassLoop):
                 size = len(payload) + len(details or "")
                 pending_bytes, read_bytes = pending_bytes + size, read_bytes + size
                 reached = sequence
-                if pending_bytes >= COMMIT_EVERY or len(sdk) >= COMMIT_EVENTS:
+                if pending_bytes >= COMMIT_EVERY or (
+                        feed_overview and len(sdk) >= overview_commit):
                     self._commit(partition, counts, feed_series and series,
                                  feed_overview and sdk, reached, messages)
                     messages = pending_bytes = 0
                     sdk = []
-                    if (feed_overview and overview_until is not None
-                            and time.monotonic() >= overview_until):
-                        if until is not None:
-                            break  # a catch-up: the overview's time is up for this pass
-                        feed_overview = False  # the counts read on; the overview waits
+                    if feed_overview:
+                        if overview_until is not None and time.monotonic() >= overview_until:
+                            if until is not None:
+                                break  # a catch-up: the overview's time is up for this pass
+                            feed_overview = False  # the counts read on; the overview waits
+                        else:
+                            overview_commit = partition.overview.commit_size(overview_until)
                 if until is not None and read_bytes >= CATCH_UP_BYTES:
                     break
         except UNAVAILABLE as error:
