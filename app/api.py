@@ -525,13 +525,22 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
             return None
         return sum(state[SET_ASIDE] for state in states)
 
+    def overview_waiting():
+        """How long the oldest SDK event the overview has not counted has waited (seconds),
+        or None while the overview cannot be read."""
+        try:
+            return round(reads.overview_waiting(), 1)
+        except (NoOverview, Unavailable):
+            return None
+
     @app.get("/stats")
     def get_stats():
         project, engine_wide = read_grant()
         stats = available(reads.stats)
         if engine_wide:
             document = {**stats, "sdk": sdk.summary(),
-                        "overview_set_aside": overview_set_aside()}
+                        "overview_set_aside": overview_set_aside(),
+                        "overview_waiting_seconds": overview_waiting()}
             if project:  # an admin's read of one project: its figures, the engine's state
                 counts = committed().counts_of(project)
                 document.update(project=project, events=sum(counts.values()),

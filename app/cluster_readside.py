@@ -30,7 +30,8 @@ from storage.stream import reads
 from storage.stream.checkpoint_store import read_latest
 from storage.stream.names import overview_query_subject, series_query_subject
 from storage.stream.setup import current_majority
-from storage.stream.state import NoQuorum, ask_each, asking, cluster_state, stream_state
+from storage.stream.state import (NoQuorum, ask_each, asking, cluster_state, stored_after,
+                                  stream_state)
 from storage.views.series_store import SeriesState
 
 RUNNING, MISSING, STALLED = "running", "missing", "stalled"
@@ -191,6 +192,15 @@ class ClusterReadSide:
             "partitions": partitions,
         }
 
+    def overview_waiting(self):
+        positions = self.overview.positions()
+        try:
+            stored = stored_after(self.link, positions)
+        except NoQuorum as problem:
+            raise Unavailable(str(problem)) from None
+        now = self.clock()
+        return max([0.0] + [now - at for at in stored.values() if at is not None])
+
     def health(self):
         stats = self.stats()  # Unavailable (503) names a stream that does not answer
         stream = stats["stream"]
@@ -332,6 +342,11 @@ class ClusterOverview:
     def __init__(self, link, partition_names):
         self.reads = WorkerReads(link, partition_names, overview_query_subject,
                                  "the experience overview", lambda answer: answer["position"])
+
+    def positions(self):
+        """{partition: the sequence its overview has counted to}."""
+        return {partition: answer["position"]
+                for partition, answer in self.reads.ask({"calls": [["state"]]}).items()}
 
     def run(self, calls, project=""):
         results = [[] for _ in calls]

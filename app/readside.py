@@ -6,12 +6,14 @@ app/__main__.py gives it. Each method raises Unavailable (answered 503) when it 
 
 import os
 import threading
+import time
 from typing import Protocol
 
 from app.liveness import RUNNING, WorkerWatch
 from storage.checkpoint import Checkpoint, CorruptCheckpoint
 from storage.layout import Layout
 from storage.log.checkpoint_store import CheckpointStore
+from storage.log.details import received_at_or_after
 from storage.views.overview_store import OverviewReader
 from storage.views.series_store import SeriesReader
 
@@ -64,6 +66,11 @@ class ReadSide(Protocol):
     def stats(self) -> dict:
         """The /stats document."""
 
+    def overview_waiting(self) -> float:
+        """How long the oldest SDK event the overview has not counted has waited (seconds; 0
+        when it has counted them all). Raises NoOverview or Unavailable while the overview
+        cannot be read."""
+
     def health(self) -> tuple:
         """(None if the system is taking and counting events, else why not; the details to
         show), for /healthz."""
@@ -108,7 +115,7 @@ class FileReadSide:
         self.reader = CheckpointReader(state_dir)
         self.series = SeriesReader(state_dir)
         self.overview = OverviewReader(state_dir)
-        layout = Layout(state_dir)
+        self.layout = layout = Layout(state_dir)
         self.watch = WorkerWatch(layout.worker_lock, layout.time_index, stalled_after)
 
     def committed(self):
@@ -133,6 +140,11 @@ class FileReadSide:
                 f"{counted:,}): the worker is counting them again, or MINI_ANALYTICS_SERIES "
                 "is off")
         return state
+
+    def overview_waiting(self):
+        (state,), = self.overview.run([("state",)])
+        received_ms = received_at_or_after(self.layout.details, state.position)
+        return 0.0 if received_ms is None else max(0.0, time.time() - received_ms / 1000)
 
     def _data1_size(self):
         return os.fstat(self.eventlog.fileno()).st_size  # the file itself: other writers too

@@ -408,7 +408,7 @@ def test_the_counts_never_wait_for_the_partitions_overviews(cluster, tmp_path, m
     with link_to(node) as link:
         messages = sum(stream_state(link)[3].values())
         worker = StreamWorker(link, ["p1", "p2"], owner="sliced", overview_dir=sliced)
-        passes, waits, between, answered, moved = [], [], [], [], []
+        passes, waits, between, answered, moved, waited = [], [], [], [], [], []
 
         def run_pass():
             before = {name: p.overview.position for name, p in worker.partitions.items()}
@@ -421,6 +421,9 @@ def test_the_counts_never_wait_for_the_partitions_overviews(cluster, tmp_path, m
                            worker.catching_up()))
             moved.extend((overviewed - counted_before).values())
             answered.append(screen_views(1))
+            status, stats = request(node.ingest_port(2), "GET", "/stats")
+            assert status == 200, stats
+            waited.append(stats["overview_waiting_seconds"])
 
         def wait(seconds):
             waits.append((len(passes), seconds))
@@ -442,6 +445,9 @@ def test_the_counts_never_wait_for_the_partitions_overviews(cluster, tmp_path, m
     # answered while behind the counts, never less than before, in the end every view
     assert all(type(views) is int for views in answered), answered
     assert answered == sorted(answered) and answered[0] < answered[-1] == len(traffic.views)
+    # /stats: how long the oldest message an overview has not counted has waited, the longest
+    # over the partitions: some while any is behind, 0 once all have caught up
+    assert all(seconds > 0 for seconds in waited[:-1]) and waited[-1] == 0, waited
 
     with link_to(node) as link:
         everything = StreamWorker(link, ["p1", "p2"], owner="at-once", overview_dir=at_once)

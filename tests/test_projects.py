@@ -129,7 +129,8 @@ def read_requests(experiences, revision, span):
 
 VOLATILE = {"updated_at", "offset", "partitions", "last_checkpoint_at",
             "checkpoint_age_seconds", "waiting_seconds", "worker", "sdk", "data1_bytes",
-            "lag_bytes", "overview_set_aside", "skipped", "mode", "project"}
+            "lag_bytes", "overview_set_aside", "overview_waiting_seconds", "skipped", "mode",
+            "project"}
 
 
 def comparable(path, answer):

@@ -5,6 +5,7 @@ import datetime
 import io
 import json
 import re
+import time
 import urllib.request
 
 import jsonschema
@@ -111,6 +112,37 @@ def test_stats_show_lag_while_the_worker_is_stopped(procs, state_dir):
     assert stats["waiting_seconds"] >= 0
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stats["last_checkpoint_at"])
     assert_matches_spec("/stats", "GET", 200, stats)
+
+
+def test_stats_show_how_long_the_overview_s_oldest_event_has_waited(procs, state_dir):
+    """overview_waiting_seconds: null before the overview exists, 0 once it has counted
+    every SDK event, and, while no worker counts, how long the oldest one not counted has
+    waited, growing."""
+    ingest = procs.ingest(state_dir)
+
+    def waiting():
+        status, stats = request(ingest.port, "GET", "/stats")
+        assert status == 200, stats
+        assert_matches_spec("/stats", "GET", 200, stats)
+        return stats["overview_waiting_seconds"]
+
+    def send(event_id):
+        event = {"id": event_id, "anonymousID": "device-1", "type": "screen",
+                 "timestamp": "2026-12-02T17:00:00Z", "properties": {"experienceID": "5"}}
+        status, answer = post(ingest.port, {"batch": [event]}, "/batch?apiVersion=2")
+        assert status == 202 and answer["stored"] == 1, answer
+
+    assert waiting() is None  # no worker has made the overview yet
+    worker = procs.worker(state_dir, interval=0.05)
+    send("first")
+    wait_for(lambda: waiting() == 0, what="the overview to count the first event")
+    worker.terminate()
+    worker.wait(timeout=10)
+    sent = time.time()
+    send("second")
+    first = waiting()
+    assert 0 <= first <= time.time() - sent + 0.1
+    wait_for(lambda: waiting() > first, what="the wait to grow while nobody counts")
 
 
 def test_healthz(procs, state_dir):

@@ -218,6 +218,21 @@ def read_groups(fd, start=HEADER.size, received_after_ms=None):
                     body[GROUP.size:], offset)
 
 
+def received_at_or_after(path, offset):
+    """When the ingest received the first group of the details file at `path` at or after
+    `offset` (milliseconds since the epoch), or None if the file has no group there."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        for group in read_groups(fd, max(offset, HEADER.size)):
+            return group.received_ms
+        return None
+    finally:
+        os.close(fd)
+
+
 class _Place:
     """Where a group is, in this file and in data1."""
 

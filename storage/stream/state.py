@@ -13,11 +13,13 @@ import logging
 import time
 
 import nats.errors
+import nats.js.errors
 
 from storage.stream import reads
 from storage.stream.checkpoint_store import read_latest
 from storage.stream.link import UNAVAILABLE
-from storage.stream.names import STREAM, SUBJECT_PREFIX, worker_ping_subject
+from storage.stream.names import (STREAM, SUBJECT_PREFIX, partition_subject,
+                                  worker_ping_subject)
 
 log = logging.getLogger("nats")
 
@@ -96,6 +98,27 @@ def stream_state(link):
     messages = {subject[len(SUBJECT_PREFIX):]: count
                 for subject, count in (info.state.subjects or {}).items()}
     return (cluster.leader if cluster else None), replicas, info.state.last_seq, messages
+
+
+def stored_after(link, positions):
+    """{partition: when the stream stored the partition's first message after sequence
+    `positions[partition]` (Unix seconds), or None if it has none}. Raises NoQuorum if the
+    stream does not answer in time."""
+    async def first(partition, sequence):
+        try:
+            message = await link.js.get_msg(STREAM, seq=sequence + 1, next=True,
+                                            subject=partition_subject(partition))
+        except nats.js.errors.NotFoundError:
+            return None
+        return message.time.timestamp()
+
+    async def ask_all():
+        found = await asyncio.gather(*(first(partition, sequence)
+                                       for partition, sequence in positions.items()))
+        return dict(zip(positions, found))
+
+    with asking(link, f"stream {STREAM}"):
+        return link.call(ask_all(), STREAM_INFO_TIMEOUT)
 
 
 def ask_each(link, partitions, subject, question, timeout):
