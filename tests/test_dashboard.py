@@ -266,6 +266,44 @@ def test_a_stopped_worker_is_shown_as_a_warning(procs, state_dir, tmp_path):
     screenshot(tmp_path, url, "dashboard-worker-stopped.png", 1200, 900)
 
 
+def test_an_overview_well_behind_says_how_much_it_does_not_hold_yet(procs, state_dir,
+                                                                     tmp_path):
+    """Up to date, the overview says nothing of its lag; once the oldest SDK event it has
+    not counted has waited 10 s or more (here: no worker counts it), it says how long."""
+    from http_client import request
+
+    ingest = procs.ingest(state_dir)
+    worker = procs.worker(state_dir, interval=0.05)
+
+    def send(event_id):
+        event = {"id": event_id, "anonymousID": "device-1", "type": "screen",
+                 "timestamp": "2026-12-02T17:00:00Z",
+                 "properties": {"experienceID": "5", "experienceName": "Welcome"}}
+        assert post(ingest.port, {"batch": [event]}, "/batch?apiVersion=2")[0] == 202
+
+    def waiting():
+        return request(ingest.port, "GET", "/stats")[1]["overview_waiting_seconds"]
+
+    send("first")
+    wait_for(lambda: waiting() == 0, what="the overview to count the first event")
+    url = f"http://127.0.0.1:{ingest.port}/"
+    dom = chromium(tmp_path, "--dump-dom", url)
+    assert re.search(r'<span class="timeline-note lagging" id="overview-lag" hidden=""></span>',
+                     dom), "the lag is shown while the overview is up to date"
+    worker.terminate()
+    worker.wait(timeout=10)
+    send("second")
+    wait_for(lambda: waiting() >= 10, 30, what="the second event to wait 10 s")
+    page = Page(chromium(tmp_path, "--dump-dom", url))
+    shown = page.by_id["overview-lag"]
+    match = re.fullmatch(r"still counting the last (?:(\d+) min )?(\d+) s of SDK events", shown)
+    assert match, shown
+    assert 10 <= 60 * int(match.group(1) or 0) + int(match.group(2)) <= waiting() + 1
+    assert page.by_id["experience-note"].startswith(  # one of each, in the singular
+        "1 user (0 identified), 1 session averaging 0 s, 1 screen view in ")
+    screenshot(tmp_path, url, "dashboard-overview-behind.png", 1200, 700)
+
+
 def test_the_chart_over_time_for_all_events_and_for_one_experience(procs, state_dir, tmp_path):
     ingest = procs.ingest(state_dir)
     procs.worker(state_dir, interval=0.05)
