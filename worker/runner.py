@@ -17,9 +17,9 @@ The experience overview (worker/overview.py) is a third view, of data1.details: 
 once data2 is committed, counts the details groups of the stretch data2 now covers. The counts
 come first: when the overview is far behind (a new or rebuilt store, a burst of SDK events it
 counts more slowly than the ingest takes them), it counts for about an interval a pass (in
-commits sized by its speed to fit, to its first commit past it), and the passes follow each other without waiting until it has
-caught up, so that data2 stays within about an interval of data1 whatever the overview's
-backlog.
+commits sized by its speed to fit, to its first commit past it), and the passes follow each
+other without waiting until it has caught up, so that data2 stays within about an interval of
+data1 whatever the overview's backlog.
 """
 
 import dataclasses

@@ -180,8 +180,9 @@ class Answers:
 
     async def _overview(self, partition):
         """Answer the ingest's reads of the partition's overview: {"calls": [[name, *args],
-        ...], "project"} (storage/views/overview_store.py's READS) in, {"position": sequence, "results":
-        [rows, ...]} out, every read in one snapshot of the store, bytes as {"b64": ...}.
+        ...], "project"} (storage/views/overview_store.py's READS) in, {"position": sequence,
+        "results": [rows, ...]} out, every read in one snapshot of the store, bytes as
+        {"b64": ...}.
         While the store is behind how far the partition's overview had counted (the
         checkpoint's overview_reached: it is being counted again, lost with a machine or
         set aside), or not yet created, {"error": ...}: a merge without all of it would show

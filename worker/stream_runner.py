@@ -351,8 +351,8 @@ class StreamWorker(PassLoop):
         only past its own position; commit as it goes. With `overview_until` (a
         time.monotonic() moment), the overview's commits are sized to end by then, and it is
         fed no further than its first commit past it: the counts read on without it, a
-        catch-up stops there. Returns (events counted, whether
-        the read ended where meant to rather than on an error)."""
+        catch-up stops there. Returns (events counted, whether the read ended where meant to
+        rather than on an error)."""
         started = time.monotonic()
         counted, dated = partition.checkpoint.offset, partition.series_offset
         overviewed = partition.overview.position if partition.overview is not None else None
