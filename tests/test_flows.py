@@ -10,7 +10,7 @@ The log and the worker run in-process on real files, as in test_overview.py."""
 import datetime
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 import overview_reference as ref
 from app import flow_query
@@ -20,7 +20,7 @@ from storage.views.overview_store import (REVISION_BOUNCES, REVISION_DURATIONS, 
 from test_overview import (END, RECEIVED, TIMEOUT, UTC, count, counted_in_order_and_shuffled,
                            ingest)
 from worker import overview as overview_module
-from worker.flows import add_session
+from worker.flows import add_session, extend_session
 from worker.people import MAX_INSTALLS_PER_USER
 
 QUERIES = [
@@ -231,6 +231,41 @@ def test_a_session_taken_out_leaves_nothing_behind(steps):
         assert row[REVISION_SESSIONS:REVISION_BOUNCES + 1] == [0, 0, 0]
         assert not any(row[REVISION_DURATIONS].values())
 
+
+def _nonzero(changes):
+    """The flow's changes with what adds up to nothing left out (as the store leaves it)."""
+    def histograms(rows):
+        return {key: [{bucket: n for bucket, n in histogram.items() if n}
+                      for histogram in row] for key, row in rows.items()}
+    return ({key: n for key, n in changes.flow_exits.items() if n},
+            {key: n for key, n in changes.flow_moves.items() if n},
+            {key: row for key, row in histograms(changes.flow_screens).items() if any(row)},
+            {key: (row[REVISION_SESSIONS:REVISION_BOUNCES + 1],
+                   {bucket: n for bucket, n in row[REVISION_DURATIONS].items() if n})
+             for key, row in changes.revisions.items()})
+
+
+@given(session_steps, st.lists(st.integers(0, 1000), min_size=1, max_size=12),
+       st.integers(0, 3), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_a_session_extended_at_its_end_changes_the_flow_as_out_and_in_would(
+        steps, more, pause, forward_only):
+    """extend_session (a session that gained views after its last: an install's next batch)
+    gives the same changes as counting the session out and the longer one in."""
+    before = _sessions(steps[:1], forward_only)[0]
+    views = list(before[2])
+    moment, screen = before[1] + pause, 1  # the same second as the last view, or later
+    for step in more:
+        views.append((moment, f"s{1 + (screen + step) % 9}", "r"))
+        moment += step % 50
+    views.sort()
+    after = [before[0], views[-1][0], views]
+    assume(views[:len(before[2])] == before[2])  # extended at its end: none sorts before
+    incremental, whole = Changes(), Changes()
+    extend_session(incremental, 1, before, after)
+    add_session(whole, 1, before, -1)
+    add_session(whole, 1, after, 1)
+    assert _nonzero(incremental) == _nonzero(whole)
 
 
 def test_each_revision_shows_its_own_order_of_screens_and_its_branch(tmp_path, traffic):

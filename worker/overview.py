@@ -42,7 +42,7 @@ from storage.views.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDEN
                                           OverviewStore)
 from storage.projects import is_project_id, person_text
 from storage.views.sketches import duration_bucket, person_key
-from worker.flows import add_session
+from worker.flows import add_session, extend_session
 from worker.people import MAX_INSTALLS_PER_USER, person_of
 from worker.sessions import place
 
@@ -248,9 +248,16 @@ class OverviewCounter:
         changes.replace_sessions(device, experience, replaced, joined)
         for session in replaced:
             _count_session(changes, experience, session, -1)
-            add_session(changes, experience, session, -1)
         for session in joined:
             _count_session(changes, experience, session, 1)
+        # One session that gained views at its end only (none sorts before its last view):
+        # joined's views are replaced's, then the new ones, and its flow changes by theirs.
+        if len(replaced) == len(joined) == 1 and min(views) >= replaced[0][2][-1]:
+            extend_session(changes, experience, replaced[0], joined[0])
+            return
+        for session in replaced:
+            add_session(changes, experience, session, -1)
+        for session in joined:
             add_session(changes, experience, session, 1)
 
 
