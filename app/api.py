@@ -538,9 +538,11 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         project, engine_wide = read_grant()
         stats = available(reads.stats)
         if engine_wide:
-            document = {**stats, "sdk": sdk.summary(),
-                        "overview_set_aside": overview_set_aside(),
-                        "overview_waiting_seconds": overview_waiting()}
+            set_aside = overview_set_aside()
+            document = {**stats, "sdk": sdk.summary(), "overview_set_aside": set_aside,
+                        # not asked again of workers that just did not answer (a timeout)
+                        "overview_waiting_seconds": (None if set_aside is None
+                                                     else overview_waiting())}
             if project:  # an admin's read of one project: its figures, the engine's state
                 counts = committed().counts_of(project)
                 document.update(project=project, events=sum(counts.values()),
