@@ -31,7 +31,7 @@ from storage.backend import AppendError
 from storage.checkpoint import Checkpoint
 from storage.log.format import encode, parse_token
 from storage.projects import ID_RULE, is_project_id
-from storage.views.overview_store import NoOverview, OverviewState
+from storage.views.overview_store import NoOverview
 from storage.views.series_store import ALL, HOUR, MINUTE
 
 HERE = Path(__file__).resolve().parent
@@ -41,7 +41,6 @@ OPENAPI = (HERE / "openapi.json").read_bytes()
 log = logging.getLogger("ingest")
 
 EVENT_BODY_LIMIT = 8 * 1024
-SET_ASIDE = OverviewState._fields.index("set_aside")
 # The environ key of a server that can hold an answer back until a write is durable
 # (app/__main__.py's Channel): hold(ticket). Under any other server a write waits.
 HOLD_ANSWER = "mini_analytics.hold_answer"
@@ -516,33 +515,28 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
             return json_body({"status": "unavailable", "error": problem, **details}, 503)
         return json_body({"status": "ok", **details})
 
-    def overview_set_aside():
-        """The SDK events the overview read and could not count (worker/overview.py's
-        screen_views), or None while the overview cannot be read."""
+    def overview_figures():
+        """(SDK events the overview read and could not count: worker/overview.py's set
+        aside; how long the oldest it has not counted has waited, in seconds), each None
+        while it cannot be known. The workers are asked for their stores' states once."""
         try:
-            states = reads.overview.run([("state",)])[0]
+            states = reads.overview_states()
         except (NoOverview, Unavailable):
-            return None
-        return sum(state[SET_ASIDE] for state in states)
-
-    def overview_waiting():
-        """How long the oldest SDK event the overview has not counted has waited (seconds),
-        or None while the overview cannot be read."""
+            return None, None
+        set_aside = sum(state.set_aside for state in states.values())
         try:
-            return round(reads.overview_waiting(), 1)
-        except (NoOverview, Unavailable):
-            return None
+            return set_aside, round(reads.overview_waiting(states), 1)
+        except Unavailable:
+            return set_aside, None
 
     @app.get("/stats")
     def get_stats():
         project, engine_wide = read_grant()
         stats = available(reads.stats)
         if engine_wide:
-            set_aside = overview_set_aside()
+            set_aside, waiting = overview_figures()
             document = {**stats, "sdk": sdk.summary(), "overview_set_aside": set_aside,
-                        # not asked again of workers that just did not answer (a timeout)
-                        "overview_waiting_seconds": (None if set_aside is None
-                                                     else overview_waiting())}
+                        "overview_waiting_seconds": waiting}
             if project:  # an admin's read of one project: its figures, the engine's state
                 counts = committed().counts_of(project)
                 document.update(project=project, events=sum(counts.values()),

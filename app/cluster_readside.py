@@ -32,6 +32,7 @@ from storage.stream.names import overview_query_subject, series_query_subject
 from storage.stream.setup import current_majority
 from storage.stream.state import (NoQuorum, ask_each, asking, cluster_state, stored_after,
                                   stream_state)
+from storage.views.overview_store import OverviewState
 from storage.views.series_store import SeriesState
 
 RUNNING, MISSING, STALLED = "running", "missing", "stalled"
@@ -192,10 +193,13 @@ class ClusterReadSide:
             "partitions": partitions,
         }
 
-    def overview_waiting(self):
-        positions = self.overview.positions()
+    def overview_states(self):
+        return self.overview.states()
+
+    def overview_waiting(self, states):
         try:
-            stored = stored_after(self.link, positions)
+            stored = stored_after(self.link, {partition: state.position
+                                              for partition, state in states.items()})
         except NoQuorum as problem:
             raise Unavailable(str(problem)) from None
         now = self.clock()
@@ -343,9 +347,9 @@ class ClusterOverview:
         self.reads = WorkerReads(link, partition_names, overview_query_subject,
                                  "the experience overview", lambda answer: answer["position"])
 
-    def positions(self):
-        """{partition: the sequence its overview has counted to}."""
-        return {partition: answer["position"]
+    def states(self):
+        """{partition: its overview store's OverviewState}."""
+        return {partition: OverviewState(*reads.decode_rows(answer["results"][0])[0])
                 for partition, answer in self.reads.ask({"calls": [["state"]]}).items()}
 
     def run(self, calls, project=""):

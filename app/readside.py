@@ -66,10 +66,15 @@ class ReadSide(Protocol):
     def stats(self) -> dict:
         """The /stats document."""
 
-    def overview_waiting(self) -> float:
-        """How long the oldest SDK event the overview has not counted has waited (seconds; 0
-        when it has counted them all). Raises NoOverview or Unavailable while the overview
+    def overview_states(self) -> dict:
+        """{what the overview is counted from: its store's OverviewState}: data1.details, or
+        in cluster mode each partition. Raises NoOverview or Unavailable while the overview
         cannot be read."""
+
+    def overview_waiting(self, states) -> float:
+        """How long the oldest SDK event the overview has not counted has waited (seconds; 0
+        when it has counted them all), given overview_states(). Raises Unavailable if that
+        cannot be known now."""
 
     def health(self) -> tuple:
         """(None if the system is taking and counting events, else why not; the details to
@@ -141,9 +146,13 @@ class FileReadSide:
                 "is off")
         return state
 
-    def overview_waiting(self):
+    def overview_states(self):
         (state,), = self.overview.run([("state",)])
-        received_ms = received_at_or_after(self.layout.details, state.position)
+        return {"data1.details": state}
+
+    def overview_waiting(self, states):
+        received_ms = received_at_or_after(self.layout.details,
+                                           states["data1.details"].position)
         return 0.0 if received_ms is None else max(0.0, time.time() - received_ms / 1000)
 
     def _data1_size(self):
