@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import signal
+import types
 
 import pytest
 
@@ -49,6 +50,38 @@ def test_passes_count_incrementally(state_dir):
     write(state_dir, b"1 ")
     cp = one_pass(state_dir)
     assert cp["counts"] == {"1": 3, "100": 1} and cp["offset"] == 10
+
+
+def test_passes_begin_every_interval_whatever_a_pass_takes(monkeypatch):
+    """The loop waits what is left of the interval since a pass began, and begins the next
+    pass at once after one that took longer: what arrives just after a pass began is
+    counted an interval later, not an interval and a pass's time."""
+    clock = Clock()
+    monkeypatch.setattr(runner.time, "monotonic", clock)
+    monkeypatch.setattr(runner, "Signals", lambda: types.SimpleNamespace(stop=False))
+    took = iter([0.5, 1.5, 2.0, 0.0])  # seconds each pass takes
+    waits = []
+
+    class Loop(runner.PassLoop):
+        def take_ownership(self):
+            pass
+
+        def recover(self):
+            pass
+
+        def run_pass(self):
+            clock.now += next(took)
+
+        def wait(self, seconds):
+            waits.append(seconds)
+            clock.now += seconds
+            return len(waits) == 4
+
+        def close(self):
+            pass
+
+    Loop().run(2.0)
+    assert waits == [1.5, 0.5, 0.0, 2.0]
 
 
 def test_a_pass_reads_only_from_the_offset(state_dir, monkeypatch):

@@ -54,7 +54,7 @@ def plural(n, noun):
 class PassLoop:
     """The loop both workers share (this module's, on data1, and worker/stream_runner.py's,
     on the stream): take ownership of what is counted, recover, then one pass now and one
-    every interval until SIGTERM or SIGINT. A pass commits only whole, consistent
+    every interval (at once if a pass took longer) until SIGTERM or SIGINT. A pass commits only whole, consistent
     checkpoints, so a stop (or a kill) at any instant loses nothing but uncommitted work."""
 
     signals = None  # set once running: SIGTERM and SIGINT ask for a stop (storage/process.py)
@@ -67,10 +67,14 @@ class PassLoop:
         self.interval = interval
         self.recover()
         while not self.signals.stop:
+            # Passes begin every interval, not an interval after the last one ended: what
+            # arrives just after a pass began waits one interval for the next, not an
+            # interval and a pass's time.
+            began = time.monotonic()
             self.run_pass()
             if self.catching_up():
                 self.between_passes()
-            elif self.wait(interval):
+            elif self.wait(max(0.0, interval - (time.monotonic() - began))):
                 break
         self.close()
 
