@@ -16,7 +16,7 @@ import overview_reference as ref
 from app import flow_query
 from bench import traffic as generator
 from storage.views.overview_store import (REVISION_BOUNCES, REVISION_DURATIONS, REVISION_SESSIONS,
-                                    Changes, OverviewReader)
+                                    Changes, OverviewReader, StoredViews)
 from test_overview import (END, RECEIVED, TIMEOUT, UTC, count, counted_in_order_and_shuffled,
                            ingest)
 from worker import overview as overview_module
@@ -251,7 +251,8 @@ def _nonzero(changes):
 def test_a_session_extended_at_its_end_changes_the_flow_as_out_and_in_would(
         steps, more, pause, forward_only):
     """extend_session (a session that gained views after its last: an install's next batch)
-    gives the same changes as counting the session out and the longer one in."""
+    gives the same changes as counting the session out and the longer one in, and the
+    stored session it appends to becomes what the longer one stores."""
     before = _sessions(steps[:1], forward_only)[0]
     views = list(before[2])
     moment, screen = before[1] + pause, 1  # the same second as the last view, or later
@@ -259,13 +260,17 @@ def test_a_session_extended_at_its_end_changes_the_flow_as_out_and_in_would(
         views.append((moment, f"s{1 + (screen + step) % 9}", "r"))
         moment += step % 50
     views.sort()
-    after = [before[0], views[-1][0], views]
     assume(views[:len(before[2])] == before[2])  # extended at its end: none sorts before
+    first = before[0]
+    stored = StoredViews.of(first, before[2])
+    extended = stored.extended(views[len(before[2]):])
     incremental, whole = Changes(), Changes()
-    extend_session(incremental, 1, before, after)
+    extend_session(incremental, 1, [first, before[1], stored], [first, views[-1][0], extended])
     add_session(whole, 1, before, -1)
-    add_session(whole, 1, after, 1)
+    add_session(whole, 1, [first, views[-1][0], views], 1)
     assert _nonzero(incremental) == _nonzero(whole)
+    assert extended.stored() == StoredViews.of(first, views).stored()
+    assert extended.decoded() == views
 
 
 def test_each_revision_shows_its_own_order_of_screens_and_its_branch(tmp_path, traffic):

@@ -23,14 +23,15 @@ from app import overview_query
 from app.validate import parse_batch
 from bench import traffic as generator
 from storage.log.writer import EventLog
-from storage.views.overview_store import NoOverview, OverviewReader, OverviewStore
+from storage.views.overview_store import (NoOverview, OverviewReader, OverviewStore,
+                                          StoredViews)
 from storage.views.sketches import (EXACT_LIMIT, Durations, People, duration_bucket,
                               encode_durations, person_key)
 from worker import overview as overview_module
 from worker.people import MAX_INSTALLS_PER_USER
 from worker import runner as runner_module
 from worker.runner import Worker
-from worker.sessions import place
+from worker.sessions import extend, place, views_of
 
 UTC = datetime.timezone.utc
 END = datetime.datetime(2026, 11, 3, 12, 0, tzinfo=UTC)  # New York left DST on Nov 1
@@ -372,6 +373,31 @@ def test_placing_views_in_any_order_gives_the_maximal_runs(placed, rng, timeout)
         assert (first, last) == (in_order[0][0], in_order[-1][0])
     for before, after in zip(sessions, sessions[1:]):
         assert after[0] - before[1] > timeout  # maximal: no two could be one
+
+
+@given(views, views, st.integers(0, 2000), st.sampled_from([60, 300, 1800]))
+@settings(max_examples=300, deadline=None)
+def test_extending_the_last_session_at_its_end_is_placing_the_views(placed, more, shift,
+                                                                    timeout):
+    """sessions.extend (an install's next batch, appended without reading the stored
+    views) gives the sessions place() gives, wherever it applies: views at or after the
+    last session's last view, the first within the timeout of it. Elsewhere it declines."""
+    sessions = []
+    place(sessions, placed, timeout)
+    end = sessions[-1][1]
+    more = [(end + shift + moment // 4, screen, revision) for moment, screen, revision in more]
+    stored = [[first, last, StoredViews.of(first, in_order)] for first, last, in_order in sessions]
+    replaced, joined = place(sessions, more, timeout)
+    extension = extend(stored, more, timeout)
+    if extension is None:
+        assert min(more) < max(placed) or min(more)[0] - end > timeout
+        return
+    assert [[first, last, views_of(session)] for session in extension[0]
+            for first, last, _ in [session]] == replaced
+    assert [[first, last, views_of(session)] for session in extension[1]
+            for first, last, _ in [session]] == joined
+    assert [[first, last, views_of(session)] for session in stored
+            for first, last, _ in [session]] == sessions
 
 
 # The summaries' bounds.

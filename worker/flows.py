@@ -64,29 +64,31 @@ def add_session(changes, experience, session, sign):
 
 
 def extend_session(changes, experience, before, after):
-    """Count in what `after` adds to `before`, a session it extends at its end (its views are
-    `before`'s, then views none of which sorts before `before`'s last): the same changes as
-    counting `before` out and `after` in, in the time of the views added rather than of the
-    whole session. A session that gains views as it goes (the common case: an install's next
-    batch) would otherwise cost its whole length each time, and a long one more each commit."""
+    """Count in what `after` adds to `before`, a session it extends at its end (worker/
+    sessions.extend: `before`'s views are StoredViews, and `after`'s their extension by
+    views none of which sorts before `before`'s last): the same changes as counting `before`
+    out and `after` in, in the time of the views added rather than of the whole session,
+    whose views are not read. A session that gains views as it goes (the common case: an
+    install's next batch) would otherwise cost its whole length each time, and a long one
+    more each commit."""
     first, last, views = before
     _, later_last, extended = after
-    known = len(views)
-    _, _, began_on = views[0]
+    known, began_on, last_view, reached = views.summary()
+    added_views = extended.added
     key = (experience, first - first % 3600, began_on)
     row = changes.revision(key)
     row[REVISION_DURATION_SUM] += later_last - last
     row[REVISION_BOUNCES] -= known == 1
     _bump(row[REVISION_DURATIONS], duration_bucket(last - first), -1)
     _bump(row[REVISION_DURATIONS], duration_bucket(later_last - first), 1)
-    reached = {screen for _, screen, _ in views}  # each kept its first view, so its row
+    reached = set(reached)  # each kept its first view, so its row
     added = {}
-    for position, (moment, screen, _) in enumerate(extended[known:], known + 1):
+    for position, (moment, screen, _) in enumerate(added_views, known + 1):
         if screen not in reached and screen not in added:
             added[screen] = (min(position, MAX_POSITION), moment)
     exits = changes.flow_exits
-    _, exit_before, _ = views[-1]
-    _, exit_after, _ = extended[-1]
+    _, exit_before, _ = last_view
+    _, exit_after, _ = added_views[-1]
     if exit_after != exit_before:  # every screen reached before leaves from another one now
         for screen in reached:
             pair = (*key, exit_before, screen)
@@ -100,8 +102,8 @@ def extend_session(changes, experience, before, after):
         _bump(row[POSITIONS], position, 1)
         _bump(row[TO_REACH], duration_bucket(moment - first), 1)
     moves = changes.flow_moves
-    for (moment, screen, _), (after_moment, following, _) in zip(extended[known - 1:],
-                                                                 extended[known:]):
+    for (moment, screen, _), (after_moment, following, _) in zip([last_view, *added_views],
+                                                                 added_views):
         _bump(changes.flow_screen(key, screen)[ON_SCREEN],
               duration_bucket(after_moment - moment), 1)
         move = (*key, screen, following)

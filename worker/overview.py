@@ -44,7 +44,7 @@ from storage.projects import is_project_id, person_text
 from storage.views.sketches import duration_bucket, person_key
 from worker.flows import add_session, extend_session
 from worker.people import MAX_INSTALLS_PER_USER, person_of
-from worker.sessions import place
+from worker.sessions import extend, place
 
 log = logging.getLogger("worker")
 # Commit at least every this many SDK events, which bounds the memory a catch-up holds.
@@ -243,20 +243,23 @@ class OverviewCounter:
         """Place an install's screen views of an experience ((moment, screen, revision)) in
         its sessions (`stored`: every session of the commit's installs, as loaded from the
         store, kept whole in place), all at once: the sessions they replace are counted out
-        and the sessions they are now in counted in, each once however many views it gained."""
-        replaced, joined = place(stored[device, experience], views, self.timeout)
+        and the sessions they are now in counted in, each once however many views it gained.
+        Views that extend the last session at its end (an install's next batch) change its
+        flow by theirs alone, and its stored views are appended to, not read."""
+        sessions = stored[device, experience]
+        extension = extend(sessions, views, self.timeout)
+        replaced, joined = extension or place(sessions, views, self.timeout)
         changes.replace_sessions(device, experience, replaced, joined)
         for session in replaced:
             _count_session(changes, experience, session, -1)
         for session in joined:
             _count_session(changes, experience, session, 1)
-        # One session that gained views at its end only (none sorts before its last view):
-        # joined's views are replaced's, then the new ones, and its flow changes by theirs.
-        if len(replaced) == len(joined) == 1 and min(views) >= replaced[0][2][-1]:
+        if extension:
             extend_session(changes, experience, replaced[0], joined[0])
-            return
-        for session in replaced:
-            add_session(changes, experience, session, -1)
+            joined = joined[1:]  # runs after a gap: sessions of their own
+        else:
+            for session in replaced:
+                add_session(changes, experience, session, -1)
         for session in joined:
             add_session(changes, experience, session, 1)
 

@@ -13,20 +13,19 @@ experience's revision it showed. A session is [first, last, views]: its first an
 view's moment, and its views in order: by moment, then screen id, then revision. The SDKs
 send whole seconds, so the true order within a second is not known; a fixed order keeps a
 session's flow (worker/flows.py) the same whatever order its views arrive in. Its duration
-is last - first. `views` may still be the store's encoding (storage/views/overview_store.py) of a
-session read but not changed: views_of() decodes it, in place, when it is needed.
+is last - first. `views` may still be the store's StoredViews (storage/views/overview_store.py)
+of a session read but not changed: views_of() decodes it, in place, when it is needed, and
+extend() appends to it without decoding it.
 """
 
 import bisect
 
-from storage.views.overview_store import decode_views
-
 
 def views_of(session):
-    """The session's views, as a list (decoded once, in place, if still encoded)."""
+    """The session's views, as a list (decoded once, in place, if still stored)."""
     views = session[2]
     if type(views) is not list:
-        views = session[2] = decode_views(session[0], views)
+        views = session[2] = views.decoded()
     return views
 
 
@@ -58,3 +57,29 @@ def place(sessions, views, timeout):
             start = end
     sessions[:] = sorted([*kept, *joined], key=lambda session: session[0])
     return replaced, joined
+
+
+def extend(sessions, views, timeout):
+    """place(), for views that all sort at or after the last view of the last of `sessions`
+    (stored ones) and begin within the timeout of it: an install's next batch, the common
+    case. The last session is extended by the first run of them without its views being
+    decoded (its views become StoredViews.extended), and each later run, if any, begins a
+    session. Returns what place() returns, or None if the views are not such (then place()
+    is the way)."""
+    if not sessions or type(sessions[-1][2]) is list:
+        return None
+    session = sessions[-1]
+    first, last, stored = session
+    views = sorted(views)
+    _, _, last_view, _ = stored.summary()
+    if views[0] < last_view or views[0][0] - last > timeout:
+        return None
+    runs, start = [], 0
+    for end in range(1, len(views) + 1):
+        if end == len(views) or views[end][0] - views[end - 1][0] > timeout:
+            runs.append(views[start:end])
+            start = end
+    extended = [first, runs[0][-1][0], stored.extended(runs[0])]
+    joined = [extended, *([run[0][0], run[-1][0], run] for run in runs[1:])]
+    sessions[-1:] = joined
+    return [session], joined

@@ -7,7 +7,7 @@ series.sqlite3 stands at one in data1: on one machine in data1.details; in clust
 worker keeps one per partition (overview-<partition>.sqlite3), counted from the details that
 ride with the partition's messages, its position a stream sequence.
 
-Format (version 4), SQLite in WAL mode. Times are Unix seconds; a bucket is the second at
+Format (version 5), SQLite in WAL mode. Times are Unix seconds; a bucket is the second at
 the start of its UTC hour, UTC day or week (7 days from a Thursday 00:00 UTC, as weeks fall
 from the Unix epoch); all times are the devices' (storage/log/details.py: "time").
 
@@ -26,10 +26,11 @@ from the Unix epoch); all times are the devices' (storage/log/details.py: "time"
                                       day rows needed)
     name            (experience, screen, moment, name): the latest name seen, by device time
                     (screen '' for the experience's own name); ties go to the greater name
-    session         (device, experience, first, last, views): every session of every
-                    install, kept at any age, so that a view however late joins the sessions
-                    it falls within the timeout of (worker/sessions.py); views is its views
-                    in order (encode_views)
+    session         (device, experience, first, last, views, summary): every session of
+                    every install, kept at any age, so that a view however late joins the
+                    sessions it falls within the timeout of (worker/sessions.py); views is
+                    its views in order, summary what its flow needs to be extended at its
+                    end without reading them (StoredViews)
     viewer          (experience, hour, screen, revision, device, carried): who viewed a
                     screen of a revision in an hour: the install, and the userID key the
                     view carried (0 if none); what the people of an hour are counted again
@@ -96,7 +97,7 @@ from storage.views.derived_store import utc_now
 from storage.views.sketches import (People, add_durations, encode_durations, encode_people,
                                     merge_people)
 
-VERSION = 4
+VERSION = 5
 HOUR, DAY, WEEK = 3600, 86400, 7 * 86400
 # The levels of experience rows: a range is read from the fewest rows (app/overview_query.py).
 LEVELS = {HOUR: "hour", DAY: "day", WEEK: "week"}
@@ -117,7 +118,7 @@ CREATE TABLE name (experience INTEGER NOT NULL, screen TEXT NOT NULL, moment INT
     name TEXT NOT NULL, PRIMARY KEY (experience, screen)) WITHOUT ROWID;
 CREATE TABLE session (device INTEGER NOT NULL, experience INTEGER NOT NULL,
     first INTEGER NOT NULL, last INTEGER NOT NULL, views TEXT NOT NULL,
-    PRIMARY KEY (device, experience, first)) WITHOUT ROWID;
+    summary TEXT NOT NULL, PRIMARY KEY (device, experience, first)) WITHOUT ROWID;
 CREATE TABLE viewer (experience INTEGER NOT NULL, hour INTEGER NOT NULL, screen TEXT NOT NULL,
     revision TEXT NOT NULL, device INTEGER NOT NULL, carried INTEGER NOT NULL,
     PRIMARY KEY (experience, hour, screen, revision, device, carried)) WITHOUT ROWID;
@@ -172,10 +173,12 @@ POSITIONS, TO_REACH, ON_SCREEN = range(3)
  REVISION_SESSIONS, REVISION_DURATION_SUM, REVISION_BOUNCES, REVISION_DURATIONS) = range(9)
 
 
-def encode_views(first, views):
+def encode_views(first, views, revision=None):
     """A session's views (worker/sessions.py) as stored: JSON, [[seconds after `first`,
-    screen id, revision id], ...], each revision left out where it is the view before's."""
-    encoded, revision = [], None
+    screen id, revision id], ...], each revision left out where it is the view before's
+    (the first's too where it is `revision`: views to append to a session whose last view
+    is on it)."""
+    encoded = []
     for moment, screen, view_revision in views:
         if view_revision == revision:
             encoded.append([moment - first, screen])
@@ -194,6 +197,68 @@ def decode_views(first, text):
     return views
 
 
+class StoredViews:
+    """A stored session's views, decoded only when needed, with the summary its flow needs
+    to be extended at its end without them (worker/flows.extend_session): how many views,
+    the revision of the first (the one the session began on), the last view (moment,
+    screen, revision) and the screens it reached. A session that an install's next batch
+    extends (the common case) is thus appended to, in its stored text too, at the cost of
+    the views added rather than of its whole length.
+
+    The summary is stored as JSON: [count, first revision, last moment - first, last
+    screen, last revision, [screens reached, in the order first reached]]."""
+
+    __slots__ = ("first", "text", "_summary", "added")
+
+    def __init__(self, first, text, summary, added=()):
+        self.first = first
+        self.text = text
+        self._summary = summary  # its JSON, as read, until asked for
+        self.added = added  # the views this one has beyond the session it extends
+
+    @classmethod
+    def of(cls, first, views):
+        """The stored form of a session's `views` (a list, in order)."""
+        reached = list(dict.fromkeys(screen for _, screen, _ in views))
+        last_moment, last_screen, last_revision = views[-1]
+        return cls(first, encode_views(first, views),
+                   [len(views), views[0][2], last_moment - first, last_screen, last_revision,
+                    reached])
+
+    def summary(self):
+        """(count, first revision, last view, screens reached in order)."""
+        summary = self._summary
+        if type(summary) is str:
+            summary = self._summary = json.loads(summary)
+        count, began_on, last_after, last_screen, last_revision, reached = summary
+        return count, began_on, (self.first + last_after, last_screen, last_revision), reached
+
+    def __len__(self):
+        return self.summary()[0]
+
+    def decoded(self):
+        return decode_views(self.first, self.text)
+
+    def extended(self, added):
+        """The views of this session followed by `added` (in order, none sorting before
+        this one's last view), without decoding this one's."""
+        count, began_on, (_, _, last_revision), reached = self.summary()
+        more = encode_views(self.first, added, last_revision)[1:-1]
+        last_moment, last_screen, last_revision = added[-1]
+        return StoredViews(
+            self.first, f"{self.text[:-1]},{more}]",
+            [count + len(added), began_on, last_moment - self.first, last_screen,
+             last_revision, reached + [screen for screen in dict.fromkeys(
+                 screen for _, screen, _ in added) if screen not in reached]],
+            added)
+
+    def stored(self):
+        """(views, summary) as the session table keeps them."""
+        summary = self._summary
+        return self.text, (summary if type(summary) is str else
+                           json.dumps(summary, ensure_ascii=False, separators=(",", ":")))
+
+
 class Changes:
     """What a stretch of screen views changes, per hour bucket, as the worker gathers it.
 
@@ -208,7 +273,7 @@ class Changes:
         self.hours = {}
         self.screens = {}  # (experience, screen, hour, revision) -> [views, person keys]
         self.names = {}  # (experience, screen) -> (moment, name), the latest
-        self.sessions = {}  # (device, experience, first) -> [first, last, screens], new
+        self.sessions = {}  # (device, experience, first) -> [first, last, views], new
         self.sessions_gone = set()  # (device, experience, first) of sessions replaced
         self.viewers = set()  # (experience, hour, screen, revision, device, carried)
         # worker/flows.py's figures: (experience, hour, revision) -> [views, first_seen,
@@ -304,12 +369,13 @@ class OverviewStore(derived_store.Writer):
 
     def sessions(self, devices):
         """{(device, experience): its sessions, [[first, last, views], ...] by first} of
-        these installs, their views still encoded (worker/sessions.views_of decodes them)."""
+        these installs, their views StoredViews (worker/sessions.views_of decodes them)."""
         sessions = collections.defaultdict(list)
-        for device, experience, first, last, views in self._each_part(
-                devices, "SELECT device, experience, first, last, views FROM session "
+        for device, experience, first, last, views, summary in self._each_part(
+                devices, "SELECT device, experience, first, last, views, summary FROM session "
                          "WHERE device IN ({marks}) ORDER BY device, experience, first"):
-            sessions[device, experience].append([first, last, views])
+            sessions[device, experience].append([first, last,
+                                                 StoredViews(first, views, summary)])
         return sessions
 
     def links(self, devices):
@@ -354,8 +420,10 @@ class OverviewStore(derived_store.Writer):
                  for (experience, screen), (moment, name) in changes.names.items()])
             self._write("DELETE FROM session WHERE device = ? AND experience = ? AND "
                         "first = ?", changes.sessions_gone)
-            self._write("INSERT OR REPLACE INTO session VALUES (?, ?, ?, ?, ?)",
-                        [(*key[:2], first, last, encode_views(first, views))
+            self._write("INSERT OR REPLACE INTO session VALUES (?, ?, ?, ?, ?, ?)",
+                        [(*key[:2], first, last, *(
+                            views if type(views) is StoredViews
+                            else StoredViews.of(first, views)).stored())
                          for key, (first, last, views) in changes.sessions.items()])
             self._write("INSERT OR IGNORE INTO viewer VALUES (?, ?, ?, ?, ?, ?)",
                         changes.viewers)
