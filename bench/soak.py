@@ -10,9 +10,11 @@ The question: does the overview keep up? (Its lag must stay bounded: under 10 s 
    sessions: each request BATCH screen views of one install, through its experience's
    screens in order, timed now.
 3. Every REPORT_EVERY seconds a line: events/s offered and acknowledged since the last line,
-   the overview's lag (from the oldest SDK event it has not counted to now, in seconds), the
+   the overview's lag (from the oldest SDK event it has not counted to now, in seconds; looked
+   at every SAMPLE_EVERY seconds: the last look, and the largest since the last line), the
    counts' lag (data1 bytes behind data2), and each program's RSS.
-At the end, the overview's lag at the end and at its largest, and each program's peak RSS.
+At the end, the overview's lag at the end (the largest of the last line's looks) and at its
+largest, and each program's peak RSS.
 
 On the cluster (cluster/supervisord.conf, bench/cluster.py's local_cluster) the same, through
 both ingest nodes: the capacity is a wrk per node, the senders alternate between the nodes,
@@ -46,6 +48,7 @@ INSTALLS = 20_000
 EXPERIENCES = 1000
 SCREENS = 6  # each experience's flow
 REPORT_EVERY = 10
+SAMPLE_EVERY = 1  # seconds between two looks at the overview's lag
 BOUNDED_LAG = 10.0  # seconds: the overview's lag at the end must be under this
 
 
@@ -201,22 +204,32 @@ def soak(label, ports, rate, seconds, overview_lag_now, counts_lag_now, pids):
     """Offer `rate` SDK events/s to `ports` for `seconds`, printing a line every
     REPORT_EVERY seconds; `overview_lag_now()` and `counts_lag_now()` say where the counting
     stands, `pids()` the programs to watch ({name: pid}). Returns the figures."""
-    lags, peaks = [], {}
+    lags, peaks = [], {}  # lags: the largest of each line's samples
     began = time.monotonic()
     with Senders(ports, rate) as senders:
         last, last_totals = began, (0, 0, 0)
         for report in range(1, max(1, seconds // REPORT_EVERY) + 1):
-            time.sleep(max(0.0, began + report * REPORT_EVERY - time.monotonic()))
+            # Sampled every second, not once a line: the worker's passes begin every 5 s, so
+            # a sample every 10 s would see them at the same moment each time and miss how
+            # far the lag rises before a pass's commit.
+            window = []
+            while True:
+                due = began + (report - 1) * REPORT_EVERY + (len(window) + 1) * SAMPLE_EVERY
+                time.sleep(max(0.0, due - time.monotonic()))
+                window.append(overview_lag_now())
+                if len(window) * SAMPLE_EVERY >= REPORT_EVERY:
+                    break
             now = time.monotonic()
             totals = senders.totals()
-            lag = overview_lag_now()
+            lag = max(window)
             lags.append(lag)
             rss = {name: rss_mb(pid) for name, pid in pids().items()}
             for name, pid in pids().items():
                 peaks[name] = max(peaks.get(name, 0.0), rss_mb(pid, "VmHWM"))
             offered, acknowledged = ((totals[i] - last_totals[i]) / (now - last) for i in (0, 1))
             print(f"{label} {now - began:5.0f} s: offered {offered:8,.0f} ev/s (of {rate:,.0f}), "
-                  f"acknowledged {acknowledged:8,.0f} ev/s, overview lag {lag:6.1f} s, counts "
+                  f"acknowledged {acknowledged:8,.0f} ev/s, overview lag {window[-1]:6.1f} s "
+                  f"(largest in the last {REPORT_EVERY} s {lag:.1f} s), counts "
                   f"lag {counts_lag_now()}, RSS "
                   + ", ".join(f"{name} {mb:.0f} MB" for name, mb in sorted(rss.items())),
                   flush=True)
