@@ -54,8 +54,9 @@ def plural(n, noun):
 class PassLoop:
     """The loop both workers share (this module's, on data1, and worker/stream_runner.py's,
     on the stream): take ownership of what is counted, recover, then one pass now and one
-    every interval (at once if a pass took longer) until SIGTERM or SIGINT. A pass commits only whole, consistent
-    checkpoints, so a stop (or a kill) at any instant loses nothing but uncommitted work."""
+    every interval (at once if a pass took longer) until SIGTERM or SIGINT. A pass commits
+    only whole, consistent checkpoints, so a stop (or a kill) at any instant loses nothing
+    but uncommitted work."""
 
     signals = None  # set once running: SIGTERM and SIGINT ask for a stop (storage/process.py)
 
