@@ -64,11 +64,11 @@ def add_session(changes, experience, session, sign):
 
 
 def extend_session(changes, experience, before, after):
-    """Count in what `after` adds to `before`, a session it extends at its end (worker/
-    sessions.extend: `before`'s views are StoredViews, and `after`'s their extension by
-    views none of which sorts before `before`'s last): the same changes as counting `before`
-    out and `after` in, in the time of the views added rather than of the whole session,
-    whose views are not read. A session that gains views as it goes (the common case: an
+    """Count in what `after` adds to `before`, a session it extends at its end
+    (worker/sessions.extend: `before`'s views are StoredViews, and `after`'s their
+    extension by views none of which sorts before `before`'s last): the same changes as
+    counting `before` out and `after` in, in the time of the views added rather than of
+    the whole session, whose views are not read. A session that gains views as it goes (the common case: an
     install's next batch) would otherwise cost its whole length each time, and a long one
     more each commit."""
     first, last, views = before

@@ -49,12 +49,7 @@ def place(sessions, views, timeout):
         (replaced if touched else kept).append(session)
     if replaced:
         views = sorted([*views, *(view for session in replaced for view in views_of(session))])
-        moments = [moment for moment, _, _ in views]
-    joined, start = [], 0
-    for end in range(1, len(views) + 1):
-        if end == len(views) or moments[end] - moments[end - 1] > timeout:
-            joined.append([moments[start], moments[end - 1], views[start:end]])
-            start = end
+    joined = [[run[0][0], run[-1][0], run] for run in _runs(views, timeout)]
     sessions[:] = sorted([*kept, *joined], key=lambda session: session[0])
     return replaced, joined
 
@@ -70,16 +65,25 @@ def extend(sessions, views, timeout):
         return None
     session = sessions[-1]
     first, last, stored = session
-    views = sorted(views)
-    _, _, last_view, _ = stored.summary()
-    if views[0] < last_view or views[0][0] - last > timeout:
+    earliest = min(views)
+    # Declined on the moments alone where they settle it, before any sort or summary.
+    if not last <= earliest[0] <= last + timeout:
         return None
+    _, _, last_view, _ = stored.summary()
+    if earliest < last_view:  # in the last view's second, sorting before it
+        return None
+    runs = _runs(sorted(views), timeout)
+    extended = [first, runs[0][-1][0], stored.extended(runs[0])]
+    joined = [extended, *([run[0][0], run[-1][0], run] for run in runs[1:])]
+    sessions[-1:] = joined
+    return [session], joined
+
+
+def _runs(views, timeout):
+    """The maximal runs of `views` (sorted) with no gap longer than `timeout`."""
     runs, start = [], 0
     for end in range(1, len(views) + 1):
         if end == len(views) or views[end][0] - views[end - 1][0] > timeout:
             runs.append(views[start:end])
             start = end
-    extended = [first, runs[0][-1][0], stored.extended(runs[0])]
-    joined = [extended, *([run[0][0], run[-1][0], run] for run in runs[1:])]
-    sessions[-1:] = joined
-    return [session], joined
+    return runs
