@@ -238,7 +238,7 @@ def serve_cluster(*, host, port, threads, stalled_after, dedupe_window, cluster,
         return failed
     log.info("ingest: events go to the stream's %d partitions (%s to %s)", len(partitions),
              partitions[0], partitions[-1])
-    eventlog = StreamLog(link, partitions, publish_timeout)
+    eventlog = StreamLog(link, partitions, publish_timeout, dedupe_window)
     admission = Admission(eventlog, threads, access)
     app = make_app(eventlog, ClusterReadSide(link, stalled_after, partitions), access=access,
                    admission=admission)

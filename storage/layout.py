@@ -63,10 +63,15 @@ stores:
                       sequence as its position; storage/views/overview_store.py (the worker owning
                       the partition writes it and answers the ingest's reads of it on the
                       subject mini_analytics.overview.<partition>: app/cluster_readside.py)
+    seen-<partition>.sqlite3 in the worker's state folder: which of the partition's SDK
+                      events repeat an earlier one (the dedupe at the partition), with the
+                      keys of the last window; storage/views/seen_store.py (the worker owning
+                      the partition writes and reads it). seen-<partition>-views.sqlite3:
+                      the same, from the first message, while the views are counted again
 
 In cluster mode an ingest node's state folder holds only its logs/; a worker's, its logs/
-and its partitions' series and overview stores, which it can always count again from the
-stream.
+and its partitions' seen, series and overview stores, which it can always count again from
+the stream.
 """
 
 import datetime
@@ -113,6 +118,11 @@ class Layout:
     def partition_overview(self, partition):
         """A cluster worker's overview store of one partition."""
         return self.root / f"overview-{partition}.sqlite3"
+
+    def partition_seen(self, partition, views=False):
+        """A cluster worker's record of which SDK events of one partition are repeats; with
+        `views`, the one its views ask while they are counted again from the first message."""
+        return self.root / f"seen-{partition}{'-views' if views else ''}.sqlite3"
 
     def log_file(self, program):
         return self.root / LOGS / f"{program}.log"

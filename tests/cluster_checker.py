@@ -111,10 +111,24 @@ class Watcher:
 
 def recount(link, partition):
     """The partition's counts and each named project's, recounted from its messages in the
-    stream."""
+    stream, the repeats of SDK events left out by the rule (storage/views/seen_store.py's),
+    applied here on its own: the latest time each key was stored at, over the whole stream."""
     tally, counts, projects = Tally(), {}, {}
-    for payload, *_ in StreamReader(link, partition).messages(0):
-        tally.add(payload)
+    latest = {}
+    for message in StreamReader(link, partition).messages(0):
+        part, records = message.sdk, message.records
+        if part is not None:
+            kept, inside = [], set()
+            for key, token in zip(part.keys, part.tokens):
+                before = latest.get(key)
+                repeat = part.window and (key in inside or before is not None and (
+                    before >= message.stored_ms - part.window * 1000))
+                inside.add(key)
+                latest[key] = max(before or 0, message.stored_ms)
+                if not repeat and token != b"-":
+                    kept.append(token + b" ")
+            records = b"".join(kept)
+        tally.add(records)
     tally.drain_into(counts, projects)
     return counts, projects
 

@@ -39,7 +39,9 @@ from storage.layout import Layout
 from storage.stream import setup as stream_setup
 from storage.stream.checkpoint_store import history, read_latest
 from storage.stream.link import UNAVAILABLE, Link
-from storage.stream.names import DETAILS_HEADER, STREAM, partition_subject
+from storage.log.details import payload_events
+from storage.stream import sdk_message
+from storage.stream.names import STREAM, partition_subject
 from storage.stream.reader import read_subject
 from storage.stream.state import stream_state
 from storage.stream.writer import partition_of
@@ -365,6 +367,70 @@ def test_a_partition_taken_over_is_counted_before_its_views_are_counted_again(
         second.close()
 
 
+def test_a_partition_taken_over_decides_its_repeats_from_a_window_and_its_views_exactly(
+        cluster, tmp_path, monkeypatch):
+    """The dedupe at the partition looks back one window: a worker taking a partition over
+    decides its repeats from the window before the checkpoint, not from the first message,
+    and counts on exactly; its views, counted again from the first message, ask a seen store
+    of their own, begun there, and find every repeat too (it is deleted once they caught up).
+    The window is made a second here, and the slack for the clocks none."""
+    node = cluster(interval=0.2)
+    node.ctl("stop", "worker:worker-1", "worker:worker-2")  # the partitions are this test's
+    one, two = node.ingest_port(1), node.ingest_port(2)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    early, expected = mixed_batch(now, 60)
+    assert post(one, {"batch": early}, "/batch")[1]["stored"] == 60
+    sent = time.monotonic()
+    wait_for(lambda: time.monotonic() > sent + 1.5, 5, what="the window to pass")
+    late, more = mixed_batch(now, 40, experiences=(8,))
+    # The early request's first 20 again, with new events: 20 repeats in a message of 60.
+    assert post(two, {"batch": early[:20] + late}, "/batch")[1]["stored"] == 60
+    expected[8] += more[8]
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    first_dir.mkdir()
+    second_dir.mkdir()
+    span = urllib.parse.urlencode({"from": (now - datetime.timedelta(days=1)).isoformat(),
+                                   "to": (now + datetime.timedelta(days=1)).isoformat()})
+
+    def screen_views():
+        status, body = request(one, "GET", f"/experiences?{span}")
+        return status == 200 and sum(item["screen_views"] for item in body["experiences"])
+
+    with link_to(node) as link:
+        first = StreamWorker(link, ["p1", "p2"], owner="first", seen_dir=first_dir)
+        first.recover()
+        first.run_pass()
+        assert sum(p.seen.repeats for p in first.partitions.values()) == 20
+        first.close()
+        assert committed(link).counts == expected
+        # The later request's first 10 again, and new events: a worker exact from its
+        # checkpoint on finds the 10.
+        newer, most = mixed_batch(now, 5, experiences=(9,))
+        assert post(one, {"batch": late[:10] + newer}, "/batch")[1]["stored"] == 15
+        expected[9] += most[9]
+        monkeypatch.setattr(stream_runner, "SLACK_MS", 0)
+        monkeypatch.setattr(stream_runner, "widest_window", lambda link: 1)
+        second = StreamWorker(link, ["p1", "p2"], owner="second", seen_dir=second_dir,
+                              series_dir=second_dir, overview_dir=second_dir)
+        second.recover()
+        begun = {name: p.seen.exact_after for name, p in second.partitions.items()}
+        assert any(begun.values())
+        second.run_pass()
+        assert committed(link).counts == expected
+        # Its store began after the early request's message: of the repeats, it found only
+        # the 10 past the checkpoint, not the 20 before it.
+        assert sum(p.seen.repeats for p in second.partitions.values()) == 10
+        passes = 1
+        while second.catching_up() and passes < 50:
+            second.run_pass()
+            passes += 1
+        assert series_counts(second_dir) == expected
+        assert screen_views() == sum(expected.values())
+        assert all(p.views_seen is None for p in second.partitions.values())
+        assert not list(second_dir.glob("seen-*-views.sqlite3*"))
+        second.close()
+
+
 def test_the_counts_never_wait_for_the_partitions_overviews(cluster, tmp_path, monkeypatch):
     """A running worker gives each partition's overview its share of an interval a pass, in
     commits sized to fit it, even when all a partition has to count is far less than one
@@ -432,9 +498,11 @@ def test_the_counts_never_wait_for_the_partitions_overviews(cluster, tmp_path, m
         worker.run_pass, worker.wait = run_pass, wait
         worker.between_passes = lambda: between.append(len(passes))
         worker.run(interval)
-    # Before a pass's last commit of a partition, at most its share's worth (each message
-    # takes 2 ms or more); the last sized by what is left of it.
-    most = 2 * (interval / 2 / seconds_per_event + 1) + 5
+    # Before a pass's last commit of a partition, at most its share's worth (each event
+    # takes 2 ms or more); the last sized by what is left of it. A commit ends with a
+    # message: a request's events, up to a batch of them.
+    largest = max(len(events) for _, events in traffic.batches)
+    most = 2 * (interval / 2 / seconds_per_event + largest) + 5
     assert max(moved) <= most < min(overviewed.values()) / 2, (moved, overviewed)
     assert len(passes) >= 3
     for before, after, _ in passes[:-1]:
@@ -661,10 +729,21 @@ def test_sdk_events_and_their_retries_on_either_node_are_counted_once(cluster):
     events, expected = mixed_batch(now, 100)
     status, answer = post(one, {"batch": events}, "/batch?apiVersion=2")
     assert (status, answer["stored"], answer["rejected"]) == (202, 100, [])
-    # The same chunk again, to the other node (the answer to the first was lost).
+    # The same request again, to the other node (the answer to the first was lost): the
+    # stream holds its messages already.
     status, answer = post(two, {"batch": events}, "/batch?apiVersion=2")
     assert (status, answer["stored"], len(answer["duplicates"])) == (202, 0, 100)
-    # A new chunk sent to both nodes at the same moment: stored once.
+    # Retries in other requests, to either node: half of them with new events (an SDK whose
+    # queue grew while the answer was lost), and a part of them alone. Each is a message of
+    # its own; the worker finds the repeats at the partition and counts them once.
+    grown, added = mixed_batch(now, 40, experiences=(8,))
+    status, answer = post(two, {"batch": events[50:] + grown}, "/batch?apiVersion=2")
+    assert (status, answer["stored"], answer["rejected"]) == (202, 90, [])
+    status, answer = post(one, {"batch": events[20:30] + events[20:30]}, "/batch?apiVersion=2")
+    # Within one request, a repeat is known at once.
+    assert (status, answer["stored"], len(answer["duplicates"])) == (202, 10, 10)
+    expected[8] += added[8]
+    # A new request sent to both nodes at the same moment: stored once.
     fresh, more = mixed_batch(now, 50, experiences=(7,))
     start, answers = threading.Barrier(2), []
 
@@ -677,16 +756,25 @@ def test_sdk_events_and_their_retries_on_either_node_are_counted_once(cluster):
         thread.start()
     for thread in threads:
         thread.join()
-    # Each event is stored by one of the two: one message per event, deduplicated by the
-    # stream (a batch holding an id already stored is refused whole, and its events go one
-    # by one), so the two answers may split them.
+    # The same messages from both: the stream stores each once (an atomic batch holding one
+    # it already has is refused whole, and its messages go one by one).
     assert sum(answer["stored"] for _, answer in answers) == 50
     expected[7] += more[7]
     for n in (1, 2):
         counted(node, {str(e): c for e, c in expected.items()}, n)
-    # Every event's details are kept in the stream, once.
+    # The overview counts each screen view once too.
+    span = urllib.parse.urlencode({"from": (now - datetime.timedelta(days=1)).isoformat(),
+                                   "to": (now + datetime.timedelta(days=1)).isoformat()})
+
+    def screen_views():
+        status, body = request(one, "GET", f"/experiences?{span}")
+        return status == 200 and sum(item["screen_views"] for item in body["experiences"])
+
+    wait_for(lambda: screen_views() >= sum(expected.values()), 30, what="the overview")
+    assert screen_views() == sum(expected.values())
+    # Every event's details are kept in the stream, in a message per request and partition.
     with link_to(node) as link:
-        async def details_kept():
+        async def messages_kept():
             sub = await link.js.subscribe("mini_analytics.events.*", ordered_consumer=True)
             kept = []
             while True:
@@ -694,19 +782,23 @@ def test_sdk_events_and_their_retries_on_either_node_are_counted_once(cluster):
                     message = await sub.next_msg(timeout=2)
                 except nats.errors.TimeoutError:
                     break  # every stored message read
-                if message.headers and DETAILS_HEADER in message.headers:
-                    kept.append((json.loads(message.headers[DETAILS_HEADER]),
-                                 message.headers.get("Nats-Batch-Id")))
+                _, part = sdk_message.decode(message.data, message.headers)
+                kept.append(([item["event"]["id"] for item in
+                              payload_events(part.payload)[1]],
+                             message.headers.get("Nats-Batch-Id"), part.window))
             await sub.unsubscribe()
             return kept
 
-        kept = link.call(details_kept(), 60)
-    ids = [item["event"]["id"] for item, _ in kept]
-    assert sorted(ids) == sorted(e["id"] for e in events + fresh)
-    assert all(item["received"] and item["time"] for item, _ in kept)
-    # The first chunk was stored as one atomic batch: one acknowledgement for 100 messages.
-    batches = {batch for item, batch in kept if item["event"]["id"] in {e["id"] for e in events}}
-    assert len(batches) == 1 and None not in batches
+        kept = link.call(messages_kept(), 60)
+    assert {i for ids, _, _ in kept for i in ids} == {e["id"] for e in events + grown + fresh}
+    assert {window for _, _, window in kept} == {86400}
+    # The first request's events: one message, or one per partition stored as one atomic
+    # batch (one acknowledgement for them all).
+    (ids, batch, _), (more_ids, more_batch, _) = kept[:2]
+    if len(ids) < len(events):
+        assert batch is not None and batch == more_batch
+        ids = ids + more_ids
+    assert sorted(ids) == sorted(e["id"] for e in events)
 
 
 def test_the_same_tokens_guard_every_ingest_node(cluster):

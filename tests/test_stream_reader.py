@@ -37,7 +37,7 @@ def consumer(monkeypatch):
     def use(deliveries, pending):
         made["consumer"] = ReplayingConsumer(deliveries)
         monkeypatch.setattr(stream_reader, "_open",
-                            lambda link, stream, subject, name, after:
+                            lambda link, stream, subject, name, after, since:
                             (made["consumer"], pending))
         monkeypatch.setattr(stream_reader, "_fetch",
                             lambda link, subscription, count: subscription.fetch(count))

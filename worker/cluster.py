@@ -42,7 +42,8 @@ def run(state_dir, servers, partition_count, replicas, dedupe_window, interval, 
              "workers; a lease not renewed for %g s is taken over", owner, len(partitions),
              partitions[0], partitions[-1], takeover)
     try:
-        StreamWorker(link, partitions, owner=owner, series_dir=state_dir if series else None,
+        StreamWorker(link, partitions, owner=owner, seen_dir=state_dir,
+                     series_dir=state_dir if series else None,
                      minute_retention=minute_retention,
                      overview_dir=state_dir if overview else None,
                      session_timeout=session_timeout, leases=leases).run(interval)

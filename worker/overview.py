@@ -31,7 +31,8 @@ import time
 import msgspec
 
 from storage.layout import Layout, names_open_file
-from storage.log.details import HEADER, item_decoder, read_groups, read_header
+from storage.log.details import (HEADER, item_decoder, payload_events, payload_events_as,
+                                 read_groups, read_header)
 from storage.log.format import MAX_ID
 from storage.sdk_event import CountedEvent
 from storage.views.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDENTIFIED, PEOPLE,
@@ -409,6 +410,42 @@ class SdkEvents:
             self.read(as_dicts())
             return
         self._read_decoded(decoded, as_dicts)
+
+    def read_stream(self, parts):
+        """Read a partition's SDK messages, [(SdkPart, repeats), ...]
+        (storage/stream/sdk_message.py), the events at the indexes in repeats left out."""
+        older = [part.legacy_item for part, repeats in parts
+                 if part.payload is None and not repeats]
+        if older:
+            self.read_encoded(older)
+        for part, repeats in parts:
+            if part.payload is not None:
+                self._read_payload(part.payload, set(repeats), len(part.tokens))
+
+    def _read_payload(self, payload, repeats, count):
+        """read_group() of a details group's `payload` holding `count` events, but for those
+        at the indexes in `repeats`."""
+        def kept(items):
+            return [item for index, item in enumerate(items) if index not in repeats]
+
+        try:
+            project, decoded = payload_events_as(payload, CountedEvent)
+            if len(decoded) != count:
+                raise ValueError(f"{len(decoded)} events for {count} keys")
+        except (msgspec.MsgspecError, ValueError):
+            try:
+                project, items = payload_events(payload)
+                if len(items) != count:
+                    raise ValueError(f"{len(items)} events for {count} keys")
+            except Exception as error:  # noqa: BLE001 (a message that is not the format)
+                self.events += count
+                self.set_aside.append((None, f"a message of {count} events that does not "
+                                             f"decode: {type(error).__name__}: {error}"))
+                return
+            self.read(kept(items), project)
+            return
+        self._read_decoded([(event, time_ms, project) for event, time_ms in kept(decoded)],
+                           lambda: kept(payload_events(payload)[1]), project)
 
     def _read_decoded(self, decoded, as_dicts, project=""):
         """Count [(event, time, project), ...] as _add does, all of them or, if any does not

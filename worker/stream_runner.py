@@ -48,6 +48,7 @@ every view has caught up.
 """
 
 import dataclasses
+import datetime
 import logging
 import os
 import socket
@@ -57,10 +58,11 @@ from storage.checkpoint import Checkpoint, CorruptCheckpoint, utc_now_iso
 from storage.layout import Layout
 from storage.stream.checkpoint_store import Fenced, StreamCheckpointStore
 from storage.stream.link import UNAVAILABLE
-from storage.stream.reader import StreamReader
-from storage.stream.setup import stream_identity
+from storage.stream.reader import StreamReader, stored_at_ms
+from storage.stream.setup import stream_identity, widest_window
 from storage.stream.state import NoQuorum, stream_state
 from storage.views.overview_store import OverviewReader, OverviewStore
+from storage.views.seen_store import SLACK_MS, SeenStore
 from storage.views.series_store import CorruptSeries, SeriesReader, SeriesStore
 from worker.overview import OverviewCounter, SdkEvents
 from worker.runner import COMMIT_EVERY, PassLoop, plural, report_skipped
@@ -73,9 +75,17 @@ log = logging.getLogger("worker")
 # A view behind the checkpoint (a partition new to this worker) is counted again at most this
 # many bytes of messages a pass, after the pass counted what is new.
 CATCH_UP_BYTES = COMMIT_EVERY
+# A seen store behind the checkpoint reads at most this many bytes of messages a pass: the
+# counts wait for it, so it reads more than a view's catch-up, but other partitions wait too.
+DECIDE_BYTES = 4 * COMMIT_EVERY
 # Taking a partition commits its checkpoint as loaded; an old owner committing between the
 # load and that commit makes it fail (Fenced): load and try again, this many times.
 ADOPT_ATTEMPTS = 3
+
+
+def utc_iso_of(ms):
+    return datetime.datetime.fromtimestamp(max(0, ms) / 1000, datetime.timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
 
 
 def owner_name():
@@ -92,12 +102,20 @@ class Partition:
     """One owned partition: its reader, its checkpoint store, its series store and its
     overview (or None), and where each stands."""
 
-    def __init__(self, link, name, owner, series_dir, minute_retention, overview_dir=None,
-                 session_timeout=1800):
+    def __init__(self, link, name, owner, seen_dir, series_dir, minute_retention,
+                 overview_dir=None, session_timeout=1800):
         self.name = name
         self.reader = StreamReader(link, name)
         self.store = StreamCheckpointStore(link, name, owner)
         self.checkpoint = Checkpoint(fingerprint="")  # until recover() loads it
+        # Which SDK events repeat an earlier one: decided here, before any view counts them
+        # (storage/views/seen_store.py). `views_seen`, while a view is counted again from
+        # before where `seen` is exact; `seen_since_ms`, where `seen` begins when begun at
+        # a window's start.
+        self._seen_layout = Layout(seen_dir) if seen_dir is not None else None
+        self.seen = SeenStore(self._seen_layout, self._seen_path())
+        self.views_seen = None
+        self.seen_since_ms = None
         self.series = self.series_reader = None
         if series_dir is not None:
             path = Layout(series_dir).partition_series(name)
@@ -120,13 +138,43 @@ class Partition:
         # while it is the same, a pass has nothing to read (messages are never removed).
         self.read_through = None
 
-    def positions(self):
-        """Where each view stands: the checkpoint's sequence, then each store's."""
-        return [self.checkpoint.offset] + (
-            [self.series_offset] if self.series is not None else []) + (
+    def _seen_path(self, views=False):
+        layout = self._seen_layout
+        return layout and layout.partition_seen(self.name, views)
+
+    def view_positions(self):
+        return ([self.series_offset] if self.series is not None else []) + (
             [self.overview.position] if self.overview is not None else [])
 
+    def positions(self):
+        """Where each view stands: the checkpoint's sequence, then each store's (and the
+        views' seen store's, while they have one)."""
+        return [self.checkpoint.offset] + self.view_positions() + (
+            [self.views_seen.position] if self.views_seen is not None else [])
+
+    def keep_views_seen(self):
+        """Open the views' seen store while a view is behind where `seen` is exact, and
+        delete it once none is. Returns why an unusable one was begun again, or None."""
+        behind = min(self.view_positions(), default=self.seen.exact_after) < (
+            self.seen.exact_after)
+        if behind and self.views_seen is None:
+            self.views_seen = SeenStore(self._seen_layout, self._seen_path(views=True))
+            return self.views_seen.open(self.seen.source)
+        if not behind:
+            if self.views_seen is None:
+                self.views_seen = SeenStore(self._seen_layout, self._seen_path(views=True))
+            self.views_seen.remove()
+            self.views_seen = None
+        return None
+
+    def seen_for(self, sequence):
+        """The seen store that is exact at `sequence`."""
+        return self.seen if sequence > self.seen.exact_after else self.views_seen
+
     def close(self):
+        self.seen.close()
+        if self.views_seen is not None:
+            self.views_seen.close()
         if self.series is not None:
             self.series.close()
         if self.overview is not None:
@@ -134,19 +182,21 @@ class Partition:
 
 
 class StreamWorker(PassLoop):
-    def __init__(self, link, partitions, owner=None, series_dir=None,
+    def __init__(self, link, partitions, owner=None, seen_dir=None, series_dir=None,
                  minute_retention=48 * 3600, overview_dir=None, session_timeout=1800,
                  leases=None):
         """With `leases` (storage/stream/leases.Leases), `partitions` are the stream's, and the
         worker counts its share of them, as assigned among the live workers; without, it
-        counts `partitions` (a test, or a tool). `series_dir`: the folder of the partitions'
-        series stores, or None to keep no counts over time (MINI_ANALYTICS_SERIES=off);
-        `overview_dir` the same for their overview stores (MINI_ANALYTICS_OVERVIEW=off)."""
+        counts `partitions` (a test, or a tool). `seen_dir`: the folder of the partitions'
+        seen stores, or None to keep them in memory, decided again from the stream at each
+        start; `series_dir`: the folder of their series stores, or None to keep no counts
+        over time (MINI_ANALYTICS_SERIES=off); `overview_dir` the same for their overview
+        stores (MINI_ANALYTICS_OVERVIEW=off)."""
         self.link = link
         self.all_partitions = list(partitions)
         self.owner = owner or owner_name()
         self.leases = leases
-        self._stores = (series_dir, minute_retention, overview_dir, session_timeout)
+        self._stores = (seen_dir, series_dir, minute_retention, overview_dir, session_timeout)
         self.partitions = {}  # name -> Partition: those this worker counts now
         self._stream = None  # the stream's identity, which every checkpoint must name
         self.shares = Shares(leases, partitions, self) if leases else None
@@ -193,9 +243,7 @@ class StreamWorker(PassLoop):
         """Count partition `name` from now on: load its checkpoint and commit it at once
         (the fence: an old owner's next commit is refused), open its views, answer its
         subjects. Raises Fenced, or what the link raises."""
-        series_dir, minute_retention, overview_dir, session_timeout = self._stores
-        partition = Partition(self.link, name, self.owner, series_dir, minute_retention,
-                              overview_dir, session_timeout)
+        partition = Partition(self.link, name, self.owner, *self._stores)
         try:
             for attempt in range(1, ADOPT_ATTEMPTS + 1):
                 try:
@@ -247,6 +295,25 @@ class StreamWorker(PassLoop):
 
     def _open_views(self, partition):
         stream = self._stream
+        seen = partition.seen
+        problem = seen.open(stream)
+        if problem:
+            log.error("SEEN REJECTED: partition %s: %s; set it aside, deciding the partition's "
+                      "repeats again", partition.name, problem)
+        counted = partition.checkpoint.offset
+        if seen.position < counted:
+            # The rule looks back one window (storage/views/seen_store.py): a store with
+            # nothing of the window before the checkpoint begins there, exact from the
+            # checkpoint on, rather than read the partition's whole history.
+            stored_ms = stored_at_ms(self.link, counted)
+            since_ms = 0 if stored_ms is None else (
+                stored_ms - widest_window(self.link) * 1000 - SLACK_MS)
+            if seen.position == 0 or seen.newest_ms < since_ms:
+                seen.begin_at(counted)
+                partition.seen_since_ms = since_ms
+            log.info("partition %s: deciding its repeats from %s up to sequence %d",
+                     partition.name, f"sequence {seen.position}" if seen.position else
+                     f"{utc_iso_of(since_ms)} (a window before sequence {counted})", counted)
         if partition.series is not None:
             self._open_series(partition, stream)
         if partition.overview is not None:
@@ -324,6 +391,14 @@ class StreamWorker(PassLoop):
         the read (or None), is what a complete read has read through. Returns the events
         counted."""
         counted = partition.checkpoint.offset
+        if partition.seen.position < counted:
+            # New to this worker (or a power loss took commits back): which events repeat
+            # is decided up to the checkpoint before anything past it is counted.
+            complete = self._decide(partition, counted)
+            if partition.seen.position < counted:
+                partition.read_through = None
+                partition.behind = complete
+                return 0
         lowest = min(partition.positions())
         series_level = partition.series is not None and partition.series_offset >= counted
         overview_level = partition.overview is not None and partition.overview.position >= counted
@@ -333,15 +408,66 @@ class StreamWorker(PassLoop):
         # An overview left behind by the read above has had its time this pass.
         overview_behind = partition.overview is not None and not overview_level
         if (series_behind or overview_behind) and complete and not self.stop_requested():
+            self._keep_views_seen(partition)
             _, complete = self._read(partition, min(partition.positions()), series_behind,
                                      overview_behind, until=partition.checkpoint.offset,
                                      overview_until=until)
+        self._keep_views_seen(partition)
         level = min(partition.positions()) >= partition.checkpoint.offset
         partition.read_through = stored if complete and level else None
         # The next pass begins at once only while the views are catching up: views that
         # were not brought closer wait for the interval.
         partition.behind = complete and not level and min(partition.positions()) > lowest
         return events
+
+    def _keep_views_seen(self, partition):
+        problem = partition.keep_views_seen()
+        if problem:
+            log.error("SEEN REJECTED: partition %s's views' seen store: %s; set it aside, "
+                      "deciding again from the first message", partition.name, problem)
+
+    def _decide(self, partition, until):
+        """Bring the partition's seen store closer to sequence `until`, at most
+        DECIDE_BYTES of messages a pass, committing as it goes. Returns whether the read
+        ended where meant to rather than on an error."""
+        seen = partition.seen
+        start = reached = seen.position
+        pending_bytes = read_bytes = 0
+        complete = True
+        reading = partition.reader.messages(start, None if start else partition.seen_since_ms)
+        try:
+            for message in reading:
+                if self.stop_requested():
+                    return False
+                if message.sequence > until:
+                    reached = until  # every message up to it was read
+                    break
+                self._keep_leases()
+                part = message.sdk
+                if part is not None:
+                    seen.repeats_in(message.sequence, message.stored_ms, part)
+                size = len(message.records) + (len(part.payload or part.legacy_item)
+                                               if part is not None else 0)
+                pending_bytes, read_bytes = pending_bytes + size, read_bytes + size
+                reached = message.sequence
+                if pending_bytes >= COMMIT_EVERY:
+                    seen.commit(reached)
+                    pending_bytes = 0
+                if read_bytes >= DECIDE_BYTES:
+                    break
+            else:
+                reached = max(reached, until)  # every message up to it was read
+        except UNAVAILABLE as error:
+            log.warning("partition %s: reading the stream failed after sequence %d (%s); "
+                        "retrying next pass", partition.name, reached,
+                        f"{type(error).__name__}: {error}".rstrip(": "))
+            complete = False
+        finally:
+            reading.close()
+        seen.commit(reached)
+        log.info("partition %s: repeats decided again up to sequence %d of %d (%s found)",
+                 partition.name, reached, until, plural(seen.repeats, "repeat"))
+        return complete
 
     def _read(self, partition, start, feed_series, feed_overview, until=None,
               overview_until=None):
@@ -357,34 +483,51 @@ class StreamWorker(PassLoop):
         counted, dated = partition.checkpoint.offset, partition.series_offset
         overviewed = partition.overview.position if partition.overview is not None else None
         counts, series, sdk = Tally(), Tally(), []
-        messages = pending_bytes = read_bytes = 0
+        messages = pending_bytes = read_bytes = repeated = sdk_events = 0
         reached, complete = start, True
         # The overview's commit is sized by the time it has left, and the counts commit with it.
         overview_commit = (partition.overview.commit_size(overview_until) if feed_overview
                            else None)
         reading = partition.reader.messages(start)
         try:
-            for payload, sequence, second, details in reading:
+            for message in reading:
+                sequence = message.sequence
                 if self.stop_requested():
                     return 0, False
                 if until is not None and sequence > until:
                     break
                 self._keep_leases()  # a long read keeps its leases too
-                if until is None and sequence > counted:
-                    counts.add(payload)
+                to_count = until is None and sequence > counted
+                to_date = feed_series and sequence > dated
+                to_overview = feed_overview and sequence > overviewed
+                part, records, repeats = message.sdk, message.records, ()
+                if part is not None and (to_count or to_date or to_overview):
+                    # The dedupe at the partition: the same repeats for every view.
+                    repeats = partition.seen_for(sequence).repeats_in(
+                        sequence, message.stored_ms, part)
+                    records = part.records(repeats)
+                    repeated += len(repeats) if to_count else 0
+                elif message.flaw and to_count:
+                    log.error("partition %s: message %d is not in the format, so it counts "
+                              "no event: %s", partition.name, sequence, message.flaw)
+                if to_count:
+                    counts.add(records)
                     messages += 1
-                if feed_series and sequence > dated:
-                    series.add(payload, second - second % 60)
-                if feed_overview and details is not None and sequence > overviewed:
-                    sdk.append(details)  # decoded by SdkEvents.read_encoded, at the commit
-                size = len(payload) + len(details or "")
+                if to_date:
+                    second = message.stored_ms // 1000
+                    series.add(records, second - second % 60)
+                if to_overview and part is not None:
+                    sdk.append((part, repeats))  # decoded by SdkEvents.read_stream, at the commit
+                    sdk_events += len(part.tokens) - len(repeats)
+                size = len(records) + (len(part.payload or part.legacy_item)
+                                       if part is not None else 0)
                 pending_bytes, read_bytes = pending_bytes + size, read_bytes + size
                 reached = sequence
                 if pending_bytes >= COMMIT_EVERY or (
-                        feed_overview and len(sdk) >= overview_commit):
+                        feed_overview and sdk_events >= overview_commit):
                     self._commit(partition, counts, feed_series and series,
                                  feed_overview and sdk, reached, messages)
-                    messages = pending_bytes = 0
+                    messages = pending_bytes = sdk_events = 0
                     sdk = []
                     if feed_overview:
                         if overview_until is not None and time.monotonic() >= overview_until:
@@ -407,10 +550,11 @@ class StreamWorker(PassLoop):
             self._commit(partition, counts, feed_series and series, feed_overview and sdk,
                          reached, messages)
             if until is None:
-                log.info("pass: partition %s: counted %s (%d skipped) in %.3fs; sequence %d "
-                         "-> %d; lag %s", partition.name, plural(counts.events, "event"),
-                         counts.skipped, time.monotonic() - started, start, reached,
-                         plural(partition.reader.pending, "message"))
+                log.info("pass: partition %s: counted %s (%d skipped, %s left out) in "
+                         "%.3fs; sequence %d -> %d; lag %s", partition.name,
+                         plural(counts.events, "event"), counts.skipped,
+                         plural(repeated, "repeat"), time.monotonic() - started, start,
+                         reached, plural(partition.reader.pending, "message"))
             else:
                 log.info("partition %s: %s counted again up to sequence %d of %d",
                          partition.name, " and ".join(
@@ -430,11 +574,15 @@ class StreamWorker(PassLoop):
                               f"between sequences {partition.checkpoint.offset} and "
                               f"{sequence}, which hold at most "
                               f"{sequence - partition.checkpoint.offset}")
+        # First which events were repeats: never behind a view that counted without them.
+        partition.seen.commit(sequence)
+        if partition.views_seen is not None:
+            partition.views_seen.commit(min(sequence, partition.seen.exact_after))
         overview = partition.overview
         if sdk is not False and overview is not None and sequence > overview.position:
             # Acknowledged messages are on a quorum's disks: nothing to make durable first.
             read = SdkEvents()
-            read.read_encoded(sdk)
+            read.read_stream(sdk)
             overview.count(read, partition.checkpoint.fingerprint.encode(), sequence, sequence)
         if series is not False and partition.series is not None and (
                 sequence > partition.series_offset):

@@ -105,29 +105,44 @@ class Group:
     def events(self):
         """(project, items): the group's project ("" the default) and items, each with its
         "event"."""
-        payload = json.loads(self.payload)
-        if type(payload) is list:
-            return "", payload
-        project = payload.get("project", "")
-        if "sent" not in payload:
-            return project, payload["items"]
-        return project, [{"event": event, **item}
-                         for event, item in zip(payload["sent"]["batch"], payload["items"])]
+        return payload_events(self.payload)
 
     def events_as(self, event_type):
-        """(project, [(event, time), ...]) of the group, each event decoded as `event_type`,
-        a msgspec.Struct of the fields the caller reads (the rest is skipped, not decoded: a
-        few times the speed of events()). Raises msgspec.MsgspecError, or ValueError, for a
-        payload that does not fit: events() then reads it, whatever it holds."""
-        payload = _decoder(event_type).decode(self.payload)
-        if type(payload) is list:
-            return "", [(item.event, item.time) for item in payload]
-        if payload.sent is None:
-            if any(item.event is None for item in payload.items):
-                raise ValueError("an item without its event")
-            return payload.project, [(item.event, item.time) for item in payload.items]
-        return payload.project, [(event, item.time)
-                                 for event, item in zip(payload.sent.batch, payload.items)]
+        """payload_events_as(self.payload, event_type)."""
+        return payload_events_as(self.payload, event_type)
+
+
+def payload_events(payload):
+    """(project, items) of a group's payload (either form of the format): its project (""
+    the default) and items, each with its "event". A cluster's SDK message carries the same
+    payload (storage/stream/sdk_message.py)."""
+    payload = json.loads(payload)
+    if type(payload) is list:
+        return "", payload
+    project = payload.get("project", "")
+    if "sent" not in payload:
+        return project, payload["items"]
+    return project, [{"event": event, **item}
+                     for event, item in zip(payload["sent"]["batch"], payload["items"])]
+
+
+def payload_events_as(payload, event_type):
+    """(project, [(event, time), ...]) of a group's payload, each event decoded as
+    `event_type`, a msgspec.Struct of the fields the caller reads (the rest is skipped, not
+    decoded: a few times the speed of payload_events()). Raises msgspec.MsgspecError, or
+    ValueError, for a payload that does not fit: payload_events() then reads it, whatever it
+    holds."""
+    payload = _decoder(event_type).decode(payload)
+    if type(payload) is list:
+        return "", [(item.event, item.time) for item in payload]
+    if payload.sent is None:
+        if any(item.event is None for item in payload.items):
+            raise ValueError("an item without its event")
+        return payload.project, [(item.event, item.time) for item in payload.items]
+    if len(payload.sent.batch) != len(payload.items):
+        raise ValueError("a sent batch and items of different lengths")
+    return payload.project, [(event, item.time)
+                             for event, item in zip(payload.sent.batch, payload.items)]
 
 
 _DECODERS = {}
@@ -171,18 +186,23 @@ def encode_group(data1_start, data1_end, data1_crc, received_ms, items, sent=Non
     """One group of `project`'s events, ready to append. `items` as the format says, each
     with its "event"; or, with `sent` (the request body, whose batch is exactly the items'
     events, in order), without it: the body is kept as it came."""
+    body = GROUP.pack(data1_start, data1_end, data1_crc, received_ms) + encode_payload(
+        items, sent, project)
+    return FRAME.pack(len(body), zlib.crc32(body)) + body
+
+
+def encode_payload(items, sent=None, project=""):
+    """A group's payload (see the format) of `project`'s `items`, or of `sent` and its items
+    (as encode_group takes them)."""
     # Without the body, the items hold the events: as they came, not \u-escaped. With it,
     # they hold only numbers.
     items_json = json.dumps(items, ensure_ascii=sent is not None, separators=(",", ":")).encode()
     if sent is None and not project:
-        payload = items_json
-    else:
-        parts = [b'"project":"%s"' % project.encode("ascii")] if project else []
-        if sent is not None:
-            parts.append(b'"sent":%s' % sent)
-        payload = b"{%s}" % b",".join([*parts, b'"items":%s' % items_json])
-    body = GROUP.pack(data1_start, data1_end, data1_crc, received_ms) + payload
-    return FRAME.pack(len(body), zlib.crc32(body)) + body
+        return items_json
+    parts = [b'"project":"%s"' % project.encode("ascii")] if project else []
+    if sent is not None:
+        parts.append(b'"sent":%s' % sent)
+    return b"{%s}" % b",".join([*parts, b'"items":%s' % items_json])
 
 
 def read_header(fd):

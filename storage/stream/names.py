@@ -25,8 +25,10 @@ with the module that writes and reads it.
                       (request-reply, nothing stored): answered by the worker owning the
                       partition from its stores (worker/stream_runner.py); asked by the
                       ingest (app/cluster_readside.py)
-    message header Mini-Analytics-Details: an SDK event's details, on its message
-                      storage/stream/writer.py (ingest)  storage/stream/reader.py (worker)
+    message headers Mini-Analytics-Keys, -Ids, -Window and -Received: an SDK message's
+                      (storage/stream/sdk_message.py, the format; written by
+                      storage/stream/writer.py (ingest), read by storage/stream/reader.py
+                      (worker)); Mini-Analytics-Details: the older format's, read only
 
 The bucket is JetStream's stream KV_<bucket> (CHECKPOINT_BUCKET_STREAM), each key's values on
 the subject `$KV.<bucket>.<key>` (kv_subject): JetStream's own convention for a key-value
@@ -51,8 +53,12 @@ READ_BARRIER_KEY = "read-barrier"
 WORKER_PING_PREFIX = "mini_analytics.workers."
 SERIES_QUERY_PREFIX = "mini_analytics.series."
 OVERVIEW_QUERY_PREFIX = "mini_analytics.overview."
-# The header of a message holding an SDK event: its details (storage/log/details.py's item, with
-# the receive time), JSON, ASCII only (as a header must be).
+# The headers of an SDK message (storage/stream/sdk_message.py has the format).
+KEYS_HEADER = "Mini-Analytics-Keys"
+IDS_HEADER = "Mini-Analytics-Ids"
+WINDOW_HEADER = "Mini-Analytics-Window"
+RECEIVED_HEADER = "Mini-Analytics-Received"
+# The older format's: one SDK event's details item, JSON, on a message of its own.
 DETAILS_HEADER = "Mini-Analytics-Details"
 
 

@@ -14,15 +14,18 @@ only if its sequence is above the last one yielded; the replays are dropped here
 reader can count a message twice because the consumer delivered it twice.
 """
 
+import datetime
 import logging
 import os
 import time
+from typing import NamedTuple, Optional
 
 from nats.js import api
-from nats.js.errors import ServiceUnavailableError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
+from storage.stream import sdk_message
 from storage.stream.link import UNAVAILABLE
-from storage.stream.names import DETAILS_HEADER, STREAM, partition_subject
+from storage.stream.names import STREAM, partition_subject
 
 # Messages asked for per fetch, and how long one fetch may wait for them (they are stored:
 # only a dead node or a leader election makes one wait).
@@ -30,7 +33,20 @@ FETCH_MESSAGES = 64
 FETCH_TIMEOUT = 5.0
 FETCH_RETRY_PAUSE = 0.05
 
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+MILLISECOND = datetime.timedelta(milliseconds=1)
+
 log = logging.getLogger("worker")
+
+
+class StreamMessage(NamedTuple):
+    """A message of a partition, decoded (storage/stream/sdk_message.py)."""
+    sequence: int  # the stream's
+    stored_ms: int  # when the stream stored it, Unix ms: its events' time, as data1's time
+                    # index gives the time of data1's records
+    records: bytes  # minimal events' records, in data1's format (b"" for SDK events)
+    sdk: Optional[sdk_message.SdkPart]  # its SDK events, or None
+    flaw: Optional[str]  # why a message that is not in the format was read as no events
 
 
 class StreamReader:
@@ -42,33 +58,47 @@ class StreamReader:
         # one: the lag, for the worker's log.
         self.pending = 0
 
-    def messages(self, after):
-        """Yield (payload, stream sequence, second, details) for the partition's messages
-        after sequence `after`, in order: every one stored when the call began (at least).
-        The second (Unix time) is when the stream stored the message: its events' time, as
-        data1's time index gives the time of data1's records. `details` is an SDK event's
-        details (the DETAILS_HEADER's JSON text), or None for a message of minimal events.
+    def messages(self, after, since_ms=None):
+        """Yield a StreamMessage for each of the partition's messages after sequence
+        `after`, in order: every one stored when the call began (at least). With `since_ms`
+        (and `after` 0), from the first message stored at that time (Unix ms) or later.
 
         Raises what the link raises (storage/stream/link.UNAVAILABLE) if the cluster cannot
         answer; what was yielded before stays valid.
         """
+        since = None if since_ms is None else EPOCH + since_ms * MILLISECOND
         for message in read_subject(self.link, STREAM, self.subject, after,
-                                    f"worker-{self.partition}"):
+                                    f"worker-{self.partition}", since):
             metadata = message.metadata
-            headers = message.headers
             self.pending = metadata.num_pending
-            yield (message.data, metadata.sequence.stream,
-                   int(metadata.timestamp.timestamp()),
-                   headers.get(DETAILS_HEADER) if headers else None)
+            try:
+                records, sdk = sdk_message.decode(message.data, message.headers)
+                flaw = None
+            except (ValueError, KeyError) as error:
+                records, sdk, flaw = b"", None, f"{type(error).__name__}: {error}"
+            # Whole milliseconds by integer arithmetic: every worker reads the same moment.
+            stored_ms = (metadata.timestamp - EPOCH) // MILLISECOND
+            yield StreamMessage(metadata.sequence.stream, stored_ms, records, sdk, flaw)
 
 
-def read_subject(link, stream, subject, after, name):
-    """Yield the messages of `stream` on `subject` after sequence `after`, in order: every
-    one stored when the call began (at least), through a consumer of its own named after
-    `name`, removed at the end. Raises what the link raises; what was yielded before stays
-    valid."""
+def stored_at_ms(link, sequence):
+    """When the stream stored its message at `sequence` (Unix ms), or None if it holds none
+    there. Raises what the link raises."""
+    try:
+        message = link.call(link.js.get_msg(STREAM, seq=sequence), FETCH_TIMEOUT)
+    except NotFoundError:
+        return None
+    return (message.time - EPOCH) // MILLISECOND
+
+
+def read_subject(link, stream, subject, after, name, since=None):
+    """Yield the messages of `stream` on `subject` after sequence `after` (or, with `since`,
+    a datetime, from the first stored then or later), in order: every one stored when the
+    call began (at least), through a consumer of its own named after `name`, removed at the
+    end. Raises what the link raises; what was yielded before stays valid."""
     name = f"{name}-{os.urandom(4).hex()}"
-    subscription, pending = link.call(_open(link, stream, subject, name, after), FETCH_TIMEOUT)
+    subscription, pending = link.call(_open(link, stream, subject, name, after, since),
+                                      FETCH_TIMEOUT)
     last, replayed = after, 0
     try:
         while pending > 0:
@@ -107,12 +137,14 @@ def _fetch(link, subscription, count):
             time.sleep(FETCH_RETRY_PAUSE)
 
 
-async def _open(link, stream, subject, name, after):
+async def _open(link, stream, subject, name, after, since):
+    start = ({"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after + 1}
+             if since is None else
+             {"deliver_policy": api.DeliverPolicy.BY_START_TIME, "opt_start_time": since})
     info = await link.js.add_consumer(stream, api.ConsumerConfig(
         name=name,
         filter_subject=subject,
-        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-        opt_start_seq=after + 1,
+        **start,
         ack_policy=api.AckPolicy.NONE,
         mem_storage=True,
         num_replicas=1,

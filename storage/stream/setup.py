@@ -253,6 +253,14 @@ def stream_identity(link):
     return f"{STREAM} created {info.created.isoformat() if info.created else 'at an unknown time'}"
 
 
+def widest_window(link):
+    """The stream's duplicate window, in seconds: no SDK message's dedupe window is wider (an
+    ingest node with a wider one raises it before it writes; ensure()). Raises what the link
+    raises."""
+    info = link.call(link.js.stream_info(STREAM), READY_TIMEOUT)
+    return int(info.config.duplicate_window or 0)
+
+
 def current_majority(leader, followers_current, replicas):
     """(how many of a stream's `replicas` are current: its leader, if it has one, and the
     followers caught up with it; whether that is a majority, which acknowledging a write

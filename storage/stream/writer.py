@@ -17,22 +17,24 @@ counts messages with the same code as data1's blocks. This module's guarantees:
   a message twice.
 * If no acknowledgement comes within `timeout`, append() raises AppendError. The records
   may or may not be stored (a lost acknowledgement): such an event is counted at most once.
-* An SDK event (append_events) goes to the partition its anonymousID picks among the
-  stream's partitions (the same list on every ingest node: storage/stream/setup.py), so
+* A request's SDK events (append_events) go to the partitions their anonymousIDs pick among
+  the stream's partitions (the same list on every ingest node: storage/stream/setup.py), so
   that each app install's events are in one partition, counted by one worker at a time:
   its sessions are whole there (worker/overview.py). Minimal events carry no install: each
   message of them goes to the next partition in turn, spreading the counting evenly.
-* An SDK event is a message of its own: its payload is its screen view's record (empty for
-  an identify or a register), its details (storage/log/details.py's item, with the receive
-  time, and its project: storage/projects.py) ride in the DETAILS_HEADER header, and its
-  Nats-Msg-Id is derived from the event's own id (and its project: event_key). The stream
-  drops a repeat of that id within its duplicate window (the
-  dedupe window, storage/stream/setup.py) whichever ingest node it reaches, and acknowledges
-  it as a duplicate: a retry is stored and counted once, as data1.seen does on one machine.
-* A request's SDK events are published as one atomic batch (the stream allows them): stored
-  together, with one acknowledgement. The stream refuses a whole batch that holds an id it
-  already has; a batch refused, or not answered, goes again one message at a time, the same
-  ids, each deduped as above.
+* A request's SDK events are one message per partition they go to (usually one: a
+  request comes from one install), in storage/stream/sdk_message.py's format: their
+  details, their keys, and the dedupe window. Its Nats-Msg-Id is derived from its events'
+  keys, so the stream stores an exact retry of the request once, whichever ingest node it
+  reaches, and acknowledges it as a duplicate: its events are answered as duplicates. A
+  retry in another request (more events, or fewer) is a message of its own: the worker
+  finds its repeated events by their keys and counts them once (the dedupe at the
+  partition: worker/stream_runner.py). Repeats within one request are answered as
+  duplicates and left out.
+* A request's messages, when it has several, are published as one atomic batch (the stream
+  allows them): stored together, with one acknowledgement. The stream refuses a whole batch
+  that holds an id it already has; a batch refused, or not answered, goes again one message
+  at a time, the same ids, each deduped as above.
 """
 
 import _thread
@@ -47,8 +49,9 @@ import threading
 
 from storage.backend import AppendError, event_key
 from storage.log.format import encode
+from storage.stream import sdk_message
 from storage.stream.link import UNAVAILABLE
-from storage.stream.names import DETAILS_HEADER, STREAM, partition_subject
+from storage.stream.names import STREAM, partition_subject
 from storage.stream.setup import MAX_MESSAGE_BYTES
 
 log = logging.getLogger("ingest")
@@ -90,10 +93,12 @@ def partition_of(anonymous_id, partitions):
 class StreamLog:
     on_durable = None  # never called: no answer waits for a StreamLog's sync (see append)
 
-    def __init__(self, link, partitions, timeout):
+    def __init__(self, link, partitions, timeout, dedupe_window=0):
+        """`dedupe_window`: settings.dedupe_window, written on each SDK message (0: off)."""
         self.link = link
         self.partitions = partitions
         self.timeout = timeout
+        self.dedupe_window = dedupe_window
         # Unique to this process's life, so that no two messages ever share an id: a random
         # part and a counter (which also picks each message's partition; from a random start,
         # so that nodes starting together do not send their first messages to one partition).
@@ -137,52 +142,76 @@ class StreamLog:
             raise group.error
 
     def append_events(self, ids, events, received, sent=None, hold=None, project=""):
-        """Append minimal items' `ids`, and each SDK event as a message of its own, all of
-        `project` (storage/projects.py) (`sent`,
-        the request body, is not needed: each message carries its event; `hold` is not
-        used, as in append()). Returns, for each event, True if it was new, False if the
-        stream already held its id (within the duplicate window). Raises AppendError if any
-        publish was not acknowledged in time: the events may then be stored or not, and
-        their retry is stored once."""
+        """Append minimal items' `ids`, and the SDK events in a message per partition, all
+        of `project` (storage/projects.py). `sent`: the request body, when its batch is
+        exactly `events` (a message holding them all keeps it as it came); `hold` is not
+        used, as in append(). Returns, for each event, True if it was stored, False if it
+        was not: it repeats an event before it in the request, or its message was stored
+        before (an exact retry). Raises AppendError if any publish was not acknowledged in
+        time: the events may then be stored or not, and their retry is counted once."""
         if ids:
             self.append(encode(ids, project))
         if not events:
             return []
+        keys = [event_key(event.event_id, project) for event in events]
+        fresh = [True] * len(events)
+        if self.dedupe_window:
+            seen = set()
+            for index, key in enumerate(keys):
+                if key in seen:
+                    fresh[index] = False
+                seen.add(key)
+        by_partition = collections.defaultdict(list)
+        for index, event in enumerate(events):
+            if fresh[index]:
+                by_partition[partition_of(event.anonymous_id, self.partitions)].append(index)
+        whole = sent is not None and not ids and all(fresh) and len(by_partition) == 1
+        messages = []  # (payload, headers, subject, indexes of its events)
+        for partition, indexes in by_partition.items():
+            messages += self._messages(events, keys, indexes, int(received * 1000), project,
+                                       sent if whole else None, partition_subject(partition))
         try:
-            return self.link.call(self._publish_events(events, int(received * 1000), project),
-                                  self.timeout + 5)
+            stored = self.link.call(self._publish_events(messages), self.timeout + 5)
         except TimeoutError:
             raise AppendError(f"the cluster did not acknowledge the events within "
                               f"{self.timeout + 5:g} s; they may or may not be stored: a "
-                              "retry of them is stored once") from None
+                              "retry of them is counted once") from None
+        for (_, _, _, indexes), new in zip(messages, stored):
+            if not new:
+                for index in indexes:
+                    fresh[index] = False
+        return fresh
 
-    async def _publish_events(self, events, received_ms, project):
-        """For each event, whether it was new. A request's events go out as one atomic batch
-        (MAX_ATOMIC_BATCH at most); a batch refused or unanswered, one by one."""
-        messages = [self._event_message(event, received_ms, project) for event in events]
-        fresh = []
+    def _messages(self, events, keys, indexes, received_ms, project, sent, subject):
+        """The messages of the events at `indexes`, all to `subject`: one, or as many as
+        keep each within the stream's message size."""
+        payload, headers = sdk_message.encode_message(
+            [events[index] for index in indexes], [keys[index] for index in indexes],
+            received_ms, project, self.dedupe_window, sent)
+        size = len(payload) + sum(len(name) + len(value) + 4 for name, value in headers.items())
+        if size <= MAX_MESSAGE_BYTES - 1024 or len(indexes) == 1:
+            return [(payload, headers, subject, indexes)]
+        half = len(indexes) // 2  # the body kept whole no longer fits: items, halved
+        return (self._messages(events, keys, indexes[:half], received_ms, project, None,
+                               subject) +
+                self._messages(events, keys, indexes[half:], received_ms, project, None,
+                               subject))
+
+    async def _publish_events(self, messages):
+        """For each message, whether the stream stored it now (False: it held it already).
+        Several go out as one atomic batch (MAX_ATOMIC_BATCH at most); a batch refused or
+        unanswered, one by one."""
+        stored = []
         for start in range(0, len(messages), MAX_ATOMIC_BATCH):
             chunk = messages[start:start + MAX_ATOMIC_BATCH]
             if len(chunk) > 1 and await self._publish_batch(chunk):
-                fresh += [True] * len(chunk)
+                stored += [True] * len(chunk)
             else:
-                acks = await asyncio.gather(*(self._publish_until_acknowledged(*message)
-                                              for message in chunk))
-                fresh += [not ack.duplicate for ack in acks]
-        return fresh
-
-    def _event_message(self, event, received_ms, project):
-        """(payload, message id, headers, subject) of an SDK event's message of `project`.
-        The message id is the project's key of the event's id (event_key): a retry through
-        any node is dropped, and another project's event with the same id is not."""
-        payload = b"" if event.experience_id is None else encode((event.experience_id,),
-                                                                  project)
-        named = {"project": project} if project else {}
-        details = json.dumps({"received": received_ms, **named, **event.details},
-                             ensure_ascii=True, separators=(",", ":"))
-        partition = partition_of(event.anonymous_id, self.partitions)
-        return (payload, f"sdk-{event_key(event.event_id, project).hex()}",
-                {DETAILS_HEADER: details}, partition_subject(partition))
+                acks = await asyncio.gather(*(
+                    self._publish_until_acknowledged(payload, headers, subject)
+                    for payload, headers, subject, _ in chunk))
+                stored += [not ack.duplicate for ack in acks]
+        return stored
 
     async def _publish_batch(self, messages):
         """Publish `messages` as one atomic batch (ADR-50: stored all together or not at
@@ -194,9 +223,8 @@ class StreamLog:
         nc, batch = self.link.nc, os.urandom(16).hex()
         timeout = min(self.timeout, ATTEMPT_TIMEOUT)
         try:
-            for number, (payload, message_id, headers, subject) in enumerate(messages, 1):
-                headers = {"Nats-Msg-Id": message_id, **headers, "Nats-Batch-Id": batch,
-                           "Nats-Batch-Sequence": str(number)}
+            for number, (payload, headers, subject, _) in enumerate(messages, 1):
+                headers = {**headers, "Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(number)}
                 if number == 1:  # answered empty once the batch is begun, else an error
                     if (await nc.request(subject, payload, timeout, headers=headers)).data:
                         return False
@@ -226,8 +254,8 @@ class StreamLog:
         message_id = f"{self._writer_id}-{number}"
         subject = partition_subject(self.partitions[number % len(self.partitions)])
         try:
-            await self._publish_until_acknowledged(b"".join(group.records), message_id,
-                                                   None, subject)
+            await self._publish_until_acknowledged(b"".join(group.records),
+                                                   {"Nats-Msg-Id": message_id}, subject)
             group.error = None
         except AppendError as error:
             group.error = error
@@ -238,12 +266,12 @@ class StreamLog:
                 self._in_flight -= 1
             self._start_publishes()
 
-    async def _publish_until_acknowledged(self, payload, message_id, extra_headers, subject):
+    async def _publish_until_acknowledged(self, payload, headers, subject):
         """The publish's acknowledgement (its `duplicate` says whether the stream already
-        held `message_id`), or AppendError once `timeout` has passed."""
+        held the message id in `headers`), or AppendError once `timeout` has passed."""
         loop = self.link.loop
         deadline = loop.time() + self.timeout
-        headers = {"Nats-Msg-Id": message_id, **(extra_headers or {})}
+        message_id = headers["Nats-Msg-Id"]
         attempts, last_error = 0, None
         while True:
             remaining = deadline - loop.time()

@@ -1,0 +1,174 @@
+"""The dedupe at the partition (storage/views/seen_store.py): its rule, as the store applies it
+across commits, crashes, reopenings and views that read again from behind, equals a plain
+reference of the rule over the whole stream. And an SDK message's format
+(storage/stream/sdk_message.py) reads back what was written."""
+
+import base64
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.validate import SdkEvent
+from storage.backend import event_key
+from storage.layout import Layout
+from storage.stream import sdk_message
+from storage.views.seen_store import SLACK_MS, SeenStore
+
+KEYS = [bytes([n]) * 16 for n in range(6)]
+
+
+def reference(stream):
+    """Which events of each message repeat an earlier one, by the rule read plainly: every
+    earlier occurrence of the key, stored within the message's window before it, or the key
+    earlier in the same message."""
+    answers = []
+    for index, (_, stored_ms, part) in enumerate(stream):
+        repeats = []
+        for item, key in enumerate(part.keys):
+            if not part.window:
+                continue
+            earlier = [ms for _, ms, other in stream[:index] if key in other.keys]
+            if key in part.keys[:item] or any(ms >= stored_ms - part.window * 1000
+                                               for ms in earlier):
+                repeats.append(item)
+        answers.append(repeats)
+    return answers
+
+
+def part(keys, window):
+    return sdk_message.SdkPart(list(keys), [b"1"] * len(keys), window, b"[]")
+
+
+messages = st.lists(st.tuples(
+    st.lists(st.sampled_from(KEYS), min_size=1, max_size=4),
+    st.integers(-2, 3),  # seconds since the message before (the clock may step back)
+    st.sampled_from([0, 2, 5, 60]),  # the window
+    st.booleans(),  # whether the worker commits after it
+    st.sampled_from(["", "", "", "crash", "reread"]),  # what befalls it after
+), min_size=1, max_size=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(messages=messages)
+def test_the_store_finds_the_reference_s_repeats_whatever_befalls_it(tmp_path_factory,
+                                                                      messages):
+    path = tmp_path_factory.mktemp("seen") / "seen-p1.sqlite3"
+    stream, ms, sequence = [], 1_000_000, 0
+    for keys, gap, window, _, _ in messages:
+        ms += gap * 1000
+        sequence += 1 + len(keys) % 2  # sequences of other partitions come between
+        stream.append((sequence, ms, part(keys, window)))
+    expected = reference(stream)
+
+    store = SeenStore(Layout(path.parent), path)
+    store.open("stream-1")
+    found, crashed = {}, set()
+    index = 0
+    while index < len(stream):
+        sequence, stored_ms, message = stream[index]
+        answer = store.repeats_in(sequence, stored_ms, message)
+        assert found.setdefault(sequence, answer) == answer, "a decision changed"
+        assert answer == expected[index], (index, stream)
+        _, _, _, commit, befalls = messages[index]
+        if commit:
+            store.commit(sequence)
+        if befalls == "crash" and index not in crashed:
+            # What was not committed is lost: decided again, the same way.
+            crashed.add(index)
+            store.close()
+            store = SeenStore(Layout(path.parent), path)
+            store.open("stream-1")
+            index = next((i for i, (s, _, _) in enumerate(stream) if s > store.position),
+                         len(stream))
+            continue
+        if befalls == "reread":  # a view behind asks again about every message so far
+            for again in range(index + 1):
+                s, t, m = stream[again]
+                assert store.repeats_in(s, t, m) == expected[again]
+        index += 1
+    store.commit(stream[-1][0])
+    store.close()
+
+
+def test_keys_older_than_the_widest_window_and_the_slack_are_dropped(tmp_path):
+    store = SeenStore(Layout(tmp_path), tmp_path / "seen-p1.sqlite3")
+    store.open("s")
+    store.repeats_in(1, 0, part([KEYS[0]], 60))
+    store.commit(1)
+    late = 60_000 + SLACK_MS + 1
+    assert store.repeats_in(2, late, part([KEYS[1]], 60)) == []
+    store.commit(2)
+    kept = [key for key, in store.db.execute("SELECT key FROM seen")]
+    assert kept == [KEYS[1]]
+    # Within the window of the message it repeats, it is found even after a gap in time.
+    assert store.repeats_in(3, late + 59_000, part([KEYS[1]], 60)) == [0]
+    store.close()
+
+
+def test_a_store_of_another_stream_or_unreadable_is_set_aside_and_begun_again(tmp_path):
+    path = tmp_path / "seen-p1.sqlite3"
+    store = SeenStore(Layout(tmp_path), path)
+    store.open("stream-1")
+    store.repeats_in(5, 1000, part([KEYS[0]], 60))
+    store.commit(5)
+    store.close()
+    assert "stream-2" in SeenStore(Layout(tmp_path), path).open("stream-2")
+    again = SeenStore(Layout(tmp_path), path)
+    assert again.open("stream-2") is None and again.position == 0
+    again.close()
+    path.write_bytes(b"not a database at all" * 100)
+    broken = SeenStore(Layout(tmp_path), path)
+    assert "not a readable store" in broken.open("stream-2")
+    assert broken.position == 0
+    broken.close()
+    assert len(list(tmp_path.glob("seen-p1.sqlite3.bad-*"))) == 2
+
+
+def test_in_memory_without_a_folder(tmp_path):
+    store = SeenStore(None, None)
+    assert store.open("s") is None
+    assert store.repeats_in(1, 0, part([KEYS[0], KEYS[0]], 60)) == [1]
+    store.commit(1)
+    assert store.repeats_in(1, 0, part([KEYS[0], KEYS[0]], 60)) == [1]
+    store.close()
+    assert not list(tmp_path.iterdir())
+
+
+def sdk_event(index, event_id, experience=None, kind="screen", anonymous="device-1"):
+    event = {"id": event_id, "anonymousID": anonymous, "type": kind,
+             "timestamp": "2026-12-01T10:00:00Z"}
+    if experience is not None:
+        event["properties"] = {"experienceID": str(experience)}
+    return SdkEvent(index, event_id, kind, anonymous, experience, {"time": 1764583200000},
+                    event)
+
+
+def test_an_sdk_message_reads_back_as_written():
+    events = [sdk_event(0, "a", 7), sdk_event(1, "b", kind="identify"), sdk_event(2, "c", 9)]
+    keys = [event_key(event.event_id, "shop") for event in events]
+    payload, headers = sdk_message.encode_message(events, keys, 1764583201234, "shop", 86400)
+    records, read = sdk_message.decode(payload, headers)
+    assert records == b"" and read.keys == keys and read.window == 86400
+    assert read.records() == b"shop:7 shop:9 " and read.records([0]) == b"shop:9 "
+    assert headers["Nats-Msg-Id"] == sdk_message.message_id(keys)
+    # An exact retry is the same message; one more event makes another.
+    assert sdk_message.encode_message(events, keys, 1, "shop", 60)[1]["Nats-Msg-Id"] == (
+        headers["Nats-Msg-Id"])
+    assert sdk_message.message_id(keys[:2]) != headers["Nats-Msg-Id"]
+    # The older format: one event a message, its key read from its details.
+    old_payload, old_headers = sdk_message.encode_legacy(events[0], 1764583201234, "shop")
+    records, old = sdk_message.decode(old_payload, old_headers)
+    assert old.keys == [keys[0]] and old.window == 0 and old.records() == b"shop:7 "
+    # Minimal events: records, no SDK part.
+    assert sdk_message.decode(b"1 2 ", None) == (b"1 2 ", None)
+
+
+def test_a_message_whose_keys_and_ids_disagree_is_refused():
+    headers = {"Mini-Analytics-Keys": base64.b64encode(KEYS[0] * 2).decode(),
+               "Mini-Analytics-Ids": "7", "Mini-Analytics-Window": "60"}
+    try:
+        sdk_message.decode(b"[]", headers)
+    except ValueError as error:
+        assert "32 bytes of keys for 1 ids" in str(error)
+    else:
+        raise AssertionError("decoded a message that breaks the format")
