@@ -7,8 +7,8 @@ ingest is measured (as the single-machine ingest is measured without its worker)
 started to time their catch-up on the backlog the measurements left.
 
     ingest     acknowledged single events/s, batched events/s (batches of 100) and SDK
-               events/s (bench/sdk.py's batches of 100, a message per event, a request's
-               messages in one atomic batch) through 1 and through 2 ingest nodes (a wrk per
+               events/s (bench/sdk.py's batches of 100, a message per request and
+               partition) through 1 and through 2 ingest nodes (a wrk per
                node), beside the single machine (fsync on, SDK events too) and beside raw
                nats-py publishing the same messages with the same concurrency: the engine's
                own limit
@@ -254,7 +254,7 @@ ROWS = [
     ("Cluster, 2 ingest nodes: batched events/s", "cluster_2_nodes_batched_events_s", "{:,.0f}"),
     ("Single machine, fsync on: SDK events/s (bench/sdk.py's batches of 100)",
      "file_sdk_events_s", "{:,.0f}"),
-    ("Cluster, 1 ingest node: SDK events/s (a message each, a batch a request)",
+    ("Cluster, 1 ingest node: SDK events/s (a message per request and partition)",
      "cluster_1_node_sdk_events_s", "{:,.0f}"),
     ("Cluster, 2 ingest nodes: SDK events/s", "cluster_2_nodes_sdk_events_s", "{:,.0f}"),
     ("  cluster (1 node) / single machine, SDK events", "cluster_1_node_sdk_vs_file", "{:.2f}"),
