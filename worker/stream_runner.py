@@ -399,6 +399,7 @@ class StreamWorker(PassLoop):
                 partition.read_through = None
                 partition.behind = complete
                 return 0
+        self._keep_views_seen(partition)
         lowest = min(partition.positions())
         series_level = partition.series is not None and partition.series_offset >= counted
         overview_level = partition.overview is not None and partition.overview.position >= counted
@@ -408,7 +409,6 @@ class StreamWorker(PassLoop):
         # An overview left behind by the read above has had its time this pass.
         overview_behind = partition.overview is not None and not overview_level
         if (series_behind or overview_behind) and complete and not self.stop_requested():
-            self._keep_views_seen(partition)
             _, complete = self._read(partition, min(partition.positions()), series_behind,
                                      overview_behind, until=partition.checkpoint.offset,
                                      overview_until=until)
@@ -488,6 +488,9 @@ class StreamWorker(PassLoop):
         # The overview's commit is sized by the time it has left, and the counts commit with it.
         overview_commit = (partition.overview.commit_size(overview_until) if feed_overview
                            else None)
+        # A read from before where the seen store is exact (a catch-up of the views) decides
+        # with the views' seen store there, and commits it.
+        views_seen = partition.views_seen if start < partition.seen.exact_after else None
         reading = partition.reader.messages(start)
         try:
             for message in reading:
@@ -501,7 +504,9 @@ class StreamWorker(PassLoop):
                 to_date = feed_series and sequence > dated
                 to_overview = feed_overview and sequence > overviewed
                 part, records, repeats = message.sdk, message.records, ()
-                if part is not None and (to_count or to_date or to_overview):
+                # The views' seen store decides every message it is shown, needed or not.
+                if part is not None and (to_count or to_date or to_overview or (
+                        views_seen is not None and sequence <= partition.seen.exact_after)):
                     # The dedupe at the partition: the same repeats for every view.
                     repeats = partition.seen_for(sequence).repeats_in(
                         sequence, message.stored_ms, part)
@@ -526,7 +531,7 @@ class StreamWorker(PassLoop):
                 if pending_bytes >= COMMIT_EVERY or (
                         feed_overview and sdk_events >= overview_commit):
                     self._commit(partition, counts, feed_series and series,
-                                 feed_overview and sdk, reached, messages)
+                                 feed_overview and sdk, reached, messages, views_seen)
                     messages = pending_bytes = sdk_events = 0
                     sdk = []
                     if feed_overview:
@@ -548,7 +553,7 @@ class StreamWorker(PassLoop):
             reading.close()  # ends its consumer
         if reached > start:
             self._commit(partition, counts, feed_series and series, feed_overview and sdk,
-                         reached, messages)
+                         reached, messages, views_seen)
             if until is None:
                 log.info("pass: partition %s: counted %s (%d skipped, %s left out) in "
                          "%.3fs; sequence %d -> %d; lag %s", partition.name,
@@ -563,9 +568,10 @@ class StreamWorker(PassLoop):
                          reached, until)
         return counts.events, complete
 
-    def _commit(self, partition, counts, series, sdk, sequence, messages):
-        """Commit the views fed up to `sequence` (`series`, a Tally, and `sdk`, the SDK
-        events' details past the overview's position; False for a view not fed), then the
+    def _commit(self, partition, counts, series, sdk, sequence, messages, views_seen=None):
+        """Commit the seen stores (`views_seen`, the views' one, if the read fed it), then the
+        views fed up to `sequence` (`series`, a Tally, and `sdk`, the SDK messages past the
+        overview's position with their repeats; False for a view not fed), then the
         checkpoint."""
         if messages > max(0, sequence - partition.checkpoint.offset):  # 0 in a views' catch-up
             # Sequences only rise in a read (storage/stream/reader.py), so this cannot happen;
@@ -576,8 +582,8 @@ class StreamWorker(PassLoop):
                               f"{sequence - partition.checkpoint.offset}")
         # First which events were repeats: never behind a view that counted without them.
         partition.seen.commit(sequence)
-        if partition.views_seen is not None:
-            partition.views_seen.commit(min(sequence, partition.seen.exact_after))
+        if views_seen is not None:
+            views_seen.commit(min(sequence, partition.seen.exact_after))
         overview = partition.overview
         if sdk is not False and overview is not None and sequence > overview.position:
             # Acknowledged messages are on a quorum's disks: nothing to make durable first.
