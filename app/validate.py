@@ -183,6 +183,14 @@ class SdkEvent:
         """The item storage/log/details.py keeps of it: {"event", "time", ["clock"]}."""
         return {"event": self.event, **self.item}
 
+    @property
+    def event_json(self):
+        """The event in JSON, bytes: as it came in the body when it was read the fast way
+        (neither decoded nor encoded again), else encoded from `event`."""
+        if self._event is None:
+            return self._sent.event_json(self.index)
+        return json.dumps(self._event, separators=(",", ":")).encode()
+
 
 class Batch:
     """A parsed POST /batch body: `ids` from minimal items, `events` from SDK items, and
@@ -428,6 +436,8 @@ class _Body(msgspec.Struct):
 
 
 _DECODE_BODY = msgspec.json.Decoder(_Body)
+_DECODE_RAW_BODY = msgspec.json.Decoder(msgspec.defstruct("RawBody",
+                                                          [("batch", list[msgspec.Raw])]))
 
 
 class _SentBatch:
@@ -436,12 +446,18 @@ class _SentBatch:
 
     def __init__(self, body):
         self.body = body
-        self._events = None
+        self._events = self._raw = None
 
     def event(self, index):
         if self._events is None:
             self._events = json.loads(self.body)["batch"]
         return self._events[index]
+
+    def event_json(self, index):
+        """Event `index` as the body holds it: its JSON text, bytes."""
+        if self._raw is None:
+            self._raw = _DECODE_RAW_BODY.decode(self.body).batch
+        return bytes(self._raw[index])
 
 
 def _object_or_null(raw):

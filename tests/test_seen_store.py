@@ -4,13 +4,19 @@ reference of the rule over the whole stream. And an SDK message's format
 (storage/stream/sdk_message.py) reads back what was written."""
 
 import base64
+import datetime
+import json
+import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app import validate
 from app.validate import SdkEvent
+from bench.sdk_shapes import mixed_batch
 from storage.backend import event_key
 from storage.layout import Layout
+from storage.log.details import payload_events
 from storage.stream import sdk_message
 from storage.views.seen_store import SLACK_MS, SeenStore
 
@@ -151,6 +157,7 @@ def test_an_sdk_message_reads_back_as_written():
     assert records == b"" and read.keys == keys and read.window == 86400
     assert read.records() == b"shop:7 shop:9 " and read.records([0]) == b"shop:9 "
     assert headers["Nats-Msg-Id"] == sdk_message.message_id(keys)
+    assert payload_events(read.payload) == ("shop", [event.details for event in events])
     # An exact retry is the same message; one more event makes another.
     assert sdk_message.encode_message(events, keys, 1, "shop", 60)[1]["Nats-Msg-Id"] == (
         headers["Nats-Msg-Id"])
@@ -172,3 +179,16 @@ def test_a_message_whose_keys_and_ids_disagree_is_refused():
         assert "32 bytes of keys for 1 ids" in str(error)
     else:
         raise AssertionError("decoded a message that breaks the format")
+
+
+def test_a_message_keeps_each_event_as_the_body_held_it():
+    sent, _ = mixed_batch(datetime.datetime.now(datetime.timezone.utc), 30)
+    body = json.dumps({"batch": sent}, ensure_ascii=False).encode()
+    batch = validate.parse_batch(body, time.time())
+    assert not batch.rejected and len(batch.events) == 30
+    keys = [event_key(event.event_id) for event in batch.events]
+    payload, _ = sdk_message.encode_message(batch.events, keys, 1, "", 60)
+    project, items = payload_events(payload)
+    assert project == "" and [item["event"] for item in items] == sent
+    assert [{k: v for k, v in item.items() if k != "event"} for item in items] == [
+        event.item for event in batch.events]

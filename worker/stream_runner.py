@@ -157,13 +157,12 @@ class Partition:
         delete it once none is. Returns why an unusable one was begun again, or None."""
         behind = min(self.view_positions(), default=self.seen.exact_after) < (
             self.seen.exact_after)
+        path = self._seen_path(views=True)
         if behind and self.views_seen is None:
-            self.views_seen = SeenStore(self._seen_layout, self._seen_path(views=True))
+            self.views_seen = SeenStore(self._seen_layout, path)
             return self.views_seen.open(self.seen.source)
-        if not behind:
-            if self.views_seen is None:
-                self.views_seen = SeenStore(self._seen_layout, self._seen_path(views=True))
-            self.views_seen.remove()
+        if not behind and (self.views_seen is not None or (path and path.exists())):
+            (self.views_seen or SeenStore(self._seen_layout, path)).remove()
             self.views_seen = None
         return None
 

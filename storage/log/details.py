@@ -89,6 +89,7 @@ HEADER = struct.Struct("<8sI16sI")
 FRAME = struct.Struct("<II")  # length, crc
 GROUP = struct.Struct("<QQIQ")  # data1_start, data1_end, data1_crc, received
 MAX_GROUP = 64 * 1024 * 1024  # a length beyond this is damage, not a group
+_ITEM_ENCODER = msgspec.json.Encoder()
 
 
 class Group:
@@ -191,9 +192,17 @@ def encode_group(data1_start, data1_end, data1_crc, received_ms, items, sent=Non
     return FRAME.pack(len(body), zlib.crc32(body)) + body
 
 
-def encode_payload(items, sent=None, project=""):
+def encode_payload(items, sent=None, project="", events=None):
     """A group's payload (see the format) of `project`'s `items`, or of `sent` and its items
-    (as encode_group takes them)."""
+    (as encode_group takes them). With `events` (each item's event in JSON, bytes, as it
+    came), the items are without their "event", and get it as it came: the items' form, with
+    no event decoded and encoded again."""
+    if events is not None:
+        items_json = b"[%s]" % b",".join(
+            b'{"event":%s,%s' % (event, _ITEM_ENCODER.encode(item)[1:])
+            for event, item in zip(events, items))
+        parts = [b'"project":"%s"' % project.encode("ascii")] if project else []
+        return b"{%s}" % b",".join([*parts, b'"items":%s' % items_json])
     # Without the body, the items hold the events: as they came, not \u-escaped. With it,
     # they hold only numbers.
     items_json = json.dumps(items, ensure_ascii=sent is not None, separators=(",", ":")).encode()

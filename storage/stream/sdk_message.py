@@ -96,8 +96,10 @@ def encode_message(events, keys, received_ms, project, window, sent=None):
     prefix = f"{project}:" if project else ""
     ids = " ".join(NO_RECORD.decode() if event.experience_id is None
                    else f"{prefix}{event.experience_id}" for event in events)
-    payload = encode_payload([event.item if sent is not None else event.details
-                              for event in events], sent, project)
+    items = [event.item for event in events]
+    payload = (encode_payload(items, sent, project) if sent is not None else
+               encode_payload(items, project=project,
+                              events=[event.event_json for event in events]))
     return payload, {
         "Nats-Msg-Id": message_id(keys),
         KEYS_HEADER: base64.b64encode(b"".join(keys)).decode("ascii"),

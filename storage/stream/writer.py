@@ -161,10 +161,14 @@ class StreamLog:
                 if key in seen:
                     fresh[index] = False
                 seen.add(key)
-        by_partition = collections.defaultdict(list)
+        by_partition, of_install = collections.defaultdict(list), {}
         for index, event in enumerate(events):
             if fresh[index]:
-                by_partition[partition_of(event.anonymous_id, self.partitions)].append(index)
+                install = event.anonymous_id
+                partition = of_install.get(install)
+                if partition is None:
+                    partition = of_install[install] = partition_of(install, self.partitions)
+                by_partition[partition].append(index)
         whole = sent is not None and not ids and all(fresh) and len(by_partition) == 1
         messages = []  # (payload, headers, subject, indexes of its events)
         for partition, indexes in by_partition.items():

@@ -141,7 +141,9 @@ class SeenStore(derived_store.Writer):
         """Close the store and delete it (it is derived: nothing is lost)."""
         self.close()
         if self.path is not None:
-            for path in (self.path, *derived_store.sidecars(self.path)):
+            # Its write-ahead log first: one left beside a store made later would be replayed
+            # into it.
+            for path in (*derived_store.sidecars(self.path), self.path):
                 if path.exists():
                     path.unlink()
 
