@@ -7,8 +7,9 @@ ingest is measured (as the single-machine ingest is measured without its worker)
 started to time their catch-up on the backlog the measurements left.
 
     ingest     acknowledged single events/s, batched events/s (batches of 100) and SDK
-               events/s (bench/sdk.py's batches of 100, a message per request and
-               partition) through 1 and through 2 ingest nodes (a wrk per
+               events/s (bench/sdk.py's batches of 100, from 7 installs a request, and
+               from one as the SDKs send; a message per request and partition) through 1
+               and through 2 ingest nodes (a wrk per
                node), beside the single machine (fsync on, SDK events too) and beside raw
                nats-py publishing the same messages with the same concurrency: the engine's
                own limit
@@ -176,12 +177,17 @@ def bench_cluster(seconds):
     batch = json.dumps({"batch": [{"experienceID": i % 997} for i in range(BATCH)]}).encode()
     sdk_script = scratch_dir() / "sdk.lua"
     sdk_script.write_text(fresh_ids_script(sdk_body()) + DONE)
+    # As the SDKs send: a request holds one install's events, so one partition's message.
+    one_install_script = sdk_script.parent / "sdk-one-install.lua"
+    one_install_script.write_text(fresh_ids_script(sdk_body(installs=1)) + DONE)
     with wrk_script(event) as single_script, wrk_script(batch, "/batch") as batch_script:
         with ingest_server(fsync=True) as (port, _):
             run_wrk(port, single_script, seconds=1)
             results["file_single_events_s"] = run_wrk(port, single_script, seconds)["rate"]
             results["file_batched_events_s"] = run_wrk(port, batch_script, seconds)["rate"] * BATCH
             results["file_sdk_events_s"] = run_wrk(port, str(sdk_script), seconds)["rate"] * BATCH
+            results["file_sdk_one_install_events_s"] = run_wrk(
+                port, str(one_install_script), seconds)["rate"] * BATCH
         with local_cluster() as cluster:
             cluster.ctl("stop", "worker:*")
             one, both = [cluster.port(1)], [cluster.port(1), cluster.port(2)]
@@ -202,6 +208,8 @@ def bench_cluster(seconds):
             for nodes, ports in (("1_node", one), ("2_nodes", both)):
                 rate, _ = wrk_on(ports, str(sdk_script), seconds)
                 results[f"cluster_{nodes}_sdk_events_s"] = rate * BATCH
+                rate, _ = wrk_on(ports, str(one_install_script), seconds)
+                results[f"cluster_{nodes}_sdk_one_install_events_s"] = rate * BATCH
             results["raw_nats_single_events_s"] = raw_publish(cluster.servers, 1, seconds)
             results["raw_nats_batched_events_s"] = raw_publish(cluster.servers, BATCH,
                                                                seconds) * BATCH
@@ -212,6 +220,10 @@ def bench_cluster(seconds):
         / results["file_sdk_events_s"],
         cluster_2_vs_1_node_sdk=results["cluster_2_nodes_sdk_events_s"]
         / results["cluster_1_node_sdk_events_s"],
+        cluster_1_node_sdk_one_install_vs_file=results["cluster_1_node_sdk_one_install_events_s"]
+        / results["file_sdk_one_install_events_s"],
+        cluster_2_vs_1_node_sdk_one_install=results["cluster_2_nodes_sdk_one_install_events_s"]
+        / results["cluster_1_node_sdk_one_install_events_s"],
         cluster_2_vs_1_node_single=results["cluster_2_nodes_single_events_s"]
         / results["cluster_1_node_single_events_s"],
         cluster_2_vs_1_node_batched=results["cluster_2_nodes_batched_events_s"]
@@ -266,6 +278,16 @@ ROWS = [
     ("Cluster, 2 ingest nodes: SDK events/s", "cluster_2_nodes_sdk_events_s", "{:,.0f}"),
     ("  cluster (1 node) / single machine, SDK events", "cluster_1_node_sdk_vs_file", "{:.2f}"),
     ("  2 ingest nodes / 1, SDK events", "cluster_2_vs_1_node_sdk", "{:.2f}x"),
+    ("Single machine, fsync on: SDK events/s, one install a request (as the SDKs send)",
+     "file_sdk_one_install_events_s", "{:,.0f}"),
+    ("Cluster, 1 ingest node: SDK events/s, one install a request",
+     "cluster_1_node_sdk_one_install_events_s", "{:,.0f}"),
+    ("Cluster, 2 ingest nodes: SDK events/s, one install a request",
+     "cluster_2_nodes_sdk_one_install_events_s", "{:,.0f}"),
+    ("  cluster (1 node) / single machine, one install a request",
+     "cluster_1_node_sdk_one_install_vs_file", "{:.2f}"),
+    ("  2 ingest nodes / 1, one install a request", "cluster_2_vs_1_node_sdk_one_install",
+     "{:.2f}x"),
     ("Raw nats-py, 16 in flight: 1 id a message (events/s)", "raw_nats_single_events_s", "{:,.0f}"),
     ("Raw nats-py, 16 in flight: 100 ids a message (events/s)", "raw_nats_batched_events_s",
      "{:,.0f}"),

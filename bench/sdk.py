@@ -24,16 +24,17 @@ FULL_WINDOW_IDS = 20_000_000
 PLACEHOLDER = "@ID@"
 
 
-def sdk_body():
+def sdk_body(installs=7):
     """100 events as the SDKs send them (bench/sdk_shapes.py has the field-by-field source),
-    each id a placeholder that the wrk script fills with a fresh value per request."""
+    each id a placeholder that the wrk script fills with a fresh value per request; from
+    `installs` app installs (an SDK sends its own install's events only: 1 is that shape)."""
     moment = datetime.datetime.now(datetime.timezone.utc)
     stamp = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
     events = []
     for number in range(EVENTS):
         events.append({
             "id": PLACEHOLDER, "timestamp": stamp,
-            "anonymousID": f"4F1E6B0C-6E4A-4C8B-9D0E-{number % 7:012d}",
+            "anonymousID": f"4F1E6B0C-6E4A-4C8B-9D0E-{number % installs:012d}",
             "type": "screen",
             "properties": {"id": f"node-{number % 9}", "name": "Écran d'accueil",
                            "experienceID": str(1000 + number % 37),
