@@ -20,6 +20,14 @@ A worker answers for the partitions it counts, while its leases are fresh
 (worker/stream_answers.py): "who counts partition p, and since when?" for the ingest's
 /healthz and `python -m worker status`, and the ingest's reads of their views.
 
+Which of a partition's SDK events repeat an earlier one (a retry sent in another request)
+is decided before anything counts them, by a rule that is a function of the stream alone
+(storage/views/seen_store.py), and committed before the views and the checkpoint: every
+view, and every worker, leaves out the same repeats. A partition new to this worker is
+decided from the window before its checkpoint (all the rule looks at) before it is counted
+further; its views, counted again from the first message, ask a seen store of their own
+about the messages before that.
+
 The counts over time are a second view of each partition, as data1 has: a series store per
 partition in the worker's state folder (storage/views/series_store.py; the stream sequence
 is its offset), each message dated by when the stream stored it. It is committed just
