@@ -96,6 +96,14 @@ def utc_iso_of(ms):
         timespec="milliseconds").replace("+00:00", "Z")
 
 
+def read_failed(partition, reached, error):
+    """Log a read of `partition` that failed after sequence `reached`; False (incomplete)."""
+    log.warning("partition %s: reading the stream failed after sequence %d (%s); retrying "
+                "next pass", partition.name, reached,
+                f"{type(error).__name__}: {error}".rstrip(": "))
+    return False
+
+
 def owner_name():
     """How this worker signs its commits: unique among live processes, readable by people."""
     return f"worker@{socket.gethostname()}:{os.getpid()}"
@@ -453,9 +461,8 @@ class StreamWorker(PassLoop):
                 part = message.sdk
                 if part is not None:
                     seen.repeats_in(message.sequence, message.stored_ms, part)
-                size = len(message.records) + (len(part.payload or part.legacy_item)
-                                               if part is not None else 0)
-                pending_bytes, read_bytes = pending_bytes + size, read_bytes + size
+                pending_bytes += message.size
+                read_bytes += message.size
                 reached = message.sequence
                 if pending_bytes >= COMMIT_EVERY:
                     seen.commit(reached)
@@ -465,10 +472,7 @@ class StreamWorker(PassLoop):
             else:
                 reached = max(reached, until)  # every message up to it was read
         except UNAVAILABLE as error:
-            log.warning("partition %s: reading the stream failed after sequence %d (%s); "
-                        "retrying next pass", partition.name, reached,
-                        f"{type(error).__name__}: {error}".rstrip(": "))
-            complete = False
+            complete = read_failed(partition, reached, error)
         finally:
             reading.close()
         seen.commit(reached)
@@ -531,9 +535,8 @@ class StreamWorker(PassLoop):
                 if to_overview and part is not None:
                     sdk.append((part, repeats))  # decoded by SdkEvents.read_stream, at the commit
                     sdk_events += len(part.tokens) - len(repeats)
-                size = len(records) + (len(part.payload or part.legacy_item)
-                                       if part is not None else 0)
-                pending_bytes, read_bytes = pending_bytes + size, read_bytes + size
+                pending_bytes += message.size
+                read_bytes += message.size
                 reached = sequence
                 if pending_bytes >= COMMIT_EVERY or (
                         feed_overview and sdk_events >= overview_commit):
@@ -552,10 +555,7 @@ class StreamWorker(PassLoop):
                     break
         except UNAVAILABLE as error:
             # What was read is consistent up to `reached`: commit it; the next pass reads on.
-            log.warning("partition %s: reading the stream failed after sequence %d (%s); "
-                        "retrying next pass", partition.name, reached,
-                        f"{type(error).__name__}: {error}".rstrip(": "))
-            complete = False
+            complete = read_failed(partition, reached, error)
         finally:
             reading.close()  # ends its consumer
         if reached > start:

@@ -47,6 +47,7 @@ class StreamMessage(NamedTuple):
     records: bytes  # minimal events' records, in data1's format (b"" for SDK events)
     sdk: Optional[sdk_message.SdkPart]  # its SDK events, or None
     flaw: Optional[str]  # why a message that is not in the format was read as no events
+    size: int  # its payload's bytes and its headers'
 
 
 class StreamReader:
@@ -78,7 +79,8 @@ class StreamReader:
                 records, sdk, flaw = b"", None, f"{type(error).__name__}: {error}"
             # Whole milliseconds by integer arithmetic: every worker reads the same moment.
             stored_ms = (metadata.timestamp - EPOCH) // MILLISECOND
-            yield StreamMessage(metadata.sequence.stream, stored_ms, records, sdk, flaw)
+            size = len(message.data) + sum(map(len, (message.headers or {}).values()))
+            yield StreamMessage(metadata.sequence.stream, stored_ms, records, sdk, flaw, size)
 
 
 def stored_at_ms(link, sequence):
