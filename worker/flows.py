@@ -68,9 +68,9 @@ def extend_session(changes, experience, before, after):
     (worker/sessions.extend: `before`'s views are StoredViews, and `after`'s their
     extension by views none of which sorts before `before`'s last): the same changes as
     counting `before` out and `after` in, in the time of the views added rather than of
-    the whole session, whose views are not read. A session that gains views as it goes (the common case: an
-    install's next batch) would otherwise cost its whole length each time, and a long one
-    more each commit."""
+    the whole session, whose views are not read. A session that gains views as it goes
+    (the common case: an install's next batch) would otherwise cost its whole length each
+    time, and a long one more each commit."""
     first, last, views = before
     _, later_last, extended = after
     known, began_on, last_view, reached = views.summary()

@@ -197,17 +197,17 @@ def encode_payload(items, sent=None, project="", events=None):
     (as encode_group takes them). With `events` (each item's event in JSON, bytes, as it
     came), the items are without their "event", and get it as it came: the items' form, with
     no event decoded and encoded again."""
-    if events is not None:
+    if events is not None:  # always the object form: a cluster message names its project
         items_json = b"[%s]" % b",".join(
             b'{"event":%s,%s' % (event, _ITEM_ENCODER.encode(item)[1:])
             for event, item in zip(events, items))
-        parts = [b'"project":"%s"' % project.encode("ascii")] if project else []
-        return b"{%s}" % b",".join([*parts, b'"items":%s' % items_json])
-    # Without the body, the items hold the events: as they came, not \u-escaped. With it,
-    # they hold only numbers.
-    items_json = json.dumps(items, ensure_ascii=sent is not None, separators=(",", ":")).encode()
-    if sent is None and not project:
-        return items_json
+    else:
+        # Without the body, the items hold the events: as they came, not \u-escaped. With
+        # it, they hold only numbers.
+        items_json = json.dumps(items, ensure_ascii=sent is not None,
+                                separators=(",", ":")).encode()
+        if sent is None and not project:
+            return items_json
     parts = [b'"project":"%s"' % project.encode("ascii")] if project else []
     if sent is not None:
         parts.append(b'"sent":%s' % sent)
