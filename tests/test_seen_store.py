@@ -149,6 +149,16 @@ def sdk_event(index, event_id, experience=None, kind="screen", anonymous="device
                     event)
 
 
+def older_format(event, received_ms, project):
+    """(payload, headers) of one SDK event as the stream kept it before a message held a
+    request's events: its record, and its details item in a header."""
+    payload = f"{project}:{event.experience_id} ".encode() if event.experience_id else b""
+    details = json.dumps({"received": received_ms, "project": project, **event.details},
+                         separators=(",", ":"))
+    return payload, {"Nats-Msg-Id": f"sdk-{event_key(event.event_id, project).hex()}",
+                     "Mini-Analytics-Details": details}
+
+
 def test_an_sdk_message_reads_back_as_written():
     events = [sdk_event(0, "a", 7), sdk_event(1, "b", kind="identify"), sdk_event(2, "c", 9)]
     keys = [event_key(event.event_id, "shop") for event in events]
@@ -163,7 +173,7 @@ def test_an_sdk_message_reads_back_as_written():
         headers["Nats-Msg-Id"])
     assert sdk_message.message_id(keys[:2]) != headers["Nats-Msg-Id"]
     # The older format: one event a message, its key read from its details.
-    old_payload, old_headers = sdk_message.encode_legacy(events[0], 1764583201234, "shop")
+    old_payload, old_headers = older_format(events[0], 1764583201234, "shop")
     records, old = sdk_message.decode(old_payload, old_headers)
     assert old.keys == [keys[0]] and old.window == 0 and old.records() == b"shop:7 "
     # Minimal events: records, no SDK part.

@@ -47,7 +47,6 @@ import json
 
 from storage.backend import event_key
 from storage.log.details import encode_payload
-from storage.log.format import encode
 from storage.stream.names import (DETAILS_HEADER, IDS_HEADER, KEYS_HEADER, RECEIVED_HEADER,
                                   WINDOW_HEADER)
 
@@ -107,16 +106,6 @@ def encode_message(events, keys, received_ms, project, window, sent=None):
         WINDOW_HEADER: str(window),
         RECEIVED_HEADER: str(received_ms),
     }
-
-
-def encode_legacy(event, received_ms, project):
-    """(payload, headers) of one SDK event in the older format: for the tests of reading it."""
-    payload = b"" if event.experience_id is None else encode((event.experience_id,), project)
-    named = {"project": project} if project else {}
-    details = json.dumps({"received": received_ms, **named, **event.details},
-                         ensure_ascii=True, separators=(",", ":"))
-    return payload, {"Nats-Msg-Id": f"sdk-{event_key(event.event_id, project).hex()}",
-                     DETAILS_HEADER: details}
 
 
 def decode(payload, headers):
