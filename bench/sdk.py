@@ -7,16 +7,16 @@ import datetime
 import json
 import os
 import shutil
-import sqlite3
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from bench.harness import (PIDS, bare_server, ingest_server, run_wrk, scratch_dir,
                            wrk_script)
 from storage.layout import DETAILS, SEEN
 from storage.log import details
-from storage.log.seen_index import VERSION
+from storage.log.seen_index import SeenIndex
 
 ROUNDS = 3
 EVENTS = 100
@@ -82,29 +82,18 @@ def prefilled_index(folder, ids):
     details_path, seen_path = folder / DETAILS, folder / SEEN
     identity = os.urandom(16)
     details_path.write_bytes(details.HEADER.pack(details.MAGIC, details.VERSION, identity, 0))
-    window = 86400
-    now = int(time.time())
-    table = (now // window) % 2
-    db = sqlite3.connect(seen_path, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.executescript(f"""
-        CREATE TABLE meta(key TEXT PRIMARY KEY, value);
-        CREATE TABLE seen0(key BLOB PRIMARY KEY, second INTEGER) WITHOUT ROWID;
-        CREATE TABLE seen1(key BLOB PRIMARY KEY, second INTEGER) WITHOUT ROWID;
-        INSERT INTO meta VALUES ('version', '{VERSION}'), ('covered', {details.HEADER.size}),
-            ('details', '{identity.hex()}'), ('window', {window}),
-            ('generation{table}', {now // window}), ('generation{1 - table}', -1);
-    """)
-    # Sorted, so the tree is built in order: 20 M random inserts would take far longer.
-    step = 1_000_000
-    for start in range(0, ids, step):
-        keys = sorted(os.urandom(16) for _ in range(min(step, ids - start)))
-        db.execute("BEGIN")
-        db.executemany(f"INSERT OR IGNORE INTO seen{table} VALUES (?, ?)",
-                       ((key, now - 1800) for key in keys))
-        db.execute("COMMIT")
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.close()
+    fd = os.open(details_path, os.O_RDONLY)
+    try:
+        written = SimpleNamespace(identity=identity, end=details.HEADER.size, fd=fd)
+        index = SeenIndex(seen_path, written, 86400, set_aside=None)
+        step = 1_000_000
+        for start in range(0, ids, step):
+            count = min(step, ids - start)
+            index.insert(os.urandom(16 * count), [int(time.time()) - 1800] * count,
+                         details.HEADER.size)
+        index.close()
+    finally:
+        os.close(fd)
     return details_path, seen_path
 
 
@@ -123,11 +112,11 @@ def bench_sdk(seconds):
         began = time.perf_counter()
         full = prefilled_index(folder, FULL_WINDOW_IDS)
         results["sdk_prefill_20m_s"] = time.perf_counter() - began
-        results["sdk_index_20m_bytes"] = full[1].stat().st_size
+        results["sdk_index_20m_bytes"] = sum(f.stat().st_size for f in full[1].iterdir())
 
         def with_full_window(state_dir):
-            for path in full:
-                shutil.copy(path, state_dir / path.name)
+            shutil.copy(full[0], state_dir / full[0].name)
+            shutil.copytree(full[1], state_dir / full[1].name)
 
         script_path = folder / "sdk.lua"
         script_path.write_text(fresh_ids_script(template) + DONE)

@@ -8,8 +8,9 @@
     data1.details     storage/log/details.py's writer    storage/log/details.py's read_groups
                       (ingest, via the log's writer)     (ingest: the dedupe index; the
                                                          worker, for the overview)
-    data1.seen (and its -wal, -shm)
-                      storage/log/seen_index.py (ingest) storage/log/seen_index.py (ingest)
+    data1.seen/       storage/log/seen_index.py (ingest) storage/log/seen_index.py (ingest)
+                      a folder: MANIFEST (and MANIFEST.tmp) and <n>.run, named in the
+                      module's docstring
     data1.details.bad-<time>, data1.seen.bad-<time>
                       storage/log/details.py,            the operator
                       storage/log/seen_index.py (set

@@ -143,8 +143,11 @@ class Disk:
                 if entry in TRACKED:
                     image[entry] = self._kept(self.synced[entry], _read(self.folder, entry))
                 elif os.path.isfile(path):
-                    with open(path, "rb") as file:
-                        image[entry] = file.read()
+                    image[entry] = _read(self.folder, entry)
+                elif os.path.isdir(path):  # the dedupe index's folder
+                    for inner in os.listdir(path):
+                        name = os.path.join(entry, inner)
+                        image[name] = _read(self.folder, name)
         return image
 
     def _kept(self, synced, written):
@@ -164,6 +167,7 @@ class Disk:
         """Lay the image the power loss left into `folder` (new and empty)."""
         os.makedirs(folder)
         for entry, data in self.image.items():
+            os.makedirs(os.path.dirname(os.path.join(folder, entry)), exist_ok=True)
             with open(os.path.join(folder, entry), "wb") as file:
                 file.write(data)
 

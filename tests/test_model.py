@@ -73,8 +73,6 @@ class Engine(RuleBasedStateMachine):
         seen = self.log._seen
         seen._stop.set()
         seen._flusher.join()
-        seen._reader.close()
-        seen._db.close()
         for fd in (self.log._fd, self.log._index.fd, self.log._details.fd):
             os.close(fd)
         self.log = self._open_log()

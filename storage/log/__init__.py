@@ -8,6 +8,6 @@ it provides; storage/layout.py names every file.
     reader.py            data1's reader (the worker)
     checkpoint_store.py  data2's writer and reader: CheckpointStore
     details.py           data1.details: its format, writer and reader
-    seen_index.py        data1.seen: the dedupe window's event ids
+    seen_index.py        data1.seen/: the dedupe window's event ids (sorted runs)
     time_index.py        data1.timeindex: its format, writer and reader
 """

@@ -4,62 +4,243 @@ The SDKs send an event again, with the same id, whenever they did not read a 2xx
 possibly hours later, possibly to another node. The ingest answers such a repeat as
 accepted, and neither stores nor counts it again.
 
-Design (Kafka's idempotent producer: dedupe at the log, with state rebuilt from the log)
+Design (Kafka's idempotent producer: dedupe at the log, with state rebuilt from the log;
+LevelDB's sorted runs and Bloom filters: every write to disk sequential)
     data1.details (storage/log/details.py) is the truth: it holds every accepted event's id with
     its receive time, made durable before the 2xx. This index is derived from it and can
     always be rebuilt from it:
 
-    * SQLite, in WAL mode without a sync per commit: a crash may lose its last commits,
-      never tear it. Its `covered` mark is the details offset up to which every group's
-      ids are in it, committed with them; on open the groups after the mark are added
-      again (read from data1.details, which is durable).
+    * Ids are keyed by a 16-byte BLAKE2b hash (storage/backend.event_key; a collision among
+      20 M ids has odds near 10^-24). Those claimed in the last second or so wait in memory;
+      a flusher thread writes them, once their groups are durable, as a sorted run: a file
+      written once, in one sequential write, never changed. A random insert into a B-tree
+      of 20 M keys dirties a page of its own; a run costs its own bytes only.
+    * Runs of similar size are merged (size-tiered, FANOUT at a time, up to MAX_RUN ids), so
+      a day's ids are a few dozen runs, each id rewritten a few times in all.
+    * Lookups ask memory first: each period's Bloom filter (built from its runs when the
+      index opens) answers "never seen" for a new id without touching a run. Only an id it
+      may hold (a repeat, or 1 in 200 to 1,600 new ids) is searched for in the runs: each run's
+      fence (every BLOCK-th key, in memory) names the 4 KB of the run to read.
+    * Ids expire by period: the ids received in window-long period g are its runs; once all
+      of period g is older than the window, its runs are deleted whole. A lookup also
+      checks each id's receive time against the window.
+    * The manifest names the runs, and the details offset up to which every group's ids are
+      in them (`covered`): a run is durable (fsync) before a manifest names it, and the
+      manifest is replaced durably, so a crash or power loss leaves the old manifest or the
+      new, each naming only whole runs. On open, the groups after the mark are added again
+      (read from data1.details, which is durable); files no manifest names (a crash
+      between a run and its manifest, or after a merge) are deleted.
     * It only ever holds ids whose groups are durable (see note_synced): a first delivery
       is never swallowed by an id that a crash then took away.
-    * Memory stays bounded whatever the window holds: the ids are on disk, keyed by a
-      16-byte BLAKE2b hash of the id (a collision among 20 M ids has odds near 10^-24);
-      only the ids of the last second or so are in memory, waiting to be written.
-    * Ids expire by generation: ids received in window-long period g go into table g % 2,
-      which is emptied when period g begins (it held period g - 2, all older than the
-      window). A lookup asks both tables for ids received within the window.
-    * Never trusted blindly: an index that fails SQLite's quick_check, was built from
-      another details file (its identity differs), or covers more than the details file
-      holds, is set aside and rebuilt from the details of the last window.
+    * Never trusted blindly: an index whose manifest or runs cannot be read, whose runs fail
+      their CRC, that was built from another details file (its identity differs), covers
+      more than the details file holds, or was built with another window, is set aside and
+      rebuilt from the details of the last window.
 
-Format
-    tables   meta(key TEXT PRIMARY KEY, value)
-                 version      1
-                 details      the identity of the details file it was built from (hex)
-                 covered      details offset up to which its ids are complete
-                 window       the window (seconds) it was built with
-                 generation0, generation1   the period each table holds
-             seen0, seen1(key BLOB PRIMARY KEY, second INTEGER) WITHOUT ROWID
-                 second: the receive time (Unix seconds) of the id's first delivery
+Format (a folder)
+    MANIFEST     JSON: {"version": 2, "details": identity of the details file (hex),
+                        "covered": details offset, "window": seconds, "next": next run number,
+                        "runs": [[file name, period, ids], ...]}
+    <n>.run      header  b"SEENRUN2"  magic
+                         u64          ids in the run (n)
+                         u32          CRC-32 (zlib.crc32) of the three columns
+                         u32          reserved, 0
+                 columns hi  u64[n]   the key's first 8 bytes, ascending (the runs' order)
+                         lo  u64[n]   its last 8 bytes
+                         second u32[n]  the receive time (Unix seconds) of its first delivery
+    All integers little-endian. A folder's ids are ids of one details file, one window.
 
 One writer and reader: the ingest (storage/log/writer.py calls it under data1's write lock).
 """
 
+import bisect
+import json
 import logging
-import sqlite3
+import math
+import os
+import shutil
+import struct
 import threading
 import time
+import zlib
 
-from storage.backend import event_key
+import numpy as np
+
+from storage.backend import event_keys
+from storage.durable import fsync_directory, replace_durably
 from storage.log import details as details_file
 from storage.process import die, unpin_this_thread
 
 log = logging.getLogger("ingest")
 
-VERSION = 1
+VERSION = 2
+MANIFEST = "MANIFEST"
+RUN_SUFFIX = ".run"
+RUN_HEADER = struct.Struct("<8sQII")
+RUN_MAGIC = b"SEENRUN2"
 FLUSH_EVERY = 1.0  # seconds between writes of waiting ids to the index
 KEY_SIZE = 16
-# The keys of a lookup or an insert go to SQLite as one blob, cut into keys inside SQLite: one
-# statement and one step for them all, so the work runs in C with the GIL released, rather
-# than one step per key from Python.
-_KEYS = ("WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE n + 1 < ?) "
-         "SELECT substr(?, n * 16 + 1, 16) FROM i")
-_LOOKUP = (f"WITH keys(key) AS ({_KEYS}) "
-           "SELECT key FROM seen0 WHERE key IN keys AND second >= ? UNION ALL "
-           "SELECT key FROM seen1 WHERE key IN keys AND second >= ?")
+FANOUT = 4  # runs of a size class merged at once
+SMALL_RUN = 65_536  # runs below this many ids are one size class; each class above is 4x
+MAX_RUN = 1_048_576  # ids: a merge never makes a run larger (its arrays stay in memory)
+BLOCK = 512  # ids a fence entry stands for: a search reads 4 KB of a run's hi column
+BITS_PER_ID = 12  # the Bloom filters' size: 0.06 to 0.5 % of new ids searched for in runs
+MIN_CAPACITY = 1_000_000  # ids a period's filter is made for at least (1.5 MB)
+# A period is deleted this long after its last second left the window: a claim's window
+# ends at its request's receive time, which the flusher's clock may be a little past.
+EXPIRY_SLACK = 60
+_BIT = np.left_shift(np.uint64(1), np.arange(64, dtype=np.uint64))
+
+
+def _columns(blob):
+    """The keys in `blob` (16 bytes each) as an (n, 2) array of u64: hi, lo."""
+    return np.frombuffer(blob, dtype="<u8").reshape(-1, 2)
+
+
+class _Bloom:
+    """A blocked Bloom filter of a period's ids: an id sets 4 bits (from its key's first 4
+    bytes) in one 64-bit word and 4 more (from the next 4) in another, the two words chosen
+    by its key's last 8 bytes. Measured on random keys at 18 bits an id (a filter 2/3 full):
+    0.06 % of new ids pass, against 0.28 % for 6 bits in one word. Bits are only ever
+    added, so a lookup racing an add can miss only ids still waiting in memory, which it
+    asks there first."""
+
+    def __init__(self, capacity):
+        self.capacity = capacity
+        self.words = np.zeros(max(1, math.ceil(capacity * BITS_PER_ID / 64)), dtype=np.uint64)
+        self.count = 0
+
+    def _place(self, keys):
+        """Each key's two words, and the bits it sets in each."""
+        size = np.uint64(len(self.words))
+        first = (keys[:, 1] & np.uint64(0xFFFFFFFF)) % size
+        second = (keys[:, 1] >> np.uint64(32)) % size
+        bits = _BIT[keys.view(np.uint8).reshape(-1, KEY_SIZE)[:, :8] & 63]
+        return ((first, np.bitwise_or.reduce(bits[:, :4], axis=1)),
+                (second, np.bitwise_or.reduce(bits[:, 4:], axis=1)))
+
+    def add(self, keys):
+        for start in range(0, len(keys), 262_144):  # bounded temporaries
+            for word, mask in self._place(keys[start:start + 262_144]):
+                np.bitwise_or.at(self.words, word, mask)
+        self.count += len(keys)
+
+    def may_hold(self, keys):
+        (first, first_mask), (second, second_mask) = self._place(keys)
+        return (((self.words[first] & first_mask) == first_mask)
+                & ((self.words[second] & second_mask) == second_mask))
+
+
+class _Run:
+    """One run file. In memory only its fence (every BLOCK-th key's hi): a search reads the
+    block of hi its key may be in, and a match's lo and second, with pread."""
+
+    def __init__(self, path, period, fence=None):
+        self.path, self.period = path, period
+        # Closed when the last reference goes: a lookup under way keeps the run it reads
+        # open, and a file a merge unlinked stays readable through it.
+        self.file = open(path, "rb", buffering=0)
+        magic, count, self.crc, _ = RUN_HEADER.unpack(self.file.read(RUN_HEADER.size))
+        if magic != RUN_MAGIC or os.fstat(self.file.fileno()).st_size != (
+                RUN_HEADER.size + 20 * count):
+            raise ValueError(f"{path.name} is not a whole run")
+        self.count = count
+        if fence is None:
+            fence = self._column(0, count)[::BLOCK]
+        self.fence = fence.tolist()
+
+    def _column(self, column, count, first=0):
+        """`count` values from row `first` of a column: 0 hi, 1 lo, 2 second."""
+        size, dtype = (4, "<u4") if column == 2 else (8, "<u8")
+        offset = RUN_HEADER.size + 8 * self.count * column + size * first
+        raw = os.pread(self.file.fileno(), size * count, offset)
+        if len(raw) != size * count:
+            raise ValueError(f"{self.path.name} is shorter than its header says")
+        return np.frombuffer(raw, dtype)
+
+    def read(self):
+        """Its keys as (n, 2) u64 and its seconds, read whole; ValueError if its columns
+        fail their CRC."""
+        hi, lo = self._column(0, self.count), self._column(1, self.count)
+        seconds = self._column(2, self.count)
+        crc = zlib.crc32(seconds, zlib.crc32(lo, zlib.crc32(hi)))
+        if crc != self.crc:
+            raise ValueError(f"{self.path.name} fails its CRC")
+        keys = np.empty((self.count, 2), dtype="<u8")
+        keys[:, 0], keys[:, 1] = hi, lo
+        return keys, seconds
+
+    def holds(self, key, since):
+        """Whether it holds `key` (16 bytes) with a receive time at or after `since`."""
+        # In Python, not numpy: a key is looked for here in a few runs a second, and a
+        # numpy call costs more than this whole search. Equal hi may span blocks: from the
+        # block before the first fence >= hi to the block of the last fence <= hi.
+        hi, fd = key[:8], self.file.fileno()
+        value = int.from_bytes(hi, "little")
+        first = max(bisect.bisect_left(self.fence, value) - 1, 0) * BLOCK
+        end = min(max(bisect.bisect_right(self.fence, value), 1) * BLOCK, self.count)
+        block = os.pread(fd, 8 * (end - first), RUN_HEADER.size + 8 * first)
+        at = block.find(hi)
+        while at != -1:
+            if at % 8 == 0:
+                row = first + at // 8
+                lo = os.pread(fd, 8, RUN_HEADER.size + 8 * (self.count + row))
+                second = os.pread(fd, 4, RUN_HEADER.size + 16 * self.count + 4 * row)
+                if lo == key[8:] and int.from_bytes(second, "little") >= since:
+                    return True
+            at = block.find(hi, at + 1)
+        return False
+
+
+def _write_run(path, keys, seconds):
+    """Write a run of `keys` ((n, 2) u64) received at `seconds`, durably, in column order;
+    return its fence."""
+    order = np.argsort(keys[:, 0], kind="stable")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, bytes(RUN_HEADER.size))
+        crc, fence = 0, None
+        # A column at a time: a merge holds its inputs and one sorted column, not two copies.
+        for column in (keys[:, 0], keys[:, 1], seconds.astype("<u4")):
+            ordered = np.ascontiguousarray(column[order])
+            if fence is None:
+                fence = ordered[::BLOCK]
+            crc = zlib.crc32(ordered, crc)
+            view = memoryview(ordered).cast("B")
+            while view:
+                view = view[os.write(fd, view):]
+        os.pwrite(fd, RUN_HEADER.pack(RUN_MAGIC, len(keys), crc, 0), 0)
+        # Before any manifest names it: a named run is whole after any power loss.
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return fence
+
+
+def _size_class(count):
+    return 0 if count < SMALL_RUN else 1 + int(math.log(count / SMALL_RUN, FANOUT))
+
+
+class _Index:
+    """What lookups read: each period's runs and filter. Replaced whole by the flusher, never
+    changed after (but for bits added to a filter), so a lookup needs no lock."""
+
+    def __init__(self, runs, blooms):
+        self.runs = runs  # period -> tuple of _Run
+        self.blooms = blooms  # period -> _Bloom
+
+    def known(self, asked, since, window):
+        """The keys of `asked` (a list of 16-byte keys) held with a time at or after `since`."""
+        keys = _columns(b"".join(asked))
+        known = set()
+        for period, bloom in self.blooms.items():
+            if (period + 1) * window <= since:
+                continue  # all of it older than the window
+            for row in np.flatnonzero(bloom.may_hold(keys)).tolist():
+                key = asked[row]
+                if any(run.holds(key, since) for run in self.runs[period]):
+                    known.add(key)
+        return known
 
 
 class SeenIndex:
@@ -69,12 +250,12 @@ class SeenIndex:
         self.window = window
         self._clock = clock
         self._details = details
-        # Ids claimed but not yet in SQLite: key -> (second, details end of their group).
+        # Ids claimed but not yet in a run: key -> (second, details end of their group).
         # Only the ingest's write lock changes it, and only the flusher empties it.
         self._recent = {}
         self._synced_details = 0  # details offset known durable (from note_synced)
         self._claimed = []  # the keys the last claim made (under data1's write lock)
-        self._lock = threading.Lock()  # the flusher against close
+        self._lock = threading.RLock()  # one insert at a time: the flusher's, close's
         self._open(set_aside)
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="seen-index",
@@ -83,60 +264,67 @@ class SeenIndex:
 
     # --- opening: trust, or rebuild
 
-    def _connect(self):
-        writer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        writer.execute("PRAGMA journal_mode=WAL")
-        # The index is rebuilt from data1.details: a lost last commit costs a replay only.
-        writer.execute("PRAGMA synchronous=NORMAL")
-        writer.execute("PRAGMA cache_size=-32768")  # 32 MB: the trees' upper levels stay
-        return writer
-
     def _open(self, set_aside):
-        why, self._db = None, None
+        began = time.monotonic()
         try:
-            self._db = self._connect()
-            why = self._problem()
-        except sqlite3.DatabaseError as error:
+            why = self._load()
+        except (OSError, ValueError, KeyError, TypeError) as error:
             why = f"it cannot be read ({error})"
         if why:
             self._rebuild(set_aside, why)
-        else:
-            covered = int(self._meta("covered"))
-            added = self._add_groups(covered)
-            # No count of the ids held: on a large window it would scan every row at start.
-            log.info("data1.seen: trusted up to offset %d of data1.details; %d ids added from "
-                     "past its mark", covered, added)
-        self._reader = sqlite3.connect(self.path, isolation_level=None,
-                                       check_same_thread=False)
-        self._reader.execute("PRAGMA cache_size=-32768")
+            return
+        covered = self._covered
+        added = self._add_groups(covered)
+        log.info("data1.seen: trusted up to offset %d of data1.details: %d ids in %d runs, "
+                 "read in %.1f s; %d ids added from past its mark", covered,
+                 sum(bloom.count for bloom in self._index.blooms.values()),
+                 sum(len(runs) for runs in self._index.runs.values()),
+                 time.monotonic() - began, added)
 
-    def _problem(self):
-        """Why the index on disk cannot be trusted, or None."""
-        tables = {row[0] for row in self._db.execute(
-            "SELECT name FROM sqlite_master WHERE type='table'")}
-        if not tables:
+    def _load(self):
+        """Read the index on disk into memory; why it cannot be trusted, or None."""
+        if not self.path.exists():
             return "it is new"
-        if tables != {"meta", "seen0", "seen1"}:
-            return "its tables are not an index's"
-        if self._db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-            return "it fails SQLite's quick_check"
-        if self._meta("version") != str(VERSION):
-            return f"its version is {self._meta('version')}, not {VERSION}"
-        if self._meta("details") != self._details.identity.hex():
+        if not self.path.is_dir():
+            return "it is an index of an older format"
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.exists() and not any(self.path.iterdir()):
+            return "it is new"  # a crash as it was first made
+        manifest = json.loads(manifest_path.read_bytes())
+        if manifest["version"] != VERSION:
+            return f"its version is {manifest['version']}, not {VERSION}"
+        if manifest["details"] != self._details.identity.hex():
             return "it was built from another data1.details"
-        if int(self._meta("covered")) > self._details.end:
+        if manifest["covered"] > self._details.end:
             return "it holds ids past the end of data1.details (lost from there)"
-        if int(self._meta("window")) != self.window:
+        if manifest["window"] != self.window:
             return "it was built with another window"
+        runs = {}
+        for name, period, count in manifest["runs"]:
+            run = _Run(self.path / name, period)
+            if run.count != count:
+                return f"{name} holds {run.count} ids, its manifest says {count}"
+            runs.setdefault(period, []).append(run)
+        blooms = {}
+        for period, period_runs in runs.items():
+            # Room for half as many again before it must grow (rebuilt from the runs).
+            bloom = blooms[period] = _Bloom(
+                max(MIN_CAPACITY, 3 * sum(run.count for run in period_runs) // 2))
+            for run in period_runs:
+                bloom.add(run.read()[0])  # ValueError if it fails its CRC
+        named = {name for name, _, _ in manifest["runs"]}
+        for stray in self.path.iterdir():
+            if stray.name != MANIFEST and stray.name not in named:
+                stray.unlink()  # a crash left it: no manifest names it
+        self._covered, self._next = manifest["covered"], manifest["next"]
+        self._index = _Index({period: tuple(rs) for period, rs in runs.items()}, blooms)
         return None
 
     def _rebuild(self, set_aside, why):
         began = time.monotonic()
         if why != "it is new":
-            if self._db is not None:
-                self._db.close()
             aside = set_aside(self.path)
-            for suffix in ("", "-wal", "-shm"):
+            for suffix in ("", "-wal", "-shm"):  # an older format's SQLite files too
                 try:
                     self.path.with_name(self.path.name + suffix).rename(
                         aside.with_name(aside.name + suffix))
@@ -144,15 +332,12 @@ class SeenIndex:
                     pass
             log.warning("data1.seen: %s; kept aside as %s, rebuilt from data1.details",
                         why, aside.name)
-            self._db = self._connect()
-        self._db.executescript(f"""
-            CREATE TABLE meta(key TEXT PRIMARY KEY, value);
-            CREATE TABLE seen0(key BLOB PRIMARY KEY, second INTEGER) WITHOUT ROWID;
-            CREATE TABLE seen1(key BLOB PRIMARY KEY, second INTEGER) WITHOUT ROWID;
-            INSERT INTO meta VALUES ('version', '{VERSION}'), ('covered', 0),
-                ('details', '{self._details.identity.hex()}'), ('window', {self.window}),
-                ('generation0', -1), ('generation1', -1);
-        """)
+        shutil.rmtree(self.path, ignore_errors=True)  # a first making's remains
+        self.path.mkdir()
+        fsync_directory(self.path.parent)
+        self._covered, self._next = details_file.HEADER.size, 1
+        self._index = _Index({}, {})
+        self._write_manifest(self._index.runs)
         added = self._add_groups(details_file.HEADER.size)
         log.info("data1.seen: built from data1.details: %d ids in the window, in %.1f s",
                  added, time.monotonic() - began)
@@ -161,15 +346,16 @@ class SeenIndex:
         """Add the ids of the details groups from `start` on (those received within the
         window), and mark the index covered to the end of data1.details."""
         cutoff_ms = int((self._clock() - self.window) * 1000)
-        added, pending = 0, []
+        added, keys, seconds = 0, bytearray(), []
         for group in details_file.read_groups(self._details.fd, start, cutoff_ms):
             second = group.received_ms // 1000
             project, items = group.events()
-            pending.extend((event_key(item["event"]["id"], project), second) for item in items)
-            if len(pending) >= 100_000:
-                added += self._insert(pending, group.end)
-                pending = []
-        added += self._insert(pending, self._details.end)
+            keys += b"".join(event_keys([item["event"]["id"] for item in items], project))
+            seconds.extend([second] * len(items))
+            if len(seconds) >= 100_000:
+                added += self.insert(bytes(keys), seconds, group.end)
+                keys, seconds = bytearray(), []
+        added += self.insert(bytes(keys), seconds, self._details.end)
         return added
 
     # --- the ingest's side, under data1's write lock
@@ -181,15 +367,14 @@ class SeenIndex:
         The caller, still holding data1's write lock, must then write the new ones' group
         and call bind, or call unclaim."""
         now = int(received)
-        keys = [event_key(event.event_id, project) for event in events]
+        keys = event_keys([event.event_id for event in events], project)
         recent = self._recent
-        # One look at the waiting ids, before SQLite is asked: the flusher commits an id to
-        # SQLite before it stops waiting, so an id missed here is found there.
+        # One look at the waiting ids, before the runs are asked: the flusher publishes a
+        # run before its ids stop waiting, so an id missed here is found there.
         waiting = {key: recent.get(key) for key in keys}
         asked = [key for key, claimed in waiting.items() if claimed is None]
         since = now - self.window + 1  # remembered while now - second < window
-        known = {row[0] for row in self._reader.execute(
-            _LOOKUP, (len(asked), b"".join(asked), since, since))} if asked else set()
+        known = self._index.known(asked, since, self.window) if asked else set()
         fresh, self._claimed = [], []
         for key in keys:
             claimed = waiting[key]
@@ -215,11 +400,11 @@ class SeenIndex:
         """data1.details is durable up to `details_end`: its ids may go into the index."""
         self._synced_details = max(self._synced_details, details_end)
 
-    # --- the flusher: waiting ids into SQLite, off the request path
+    # --- the flusher: waiting ids into runs, off the request path
 
     def _flush_loop(self):
-        # SQLite's inserts run without the GIL: off the ingest's pinned CPU they never hold
-        # up a request.
+        # The runs' writes, sorts and merges run without the GIL for the most part: off the
+        # ingest's pinned CPU they never hold up a request.
         unpin_this_thread()
         while not self._stop.wait(FLUSH_EVERY):
             try:
@@ -240,11 +425,13 @@ class SeenIndex:
             synced = self._synced_details
             ready = [(key, second) for key, (second, end) in self._recent_now()
                      if end is not None and end <= synced]
-            if not ready and synced <= int(self._meta("covered")):
+            if not ready and synced <= self._covered:
                 return
-            self._insert(ready, synced)
+            self.insert(b"".join(key for key, _ in ready),
+                        [second for _, second in ready], synced)
             for key, second in ready:
-                # Popped after the commit: a lookup that misses it here finds it in SQLite.
+                # Popped after the run is published: a lookup that misses it here finds it
+                # in the runs.
                 if self._recent.get(key, (None, None))[0] == second:
                     self._recent.pop(key, None)
 
@@ -259,46 +446,102 @@ class SeenIndex:
             except RuntimeError:  # "dictionary changed size during iteration"
                 continue
 
-    def _insert(self, pairs, covered):
-        """Insert (key, second) pairs, each into its period's table, and set the mark, in one
-        transaction."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            by_second = {}
-            for key, second in pairs:
-                by_second.setdefault(second, []).append(key)
-            generations = {table: int(self._meta(f"generation{table}")) for table in (0, 1)}
-            for second in sorted(by_second):
-                period = second // self.window
-                table = period % 2
-                if generations[table] > period:
-                    continue  # out of the window by now: its table holds a later period
-                if generations[table] < period:
-                    # Period `period` begins: this table held period - 2 (or older), all
-                    # older than the window.
-                    db.execute(f"DELETE FROM seen{table}")
-                    db.execute("UPDATE meta SET value = ? WHERE key = ?",
-                               (period, f"generation{table}"))
-                    generations[table] = period
-                keys = sorted(by_second[second])  # in key order: fewer pages touched
-                db.execute(f"WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i "
-                           f"WHERE n + 1 < ?) INSERT OR REPLACE INTO seen{table} "
-                           f"SELECT substr(?, n * 16 + 1, 16), ? FROM i",
-                           (len(keys), b"".join(keys), second))
-            db.execute("UPDATE meta SET value = ? WHERE key = 'covered'", (covered,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return len(pairs)
+    # --- runs: the one way ids reach the disk
 
-    def _meta(self, key):
-        return self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+    def insert(self, key_blob, seconds, covered):
+        """Add the keys in `key_blob` (16 bytes each), received at `seconds` (Unix seconds,
+        one each), as runs; merge and expire runs; then replace the manifest, covered up to
+        details offset `covered`, and publish the runs to lookups. Returns how many were
+        added. (The flusher and the rebuild write through it; bench/sdk.py prefills with
+        it.)"""
+        with self._lock:
+            return self._insert(_columns(key_blob), np.asarray(seconds, dtype=np.int64),
+                                covered)
+
+    def _insert(self, keys, seconds, covered):
+        runs = {period: list(rs) for period, rs in self._index.runs.items()}
+        blooms = dict(self._index.blooms)
+        obsolete = []
+        periods = seconds // self.window
+        for period in np.unique(periods):
+            period = int(period)
+            chosen = periods == period
+            if period not in runs:
+                earlier = blooms.get(period - 1)
+                runs[period] = []
+                blooms[period] = _Bloom(max(MIN_CAPACITY, earlier.count if earlier else 0))
+            for start in range(0, int(chosen.sum()), MAX_RUN):
+                part = slice(start, start + MAX_RUN)
+                runs[period].append(self._new_run(period, keys[chosen][part],
+                                                  seconds[chosen][part]))
+            bloom = blooms[period]
+            added = keys[chosen]
+            if bloom.count + len(added) > bloom.capacity:
+                blooms[period] = self._grown(runs[period], bloom.count + len(added))
+            else:
+                bloom.add(added)
+            obsolete += self._merge(period, runs[period])
+        # Expire: a period whose every second is older than the window is never asked again.
+        now = max(int(self._clock()), int(seconds.max()) if len(seconds) else 0)
+        for period in [p for p in runs if (p + 2) * self.window <= now + 1 - EXPIRY_SLACK]:
+            obsolete += runs.pop(period)
+            blooms.pop(period)
+        self._covered = covered
+        self._write_manifest(runs)
+        self._index = _Index({period: tuple(rs) for period, rs in runs.items()}, blooms)
+        for run in obsolete:  # no manifest names them any more; a lookup under way reads
+            run.path.unlink()  # on through its open file
+        return len(keys)
+
+    def _new_run(self, period, keys, seconds):
+        path = self.path / f"{self._next:06d}{RUN_SUFFIX}"
+        self._next += 1
+        return _Run(path, period, _write_run(path, keys, seconds))
+
+    def _merge(self, period, runs):
+        """Merge FANOUT runs of a size class into one, while any class has that many and
+        their merge stays within MAX_RUN; `runs` is changed in place. Returns the runs
+        merged away."""
+        merged_away = []
+        while True:
+            classes = {}
+            for run in runs:
+                classes.setdefault(_size_class(run.count), []).append(run)
+            group = next((members[:FANOUT] for members in classes.values()
+                          if len(members) >= FANOUT
+                          and sum(r.count for r in members[:FANOUT]) <= MAX_RUN), None)
+            if group is None:
+                return merged_away
+            parts = [run.read() for run in group]
+            merged = self._new_run(period, np.concatenate([keys for keys, _ in parts]),
+                                   np.concatenate([seconds for _, seconds in parts]))
+            runs[:] = [run for run in runs if run not in group] + [merged]
+            merged_away += group
+
+    def _grown(self, runs, count):
+        """A filter for `runs` with room for twice `count` ids, built from the runs."""
+        began = time.monotonic()
+        bloom = _Bloom(2 * count)
+        for run in runs:
+            bloom.add(run.read()[0])
+        log.info("data1.seen: a period's filter grew to %d ids (%d held), in %.1f s",
+                 bloom.capacity, count, time.monotonic() - began)
+        return bloom
+
+    def _write_manifest(self, runs):
+        listed = [[run.path.name, period, run.count]
+                  for period, period_runs in sorted(runs.items()) for run in period_runs]
+        replace_durably(self.path / MANIFEST, json.dumps({
+            "version": VERSION, "details": self._details.identity.hex(),
+            "covered": self._covered, "window": self.window, "next": self._next,
+            "runs": listed}).encode())
+
+    def held(self, since):
+        """How many ids the runs hold received at or after `since` (Unix seconds)."""
+        return sum(int((run._column(2, run.count) >= since).sum())
+                   for runs in self._index.runs.values() for run in runs)
 
     def close(self):
         self._stop.set()
         self._flusher.join()
         self.flush()
-        self._reader.close()
-        self._db.close()

@@ -47,7 +47,7 @@ import logging
 import os
 import threading
 
-from storage.backend import AppendError, event_key
+from storage.backend import AppendError, event_keys
 from storage.log.format import encode
 from storage.stream import sdk_message
 from storage.stream.link import UNAVAILABLE
@@ -153,7 +153,7 @@ class StreamLog:
             self.append(encode(ids, project))
         if not events:
             return []
-        keys = [event_key(event.event_id, project) for event in events]
+        keys = event_keys([event.event_id for event in events], project)
         fresh = [True] * len(events)
         if self.dedupe_window:
             seen = set()
