@@ -76,24 +76,22 @@ def test_retries_are_known_after_a_restart_whether_or_not_the_index_was_written(
     log.close()
 
 
-def test_the_index_flush_copies_the_recent_ids_again_if_a_claim_changed_them(root):
-    # The flusher copies the recent ids without the log's write lock; a garbage collection
-    # mid-copy can let a claim change them ("dictionary changed size during iteration").
+def test_an_id_claimed_again_waits_for_its_own_group_when_the_first_is_flushed(root):
+    # The flusher takes the claims whose groups are durable; an id claimed again since (its
+    # window over) must go on waiting for the second claim's group, not leave with the first.
     log = open_log(root)
-    stored(log, sdk_events(5))
-
-    class ChangedOnce(dict):
-        changed = True
-
-        def items(self):
-            if self.changed:
-                self.changed = False
-                raise RuntimeError("dictionary changed size during iteration")
-            return super().items()
-
-    log._seen._recent = ChangedOnce(log._seen._recent)
-    log._seen.flush()
-    assert not log._seen._recent and not log._seen._recent.changed
+    index, events = log._seen, sdk_events(3)
+    assert index.claim(events, T0) == [True] * 3
+    index.bind(100)
+    assert index.claim(events, T0 + WINDOW) == [True] * 3  # the first claims are too old
+    index.bind(200)
+    index.note_synced(100)  # the first group durable, the second not yet
+    index.flush()
+    assert index.claim(events, T0 + WINDOW) == [False] * 3
+    index.note_synced(200)
+    index.flush()
+    assert not index._recent and index.claim(events, T0 + WINDOW) == [False] * 3
+    index.unclaim()
     log.close()
 
 

@@ -54,9 +54,12 @@ One writer and reader: the ingest (storage/log/writer.py calls it under data1's 
 """
 
 import bisect
+import collections
+import itertools
 import json
 import logging
 import math
+import operator
 import os
 import shutil
 import struct
@@ -135,8 +138,8 @@ class _Run:
     """One run file. In memory only its fence (every BLOCK-th key's hi): a search reads the
     block of hi its key may be in, and a match's lo and second, with pread."""
 
-    def __init__(self, path, period, fence=None):
-        self.path, self.period = path, period
+    def __init__(self, path, fence=None):
+        self.path = path
         # Closed when the last reference goes: a lookup under way keeps the run it reads
         # open, and a file a merge unlinked stays readable through it.
         self.file = open(path, "rb", buffering=0)
@@ -250,11 +253,15 @@ class SeenIndex:
         self.window = window
         self._clock = clock
         self._details = details
-        # Ids claimed but not yet in a run: key -> (second, details end of their group).
-        # Only the ingest's write lock changes it, and only the flusher empties it.
+        # Ids claimed but not yet in a published run: key -> receive second of the claim.
+        # Claims add to it under data1's write lock; only the flusher empties it.
         self._recent = {}
+        # The claims whose groups were written, in the order of their groups:
+        # (keys, receive second, details end of the group). Bound under data1's write lock,
+        # taken from the left by the flusher once durable.
+        self._bound = collections.deque()
         self._synced_details = 0  # details offset known durable (from note_synced)
-        self._claimed = []  # the keys the last claim made (under data1's write lock)
+        self._claimed, self._claimed_at = [], 0  # the last claim's keys and second
         self._lock = threading.RLock()  # one insert at a time: the flusher's, close's
         self._open(set_aside)
         self._stop = threading.Event()
@@ -301,7 +308,7 @@ class SeenIndex:
             return "it was built with another window"
         runs = {}
         for name, period, count in manifest["runs"]:
-            run = _Run(self.path / name, period)
+            run = _Run(self.path / name)
             if run.count != count:
                 return f"{name} holds {run.count} ids, its manifest says {count}"
             runs.setdefault(period, []).append(run)
@@ -371,25 +378,29 @@ class SeenIndex:
         recent = self._recent
         # One look at the waiting ids, before the runs are asked: the flusher publishes a
         # run before its ids stop waiting, so an id missed here is found there.
-        waiting = {key: recent.get(key) for key in keys}
+        waiting = dict(zip(keys, map(recent.get, keys)))
         asked = [key for key, claimed in waiting.items() if claimed is None]
         since = now - self.window + 1  # remembered while now - second < window
         known = self._index.known(asked, since, self.window) if asked else set()
+        self._claimed_at = now
+        if not known and len(asked) == len(keys):  # all new, none twice: the common case
+            recent.update(waiting.fromkeys(keys, now))
+            self._claimed = keys
+            return [True] * len(keys)
         fresh, self._claimed = [], []
         for key in keys:
             claimed = waiting[key]
-            new = key not in known and (claimed is None or claimed[0] < since)
+            new = key not in known and (claimed is None or claimed < since)
             if new:
-                recent[key] = waiting[key] = (now, None)  # a repeat in this call: duplicate
+                recent[key] = waiting[key] = now  # a repeat in this call: a duplicate
                 self._claimed.append(key)
             fresh.append(new)
         return fresh
 
     def bind(self, details_end):
         """The last claim's group was written and ends at `details_end`."""
-        recent = self._recent
-        for key in self._claimed:
-            recent[key] = (recent[key][0], details_end)
+        if self._claimed:
+            self._bound.append((self._claimed, self._claimed_at, details_end))
 
     def unclaim(self):
         """The last claim's group could not be written: its events were never accepted."""
@@ -422,29 +433,30 @@ class SeenIndex:
             # Every group ending at or before `synced` is bound (log_writer binds before it
             # publishes the end a sync covers), and a later group starts after it: so once
             # the ids bound below it are written, the index is complete up to it.
-            synced = self._synced_details
-            ready = [(key, second) for key, (second, end) in self._recent_now()
-                     if end is not None and end <= synced]
+            synced, bound, ready = self._synced_details, self._bound, []
+            while bound and bound[0][2] <= synced:
+                ready.append(bound.popleft())
             if not ready and synced <= self._covered:
                 return
-            self.insert(b"".join(key for key, _ in ready),
-                        [second for _, second in ready], synced)
-            for key, second in ready:
-                # Popped after the run is published: a lookup that misses it here finds it
-                # in the runs.
-                if self._recent.get(key, (None, None))[0] == second:
-                    self._recent.pop(key, None)
-
-    def _recent_now(self):
-        """A copy of the recent ids' items. Claims change them under the log's write lock,
-        which the flusher does not take: copying them in one call is not enough, since a
-        garbage collection during the copy can let a claim's thread run. A copy that saw a
-        change is made again."""
-        while True:
-            try:
-                return list(self._recent.items())
-            except RuntimeError:  # "dictionary changed size during iteration"
-                continue
+            self.insert(b"".join(itertools.chain.from_iterable(keys for keys, _, _ in ready)),
+                        np.repeat([second for _, second, _ in ready],
+                                  [len(keys) for keys, _, _ in ready]), synced)
+            # Only now, the run published, do they stop waiting: a lookup that misses one
+            # here finds it in the runs. One claimed again since (its window over, or
+            # after a clock's step) waits on for that claim's group.
+            recent = self._recent
+            for keys, second, _ in ready:
+                try:
+                    claims = operator.itemgetter(*keys)(recent) if len(keys) > 1 else (
+                        recent[keys[0]],)
+                except KeyError:
+                    claims = ()
+                if claims.count(second) == len(keys):
+                    collections.deque(map(recent.pop, keys), maxlen=0)
+                else:
+                    for key in keys:
+                        if recent.get(key) == second:
+                            del recent[key]
 
     # --- runs: the one way ids reach the disk
 
@@ -472,15 +484,14 @@ class SeenIndex:
                 blooms[period] = _Bloom(max(MIN_CAPACITY, earlier.count if earlier else 0))
             for start in range(0, int(chosen.sum()), MAX_RUN):
                 part = slice(start, start + MAX_RUN)
-                runs[period].append(self._new_run(period, keys[chosen][part],
-                                                  seconds[chosen][part]))
+                runs[period].append(self._new_run(keys[chosen][part], seconds[chosen][part]))
             bloom = blooms[period]
             added = keys[chosen]
             if bloom.count + len(added) > bloom.capacity:
                 blooms[period] = self._grown(runs[period], bloom.count + len(added))
             else:
                 bloom.add(added)
-            obsolete += self._merge(period, runs[period])
+            obsolete += self._merge(runs[period])
         # Expire: a period whose every second is older than the window is never asked again.
         now = max(int(self._clock()), int(seconds.max()) if len(seconds) else 0)
         for period in [p for p in runs if (p + 2) * self.window <= now + 1 - EXPIRY_SLACK]:
@@ -493,12 +504,12 @@ class SeenIndex:
             run.path.unlink()  # on through its open file
         return len(keys)
 
-    def _new_run(self, period, keys, seconds):
+    def _new_run(self, keys, seconds):
         path = self.path / f"{self._next:06d}{RUN_SUFFIX}"
         self._next += 1
-        return _Run(path, period, _write_run(path, keys, seconds))
+        return _Run(path, _write_run(path, keys, seconds))
 
-    def _merge(self, period, runs):
+    def _merge(self, runs):
         """Merge FANOUT runs of a size class into one, while any class has that many and
         their merge stays within MAX_RUN; `runs` is changed in place. Returns the runs
         merged away."""
@@ -513,7 +524,7 @@ class SeenIndex:
             if group is None:
                 return merged_away
             parts = [run.read() for run in group]
-            merged = self._new_run(period, np.concatenate([keys for keys, _ in parts]),
+            merged = self._new_run(np.concatenate([keys for keys, _ in parts]),
                                    np.concatenate([seconds for _, seconds in parts]))
             runs[:] = [run for run in runs if run not in group] + [merged]
             merged_away += group
