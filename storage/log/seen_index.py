@@ -502,6 +502,8 @@ class SeenIndex:
             obsolete += runs.pop(period)
             blooms.pop(period)
         self._covered = covered
+        # The new runs' names are durable before a manifest naming them can be.
+        fsync_directory(self.path)
         self._write_manifest(runs)
         self._index = _Index({period: tuple(rs) for period, rs in runs.items()}, blooms)
         for run in obsolete:  # no manifest names them any more; a lookup under way reads
@@ -560,3 +562,4 @@ class SeenIndex:
         self._stop.set()
         self._flusher.join()
         self.flush()
+        self._index = _Index({}, {})  # its runs' files close with it
