@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clocks import Clock
 from storage.backend import event_key, event_keys
 from storage.log import details
 from storage.log import seen_index
@@ -20,14 +21,6 @@ from storage.log.seen_index import SeenIndex
 
 WINDOW = 100
 T0 = 1_800_000_000
-
-
-class Clock:
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
 
 
 @pytest.fixture
@@ -47,6 +40,20 @@ def details_of(folder):
     path.write_bytes(details.HEADER.pack(details.MAGIC, details.VERSION, identity, 0))
     fd = os.open(path, os.O_RDONLY)
     return SimpleNamespace(identity=identity, end=details.HEADER.size, fd=fd)
+
+
+def open_index(folder, written, clock):
+    """The index in `folder`, trusted as it is (set_aside=None: a rebuild would fail)."""
+    return SeenIndex(folder / "data1.seen", written, WINDOW, set_aside=None, clock=clock)
+
+
+@pytest.fixture
+def opened(tmp_path, small):
+    """A new index in tmp_path, its clock at T0, and a way to open it again."""
+    written, clock = details_of(tmp_path), Clock(T0)
+    yield open_index(tmp_path, written, clock), clock, lambda: open_index(
+        tmp_path, written, clock)
+    os.close(written.fd)
 
 
 def key(number):
@@ -69,15 +76,13 @@ def test_the_index_knows_exactly_the_ids_of_the_window(tmp_path_factory, small, 
     folder = tmp_path_factory.mktemp("seen")
     written = details_of(folder)
     clock = Clock(T0)
-    index = SeenIndex(folder / "data1.seen", written, WINDOW, set_aside=None, clock=clock)
+    index = open_index(folder, written, clock)
     inserted = {}  # key -> receive seconds
     try:
         for action, numbers, advance in steps:
             if action == "reopen":
                 index.close()
-                # Trusted as it is (set_aside=None: a rebuild would fail here).
-                index = SeenIndex(folder / "data1.seen", written, WINDOW, set_aside=None,
-                                  clock=clock)
+                index = open_index(folder, written, clock)
             else:
                 clock.now += advance
                 keys = [key(number) for number in numbers]
@@ -94,10 +99,8 @@ def test_the_index_knows_exactly_the_ids_of_the_window(tmp_path_factory, small, 
         os.close(written.fd)
 
 
-def test_runs_merge_and_periods_expire(tmp_path, small):
-    written = details_of(tmp_path)
-    clock = Clock(T0)
-    index = SeenIndex(tmp_path / "data1.seen", written, WINDOW, set_aside=None, clock=clock)
+def test_runs_merge_and_periods_expire(tmp_path, opened):
+    index, clock, _ = opened
     for number in range(10):  # ten runs of 2: merged three at a time
         index.insert(key(2 * number) + key(2 * number + 1), [T0] * 2, details.HEADER.size)
     assert len(index._index.runs[T0 // WINDOW]) < 10
@@ -107,23 +110,19 @@ def test_runs_merge_and_periods_expire(tmp_path, small):
     assert T0 // WINDOW not in index._index.runs
     assert len(list((tmp_path / "data1.seen").glob("*.run"))) == 1  # the merged are gone
     index.close()
-    os.close(written.fd)
 
 
-def test_a_run_no_manifest_names_is_deleted_and_its_ids_are_not_known(tmp_path, small):
-    written = details_of(tmp_path)
-    clock = Clock(T0)
-    index = SeenIndex(tmp_path / "data1.seen", written, WINDOW, set_aside=None, clock=clock)
+def test_a_run_no_manifest_names_is_deleted_and_its_ids_are_not_known(tmp_path, opened):
+    index, _, reopen = opened
     index.insert(key(1), [T0], details.HEADER.size)
     index.close()
     # A crash after a run was written and before the manifest named it.
     seen_index._write_run(tmp_path / "data1.seen" / "000099.run",
                           seen_index._columns(key(2)), seen_index.np.array([T0]))
-    index = SeenIndex(tmp_path / "data1.seen", written, WINDOW, set_aside=None, clock=clock)
+    index = reopen()
     assert not (tmp_path / "data1.seen" / "000099.run").exists()
     assert index._index.known([key(1), key(2)], T0, WINDOW) == {key(1)}
     index.close()
-    os.close(written.fd)
 
 
 @given(ids=st.lists(st.text(st.characters(codec=None, exclude_categories=())), max_size=5),
