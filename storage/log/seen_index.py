@@ -284,13 +284,14 @@ class SeenIndex:
         if why:
             self._rebuild(set_aside, why)
             return
-        covered = self._covered
+        covered, index = self._covered, self._index
+        held = sum(bloom.count for bloom in index.blooms.values())
+        runs = sum(len(period_runs) for period_runs in index.runs.values())
+        took = time.monotonic() - began
         added = self._add_groups(covered)
         log.info("data1.seen: trusted up to offset %d of data1.details: %d ids in %d runs, "
-                 "read in %.1f s; %d ids added from past its mark", covered,
-                 sum(bloom.count for bloom in self._index.blooms.values()),
-                 sum(len(runs) for runs in self._index.runs.values()),
-                 time.monotonic() - began, added)
+                 "read in %.1f s; %d ids added from past its mark", covered, held, runs, took,
+                 added)
 
     def _load(self):
         """Read the index on disk into memory; why it cannot be trusted, or None."""
