@@ -365,6 +365,7 @@ class SdkEvents:
     def __init__(self):
         self.views, self.links, self.set_aside, self.events = [], [], [], 0
         self._keys = {}  # installs and users mostly recur from event to event: hashed once
+        self._texts = {}  # so do names and ids: stored_text of each, made once
 
     def read(self, items, project=""):
         """Read the events of `project` (as details keep them: {"event", "time", ...}).
@@ -496,11 +497,21 @@ class SdkEvents:
             experience = int(experience_id)
             if not 0 <= experience <= MAX_ID:
                 raise ValueError("experienceID out of range")
+            text = self._text
             views.append(((project, experience) if project else experience, moment, device,
-                          carried, stored_text(screen_id or ""), stored_text(experience_name),
-                          stored_text(screen_name), stored_text(revision or "")))
+                          carried, text(screen_id or ""), text(experience_name),
+                          text(screen_name), text(revision or "")))
         if carried:
             links.append((device, carried, moment))
+
+    def _text(self, value):
+        """stored_text(value), looked up when it was made before."""
+        if type(value) is not str:
+            return stored_text(value)
+        text = self._texts.get(value)
+        if text is None:
+            text = self._texts[value] = stored_text(value)
+        return text
 
     def _key(self, text):
         key = self._keys.get(text)
