@@ -434,7 +434,10 @@ def test_a_partition_taken_over_decides_its_repeats_from_a_window_and_its_views_
         while (passes == 0 or third.catching_up()) and passes < 50:
             third.run_pass()
             passes += 1
-        assert passes > 2, passes
+        # A pass to decide again what the views had counted, then a message a pass: at
+        # least two. How many more depends on how the requests' installs fell into the
+        # partitions (each request is one message or two), so no more is asserted.
+        assert passes >= 2, passes
         assert committed(link).counts == expected
         assert series_counts(second_dir) == expected
         assert screen_views() == sum(expected.values())
