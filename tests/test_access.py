@@ -192,7 +192,10 @@ def test_a_flooding_device_gets_503_with_retry_after_and_the_others_are_served(
     with SimulatedSdks(ingest.port, devices=6, token=WRITE, cut_share=0) as sdks:
         for thread in threads:
             thread.start()
-        wait_for(lambda: flood["answers"].count(503) >= 20, 30, what="the flood refused")
+        # A flooding device is refused only while others' writes are in progress at the
+        # same instant: how often that is depends on how fast their writes are served, so
+        # a few refusals are waited for, with a deadline far past what they take.
+        wait_for(lambda: flood["answers"].count(503) >= 5, 120, what="the flood refused")
         stop.set()
         for thread in threads:
             thread.join(timeout=30)
