@@ -152,15 +152,18 @@ class _Run:
                 RUN_HEADER.size + 20 * count):
             raise ValueError(f"{path.name} is not a whole run")
         self.count = count
-        if fence is None:
-            fence = self._column(0, count)[::BLOCK]
-        self.fence = fence.tolist()
+        # A run written here comes with its fence; one opened from disk has it made by
+        # read(), which the opening calls for every run (its CRC checked, its filter built).
+        self.fence = None if fence is None else fence.tolist()
+
+    def _offset(self, column, row):
+        """Where row `row` of a column is in the file: 0 hi, 1 lo, 2 second."""
+        return RUN_HEADER.size + 8 * self.count * column + (4 if column == 2 else 8) * row
 
     def _column(self, column, count, first=0):
-        """`count` values from row `first` of a column: 0 hi, 1 lo, 2 second."""
+        """`count` values from row `first` of a column."""
         size, dtype = (4, "<u4") if column == 2 else (8, "<u8")
-        offset = RUN_HEADER.size + 8 * self.count * column + size * first
-        raw = os.pread(self.file.fileno(), size * count, offset)
+        raw = os.pread(self.file.fileno(), size * count, self._offset(column, first))
         if len(raw) != size * count:
             raise ValueError(f"{self.path.name} is shorter than its header says")
         return np.frombuffer(raw, dtype)
@@ -173,6 +176,8 @@ class _Run:
         crc = zlib.crc32(seconds, zlib.crc32(lo, zlib.crc32(hi)))
         if crc != self.crc:
             raise ValueError(f"{self.path.name} fails its CRC")
+        if self.fence is None:
+            self.fence = hi[::BLOCK].tolist()
         keys = np.empty((self.count, 2), dtype="<u8")
         keys[:, 0], keys[:, 1] = hi, lo
         return keys, seconds
@@ -186,13 +191,13 @@ class _Run:
         value = int.from_bytes(hi, "little")
         first = max(bisect.bisect_left(self.fence, value) - 1, 0) * BLOCK
         end = min(max(bisect.bisect_right(self.fence, value), 1) * BLOCK, self.count)
-        block = os.pread(fd, 8 * (end - first), RUN_HEADER.size + 8 * first)
+        block = os.pread(fd, 8 * (end - first), self._offset(0, first))
         at = block.find(hi)
         while at != -1:
             if at % 8 == 0:
                 row = first + at // 8
-                lo = os.pread(fd, 8, RUN_HEADER.size + 8 * (self.count + row))
-                second = os.pread(fd, 4, RUN_HEADER.size + 16 * self.count + 4 * row)
+                lo = os.pread(fd, 8, self._offset(1, row))
+                second = os.pread(fd, 4, self._offset(2, row))
                 if lo == key[8:] and int.from_bytes(second, "little") >= since:
                     return True
             at = block.find(hi, at + 1)
@@ -487,11 +492,11 @@ class SeenIndex:
                 earlier = blooms.get(period - 1)
                 runs[period] = []
                 blooms[period] = _Bloom(max(MIN_CAPACITY, earlier.count if earlier else 0))
-            for start in range(0, int(chosen.sum()), MAX_RUN):
+            added, added_seconds = keys[chosen], seconds[chosen]
+            for start in range(0, len(added), MAX_RUN):
                 part = slice(start, start + MAX_RUN)
-                runs[period].append(self._new_run(keys[chosen][part], seconds[chosen][part]))
+                runs[period].append(self._new_run(added[part], added_seconds[part]))
             bloom = blooms[period]
-            added = keys[chosen]
             if bloom.count + len(added) > bloom.capacity:
                 blooms[period] = self._grown(runs[period], bloom.count + len(added))
             else:
