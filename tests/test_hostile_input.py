@@ -171,7 +171,7 @@ def test_the_overview_sets_aside_any_malformed_item_and_keeps_the_rest():
     read = SdkEvents()
     read.read(["text", 5, {"event": "x"}, {"event": screen("no-time", 4)},
                {"event": screen("huge", 5), "time": 10**30}, good])
-    assert [view[0] for view in read.views] == [3]
+    assert [view[0] for view in read.views] == [("", 3)]  # (project, experience)
     assert [named for named, _ in read.set_aside] == [None, None, None, "no-time", "huge"]
     assert read.events == 6
 

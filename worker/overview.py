@@ -24,10 +24,13 @@ file, is never continued: it is set aside and the overview counted again from th
 """
 
 import collections
+import itertools
 import json
 import logging
+import operator
 import os
 import time
+
 import msgspec
 
 from storage.layout import Layout, names_open_file
@@ -145,7 +148,7 @@ class OverviewCounter:
                       "(kept in the source, counted in /stats as overview_set_aside), e.g. "
                       "event %s: %s", len(set_aside), self.source_name, named, why)
         # Every install's state in a few queries, not a few per view.
-        viewing = {device for _, _, device, *_ in views}
+        viewing = set(map(_DEVICE, views))
         persons, changed = self._link(changes, read.links, viewing)
         stored = self.store.sessions(viewing | changed)
         for (device, experience), sessions in stored.items():
@@ -153,37 +156,46 @@ class OverviewCounter:
                 for first, last, _ in sessions:
                     changes.recount.update((experience, hour) for hour in
                                            range(first - first % 3600, last + 1, 3600))
+        # Each experience's key, in the order first viewed (a new key is numbered in order).
         filed_under = self.store.keys.key
-        placing = collections.defaultdict(list)  # (device, experience) -> its views here
-        for experience, moment, device, carried, screen, name, screen_name, revision in views:
-            if type(experience) is tuple:  # (project, id) of a named project's experience
-                experience = filed_under(*experience)
-            hour = moment - moment % 3600
+        keys = {experience: filed_under(*experience)
+                for experience in dict.fromkeys(map(_EXPERIENCE, views))}
+        # An install's batch views a few screens many times: each distinct viewer of a
+        # screen in an hour (counted in C) adds its views and its person once.
+        for (experience, hour, screen, revision, device, carried), seen in \
+                collections.Counter(map(_VIEWER, views)).items():
+            experience = keys[experience]
             user = carried or persons.get(device)
             person = user or device
             row = changes.hour(experience, hour)
-            row[VIEWS] += 1
+            row[VIEWS] += seen
             row[PEOPLE].add(person)
             if user:
                 row[IDENTIFIED].add(person)
             row = changes.screen(experience, screen, hour, revision)
-            row[SCREEN_VIEWS] += 1
+            row[SCREEN_VIEWS] += seen
             row[SCREEN_PEOPLE].add(person)
             changes.viewers.add((experience, hour, screen, revision, device, carried))
             row = changes.revision((experience, hour, revision))
-            row[REVISION_VIEWS] += 1
+            row[REVISION_VIEWS] += seen
             row[REVISION_PEOPLE].add(person)
             if user:
                 row[REVISION_IDENTIFIED].add(person)
-            if row[REVISION_FIRST_SEEN] is None or moment < row[REVISION_FIRST_SEEN]:
-                row[REVISION_FIRST_SEEN] = moment
-            if row[REVISION_LAST_SEEN] is None or moment > row[REVISION_LAST_SEEN]:
-                row[REVISION_LAST_SEEN] = moment
-            _name(changes, experience, "", moment, name)
-            _name(changes, experience, screen, moment, screen_name)
+        placing = collections.defaultdict(list)  # (device, experience) -> its views here
+        moments = collections.defaultdict(list)  # (experience, hour, revision) -> its views'
+        for experience, hour, screen, revision, device, _, moment, _, _ in views:
             placing[device, experience].append((moment, screen, revision))
+            moments[experience, hour, revision].append(moment)
+        for (experience, hour, revision), seen in moments.items():
+            row = changes.revision((keys[experience], hour, revision))
+            first, last = min(seen), max(seen)
+            if row[REVISION_FIRST_SEEN] is None or first < row[REVISION_FIRST_SEEN]:
+                row[REVISION_FIRST_SEEN] = first
+            if row[REVISION_LAST_SEEN] is None or last > row[REVISION_LAST_SEEN]:
+                row[REVISION_LAST_SEEN] = last
+        _names(changes, keys, views)
         for (device, experience), placed in placing.items():
-            self._place(changes, stored, device, experience, placed)
+            self._place(changes, stored, device, keys[experience], placed)
         self.store.commit(changes, source, position, log_end)
         self.source, self.position, self.log_end = source, position, log_end
         if read.events:
@@ -355,17 +367,19 @@ class Overview:
 
 class SdkEvents:
     """What the overview counts of a stretch of SDK events: its screen views, as
-    (experience, moment, device, carried, screen id, experience name, screen name, revision
-    id), with `experience` the id, or (project, id) in a named project, `carried` the key of
-    the userID the view carries (0 if none), and a missing screen or revision id ""; its
-    links, as (device, user, moment) (worker/people.py: any
-    event that carries both ids); how many events were read, and those set aside. The rest
-    of an identify or a register is kept in the details, not counted."""
+    (experience, hour, screen id, revision id, device, carried, moment, experience name,
+    screen name), with `experience` (project, id) ("" for the default project), `hour` the
+    start of the moment's hour, `carried` the key of the userID the view carries (0 if none),
+    and a missing screen or revision id ""; the first six are who viewed what when, counted
+    together (OverviewCounter.count); its links, as (device, user, moment) (worker/people.py:
+    any event that carries both ids); how many events were read, and those set aside. The
+    rest of an identify or a register is kept in the details, not counted."""
 
     def __init__(self):
         self.views, self.links, self.set_aside, self.events = [], [], [], 0
-        self._keys = {}  # installs and users mostly recur from event to event: hashed once
-        self._texts = {}  # so do names and ids: stored_text of each, made once
+        self._devices = {}  # (project, anonymousID) -> its key
+        self._users = {}  # (project, userID) -> its key
+        self._screens = {}  # what a view sent -> what it counts as (_screen)
 
     def read(self, items, project=""):
         """Read the events of `project` (as details keep them: {"event", "time", ...}).
@@ -458,9 +472,7 @@ class SdkEvents:
                 if event.type == "screen" and properties is None:
                     raise ValueError("a screen view without properties")
                 self._add(views, links, time_ms, event.anonymousID, event.userID, event.type,
-                          lambda: (properties.experienceID, properties.id,
-                                   properties.experienceName, properties.name,
-                                   properties.experienceRevisionID), project_of)
+                          properties, project_of)
         except (ValueError, TypeError):
             self.read(as_dicts(), project)
             return
@@ -470,57 +482,83 @@ class SdkEvents:
 
     def _read(self, item, project):
         event = item["event"]
-        project = item.get("project", project)  # a cluster message's item names its own
-
-        def screen():
+        kind = event.get("type")
+        properties = None
+        if kind == "screen":
             properties = event["properties"]
-            return (properties["experienceID"], properties.get("id"),
-                    properties.get("experienceName"), properties.get("name"),
-                    properties.get("experienceRevisionID"))
-
+            properties = _Screen(properties["experienceID"], properties.get("id"),
+                                 properties.get("experienceName"), properties.get("name"),
+                                 properties.get("experienceRevisionID"))
         self._add(self.views, self.links, item["time"], event["anonymousID"],
-                  event.get("userID"), event.get("type"), screen, project)
+                  event.get("userID"), kind, properties,
+                  item.get("project", project))  # a cluster message's item names its own
 
     def _add(self, views, links, time_ms, anonymous_id, user, kind, screen, project):
-        """The rule, for either way of reading: `screen()`, asked for a screen view only, is
-        its (experienceID, screen id, experience name, screen name, revision id) as sent."""
+        """The rule, for either way of reading: `screen`, read for a screen view only, has
+        the view's experienceID, id, experienceName, name and experienceRevisionID as sent
+        (storage/sdk_event.py's Properties, or a _Screen)."""
         moment = time_ms // 1000
         if not 0 <= moment < 2**40:
             raise ValueError("time out of range")
-        if project and not is_project_id(project):
-            raise ValueError(f"not a project: {project!r}")
-        device = self._key(person_text(project, "anon:" + anonymous_id))
+        # Installs, users, experiences and their names recur from event to event: each is
+        # checked, hashed and made storable once, and looked up after.
+        # (A value of the wrong type may be unhashable: the miss's way names what is wrong.)
+        try:
+            device = self._devices[project, anonymous_id]
+        except (KeyError, TypeError):
+            device = self._key(project, "anon:", anonymous_id, self._devices)
         # null and "" are no userID (identify(null), Judo's anonymous mode): no link
-        carried = self._key(person_text(project, "user:" + user)) if user else 0
+        carried = 0
+        if user:
+            try:
+                carried = self._users[project, user]
+            except (KeyError, TypeError):
+                carried = self._key(project, "user:", user, self._users)
         if kind == "screen":
-            experience_id, screen_id, experience_name, screen_name, revision = screen()
-            experience = int(experience_id)
-            if not 0 <= experience <= MAX_ID:
-                raise ValueError("experienceID out of range")
-            text = self._text
-            views.append(((project, experience) if project else experience, moment, device,
-                          carried, text(screen_id or ""), text(experience_name),
-                          text(screen_name), text(revision or "")))
+            sent = (project, screen.experienceID, screen.id, screen.experienceRevisionID,
+                    screen.experienceName, screen.name)
+            try:
+                shown = self._screens[sent]
+            except (KeyError, TypeError):
+                shown = self._screen(sent)
+            experience, screen_id, revision, experience_name, screen_name = shown
+            views.append((experience, moment - moment % 3600, screen_id, revision, device,
+                          carried, moment, experience_name, screen_name))
         if carried:
             links.append((device, carried, moment))
 
-    def _text(self, value):
-        """stored_text(value), looked up when it was made before."""
-        if type(value) is not str:
-            return stored_text(value)
-        text = self._texts.get(value)
-        if text is None:
-            text = self._texts[value] = stored_text(value)
-        return text
-
-    def _key(self, text):
-        key = self._keys.get(text)
-        if key is None:
-            key = self._keys[text] = person_key(text)
+    def _key(self, project, kind, text, keys):
+        """The key of an install ("anon:") or a user ("user:") of `project`, kept in `keys`."""
+        if project and not is_project_id(project):
+            raise ValueError(f"not a project: {project!r}")
+        key = keys[project, text] = person_key(person_text(project, kind + text))
         return key
 
+    def _screen(self, sent):
+        """(experience, screen id, revision id, experience name, screen name) as counted, of
+        a view's `sent` (project, experienceID, id, experienceRevisionID, experienceName,
+        name); kept in self._screens."""
+        project, experience_id, screen_id, revision, experience_name, screen_name = sent
+        experience = int(experience_id)
+        if not 0 <= experience <= MAX_ID:
+            raise ValueError("experienceID out of range")
+        shown = self._screens[sent] = (
+            (project, experience), stored_text(screen_id or ""), stored_text(revision or ""),
+            stored_text(experience_name), stored_text(screen_name))
+        return shown
 
+
+# A screen view's properties read from a dict (SdkEvents._read), as _add reads them.
+_Screen = collections.namedtuple(
+    "_Screen", "experienceID id experienceName name experienceRevisionID")
 _ITEM = item_decoder(CountedEvent)
+# The parts of a view (SdkEvents.views) picked in C.
+_EXPERIENCE = operator.itemgetter(0)
+_DEVICE = operator.itemgetter(4)
+_MOMENT = operator.itemgetter(6)
+_VIEWER = operator.itemgetter(0, 1, 2, 3, 4, 5)
+_EXPERIENCE_NAMED = operator.itemgetter(0, 7)
+_SCREEN_NAMED = operator.itemgetter(0, 2, 8)
 
 
 def stored_text(value):
@@ -535,11 +573,24 @@ def stored_text(value):
     return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
-def _name(changes, experience, screen, moment, name):
-    if name:
-        known = changes.names.get((experience, screen))
-        if known is None or (moment, name) > known:
-            changes.names[experience, screen] = (moment, name)
+def _names(changes, keys, views):
+    """Keep the latest name of each experience and screen among `views` in changes.names
+    (by device time; ties go to the greater name): the latest moment of each distinct name
+    first, then the latest of those."""
+    moments = list(map(_MOMENT, views))
+    latest = {}  # (experience, name) or (experience, screen, name) -> its latest moment
+    for named, moment in itertools.chain(zip(map(_EXPERIENCE_NAMED, views), moments),
+                                         zip(map(_SCREEN_NAMED, views), moments)):
+        if moment > latest.get(named, -1):
+            latest[named] = moment
+    names = changes.names
+    for named, moment in latest.items():
+        experience, *screen, name = named
+        if name:
+            key = (keys[experience], screen[0] if screen else "")
+            known = names.get(key)
+            if known is None or (moment, name) > known:
+                names[key] = (moment, name)
 
 
 def _count_session(changes, experience, session, sign):
