@@ -42,6 +42,14 @@ def truncate_or_die(fd, end, name, log):
         die(log, f"could not truncate a failed write off {name}: {error}")
 
 
+def write_all(fd, data):
+    """Write all of `data` (bytes, or any buffer) at `fd`'s position: os.write may take only
+    part of it, and is called again for the rest until none is left."""
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def replace_durably(path, data):
     """Replace the file at `path` with `data`, atomically and durably.
 
@@ -54,9 +62,7 @@ def replace_durably(path, data):
     temp = temp_path(path)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         # The temp file's bytes must be on disk before the rename can publish them; else a
         # power loss could leave a renamed but empty or NUL-filled file.
         os.fsync(fd)

@@ -74,7 +74,7 @@ import zlib
 import numpy as np
 
 from storage.backend import event_keys
-from storage.durable import fsync_directory, replace_durably
+from storage.durable import fsync_directory, replace_durably, write_all
 from storage.log import details as details_file
 from storage.process import die, unpin_this_thread
 
@@ -210,7 +210,7 @@ def _write_run(path, keys, seconds):
     order = np.argsort(keys[:, 0], kind="stable")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, bytes(RUN_HEADER.size))
+        write_all(fd, bytes(RUN_HEADER.size))
         crc, fence = 0, None
         # A column at a time: a merge holds its inputs and one sorted column, not two copies.
         for column in (keys[:, 0], keys[:, 1], seconds.astype("<u4")):
@@ -218,9 +218,7 @@ def _write_run(path, keys, seconds):
             if fence is None:
                 fence = ordered[::BLOCK]
             crc = zlib.crc32(ordered, crc)
-            view = memoryview(ordered).cast("B")
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, ordered)
         os.pwrite(fd, RUN_HEADER.pack(RUN_MAGIC, len(keys), crc, 0), 0)
         # Before any manifest names it: a named run is whole after any power loss.
         os.fsync(fd)
