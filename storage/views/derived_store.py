@@ -8,6 +8,7 @@ own position in it: the worker alone writes it, the ingest only reads it.
 * writer() is the worker's connection: WAL, and synchronous=NORMAL. A commit needs
   atomicity, not durability: the log is the truth, and a power loss that takes the last
   commits back leaves an older position to count on from, as exact.
+* transaction() is every write: all of it or none of it.
 * set_aside() moves a store that cannot be trusted out of the way, kept for inspection.
 * Readers gives each ingest thread its own read-only connection (sqlite3 wants one per
   thread), opened again when the worker replaced the file.
@@ -15,6 +16,7 @@ own position in it: the worker alone writes it, the ingest only reads it.
   that the stores' tables and their readers are the same with projects as without.
 """
 
+import contextlib
 import datetime
 import os
 import sqlite3
@@ -34,6 +36,21 @@ def writer(path):
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     return db
+
+
+@contextlib.contextmanager
+def transaction(db):
+    """One write transaction on the connection `db` (autocommit mode, as writer() opens it):
+    committed when the block ends, rolled back if anything in it (or the commit) raises, and
+    the error raised again. BEGIN IMMEDIATE takes the write lock before the first statement,
+    so that no statement of the block can fail for want of it."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 class Unusable(Exception):

@@ -123,16 +123,11 @@ class SeenStore(derived_store.Writer):
         messages before them in the window are decided without the window before that), and
         are asked of it only there. One transaction."""
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with derived_store.transaction(db):
             db.execute("DELETE FROM seen")
             db.execute("DELETE FROM repeat")
             db.execute("UPDATE state SET position = 0, newest_ms = 0, widest = 0, "
                        "repeats = 0, exact_after = ?", (exact_after,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         self.position = self._decided = self._newest_ms = self._widest = self.repeats = 0
         self.exact_after = exact_after
         self._pending, self._pending_repeats = {}, {}
@@ -212,8 +207,7 @@ class SeenStore(derived_store.Writer):
             return
         found = sum(map(len, self._pending_repeats.values()))
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with derived_store.transaction(db):
             db.executemany("INSERT INTO seen VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
                            "stored_ms = max(stored_ms, excluded.stored_ms)",
                            self._pending.items())
@@ -224,10 +218,6 @@ class SeenStore(derived_store.Writer):
                        (self._newest_ms - self._widest * 1000 - SLACK_MS,))
             db.execute("UPDATE state SET position = ?, newest_ms = ?, widest = ?, "
                        "repeats = repeats + ?", (position, self._newest_ms, self._widest, found))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         self.position = self._decided = position
         self.repeats += found
         self._pending, self._pending_repeats = {}, {}

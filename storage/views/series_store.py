@@ -115,30 +115,28 @@ class SeriesStore(derived_store.Writer):
             elif type(experience) is tuple and experience[1] == ALL:
                 newest[experience[0]] = bucket
         minute_rows, hour_rows = self._keyed(minute_rows), self._keyed(hour_rows)
-        db.execute("BEGIN IMMEDIATE")
         try:
-            self.keys.write_new(db)
-            db.executemany(UPSERT.format(table="minute"), minute_rows)
-            db.executemany(UPSERT.format(table="hour"), hour_rows)
-            db.execute("UPDATE state SET offset = ?, fingerprint = ?, events = events + ?, "
-                       "newest_minute = max(newest_minute, ?), updated_at = ?",
-                       (offset, fingerprint, added, newest.pop("", 0), utc_now()))
-            # Kept relative to the newest event, not to the clock: a recount from data1
-            # keeps exactly the same minutes.
-            db.execute("DELETE FROM minute WHERE bucket < "
-                       "(SELECT newest_minute FROM state) - ? AND experience >= -1",
-                       (self.minute_retention,))
-            for project, minute in newest.items():
-                db.execute("INSERT INTO project_minute VALUES (?, ?) ON CONFLICT (project) DO "
-                           "UPDATE SET newest_minute = max(newest_minute, excluded.newest_minute)",
-                           (project, minute))
-                db.execute("DELETE FROM minute WHERE bucket < (SELECT newest_minute FROM "
-                           "project_minute WHERE project = ?) - ? AND experience IN (SELECT key "
-                           "FROM experience_key WHERE project = ?)",
-                           (project, self.minute_retention, project))
-            db.execute("COMMIT")
+            with derived_store.transaction(db):
+                self.keys.write_new(db)
+                db.executemany(UPSERT.format(table="minute"), minute_rows)
+                db.executemany(UPSERT.format(table="hour"), hour_rows)
+                db.execute("UPDATE state SET offset = ?, fingerprint = ?, events = events + ?, "
+                           "newest_minute = max(newest_minute, ?), updated_at = ?",
+                           (offset, fingerprint, added, newest.pop("", 0), utc_now()))
+                # Kept relative to the newest event, not to the clock: a recount from data1
+                # keeps exactly the same minutes.
+                db.execute("DELETE FROM minute WHERE bucket < "
+                           "(SELECT newest_minute FROM state) - ? AND experience >= -1",
+                           (self.minute_retention,))
+                for project, minute in newest.items():
+                    db.execute("INSERT INTO project_minute VALUES (?, ?) ON CONFLICT "
+                               "(project) DO UPDATE SET newest_minute = max(newest_minute, "
+                               "excluded.newest_minute)", (project, minute))
+                    db.execute("DELETE FROM minute WHERE bucket < (SELECT newest_minute FROM "
+                               "project_minute WHERE project = ?) - ? AND experience IN "
+                               "(SELECT key FROM experience_key WHERE project = ?)",
+                               (project, self.minute_retention, project))
         except BaseException:
-            db.execute("ROLLBACK")
             self.keys.forget_new()
             raise
 
@@ -149,14 +147,13 @@ class SeriesStore(derived_store.Writer):
 
     def reset(self, empty_fingerprint):
         """Empty the store and its offset in one transaction (for a recount from 0)."""
-        self.db.execute("BEGIN IMMEDIATE")
-        self.keys.reset(self.db)
-        self.db.execute("DELETE FROM project_minute")
-        self.db.execute("DELETE FROM minute")
-        self.db.execute("DELETE FROM hour")
-        self.db.execute("UPDATE state SET offset = 0, fingerprint = ?, events = 0, "
-                        "newest_minute = 0, updated_at = ?", (empty_fingerprint, utc_now()))
-        self.db.execute("COMMIT")
+        with derived_store.transaction(self.db) as db:
+            self.keys.reset(db)
+            db.execute("DELETE FROM project_minute")
+            db.execute("DELETE FROM minute")
+            db.execute("DELETE FROM hour")
+            db.execute("UPDATE state SET offset = 0, fingerprint = ?, events = 0, "
+                       "newest_minute = 0, updated_at = ?", (empty_fingerprint, utc_now()))
 
 
 
