@@ -16,7 +16,7 @@ import overview_reference as ref
 from app import flow_query
 from bench import traffic as generator
 from storage.views.overview_store import (REVISION_BOUNCES, REVISION_DURATIONS, REVISION_SESSIONS,
-                                    Changes, OverviewReader, StoredViews)
+                                    Changes, OverviewReader, StoredViews, decode_views)
 from test_overview import (END, RECEIVED, TIMEOUT, UTC, count, counted_in_order_and_shuffled,
                            ingest)
 from worker import overview as overview_module
@@ -269,7 +269,14 @@ def test_a_session_extended_at_its_end_changes_the_flow_as_out_and_in_would(
     add_session(whole, 1, before, -1)
     add_session(whole, 1, [first, views[-1][0], views], 1)
     assert _nonzero(incremental) == _nonzero(whole)
-    assert extended.stored() == StoredViews.of(first, views).stored()
+    # Stored, the extension is the longer session's summary and one part more: the views
+    # added, numbered by the views before them; read back after the first part, the views.
+    summary, [(part, text)] = extended.stored()
+    assert summary == StoredViews.of(first, views).stored()[0]
+    assert part == len(before[2])
+    (_, first_text), = stored.stored()[1]
+    read_back = decode_views(first, first_text)
+    assert read_back + decode_views(first, text, read_back[-1][2]) == views
     assert extended.decoded() == views
 
 

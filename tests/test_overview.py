@@ -6,6 +6,7 @@ zone with a daylight-saving change, and from every planted state of overview.sql
 The log and the worker run in-process (storage/log/writer.py, worker/runner.py) on real
 files; test_overview_processes.py does the same through real processes and SIGKILLs."""
 
+import collections
 import contextlib
 import datetime
 import json
@@ -23,8 +24,8 @@ from app import overview_query
 from app.validate import parse_batch
 from bench import traffic as generator
 from storage.log.writer import EventLog
-from storage.views.overview_store import (NoOverview, OverviewReader, OverviewStore,
-                                          StoredViews)
+from storage.views.overview_store import (Changes, NoOverview, OverviewReader,
+                                          OverviewStore, StoredViews, decode_views)
 from storage.views.sketches import (EXACT_LIMIT, Durations, People, duration_bucket,
                               encode_durations, person_key)
 from worker import overview as overview_module
@@ -174,11 +175,19 @@ def test_the_counts_never_wait_for_an_overview_far_behind(tmp_path, traffic, mon
 
 
 def store_rows(path):
-    """Every row of every table of an overview store but its state (which says when)."""
+    """Every row of every table of an overview store but its state (which says when); of
+    session_part, each session's views read back from its parts, which are as many as the
+    commits that extended it."""
     with contextlib.closing(sqlite3.connect(path)) as db:
         tables = [name for name, in db.execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'state'")]
-        return {table: sorted(db.execute(f"SELECT * FROM {table}")) for table in tables}
+        rows = {table: sorted(db.execute(f"SELECT * FROM {table}")) for table in tables}
+    views = collections.defaultdict(list)
+    for device, experience, first, _, text in rows.pop("session_part"):
+        known = views[device, experience, first]
+        known += decode_views(first, text, known[-1][2] if known else None)
+    rows["session views"] = sorted(views.items())
+    return rows
 
 
 def test_the_commits_boundaries_leave_no_trace_in_the_store(tmp_path, traffic, monkeypatch):
@@ -373,6 +382,33 @@ def test_placing_views_in_any_order_gives_the_maximal_runs(placed, rng, timeout)
         assert (first, last) == (in_order[0][0], in_order[-1][0])
     for before, after in zip(sessions, sessions[1:]):
         assert after[0] - before[1] > timeout  # maximal: no two could be one
+
+
+def test_a_session_extended_in_later_commits_reads_back_whole_from_its_parts(tmp_path):
+    """A session stored, then extended at its end in two later commits, is three parts in
+    the store; read back (as a late view's placing reads it), its views are all of them in
+    order, each with its revision, also where a part's first view leaves its revision out
+    (the view before it, in the part before, was on the same one)."""
+    store = OverviewStore(tmp_path)
+    store.open(TIMEOUT)
+    device, experience, first = 7, 1, 1_795_000_000
+    batches = [[(first, "a", "r1"), (first + 5, "b", "r1")],
+               [(first + 9, "c", "r1"), (first + 9, "d", "r2")],
+               [(first + 20, "e", "r2"), (first + 30, "a", "r1")]]
+    changes = Changes()
+    changes.sessions[device, experience, first] = [first, first + 5, batches[0]]
+    store.commit(changes, b"source", 1, 1)
+    for position, added in enumerate(batches[1:], 2):
+        [stored] = store.sessions([device])[device, experience]
+        extended = [first, added[-1][0], stored[2].extended(added)]
+        changes = Changes()
+        changes.replace_sessions(device, experience, [stored], [extended])
+        store.commit(changes, b"source", position, position)
+    assert store.db.execute("SELECT part FROM session_part").fetchall() == [(0,), (2,), (4,)]
+    [session] = store.sessions([device])[device, experience]
+    assert session[:2] == [first, first + 30] and len(session[2]) == 6
+    assert views_of(session) == [view for batch in batches for view in batch]
+    store.close()
 
 
 @given(views, views, st.integers(0, 2000), st.sampled_from([60, 300, 1800]))

@@ -7,7 +7,7 @@ series.sqlite3 stands at one in data1: on one machine in data1.details; in clust
 worker keeps one per partition (overview-<partition>.sqlite3), counted from the details that
 ride with the partition's messages, its position a stream sequence.
 
-Format (version 5), SQLite in WAL mode. Times are Unix seconds; a bucket is the second at
+Format (version 6), SQLite in WAL mode. Times are Unix seconds; a bucket is the second at
 the start of its UTC hour, UTC day or week (7 days from a Thursday 00:00 UTC, as weeks fall
 from the Unix epoch); all times are the devices' (storage/log/details.py: "time").
 
@@ -26,11 +26,16 @@ from the Unix epoch); all times are the devices' (storage/log/details.py: "time"
                                       day rows needed)
     name            (experience, screen, moment, name): the latest name seen, by device time
                     (screen '' for the experience's own name); ties go to the greater name
-    session         (device, experience, first, last, views, summary): every session of
-                    every install, kept at any age, so that a view however late joins the
-                    sessions it falls within the timeout of (worker/sessions.py); views is
-                    its views in order, summary what its flow needs to be extended at its
-                    end without reading them (StoredViews)
+    session         (device, experience, first, last, summary): every session of every
+                    install, kept at any age, so that a view however late joins the sessions
+                    it falls within the timeout of (worker/sessions.py); summary is what its
+                    flow needs to be extended at its end without reading its views
+                    (StoredViews)
+    session_part    (device, experience, first, part, views): a session's views in order,
+                    in parts: the views it began with (part 0), then those of each batch
+                    that extended it at its end, each part numbered by the views before it.
+                    An extension appends a part rather than writing the session's views
+                    again, so that it costs its own views, however long the session grew.
     viewer          (experience, hour, screen, revision, device, carried): who viewed a
                     screen of a revision in an hour: the install, and the userID key the
                     view carried (0 if none); what the people of an hour are counted again
@@ -88,6 +93,7 @@ from the older position.
 """
 
 import collections
+import functools
 import sqlite3
 
 import msgspec
@@ -98,7 +104,7 @@ from storage.views.derived_store import utc_now
 from storage.views.sketches import (People, add_durations, encode_durations, encode_people,
                                     merge_people)
 
-VERSION = 5
+VERSION = 6
 HOUR, DAY, WEEK = 3600, 86400, 7 * 86400
 # The levels of experience rows: a range is read from the fewest rows (app/overview_query.py).
 LEVELS = {HOUR: "hour", DAY: "day", WEEK: "week"}
@@ -118,8 +124,11 @@ CREATE TABLE screen_hour (experience INTEGER NOT NULL, bucket INTEGER NOT NULL,
 CREATE TABLE name (experience INTEGER NOT NULL, screen TEXT NOT NULL, moment INTEGER NOT NULL,
     name TEXT NOT NULL, PRIMARY KEY (experience, screen)) WITHOUT ROWID;
 CREATE TABLE session (device INTEGER NOT NULL, experience INTEGER NOT NULL,
-    first INTEGER NOT NULL, last INTEGER NOT NULL, views TEXT NOT NULL,
-    summary TEXT NOT NULL, PRIMARY KEY (device, experience, first)) WITHOUT ROWID;
+    first INTEGER NOT NULL, last INTEGER NOT NULL, summary TEXT NOT NULL,
+    PRIMARY KEY (device, experience, first)) WITHOUT ROWID;
+CREATE TABLE session_part (device INTEGER NOT NULL, experience INTEGER NOT NULL,
+    first INTEGER NOT NULL, part INTEGER NOT NULL, views TEXT NOT NULL,
+    PRIMARY KEY (device, experience, first, part)) WITHOUT ROWID;
 CREATE TABLE viewer (experience INTEGER NOT NULL, hour INTEGER NOT NULL, screen TEXT NOT NULL,
     revision TEXT NOT NULL, device INTEGER NOT NULL, carried INTEGER NOT NULL,
     PRIMARY KEY (experience, hour, screen, revision, device, carried)) WITHOUT ROWID;
@@ -195,8 +204,9 @@ def encode_views(first, views, revision=None):
     return _JSON_ENCODER.encode(encoded).decode()
 
 
-def decode_views(first, text):
-    views, revision = [], None
+def decode_views(first, text, revision=None):
+    """encode_views's `text` as views again, `revision` the one encode_views was given."""
+    views = []
     for view in _JSON_DECODER.decode(text):
         if len(view) == 3:
             revision = view[2]
@@ -205,32 +215,32 @@ def decode_views(first, text):
 
 
 class StoredViews:
-    """A stored session's views, decoded only when needed, with the summary its flow needs
-    to be extended at its end without them (worker/flows.extend_session): how many views,
-    the revision of the first (the one the session began on), the last view (moment,
-    screen, revision) and the screens it reached. A session that an install's next batch
-    extends (the common case) is thus appended to, in its stored text too, at the cost of
+    """A stored session's views, read only when needed, with the summary its flow needs to
+    be extended at its end without them (worker/flows.extend_session): how many views, the
+    revision of the first (the one the session began on), the last view (moment, screen,
+    revision) and the screens it reached. A session that an install's next batch extends
+    (the common case) gains a part of its own in the store (session_part), at the cost of
     the views added rather than of its whole length.
 
     The summary is stored as JSON: [count, first revision, last moment - first, last
     screen, last revision, [screens reached, in the order first reached]]."""
 
-    __slots__ = ("first", "text", "_summary", "added")
+    __slots__ = ("first", "_summary", "_load", "base", "added")
 
-    def __init__(self, first, text, summary, added=()):
+    def __init__(self, first, summary, load, base=None, added=()):
         self.first = first
-        self.text = text
         self._summary = summary  # its JSON, as read, until asked for
-        self.added = added  # the views this one has beyond the session it extends
+        self._load = load  # reads the views, when asked for
+        self.base = base  # the stored session this one extends, if it does
+        self.added = added  # the views this one has beyond it
 
     @classmethod
     def of(cls, first, views):
-        """The stored form of a session's `views` (a list, in order)."""
+        """The stored form of a new session's `views` (a list, in order)."""
         reached = list(dict.fromkeys(screen for _, screen, _ in views))
         last_moment, last_screen, last_revision = views[-1]
-        return cls(first, encode_views(first, views),
-                   [len(views), views[0][2], last_moment - first, last_screen, last_revision,
-                    reached])
+        return cls(first, [len(views), views[0][2], last_moment - first, last_screen,
+                           last_revision, reached], lambda: list(views))
 
     def summary(self):
         """(count, first revision, last view, screens reached in order)."""
@@ -244,26 +254,34 @@ class StoredViews:
         return self.summary()[0]
 
     def decoded(self):
-        return decode_views(self.first, self.text)
+        if self.base is not None:
+            return self.base.decoded() + list(self.added)
+        return self._load()
 
     def extended(self, added):
         """The views of this session followed by `added` (in order, none sorting before
-        this one's last view), without decoding this one's."""
-        count, began_on, (_, _, last_revision), reached = self.summary()
-        more = encode_views(self.first, added, last_revision)[1:-1]
+        this one's last view), without reading this one's."""
+        count, began_on, _, reached = self.summary()
         last_moment, last_screen, last_revision = added[-1]
         return StoredViews(
-            self.first, f"{self.text[:-1]},{more}]",
+            self.first,
             [count + len(added), began_on, last_moment - self.first, last_screen,
              last_revision, reached + [screen for screen in dict.fromkeys(
                  screen for _, screen, _ in added) if screen not in reached]],
-            added)
+            None, self, added)
 
     def stored(self):
-        """(views, summary) as the session table keeps them."""
+        """(summary, parts) as the store keeps them: the summary's JSON, and the parts to
+        write, [(part, views' JSON)]: all of a new session's (one), or the one an extension
+        adds to the parts of the stored session it extends (a commit extends a session once:
+        it places each install's views of an experience together)."""
         summary = self._summary
-        return self.text, (summary if type(summary) is str else
-                           _JSON_ENCODER.encode(summary).decode())
+        if type(summary) is not str:
+            summary = _JSON_ENCODER.encode(summary).decode()
+        if self.base is None:
+            return summary, [(0, encode_views(self.first, self._load()))]
+        count, _, (_, _, last_revision), _ = self.base.summary()
+        return summary, [(count, encode_views(self.first, self.added, last_revision))]
 
 
 class Changes:
@@ -326,11 +344,14 @@ class Changes:
         return changes
 
     def replace_sessions(self, device, experience, replaced, joined):
-        """Record that the sessions `joined` (lists, kept as they are) took the place of
-        `replaced`."""
-        firsts = {first for first, _, _ in joined}
+        """Record that the sessions `joined` (kept as they are: lists, or a StoredViews
+        extended) took the place of `replaced`."""
+        # A session extended at its end keeps its stored parts, and gains one; any other
+        # replaced session goes, parts and all, even where a joined one takes its key.
+        extended = {first for first, _, views in joined
+                    if type(views) is StoredViews and views.base is not None}
         for first, _, _ in replaced:
-            if first not in firsts:  # the same key is replaced by the insert itself
+            if first not in extended:
                 self.sessions_gone.add((device, experience, first))
         for session in joined:
             first, _, _ = session
@@ -376,14 +397,24 @@ class OverviewStore(derived_store.Writer):
 
     def sessions(self, devices):
         """{(device, experience): its sessions, [[first, last, views], ...] by first} of
-        these installs, their views StoredViews (worker/sessions.views_of decodes them)."""
+        these installs, their views StoredViews (worker/sessions.views_of reads them)."""
         sessions = collections.defaultdict(list)
-        for device, experience, first, last, views, summary in self._each_part(
-                devices, "SELECT device, experience, first, last, views, summary FROM session "
+        for device, experience, first, last, summary in self._each_part(
+                devices, "SELECT device, experience, first, last, summary FROM session "
                          "WHERE device IN ({marks}) ORDER BY device, experience, first"):
-            sessions[device, experience].append([first, last,
-                                                 StoredViews(first, views, summary)])
+            sessions[device, experience].append([first, last, StoredViews(
+                first, summary, functools.partial(self._views, device, experience, first))])
         return sessions
+
+    def _views(self, device, experience, first):
+        """A stored session's views, from its parts."""
+        views, revision = [], None
+        for part, in self.db.execute(
+                "SELECT views FROM session_part WHERE device = ? AND experience = ? AND "
+                "first = ? ORDER BY part", (device, experience, first)):
+            views += decode_views(first, part, revision)
+            revision = views[-1][2]
+        return views
 
     def links(self, devices):
         """{device: {user: moment of its first link}} of these installs (those with links)."""
@@ -412,47 +443,55 @@ class OverviewStore(derived_store.Writer):
         """Apply `changes` and move the position, in one transaction. The caller has made
         the source durable up to `position`."""
         db = self.db
-        db.execute("BEGIN IMMEDIATE")
         try:
-            self.keys.write_new(db)
-            rows = changes.hours
-            for level in LEVELS:  # each level added up from the finer one before it
-                rows = self._experience_rows(level, rows)
-            self._screen_rows(changes)
-            self._write(
-                "INSERT INTO name VALUES (?, ?, ?, ?) ON CONFLICT (experience, screen) DO "
-                "UPDATE SET moment = excluded.moment, name = excluded.name WHERE "
-                "(excluded.moment, excluded.name) > (moment, name)",
-                [(experience, screen, moment, name)
-                 for (experience, screen), (moment, name) in changes.names.items()])
-            self._write("DELETE FROM session WHERE device = ? AND experience = ? AND "
-                        "first = ?", changes.sessions_gone)
-            self._write("INSERT OR REPLACE INTO session VALUES (?, ?, ?, ?, ?, ?)",
-                        [(*key[:2], first, last, *(
-                            views if type(views) is StoredViews
-                            else StoredViews.of(first, views)).stored())
-                         for key, (first, last, views) in changes.sessions.items()])
-            self._write("INSERT OR IGNORE INTO viewer VALUES (?, ?, ?, ?, ?, ?)",
-                        changes.viewers)
-            self._flow_rows(changes)
-            self._write("INSERT OR REPLACE INTO link VALUES (?, ?, ?)",
-                        [(*key, moment) for key, moment in changes.links.items()])
-            self._write("DELETE FROM person WHERE device = ?",
-                        [(device,) for device, user in changes.persons.items()
-                         if user is None])
-            self._write("INSERT OR REPLACE INTO person VALUES (?, ?)",
-                        [(device, user) for device, user in changes.persons.items()
-                         if user is not None])
-            self._count_people_again(changes.recount)
-            db.execute("UPDATE state SET source = ?, position = ?, log_end = ?, "
-                       "events = events + ?, set_aside = set_aside + ?, updated_at = ?",
-                       (source, position, log_end, changes.events, changes.set_aside,
-                        utc_now()))
-            db.execute("COMMIT")
+            with derived_store.transaction(db):
+                self.keys.write_new(db)
+                rows = changes.hours
+                for level in LEVELS:  # each level added up from the finer one before it
+                    rows = self._experience_rows(level, rows)
+                self._screen_rows(changes)
+                self._write(
+                    "INSERT INTO name VALUES (?, ?, ?, ?) ON CONFLICT (experience, screen) DO "
+                    "UPDATE SET moment = excluded.moment, name = excluded.name WHERE "
+                    "(excluded.moment, excluded.name) > (moment, name)",
+                    [(experience, screen, moment, name)
+                     for (experience, screen), (moment, name) in changes.names.items()])
+                self._sessions(changes)
+                self._write("INSERT OR IGNORE INTO viewer VALUES (?, ?, ?, ?, ?, ?)",
+                            changes.viewers)
+                self._flow_rows(changes)
+                self._write("INSERT OR REPLACE INTO link VALUES (?, ?, ?)",
+                            [(*key, moment) for key, moment in changes.links.items()])
+                self._write("DELETE FROM person WHERE device = ?",
+                            [(device,) for device, user in changes.persons.items()
+                             if user is None])
+                self._write("INSERT OR REPLACE INTO person VALUES (?, ?)",
+                            [(device, user) for device, user in changes.persons.items()
+                             if user is not None])
+                self._count_people_again(changes.recount)
+                db.execute("UPDATE state SET source = ?, position = ?, log_end = ?, "
+                           "events = events + ?, set_aside = set_aside + ?, updated_at = ?",
+                           (source, position, log_end, changes.events, changes.set_aside,
+                            utc_now()))
         except BaseException:
-            db.execute("ROLLBACK")
             self.keys.forget_new()
             raise
+
+    def _sessions(self, changes):
+        """Write the sessions that changed: the replaced ones go, a session extended at its
+        end gains a part, and any other is written whole."""
+        rows, parts = [], []
+        for (device, experience, first), (_, last, views) in changes.sessions.items():
+            if type(views) is not StoredViews:
+                views = StoredViews.of(first, views)
+            summary, new_parts = views.stored()
+            rows.append((device, experience, first, last, summary))
+            parts += [(device, experience, first, part, text) for part, text in new_parts]
+        for table in ("session", "session_part"):
+            self._write(f"DELETE FROM {table} WHERE device = ? AND experience = ? AND "
+                        "first = ?", changes.sessions_gone)
+        self._write("INSERT OR REPLACE INTO session VALUES (?, ?, ?, ?, ?)", rows)
+        self._write("INSERT INTO session_part VALUES (?, ?, ?, ?, ?)", parts)
 
     def _write(self, statement, rows):
         """executemany(statement, rows), the rows in the order of their keys (each row's
@@ -621,18 +660,15 @@ class OverviewStore(derived_store.Writer):
 
     def reset(self, session_timeout):
         """Empty the store and its position in one transaction (for a recount)."""
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        self.keys.reset(db)
-        for table in (*(f"experience_{level}" for level in LEVELS.values()), "screen_hour",
-                      "name", "session", "viewer", "link", "person", "revision_hour",
-                      "flow_screen", "flow_exit", "flow_move"):
-            db.execute(f"DELETE FROM {table}")
-        db.execute("UPDATE state SET session_timeout = ?, source = x'', "
-                   "position = 0, log_end = 0, events = 0, set_aside = 0, updated_at = ?",
-                   (session_timeout, utc_now()))
-        db.execute("COMMIT")
-
+        with derived_store.transaction(self.db) as db:
+            self.keys.reset(db)
+            for table in (*(f"experience_{level}" for level in LEVELS.values()),
+                          "screen_hour", "name", "session", "session_part", "viewer", "link",
+                          "person", "revision_hour", "flow_screen", "flow_exit", "flow_move"):
+                db.execute(f"DELETE FROM {table}")
+            db.execute("UPDATE state SET session_timeout = ?, source = x'', "
+                       "position = 0, log_end = 0, events = 0, set_aside = 0, updated_at = ?",
+                       (session_timeout, utc_now()))
 
 
 def _changing(rows):
