@@ -625,9 +625,14 @@ class OverviewStore(derived_store.Writer):
         self._write(
             "INSERT INTO flow_screen VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (experience, bucket, revision, screen) DO UPDATE SET "
-            "positions = add_durations(positions, excluded.positions), "
-            "to_reach = add_durations(to_reach, excluded.to_reach), "
-            "on_screen = add_durations(on_screen, excluded.on_screen)",
+            # Most changes add to one histogram of the three (the seconds on a screen of a
+            # session that grew): the others are left as they are, without a call to Python.
+            "positions = CASE excluded.positions WHEN x'' THEN positions ELSE "
+            "add_durations(positions, excluded.positions) END, "
+            "to_reach = CASE excluded.to_reach WHEN x'' THEN to_reach ELSE "
+            "add_durations(to_reach, excluded.to_reach) END, "
+            "on_screen = CASE excluded.on_screen WHEN x'' THEN on_screen ELSE "
+            "add_durations(on_screen, excluded.on_screen) END",
             [(*key, *(encode_durations(histogram) for histogram in histograms))
              for key, histograms in _changing(changes.flow_screens)])
         for table, pair, column, rows in (
