@@ -78,9 +78,10 @@ Invariants, true at every commit because everything changes in one SQLite transa
     the rows == the overview of the screen views before position in the source (the groups
                 of data1.details, or the partition's messages), whatever order and however
                 late they came in (worker/sessions.py, worker/flows.py, worker/people.py)
-    session holds every session of every install, with its views in order, and sessions
-                starting in a bucket are counted in that bucket's rows (the experience's
-                and, by its first view's revision, the flow's), each once
+    session holds every session of every install, and session_part its views in order,
+                each once across its parts; sessions starting in a bucket are counted in
+                that bucket's rows (the experience's and, by its first view's revision, the
+                flow's), each once
     people and identified of every hour row (experience, screen, revision) == the persons
                 of its viewer rows by the links in link, and of every day and week row ==
                 the union of its hours':
