@@ -964,8 +964,10 @@ def test_a_nats_server_killed_mid_read_never_makes_a_message_count_twice(cluster
                                                  "/series?step=hour"))[0] == 200 and answer[1],
                       60, what="/series answered")
     assert sum(count for _, count in series["points"]) == total
-    assert sum(entry["counted_messages"] for entry in request(
-        node.ingest_port(1), "GET", "/stats")[1]["partitions"]) == total
+    # /stats asks the stream too: while the killed server rejoins, it may answer 503.
+    stats = wait_for(lambda: (answer := request(node.ingest_port(1), "GET", "/stats"))[0]
+                     == 200 and answer[1], 60, what="/stats answered")
+    assert sum(entry["counted_messages"] for entry in stats["partitions"]) == total
 
 
 def test_two_projects_through_both_nodes_each_count_their_own_ledger(cluster, tmp_path):
