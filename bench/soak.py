@@ -6,30 +6,32 @@ The question: does the overview keep up? (Its lag must stay bounded: under 10 s 
 1. Capacity: the ingest alone (fsync on, dedupe on, a fresh state folder), wrk posting SDK
    batches of 100 fresh events (bench/sdk.py's body) for CAPACITY_SECONDS: events/s.
 2. Soak: another fresh state folder, the ingest and the worker (overview on, the default
-   5-second interval), and SENDERS paced senders offering 80 % of that rate as installs'
-   sessions: each request BATCH screen views of one install, through its experience's
-   screens in order, timed now.
+   5-second interval), and paced senders (wrk, SENDERS connections) offering 80 % of that
+   rate as installs' sessions: each request BATCH screen views of one install, through its
+   experience's screens in order, timed now.
 3. Every REPORT_EVERY seconds a line: events/s offered and acknowledged since the last line,
    the overview's lag (from the oldest SDK event it has not counted to now, in seconds; looked
    at every SAMPLE_EVERY seconds: the last look, and the largest since the last line), the
-   counts' lag (data1 bytes behind data2), and each program's RSS.
+   counts' lag (data1 bytes behind data2), and each program's RSS and share of a core (the
+   senders' too: on one box, what they take is taken from the engine).
 At the end, the overview's lag at the end (the largest of the last line's looks) and at its
 largest, and each program's peak RSS.
 
 On the cluster (cluster/supervisord.conf, bench/cluster.py's local_cluster) the same, through
-both ingest nodes: the capacity is a wrk per node, the senders alternate between the nodes,
+both ingest nodes: the capacity is a wrk per node, the senders a wrk per node (each install
+always sent to the same one),
 and the overview's lag is the largest over the partitions (from the oldest message after
 the position of the partition's overview store, kept by the worker that counts it, to now).
 """
 
 import asyncio
-import http.client
 import json
 import os
+import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -70,6 +72,15 @@ def rss_mb(pid, field="VmRSS"):
                     if line.startswith(field)).split()[1]) / 1024
 
 
+def cpu_seconds(pid):
+    """CPU time the process has used (user and system), seconds; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure_capacity():
     """The ingest's SDK events/s alone, fsync and dedupe on."""
     folder = scratch_dir()
@@ -87,77 +98,139 @@ def measure_capacity():
         subprocess.run(["rm", "-rf", str(folder)], check=False)
 
 
+# The senders' Lua for wrk (one wrk a node): its parameters are set before it as globals.
+# LuaJIT's ffi reads the monotonic clock for the schedule; wrk calls delay() before each
+# request of a connection, so the connections together take the schedule's slots in turn.
+SENDER_LUA = r"""
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } soak_timespec;
+int clock_gettime(int clock, soak_timespec *now);
+]]
+local clock = ffi.new("soak_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC
+  return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
+end
+local urandom = io.open("/dev/urandom", "rb")
+local prefix = urandom:read(6):gsub(".", function(c) return string.format("%02x", c:byte()) end)
+urandom:close()
+local EVENT = '{"id":"%s-%d-%d-%d","timestamp":"%s","anonymousID":"soak-install-%d",' ..
+  '"type":"screen","properties":{"id":"screen-%d","name":"\195\137cran",' ..
+  '"experienceID":"%d","experienceRevisionID":"1","experienceName":"Experience %d"},' ..
+  '"context":{"os":{"name":"iOS","version":"17.2"},"locale":"en-CA"}}'
+local headers = {["Content-Type"] = "application/json"}
+number, offered, acknowledged, failed = 0, 0, 0, 0
+local due, flushed = nil, 0
+
+local function flush()
+  local file = io.open(COUNTS, "w")
+  file:write(string.format("%d %d %d\n", offered, acknowledged, failed))
+  file:close()
+end
+
+delay = function()
+  local now = now_ms()
+  due = (due or now) + INTERVAL_MS
+  return math.max(0, due - now)  -- behind the schedule: at once, so the rate holds
+end
+
+request = function()
+  local install = (number * NODES + NODE) % INSTALLS
+  local experience = 1 + install % EXPERIENCES
+  local stamp = os.date("!%Y-%m-%dT%H:%M:%SZ")
+  local events = {}
+  for n = 0, BATCH - 1 do
+    events[n + 1] = string.format(EVENT, prefix, NODE, number, n, stamp, install,
+                                  (number + n) % SCREENS + 1, experience, experience)
+  end
+  number = number + 1
+  offered = offered + BATCH
+  return wrk.format("POST", "/batch", headers,
+                    '{"batch":[' .. table.concat(events, ",") .. ']}')
+end
+
+response = function(status)
+  if status == 202 then acknowledged = acknowledged + BATCH else failed = failed + BATCH end
+  local now = now_ms()
+  if now - flushed >= 200 then
+    flushed = now
+    flush()
+  end
+end
+
+-- At the end, the thread's final counts (setup and done run in wrk's main Lua state).
+local threads = {}
+setup = function(thread) threads[#threads + 1] = thread end
+done = function()
+  local thread = threads[1]
+  offered, acknowledged, failed =
+    thread:get("offered"), thread:get("acknowledged"), thread:get("failed")
+  flush()
+end
+"""
+
+
 class Senders:
-    """SENDERS threads offering `rate` events/s in batches of BATCH views of one install,
-    each on its own kept-alive connection, paced to a schedule (a sender behind it sends at
-    once, so the offered rate holds while the ingest keeps up)."""
+    """One wrk a node, offering `rate` events/s in all, in batches of BATCH screen views of
+    one install (each install to one node), on SENDERS kept-alive connections, paced to a
+    schedule (behind it, they send at once, so the offered rate holds while the ingest keeps
+    up). wrk (C, as the capacity phase) rather than Python threads: the senders' own CPU
+    would be taken from the programs under test (Python senders took 0.4 of a core at
+    56,000 events/s, wrk about a tenth of that)."""
 
     def __init__(self, ports, rate):
         self.ports = ports
-        self.interval = SENDERS * BATCH / rate  # seconds between one sender's requests
-        self.offered = self.acknowledged = self.failed = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._send, args=(n,), daemon=True)
-                         for n in range(SENDERS)]
-        self._prefix = os.urandom(6).hex()
+        self.rate = rate
+        self.folder = scratch_dir()
+        self._wrks = []
+        self._counts = {}  # node -> its last (offered, acknowledged, failed) read
 
     def __enter__(self):
-        for thread in self._threads:
-            thread.start()
+        wrk = shutil.which("wrk")
+        if wrk is None:
+            raise SystemExit("wrk is not installed: apt-get install wrk")
+        nodes = len(self.ports)
+        for node, port in enumerate(self.ports):
+            script = self.folder / f"senders-{node}.lua"
+            settings = dict(INTERVAL_MS=1000 * BATCH * nodes / self.rate, NODE=node,
+                            NODES=nodes, INSTALLS=INSTALLS, EXPERIENCES=EXPERIENCES,
+                            SCREENS=SCREENS, BATCH=BATCH,
+                            COUNTS=f'"{self.folder / f"counts-{node}"}"')
+            script.write_text("".join(f"{name} = {value}\n" for name, value in settings.items())
+                              + SENDER_LUA)
+            self._wrks.append(subprocess.Popen(
+                [wrk, "-t1", f"-c{max(1, SENDERS // nodes)}", "-d24h", "--timeout", "30s",
+                 "-s", str(script), f"http://127.0.0.1:{port}/"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         return self
 
     def __exit__(self, *exc):
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-    def _body(self, sender, number):
-        install = (number * SENDERS + sender) % INSTALLS
-        experience = 1 + install % EXPERIENCES
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        events = [{
-            "id": f"{self._prefix}-{sender}-{number}-{n}", "timestamp": stamp,
-            "anonymousID": f"soak-install-{install}", "type": "screen",
-            "properties": {"id": f"screen-{(number + n) % SCREENS + 1}", "name": "Écran",
-                           "experienceID": str(experience), "experienceRevisionID": "1",
-                           "experienceName": f"Experience {experience}"},
-            "context": {"os": {"name": "iOS", "version": "17.2"}, "locale": "en-CA"},
-        } for n in range(BATCH)]
-        return json.dumps({"batch": events}).encode()
-
-    def _send(self, sender):
-        port = self.ports[sender % len(self.ports)]
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        due, number = time.monotonic() + sender * self.interval / SENDERS, 0
-        while not self._stop.is_set():
-            wait = due - time.monotonic()
-            if wait > 0 and self._stop.wait(wait):
-                break
-            due += self.interval
-            body = self._body(sender, number)
-            number += 1
-            with self._lock:
-                self.offered += BATCH
+        for wrk in self._wrks:
+            wrk.send_signal(signal.SIGINT)  # wrk stops its connections and exits
+        for wrk in self._wrks:
             try:
-                connection.request("POST", "/batch", body, {"Content-Type": "application/json"})
-                answer = connection.getresponse()
-                answer.read()
-                ok = answer.status == 202
-            except OSError:
-                connection.close()
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-                ok = False
-            with self._lock:
-                if ok:
-                    self.acknowledged += BATCH
-                else:
-                    self.failed += BATCH
-        connection.close()
+                wrk.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                wrk.kill()
+                wrk.wait()
+        self.totals()  # the final counts, written by wrk as it exits
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def pids(self):
+        return {f"senders-{node}": wrk.pid for node, wrk in enumerate(self._wrks)}
 
     def totals(self):
-        with self._lock:
-            return self.offered, self.acknowledged, self.failed
+        """(offered, acknowledged, failed) events so far, as the senders last wrote them."""
+        for node in range(len(self.ports)):
+            try:
+                counts = [int(value) for value in
+                          (self.folder / f"counts-{node}").read_text().split()]
+            except (FileNotFoundError, ValueError):
+                continue  # not written yet, or being written: the last read stands
+            if len(counts) == 3:
+                self._counts[node] = counts
+        return tuple(sum(counts[i] for counts in self._counts.values()) for i in range(3))
 
 
 def store_position(path):
@@ -208,6 +281,8 @@ def soak(label, ports, rate, seconds, overview_lag_now, counts_lag_now, pids):
     began = time.monotonic()
     with Senders(ports, rate) as senders:
         last, last_totals = began, (0, 0, 0)
+        watched = lambda: {**pids(), **senders.pids()}  # noqa: E731
+        last_cpu = {name: cpu_seconds(pid) for name, pid in watched().items()}
         for report in range(1, max(1, seconds // REPORT_EVERY) + 1):
             # Sampled every second, not once a line: the worker's passes begin every 5 s, so
             # a sample every 10 s would see them at the same moment each time and miss how
@@ -223,17 +298,24 @@ def soak(label, ports, rate, seconds, overview_lag_now, counts_lag_now, pids):
             totals = senders.totals()
             lag = max(window)
             lags.append(lag)
-            rss = {name: rss_mb(pid) for name, pid in pids().items()}
-            for name, pid in pids().items():
+            programs = watched()
+            rss = {name: rss_mb(pid) for name, pid in programs.items()}
+            cpu = {name: cpu_seconds(pid) for name, pid in programs.items()}
+            for name, pid in programs.items():
                 peaks[name] = max(peaks.get(name, 0.0), rss_mb(pid, "VmHWM"))
             offered, acknowledged = ((totals[i] - last_totals[i]) / (now - last) for i in (0, 1))
+            # Where the machine's CPU goes: a program's share of one core since the last line.
+            shares = {name: (cpu[name] - last_cpu.get(name, 0.0)) / (now - last) * 100
+                      for name in cpu}
             print(f"{label} {now - began:5.0f} s: offered {offered:8,.0f} ev/s (of {rate:,.0f}), "
                   f"acknowledged {acknowledged:8,.0f} ev/s, overview lag {window[-1]:6.1f} s "
                   f"(largest in the last {REPORT_EVERY} s {lag:.1f} s), counts "
                   f"lag {counts_lag_now()}, RSS "
-                  + ", ".join(f"{name} {mb:.0f} MB" for name, mb in sorted(rss.items())),
+                  + ", ".join(f"{name} {mb:.0f} MB" for name, mb in sorted(rss.items()))
+                  + ", CPU " + ", ".join(f"{name} {share:.0f} %"
+                                         for name, share in sorted(shares.items())),
                   flush=True)
-            last, last_totals = now, totals
+            last, last_totals, last_cpu = now, totals, cpu
         offered, acknowledged, failed = senders.totals()
     seconds = time.monotonic() - began
     return {
@@ -330,7 +412,7 @@ def soak_cluster(seconds):
             def pids():
                 found = {}
                 for name in ("ingest:ingest-1", "ingest:ingest-2", "worker:worker-1",
-                             "worker:worker-2"):
+                             "worker:worker-2", "nats:nats-1", "nats:nats-2", "nats:nats-3"):
                     pid = cluster.ctl("pid", name).strip()
                     if pid.isdigit() and pid != "0":
                         found[name.split(":")[1]] = int(pid)
