@@ -118,7 +118,7 @@ def test_a_run_no_manifest_names_is_deleted_and_its_ids_are_not_known(tmp_path, 
     index.close()
     # A crash after a run was written and before the manifest named it.
     seen_index._write_run(tmp_path / "data1.seen" / "000099.run",
-                          seen_index._columns(key(2)), seen_index.np.array([T0]))
+                          seen_index.key_columns(key(2)), seen_index.np.array([T0]))
     index = reopen()
     assert not (tmp_path / "data1.seen" / "000099.run").exists()
     assert index._index.known([key(1), key(2)], T0, WINDOW) == {key(1)}

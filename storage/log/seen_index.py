@@ -74,6 +74,7 @@ import zlib
 import numpy as np
 
 from storage.backend import event_keys
+from storage.bloom import Bloom, key_columns
 from storage.durable import fsync_directory, replace_durably, write_all
 from storage.log import details as details_file
 from storage.process import die, unpin_this_thread
@@ -86,56 +87,14 @@ RUN_SUFFIX = ".run"
 RUN_HEADER = struct.Struct("<8sQII")
 RUN_MAGIC = b"SEENRUN2"
 FLUSH_EVERY = 1.0  # seconds between writes of waiting ids to the index
-KEY_SIZE = 16
 FANOUT = 4  # runs of a size class merged at once
 SMALL_RUN = 65_536  # runs below this many ids are one size class; each class above is 4x
 MAX_RUN = 1_048_576  # ids: a merge never makes a run larger (its arrays stay in memory)
 BLOCK = 512  # ids a fence entry stands for: a search reads 4 KB of a run's hi column
-BITS_PER_ID = 12  # the Bloom filters' size: 0.06 to 0.5 % of new ids searched for in runs
 MIN_CAPACITY = 1_000_000  # ids a period's filter is made for at least (1.5 MB)
 # A period is deleted this long after its last second left the window: a claim's window
 # ends at its request's receive time, which the flusher's clock may be a little past.
 EXPIRY_SLACK = 60
-_BIT = np.left_shift(np.uint64(1), np.arange(64, dtype=np.uint64))
-
-
-def _columns(blob):
-    """The keys in `blob` (16 bytes each) as an (n, 2) array of u64: hi, lo."""
-    return np.frombuffer(blob, dtype="<u8").reshape(-1, 2)
-
-
-class _Bloom:
-    """A blocked Bloom filter of a period's ids: an id sets 4 bits (from its key's first 4
-    bytes) in one 64-bit word and 4 more (from the next 4) in another, the two words chosen
-    by its key's last 8 bytes. Measured on random keys at 18 bits an id (a filter 2/3 full):
-    0.06 % of new ids pass, against 0.28 % for 6 bits in one word. Bits are only ever
-    added, so a lookup racing an add can miss only ids still waiting in memory, which it
-    asks there first."""
-
-    def __init__(self, capacity):
-        self.capacity = capacity
-        self.words = np.zeros(max(1, math.ceil(capacity * BITS_PER_ID / 64)), dtype=np.uint64)
-        self.count = 0
-
-    def _place(self, keys):
-        """Each key's two words, and the bits it sets in each."""
-        size = np.uint64(len(self.words))
-        first = (keys[:, 1] & np.uint64(0xFFFFFFFF)) % size
-        second = (keys[:, 1] >> np.uint64(32)) % size
-        bits = _BIT[keys.view(np.uint8).reshape(-1, KEY_SIZE)[:, :8] & 63]
-        return ((first, np.bitwise_or.reduce(bits[:, :4], axis=1)),
-                (second, np.bitwise_or.reduce(bits[:, 4:], axis=1)))
-
-    def add(self, keys):
-        for start in range(0, len(keys), 262_144):  # bounded temporaries
-            for word, mask in self._place(keys[start:start + 262_144]):
-                np.bitwise_or.at(self.words, word, mask)
-        self.count += len(keys)
-
-    def may_hold(self, keys):
-        (first, first_mask), (second, second_mask) = self._place(keys)
-        return (((self.words[first] & first_mask) == first_mask)
-                & ((self.words[second] & second_mask) == second_mask))
 
 
 class _Run:
@@ -237,11 +196,11 @@ class _Index:
 
     def __init__(self, runs, blooms):
         self.runs = runs  # period -> tuple of _Run
-        self.blooms = blooms  # period -> _Bloom
+        self.blooms = blooms  # period -> Bloom
 
     def known(self, asked, since, window):
         """The keys of `asked` (a list of 16-byte keys) held with a time at or after `since`."""
-        keys = _columns(b"".join(asked))
+        keys = key_columns(b"".join(asked))
         known = set()
         for period, bloom in self.blooms.items():
             if (period + 1) * window <= since:
@@ -323,7 +282,7 @@ class SeenIndex:
         blooms = {}
         for period, period_runs in runs.items():
             # Room for half as many again before it must grow (rebuilt from the runs).
-            bloom = blooms[period] = _Bloom(
+            bloom = blooms[period] = Bloom(
                 max(MIN_CAPACITY, 3 * sum(run.count for run in period_runs) // 2))
             for run in period_runs:
                 bloom.add(run.read()[0])  # ValueError if it fails its CRC
@@ -475,7 +434,7 @@ class SeenIndex:
         added. (The flusher and the rebuild write through it; bench/sdk.py prefills with
         it.)"""
         with self._lock:
-            return self._insert(_columns(key_blob), np.asarray(seconds, dtype=np.int64),
+            return self._insert(key_columns(key_blob), np.asarray(seconds, dtype=np.int64),
                                 covered)
 
     def _insert(self, keys, seconds, covered):
@@ -489,7 +448,7 @@ class SeenIndex:
             if period not in runs:
                 earlier = blooms.get(period - 1)
                 runs[period] = []
-                blooms[period] = _Bloom(max(MIN_CAPACITY, earlier.count if earlier else 0))
+                blooms[period] = Bloom(max(MIN_CAPACITY, earlier.count if earlier else 0))
             added, added_seconds = keys[chosen], seconds[chosen]
             for start in range(0, len(added), MAX_RUN):
                 part = slice(start, start + MAX_RUN)
@@ -542,7 +501,7 @@ class SeenIndex:
     def _grown(self, runs, count):
         """A filter for `runs` with room for twice `count` ids, built from the runs."""
         began = time.monotonic()
-        bloom = _Bloom(2 * count)
+        bloom = Bloom(2 * count)
         for run in runs:
             bloom.add(run.read()[0])
         log.info("data1.seen: a period's filter grew to %d ids (%d held), in %.1f s",
