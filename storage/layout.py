@@ -66,7 +66,7 @@ stores:
                       subject mini_analytics.overview.<partition>: app/cluster_readside.py)
     seen-<partition>.sqlite3 in the worker's state folder: which of the partition's SDK
                       events repeat an earlier one (the dedupe at the partition), with the
-                      keys of the last window; storage/views/seen_store.py (the worker owning
+                      keys of the last window as sorted runs; storage/views/seen_store.py (the worker owning
                       the partition writes and reads it). seen-<partition>-views.sqlite3:
                       the same, from the first message, while the views are counted again
 

@@ -18,7 +18,8 @@ from storage.backend import event_key
 from storage.layout import Layout
 from storage.log.details import payload_events
 from storage.stream import sdk_message
-from storage.views.seen_store import SLACK_MS, SeenStore
+from storage.views import seen_store
+from storage.views.seen_store import PERIOD_MS, SLACK_MS, SeenStore
 
 KEYS = [bytes([n]) * 16 for n in range(6)]
 
@@ -96,19 +97,49 @@ def test_the_store_finds_the_reference_s_repeats_whatever_befalls_it(tmp_path_fa
     store.close()
 
 
-def test_keys_older_than_the_widest_window_and_the_slack_are_dropped(tmp_path):
+def held_keys(store):
+    """Every key the store's runs hold, each once."""
+    return {bytes(key) for run in store._runs for key in store._read_run(run)[0]}
+
+
+def test_periods_older_than_the_widest_window_and_the_slack_are_dropped(tmp_path):
     store = SeenStore(Layout(tmp_path), tmp_path / "seen-p1.sqlite3")
     store.open("s")
     store.repeats_in(1, 0, part([KEYS[0]], 60))
     store.commit(1)
-    late = 60_000 + SLACK_MS + 1
-    assert store.repeats_in(2, late, part([KEYS[1]], 60)) == []
+    # Still within the slack of the same period: kept.
+    store.repeats_in(2, 60_000 + SLACK_MS + 1, part([KEYS[1]], 60))
     store.commit(2)
-    kept = [key for key, in store.db.execute("SELECT key FROM seen")]
-    assert kept == [KEYS[1]]
+    assert held_keys(store) == {KEYS[0], KEYS[1]}
+    # Once the whole of its period is older than the window and the slack: gone, run and all.
+    late = PERIOD_MS + 60_000 + SLACK_MS
+    assert store.repeats_in(3, late, part([KEYS[2]], 60)) == []
+    store.commit(3)
+    assert held_keys(store) == {KEYS[2]}
+    assert store.db.execute("SELECT count(*) FROM run_block").fetchone() == (1,)
     # Within the window of the message it repeats, it is found even after a gap in time.
-    assert store.repeats_in(3, late + 59_000, part([KEYS[1]], 60)) == [0]
+    assert store.repeats_in(4, late + 59_000, part([KEYS[2]], 60)) == [0]
     store.close()
+
+
+def test_runs_merge_and_a_reopened_store_finds_what_they_hold(tmp_path, monkeypatch):
+    monkeypatch.setattr(seen_store, "SMALL_RUN", 2)
+    monkeypatch.setattr(seen_store, "BLOCK", 3)  # a run of several blocks
+    path = tmp_path / "seen-p1.sqlite3"
+    store = SeenStore(Layout(tmp_path), path)
+    store.open("s")
+    keys = [bytes([n, 7]) * 8 for n in range(40)]
+    for sequence in range(1, 21):  # twenty commits of two new keys each
+        assert store.repeats_in(sequence, 1000 * sequence,
+                                part(keys[2 * sequence - 2:2 * sequence], 3600)) == []
+        store.commit(sequence)
+    assert len(store._runs) < 20  # merged, FANOUT at a time
+    assert held_keys(store) == set(keys)
+    store.close()
+    again = SeenStore(Layout(tmp_path), path)
+    assert again.open("s") is None
+    assert again.repeats_in(21, 30_000, part([keys[5], bytes(16), keys[39]], 3600)) == [0, 2]
+    again.close()
 
 
 def test_a_store_of_another_stream_or_unreadable_is_set_aside_and_begun_again(tmp_path):

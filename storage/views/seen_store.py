@@ -11,9 +11,10 @@ The rule (a function of the stream alone, so every worker finds the same repeats
 
     Every earlier occurrence of k counts, repeat or not: a retry that goes on being sent
     keeps being a repeat. Only the window before t matters, so the rule needs no history
-    older than the widest window: the store keeps, per key, the latest time it was stored
-    at (latest by time, whatever the sequence), and drops keys older than the widest window
-    seen, plus SLACK_MS for the servers' clocks, before the newest message.
+    older than the widest window: the store keeps each key's occurrences with the times
+    they were stored at (a lookup takes the latest by time, whatever the sequence), and
+    drops those older than the widest window seen, plus SLACK_MS for the servers' clocks,
+    before the newest message (by period, below).
 
 Design
     * A view of the partition, like the series and overview stores, with its own position:
@@ -31,10 +32,27 @@ Design
       checkpoint (begin_at), exact from the checkpoint on. Its views, counted again from the
       partition's first message, ask a second store, begun at the stream's start, about the
       messages before that (worker/stream_runner.py).
-    * SQLite, WAL, synchronous=NORMAL (storage/views/derived_store.py); or, with no path, in
-      memory, built again from the stream at each start (a tool, a test).
+    * Keys are kept as LevelDB keeps them, and as data1.seen does at the ingest
+      (storage/log/seen_index.py): each commit writes its keys as one sorted run, never
+      changed after, and runs of similar size are merged (size-tiered, FANOUT at a time, up
+      to MAX_RUN keys). A B-tree of the keys themselves, as this store was before, dirties
+      a page of its own for each new key: at 2 M keys it took 49,000 SDK events a
+      CPU-second, and two thirds of a cluster worker's profile in the soak.
+    * Lookups ask memory first: a Bloom filter of every run's keys (storage/bloom.py, built
+      from the runs when the store opens) answers "never seen" for a new key without
+      reading a run. Only a key it may hold (a repeat, or 1 in 200 to 1,600 new keys) is
+      searched for in each run: the run's fence (the first hi of each block, in memory)
+      names the one block to read. The filter is made for half as many keys again as it
+      holds, and built anew from the runs, twice as large, when full.
+    * Runs are by period (PERIOD_MS of stored time); a period's runs are deleted whole once
+      all of it is older than the widest window and SLACK_MS before the newest message, so
+      a key may be kept up to a period longer than the rule needs (a lookup compares its
+      times: keeping more never changes a decision).
+    * SQLite, WAL, synchronous=NORMAL (storage/views/derived_store.py): a commit's run, its
+      merges and expiries, its repeats and its position are one transaction. Or, with no
+      path, in memory, built again from the stream at each start (a tool, a test).
 
-Format (version 1)
+Format (version 2)
     state(version, position, source, newest_ms, widest, repeats, exact_after), one row
         position     the stream sequence up to which every message is decided
         source       the stream it decides (its identity: storage/stream/setup.py)
@@ -43,32 +61,53 @@ Format (version 1)
         repeats      how many repeats were found
         exact_after  0, or, for a store begun at a window's start (begin_at), the sequence
                      after which its decisions are exact
-    seen(key BLOB PRIMARY KEY, stored_ms INTEGER) WITHOUT ROWID, indexed by stored_ms
+    run(id, period, keys): a sorted run of `keys` keys, all stored in period `period`
+        (stored_ms // PERIOD_MS); ids ascend in the order runs are made
+    run_block(run, block, hi, lo, stored_ms): the run's keys in blocks of BLOCK, sorted by
+        hi (a key's first 8 bytes, as a little-endian u64): each column BLOCK (the last
+        block fewer) little-endian 8-byte integers: hi and lo (its last 8 bytes) unsigned,
+        and the stored time (ms, signed) of the message it was in
     repeat(sequence INTEGER, item INTEGER, PRIMARY KEY (sequence, item)) WITHOUT ROWID
 
 One writer and reader: the worker owning the partition.
 """
 
+import bisect
+import collections
+import math
+import sqlite3
+
+import numpy as np
+
+from storage.bloom import Bloom, key_columns
 from storage.views import derived_store
 
-VERSION = 1
+VERSION = 2
 STATE_COLUMNS = "position, source, newest_ms, widest, repeats, exact_after"
 # How far back the servers' clocks may step between two messages of a partition without
 # changing a decision: keys are kept this much longer than the widest window.
 SLACK_MS = 3600 * 1000
-# Keys asked of SQLite in one statement.
-LOOKUP_CHUNK = 500
+PERIOD_MS = 6 * 3600 * 1000  # a run's keys were all stored within one such period
+BLOCK = 512  # keys in a run_block row: a search reads one (12 KB)
+FANOUT = 4  # runs of a size class merged at once
+SMALL_RUN = 65_536  # runs below this many keys are one size class; each class above is 4x
+MAX_RUN = 1_048_576  # keys: a merge never makes a run larger (it is merged in memory)
+MIN_CAPACITY = 1_000_000  # keys the filter is made for at least (1.5 MB)
 
 SCHEMA = """
 CREATE TABLE state (version INTEGER NOT NULL, position INTEGER NOT NULL, source TEXT NOT NULL,
     newest_ms INTEGER NOT NULL, widest INTEGER NOT NULL, repeats INTEGER NOT NULL,
     exact_after INTEGER NOT NULL);
-CREATE TABLE seen (key BLOB PRIMARY KEY, stored_ms INTEGER NOT NULL) WITHOUT ROWID;
-CREATE INDEX seen_by_time ON seen (stored_ms);
+CREATE TABLE run (id INTEGER PRIMARY KEY, period INTEGER NOT NULL, keys INTEGER NOT NULL);
+CREATE TABLE run_block (run INTEGER NOT NULL, block INTEGER NOT NULL, hi BLOB NOT NULL,
+    lo BLOB NOT NULL, stored_ms BLOB NOT NULL, PRIMARY KEY (run, block)) WITHOUT ROWID;
 CREATE TABLE repeat (sequence INTEGER NOT NULL, item INTEGER NOT NULL,
     PRIMARY KEY (sequence, item)) WITHOUT ROWID;
 """
 FIRST_STATE = "INSERT INTO state VALUES (?, 0, ?, 0, 0, 0, 0)"
+
+# A run as a lookup needs it: its id, period, keys, and fence (each block's first hi).
+_Run = collections.namedtuple("_Run", "id period keys fence")
 
 
 class SeenStore(derived_store.Writer):
@@ -83,12 +122,15 @@ class SeenStore(derived_store.Writer):
         self._newest_ms = self._widest = 0
         self._pending = {}  # key -> latest stored_ms, decided since the commit
         self._pending_repeats = {}  # sequence -> [item, ...], decided since the commit
+        self._runs = []  # _Run, committed, in the order made
+        self._bloom = Bloom(MIN_CAPACITY)  # of every committed run's keys (and expired ones)
 
     def open(self, source):
         """Open the store, creating it if missing; one of another stream, or one that cannot
         be read, is set aside and started over (it is derived from the stream). Returns why
         it was started over, or None."""
         problem = None
+        self._runs, self._bloom = [], Bloom(MIN_CAPACITY)
         if self.path is None:
             self.db = derived_store.writer(":memory:")
             self.db.executescript(SCHEMA)
@@ -101,17 +143,53 @@ class SeenStore(derived_store.Writer):
                 self.db, state = derived_store.open_writer(self.path, VERSION, STATE_COLUMNS)
                 if state[1] != source:
                     problem = f"it decides {state[1]!r}, but the stream is now {source!r}"
+                else:
+                    self._load_runs()
             except derived_store.Unusable as unusable:
                 problem = str(unusable)
             if problem:
                 self.set_aside()
                 derived_store.create(self.path, SCHEMA, FIRST_STATE, (VERSION, source))
                 self.db, state = derived_store.open_writer(self.path, VERSION, STATE_COLUMNS)
+                self._runs, self._bloom = [], Bloom(MIN_CAPACITY)
         (self.position, self.source, self._newest_ms, self._widest, self.repeats,
          self.exact_after) = state
         self._decided = self.position
         self._pending, self._pending_repeats = {}, {}
         return problem
+
+    def _load_runs(self):
+        """Read the runs' fences and build the filter from their keys; Unusable if a run is
+        not whole, or unreadable."""
+        try:
+            self._read_runs()
+        except sqlite3.DatabaseError as error:
+            raise derived_store.Unusable(f"its runs cannot be read ({error})") from None
+
+    def _read_runs(self):
+        runs, keys = [], []
+        for run_id, period, count in self.db.execute(
+                "SELECT id, period, keys FROM run ORDER BY id").fetchall():
+            his, los, fence = [], [], []
+            for hi, lo, stored in self.db.execute(
+                    "SELECT hi, lo, stored_ms FROM run_block WHERE run = ? ORDER BY block",
+                    (run_id,)):
+                if not len(hi) == len(lo) == len(stored) or len(hi) % 8 or not hi:
+                    raise derived_store.Unusable(f"run {run_id} has a block of unequal "
+                                                 "columns")
+                fence.append(int.from_bytes(hi[:8], "little"))
+                his.append(hi)
+                los.append(lo)
+            if sum(map(len, his)) != 8 * count:
+                raise derived_store.Unusable(f"run {run_id} holds {sum(map(len, his)) // 8} "
+                                             f"keys, not the {count} it says")
+            runs.append(_Run(run_id, period, count, fence))
+            keys.append(_as_keys(b"".join(his), b"".join(los)))
+        held = sum(run.keys for run in runs)
+        self._bloom = Bloom(max(MIN_CAPACITY, 3 * held // 2))
+        for run_keys in keys:
+            self._bloom.add(run_keys)
+        self._runs = runs
 
     @property
     def newest_ms(self):
@@ -124,13 +202,15 @@ class SeenStore(derived_store.Writer):
         are asked of it only there. One transaction."""
         db = self.db
         with derived_store.transaction(db):
-            db.execute("DELETE FROM seen")
+            db.execute("DELETE FROM run")
+            db.execute("DELETE FROM run_block")
             db.execute("DELETE FROM repeat")
             db.execute("UPDATE state SET position = 0, newest_ms = 0, widest = 0, "
                        "repeats = 0, exact_after = ?", (exact_after,))
         self.position = self._decided = self._newest_ms = self._widest = self.repeats = 0
         self.exact_after = exact_after
         self._pending, self._pending_repeats = {}, {}
+        self._runs, self._bloom = [], Bloom(MIN_CAPACITY)
 
     def remove(self):
         """Close the store and delete it (it is derived: nothing is lost)."""
@@ -177,11 +257,37 @@ class SeenStore(derived_store.Writer):
                 asked.append(key)
             else:
                 latest[key] = found
-        for start in range(0, len(asked), LOOKUP_CHUNK):
-            chunk = asked[start:start + LOOKUP_CHUNK]
-            latest.update(self.db.execute(
-                f"SELECT key, stored_ms FROM seen WHERE key IN ({','.join('?' * len(chunk))})",
-                chunk))
+        if not asked or not self._runs:
+            return latest
+        maybe = self._bloom.may_hold(key_columns(b"".join(asked)))
+        for row in np.flatnonzero(maybe).tolist():
+            key = asked[row]
+            found = None
+            for run in self._runs:
+                stored_ms = self._search(run, key)
+                if stored_ms is not None and (found is None or stored_ms > found):
+                    found = stored_ms
+            if found is not None:
+                latest[key] = found
+        return latest
+
+    def _search(self, run, key):
+        """The latest stored time of `key` in `run`, or None if it holds none. Equal hi may
+        span blocks: from the block before the first fence >= hi to the block of the last
+        fence <= hi."""
+        hi = int.from_bytes(key[:8], "little")
+        first = max(bisect.bisect_left(run.fence, hi) - 1, 0)
+        end = max(bisect.bisect_right(run.fence, hi), 1)
+        latest = None
+        for his, los, times in self.db.execute(
+                "SELECT hi, lo, stored_ms FROM run_block WHERE run = ? AND block >= ? AND "
+                "block < ?", (run.id, first, end)):
+            at = his.find(key[:8])
+            while at != -1:
+                if at % 8 == 0 and los[at:at + 8] == key[8:]:
+                    stored_ms = int.from_bytes(times[at:at + 8], "little", signed=True)
+                    latest = stored_ms if latest is None else max(latest, stored_ms)
+                at = his.find(key[:8], at + 1)
         return latest
 
     def _repeats_of(self, sequence):
@@ -206,18 +312,107 @@ class SeenStore(derived_store.Writer):
         if position == self.position:
             return
         found = sum(map(len, self._pending_repeats.values()))
+        runs = list(self._runs)
+        added = None
         db = self.db
         with derived_store.transaction(db):
-            db.executemany("INSERT INTO seen VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
-                           "stored_ms = max(stored_ms, excluded.stored_ms)",
-                           self._pending.items())
+            if self._pending:
+                added = key_columns(b"".join(self._pending))
+                stored = np.fromiter(self._pending.values(), dtype=np.int64,
+                                     count=len(self._pending))
+                periods = stored // PERIOD_MS
+                for period in np.unique(periods).tolist():
+                    chosen = periods == period
+                    runs.append(self._write_run(period, added[chosen], stored[chosen]))
+                    self._merge(runs, period)
             db.executemany("INSERT INTO repeat VALUES (?, ?)",
                            [(sequence, item) for sequence, items in self._pending_repeats.items()
                             for item in items])
-            db.execute("DELETE FROM seen WHERE stored_ms < ?",
-                       (self._newest_ms - self._widest * 1000 - SLACK_MS,))
+            # A period all older than any window before the newest message is never asked.
+            oldest = (self._newest_ms - self._widest * 1000 - SLACK_MS) // PERIOD_MS
+            expired = [run for run in runs if run.period < oldest]
+            self._delete(expired)
+            runs = [run for run in runs if run.period >= oldest]
             db.execute("UPDATE state SET position = ?, newest_ms = ?, widest = ?, "
                        "repeats = repeats + ?", (position, self._newest_ms, self._widest, found))
+        # Only what is committed is searched; a filter holding more only lets more pass.
+        self._runs = runs
+        if added is not None:
+            if self._bloom.count + len(added) > self._bloom.capacity:
+                self._bloom = self._grown(runs)
+            else:
+                self._bloom.add(added)
         self.position = self._decided = position
         self.repeats += found
         self._pending, self._pending_repeats = {}, {}
+
+    def _write_run(self, period, keys, stored_ms):
+        """Insert a run of `keys` (key_columns) stored at `stored_ms`, sorted by hi; return
+        it."""
+        order = np.argsort(keys[:, 0], kind="stable")
+        hi = np.ascontiguousarray(keys[order, 0], dtype="<u8")
+        lo = np.ascontiguousarray(keys[order, 1], dtype="<u8")
+        stored = np.ascontiguousarray(stored_ms[order], dtype="<i8")
+        run_id = self.db.execute("INSERT INTO run (period, keys) VALUES (?, ?)",
+                                 (period, len(hi))).lastrowid
+        self.db.executemany(
+            "INSERT INTO run_block VALUES (?, ?, ?, ?, ?)",
+            [(run_id, block, hi[start:start + BLOCK].tobytes(),
+              lo[start:start + BLOCK].tobytes(), stored[start:start + BLOCK].tobytes())
+             for block, start in enumerate(range(0, len(hi), BLOCK))])
+        return _Run(run_id, period, len(hi), hi[::BLOCK].tolist())
+
+    def _read_run(self, run):
+        """A run's keys (key_columns) and stored times, read whole."""
+        his, los, times = [], [], []
+        for hi, lo, stored in self.db.execute(
+                "SELECT hi, lo, stored_ms FROM run_block WHERE run = ? ORDER BY block",
+                (run.id,)):
+            his.append(hi)
+            los.append(lo)
+            times.append(stored)
+        return (_as_keys(b"".join(his), b"".join(los)),
+                np.frombuffer(b"".join(times), dtype="<i8"))
+
+    def _merge(self, runs, period):
+        """Merge FANOUT runs of a size class of `period` into one, while any class has that
+        many and their merge stays within MAX_RUN; `runs` is changed in place."""
+        while True:
+            classes = {}
+            for run in runs:
+                if run.period == period:
+                    classes.setdefault(_size_class(run.keys), []).append(run)
+            group = next((members[:FANOUT] for members in classes.values()
+                          if len(members) >= FANOUT
+                          and sum(run.keys for run in members[:FANOUT]) <= MAX_RUN), None)
+            if group is None:
+                return
+            parts = [self._read_run(run) for run in group]
+            merged = self._write_run(period, np.concatenate([keys for keys, _ in parts]),
+                                     np.concatenate([stored for _, stored in parts]))
+            self._delete(group)
+            runs[:] = [run for run in runs if run not in group] + [merged]
+
+    def _delete(self, runs):
+        self.db.executemany("DELETE FROM run_block WHERE run = ?", [(run.id,) for run in runs])
+        self.db.executemany("DELETE FROM run WHERE id = ?", [(run.id,) for run in runs])
+
+    def _grown(self, runs):
+        """A filter of `runs`' keys with room for as many again."""
+        held = sum(run.keys for run in runs)
+        bloom = Bloom(max(MIN_CAPACITY, 2 * held))
+        for run in runs:
+            bloom.add(self._read_run(run)[0])
+        return bloom
+
+
+def _as_keys(his, los):
+    """key_columns of the keys whose hi and lo columns are `his` and `los` (bytes)."""
+    keys = np.empty((len(his) // 8, 2), dtype="<u8")
+    keys[:, 0] = np.frombuffer(his, dtype="<u8")
+    keys[:, 1] = np.frombuffer(los, dtype="<u8")
+    return keys
+
+
+def _size_class(count):
+    return 0 if count < SMALL_RUN else 1 + int(math.log(count / SMALL_RUN, FANOUT))
