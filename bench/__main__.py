@@ -9,7 +9,8 @@ across machines; the absolute rates are printed too. Needs wrk (apt-get install 
                                     sdk (bench/sdk.py), node (bench/node.py: the
                                     public Node.js implementations, when present),
                                     cluster (bench/cluster.py), takeover
-                                    (bench/takeover.py), projects (bench/projects.py)
+                                    (bench/takeover.py), projects (bench/projects.py),
+                                    seen (bench/seen.py: the dedupe at a cluster partition)
     python -m bench soak            ten minutes of SDK traffic on the whole engine at 80 % of
                                     the ingest's capacity, on one machine and then on the
                                     local cluster (bench/soak.py); only when named
@@ -38,6 +39,8 @@ from bench.projects import bench_projects
 from bench.projects import rows as projects_rows
 from bench.sdk import bench_sdk
 from bench.sdk import rows as sdk_rows
+from bench.seen import bench_seen
+from bench.seen import rows as seen_rows
 from bench.soak import bench_soak
 from bench.soak import rows as soak_rows
 from bench.takeover import bench_takeover
@@ -354,13 +357,13 @@ def print_table(results):
         elif key in results:
             print(f"{label:<{width}}  {fmt.format(results[key])}")
     for label, value in (sdk_rows(results) + node_rows(results) + cluster_rows(results)
-                         + takeover_rows(results) + projects_rows(results)
+                         + takeover_rows(results) + projects_rows(results) + seen_rows(results)
                          + soak_rows(results)):
         print(f"{label:<{width}}  {value}")
 
 
 PARTS = ("ingest", "batch", "catchup", "series", "checkpoint", "sdk", "node", "cluster",
-         "overview", "takeover", "projects")
+         "overview", "takeover", "projects", "seen")
 # Run only when named: ten minutes of traffic.
 NAMED_ONLY = ("soak",)
 
@@ -395,6 +398,8 @@ def main(argv):
         results.update(bench_takeover())
     if "projects" in parts:
         results.update(bench_projects(seconds))
+    if "seen" in parts:
+        results.update(bench_seen())
     if "soak" in parts:
         results.update(bench_soak())
     print_table(results)
