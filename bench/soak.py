@@ -27,6 +27,7 @@ the position of the partition's overview store, kept by the worker that counts i
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -409,14 +410,20 @@ def soak_cluster(seconds):
             cluster.wait(lambda: cluster_overview_lag(cluster, time.time()) == 0.0,
                          "the workers to count the capacity run's events", timeout=1800)
 
+            known = {}
+
             def pids():
-                found = {}
-                for name in ("ingest:ingest-1", "ingest:ingest-2", "worker:worker-1",
-                             "worker:worker-2", "nats:nats-1", "nats:nats-2", "nats:nats-3"):
-                    pid = cluster.ctl("pid", name).strip()
-                    if pid.isdigit() and pid != "0":
-                        found[name.split(":")[1]] = int(pid)
-                return found
+                # Asked of supervisorctl again only when a program's process is gone: each
+                # call is a Python process of its own, CPU taken from the cluster.
+                if not known or not all(Path(f"/proc/{pid}").exists() for pid in known.values()):
+                    known.clear()
+                    for line in cluster.ctl("status").splitlines():
+                        name, _, rest = line.partition(" ")
+                        group, _, program = name.partition(":")
+                        found = re.search(r"\bpid (\d+)", rest)
+                        if group in ("ingest", "worker", "nats") and found:
+                            known[program] = int(found.group(1))
+                return dict(known)
 
             def counts_lag():
                 _, stats = cluster.get(1, "/stats")
