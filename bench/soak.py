@@ -1,5 +1,5 @@
-"""`python -m bench soak` (`python -m bench.soak [seconds] [single|cluster]` for a shorter
-look): the whole engine under SDK traffic for ten minutes, on one machine and then on the
+"""`python -m bench soak` (`python -m bench.soak [seconds] [single|cluster] [rate=N]` for a
+shorter look, or at a rate of N SDK events/s rather than 80 % of the capacity): the whole engine under SDK traffic for ten minutes, on one machine and then on the
 local cluster, offered at 80 % of what its ingest alone was measured to take in the same run.
 The question: does the overview keep up? (Its lag must stay bounded: under 10 s at the end.)
 
@@ -332,11 +332,16 @@ def soak(label, ports, rate, seconds, overview_lag_now, counts_lag_now, pids):
     }
 
 
-def soak_single(seconds):
-    capacity = measure_capacity()
-    rate = SHARE * capacity
-    print(f"soak: the ingest alone takes {capacity:,.0f} SDK events/s; offering {rate:,.0f} "
-          f"for {seconds} s", flush=True)
+def soak_single(seconds, rate=None):
+    if rate is None:
+        capacity = measure_capacity()
+        rate = SHARE * capacity
+        print(f"soak: the ingest alone takes {capacity:,.0f} SDK events/s; offering "
+              f"{rate:,.0f} for {seconds} s", flush=True)
+    else:
+        capacity = None
+        print(f"soak: offering {rate:,.0f} SDK events/s (the capacity not measured) for "
+              f"{seconds} s", flush=True)
     folder = scratch_dir()
     state = folder / "state"
     state.mkdir()
@@ -391,20 +396,25 @@ def cluster_overview_lag(cluster, now):
     return asyncio.run(oldest_uncounted())
 
 
-def soak_cluster(seconds):
+def soak_cluster(seconds, rate=None):
     script_folder = scratch_dir()
     script = script_folder / "sdk.lua"
     script.write_text(fresh_ids_script(sdk_body()) + DONE)
     try:
         with local_cluster() as cluster:
             ports = [cluster.port(1), cluster.port(2)]
-            cluster.ctl("stop", "worker:*")  # the ingest alone, as on one machine
-            wrk_on(ports, str(script), 1)
-            capacity = wrk_on(ports, str(script), CAPACITY_SECONDS)[0] * 100
-            cluster.ctl("start", "worker:*")
-            rate = SHARE * capacity
-            print(f"soak cluster: the 2 ingest nodes alone take {capacity:,.0f} SDK events/s; "
-                  f"offering {rate:,.0f} for {seconds} s", flush=True)
+            if rate is None:
+                cluster.ctl("stop", "worker:*")  # the ingest alone, as on one machine
+                wrk_on(ports, str(script), 1)
+                capacity = wrk_on(ports, str(script), CAPACITY_SECONDS)[0] * 100
+                cluster.ctl("start", "worker:*")
+                rate = SHARE * capacity
+                print(f"soak cluster: the 2 ingest nodes alone take {capacity:,.0f} SDK "
+                      f"events/s; offering {rate:,.0f} for {seconds} s", flush=True)
+            else:
+                capacity = None
+                print(f"soak cluster: offering {rate:,.0f} SDK events/s (the capacity not "
+                      f"measured) for {seconds} s", flush=True)
             # The capacity's events are counted first: the soak starts from a caught-up
             # cluster, as on one machine.
             cluster.wait(lambda: cluster_overview_lag(cluster, time.time()) == 0.0,
@@ -437,12 +447,13 @@ def soak_cluster(seconds):
             **{f"soak_cluster_{key}": value for key, value in figures.items()}}
 
 
-def bench_soak(seconds=600, modes=("single", "cluster")):
+def bench_soak(seconds=600, modes=("single", "cluster"), rate=None):
+    """With `rate` (SDK events/s), that rate is offered, and the capacity is not measured."""
     results = {}
     if "single" in modes:
-        results.update(soak_single(seconds))
+        results.update(soak_single(seconds, rate))
     if "cluster" in modes:
-        results.update(soak_cluster(seconds))
+        results.update(soak_cluster(seconds, rate))
     return results
 
 
@@ -455,6 +466,7 @@ def rows(results):
         figure = lambda key: results[f"{prefix}_{key}"]  # noqa: E731
         lines += [
             (f"Soak, {where}: the ingest alone (SDK events/s)",
+             "not measured" if figure('capacity_events_s') is None else
              f"{figure('capacity_events_s'):,.0f}"),
             (f"Soak, {where}: offered / acknowledged (SDK events/s)",
              f"{figure('offered_events_s'):,.0f} / {figure('acknowledged_events_s'):,.0f}"),
@@ -471,6 +483,8 @@ if __name__ == "__main__":
     arguments = sys.argv[1:]
     chosen = [mode for mode in arguments if mode in ("single", "cluster")] or ["single",
                                                                                "cluster"]
+    asked = next((float(value.split("=", 1)[1]) for value in arguments
+                  if value.startswith("rate=")), None)
     length = next((int(value) for value in arguments if value.isdigit()), 600)
-    for label, value in rows(bench_soak(length, chosen)):
+    for label, value in rows(bench_soak(length, chosen, asked)):
         print(f"{label}: {value}")
