@@ -161,6 +161,21 @@ def test_a_store_of_another_stream_or_unreadable_is_set_aside_and_begun_again(tm
     assert len(list(tmp_path.glob("seen-p1.sqlite3.bad-*"))) == 2
 
 
+def test_a_store_whose_runs_are_not_whole_is_set_aside_and_begun_again(tmp_path):
+    path = tmp_path / "seen-p1.sqlite3"
+    store = SeenStore(Layout(tmp_path), path)
+    store.open("s")
+    store.repeats_in(3, 1000, part([KEYS[0], KEYS[1]], 60))
+    store.commit(3)
+    store.db.execute("UPDATE run SET keys = keys + 1")
+    store.close()
+    again = SeenStore(Layout(tmp_path), path)
+    assert "holds 2 keys, not the 3 it says" in again.open("s")
+    assert again.position == 0 and not again._runs
+    again.close()
+    assert len(list(tmp_path.glob("seen-p1.sqlite3.bad-*"))) == 1
+
+
 def test_in_memory_without_a_folder(tmp_path):
     store = SeenStore(None, None)
     assert store.open("s") is None

@@ -167,9 +167,12 @@ class SeenStore(derived_store.Writer):
             raise derived_store.Unusable(f"its runs cannot be read ({error})") from None
 
     def _read_runs(self):
-        runs, keys = [], []
-        for run_id, period, count in self.db.execute(
-                "SELECT id, period, keys FROM run ORDER BY id").fetchall():
+        # The filter is sized from the runs' counts first, then given one run at a time:
+        # a day's keys are never all in memory at once.
+        listed = self.db.execute("SELECT id, period, keys FROM run ORDER BY id").fetchall()
+        bloom = Bloom(max(MIN_CAPACITY, 3 * sum(count for _, _, count in listed) // 2))
+        runs = []
+        for run_id, period, count in listed:
             his, los, fence = [], [], []
             for hi, lo, stored in self.db.execute(
                     "SELECT hi, lo, stored_ms FROM run_block WHERE run = ? ORDER BY block",
@@ -184,12 +187,8 @@ class SeenStore(derived_store.Writer):
                 raise derived_store.Unusable(f"run {run_id} holds {sum(map(len, his)) // 8} "
                                              f"keys, not the {count} it says")
             runs.append(_Run(run_id, period, count, fence))
-            keys.append(_as_keys(b"".join(his), b"".join(los)))
-        held = sum(run.keys for run in runs)
-        self._bloom = Bloom(max(MIN_CAPACITY, 3 * held // 2))
-        for run_keys in keys:
-            self._bloom.add(run_keys)
-        self._runs = runs
+            bloom.add(_as_keys(b"".join(his), b"".join(los)))
+        self._runs, self._bloom = runs, bloom
 
     @property
     def newest_ms(self):
