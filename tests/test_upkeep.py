@@ -6,6 +6,7 @@ import nats.errors
 
 from storage.checkpoint import Checkpoint
 from storage.stream.leases import View
+from worker import stream_runner
 from worker.stream_runner import StreamWorker
 
 PARTITIONS = ["p1", "p2", "p3", "p4"]
@@ -131,3 +132,29 @@ def test_a_lease_found_taken_over_mid_pass_silences_its_partition_at_once():
     assert worker.answers.answering(partition["p1"])
     assert not worker.answers.answering(partition["p2"])
     assert not worker.answers.answering(partition["p3"])  # never held here
+
+
+def test_a_starting_worker_waits_for_the_stream_to_answer_rather_than_exit(monkeypatch):
+    # A network cut just after connect() (tests/test_partitions.py's flapping schedule once
+    # caught a worker there): the stream's identity is asked again until it answers.
+    answers = [nats.errors.TimeoutError(), nats.errors.TimeoutError(), "MINI_ANALYTICS"]
+
+    def identity(link):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(stream_runner, "stream_identity", identity)
+    worker = StreamWorker(None, PARTITIONS, owner="me@test", leases=FakeLeases({"me"}, {}))
+    worker.recover()
+    assert worker._stream == "MINI_ANALYTICS" and not answers
+    # Past READY_TIMEOUT it gives up, and the worker exits to be started again.
+    answers[:] = [nats.errors.TimeoutError()]
+    monkeypatch.setattr(stream_runner, "READY_TIMEOUT", -1.0)
+    try:
+        worker.recover()
+    except nats.errors.TimeoutError:
+        pass
+    else:
+        raise AssertionError("a stream that never answers was waited for past the deadline")
