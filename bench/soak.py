@@ -332,16 +332,22 @@ def soak(label, ports, rate, seconds, overview_lag_now, counts_lag_now, pids):
     }
 
 
-def soak_single(seconds, rate=None):
-    if rate is None:
-        capacity = measure_capacity()
-        rate = SHARE * capacity
-        print(f"soak: the ingest alone takes {capacity:,.0f} SDK events/s; offering "
-              f"{rate:,.0f} for {seconds} s", flush=True)
-    else:
-        capacity = None
-        print(f"soak: offering {rate:,.0f} SDK events/s (the capacity not measured) for "
+def rate_to_offer(label, rate, seconds, measure, alone):
+    """(capacity, rate): `rate` as asked (the capacity not measured: None), or SHARE of the
+    capacity `measure()` finds; said in one line, `alone` naming what was measured."""
+    if rate is not None:
+        print(f"{label}: offering {rate:,.0f} SDK events/s (the capacity not measured) for "
               f"{seconds} s", flush=True)
+        return None, rate
+    capacity = measure()
+    print(f"{label}: {alone} {capacity:,.0f} SDK events/s; offering {SHARE * capacity:,.0f} "
+          f"for {seconds} s", flush=True)
+    return capacity, SHARE * capacity
+
+
+def soak_single(seconds, rate=None):
+    capacity, rate = rate_to_offer("soak", rate, seconds, measure_capacity,
+                                   "the ingest alone takes")
     folder = scratch_dir()
     state = folder / "state"
     state.mkdir()
@@ -403,18 +409,16 @@ def soak_cluster(seconds, rate=None):
     try:
         with local_cluster() as cluster:
             ports = [cluster.port(1), cluster.port(2)]
-            if rate is None:
+
+            def measure():
                 cluster.ctl("stop", "worker:*")  # the ingest alone, as on one machine
                 wrk_on(ports, str(script), 1)
                 capacity = wrk_on(ports, str(script), CAPACITY_SECONDS)[0] * 100
                 cluster.ctl("start", "worker:*")
-                rate = SHARE * capacity
-                print(f"soak cluster: the 2 ingest nodes alone take {capacity:,.0f} SDK "
-                      f"events/s; offering {rate:,.0f} for {seconds} s", flush=True)
-            else:
-                capacity = None
-                print(f"soak cluster: offering {rate:,.0f} SDK events/s (the capacity not "
-                      f"measured) for {seconds} s", flush=True)
+                return capacity
+
+            capacity, rate = rate_to_offer("soak cluster", rate, seconds, measure,
+                                           "the 2 ingest nodes alone take")
             # The capacity's events are counted first: the soak starts from a caught-up
             # cluster, as on one machine.
             cluster.wait(lambda: cluster_overview_lag(cluster, time.time()) == 0.0,
