@@ -5,6 +5,7 @@ ones)."""
 import nats.errors
 
 from storage.checkpoint import Checkpoint
+from storage.stream import setup
 from storage.stream.leases import View
 from worker import stream_runner
 from worker.stream_runner import StreamWorker
@@ -151,7 +152,7 @@ def test_a_starting_worker_waits_for_the_stream_to_answer_rather_than_exit(monke
     assert worker._stream == "MINI_ANALYTICS" and not answers
     # Past READY_TIMEOUT it gives up, and the worker exits to be started again.
     answers[:] = [nats.errors.TimeoutError()]
-    monkeypatch.setattr(stream_runner, "READY_TIMEOUT", -1.0)
+    monkeypatch.setattr(setup, "READY_TIMEOUT", -1.0)
     try:
         worker.recover()
     except nats.errors.TimeoutError:

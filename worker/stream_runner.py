@@ -67,7 +67,7 @@ from storage.layout import Layout
 from storage.stream.checkpoint_store import Fenced, StreamCheckpointStore
 from storage.stream.link import UNAVAILABLE
 from storage.stream.reader import StreamReader, stored_at_ms
-from storage.stream.setup import READY_TIMEOUT, stream_identity, widest_window
+from storage.stream.setup import stream_identity, until_ready, widest_window
 from storage.stream.state import NoQuorum, stream_state
 from storage.views.overview_store import OverviewReader, OverviewStore
 from storage.views.seen_store import SLACK_MS, SeenStore
@@ -224,22 +224,10 @@ class StreamWorker(PassLoop):
         """Nothing to take yet: partitions are taken one by one (adopt)."""
 
     def recover(self):
-        # The stream answered connect() a moment ago, but may stop answering for a while
-        # (a network cut, a server restarting): wait for it as connect() does, up to
-        # READY_TIMEOUT, rather than exit at the first timeout.
-        deadline, waited = time.monotonic() + READY_TIMEOUT, False
-        while True:
-            try:
-                self._stream = stream_identity(self.link)
-                break
-            except UNAVAILABLE as error:
-                if time.monotonic() > deadline or (self.signals and self.signals.stop):
-                    raise
-                if not waited:
-                    log.info("waiting for the stream to answer (%s: %s)",
-                             type(error).__name__, error)
-                    waited = True
-                time.sleep(0.5)
+        # The stream answered connect() a moment ago, but may stop answering for a while (a
+        # network cut): wait for it as connect() does, rather than exit at the first timeout.
+        self._stream = until_ready(lambda: stream_identity(self.link), log,
+                                   lambda: bool(self.signals and self.signals.stop))
         if self.leases is None:
             for name in self.all_partitions:
                 self.adopt(name)

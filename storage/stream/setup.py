@@ -99,28 +99,44 @@ def connect(servers, name, replicas, dedupe_window, log, partition_count=None):
         log.error("no NATS server answered at %s (%s); exiting", ",".join(servers),
                   type(error).__name__)
         return None, None, process.paced(process.EXIT_FAILED)
+
+    def set_up():
+        link.call(ensure(link.js, replicas, dedupe_window, log), READY_TIMEOUT)
+        return link.call(agree_on_partitions(link.js, partition_count, log), READY_TIMEOUT)
+
+    try:
+        return link, until_ready(set_up, log), None
+    except SetupMismatch as mismatch:
+        link.close()
+        return None, None, process.paced(process.bad_setup(log, mismatch))
+    except (NotReady, *UNAVAILABLE) as error:
+        log.error("JetStream did not answer for %g s (%s); exiting", READY_TIMEOUT,
+                  _problem(error))
+        link.close()
+        return None, None, process.paced(process.EXIT_FAILED)
+
+
+def until_ready(attempt, log, stopping=lambda: False):
+    """attempt()'s answer, asked again every half second while JetStream does not answer
+    (NotReady, or what the link raises), as a starting program waits for it (a cluster
+    starting at the same time, a server restarting, a network cut): past READY_TIMEOUT, or
+    once stopping() is true, the last error is raised. The first wait is logged, once."""
     deadline = time.monotonic() + READY_TIMEOUT
     waiting_logged = False
     while True:
         try:
-            link.call(ensure(link.js, replicas, dedupe_window, log), READY_TIMEOUT)
-            partitions = link.call(agree_on_partitions(link.js, partition_count, log),
-                                   READY_TIMEOUT)
-            return link, partitions, None
-        except SetupMismatch as mismatch:
-            link.close()
-            return None, None, process.paced(process.bad_setup(log, mismatch))
+            return attempt()
         except (NotReady, *UNAVAILABLE) as error:
-            problem = f"{type(error).__name__}: {error}".rstrip(": ")
-            if time.monotonic() > deadline:
-                log.error("JetStream did not answer for %g s (%s); exiting", READY_TIMEOUT,
-                          problem)
-                link.close()
-                return None, None, process.paced(process.EXIT_FAILED)
+            if time.monotonic() > deadline or stopping():
+                raise
             if not waiting_logged:
-                log.info("waiting for JetStream to answer (%s)", problem)
+                log.info("waiting for JetStream to answer (%s)", _problem(error))
                 waiting_logged = True
             time.sleep(0.5)
+
+
+def _problem(error):
+    return f"{type(error).__name__}: {error}".rstrip(": ")
 
 
 # (what the setting means, its name in JetStream's stream config)
