@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clocks import Clock
+from storage import sorted_runs
 from storage.backend import event_key, event_keys
 from storage.log import details
 from storage.log import seen_index
@@ -25,9 +26,9 @@ T0 = 1_800_000_000
 
 @pytest.fixture
 def small(monkeypatch):
-    monkeypatch.setattr(seen_index, "FANOUT", 3)
-    monkeypatch.setattr(seen_index, "SMALL_RUN", 4)
-    monkeypatch.setattr(seen_index, "MAX_RUN", 24)
+    monkeypatch.setattr(sorted_runs, "FANOUT", 3)
+    monkeypatch.setattr(sorted_runs, "SMALL_RUN", 4)
+    monkeypatch.setattr(sorted_runs, "MAX_RUN", 24)
     monkeypatch.setattr(seen_index, "MIN_CAPACITY", 8)
     monkeypatch.setattr(seen_index, "EXPIRY_SLACK", 5)
     monkeypatch.setattr(seen_index, "BLOCK", 2)

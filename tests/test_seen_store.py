@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from app import validate
 from app.validate import SdkEvent
 from bench.sdk_shapes import mixed_batch
+from storage import sorted_runs
 from storage.backend import event_key
 from storage.layout import Layout
 from storage.log.details import payload_events
@@ -123,7 +124,7 @@ def test_periods_older_than_the_widest_window_and_the_slack_are_dropped(tmp_path
 
 
 def test_runs_merge_and_a_reopened_store_finds_what_they_hold(tmp_path, monkeypatch):
-    monkeypatch.setattr(seen_store, "SMALL_RUN", 2)
+    monkeypatch.setattr(sorted_runs, "SMALL_RUN", 2)
     monkeypatch.setattr(seen_store, "BLOCK", 3)  # a run of several blocks
     path = tmp_path / "seen-p1.sqlite3"
     store = SeenStore(Layout(tmp_path), path)

@@ -15,8 +15,8 @@ LevelDB's sorted runs and Bloom filters: every write to disk sequential)
       a flusher thread writes them, once their groups are durable, as a sorted run: a file
       written once, in one sequential write, never changed. A random insert into a B-tree
       of 20 M keys dirties a page of its own; a run costs its own bytes only.
-    * Runs of similar size are merged (size-tiered, FANOUT at a time, up to MAX_RUN ids), so
-      a day's ids are a few dozen runs, each id rewritten a few times in all.
+    * Runs of similar size are merged (size-tiered, storage/sorted_runs.py), so a day's
+      ids are a few dozen runs, each id rewritten a few times in all.
     * Lookups ask memory first: each period's Bloom filter (built from its runs when the
       index opens) answers "never seen" for a new id without touching a run. Only an id it
       may hold (a repeat, or 1 in 200 to 1,600 new ids) is searched for in the runs: each run's
@@ -57,12 +57,10 @@ Format (a folder)
 One writer and reader: the ingest (storage/log/writer.py calls it under data1's write lock).
 """
 
-import bisect
 import collections
 import itertools
 import json
 import logging
-import math
 import operator
 import os
 import shutil
@@ -75,6 +73,8 @@ import numpy as np
 
 from storage.backend import event_keys
 from storage.bloom import Bloom, key_columns
+from storage import sorted_runs
+from storage.sorted_runs import blocks_of, to_merge
 from storage.durable import fsync_directory, replace_durably, write_all
 from storage.log import details as details_file
 from storage.process import die, unpin_this_thread
@@ -87,9 +87,6 @@ RUN_SUFFIX = ".run"
 RUN_HEADER = struct.Struct("<8sQII")
 RUN_MAGIC = b"SEENRUN2"
 FLUSH_EVERY = 1.0  # seconds between writes of waiting ids to the index
-FANOUT = 4  # runs of a size class merged at once
-SMALL_RUN = 65_536  # runs below this many ids are one size class; each class above is 4x
-MAX_RUN = 1_048_576  # ids: a merge never makes a run larger (its arrays stay in memory)
 BLOCK = 512  # ids a fence entry stands for: a search reads 4 KB of a run's hi column
 MIN_CAPACITY = 1_000_000  # ids a period's filter is made for at least (1.5 MB)
 # A period is deleted this long after its last second left the window: a claim's window
@@ -144,12 +141,10 @@ class _Run:
     def holds(self, key, since):
         """Whether it holds `key` (16 bytes) with a receive time at or after `since`."""
         # In Python, not numpy: a key is looked for here in a few runs a second, and a
-        # numpy call costs more than this whole search. Equal hi may span blocks: from the
-        # block before the first fence >= hi to the block of the last fence <= hi.
+        # numpy call costs more than this whole search.
         hi, fd = key[:8], self.file.fileno()
-        value = int.from_bytes(hi, "little")
-        first = max(bisect.bisect_left(self.fence, value) - 1, 0) * BLOCK
-        end = min(max(bisect.bisect_right(self.fence, value), 1) * BLOCK, self.count)
+        first, end = blocks_of(self.fence, int.from_bytes(hi, "little"))
+        first, end = first * BLOCK, min(end * BLOCK, self.count)
         block = os.pread(fd, 8 * (end - first), self._offset(0, first))
         at = block.find(hi)
         while at != -1:
@@ -184,10 +179,6 @@ def _write_run(path, keys, seconds):
     finally:
         os.close(fd)
     return fence
-
-
-def _size_class(count):
-    return 0 if count < SMALL_RUN else 1 + int(math.log(count / SMALL_RUN, FANOUT))
 
 
 class _Index:
@@ -450,8 +441,8 @@ class SeenIndex:
                 runs[period] = []
                 blooms[period] = Bloom(max(MIN_CAPACITY, earlier.count if earlier else 0))
             added, added_seconds = keys[chosen], seconds[chosen]
-            for start in range(0, len(added), MAX_RUN):
-                part = slice(start, start + MAX_RUN)
+            for start in range(0, len(added), sorted_runs.MAX_RUN):
+                part = slice(start, start + sorted_runs.MAX_RUN)
                 runs[period].append(self._new_run(added[part], added_seconds[part]))
             bloom = blooms[period]
             if bloom.count + len(added) > bloom.capacity:
@@ -479,17 +470,11 @@ class SeenIndex:
         return _Run(path, _write_run(path, keys, seconds))
 
     def _merge(self, runs):
-        """Merge FANOUT runs of a size class into one, while any class has that many and
-        their merge stays within MAX_RUN; `runs` is changed in place. Returns the runs
-        merged away."""
+        """Merge runs, as storage/sorted_runs.py decides, while any are to be; `runs` is
+        changed in place. Returns the runs merged away."""
         merged_away = []
         while True:
-            classes = {}
-            for run in runs:
-                classes.setdefault(_size_class(run.count), []).append(run)
-            group = next((members[:FANOUT] for members in classes.values()
-                          if len(members) >= FANOUT
-                          and sum(r.count for r in members[:FANOUT]) <= MAX_RUN), None)
+            group = to_merge(runs)
             if group is None:
                 return merged_away
             parts = [run.read() for run in group]

@@ -34,8 +34,8 @@ Design
       messages before that (worker/stream_runner.py).
     * Keys are kept as LevelDB keeps them, and as data1.seen does at the ingest
       (storage/log/seen_index.py): each commit writes its keys as one sorted run, never
-      changed after, and runs of similar size are merged (size-tiered, FANOUT at a time, up
-      to MAX_RUN keys). A B-tree of the keys themselves, as this store was before, dirties
+      changed after, and runs of similar size are merged (size-tiered:
+      storage/sorted_runs.py, as data1.seen's). A B-tree of the keys themselves, as this store was before, dirties
       a page of its own for each new key: at 2 M keys it took 49,000 SDK events a
       CPU-second, and two thirds of a cluster worker's profile in the soak.
     * Lookups ask memory first: a Bloom filter of every run's keys (storage/bloom.py, built
@@ -72,14 +72,13 @@ Format (version 2)
 One writer and reader: the worker owning the partition.
 """
 
-import bisect
 import collections
-import math
 import sqlite3
 
 import numpy as np
 
 from storage.bloom import Bloom, key_columns
+from storage.sorted_runs import blocks_of, to_merge
 from storage.views import derived_store
 
 VERSION = 2
@@ -89,9 +88,6 @@ STATE_COLUMNS = "position, source, newest_ms, widest, repeats, exact_after"
 SLACK_MS = 3600 * 1000
 PERIOD_MS = 6 * 3600 * 1000  # a run's keys were all stored within one such period
 BLOCK = 512  # keys in a run_block row: a search reads one (12 KB)
-FANOUT = 4  # runs of a size class merged at once
-SMALL_RUN = 65_536  # runs below this many keys are one size class; each class above is 4x
-MAX_RUN = 1_048_576  # keys: a merge never makes a run larger (it is merged in memory)
 MIN_CAPACITY = 1_000_000  # keys the filter is made for at least (1.5 MB)
 
 SCHEMA = """
@@ -106,8 +102,9 @@ CREATE TABLE repeat (sequence INTEGER NOT NULL, item INTEGER NOT NULL,
 """
 FIRST_STATE = "INSERT INTO state VALUES (?, 0, ?, 0, 0, 0, 0)"
 
-# A run as a lookup needs it: its id, period, keys, and fence (each block's first hi).
-_Run = collections.namedtuple("_Run", "id period keys fence")
+# A run as a lookup needs it: its id, period, count of keys, and fence (each block's first
+# hi).
+_Run = collections.namedtuple("_Run", "id period count fence")
 
 
 class SeenStore(derived_store.Writer):
@@ -174,9 +171,7 @@ class SeenStore(derived_store.Writer):
         runs = []
         for run_id, period, count in listed:
             his, los, fence = [], [], []
-            for hi, lo, stored in self.db.execute(
-                    "SELECT hi, lo, stored_ms FROM run_block WHERE run = ? ORDER BY block",
-                    (run_id,)):
+            for hi, lo, stored in self._blocks(run_id):
                 if not len(hi) == len(lo) == len(stored) or len(hi) % 8 or not hi:
                     raise derived_store.Unusable(f"run {run_id} has a block of unequal "
                                                  "columns")
@@ -271,12 +266,8 @@ class SeenStore(derived_store.Writer):
         return latest
 
     def _search(self, run, key):
-        """The latest stored time of `key` in `run`, or None if it holds none. Equal hi may
-        span blocks: from the block before the first fence >= hi to the block of the last
-        fence <= hi."""
-        hi = int.from_bytes(key[:8], "little")
-        first = max(bisect.bisect_left(run.fence, hi) - 1, 0)
-        end = max(bisect.bisect_right(run.fence, hi), 1)
+        """The latest stored time of `key` in `run`, or None if it holds none."""
+        first, end = blocks_of(run.fence, int.from_bytes(key[:8], "little"))
         latest = None
         for his, los, times in self.db.execute(
                 "SELECT hi, lo, stored_ms FROM run_block WHERE run = ? AND block >= ? AND "
@@ -363,27 +354,20 @@ class SeenStore(derived_store.Writer):
 
     def _read_run(self, run):
         """A run's keys (key_columns) and stored times, read whole."""
-        his, los, times = [], [], []
-        for hi, lo, stored in self.db.execute(
-                "SELECT hi, lo, stored_ms FROM run_block WHERE run = ? ORDER BY block",
-                (run.id,)):
-            his.append(hi)
-            los.append(lo)
-            times.append(stored)
+        his, los, times = zip(*self._blocks(run.id))
         return (_as_keys(b"".join(his), b"".join(los)),
                 np.frombuffer(b"".join(times), dtype="<i8"))
 
+    def _blocks(self, run_id):
+        """The run's (hi, lo, stored_ms) blocks, in order."""
+        return self.db.execute(
+            "SELECT hi, lo, stored_ms FROM run_block WHERE run = ? ORDER BY block", (run_id,))
+
     def _merge(self, runs, period):
-        """Merge FANOUT runs of a size class of `period` into one, while any class has that
-        many and their merge stays within MAX_RUN; `runs` is changed in place."""
+        """Merge `period`'s runs, as storage/sorted_runs.py decides, while any are to be;
+        `runs` is changed in place."""
         while True:
-            classes = {}
-            for run in runs:
-                if run.period == period:
-                    classes.setdefault(_size_class(run.keys), []).append(run)
-            group = next((members[:FANOUT] for members in classes.values()
-                          if len(members) >= FANOUT
-                          and sum(run.keys for run in members[:FANOUT]) <= MAX_RUN), None)
+            group = to_merge([run for run in runs if run.period == period])
             if group is None:
                 return
             parts = [self._read_run(run) for run in group]
@@ -398,7 +382,7 @@ class SeenStore(derived_store.Writer):
 
     def _grown(self, runs):
         """A filter of `runs`' keys with room for as many again."""
-        held = sum(run.keys for run in runs)
+        held = sum(run.count for run in runs)
         bloom = Bloom(max(MIN_CAPACITY, 2 * held))
         for run in runs:
             bloom.add(self._read_run(run)[0])
@@ -412,6 +396,3 @@ def _as_keys(his, los):
     keys[:, 1] = np.frombuffer(los, dtype="<u8")
     return keys
 
-
-def _size_class(count):
-    return 0 if count < SMALL_RUN else 1 + int(math.log(count / SMALL_RUN, FANOUT))
