@@ -46,27 +46,43 @@ def sdk_body(installs=7):
     return json.dumps({"batch": events})
 
 
+# Lua for wrk: uuid(), a random version-4 UUID, as both SDKs make each event's id. Random,
+# not a counter: what a body's ids hold of entropy is what compressing it cannot take away
+# (a cluster's messages are stored compressed: storage/stream/sdk_message.py). Each of
+# wrk's Lua states seeds its own generator from /dev/urandom.
+UUID_LUA = r"""
+local urandom = io.open("/dev/urandom", "rb")
+local seed = 0
+for c in urandom:read(4):gmatch(".") do seed = seed * 256 + c:byte() end
+urandom:close()
+math.randomseed(seed)
+local random = math.random
+local function uuid()
+  return string.format("%04X%04X-%04X-4%03X-%04X-%04X%04X%04X", random(0, 0xFFFF),
+    random(0, 0xFFFF), random(0, 0xFFFF), random(0, 0xFFF), random(0x8000, 0xBFFF),
+    random(0, 0xFFFF), random(0, 0xFFFF), random(0, 0xFFFF))
+end
+"""
+
+
 def fresh_ids_script(template, tokens=()):
-    """Lua for wrk: each request is `template` with its placeholders replaced by ids unique
-    to this run (a prefix random to each wrk process, the request number and the event's
-    place); with `tokens`, each request carries the next of them in Judo-Access-Token."""
+    """Lua for wrk: each request is `template` with its placeholders replaced by fresh
+    event ids (random UUIDs, UUID_LUA); with `tokens`, each request carries the next of them
+    in Judo-Access-Token."""
     parts = template.split(PLACEHOLDER)
     quoted = ", ".join('"' + part.replace("\\", "\\\\").replace('"', '\\"') + '"'
                        for part in parts)
     listed = ", ".join(f'"{token}"' for token in tokens)
     return (
+        UUID_LUA +
         f"local parts = {{{quoted}}}\n"
         f"local tokens = {{{listed}}}\n"
-        "local urandom = io.open('/dev/urandom', 'rb')\n"
-        "local prefix = urandom:read(6):gsub('.', function(c)\n"
-        "  return string.format('%02x', c:byte()) end)\n"
-        "urandom:close()\n"
         "local n = 0\n"
         "request = function()\n"
         "  n = n + 1\n"
         "  local out = {parts[1]}\n"
         "  for i = 2, #parts do\n"
-        "    out[#out + 1] = prefix .. '-' .. n .. '-' .. i\n"
+        "    out[#out + 1] = uuid()\n"
         "    out[#out + 1] = parts[i]\n"
         "  end\n"
         '  local headers = {["Content-Type"] = "application/json"}\n'

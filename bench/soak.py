@@ -38,7 +38,7 @@ from pathlib import Path
 
 from bench.cluster import local_cluster, wrk_on
 from bench.harness import REPO, free_port, run_wrk, scratch_dir, stop, wait_until_listening
-from bench.sdk import fresh_ids_script, sdk_body, DONE
+from bench.sdk import DONE, UUID_LUA, fresh_ids_script, sdk_body
 from storage.layout import Layout
 from storage.log import details
 from storage.stream.names import STREAM, partition_subject
@@ -113,10 +113,7 @@ local function now_ms()
   ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC
   return tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
 end
-local urandom = io.open("/dev/urandom", "rb")
-local prefix = urandom:read(6):gsub(".", function(c) return string.format("%02x", c:byte()) end)
-urandom:close()
-local EVENT = '{"id":"%s-%d-%d-%d","timestamp":"%s","anonymousID":"soak-install-%d",' ..
+local EVENT = '{"id":"%s","timestamp":"%s","anonymousID":"soak-install-%d",' ..
   '"type":"screen","properties":{"id":"screen-%d","name":"\195\137cran",' ..
   '"experienceID":"%d","experienceRevisionID":"1","experienceName":"Experience %d"},' ..
   '"context":{"os":{"name":"iOS","version":"17.2"},"locale":"en-CA"}}'
@@ -142,7 +139,7 @@ request = function()
   local stamp = os.date("!%Y-%m-%dT%H:%M:%SZ")
   local events = {}
   for n = 0, BATCH - 1 do
-    events[n + 1] = string.format(EVENT, prefix, NODE, number, n, stamp, install,
+    events[n + 1] = string.format(EVENT, uuid(), stamp, install,
                                   (number + n) % SCREENS + 1, experience, experience)
   end
   number = number + 1
@@ -199,7 +196,7 @@ class Senders:
                             SCREENS=SCREENS, BATCH=BATCH,
                             COUNTS=f'"{self.folder / f"counts-{node}"}"')
             script.write_text("".join(f"{name} = {value}\n" for name, value in settings.items())
-                              + SENDER_LUA)
+                              + UUID_LUA + SENDER_LUA)
             self._wrks.append(subprocess.Popen(
                 [wrk, "-t1", f"-c{max(1, SENDERS // nodes)}", "-d24h", "--timeout", "30s",
                  "-s", str(script), f"http://127.0.0.1:{port}/"],
