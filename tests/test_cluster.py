@@ -799,7 +799,7 @@ def test_sdk_events_and_their_retries_on_either_node_are_counted_once(cluster):
                     break  # every stored message read
                 _, part = sdk_message.decode(message.data, message.headers)
                 kept.append(([item["event"]["id"] for item in
-                              payload_events(part.payload)[1]],
+                              payload_events(part.details())[1]],
                              message.headers.get("Nats-Batch-Id"), part.window))
             await sub.unsubscribe()
             return kept

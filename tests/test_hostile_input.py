@@ -5,6 +5,7 @@ while counting goes on; and a write that fails in any unforeseen way releases it
 claims, so the retry is stored. Against a real ingest and worker where it matters."""
 
 import json
+import time
 import zlib
 
 import pytest
@@ -12,8 +13,10 @@ from hypothesis import given, settings, strategies as st
 
 from http_client import post, request, wait_for
 from app.validate import parse_batch
+from storage.backend import event_key
 from storage.log import details
 from storage.log.writer import EventLog
+from storage.stream import sdk_message
 from test_validate import sdk_like_events
 from worker.overview import SdkEvents
 
@@ -174,6 +177,22 @@ def test_the_overview_sets_aside_any_malformed_item_and_keeps_the_rest():
     assert [view[0] for view in read.views] == [("", 3)]  # (project, experience)
     assert [named for named, _ in read.set_aside] == [None, None, None, "no-time", "huge"]
     assert read.events == 6
+
+
+def test_the_overview_sets_aside_a_message_whose_payload_does_not_inflate():
+    """A cluster message's details are stored deflated (storage/stream/sdk_message.py): one
+    that does not inflate whole has its events set aside, and the others are counted."""
+    batch = parse_batch(json.dumps({"batch": [screen("a", 3), screen("b", 4)]}).encode(),
+                        time.time())
+    keys = [event_key(event.event_id) for event in batch.events]
+    payload, headers = sdk_message.encode_message(batch.events, keys, 1, "", 60)
+    good = sdk_message.decode(payload, headers)[1]
+    cut = sdk_message.decode(payload[:-4], headers)[1]
+    read = SdkEvents()
+    read.read_stream([(cut, ()), (good, [1])])  # the second's event 1 a repeat
+    assert [view[0] for view in read.views] == [("", 3)]
+    assert read.events == 3 and len(read.set_aside) == 1
+    assert "a message of 2 events that does not decode: ValueError" in read.set_aside[0][1]
 
 
 ITEM_TIMES = st.one_of(st.integers(0, 2**41 * 1000), st.just(1_795_000_000_000),

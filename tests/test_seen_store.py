@@ -8,6 +8,7 @@ import datetime
 import json
 import time
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,7 @@ from bench.sdk_shapes import mixed_batch
 from storage import sorted_runs
 from storage.backend import event_key
 from storage.layout import Layout
+from storage.log import details
 from storage.log.details import payload_events
 from storage.stream import sdk_message
 from storage.views import seen_store
@@ -214,7 +216,7 @@ def test_an_sdk_message_reads_back_as_written():
     assert records == b"" and read.keys == keys and read.window == 86400
     assert read.records() == b"shop:7 shop:9 " and read.records([0]) == b"shop:9 "
     assert headers["Nats-Msg-Id"] == sdk_message.message_id(keys)
-    assert payload_events(read.payload) == ("shop", [event.details for event in events])
+    assert payload_events(read.details()) == ("shop", [event.details for event in events])
     # An exact retry is the same message; one more event makes another.
     assert sdk_message.encode_message(events, keys, 1, "shop", 60)[1]["Nats-Msg-Id"] == (
         headers["Nats-Msg-Id"])
@@ -238,14 +240,44 @@ def test_a_message_whose_keys_and_ids_disagree_is_refused():
         raise AssertionError("decoded a message that breaks the format")
 
 
+def test_a_message_s_payload_is_stored_deflated_and_read_back_whole():
+    sent, _ = mixed_batch(datetime.datetime.now(datetime.timezone.utc), 50)
+    batch = validate.parse_batch(json.dumps({"batch": sent}).encode(), time.time())
+    keys = [event_key(event.event_id) for event in batch.events]
+    payload, headers = sdk_message.encode_message(batch.events, keys, 1, "", 60)
+    plain = details.encode_payload([event.item for event in batch.events],
+                                   events=[event.event_json for event in batch.events])
+    assert headers["Mini-Analytics-Encoding"] == "zlib"
+    assert len(payload) * 4 < len(plain)  # an install's batch repeats its fields
+    _, part = sdk_message.decode(payload, headers)
+    assert part.details() == plain and part.keys == keys
+    # A message written before payloads were deflated: no such header, read as it is.
+    older = {name: value for name, value in headers.items()
+             if name != "Mini-Analytics-Encoding"}
+    assert sdk_message.decode(plain, older)[1].details() == plain
+
+
+def test_a_payload_that_does_not_inflate_whole_is_refused(monkeypatch):
+    events = [sdk_event(0, "a", 7)]
+    payload, headers = sdk_message.encode_message(events, [KEYS[0]], 1, "", 60)
+    for flawed in (payload[:-3], b"not deflated", payload + b"more", payload + payload):
+        with pytest.raises(ValueError):
+            sdk_message.decode(flawed, headers)[1].details()
+    monkeypatch.setattr(sdk_message, "MAX_GROUP", 10)  # it inflates to more than this
+    with pytest.raises(ValueError, match="inflates past 10 bytes"):
+        sdk_message.decode(payload, headers)[1].details()
+    with pytest.raises(ValueError, match="a payload encoded as 'zstd'"):
+        sdk_message.decode(payload, {**headers, "Mini-Analytics-Encoding": "zstd"})
+
+
 def test_a_message_keeps_each_event_as_the_body_held_it():
     sent, _ = mixed_batch(datetime.datetime.now(datetime.timezone.utc), 30)
     body = json.dumps({"batch": sent}, ensure_ascii=False).encode()
     batch = validate.parse_batch(body, time.time())
     assert not batch.rejected and len(batch.events) == 30
     keys = [event_key(event.event_id) for event in batch.events]
-    payload, _ = sdk_message.encode_message(batch.events, keys, 1, "", 60)
-    project, items = payload_events(payload)
+    payload, headers = sdk_message.encode_message(batch.events, keys, 1, "", 60)
+    project, items = payload_events(sdk_message.decode(payload, headers)[1].details())
     assert project == "" and [item["event"] for item in items] == sent
     assert [{k: v for k, v in item.items() if k != "event"} for item in items] == [
         event.item for event in batch.events]

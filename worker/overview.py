@@ -435,20 +435,23 @@ class SdkEvents:
             self.read_encoded(older)
         for part, repeats in parts:
             if part.payload is not None:
-                self._read_payload(part.payload, set(repeats), len(part.tokens))
+                self._read_payload(part, set(repeats))
 
-    def _read_payload(self, payload, repeats, count):
-        """read_group() of a details group's `payload` holding `count` events, but for those
-        at the indexes in `repeats`."""
+    def _read_payload(self, part, repeats):
+        """read_group() of an SDK message's details (SdkPart), but for the events at the
+        indexes in `repeats`."""
         def kept(items):
             return [item for index, item in enumerate(items) if index not in repeats]
 
+        count = len(part.tokens)
         try:
+            payload = part.details()
             project, decoded = payload_events_as(payload, CountedEvent)
             if len(decoded) != count:
                 raise ValueError(f"{len(decoded)} events for {count} keys")
         except (msgspec.MsgspecError, ValueError):
             try:
+                payload = part.details()  # again: one that does not inflate is set aside here
                 project, items = payload_events(payload)
                 if len(items) != count:
                     raise ValueError(f"{len(items)} events for {count} keys")
