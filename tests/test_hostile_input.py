@@ -96,10 +96,8 @@ def plant_stored_poison(state_dir):
     log = EventLog(state_dir / "data1", details=state_dir / "data1.details",
                    seen=state_dir / "data1.seen")
     records = b"601 602 603 "
-    items = []
-    for index, event in enumerate(events):
-        offset = index * 4
-        items.append({"event": event, "time": 1_795_000_000_000, "offset": offset})
+    # In the sent form the items are without their events: those are the body's.
+    items = [{"time": 1_795_000_000_000, "offset": index * 4} for index in range(len(events))]
     group = details.encode_group(0, len(records), zlib.crc32(records),
                                  1_795_000_000_000, items, sent=body)
     log._details.append(group)
