@@ -39,6 +39,7 @@ from pathlib import Path
 from bench.cluster import local_cluster, wrk_on
 from bench.harness import REPO, free_port, run_wrk, scratch_dir, stop, wait_until_listening
 from bench.sdk import DONE, UUID_LUA, fresh_ids_script, sdk_body
+import storage.settings
 from storage.layout import Layout
 from storage.log import details
 from storage.stream.names import STREAM, partition_subject
@@ -404,7 +405,9 @@ def soak_cluster(seconds, rate=None):
     script = script_folder / "sdk.lua"
     script.write_text(fresh_ids_script(sdk_body()) + DONE)
     try:
-        with local_cluster() as cluster:
+        # The workers pass at the shipped interval, as on one machine (bench/cluster.py's
+        # other benches pass each second, to time a catch-up closely).
+        with local_cluster(interval=storage.settings.interval({})) as cluster:
             ports = [cluster.port(1), cluster.port(2)]
 
             def measure():
