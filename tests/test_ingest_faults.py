@@ -74,6 +74,30 @@ def test_a_failed_append_is_a_503_leaves_nothing_and_the_service_goes_on(
     assert (state_dir / "data1").read_bytes() == b"1 2 "
 
 
+def test_a_details_header_written_in_part_is_cut_off_and_written_whole_next_time(
+        state_dir, monkeypatch, caplog):
+    """A disk that fills while data1.details' header is written: the ingest cannot open
+    (and exits, to start again); the part written is cut off, so the next opening writes the
+    header whole rather than find a file that is not a details file and set it aside."""
+    real_write = os.write
+
+    def short_write(fd, data):
+        return real_write(fd, bytes(data[:5]))
+
+    monkeypatch.setattr(os, "write", short_write)
+    with pytest.raises(OSError, match="short write to data1.details"):
+        EventLog(state_dir / "data1", details=state_dir / "data1.details",
+                 seen=state_dir / "data1.seen")
+    monkeypatch.setattr(os, "write", real_write)
+    assert (state_dir / "data1.details").read_bytes() == b""
+    log = EventLog(state_dir / "data1", details=state_dir / "data1.details",
+                   seen=state_dir / "data1.seen")
+    log.close()
+    assert (state_dir / "data1.details").read_bytes()[:8] == b"MADETAIL"
+    assert "set aside" not in caplog.text and "kept aside" not in caplog.text
+    assert list(state_dir.glob("data1.details.*")) == []
+
+
 def start_patched_ingest(procs, state_dir, patch, **settings):
     """A real ingest process with `patch` (Python source) applied before it starts."""
     port = free_port()

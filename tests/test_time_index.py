@@ -1,11 +1,14 @@
 """storage/log/time_index.py, and the log writer dating its appends with an injected clock."""
 
+import errno
 import os
+
+import pytest
 
 from clocks import Clock
 from storage.log.format import encode
 from storage.log.time_index import ENTRY, TimeIndexReader
-from storage.log.writer import EventLog
+from storage.log.writer import AppendError, EventLog
 
 from reference import index_entries
 
@@ -52,6 +55,35 @@ def test_a_new_entry_is_synced_before_the_append_returns(tmp_path, monkeypatch):
     log.close()
     names = [os.path.basename(path) for path in synced]
     assert names == ["data1", "data1.timeindex", "data1", "data1", "data1.timeindex"]
+
+
+@pytest.mark.parametrize("fault", ["short write", "ENOSPC after part"])
+def test_an_entry_written_in_part_is_cut_off_and_the_next_one_is_whole(tmp_path,
+                                                                       monkeypatch, fault):
+    """A disk that fills mid-entry: the append fails (a 503, no records written), and the
+    entry's part is cut off, so the next entry is not written out of step with the others."""
+    clock = Clock(1000.0)
+    log = event_log(tmp_path, clock)
+    log.append(encode([1]))
+    real_write = os.write
+
+    def faulty_write(fd, data):
+        written = real_write(fd, bytes(data[:5]))
+        if fault == "short write":
+            return written
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    clock.now = 1001.0
+    monkeypatch.setattr(os, "write", faulty_write)
+    with pytest.raises(AppendError, match="time index"):
+        log.append(encode([2]))
+    monkeypatch.setattr(os, "write", real_write)
+    assert os.path.getsize(tmp_path / "data1.timeindex") == ENTRY.size
+    clock.now = 1002.0
+    log.append(encode([3]))
+    log.close()
+    assert index_entries(tmp_path) == [(1000, 0), (1002, 2)]
+    assert (tmp_path / "data1").read_bytes() == b"1 3 "
 
 
 def test_opening_repairs_a_torn_entry_and_entries_past_data1(tmp_path):

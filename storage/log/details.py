@@ -306,7 +306,9 @@ class DetailsWriter:
 
     def _write_header(self, data1_size):
         self.identity = os.urandom(16)
-        os.write(self.fd, HEADER.pack(MAGIC, VERSION, self.identity, 0))
+        # Whole or not at all: a header cut short would read as no header at the next opening.
+        append_whole(self.fd, HEADER.pack(MAGIC, VERSION, self.identity, 0), 0,
+                     "data1.details", log)
         os.fsync(self.fd)
         if data1_size:
             log.warning("data1.details: begun anew; the events already in data1 (%d bytes) "

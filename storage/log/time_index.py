@@ -24,8 +24,13 @@ Invariants
       with no entry at all, to the Unix epoch (1970-01-01T00:00:00Z). The worker logs it.
 """
 
+import logging
 import os
 import struct
+
+from storage.durable import append_whole
+
+log = logging.getLogger("ingest")
 
 ENTRY = struct.Struct("<QQ")
 EPOCH = 0  # the second given to bytes that no entry dates
@@ -39,6 +44,7 @@ class TimeIndexWriter:
         self.fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self.written = 0  # entries appended by this process
         self.synced = 0
+        self.size = 0  # the file's length, whole entries only (set by _repair)
         self.last_second = self._repair(data1_size, data1_mtime)
 
     def _repair(self, data1_size, data1_mtime):
@@ -52,6 +58,7 @@ class TimeIndexWriter:
         if keep < size:
             os.ftruncate(self.fd, keep)
             os.fsync(self.fd)
+        self.size = keep
         if keep:
             return ENTRY.unpack(os.pread(self.fd, ENTRY.size, keep - ENTRY.size))[0]
         if data1_size:
@@ -72,7 +79,11 @@ class TimeIndexWriter:
         return True
 
     def append(self, second, offset):
-        os.write(self.fd, ENTRY.pack(second, offset))
+        """Append an entry, whole or not at all: a write that fails, or takes part of it, is
+        cut off again before the OSError is raised, so that no later entry is written out
+        of step with the 16-byte grid (storage/durable.append_whole)."""
+        append_whole(self.fd, ENTRY.pack(second, offset), self.size, "data1.timeindex", log)
+        self.size += ENTRY.size
         self.written += 1
 
     def sync(self):
