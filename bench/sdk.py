@@ -121,7 +121,7 @@ def peak_rss_mb(pid):
 def bench_sdk(seconds):
     results = {}
     template = sdk_body()
-    results["sdk_body_bytes"] = len(template.replace(PLACEHOLDER, "x" * 30))
+    results["sdk_body_bytes"] = len(template.replace(PLACEHOLDER, "x" * 36))  # a UUID's length
     minimal = json.dumps({"batch": [{"experienceID": 1000 + i % 37} for i in range(EVENTS)]})
     folder = scratch_dir()
     try:
