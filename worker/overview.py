@@ -443,22 +443,28 @@ class SdkEvents:
         def kept(items):
             return [item for index, item in enumerate(items) if index not in repeats]
 
+        def set_aside_whole(error):
+            self.events += count
+            self.set_aside.append((None, f"a message of {count} events that does not "
+                                         f"decode: {type(error).__name__}: {error}"))
+
         count = len(part.tokens)
         try:
-            payload = part.details()
+            payload = part.details()  # inflated once, for either way of reading it
+        except ValueError as error:
+            set_aside_whole(error)
+            return
+        try:
             project, decoded = payload_events_as(payload, CountedEvent)
             if len(decoded) != count:
                 raise ValueError(f"{len(decoded)} events for {count} keys")
         except (msgspec.MsgspecError, ValueError):
             try:
-                payload = part.details()  # again: one that does not inflate is set aside here
                 project, items = payload_events(payload)
                 if len(items) != count:
                     raise ValueError(f"{len(items)} events for {count} keys")
             except Exception as error:  # noqa: BLE001 (a message that is not the format)
-                self.events += count
-                self.set_aside.append((None, f"a message of {count} events that does not "
-                                             f"decode: {type(error).__name__}: {error}"))
+                set_aside_whole(error)
                 return
             self.read(kept(items), project)
             return
