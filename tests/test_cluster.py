@@ -816,6 +816,64 @@ def test_sdk_events_and_their_retries_on_either_node_are_counted_once(cluster):
     assert sorted(ids) == sorted(e["id"] for e in events)
 
 
+def test_concurrent_sdk_requests_share_atomic_batches_each_answered_for_itself(cluster):
+    node = cluster(interval=0.2)
+    one = node.ingest_port(1)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    stored_before, expected = mixed_batch(now, 30, experiences=(5,))
+    status, answer = post(one, {"batch": stored_before}, "/batch")
+    assert (status, answer["stored"]) == (202, 30)
+    requests = {}  # each request's events' ids: which request a stored message came from
+    for round_ in range(4):
+        # Each round at once: 16 new requests, one new request sent twice (its two messages
+        # have the same ids), and an exact retry of a request the stream holds already.
+        fresh = [mixed_batch(now, 30, experiences=(10 + number,))
+                 for number in range(16)]
+        twin, twin_expected = mixed_batch(now, 30, experiences=(40,))
+        bodies = [events for events, _ in fresh] + [twin, twin, stored_before]
+        start, answers = threading.Barrier(len(bodies)), [None] * len(bodies)
+
+        def send(index):
+            start.wait()
+            answers[index] = post(one, {"batch": bodies[index]}, "/batch")
+
+        threads = [threading.Thread(target=send, args=(index,)) for index in range(len(bodies))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert all(status == 202 for status, _ in answers)
+        assert [answer["stored"] for _, answer in answers[:16]] == [30] * 16
+        assert sorted(answer["stored"] for _, answer in answers[16:18]) == [0, 30]
+        assert answers[18][1]["stored"] == 0 and len(answers[18][1]["duplicates"]) == 30
+        for number, (events, views) in enumerate(fresh):
+            requests[(round_, number)] = {event["id"] for event in events}
+            for experience, count in views.items():
+                expected[experience] = expected.get(experience, 0) + count
+        expected[40] = expected.get(40, 0) + twin_expected[40]
+    counted(node, {str(e): c for e, c in expected.items()})
+    # Under that load, messages of different requests went out in one atomic batch.
+    with link_to(node) as link:
+        async def batches():
+            sub = await link.js.subscribe("mini_analytics.events.*", ordered_consumer=True)
+            of_batch = collections.defaultdict(set)
+            while True:
+                try:
+                    message = await sub.next_msg(timeout=2)
+                except nats.errors.TimeoutError:
+                    break  # every stored message read
+                batch = message.headers.get("Nats-Batch-Id")
+                _, part = sdk_message.decode(message.data, message.headers)
+                ids = {item["event"]["id"] for item in payload_events(part.details())[1]}
+                of_batch[batch] |= {request for request, events in requests.items()
+                                    if events & ids}
+            await sub.unsubscribe()
+            return of_batch
+
+        of_batch = link.call(batches(), 60)
+    assert max(len(senders) for batch, senders in of_batch.items() if batch) > 1
+
+
 def test_the_same_tokens_guard_every_ingest_node(cluster):
     write, read = "w-cluster-token-0001", "r-cluster-token-0001"
     node = cluster(interval=0.2, write_tokens=write, read_tokens=read)

@@ -7,9 +7,12 @@ counts messages with the same code as data1's blocks. This module's guarantees:
   stream's leader and a majority of its replicas stored it, each synced to disk
   (`sync_interval: always` in cluster/nats.conf). That is strictly more than the single
   machine's 202, which rests on one disk.
-* Concurrent appends share publishes (group commit): the records waiting when a publish
-  starts go out in one message, and up to IN_FLIGHT messages are in flight at once (the
-  servers share their fsyncs across them). One append's records are never split across
+* Concurrent appends share publishes (group commit): what waits when a publish starts goes
+  out together, and up to IN_FLIGHT publishes are out at once (the servers share their
+  fsyncs across them). The minimal events waiting are one message; the SDK messages of the
+  requests waiting go beside it, all in one atomic batch (stored together, one
+  acknowledgement): a message costs the servers and this process less that way than
+  published alone (bench/cluster.py). One append's records are never split across
   messages, so a /batch is stored whole or not at all.
 * Every message has a Nats-Msg-Id of its own. A publish that fails or is not answered (a
   leader election, a dead node) is retried with the same id until `timeout`: the stream drops
@@ -31,10 +34,11 @@ counts messages with the same code as data1's blocks. This module's guarantees:
   finds its repeated events by their keys and counts them once (the dedupe at the
   partition: worker/stream_runner.py). Repeats within one request are answered as
   duplicates and left out.
-* A request's messages, when it has several, are published as one atomic batch (the stream
-  allows them): stored together, with one acknowledgement. The stream refuses a whole batch
-  that holds an id it already has; a batch refused, or not answered, goes again one message
-  at a time, the same ids, each deduped as above.
+* A batch is refused whole when it holds a message id the stream already has (an exact
+  retry), and may go unanswered (a leader election). Its messages then go again one at a
+  time, the same ids, each deduped as above: those the batch stored after all are answered
+  as duplicates, of themselves (counted once either way). Two messages with the same id
+  (the same request sent twice at once) never share a batch.
 """
 
 import _thread
@@ -60,27 +64,60 @@ log = logging.getLogger("ingest")
 # the next message, so that under load each message carries many appends (measured in
 # bench/cluster.py; more in flight meant more, smaller messages and no more events/s).
 IN_FLIGHT = 2
-# A request's SDK events go out as one atomic batch of at most this many messages (the
-# server's limit): a round trip to begin it and one to commit it, rather than an
-# acknowledgement per event (bench/cluster.py measures both).
+# An atomic batch holds at most this many messages (the server's limit).
 MAX_ATOMIC_BATCH = 1000
+# What a group of appends gathers at most, beyond one request's own messages (a request's
+# are never split between groups). The server holds a batch in memory until it is committed.
+GROUP_MESSAGES = 256
+GROUP_BYTES = 4 * MAX_MESSAGE_BYTES
 # One attempt's wait for an acknowledgement, and the pause before the next attempt.
 ATTEMPT_TIMEOUT = 2.0
 RETRY_PAUSE = 0.1
 
 
 class Group:
-    """Appends that go out in one message. Each waits for the outcome on a lock of its own
-    (in `waiters`), released once when the publish is done: no convoy, as an Event's waiters
-    would form, each taking its condition's lock in turn only to find the outcome known."""
+    """Appends that go out together: minimal records in one message, and SDK messages beside
+    it. Each append waits for the outcome on a lock of its own (in `waiters`), released once
+    when the publish is done: no convoy, as an Event's waiters would form, each taking its
+    condition's lock in turn only to find the outcome known."""
 
     def __init__(self):
         self.records = []
         self.size = 0
+        self.messages = []  # (payload, headers, subject): SDK messages, a request's together
+        self.message_ids = set()
+        self.message_bytes = 0
+        self.stored = []  # once published: for each of `messages`, False if held already
         self.waiters = []  # joined under StreamLog._lock, before the group is published
         # Until the publish is acknowledged: an interrupted publish must not read as success.
         self.error = AppendError("the publish was interrupted; the events may or may not be "
                                  "stored: at most once")
+
+    def fits(self, records, messages):
+        """Whether `records` and `messages` may join: the records message stays within the
+        stream's message size, and a batch within GROUP_MESSAGES and GROUP_BYTES (unless the
+        group holds no messages yet), with no message id twice."""
+        if self.size and self.size + len(records) > MAX_MESSAGE_BYTES:
+            return False
+        if not messages or not self.messages:
+            return True
+        return (len(self.messages) + len(messages) <= GROUP_MESSAGES
+                and self.message_bytes + sum(len(payload) for payload, _, _ in messages)
+                <= GROUP_BYTES
+                and not any(headers["Nats-Msg-Id"] in self.message_ids
+                            for _, headers, _ in messages))
+
+    def add(self, records, messages):
+        """Join; returns where `messages` start in the group's."""
+        if records:
+            self.records.append(records)
+            self.size += len(records)
+        start = len(self.messages)
+        for message in messages:
+            self.messages.append(message)
+            self.message_ids.add(message[1]["Nats-Msg-Id"])
+            self.message_bytes += len(message[0])
+        return start
 
 
 def partition_of(anonymous_id, partitions):
@@ -118,17 +155,21 @@ class StreamLog:
         turned into the 503 it must be. Raises AppendError if it did not within
         the timeout (they may then be stored or not: at most once).
         """
+        self._join_and_wait(records, (), "at most once")
+
+    def _join_and_wait(self, records, messages, retry):
+        """Join the group waiting to go out and wait for its publish; the group and where
+        `messages` start in it. `retry`: what the AppendError raised says of a retry."""
         with self._lock:
             group = self._waiting[-1] if self._waiting else None
-            if group is None or (group.size and group.size + len(records) > MAX_MESSAGE_BYTES):
+            if group is None or not group.fits(records, messages):
                 group = Group()
                 self._waiting.append(group)
-            group.records.append(records)
-            group.size += len(records)
+            start = group.add(records, messages)
             done = _thread.allocate_lock()
             done.acquire()
             group.waiters.append(done)
-            # One wake-up of the loop per batch of appends, not one per append.
+            # One wake-up of the loop per group of appends, not one per append.
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 self.link.loop.call_soon_threadsafe(self._start_publishes)
@@ -136,10 +177,11 @@ class StreamLog:
         # are retrying: past this, the answer is "unknown" and the group may still be stored.
         if not done.acquire(timeout=self.timeout + 5):
             raise AppendError(f"the cluster did not acknowledge the events within "
-                              f"{self.timeout + 5:g} s; they may or may not be stored: at "
-                              "most once")
+                              f"{self.timeout + 5:g} s; they may or may not be stored: "
+                              f"{retry}")
         if group.error:
             raise group.error
+        return group, start
 
     def append_events(self, ids, events, received, sent=None, hold=None, project=""):
         """Append minimal items' `ids`, and the SDK events in a message per partition, all
@@ -170,17 +212,15 @@ class StreamLog:
                     partition = of_install[install] = partition_of(install, self.partitions)
                 by_partition[partition].append(index)
         whole = sent is not None and not ids and all(fresh) and len(by_partition) == 1
-        messages = []  # (payload, headers, subject, indexes of its events)
+        messages, indexes_of = [], []  # (payload, headers, subject); each one's events
         for partition, indexes in by_partition.items():
-            messages += self._messages(events, keys, indexes, int(received * 1000), project,
-                                       sent if whole else None, partition_subject(partition))
-        try:
-            stored = self.link.call(self._publish_events(messages), self.timeout + 5)
-        except TimeoutError:
-            raise AppendError(f"the cluster did not acknowledge the events within "
-                              f"{self.timeout + 5:g} s; they may or may not be stored: a "
-                              "retry of them is counted once") from None
-        for (_, _, _, indexes), new in zip(messages, stored):
+            for message, of_message in self._messages(
+                    events, keys, indexes, int(received * 1000), project,
+                    sent if whole else None, partition_subject(partition)):
+                messages.append(message)
+                indexes_of.append(of_message)
+        group, start = self._join_and_wait(b"", messages, "a retry of them is counted once")
+        for indexes, new in zip(indexes_of, group.stored[start:start + len(messages)]):
             if not new:
                 for index in indexes:
                     fresh[index] = False
@@ -188,23 +228,23 @@ class StreamLog:
 
     def _messages(self, events, keys, indexes, received_ms, project, sent, subject):
         """The messages of the events at `indexes`, all to `subject`: one, or as many as
-        keep each within the stream's message size."""
+        keep each within the stream's message size; each with the indexes of its events."""
         payload, headers = sdk_message.encode_message(
             [events[index] for index in indexes], [keys[index] for index in indexes],
             received_ms, project, self.dedupe_window, sent)
         size = len(payload) + sum(len(name) + len(value) + 4 for name, value in headers.items())
         if size <= MAX_MESSAGE_BYTES - 1024 or len(indexes) == 1:
-            return [(payload, headers, subject, indexes)]
+            return [((payload, headers, subject), indexes)]
         half = len(indexes) // 2  # the body kept whole no longer fits: items, halved
         return (self._messages(events, keys, indexes[:half], received_ms, project, None,
                                subject) +
                 self._messages(events, keys, indexes[half:], received_ms, project, None,
                                subject))
 
-    async def _publish_events(self, messages):
+    async def _publish_messages(self, messages):
         """For each message, whether the stream stored it now (False: it held it already).
         Several go out as one atomic batch (MAX_ATOMIC_BATCH at most); a batch refused or
-        unanswered, one by one."""
+        unanswered, one by one. Raises AppendError if any was not acknowledged in time."""
         stored = []
         for start in range(0, len(messages), MAX_ATOMIC_BATCH):
             chunk = messages[start:start + MAX_ATOMIC_BATCH]
@@ -213,7 +253,7 @@ class StreamLog:
             else:
                 acks = await asyncio.gather(*(
                     self._publish_until_acknowledged(payload, headers, subject)
-                    for payload, headers, subject, _ in chunk))
+                    for payload, headers, subject in chunk))
                 stored += [not ack.duplicate for ack in acks]
         return stored
 
@@ -227,7 +267,7 @@ class StreamLog:
         nc, batch = self.link.nc, os.urandom(16).hex()
         timeout = min(self.timeout, ATTEMPT_TIMEOUT)
         try:
-            for number, (payload, headers, subject, _) in enumerate(messages, 1):
+            for number, (payload, headers, subject) in enumerate(messages, 1):
                 headers = {**headers, "Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(number)}
                 if number == 1:  # answered empty once the batch is begun, else an error
                     if (await nc.request(subject, payload, timeout, headers=headers)).data:
@@ -254,12 +294,14 @@ class StreamLog:
             self.link.loop.create_task(self._publish(group))
 
     async def _publish(self, group):
-        number = next(self._numbers)
-        message_id = f"{self._writer_id}-{number}"
-        subject = partition_subject(self.partitions[number % len(self.partitions)])
+        messages = list(group.messages)
+        if group.records:
+            number = next(self._numbers)
+            messages.append((b"".join(group.records),
+                             {"Nats-Msg-Id": f"{self._writer_id}-{number}"},
+                             partition_subject(self.partitions[number % len(self.partitions)])))
         try:
-            await self._publish_until_acknowledged(b"".join(group.records),
-                                                   {"Nats-Msg-Id": message_id}, subject)
+            group.stored = await self._publish_messages(messages)
             group.error = None
         except AppendError as error:
             group.error = error
