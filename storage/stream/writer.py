@@ -13,7 +13,8 @@ counts messages with the same code as data1's blocks. This module's guarantees:
   requests waiting go beside it, all in one atomic batch (stored together, one
   acknowledgement): a message costs the servers and this process less that way than
   published alone (bench/cluster.py). One append's records are never split across
-  messages, so a /batch is stored whole or not at all.
+  messages, so a /batch is stored whole or not at all. Each append is answered by its own
+  messages' outcomes alone, never by a neighbour's failure.
 * Every message has a Nats-Msg-Id of its own. A publish that fails or is not answered (a
   leader election, a dead node) is retried with the same id until `timeout`: the stream drops
   a repeat inside its duplicate window (storage/stream/setup.py), so a retry never stores
@@ -87,9 +88,11 @@ class Group:
         self.messages = []  # (payload, headers, subject): SDK messages, a request's together
         self.message_ids = set()
         self.message_bytes = 0
-        self.stored = []  # once published: for each of `messages`, False if held already
+        # Once published, each message's outcome (see StreamLog._publish_messages), the
+        # records' message last: an append is answered by its own messages' outcomes alone.
+        self.outcomes = None
         self.waiters = []  # joined under StreamLog._lock, before the group is published
-        # Until the publish is acknowledged: an interrupted publish must not read as success.
+        # Until the publish is done: an interrupted publish must not read as success.
         self.error = AppendError("the publish was interrupted; the events may or may not be "
                                  "stored: at most once")
 
@@ -155,11 +158,13 @@ class StreamLog:
         turned into the 503 it must be. Raises AppendError if it did not within
         the timeout (they may then be stored or not: at most once).
         """
-        self._join_and_wait(records, (), "at most once")
+        self._send(records, (), "at most once")
 
-    def _join_and_wait(self, records, messages, retry):
-        """Join the group waiting to go out and wait for its publish; the group and where
-        `messages` start in it. `retry`: what the AppendError raised says of a retry."""
+    def _send(self, records, messages, retry):
+        """Join the group waiting to go out and wait for its publish. For each of `messages`
+        (or, with none, for the records' message) True if the stream stored it now, False if
+        it held it already; raises AppendError if one was not acknowledged in time. `retry`:
+        what the AppendError raised on a timeout says of a retry."""
         with self._lock:
             group = self._waiting[-1] if self._waiting else None
             if group is None or not group.fits(records, messages):
@@ -181,7 +186,14 @@ class StreamLog:
                               f"{retry}")
         if group.error:
             raise group.error
-        return group, start
+        if messages:
+            outcomes = group.outcomes[start:start + len(messages)]
+        else:
+            outcomes = group.outcomes[-1:]  # the records' message
+        for outcome in outcomes:
+            if isinstance(outcome, AppendError):
+                raise outcome
+        return outcomes
 
     def append_events(self, ids, events, received, sent=None, hold=None, project=""):
         """Append minimal items' `ids`, and the SDK events in a message per partition, all
@@ -219,8 +231,8 @@ class StreamLog:
                     sent if whole else None, partition_subject(partition)):
                 messages.append(message)
                 indexes_of.append(of_message)
-        group, start = self._join_and_wait(b"", messages, "a retry of them is counted once")
-        for indexes, new in zip(indexes_of, group.stored[start:start + len(messages)]):
+        stored = self._send(b"", messages, "a retry of them is counted once")
+        for indexes, new in zip(indexes_of, stored):
             if not new:
                 for index in indexes:
                     fresh[index] = False
@@ -242,20 +254,24 @@ class StreamLog:
                                subject))
 
     async def _publish_messages(self, messages):
-        """For each message, whether the stream stored it now (False: it held it already).
-        Several go out as one atomic batch (MAX_ATOMIC_BATCH at most); a batch refused or
-        unanswered, one by one. Raises AppendError if any was not acknowledged in time."""
-        stored = []
+        """Each message's outcome: True if the stream stored it now, False if it held it
+        already, or the AppendError of one not acknowledged in time. Several go out as one
+        atomic batch (MAX_ATOMIC_BATCH at most); a batch refused or unanswered, one by one,
+        each with its own outcome."""
+        outcomes = []
         for start in range(0, len(messages), MAX_ATOMIC_BATCH):
             chunk = messages[start:start + MAX_ATOMIC_BATCH]
             if len(chunk) > 1 and await self._publish_batch(chunk):
-                stored += [True] * len(chunk)
-            else:
-                acks = await asyncio.gather(*(
-                    self._publish_until_acknowledged(payload, headers, subject)
-                    for payload, headers, subject in chunk))
-                stored += [not ack.duplicate for ack in acks]
-        return stored
+                outcomes += [True] * len(chunk)
+                continue
+            acks = await asyncio.gather(*(
+                self._publish_until_acknowledged(payload, headers, subject)
+                for payload, headers, subject in chunk), return_exceptions=True)
+            for ack in acks:
+                if isinstance(ack, BaseException) and not isinstance(ack, AppendError):
+                    raise ack
+                outcomes.append(ack if isinstance(ack, AppendError) else not ack.duplicate)
+        return outcomes
 
     async def _publish_batch(self, messages):
         """Publish `messages` as one atomic batch (ADR-50: stored all together or not at
@@ -301,10 +317,8 @@ class StreamLog:
                              {"Nats-Msg-Id": f"{self._writer_id}-{number}"},
                              partition_subject(self.partitions[number % len(self.partitions)])))
         try:
-            group.stored = await self._publish_messages(messages)
+            group.outcomes = await self._publish_messages(messages)
             group.error = None
-        except AppendError as error:
-            group.error = error
         finally:
             for done in group.waiters:
                 done.release()
