@@ -61,9 +61,10 @@ from storage.stream.setup import MAX_MESSAGE_BYTES
 
 log = logging.getLogger("ingest")
 
-# Messages in flight at once. Few: while they are, the appends arriving meanwhile gather into
-# the next message, so that under load each message carries many appends (measured in
-# bench/cluster.py; more in flight meant more, smaller messages and no more events/s).
+# Groups being published at once. Few: while they are, the appends arriving meanwhile gather
+# into the next group, so that under load each carries many appends (measured in
+# bench/cluster.py; more in flight meant more, smaller messages and no more events/s; one in
+# flight made SDK batches of 6.2 messages on average against 4.8, and no more events/s).
 IN_FLIGHT = 2
 # An atomic batch holds at most this many messages (the server's limit).
 MAX_ATOMIC_BATCH = 1000
