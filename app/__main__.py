@@ -190,6 +190,7 @@ def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute
     # (bench cluster: p99 of single events 12 -> 50 ms).
     process.place_on_cpus("ingest", cpu, batch=cluster is None)
     process.limit_malloc_arenas("ingest")
+    process.raise_open_files_limit("ingest")
     log.info("access: writes %s; reads %s%s%s", describe(access, "write"),
              describe(access, "read"),
              f"; {len(access.projects.projects)} projects from {access.projects.path}"
@@ -272,9 +273,13 @@ def create_server(app, eventlog, connections, *, host, port, threads, trusted_pr
         max_request_body_size=2 * BATCH_BODY_LIMIT,
         max_request_header_size=64 * 1024,
         # Slow or idle clients hold only a connection, never a thread; allow many of them
-        # (within the default limit of 1024 open files). maintenance() (above) closes the
-        # slow and the idle ones, and makes room when all places are taken.
+        # (within the usual soft limit of 1024 open files, which the ingest raises besides:
+        # storage/process.raise_open_files_limit). maintenance() (above) closes the slow and
+        # the idle ones, and makes room when all places are taken.
         connection_limit=CONNECTION_LIMIT,
+        # poll(), not select(): select() fails on a descriptor past 1023, which an ingest
+        # holding its connections and data1.seen's runs may have.
+        asyncore_use_poll=True,
         channel_timeout=IDLE_TIMEOUT,
         cleanup_interval=CLEANUP_INTERVAL,
         ident="mini-analytics",

@@ -23,6 +23,11 @@ import signal
 import sys
 import time
 
+try:
+    import resource
+except ImportError:  # not a Unix
+    resource = None
+
 from storage import settings
 from storage.layout import Layout
 from storage.lockfile import AlreadyLocked
@@ -142,6 +147,41 @@ def paced(code):
 
 
 _ALLOWED_CPUS = None  # the CPUs the process could run on before place_on_cpus pinned it
+# The soft limit asked for when the hard limit on open files is unlimited, and the least
+# that holds 800 connections beside a few thousand runs of data1.seen.
+OPEN_FILES_WANTED = 65536
+OPEN_FILES_ADVISED = 4096
+
+
+def raise_open_files_limit(program):
+    """Raise the soft limit on open files to the hard limit (as Go's runtime does at start),
+    and log the limit in one line.
+
+    The ingest holds a file per client connection (up to app/__main__.CONNECTION_LIMIT) and
+    one per run of data1.seen (about one per million ids in the dedupe window). Under the
+    usual soft limit of 1024, a busy ingest with a full window would fail to accept()
+    connections, and its seen index to write a run (which stops the ingest: EMFILE).
+    Descriptors past 1023 are safe only because the ingest's loop uses poll(), not select()
+    (app/__main__.create_server)."""
+    log = logging.getLogger(program)
+    if resource is None:
+        log.info("%s: the open files limit left as it is (no resource module)", program)
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        change = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+    else:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            change, soft = f"{soft} -> {wanted}", wanted
+        except (ValueError, OSError) as error:
+            change = f"{soft} (raising it to {wanted} was refused: {error})"
+    if soft != resource.RLIM_INFINITY and soft < OPEN_FILES_ADVISED:
+        log.warning("%s: open files limit %s: a busy ingest may run out (raise the hard "
+                    "limit, ulimit -Hn, to %d or more)", program, change, OPEN_FILES_ADVISED)
+    else:
+        log.info("%s: open files limit %s", program, change)
 
 
 # glibc's malloc.h: mallopt's parameter for the most arenas the process may have.

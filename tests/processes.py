@@ -45,21 +45,22 @@ class Procs:
         self.log_dir = Path(log_dir)
         self.started = []
 
-    def spawn(self, args, env, name, new_session=False):
+    def spawn(self, args, env, name, new_session=False, **popen):
+        """`popen`: more of subprocess.Popen's arguments (pass_fds, preexec_fn)."""
         log = open(self.log_dir / f"{name}.log", "ab")
         proc = subprocess.Popen(
             args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=new_session,
+            stdin=subprocess.DEVNULL, start_new_session=new_session, **popen,
         )
         log.close()
         proc.log_path = self.log_dir / f"{name}.log"
         self.started.append(proc)
         return proc
 
-    def ingest(self, state_dir, port=None, **settings):
+    def ingest(self, state_dir, port=None, popen=None, **settings):
         port = port or free_port()
         env = service_env(state_dir, port=port, **settings)
-        proc = self.spawn([sys.executable, "-m", "app"], env, "ingest")
+        proc = self.spawn([sys.executable, "-m", "app"], env, "ingest", **(popen or {}))
         proc.port = port
         wait_for(lambda: ready(proc), what="the ingest to answer HTTP")
         return proc

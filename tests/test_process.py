@@ -1,13 +1,17 @@
 """storage/process.py's CPU placement, on real processes: the ingest's threads on its core
-under SCHED_BATCH, the worker off it, and `all` leaving both alone."""
+under SCHED_BATCH, the worker off it, and `all` leaving both alone; and the ingest's limit
+on open files."""
 
+import contextlib
 import logging
 import os
+import resource
+import socket
 from pathlib import Path
 
 import pytest
 
-from http_client import wait_for
+from http_client import post, request, wait_for
 from storage import process
 
 ALLOWED = os.sched_getaffinity(0)
@@ -83,3 +87,71 @@ def test_the_ingest_keeps_to_two_malloc_arenas_unless_malloc_arena_max_says(monk
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # an operator's choice: glibc applied it
     process.limit_malloc_arenas("ingest")
     assert "ingest: malloc arenas as MALLOC_ARENA_MAX says (4)" in caplog.text
+
+
+def test_the_ingest_raises_its_open_files_limit_to_the_hard_limit(procs, state_dir):
+    """Under a soft limit of 64, an ingest that kept it could not accept 100 clients."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 512:
+        pytest.skip(f"the hard limit on open files here is {hard}")
+
+    def low_soft_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+
+    ingest = procs.ingest(state_dir, popen={"preexec_fn": low_soft_limit})
+    wanted = process.OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else hard
+    assert f"ingest: open files limit 64 -> {wanted}" in ingest.log_path.read_text()
+    with contextlib.ExitStack() as stack:
+        for _ in range(100):  # idle clients, each holding a connection (a file) open
+            client = stack.enter_context(socket.create_connection(("127.0.0.1", ingest.port),
+                                                                  timeout=10))
+            client.sendall(b"GET /counts HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert client.recv(12) == b"HTTP/1.1 200"
+        assert post(ingest.port, {"experienceID": 7})[0] == 202
+
+
+def test_the_ingest_serves_descriptors_past_select_s_1024(procs, state_dir):
+    """Its loop polls: every socket it opens here is numbered past 1100, where select() would
+    fail at once."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1200
+    if soft < wanted:
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            pytest.skip(f"the hard limit on open files here is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    try:
+        with open(os.devnull, "rb") as null:
+            taken = [os.dup(null.fileno()) for _ in range(1100)]
+        try:
+            ingest = procs.ingest(state_dir, popen={"pass_fds": taken})
+        finally:
+            for fd in taken:
+                os.close(fd)
+        assert post(ingest.port, {"experienceID": 7})[0] == 202
+        assert request(ingest.port, "GET", "/counts")[0] == 200
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@pytest.mark.parametrize("limits, refuse, level, said", [
+    ((1024, 1024), False, "WARNING", "open files limit 1024: a busy ingest may run out"),
+    ((1024, 8192), True, "WARNING", "open files limit 1024 (raising it to 8192 was refused"),
+    ((1024, resource.RLIM_INFINITY), False, "INFO", "open files limit 1024 -> 65536"),
+    ((8192, 8192), False, "INFO", "open files limit 8192"),
+])
+def test_a_low_or_fixed_open_files_limit_is_said_in_the_log(monkeypatch, caplog, limits,
+                                                            refuse, level, said):
+    set_to = []
+
+    def setrlimit(which, values):
+        if refuse:
+            raise ValueError("not allowed")
+        set_to.append(values)
+
+    monkeypatch.setattr(process.resource, "getrlimit", lambda which: limits)
+    monkeypatch.setattr(process.resource, "setrlimit", setrlimit)
+    caplog.set_level(logging.INFO)
+    process.raise_open_files_limit("ingest")
+    (record,) = caplog.records
+    assert record.levelname == level and said in record.getMessage()
+    assert set_to == ([(65536, limits[1])] if limits[1] == resource.RLIM_INFINITY else [])
