@@ -166,6 +166,8 @@ class StreamLog:
         (or, with none, for the records' message) True if the stream stored it now, False if
         it held it already; raises AppendError if one was not acknowledged in time. `retry`:
         what the AppendError raised on a timeout says of a retry."""
+        if not records and not messages:
+            return []  # nothing to wait for, and no outcome of another's to be told
         with self._lock:
             group = self._waiting[-1] if self._waiting else None
             if group is None or not group.fits(records, messages):
