@@ -124,6 +124,11 @@ def sdk_events(install, count=3):
     return validate.parse_batch(body, time.time()).events, body
 
 
+def message_id_of(events):
+    """The id of the message that holds `events` alone (storage/stream/sdk_message.py)."""
+    return sdk_message.message_id(event_keys([event.event_id for event in events]))
+
+
 def appends_in_one_group(stream, appends):
     """Run `appends` (callables taking a StreamLog) each in a thread of its own, all joining
     one group (the link's loop is held until all have joined); each one's result or error."""
@@ -173,9 +178,8 @@ def test_a_batch_refused_goes_one_by_one_and_a_failure_is_only_its_own_append_s(
     held, held_body = sdk_events("install-held")
     lost, lost_body = sdk_events("install-lost")
     fresh, fresh_body = sdk_events("install-fresh")
-    keys = lambda events: event_keys([event.event_id for event in events])  # noqa: E731
-    stream = FakeStream(failing={sdk_message.message_id(keys(lost))})
-    stream.stored.append(sdk_message.message_id(keys(held)))  # an exact retry's
+    stream = FakeStream(failing={message_id_of(lost)})
+    stream.stored.append(message_id_of(held))  # the message an exact retry makes again
     results = appends_in_one_group(stream, [
         lambda log: log.append_events([], held, time.time(), held_body),
         lambda log: log.append_events([], lost, time.time(), lost_body),
@@ -184,4 +188,4 @@ def test_a_batch_refused_goes_one_by_one_and_a_failure_is_only_its_own_append_s(
     assert results[0] == [False] * 3  # answered as duplicates
     assert isinstance(results[1], AppendError)
     assert results[2] == [True] * 3 and results[3] is None
-    assert sdk_message.message_id(keys(fresh)) in stream.stored
+    assert message_id_of(fresh) in stream.stored
