@@ -57,10 +57,12 @@ class Procs:
         self.started.append(proc)
         return proc
 
-    def ingest(self, state_dir, port=None, popen=None, **settings):
+    def ingest(self, state_dir, port=None, launcher=(), popen=None, **settings):
+        """`launcher`: a command that runs the ingest's command given after it."""
         port = port or free_port()
         env = service_env(state_dir, port=port, **settings)
-        proc = self.spawn([sys.executable, "-m", "app"], env, "ingest", **(popen or {}))
+        proc = self.spawn([*launcher, sys.executable, "-m", "app"], env, "ingest",
+                          **(popen or {}))
         proc.port = port
         wait_for(lambda: ready(proc), what="the ingest to answer HTTP")
         return proc

@@ -7,6 +7,7 @@ import logging
 import os
 import resource
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,10 +96,13 @@ def test_the_ingest_raises_its_open_files_limit_to_the_hard_limit(procs, state_d
     if hard != resource.RLIM_INFINITY and hard < 512:
         pytest.skip(f"the hard limit on open files here is {hard}")
 
-    def low_soft_limit():
-        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
-
-    ingest = procs.ingest(state_dir, popen={"preexec_fn": low_soft_limit})
+    # The limit set in a process of its own that then becomes the ingest (exec), rather than
+    # in a preexec_fn, which is unsafe in a process with threads.
+    low_soft_limit = [sys.executable, "-c",
+                      "import os, resource, sys; "
+                      f"resource.setrlimit(resource.RLIMIT_NOFILE, (64, {hard})); "
+                      "os.execv(sys.argv[1], sys.argv[1:])"]
+    ingest = procs.ingest(state_dir, launcher=low_soft_limit)
     wanted = process.OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else hard
     assert f"ingest: open files limit 64 -> {wanted}" in ingest.log_path.read_text()
     with contextlib.ExitStack() as stack:
