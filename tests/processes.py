@@ -46,7 +46,7 @@ class Procs:
         self.started = []
 
     def spawn(self, args, env, name, new_session=False, **popen):
-        """`popen`: more of subprocess.Popen's arguments (pass_fds, preexec_fn)."""
+        """`popen`: more of subprocess.Popen's arguments (pass_fds)."""
         log = open(self.log_dir / f"{name}.log", "ab")
         proc = subprocess.Popen(
             args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,

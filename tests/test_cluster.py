@@ -871,7 +871,7 @@ def test_concurrent_sdk_requests_share_atomic_batches_each_answered_for_itself(c
             return of_batch
 
         of_batch = link.call(batches(), 60)
-    assert max(len(senders) for batch, senders in of_batch.items() if batch) > 1
+    assert max((len(senders) for batch, senders in of_batch.items() if batch), default=0) > 1
 
 
 def test_the_same_tokens_guard_every_ingest_node(cluster):
