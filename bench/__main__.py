@@ -35,6 +35,7 @@ from bench.harness import (REPO, bare_server, ingest_server, run_wrk, scratch_di
 from bench.node import bench_node
 from bench.node import rows as node_rows
 from bench.overview import bench_overview
+from bench.overview import rows as overview_rows
 from bench.projects import bench_projects
 from bench.projects import rows as projects_rows
 from bench.sdk import bench_sdk
@@ -326,11 +327,6 @@ def print_table(results):
         ("Checkpoint load, 1M ids (s)", "checkpoint_load_s_1000000_ids", "{:.3f}"),
         ("Overview backlog (SDK events)", "overview_backlog_events", "{:,}"),
         ("  of which screen views", "overview_backlog_screen_views", "{:,}"),
-        ("Catch-up, overview off (events/s)", "overview_catchup_off_events_s", "{:,.0f}"),
-        ("Catch-up, overview on (events/s)", "overview_catchup_on_events_s", "{:,.0f}"),
-        ("  overview on / off", "overview_catchup_on_off_ratio", "{:.2f}"),
-        ("Worker peak RSS, overview off (MB)", "overview_worker_rss_off_mb", "{:.1f}"),
-        ("Worker peak RSS, overview on (MB)", "overview_worker_rss_on_mb", "{:.1f}"),
         ("overview.sqlite3 (MB per million screen views)", "overview_store_mb_per_million",
          "{:.1f}"),
         ("1,000 late logins: hours counted again", "overview_late_logins_1000_hours_recounted",
@@ -356,7 +352,7 @@ def print_table(results):
                 print(f"{label:<{width}}  {results[f'{key}_ms']:.1f} / {results[f'{key}_max_ms']:.1f}")
         elif key in results:
             print(f"{label:<{width}}  {fmt.format(results[key])}")
-    for label, value in (sdk_rows(results) + node_rows(results) + cluster_rows(results)
+    for label, value in (overview_rows(results) + sdk_rows(results) + node_rows(results) + cluster_rows(results)
                          + takeover_rows(results) + projects_rows(results) + seen_rows(results)
                          + soak_rows(results)):
         print(f"{label:<{width}}  {value}")

@@ -1,5 +1,6 @@
 """Shared bench machinery: start a server on a free port, wait for it, run wrk against it."""
 
+import collections
 import contextlib
 import os
 import re
@@ -140,10 +141,23 @@ def run_wrk(port, script, seconds=5, connections=16, threads=1):
     return {"rate": (total - bad) / duration, "p50": p50, "p99": p99, "p999": p999}
 
 
+# What time_worker_until measured of a worker's run.
+WorkerRun = collections.namedtuple("WorkerRun", "seconds peak_rss_mb cpu_seconds")
+
+
+def cpu_seconds(pid):
+    """CPU time the process has used (user and system), seconds; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def time_worker_until(state_dir, settings, done):
-    """Seconds from starting `python -m worker` on `state_dir` (with `settings`, a dict of
-    MINI_ANALYTICS_* variables) until `done()` is true, and the worker's peak RSS in MB
-    (VmHWM). The worker is stopped after."""
+    """A WorkerRun of `python -m worker` on `state_dir` (with `settings`, a dict of
+    MINI_ANALYTICS_* variables) until `done()` is true: the seconds from its start, its peak
+    RSS in MB (VmHWM) and the CPU-seconds it used. The worker is stopped after."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MINI_ANALYTICS_")}
     env.update(MINI_ANALYTICS_STATE_DIR=str(state_dir), MINI_ANALYTICS_INTERVAL="3600",
                **settings)
@@ -156,9 +170,10 @@ def time_worker_until(state_dir, settings, done):
                 raise RuntimeError("the worker exited during the benchmark")
             time.sleep(0.002)
         elapsed = time.perf_counter() - started
+        cpu = cpu_seconds(proc.pid)
         with open(f"/proc/{proc.pid}/status") as status:
             peak_kb = int(next(line for line in status if line.startswith("VmHWM")).split()[1])
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    return elapsed, peak_kb / 1024
+    return WorkerRun(elapsed, peak_kb / 1024, cpu)

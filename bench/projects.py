@@ -71,9 +71,9 @@ def bench_projects(seconds):
                         shutil.rmtree(leftover)
                     elif leftover.name not in ("data1", "data1.details"):
                         leftover.unlink()
-                elapsed, _ = time_worker_until(
+                elapsed = time_worker_until(
                     state_dir, {"MINI_ANALYTICS_SERIES": "on", "MINI_ANALYTICS_OVERVIEW": "on"},
-                    lambda: counted_all(state_dir, size, True))
+                    lambda: counted_all(state_dir, size, True)).seconds
                 catchup[shape].append(events / elapsed)
             shutil.rmtree(state_dir, ignore_errors=True)
         for shape, measured in catchup.items():

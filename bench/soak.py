@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 
 from bench.cluster import local_cluster, wrk_on
-from bench.harness import REPO, free_port, run_wrk, scratch_dir, stop, wait_until_listening
+from bench.harness import (REPO, cpu_seconds, free_port, run_wrk, scratch_dir, stop,
+                           wait_until_listening)
 from bench.sdk import DONE, UUID_LUA, fresh_ids_script, sdk_body
 import storage.settings
 from storage.layout import Layout
@@ -72,15 +73,6 @@ def rss_mb(pid, field="VmRSS"):
         return 0.0
     return int(next(line for line in status.splitlines()
                     if line.startswith(field)).split()[1]) / 1024
-
-
-def cpu_seconds(pid):
-    """CPU time the process has used (user and system), seconds; 0 once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure_capacity():
