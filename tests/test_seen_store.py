@@ -55,6 +55,7 @@ messages = st.lists(st.tuples(
     st.sampled_from([0, 2, 5, 60]),  # the window
     st.booleans(),  # whether the worker commits after it
     st.sampled_from(["", "", "", "crash", "reread"]),  # what befalls it after
+    st.integers(0, 4),  # messages from it on looked ahead before it is decided, as a fetch
 ), min_size=1, max_size=25)
 
 
@@ -64,7 +65,7 @@ def test_the_store_finds_the_reference_s_repeats_whatever_befalls_it(tmp_path_fa
                                                                       messages):
     path = tmp_path_factory.mktemp("seen") / "seen-p1.sqlite3"
     stream, ms, sequence = [], 1_000_000, 0
-    for keys, gap, window, _, _ in messages:
+    for keys, gap, window, _, _, _ in messages:
         ms += gap * 1000
         sequence += 1 + len(keys) % 2  # sequences of other partitions come between
         stream.append((sequence, ms, part(keys, window)))
@@ -76,10 +77,12 @@ def test_the_store_finds_the_reference_s_repeats_whatever_befalls_it(tmp_path_fa
     index = 0
     while index < len(stream):
         sequence, stored_ms, message = stream[index]
+        _, _, _, commit, befalls, ahead = messages[index]
+        # The filter asked early, about a fetch (SeenStore.look_ahead): the same answers.
+        store.look_ahead((s, m) for s, _, m in stream[index:index + ahead])
         answer = store.repeats_in(sequence, stored_ms, message)
         assert found.setdefault(sequence, answer) == answer, "a decision changed"
         assert answer == expected[index], (index, stream)
-        _, _, _, commit, befalls = messages[index]
         if commit:
             store.commit(sequence)
         if befalls == "crash" and index not in crashed:

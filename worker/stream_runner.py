@@ -55,6 +55,7 @@ brought closer by the passes after it, which then follow each other without wait
 every view has caught up.
 """
 
+import collections
 import dataclasses
 import datetime
 import logging
@@ -185,6 +186,17 @@ class Partition:
     def seen_for(self, sequence):
         """The seen store that is exact at `sequence`."""
         return self.seen if sequence > self.seen.exact_after else self.views_seen
+
+    def look_ahead(self, messages):
+        """Let each seen store ask its filter about a fetch's SDK messages at once
+        (SeenStore.look_ahead), before they are decided one by one."""
+        asking = collections.defaultdict(list)
+        for message in messages:
+            if message.sdk is not None:
+                asking[self.seen_for(message.sequence)].append((message.sequence, message.sdk))
+        for seen, parts in asking.items():
+            if seen is not None:
+                seen.look_ahead(parts)
 
     def close(self):
         self.seen.close()
@@ -452,7 +464,10 @@ class StreamWorker(PassLoop):
         start = reached = seen.position
         pending_bytes = read_bytes = 0
         complete = True
-        reading = partition.reader.messages(start, None if start else partition.seen_since_ms)
+        reading = partition.reader.messages(
+            start, None if start else partition.seen_since_ms,
+            look_ahead=lambda fetched: seen.look_ahead(
+                (message.sequence, message.sdk) for message in fetched if message.sdk))
         try:
             for message in reading:
                 if self.stop_requested():
@@ -505,7 +520,7 @@ class StreamWorker(PassLoop):
         # A read from before where the seen store is exact (a catch-up of the views) decides
         # with the views' seen store there, and commits it.
         views_seen = partition.views_seen if start < partition.seen.exact_after else None
-        reading = partition.reader.messages(start)
+        reading = partition.reader.messages(start, look_ahead=partition.look_ahead)
         try:
             for message in reading:
                 sequence = message.sequence

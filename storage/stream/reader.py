@@ -6,10 +6,10 @@ consumer, so the only position there is the one committed with the counts (the s
 data1's byte offset, kept in data2). The consumer delivers without acknowledgements, and
 nothing depends on JetStream's consumer state.
 
-Invariant: read_subject yields stream sequences that only rise. A consumer is not a log: the
-one-replica, memory-only consumer lives on one server, and when that server restarts
-mid-read it is made again and delivers from its start sequence once more, sometimes more
-than once (measured: 13 of 31 kills replayed everything already read). A message is yielded
+Invariant: read_subject (and read_batches) yields stream sequences that only rise. A
+consumer is not a log: the one-replica, memory-only consumer lives on one server, and when
+that server restarts mid-read it is made again and delivers from its start sequence once
+more, sometimes more than once (measured: 13 of 31 kills replayed everything already read). A message is yielded
 only if its sequence is above the last one yielded; the replays are dropped here, so no
 reader can count a message twice because the consumer delivered it twice.
 """
@@ -59,28 +59,36 @@ class StreamReader:
         # one: the lag, for the worker's log.
         self.pending = 0
 
-    def messages(self, after, since_ms=None):
+    def messages(self, after, since_ms=None, look_ahead=None):
         """Yield a StreamMessage for each of the partition's messages after sequence
         `after`, in order: every one stored when the call began (at least). With `since_ms`
         (and `after` 0), from the first message stored at that time (Unix ms) or later.
+        With `look_ahead`, it is called with each fetch's messages (a list) before the
+        first of them is yielded.
 
         Raises what the link raises (storage/stream/link.UNAVAILABLE) if the cluster cannot
         answer; what was yielded before stays valid.
         """
         since = None if since_ms is None else EPOCH + since_ms * MILLISECOND
-        for message in read_subject(self.link, STREAM, self.subject, after,
+        for fetched in read_batches(self.link, STREAM, self.subject, after,
                                     f"worker-{self.partition}", since):
-            metadata = message.metadata
-            self.pending = metadata.num_pending
-            try:
-                records, sdk = sdk_message.decode(message.data, message.headers)
-                flaw = None
-            except (ValueError, KeyError) as error:
-                records, sdk, flaw = b"", None, f"{type(error).__name__}: {error}"
-            # Whole milliseconds by integer arithmetic: every worker reads the same moment.
-            stored_ms = (metadata.timestamp - EPOCH) // MILLISECOND
-            size = len(message.data) + sum(map(len, (message.headers or {}).values()))
-            yield StreamMessage(metadata.sequence.stream, stored_ms, records, sdk, flaw, size)
+            decoded = [self._decoded(message) for message in fetched]
+            if look_ahead is not None:
+                look_ahead(decoded)
+            yield from decoded
+
+    def _decoded(self, message):
+        metadata = message.metadata
+        self.pending = metadata.num_pending
+        try:
+            records, sdk = sdk_message.decode(message.data, message.headers)
+            flaw = None
+        except (ValueError, KeyError) as error:
+            records, sdk, flaw = b"", None, f"{type(error).__name__}: {error}"
+        # Whole milliseconds by integer arithmetic: every worker reads the same moment.
+        stored_ms = (metadata.timestamp - EPOCH) // MILLISECOND
+        size = len(message.data) + sum(map(len, (message.headers or {}).values()))
+        return StreamMessage(metadata.sequence.stream, stored_ms, records, sdk, flaw, size)
 
 
 def stored_at_ms(link, sequence):
@@ -98,21 +106,29 @@ def read_subject(link, stream, subject, after, name, since=None):
     a datetime, from the first stored then or later), in order: every one stored when the
     call began (at least), through a consumer of its own named after `name`, removed at the
     end. Raises what the link raises; what was yielded before stays valid."""
+    for fetched in read_batches(link, stream, subject, after, name, since):
+        yield from fetched
+
+
+def read_batches(link, stream, subject, after, name, since=None):
+    """read_subject, a fetch at a time: yields lists of messages, none empty."""
     name = f"{name}-{os.urandom(4).hex()}"
     subscription, pending = link.call(_open(link, stream, subject, name, after, since),
                                       FETCH_TIMEOUT)
     last, replayed = after, 0
     try:
         while pending > 0:
-            batch = _fetch(link, subscription, min(FETCH_MESSAGES, pending))
-            for message in batch:
+            fetched = []
+            for message in _fetch(link, subscription, min(FETCH_MESSAGES, pending)):
                 sequence = message.metadata.sequence.stream
                 if sequence <= last:
                     replayed += 1  # the consumer started over (see the invariant)
                     continue
                 last = sequence
                 pending -= 1
-                yield message
+                fetched.append(message)
+            if fetched:
+                yield fetched
     finally:
         if replayed:
             log.warning("%s: the consumer delivered %d messages again (its server restarted "

@@ -40,7 +40,8 @@ Design
       CPU-second, and two thirds of a cluster worker's profile in the soak.
     * Lookups ask memory first: a Bloom filter of every run's keys (storage/bloom.py, built
       from the runs when the store opens) answers "never seen" for a new key without
-      reading a run. Only a key it may hold (a repeat, or 1 in 200 to 1,600 new keys) is
+      reading a run. The reader asks it about a whole fetch of messages at once
+      (look_ahead): numpy's cost is mostly per call, and a message holds a few dozen keys. Only a key it may hold (a repeat, or 1 in 200 to 1,600 new keys) is
       searched for in each run: the run's fence (the first hi of each block, in memory)
       names the one block to read. The filter is made for half as many keys again as it
       holds, and built anew from the runs, twice as large, when full.
@@ -121,6 +122,11 @@ class SeenStore(derived_store.Writer):
         self._pending_repeats = {}  # sequence -> [item, ...], decided since the commit
         self._runs = []  # _Run, committed, in the order made
         self._bloom = Bloom(MIN_CAPACITY)  # of every committed run's keys (and expired ones)
+        # key -> whether the filter may hold it, asked ahead (look_ahead) or by _latest. The
+        # filter only gains keys at a commit, or is replaced: every change to it empties
+        # this (_filter_changed), so no answer is older than the filter it came from, and
+        # it holds no more than the keys decided since the last commit, and a fetch's.
+        self._looked_ahead = {}
 
     def open(self, source):
         """Open the store, creating it if missing; one of another stream, or one that cannot
@@ -128,6 +134,7 @@ class SeenStore(derived_store.Writer):
         it was started over, or None."""
         problem = None
         self._runs, self._bloom = [], Bloom(MIN_CAPACITY)
+        self._filter_changed()
         if self.path is None:
             self.db = derived_store.writer(":memory:")
             self.db.executescript(SCHEMA)
@@ -149,6 +156,7 @@ class SeenStore(derived_store.Writer):
                 derived_store.create(self.path, SCHEMA, FIRST_STATE, (VERSION, source))
                 self.db, state = derived_store.open_writer(self.path, VERSION, STATE_COLUMNS)
                 self._runs, self._bloom = [], Bloom(MIN_CAPACITY)
+                self._filter_changed()
         (self.position, self.source, self._newest_ms, self._widest, self.repeats,
          self.exact_after) = state
         self._decided = self.position
@@ -184,6 +192,7 @@ class SeenStore(derived_store.Writer):
             runs.append(_Run(run_id, period, count, fence))
             bloom.add(_as_keys(b"".join(his), b"".join(los)))
         self._runs, self._bloom = runs, bloom
+        self._filter_changed()
 
     @property
     def newest_ms(self):
@@ -205,6 +214,7 @@ class SeenStore(derived_store.Writer):
         self.exact_after = exact_after
         self._pending, self._pending_repeats = {}, {}
         self._runs, self._bloom = [], Bloom(MIN_CAPACITY)
+        self._filter_changed()
 
     def remove(self):
         """Close the store and delete it (it is derived: nothing is lost)."""
@@ -216,6 +226,22 @@ class SeenStore(derived_store.Writer):
                 if path.exists():
                     path.unlink()
 
+    def look_ahead(self, parts):
+        """Ask the filter now, in one call, about the keys of `parts` ([(sequence, SdkPart)],
+        messages about to be given to repeats_in): what it answers is the same as it would
+        be then, since only a commit changes the filter, and a commit forgets these answers.
+        Messages already decided are left out (repeats_in reads their repeats)."""
+        if not self._runs:
+            return  # nothing committed: _latest asks no filter
+        asked = self._looked_ahead
+        keys = [key for sequence, sdk in parts if sequence > self._decided
+                for key in sdk.keys if key not in asked]
+        if keys:
+            asked.update(zip(keys, self._bloom.may_hold(key_columns(b"".join(keys))).tolist()))
+
+    def _filter_changed(self):
+        self._looked_ahead = {}
+
     def repeats_in(self, sequence, stored_ms, sdk):
         """The indexes of the events of `sdk` (storage/stream/sdk_message.SdkPart), the SDK
         message at `sequence` stored at `stored_ms`, that repeat an earlier one (see the
@@ -226,15 +252,20 @@ class SeenStore(derived_store.Writer):
         self._decided = sequence
         keys = sdk.keys
         latest = self._latest(keys)
-        window_ms = sdk.window * 1000
-        since = stored_ms - window_ms
-        repeats, inside = [], set()
-        for item, key in enumerate(keys):
-            before = latest.get(key)
-            if window_ms and (key in inside or (before is not None and before >= since)):
-                repeats.append(item)
-            inside.add(key)
-            self._pending[key] = stored_ms if before is None else max(before, stored_ms)
+        repeats = []
+        if not latest and len(set(keys)) == len(keys):
+            # Every key new, each once (nearly every message): no repeat, in C.
+            self._pending.update(dict.fromkeys(keys, stored_ms))
+        else:
+            window_ms = sdk.window * 1000
+            since = stored_ms - window_ms
+            inside = set()
+            for item, key in enumerate(keys):
+                before = latest.get(key)
+                if window_ms and (key in inside or (before is not None and before >= since)):
+                    repeats.append(item)
+                inside.add(key)
+                self._pending[key] = stored_ms if before is None else max(before, stored_ms)
         if repeats:
             self._pending_repeats[sequence] = repeats
         self._newest_ms = max(self._newest_ms, stored_ms)
@@ -244,18 +275,19 @@ class SeenStore(derived_store.Writer):
     def _latest(self, keys):
         """key -> the latest stored time of an earlier message holding it, for those of
         `keys` that one holds."""
-        latest, asked = {}, []
-        for key in keys:
-            found = self._pending.get(key)
-            if found is None:
-                asked.append(key)
-            else:
-                latest[key] = found
+        pending = self._pending
+        latest = {key: pending[key] for key in keys if key in pending}
+        asked = [key for key in keys if key not in latest] if latest else keys
         if not asked or not self._runs:
             return latest
-        maybe = self._bloom.may_hold(key_columns(b"".join(asked)))
-        for row in np.flatnonzero(maybe).tolist():
-            key = asked[row]
+        looked_ahead = self._looked_ahead
+        unasked = [key for key in asked if key not in looked_ahead]
+        if unasked:
+            looked_ahead.update(zip(
+                unasked, self._bloom.may_hold(key_columns(b"".join(unasked))).tolist()))
+        for key in asked:
+            if not looked_ahead[key]:
+                continue  # never in a run: the filter has never been given it
             found = None
             for run in self._runs:
                 stored_ms = self._search(run, key)
@@ -332,6 +364,7 @@ class SeenStore(derived_store.Writer):
                 self._bloom = self._grown(runs)
             else:
                 self._bloom.add(added)
+        self._filter_changed()
         self.position = self._decided = position
         self.repeats += found
         self._pending, self._pending_repeats = {}, {}
