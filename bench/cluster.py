@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.request
 
-from bench.harness import REPO, ingest_server, run_wrk, scratch_dir, wrk_script
+from bench.harness import REPO, against, ingest_server, run_wrk, scratch_dir, wrk_script
 from bench.sdk import DONE, fresh_ids_script, sdk_body
 
 BIN = os.path.dirname(sys.executable)
@@ -307,9 +307,27 @@ ROWS = [
 ]
 
 
+# The cluster's targets for SDK events (docs/benchmarks.md, Cluster mode): one ingest node
+# carries at least this share of the single machine's, and two nodes more than one.
+TARGETS = {
+    "cluster_1_node_sdk_vs_file": (0.8, "{:.2f}", False),
+    "cluster_1_node_sdk_one_install_vs_file": (0.8, "{:.2f}", False),
+    "cluster_2_vs_1_node_sdk": (1.0, "{:.2f}x", True),
+    "cluster_2_vs_1_node_sdk_one_install": (1.0, "{:.2f}x", True),
+}
+
+
 def rows(results):
-    """(label, formatted value) for the bench's table, cores per process included."""
-    shown = [(label, fmt.format(results[key])) for label, key, fmt in ROWS if key in results]
+    """(label, formatted value) for the bench's table, cores per process included, and each
+    target beside its measure."""
+    shown = []
+    for label, key, fmt in ROWS:
+        if key in results:
+            value = fmt.format(results[key])
+            if key in TARGETS:
+                target, form, more_than = TARGETS[key]
+                value = against(value, results[key], target, form, more_than)
+            shown.append((label, value))
     for name in ("ingest-1", "ingest-2", "nats-1", "nats-2", "nats-3"):
         key = f"cores_used_{name}"
         if key in results:

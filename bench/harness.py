@@ -21,6 +21,14 @@ REPO = Path(__file__).resolve().parent.parent
 SCRATCH = REPO / "bench" / "scratch"
 
 
+def against(shown, value, target, form, more_than=False):
+    """`shown` (a measure as the table prints it) with the issue's `target` for it beside,
+    and whether `value` meets it: at least the target, or with `more_than`, above it."""
+    met = value > target if more_than else value >= target
+    return (f"{shown}; target {'above' if more_than else 'at least'} {form.format(target)}: "
+            f"{'met' if met else 'NOT met'}")
+
+
 def scratch_dir():
     """A new, empty temporary folder under SCRATCH; the caller removes it."""
     SCRATCH.mkdir(exist_ok=True)
