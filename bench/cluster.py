@@ -96,9 +96,15 @@ class LocalCluster:
         return used
 
 
+# The last local cluster's logs, kept when its scratch copy goes: what a run that measured
+# something strange (a worker idle for a whole soak) can be read back from.
+LOGS_KEPT = REPO / "bench" / "results" / "cluster-logs"
+
+
 @contextlib.contextmanager
 def local_cluster(**settings):
-    """The shipped local cluster on a scratch copy; `settings` as MINI_ANALYTICS_* values."""
+    """The shipped local cluster on a scratch copy; `settings` as MINI_ANALYTICS_* values.
+    Its logs are kept in LOGS_KEPT (those of the cluster before are replaced)."""
     root = scratch_dir()
     for name in ("app", "storage", "worker", "cluster"):
         shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -122,6 +128,11 @@ def local_cluster(**settings):
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+        shutil.rmtree(LOGS_KEPT, ignore_errors=True)
+        for log in (root / "state").glob("**/*.log"):
+            kept = LOGS_KEPT / log.relative_to(root / "state")
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(log, kept)
         shutil.rmtree(root, ignore_errors=True)
 
 
