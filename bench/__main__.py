@@ -352,9 +352,9 @@ def print_table(results):
                 print(f"{label:<{width}}  {results[f'{key}_ms']:.1f} / {results[f'{key}_max_ms']:.1f}")
         elif key in results:
             print(f"{label:<{width}}  {fmt.format(results[key])}")
-    for label, value in (overview_rows(results) + sdk_rows(results) + node_rows(results) + cluster_rows(results)
-                         + takeover_rows(results) + projects_rows(results) + seen_rows(results)
-                         + soak_rows(results)):
+    for label, value in (overview_rows(results) + sdk_rows(results) + node_rows(results)
+                         + cluster_rows(results) + takeover_rows(results)
+                         + projects_rows(results) + seen_rows(results) + soak_rows(results)):
         print(f"{label:<{width}}  {value}")
 
 

@@ -467,7 +467,8 @@ class StreamWorker(PassLoop):
         reading = partition.reader.messages(
             start, None if start else partition.seen_since_ms,
             look_ahead=lambda fetched: seen.look_ahead(
-                (message.sequence, message.sdk) for message in fetched if message.sdk))
+                (message.sequence, message.sdk) for message in fetched
+                if message.sdk is not None))
         try:
             for message in reading:
                 if self.stop_requested():

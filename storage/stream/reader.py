@@ -9,9 +9,10 @@ nothing depends on JetStream's consumer state.
 Invariant: read_subject (and read_batches) yields stream sequences that only rise. A
 consumer is not a log: the one-replica, memory-only consumer lives on one server, and when
 that server restarts mid-read it is made again and delivers from its start sequence once
-more, sometimes more than once (measured: 13 of 31 kills replayed everything already read). A message is yielded
-only if its sequence is above the last one yielded; the replays are dropped here, so no
-reader can count a message twice because the consumer delivered it twice.
+more, sometimes more than once (measured: 13 of 31 kills replayed everything already
+read). A message is yielded only if its sequence is above the last one yielded; the replays
+are dropped here, so no reader can count a message twice because the consumer delivered it
+twice.
 """
 
 import datetime

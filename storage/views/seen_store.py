@@ -41,9 +41,10 @@ Design
     * Lookups ask memory first: a Bloom filter of every run's keys (storage/bloom.py, built
       from the runs when the store opens) answers "never seen" for a new key without
       reading a run. The reader asks it about a whole fetch of messages at once
-      (look_ahead): numpy's cost is mostly per call, and a message holds a few dozen keys. Only a key it may hold (a repeat, or 1 in 200 to 1,600 new keys) is
-      searched for in each run: the run's fence (the first hi of each block, in memory)
-      names the one block to read. The filter is made for half as many keys again as it
+      (look_ahead): numpy's cost is mostly per call, and a message holds a few dozen keys.
+      Only a key it may hold (a repeat, or 1 in 200 to 1,600 new keys) is searched for in
+      each run: the run's fence (the first hi of each block, in memory) names the one
+      block to read. The filter is made for half as many keys again as it
       holds, and built anew from the runs, twice as large, when full.
     * Runs are by period (PERIOD_MS of stored time); a period's runs are deleted whole once
       all of it is older than the widest window and SLACK_MS before the newest message, so
