@@ -2,6 +2,7 @@
 
 import collections
 import contextlib
+import operator
 import os
 import re
 import shutil
@@ -21,11 +22,15 @@ REPO = Path(__file__).resolve().parent.parent
 SCRATCH = REPO / "bench" / "scratch"
 
 
-def against(shown, value, target, form, more_than=False):
+# How a measure must stand to its target (against).
+RELATIONS = {"at least": operator.ge, "above": operator.gt, "under": operator.lt}
+
+
+def against(shown, value, target, form, relation="at least"):
     """`shown` (a measure as the table prints it) with the issue's `target` for it beside,
-    and whether `value` meets it: at least the target, or with `more_than`, above it."""
-    met = value > target if more_than else value >= target
-    return (f"{shown}; target {'above' if more_than else 'at least'} {form.format(target)}: "
+    and whether `value` meets it: `relation` to the target, one of RELATIONS."""
+    met = RELATIONS[relation](value, target)
+    return (f"{shown}; target {relation} {form.format(target)}: "
             f"{'met' if met else 'NOT met'}")
 
 

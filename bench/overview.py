@@ -300,7 +300,7 @@ def rows(results):
         ("  catch-up (a CPU-second) / the ingest", with_target("catchup_vs_ingest",
                                                                TARGET_VS_INGEST, "{:.3f}")),
         ("Worker peak RSS, overview on (MB)",
-         f"{rss:.1f}; target under {TARGET_RSS_MB}: {'met' if rss < TARGET_RSS_MB else 'NOT met'}"),
+         against(f"{rss:.1f}", rss, TARGET_RSS_MB, "{:,}", "under")),
         ("Catch-up, overview off (data1's ids only, events/s)",
          f"{results['overview_catchup_off_events_s']:,.0f}; overview on / off "
          f"{results['overview_catchup_on_off_ratio']:.3f}"),

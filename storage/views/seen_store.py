@@ -234,11 +234,17 @@ class SeenStore(derived_store.Writer):
         Messages already decided are left out (repeats_in reads their repeats)."""
         if not self._runs:
             return  # nothing committed: _latest asks no filter
+        self._ask_filter([key for sequence, sdk in parts if sequence > self._decided
+                          for key in sdk.keys])
+
+    def _ask_filter(self, keys):
+        """Ask the filter, in one call, about those of `keys` it was not asked about since it
+        last changed; the answers are kept in _looked_ahead."""
         asked = self._looked_ahead
-        keys = [key for sequence, sdk in parts if sequence > self._decided
-                for key in sdk.keys if key not in asked]
-        if keys:
-            asked.update(zip(keys, self._bloom.may_hold(key_columns(b"".join(keys))).tolist()))
+        unasked = [key for key in keys if key not in asked]
+        if unasked:
+            asked.update(zip(unasked,
+                             self._bloom.may_hold(key_columns(b"".join(unasked))).tolist()))
 
     def _filter_changed(self):
         self._looked_ahead = {}
@@ -281,11 +287,8 @@ class SeenStore(derived_store.Writer):
         asked = [key for key in keys if key not in latest] if latest else keys
         if not asked or not self._runs:
             return latest
+        self._ask_filter(asked)
         looked_ahead = self._looked_ahead
-        unasked = [key for key in asked if key not in looked_ahead]
-        if unasked:
-            looked_ahead.update(zip(
-                unasked, self._bloom.may_hold(key_columns(b"".join(unasked))).tolist()))
         for key in asked:
             if not looked_ahead[key]:
                 continue  # never in a run: the filter has never been given it
