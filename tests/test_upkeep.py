@@ -127,7 +127,7 @@ def test_a_lease_found_taken_over_mid_pass_silences_its_partition_at_once():
     partition = {name: type("Named", (FakePartition,), {"name": name})() for name in PARTITIONS}
     assert worker.answers.answering(partition["p1"]) and worker.answers.answering(partition["p2"])
     leases.lost = ["p2"]
-    worker.shares._next_upkeep = 0.0
+    worker.shares._next_renewal = 0.0  # a renewal due now
     worker._keep_leases()  # as a read does, mid-pass: p2 is lost, and still counted here
     assert "p2" in worker.partitions
     assert worker.answers.answering(partition["p1"])

@@ -1,11 +1,14 @@
 """Which of the stream's partitions a worker counts (cluster mode): its share among the live
 workers (worker/assignment.py), held by leases in the bucket (storage/stream/leases.py).
 
-Every takeover/RENEWALS_PER_TAKEOVER seconds, between passes and during long reads, the
-worker renews its leases; at each upkeep it also releases what it holds beyond its share and
-takes free partitions up to it. A lease found taken over (the worker was paused or cut off)
-is dropped between passes; the checkpoint's compare-and-set keeps the counts exact
-whichever worker commits, and a lease only decides who should.
+Every takeover/RENEWALS_PER_TAKEOVER seconds the worker renews its leases, during long reads
+too; and as often, between passes and while it waits, it upkeeps them: it releases what it
+holds beyond its share and takes free partitions up to it. Each keeps a time of its own: a
+worker catching up reads without a pause, renewing as it reads, and its upkeep between two
+passes must still come when due, or it would keep every partition it took while it was alone
+and leave a worker that started after it idle. A lease found taken over (the worker was
+paused or cut off) is dropped between passes; the checkpoint's compare-and-set keeps the
+counts exact whichever worker commits, and a lease only decides who should.
 """
 
 import logging
@@ -31,6 +34,7 @@ class Shares:
         self.all_partitions = list(all_partitions)
         self.counting = counting
         self._next_upkeep = 0.0
+        self._next_renewal = 0.0
         self._looked = False  # whether upkeep() has looked at the others once
         self._lost = set()  # partitions whose lease was found taken over, to drop
 
@@ -40,14 +44,22 @@ class Shares:
     def upkeep(self):
         """Renew this worker's leases; then release what it holds beyond its share of the
         partitions and take free ones up to it. Every takeover/RENEWALS_PER_TAKEOVER
-        seconds; a cluster that does not answer is tried again then."""
+        seconds, whenever the last renewal was; a cluster that does not answer is tried
+        again then."""
+        now = time.monotonic()
+        if now < self._next_upkeep:
+            return
+        self._next_upkeep = now + self.leases.takeover / RENEWALS_PER_TAKEOVER
+        # Renewed now, however recently a read renewed: the others' keys are judged lapsed
+        # only while this worker's own renewals succeed on time (Leases.observe).
+        self._next_renewal = 0.0
         if not self.renew():
             return
         self.drop_lost()
         try:
             view = self.leases.observe(self.all_partitions)
         except UNAVAILABLE as error:
-            self._unanswered(error)
+            self._unanswered(error, self._next_upkeep)
             return
         me = self.leases.member
         share = assign(self.all_partitions, view.members, view.holders)[me]
@@ -80,13 +92,13 @@ class Shares:
         """Renew the leases if it is time to (see upkeep); False if it was not, or the
         cluster did not answer. Lost leases are dropped by drop_lost(), between passes."""
         now = time.monotonic()
-        if now < self._next_upkeep:
+        if now < self._next_renewal:
             return False
-        self._next_upkeep = now + self.leases.takeover / RENEWALS_PER_TAKEOVER
+        self._next_renewal = now + self.leases.takeover / RENEWALS_PER_TAKEOVER
         try:
             self._lost.update(self.leases.renew())
         except UNAVAILABLE as error:
-            self._unanswered(error)
+            self._unanswered(error, self._next_renewal)
             return False
         return True
 
@@ -95,7 +107,7 @@ class Shares:
             self.counting.drop(name, "another worker took its lease over")
         self._lost.clear()
 
-    def _unanswered(self, error):
+    def _unanswered(self, error, retry_at):
         log.warning("leases: the cluster did not answer (%s); trying again in %.1f s",
                     f"{type(error).__name__}: {error}".rstrip(": "),
-                    max(0.0, self._next_upkeep - time.monotonic()))
+                    max(0.0, retry_at - time.monotonic()))

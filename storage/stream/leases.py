@@ -213,10 +213,13 @@ class Leases:
         revision = self.held.get(partition)
         self.forget(partition)
         if revision is not None:
-            self.link.call(self._bucket.update(
-                lease_key(partition), json.dumps({"member": "", "released_by": self.owner,
-                                                  "at": utc_now_iso()}).encode(),
-                last=revision), TIMEOUT)
+            try:
+                self.link.call(self._bucket.update(
+                    lease_key(partition), json.dumps({"member": "", "released_by": self.owner,
+                                                      "at": utc_now_iso()}).encode(),
+                    last=revision), TIMEOUT)
+            except KeyWrongLastSequenceError:
+                pass  # taken over meanwhile: another worker's to keep, not to release
 
     def forget(self, partition):
         """Stop renewing a lease found taken over (the checkpoint's fencing said so)."""
@@ -229,5 +232,8 @@ class Leases:
         for partition in list(self.held):
             self.release(partition)
         if self._member_revision:
-            self.link.call(self._bucket.delete(member_key(self.member),
-                                               last=self._member_revision), TIMEOUT)
+            try:
+                self.link.call(self._bucket.delete(member_key(self.member),
+                                                   last=self._member_revision), TIMEOUT)
+            except KeyWrongLastSequenceError:
+                pass  # a later process in this place wrote it: its sign of life, not ours
