@@ -195,8 +195,8 @@ def assert_settled(sim):
         assert set(worker.leases.held) == set(worker.partitions), worker.name
 
 
-# One disturbance: (what, which worker, when (s), how long (s)).
-disturbances = st.tuples(st.sampled_from(["start", "stop", "kill", "pause", "cut"]),
+# One disturbance: (what, which worker, when (s), how long (s)); an outage cuts every worker.
+disturbances = st.tuples(st.sampled_from(["start", "stop", "kill", "pause", "cut", "outage"]),
                          st.integers(0, 3), st.floats(0, 60), st.floats(0, 40))
 
 
@@ -228,10 +228,13 @@ def test_shares_settle_after_any_schedule(monkeypatch, starts, events, longest_p
                 del sim.workers[name]  # its leases lapse
             elif what == "pause":
                 worker.paused_until = sim.now + length
-            elif what == "cut":
-                worker.link.cut = True
+            elif what in ("cut", "outage"):
+                cut = [worker] if what == "cut" else list(sim.workers.values())
+                for each in cut:
+                    each.link.cut = True
                 sim.run(length, pass_seconds, rng)
-                worker.link.cut = False
+                for each in cut:
+                    each.link.cut = False
         if not sim.workers:
             return
         # Calm: every worker running, answered, unpaused. Within a few take-over times and the
