@@ -106,6 +106,19 @@ def test_what_is_held_beyond_the_share_is_released_and_dropped():
     assert leases.released == ["p3", "p4"] and sorted(worker.partitions) == ["p1", "p2"]
 
 
+def test_a_worker_catching_up_renews_as_it_reads_yet_gives_up_its_excess_between_passes():
+    """Its passes follow each other at once, each renewing its leases as it reads: the
+    renewals must not use up the upkeep due between two passes (tests/test_lease_schedules.py
+    runs this on the real leases)."""
+    leases = FakeLeases(["me", "other"], {p: "me" for p in PARTITIONS})
+    worker = worker_on(leases)
+    worker.partitions = {p: FakePartition() for p in PARTITIONS}
+    worker.shares._next_upkeep = 0.0  # an upkeep is due ...
+    worker._keep_leases()  # ... and a read renews the leases just before the pass ends
+    worker.between_passes()
+    assert leases.released == ["p3", "p4"] and sorted(worker.partitions) == ["p1", "p2"]
+
+
 def test_a_lease_found_taken_over_is_dropped_and_not_taken_back_while_held():
     leases = FakeLeases(["me", "other"], {"p1": "me", "p2": "me", "p3": "other", "p4": "other"})
     worker = worker_on(leases)
