@@ -263,6 +263,26 @@ def test_a_worker_starting_after_another_took_everything_gets_its_share(monkeypa
         assert_settled(sim)
 
 
+def test_a_worker_back_after_its_leases_lapsed_counts_what_it_counted_before(monkeypatch):
+    """Paused past the take-over time, its partitions went to the other; back, it gets the
+    same ones again (whose views it still has), and the other keeps its own."""
+    with Simulation(monkeypatch) as sim:
+        rng = random.Random(0)
+        for name in ("w0", "w1"):
+            sim.workers[name] = Worker(name, sim)
+        sim.run(3 * TAKEOVER, lambda rng: 1.0, rng)
+        assert_settled(sim)
+        before = {name: set(worker.partitions) for name, worker in sim.workers.items()}
+        # The one holding the first partitions: by name alone, the other would keep those.
+        paused, other = sorted(sim.workers, key=lambda name: min(before[name]))
+        sim.workers[paused].paused_until = sim.now + 2 * TAKEOVER
+        sim.run(2 * TAKEOVER, lambda rng: 1.0, rng)
+        assert set(sim.workers[other].partitions) == set(PARTITIONS)
+        sim.run(3 * TAKEOVER, lambda rng: 1.0, rng)
+        assert_settled(sim)
+        assert {name: set(worker.partitions) for name, worker in sim.workers.items()} == before
+
+
 @pytest.fixture(autouse=True)
 def _quiet_logs(caplog):
     caplog.set_level("ERROR")

@@ -7,7 +7,7 @@ and takes free partitions up to it (worker/stream_runner.py).
 """
 
 
-def assign(partitions, members, holders):
+def assign(partitions, members, holders, since=None):
     """{member: [partitions it should count]} for the live `members`.
 
     `holders`: {partition: the live member holding its lease, or None if it is free}. Every
@@ -16,12 +16,22 @@ def assign(partitions, members, holders):
     share (or free ones) move. The larger shares go to the members holding the most, so a
     member joining or leaving moves no more partitions than its own share. Within that, the
     choice is by name: every worker computes the same.
+
+    `since`: {partition: when its holder took its lease (ISO 8601, UTC, as the holder's own
+    clock wrote it)}. A member holding more than its share keeps those it has held longest
+    and gives up the newest: after a worker was away long enough for its leases to lapse,
+    the partitions it comes back to are those it counted before, whose views it still has,
+    rather than partitions the others have counted all along, which would then be counted
+    again from their first message.
     """
     members = sorted(set(members))
     if not members:
         return {}
+    since = since or {}
     base, larger = divmod(len(partitions), len(members))
-    held = {member: [p for p in partitions if holders.get(p) == member] for member in members}
+    held = {member: sorted((p for p in partitions if holders.get(p) == member),
+                           key=lambda p: str(since.get(p) or ""))
+            for member in members}
     by_holdings = sorted(members, key=lambda member: (-len(held[member]), member))
     share = {member: base + (1 if rank < larger else 0) for rank, member in enumerate(by_holdings)}
     target = {member: held[member][:share[member]] for member in members}

@@ -62,7 +62,8 @@ class Shares:
             self._unanswered(error, self._next_upkeep)
             return
         me = self.leases.member
-        share = assign(self.all_partitions, view.members, view.holders)[me]
+        share = assign(self.all_partitions, view.members, view.holders,
+                       {name: lease.get("since") for name, lease in view.leases.items()})[me]
         for name in sorted(set(self.leases.held) - set(share)):
             self.counting.drop(name, f"its share is now {len(share)} of "
                                      f"{len(self.all_partitions)} partitions, with "
