@@ -15,14 +15,15 @@ def assign(partitions, members, holders, since=None):
     member keeps every partition it holds up to its share, so that only partitions beyond a
     share (or free ones) move. The larger shares go to the members holding the most, so a
     member joining or leaving moves no more partitions than its own share. Within that, the
-    choice is by name: every worker computes the same.
+    choice is by how long held, then by name: every worker computes the same.
 
     `since`: {partition: when its holder took its lease (ISO 8601, UTC, as the holder's own
-    clock wrote it)}. A member holding more than its share keeps those it has held longest
-    and gives up the newest: after a worker was away long enough for its leases to lapse,
-    the partitions it comes back to are those it counted before, whose views it still has,
-    rather than partitions the others have counted all along, which would then be counted
-    again from their first message.
+    clock wrote it: only one member's times are compared with each other)}. A member
+    holding more than its share keeps those it has held longest and gives up the newest:
+    after a worker was away long enough for its leases to lapse, the partitions it comes
+    back to are those it counted before, whose views it still has, rather than partitions
+    the others have counted all along, which would then be counted again from their first
+    message.
     """
     members = sorted(set(members))
     if not members:
