@@ -1,8 +1,8 @@
 """The workers' leases and shares (storage/stream/leases.py, worker/stream_shares.py), the real
 code on an in-memory bucket and a simulated clock: whatever the schedule of starts, stops,
-pauses, long passes and unanswered calls, once it calms down every partition is counted by
-exactly one live worker, the shares are fair, and no worker sits idle while another counts
-more than its share. tests/test_cluster.py and tests/test_partitions.py run the same code on
+kills, pauses, long passes, cut links and outages, once it calms down every partition is
+counted by exactly one live worker, the shares are fair, and no worker sits idle while
+another counts more than its share. tests/test_cluster.py and tests/test_partitions.py run the same code on
 real servers, in real time, a few schedules each; this tries many, in simulated minutes.
 
 The bucket keeps JetStream's compare-and-set rules (a write names the revision it replaces,
