@@ -113,14 +113,15 @@ class Worker:
     def drop(self, name, why, level=None):
         self.partitions.pop(name, None)
 
-    def step(self, pass_seconds):
-        """What the worker does in one tick of the simulation."""
+    def step(self, pass_seconds, rng):
+        """What the worker does in one tick of the simulation; a pass it begins lasts
+        pass_seconds(rng)."""
         now = self.sim.now
         if now < self.paused_until:
             return
         if self.pass_ends is None and now >= self.next_pass:
             # A pass reads only what the worker counts: with nothing, it ends at once.
-            self.pass_ends = now + (pass_seconds if self.partitions else 0.0)
+            self.pass_ends = now + (pass_seconds(rng) if self.partitions else 0.0)
             self.next_pass = now + INTERVAL
         if self.pass_ends is not None:
             if self.partitions:
@@ -174,7 +175,7 @@ class Simulation:
         for _ in range(int(seconds / TICK)):
             self.now += TICK
             for worker in list(self.workers.values()):
-                worker.step(pass_seconds(rng))
+                worker.step(pass_seconds, rng)
 
     def counted_by(self):
         counters = {}
