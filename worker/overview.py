@@ -377,8 +377,8 @@ class SdkEvents:
 
     def __init__(self):
         self.views, self.links, self.set_aside, self.events = [], [], [], 0
-        self._devices = {}  # (project, anonymousID) -> its key
-        self._users = {}  # (project, userID) -> its key
+        self._devices = {}  # project -> {anonymousID: its key}
+        self._users = {}  # project -> {userID: its key}
         self._screens = {}  # what a view sent -> what it counts as (_screen)
 
     def read(self, items, project=""):
@@ -409,8 +409,7 @@ class SdkEvents:
             project, items = group.events()
             self.read(items, project)
             return
-        self._read_decoded([(event, time_ms, project) for event, time_ms in decoded],
-                           lambda: group.events()[1], project)
+        self._read_decoded([(project, decoded)], lambda: group.events()[1], project)
 
     def read_encoded(self, items):
         """read() of items each still in JSON (a cluster message's details header, which
@@ -419,12 +418,14 @@ class SdkEvents:
             return [json.loads(item) for item in items]
 
         try:
-            decoded = [(item.event, item.time, item.project)
-                       for item in map(_ITEM.decode, items)]
+            decoded = list(map(_ITEM.decode, items))
         except (msgspec.MsgspecError, ValueError):
             self.read(as_dicts())
             return
-        self._read_decoded(decoded, as_dicts)
+        # Each item names its project: read in runs of one project (most messages are one).
+        runs = [(project, [(item.event, item.time) for item in run])
+                for project, run in itertools.groupby(decoded, _PROJECT)]
+        self._read_decoded(runs, as_dicts)
 
     def read_stream(self, parts):
         """Read a partition's SDK messages, [(SdkPart, repeats), ...]
@@ -468,28 +469,73 @@ class SdkEvents:
                 return
             self.read(kept(items), project)
             return
-        self._read_decoded([(event, time_ms, project) for event, time_ms in kept(decoded)],
+        self._read_decoded([(project, kept(decoded))],
                            lambda: kept(payload_events(payload)[1]), project)
 
-    def _read_decoded(self, decoded, as_dicts, project=""):
-        """Count [(event, time, project), ...] as _add does, all of them or, if any does not
-        fit, none: read(as_dicts(), project) then reads them event by event."""
+    def _read_decoded(self, runs, as_dicts, project=""):
+        """Count the events of `runs`, [(project, [(event, time), ...]), ...], all of them
+        or, if any does not fit, none: read(as_dicts(), project) then reads them event by
+        event."""
         views, links = [], []
         try:
-            for event, time_ms, project_of in decoded:
-                properties = event.properties
-                if event.type == "screen" and properties is None:
-                    raise ValueError("a screen view without properties")
-                self._add(views, links, time_ms, event.anonymousID, event.userID, event.type,
-                          properties, project_of)
+            for project_of, decoded in runs:
+                self._extract(views, links, project_of, decoded)
         except (ValueError, TypeError):
             self.read(as_dicts(), project)
             return
-        self.events += len(decoded)
+        self.events += sum(len(decoded) for _, decoded in runs)
         self.views += views
         self.links += links
 
+    def _extract(self, views, links, project, decoded):
+        """The rule, for either way of reading: the views and links of `project`'s
+        [(event, time), ...], each event a storage/sdk_event.CountedEvent (or an _Event),
+        appended to `views` and `links`. Raises ValueError or TypeError at an event that
+        does not fit, before appending anything of it.
+
+        Every SDK event passes here, in one loop a group: a call and a key tuple an event
+        cost the reading a tenth of its time. Installs, users, experiences and their names
+        recur from event to event: each is checked, hashed and made storable once, and
+        looked up after."""
+        devices = self._devices.get(project)
+        if devices is None:
+            devices = self._devices[project] = {}
+        users = self._users.get(project)
+        if users is None:
+            users = self._users[project] = {}
+        screens, add_view, add_link = self._screens, views.append, links.append
+        for event, time_ms in decoded:
+            moment = time_ms // 1000
+            if not 0 <= moment < 2**40:
+                raise ValueError("time out of range")
+            anonymous_id = event.anonymousID
+            device = devices.get(anonymous_id)
+            if device is None:
+                device = self._key(project, "anon:", anonymous_id, devices)
+            user = event.userID
+            carried = 0
+            if user:  # null and "" are no userID: no link
+                carried = users.get(user)
+                if carried is None:
+                    carried = self._key(project, "user:", user, users)
+            if event.type == "screen":
+                screen = event.properties
+                if screen is None:
+                    raise ValueError("a screen view without properties")
+                # An unhashable experienceID raises TypeError here: read() then names it.
+                sent = (project, screen.experienceID, screen.id, screen.experienceRevisionID,
+                        screen.experienceName, screen.name)
+                shown = screens.get(sent)
+                if shown is None:
+                    shown = self._screen(sent)
+                experience, screen_id, revision, experience_name, screen_name = shown
+                add_view((experience, moment - moment % 3600, screen_id, revision, device,
+                          carried, moment, experience_name, screen_name))
+            if carried:
+                add_link((device, carried, moment))
+
     def _read(self, item, project):
+        """One event as the JSON module decodes it, through the rule (_extract)."""
         event = item["event"]
         kind = event.get("type")
         properties = None
@@ -498,49 +544,17 @@ class SdkEvents:
             properties = _Screen(properties["experienceID"], properties.get("id"),
                                  properties.get("experienceName"), properties.get("name"),
                                  properties.get("experienceRevisionID"))
-        self._add(self.views, self.links, item["time"], event["anonymousID"],
-                  event.get("userID"), kind, properties,
-                  item.get("project", project))  # a cluster message's item names its own
-
-    def _add(self, views, links, time_ms, anonymous_id, user, kind, screen, project):
-        """The rule, for either way of reading: `screen`, read for a screen view only, has
-        the view's experienceID, id, experienceName, name and experienceRevisionID as sent
-        (storage/sdk_event.py's Properties, or a _Screen)."""
-        moment = time_ms // 1000
-        if not 0 <= moment < 2**40:
-            raise ValueError("time out of range")
-        # Installs, users, experiences and their names recur from event to event: each is
-        # checked, hashed and made storable once, and looked up after.
-        # (A value of the wrong type may be unhashable: the miss's way names what is wrong.)
-        try:
-            device = self._devices[project, anonymous_id]
-        except (KeyError, TypeError):
-            device = self._key(project, "anon:", anonymous_id, self._devices)
-        # null and "" are no userID (identify(null), Judo's anonymous mode): no link
-        carried = 0
-        if user:
-            try:
-                carried = self._users[project, user]
-            except (KeyError, TypeError):
-                carried = self._key(project, "user:", user, self._users)
-        if kind == "screen":
-            sent = (project, screen.experienceID, screen.id, screen.experienceRevisionID,
-                    screen.experienceName, screen.name)
-            try:
-                shown = self._screens[sent]
-            except (KeyError, TypeError):
-                shown = self._screen(sent)
-            experience, screen_id, revision, experience_name, screen_name = shown
-            views.append((experience, moment - moment % 3600, screen_id, revision, device,
-                          carried, moment, experience_name, screen_name))
-        if carried:
-            links.append((device, carried, moment))
+        read = _Event(event["anonymousID"], event.get("userID"), kind, properties)
+        # A cluster message's item names its own project.
+        self._extract(self.views, self.links, item.get("project", project),
+                      [(read, item["time"])])
 
     def _key(self, project, kind, text, keys):
-        """The key of an install ("anon:") or a user ("user:") of `project`, kept in `keys`."""
+        """The key of an install ("anon:") or a user ("user:") of `project`, kept in `keys`
+        (the project's)."""
         if project and not is_project_id(project):
             raise ValueError(f"not a project: {project!r}")
-        key = keys[project, text] = person_key(person_text(project, kind + text))
+        key = keys[text] = person_key(person_text(project, kind + text))
         return key
 
     def _screen(self, sent):
@@ -557,10 +571,13 @@ class SdkEvents:
         return shown
 
 
-# A screen view's properties read from a dict (SdkEvents._read), as _add reads them.
+# An event and a screen view's properties read from a dict (SdkEvents._read), as _extract
+# reads a CountedEvent and its Properties.
+_Event = collections.namedtuple("_Event", "anonymousID userID type properties")
 _Screen = collections.namedtuple(
     "_Screen", "experienceID id experienceName name experienceRevisionID")
 _ITEM = item_decoder(CountedEvent)
+_PROJECT = operator.attrgetter("project")
 # The parts of a view (SdkEvents.views) picked in C.
 _EXPERIENCE = operator.itemgetter(0)
 _DEVICE = operator.itemgetter(4)
