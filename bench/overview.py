@@ -4,7 +4,10 @@
   data1 and data1.details written as the ingest writes them, storage/log/details.py), in
   ROUNDS rounds, each beside the two baselines the overview is held to, measured in the
   same round: decoding data1.details alone (the floor: reading the events once), and the
-  ingest's own SDK events/s (the overview must keep up with it). Each printed with its
+  ingest's own SDK events/s (the overview must keep up with it); and, beside the floor, the
+  overview's reading alone (worker/overview.SdkEvents: the events decoded and read into
+  views and links, nothing counted), a ceiling on any way of counting what it reads. Each
+  printed with its
   target, the ratio and the rounds' spread; the worker's CPU-seconds give the catch-up's
   events a CPU-second (the worker is one process, mostly one thread), its peak RSS the
   memory. The overview off (data1's ids only) once, for scale.
@@ -141,6 +144,23 @@ def decoding_cpu_seconds(state_dir):
     return time.process_time() - started
 
 
+def reading_cpu_seconds(state_dir):
+    """CPU-seconds to read data1.details into views and links as the overview does
+    (worker/overview.SdkEvents), counting nothing: however the views are then counted, the
+    catch-up cannot beat this."""
+    started = time.process_time()
+    fd = os.open(state_dir / "data1.details", os.O_RDONLY)
+    try:
+        read = SdkEvents()
+        for group in details.read_groups(fd):
+            read.read_group(group)
+            if read.events >= 50_000:  # as a commit holds them, not all at once
+                read = SdkEvents()
+    finally:
+        os.close(fd)
+    return time.process_time() - started
+
+
 def counted_all(state_dir, size, overview):
     """True once the worker has counted data1's `size` bytes into data2 and, with
     `overview`, every details group into the overview."""
@@ -216,9 +236,10 @@ def bench_overview(time_requests):
         results["overview_backlog_build_s"] = time.perf_counter() - started
         off = time_catchup(state_dir, overview=False)
         results["overview_catchup_off_events_s"] = events / off.seconds
-        runs, floor, ingest = [], [], []
-        for _ in range(ROUNDS):  # interleaved, so that each round's three share the machine
+        runs, floor, reading, ingest = [], [], [], []
+        for _ in range(ROUNDS):  # interleaved, so that each round's four share the machine
             floor.append(events / decoding_cpu_seconds(state_dir))
+            reading.append(events / reading_cpu_seconds(state_dir))
             runs.append(time_catchup(state_dir, overview=True))
             ingest.append(measure_capacity())
         per_cpu = [events / run.cpu_seconds for run in runs]
@@ -226,6 +247,8 @@ def bench_overview(time_requests):
             "catchup_on_events_s": [events / run.seconds for run in runs],
             "catchup_on_events_cpu_s": per_cpu,
             "decoding_events_cpu_s": floor,
+            "reading_events_cpu_s": reading,
+            "reading_vs_decoding": [mine / alone for mine, alone in zip(reading, floor)],
             "ingest_sdk_events_s": ingest,
             "catchup_vs_decoding": [mine / alone for mine, alone in zip(per_cpu, floor)],
             "catchup_vs_ingest": [mine / taken for mine, taken in zip(per_cpu, ingest)],
@@ -296,6 +319,10 @@ def rows(results):
          measured("decoding_events_cpu_s")),
         ("  catch-up / decoding alone", with_target("catchup_vs_decoding", TARGET_VS_DECODING,
                                                      "{:.3f}")),
+        ("The overview's reading alone (views and links, nothing counted), a CPU-second",
+         measured("reading_events_cpu_s")),
+        ("  reading alone / decoding alone (a ceiling on the catch-up's ratio)",
+         measured("reading_vs_decoding", "{:.3f}")),
         ("The ingest's SDK events/s, the same rounds", measured("ingest_sdk_events_s")),
         ("  catch-up (a CPU-second) / the ingest", with_target("catchup_vs_ingest",
                                                                TARGET_VS_INGEST, "{:.3f}")),
