@@ -8,6 +8,7 @@
               mode only)
 """
 
+import gc
 import logging
 import sqlite3
 import sys
@@ -24,9 +25,19 @@ from worker.runner import Worker
 log = logging.getLogger("worker")
 
 TOP = 10
+# Python's cyclic garbage collector looks at the youngest objects after every 700
+# allocations by default, and at every object alive after a hundred such looks. A catch-up
+# allocates millions of short-lived tuples (freed by their counts, not by the collector)
+# beside large long-lived structures (a commit's changes, the caches of keys and names),
+# and makes hardly any cycles: 852 objects in all were collected over 306,100 SDK events of
+# bench traffic, while the looks took 6 % of the catch-up's CPU (35.2-41.2 against
+# 32.8-39.0 CPU-seconds at these thresholds, three alternated rounds; the same peak RSS).
+# Cycles are still collected, about 140 times less often.
+GC_THRESHOLD = (100_000, 10, 10)
 
 
 def run(state_dir):
+    gc.set_threshold(*GC_THRESHOLD)
     try:
         interval, ingest_cpu = settings.interval(), settings.ingest_cpu()
         series, retention = settings.series(), settings.minute_retention()
