@@ -497,6 +497,8 @@ class SdkEvents:
         cost the reading a tenth of its time. Installs, users, experiences and their names
         recur from event to event: each is checked, hashed and made storable once, and
         looked up after."""
+        if project and not is_project_id(project):
+            raise ValueError(f"not a project: {project!r}")
         devices = self._devices.get(project)
         if devices is None:
             devices = self._devices[project] = {}
@@ -508,24 +510,35 @@ class SdkEvents:
             moment = time_ms // 1000
             if not 0 <= moment < 2**40:
                 raise ValueError("time out of range")
+            # A value of the wrong type may be unhashable (read()'s dicts, or an experienceID
+            # of any type): a lookup that raises takes the miss's way, which names what is
+            # wrong.
             anonymous_id = event.anonymousID
-            device = devices.get(anonymous_id)
+            try:
+                device = devices.get(anonymous_id)
+            except TypeError:
+                device = None
             if device is None:
                 device = self._key(project, "anon:", anonymous_id, devices)
             user = event.userID
             carried = 0
             if user:  # null and "" are no userID: no link
-                carried = users.get(user)
+                try:
+                    carried = users.get(user)
+                except TypeError:
+                    carried = None
                 if carried is None:
                     carried = self._key(project, "user:", user, users)
             if event.type == "screen":
                 screen = event.properties
                 if screen is None:
                     raise ValueError("a screen view without properties")
-                # An unhashable experienceID raises TypeError here: read() then names it.
                 sent = (project, screen.experienceID, screen.id, screen.experienceRevisionID,
                         screen.experienceName, screen.name)
-                shown = screens.get(sent)
+                try:
+                    shown = screens.get(sent)
+                except TypeError:
+                    shown = None
                 if shown is None:
                     shown = self._screen(sent)
                 experience, screen_id, revision, experience_name, screen_name = shown
@@ -550,10 +563,8 @@ class SdkEvents:
                       [(read, item["time"])])
 
     def _key(self, project, kind, text, keys):
-        """The key of an install ("anon:") or a user ("user:") of `project`, kept in `keys`
-        (the project's)."""
-        if project and not is_project_id(project):
-            raise ValueError(f"not a project: {project!r}")
+        """The key of an install ("anon:") or a user ("user:") of `project` (checked by
+        _extract), kept in `keys` (the project's)."""
         key = keys[text] = person_key(person_text(project, kind + text))
         return key
 
