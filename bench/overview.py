@@ -38,7 +38,7 @@ from storage.log import details
 from storage.sdk_event import CountedEvent
 from storage.views.overview_store import Changes, OverviewStore
 from storage.views.sketches import person_key
-from worker.overview import OverviewCounter, SdkEvents
+from worker.overview import COMMIT_EVENTS, OverviewCounter, SdkEvents
 
 BACKLOG_EVENTS = 2_000_000
 EXPERIENCES = 1000
@@ -134,28 +134,31 @@ def decoding_cpu_seconds(state_dir):
     """CPU-seconds to read data1.details and decode its events as the overview does
     (storage/sdk_event.CountedEvent, only the fields it counts), and no more: the floor under
     any catch-up that reads the events."""
-    started = time.process_time()
-    fd = os.open(state_dir / "data1.details", os.O_RDONLY)
-    try:
-        for group in details.read_groups(fd):
-            group.events_as(CountedEvent)
-    finally:
-        os.close(fd)
-    return time.process_time() - started
+    return _cpu_seconds_per_group(state_dir, lambda group: group.events_as(CountedEvent))
 
 
 def reading_cpu_seconds(state_dir):
     """CPU-seconds to read data1.details into views and links as the overview does
     (worker/overview.SdkEvents), counting nothing: however the views are then counted, the
     catch-up cannot beat this."""
+    read = SdkEvents()
+
+    def read_group(group):
+        nonlocal read
+        read.read_group(group)
+        if read.events >= COMMIT_EVENTS:  # as a commit holds them, not all at once
+            read = SdkEvents()
+
+    return _cpu_seconds_per_group(state_dir, read_group)
+
+
+def _cpu_seconds_per_group(state_dir, each):
+    """CPU-seconds to read data1.details's groups and call `each` on every one."""
     started = time.process_time()
     fd = os.open(state_dir / "data1.details", os.O_RDONLY)
     try:
-        read = SdkEvents()
         for group in details.read_groups(fd):
-            read.read_group(group)
-            if read.events >= 50_000:  # as a commit holds them, not all at once
-                read = SdkEvents()
+            each(group)
     finally:
         os.close(fd)
     return time.process_time() - started
