@@ -45,6 +45,7 @@ from storage.views.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDEN
                                           SESSIONS, VIEWS, Changes, CorruptOverview,
                                           OverviewStore)
 from storage.projects import is_project_id, person_text
+from storage.views.overview_facts import Batch as FactBatch
 from storage.views.sketches import duration_bucket, person_key
 from worker.flows import add_session, extend_session
 from worker.people import MAX_INSTALLS_PER_USER, person_of
@@ -642,3 +643,63 @@ def _count_session(changes, experience, session, sign):
     durations = row[DURATIONS]
     bucket = duration_bucket(last - first)
     durations[bucket] = durations.get(bucket, 0) + sign
+
+
+class FactCounter:
+    """OverviewCounter's job for storage/views/overview_facts.FactStore: a stretch's screen
+    views and links appended as facts with the source's new position; sessions, people and
+    flows are the store's to work out."""
+
+    def __init__(self, store, session_timeout, source_name):
+        self.store = store
+        self.timeout = int(session_timeout)
+        self.source_name = source_name
+        self.source, self.position, self.log_end = b"", 0, 0
+        self.seconds_per_event = None
+
+    def open(self):
+        state = self.store.open(self.timeout)
+        self.source, self.position, self.log_end = state.source, state.position, state.log_end
+
+    commit_size = OverviewCounter.commit_size
+
+    def count(self, read, source, position, log_end):
+        if not read.events and position == self.position:
+            return 0
+        started = time.monotonic()
+        store = self.store
+        batch = FactBatch()
+        batch.events, batch.set_aside = read.events, len(read.set_aside)
+        key, code = store.keys.key, store.code
+        keys = {experience: key(*experience)
+                for experience in dict.fromkeys(map(_EXPERIENCE, read.views))}
+        codes = {}
+        for experience, _, screen, revision, device, carried, moment, _, _ in read.views:
+            batch.experience.append(keys[experience])
+            batch.moment.append(moment)
+            batch.device.append(device)
+            batch.carried.append(carried)
+            screen_code = codes.get(screen)
+            if screen_code is None:
+                screen_code = codes[screen] = code(screen)
+            batch.screen.append(screen_code)
+            revision_code = codes.get(revision)
+            if revision_code is None:
+                revision_code = codes[revision] = code(revision)
+            batch.revision.append(revision_code)
+        links = batch.links
+        for device, user, moment in read.links:
+            known = links.get((device, user))
+            if known is None or moment < known:
+                links[device, user] = moment
+        _names(batch, keys, read.views)
+        store.commit(batch, source, position, log_end)
+        self.source, self.position, self.log_end = source, position, log_end
+        if read.events:
+            took = (time.monotonic() - started) / read.events
+            last = self.seconds_per_event
+            self.seconds_per_event = took if last is None else (last + took) / 2
+        return read.events
+
+    def close(self):
+        self.store.close()

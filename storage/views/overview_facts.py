@@ -1,0 +1,311 @@
+"""overview.duckdb: the experience overview kept as its screen views (facts), in DuckDB.
+
+The worker is its one writer and, since DuckDB lets one process at a time open a database,
+its one reader too: the worker answers the overview's reads (storage/views/overview_store.py
+keeps rows of every answer up to date at each commit instead; docs/benchmarks.md, "The views
+as facts in a column store", measures both).
+
+It is derived from the SDK events as sent, and stands at a position of its own in them, as
+overview.sqlite3 does: an offset in data1.details on one machine, a stream sequence in
+cluster mode (a store per partition).
+
+Format (version 1), a DuckDB database. Times are Unix seconds, device time.
+
+    fact      (experience, moment, device, carried, screen, revision): one row per screen
+              view counted, each once: the experience's key (derived_store.ExperienceKeys),
+              the install (storage/views/sketches.person_key of "anon:" + its anonymousID),
+              the userID key the view carried (0 if none), and its screen and revision ids as
+              codes of `text` ("" for a missing one)
+    text      (code, text): the screen and revision ids, each once
+    link      (device, user, moment): an install's links to a userID (worker/people.py), a
+              row per pair and commit with the earliest moment the commit saw; a pair's
+              first link is the least of its rows
+    session   (experience, device, first, last, views, began_on): every session of every
+              install (worker/sessions.py's rule: the maximal runs of an install's views of
+              an experience with no gap longer than the timeout), its first and last
+              moment, how many views, the revision code of its first view
+    name      (experience, screen, moment, name): names as seen, a row per commit and name
+              with its latest moment; the latest by (moment, name) is the name
+    experience_key  as in the other derived stores
+    state     one row: version, session_timeout, source, position, log_end, events,
+              set_aside, updated_at (as overview.sqlite3's)
+
+Invariants, true at every commit because everything changes in one DuckDB transaction:
+
+    fact      == the screen views before position in the source, each once
+    session   == the sessions of fact's views by the rule, with the store's session_timeout:
+              a commit recomputes the sessions of every (experience, install) it adds views
+              to, from all their views, whatever order and however late they came
+    link      holds every link before position
+
+A person, a view's identification and the people of any range are worked out when asked,
+from fact and link (worker/people.py's rule, in SQL): a late login needs no recount.
+
+Like the other derived stores, a commit needs atomicity, not durability (DuckDB commits
+through its write-ahead log; docs/benchmarks.md has it through SIGKILLs and power losses).
+"""
+
+import collections
+
+import duckdb
+import numpy
+
+from storage.views import derived_store
+from storage.views.derived_store import utc_now
+from worker.people import MAX_INSTALLS_PER_USER
+
+VERSION = 1
+
+SCHEMA = """
+CREATE TABLE fact (experience BIGINT NOT NULL, moment BIGINT NOT NULL, device BIGINT NOT NULL,
+    carried BIGINT NOT NULL, screen INTEGER NOT NULL, revision INTEGER NOT NULL);
+CREATE TABLE text (code INTEGER NOT NULL, text VARCHAR NOT NULL);
+CREATE TABLE link (device BIGINT NOT NULL, user_key BIGINT NOT NULL, moment BIGINT NOT NULL);
+CREATE TABLE session (experience BIGINT NOT NULL, device BIGINT NOT NULL,
+    first BIGINT NOT NULL, last BIGINT NOT NULL, views BIGINT NOT NULL,
+    began_on INTEGER NOT NULL);
+CREATE TABLE name (experience BIGINT NOT NULL, screen VARCHAR NOT NULL,
+    moment BIGINT NOT NULL, name VARCHAR NOT NULL);
+CREATE TABLE experience_key (key INTEGER NOT NULL, project VARCHAR NOT NULL,
+    experience BIGINT NOT NULL);
+CREATE TABLE state (version INTEGER NOT NULL, session_timeout INTEGER NOT NULL,
+    source BLOB NOT NULL, position BIGINT NOT NULL, log_end BIGINT NOT NULL,
+    events BIGINT NOT NULL, set_aside BIGINT NOT NULL, updated_at VARCHAR NOT NULL);
+"""
+
+OverviewState = collections.namedtuple(
+    "OverviewState", "session_timeout source position log_end events set_aside")
+
+# The sessions of the (experience, device) pairs in `touched`, from all their facts: a view
+# begins a session when it is the pair's first, or more than the timeout after the one
+# before (by moment; views in one second in the order of their screen and revision codes,
+# which only decides the first view's revision of a session begun within a second).
+_SESSIONS = """
+WITH views AS (
+    SELECT f.experience, f.device, f.moment, f.revision FROM fact AS f
+    SEMI JOIN touched AS t ON f.experience = t.experience AND f.device = t.device),
+marked AS (
+    SELECT *, CASE WHEN moment - lag(moment) OVER pair <= ? THEN 0 ELSE 1 END AS begins
+    FROM views WINDOW pair AS (PARTITION BY experience, device ORDER BY moment, revision)),
+numbered AS (
+    SELECT *, sum(begins) OVER (PARTITION BY experience, device ORDER BY moment, revision
+                                ROWS UNBOUNDED PRECEDING) AS number
+    FROM marked)
+SELECT experience, device, min(moment), max(moment), count(*), arg_min(revision, moment)
+FROM numbered GROUP BY experience, device, number
+"""
+
+# Each install's person: the user of its first link by device time (ties: the smaller key),
+# among users linked from at most MAX_INSTALLS_PER_USER installs (worker/people.py).
+_PERSONS = f"""
+WITH first_links AS (
+    SELECT device, user_key, min(moment) AS moment FROM link GROUP BY device, user_key),
+crowded AS (
+    SELECT user_key FROM first_links GROUP BY user_key
+    HAVING count(*) > {MAX_INSTALLS_PER_USER})
+SELECT device, arg_min(user_key, (moment, user_key)) AS person FROM first_links
+WHERE user_key NOT IN (SELECT user_key FROM crowded) GROUP BY device
+"""
+
+
+class Batch:
+    """A commit's facts, gathered as columns: its screen views and links (worker/overview.py's
+    SdkEvents), and the latest names it saw."""
+
+    def __init__(self):
+        self.experience, self.moment, self.device, self.carried = [], [], [], []
+        self.screen, self.revision = [], []
+        self.links = {}  # (device, user) -> the earliest moment seen
+        self.names = {}  # (experience, screen) -> (moment, name), the latest
+        self.events = 0
+        self.set_aside = 0
+
+    def __len__(self):
+        return len(self.moment)
+
+
+class FactStore:
+    """The worker's side: open (or create), commit a Batch with the source's new position,
+    reset; and the reads."""
+
+    def __init__(self, path):
+        self.path = path
+        self.db = None
+        self.keys = derived_store.ExperienceKeys()
+        self._codes = {}  # text -> code
+        self._new_codes = []
+        self.timeout = None
+
+    def open(self, session_timeout):
+        """Open the store, creating it empty (for `session_timeout`) if missing; return its
+        OverviewState."""
+        fresh = not self.path.exists()
+        self.db = duckdb.connect(str(self.path), config={"threads": 1})
+        if fresh:
+            with self._transaction() as db:
+                db.execute(SCHEMA)
+                db.execute("INSERT INTO state VALUES (?, ?, ''::BLOB, 0, 0, 0, 0, ?)",
+                           [VERSION, session_timeout, utc_now()])
+        version, *state = self.db.execute(
+            "SELECT version, session_timeout, source, position, log_end, events, set_aside "
+            "FROM state").fetchone()
+        if version != VERSION:
+            raise derived_store.Unusable(f"format version {version}, not {VERSION}")
+        self.keys.load(_Rows(self.db))
+        self._codes = dict(self.db.execute("SELECT text, code FROM text").fetchall())
+        self.timeout = state[0]
+        return OverviewState(*state)
+
+    def code(self, text):
+        """The code of a screen or revision id, a new one written with the next commit."""
+        code = self._codes.get(text)
+        if code is None:
+            code = self._codes[text] = len(self._codes)
+            self._new_codes.append((code, text))
+        return code
+
+    def commit(self, batch, source, position, log_end):
+        """Add `batch` and move the position, in one transaction: the facts, links and
+        names appended, and the sessions of every (experience, install) it has views of
+        computed again from all their views."""
+        try:
+            with self._transaction() as db:
+                self.keys.write_new(_Rows(db))
+                if self._new_codes:
+                    codes, texts = zip(*self._new_codes)
+                    _append(db, "text", code=numpy.array(codes, dtype=numpy.int32),
+                            text=list(texts))
+                if len(batch):
+                    facts = {"experience": numpy.array(batch.experience, dtype=numpy.int64),
+                             "moment": numpy.array(batch.moment, dtype=numpy.int64),
+                             "device": numpy.array(batch.device, dtype=numpy.int64),
+                             "carried": numpy.array(batch.carried, dtype=numpy.int64),
+                             "screen": numpy.array(batch.screen, dtype=numpy.int32),
+                             "revision": numpy.array(batch.revision, dtype=numpy.int32)}
+                    _append(db, "fact", **facts)
+                    db.register("batch_facts", facts)
+                    db.execute("CREATE TEMP TABLE touched AS SELECT DISTINCT experience, "
+                               "device FROM batch_facts")
+                    db.unregister("batch_facts")
+                    db.execute("DELETE FROM session AS s USING touched AS t WHERE "
+                               "s.experience = t.experience AND s.device = t.device")
+                    db.execute("INSERT INTO session " + _SESSIONS, [self.timeout])
+                    db.execute("DROP TABLE touched")
+                if batch.links:
+                    (devices, users), moments = zip(*batch.links), batch.links.values()
+                    _append(db, "link", device=numpy.array(devices, dtype=numpy.int64),
+                            user_key=numpy.array(users, dtype=numpy.int64),
+                            moment=numpy.fromiter(moments, numpy.int64, len(moments)))
+                if batch.names:
+                    (experiences, screens), named = zip(*batch.names), batch.names.values()
+                    moments, names = zip(*named)
+                    _append(db, "name",
+                            experience=numpy.array(experiences, dtype=numpy.int64),
+                            screen=list(screens), moment=numpy.array(moments, numpy.int64),
+                            name=list(names))
+                db.execute("UPDATE state SET source = ?, position = ?, log_end = ?, "
+                           "events = events + ?, set_aside = set_aside + ?, updated_at = ?",
+                           [source, position, log_end, batch.events, batch.set_aside,
+                            utc_now()])
+        except BaseException:
+            self.keys.forget_new()
+            for code, text in self._new_codes:
+                del self._codes[text]
+            raise
+        finally:
+            self._new_codes = []
+
+    def reset(self, session_timeout):
+        """Empty the store and its position in one transaction (for a recount)."""
+        with self._transaction() as db:
+            self.keys.reset(_Rows(db))
+            for table in ("fact", "text", "link", "session", "name"):
+                db.execute(f"DELETE FROM {table}")
+            db.execute("UPDATE state SET session_timeout = ?, source = ''::BLOB, position = 0, "
+                       "log_end = 0, events = 0, set_aside = 0, updated_at = ?",
+                       [session_timeout, utc_now()])
+        self._codes, self._new_codes, self.timeout = {}, [], session_timeout
+
+    def close(self):
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+    def _transaction(self):
+        return _transaction(self.db)
+
+    # The reads.
+
+    def experience_figures(self, start, end):
+        """{experience key: (views, people, identified, sessions, duration_sum,
+        session_screens, bounces, {duration: sessions})} of every experience with views or
+        sessions starting in [start, end): `people` and `identified` the distinct person
+        keys (a view's userID, else its install's person, else its install), exactly."""
+        figures = collections.defaultdict(lambda: [0, [], [], 0, 0, 0, 0, {}])
+        db = self.db
+        db.execute("BEGIN TRANSACTION")  # one snapshot for both queries
+        try:
+            for experience, views, people, identified in db.execute(
+                    f"WITH person AS ({_PERSONS}), seen AS ("
+                    "SELECT f.experience, CASE WHEN f.carried != 0 THEN f.carried ELSE "
+                    "coalesce(p.person, f.device) END AS who, (f.carried != 0 OR p.person IS "
+                    "NOT NULL) AS known FROM fact AS f LEFT JOIN person AS p USING (device) "
+                    "WHERE f.moment >= ? AND f.moment < ?) "
+                    "SELECT experience, count(*), list(DISTINCT who), "
+                    "list(DISTINCT who) FILTER (WHERE known) FROM seen GROUP BY experience",
+                    [start, end]).fetchall():
+                row = figures[experience]
+                row[0], row[1], row[2] = views, people, identified or []
+            for experience, sessions, duration_sum, screens, bounces, durations in db.execute(
+                    "WITH d AS (SELECT experience, last - first AS duration, views FROM "
+                    "session WHERE first >= ? AND first < ?) "
+                    "SELECT experience, count(*), sum(duration), sum(views), "
+                    "count(*) FILTER (WHERE views = 1), histogram(duration) FROM d "
+                    "GROUP BY experience", [start, end]).fetchall():
+                row = figures[experience]
+                row[3:8] = [sessions, duration_sum, screens, bounces, dict(durations)]
+        finally:
+            db.execute("COMMIT")
+        return dict(figures)
+
+
+def _append(db, table, **columns):
+    """Append `columns` (name: a numpy array or a list, the table's columns in its order)
+    to `table`: DuckDB reads them whole, where executemany() would run a statement a row."""
+    db.register("appending", {name: values if type(values) is numpy.ndarray
+                              else numpy.array(values, dtype=object)
+                              for name, values in columns.items()})
+    try:
+        db.execute(f"INSERT INTO {table} SELECT {', '.join(columns)} FROM appending")
+    finally:
+        db.unregister("appending")
+
+
+class _transaction:
+    """One transaction on `db`: committed when the block ends, rolled back if anything in
+    it raises."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def __enter__(self):
+        self.db.execute("BEGIN TRANSACTION")
+        return self.db
+
+    def __exit__(self, kind, value, traceback):
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        return False
+
+
+class _Rows:
+    """A DuckDB connection as derived_store.ExperienceKeys uses one: execute() gives the
+    rows."""
+
+    def __init__(self, db):
+        self.db = db
+
+    def execute(self, statement, parameters=()):
+        return self.db.execute(statement, list(parameters)).fetchall()
+
+    def executemany(self, statement, rows):
+        self.db.executemany(statement, [list(row) for row in rows])
