@@ -1,0 +1,132 @@
+"""storage/views/overview_facts.py against the ledger (tests/overview_reference.py): the
+figures of every experience over any range equal what the screen views and links say,
+whatever the commits' boundaries, the arrival order and the lateness."""
+
+import os
+
+import pytest
+
+import overview_reference as ref
+from bench import traffic as generator
+from storage.log.details import HEADER, read_groups
+from storage.views.overview_facts import FactStore
+from test_overview import END, TIMEOUT, ingest
+from worker.overview import FactCounter, SdkEvents
+from worker.people import MAX_INSTALLS_PER_USER
+
+
+def count_facts(root, commit_events):
+    """Read data1.details into a FactStore in commits of about `commit_events`."""
+    counter = FactCounter(FactStore(root / "overview.duckdb"), TIMEOUT, "data1.details")
+    counter.open()
+    fd = os.open(root / "data1.details", os.O_RDONLY)
+    try:
+        read, end = SdkEvents(), HEADER.size
+        for group in read_groups(fd):
+            read.read_group(group)
+            end = group.end
+            if read.events >= commit_events:
+                counter.count(read, b"details", end, group.data1_end)
+                read = SdkEvents()
+        counter.count(read, b"details", end, 0)
+    finally:
+        os.close(fd)
+    return counter
+
+
+@pytest.fixture(scope="module")
+def traffic():
+    return generator.generate(seed=7, devices=120, experiences=6, days=4, end=END)
+
+
+@pytest.mark.parametrize("commit_events", [13, 97, 10**6])
+def test_every_figure_equals_the_ledger(tmp_path, traffic, commit_events):
+    ingest(tmp_path, traffic.batches)
+    counter = count_facts(tmp_path, commit_events)
+    assert traffic.late and traffic.retries  # the arrival order is not the device order
+    people = ref.People(traffic.views, traffic.links, MAX_INSTALLS_PER_USER)
+    sessions = ref.all_sessions(traffic.views, TIMEOUT)
+    end = int(END.timestamp())
+    ranges = [(0, 2**40), (end - 86400, end), (end - 3 * 86400 - 1800, end - 86400 + 7)]
+    checked = 0
+    for start, stop in ranges:
+        want = ref.overview(traffic.views, TIMEOUT, start, stop, people)
+        got = counter.store.experience_figures(start, stop)
+        for experience, figures in want.items():
+            (views, persons, identified, count, duration_sum, screens, bounces,
+             durations) = got[experience]
+            assert views == figures["screen_views"]
+            assert len(persons) == figures["users"]
+            assert len(identified) == figures["identified_users"]
+            assert count == figures["sessions"]
+            if count:
+                assert round(duration_sum / count, 2) == figures["avg_session_seconds"]
+                assert round(screens / count, 2) == figures["screens_per_session"]
+                assert round(bounces / count, 4) == figures["bounce_rate"]
+                ordered = sorted(second for second, times in durations.items()
+                                 for _ in range(times))
+                assert ref.nearest_rank_median(ordered) == figures["median_session_seconds"]
+            checked += 1
+    counter.close()
+    assert checked >= 12
+
+
+def screen(anonymous, moment, experience=1, user=None, screen_id="s1"):
+    event = {"type": "screen", "anonymousID": anonymous,
+             "properties": {"experienceID": str(experience), "id": screen_id,
+                            "experienceRevisionID": "r1"}}
+    if user:
+        event["userID"] = user
+    return {"event": event, "time": moment * 1000}
+
+
+def identify(anonymous, moment, user):
+    return {"event": {"type": "identify", "anonymousID": anonymous, "userID": user},
+            "time": moment * 1000}
+
+
+def facts_of(tmp_path, *commits):
+    counter = FactCounter(FactStore(tmp_path / "overview.duckdb"), TIMEOUT, "test")
+    counter.open()
+    for position, items in enumerate(commits, 1):
+        read = SdkEvents()
+        read.read(items)
+        counter.count(read, b"test", position, position)
+    return counter
+
+
+def test_a_gap_of_the_timeout_is_one_session_and_a_second_more_two(tmp_path):
+    start = 1_790_000_000
+    counter = facts_of(tmp_path, [screen("a", start), screen("a", start + TIMEOUT)],
+                       [screen("a", start + 2 * TIMEOUT + 1)])
+    (_, _, _, sessions, duration_sum, screens, bounces, _), = \
+        counter.store.experience_figures(0, 2**40).values()
+    assert (sessions, duration_sum, screens, bounces) == (2, TIMEOUT, 3, 1)
+    counter.close()
+
+
+def test_a_late_view_joins_two_sessions_into_one(tmp_path):
+    start = 1_790_000_000
+    counter = facts_of(tmp_path, [screen("a", start), screen("a", start + 2 * TIMEOUT)],
+                       [screen("a", start + TIMEOUT)])
+    (_, _, _, sessions, duration_sum, _, bounces, _), = \
+        counter.store.experience_figures(0, 2**40).values()
+    assert (sessions, duration_sum, bounces) == (1, 2 * TIMEOUT, 0)
+    counter.close()
+
+
+def test_a_user_linked_from_too_many_installs_links_none(tmp_path):
+    start = 1_790_000_000
+    installs = [f"install-{number}" for number in range(MAX_INSTALLS_PER_USER + 1)]
+    views = [screen(install, start) for install in installs]
+    # Each install logs in as the same user after its anonymous view: one link too many.
+    links = [identify(install, start + 10, "shared") for install in installs]
+    counter = facts_of(tmp_path, views, links[:-1])
+    (_, people, identified, *_), = counter.store.experience_figures(0, 2**40).values()
+    assert (len(people), len(identified)) == (2, 1)  # the shared user, and the last install
+    counter.close()
+    (tmp_path / "all").mkdir()
+    counter = facts_of(tmp_path / "all", views, links)
+    (_, people, identified, *_), = counter.store.experience_figures(0, 2**40).values()
+    assert (len(people), len(identified)) == (len(installs), 0)  # each install its own
+    counter.close()
