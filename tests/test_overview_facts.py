@@ -45,7 +45,6 @@ def test_every_figure_equals_the_ledger(tmp_path, traffic, commit_events):
     counter = count_facts(tmp_path, commit_events)
     assert traffic.late and traffic.retries  # the arrival order is not the device order
     people = ref.People(traffic.views, traffic.links, MAX_INSTALLS_PER_USER)
-    sessions = ref.all_sessions(traffic.views, TIMEOUT)
     end = int(END.timestamp())
     ranges = [(0, 2**40), (end - 86400, end), (end - 3 * 86400 - 1800, end - 86400 + 7)]
     checked = 0
