@@ -129,3 +129,33 @@ def test_a_user_linked_from_too_many_installs_links_none(tmp_path):
     (_, people, identified, *_), = counter.store.experience_figures(0, 2**40).values()
     assert (len(people), len(identified)) == (len(installs), 0)  # each install its own
     counter.close()
+
+
+@pytest.mark.parametrize("commit_events", [13, 10**6])
+def test_every_flow_equals_the_ledger(tmp_path, traffic, commit_events):
+    ingest(tmp_path, traffic.batches)
+    counter = count_facts(tmp_path, commit_events)
+    people = ref.People(traffic.views, traffic.links, MAX_INSTALLS_PER_USER)
+    end = int(END.timestamp())
+    checked = 0
+    for start, stop in [(0, 2**40), (end - 2 * 86400 + 5, end - 3600)]:
+        for experience, flows in traffic.flows.items():
+            for revision in [None, *flows]:
+                want = ref.flow(traffic.views, TIMEOUT, start, stop, people, experience,
+                                revision)
+                sessions, screens, moves = counter.store.experience_flow(
+                    experience, start, stop, revision)
+                assert sessions == want["sessions"]
+                got = {screen: {"sessions": reached, "exits": exits,
+                                "median_seconds_on_screen": ref.quantile(on_screen, 1, 2),
+                                "median_position": ref.quantile(positions, 1, 2)}
+                       for screen, (reached, exits, positions, _, on_screen)
+                       in screens.items()}
+                assert got == {screen["id"]: {key: screen[key] for key in got.get(
+                    screen["id"], {})} for screen in want["screens"]}
+                paths = {(path["from"], path["to"]): path["moves"] for path in want["paths"]
+                         if path["to"] is not None}
+                assert moves == paths
+                checked += 1
+    counter.close()
+    assert checked > 20

@@ -52,6 +52,7 @@ import numpy
 
 from storage.views import derived_store
 from storage.views.derived_store import utc_now
+from worker.flows import MAX_POSITION
 from worker.people import MAX_INSTALLS_PER_USER
 
 VERSION = 1
@@ -269,6 +270,52 @@ class FactStore:
         return dict(figures)
 
 
+    def experience_flow(self, experience, start, end, revision=None):
+        """The flow of one experience's sessions starting in [start, end) (of those begun
+        on `revision` only, if given), worked out from their views (worker/flows.py's
+        rule; views in one second in the order of their screen and revision ids):
+        (sessions, {screen: (sessions that reached it, sessions that ended on it,
+        [its first position in each, capped at MAX_POSITION], [seconds from each session's
+        start to it], [seconds on it before the next view, each view but a session's
+        last]}), {(screen, next screen): moves})."""
+        chosen = [experience, self.timeout, start, end]
+        if revision is not None:
+            chosen.append(revision)
+        db = self.db
+        db.execute("BEGIN TRANSACTION")
+        try:
+            db.execute("CREATE OR REPLACE TEMP TABLE flow_views AS " + _FLOW_VIEWS.format(
+                revision="" if revision is None else "AND began_on = ?"), chosen)
+            sessions, = db.execute(
+                "SELECT count(*) FROM (SELECT DISTINCT device, number FROM flow_views)"
+            ).fetchone()
+            screens = {screen: [0, 0, [], [], []] for screen, in db.execute(
+                "SELECT DISTINCT screen FROM flow_views").fetchall()}
+            for screen, reached, positions, to_reach in db.execute(
+                    "SELECT screen, count(*), list(least(position, ?)), list(moment - first) "
+                    "FROM (SELECT screen, device, number, min(position) AS position, "
+                    "min(moment) AS moment, any_value(first) AS first FROM flow_views "
+                    "GROUP BY screen, device, number) GROUP BY screen",
+                    [MAX_POSITION]).fetchall():
+                screens[screen][0], screens[screen][2], screens[screen][3] = (
+                    reached, positions, to_reach)
+            for screen, exits in db.execute(
+                    "SELECT screen, count(*) FROM flow_views WHERE next_screen IS NULL "
+                    "GROUP BY screen").fetchall():
+                screens[screen][1] = exits
+            for screen, seconds in db.execute(
+                    "SELECT screen, list(next_moment - moment) FROM flow_views WHERE "
+                    "next_screen IS NOT NULL GROUP BY screen").fetchall():
+                screens[screen][4] = seconds
+            moves = dict(((source, target), count) for source, target, count in db.execute(
+                "SELECT screen, next_screen, count(*) FROM flow_views WHERE next_screen IS NOT "
+                "NULL GROUP BY screen, next_screen").fetchall())
+            db.execute("DROP TABLE flow_views")
+        finally:
+            db.execute("COMMIT")
+        return sessions, {screen: tuple(row) for screen, row in screens.items()}, moves
+
+
 def _append(db, table, **columns):
     """Append `columns` (name: a numpy array or a list, the table's columns in its order)
     to `table`: DuckDB reads them whole, where executemany() would run a statement a row."""
@@ -295,6 +342,31 @@ class _transaction:
     def __exit__(self, kind, value, traceback):
         self.db.execute("COMMIT" if kind is None else "ROLLBACK")
         return False
+
+
+# One experience's views with their sessions: each view's install, moment, screen and
+# revision ids, the session it is in (device, number), its position in it, the session's
+# first moment and first revision, and the next view of the session (none for its last).
+_FLOW_VIEWS = """
+WITH views AS (
+    SELECT f.device, f.moment, s.text AS screen, r.text AS revision FROM fact AS f
+    JOIN text AS s ON s.code = f.screen JOIN text AS r ON r.code = f.revision
+    WHERE f.experience = ?),
+marked AS (
+    SELECT *, CASE WHEN moment - lag(moment) OVER install <= ? THEN 0 ELSE 1 END AS begins,
+        row_number() OVER install AS step
+    FROM views WINDOW install AS (PARTITION BY device ORDER BY moment, screen, revision)),
+numbered AS (
+    SELECT *, sum(begins) OVER (PARTITION BY device ORDER BY step) AS number FROM marked),
+placed AS (
+    SELECT device, number, moment, screen, step - min(step) OVER whole + 1 AS position,
+        min(moment) OVER whole AS first, first_value(revision) OVER session AS began_on,
+        lead(screen) OVER session AS next_screen, lead(moment) OVER session AS next_moment
+    FROM numbered
+    WINDOW session AS (PARTITION BY device, number ORDER BY step),
+        whole AS (PARTITION BY device, number))
+SELECT * FROM placed WHERE first >= ? AND first < ? {revision}
+"""
 
 
 class _Rows:
