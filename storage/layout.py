@@ -37,6 +37,8 @@
     ingest.lock       storage/lockfile.py: held by the ingest; probed by nothing
     worker.lock       storage/lockfile.py: held by the worker (and `rebuild`); probed by the
                       ingest to tell whether a worker is alive
+    worker.sock       worker/overview_answers.py listens on it: the overview's reads, which
+                      app/worker_overview.py asks (overview.duckdb opens in one process only)
     logs/ingest.log, logs/worker.log (and their rotated .1 to .5)
                       storage/process.py: each program's own log lines; read by the operator
     supervisor.sock, supervisord.pid
@@ -90,6 +92,7 @@ TEMP_SUFFIX = ".tmp"
 SET_ASIDE_INFIX = ".bad-"
 INGEST_LOCK = "ingest.lock"
 WORKER_LOCK = "worker.lock"
+WORKER_SOCKET = "worker.sock"
 LOGS = "logs"
 
 def partition_names(count):
@@ -111,6 +114,7 @@ class Layout:
         self.overview = self.root / OVERVIEW
         self.ingest_lock = self.root / INGEST_LOCK
         self.worker_lock = self.root / WORKER_LOCK
+        self.worker_socket = self.root / WORKER_SOCKET
 
     def partition_series(self, partition):
         """A cluster worker's series store of one partition."""

@@ -29,7 +29,7 @@ from storage.views.overview_store import (Changes, NoOverview, OverviewReader,
 from storage.views.sketches import (EXACT_LIMIT, Durations, People, duration_bucket,
                               encode_durations, person_key)
 from worker import overview as overview_module
-from worker.people import MAX_INSTALLS_PER_USER
+from storage.views.overview_facts import MAX_INSTALLS_PER_USER
 from worker import runner as runner_module
 from worker.runner import Worker
 from worker.sessions import extend, place, views_of
@@ -60,9 +60,10 @@ def count(root, **options):
     worker.close()
 
 
-def answers(root, queries):
-    """Every query's /experiences and /experiences/<id> documents, from the store."""
-    reader = OverviewReader(root)
+def answers(root, queries, reader=None):
+    """Every query's /experiences and /experiences/<id> documents, from the store (or from
+    `reader`)."""
+    reader = reader or OverviewReader(root)
     now = datetime.datetime.fromtimestamp(RECEIVED, UTC)
     result = []
     for params in queries:

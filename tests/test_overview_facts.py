@@ -7,12 +7,16 @@ import os
 import pytest
 
 import overview_reference as ref
+from app.worker_overview import WorkerOverview
 from bench import traffic as generator
+from storage.layout import Layout
 from storage.log.details import HEADER, read_groups
-from storage.views.overview_facts import FactStore
-from test_overview import END, TIMEOUT, ingest
+from storage.views.overview_facts import MAX_INSTALLS_PER_USER, FactReader, FactStore
+from storage.views.overview_store import NoOverview
+from test_flows import flows
+from test_overview import END, QUERIES, TIMEOUT, answers, count, ingest
 from worker.overview import FactCounter, SdkEvents
-from worker.people import MAX_INSTALLS_PER_USER
+from worker.overview_answers import OverviewAnswers
 
 
 def count_facts(root, commit_events):
@@ -139,8 +143,8 @@ def test_every_flow_equals_the_ledger(tmp_path, traffic, commit_events):
     end = int(END.timestamp())
     checked = 0
     for start, stop in [(0, 2**40), (end - 2 * 86400 + 5, end - 3600)]:
-        for experience, flows in traffic.flows.items():
-            for revision in [None, *flows]:
+        for experience, steps in traffic.flows.items():
+            for revision in [None, *steps]:
                 want = ref.flow(traffic.views, TIMEOUT, start, stop, people, experience,
                                 revision)
                 sessions, screens, moves = counter.store.experience_flow(
@@ -159,3 +163,56 @@ def test_every_flow_equals_the_ledger(tmp_path, traffic, commit_events):
                 checked += 1
     counter.close()
     assert checked > 20
+
+
+def test_the_apps_answers_from_facts_equal_those_from_the_rows(tmp_path, traffic):
+    """app/overview_query.py's documents (/experiences and each /experiences/<id>), read
+    through FactReader, equal those it reads from overview.sqlite3 counted by the shipped
+    worker from the same events: the same rows where it matters, worked out when asked."""
+    ingest(tmp_path, traffic.batches)
+    count(tmp_path, session_timeout=TIMEOUT)
+    counter = count_facts(tmp_path, 97)
+    facts = FactReader(counter.store.db.cursor, TIMEOUT)
+    rows = answers(tmp_path, QUERIES)
+    from_facts = answers(tmp_path, QUERIES, reader=facts)
+    assert len(rows) > 10
+    assert from_facts == rows
+    counter.close()
+
+
+def test_the_apps_flows_from_facts_equal_those_from_the_rows(tmp_path, traffic):
+    """app/flow_query.py's flow and revisions documents, every revision and goal, read
+    through FactReader, equal those it reads from overview.sqlite3."""
+    ingest(tmp_path, traffic.batches)
+    count(tmp_path, session_timeout=TIMEOUT)
+    counter = count_facts(tmp_path, 97)
+    rows = flows(tmp_path, traffic)
+    from_facts = flows(tmp_path, traffic, reader=FactReader(counter.store.db.cursor, TIMEOUT))
+    assert len(rows) > 20
+    for key, document in rows.items():
+        assert from_facts[key] == document, key
+    counter.close()
+
+
+def test_the_worker_answers_the_overview_over_its_socket(tmp_path, traffic):
+    """The same documents asked of the worker over worker.sock (worker/overview_answers.py,
+    app/worker_overview.py); a worker that does not listen is a NoOverview, as is a read it
+    cannot answer."""
+    ingest(tmp_path, traffic.batches)
+    count(tmp_path, session_timeout=TIMEOUT)
+    counter = count_facts(tmp_path, 97)
+    socket_path = Layout(tmp_path).worker_socket
+    asking = WorkerOverview(socket_path)
+    with pytest.raises(NoOverview, match="does not answer"):
+        asking.run([("state",)])
+    answering = OverviewAnswers(socket_path, FactReader(counter.store.db.cursor, TIMEOUT),
+                                lambda: counter.position)
+    answering.start()
+    try:
+        assert answers(tmp_path, QUERIES, reader=asking) == answers(tmp_path, QUERIES)
+        with pytest.raises(NoOverview, match="could not answer: AttributeError"):
+            asking.run([("no_such_read",)])
+    finally:
+        answering.close()
+        counter.close()
+    assert not socket_path.exists()

@@ -27,9 +27,9 @@ A goal reached twice in a session counts once, at its first view.
 from storage.views.overview_store import (ON_SCREEN, POSITIONS, REVISION_BOUNCES,
                                           REVISION_DURATION_SUM, REVISION_DURATIONS,
                                           REVISION_SESSIONS, TO_REACH)
+from storage.views.overview_facts import MAX_POSITION
 from storage.views.sketches import duration_bucket
 
-MAX_POSITION = 50
 
 
 def add_session(changes, experience, session, sign):

@@ -45,10 +45,10 @@ from storage.views.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDEN
                                           SESSIONS, VIEWS, Changes, CorruptOverview,
                                           OverviewStore)
 from storage.projects import is_project_id, person_text
-from storage.views.overview_facts import Batch as FactBatch
+from storage.views.overview_facts import MAX_INSTALLS_PER_USER, Batch as FactBatch
 from storage.views.sketches import duration_bucket, person_key
 from worker.flows import add_session, extend_session
-from worker.people import MAX_INSTALLS_PER_USER, person_of
+from worker.people import person_of
 from worker.sessions import extend, place
 
 log = logging.getLogger("worker")

@@ -51,11 +51,16 @@ import duckdb
 import numpy
 
 from storage.views import derived_store
+from storage.views.sketches import duration_bucket, encode_durations, encode_people
 from storage.views.derived_store import utc_now
-from worker.flows import MAX_POSITION
-from worker.people import MAX_INSTALLS_PER_USER
 
 VERSION = 1
+# The rules' bounds, here with the SQL that applies them (worker/people.py and worker/flows.py
+# describe the rules): a userID linked from more installs than this links none of them (a
+# test account, a shared login); a screen first reached at this step or later is counted at
+# this step.
+MAX_INSTALLS_PER_USER = 100
+MAX_POSITION = 50
 
 SCHEMA = """
 CREATE TABLE fact (experience BIGINT NOT NULL, moment BIGINT NOT NULL, device BIGINT NOT NULL,
@@ -79,20 +84,25 @@ OverviewState = collections.namedtuple(
 
 # The sessions of the (experience, device) pairs in `touched`, from all their facts: a view
 # begins a session when it is the pair's first, or more than the timeout after the one
-# before (by moment; views in one second in the order of their screen and revision codes,
-# which only decides the first view's revision of a session begun within a second).
+# before. A session begins on the revision of its first view by (moment, screen id,
+# revision id), worker/sessions.py's order within a second.
 _SESSIONS = """
 WITH views AS (
-    SELECT f.experience, f.device, f.moment, f.revision FROM fact AS f
-    SEMI JOIN touched AS t ON f.experience = t.experience AND f.device = t.device),
+    SELECT f.experience, f.device, f.moment, f.revision, s.text AS screen_id,
+        r.text AS revision_id
+    FROM fact AS f SEMI JOIN touched AS t ON f.experience = t.experience AND f.device = t.device
+    JOIN text AS s ON s.code = f.screen JOIN text AS r ON r.code = f.revision),
 marked AS (
     SELECT *, CASE WHEN moment - lag(moment) OVER pair <= ? THEN 0 ELSE 1 END AS begins
-    FROM views WINDOW pair AS (PARTITION BY experience, device ORDER BY moment, revision)),
+    FROM views WINDOW pair AS (PARTITION BY experience, device
+                               ORDER BY moment, screen_id, revision_id)),
 numbered AS (
-    SELECT *, sum(begins) OVER (PARTITION BY experience, device ORDER BY moment, revision
+    SELECT *, sum(begins) OVER (PARTITION BY experience, device
+                                ORDER BY moment, screen_id, revision_id
                                 ROWS UNBOUNDED PRECEDING) AS number
     FROM marked)
-SELECT experience, device, min(moment), max(moment), count(*), arg_min(revision, moment)
+SELECT experience, device, min(moment), max(moment), count(*),
+    arg_min(revision, (moment, screen_id, revision_id))
 FROM numbered GROUP BY experience, device, number
 """
 
@@ -381,3 +391,205 @@ class _Rows:
 
     def executemany(self, statement, rows):
         self.db.executemany(statement, [list(row) for row in rows])
+
+
+class FactReader:
+    """The overview's reads (storage/views/overview_store.READS, the rows
+    app/overview_query.py and app/flow_query.py merge), worked out from the facts: a row
+    where overview.sqlite3 keeps a bucket's row, its people the exact set of their keys.
+    `connect()` gives a DuckDB connection to the store (a cursor of the worker's)."""
+
+    def __init__(self, connect, session_timeout):
+        self.connect = connect
+        self.timeout = session_timeout
+
+    def run(self, calls, project=""):
+        """The rows of each read in `calls` ([(name, *arguments)]) of `project`'s
+        experiences, all from one snapshot."""
+        db = self.connect()
+        try:
+            db.execute("BEGIN TRANSACTION")
+            db.execute("CREATE OR REPLACE TEMP TABLE person AS " + _PERSONS)
+            reads = _FactReads(db, project, self.timeout)
+            return [list(getattr(reads, name)(*arguments)) for name, *arguments in calls]
+        finally:
+            db.close()  # and with it the transaction, which wrote only temporary tables
+
+
+class _FactReads:
+    def __init__(self, db, project, timeout):
+        self.db = db
+        self.project = project
+        self.timeout = timeout
+
+    def _keys(self, experience=None):
+        """(SQL that restricts `t.experience` to the project's keys, its parameters), and a
+        function from key to experience id."""
+        if not self.project:
+            if experience is None:
+                return "t.experience >= 0", [], lambda key: key
+            return "t.experience = ?", [experience], lambda key: key
+        keys = dict(self.db.execute(
+            "SELECT key, experience FROM experience_key WHERE project = ?"
+            + ("" if experience is None else " AND experience = ?"),
+            [self.project] + ([] if experience is None else [experience])).fetchall())
+        listed = ", ".join(str(int(key)) for key in keys) or "NULL"
+        return f"t.experience IN ({listed})", [], keys.__getitem__
+
+    def _figures(self, level, start, end, experience=None):
+        """{(bucket, key): [views, people, identified, sessions, duration_sum,
+        session_screens, bounces, {duration bucket: sessions}]} of [start, end), `level`
+        wide buckets (a level of 0: one bucket, start)."""
+        where, parameters, _ = self._keys(experience)
+
+        def bucket(column):
+            return f"(t.{column} - t.{column} % {int(level)})" if level else str(int(start))
+
+        rows = collections.defaultdict(lambda: [0, set(), set(), 0, 0, 0, 0, {}])
+        for key, at, views, people, identified in self.db.execute(
+                f"SELECT t.experience, {bucket('moment')}, count(*), "
+                "list(DISTINCT CASE WHEN t.carried != 0 THEN t.carried ELSE "
+                "coalesce(p.person, t.device) END), list(DISTINCT CASE WHEN t.carried != 0 "
+                "THEN t.carried ELSE p.person END) FILTER (WHERE t.carried != 0 OR p.person IS "
+                "NOT NULL) FROM fact AS t LEFT JOIN person AS p USING (device) "
+                f"WHERE {where} AND t.moment >= ? AND t.moment < ? GROUP BY ALL",
+                [*parameters, start, end]).fetchall():
+            row = rows[at, key]
+            row[0], row[1], row[2] = views, set(people), set(identified or ())
+        for key, at, duration, sessions, screens, bounces in self.db.execute(
+                f"SELECT t.experience, {bucket('first')}, t.last - t.first, count(*), "
+                "sum(t.views), count(*) FILTER (WHERE t.views = 1) FROM session AS t "
+                f"WHERE {where} AND t.first >= ? AND t.first < ? GROUP BY ALL",
+                [*parameters, start, end]).fetchall():
+            row = rows[at, key]
+            row[3] += sessions
+            row[4] += duration * sessions
+            row[5] += screens
+            row[6] += bounces
+            bucketed = duration_bucket(duration)
+            row[7][bucketed] = row[7].get(bucketed, 0) + sessions
+        return rows
+
+    def experience_rows(self, level, start, end, experience):
+        return [(at, experience, views, encode_people(people), encode_people(identified),
+                 sessions, duration_sum, screens, bounces, encode_durations(durations))
+                for (at, _), (views, people, identified, sessions, duration_sum, screens,
+                              bounces, durations)
+                in sorted(self._figures(level, start, end, experience).items())]
+
+    def experience_sums(self, level, start, end):
+        _, _, experience_of = self._keys()
+        return [(experience_of(key), views, sessions, duration_sum, screens, bounces)
+                for (_, key), (views, _, _, sessions, duration_sum, screens, bounces, _)
+                in self._figures(0, start, end).items()]
+
+    def experience_sketches(self, level, start, end):
+        _, _, experience_of = self._keys()
+        return [(experience_of(key), encode_people(people), encode_people(identified),
+                 encode_durations(durations))
+                for (_, key), (_, people, identified, _, _, _, _, durations)
+                in self._figures(0, start, end).items()]
+
+    def screen_rows(self, experience, start, end):
+        where, parameters, _ = self._keys(experience)
+        return [(screen, views, encode_people(set(people))) for screen, views, people
+                in self.db.execute(
+                    "SELECT s.text, count(*), list(DISTINCT CASE WHEN t.carried != 0 THEN "
+                    "t.carried ELSE coalesce(p.person, t.device) END) FROM fact AS t "
+                    "JOIN text AS s ON s.code = t.screen LEFT JOIN person AS p USING (device) "
+                    f"WHERE {where} AND t.moment >= ? AND t.moment < ? GROUP BY s.text",
+                    [*parameters, start, end]).fetchall()]
+
+    def names(self, experience):
+        where, parameters, experience_of = self._keys(experience)
+        if experience is None:
+            where += " AND t.screen = ''"
+        return [(experience_of(key), screen, moment, name) for key, screen, moment, name
+                in self.db.execute(
+                    "SELECT t.experience, t.screen, max(t.moment), arg_max(t.name, "
+                    f"(t.moment, t.name)) FROM name AS t WHERE {where} GROUP BY ALL",
+                    parameters).fetchall()]
+
+    def state(self):
+        return [OverviewState(*self.db.execute(
+            "SELECT session_timeout, source, position, log_end, events, set_aside FROM state"
+        ).fetchone())]
+
+    # The flows' reads: a row per revision (and screen, exit or move) over the range.
+
+    def _flow_views(self, experience, start, end):
+        """The experience's views of sessions starting in [start, end), as _FLOW_VIEWS
+        gives them, in the temporary table flow_views."""
+        where, parameters, _ = self._keys(experience)
+        self.db.execute("CREATE OR REPLACE TEMP TABLE flow_views AS " + _FLOW_VIEWS.format(
+            revision="").replace("f.experience = ?", where.replace("t.", "f.")),
+            [*parameters, self.timeout, start, end])
+
+    def revision_rows(self, experience, start, end):
+        where, parameters, _ = self._keys(experience)
+        rows = {}
+        for revision, views, first_seen, last_seen, people in self.db.execute(
+                "SELECT r.text, count(*), min(t.moment), max(t.moment), list(DISTINCT CASE "
+                "WHEN t.carried != 0 THEN t.carried ELSE coalesce(p.person, t.device) END) "
+                "FROM fact AS t JOIN text AS r ON r.code = t.revision LEFT JOIN person AS p "
+                f"USING (device) WHERE {where} AND t.moment >= ? AND t.moment < ? "
+                "GROUP BY r.text", [*parameters, start, end]).fetchall():
+            rows[revision] = [views, first_seen, last_seen, set(people), 0, 0, 0, {}]
+        for revision, duration, sessions, bounces in self.db.execute(
+                "SELECT r.text, t.last - t.first, count(*), count(*) FILTER (WHERE t.views = 1) "
+                "FROM session AS t JOIN text AS r ON r.code = t.began_on "
+                f"WHERE {where} AND t.first >= ? AND t.first < ? GROUP BY ALL",
+                [*parameters, start, end]).fetchall():
+            row = rows.setdefault(revision, [0, 2**62, -1, set(), 0, 0, 0, {}])
+            row[4] += sessions
+            row[5] += duration * sessions
+            row[6] += bounces
+            bucketed = duration_bucket(duration)
+            row[7][bucketed] = row[7].get(bucketed, 0) + sessions
+        return [(revision, views, first_seen, last_seen, encode_people(people), sessions,
+                 duration_sum, bounces, encode_durations(durations))
+                for revision, (views, first_seen, last_seen, people, sessions, duration_sum,
+                               bounces, durations) in rows.items()]
+
+    def flow_screen_rows(self, experience, start, end):
+        self._flow_views(experience, start, end)
+        histograms = collections.defaultdict(lambda: ({}, {}, {}))
+        for revision, screen, position, to_reach in self.db.execute(
+                "SELECT began_on, screen, least(min(position), ?), min(moment) - "
+                "any_value(first) FROM flow_views GROUP BY began_on, screen, device, number",
+                [MAX_POSITION]).fetchall():
+            positions, reaching, _ = histograms[revision, screen]
+            positions[position] = positions.get(position, 0) + 1
+            bucketed = duration_bucket(to_reach)
+            reaching[bucketed] = reaching.get(bucketed, 0) + 1
+        for revision, screen, seconds in self.db.execute(
+                "SELECT began_on, screen, next_moment - moment FROM flow_views WHERE "
+                "next_screen IS NOT NULL").fetchall():
+            on_screen = histograms[revision, screen][2]
+            bucketed = duration_bucket(seconds)
+            on_screen[bucketed] = on_screen.get(bucketed, 0) + 1
+        return [(revision, screen, *(encode_durations(histogram) for histogram in row))
+                for (revision, screen), row in histograms.items()]
+
+    def flow_exit_rows(self, experience, start, end):
+        self._flow_views(experience, start, end)
+        return self.db.execute(
+            "WITH ends AS (SELECT device, number, screen AS exit FROM flow_views WHERE "
+            "next_screen IS NULL), reached AS (SELECT DISTINCT began_on, device, number, "
+            "screen FROM flow_views) SELECT r.began_on, e.exit, r.screen, count(*) FROM "
+            "reached AS r JOIN ends AS e USING (device, number) GROUP BY ALL").fetchall()
+
+    def flow_move_rows(self, experience, start, end):
+        self._flow_views(experience, start, end)
+        return self.db.execute(
+            "SELECT began_on, screen, next_screen, count(*) FROM flow_views WHERE "
+            "next_screen IS NOT NULL GROUP BY ALL").fetchall()
+
+    def goal_people(self, experience, start, end, screen):
+        where, parameters, _ = self._keys(experience)
+        return [(revision, encode_people(set(people))) for revision, people in self.db.execute(
+            "SELECT r.text, list(DISTINCT CASE WHEN t.carried != 0 THEN t.carried ELSE "
+            "coalesce(p.person, t.device) END) FROM fact AS t JOIN text AS s ON s.code = "
+            "t.screen JOIN text AS r ON r.code = t.revision LEFT JOIN person AS p USING "
+            f"(device) WHERE {where} AND t.moment >= ? AND t.moment < ? AND s.text = ? "
+            "GROUP BY r.text", [*parameters, start, end, screen]).fetchall()]
