@@ -199,11 +199,15 @@ class OverviewCounter:
             self._place(changes, stored, device, keys[experience], placed)
         self.store.commit(changes, source, position, log_end)
         self.source, self.position, self.log_end = source, position, log_end
-        if read.events:
-            took = (time.monotonic() - started) / read.events
+        self._note_speed(started, read.events)
+        return read.events
+
+    def _note_speed(self, started, events):
+        """Fold the commit begun at `started` (time.monotonic()) into seconds_per_event."""
+        if events:
+            took = (time.monotonic() - started) / events
             last = self.seconds_per_event
             self.seconds_per_event = took if last is None else (last + took) / 2
-        return read.events
 
     def _link(self, changes, links, viewing):
         """Add `links` ((device, user, moment)) to the store's, and find each install's
@@ -662,6 +666,7 @@ class FactCounter:
         self.source, self.position, self.log_end = state.source, state.position, state.log_end
 
     commit_size = OverviewCounter.commit_size
+    _note_speed = OverviewCounter._note_speed
 
     def count(self, read, source, position, log_end):
         if not read.events and position == self.position:
@@ -695,10 +700,7 @@ class FactCounter:
         _names(batch, keys, read.views)
         store.commit(batch, source, position, log_end)
         self.source, self.position, self.log_end = source, position, log_end
-        if read.events:
-            took = (time.monotonic() - started) / read.events
-            last = self.seconds_per_event
-            self.seconds_per_event = took if last is None else (last + took) / 2
+        self._note_speed(started, read.events)
         return read.events
 
     def close(self):
