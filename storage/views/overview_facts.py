@@ -417,10 +417,15 @@ class FactReader:
 
 
 class _FactReads:
+    """The reads of one run(): what several reads of a question share (a range's figures,
+    an experience's sessions) is worked out once."""
+
     def __init__(self, db, project, timeout):
         self.db = db
         self.project = project
         self.timeout = timeout
+        self._figured = {}  # (level, start, end, experience) -> _figures()
+        self._flowing = None  # (experience, start, end) whose views are in flow_views
 
     def _keys(self, experience=None):
         """(SQL that restricts `t.experience` to the project's keys, its parameters), and a
@@ -440,6 +445,12 @@ class _FactReads:
         """{(bucket, key): [views, people, identified, sessions, duration_sum,
         session_screens, bounces, {duration bucket: sessions}]} of [start, end), `level`
         wide buckets (a level of 0: one bucket, start)."""
+        asked = (level, start, end, experience)
+        if asked not in self._figured:
+            self._figured[asked] = self._figure(level, start, end, experience)
+        return self._figured[asked]
+
+    def _figure(self, level, start, end, experience):
         where, parameters, _ = self._keys(experience)
 
         def bucket(column):
@@ -520,6 +531,9 @@ class _FactReads:
     def _flow_views(self, experience, start, end):
         """The experience's views of sessions starting in [start, end), as _FLOW_VIEWS
         gives them, in the temporary table flow_views."""
+        if self._flowing == (experience, start, end):
+            return
+        self._flowing = (experience, start, end)
         where, parameters, _ = self._keys(experience)
         self.db.execute("CREATE OR REPLACE TEMP TABLE flow_views AS " + _FLOW_VIEWS.format(
             revision="").replace("f.experience = ?", where.replace("t.", "f.")),
