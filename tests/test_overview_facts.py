@@ -128,11 +128,14 @@ def test_a_user_linked_from_too_many_installs_links_none(tmp_path):
     (_, people, identified, *_), = counter.store.experience_figures(0, 2**40).values()
     assert (len(people), len(identified)) == (2, 1)  # the shared user, and the last install
     counter.close()
-    (tmp_path / "all").mkdir()
-    counter = facts_of(tmp_path / "all", views, links)
-    (_, people, identified, *_), = counter.store.experience_figures(0, 2**40).values()
-    assert (len(people), len(identified)) == (len(installs), 0)  # each install its own
-    counter.close()
+    # The link too many, in the same commit as the others or in one of its own (which must
+    # take the user from the installs linked before it).
+    for name, commits in [("together", [links]), ("later", [links[:-1], links[-1:]])]:
+        (tmp_path / name).mkdir()
+        counter = facts_of(tmp_path / name, views, *commits)
+        (_, people, identified, *_), = counter.store.experience_figures(0, 2**40).values()
+        assert (len(people), len(identified)) == (len(installs), 0)  # each install its own
+        counter.close()
 
 
 @pytest.mark.parametrize("commit_events", [13, 10**6])

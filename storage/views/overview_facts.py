@@ -20,6 +20,8 @@ Format (version 1), a DuckDB database. Times are Unix seconds, device time.
     link      (device, user, moment): an install's links to a userID (worker/people.py), a
               row per pair and commit with the earliest moment the commit saw; a pair's
               first link is the least of its rows
+    person    (device, person): each linked install's person, the userID key its views
+              count as when they carry none (worker/people.py's rule)
     session   (experience, device, first, last, views, began_on): every session of every
               install (worker/sessions.py's rule: the maximal runs of an install's views of
               an experience with no gap longer than the timeout), its first and last
@@ -37,9 +39,11 @@ Invariants, true at every commit because everything changes in one DuckDB transa
               a commit recomputes the sessions of every (experience, install) it adds views
               to, from all their views, whatever order and however late they came
     link      holds every link before position
+    person    == the rule applied to link: a commit works it out again for every install
+              linked to a user its links name
 
-A person, a view's identification and the people of any range are worked out when asked,
-from fact and link (worker/people.py's rule, in SQL): a late login needs no recount.
+A view's identification and the people of any range are worked out when asked, from fact
+and person: a late login changes an install's person row, and needs no recount.
 
 Like the other derived stores, a commit needs atomicity, not durability (DuckDB commits
 through its write-ahead log; docs/benchmarks.md has it through SIGKILLs and power losses).
@@ -51,7 +55,7 @@ import duckdb
 import numpy
 
 from storage.views import derived_store
-from storage.views.sketches import duration_bucket, encode_durations, encode_people
+from storage.views.sketches import EXACT_DURATION_BELOW, encode_distinct, encode_histogram
 from storage.views.derived_store import utc_now
 
 VERSION = 1
@@ -67,6 +71,7 @@ CREATE TABLE fact (experience BIGINT NOT NULL, moment BIGINT NOT NULL, device BI
     carried BIGINT NOT NULL, screen INTEGER NOT NULL, revision INTEGER NOT NULL);
 CREATE TABLE text (code INTEGER NOT NULL, text VARCHAR NOT NULL);
 CREATE TABLE link (device BIGINT NOT NULL, user_key BIGINT NOT NULL, moment BIGINT NOT NULL);
+CREATE TABLE person (device BIGINT NOT NULL, person BIGINT NOT NULL);
 CREATE TABLE session (experience BIGINT NOT NULL, device BIGINT NOT NULL,
     first BIGINT NOT NULL, last BIGINT NOT NULL, views BIGINT NOT NULL,
     began_on INTEGER NOT NULL);
@@ -106,14 +111,16 @@ SELECT experience, device, min(moment), max(moment), count(*),
 FROM numbered GROUP BY experience, device, number
 """
 
-# Each install's person: the user of its first link by device time (ties: the smaller key),
-# among users linked from at most MAX_INSTALLS_PER_USER installs (worker/people.py).
+# The person of each install in the table relinked: the user of its first link by device
+# time (ties: the smaller key), among users linked from at most MAX_INSTALLS_PER_USER
+# installs (worker/people.py).
 _PERSONS = f"""
 WITH first_links AS (
-    SELECT device, user_key, min(moment) AS moment FROM link GROUP BY device, user_key),
+    SELECT device, user_key, min(moment) AS moment FROM link SEMI JOIN relinked USING (device)
+    GROUP BY device, user_key),
 crowded AS (
-    SELECT user_key FROM first_links GROUP BY user_key
-    HAVING count(*) > {MAX_INSTALLS_PER_USER})
+    SELECT user_key FROM link WHERE user_key IN (SELECT user_key FROM first_links)
+    GROUP BY user_key HAVING count(DISTINCT device) > {MAX_INSTALLS_PER_USER})
 SELECT device, arg_min(user_key, (moment, user_key)) AS person FROM first_links
 WHERE user_key NOT IN (SELECT user_key FROM crowded) GROUP BY device
 """
@@ -204,9 +211,22 @@ class FactStore:
                     db.execute("DROP TABLE touched")
                 if batch.links:
                     (devices, users), moments = zip(*batch.links), batch.links.values()
+                    users = numpy.array(users, dtype=numpy.int64)
                     _append(db, "link", device=numpy.array(devices, dtype=numpy.int64),
-                            user_key=numpy.array(users, dtype=numpy.int64),
+                            user_key=users,
                             moment=numpy.fromiter(moments, numpy.int64, len(moments)))
+                    # An install's person hangs on its own links and on whether each user
+                    # it is linked to is crowded, which only that user's new links change:
+                    # so the installs linked to a user of this commit's links are all whose
+                    # person can have changed.
+                    db.register("linked_users", {"user_key": users})
+                    db.execute("CREATE TEMP TABLE relinked AS SELECT DISTINCT device FROM "
+                               "link SEMI JOIN linked_users USING (user_key)")
+                    db.unregister("linked_users")
+                    db.execute("DELETE FROM person AS p USING relinked AS r "
+                               "WHERE p.device = r.device")
+                    db.execute("INSERT INTO person " + _PERSONS)
+                    db.execute("DROP TABLE relinked")
                 if batch.names:
                     (experiences, screens), named = zip(*batch.names), batch.names.values()
                     moments, names = zip(*named)
@@ -230,7 +250,7 @@ class FactStore:
         """Empty the store and its position in one transaction (for a recount)."""
         with self._transaction() as db:
             self.keys.reset(_Rows(db))
-            for table in ("fact", "text", "link", "session", "name"):
+            for table in ("fact", "text", "link", "person", "session", "name"):
                 db.execute(f"DELETE FROM {table}")
             db.execute("UPDATE state SET session_timeout = ?, source = ''::BLOB, position = 0, "
                        "log_end = 0, events = 0, set_aside = 0, updated_at = ?",
@@ -257,7 +277,7 @@ class FactStore:
         db.execute("BEGIN TRANSACTION")  # one snapshot for both queries
         try:
             for experience, views, people, identified in db.execute(
-                    f"WITH person AS ({_PERSONS}), seen AS ("
+                    "WITH seen AS ("
                     "SELECT f.experience, CASE WHEN f.carried != 0 THEN f.carried ELSE "
                     "coalesce(p.person, f.device) END AS who, (f.carried != 0 OR p.person IS "
                     "NOT NULL) AS known FROM fact AS f LEFT JOIN person AS p USING (device) "
@@ -288,38 +308,41 @@ class FactStore:
         [its first position in each, capped at MAX_POSITION], [seconds from each session's
         start to it], [seconds on it before the next view, each view but a session's
         last]}), {(screen, next screen): moves})."""
-        chosen = [experience, self.timeout, start, end]
+        chosen = [experience, start, end]
         if revision is not None:
             chosen.append(revision)
         db = self.db
         db.execute("BEGIN TRANSACTION")
         try:
             db.execute("CREATE OR REPLACE TEMP TABLE flow_views AS " + _FLOW_VIEWS.format(
-                revision="" if revision is None else "AND began_on = ?"), chosen)
+                chosen="t.experience = ? AND t.first >= ? AND t.first < ?" + (
+                    "" if revision is None else
+                    " AND t.began_on = (SELECT code FROM text WHERE text = ?)")), chosen)
+            texts = dict(db.execute("SELECT code, text FROM text").fetchall())
             sessions, = db.execute(
-                "SELECT count(*) FROM (SELECT DISTINCT device, number FROM flow_views)"
+                "SELECT count(*) FROM (SELECT DISTINCT device, first FROM flow_views)"
             ).fetchone()
-            screens = {screen: [0, 0, [], [], []] for screen, in db.execute(
+            screens = {texts[screen]: [0, 0, [], [], []] for screen, in db.execute(
                 "SELECT DISTINCT screen FROM flow_views").fetchall()}
             for screen, reached, positions, to_reach in db.execute(
                     "SELECT screen, count(*), list(least(position, ?)), list(moment - first) "
-                    "FROM (SELECT screen, device, number, min(position) AS position, "
-                    "min(moment) AS moment, any_value(first) AS first FROM flow_views "
-                    "GROUP BY screen, device, number) GROUP BY screen",
-                    [MAX_POSITION]).fetchall():
-                screens[screen][0], screens[screen][2], screens[screen][3] = (
-                    reached, positions, to_reach)
+                    "FROM (SELECT screen, device, first, min(position) AS position, "
+                    "min(moment) AS moment FROM flow_views GROUP BY screen, device, first) "
+                    "GROUP BY screen", [MAX_POSITION]).fetchall():
+                screens[texts[screen]][0], screens[texts[screen]][2], \
+                    screens[texts[screen]][3] = reached, positions, to_reach
             for screen, exits in db.execute(
                     "SELECT screen, count(*) FROM flow_views WHERE next_screen IS NULL "
                     "GROUP BY screen").fetchall():
-                screens[screen][1] = exits
+                screens[texts[screen]][1] = exits
             for screen, seconds in db.execute(
                     "SELECT screen, list(next_moment - moment) FROM flow_views WHERE "
                     "next_screen IS NOT NULL GROUP BY screen").fetchall():
-                screens[screen][4] = seconds
-            moves = dict(((source, target), count) for source, target, count in db.execute(
-                "SELECT screen, next_screen, count(*) FROM flow_views WHERE next_screen IS NOT "
-                "NULL GROUP BY screen, next_screen").fetchall())
+                screens[texts[screen]][4] = seconds
+            moves = {(texts[source], texts[target]): count
+                     for source, target, count in db.execute(
+                         "SELECT screen, next_screen, count(*) FROM flow_views WHERE "
+                         "next_screen IS NOT NULL GROUP BY screen, next_screen").fetchall()}
             db.execute("DROP TABLE flow_views")
         finally:
             db.execute("COMMIT")
@@ -354,28 +377,24 @@ class _transaction:
         return False
 
 
-# One experience's views with their sessions: each view's install, moment, screen and
-# revision ids, the session it is in (device, number), its position in it, the session's
-# first moment and first revision, and the next view of the session (none for its last).
+# The views of the sessions `chosen` (t: session) selects: each view's install, the first
+# moment of its session (with the install, the session's name), its moment, its screen's
+# code, the session's first revision's code, its position in the session, and the next
+# view's screen code and moment (none for a session's last). The order within a second is
+# worker/sessions.py's: by screen id, then revision id.
 _FLOW_VIEWS = """
-WITH views AS (
-    SELECT f.device, f.moment, s.text AS screen, r.text AS revision FROM fact AS f
-    JOIN text AS s ON s.code = f.screen JOIN text AS r ON r.code = f.revision
-    WHERE f.experience = ?),
-marked AS (
-    SELECT *, CASE WHEN moment - lag(moment) OVER install <= ? THEN 0 ELSE 1 END AS begins,
-        row_number() OVER install AS step
-    FROM views WINDOW install AS (PARTITION BY device ORDER BY moment, screen, revision)),
-numbered AS (
-    SELECT *, sum(begins) OVER (PARTITION BY device ORDER BY step) AS number FROM marked),
-placed AS (
-    SELECT device, number, moment, screen, step - min(step) OVER whole + 1 AS position,
-        min(moment) OVER whole AS first, first_value(revision) OVER session AS began_on,
-        lead(screen) OVER session AS next_screen, lead(moment) OVER session AS next_moment
-    FROM numbered
-    WINDOW session AS (PARTITION BY device, number ORDER BY step),
-        whole AS (PARTITION BY device, number))
-SELECT * FROM placed WHERE first >= ? AND first < ? {revision}
+WITH chosen AS (
+    SELECT t.experience, t.device, t.first, t.last, t.began_on FROM session AS t
+    WHERE {chosen}),
+views AS (
+    SELECT f.device, f.moment, f.screen, c.first, c.began_on, s.text AS screen_id,
+        r.text AS revision_id
+    FROM fact AS f JOIN chosen AS c ON f.experience = c.experience AND f.device = c.device
+        AND f.moment BETWEEN c.first AND c.last
+    JOIN text AS s ON s.code = f.screen JOIN text AS r ON r.code = f.revision)
+SELECT device, first, moment, screen, began_on, row_number() OVER session AS position,
+    lead(screen) OVER session AS next_screen, lead(moment) OVER session AS next_moment
+FROM views WINDOW session AS (PARTITION BY device, first ORDER BY moment, screen_id, revision_id)
 """
 
 
@@ -393,6 +412,82 @@ class _Rows:
         self.db.executemany(statement, [list(row) for row in rows])
 
 
+# The joins that give a fact's screen id (s.text) and revision id (r.text).
+_SCREEN = "JOIN text AS s ON s.code = t.screen"
+_REVISION = "JOIN text AS r ON r.code = t.revision"
+_NO_ONE = encode_distinct(numpy.array([], dtype=numpy.int64))
+
+
+def _people(db, groups, joins, where, parameters):
+    """{(group's values): (people, identified)} of the facts (t) `where` selects, by the
+    SQL expressions `groups`, both encoded (storage/views/sketches.py). A view is counted
+    as its userID, else its install's person, else its
+    install (worker/people.py); identified if it is one of the first two."""
+    named = ", ".join(f"{group} AS g{index}" for index, group in enumerate(groups))
+    # The distinct (group, person) pairs, brought over as columns: a Python object a person
+    # would cost more than DuckDB's whole query.
+    columns = db.execute(
+        f"SELECT DISTINCT {named}, CASE WHEN t.carried != 0 THEN t.carried ELSE "
+        "coalesce(p.person, t.device) END AS who, (t.carried != 0 OR p.person IS NOT NULL) "
+        f"AS identified FROM fact AS t LEFT JOIN person AS p USING (device) {joins} "
+        f"WHERE {where} ORDER BY ALL", parameters).fetchnumpy()
+    who, identified = columns["who"], columns["identified"]
+    return {key: (encode_distinct(who[first:last]),
+                  encode_distinct(who[first:last][identified[first:last]]))
+            for key, first, last in _runs(columns, len(groups))}
+
+
+def _sessions(db, groups, joins, where, parameters):
+    """{(group's values): [sessions, duration_sum, session_screens, bounces, durations]} of
+    the sessions (t) `where` selects, by the SQL expressions `groups`; durations encoded
+    (storage/views/sketches.py)."""
+    named = ", ".join(f"{group} AS g{index}" for index, group in enumerate(groups))
+    chosen = (f"WITH chosen AS (SELECT {named}, t.last - t.first AS duration, t.views "
+              f"FROM session AS t {joins} WHERE {where}) ")
+    figures = {tuple(key): [sessions, duration_sum, screens, bounces, b""]
+               for *key, sessions, duration_sum, screens, bounces in db.execute(
+                   chosen + "SELECT * EXCLUDE (duration, views), count(*), sum(duration), "
+                   "sum(views), count(*) FILTER (WHERE views = 1) FROM chosen GROUP BY ALL",
+                   parameters).fetchall()}
+    for key, durations in _histograms(
+            db, chosen + "SELECT * EXCLUDE (duration, views), duration AS value FROM chosen",
+            parameters).items():
+        figures[key][4] = durations
+    return figures
+
+
+def _histograms(db, values, parameters):
+    """{(group's values): histogram, encoded as sketches.encode_durations does} of the query
+    `values`: its columns g0, g1, ... name a group, `value` is a duration (or a position)."""
+    columns = db.execute(
+        f"SELECT * EXCLUDE (value), {_DURATION_BUCKET} AS bucket, count(*) AS sessions "
+        f"FROM ({values}) GROUP BY ALL ORDER BY ALL", parameters).fetchnumpy()
+    return {key: encode_histogram(columns["bucket"][first:last],
+                                  columns["sessions"][first:last])
+            for key, first, last in _runs(columns, len(columns) - 2)}
+
+
+# sketches.duration_bucket(value), in SQL: a value below EXACT_DURATION_BELOW (2**12) is
+# its own bucket, a larger one keeps its 12 leading bits.
+_DURATION_BUCKET = "CASE WHEN value < 4096 THEN value " + " ".join(
+    f"WHEN value < {1 << (bits + 1)} THEN value >> {bits - 11} << {bits - 11}"
+    for bits in range(12, 63)) + " END"
+assert EXACT_DURATION_BELOW == 4096
+
+
+def _runs(columns, groups):
+    """[(values, first, last)]: the runs of rows with the same values of the columns g0, g1,
+    ... (`groups` of them) in `columns` (numpy arrays, ordered by those first)."""
+    values = [columns[f"g{index}"] for index in range(groups)]
+    rows = len(values[0])
+    changes = numpy.zeros(max(rows - 1, 0), dtype=bool)
+    for column in values:
+        changes |= column[1:] != column[:-1]
+    starts = [0, *(numpy.flatnonzero(changes) + 1).tolist()] if rows else []
+    keys = zip(*(column[starts].tolist() for column in values))
+    return list(zip(keys, starts, starts[1:] + [rows]))
+
+
 class FactReader:
     """The overview's reads (storage/views/overview_store.READS, the rows
     app/overview_query.py and app/flow_query.py merge), worked out from the facts: a row
@@ -403,13 +498,17 @@ class FactReader:
         self.connect = connect
         self.timeout = session_timeout
 
+    @staticmethod
+    def pieces(start, end):
+        """One: the facts answer any range at once (level 0: one bucket, the range's)."""
+        return [(0, start, end)]
+
     def run(self, calls, project=""):
         """The rows of each read in `calls` ([(name, *arguments)]) of `project`'s
         experiences, all from one snapshot."""
         db = self.connect()
         try:
             db.execute("BEGIN TRANSACTION")
-            db.execute("CREATE OR REPLACE TEMP TABLE person AS " + _PERSONS)
             reads = _FactReads(db, project, self.timeout)
             return [list(getattr(reads, name)(*arguments)) for name, *arguments in calls]
         finally:
@@ -426,6 +525,7 @@ class _FactReads:
         self.timeout = timeout
         self._figured = {}  # (level, start, end, experience) -> _figures()
         self._flowing = None  # (experience, start, end) whose views are in flow_views
+        self._text = None  # _texts()
 
     def _keys(self, experience=None):
         """(SQL that restricts `t.experience` to the project's keys, its parameters), and a
@@ -456,34 +556,24 @@ class _FactReads:
         def bucket(column):
             return f"(t.{column} - t.{column} % {int(level)})" if level else str(int(start))
 
-        rows = collections.defaultdict(lambda: [0, set(), set(), 0, 0, 0, 0, {}])
-        for key, at, views, people, identified in self.db.execute(
-                f"SELECT t.experience, {bucket('moment')}, count(*), "
-                "list(DISTINCT CASE WHEN t.carried != 0 THEN t.carried ELSE "
-                "coalesce(p.person, t.device) END), list(DISTINCT CASE WHEN t.carried != 0 "
-                "THEN t.carried ELSE p.person END) FILTER (WHERE t.carried != 0 OR p.person IS "
-                "NOT NULL) FROM fact AS t LEFT JOIN person AS p USING (device) "
-                f"WHERE {where} AND t.moment >= ? AND t.moment < ? GROUP BY ALL",
-                [*parameters, start, end]).fetchall():
-            row = rows[at, key]
-            row[0], row[1], row[2] = views, set(people), set(identified or ())
-        for key, at, duration, sessions, screens, bounces in self.db.execute(
-                f"SELECT t.experience, {bucket('first')}, t.last - t.first, count(*), "
-                "sum(t.views), count(*) FILTER (WHERE t.views = 1) FROM session AS t "
-                f"WHERE {where} AND t.first >= ? AND t.first < ? GROUP BY ALL",
-                [*parameters, start, end]).fetchall():
-            row = rows[at, key]
-            row[3] += sessions
-            row[4] += duration * sessions
-            row[5] += screens
-            row[6] += bounces
-            bucketed = duration_bucket(duration)
-            row[7][bucketed] = row[7].get(bucketed, 0) + sessions
+        rows = collections.defaultdict(lambda: [0, _NO_ONE, _NO_ONE, 0, 0, 0, 0, b""])
+        in_range = f"{where} AND t.moment >= ? AND t.moment < ?"
+        for key, at, views in self.db.execute(
+                f"SELECT t.experience, {bucket('moment')}, count(*) FROM fact AS t "
+                f"WHERE {in_range} GROUP BY ALL", [*parameters, start, end]).fetchall():
+            rows[at, key][0] = views
+        for (key, at), people in _people(self.db, ["t.experience", bucket("moment")], "",
+                                         in_range, [*parameters, start, end]).items():
+            rows[at, key][1:3] = people
+        for (key, at), figures in _sessions(
+                self.db, ["t.experience", bucket("first")], "",
+                f"{where} AND t.first >= ? AND t.first < ?", [*parameters, start, end]).items():
+            rows[at, key][3:] = figures
         return rows
 
     def experience_rows(self, level, start, end, experience):
-        return [(at, experience, views, encode_people(people), encode_people(identified),
-                 sessions, duration_sum, screens, bounces, encode_durations(durations))
+        return [(at, experience, views, people, identified,
+                 sessions, duration_sum, screens, bounces, durations)
                 for (at, _), (views, people, identified, sessions, duration_sum, screens,
                               bounces, durations)
                 in sorted(self._figures(level, start, end, experience).items())]
@@ -496,20 +586,17 @@ class _FactReads:
 
     def experience_sketches(self, level, start, end):
         _, _, experience_of = self._keys()
-        return [(experience_of(key), encode_people(people), encode_people(identified),
-                 encode_durations(durations))
+        return [(experience_of(key), people, identified, durations)
                 for (_, key), (_, people, identified, _, _, _, _, durations)
                 in self._figures(0, start, end).items()]
 
     def screen_rows(self, experience, start, end):
         where, parameters, _ = self._keys(experience)
-        return [(screen, views, encode_people(set(people))) for screen, views, people
-                in self.db.execute(
-                    "SELECT s.text, count(*), list(DISTINCT CASE WHEN t.carried != 0 THEN "
-                    "t.carried ELSE coalesce(p.person, t.device) END) FROM fact AS t "
-                    "JOIN text AS s ON s.code = t.screen LEFT JOIN person AS p USING (device) "
-                    f"WHERE {where} AND t.moment >= ? AND t.moment < ? GROUP BY s.text",
-                    [*parameters, start, end]).fetchall()]
+        in_range = f"{where} AND t.moment >= ? AND t.moment < ?"
+        people = _people(self.db, ["s.text"], _SCREEN, in_range, [*parameters, start, end])
+        return [(screen, views, people[screen,][0]) for screen, views in self.db.execute(
+            f"SELECT s.text, count(*) FROM fact AS t {_SCREEN} WHERE {in_range} GROUP BY s.text",
+            [*parameters, start, end]).fetchall()]
 
     def names(self, experience):
         where, parameters, experience_of = self._keys(experience)
@@ -536,74 +623,74 @@ class _FactReads:
         self._flowing = (experience, start, end)
         where, parameters, _ = self._keys(experience)
         self.db.execute("CREATE OR REPLACE TEMP TABLE flow_views AS " + _FLOW_VIEWS.format(
-            revision="").replace("f.experience = ?", where.replace("t.", "f.")),
-            [*parameters, self.timeout, start, end])
+            chosen=f"{where} AND t.first >= ? AND t.first < ?"), [*parameters, start, end])
+
+    def _texts(self):
+        """{code: screen or revision id}."""
+        if self._text is None:
+            self._text = dict(self.db.execute("SELECT code, text FROM text").fetchall())
+        return self._text
 
     def revision_rows(self, experience, start, end):
         where, parameters, _ = self._keys(experience)
+        in_range = f"{where} AND t.moment >= ? AND t.moment < ?"
+        people = _people(self.db, ["r.text"], _REVISION, in_range, [*parameters, start, end])
         rows = {}
-        for revision, views, first_seen, last_seen, people in self.db.execute(
-                "SELECT r.text, count(*), min(t.moment), max(t.moment), list(DISTINCT CASE "
-                "WHEN t.carried != 0 THEN t.carried ELSE coalesce(p.person, t.device) END) "
-                "FROM fact AS t JOIN text AS r ON r.code = t.revision LEFT JOIN person AS p "
-                f"USING (device) WHERE {where} AND t.moment >= ? AND t.moment < ? "
-                "GROUP BY r.text", [*parameters, start, end]).fetchall():
-            rows[revision] = [views, first_seen, last_seen, set(people), 0, 0, 0, {}]
-        for revision, duration, sessions, bounces in self.db.execute(
-                "SELECT r.text, t.last - t.first, count(*), count(*) FILTER (WHERE t.views = 1) "
-                "FROM session AS t JOIN text AS r ON r.code = t.began_on "
-                f"WHERE {where} AND t.first >= ? AND t.first < ? GROUP BY ALL",
+        for revision, views, first_seen, last_seen in self.db.execute(
+                "SELECT r.text, count(*), min(t.moment), max(t.moment) FROM fact AS t "
+                f"{_REVISION} WHERE {in_range} GROUP BY r.text",
                 [*parameters, start, end]).fetchall():
-            row = rows.setdefault(revision, [0, 2**62, -1, set(), 0, 0, 0, {}])
-            row[4] += sessions
-            row[5] += duration * sessions
-            row[6] += bounces
-            bucketed = duration_bucket(duration)
-            row[7][bucketed] = row[7].get(bucketed, 0) + sessions
-        return [(revision, views, first_seen, last_seen, encode_people(people), sessions,
-                 duration_sum, bounces, encode_durations(durations))
+            rows[revision] = [views, first_seen, last_seen, people[revision,][0], 0, 0, 0, b""]
+        for (revision,), (sessions, duration_sum, _, bounces, durations) in _sessions(
+                self.db, ["r.text"], "JOIN text AS r ON r.code = t.began_on",
+                f"{where} AND t.first >= ? AND t.first < ?", [*parameters, start, end]).items():
+            rows.setdefault(revision, [0, 2**62, -1, _NO_ONE])[4:] = (
+                sessions, duration_sum, bounces, durations)
+        return [(revision, views, first_seen, last_seen, people, sessions,
+                 duration_sum, bounces, durations)
                 for revision, (views, first_seen, last_seen, people, sessions, duration_sum,
                                bounces, durations) in rows.items()]
 
     def flow_screen_rows(self, experience, start, end):
         self._flow_views(experience, start, end)
-        histograms = collections.defaultdict(lambda: ({}, {}, {}))
-        for revision, screen, position, to_reach in self.db.execute(
-                "SELECT began_on, screen, least(min(position), ?), min(moment) - "
-                "any_value(first) FROM flow_views GROUP BY began_on, screen, device, number",
-                [MAX_POSITION]).fetchall():
-            positions, reaching, _ = histograms[revision, screen]
-            positions[position] = positions.get(position, 0) + 1
-            bucketed = duration_bucket(to_reach)
-            reaching[bucketed] = reaching.get(bucketed, 0) + 1
-        for revision, screen, seconds in self.db.execute(
-                "SELECT began_on, screen, next_moment - moment FROM flow_views WHERE "
-                "next_screen IS NOT NULL").fetchall():
-            on_screen = histograms[revision, screen][2]
-            bucketed = duration_bucket(seconds)
-            on_screen[bucketed] = on_screen.get(bucketed, 0) + 1
-        return [(revision, screen, *(encode_durations(histogram) for histogram in row))
-                for (revision, screen), row in histograms.items()]
+        # Each session's first view of each screen it reached: its position (capped) and
+        # how long after the session's start.
+        reached = ("SELECT began_on AS g0, screen AS g1, min(position) AS position, "
+                   "min(moment) - first AS seconds FROM flow_views "
+                   "GROUP BY began_on, screen, device, first")
+        histograms = [
+            _histograms(self.db, f"SELECT g0, g1, least(position, ?) AS value FROM ({reached})",
+                        [MAX_POSITION]),
+            _histograms(self.db, f"SELECT g0, g1, seconds AS value FROM ({reached})", []),
+            _histograms(self.db, "SELECT began_on AS g0, screen AS g1, next_moment - moment "
+                        "AS value FROM flow_views WHERE next_screen IS NOT NULL", [])]
+        texts = self._texts()
+        return [(texts[revision], texts[screen],
+                 *(histogram.get((revision, screen), b"") for histogram in histograms))
+                for revision, screen in histograms[0]]
 
     def flow_exit_rows(self, experience, start, end):
         self._flow_views(experience, start, end)
-        return self.db.execute(
-            "WITH ends AS (SELECT device, number, screen AS exit FROM flow_views WHERE "
-            "next_screen IS NULL), reached AS (SELECT DISTINCT began_on, device, number, "
-            "screen FROM flow_views) SELECT r.began_on, e.exit, r.screen, count(*) FROM "
-            "reached AS r JOIN ends AS e USING (device, number) GROUP BY ALL").fetchall()
+        texts = self._texts()
+        return [(texts[revision], texts[ended_on], texts[screen], count)
+                for revision, ended_on, screen, count in self.db.execute(
+                    "WITH ends AS (SELECT device, first, screen AS exit FROM flow_views WHERE "
+                    "next_screen IS NULL), reached AS (SELECT DISTINCT began_on, device, "
+                    "first, screen FROM flow_views) SELECT r.began_on, e.exit, r.screen, "
+                    "count(*) FROM reached AS r JOIN ends AS e USING (device, first) "
+                    "GROUP BY ALL").fetchall()]
 
     def flow_move_rows(self, experience, start, end):
         self._flow_views(experience, start, end)
-        return self.db.execute(
-            "SELECT began_on, screen, next_screen, count(*) FROM flow_views WHERE "
-            "next_screen IS NOT NULL GROUP BY ALL").fetchall()
+        texts = self._texts()
+        return [(texts[revision], texts[screen], texts[following], count)
+                for revision, screen, following, count in self.db.execute(
+                    "SELECT began_on, screen, next_screen, count(*) FROM flow_views WHERE "
+                    "next_screen IS NOT NULL GROUP BY ALL").fetchall()]
 
     def goal_people(self, experience, start, end, screen):
         where, parameters, _ = self._keys(experience)
-        return [(revision, encode_people(set(people))) for revision, people in self.db.execute(
-            "SELECT r.text, list(DISTINCT CASE WHEN t.carried != 0 THEN t.carried ELSE "
-            "coalesce(p.person, t.device) END) FROM fact AS t JOIN text AS s ON s.code = "
-            "t.screen JOIN text AS r ON r.code = t.revision LEFT JOIN person AS p USING "
-            f"(device) WHERE {where} AND t.moment >= ? AND t.moment < ? AND s.text = ? "
-            "GROUP BY r.text", [*parameters, start, end, screen]).fetchall()]
+        return [(revision, people) for (revision,), (people, _) in _people(
+            self.db, ["r.text"], _SCREEN + " " + _REVISION,
+            f"{where} AND t.moment >= ? AND t.moment < ? AND s.text = ?",
+            [*parameters, start, end, screen]).items()]
