@@ -21,7 +21,7 @@ from test_overview import (END, RECEIVED, TIMEOUT, UTC, count, counted_in_order_
                            ingest)
 from worker import overview as overview_module
 from worker.flows import add_session, extend_session
-from storage.views.overview_facts import MAX_INSTALLS_PER_USER
+from storage.views.overview_store import MAX_INSTALLS_PER_USER
 
 QUERIES = [
     {},  # the last 30 days

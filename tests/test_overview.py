@@ -30,7 +30,7 @@ from storage.views.overview_store import (Changes, NoOverview, OverviewReader,
 from storage.views.sketches import (EXACT_LIMIT, Durations, People, duration_bucket,
                               encode_durations, person_key)
 from worker import overview as overview_module
-from storage.views.overview_facts import MAX_INSTALLS_PER_USER
+from storage.views.overview_store import MAX_INSTALLS_PER_USER
 from worker import runner as runner_module
 from worker.runner import Worker
 from worker.sessions import extend, place, views_of

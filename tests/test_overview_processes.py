@@ -18,7 +18,7 @@ from bench import traffic as generator
 from http_client import NO_ANSWER, request, wait_for
 from storage.views.sketches import duration_bucket
 from test_read_api import assert_matches_spec
-from storage.views.overview_facts import MAX_INSTALLS_PER_USER
+from storage.views.overview_store import MAX_INSTALLS_PER_USER
 
 pytestmark = pytest.mark.slow
 

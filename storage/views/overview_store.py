@@ -163,8 +163,17 @@ EXPERIENCE_COLUMNS = ("views", "people", "identified", "sessions", "duration_sum
                       "session_screens", "bounces", "durations")
 
 
+# The rules' bounds, shared by both stores (worker/people.py and worker/flows.py describe the
+# rules; storage/views/overview_facts.py applies them in SQL): a userID linked from more
+# installs than this links none of them (a test account, a shared login); a screen first
+# reached at this step or later is counted at this step.
+MAX_INSTALLS_PER_USER = 100
+MAX_POSITION = 50
+
+
 class CorruptOverview(Exception):
-    """overview.sqlite3 exists but cannot be trusted; the message says why."""
+    """The overview's store (overview.sqlite3, or overview.duckdb) exists but cannot be
+    trusted; the message says why."""
 
 
 OverviewState = collections.namedtuple(
