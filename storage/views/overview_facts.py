@@ -54,17 +54,14 @@ import collections
 import duckdb
 import numpy
 
+from storage.durable import move_durably
+from storage.layout import Layout
 from storage.views import derived_store
+from storage.views.overview_store import MAX_INSTALLS_PER_USER, MAX_POSITION, CorruptOverview
 from storage.views.sketches import EXACT_DURATION_BELOW, encode_distinct, encode_histogram
 from storage.views.derived_store import utc_now
 
 VERSION = 1
-# The rules' bounds, here with the SQL that applies them (worker/people.py and worker/flows.py
-# describe the rules): a userID linked from more installs than this links none of them (a
-# test account, a shared login); a screen first reached at this step or later is counted at
-# this step.
-MAX_INSTALLS_PER_USER = 100
-MAX_POSITION = 50
 
 SCHEMA = """
 CREATE TABLE fact (experience BIGINT NOT NULL, moment BIGINT NOT NULL, device BIGINT NOT NULL,
@@ -91,6 +88,12 @@ OverviewState = collections.namedtuple(
 # begins a session when it is the pair's first, or more than the timeout after the one
 # before. A session begins on the revision of its first view by (moment, screen id,
 # revision id), worker/sessions.py's order within a second.
+#
+# Views in one second are peers, whatever order a window puts them in: one of them carries
+# the gap from the second before (begins or not), the others a gap of 0, and each view's
+# session number counts the beginnings up to and including its own second (RANGE, with its
+# peers). Numbering row by row instead (ROWS) split a second's views between two sessions
+# when the two windows ordered exact ties differently.
 _SESSIONS = """
 WITH views AS (
     SELECT f.experience, f.device, f.moment, f.revision, s.text AS screen_id,
@@ -99,12 +102,10 @@ WITH views AS (
     JOIN text AS s ON s.code = f.screen JOIN text AS r ON r.code = f.revision),
 marked AS (
     SELECT *, CASE WHEN moment - lag(moment) OVER pair <= ? THEN 0 ELSE 1 END AS begins
-    FROM views WINDOW pair AS (PARTITION BY experience, device
-                               ORDER BY moment, screen_id, revision_id)),
+    FROM views WINDOW pair AS (PARTITION BY experience, device ORDER BY moment)),
 numbered AS (
-    SELECT *, sum(begins) OVER (PARTITION BY experience, device
-                                ORDER BY moment, screen_id, revision_id
-                                ROWS UNBOUNDED PRECEDING) AS number
+    SELECT *, sum(begins) OVER (PARTITION BY experience, device ORDER BY moment
+                                RANGE UNBOUNDED PRECEDING) AS number
     FROM marked)
 SELECT experience, device, min(moment), max(moment), count(*),
     arg_min(revision, (moment, screen_id, revision_id))
@@ -124,6 +125,17 @@ crowded AS (
 SELECT device, arg_min(user_key, (moment, user_key)) AS person FROM first_links
 WHERE user_key NOT IN (SELECT user_key FROM crowded) GROUP BY device
 """
+
+
+def read_state(path):
+    """The OverviewState of the store at `path` when no process holds it open, or None if
+    there is none. Raises duckdb.Error if it cannot be read (held by a worker, damaged)."""
+    if not path.exists():
+        return None
+    with duckdb.connect(str(path), read_only=True) as db:
+        return OverviewState(*db.execute(
+            "SELECT session_timeout, source, position, log_end, events, set_aside FROM state"
+        ).fetchone())
 
 
 class Batch:
@@ -156,23 +168,55 @@ class FactStore:
 
     def open(self, session_timeout):
         """Open the store, creating it empty (for `session_timeout`) if missing; return its
-        OverviewState."""
+        OverviewState. Raises CorruptOverview if the file is not a store this code can
+        trust (then it is closed)."""
         fresh = not self.path.exists()
-        self.db = duckdb.connect(str(self.path), config={"threads": 1})
-        if fresh:
-            with self._transaction() as db:
-                db.execute(SCHEMA)
-                db.execute("INSERT INTO state VALUES (?, ?, ''::BLOB, 0, 0, 0, 0, ?)",
-                           [VERSION, session_timeout, utc_now()])
-        version, *state = self.db.execute(
-            "SELECT version, session_timeout, source, position, log_end, events, set_aside "
-            "FROM state").fetchone()
-        if version != VERSION:
-            raise derived_store.Unusable(f"format version {version}, not {VERSION}")
-        self.keys.load(_Rows(self.db))
-        self._codes = dict(self.db.execute("SELECT text, code FROM text").fetchall())
+        try:
+            self.db = duckdb.connect(str(self.path), config={"threads": 1})
+            if fresh:
+                with self._transaction() as db:
+                    db.execute(SCHEMA)
+                    db.execute("INSERT INTO state VALUES (?, ?, ''::BLOB, 0, 0, 0, 0, ?)",
+                               [VERSION, session_timeout, utc_now()])
+            rows = self.db.execute(
+                "SELECT version, session_timeout, source, position, log_end, events, "
+                "set_aside FROM state").fetchall()
+            if len(rows) != 1:
+                raise derived_store.Unusable(f"its state table has {len(rows)} rows, not 1")
+            (version, *state), = rows
+            if version != VERSION:
+                raise derived_store.Unusable(f"format version {version}, not {VERSION}")
+            self.keys.load(_Rows(self.db))
+            self._codes = dict(self.db.execute("SELECT text, code FROM text").fetchall())
+        except (duckdb.Error, derived_store.Unusable) as problem:
+            # duckdb.IOException among them: another process holds the store (a worker
+            # still running), which the caller must not take for damage.
+            if isinstance(problem, duckdb.IOException) and "lock" in str(problem):
+                raise
+            self.close()
+            raise CorruptOverview(f"{type(problem).__name__}: {problem}") from None
         self.timeout = state[0]
         return OverviewState(*state)
+
+    def set_aside(self):
+        """Move the store (closed) and its write-ahead log out of the way together, kept
+        for inspection; return where the store went."""
+        self.close()
+        if not self.path.exists():
+            return None
+        aside = Layout(self.path.parent).set_aside(self.path)
+        wal = self.path.with_name(self.path.name + ".wal")
+        # The log first: were it left behind alone, DuckDB would replay it into the new
+        # store. The store without it is the store at its last checkpoint, still whole.
+        if wal.exists():
+            move_durably(wal, aside.with_name(aside.name + ".wal"))
+        move_durably(self.path, aside)
+        return aside
+
+    @staticmethod
+    def batch():
+        """An empty Batch, for the next commit."""
+        return Batch()
 
     def code(self, text):
         """The code of a screen or revision id, a new one written with the next commit."""
@@ -491,12 +535,12 @@ def _runs(columns, groups):
 class FactReader:
     """The overview's reads (storage/views/overview_store.READS, the rows
     app/overview_query.py and app/flow_query.py merge), worked out from the facts: a row
-    where overview.sqlite3 keeps a bucket's row, its people the exact set of their keys.
-    `connect()` gives a DuckDB connection to the store (a cursor of the worker's)."""
+    where overview.sqlite3 keeps a bucket's row, its people encoded as
+    storage/views/sketches.py's People (exact up to EXACT_LIMIT). `connect()` gives a DuckDB
+    connection to the store (a cursor of the worker's)."""
 
-    def __init__(self, connect, session_timeout):
+    def __init__(self, connect):
         self.connect = connect
-        self.timeout = session_timeout
 
     @staticmethod
     def pieces(start, end):
@@ -509,7 +553,7 @@ class FactReader:
         db = self.connect()
         try:
             db.execute("BEGIN TRANSACTION")
-            reads = _FactReads(db, project, self.timeout)
+            reads = _FactReads(db, project)
             return [list(getattr(reads, name)(*arguments)) for name, *arguments in calls]
         finally:
             db.close()  # and with it the transaction, which wrote only temporary tables
@@ -519,10 +563,9 @@ class _FactReads:
     """The reads of one run(): what several reads of a question share (a range's figures,
     an experience's sessions) is worked out once."""
 
-    def __init__(self, db, project, timeout):
+    def __init__(self, db, project):
         self.db = db
         self.project = project
-        self.timeout = timeout
         self._figured = {}  # (level, start, end, experience) -> _figures()
         self._flowing = None  # (experience, start, end) whose views are in flow_views
         self._text = None  # _texts()
