@@ -11,7 +11,8 @@ from app.worker_overview import WorkerOverview
 from bench import traffic as generator
 from storage.layout import Layout
 from storage.log.details import HEADER, read_groups
-from storage.views.overview_facts import MAX_INSTALLS_PER_USER, FactReader, FactStore
+from storage.views.overview_facts import FactReader, FactStore
+from storage.views.overview_store import MAX_INSTALLS_PER_USER
 from storage.views.overview_store import NoOverview
 from test_flows import flows
 from test_overview import END, QUERIES, TIMEOUT, answers, count, ingest
@@ -108,6 +109,21 @@ def test_a_gap_of_the_timeout_is_one_session_and_a_second_more_two(tmp_path):
     counter.close()
 
 
+def test_alike_views_in_one_second_are_one_session(tmp_path):
+    """Views alike to the second (one screen, one revision) have no order among them: however
+    a query orders them, they are in one session. Sessions were once numbered row by row,
+    and such ties, ordered one way to mark a session's start and another to number it, split
+    some of them in two."""
+    start = 1_790_000_000
+    installs = [f"install-{number}" for number in range(300)]
+    counter = facts_of(tmp_path, [screen(install, start + offset)
+                                  for install in installs for offset in (0, 0, 0, 9, 9)])
+    (_, _, _, sessions, duration_sum, screens, bounces, _), = \
+        counter.store.experience_figures(0, 2**40).values()
+    assert (sessions, duration_sum, screens, bounces) == (300, 300 * 9, 1500, 0)
+    counter.close()
+
+
 def test_a_late_view_joins_two_sessions_into_one(tmp_path):
     start = 1_790_000_000
     counter = facts_of(tmp_path, [screen("a", start), screen("a", start + 2 * TIMEOUT)],
@@ -175,7 +191,7 @@ def test_the_apps_answers_from_facts_equal_those_from_the_rows(tmp_path, traffic
     ingest(tmp_path, traffic.batches)
     count(tmp_path, session_timeout=TIMEOUT)
     counter = count_facts(tmp_path, 97)
-    facts = FactReader(counter.store.db.cursor, TIMEOUT)
+    facts = FactReader(counter.store.db.cursor)
     rows = answers(tmp_path, QUERIES)
     from_facts = answers(tmp_path, QUERIES, reader=facts)
     assert len(rows) > 10
@@ -190,7 +206,7 @@ def test_the_apps_flows_from_facts_equal_those_from_the_rows(tmp_path, traffic):
     count(tmp_path, session_timeout=TIMEOUT)
     counter = count_facts(tmp_path, 97)
     rows = flows(tmp_path, traffic)
-    from_facts = flows(tmp_path, traffic, reader=FactReader(counter.store.db.cursor, TIMEOUT))
+    from_facts = flows(tmp_path, traffic, reader=FactReader(counter.store.db.cursor))
     assert len(rows) > 20
     for key, document in rows.items():
         assert from_facts[key] == document, key
@@ -208,7 +224,7 @@ def test_the_worker_answers_the_overview_over_its_socket(tmp_path, traffic):
     asking = WorkerOverview(socket_path)
     with pytest.raises(NoOverview, match="does not answer"):
         asking.run([("state",)])
-    answering = OverviewAnswers(socket_path, FactReader(counter.store.db.cursor, TIMEOUT),
+    answering = OverviewAnswers(socket_path, FactReader(counter.store.db.cursor),
                                 lambda: counter.position)
     answering.start()
     try:
@@ -219,3 +235,42 @@ def test_the_worker_answers_the_overview_over_its_socket(tmp_path, traffic):
         answering.close()
         counter.close()
     assert not socket_path.exists()
+
+
+def facts_documents(root):
+    """Every QUERIES document, read from overview.duckdb (no worker holding it)."""
+    store = FactStore(Layout(root).overview_facts)
+    store.open(TIMEOUT)
+    try:
+        return answers(root, QUERIES, reader=FactReader(store.db.cursor))
+    finally:
+        store.close()
+
+
+def test_a_damaged_store_is_set_aside_and_counted_again(tmp_path, traffic, caplog):
+    ingest(tmp_path, traffic.batches)
+    count(tmp_path, session_timeout=TIMEOUT, overview_store="duckdb")
+    counted = facts_documents(tmp_path)
+    path = Layout(tmp_path).overview_facts
+    with open(path, "r+b") as damaged:  # DuckDB's headers, overwritten
+        damaged.write(os.urandom(16384))
+    count(tmp_path, session_timeout=TIMEOUT, overview_store="duckdb")
+    assert "OVERVIEW REJECTED: overview.duckdb is unusable" in caplog.text
+    assert [aside.name[:len("overview.duckdb.bad-")] for aside in tmp_path.iterdir()
+            if ".bad-" in aside.name] == ["overview.duckdb.bad-"]
+    assert facts_documents(tmp_path) == counted
+
+
+def test_another_session_timeout_counts_the_overview_again(tmp_path, traffic, caplog):
+    ingest(tmp_path, traffic.batches)
+    count(tmp_path, session_timeout=TIMEOUT, overview_store="duckdb")
+    count(tmp_path, session_timeout=2 * TIMEOUT, overview_store="duckdb")
+    assert "the timeout is now 3600s; counting data1.details again" in caplog.text
+    store = FactStore(Layout(tmp_path).overview_facts)
+    assert store.open(2 * TIMEOUT).session_timeout == 2 * TIMEOUT
+    people = ref.People(traffic.views, traffic.links, MAX_INSTALLS_PER_USER)
+    want = ref.overview(traffic.views, 2 * TIMEOUT, 0, 2**40, people)
+    got = store.experience_figures(0, 2**40)
+    assert {experience: got[experience][3] for experience in want} == {
+        experience: figures["sessions"] for experience, figures in want.items()}
+    store.close()

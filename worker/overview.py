@@ -42,12 +42,12 @@ from storage.views.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDEN
                                           REVISION_FIRST_SEEN, REVISION_IDENTIFIED,
                                           REVISION_LAST_SEEN, REVISION_PEOPLE, REVISION_VIEWS,
                                           SCREEN_PEOPLE, SCREEN_VIEWS, SESSION_SCREENS,
-                                          SESSIONS, VIEWS, Changes, CorruptOverview,
-                                          OverviewStore)
+                                          MAX_INSTALLS_PER_USER, SESSIONS, VIEWS, Changes,
+                                          CorruptOverview, OverviewStore)
 from storage.projects import is_project_id, person_text
-from storage.views.overview_facts import MAX_INSTALLS_PER_USER, Batch as FactBatch
 from storage.views.sketches import duration_bucket, person_key
 from worker.flows import add_session, extend_session
+from worker.overview_answers import OverviewAnswers
 from worker.people import person_of
 from worker.sessions import extend, place
 
@@ -283,16 +283,33 @@ class OverviewCounter:
 
 
 class Overview:
-    """The overview on one machine: counted from data1.details into overview.sqlite3."""
+    """The overview on one machine: counted from data1.details into overview.sqlite3, or
+    with `facts` into overview.duckdb (storage/views/overview_facts.py), whose reads only
+    this process can make: it answers the ingest's (worker/overview_answers.py)."""
 
-    def __init__(self, state_dir, session_timeout):
+    def __init__(self, state_dir, session_timeout, facts=False):
         self.layout = Layout(state_dir)
-        self.counter = OverviewCounter(OverviewStore(state_dir), session_timeout,
-                                       "data1.details")
+        self.answers = None
+        if facts:
+            # Only a worker keeping overview.duckdb loads DuckDB (21 MB of memory).
+            from storage.views.overview_facts import FactReader, FactStore
+
+            store = FactStore(self.layout.overview_facts)
+            self.counter = FactCounter(store, session_timeout, "data1.details")
+            # A cursor of the store's connection as it is when asked (None while it is set
+            # aside: the read fails, and the ingest answers 503).
+            self.answers = OverviewAnswers(self.layout.worker_socket,
+                                           FactReader(lambda: store.db.cursor()),
+                                           lambda: self.counter.position)
+        else:
+            self.counter = OverviewCounter(OverviewStore(state_dir), session_timeout,
+                                           "data1.details")
         self.details = None  # read-only descriptor of data1.details, once it exists
 
     def recover(self):
         self.counter.open()
+        if self.answers is not None:
+            self.answers.start()
 
     def rebuild(self):
         self.counter.rebuild()
@@ -364,6 +381,8 @@ class Overview:
         return self.counter.count(read, identity, offset, end)
 
     def close(self):
+        if self.answers is not None:
+            self.answers.close()
         self.counter.close()
         if self.details is not None:
             os.close(self.details)
@@ -649,31 +668,18 @@ def _count_session(changes, experience, session, sign):
     durations[bucket] = durations.get(bucket, 0) + sign
 
 
-class FactCounter:
-    """OverviewCounter's job for storage/views/overview_facts.FactStore: a stretch's screen
-    views and links appended as facts with the source's new position; sessions, people and
-    flows are the store's to work out."""
-
-    def __init__(self, store, session_timeout, source_name):
-        self.store = store
-        self.timeout = int(session_timeout)
-        self.source_name = source_name
-        self.source, self.position, self.log_end = b"", 0, 0
-        self.seconds_per_event = None
-
-    def open(self):
-        state = self.store.open(self.timeout)
-        self.source, self.position, self.log_end = state.source, state.position, state.log_end
-
-    commit_size = OverviewCounter.commit_size
-    _note_speed = OverviewCounter._note_speed
+class FactCounter(OverviewCounter):
+    """OverviewCounter for storage/views/overview_facts.FactStore (overview.duckdb): a
+    stretch's screen views and links appended as facts with the source's new position;
+    sessions, people and flows are the store's to work out. Opening, starting over and
+    sizing commits are OverviewCounter's."""
 
     def count(self, read, source, position, log_end):
         if not read.events and position == self.position:
             return 0
         started = time.monotonic()
         store = self.store
-        batch = FactBatch()
+        batch = store.batch()
         batch.events, batch.set_aside = read.events, len(read.set_aside)
         key, code = store.keys.key, store.code
         keys = {experience: key(*experience)
@@ -702,6 +708,3 @@ class FactCounter:
         self.source, self.position, self.log_end = source, position, log_end
         self._note_speed(started, read.events)
         return read.events
-
-    def close(self):
-        self.store.close()
