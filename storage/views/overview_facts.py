@@ -714,22 +714,24 @@ class _FactReads:
 
     def flow_exit_rows(self, experience, start, end):
         self._flow_views(experience, start, end)
-        texts = self._texts()
-        return [(texts[revision], texts[ended_on], texts[screen], count)
-                for revision, ended_on, screen, count in self.db.execute(
-                    "WITH ends AS (SELECT device, first, screen AS exit FROM flow_views WHERE "
-                    "next_screen IS NULL), reached AS (SELECT DISTINCT began_on, device, "
-                    "first, screen FROM flow_views) SELECT r.began_on, e.exit, r.screen, "
-                    "count(*) FROM reached AS r JOIN ends AS e USING (device, first) "
-                    "GROUP BY ALL").fetchall()]
+        return self._counted_texts(
+            "WITH ends AS (SELECT device, first, screen AS exit FROM flow_views WHERE "
+            "next_screen IS NULL), reached AS (SELECT DISTINCT began_on, device, first, screen "
+            "FROM flow_views) SELECT r.began_on, e.exit, r.screen, count(*) FROM reached AS r "
+            "JOIN ends AS e USING (device, first) GROUP BY ALL")
 
     def flow_move_rows(self, experience, start, end):
         self._flow_views(experience, start, end)
+        return self._counted_texts(
+            "SELECT began_on, screen, next_screen, count(*) FROM flow_views WHERE next_screen "
+            "IS NOT NULL GROUP BY ALL")
+
+    def _counted_texts(self, query):
+        """The rows of `query`, each a count after codes of screen and revision ids, with
+        the ids for the codes."""
         texts = self._texts()
-        return [(texts[revision], texts[screen], texts[following], count)
-                for revision, screen, following, count in self.db.execute(
-                    "SELECT began_on, screen, next_screen, count(*) FROM flow_views WHERE "
-                    "next_screen IS NOT NULL GROUP BY ALL").fetchall()]
+        return [(*(texts[code] for code in codes), count)
+                for *codes, count in self.db.execute(query).fetchall()]
 
     def goal_people(self, experience, start, end, screen):
         where, parameters, _ = self._keys(experience)
