@@ -151,7 +151,7 @@ def time_backlog_reads(state_dir, rounds=5):
     (app/overview_query.py, app/flow_query.py, in process) from both stores of the backlog."""
     facts = FactStore(state_dir / "overview.duckdb")
     facts.open(1800)
-    readers = (OverviewReader(state_dir), FactReader(facts.db.cursor))
+    readers = (OverviewReader(state_dir), FactReader(facts))
     now = END_TIME
     span = {"from": f"{now - datetime.timedelta(days=30):%Y-%m-%dT%H:%M:%SZ}",
             "to": f"{now:%Y-%m-%dT%H:%M:%SZ}"}

@@ -191,7 +191,7 @@ def test_the_apps_answers_from_facts_equal_those_from_the_rows(tmp_path, traffic
     ingest(tmp_path, traffic.batches)
     count(tmp_path, session_timeout=TIMEOUT)
     counter = count_facts(tmp_path, 97)
-    facts = FactReader(counter.store.db.cursor)
+    facts = FactReader(counter.store)
     rows = answers(tmp_path, QUERIES)
     from_facts = answers(tmp_path, QUERIES, reader=facts)
     assert len(rows) > 10
@@ -206,7 +206,7 @@ def test_the_apps_flows_from_facts_equal_those_from_the_rows(tmp_path, traffic):
     count(tmp_path, session_timeout=TIMEOUT)
     counter = count_facts(tmp_path, 97)
     rows = flows(tmp_path, traffic)
-    from_facts = flows(tmp_path, traffic, reader=FactReader(counter.store.db.cursor))
+    from_facts = flows(tmp_path, traffic, reader=FactReader(counter.store))
     assert len(rows) > 20
     for key, document in rows.items():
         assert from_facts[key] == document, key
@@ -224,7 +224,7 @@ def test_the_worker_answers_the_overview_over_its_socket(tmp_path, traffic):
     asking = WorkerOverview(socket_path)
     with pytest.raises(NoOverview, match="does not answer"):
         asking.run([("state",)])
-    answering = OverviewAnswers(socket_path, FactReader(counter.store.db.cursor),
+    answering = OverviewAnswers(socket_path, FactReader(counter.store),
                                 lambda: counter.position)
     answering.start()
     try:
@@ -242,7 +242,7 @@ def facts_documents(root):
     store = FactStore(Layout(root).overview_facts)
     store.open(TIMEOUT)
     try:
-        return answers(root, QUERIES, reader=FactReader(store.db.cursor))
+        return answers(root, QUERIES, reader=FactReader(store))
     finally:
         store.close()
 

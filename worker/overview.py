@@ -296,10 +296,7 @@ class Overview:
 
             store = FactStore(self.layout.overview_facts)
             self.counter = FactCounter(store, session_timeout, "data1.details")
-            # A cursor of the store's connection as it is when asked (None while it is set
-            # aside: the read fails, and the ingest answers 503).
-            self.answers = OverviewAnswers(self.layout.worker_socket,
-                                           FactReader(lambda: store.db.cursor()),
+            self.answers = OverviewAnswers(self.layout.worker_socket, FactReader(store),
                                            lambda: self.counter.position)
         else:
             self.counter = OverviewCounter(OverviewStore(state_dir), session_timeout,

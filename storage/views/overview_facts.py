@@ -50,6 +50,8 @@ through its write-ahead log; docs/benchmarks.md has it through SIGKILLs and powe
 """
 
 import collections
+import contextlib
+import threading
 
 import duckdb
 import numpy
@@ -165,6 +167,7 @@ class FactStore:
         self._codes = {}  # text -> code
         self._new_codes = []
         self.timeout = None
+        self._reading = threading.Lock()  # held by a read (reading()) and by close()
 
     def open(self, session_timeout):
         """Open the store, creating it empty (for `session_timeout`) if missing; return its
@@ -301,10 +304,25 @@ class FactStore:
                        [session_timeout, utc_now()])
         self._codes, self._new_codes, self.timeout = {}, [], session_timeout
 
+    @contextlib.contextmanager
+    def reading(self):
+        """A cursor of the store for one read (from any thread), closed after it. Closing
+        the store (or setting it aside) waits for it: DuckDB keeps a database open while a
+        cursor of it is, and a store opened again at the same path would be that one."""
+        with self._reading:
+            if self.db is None:
+                raise CorruptOverview(f"{self.path.name} is closed (being set aside?)")
+            cursor = self.db.cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+
     def close(self):
-        if self.db is not None:
-            self.db.close()
-            self.db = None
+        with self._reading:
+            if self.db is not None:
+                self.db.close()
+                self.db = None
 
     def _transaction(self):
         return _transaction(self.db)
@@ -536,11 +554,11 @@ class FactReader:
     """The overview's reads (storage/views/overview_store.READS, the rows
     app/overview_query.py and app/flow_query.py merge), worked out from the facts: a row
     where overview.sqlite3 keeps a bucket's row, its people encoded as
-    storage/views/sketches.py's People (exact up to EXACT_LIMIT). `connect()` gives a DuckDB
-    connection to the store (a cursor of the worker's)."""
+    storage/views/sketches.py's People (exact up to EXACT_LIMIT). Reads `store` (a
+    FactStore) through its reading()."""
 
-    def __init__(self, connect):
-        self.connect = connect
+    def __init__(self, store):
+        self.store = store
 
     @staticmethod
     def pieces(start, end):
@@ -550,13 +568,11 @@ class FactReader:
     def run(self, calls, project=""):
         """The rows of each read in `calls` ([(name, *arguments)]) of `project`'s
         experiences, all from one snapshot."""
-        db = self.connect()
-        try:
+        # Closing the cursor ends its transaction, which wrote only temporary tables.
+        with self.store.reading() as db:
             db.execute("BEGIN TRANSACTION")
             reads = _FactReads(db, project)
             return [list(getattr(reads, name)(*arguments)) for name, *arguments in calls]
-        finally:
-            db.close()  # and with it the transaction, which wrote only temporary tables
 
 
 class _FactReads:
