@@ -181,7 +181,7 @@ def describe(access, kind):
 
 
 def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute_retention,
-          dedupe_window, access, trusted_proxy, cluster=None):
+          dedupe_window, access, trusted_proxy, overview_store="sqlite", cluster=None):
     """Serve the API until SIGTERM/SIGINT; return the exit code. `cluster`, in cluster mode,
     is (NATS server URLs, the partition count asked for or None, replicas, publish
     timeout)."""
@@ -215,8 +215,9 @@ def serve(*, host, port, threads, state_dir, durable, stalled_after, cpu, minute
         dedupe_window, eventlog.size,
     )
     admission = Admission(eventlog, threads, access)
-    app = make_app(eventlog, FileReadSide(eventlog, state_dir, stalled_after), minute_retention,
-                   access, admission)
+    read_side = FileReadSide(eventlog, state_dir, stalled_after,
+                             worker_answers=overview_store == "duckdb")
+    app = make_app(eventlog, read_side, minute_retention, access, admission)
     code = run_server(app, eventlog, admission, **server_settings)
     eventlog.close()
     log.info("ingest stopped")
@@ -394,6 +395,7 @@ def main(argv):
             "cpu": settings.ingest_cpu(),
             "minute_retention": settings.minute_retention(),
             "dedupe_window": settings.dedupe_window(),
+            "overview_store": settings.overview_store(),
             "access": load_access(settings.tokens("WRITE"), settings.tokens("READ"),
                                   settings.projects_file()),
             "trusted_proxy": settings.trusted_proxy(),

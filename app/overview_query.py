@@ -3,9 +3,9 @@ checked, the range laid out in hours, days and weeks, and the stored rows merged
 figures.
 
 A range runs on whole UTC hours: from the start of the hour holding `from` to the end of the
-hour holding `to`'s last instant. Its figures merge the rows of the weeks and UTC days it
-covers whole and of the hours at either end (storage/views/overview_store.py keeps all
-three); a day point in a time zone is the local day, cut to the range. As in /series, in a
+hour holding `to`'s last instant. Its figures merge the rows of the pieces the store reads it
+in (its pieces(): overview.sqlite3's weeks, UTC days and hours, or the whole range at once
+from the facts); a day point in a time zone is the local day, cut to the range. As in /series, in a
 zone whose offset is not a whole number of hours a day's edges move back to the start of the
 UTC hour holding local midnight.
 
@@ -19,7 +19,7 @@ import datetime
 import math
 
 from app import series_query
-from storage.views.overview_store import DAY, HOUR, WEEK
+from storage.views.overview_store import DAY, HOUR
 from storage.views.sketches import Durations, People
 
 UTC = datetime.timezone.utc
@@ -67,23 +67,6 @@ def parse(params, now):
             raise BadQuery(f"top must be a positive integer, got {top!r}")
         top = int(top)
     return Query(first, last, tz, tz_name, step, sort, top)
-
-
-def pieces(start, end):
-    """[start, end) (whole hours) as [(HOUR, DAY or WEEK, start, end)]: the fewest rows that
-    cover it: whole weeks from the week rows, whole UTC days around them from the day rows,
-    the hours at either end from the hour rows."""
-    first_day, last_day = -(-start // DAY) * DAY, end // DAY * DAY
-    if first_day >= last_day:
-        return [(HOUR, start, end)]
-    first_week, last_week = -(-first_day // WEEK) * WEEK, last_day // WEEK * WEEK
-    if first_week >= last_week:
-        parts = [(HOUR, start, first_day), (DAY, first_day, last_day), (HOUR, last_day, end)]
-    else:
-        parts = [(HOUR, start, first_day), (DAY, first_day, first_week),
-                 (WEEK, first_week, last_week), (DAY, last_week, last_day),
-                 (HOUR, last_day, end)]
-    return [part for part in parts if part[1] < part[2]]
 
 
 class Figures:
@@ -159,7 +142,7 @@ def experiences(store, query):
 
     `store` runs the reads (storage/views/overview_store.OverviewReader, or in cluster mode
     app/cluster_readside.ClusterOverview): all of them at once, in one snapshot."""
-    parts = pieces(query.start, query.end)
+    parts = store.pieces(query.start, query.end)
     # The sums added up by SQLite, and only the sketches' bytes brought into Python: over
     # 1,000 experiences and 30 days this halves the time.
     results = store.run([("experience_sums", *part) for part in parts]
@@ -183,7 +166,7 @@ def experiences(store, query):
 
 def experience(store, query, experience_id):
     """/experiences/<id>: one experience's figures, its top screens and its points."""
-    parts = pieces(query.start, query.end)
+    parts = store.pieces(query.start, query.end)
     results = store.run([("experience_rows", *part, experience_id) for part in parts]
                         + [("screen_rows", experience_id, query.start, query.end),
                            ("experience_rows", HOUR, query.start, query.end, experience_id),

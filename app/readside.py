@@ -10,11 +10,12 @@ import time
 from typing import Protocol
 
 from app.liveness import RUNNING, WorkerWatch
+from app.worker_overview import WorkerOverview
 from storage.checkpoint import Checkpoint, CorruptCheckpoint
 from storage.layout import Layout
 from storage.log.checkpoint_store import CheckpointStore
 from storage.log.details import received_at_or_after
-from storage.views.overview_store import OverviewReader
+from storage.views.overview_store import OverviewReader, OverviewState
 from storage.views.series_store import SeriesReader
 
 
@@ -41,6 +42,11 @@ class SeriesReads(Protocol):
 class OverviewReads(Protocol):
     """The experience overview: storage/views/overview_store.OverviewReader, or in cluster
     mode app/cluster_readside.ClusterOverview."""
+
+    def pieces(self, start, end) -> list:
+        """[(level, start, end)]: the parts of [start, end) (whole hours) the experiences'
+        figures are read in, each a read of its own (the rows' hours, days and weeks, or one
+        part, level 0, where the store can answer any range)."""
 
     def run(self, calls, project="") -> list:
         """The rows of each of `calls` ([name, *args], the store's READS) of `project`'s
@@ -113,14 +119,17 @@ class CheckpointReader:
 
 
 class FileReadSide:
-    """Single-machine mode: data2, the series store, and the worker's lock and lag."""
+    """Single-machine mode: data2, the series store, the overview (overview.sqlite3, or with
+    `worker_answers` asked of the worker, which alone can read overview.duckdb), and the
+    worker's lock and lag."""
 
-    def __init__(self, eventlog, state_dir, stalled_after):
+    def __init__(self, eventlog, state_dir, stalled_after, worker_answers=False):
         self.eventlog = eventlog
         self.reader = CheckpointReader(state_dir)
         self.series = SeriesReader(state_dir)
-        self.overview = OverviewReader(state_dir)
         self.layout = layout = Layout(state_dir)
+        self.overview = (WorkerOverview(layout.worker_socket) if worker_answers
+                         else OverviewReader(state_dir))
         self.watch = WorkerWatch(layout.worker_lock, layout.time_index, stalled_after)
 
     def committed(self):
@@ -148,7 +157,7 @@ class FileReadSide:
 
     def overview_states(self):
         (state,), = self.overview.run([("state",)])
-        return {"data1.details": state}
+        return {"data1.details": OverviewState(*state)}  # a plain row, when asked of the worker
 
     def overview_waiting(self, states):
         received_ms = received_at_or_after(self.layout.details,

@@ -10,7 +10,11 @@
   printed with its
   target, the ratio and the rounds' spread; the worker's CPU-seconds give the catch-up's
   events a CPU-second (the worker is one process, mostly one thread), its peak RSS the
-  memory. The overview off (data1's ids only) once, for scale.
+  memory. The same catch-up into overview.duckdb (MINI_ANALYTICS_OVERVIEW_STORE=duckdb,
+  storage/views/overview_facts.py) in each round, held to the same targets. The overview
+  off (data1's ids only) once, for scale.
+- The reads below on the backlog itself, from both stores (in process): the same documents,
+  and what each store's design costs at answering them.
 - A late login: 1,000 installs of the backlog that viewed anonymously over the 30 days
   log in at once, after everything was counted: the hours counted again and the seconds
   the commit takes (worker/people.py).
@@ -31,12 +35,17 @@ import statistics
 import time
 import zlib
 
+from app import flow_query, overview_query
 from bench import traffic as generator
 from bench.harness import against, ingest_server, scratch_dir, time_worker_until
 from bench.soak import measure_capacity
+from storage.layout import Layout
+from storage.local_messages import ask
 from storage.log import details
+from storage.stream import reads
 from storage.sdk_event import CountedEvent
-from storage.views.overview_store import Changes, OverviewStore
+from storage.views.overview_facts import FactReader, FactStore
+from storage.views.overview_store import Changes, OverviewReader, OverviewState, OverviewStore
 from storage.views.sketches import person_key
 from worker.overview import COMMIT_EVENTS, OverviewCounter, SdkEvents
 
@@ -50,6 +59,9 @@ TARGET_EVENTS_PER_CPU_S = 200_000
 TARGET_VS_DECODING = 0.5
 TARGET_VS_INGEST = 3.0
 TARGET_RSS_MB = 256
+# The reads timed on the backlog from both stores (time_backlog_reads).
+BACKLOG_READS = ("experiences_30d", "experience_1_7d_hourly", "experience_500_7d_hourly",
+                 "flow_1_30d_goal", "revisions_1_30d_goal")
 
 
 def make_backlog(state_dir, events=BACKLOG_EVENTS, projects=0):
@@ -118,16 +130,61 @@ def time_late_logins(state_dir, installs):
     return recounted[0], elapsed
 
 
-def time_catchup(state_dir, overview):
+def time_catchup(state_dir, overview, store="sqlite"):
     """The worker's run (bench/harness.WorkerRun) until it has counted all of data1 (and,
-    with the overview, all of the details), from no data2 and no overview store."""
-    for name in ("data2", "overview.sqlite3", "overview.sqlite3-wal", "overview.sqlite3-shm"):
+    with the overview, all of the details into `store`, MINI_ANALYTICS_OVERVIEW_STORE), from
+    no data2 and no overview store."""
+    stores = {"sqlite": ["overview.sqlite3", "overview.sqlite3-wal", "overview.sqlite3-shm"],
+              "duckdb": ["overview.duckdb", "overview.duckdb.wal"]}
+    for name in ["data2", *stores[store]]:  # the other store is left, for the reads
         (state_dir / name).unlink(missing_ok=True)
     size = (state_dir / "data1").stat().st_size
     return time_worker_until(
         state_dir, {"MINI_ANALYTICS_SERIES": "off",
-                    "MINI_ANALYTICS_OVERVIEW": "on" if overview else "off"},
-        lambda: counted_all(state_dir, size, overview))
+                    "MINI_ANALYTICS_OVERVIEW": "on" if overview else "off",
+                    "MINI_ANALYTICS_OVERVIEW_STORE": store},
+        lambda: counted_all(state_dir, size, overview and store))
+
+
+def time_backlog_reads(state_dir, rounds=5):
+    """{query: (median ms from overview.sqlite3, from overview.duckdb)}: the same documents
+    (app/overview_query.py, app/flow_query.py, in process) from both stores of the backlog."""
+    facts = FactStore(state_dir / "overview.duckdb")
+    facts.open(1800)
+    readers = (OverviewReader(state_dir), FactReader(facts))
+    now = END_TIME
+    span = {"from": f"{now - datetime.timedelta(days=30):%Y-%m-%dT%H:%M:%SZ}",
+            "to": f"{now:%Y-%m-%dT%H:%M:%SZ}"}
+    week = {**span, "from": f"{now - datetime.timedelta(days=7):%Y-%m-%dT%H:%M:%SZ}",
+            "step": "hour"}
+    goal = {**span, "goal": "screen-2"}
+    queries = {
+        "experiences_30d": lambda reader: overview_query.experiences(
+            reader, overview_query.parse(span, now)),
+        "experience_1_7d_hourly": lambda reader: overview_query.experience(
+            reader, overview_query.parse(week, now), 1),
+        "experience_500_7d_hourly": lambda reader: overview_query.experience(
+            reader, overview_query.parse(week, now), 500),
+        "flow_1_30d_goal": lambda reader: flow_query.flow(
+            reader, flow_query.parse(goal, now), 1),
+        "revisions_1_30d_goal": lambda reader: flow_query.revisions(
+            reader, flow_query.parse(goal, now), 1),
+    }
+    timed = {}
+    try:
+        for name, query in queries.items():
+            medians = []
+            for reader in readers:
+                took = []
+                for _ in range(rounds):
+                    started = time.perf_counter()
+                    query(reader)
+                    took.append(1000 * (time.perf_counter() - started))
+                medians.append(statistics.median(took))
+            timed[name] = tuple(medians)
+    finally:
+        facts.close()
+    return timed
 
 
 def decoding_cpu_seconds(state_dir):
@@ -166,7 +223,7 @@ def _cpu_seconds_per_group(state_dir, each):
 
 def counted_all(state_dir, size, overview):
     """True once the worker has counted data1's `size` bytes into data2 and, with
-    `overview`, every details group into the overview."""
+    `overview` (the store, "sqlite" or "duckdb"), every details group into the overview."""
     try:
         if json.loads((state_dir / "data2").read_bytes())["offset"] != size:
             return False
@@ -174,6 +231,13 @@ def counted_all(state_dir, size, overview):
         return False
     if not overview:
         return True
+    if overview == "duckdb":  # the worker holds overview.duckdb: it answers for it
+        try:
+            answer = ask(Layout(state_dir).worker_socket, {"calls": [["state"]]}, timeout=5)
+        except (OSError, ValueError, EOFError):
+            return False
+        return ("results" in answer and
+                OverviewState(*reads.decode_rows(answer["results"][0])[0]).log_end == size)
     try:
         with sqlite3.connect(f"file:{state_dir / 'overview.sqlite3'}?mode=ro", uri=True) as db:
             return db.execute("SELECT log_end FROM state").fetchone()[0] == size
@@ -239,13 +303,15 @@ def bench_overview(time_requests):
         results["overview_backlog_build_s"] = time.perf_counter() - started
         off = time_catchup(state_dir, overview=False)
         results["overview_catchup_off_events_s"] = events / off.seconds
-        runs, floor, reading, ingest = [], [], [], []
-        for _ in range(ROUNDS):  # interleaved, so that each round's four share the machine
+        runs, facts, floor, reading, ingest = [], [], [], [], []
+        for _ in range(ROUNDS):  # interleaved, so that each round's five share the machine
             floor.append(events / decoding_cpu_seconds(state_dir))
             reading.append(events / reading_cpu_seconds(state_dir))
             runs.append(time_catchup(state_dir, overview=True))
+            facts.append(time_catchup(state_dir, overview=True, store="duckdb"))
             ingest.append(measure_capacity())
         per_cpu = [events / run.cpu_seconds for run in runs]
+        facts_per_cpu = [events / run.cpu_seconds for run in facts]
         measured = {
             "catchup_on_events_s": [events / run.seconds for run in runs],
             "catchup_on_events_cpu_s": per_cpu,
@@ -255,6 +321,9 @@ def bench_overview(time_requests):
             "ingest_sdk_events_s": ingest,
             "catchup_vs_decoding": [mine / alone for mine, alone in zip(per_cpu, floor)],
             "catchup_vs_ingest": [mine / taken for mine, taken in zip(per_cpu, ingest)],
+            "facts_catchup_events_cpu_s": facts_per_cpu,
+            "facts_vs_decoding": [mine / alone for mine, alone in zip(facts_per_cpu, floor)],
+            "facts_vs_ingest": [mine / taken for mine, taken in zip(facts_per_cpu, ingest)],
         }
         for name, values in measured.items():
             results[f"overview_{name}"] = statistics.median(values)
@@ -263,6 +332,11 @@ def bench_overview(time_requests):
             off.seconds / statistics.median(run.seconds for run in runs))
         results["overview_worker_rss_off_mb"] = off.peak_rss_mb
         results["overview_worker_rss_on_mb"] = max(run.peak_rss_mb for run in runs)
+        results["overview_facts_worker_rss_mb"] = max(run.peak_rss_mb for run in facts)
+        results["overview_facts_mb_per_million"] = (
+            (state_dir / "overview.duckdb").stat().st_size / 1e6 / (views / 1e6))
+        for name, (rows_ms, facts_ms) in time_backlog_reads(state_dir).items():
+            results[f"overview_backlog_{name}_ms"] = (rows_ms, facts_ms)
         size = (state_dir / "overview.sqlite3").stat().st_size
         results["overview_store_mb_per_million"] = size / 1e6 / (views / 1e6)
         late = dict(random.Random(1).sample(sorted(anonymous.items()), 1000))
@@ -314,6 +388,7 @@ def rows(results):
         return against(measured(name, form), results[f"overview_{name}"], target, form)
 
     rss = results["overview_worker_rss_on_mb"]
+    facts_rss = results["overview_facts_worker_rss_mb"]
     return [
         ("Overview catch-up, SDK events a CPU-second (median, range)",
          with_target("catchup_on_events_cpu_s", TARGET_EVENTS_PER_CPU_S)),
@@ -331,6 +406,17 @@ def rows(results):
                                                                TARGET_VS_INGEST, "{:.3f}")),
         ("Worker peak RSS, overview on (MB)",
          against(f"{rss:.1f}", rss, TARGET_RSS_MB, "{:,}", "under")),
+        ("Overview catch-up into overview.duckdb (OVERVIEW_STORE=duckdb), a CPU-second",
+         with_target("facts_catchup_events_cpu_s", TARGET_EVENTS_PER_CPU_S)),
+        ("  its catch-up / decoding alone", with_target("facts_vs_decoding",
+                                                        TARGET_VS_DECODING, "{:.3f}")),
+        ("  its catch-up (a CPU-second) / the ingest", with_target("facts_vs_ingest",
+                                                                   TARGET_VS_INGEST, "{:.3f}")),
+        ("  its worker's peak RSS (MB)",
+         against(f"{facts_rss:.1f}", facts_rss, TARGET_RSS_MB, "{:,}", "under")),
+        *((f"  {name} on the backlog, ms: overview.sqlite3 / overview.duckdb",
+           "{:,.0f} / {:,.0f}".format(*results[f"overview_backlog_{name}_ms"]))
+          for name in BACKLOG_READS),
         ("Catch-up, overview off (data1's ids only, events/s)",
          f"{results['overview_catchup_off_events_s']:,.0f}; overview on / off "
          f"{results['overview_catchup_on_off_ratio']:.3f}"),

@@ -34,9 +34,19 @@
     overview.sqlite3.bad-<time>
                       storage/views/overview_store.py    the operator
                       (set aside)
+    overview.duckdb (and its .wal), instead of overview.sqlite3 with
+                      MINI_ANALYTICS_OVERVIEW_STORE=duckdb
+                      storage/views/overview_facts.py    storage/views/overview_facts.py
+                      (worker: worker/overview.py)       (worker: worker/overview_answers.py,
+                                                         for the ingest's /experiences)
+    overview.duckdb.bad-<time> (and its .wal)
+                      storage/views/overview_facts.py    the operator
+                      (set aside)
     ingest.lock       storage/lockfile.py: held by the ingest; probed by nothing
     worker.lock       storage/lockfile.py: held by the worker (and `rebuild`); probed by the
                       ingest to tell whether a worker is alive
+    worker.sock       worker/overview_answers.py listens on it: the overview's reads, which
+                      app/worker_overview.py asks (overview.duckdb opens in one process only)
     logs/ingest.log, logs/worker.log (and their rotated .1 to .5)
                       storage/process.py: each program's own log lines; read by the operator
     supervisor.sock, supervisord.pid
@@ -86,10 +96,12 @@ DETAILS = "data1.details"
 SEEN = "data1.seen"
 SERIES = "series.sqlite3"
 OVERVIEW = "overview.sqlite3"
+OVERVIEW_FACTS = "overview.duckdb"
 TEMP_SUFFIX = ".tmp"
 SET_ASIDE_INFIX = ".bad-"
 INGEST_LOCK = "ingest.lock"
 WORKER_LOCK = "worker.lock"
+WORKER_SOCKET = "worker.sock"
 LOGS = "logs"
 
 def partition_names(count):
@@ -109,8 +121,10 @@ class Layout:
         self.seen = self.root / SEEN
         self.series = self.root / SERIES
         self.overview = self.root / OVERVIEW
+        self.overview_facts = self.root / OVERVIEW_FACTS
         self.ingest_lock = self.root / INGEST_LOCK
         self.worker_lock = self.root / WORKER_LOCK
+        self.worker_socket = self.root / WORKER_SOCKET
 
     def partition_series(self, partition):
         """A cluster worker's series store of one partition."""

@@ -50,7 +50,7 @@ from storage.views.sketches import duration_bucket
 from worker import overview as overview_module, runner as runner_module
 from worker import stream_answers, stream_runner
 from worker.overview import OverviewCounter
-from worker.people import MAX_INSTALLS_PER_USER
+from storage.views.overview_store import MAX_INSTALLS_PER_USER
 from worker.stream_runner import StreamWorker
 
 pytestmark = pytest.mark.cluster

@@ -21,7 +21,7 @@ from test_overview import (END, RECEIVED, TIMEOUT, UTC, count, counted_in_order_
                            ingest)
 from worker import overview as overview_module
 from worker.flows import add_session, extend_session
-from worker.people import MAX_INSTALLS_PER_USER
+from storage.views.overview_store import MAX_INSTALLS_PER_USER
 
 QUERIES = [
     {},  # the last 30 days
@@ -35,10 +35,10 @@ def traffic():
     return generator.generate(seed=11, devices=150, experiences=4, days=4, end=END)
 
 
-def flows(root, traffic, goals=("screen-2", "screen-4", "screen-9")):
+def flows(root, traffic, goals=("screen-2", "screen-4", "screen-9"), reader=None):
     """Every flow and revisions document the tests ask for, by (query, experience, revision,
-    goal)."""
-    reader = OverviewReader(root)
+    goal), from the store (or from `reader`)."""
+    reader = reader or OverviewReader(root)
     now = datetime.datetime.fromtimestamp(RECEIVED, UTC)
     revisions = sorted({(view.experience, view.revision) for view in traffic.views})
     answers = {}

@@ -24,12 +24,13 @@ from app import overview_query
 from app.validate import parse_batch
 from bench import traffic as generator
 from storage.log.writer import EventLog
+from storage.views import overview_store
 from storage.views.overview_store import (Changes, NoOverview, OverviewReader,
                                           OverviewStore, StoredViews, decode_views)
 from storage.views.sketches import (EXACT_LIMIT, Durations, People, duration_bucket,
                               encode_durations, person_key)
 from worker import overview as overview_module
-from worker.people import MAX_INSTALLS_PER_USER
+from storage.views.overview_store import MAX_INSTALLS_PER_USER
 from worker import runner as runner_module
 from worker.runner import Worker
 from worker.sessions import extend, place, views_of
@@ -60,9 +61,10 @@ def count(root, **options):
     worker.close()
 
 
-def answers(root, queries):
-    """Every query's /experiences and /experiences/<id> documents, from the store."""
-    reader = OverviewReader(root)
+def answers(root, queries, reader=None):
+    """Every query's /experiences and /experiences/<id> documents, from the store (or from
+    `reader`)."""
+    reader = reader or OverviewReader(root)
     now = datetime.datetime.fromtimestamp(RECEIVED, UTC)
     result = []
     for params in queries:
@@ -581,8 +583,8 @@ def test_weeks_days_and_hours_give_the_same_figures(tmp_path):
     count(tmp_path, session_timeout=TIMEOUT)
     span = {"from": "2026-10-17T05:00:00Z", "to": "2026-11-03T07:00:00Z"}
     query = overview_query.parse(span, END)
-    assert overview_query.WEEK in {level for level, _, _ in
-                                   overview_query.pieces(query.start, query.end)}
+    assert overview_store.WEEK in {level for level, _, _ in
+                                   overview_store.pieces(query.start, query.end)}
     check_against_ledger(tmp_path, traffic.views, [span, {**span, "tz": "Europe/Paris"}],
                          traffic.links)
 
@@ -590,7 +592,7 @@ def test_weeks_days_and_hours_give_the_same_figures(tmp_path):
 @given(st.integers(0, 5000), st.integers(1, 3000))
 def test_pieces_cover_a_range_once_on_their_own_edges(start_hour, hours):
     start, end = start_hour * 3600, (start_hour + hours) * 3600
-    parts = overview_query.pieces(start, end)
+    parts = overview_store.pieces(start, end)
     assert parts[0][1] == start and parts[-1][2] == end
     assert all(before[2] == after[1] for before, after in zip(parts, parts[1:]))
     assert all(low < high and low % level == 0 == high % level for level, low, high in parts)

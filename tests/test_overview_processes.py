@@ -18,7 +18,7 @@ from bench import traffic as generator
 from http_client import NO_ANSWER, request, wait_for
 from storage.views.sketches import duration_bucket
 from test_read_api import assert_matches_spec
-from worker.people import MAX_INSTALLS_PER_USER
+from storage.views.overview_store import MAX_INSTALLS_PER_USER
 
 pytestmark = pytest.mark.slow
 
@@ -82,12 +82,13 @@ def comparable(want):
     return {**want, "median_session_seconds": None if median is None else duration_bucket(median)}
 
 
-def test_the_overview_is_exact_through_kills_and_rebuild(supervisor):
+@pytest.mark.parametrize("store", ["sqlite", "duckdb"])
+def test_the_overview_is_exact_through_kills_and_rebuild(supervisor, store):
     rng = random.Random()
     end = datetime.datetime.now(UTC).replace(microsecond=0) - datetime.timedelta(minutes=5)
     traffic = generator.generate(seed=rng.randrange(10**6), devices=1500, experiences=8,
                                  days=5, end=end)
-    sup = supervisor(interval=0.05, session_timeout=TIMEOUT)
+    sup = supervisor(interval=0.05, session_timeout=TIMEOUT, overview_store=store)
     sender = generator.Sender(f"http://127.0.0.1:{sup.port}", connections=4)
     failures = []
 
@@ -119,6 +120,12 @@ def test_the_overview_is_exact_through_kills_and_rebuild(supervisor):
     rebuild = subprocess.run([sys.executable, "-m", "worker", "rebuild"], cwd=sup.root,
                              env=sup.env, capture_output=True, text=True, timeout=300)
     assert rebuild.returncode == 0, rebuild.stderr
+    if store == "duckdb":  # only the worker reads overview.duckdb: none, no overview
+        status, _ = get(sup.port, "/experiences", **span)
+        assert status == 503
+        assert sup.ctl("start", "worker").returncode == 0
+        wait_for(lambda: screen_views(sup.port, span) == len(traffic.views), timeout=60,
+                 what="the worker to answer the overview's reads again")
     assert check(sup.port, traffic, span) == before
     print(f"\noverview through kills: {len(traffic.views)} screen views, {traffic.retries} "
           f"batches sent twice, {traffic.late} late, kills {kills}, {sender.refused} answers "

@@ -50,6 +50,8 @@ def test_fsync_values():
         ("worker", "ingest_cpu", "x"),
         ("app", "cluster", "localhost:4222"),
         ("worker", "cluster", "nats:/x"),
+        ("worker", "overview_store", "rows"),
+        ("app", "overview_store", "postgres"),
     ],
 )
 def test_bad_setting_exits_2_with_one_line_and_touches_nothing(tmp_path, module, setting, value):
@@ -149,6 +151,14 @@ def test_cluster_mode_settings():
         config.publish_timeout({"MINI_ANALYTICS_PUBLISH_TIMEOUT": "120"})  # past the dedupe
 
 
+def test_the_overview_store_is_sqlite_or_duckdb_on_one_machine():
+    assert config.overview_store({"MINI_ANALYTICS_OVERVIEW_STORE": " DuckDB"}) == "duckdb"
+    cluster = {"MINI_ANALYTICS_CLUSTER": "nats://127.0.0.1:4222"}
+    assert config.overview_store(cluster) == "sqlite"
+    with pytest.raises(config.ConfigError, match="OVERVIEW_STORE=duckdb is for one machine"):
+        config.overview_store({**cluster, "MINI_ANALYTICS_OVERVIEW_STORE": "duckdb"})
+
+
 def test_the_single_machine_mode_never_imports_nats():
     code = ("import sys, app.__main__, app.api, worker.__main__, worker.runner; "
             "print(sorted(m for m in sys.modules if m == 'nats' or m.startswith('nats.')))")
@@ -214,4 +224,5 @@ def test_the_defaults_help_shows_are_the_defaults_parsed():
     assert shown["MINUTE_RETENTION_HOURS"] == f"{config.minute_retention({}) / 3600:g}"
     assert shown["REPLICAS"] == str(config.replicas({}))
     assert shown["PUBLISH_TIMEOUT"] == f"{config.publish_timeout({}):g}"
+    assert shown["OVERVIEW_STORE"] == config.overview_store({})
     assert config.state_dir({}) == config.DEFAULT_STATE_DIR and shown["STATE_DIR"].startswith("state/")

@@ -5,16 +5,18 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from bench.sdk_shapes import mixed_batch
 from http_client import post, wait_for
 from processes import REPO, service_env
 from reference import caught_up, check_series, read_checkpoint, read_series, valid_counts
 
 
-def worker_command(state_dir, *args):
+def worker_command(state_dir, *args, **settings):
     return subprocess.run(
         [sys.executable, "-m", "worker", *args], cwd=REPO, capture_output=True, text=True,
-        timeout=60, env=service_env(state_dir),
+        timeout=60, env=service_env(state_dir, **settings),
     )
 
 
@@ -35,15 +37,21 @@ def test_status_while_the_worker_runs(procs, state_dir):
     assert "s ago" in out
 
 
-def test_status_shows_where_the_overview_stands(procs, state_dir):
-    ingest = procs.ingest(state_dir)
-    procs.worker(state_dir, interval=0.05)
+@pytest.mark.parametrize("store", ["sqlite", "duckdb"])
+def test_status_shows_where_the_overview_stands(procs, state_dir, store):
+    """While the worker runs (which alone can open overview.duckdb: status asks it), and
+    after it stops (status reads the store)."""
+    ingest = procs.ingest(state_dir, overview_store=store)
+    worker = procs.worker(state_dir, interval=0.05, overview_store=store)
     events, _ = mixed_batch(datetime.datetime.now(datetime.timezone.utc), 20)
     assert post(ingest.port, {"batch": events}, path="/batch?apiVersion=2")[0] == 202
     size = (state_dir / "data1.details").stat().st_size
     line = f"overview       20 SDK events; data1.details offset {size:,} of {size:,} bytes"
-    wait_for(lambda: line in worker_command(state_dir, "status").stdout,
+    wait_for(lambda: line in worker_command(state_dir, "status", overview_store=store).stdout,
              what="status to show the overview counted")
+    worker.terminate()
+    assert worker.wait(timeout=30) == 0
+    assert line in worker_command(state_dir, "status", overview_store=store).stdout
 
 
 def test_status_without_and_with_a_bad_checkpoint(state_dir):

@@ -19,7 +19,9 @@ from storage.checkpoint import CorruptCheckpoint
 from storage.layout import Layout
 from storage.lockfile import AlreadyLocked
 from storage.log.checkpoint_store import CheckpointStore
-from storage.views.overview_store import NoOverview, OverviewReader
+from storage.local_messages import ask
+from storage.stream import reads
+from storage.views.overview_store import NoOverview, OverviewReader, OverviewState
 from worker.runner import Worker
 
 log = logging.getLogger("worker")
@@ -42,6 +44,7 @@ def run(state_dir):
         interval, ingest_cpu = settings.interval(), settings.ingest_cpu()
         series, retention = settings.series(), settings.minute_retention()
         overview, session_timeout = settings.overview(), settings.session_timeout()
+        overview_store = settings.overview_store()
         servers = settings.cluster()
         if servers:
             partition_count, replicas = settings.partition_count(), settings.replicas()
@@ -62,11 +65,11 @@ def run(state_dir):
     def count():
         log.info("worker starting: state_dir=%s interval=%gs series=%s minute_retention=%gh "
                  "overview=%s session_timeout=%ds", state_dir, interval,
-                 "on" if series else "off", retention / 3600, "on" if overview else "off",
-                 session_timeout)
+                 "on" if series else "off", retention / 3600,
+                 f"on ({overview_store})" if overview else "off", session_timeout)
         process.place_on_cpus("worker", ingest_cpu)
         Worker(state_dir, series=series, minute_retention=retention, overview=overview,
-               session_timeout=session_timeout).run(interval)
+               session_timeout=session_timeout, overview_store=overview_store).run(interval)
         return process.EXIT_OK
 
     return process.run_in_state_folder("worker", state_dir, count)
@@ -83,6 +86,7 @@ def status(state_dir, out=sys.stdout):
     """Print where the worker stands. Reads data1's size and data2; takes no lock."""
     try:
         servers = settings.cluster()
+        overview_store = None if servers else settings.overview_store()
     except settings.ConfigError as error:
         return process.bad_setting("worker", error)
     if servers:
@@ -111,7 +115,7 @@ def status(state_dir, out=sys.stdout):
         rows += [(f"project {project}", f"{sum(counts.values()):,} events, "
                                         f"{len(counts):,} experiences")
                  for project, counts in sorted(current.projects.items())]
-    rows.append(("overview", overview_status(state_dir)))
+    rows.append(("overview", overview_status(state_dir, overview_store)))
     for label, value in rows:
         print(f"{label:<14} {value}", file=out)
     if current:
@@ -119,21 +123,46 @@ def status(state_dir, out=sys.stdout):
     return process.EXIT_OK
 
 
-def overview_status(state_dir):
-    """Where the experience overview stands in data1.details."""
+def overview_status(state_dir, store):
+    """Where the experience overview stands in data1.details (`store`: which one keeps it,
+    settings.overview_store())."""
     layout = Layout(state_dir)
-    try:
-        [[state]] = OverviewReader(state_dir).run([("state",)])
-    except NoOverview:
-        return "none yet (or MINI_ANALYTICS_OVERVIEW is off)"
-    except sqlite3.DatabaseError as error:
-        return f"overview.sqlite3 is unreadable ({error}): the worker will count it again"
+    if store == "duckdb":
+        state = overview_facts_state(layout)
+        if isinstance(state, str):
+            return state
+    else:
+        try:
+            [[state]] = OverviewReader(state_dir).run([("state",)])
+        except NoOverview:
+            return "none yet (or MINI_ANALYTICS_OVERVIEW is off)"
+        except sqlite3.DatabaseError as error:
+            return f"overview.sqlite3 is unreadable ({error}): the worker will count it again"
     try:
         details = layout.details.stat().st_size
     except FileNotFoundError:
         details = 0
     return (f"{state.events:,} SDK events; data1.details offset {state.position:,} of "
             f"{details:,} bytes")
+
+
+def overview_facts_state(layout):
+    """overview.duckdb's OverviewState, or why there is none: asked of the worker, which
+    holds the store open, or read from the file when no worker holds it."""
+    from storage.views.overview_facts import read_state  # DuckDB, only when it keeps it
+
+    try:
+        answer = ask(layout.worker_socket, {"calls": [["state"]]}, timeout=5)
+    except (OSError, ValueError, EOFError):
+        answer = None  # no worker answering: the file may be read, unless one holds it
+    if answer is not None and "results" in answer:
+        return OverviewState(*reads.decode_rows(answer["results"][0])[0])
+    try:
+        state = read_state(layout.overview_facts)
+    except Exception as error:  # noqa: BLE001 - duckdb's errors, all said as they are
+        return (f"overview.duckdb cannot be read now ({type(error).__name__}: {error}); a "
+                "running worker answers for it")
+    return state or "none yet (or MINI_ANALYTICS_OVERVIEW is off)"
 
 
 def print_top(checkpoint, out):
@@ -182,6 +211,7 @@ def rebuild(state_dir):
     try:
         series, retention = settings.series(), settings.minute_retention()
         overview, session_timeout = settings.overview(), settings.session_timeout()
+        overview_store = settings.overview_store()
         cluster = settings.cluster()
     except settings.ConfigError as error:
         return process.bad_setting("worker", error)
@@ -194,7 +224,8 @@ def rebuild(state_dir):
     try:
         state_dir.mkdir(exist_ok=True)
         result = Worker(state_dir, series=series, minute_retention=retention,
-                        overview=overview, session_timeout=session_timeout).rebuild(bar)
+                        overview=overview, session_timeout=session_timeout,
+                        overview_store=overview_store).rebuild(bar)
     except AlreadyLocked:
         print(
             f"a worker is running on {state_dir} (it holds worker.lock); stop it first, "

@@ -24,12 +24,10 @@ out and put in again whole when a late view changes it:
 A goal reached twice in a session counts once, at its first view.
 """
 
-from storage.views.overview_store import (ON_SCREEN, POSITIONS, REVISION_BOUNCES,
-                                          REVISION_DURATION_SUM, REVISION_DURATIONS,
-                                          REVISION_SESSIONS, TO_REACH)
+from storage.views.overview_store import (MAX_POSITION, ON_SCREEN, POSITIONS,
+                                          REVISION_BOUNCES, REVISION_DURATION_SUM,
+                                          REVISION_DURATIONS, REVISION_SESSIONS, TO_REACH)
 from storage.views.sketches import duration_bucket
-
-MAX_POSITION = 50
 
 
 def add_session(changes, experience, session, sign):

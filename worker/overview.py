@@ -42,12 +42,13 @@ from storage.views.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDEN
                                           REVISION_FIRST_SEEN, REVISION_IDENTIFIED,
                                           REVISION_LAST_SEEN, REVISION_PEOPLE, REVISION_VIEWS,
                                           SCREEN_PEOPLE, SCREEN_VIEWS, SESSION_SCREENS,
-                                          SESSIONS, VIEWS, Changes, CorruptOverview,
-                                          OverviewStore)
+                                          MAX_INSTALLS_PER_USER, SESSIONS, VIEWS, Changes,
+                                          CorruptOverview, OverviewStore)
 from storage.projects import is_project_id, person_text
 from storage.views.sketches import duration_bucket, person_key
 from worker.flows import add_session, extend_session
-from worker.people import MAX_INSTALLS_PER_USER, person_of
+from worker.overview_answers import OverviewAnswers
+from worker.people import person_of
 from worker.sessions import extend, place
 
 log = logging.getLogger("worker")
@@ -198,11 +199,15 @@ class OverviewCounter:
             self._place(changes, stored, device, keys[experience], placed)
         self.store.commit(changes, source, position, log_end)
         self.source, self.position, self.log_end = source, position, log_end
-        if read.events:
-            took = (time.monotonic() - started) / read.events
+        self._note_speed(started, read.events)
+        return read.events
+
+    def _note_speed(self, started, events):
+        """Fold the commit begun at `started` (time.monotonic()) into seconds_per_event."""
+        if events:
+            took = (time.monotonic() - started) / events
             last = self.seconds_per_event
             self.seconds_per_event = took if last is None else (last + took) / 2
-        return read.events
 
     def _link(self, changes, links, viewing):
         """Add `links` ((device, user, moment)) to the store's, and find each install's
@@ -278,16 +283,30 @@ class OverviewCounter:
 
 
 class Overview:
-    """The overview on one machine: counted from data1.details into overview.sqlite3."""
+    """The overview on one machine: counted from data1.details into overview.sqlite3, or
+    with `facts` into overview.duckdb (storage/views/overview_facts.py), whose reads only
+    this process can make: it answers the ingest's (worker/overview_answers.py)."""
 
-    def __init__(self, state_dir, session_timeout):
+    def __init__(self, state_dir, session_timeout, facts=False):
         self.layout = Layout(state_dir)
-        self.counter = OverviewCounter(OverviewStore(state_dir), session_timeout,
-                                       "data1.details")
+        self.answers = None
+        if facts:
+            # Only a worker keeping overview.duckdb loads DuckDB (21 MB of memory).
+            from storage.views.overview_facts import FactReader, FactStore
+
+            store = FactStore(self.layout.overview_facts)
+            self.counter = FactCounter(store, session_timeout, "data1.details")
+            self.answers = OverviewAnswers(self.layout.worker_socket, FactReader(store),
+                                           lambda: self.counter.position)
+        else:
+            self.counter = OverviewCounter(OverviewStore(state_dir), session_timeout,
+                                           "data1.details")
         self.details = None  # read-only descriptor of data1.details, once it exists
 
     def recover(self):
         self.counter.open()
+        if self.answers is not None:
+            self.answers.start()
 
     def rebuild(self):
         self.counter.rebuild()
@@ -359,6 +378,8 @@ class Overview:
         return self.counter.count(read, identity, offset, end)
 
     def close(self):
+        if self.answers is not None:
+            self.answers.close()
         self.counter.close()
         if self.details is not None:
             os.close(self.details)
@@ -642,3 +663,45 @@ def _count_session(changes, experience, session, sign):
     durations = row[DURATIONS]
     bucket = duration_bucket(last - first)
     durations[bucket] = durations.get(bucket, 0) + sign
+
+
+class FactCounter(OverviewCounter):
+    """OverviewCounter for storage/views/overview_facts.FactStore (overview.duckdb): a
+    stretch's screen views and links appended as facts with the source's new position;
+    sessions, people and flows are the store's to work out. Opening, starting over and
+    sizing commits are OverviewCounter's."""
+
+    def count(self, read, source, position, log_end):
+        if not read.events and position == self.position:
+            return 0
+        started = time.monotonic()
+        store = self.store
+        batch = store.batch()
+        batch.events, batch.set_aside = read.events, len(read.set_aside)
+        key, code = store.keys.key, store.code
+        keys = {experience: key(*experience)
+                for experience in dict.fromkeys(map(_EXPERIENCE, read.views))}
+        codes = {}
+        for experience, _, screen, revision, device, carried, moment, _, _ in read.views:
+            batch.experience.append(keys[experience])
+            batch.moment.append(moment)
+            batch.device.append(device)
+            batch.carried.append(carried)
+            screen_code = codes.get(screen)
+            if screen_code is None:
+                screen_code = codes[screen] = code(screen)
+            batch.screen.append(screen_code)
+            revision_code = codes.get(revision)
+            if revision_code is None:
+                revision_code = codes[revision] = code(revision)
+            batch.revision.append(revision_code)
+        links = batch.links
+        for device, user, moment in read.links:
+            known = links.get((device, user))
+            if known is None or moment < known:
+                links[device, user] = moment
+        _names(batch, keys, read.views)
+        store.commit(batch, source, position, log_end)
+        self.source, self.position, self.log_end = source, position, log_end
+        self._note_speed(started, read.events)
+        return read.events

@@ -15,19 +15,17 @@ A person is a `userID`, or an install (`anonymousID`) that is linked to none.
   one), is used by its users: each view carrying a userID counts for that user, and its
   anonymous views for the first who logged in on it (as Mixpanel's and PostHog's merges
   keep an install with its first identified user).
-- A userID linked from more than MAX_INSTALLS_PER_USER installs is no link at all (a test
-  account, a "log in as" support login, a placeholder id such as "0"): linking them would
-  make one huge person of strangers. Its views still count for it; its installs' anonymous
-  views count for each install. In cluster mode the bound holds per partition, since an
-  install's links are all in its own partition.
+- A userID linked from more than MAX_INSTALLS_PER_USER (storage/views/overview_store.py)
+  installs is no link at all (a test account, a "log in as" support login, a placeholder
+  id such as "0"): linking them would make one huge person of strangers. Its views still
+  count for it; its installs' anonymous views count for each install. In cluster mode the
+  bound holds per partition, since an install's links are all in its own partition.
 
 The rule depends only on the set of events, never on their order: a person is the least
 link of a set, and a bound on the size of a set. The overview (worker/overview.py) keeps the
 links and each install's person in its store, and when a link changes an install's person,
 counts again the people of every hour that install has views in.
 """
-
-MAX_INSTALLS_PER_USER = 100
 
 
 def person_of(links, crowded):

@@ -112,7 +112,7 @@ class Worker(PassLoop):
     """The worker on data1 (single-machine mode)."""
 
     def __init__(self, state_dir, chunk_size=None, series=True, minute_retention=48 * 3600,
-                 overview=True, session_timeout=1800):
+                 overview=True, session_timeout=1800, overview_store="sqlite"):
         self.layout = Layout(state_dir)
         self.store = CheckpointStore(state_dir)
         self.chunk_size = chunk_size or CHUNK_SIZE
@@ -124,7 +124,8 @@ class Worker(PassLoop):
         self.series_offset = 0
         self._undated_logged = False
         # The experience overview, or None when it is off (MINI_ANALYTICS_OVERVIEW=off).
-        self.overview = Overview(state_dir, session_timeout) if overview else None
+        self.overview = Overview(state_dir, session_timeout,
+                                 facts=overview_store == "duckdb") if overview else None
         self.overview_behind = False  # the last pass left details for the next
 
     def take_ownership(self):

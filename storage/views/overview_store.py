@@ -107,7 +107,7 @@ from storage.views.sketches import (People, add_durations, encode_durations, enc
 
 VERSION = 6
 HOUR, DAY, WEEK = 3600, 86400, 7 * 86400
-# The levels of experience rows: a range is read from the fewest rows (app/overview_query.py).
+# The levels of experience rows: a range is read from the fewest rows (pieces(), below).
 LEVELS = {HOUR: "hour", DAY: "day", WEEK: "week"}
 
 # One table per level, alike.
@@ -163,8 +163,17 @@ EXPERIENCE_COLUMNS = ("views", "people", "identified", "sessions", "duration_sum
                       "session_screens", "bounces", "durations")
 
 
+# The rules' bounds, shared by both stores (worker/people.py and worker/flows.py describe the
+# rules; storage/views/overview_facts.py applies them in SQL): a userID linked from more
+# installs than this links none of them (a test account, a shared login); a screen first
+# reached at this step or later is counted at this step.
+MAX_INSTALLS_PER_USER = 100
+MAX_POSITION = 50
+
+
 class CorruptOverview(Exception):
-    """overview.sqlite3 exists but cannot be trusted; the message says why."""
+    """The overview's store (overview.sqlite3, or overview.duckdb) exists but cannot be
+    trusted; the message says why."""
 
 
 OverviewState = collections.namedtuple(
@@ -686,12 +695,35 @@ def _changing(rows):
             yield key, row
 
 
+def pieces(start, end):
+    """[start, end) (whole hours) as [(HOUR, DAY or WEEK, start, end)]: the fewest rows that
+    cover it: whole weeks from the week rows, whole UTC days around them from the day rows,
+    the hours at either end from the hour rows."""
+    first_day, last_day = -(-start // DAY) * DAY, end // DAY * DAY
+    if first_day >= last_day:
+        return [(HOUR, start, end)]
+    first_week, last_week = -(-first_day // WEEK) * WEEK, last_day // WEEK * WEEK
+    if first_week >= last_week:
+        parts = [(HOUR, start, first_day), (DAY, first_day, last_day), (HOUR, last_day, end)]
+    else:
+        parts = [(HOUR, start, first_day), (DAY, first_day, first_week),
+                 (WEEK, first_week, last_week), (DAY, last_week, last_day),
+                 (HOUR, last_day, end)]
+    return [part for part in parts if part[1] < part[2]]
+
+
+
 class OverviewReader:
     """The ingest's side: the rows of a range, read in one snapshot per question."""
 
     def __init__(self, state_dir, path=None):
         self.path = path or Layout(state_dir).overview
         self._db = derived_store.Readers(self.path).connection
+
+    @staticmethod
+    def pieces(start, end):
+        """The pieces a range is read in: its rows'."""
+        return pieces(start, end)
 
     def run(self, calls, project=""):
         """The rows of each read in `calls` ([(name, *arguments)], a name of READS) of

@@ -73,6 +73,14 @@ def encode_people(keys):
     return People(keys).encode()
 
 
+def encode_distinct(keys):
+    """Distinct person keys, a numpy int64 array in ascending order, encoded as
+    encode_people() would encode them (a column store's answer, without a set a key)."""
+    if len(keys) <= EXACT_LIMIT:
+        return b"E" + keys.astype("<i8", copy=False).tobytes()
+    return People(keys.tolist()).encode()
+
+
 class People:
     """A set of people that counts them exactly below EXACT_LIMIT and estimates above."""
 
@@ -174,6 +182,12 @@ def encode_durations(histogram):
         if histogram[bucket]:
             pairs += (bucket, histogram[bucket])
     return _blob(pairs)
+
+
+def encode_histogram(buckets, sessions):
+    """A histogram as two numpy int64 arrays, buckets ascending and sessions none zero,
+    encoded as encode_durations() would encode it."""
+    return numpy.column_stack((buckets, sessions)).astype("<i8", copy=False).tobytes()
 
 
 def add_encoded_durations(histogram, blob, sign=1):

@@ -1,0 +1,276 @@
+"""storage/views/overview_facts.py against the ledger (tests/overview_reference.py): the
+figures of every experience over any range equal what the screen views and links say,
+whatever the commits' boundaries, the arrival order and the lateness."""
+
+import os
+
+import pytest
+
+import overview_reference as ref
+from app.worker_overview import WorkerOverview
+from bench import traffic as generator
+from storage.layout import Layout
+from storage.log.details import HEADER, read_groups
+from storage.views.overview_facts import FactReader, FactStore
+from storage.views.overview_store import MAX_INSTALLS_PER_USER
+from storage.views.overview_store import NoOverview
+from test_flows import flows
+from test_overview import END, QUERIES, TIMEOUT, answers, count, ingest
+from worker.overview import FactCounter, SdkEvents
+from worker.overview_answers import OverviewAnswers
+
+
+def count_facts(root, commit_events):
+    """Read data1.details into a FactStore in commits of about `commit_events`."""
+    counter = FactCounter(FactStore(root / "overview.duckdb"), TIMEOUT, "data1.details")
+    counter.open()
+    fd = os.open(root / "data1.details", os.O_RDONLY)
+    try:
+        read, end = SdkEvents(), HEADER.size
+        for group in read_groups(fd):
+            read.read_group(group)
+            end = group.end
+            if read.events >= commit_events:
+                counter.count(read, b"details", end, group.data1_end)
+                read = SdkEvents()
+        counter.count(read, b"details", end, 0)
+    finally:
+        os.close(fd)
+    return counter
+
+
+@pytest.fixture(scope="module")
+def traffic():
+    return generator.generate(seed=7, devices=120, experiences=6, days=4, end=END)
+
+
+@pytest.mark.parametrize("commit_events", [13, 97, 10**6])
+def test_every_figure_equals_the_ledger(tmp_path, traffic, commit_events):
+    ingest(tmp_path, traffic.batches)
+    counter = count_facts(tmp_path, commit_events)
+    assert traffic.late and traffic.retries  # the arrival order is not the device order
+    people = ref.People(traffic.views, traffic.links, MAX_INSTALLS_PER_USER)
+    end = int(END.timestamp())
+    ranges = [(0, 2**40), (end - 86400, end), (end - 3 * 86400 - 1800, end - 86400 + 7)]
+    checked = 0
+    for start, stop in ranges:
+        want = ref.overview(traffic.views, TIMEOUT, start, stop, people)
+        got = counter.store.experience_figures(start, stop)
+        for experience, figures in want.items():
+            (views, persons, identified, count, duration_sum, screens, bounces,
+             durations) = got[experience]
+            assert views == figures["screen_views"]
+            assert len(persons) == figures["users"]
+            assert len(identified) == figures["identified_users"]
+            assert count == figures["sessions"]
+            if count:
+                assert round(duration_sum / count, 2) == figures["avg_session_seconds"]
+                assert round(screens / count, 2) == figures["screens_per_session"]
+                assert round(bounces / count, 4) == figures["bounce_rate"]
+                ordered = sorted(second for second, times in durations.items()
+                                 for _ in range(times))
+                assert ref.nearest_rank_median(ordered) == figures["median_session_seconds"]
+            checked += 1
+    counter.close()
+    assert checked >= 12
+
+
+def screen(anonymous, moment, experience=1, user=None, screen_id="s1"):
+    event = {"type": "screen", "anonymousID": anonymous,
+             "properties": {"experienceID": str(experience), "id": screen_id,
+                            "experienceRevisionID": "r1"}}
+    if user:
+        event["userID"] = user
+    return {"event": event, "time": moment * 1000}
+
+
+def identify(anonymous, moment, user):
+    return {"event": {"type": "identify", "anonymousID": anonymous, "userID": user},
+            "time": moment * 1000}
+
+
+def facts_of(tmp_path, *commits):
+    counter = FactCounter(FactStore(tmp_path / "overview.duckdb"), TIMEOUT, "test")
+    counter.open()
+    for position, items in enumerate(commits, 1):
+        read = SdkEvents()
+        read.read(items)
+        counter.count(read, b"test", position, position)
+    return counter
+
+
+def test_a_gap_of_the_timeout_is_one_session_and_a_second_more_two(tmp_path):
+    start = 1_790_000_000
+    counter = facts_of(tmp_path, [screen("a", start), screen("a", start + TIMEOUT)],
+                       [screen("a", start + 2 * TIMEOUT + 1)])
+    (_, _, _, sessions, duration_sum, screens, bounces, _), = \
+        counter.store.experience_figures(0, 2**40).values()
+    assert (sessions, duration_sum, screens, bounces) == (2, TIMEOUT, 3, 1)
+    counter.close()
+
+
+def test_alike_views_in_one_second_are_one_session(tmp_path):
+    """Views alike to the second (one screen, one revision) have no order among them: however
+    a query orders them, they are in one session. Sessions were once numbered row by row,
+    and such ties, ordered one way to mark a session's start and another to number it, split
+    some of them in two."""
+    start = 1_790_000_000
+    installs = [f"install-{number}" for number in range(300)]
+    counter = facts_of(tmp_path, [screen(install, start + offset)
+                                  for install in installs for offset in (0, 0, 0, 9, 9)])
+    (_, _, _, sessions, duration_sum, screens, bounces, _), = \
+        counter.store.experience_figures(0, 2**40).values()
+    assert (sessions, duration_sum, screens, bounces) == (300, 300 * 9, 1500, 0)
+    counter.close()
+
+
+def test_a_late_view_joins_two_sessions_into_one(tmp_path):
+    start = 1_790_000_000
+    counter = facts_of(tmp_path, [screen("a", start), screen("a", start + 2 * TIMEOUT)],
+                       [screen("a", start + TIMEOUT)])
+    (_, _, _, sessions, duration_sum, _, bounces, _), = \
+        counter.store.experience_figures(0, 2**40).values()
+    assert (sessions, duration_sum, bounces) == (1, 2 * TIMEOUT, 0)
+    counter.close()
+
+
+def test_a_user_linked_from_too_many_installs_links_none(tmp_path):
+    start = 1_790_000_000
+    installs = [f"install-{number}" for number in range(MAX_INSTALLS_PER_USER + 1)]
+    views = [screen(install, start) for install in installs]
+    # Each install logs in as the same user after its anonymous view: one link too many.
+    links = [identify(install, start + 10, "shared") for install in installs]
+    counter = facts_of(tmp_path, views, links[:-1])
+    (_, people, identified, *_), = counter.store.experience_figures(0, 2**40).values()
+    assert (len(people), len(identified)) == (2, 1)  # the shared user, and the last install
+    counter.close()
+    # The link too many, in the same commit as the others or in one of its own (which must
+    # take the user from the installs linked before it).
+    for name, commits in [("together", [links]), ("later", [links[:-1], links[-1:]])]:
+        (tmp_path / name).mkdir()
+        counter = facts_of(tmp_path / name, views, *commits)
+        (_, people, identified, *_), = counter.store.experience_figures(0, 2**40).values()
+        assert (len(people), len(identified)) == (len(installs), 0)  # each install its own
+        counter.close()
+
+
+@pytest.mark.parametrize("commit_events", [13, 10**6])
+def test_every_flow_equals_the_ledger(tmp_path, traffic, commit_events):
+    ingest(tmp_path, traffic.batches)
+    counter = count_facts(tmp_path, commit_events)
+    people = ref.People(traffic.views, traffic.links, MAX_INSTALLS_PER_USER)
+    end = int(END.timestamp())
+    checked = 0
+    for start, stop in [(0, 2**40), (end - 2 * 86400 + 5, end - 3600)]:
+        for experience, steps in traffic.flows.items():
+            for revision in [None, *steps]:
+                want = ref.flow(traffic.views, TIMEOUT, start, stop, people, experience,
+                                revision)
+                sessions, screens, moves = counter.store.experience_flow(
+                    experience, start, stop, revision)
+                assert sessions == want["sessions"]
+                got = {screen: {"sessions": reached, "exits": exits,
+                                "median_seconds_on_screen": ref.quantile(on_screen, 1, 2),
+                                "median_position": ref.quantile(positions, 1, 2)}
+                       for screen, (reached, exits, positions, _, on_screen)
+                       in screens.items()}
+                assert got == {screen["id"]: {key: screen[key] for key in got.get(
+                    screen["id"], {})} for screen in want["screens"]}
+                paths = {(path["from"], path["to"]): path["moves"] for path in want["paths"]
+                         if path["to"] is not None}
+                assert moves == paths
+                checked += 1
+    counter.close()
+    assert checked > 20
+
+
+def test_the_apps_answers_from_facts_equal_those_from_the_rows(tmp_path, traffic):
+    """app/overview_query.py's documents (/experiences and each /experiences/<id>), read
+    through FactReader, equal those it reads from overview.sqlite3 counted by the shipped
+    worker from the same events: the same rows where it matters, worked out when asked."""
+    ingest(tmp_path, traffic.batches)
+    count(tmp_path, session_timeout=TIMEOUT)
+    counter = count_facts(tmp_path, 97)
+    facts = FactReader(counter.store)
+    rows = answers(tmp_path, QUERIES)
+    from_facts = answers(tmp_path, QUERIES, reader=facts)
+    assert len(rows) > 10
+    assert from_facts == rows
+    counter.close()
+
+
+def test_the_apps_flows_from_facts_equal_those_from_the_rows(tmp_path, traffic):
+    """app/flow_query.py's flow and revisions documents, every revision and goal, read
+    through FactReader, equal those it reads from overview.sqlite3."""
+    ingest(tmp_path, traffic.batches)
+    count(tmp_path, session_timeout=TIMEOUT)
+    counter = count_facts(tmp_path, 97)
+    rows = flows(tmp_path, traffic)
+    from_facts = flows(tmp_path, traffic, reader=FactReader(counter.store))
+    assert len(rows) > 20
+    for key, document in rows.items():
+        assert from_facts[key] == document, key
+    counter.close()
+
+
+def test_the_worker_answers_the_overview_over_its_socket(tmp_path, traffic):
+    """The same documents asked of the worker over worker.sock (worker/overview_answers.py,
+    app/worker_overview.py); a worker that does not listen is a NoOverview, as is a read it
+    cannot answer."""
+    ingest(tmp_path, traffic.batches)
+    count(tmp_path, session_timeout=TIMEOUT)
+    counter = count_facts(tmp_path, 97)
+    socket_path = Layout(tmp_path).worker_socket
+    asking = WorkerOverview(socket_path)
+    with pytest.raises(NoOverview, match="does not answer"):
+        asking.run([("state",)])
+    answering = OverviewAnswers(socket_path, FactReader(counter.store),
+                                lambda: counter.position)
+    answering.start()
+    try:
+        assert answers(tmp_path, QUERIES, reader=asking) == answers(tmp_path, QUERIES)
+        with pytest.raises(NoOverview, match="could not answer: AttributeError"):
+            asking.run([("no_such_read",)])
+    finally:
+        answering.close()
+        counter.close()
+    assert not socket_path.exists()
+
+
+def facts_documents(root):
+    """Every QUERIES document, read from overview.duckdb (no worker holding it)."""
+    store = FactStore(Layout(root).overview_facts)
+    store.open(TIMEOUT)
+    try:
+        return answers(root, QUERIES, reader=FactReader(store))
+    finally:
+        store.close()
+
+
+def test_a_damaged_store_is_set_aside_and_counted_again(tmp_path, traffic, caplog):
+    ingest(tmp_path, traffic.batches)
+    count(tmp_path, session_timeout=TIMEOUT, overview_store="duckdb")
+    counted = facts_documents(tmp_path)
+    path = Layout(tmp_path).overview_facts
+    with open(path, "r+b") as damaged:  # DuckDB's headers, overwritten
+        damaged.write(os.urandom(16384))
+    count(tmp_path, session_timeout=TIMEOUT, overview_store="duckdb")
+    assert "OVERVIEW REJECTED: overview.duckdb is unusable" in caplog.text
+    assert [aside.name[:len("overview.duckdb.bad-")] for aside in tmp_path.iterdir()
+            if ".bad-" in aside.name] == ["overview.duckdb.bad-"]
+    assert facts_documents(tmp_path) == counted
+
+
+def test_another_session_timeout_counts_the_overview_again(tmp_path, traffic, caplog):
+    ingest(tmp_path, traffic.batches)
+    count(tmp_path, session_timeout=TIMEOUT, overview_store="duckdb")
+    count(tmp_path, session_timeout=2 * TIMEOUT, overview_store="duckdb")
+    assert "the timeout is now 3600s; counting data1.details again" in caplog.text
+    store = FactStore(Layout(tmp_path).overview_facts)
+    assert store.open(2 * TIMEOUT).session_timeout == 2 * TIMEOUT
+    people = ref.People(traffic.views, traffic.links, MAX_INSTALLS_PER_USER)
+    want = ref.overview(traffic.views, 2 * TIMEOUT, 0, 2**40, people)
+    got = store.experience_figures(0, 2**40)
+    assert {experience: got[experience][3] for experience in want} == {
+        experience: figures["sessions"] for experience, figures in want.items()}
+    store.close()
