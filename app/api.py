@@ -133,9 +133,6 @@ class ProjectReads:
         self.reader = reader
         self.project = project
 
-    def pieces(self, start, end):
-        return self.reader.pieces(start, end)
-
     def run(self, calls):
         return self.reader.run(calls, self.project)
 

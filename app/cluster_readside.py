@@ -32,7 +32,7 @@ from storage.stream.names import overview_query_subject, series_query_subject
 from storage.stream.setup import current_majority
 from storage.stream.state import (NoQuorum, ask_each, asking, cluster_state, stored_after,
                                   stream_state)
-from storage.views.overview_store import OverviewState, pieces
+from storage.views.overview_store import OverviewState
 from storage.views.series_store import SeriesState
 
 RUNNING, MISSING, STALLED = "running", "missing", "stalled"
@@ -351,8 +351,6 @@ class ClusterOverview:
         """{partition: its overview store's OverviewState}."""
         return {partition: OverviewState(*reads.decode_rows(answer["results"][0])[0])
                 for partition, answer in self.reads.ask({"calls": [["state"]]}).items()}
-
-    pieces = staticmethod(pieces)
 
     def run(self, calls, project=""):
         results = [[] for _ in calls]

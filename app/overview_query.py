@@ -3,9 +3,10 @@ checked, the range laid out in hours, days and weeks, and the stored rows merged
 figures.
 
 A range runs on whole UTC hours: from the start of the hour holding `from` to the end of the
-hour holding `to`'s last instant. Its figures merge the rows of the pieces the store reads it
-in (its pieces(): overview.sqlite3's weeks, UTC days and hours, or the whole range at once
-from the facts); a day point in a time zone is the local day, cut to the range. As in /series, in a
+hour holding `to`'s last instant. Its figures merge the rows the store gives for the whole
+range (level WHOLE: overview.sqlite3 reads the weeks, UTC days and hours that cover it,
+overview.duckdb the range at once); a day point in a time zone is the local day, cut to the
+range. As in /series, in a
 zone whose offset is not a whole number of hours a day's edges move back to the start of the
 UTC hour holding local midnight.
 
@@ -19,7 +20,7 @@ import datetime
 import math
 
 from app import series_query
-from storage.views.overview_store import DAY, HOUR
+from storage.views.overview_store import DAY, HOUR, WHOLE
 from storage.views.sketches import Durations, People
 
 UTC = datetime.timezone.utc
@@ -142,20 +143,17 @@ def experiences(store, query):
 
     `store` runs the reads (storage/views/overview_store.OverviewReader, or in cluster mode
     app/cluster_readside.ClusterOverview): all of them at once, in one snapshot."""
-    parts = store.pieces(query.start, query.end)
-    # The sums added up by SQLite, and only the sketches' bytes brought into Python: over
+    whole = (WHOLE, query.start, query.end)
+    # The sums added up by the store, and only the sketches' bytes brought into Python: over
     # 1,000 experiences and 30 days this halves the time.
-    results = store.run([("experience_sums", *part) for part in parts]
-                        + [("experience_sketches", *part) for part in parts]
-                        + [("names", None)])
+    sums, sketches, name_rows = store.run([("experience_sums", *whole),
+                                           ("experience_sketches", *whole), ("names", None)])
     merged = collections.defaultdict(Figures)
-    for rows in results[:len(parts)]:
-        for experience, *sums in rows:
-            merged[experience].add_sums(*sums)
-    for rows in results[len(parts):-1]:
-        for experience, people, identified, durations in rows:
-            merged[experience].add_sketches(people, identified, durations)
-    names = _latest_names(results[-1])
+    for experience, *added in sums:
+        merged[experience].add_sums(*added)
+    for experience, people, identified, durations in sketches:
+        merged[experience].add_sketches(people, identified, durations)
+    names = _latest_names(name_rows)
     listed = [{"experienceID": experience, "name": names.get((experience, "")),
                **figures.document()} for experience, figures in merged.items()]
     listed.sort(key=_sort_key(query.sort))
@@ -166,23 +164,22 @@ def experiences(store, query):
 
 def experience(store, query, experience_id):
     """/experiences/<id>: one experience's figures, its top screens and its points."""
-    parts = store.pieces(query.start, query.end)
-    results = store.run([("experience_rows", *part, experience_id) for part in parts]
-                        + [("screen_rows", experience_id, query.start, query.end),
-                           ("experience_rows", HOUR, query.start, query.end, experience_id),
-                           ("names", experience_id)])
+    rows, screen_rows, hour_rows, name_rows = store.run([
+        ("experience_rows", WHOLE, query.start, query.end, experience_id),
+        ("screen_rows", experience_id, query.start, query.end),
+        ("experience_rows", HOUR, query.start, query.end, experience_id),
+        ("names", experience_id)])
     total = Figures()
-    for rows in results[:len(parts)]:
-        for row in rows:
-            total.add(row)
+    for row in rows:
+        total.add(row)
     screens = {}  # id -> [views, People]
-    for screen, views, people in results[-3]:
+    for screen, views, people in screen_rows:
         known = screens.get(screen)
         if known is None:
             known = screens[screen] = [0, People()]
         known[0] += views
         known[1].merge_encoded(people)
-    names = _latest_names(results[-1])
+    names = _latest_names(name_rows)
     top = sorted(screens.items(), key=lambda item: (-item[1][0], item[0]))[:TOP_SCREENS]
     return {
         "experienceID": experience_id,
@@ -194,7 +191,7 @@ def experience(store, query, experience_id):
         "top_screens": [{"id": screen, "name": names.get((experience_id, screen)),
                          "views": views, "users": people.count()}
                         for screen, (views, people) in top],
-        "points": _points(query, results[-2]),
+        "points": _points(query, hour_rows),
     }
 
 

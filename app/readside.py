@@ -43,11 +43,6 @@ class OverviewReads(Protocol):
     """The experience overview: storage/views/overview_store.OverviewReader, or in cluster
     mode app/cluster_readside.ClusterOverview."""
 
-    def pieces(self, start, end) -> list:
-        """[(level, start, end)]: the parts of [start, end) (whole hours) the experiences'
-        figures are read in, each a read of its own (the rows' hours, days and weeks, or one
-        part, level 0, where the store can answer any range)."""
-
     def run(self, calls, project="") -> list:
         """The rows of each of `calls` ([name, *args], the store's READS) of `project`'s
         experiences, all read in one snapshot."""

@@ -17,11 +17,6 @@ class WorkerOverview:
         self.path = path
         self.timeout = timeout
 
-    @staticmethod
-    def pieces(start, end):
-        """One: the worker's store answers any range at once (FactReader.pieces)."""
-        return [(0, start, end)]
-
     def run(self, calls, project=""):
         """The rows of each read in `calls` of `project`'s experiences, from one snapshot of
         the worker's store. Raises NoOverview when the worker does not answer (not running,

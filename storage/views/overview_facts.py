@@ -59,7 +59,8 @@ import numpy
 from storage.durable import move_durably
 from storage.layout import Layout
 from storage.views import derived_store
-from storage.views.overview_store import MAX_INSTALLS_PER_USER, MAX_POSITION, CorruptOverview
+from storage.views.overview_store import (MAX_INSTALLS_PER_USER, MAX_POSITION, WHOLE,
+                                          CorruptOverview)
 from storage.views.sketches import EXACT_DURATION_BELOW, encode_distinct, encode_histogram
 from storage.views.derived_store import utc_now
 
@@ -560,11 +561,6 @@ class FactReader:
     def __init__(self, store):
         self.store = store
 
-    @staticmethod
-    def pieces(start, end):
-        """One: the facts answer any range at once (level 0: one bucket, the range's)."""
-        return [(0, start, end)]
-
     def run(self, calls, project=""):
         """The rows of each read in `calls` ([(name, *arguments)]) of `project`'s
         experiences, all from one snapshot."""
@@ -603,7 +599,7 @@ class _FactReads:
     def _figures(self, level, start, end, experience=None):
         """{(bucket, key): [views, people, identified, sessions, duration_sum,
         session_screens, bounces, {duration bucket: sessions}]} of [start, end), `level`
-        wide buckets (a level of 0: one bucket, start)."""
+        wide buckets (WHOLE: one bucket, start)."""
         asked = (level, start, end, experience)
         if asked not in self._figured:
             self._figured[asked] = self._figure(level, start, end, experience)
@@ -613,7 +609,9 @@ class _FactReads:
         where, parameters, _ = self._keys(experience)
 
         def bucket(column):
-            return f"(t.{column} - t.{column} % {int(level)})" if level else str(int(start))
+            if level == WHOLE:
+                return str(int(start))
+            return f"(t.{column} - t.{column} % {int(level)})"
 
         rows = collections.defaultdict(lambda: [0, _NO_ONE, _NO_ONE, 0, 0, 0, 0, b""])
         in_range = f"{where} AND t.moment >= ? AND t.moment < ?"
@@ -641,13 +639,13 @@ class _FactReads:
         _, _, experience_of = self._keys()
         return [(experience_of(key), views, sessions, duration_sum, screens, bounces)
                 for (_, key), (views, _, _, sessions, duration_sum, screens, bounces, _)
-                in self._figures(0, start, end).items()]
+                in self._figures(WHOLE, start, end).items()]
 
     def experience_sketches(self, level, start, end):
         _, _, experience_of = self._keys()
         return [(experience_of(key), people, identified, durations)
                 for (_, key), (_, people, identified, _, _, _, _, durations)
-                in self._figures(0, start, end).items()]
+                in self._figures(WHOLE, start, end).items()]
 
     def screen_rows(self, experience, start, end):
         where, parameters, _ = self._keys(experience)

@@ -109,6 +109,10 @@ VERSION = 6
 HOUR, DAY, WEEK = 3600, 86400, 7 * 86400
 # The levels of experience rows: a range is read from the fewest rows (pieces(), below).
 LEVELS = {HOUR: "hour", DAY: "day", WEEK: "week"}
+# The level a read of an experience's figures asks for to have its whole range, however the
+# store keeps it: here its pieces' rows, from overview.duckdb one row
+# (storage/views/overview_facts.py).
+WHOLE = 0
 
 # One table per level, alike.
 EXPERIENCE_TABLE = """
@@ -698,7 +702,7 @@ def _changing(rows):
 def pieces(start, end):
     """[start, end) (whole hours) as [(HOUR, DAY or WEEK, start, end)]: the fewest rows that
     cover it: whole weeks from the week rows, whole UTC days around them from the day rows,
-    the hours at either end from the hour rows."""
+    the hours at either end from the hour rows. A read of level WHOLE reads these."""
     first_day, last_day = -(-start // DAY) * DAY, end // DAY * DAY
     if first_day >= last_day:
         return [(HOUR, start, end)]
@@ -712,18 +716,12 @@ def pieces(start, end):
     return [part for part in parts if part[1] < part[2]]
 
 
-
 class OverviewReader:
     """The ingest's side: the rows of a range, read in one snapshot per question."""
 
     def __init__(self, state_dir, path=None):
         self.path = path or Layout(state_dir).overview
         self._db = derived_store.Readers(self.path).connection
-
-    @staticmethod
-    def pieces(start, end):
-        """The pieces a range is read in: its rows'."""
-        return pieces(start, end)
 
     def run(self, calls, project=""):
         """The rows of each read in `calls` ([(name, *arguments)], a name of READS) of
@@ -785,7 +783,10 @@ class _Reads:
     def experience_rows(self, level, start, end, experience):
         """(bucket, experience, views, people, identified, sessions, duration_sum,
         session_screens, bounces, durations) of one experience in the `level` table (HOUR or
-        DAY), [start, end)."""
+        DAY), [start, end); or of its pieces(), for WHOLE."""
+        if level == WHOLE:
+            return [row for part in pieces(start, end)
+                    for row in self.experience_rows(*part, experience)]
         key = self._key(experience)
         if key is None:
             return []
@@ -799,7 +800,10 @@ class _Reads:
 
     def experience_sums(self, level, start, end):
         """(experience, views, sessions, duration_sum, session_screens, bounces), summed over
-        the `level` table's buckets in [start, end), for every experience."""
+        the `level` table's buckets in [start, end), for every experience; for WHOLE, those
+        of each of its pieces(), an experience's rows to be added."""
+        if level == WHOLE:
+            return [row for part in pieces(start, end) for row in self.experience_sums(*part)]
         return self._every(
             f"experience_{LEVELS[level]}", "sum(t.views), sum(t.sessions), "
             "sum(t.duration_sum), sum(t.session_screens), sum(t.bounces)",
@@ -807,7 +811,10 @@ class _Reads:
 
     def experience_sketches(self, level, start, end):
         """(experience, people, identified, durations) of every row of the `level` table in
-        [start, end)."""
+        [start, end) (for WHOLE, of its pieces())."""
+        if level == WHOLE:
+            return [row for part in pieces(start, end)
+                    for row in self.experience_sketches(*part)]
         return self._every(f"experience_{LEVELS[level]}", "t.people, t.identified, t.durations",
                            "t.bucket >= ? AND t.bucket < ?", (start, end))
 
