@@ -1,5 +1,7 @@
-"""`python -m bench soak` (`python -m bench.soak [seconds] [single|cluster] [rate=N]` for a
-shorter look, or at a rate of N SDK events/s rather than 80 % of the capacity): the whole engine under SDK traffic for ten minutes, on one machine and then on the
+"""`python -m bench soak` (`python -m bench.soak [seconds] [single|cluster] [rate=N]
+[store=duckdb]` for a shorter look, at a rate of N SDK events/s rather than 80 % of the
+capacity, or with the overview kept in overview.duckdb, MINI_ANALYTICS_OVERVIEW_STORE): the
+whole engine under SDK traffic for ten minutes, on one machine and then on the
 local cluster, offered at 80 % of what its ingest alone was measured to take in the same run.
 The question: does the overview keep up? (Its lag must stay bounded: under 10 s at the end.)
 
@@ -22,6 +24,9 @@ both ingest nodes: the capacity is a wrk per node, the senders a wrk per node (e
 always sent to the same one),
 and the overview's lag is the largest over the partitions (from the oldest message after
 the position of the partition's overview store, kept by the worker that counts it, to now).
+
+With store=duckdb only the workers can open their stores, so the overview's lag is the
+ingest's own figure of the same: /stats' overview_waiting_seconds.
 """
 
 import asyncio
@@ -34,6 +39,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 from bench.cluster import local_cluster, wrk_on
@@ -335,7 +341,19 @@ def rate_to_offer(label, rate, seconds, measure, alone):
     return capacity, SHARE * capacity
 
 
-def soak_single(seconds, rate=None):
+def waiting_seconds(port):
+    """The ingest's /stats overview_waiting_seconds (how long the oldest SDK event the
+    overview has not counted has waited); infinite while it cannot tell (a lag not known
+    is no lag bounded)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as answer:
+            waiting = json.load(answer).get("overview_waiting_seconds")
+    except (OSError, ValueError):
+        waiting = None
+    return float("inf") if waiting is None else waiting
+
+
+def soak_single(seconds, rate=None, store="sqlite"):
     capacity, rate = rate_to_offer("soak", rate, seconds, measure_capacity,
                                    "the ingest alone takes")
     folder = scratch_dir()
@@ -343,11 +361,14 @@ def soak_single(seconds, rate=None):
     state.mkdir()
     layout = Layout(state)
     port = free_port()
-    ingest = start("app", state, port)
-    worker = start("worker", state, port)  # the port unused: the settings are shared
+    ingest = start("app", state, port, overview_store=store)
+    # The port unused by the worker: the settings are shared.
+    worker = start("worker", state, port, overview_store=store)
+    lag = ((lambda: overview_lag(layout, time.time())) if store == "sqlite"
+           else (lambda: waiting_seconds(port)))
     try:
         wait_until_listening(port, ingest)
-        figures = soak("soak", [port], rate, seconds, lambda: overview_lag(layout, time.time()),
+        figures = soak("soak", [port], rate, seconds, lag,
                        lambda: f"{counts_lag_bytes(layout):,} bytes",
                        lambda: {"ingest": ingest.pid, "worker": worker.pid})
     finally:
@@ -392,14 +413,15 @@ def cluster_overview_lag(cluster, now):
     return asyncio.run(oldest_uncounted())
 
 
-def soak_cluster(seconds, rate=None):
+def soak_cluster(seconds, rate=None, store="sqlite"):
     script_folder = scratch_dir()
     script = script_folder / "sdk.lua"
     script.write_text(fresh_ids_script(sdk_body()) + DONE)
     try:
         # The workers pass at the shipped interval, as on one machine (bench/cluster.py's
         # other benches pass each second, to time a catch-up closely).
-        with local_cluster(interval=storage.settings.interval({})) as cluster:
+        with local_cluster(interval=storage.settings.interval({}),
+                           overview_store=store) as cluster:
             ports = [cluster.port(1), cluster.port(2)]
 
             def measure():
@@ -413,7 +435,13 @@ def soak_cluster(seconds, rate=None):
                                            "the 2 ingest nodes alone take")
             # The capacity's events are counted first: the soak starts from a caught-up
             # cluster, as on one machine.
-            cluster.wait(lambda: cluster_overview_lag(cluster, time.time()) == 0.0,
+            if store == "sqlite":
+                def lag():
+                    return cluster_overview_lag(cluster, time.time())
+            else:
+                def lag():
+                    return waiting_seconds(ports[0])
+            cluster.wait(lambda: lag() == 0.0,
                          "the workers to count the capacity run's events", timeout=1800)
 
             known = {}
@@ -435,21 +463,21 @@ def soak_cluster(seconds, rate=None):
                 _, stats = cluster.get(1, "/stats")
                 return f"{stats['lag_messages']:,} messages" if stats else "unknown"
 
-            figures = soak("soak cluster", ports, rate, seconds,
-                           lambda: cluster_overview_lag(cluster, time.time()), counts_lag, pids)
+            figures = soak("soak cluster", ports, rate, seconds, lag, counts_lag, pids)
     finally:
         subprocess.run(["rm", "-rf", str(script_folder)], check=False)
     return {"soak_cluster_capacity_events_s": capacity,
             **{f"soak_cluster_{key}": value for key, value in figures.items()}}
 
 
-def bench_soak(seconds=600, modes=("single", "cluster"), rate=None):
-    """With `rate` (SDK events/s), that rate is offered, and the capacity is not measured."""
+def bench_soak(seconds=600, modes=("single", "cluster"), rate=None, store="sqlite"):
+    """With `rate` (SDK events/s), that rate is offered, and the capacity is not measured;
+    `store`: MINI_ANALYTICS_OVERVIEW_STORE."""
     results = {}
     if "single" in modes:
-        results.update(soak_single(seconds, rate))
+        results.update(soak_single(seconds, rate, store))
     if "cluster" in modes:
-        results.update(soak_cluster(seconds, rate))
+        results.update(soak_cluster(seconds, rate, store))
     return results
 
 
@@ -482,5 +510,7 @@ if __name__ == "__main__":
     asked = next((float(value.split("=", 1)[1]) for value in arguments
                   if value.startswith("rate=")), None)
     length = next((int(value) for value in arguments if value.isdigit()), 600)
-    for label, value in rows(bench_soak(length, chosen, asked)):
+    kept_in = next((value.split("=", 1)[1] for value in arguments
+                    if value.startswith("store=")), "sqlite")
+    for label, value in rows(bench_soak(length, chosen, asked, kept_in)):
         print(f"{label}: {value}")

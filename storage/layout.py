@@ -74,6 +74,8 @@ stores:
                       sequence as its position; storage/views/overview_store.py (the worker owning
                       the partition writes it and answers the ingest's reads of it on the
                       subject mini_analytics.overview.<partition>: app/cluster_readside.py)
+    overview-<partition>.duckdb (and its .wal), instead, with MINI_ANALYTICS_OVERVIEW_STORE=duckdb:
+                      the same in overview.duckdb's format, storage/views/overview_facts.py
     seen-<partition>.sqlite3 in the worker's state folder: which of the partition's SDK
                       events repeat an earlier one (the dedupe at the partition), with the
                       keys of the last window as sorted runs; storage/views/seen_store.py (the worker owning
@@ -133,6 +135,10 @@ class Layout:
     def partition_overview(self, partition):
         """A cluster worker's overview store of one partition."""
         return self.root / f"overview-{partition}.sqlite3"
+
+    def partition_overview_facts(self, partition):
+        """The same with MINI_ANALYTICS_OVERVIEW_STORE=duckdb."""
+        return self.root / f"overview-{partition}.duckdb"
 
     def partition_seen(self, partition, views=False):
         """A cluster worker's record of which SDK events of one partition are repeats; with

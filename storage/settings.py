@@ -29,7 +29,7 @@ SETTINGS = [
     ("SERIES", "on", "whether the worker keeps the counts over time"),
     ("MINUTE_RETENTION_HOURS", "48", "hours of minute buckets kept before the newest event"),
     ("OVERVIEW", "on", "whether the worker keeps the experience overview (users, sessions)"),
-    ("OVERVIEW_STORE", "sqlite", "the overview's store on one machine: sqlite or duckdb"),
+    ("OVERVIEW_STORE", "sqlite", "the overview's store: sqlite or duckdb"),
     ("SESSION_TIMEOUT", "1800", "seconds without a screen view that end a session (60 to "
                                 "86400)"),
     ("WRITE_TOKENS", "(none: writes open)", "tokens that may write, comma-separated; needed "
@@ -237,16 +237,13 @@ def overview(environ=os.environ):
 
 
 def overview_store(environ=os.environ):
-    """Which store the overview is kept in on one machine: "sqlite" (overview.sqlite3, the
-    rows of every answer kept at each commit) or "duckdb" (overview.duckdb, the screen views
-    kept and the answers worked out when asked; storage/views/overview_facts.py)."""
+    """Which store the worker keeps the overview in: "sqlite" (overview.sqlite3, the rows of
+    every answer kept at each commit) or "duckdb" (overview.duckdb, the screen views kept
+    and the answers worked out when asked; storage/views/overview_facts.py); in cluster
+    mode, one such store per partition."""
     raw = _raw(environ, "OVERVIEW_STORE").lower() or "sqlite"
     if raw not in ("sqlite", "duckdb"):
         raise ConfigError(f"{PREFIX}OVERVIEW_STORE must be sqlite or duckdb, got {raw!r}")
-    if raw == "duckdb" and cluster(environ):
-        raise ConfigError(f"{PREFIX}OVERVIEW_STORE=duckdb is for one machine: in cluster "
-                          f"mode ({PREFIX}CLUSTER) each partition's overview is kept in "
-                          "sqlite")
     return raw
 
 

@@ -890,11 +890,13 @@ def test_the_same_tokens_guard_every_ingest_node(cluster):
     wait_for(counted_with_token, 30, what="both events counted, read with the token")
 
 
-def test_the_overview_through_both_nodes_is_the_ledger_s(cluster):
+@pytest.mark.parametrize("store", ["sqlite", "duckdb"])
+def test_the_overview_through_both_nodes_is_the_ledger_s(cluster, store):
     """SDK traffic sent to either ingest node at random, with a worker SIGKILLed midway: each
     install's events are in one partition (its sessions whole there), and either node's
-    /experiences merges the partitions' overviews into exactly what the ledger gives."""
-    node = cluster(interval=0.1)
+    /experiences merges the partitions' overviews into exactly what the ledger gives, from
+    either kind of store (MINI_ANALYTICS_OVERVIEW_STORE)."""
+    node = cluster(interval=0.1, overview_store=store)
     end = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
     traffic = generator.generate(seed=21, devices=150, experiences=5, days=3,
                                  end=end - datetime.timedelta(minutes=5))

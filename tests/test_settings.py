@@ -151,12 +151,9 @@ def test_cluster_mode_settings():
         config.publish_timeout({"MINI_ANALYTICS_PUBLISH_TIMEOUT": "120"})  # past the dedupe
 
 
-def test_the_overview_store_is_sqlite_or_duckdb_on_one_machine():
+def test_the_overview_store_is_sqlite_or_duckdb():
+    assert config.overview_store({}) == "sqlite"
     assert config.overview_store({"MINI_ANALYTICS_OVERVIEW_STORE": " DuckDB"}) == "duckdb"
-    cluster = {"MINI_ANALYTICS_CLUSTER": "nats://127.0.0.1:4222"}
-    assert config.overview_store(cluster) == "sqlite"
-    with pytest.raises(config.ConfigError, match="OVERVIEW_STORE=duckdb is for one machine"):
-        config.overview_store({**cluster, "MINI_ANALYTICS_OVERVIEW_STORE": "duckdb"})
 
 
 def test_the_single_machine_mode_never_imports_nats():

@@ -60,7 +60,7 @@ def run(state_dir):
 
         return process.run_in_state_folder("worker", state_dir, lambda: cluster.run(
             state_dir, servers, partition_count, replicas, dedupe_window, interval, takeover,
-            series, retention, overview, session_timeout))
+            series, retention, overview, session_timeout, overview_store))
 
     def count():
         log.info("worker starting: state_dir=%s interval=%gs series=%s minute_retention=%gh "

@@ -21,14 +21,16 @@ log = logging.getLogger("worker")
 
 
 def run(state_dir, servers, partition_count, replicas, dedupe_window, interval, takeover,
-        series=True, minute_retention=48 * 3600, overview=True, session_timeout=1800):
+        series=True, minute_retention=48 * 3600, overview=True, session_timeout=1800,
+        overview_store="sqlite"):
     """Count this worker's share of the stream's partitions until SIGTERM, keeping their
-    series and overview stores (unless `series` or `overview` is off) in `state_dir`.
-    Returns the exit code."""
+    series and overview stores (unless `series` or `overview` is off; the overview's in
+    `overview_store`, settings.overview_store()) in `state_dir`. Returns the exit code."""
     log.info("worker starting in cluster mode: servers=%s replicas=%d interval=%gs "
              "takeover=%gs series=%s minute_retention=%gh overview=%s session_timeout=%ds",
              ",".join(servers), replicas, interval, takeover, "on" if series else "off",
-             minute_retention / 3600, "on" if overview else "off", session_timeout)
+             minute_retention / 3600, f"on ({overview_store})" if overview else "off",
+             session_timeout)
     # One worker per state folder: its stores have one writer, and its place in the cluster
     # (storage/stream/leases.py) one holder. Raises AlreadyLocked (run_in_state_folder says so).
     hold_exclusive_lock(Layout(state_dir).worker_lock)
@@ -46,7 +48,8 @@ def run(state_dir, servers, partition_count, replicas, dedupe_window, interval, 
                      series_dir=state_dir if series else None,
                      minute_retention=minute_retention,
                      overview_dir=state_dir if overview else None,
-                     session_timeout=session_timeout, leases=leases).run(interval)
+                     session_timeout=session_timeout, overview_store=overview_store,
+                     leases=leases).run(interval)
         return process.EXIT_OK
     except UNAVAILABLE as error:
         log.error("NATS did not answer (%s: %s); exiting, to start again", type(error).__name__,

@@ -73,7 +73,7 @@ from storage.stream.state import NoQuorum, stream_state
 from storage.views.overview_store import OverviewReader, OverviewStore
 from storage.views.seen_store import SLACK_MS, SeenStore
 from storage.views.series_store import CorruptSeries, SeriesReader, SeriesStore
-from worker.overview import OverviewCounter, SdkEvents
+from worker.overview import FactCounter, OverviewCounter, SdkEvents
 from worker.runner import COMMIT_EVERY, PassLoop, plural, report_skipped
 from worker.stream_answers import Answers
 from worker.stream_shares import Shares
@@ -120,7 +120,7 @@ class Partition:
     overview (or None), and where each stands."""
 
     def __init__(self, link, name, owner, seen_dir, series_dir, minute_retention,
-                 overview_dir=None, session_timeout=1800):
+                 overview_dir=None, session_timeout=1800, overview_store="sqlite"):
         self.name = name
         self.reader = StreamReader(link, name)
         self.store = StreamCheckpointStore(link, name, owner)
@@ -143,7 +143,14 @@ class Partition:
         # for it: the next pass begins at once.
         self.behind = False
         self.overview = self.overview_reader = None
-        if overview_dir is not None:
+        if overview_dir is not None and overview_store == "duckdb":
+            # Only a worker keeping overview.duckdb's kind of store loads DuckDB.
+            from storage.views.overview_facts import FactReader, FactStore
+
+            store = FactStore(Layout(overview_dir).partition_overview_facts(name))
+            self.overview = FactCounter(store, session_timeout, f"partition {name}")
+            self.overview_reader = FactReader(store)
+        elif overview_dir is not None:
             path = Layout(overview_dir).partition_overview(name)
             self.overview = OverviewCounter(OverviewStore(overview_dir, path), session_timeout,
                                             f"partition {name}")
@@ -211,19 +218,20 @@ class Partition:
 class StreamWorker(PassLoop):
     def __init__(self, link, partitions, owner=None, seen_dir=None, series_dir=None,
                  minute_retention=48 * 3600, overview_dir=None, session_timeout=1800,
-                 leases=None):
+                 overview_store="sqlite", leases=None):
         """With `leases` (storage/stream/leases.Leases), `partitions` are the stream's, and the
         worker counts its share of them, as assigned among the live workers; without, it
         counts `partitions` (a test, or a tool). `seen_dir`: the folder of the partitions'
         seen stores, or None to keep them in memory, decided again from the stream at each
         start; `series_dir`: the folder of their series stores, or None to keep no counts
         over time (MINI_ANALYTICS_SERIES=off); `overview_dir` the same for their overview
-        stores (MINI_ANALYTICS_OVERVIEW=off)."""
+        stores (MINI_ANALYTICS_OVERVIEW=off), kept in `overview_store` (sqlite or duckdb)."""
         self.link = link
         self.all_partitions = list(partitions)
         self.owner = owner or owner_name()
         self.leases = leases
-        self._stores = (seen_dir, series_dir, minute_retention, overview_dir, session_timeout)
+        self._stores = (seen_dir, series_dir, minute_retention, overview_dir, session_timeout,
+                        overview_store)
         self.partitions = {}  # name -> Partition: those this worker counts now
         self._stream = None  # the stream's identity, which every checkpoint must name
         self.shares = Shares(leases, partitions, self) if leases else None
