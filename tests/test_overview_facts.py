@@ -134,7 +134,7 @@ def test_a_late_view_joins_two_sessions_into_one(tmp_path):
     counter.close()
 
 
-def test_a_user_linked_from_too_many_installs_links_none(tmp_path):
+def test_a_user_linked_from_too_many_installs_links_none(tmp_path, caplog):
     start = 1_790_000_000
     installs = [f"install-{number}" for number in range(MAX_INSTALLS_PER_USER + 1)]
     views = [screen(install, start) for install in installs]
@@ -148,9 +148,11 @@ def test_a_user_linked_from_too_many_installs_links_none(tmp_path):
     # take the user from the installs linked before it).
     for name, commits in [("together", [links]), ("later", [links[:-1], links[-1:]])]:
         (tmp_path / name).mkdir()
+        caplog.clear()
         counter = facts_of(tmp_path / name, views, *commits)
         (_, people, identified, *_), = counter.store.experience_figures(0, 2**40).values()
         assert (len(people), len(identified)) == (len(installs), 0)  # each install its own
+        assert caplog.text.count("overview: 1 userIDs are now linked from more than 100") == 1
         counter.close()
 
 
@@ -274,3 +276,13 @@ def test_another_session_timeout_counts_the_overview_again(tmp_path, traffic, ca
     assert {experience: got[experience][3] for experience in want} == {
         experience: figures["sessions"] for experience, figures in want.items()}
     store.close()
+
+
+def test_an_event_that_cannot_be_counted_is_set_aside_and_logged(tmp_path, caplog):
+    start = 1_790_000_000
+    bad = screen("a", start)
+    bad["event"]["anonymousID"] = ["not", "a", "string"]
+    counter = facts_of(tmp_path, [screen("b", start), bad])
+    assert counter.store.db.execute("SELECT events, set_aside FROM state").fetchone() == (2, 1)
+    assert "overview: 1 SDK events in test cannot be counted and are set aside" in caplog.text
+    counter.close()

@@ -143,11 +143,7 @@ class OverviewCounter:
         changes = Changes()
         changes.events = read.events
         changes.set_aside = len(set_aside)
-        if set_aside:
-            named, why = set_aside[0]
-            log.error("overview: %d SDK events in %s cannot be counted and are set aside "
-                      "(kept in the source, counted in /stats as overview_set_aside), e.g. "
-                      "event %s: %s", len(set_aside), self.source_name, named, why)
+        self._log_set_aside(set_aside)
         # Every install's state in a few queries, not a few per view.
         viewing = set(map(_DEVICE, views))
         persons, changed = self._link(changes, read.links, viewing)
@@ -202,6 +198,23 @@ class OverviewCounter:
         self._note_speed(started, read.events)
         return read.events
 
+    @staticmethod
+    def _log_crowding(users):
+        """One line for the `users` a commit's links made crowded, if any."""
+        if users:
+            log.warning("overview: %d userIDs are now linked from more than %d installs each "
+                        "(a test account, a shared login?): they link none of them, so those "
+                        "installs' anonymous views count for each install "
+                        "(worker/people.py)", users, MAX_INSTALLS_PER_USER)
+
+    def _log_set_aside(self, set_aside):
+        """One line for the events a commit sets aside ((id, why)), naming the first."""
+        if set_aside:
+            named, why = set_aside[0]
+            log.error("overview: %d SDK events in %s cannot be counted and are set aside "
+                      "(kept in the source, counted in /stats as overview_set_aside), e.g. "
+                      "event %s: %s", len(set_aside), self.source_name, named, why)
+
     def _note_speed(self, started, events):
         """Fold the commit begun at `started` (time.monotonic()) into seconds_per_event."""
         if events:
@@ -233,11 +246,7 @@ class OverviewCounter:
         crowding = {user for user, added in new_installs.items()
                     if installs.get(user, 0) <= MAX_INSTALLS_PER_USER
                     < installs.get(user, 0) + added}
-        if crowding:
-            log.warning("overview: %d userIDs are now linked from more than %d installs each "
-                        "(a test account, a shared login?): they link none of them, so those "
-                        "installs' anonymous views count for each install "
-                        "(worker/people.py)", len(crowding), MAX_INSTALLS_PER_USER)
+        self._log_crowding(len(crowding))
         # Every install linked to a user that just became crowded loses that link too.
         affected = linking | store.linked_to(crowding)
         known.update(store.links(affected - known.keys()))
@@ -678,6 +687,7 @@ class FactCounter(OverviewCounter):
         store = self.store
         batch = store.batch()
         batch.events, batch.set_aside = read.events, len(read.set_aside)
+        self._log_set_aside(read.set_aside)
         key, code = store.keys.key, store.code
         keys = {experience: key(*experience)
                 for experience in dict.fromkeys(map(_EXPERIENCE, read.views))}
@@ -701,7 +711,7 @@ class FactCounter(OverviewCounter):
             if known is None or moment < known:
                 links[device, user] = moment
         _names(batch, keys, read.views)
-        store.commit(batch, source, position, log_end)
+        self._log_crowding(store.commit(batch, source, position, log_end))
         self.source, self.position, self.log_end = source, position, log_end
         self._note_speed(started, read.events)
         return read.events

@@ -136,9 +136,10 @@ def read_state(path):
     if not path.exists():
         return None
     with duckdb.connect(str(path), read_only=True) as db:
-        return OverviewState(*db.execute(
+        (state,) = db.execute(
             "SELECT session_timeout, source, position, log_end, events, set_aside FROM state"
-        ).fetchone())
+        ).fetchall()
+    return OverviewState(*state)
 
 
 class Batch:
@@ -233,7 +234,8 @@ class FactStore:
     def commit(self, batch, source, position, log_end):
         """Add `batch` and move the position, in one transaction: the facts, links and
         names appended, and the sessions of every (experience, install) it has views of
-        computed again from all their views."""
+        computed again from all their views. Returns how many users its links made
+        crowded (linked from more than MAX_INSTALLS_PER_USER installs)."""
         try:
             with self._transaction() as db:
                 self.keys.write_new(_Rows(db))
@@ -257,17 +259,24 @@ class FactStore:
                                "s.experience = t.experience AND s.device = t.device")
                     db.execute("INSERT INTO session " + _SESSIONS, [self.timeout])
                     db.execute("DROP TABLE touched")
+                crowding = 0
                 if batch.links:
                     (devices, users), moments = zip(*batch.links), batch.links.values()
                     users = numpy.array(users, dtype=numpy.int64)
+                    db.register("linked_users", {"user_key": users})
+                    installs_of = (f"SELECT count(*) FROM (SELECT user_key FROM link SEMI JOIN "
+                                   f"linked_users USING (user_key) GROUP BY user_key HAVING "
+                                   f"count(DISTINCT device) > {MAX_INSTALLS_PER_USER})")
+                    (crowded_before,), = db.execute(installs_of).fetchall()
                     _append(db, "link", device=numpy.array(devices, dtype=numpy.int64),
                             user_key=users,
                             moment=numpy.fromiter(moments, numpy.int64, len(moments)))
+                    (crowded_after,), = db.execute(installs_of).fetchall()
+                    crowding = crowded_after - crowded_before
                     # An install's person hangs on its own links and on whether each user
                     # it is linked to is crowded, which only that user's new links change:
                     # so the installs linked to a user of this commit's links are all whose
                     # person can have changed.
-                    db.register("linked_users", {"user_key": users})
                     db.execute("CREATE TEMP TABLE relinked AS SELECT DISTINCT device FROM "
                                "link SEMI JOIN linked_users USING (user_key)")
                     db.unregister("linked_users")
@@ -293,6 +302,7 @@ class FactStore:
             raise
         finally:
             self._new_codes = []
+        return crowding
 
     def reset(self, session_timeout):
         """Empty the store and its position in one transaction (for a recount)."""
@@ -382,9 +392,9 @@ class FactStore:
                     "" if revision is None else
                     " AND t.began_on = (SELECT code FROM text WHERE text = ?)")), chosen)
             texts = dict(db.execute("SELECT code, text FROM text").fetchall())
-            sessions, = db.execute(
+            (sessions,), = db.execute(
                 "SELECT count(*) FROM (SELECT DISTINCT device, first FROM flow_views)"
-            ).fetchone()
+            ).fetchall()
             screens = {texts[screen]: [0, 0, [], [], []] for screen, in db.execute(
                 "SELECT DISTINCT screen FROM flow_views").fetchall()}
             for screen, reached, positions, to_reach in db.execute(
@@ -666,9 +676,9 @@ class _FactReads:
                     parameters).fetchall()]
 
     def state(self):
-        return [OverviewState(*self.db.execute(
+        return [OverviewState(*row) for row in self.db.execute(
             "SELECT session_timeout, source, position, log_end, events, set_aside FROM state"
-        ).fetchone())]
+        ).fetchall()]
 
     # The flows' reads: a row per revision (and screen, exit or move) over the range.
 
