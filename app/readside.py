@@ -10,9 +10,9 @@ import time
 from typing import Protocol
 
 from app.liveness import RUNNING, WorkerWatch
-from app.worker_overview import WorkerOverview
 from storage.checkpoint import Checkpoint, CorruptCheckpoint
 from storage.layout import Layout
+from storage.local_messages import WorkerOverview
 from storage.log.checkpoint_store import CheckpointStore
 from storage.log.details import received_at_or_after
 from storage.views.overview_store import OverviewReader, OverviewState

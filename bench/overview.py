@@ -40,12 +40,11 @@ from bench import traffic as generator
 from bench.harness import against, ingest_server, scratch_dir, time_worker_until
 from bench.soak import measure_capacity
 from storage.layout import Layout
-from storage.local_messages import ask
+from storage.local_messages import WorkerOverview
 from storage.log import details
-from storage.stream import reads
 from storage.sdk_event import CountedEvent
 from storage.views.overview_facts import FactReader, FactStore
-from storage.views.overview_store import Changes, OverviewReader, OverviewState, OverviewStore
+from storage.views.overview_store import Changes, NoOverview, OverviewReader, OverviewStore
 from storage.views.sketches import person_key
 from worker.overview import COMMIT_EVENTS, OverviewCounter, SdkEvents
 
@@ -233,11 +232,9 @@ def counted_all(state_dir, size, overview):
         return True
     if overview == "duckdb":  # the worker holds overview.duckdb: it answers for it
         try:
-            answer = ask(Layout(state_dir).worker_socket, {"calls": [["state"]]}, timeout=5)
-        except (OSError, ValueError, EOFError):
+            return WorkerOverview(Layout(state_dir).worker_socket, timeout=5).state().log_end == size
+        except NoOverview:
             return False
-        return ("results" in answer and
-                OverviewState(*reads.decode_rows(answer["results"][0])[0]).log_end == size)
     try:
         with sqlite3.connect(f"file:{state_dir / 'overview.sqlite3'}?mode=ro", uri=True) as db:
             return db.execute("SELECT log_end FROM state").fetchone()[0] == size

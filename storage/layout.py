@@ -46,7 +46,8 @@
     worker.lock       storage/lockfile.py: held by the worker (and `rebuild`); probed by the
                       ingest to tell whether a worker is alive
     worker.sock       worker/overview_answers.py listens on it: the overview's reads, which
-                      app/worker_overview.py asks (overview.duckdb opens in one process only)
+                      storage/local_messages.py asks for the ingest and `python -m worker
+                      status` (overview.duckdb opens in one process only)
     logs/ingest.log, logs/worker.log (and their rotated .1 to .5)
                       storage/process.py: each program's own log lines; read by the operator
     supervisor.sock, supervisord.pid

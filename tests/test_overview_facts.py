@@ -7,7 +7,7 @@ import os
 import pytest
 
 import overview_reference as ref
-from app.worker_overview import WorkerOverview
+from storage.local_messages import WorkerOverview
 from bench import traffic as generator
 from storage.layout import Layout
 from storage.log.details import HEADER, read_groups
@@ -217,7 +217,7 @@ def test_the_apps_flows_from_facts_equal_those_from_the_rows(tmp_path, traffic):
 
 def test_the_worker_answers_the_overview_over_its_socket(tmp_path, traffic):
     """The same documents asked of the worker over worker.sock (worker/overview_answers.py,
-    app/worker_overview.py); a worker that does not listen is a NoOverview, as is a read it
+    storage/local_messages.WorkerOverview); a worker that does not listen is a NoOverview, as is a read it
     cannot answer."""
     ingest(tmp_path, traffic.batches)
     count(tmp_path, session_timeout=TIMEOUT)

@@ -19,9 +19,8 @@ from storage.checkpoint import CorruptCheckpoint
 from storage.layout import Layout
 from storage.lockfile import AlreadyLocked
 from storage.log.checkpoint_store import CheckpointStore
-from storage.local_messages import ask
-from storage.stream import reads
-from storage.views.overview_store import NoOverview, OverviewReader, OverviewState
+from storage.local_messages import WorkerOverview
+from storage.views.overview_store import NoOverview, OverviewReader
 from worker.runner import Worker
 
 log = logging.getLogger("worker")
@@ -152,11 +151,9 @@ def overview_facts_state(layout):
     from storage.views.overview_facts import read_state  # DuckDB, only when it keeps it
 
     try:
-        answer = ask(layout.worker_socket, {"calls": [["state"]]}, timeout=5)
-    except (OSError, ValueError, EOFError):
-        answer = None  # no worker answering: the file may be read, unless one holds it
-    if answer is not None and "results" in answer:
-        return OverviewState(*reads.decode_rows(answer["results"][0])[0])
+        return WorkerOverview(layout.worker_socket, timeout=5).state()
+    except NoOverview:
+        pass  # no worker answering: the file may be read, unless one holds it
     try:
         state = read_state(layout.overview_facts)
     except Exception as error:  # noqa: BLE001 - duckdb's errors, all said as they are

@@ -1,6 +1,6 @@
 """How the worker answers the overview's reads on one machine: over a Unix socket in the
 state folder (storage/layout.py's worker.sock), since overview.duckdb opens in one process
-only (storage/views/overview_facts.py). app/worker_overview.py asks.
+only (storage/views/overview_facts.py). storage/local_messages.WorkerOverview asks.
 
 The questions and answers are the cluster's (storage/stream/reads.py: {"calls", "project"}
 -> {"position", "results"} or {"error"}), each a message of storage/local_messages.py. A
