@@ -2,18 +2,18 @@
 figures of every experience over any range equal what the screen views and links say,
 whatever the commits' boundaries, the arrival order and the lateness."""
 
+import collections
 import os
 
 import pytest
 
 import overview_reference as ref
-from storage.local_messages import WorkerOverview
 from bench import traffic as generator
 from storage.layout import Layout
+from storage.local_messages import WorkerOverview
 from storage.log.details import HEADER, read_groups
-from storage.views.overview_facts import FactReader, FactStore
-from storage.views.overview_store import MAX_INSTALLS_PER_USER
-from storage.views.overview_store import NoOverview
+from storage.views.overview_facts import FLOW_VIEWS, FactReader, FactStore
+from storage.views.overview_store import MAX_INSTALLS_PER_USER, MAX_POSITION, NoOverview
 from test_flows import flows
 from test_overview import END, QUERIES, TIMEOUT, answers, count, ingest
 from worker.overview import FactCounter, SdkEvents
@@ -55,7 +55,7 @@ def test_every_figure_equals_the_ledger(tmp_path, traffic, commit_events):
     checked = 0
     for start, stop in ranges:
         want = ref.overview(traffic.views, TIMEOUT, start, stop, people)
-        got = counter.store.experience_figures(start, stop)
+        got = experience_figures(counter.store, start, stop)
         for experience, figures in want.items():
             (views, persons, identified, count, duration_sum, screens, bounces,
              durations) = got[experience]
@@ -104,7 +104,7 @@ def test_a_gap_of_the_timeout_is_one_session_and_a_second_more_two(tmp_path):
     counter = facts_of(tmp_path, [screen("a", start), screen("a", start + TIMEOUT)],
                        [screen("a", start + 2 * TIMEOUT + 1)])
     (_, _, _, sessions, duration_sum, screens, bounces, _), = \
-        counter.store.experience_figures(0, 2**40).values()
+        experience_figures(counter.store, 0, 2**40).values()
     assert (sessions, duration_sum, screens, bounces) == (2, TIMEOUT, 3, 1)
     counter.close()
 
@@ -119,7 +119,7 @@ def test_alike_views_in_one_second_are_one_session(tmp_path):
     counter = facts_of(tmp_path, [screen(install, start + offset)
                                   for install in installs for offset in (0, 0, 0, 9, 9)])
     (_, _, _, sessions, duration_sum, screens, bounces, _), = \
-        counter.store.experience_figures(0, 2**40).values()
+        experience_figures(counter.store, 0, 2**40).values()
     assert (sessions, duration_sum, screens, bounces) == (300, 300 * 9, 1500, 0)
     counter.close()
 
@@ -129,7 +129,7 @@ def test_a_late_view_joins_two_sessions_into_one(tmp_path):
     counter = facts_of(tmp_path, [screen("a", start), screen("a", start + 2 * TIMEOUT)],
                        [screen("a", start + TIMEOUT)])
     (_, _, _, sessions, duration_sum, _, bounces, _), = \
-        counter.store.experience_figures(0, 2**40).values()
+        experience_figures(counter.store, 0, 2**40).values()
     assert (sessions, duration_sum, bounces) == (1, 2 * TIMEOUT, 0)
     counter.close()
 
@@ -141,7 +141,7 @@ def test_a_user_linked_from_too_many_installs_links_none(tmp_path, caplog):
     # Each install logs in as the same user after its anonymous view: one link too many.
     links = [identify(install, start + 10, "shared") for install in installs]
     counter = facts_of(tmp_path, views, links[:-1])
-    (_, people, identified, *_), = counter.store.experience_figures(0, 2**40).values()
+    (_, people, identified, *_), = experience_figures(counter.store, 0, 2**40).values()
     assert (len(people), len(identified)) == (2, 1)  # the shared user, and the last install
     counter.close()
     # The link too many, in the same commit as the others or in one of its own (which must
@@ -150,7 +150,7 @@ def test_a_user_linked_from_too_many_installs_links_none(tmp_path, caplog):
         (tmp_path / name).mkdir()
         caplog.clear()
         counter = facts_of(tmp_path / name, views, *commits)
-        (_, people, identified, *_), = counter.store.experience_figures(0, 2**40).values()
+        (_, people, identified, *_), = experience_figures(counter.store, 0, 2**40).values()
         assert (len(people), len(identified)) == (len(installs), 0)  # each install its own
         assert caplog.text.count("overview: 1 userIDs are now linked from more than 100") == 1
         counter.close()
@@ -168,8 +168,8 @@ def test_every_flow_equals_the_ledger(tmp_path, traffic, commit_events):
             for revision in [None, *steps]:
                 want = ref.flow(traffic.views, TIMEOUT, start, stop, people, experience,
                                 revision)
-                sessions, screens, moves = counter.store.experience_flow(
-                    experience, start, stop, revision)
+                sessions, screens, moves = experience_flow(
+                    counter.store, experience, start, stop, revision)
                 assert sessions == want["sessions"]
                 got = {screen: {"sessions": reached, "exits": exits,
                                 "median_seconds_on_screen": ref.quantile(on_screen, 1, 2),
@@ -272,7 +272,7 @@ def test_another_session_timeout_counts_the_overview_again(tmp_path, traffic, ca
     assert store.open(2 * TIMEOUT).session_timeout == 2 * TIMEOUT
     people = ref.People(traffic.views, traffic.links, MAX_INSTALLS_PER_USER)
     want = ref.overview(traffic.views, 2 * TIMEOUT, 0, 2**40, people)
-    got = store.experience_figures(0, 2**40)
+    got = experience_figures(store, 0, 2**40)
     assert {experience: got[experience][3] for experience in want} == {
         experience: figures["sessions"] for experience, figures in want.items()}
     store.close()
@@ -286,3 +286,86 @@ def test_an_event_that_cannot_be_counted_is_set_aside_and_logged(tmp_path, caplo
     assert counter.store.db.execute("SELECT events, set_aside FROM state").fetchone() == (2, 1)
     assert "overview: 1 SDK events in test cannot be counted and are set aside" in caplog.text
     counter.close()
+
+
+def experience_figures(store, start, end):
+    """Straight from the store's tables, a way apart from FactReader's: {experience key:
+    (views, people, identified, sessions, duration_sum, session_screens, bounces,
+    {duration: sessions})} of every experience with views or sessions starting in
+    [start, end): `people` and `identified` the distinct person keys (a view's userID, else
+    its install's person, else its install), exactly."""
+    figures = collections.defaultdict(lambda: [0, [], [], 0, 0, 0, 0, {}])
+    db = store.db
+    db.execute("BEGIN TRANSACTION")  # one snapshot for both queries
+    try:
+        for experience, views, people, identified in db.execute(
+                "WITH seen AS ("
+                "SELECT f.experience, CASE WHEN f.carried != 0 THEN f.carried ELSE "
+                "coalesce(p.person, f.device) END AS who, (f.carried != 0 OR p.person IS "
+                "NOT NULL) AS known FROM fact AS f LEFT JOIN person AS p USING (device) "
+                "WHERE f.moment >= ? AND f.moment < ?) "
+                "SELECT experience, count(*), list(DISTINCT who), "
+                "list(DISTINCT who) FILTER (WHERE known) FROM seen GROUP BY experience",
+                [start, end]).fetchall():
+            row = figures[experience]
+            row[0], row[1], row[2] = views, people, identified or []
+        for experience, sessions, duration_sum, screens, bounces, durations in db.execute(
+                "WITH d AS (SELECT experience, last - first AS duration, views FROM "
+                "session WHERE first >= ? AND first < ?) "
+                "SELECT experience, count(*), sum(duration), sum(views), "
+                "count(*) FILTER (WHERE views = 1), histogram(duration) FROM d "
+                "GROUP BY experience", [start, end]).fetchall():
+            row = figures[experience]
+            row[3:8] = [sessions, duration_sum, screens, bounces, dict(durations)]
+    finally:
+        db.execute("COMMIT")
+    return dict(figures)
+
+
+def experience_flow(store, experience, start, end, revision=None):
+    """Straight from the store's tables, a way apart from FactReader's: the flow of one
+    experience's sessions starting in [start, end) (of those begun on `revision` only, if
+    given), worked out from their views (worker/flows.py's rule; views in one second in the
+    order of their screen and revision ids): (sessions, {screen: (sessions that reached it,
+    sessions that ended on it, [its first position in each, capped at MAX_POSITION],
+    [seconds from each session's start to it], [seconds on it before the next view, each
+    view but a session's last]}), {(screen, next screen): moves})."""
+    chosen = [experience, start, end]
+    if revision is not None:
+        chosen.append(revision)
+    db = store.db
+    db.execute("BEGIN TRANSACTION")
+    try:
+        db.execute("CREATE OR REPLACE TEMP TABLE flow_views AS " + FLOW_VIEWS.format(
+            chosen="t.experience = ? AND t.first >= ? AND t.first < ?" + (
+                "" if revision is None else
+                " AND t.began_on = (SELECT code FROM text WHERE text = ?)")), chosen)
+        texts = dict(db.execute("SELECT code, text FROM text").fetchall())
+        (sessions,), = db.execute(
+            "SELECT count(*) FROM (SELECT DISTINCT device, first FROM flow_views)"
+        ).fetchall()
+        screens = {texts[screen]: [0, 0, [], [], []] for screen, in db.execute(
+            "SELECT DISTINCT screen FROM flow_views").fetchall()}
+        for screen, reached, positions, to_reach in db.execute(
+                "SELECT screen, count(*), list(least(position, ?)), list(moment - first) "
+                "FROM (SELECT screen, device, first, min(position) AS position, "
+                "min(moment) AS moment FROM flow_views GROUP BY screen, device, first) "
+                "GROUP BY screen", [MAX_POSITION]).fetchall():
+            screens[texts[screen]][0], screens[texts[screen]][2], \
+                screens[texts[screen]][3] = reached, positions, to_reach
+        for screen, exits in db.execute(
+                "SELECT screen, count(*) FROM flow_views WHERE next_screen IS NULL "
+                "GROUP BY screen").fetchall():
+            screens[texts[screen]][1] = exits
+        for screen, seconds in db.execute(
+                "SELECT screen, list(next_moment - moment) FROM flow_views WHERE "
+                "next_screen IS NOT NULL GROUP BY screen").fetchall():
+            screens[texts[screen]][4] = seconds
+        moves = {(texts[source], texts[target]): count
+                 for source, target, count in db.execute(
+                     "SELECT screen, next_screen, count(*) FROM flow_views WHERE "
+                     "next_screen IS NOT NULL GROUP BY screen, next_screen").fetchall()}
+        db.execute("DROP TABLE flow_views")
+    finally:
+        db.execute("COMMIT")
+    return sessions, {screen: tuple(row) for screen, row in screens.items()}, moves

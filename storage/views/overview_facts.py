@@ -250,11 +250,14 @@ class FactStore:
                              "carried": numpy.array(batch.carried, dtype=numpy.int64),
                              "screen": numpy.array(batch.screen, dtype=numpy.int32),
                              "revision": numpy.array(batch.revision, dtype=numpy.int32)}
-                    _append(db, "fact", **facts)
-                    db.register("batch_facts", facts)
-                    db.execute("CREATE TEMP TABLE touched AS SELECT DISTINCT experience, "
-                               "device FROM batch_facts")
-                    db.unregister("batch_facts")
+                    db.register("batch_facts", facts)  # read whole, twice
+                    try:
+                        db.execute(f"INSERT INTO fact SELECT {', '.join(facts)} FROM "
+                                   "batch_facts")
+                        db.execute("CREATE TEMP TABLE touched AS SELECT DISTINCT experience, "
+                                   "device FROM batch_facts")
+                    finally:
+                        db.unregister("batch_facts")
                     db.execute("DELETE FROM session AS s USING touched AS t WHERE "
                                "s.experience = t.experience AND s.device = t.device")
                     db.execute("INSERT INTO session " + _SESSIONS, [self.timeout])
@@ -338,89 +341,6 @@ class FactStore:
     def _transaction(self):
         return _transaction(self.db)
 
-    # The reads.
-
-    def experience_figures(self, start, end):
-        """{experience key: (views, people, identified, sessions, duration_sum,
-        session_screens, bounces, {duration: sessions})} of every experience with views or
-        sessions starting in [start, end): `people` and `identified` the distinct person
-        keys (a view's userID, else its install's person, else its install), exactly."""
-        figures = collections.defaultdict(lambda: [0, [], [], 0, 0, 0, 0, {}])
-        db = self.db
-        db.execute("BEGIN TRANSACTION")  # one snapshot for both queries
-        try:
-            for experience, views, people, identified in db.execute(
-                    "WITH seen AS ("
-                    "SELECT f.experience, CASE WHEN f.carried != 0 THEN f.carried ELSE "
-                    "coalesce(p.person, f.device) END AS who, (f.carried != 0 OR p.person IS "
-                    "NOT NULL) AS known FROM fact AS f LEFT JOIN person AS p USING (device) "
-                    "WHERE f.moment >= ? AND f.moment < ?) "
-                    "SELECT experience, count(*), list(DISTINCT who), "
-                    "list(DISTINCT who) FILTER (WHERE known) FROM seen GROUP BY experience",
-                    [start, end]).fetchall():
-                row = figures[experience]
-                row[0], row[1], row[2] = views, people, identified or []
-            for experience, sessions, duration_sum, screens, bounces, durations in db.execute(
-                    "WITH d AS (SELECT experience, last - first AS duration, views FROM "
-                    "session WHERE first >= ? AND first < ?) "
-                    "SELECT experience, count(*), sum(duration), sum(views), "
-                    "count(*) FILTER (WHERE views = 1), histogram(duration) FROM d "
-                    "GROUP BY experience", [start, end]).fetchall():
-                row = figures[experience]
-                row[3:8] = [sessions, duration_sum, screens, bounces, dict(durations)]
-        finally:
-            db.execute("COMMIT")
-        return dict(figures)
-
-
-    def experience_flow(self, experience, start, end, revision=None):
-        """The flow of one experience's sessions starting in [start, end) (of those begun
-        on `revision` only, if given), worked out from their views (worker/flows.py's
-        rule; views in one second in the order of their screen and revision ids):
-        (sessions, {screen: (sessions that reached it, sessions that ended on it,
-        [its first position in each, capped at MAX_POSITION], [seconds from each session's
-        start to it], [seconds on it before the next view, each view but a session's
-        last]}), {(screen, next screen): moves})."""
-        chosen = [experience, start, end]
-        if revision is not None:
-            chosen.append(revision)
-        db = self.db
-        db.execute("BEGIN TRANSACTION")
-        try:
-            db.execute("CREATE OR REPLACE TEMP TABLE flow_views AS " + _FLOW_VIEWS.format(
-                chosen="t.experience = ? AND t.first >= ? AND t.first < ?" + (
-                    "" if revision is None else
-                    " AND t.began_on = (SELECT code FROM text WHERE text = ?)")), chosen)
-            texts = dict(db.execute("SELECT code, text FROM text").fetchall())
-            (sessions,), = db.execute(
-                "SELECT count(*) FROM (SELECT DISTINCT device, first FROM flow_views)"
-            ).fetchall()
-            screens = {texts[screen]: [0, 0, [], [], []] for screen, in db.execute(
-                "SELECT DISTINCT screen FROM flow_views").fetchall()}
-            for screen, reached, positions, to_reach in db.execute(
-                    "SELECT screen, count(*), list(least(position, ?)), list(moment - first) "
-                    "FROM (SELECT screen, device, first, min(position) AS position, "
-                    "min(moment) AS moment FROM flow_views GROUP BY screen, device, first) "
-                    "GROUP BY screen", [MAX_POSITION]).fetchall():
-                screens[texts[screen]][0], screens[texts[screen]][2], \
-                    screens[texts[screen]][3] = reached, positions, to_reach
-            for screen, exits in db.execute(
-                    "SELECT screen, count(*) FROM flow_views WHERE next_screen IS NULL "
-                    "GROUP BY screen").fetchall():
-                screens[texts[screen]][1] = exits
-            for screen, seconds in db.execute(
-                    "SELECT screen, list(next_moment - moment) FROM flow_views WHERE "
-                    "next_screen IS NOT NULL GROUP BY screen").fetchall():
-                screens[texts[screen]][4] = seconds
-            moves = {(texts[source], texts[target]): count
-                     for source, target, count in db.execute(
-                         "SELECT screen, next_screen, count(*) FROM flow_views WHERE "
-                         "next_screen IS NOT NULL GROUP BY screen, next_screen").fetchall()}
-            db.execute("DROP TABLE flow_views")
-        finally:
-            db.execute("COMMIT")
-        return sessions, {screen: tuple(row) for screen, row in screens.items()}, moves
-
 
 def _append(db, table, **columns):
     """Append `columns` (name: a numpy array or a list, the table's columns in its order)
@@ -455,7 +375,7 @@ class _transaction:
 # code, the session's first revision's code, its position in the session, and the next
 # view's screen code and moment (none for a session's last). The order within a second is
 # worker/sessions.py's: by screen id, then revision id.
-_FLOW_VIEWS = """
+FLOW_VIEWS = """
 WITH chosen AS (
     SELECT t.experience, t.device, t.first, t.last, t.began_on FROM session AS t
     WHERE {chosen}),
@@ -683,13 +603,13 @@ class _FactReads:
     # The flows' reads: a row per revision (and screen, exit or move) over the range.
 
     def _flow_views(self, experience, start, end):
-        """The experience's views of sessions starting in [start, end), as _FLOW_VIEWS
+        """The experience's views of sessions starting in [start, end), as FLOW_VIEWS
         gives them, in the temporary table flow_views."""
         if self._flowing == (experience, start, end):
             return
         self._flowing = (experience, start, end)
         where, parameters, _ = self._keys(experience)
-        self.db.execute("CREATE OR REPLACE TEMP TABLE flow_views AS " + _FLOW_VIEWS.format(
+        self.db.execute("CREATE OR REPLACE TEMP TABLE flow_views AS " + FLOW_VIEWS.format(
             chosen=f"{where} AND t.first >= ? AND t.first < ?"), [*parameters, start, end])
 
     def _texts(self):
