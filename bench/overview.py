@@ -232,7 +232,8 @@ def counted_all(state_dir, size, overview):
         return True
     if overview == "duckdb":  # the worker holds overview.duckdb: it answers for it
         try:
-            return WorkerOverview(Layout(state_dir).worker_socket, timeout=5).state().log_end == size
+            asking = WorkerOverview(Layout(state_dir).worker_socket, timeout=5)
+            return asking.state().log_end == size
         except NoOverview:
             return False
     try:
