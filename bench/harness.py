@@ -167,10 +167,11 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def time_worker_until(state_dir, settings, done):
+def time_worker_until(state_dir, settings, done, every=0.002):
     """A WorkerRun of `python -m worker` on `state_dir` (with `settings`, a dict of
-    MINI_ANALYTICS_* variables) until `done()` is true: the seconds from its start, its peak
-    RSS in MB (VmHWM) and the CPU-seconds it used. The worker is stopped after."""
+    MINI_ANALYTICS_* variables) until `done()` is true, asked `every` so many seconds: the
+    seconds from its start, its peak RSS in MB (VmHWM) and the CPU-seconds it used. The
+    worker is stopped after."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MINI_ANALYTICS_")}
     env.update(MINI_ANALYTICS_STATE_DIR=str(state_dir), MINI_ANALYTICS_INTERVAL="3600",
                **settings)
@@ -181,7 +182,7 @@ def time_worker_until(state_dir, settings, done):
         while not done():
             if proc.poll() is not None:
                 raise RuntimeError("the worker exited during the benchmark")
-            time.sleep(0.002)
+            time.sleep(every)
         elapsed = time.perf_counter() - started
         cpu = cpu_seconds(proc.pid)
         with open(f"/proc/{proc.pid}/status") as status:
