@@ -79,9 +79,10 @@ stores:
                       the same in overview.duckdb's format, storage/views/overview_facts.py
     seen-<partition>.sqlite3 in the worker's state folder: which of the partition's SDK
                       events repeat an earlier one (the dedupe at the partition), with the
-                      keys of the last window as sorted runs; storage/views/seen_store.py (the worker owning
-                      the partition writes and reads it). seen-<partition>-views.sqlite3:
-                      the same, from the first message, while the views are counted again
+                      keys of the last window as sorted runs; storage/views/seen_store.py
+                      (the worker owning the partition writes and reads it).
+                      seen-<partition>-views.sqlite3: the same, from the first message,
+                      while the views are counted again
 
 In cluster mode an ingest node's state folder holds only its logs/; a worker's, its logs/
 and its partitions' seen, series and overview stores, which it can always count again from

@@ -217,8 +217,8 @@ def test_the_apps_flows_from_facts_equal_those_from_the_rows(tmp_path, traffic):
 
 def test_the_worker_answers_the_overview_over_its_socket(tmp_path, traffic):
     """The same documents asked of the worker over worker.sock (worker/overview_answers.py,
-    storage/local_messages.WorkerOverview); a worker that does not listen is a NoOverview, as is a read it
-    cannot answer."""
+    storage/local_messages.WorkerOverview); a worker that does not listen is a NoOverview,
+    as is a read it cannot answer."""
     ingest(tmp_path, traffic.batches)
     count(tmp_path, session_timeout=TIMEOUT)
     counter = count_facts(tmp_path, 97)
