@@ -228,11 +228,7 @@ class OverviewCounter:
         key} for the `viewing` installs and those whose person changed, the installs whose
         person changed); the changes are recorded in `changes`."""
         store = self.store
-        earliest = {}  # (device, user) -> its first moment in these links
-        for device, user, moment in links:
-            known = earliest.get((device, user))
-            if known is None or moment < known:
-                earliest[device, user] = moment
+        earliest = _earliest_links(links)
         linking = {device for device, _ in earliest}
         known = store.links(linking)
         new_installs = collections.Counter()  # user -> installs linked to it first here
@@ -660,6 +656,18 @@ def _names(changes, keys, views):
                 names[key] = (moment, name)
 
 
+def _earliest_links(links):
+    """{(device, user): the earliest moment they were linked} of `links`, (device, user,
+    moment) each (SdkEvents.links): the first link of a pair is the one the people rule
+    dates it by (worker/people.py)."""
+    earliest = {}
+    for device, user, moment in links:
+        known = earliest.get((device, user))
+        if known is None or moment < known:
+            earliest[device, user] = moment
+    return earliest
+
+
 def _count_session(changes, experience, session, sign):
     """Count a session in (sign 1) or out (sign -1) of the hour it starts in."""
     first, last, views = session
@@ -705,11 +713,7 @@ class FactCounter(OverviewCounter):
             if revision_code is None:
                 revision_code = codes[revision] = code(revision)
             batch.revision.append(revision_code)
-        links = batch.links
-        for device, user, moment in read.links:
-            known = links.get((device, user))
-            if known is None or moment < known:
-                links[device, user] = moment
+        batch.links = _earliest_links(read.links)
         _names(batch, keys, read.views)
         self._log_crowding(store.commit(batch, source, position, log_end))
         self.source, self.position, self.log_end = source, position, log_end
