@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 from bench.harness import (PIDS, against, bare_server, ingest_server, run_wrk, scratch_dir,
                            wrk_script)
+from bench.sdk_shapes import android_timestamp, ios_timestamp
 from storage.layout import DETAILS, SEEN
 from storage.log import details
 from storage.log.seen_index import SeenIndex
@@ -31,10 +32,15 @@ def sdk_body(installs=7):
     """100 events as the SDKs send them (bench/sdk_shapes.py has the field-by-field source),
     each id a placeholder that the wrk script fills with a fresh value per request; from
     `installs` app installs (an SDK sends its own install's events only: 1 is that shape)."""
-    moment = datetime.datetime.now(datetime.timezone.utc)
-    stamp = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.datetime.now(datetime.timezone.utc)
     events = []
     for number in range(EVENTS):
+        # Each event its own moment, as the SDKs stamp them (a batch is what an install
+        # gathered over a while), in iOS's format and Android's in turn: a body with one
+        # timestamp lets the ingest parse it once a batch, and hides what parsing costs.
+        moment = now - datetime.timedelta(seconds=7 * (EVENTS - number))
+        stamp = (ios_timestamp(moment) if number % installs % 2 == 0 else
+                 android_timestamp(moment))
         events.append({
             "id": PLACEHOLDER, "timestamp": stamp,
             "anonymousID": f"4F1E6B0C-6E4A-4C8B-9D0E-{number % installs:012d}",
