@@ -146,8 +146,18 @@ CLOCK_OLDEST = 946684800  # 2000-01-01T00:00:00Z: earlier device times are not b
 # RFC 3339 as both SDKs write it: iOS `2026-11-27T14:11:12Z`, Android `...-0400` (no colon).
 # \d is any Unicode digit on purpose: Android formats with the device's locale, whose digits
 # may not be ASCII; int() reads them all.
+# Its groups: the date and hour (fixed places: each \d is one character), minute, second,
+# fraction, zone.
 _TIMESTAMP = re.compile(
-    r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?(Z|z|[+-]\d\d:?\d\d)")
+    r"(\d{4}-\d\d-\d\dT\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?(Z|z|[+-]\d\d:?\d\d)")
+# The start of each (date and hour, zone) met lately, in Unix microseconds, or False where it
+# is no moment (a month 13, an offset of 24 h): a batch's events, and the batches of an hour,
+# share them. Building the datetime was most of an SDK event's checking; now it is done once
+# an hour and zone. Cleared when full; threads share it (a dict's get and set are atomic).
+_HOUR_STARTS = {}
+_HOUR_STARTS_KEPT = 4096
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_MICROSECOND = datetime.timedelta(microseconds=1)
 
 
 class SdkEvent:
@@ -206,13 +216,36 @@ def device_time(raw, received):
     """(Unix time in seconds, None) for a believable device timestamp; else (received, why).
 
     The receive time stands in for a timestamp that is missing, unparsable, more than 24 h
-    after the receive time, or before 2000; `why` says which, and the event is flagged."""
+    after the receive time, or before 2000; `why` says which, and the event is flagged.
+    The seconds are exactly datetime's own (datetime.timestamp() of the parsed moment)."""
     if raw is None:
         return received, "missing"
     match = _TIMESTAMP.fullmatch(raw) if type(raw) is str else None
     if match is None:
         return received, "unparsable"
-    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    hour, minute, second, fraction, zone = match.groups()
+    start = _HOUR_STARTS.get((hour, zone))
+    if start is None:
+        start = _hour_start(hour, zone)
+    minute, second = int(minute), int(second)
+    if start is False or minute > 59 or second > 59:
+        return received, "unparsable"
+    microseconds = start + (minute * 60 + second) * 1_000_000
+    if fraction:
+        microseconds += int(fraction[:6].ljust(6, "0"))
+    # An int divided once: the same float as datetime's timestamp() (timedelta's
+    # total_seconds() divides the microseconds the same way).
+    seconds = microseconds / 1_000_000
+    if seconds > received + CLOCK_AHEAD_LIMIT:
+        return received, "ahead"
+    if seconds < CLOCK_OLDEST:
+        return received, "before 2000"
+    return seconds, None
+
+
+def _hour_start(hour, zone):
+    """The start of `hour` ("2026-11-27T14", any Unicode digits) in `zone` ("Z", "-0400",
+    "+05:30"), in Unix microseconds, or False if it is no moment; kept in _HOUR_STARTS."""
     try:
         if zone in ("Z", "z"):
             offset = datetime.timedelta(0)
@@ -220,17 +253,15 @@ def device_time(raw, received):
             sign = -1 if zone[0] == "-" else 1
             digits = zone[1:].replace(":", "")
             offset = sign * datetime.timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
-        moment = datetime.datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second),
-            int((fraction or "0")[:6].ljust(6, "0")), datetime.timezone(offset))
+        moment = datetime.datetime(int(hour[:4]), int(hour[5:7]), int(hour[8:10]),
+                                   int(hour[11:13]), tzinfo=datetime.timezone(offset))
+        start = (moment - _EPOCH) // _MICROSECOND
     except ValueError:  # a month 13, an offset of 24 h or more
-        return received, "unparsable"
-    seconds = moment.timestamp()
-    if seconds > received + CLOCK_AHEAD_LIMIT:
-        return received, "ahead"
-    if seconds < CLOCK_OLDEST:
-        return received, "before 2000"
-    return seconds, None
+        start = False
+    if len(_HOUR_STARTS) >= _HOUR_STARTS_KEPT:
+        _HOUR_STARTS.clear()
+    _HOUR_STARTS[hour, zone] = start
+    return start
 
 
 def _sdk_string(event, key, optional=False):

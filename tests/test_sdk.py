@@ -4,6 +4,7 @@ and a retry counted once, against a real waitress server."""
 
 import datetime
 import math
+import re
 import threading
 
 import pytest
@@ -70,6 +71,67 @@ def test_both_sdk_timestamp_formats_parse(raw, expected):
 def test_unbelievable_device_clocks_are_flagged_and_the_receive_time_stands_in(raw, flag):
     received = datetime.datetime(2026, 11, 28, 15, tzinfo=datetime.timezone.utc).timestamp()
     assert validate.device_time(raw, received) == (received, flag)
+
+
+def datetime_device_time(raw, received):
+    """device_time as it first was, straight through datetime, each time: the reference the
+    ingest's must equal (app/validate.py keeps each hour's start instead)."""
+    match = re.fullmatch(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:[.,](\d{1,9}))?"
+                         r"(Z|z|[+-]\d\d:?\d\d)", raw)
+    if match is None:
+        return received, "unparsable"
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    try:
+        if zone in ("Z", "z"):
+            offset = datetime.timedelta(0)
+        else:
+            sign = -1 if zone[0] == "-" else 1
+            digits = zone[1:].replace(":", "")
+            offset = sign * datetime.timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
+        moment = datetime.datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second),
+            int((fraction or "0")[:6].ljust(6, "0")), datetime.timezone(offset))
+    except ValueError:
+        return received, "unparsable"
+    seconds = moment.timestamp()
+    if seconds > received + validate.CLOCK_AHEAD_LIMIT:
+        return received, "ahead"
+    if seconds < validate.CLOCK_OLDEST:
+        return received, "before 2000"
+    return seconds, None
+
+
+_DIGITS = "0123456789"
+_ARABIC_INDIC = "٠١٢٣٤٥٦٧٨٩"
+
+
+def _number(draw, value, width):
+    text = f"{value:0{width}d}"[-width:]
+    if draw(st.booleans()) and draw(st.integers(0, 9)) == 0:  # now and then, as Android may
+        text = text.translate(str.maketrans(_DIGITS, _ARABIC_INDIC))
+    return text
+
+
+@st.composite
+def device_timestamps(draw):
+    """Timestamps in both SDKs' formats and around them: any field out of its range now and
+    then (month 13, hour 24, second 60, an offset of 24 h), fractions, colons or none."""
+    number = lambda low, high, width: _number(draw, draw(st.integers(low, high)), width)  # noqa: E731
+    date = f"{number(0, 9999, 4)}-{number(0, 13, 2)}-{number(0, 32, 2)}"
+    time_of_day = f"{number(0, 24, 2)}:{number(0, 60, 2)}:{number(0, 60, 2)}"
+    fraction = draw(st.one_of(st.just(""), st.from_regex(r"[.,][0-9]{1,9}", fullmatch=True)))
+    zone = draw(st.one_of(
+        st.sampled_from(["Z", "z"]),
+        st.builds(lambda sign, hours, minutes, colon: f"{sign}{hours:02d}{colon}{minutes:02d}",
+                  st.sampled_from("+-"), st.integers(0, 25), st.integers(0, 99),
+                  st.sampled_from(["", ":"]))))
+    return f"{date}T{time_of_day}{fraction}{zone}"
+
+
+@settings(max_examples=3000, deadline=None)
+@given(raw=device_timestamps(), received=st.floats(0, 4e11))
+def test_device_time_is_datetimes_own_to_the_bit(raw, received):
+    assert validate.device_time(raw, received) == datetime_device_time(raw, received)
 
 
 # --- the SDKs' shapes through a real server
