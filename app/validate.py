@@ -164,13 +164,16 @@ class SdkEvent:
     """One usable SDK event: `index` in its batch, its `event_id`, `kind` (its type),
     `anonymous_id`, `experience_id` (an int for a screen view, else None), `item`: what
     storage/log/details.py keeps beside the event ({"time"}, and "clock" where the device's
-    time was not believed), and `event`, the event as sent (a dict)."""
+    time was not believed), and `event`, the event as sent (a dict). What the overview
+    counts of it besides (storage/log/counted.py): `user_id` (a string or None) and, for a
+    screen view, `screen`: its properties' (id, experienceRevisionID, experienceName, name),
+    each a string or None."""
 
     __slots__ = ("index", "event_id", "kind", "anonymous_id", "experience_id", "item",
-                 "_event", "_sent")
+                 "user_id", "screen", "_event", "_sent")
 
-    def __init__(self, index, event_id, kind, anonymous_id, experience_id, item, event=None,
-                 sent=None):
+    def __init__(self, index, event_id, kind, anonymous_id, experience_id, item, user_id,
+                 screen, event=None, sent=None):
         """`event`, or `sent`: the _SentBatch it is decoded from when first asked for (a
         batch kept whole in the details never needs it)."""
         self.index = index
@@ -179,6 +182,8 @@ class SdkEvent:
         self.anonymous_id = anonymous_id
         self.experience_id = experience_id
         self.item = item
+        self.user_id = user_id
+        self.screen = screen
         self._event = event
         self._sent = sent
 
@@ -335,8 +340,18 @@ def sdk_event(event, received, index=0, clocks=None):
         if usable:
             return SdkEvent(index, event["id"], event["type"], event["anonymousID"],
                             experience, _item(*_device_time(event.get("timestamp"), received,
-                                                            clocks)), event)
+                                                            clocks)),
+                            event.get("userID"), _screen_of(event), event)
     return _checked_sdk_event(event, received, index)
+
+
+def _screen_of(event):
+    """SdkEvent.screen of a checked event, a dict."""
+    if event["type"] != "screen":
+        return None
+    properties = event["properties"]
+    return (properties.get("id"), properties.get("experienceRevisionID"),
+            properties.get("experienceName"), properties.get("name"))
 
 
 def _plain_experience_id(value):
@@ -389,7 +404,8 @@ def _checked_sdk_event(event, received, index):
     elif kind == "identify":
         _optional_object(event, "traits")
     return SdkEvent(index, event_id, kind, event["anonymousID"], experience,
-                    _item(*device_time(event.get("timestamp"), received)), event)
+                    _item(*device_time(event.get("timestamp"), received)),
+                    event.get("userID"), _screen_of(event), event)
 
 
 # A JSON \\u escape of a UTF-16 surrogate: only a body holding one can decode to a lone one.
@@ -519,13 +535,15 @@ def _fast_sdk_batch(body, received):
                 and (user is None or len(user) <= MAX_SDK_STRING)
                 and _object_or_null(event.context)):
             return None
-        experience = None
+        experience = screen = None
         if kind == "screen":
             properties = event.properties
             experience = _plain_experience_id(
                 properties.experienceID if properties is not None else None)
             if experience is None:
                 return None
+            screen = (properties.id, properties.experienceRevisionID,
+                      properties.experienceName, properties.name)
         elif kind == "identify":
             if not _object_or_null(event.traits):
                 return None
@@ -533,6 +551,6 @@ def _fast_sdk_batch(body, received):
             return None
         kept.append(SdkEvent(index, event.id, kind, event.anonymousID, experience,
                              _item(*_device_time(event.timestamp, received, clocks)),
-                             sent=sent))
+                             user, screen, sent=sent))
     return Batch(events=kept)
 

@@ -197,8 +197,9 @@ def sdk_event(index, event_id, experience=None, kind="screen", anonymous="device
              "timestamp": "2026-12-01T10:00:00Z"}
     if experience is not None:
         event["properties"] = {"experienceID": str(experience)}
+    screen = (None, None, None, None) if kind == "screen" else None
     return SdkEvent(index, event_id, kind, anonymous, experience, {"time": 1764583200000},
-                    event)
+                    None, screen, event)
 
 
 def older_format(event, received_ms, project):

@@ -20,6 +20,10 @@ Format
                  u64  data1_end     screen views, and of any minimal items beside them
                  u32  CRC-32 of those data1 bytes (ties the group to this data1)
                  u64  received      receive time, Unix milliseconds (UTC)
+                 ...  counted       optional: the events' counted columns, in
+                                    storage/log/counted.py's format (they begin with a 0
+                                    byte, which no JSON does), written by the ingest since
+                                    2026-12
                  ...  payload       JSON (UTF-8), one item per event, in either form:
                                     [item, ...], each item with its "event"; or an object,
                                     {"project": "shop", "items": [item, ...]}, with the
@@ -79,6 +83,7 @@ from typing import Optional, Union
 import msgspec
 
 from storage.durable import append_whole, truncate_or_die
+from storage.log import counted
 from storage.log.format import MAX_UNSYNCED
 
 log = logging.getLogger("ingest")
@@ -93,15 +98,29 @@ _ITEM_ENCODER = msgspec.json.Encoder()
 
 
 class Group:
-    __slots__ = ("data1_start", "data1_end", "data1_crc", "received_ms", "payload", "end")
+    __slots__ = ("data1_start", "data1_end", "data1_crc", "received_ms", "_stored", "_json_at",
+                 "end")
 
-    def __init__(self, data1_start, data1_end, data1_crc, received_ms, payload, end):
+    def __init__(self, data1_start, data1_end, data1_crc, received_ms, stored, end):
+        """`stored`: what follows the group's header, the counted columns if any, then the
+        JSON."""
         self.data1_start = data1_start
         self.data1_end = data1_end
         self.data1_crc = data1_crc
         self.received_ms = received_ms
-        self.payload = payload  # bytes: the JSON array
+        self._stored = stored
+        self._json_at = counted.length(stored)
         self.end = end  # this file's offset just past the group
+
+    @property
+    def payload(self):
+        """The JSON (bytes), without the counted columns: cut out only when asked for."""
+        return self._stored[self._json_at:] if self._json_at else self._stored
+
+    @property
+    def columns(self):
+        """The counted columns' section (storage/log/counted.py), bytes, or None."""
+        return self._stored[:self._json_at] if self._json_at else None
 
     def events(self):
         """(project, items): the group's project ("" the default) and items, each with its
@@ -183,12 +202,14 @@ def item_decoder(event_type):
     return decoder
 
 
-def encode_group(data1_start, data1_end, data1_crc, received_ms, items, sent=None, project=""):
+def encode_group(data1_start, data1_end, data1_crc, received_ms, items, sent=None, project="",
+                 columns=b""):
     """One group of `project`'s events, ready to append. `items` as the format says, each
     with its "event"; or, with `sent` (the request body, whose batch is exactly the items'
-    events, in order), without it: the body is kept as it came."""
-    body = GROUP.pack(data1_start, data1_end, data1_crc, received_ms) + encode_payload(
-        items, sent, project)
+    events, in order), without it: the body is kept as it came. `columns`: the events'
+    counted columns (counted.encode), or b"" for none."""
+    body = (GROUP.pack(data1_start, data1_end, data1_crc, received_ms) + columns
+            + encode_payload(items, sent, project))
     return FRAME.pack(len(body), zlib.crc32(body)) + body
 
 

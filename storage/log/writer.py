@@ -54,6 +54,7 @@ from pathlib import Path
 from storage.backend import AppendError
 from storage.durable import ShortWrite, append_whole
 from storage.layout import Layout, names_open_file
+from storage.log import counted
 from storage.log.details import DetailsWriter, encode_group
 from storage.log.format import MAX_UNSYNCED, last_separator
 from storage.log.seen_index import SeenIndex
@@ -233,10 +234,11 @@ class EventLog:
         # The body kept as it came when its batch is exactly these events, all new: their
         # items then go without the event (storage/log/details.py).
         whole = sent is not None and not ids and all(fresh)
-        kept = []
+        kept, kept_events = [], []
         for event, new in zip(events, fresh):
             if not new:
                 continue
+            kept_events.append(event)
             item = event.item if whole else event.details
             if event.experience_id is not None:
                 token = f"{prefix}{event.experience_id}".encode()
@@ -248,9 +250,12 @@ class EventLog:
         if kept:
             if self._details is None:
                 raise AppendError("this ingest keeps no details file")
+            # The overview's columns of the same events, in the same group: it counts them
+            # without decoding the events again (storage/log/counted.py).
+            columns = counted.encode(project, kept_events)
             group = encode_group(self._end, self._end + len(records), zlib.crc32(records),
                                  int(received * 1000), kept, sent if whole else None,
-                                 project)
+                                 project, columns)
             try:
                 self._details.append(group)
             except OSError as error:

@@ -1,0 +1,122 @@
+"""The counted columns: what the overview counts of a request's SDK events, written by the
+ingest at the head of their data1.details group (storage/log/details.py), so that the worker
+counts them without decoding the events (worker/overview.py). Written down once here: the
+ingest encodes (encode), storage/log/details.py finds where a group's section ends
+(length), the worker reads it (read).
+
+Why: decoding an SDK event's JSON again was half of what the overview's catch-up spent on it,
+and the rule that picks its counted fields another third. The ingest has checked and
+decoded the request anyway; it writes those fields as a few integers an event, with the
+request's texts once (docs/benchmarks.md: 2 to 3 µs of the ingest an event, and the
+catch-up about twice as fast).
+
+Format (integers little-endian)
+    section   u8   0, a mark: no JSON text begins with it
+              u32  rows: one an event, in the order of the group's items (row i is item i)
+              u32  length of the rest of the section
+              rows, ROW each:
+                  i64  time: the item's "time", Unix milliseconds
+                  i64  the experienceID of a screen view; -1 for an event that is not one
+                  u16  install (anonymousID)                 each an index in texts;
+                  u16  user (userID)                         0: none (absent, null or "")
+                  u16  screen (properties.id)
+                  u16  revision (properties.experienceRevisionID)
+                  u16  experience name (properties.experienceName)
+                  u16  screen name (properties.name)
+              texts  a JSON array of strings: texts[0] the group's project ("" the
+                     default), then each text the rows name, once, in the order first named
+
+Invariants
+    * A section is written by the ingest from the very events the group's JSON holds, in
+      the same transaction of the group (one write, one CRC): the JSON stays the record of
+      what was sent, the section is what the overview reads.
+    * A reader that cannot use a section (its lengths do not add up, its texts are not an
+      array of strings) reads the group's JSON instead. A row that breaks the format (an
+      index past texts, no install, a time or experienceID out of range) is set aside by
+      the worker, as an event the rule cannot count is.
+    * A request naming more than MAX_TEXTS distinct texts gets no section: its JSON is read.
+      So is every group written before the ingest wrote sections, and every SDK message of
+      cluster mode (storage/stream/sdk_message.py), which carries none yet.
+"""
+
+import collections
+import itertools
+import struct
+
+import msgspec
+
+MARK = 0
+HEAD = struct.Struct("<BII")  # mark, rows, length of the rest
+ROW = struct.Struct("<qq6H")
+NONE = 0  # the index of no text (texts[0] is the project, never a row's)
+MAX_TEXTS = 0xFFFF
+_TEXTS = msgspec.json.Decoder(list[str])
+_ENCODER = msgspec.json.Encoder()
+_JSON_STARTS = b"[{"  # a payload is an array or an object (storage/log/details.py)
+
+
+def encode(project, events):
+    """The section of `project`'s `events`, or b"" if they name too many texts. Each event
+    has .item["time"], .experience_id (None for an event that is not a screen view),
+    .anonymous_id, .user_id and .screen: (id, revision, experience name, name) of a screen
+    view's properties, each a string or None; None for an event that is not one (as
+    app/validate.py's SdkEvent)."""
+    # text -> its index, numbered on first sight in C; texts[0] is the project, so from 1.
+    named = collections.defaultdict(itertools.count(1).__next__)
+    rows = bytearray()
+    try:
+        for event in events:
+            user = event.user_id
+            screen = event.screen
+            if screen is None:
+                rows += ROW.pack(event.item["time"], -1, named[event.anonymous_id],
+                                 named[user] if user else NONE, NONE, NONE, NONE, NONE)
+                continue
+            screen_id, revision, experience_name, name = screen
+            rows += ROW.pack(event.item["time"], event.experience_id, named[event.anonymous_id],
+                             named[user] if user else NONE,
+                             named[screen_id] if screen_id else NONE,
+                             named[revision] if revision else NONE,
+                             named[experience_name] if experience_name else NONE,
+                             named[name] if name else NONE)
+    except struct.error:  # an index past MAX_TEXTS
+        return b""
+    rest = bytes(rows) + _ENCODER.encode([project, *named])
+    return HEAD.pack(MARK, len(rows) // ROW.size, len(rest)) + rest
+
+
+def length(stored):
+    """The length of the section a group's `stored` bytes (what follows its header) begin
+    with, or 0 if they do not begin with one whose JSON follows (then the bytes are taken
+    as JSON whole, and whatever does not decode is set aside by the worker)."""
+    if len(stored) < HEAD.size or stored[0] != MARK:
+        return 0
+    _, _, rest = HEAD.unpack_from(stored)
+    end = HEAD.size + rest
+    return end if end < len(stored) and stored[end] in _JSON_STARTS else 0
+
+
+class Section:
+    """A section read (read()): its `rows` (bytes, ROW each), their `count`, and its
+    `texts` (texts[0] the project)."""
+
+    __slots__ = ("rows", "count", "texts")
+
+    def __init__(self, rows, count, texts):
+        self.rows, self.count, self.texts = rows, count, texts
+
+
+def read(section):
+    """The Section of a section's bytes (details.Group.columns), or None if they are not
+    one: lengths that do not add up, or texts that are not a non-empty array of strings."""
+    _, count, _ = HEAD.unpack_from(section)
+    end = HEAD.size + count * ROW.size
+    if end > len(section):
+        return None
+    try:
+        texts = _TEXTS.decode(memoryview(section)[end:])
+    except (msgspec.MsgspecError, ValueError):
+        return None
+    if not texts:
+        return None
+    return Section(section[HEAD.size:end], count, texts)
