@@ -36,12 +36,13 @@ import time
 import zlib
 
 from app import flow_query, overview_query
+from app.validate import parse_batch
 from bench import traffic as generator
 from bench.harness import against, ingest_server, scratch_dir, time_worker_until
 from bench.soak import measure_capacity
 from storage.layout import Layout
 from storage.local_messages import WorkerOverview
-from storage.log import details
+from storage.log import counted, details
 from storage.sdk_event import CountedEvent
 from storage.views.overview_facts import FactReader, FactStore
 from storage.views.overview_store import Changes, NoOverview, OverviewReader, OverviewStore
@@ -88,16 +89,21 @@ def make_backlog(state_dir, events=BACKLOG_EVENTS, projects=0):
                 project = (f"app-{zlib.crc32(f'{seed}/{device_id}'.encode()) % projects}"
                            if projects else "")
                 prefix = f"{project}:".encode() if project else b""
+                # Checked as the ingest checks a request (app/validate.py), and written as it
+                # writes one (storage/log/writer.py): the items, and the counted columns.
+                checked = parse_batch(json.dumps({"batch": batch}).encode(), END).events
+                assert len(checked) == len(batch)
                 ids, items = [], []
-                for event in batch:
-                    item = {"event": event, "time": int(generator._stamp(event) * 1000)}
-                    if event["type"] == "screen":
-                        item["offset"] = offset + sum(len(token) for token in ids)
-                        ids.append(prefix + event["properties"]["experienceID"].encode() + b" ")
+                for event in checked:
+                    item = event.details
+                    if event.experience_id is not None:
+                        item = {**item, "offset": offset + sum(len(token) for token in ids)}
+                        ids.append(prefix + str(event.experience_id).encode() + b" ")
                     items.append(item)
                 chunk = b"".join(ids)
                 out.write(details.encode_group(offset, offset + len(chunk), zlib.crc32(chunk),
-                                               END * 1000, items, project=project))
+                                               END * 1000, items, project=project,
+                                               columns=counted.encode(project, checked)))
                 data1.write(chunk)
                 offset += len(chunk)
                 written += len(batch)
@@ -200,7 +206,8 @@ def decoding_cpu_seconds(state_dir):
 
 def reading_cpu_seconds(state_dir):
     """CPU-seconds to read data1.details into views and links as the overview does
-    (worker/overview.SdkEvents), counting nothing: however the views are then counted, the
+    (worker/overview.SdkEvents; the counted columns read into arrays, as overview.duckdb's
+    counter takes them), counting nothing: however the views are then counted, the
     catch-up cannot beat this."""
     read = SdkEvents()
 
@@ -208,9 +215,13 @@ def reading_cpu_seconds(state_dir):
         nonlocal read
         read.read_group(group)
         if read.events >= COMMIT_EVENTS:  # as a commit holds them, not all at once
+            read.columns()
             read = SdkEvents()
 
-    return _cpu_seconds_per_group(state_dir, read_group)
+    spent = _cpu_seconds_per_group(state_dir, read_group)
+    started = time.process_time()
+    read.columns()
+    return spent + time.process_time() - started
 
 
 def _cpu_seconds_per_group(state_dir, each):

@@ -32,8 +32,10 @@ import os
 import time
 
 import msgspec
+import numpy
 
 from storage.layout import Layout, names_open_file
+from storage.log import counted
 from storage.log.details import (HEADER, item_decoder, payload_events, payload_events_as,
                                  read_groups, read_header)
 from storage.log.format import MAX_ID
@@ -46,6 +48,8 @@ from storage.views.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDEN
                                           CorruptOverview, OverviewStore)
 from storage.projects import is_project_id, person_text
 from storage.views.sketches import duration_bucket, person_key
+from worker import columns
+from worker.columns import EXPERIENCE_NAME, REVISION, SCREEN, SCREEN_NAME
 from worker.flows import add_session, extend_session
 from worker.overview_answers import OverviewAnswers
 from worker.people import person_of
@@ -139,6 +143,7 @@ class OverviewCounter:
         if not read.events and position == self.position:
             return 0
         started = time.monotonic()
+        read.columns_as_views()
         views, set_aside = read.views, read.set_aside
         changes = Changes()
         changes.events = read.events
@@ -365,11 +370,11 @@ class Overview:
             offset, end = group.end, group.data1_end
             if read.events >= size:
                 counted += self._commit(read, identity, offset, end)
-                screens += len(read.views)
+                screens += read.screen_views()
                 read = SdkEvents()
                 size = counter.commit_size(until)
         counted += self._commit(read, identity, offset, end)
-        screens += len(read.views)
+        screens += read.screen_views()
         if counted:
             log.info("overview: counted %d SDK events (%d screen views) in %.3fs; details "
                      "offset %d -> %d%s", counted, screens, time.monotonic() - started, start,
@@ -399,10 +404,16 @@ class SdkEvents:
     and a missing screen or revision id ""; the first six are who viewed what when, counted
     together (OverviewCounter.count); its links, as (device, user, moment) (worker/people.py:
     any event that carries both ids); how many events were read, and those set aside. The
-    rest of an identify or a register is kept in the details, not counted."""
+    rest of an identify or a register is kept in the details, not counted.
+
+    A group the ingest wrote its counted columns in (storage/log/counted.py) is not decoded:
+    its section waits in `sections`, read at the commit as arrays (columns(), for
+    FactCounter) or as views and links (columns_as_views(), for OverviewCounter)."""
 
     def __init__(self):
         self.views, self.links, self.set_aside, self.events = [], [], [], 0
+        self.sections = []
+        self._columns = None  # columns(), once read
         self._devices = {}  # project -> {anonymousID: its key}
         self._users = {}  # project -> {userID: its key}
         self._screens = {}  # what a view sent -> what it counts as (_screen)
@@ -425,14 +436,29 @@ class SdkEvents:
                                        f"{type(error).__name__}: {error}"))
 
     def read_group(self, group):
-        """read(group.events()), a few times faster: the events are decoded as
-        storage/sdk_event.py's CountedEvent, only the fields counted. A group that does not
-        fit (a field of another type, a value out of range: what read() sets aside) is read
-        by read(), event by event."""
+        """read(group.events()), a few times faster: its counted columns kept for the commit
+        when the ingest wrote them, else the events decoded as storage/sdk_event.py's
+        CountedEvent, only the fields counted. A group that does not fit (columns that do
+        not read, a field of another type, a value out of range: what read() sets aside) is
+        read by read(), event by event."""
+        stored = group.columns
+        if stored is not None:
+            section = counted.read(stored)
+            if section is not None and (not section.texts[0]
+                                        or is_project_id(section.texts[0])):
+                self.sections.append(section)
+                self.events += section.count
+                return
         try:
             project, decoded = group.events_as(CountedEvent)
         except (msgspec.MsgspecError, ValueError):
-            project, items = group.events()
+            try:
+                project, items = group.events()
+            except Exception as error:  # noqa: BLE001 (a payload that is not the format)
+                self.events += 1  # how many it holds is not known
+                self.set_aside.append((None, f"a details group that does not decode: "
+                                             f"{type(error).__name__}: {error}"))
+                return
             self.read(items, project)
             return
         self._read_decoded([(project, decoded)], lambda: group.events()[1], project)
@@ -573,6 +599,45 @@ class SdkEvents:
             if carried:
                 add_link((device, carried, moment))
 
+    def columns(self):
+        """[worker/columns.ProjectRows] of the sections read, once; the rows that break
+        their format are then in set_aside."""
+        if self._columns is None:
+            self._columns = columns.rows(self.sections, self._key_of, self.set_aside)
+        return self._columns
+
+    def columns_as_views(self):
+        """Add the sections' screen views and links to `views` and `links`, as _extract
+        makes them (once; the sections are then spent)."""
+        for rows in self.columns():
+            view = rows.views()
+            moment = rows.moment[view]
+            experience = rows.experience[view].tolist()
+            project = rows.project
+            self.views += zip(
+                [(project, number) for number in experience],
+                (moment - moment % 3600).tolist(),
+                map(stored_text, rows.text_of(SCREEN, view, "")),
+                map(stored_text, rows.text_of(REVISION, view, "")),
+                rows.device[view].tolist(), rows.carried[view].tolist(), moment.tolist(),
+                map(stored_text, rows.text_of(EXPERIENCE_NAME, view, None)),
+                map(stored_text, rows.text_of(SCREEN_NAME, view, None)))
+            linked = rows.carried != 0
+            self.links += zip(rows.device[linked].tolist(), rows.carried[linked].tolist(),
+                              rows.moment[linked].tolist())
+        self.sections, self._columns = [], []
+
+    def screen_views(self):
+        """How many screen views were read (the sections' with the rest)."""
+        return len(self.views) + sum(int(rows.views().sum()) for rows in self.columns())
+
+    def _key_of(self, project, kind, text):
+        """The key of an install ("anon:") or a user ("user:") of `project`, as _extract
+        finds it."""
+        keys = (self._devices if kind == "anon:" else self._users).setdefault(project, {})
+        key = keys.get(text)
+        return key if key is not None else self._key(project, kind, text, keys)
+
     def _read(self, item, project):
         """One event as the JSON module decodes it, through the rule (_extract)."""
         event = item["event"]
@@ -646,14 +711,43 @@ def _names(changes, keys, views):
                                          zip(map(_SCREEN_NAMED, views), moments)):
         if moment > latest.get(named, -1):
             latest[named] = moment
-    names = changes.names
     for named, moment in latest.items():
         experience, *screen, name = named
         if name:
-            key = (keys[experience], screen[0] if screen else "")
-            known = names.get(key)
-            if known is None or (moment, name) > known:
-                names[key] = (moment, name)
+            _name(changes.names, (keys[experience], screen[0] if screen else ""), moment, name)
+
+
+def _name(names, key, moment, name):
+    """Keep `name`, seen at `moment`, as the name of `key` in `names` if it is the latest
+    (ties go to the greater name)."""
+    known = names.get(key)
+    if known is None or (moment, name) > known:
+        names[key] = (moment, name)
+
+
+def _column_names(names, rows, view, experience):
+    """_names of a ProjectRows' screen views (`view`, a boolean array), whose experiences'
+    keys are `experience`: the latest moment of each distinct name found with a sort, then
+    the latest of those."""
+    moment = rows.moment[view]
+    texts = rows.texts + [""]  # a screen view without a screen id: ""
+    screen = numpy.where(rows.named[view, SCREEN], rows.text[view, SCREEN], len(texts) - 1)
+    for column, by_screen in ((EXPERIENCE_NAME, False), (SCREEN_NAME, True)):
+        present = rows.named[view, column]
+        if not present.any():
+            continue
+        name, keys, moments = rows.text[view, column][present], experience[present], \
+            moment[present]
+        where = screen[present] if by_screen else numpy.zeros(len(keys), numpy.int64)
+        order = numpy.lexsort((moments, name, where, keys))
+        keys, where, name, moments = keys[order], where[order], name[order], moments[order]
+        last = numpy.ones(len(keys), bool)  # the latest moment of each (key, screen, name)
+        last[:-1] = (keys[1:] != keys[:-1]) | (where[1:] != where[:-1]) | (name[1:] != name[:-1])
+        for key, at, text, seen in zip(keys[last].tolist(), where[last].tolist(),
+                                       name[last].tolist(), moments[last].tolist()):
+            text = stored_text(texts[text])
+            if text:
+                _name(names, (key, stored_text(texts[at]) if by_screen else ""), seen, text)
 
 
 def _earliest_links(links):
@@ -666,6 +760,19 @@ def _earliest_links(links):
         if known is None or moment < known:
             earliest[device, user] = moment
     return earliest
+
+
+def _column_links(rows):
+    """_earliest_links of a ProjectRows' rows that carry a user, found with a sort."""
+    linked = rows.carried != 0
+    if not linked.any():
+        return {}
+    device, user, moment = rows.device[linked], rows.carried[linked], rows.moment[linked]
+    order = numpy.lexsort((moment, user, device))
+    device, user, moment = device[order], user[order], moment[order]
+    first = numpy.ones(len(device), bool)  # the earliest of each (device, user)
+    first[1:] = (device[1:] != device[:-1]) | (user[1:] != user[:-1])
+    return dict(zip(zip(device[first].tolist(), user[first].tolist()), moment[first].tolist()))
 
 
 def _count_session(changes, experience, session, sign):
@@ -693,6 +800,7 @@ class FactCounter(OverviewCounter):
             return 0
         started = time.monotonic()
         store = self.store
+        projects = read.columns()  # first: the rows it sets aside are counted below
         batch = store.batch()
         batch.events, batch.set_aside = read.events, len(read.set_aside)
         self._log_set_aside(read.set_aside)
@@ -715,7 +823,48 @@ class FactCounter(OverviewCounter):
             batch.revision.append(revision_code)
         batch.links = _earliest_links(read.links)
         _names(batch, keys, read.views)
+        if projects:
+            self._add_columns(batch, projects, codes)
         self._log_crowding(store.commit(batch, source, position, log_end))
         self.source, self.position, self.log_end = source, position, log_end
         self._note_speed(started, read.events)
         return read.events
+
+    def _add_columns(self, batch, projects, codes):
+        """Add the ProjectRows `projects` to `batch` as arrays (after what it holds),
+        each experience keyed and each screen and revision id coded once, in the order
+        first seen."""
+        store = self.store
+        parts = {name: [numpy.array(getattr(batch, name), numpy.int64)]
+                 for name in ("experience", "moment", "device", "carried", "screen",
+                              "revision")}
+        for rows in projects:
+            view = rows.views()
+            numbers, first = numpy.unique(rows.experience[view], return_index=True)
+            keyed = numpy.zeros(len(numbers), numpy.int64)
+            for at in numpy.argsort(first, kind="stable").tolist():
+                keyed[at] = store.keys.key(rows.project, int(numbers[at]))
+            experience = keyed[numpy.searchsorted(numbers, rows.experience[view])]
+            texts = rows.texts + [""]  # a screen view without a screen or revision id: ""
+            screen, revision = (
+                numpy.where(rows.named[view, column], rows.text[view, column], len(texts) - 1)
+                for column in (SCREEN, REVISION))
+            coded = numpy.zeros(len(texts), numpy.int64)
+            for at in dict.fromkeys(numpy.column_stack((screen, revision)).ravel().tolist()):
+                text = stored_text(texts[at])
+                code = codes.get(text)
+                if code is None:
+                    code = codes[text] = store.code(text)
+                coded[at] = code
+            for name, column in (("experience", experience), ("moment", rows.moment[view]),
+                                 ("device", rows.device[view]),
+                                 ("carried", rows.carried[view]),
+                                 ("screen", coded[screen]), ("revision", coded[revision])):
+                parts[name].append(column)
+            for pair, moment in _column_links(rows).items():
+                known = batch.links.get(pair)
+                if known is None or moment < known:
+                    batch.links[pair] = moment
+            _column_names(batch.names, rows, view, experience)
+        for name, listed in parts.items():
+            setattr(batch, name, numpy.concatenate(listed))

@@ -1,0 +1,283 @@
+"""The counted columns (storage/log/counted.py): the overview counted from the columns the
+ingest writes beside the events is the overview counted from the events themselves, in both
+stores, for every project; a section that breaks its format never stops the counting."""
+
+import collections
+import json
+import os
+
+import pytest
+
+from app.validate import parse_batch
+from bench import traffic as generator
+from storage.layout import Layout
+from storage.log import counted, details
+from storage.log.writer import EventLog
+from storage.views.overview_facts import FactReader, FactStore
+from storage.views.overview_store import OverviewReader, OverviewStore
+from test_flows import flows
+from test_overview import END, QUERIES, RECEIVED, TIMEOUT, answers, count
+from worker.overview import FactCounter, OverviewCounter, SdkEvents
+
+
+@pytest.fixture(scope="module")
+def traffic():
+    return generator.generate(seed=11, devices=90, experiences=5, days=3, end=END)
+
+
+def ingest(root, batches, columns=True, project_of=lambda number: ""):
+    """Append each batch as POST /batch would, with or without the counted columns; batch
+    number n into project_of(n)."""
+    log = EventLog(root / "data1", details=root / "data1.details", seen=root / "data1.seen",
+                   dedupe_window=30 * 86400, clock=lambda: RECEIVED)
+    if not columns:
+        log_encode, counted.encode = counted.encode, lambda project, events: b""
+    try:
+        for number, (_, events) in enumerate(batches):
+            body = json.dumps({"batch": events}).encode()
+            batch = parse_batch(body, RECEIVED)
+            log.append_events(batch.ids, batch.events, RECEIVED, body,
+                              project=project_of(number))
+    finally:
+        if not columns:
+            counted.encode = log_encode
+        log.close()
+
+
+def groups(root):
+    fd = os.open(root / "data1.details", os.O_RDONLY)
+    try:
+        return list(details.read_groups(fd))
+    finally:
+        os.close(fd)
+
+
+def both(tmp_path, traffic, **options):
+    """Two state folders of the same traffic: with the columns, and without."""
+    with_columns, without = tmp_path / "columns", tmp_path / "events"
+    for root, columns in ((with_columns, True), (without, False)):
+        root.mkdir()
+        ingest(root, traffic.batches, columns, **options)
+    assert all(group.columns for group in groups(with_columns))
+    assert not any(group.columns for group in groups(without))
+    return with_columns, without
+
+
+def facts(root):
+    store = FactStore(Layout(root).overview_facts)
+    store.open(TIMEOUT)
+    return store
+
+
+def test_overview_sqlite3_from_the_columns_is_the_one_from_the_events(tmp_path, traffic):
+    with_columns, without = both(tmp_path, traffic)
+    for root in (with_columns, without):
+        count(root, session_timeout=TIMEOUT)
+    assert answers(with_columns, QUERIES) == answers(without, QUERIES)
+    assert flows(with_columns, traffic) == flows(without, traffic)
+    names = [OverviewReader(root).run([("names", None)]) for root in (with_columns, without)]
+    assert names[0] == names[1] and names[0][0]
+
+
+def test_overview_duckdb_from_the_columns_is_the_one_from_the_events(tmp_path, traffic):
+    with_columns, without = both(tmp_path, traffic)
+    stores = []
+    for root in (with_columns, without):
+        count(root, session_timeout=TIMEOUT, overview_store="duckdb")
+        stores.append(facts(root))
+    try:
+        documents = [answers(root, QUERIES, reader=FactReader(store))
+                     for root, store in zip((with_columns, without), stores)]
+        assert documents[0] == documents[1]
+        assert (flows(with_columns, traffic, reader=FactReader(stores[0]))
+                == flows(without, traffic, reader=FactReader(stores[1])))
+        assert tables(stores[0]) == tables(stores[1])
+    finally:
+        for store in stores:
+            store.close()
+
+
+def tables(store):
+    """Everything overview.duckdb holds, codes and keys replaced by what they stand for (a
+    default project's experience is its own key)."""
+    db = store.db
+    keyed = ("LEFT JOIN experience_key AS k ON k.key = {0}.experience",
+             "coalesce(k.project, ''), coalesce(k.experience, {0}.experience)")
+    return {
+        "facts": collections.Counter(db.execute(
+            f"SELECT {keyed[1].format('f')}, f.moment, f.device, f.carried, s.text, r.text "
+            f"FROM fact AS f {keyed[0].format('f')} "
+            "JOIN text AS s ON s.code = f.screen JOIN text AS r ON r.code = f.revision"
+        ).fetchall()),
+        "sessions": collections.Counter(db.execute(
+            f"SELECT {keyed[1].format('t')}, t.device, t.first, t.last, t.views "
+            f"FROM session AS t {keyed[0].format('t')}").fetchall()),
+        "links": sorted(db.execute("SELECT * FROM link").fetchall()),
+        "persons": sorted(db.execute("SELECT * FROM person").fetchall()),
+        "names": sorted(db.execute(
+            f"SELECT {keyed[1].format('n')}, n.screen, max(n.moment), "
+            f"arg_max(n.name, (n.moment, n.name)) FROM name AS n {keyed[0].format('n')} "
+            "GROUP BY ALL").fetchall()),
+        "state": db.execute("SELECT events, set_aside FROM state").fetchall(),
+    }
+
+
+@pytest.mark.parametrize("commit_events", [7, 10**6])
+def test_projects_keep_apart_in_the_columns(tmp_path, traffic, commit_events):
+    """A third of the batches in each of three projects (the same installs, users and
+    experiences in each): the facts counted from the columns, commit by commit, are those
+    counted from the events."""
+    with_columns, without = both(tmp_path, traffic,
+                                 project_of=lambda number: ["", "shop", "blog"][number % 3])
+    found = []
+    for root in (with_columns, without):
+        counter = FactCounter(FactStore(root / "overview.duckdb"), TIMEOUT, "data1.details")
+        counter.open()
+        read, end = SdkEvents(), details.HEADER.size
+        for group in groups(root):
+            read.read_group(group)
+            end = group.end
+            if read.events >= commit_events:
+                counter.count(read, b"details", end, group.data1_end)
+                read = SdkEvents()
+        counter.count(read, b"details", end, 0)
+        found.append(tables(counter.store))
+        counter.close()
+    assert {project for project, *_ in found[0]["facts"]} == {"", "shop", "blog"}
+    assert found[0] == found[1]
+
+
+@pytest.mark.parametrize("store", ["sqlite", "duckdb"])
+def test_groups_from_before_the_columns_count_beside_them(tmp_path, traffic, store):
+    """An engine upgraded halfway: the first half of the traffic's groups without their
+    columns, the rest with them, counted in one pass (commits holding both): the overview
+    is the one counted from the events alone."""
+    upgraded, without = tmp_path / "upgraded", tmp_path / "events"
+    upgraded.mkdir()
+    without.mkdir()
+    half = len(traffic.batches) // 2
+    ingest(upgraded, traffic.batches[:half], columns=False)
+    before = len(groups(upgraded))
+    ingest(upgraded, traffic.batches[half:])
+    ingest(without, traffic.batches, columns=False)
+    flags = [group.columns is not None for group in groups(upgraded)]
+    assert flags == [False] * before + [True] * (len(flags) - before) and before < len(flags)
+    documents = []
+    for root in (upgraded, without):
+        count(root, session_timeout=TIMEOUT, overview_store=store)
+        if store == "duckdb":
+            facts_store = facts(root)
+            documents.append((answers(root, QUERIES, reader=FactReader(facts_store)),
+                              tables(facts_store)))
+            facts_store.close()
+        else:
+            documents.append(answers(root, QUERIES))
+    assert documents[0] == documents[1]
+
+
+def sdk_events(root, events):
+    """Ingest one batch of `events` into `root` with its columns; its group."""
+    body = json.dumps({"batch": events}).encode()
+    batch = parse_batch(body, RECEIVED)
+    log = EventLog(root / "data1", details=root / "data1.details", seen=root / "data1.seen",
+                   dedupe_window=86400, clock=lambda: RECEIVED)
+    log.append_events(batch.ids, batch.events, RECEIVED, body)
+    log.close()
+    [group] = groups(root)
+    return group
+
+
+def screen(number, anonymous="device-1", user=None):
+    event = {"id": f"event-{number}", "type": "screen", "anonymousID": anonymous,
+             "timestamp": "2026-11-03T11:00:00Z",
+             "properties": {"experienceID": "7", "id": f"s{number}", "name": "Home",
+                            "experienceName": "Welcome", "experienceRevisionID": "r1"}}
+    if user:
+        event["userID"] = user
+    return event
+
+
+def with_columns(group, columns):
+    """`group` with `columns` in place of its section."""
+    return details.Group(group.data1_start, group.data1_end, group.data1_crc,
+                         group.received_ms, columns + group.payload, group.end)
+
+
+def damaged(section, row, field, value):
+    """`section` with `field` of row `row` (an index of counted.ROW's fields) set to
+    `value`."""
+    head = counted.HEAD.size + row * counted.ROW.size
+    fields = list(counted.ROW.unpack_from(section, head))
+    fields[field] = value
+    return section[:head] + counted.ROW.pack(*fields) + section[head + counted.ROW.size:]
+
+
+@pytest.mark.parametrize("field, value", [
+    (2, 99),          # an install past the texts
+    (2, 0),           # no install
+    (4, 99),          # a screen past the texts
+    (0, -1000),       # a time before 1970
+    (0, 2**40 * 1000),  # a time past the rule's range
+    (1, -5),          # an experienceID out of range
+])
+@pytest.mark.parametrize("counter_type", [OverviewCounter, FactCounter])
+def test_a_row_out_of_range_is_set_aside_and_the_rest_counted(tmp_path, field, value,
+                                                                counter_type):
+    group = sdk_events(tmp_path, [screen(1, user="ann"), screen(2), screen(3)])
+    group = with_columns(group, damaged(group.columns, 1, field, value))
+    read = SdkEvents()
+    read.read_group(group)
+    store = (FactStore(tmp_path / "overview.duckdb") if counter_type is FactCounter
+             else OverviewStore(tmp_path))
+    counter = counter_type(store, TIMEOUT, "data1.details")
+    counter.open()
+    counter.count(read, b"details", group.end, group.data1_end)
+    assert read.events == 3
+    assert [why for _, why in read.set_aside] == [
+        "its counted columns are out of range (an index past their texts, no install, or a "
+        "time or experienceID out of range)"]
+    assert read.screen_views() == 2
+    counter.close()
+
+
+def resized(columns, cut):
+    """`columns` with its last `cut` bytes left out, and its length saying so."""
+    mark, rows, rest = counted.HEAD.unpack_from(columns)
+    return counted.HEAD.pack(mark, rows, rest - cut) + columns[counted.HEAD.size:-cut]
+
+
+THREE = [screen(1, user="ann"), screen(2), screen(3)]
+
+
+@pytest.mark.parametrize("section", [
+    lambda columns: resized(columns, 3),                     # texts cut short
+    lambda columns: resized(columns, len(columns) - 14),     # rows cut short
+    lambda columns: counted.HEAD.pack(0, 3, 0),              # no rows, no texts
+    lambda columns: columns.replace(b'["",', b'[70,'),       # a project that is not text
+    lambda columns: counted.encode("No Such!", parse_batch(  # nor a project's id
+        json.dumps({"batch": THREE}).encode(), RECEIVED).events),
+])
+def test_a_section_that_does_not_read_is_counted_from_the_events(tmp_path, section):
+    group = sdk_events(tmp_path, THREE)
+    intact = SdkEvents()
+    intact.read_group(group)
+    assert intact.sections and not intact.views
+    group = with_columns(group, section(group.columns))
+    read = SdkEvents()
+    read.read_group(group)
+    assert not read.sections and read.events == 3 and not read.set_aside
+    intact.columns_as_views()
+    assert sorted(read.views) == sorted(intact.views)
+    assert sorted(read.links) == sorted(intact.links)
+
+
+def test_a_section_whose_length_does_not_add_up_sets_its_group_aside(tmp_path):
+    """Its JSON cannot be found: the group is set aside whole, and the counting goes on."""
+    group = sdk_events(tmp_path, THREE)
+    group = with_columns(group, group.columns.replace(b'["",', b'["ab",'))
+    assert group.columns is None
+    read = SdkEvents()
+    read.read_group(group)
+    assert read.events == 1 and not read.views
+    [(named, why)] = read.set_aside
+    assert named is None and why.startswith("a details group that does not decode")
