@@ -17,6 +17,7 @@ from storage.views.overview_facts import FactReader, FactStore
 from storage.views.overview_store import OverviewReader, OverviewStore
 from test_flows import flows
 from test_overview import END, QUERIES, RECEIVED, TIMEOUT, answers, count
+from test_overview_facts import count_facts
 from worker.overview import FactCounter, OverviewCounter, SdkEvents
 
 
@@ -131,16 +132,7 @@ def test_projects_keep_apart_in_the_columns(tmp_path, traffic, commit_events):
                                  project_of=lambda number: ["", "shop", "blog"][number % 3])
     found = []
     for root in (with_columns, without):
-        counter = FactCounter(FactStore(root / "overview.duckdb"), TIMEOUT, "data1.details")
-        counter.open()
-        read, end = SdkEvents(), details.HEADER.size
-        for group in groups(root):
-            read.read_group(group)
-            end = group.end
-            if read.events >= commit_events:
-                counter.count(read, b"details", end, group.data1_end)
-                read = SdkEvents()
-        counter.count(read, b"details", end, 0)
+        counter = count_facts(root, commit_events)
         found.append(tables(counter.store))
         counter.close()
     assert {project for project, *_ in found[0]["facts"]} == {"", "shop", "blog"}

@@ -81,13 +81,11 @@ def datetime_device_time(raw, received):
     if match is None:
         return received, "unparsable"
     year, month, day, hour, minute, second, fraction, zone = match.groups()
+    offset = datetime.timedelta(0)
+    if zone not in ("Z", "z"):  # [+-]HH:MM or [+-]HHMM
+        offset = datetime.timedelta(hours=int(zone[1:3]), minutes=int(zone[-2:]))
+        offset = -offset if zone[0] == "-" else offset
     try:
-        if zone in ("Z", "z"):
-            offset = datetime.timedelta(0)
-        else:
-            sign = -1 if zone[0] == "-" else 1
-            digits = zone[1:].replace(":", "")
-            offset = sign * datetime.timedelta(hours=int(digits[:2]), minutes=int(digits[2:]))
         moment = datetime.datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second),
             int((fraction or "0")[:6].ljust(6, "0")), datetime.timezone(offset))
