@@ -41,12 +41,15 @@ class ProjectRows:
         """Which rows are screen views (a boolean array)."""
         return self.experience >= 0
 
+    def positions(self, column, rows):
+        """The text of `column` in each of `rows` (a boolean array), as its position in
+        `texts`; len(texts) where it names none."""
+        return numpy.where(self.named[rows, column], self.text[rows, column], len(self.texts))
+
     def text_of(self, column, rows, missing):
-        """The texts of `column` in `rows` (a boolean array), as a list; `missing` where it
-        names none."""
+        """The texts of `column` in `rows`, as a list; `missing` where it names none."""
         texts = self.texts + [missing]
-        positions = numpy.where(self.named[rows, column], self.text[rows, column], len(texts) - 1)
-        return list(map(texts.__getitem__, positions.tolist()))
+        return list(map(texts.__getitem__, self.positions(column, rows).tolist()))
 
 
 def rows(sections, key, set_aside):

@@ -731,7 +731,7 @@ def _column_names(names, rows, view, experience):
     the latest of those."""
     moment = rows.moment[view]
     texts = rows.texts + [""]  # a screen view without a screen id: ""
-    screen = numpy.where(rows.named[view, SCREEN], rows.text[view, SCREEN], len(texts) - 1)
+    screen = rows.positions(SCREEN, view)
     for column, by_screen in ((EXPERIENCE_NAME, False), (SCREEN_NAME, True)):
         present = rows.named[view, column]
         if not present.any():
@@ -846,9 +846,7 @@ class FactCounter(OverviewCounter):
                 keyed[at] = store.keys.key(rows.project, int(numbers[at]))
             experience = keyed[numpy.searchsorted(numbers, rows.experience[view])]
             texts = rows.texts + [""]  # a screen view without a screen or revision id: ""
-            screen, revision = (
-                numpy.where(rows.named[view, column], rows.text[view, column], len(texts) - 1)
-                for column in (SCREEN, REVISION))
+            screen, revision = rows.positions(SCREEN, view), rows.positions(REVISION, view)
             coded = numpy.zeros(len(texts), numpy.int64)
             for at in dict.fromkeys(numpy.column_stack((screen, revision)).ravel().tolist()):
                 text = stored_text(texts[at])

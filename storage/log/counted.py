@@ -79,7 +79,7 @@ def encode(project, events):
                              named[revision] if revision else NONE,
                              named[experience_name] if experience_name else NONE,
                              named[name] if name else NONE)
-    except struct.error:  # an index past MAX_TEXTS
+    except struct.error:  # a value past its field: an index past MAX_TEXTS, say
         return b""
     rest = bytes(rows) + _ENCODER.encode([project, *named])
     return HEAD.pack(MARK, len(rows) // ROW.size, len(rest)) + rest
