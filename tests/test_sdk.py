@@ -114,7 +114,9 @@ def _number(draw, value, width):
 def device_timestamps(draw):
     """Timestamps in both SDKs' formats and around them: any field out of its range now and
     then (month 13, hour 24, second 60, an offset of 24 h), fractions, colons or none."""
-    number = lambda low, high, width: _number(draw, draw(st.integers(low, high)), width)  # noqa: E731
+    def number(low, high, width):
+        return _number(draw, draw(st.integers(low, high)), width)
+
     date = f"{number(0, 9999, 4)}-{number(0, 13, 2)}-{number(0, 32, 2)}"
     time_of_day = f"{number(0, 24, 2)}:{number(0, 60, 2)}:{number(0, 60, 2)}"
     fraction = draw(st.one_of(st.just(""), st.from_regex(r"[.,][0-9]{1,9}", fullmatch=True)))

@@ -7,7 +7,7 @@ SdkEvents gathers a commit's sections as they are read (a few slices a group); r
 them at once, a project at a time: the commit's distinct texts found with one dict, keys
 made once a distinct install or user, the rows that break the format set aside. FactCounter
 takes the arrays as they are; OverviewCounter takes them as SdkEvents' views and links
-(views()).
+(SdkEvents.columns_as_views()).
 """
 
 import itertools
