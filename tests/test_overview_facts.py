@@ -10,10 +10,12 @@ import pytest
 import overview_reference as ref
 from bench import traffic as generator
 from storage.layout import Layout
+from storage.projects import person_text
 from storage.local_messages import WorkerOverview
 from storage.log.details import HEADER, read_groups
 from storage.views.overview_facts import FLOW_VIEWS, FactReader, FactStore
 from storage.views.overview_store import MAX_INSTALLS_PER_USER, MAX_POSITION, NoOverview
+from storage.views.sketches import person_key
 from test_flows import flows
 from test_overview import END, QUERIES, TIMEOUT, answers, count, ingest
 from worker.overview import FactCounter, SdkEvents
@@ -75,10 +77,10 @@ def test_every_figure_equals_the_ledger(tmp_path, traffic, commit_events):
     assert checked >= 12
 
 
-def screen(anonymous, moment, experience=1, user=None, screen_id="s1"):
+def screen(anonymous, moment, experience=1, user=None, screen_id="s1", revision="r1"):
     event = {"type": "screen", "anonymousID": anonymous,
              "properties": {"experienceID": str(experience), "id": screen_id,
-                            "experienceRevisionID": "r1"}}
+                            "experienceRevisionID": revision}}
     if user:
         event["userID"] = user
     return {"event": event, "time": moment * 1000}
@@ -122,6 +124,33 @@ def test_alike_views_in_one_second_are_one_session(tmp_path):
         experience_figures(counter.store, 0, 2**40).values()
     assert (sessions, duration_sum, screens, bounces) == (300, 300 * 9, 1500, 0)
     counter.close()
+
+
+def test_a_session_begins_on_its_first_views_revision_by_screen_then_revision_id(tmp_path):
+    """Within a second the views are ordered by screen id, then revision id (worker/sessions.py),
+    not by arrival nor by the order their ids were first seen: the texts below are seen in
+    the reverse of that order, within a commit and across two."""
+    start = 1_790_000_000
+    cases = {  # install: its views' (second, screen id, revision id), in arrival order
+        "by-screen": [(0, "b", "r1"), (0, "a", "r9"), (5, "0", "r0")],
+        "by-revision": [(0, "s", "r8"), (0, "s", "r7"), (0, "t", "r0")],
+        "later-second": [(1, "a", "r5"), (0, "z", "r6")],
+    }
+    later = {"late": [(0, "b", "r4")]}  # its own commit: the view before it has "c", "r3"
+
+    def views(of):
+        return [screen(install, start + second, screen_id=screen_id, revision=revision)
+                for install, seen in of.items() for second, screen_id, revision in seen]
+
+    counter = facts_of(tmp_path, views(cases) + views({"late": [(0, "c", "r3")]}),
+                       views(later))
+    began = dict(counter.store.db.execute(
+        "SELECT s.device, t.text FROM session AS s JOIN text AS t ON t.code = s.began_on"
+    ).fetchall())
+    counter.close()
+    assert began == {person_key(person_text("", "anon:" + install)): revision
+                     for install, revision in [("by-screen", "r9"), ("by-revision", "r7"),
+                                               ("later-second", "r6"), ("late", "r4")]}
 
 
 def test_a_late_view_joins_two_sessions_into_one(tmp_path):

@@ -87,33 +87,36 @@ CREATE TABLE state (version INTEGER NOT NULL, session_timeout INTEGER NOT NULL,
 OverviewState = collections.namedtuple(
     "OverviewState", "session_timeout source position log_end events set_aside")
 
-# The sessions of the (experience, device) pairs in `touched`, from all their facts: a view
-# begins a session when it is the pair's first, or more than the timeout after the one
-# before. A session begins on the revision of its first view by (moment, screen id,
-# revision id), worker/sessions.py's order within a second.
-#
-# Views in one second are peers, whatever order a window puts them in: one of them carries
-# the gap from the second before (begins or not), the others a gap of 0, and each view's
-# session number counts the beginnings up to and including its own second (RANGE, with its
-# peers). Numbering row by row instead (ROWS) split a second's views between two sessions
-# when the two windows ordered exact ties differently.
-_SESSIONS = """
-WITH views AS (
-    SELECT f.experience, f.device, f.moment, f.revision, s.text AS screen_id,
-        r.text AS revision_id
-    FROM fact AS f SEMI JOIN touched AS t ON f.experience = t.experience AND f.device = t.device
-    JOIN text AS s ON s.code = f.screen JOIN text AS r ON r.code = f.revision),
-marked AS (
-    SELECT *, CASE WHEN moment - lag(moment) OVER pair <= ? THEN 0 ELSE 1 END AS begins
-    FROM views WINDOW pair AS (PARTITION BY experience, device ORDER BY moment)),
-numbered AS (
-    SELECT *, sum(begins) OVER (PARTITION BY experience, device ORDER BY moment
-                                RANGE UNBOUNDED PRECEDING) AS number
-    FROM marked)
-SELECT experience, device, min(moment), max(moment), count(*),
-    arg_min(revision, (moment, screen_id, revision_id))
-FROM numbered GROUP BY experience, device, number
+# The views of the (experience, device) pairs in `touched`, all of them: a commit works out
+# their sessions again (sessions_of).
+_TOUCHED_VIEWS = """
+SELECT experience, device, moment, screen, revision FROM fact AS f
+SEMI JOIN touched AS t ON f.experience = t.experience AND f.device = t.device
 """
+
+
+def sessions_of(views, timeout, ranks):
+    """The session table's rows (columns, as arrays) of `views` (columns experience, device,
+    moment, screen and revision code, as arrays): every view of each (experience, device)
+    pair they hold. A view begins a session when it is its pair's first, or more than
+    `timeout` after the view before; a session begins on the revision of its first view by
+    (moment, screen id, revision id), worker/sessions.py's order within a second, which
+    `ranks` (a code's place among the texts) gives. Views of one second are never parted:
+    their gap is 0."""
+    experience, device, moment = views["experience"], views["device"], views["moment"]
+    revision = views["revision"]
+    order = numpy.lexsort((ranks[revision], ranks[views["screen"]], moment, device,
+                           experience))
+    experience, device, moment = experience[order], device[order], moment[order]
+    begins = numpy.ones(len(order), bool)
+    begins[1:] = ((experience[1:] != experience[:-1]) | (device[1:] != device[:-1])
+                  | (moment[1:] - moment[:-1] > timeout))
+    first = numpy.flatnonzero(begins)
+    last = numpy.append(first[1:], len(order)) - 1
+    return {"experience": experience[first], "device": device[first],
+            "first": moment[first], "last": moment[last], "views": last - first + 1,
+            "began_on": revision[order[first]]}
+
 
 # The person of each install in the table relinked: the user of its first link by device
 # time (ties: the smaller key), among users linked from at most MAX_INSTALLS_PER_USER
@@ -168,6 +171,7 @@ class FactStore:
         self.keys = derived_store.ExperienceKeys()
         self._codes = {}  # text -> code
         self._new_codes = []
+        self._ranks = None  # _text_ranks(), until a code is made or forgotten
         self.timeout = None
         self._reading = threading.Lock()  # held by a read (reading()) and by close()
 
@@ -193,6 +197,7 @@ class FactStore:
                 raise derived_store.Unusable(f"format version {version}, not {VERSION}")
             self.keys.load(_Rows(self.db))
             self._codes = dict(self.db.execute("SELECT text, code FROM text").fetchall())
+            self._ranks = None
         except (duckdb.Error, derived_store.Unusable) as problem:
             # duckdb.IOException among them: another process holds the store (a worker
             # still running), which the caller must not take for damage.
@@ -229,7 +234,18 @@ class FactStore:
         if code is None:
             code = self._codes[text] = len(self._codes)
             self._new_codes.append((code, text))
+            self._ranks = None
         return code
+
+    def _text_ranks(self):
+        """Each code's place among the texts in their order (an array indexed by code): the
+        order of screen and revision ids within a second, as worker/sessions.py sorts them
+        (Python orders str by code point, as DuckDB orders VARCHAR by UTF-8 bytes)."""
+        if self._ranks is None:
+            texts = sorted(self._codes.items())
+            self._ranks = numpy.empty(len(texts), numpy.int64)
+            self._ranks[[code for _, code in texts]] = numpy.arange(len(texts))
+        return self._ranks
 
     def commit(self, batch, source, position, log_end):
         """Add `batch` and move the position, in one transaction: the facts, links and
@@ -260,7 +276,8 @@ class FactStore:
                         db.unregister("batch_facts")
                     db.execute("DELETE FROM session AS s USING touched AS t WHERE "
                                "s.experience = t.experience AND s.device = t.device")
-                    db.execute("INSERT INTO session " + _SESSIONS, [self.timeout])
+                    _append(db, "session", **sessions_of(db.execute(_TOUCHED_VIEWS).fetchnumpy(),
+                                                         self.timeout, self._text_ranks()))
                     db.execute("DROP TABLE touched")
                 crowding = 0
                 if batch.links:
@@ -302,6 +319,7 @@ class FactStore:
             self.keys.forget_new()
             for code, text in self._new_codes:
                 del self._codes[text]
+            self._ranks = None
             raise
         finally:
             self._new_codes = []
@@ -317,6 +335,7 @@ class FactStore:
                        "log_end = 0, events = 0, set_aside = 0, updated_at = ?",
                        [session_timeout, utc_now()])
         self._codes, self._new_codes, self.timeout = {}, [], session_timeout
+        self._ranks = None
 
     @contextlib.contextmanager
     def reading(self):
