@@ -47,7 +47,7 @@ from storage.sdk_event import CountedEvent
 from storage.views.overview_facts import FactReader, FactStore
 from storage.views.overview_store import Changes, NoOverview, OverviewReader, OverviewStore
 from storage.views.sketches import person_key
-from worker.overview import COMMIT_EVENTS, OverviewCounter, SdkEvents
+from worker.overview import FACT_COMMIT_EVENTS, OverviewCounter, SdkEvents
 
 BACKLOG_EVENTS = 2_000_000
 EXPERIENCES = 1000
@@ -214,7 +214,7 @@ def reading_cpu_seconds(state_dir):
     def read_group(group):
         nonlocal read
         read.read_group(group)
-        if read.events >= COMMIT_EVENTS:  # as a commit holds them, not all at once
+        if read.events >= FACT_COMMIT_EVENTS:  # as a commit holds them, not all at once
             read.columns()
             read = SdkEvents()
 

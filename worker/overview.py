@@ -60,6 +60,11 @@ log = logging.getLogger("worker")
 # Measured on a catch-up of 206,170 SDK events with flows: peak RSS 304 MB at 100,000, 185 MB
 # at 50,000, 119 MB at 25,000, at about the same events per CPU-second (within the noise).
 COMMIT_EVENTS = 50_000
+# overview.duckdb's commits (FactCounter) hold twice as many: each scans the store's fact,
+# session and link tables whole (semi joins), so fewer commits pay less. On the bench's
+# backlog (2 M events) in process: 122,000 -> 134,000 SDK events a CPU-second, peak RSS 206
+# -> 215 MB with FactStore's MEMORY_LIMIT (200,000: 136,000 and 272 MB).
+FACT_COMMIT_EVENTS = 100_000
 # A commit sized by the time left (OverviewCounter.commit_size) holds at least this many: each
 # commit costs a transaction and a read of its installs' sessions, and the overview must move
 # on in every slice of time it is given, however short.
@@ -124,17 +129,23 @@ class OverviewCounter:
         self.source, self.position, self.log_end = b"", 0, 0
 
     def commit_size(self, until=None):
-        """How many SDK events to gather for the next commit: COMMIT_EVENTS, or with `until`
+        """How many SDK events to gather for the next commit: most_events(), or with `until`
         (a time.monotonic() moment) about as many as can be counted by then at the speed of
         the last commits, so that a slice of time ends near its end even when one commit
         would take longer than the whole slice. Never fewer than MIN_COMMIT_EVENTS (the
         first commit, whose speed is not known yet, holds that many)."""
+        most = self.most_events()
         if until is None:
-            return COMMIT_EVENTS
+            return most
         if self.seconds_per_event is None:
-            return min(COMMIT_EVENTS, MIN_COMMIT_EVENTS)
+            return min(most, MIN_COMMIT_EVENTS)
         fits = (until - time.monotonic()) / self.seconds_per_event
-        return int(min(COMMIT_EVENTS, max(MIN_COMMIT_EVENTS, fits)))
+        return int(min(most, max(MIN_COMMIT_EVENTS, fits)))
+
+    @staticmethod
+    def most_events():
+        """The most SDK events a commit holds."""
+        return COMMIT_EVENTS
 
     def count(self, read, source, position, log_end):
         """Place the screen views and links of `read` (SdkEvents) and commit them with the
@@ -793,7 +804,11 @@ class FactCounter(OverviewCounter):
     """OverviewCounter for storage/views/overview_facts.FactStore (overview.duckdb): a
     stretch's screen views and links appended as facts with the source's new position;
     sessions, people and flows are the store's to work out. Opening, starting over and
-    sizing commits are OverviewCounter's."""
+    sizing commits are OverviewCounter's, up to FACT_COMMIT_EVENTS a commit."""
+
+    @staticmethod
+    def most_events():
+        return FACT_COMMIT_EVENTS
 
     def count(self, read, source, position, log_end):
         if not read.events and position == self.position:

@@ -65,6 +65,11 @@ from storage.views.sketches import EXACT_DURATION_BELOW, encode_distinct, encode
 from storage.views.derived_store import utc_now
 
 VERSION = 1
+# DuckDB's own memory (its cache of the store's blocks, and what a query holds), past which it
+# evicts blocks and spills to disk: by default 80 % of the machine's, so a worker's memory
+# would grow with its store. On the bench's backlog (2 M events): peak RSS 237 -> 227 MB over
+# the catch-up, its reads 0 to 5 % slower.
+MEMORY_LIMIT = "128MB"
 
 SCHEMA = """
 CREATE TABLE fact (experience BIGINT NOT NULL, moment BIGINT NOT NULL, device BIGINT NOT NULL,
@@ -181,7 +186,8 @@ class FactStore:
         trust (then it is closed)."""
         fresh = not self.path.exists()
         try:
-            self.db = duckdb.connect(str(self.path), config={"threads": 1})
+            self.db = duckdb.connect(str(self.path),
+                                     config={"threads": 1, "memory_limit": MEMORY_LIMIT})
             if fresh:
                 with self._transaction() as db:
                     db.execute(SCHEMA)
