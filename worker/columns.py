@@ -4,7 +4,7 @@ key, a user's, a screen view's experience, screen, revision and names, a row an 
 no Python object made a row.
 
 SdkEvents gathers a commit's sections as they are read (a few slices a group); rows() maps
-them at once, a project at a time: the commit's distinct texts found with one dict, keys
+them at once, a project at a time: the commit's equal texts found with one dict, keys
 made once a distinct install or user, the rows that break the format set aside. FactCounter
 takes the arrays as they are; OverviewCounter takes them as SdkEvents' views and links
 (SdkEvents.columns_as_views()).
@@ -26,8 +26,9 @@ class ProjectRows:
     """One project's rows of a commit, those that keep to the format: `moment`,
     `experience` (-1: not a screen view), `device` and `carried` (the keys of its install
     and user, 0 for none), each an int64 array; `text` (n × 6: each index's text, as a
-    position in `texts`, the commit's distinct texts) and `named` (n × 6: whether the
-    index names a text)."""
+    position in `texts`, the commit's texts as its sections list them: a text stands for
+    where it is first listed, so that equal texts have equal positions) and `named` (n × 6:
+    whether the index names a text)."""
 
     __slots__ = ("project", "moment", "experience", "device", "carried", "text", "named",
                  "texts")
@@ -82,12 +83,11 @@ def _project_rows(project, sections, key, set_aside):
         kept = ~broken
         index, time_ms, experience = index[kept], time_ms[kept], experience[kept]
         section_of = section_of[kept]
-    # Each text of the commit numbered once, in the order first named: the same text in
-    # two requests is one install, one screen.
-    every = list(itertools.chain.from_iterable(section.texts for section in sections))
-    texts = list(dict.fromkeys(every))
-    position = {text: at for at, text in enumerate(texts)}
-    numbered = numpy.fromiter(map(position.__getitem__, every), numpy.int64, len(every))
+    # Each text of the commit stands for where it is first listed: the same text in two
+    # requests is one install, one screen. One pass in C (setdefault over a count).
+    texts = list(itertools.chain.from_iterable(section.texts for section in sections))
+    numbered = numpy.fromiter(map({}.setdefault, texts, itertools.count()), numpy.int64,
+                              len(texts))
     first_text = numpy.concatenate(([0], numpy.cumsum(sizes)[:-1]))
     text = numbered[first_text[section_of][:, None] + index]
     named = index != NONE
