@@ -452,14 +452,11 @@ class SdkEvents:
         CountedEvent, only the fields counted. A group that does not fit (columns that do
         not read, a field of another type, a value out of range: what read() sets aside) is
         read by read(), event by event."""
-        stored = group.columns
-        if stored is not None:
-            section = counted.read(stored)
-            if section is not None and (not section.texts[0]
-                                        or is_project_id(section.texts[0])):
-                self.sections.append(section)
-                self.events += section.count
-                return
+        section = counted.read(group.stored)
+        if section is not None and (not section.texts[0] or is_project_id(section.texts[0])):
+            self.sections.append(section)
+            self.events += section.count
+            return
         try:
             project, decoded = group.events_as(CountedEvent)
         except (msgspec.MsgspecError, ValueError):

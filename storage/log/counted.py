@@ -89,11 +89,17 @@ def length(stored):
     """The length of the section a group's `stored` bytes (what follows its header) begin
     with, or 0 if they do not begin with one whose JSON follows (then the bytes are taken
     as JSON whole, and whatever does not decode is set aside by the worker)."""
+    head = _head(stored)
+    return head[1] if head else 0
+
+
+def _head(stored):
+    """(rows, length) of the section `stored` begins with, as length() finds it, or None."""
     if len(stored) < HEAD.size or stored[0] != MARK:
-        return 0
-    _, _, rest = HEAD.unpack_from(stored)
+        return None
+    _, rows, rest = HEAD.unpack_from(stored)
     end = HEAD.size + rest
-    return end if end < len(stored) and stored[end] in _JSON_STARTS else 0
+    return (rows, end) if end < len(stored) and stored[end] in _JSON_STARTS else None
 
 
 class Section:
@@ -106,17 +112,23 @@ class Section:
         self.rows, self.count, self.texts = rows, count, texts
 
 
-def read(section):
-    """The Section of a section's bytes (details.Group.columns), or None if they are not
-    one: lengths that do not add up, or texts that are not a non-empty array of strings."""
-    _, count, _ = HEAD.unpack_from(section)
-    end = HEAD.size + count * ROW.size
-    if end > len(section):
+def read(stored):
+    """The Section a group's `stored` bytes (details.Group.stored) begin with, or None if
+    they begin with none (length() is 0) or with one that does not read: rows past its
+    length, or texts that are not a non-empty array of strings. One look at the head, where
+    length() and a slice of the section would take two (a group's reading is most of the
+    overview's)."""
+    head = _head(stored)
+    if head is None:
+        return None
+    count, end = head
+    texts_at = HEAD.size + count * ROW.size
+    if texts_at > end:
         return None
     try:  # a slice of the bytes: a copy of about 200 bytes costs less than a memoryview
-        texts = _TEXTS.decode(section[end:])
+        texts = _TEXTS.decode(stored[texts_at:end])
     except (msgspec.MsgspecError, ValueError):
         return None
     if not texts:
         return None
-    return Section(section[HEAD.size:end], count, texts)
+    return Section(stored[HEAD.size:texts_at], count, texts)

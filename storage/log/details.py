@@ -98,29 +98,27 @@ _ITEM_ENCODER = msgspec.json.Encoder()
 
 
 class Group:
-    __slots__ = ("data1_start", "data1_end", "data1_crc", "received_ms", "_stored", "_json_at",
-                 "end")
+    __slots__ = ("data1_start", "data1_end", "data1_crc", "received_ms", "stored", "end")
 
     def __init__(self, data1_start, data1_end, data1_crc, received_ms, stored, end):
-        """`stored`: what follows the group's header, the counted columns if any, then the
-        JSON."""
         self.data1_start = data1_start
         self.data1_end = data1_end
         self.data1_crc = data1_crc
         self.received_ms = received_ms
-        self._stored = stored
-        self._json_at = counted.length(stored)
+        self.stored = stored  # what follows the header: the counted columns if any, the JSON
         self.end = end  # this file's offset just past the group
 
     @property
     def payload(self):
-        """The JSON (bytes), without the counted columns: cut out only when asked for."""
-        return self._stored[self._json_at:] if self._json_at else self._stored
+        """The JSON (bytes), without the counted columns."""
+        json_at = counted.length(self.stored)
+        return self.stored[json_at:] if json_at else self.stored
 
     @property
     def columns(self):
         """The counted columns' section (storage/log/counted.py), bytes, or None."""
-        return self._stored[:self._json_at] if self._json_at else None
+        json_at = counted.length(self.stored)
+        return self.stored[:json_at] if json_at else None
 
     def events(self):
         """(project, items): the group's project ("" the default) and items, each with its
