@@ -5,10 +5,12 @@ The log is driven in-process (storage/log/writer.py), with the receive time give
 a crash leaves are planted as files."""
 
 import datetime
+import itertools
 import json
 import os
 import shutil
 import threading
+import zlib
 
 import pytest
 
@@ -297,3 +299,49 @@ def test_identify_and_register_are_kept_and_deduplicated_too(root):
     assert [item["event"]["type"] for item in groups(root)[0].events()[1]] == [
         "identify", "register"]
     log.close()
+
+
+def plain_groups(data, start=details.HEADER.size):
+    """The intact groups of a details file's bytes `data`, framed in the plainest way: a
+    reference for read_groups, which reads in chunks."""
+    found = []
+    while start + details.FRAME.size <= len(data):
+        length, crc = details.FRAME.unpack_from(data, start)
+        body = data[start + details.FRAME.size:start + details.FRAME.size + length]
+        if (length < details.GROUP.size or length > details.MAX_GROUP or len(body) < length
+                or zlib.crc32(body) != crc):
+            break
+        start += details.FRAME.size + length
+        found.append((start, body[details.GROUP.size:]))
+    return found
+
+
+@pytest.mark.parametrize("damage", ["none", "torn tail", "bit flip", "length past the end"])
+def test_groups_read_in_chunks_are_the_groups_framed_one_by_one(tmp_path, damage):
+    """Groups from a few bytes to past READ_AHEAD, across the chunks' edges, each read
+    whole; the reading stops where the plain reading does, whatever the damage."""
+    sizes = [3, 20_000, 1, details.READ_AHEAD + 5, 7, details.FIRST_READ, 2, 300_000] * 3
+    parts = [details.HEADER.pack(details.MAGIC, details.VERSION, b"x" * 16, 0)]
+    for number, size in enumerate(sizes):
+        parts.append(details.encode_group(number, number + 1, 0, T0,
+                                          [{"event": {"id": "e", "pad": "p" * size}}]))
+    data = bytearray(b"".join(parts))
+    ends = list(itertools.accumulate(map(len, parts)))[1:]
+    middle = len(data) // 2
+    if damage == "torn tail":
+        data = data[:-1000]
+    elif damage == "bit flip":
+        data[middle] ^= 1
+    elif damage == "length past the end":
+        data += details.FRAME.pack(10**6, 0) + b"\0" * 100
+    path = tmp_path / "data1.details"
+    path.write_bytes(data)
+    want = plain_groups(bytes(data))
+    with open(path, "rb") as file:
+        got = [(group.end, group.stored) for group in details.read_groups(file.fileno())]
+        later = [(group.end, group.stored)
+                 for group in details.read_groups(file.fileno(), want[5][0])]
+    assert got == want and later == want[6:]
+    assert len(want) == {"none": len(sizes), "torn tail": len(sizes) - 1,
+                         "bit flip": sum(end <= middle for end in ends),
+                         "length past the end": len(sizes)}[damage]
