@@ -63,7 +63,8 @@ COMMIT_EVENTS = 50_000
 # overview.duckdb's commits (FactCounter) hold twice as many: each scans the store's fact,
 # session and link tables whole (semi joins), so fewer commits pay less. On the bench's
 # backlog (2 M events) in process: 122,000 -> 134,000 SDK events a CPU-second, peak RSS 206
-# -> 215 MB with FactStore's MEMORY_LIMIT (200,000: 136,000 and 272 MB).
+# -> 227 MB with FactStore's MEMORY_LIMIT (200,000: 136,000, and 272 MB even with DuckDB held
+# to 64 MB).
 FACT_COMMIT_EVENTS = 100_000
 # A commit sized by the time left (OverviewCounter.commit_size) holds at least this many: each
 # commit costs a transaction and a read of its installs' sessions, and the overview must move
