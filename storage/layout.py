@@ -35,7 +35,8 @@
     overview.sqlite3.bad-<time>
                       storage/views/overview_store.py    the operator
                       (set aside)
-    overview.duckdb (and its .wal), instead of overview.sqlite3 with
+    overview.duckdb (and its .wal; and overview.duckdb.tmp/, DuckDB's while a query passes
+                      its MEMORY_LIMIT), instead of overview.sqlite3 with
                       MINI_ANALYTICS_OVERVIEW_STORE=duckdb
                       storage/views/overview_facts.py    storage/views/overview_facts.py
                       (worker: worker/overview.py)       (worker: worker/overview_answers.py,

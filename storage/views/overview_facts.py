@@ -66,9 +66,9 @@ from storage.views.derived_store import utc_now
 
 VERSION = 1
 # DuckDB's own memory (its cache of the store's blocks, and what a query holds), past which it
-# evicts blocks and spills to disk: by default 80 % of the machine's, so a worker's memory
-# would grow with its store. On the bench's backlog (2 M events): peak RSS 237 -> 227 MB over
-# the catch-up, its reads 0 to 5 % slower.
+# evicts blocks and spills to disk (overview.duckdb.tmp/, its own): by default 80 % of the
+# machine's, so a worker's memory would grow with its store. On the bench's backlog (2 M
+# events): peak RSS 237 -> 227 MB over the catch-up, its reads 0 to 5 % slower.
 MEMORY_LIMIT = "128MB"
 
 SCHEMA = """
