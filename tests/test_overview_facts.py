@@ -10,9 +10,9 @@ import pytest
 import overview_reference as ref
 from bench import traffic as generator
 from storage.layout import Layout
-from storage.projects import person_text
 from storage.local_messages import WorkerOverview
 from storage.log.details import HEADER, read_groups
+from storage.projects import person_text
 from storage.views.overview_facts import FLOW_VIEWS, FactReader, FactStore
 from storage.views.overview_store import MAX_INSTALLS_PER_USER, MAX_POSITION, NoOverview
 from storage.views.sketches import person_key
