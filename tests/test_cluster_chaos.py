@@ -139,14 +139,30 @@ def test_chaos_on_the_cluster_with_a_ledger(cluster):  # noqa: F811
     span = urllib.parse.urlencode({"from": (now - datetime.timedelta(hours=2)).isoformat(),
                                    "to": (now + datetime.timedelta(hours=1)).isoformat()})
 
+    last = {}  # each node's last answer, named if the wait below times out
+
     def overview(n):
-        status, body = request(node.ingest_port(n), "GET", f"/experiences?{span}")
+        status, body = last[n] = request(node.ingest_port(n), "GET", f"/experiences?{span}")
         return status == 200 and body["experiences"]
 
+    def differences(n):
+        """What the last answer of node `n` held that the SDKs did not view, and the other
+        way round: {experience: (answered, viewed)}, or the answer itself if not 200."""
+        status, body = last.get(n, (None, None))
+        if status != 200:
+            return status, body
+        answered = {str(item["experienceID"]): item["screen_views"]
+                    for item in body["experiences"]}
+        return {key: (answered.get(key), viewed.get(key))
+                for key in answered.keys() | viewed.keys() if answered.get(key) != viewed.get(key)}
+
     for n in (1, 2):
-        listed = wait_for(lambda: (got := overview(n)) and {
-            str(item["experienceID"]): item["screen_views"] for item in got} == viewed and got,
-            60, what=f"ingest-{n}'s overview to hold every screen view")
+        try:
+            listed = wait_for(lambda: (got := overview(n)) and {
+                str(item["experienceID"]): item["screen_views"] for item in got} == viewed
+                and got, 60, what=f"ingest-{n}'s overview to hold every screen view")
+        except AssertionError as timed_out:
+            raise AssertionError(f"{timed_out}; its last answer differed: {differences(n)}")
         assert all(1 <= item["sessions"] <= 4 for item in listed), listed
     with link_to(node) as link:
         check_partitions(link, node.partitions)
