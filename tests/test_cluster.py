@@ -589,6 +589,61 @@ def test_a_view_ahead_of_its_checkpoint_answers_nothing_until_the_checkpoint_is_
         worker.close()
 
 
+def test_an_overview_store_past_its_checkpoints_mark_answers_when_its_worker_takes_it_back(
+        cluster, tmp_path):
+    """A worker commits its overview store, then loses the partition before it commits the
+    checkpoint (another worker took it: Fenced). The other worker counts the messages, but
+    keeps no overview, so the checkpoint's mark stays where the first left it. The first
+    takes the partition back with its store past that mark, and no message follows: the
+    overview answers every view at once, not 503 "ahead of its checkpoint" until the
+    partition's next message (seen in the chaos test: 60 s of 503s on a quiet cluster)."""
+    node = cluster(interval=0.2)
+    node.ctl("stop", "worker:worker-1", "worker:worker-2")  # the partitions are this test's
+    end = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    traffic = generator.generate(seed=5, devices=40, experiences=2, days=1,
+                                 end=end - datetime.timedelta(minutes=5))
+    half = len(traffic.batches) // 2
+    span = urllib.parse.urlencode({"from": (end - datetime.timedelta(days=2)).isoformat(),
+                                   "to": (end + datetime.timedelta(hours=1)).isoformat()})
+
+    def screen_views():
+        status, body = request(node.ingest_port(1), "GET", f"/experiences?{span}")
+        return (sum(item["screen_views"] for item in body["experiences"]) if status == 200
+                else body["error"])
+
+    sender = generator.Sender(f"http://127.0.0.1:{node.ingest_port(1)}")
+    with link_to(node) as link:
+        first = StreamWorker(link, ["p1", "p2"], owner="first", overview_dir=tmp_path)
+        first.recover()
+        sender.send(traffic.batches[:half])
+        first.run_pass()
+        marks = {name: p.checkpoint.overview_mark for name, p in first.partitions.items()}
+        sender.send(traffic.batches[half:])
+        other = StreamWorker(link, ["p1", "p2"], owner="other")  # keeps no overview
+        for partition in first.partitions.values():
+            commit = partition.store.commit
+
+            def taken_first(new, commit=commit):
+                if not other.partitions:
+                    other.recover()  # takes both partitions: the first's commits are fenced
+                return commit(new)
+
+            partition.store.commit = taken_first
+        first.run_pass()  # the overview stores commit; the checkpoints are refused
+        assert not first.partitions
+        first.close()
+        other.run_pass()
+        assert {name: p.checkpoint.overview_mark for name, p in other.partitions.items()} == \
+            marks
+        other.close()
+        again = StreamWorker(link, ["p1", "p2"], owner="first", overview_dir=tmp_path)
+        again.recover()
+        assert screen_views() == len(traffic.views)
+        again.run_pass()  # nothing new to read
+        assert screen_views() == len(traffic.views)
+        again.close()
+
+
 def series_counts(folder):
     """Per experience, the sum of the partitions' series stores' hour buckets."""
     total = collections.Counter()

@@ -291,6 +291,7 @@ class StreamWorker(PassLoop):
                     if attempt == ADOPT_ATTEMPTS:
                         raise
             self._open_views(partition)
+            self._record_overview_reached(partition)
             self.answers.subscribe(partition)
         except BaseException:
             self.answers.unsubscribe(partition)
@@ -360,6 +361,24 @@ class StreamWorker(PassLoop):
                 partition.overview.start_over(
                     f"it counts {partition.overview.source.decode(errors='replace')!r}, "
                     f"but the stream is now {stream!r}", aside=False)
+
+    def _record_overview_reached(self, partition):
+        """Commit the checkpoint again if the partition's overview store has counted past
+        its mark but not past its sequence: this worker counted the partition before, and
+        lost it between its store's commit and its checkpoint's (Fenced, or unanswered),
+        while the next owner's overview stayed behind. The store is exact up to where it
+        stands (it counted the stream's messages, with the repeats every worker decides), but
+        answers only from the mark (worker/stream_answers.py), and with no new message no
+        pass would move the mark: the overview would answer 503 until the partition's next
+        message. Raises Fenced, or what the link raises."""
+        overview, current = partition.overview, partition.checkpoint
+        if overview is None or not current.overview_mark < overview.position <= current.offset:
+            return
+        partition.checkpoint = partition.store.commit(
+            dataclasses.replace(current, overview_reached=overview.position))
+        log.info("partition %s: its overview store had counted to sequence %d, past the %d "
+                 "its checkpoint recorded: recorded, so it answers from there", partition.name,
+                 overview.position, current.overview_mark)
 
     def _open_series(self, partition, stream):
         """Open the partition's series store, or start it over if it cannot be used or
