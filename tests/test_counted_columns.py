@@ -2,21 +2,25 @@
 ingest writes beside the events is the overview counted from the events themselves, in both
 stores, for every project; a section that breaks its format never stops the counting."""
 
+import base64
 import collections
 import json
 import os
+import zlib
 
 import pytest
 
 from app.validate import parse_batch
 from bench import traffic as generator
+from storage.backend import event_key
 from storage.layout import Layout
 from storage.log import counted, details
 from storage.log.writer import EventLog
+from storage.stream import sdk_message
 from storage.views.overview_facts import FactReader, FactStore
 from storage.views.overview_store import OverviewReader, OverviewStore
 from test_flows import flows
-from test_overview import END, QUERIES, RECEIVED, TIMEOUT, answers, count
+from test_overview import END, QUERIES, RECEIVED, TIMEOUT, answers, count, store_rows
 from test_overview_facts import count_facts
 from worker.overview import FactCounter, OverviewCounter, SdkEvents
 
@@ -273,3 +277,85 @@ def test_a_section_whose_length_does_not_add_up_sets_its_group_aside(tmp_path):
     assert read.events == 1 and not read.views
     [(named, why)] = read.set_aside
     assert named is None and why.startswith("a details group that does not decode")
+
+
+# Cluster mode: the columns ride in a header of each SDK message (storage/stream/sdk_message.py).
+
+PROJECTS = ["", "shop", "blog"]
+
+
+def messages(traffic):
+    """The traffic's batches as the ingest publishes them in cluster mode, a batch a message,
+    decoded as a worker reads them: [SdkPart], batch n in project PROJECTS[n % 3]."""
+    parts = []
+    for number, (_, events) in enumerate(traffic.batches):
+        project = PROJECTS[number % 3]
+        body = json.dumps({"batch": events}).encode()
+        batch = parse_batch(body, RECEIVED)
+        keys = [event_key(event.event_id, project) for event in batch.events]
+        payload, headers = sdk_message.encode_message(batch.events, keys, RECEIVED * 1000,
+                                                      project, 86400, sent=body)
+        parts.append(sdk_message.decode(payload, headers)[1])
+    return parts
+
+
+def unreadable_columns(part, number):
+    """`part` with columns that cannot be used, three ways by `number`, its payload whole."""
+    raw = zlib.decompress(base64.b64decode(part.columns))
+    mark, rows, rest = counted.HEAD.unpack_from(raw)
+    fewer = (counted.HEAD.pack(mark, rows - 1, rest - counted.ROW.size)  # a row less than keys
+             + raw[counted.HEAD.size + counted.ROW.size:])
+    assert counted.read_alone(fewer).count == rows - 1
+    columns = [part.columns[:-8] + "!",                               # not base64
+               base64.b64encode(zlib.compress(raw)[:-6]).decode(),   # cut short
+               base64.b64encode(zlib.compress(fewer)).decode()][number % 3]
+    return sdk_message.SdkPart(part.keys, part.tokens, part.window, part.payload,
+                               deflated=part.deflated, columns=columns)
+
+
+def cut_payload(part):
+    return sdk_message.SdkPart(part.keys, part.tokens, part.window, part.payload[:-4],
+                               deflated=part.deflated, columns=part.columns)
+
+
+def counted_stream(folder, counter_type, parts, repeats):
+    """What `counter_type` holds after counting `parts` with `repeats` (the indexes left
+    out of each, the partition's dedupe's) in commits of five messages."""
+    folder.mkdir()
+    store = (FactStore(folder / "overview.duckdb") if counter_type is FactCounter
+             else OverviewStore(folder))
+    counter = counter_type(store, TIMEOUT, "partition p1")
+    counter.open()
+    sections = 0
+    for first in range(0, len(parts), 5):
+        read = SdkEvents()
+        read.read_stream(list(zip(parts[first:first + 5], repeats[first:first + 5])))
+        sections += len(read.sections)
+        assert not read.set_aside
+        counter.count(read, b"stream", first + 5, first + 5)
+    held = (tables(store) if counter_type is FactCounter
+            else store_rows(Layout(folder).overview))
+    counter.close()
+    return held, sections
+
+
+@pytest.mark.parametrize("counter_type", [OverviewCounter, FactCounter])
+def test_cluster_messages_count_from_their_columns_as_from_their_payloads(tmp_path, traffic,
+                                                                          counter_type):
+    """The traffic's messages in three projects, every fifth's first event a repeat (left
+    out): counted from the columns they carry, their payloads cut so that they cannot be
+    read, and every fourth's columns unreadable (read from its payload, whole), the store
+    holds what the payloads alone give (messages written before the columns)."""
+    parts = messages(traffic)
+    assert all(part.columns for part in parts)
+    repeats = [{0} if number % 5 == 0 else set() for number in range(len(parts))]
+    columns = [unreadable_columns(part, number // 4) if number % 4 == 0 else cut_payload(part)
+               for number, part in enumerate(parts)]
+    payloads = [sdk_message.SdkPart(part.keys, part.tokens, part.window, part.payload,
+                                    deflated=part.deflated) for part in parts]
+    from_columns, sections = counted_stream(tmp_path / "columns", counter_type, columns,
+                                            repeats)
+    from_payloads, none = counted_stream(tmp_path / "payloads", counter_type, payloads,
+                                         repeats)
+    assert (sections, none) == (len(parts) - len(range(0, len(parts), 4)), 0)
+    assert from_columns == from_payloads

@@ -418,9 +418,10 @@ class SdkEvents:
     any event that carries both ids); how many events were read, and those set aside. The
     rest of an identify or a register is kept in the details, not counted.
 
-    A group the ingest wrote its counted columns in (storage/log/counted.py) is not decoded:
-    its section waits in `sections`, read at the commit as arrays (columns(), for
-    FactCounter) or as views and links (columns_as_views(), for OverviewCounter)."""
+    A group the ingest wrote its counted columns in (storage/log/counted.py), or a cluster
+    message that carries them, is not decoded: its section waits in `sections`, read at the
+    commit as arrays (columns(), for FactCounter) or as views and links (columns_as_views(),
+    for OverviewCounter)."""
 
     def __init__(self):
         self.views, self.links, self.set_aside, self.events = [], [], [], 0
@@ -501,7 +502,16 @@ class SdkEvents:
 
     def _read_payload(self, part, repeats):
         """read_group() of an SDK message's details (SdkPart), but for the events at the
-        indexes in `repeats`."""
+        indexes in `repeats`: its counted columns kept for the commit when it carries them,
+        and its payload not even inflated."""
+        section = part.section()
+        if section is not None and (not section.texts[0] or is_project_id(section.texts[0])):
+            if repeats:
+                section = section.without(repeats)
+            self.sections.append(section)
+            self.events += section.count
+            return
+
         def kept(items):
             return [item for index, item in enumerate(items) if index not in repeats]
 

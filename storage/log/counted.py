@@ -1,8 +1,9 @@
 """The counted columns: what the overview counts of a request's SDK events, written by the
-ingest at the head of their data1.details group (storage/log/details.py), so that the worker
+ingest at the head of their data1.details group (storage/log/details.py), or in cluster
+mode in a header of their SDK message (storage/stream/sdk_message.py), so that the worker
 counts them without decoding the events (worker/overview.py). Written down once here: the
 ingest encodes (encode), storage/log/details.py finds where a group's section ends
-(length), the worker reads it (read).
+(length), the worker reads it (read, or read_alone of a message's).
 
 Why: decoding an SDK event's JSON again was half of what the overview's catch-up spent on it,
 and the rule that picks its counted fields another third. The ingest has checked and
@@ -28,15 +29,14 @@ Format (integers little-endian)
 
 Invariants
     * A section is written by the ingest from the very events the group's JSON holds, in
-      the same transaction of the group (one write, one CRC): the JSON stays the record of
-      what was sent, the section is what the overview reads.
+      the same transaction of the group (one write, one CRC), or in the same message: the
+      JSON stays the record of what was sent, the section is what the overview reads.
     * A reader that cannot use a section (its lengths do not add up, its texts are not an
       array of strings) reads the group's JSON instead. A row that breaks the format (an
       index past texts, no install, a time or experienceID out of range) is set aside by
       the worker, as an event the rule cannot count is.
     * A request naming more than MAX_TEXTS distinct texts gets no section: its JSON is read.
-      So is every group written before the ingest wrote sections, and every SDK message of
-      cluster mode (storage/stream/sdk_message.py), which carries none yet.
+      So is every group, and every SDK message, written before the ingest wrote sections.
 """
 
 import collections
@@ -93,12 +93,15 @@ def length(stored):
     return head[1] if head else 0
 
 
-def _head(stored):
-    """(rows, length) of the section `stored` begins with, as length() finds it, or None."""
+def _head(stored, alone=False):
+    """(rows, length) of the section `stored` begins with, as length() finds it (JSON
+    follows it), or with `alone`, ending where `stored` ends; or None."""
     if len(stored) < HEAD.size or stored[0] != MARK:
         return None
     _, rows, rest = HEAD.unpack_from(stored)
     end = HEAD.size + rest
+    if alone:
+        return (rows, end) if end == len(stored) else None
     return (rows, end) if end < len(stored) and stored[end] in _JSON_STARTS else None
 
 
@@ -111,6 +114,13 @@ class Section:
     def __init__(self, rows, count, texts):
         self.rows, self.count, self.texts = rows, count, texts
 
+    def without(self, dropped):
+        """This section but for the rows at the indexes in `dropped` (a set): a cluster
+        message's events that repeat earlier ones."""
+        kept = [at for at in range(self.count) if at not in dropped]
+        rows = b"".join(self.rows[at * ROW.size:(at + 1) * ROW.size] for at in kept)
+        return Section(rows, len(kept), self.texts)
+
 
 def read(stored):
     """The Section a group's `stored` bytes (details.Group.stored) begin with, or None if
@@ -119,9 +129,20 @@ def read(stored):
     length() and a slice of the section would take two (a group's reading is most of the
     overview's)."""
     head = _head(stored)
-    if head is None:
-        return None
-    count, end = head
+    return None if head is None else _section(stored, *head)
+
+
+def read_alone(section):
+    """The Section of `section`, bytes that hold one and nothing after it (a cluster SDK
+    message's columns: storage/stream/sdk_message.py), or None if they do not read as
+    read() reads one."""
+    head = _head(section, alone=True)
+    return None if head is None else _section(section, *head)
+
+
+def _section(stored, count, end):
+    """The Section of `count` rows that `stored` begins with, its texts ending at `end`, or
+    None if it does not read."""
     texts_at = HEAD.size + count * ROW.size
     if texts_at > end:
         return None

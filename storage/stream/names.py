@@ -59,6 +59,7 @@ IDS_HEADER = "Mini-Analytics-Ids"
 WINDOW_HEADER = "Mini-Analytics-Window"
 RECEIVED_HEADER = "Mini-Analytics-Received"
 ENCODING_HEADER = "Mini-Analytics-Encoding"
+COLUMNS_HEADER = "Mini-Analytics-Columns"
 # The older format's: one SDK event's details item, JSON, on a message of its own.
 DETAILS_HEADER = "Mini-Analytics-Details"
 

@@ -22,6 +22,11 @@ Format
               Mini-Analytics-Received  when the ingest node received the request, Unix ms
               Mini-Analytics-Encoding  "zlib": the payload is deflated; absent (messages
                                        written before it): the payload as it is
+              Mini-Analytics-Columns   base64 of the events' counted columns
+                                       (storage/log/counted.py's section, a row an event
+                                       in the same order), deflated; absent (messages
+                                       written before it, or events naming too many
+                                       texts): the overview decodes the payload
               Nats-Msg-Id              "sdk-" and the hex BLAKE2b of the keys: an exact retry
                                        of the message is stored once (the stream's duplicate
                                        window)
@@ -40,7 +45,12 @@ Invariants
       SDK message the ingest wrote: decode() raises ValueError (and SdkPart.details(), for a
       payload that does not inflate whole).
     * What is counted needs only the headers; the payload is inflated only when its details
-      are read (the overview), so a recount of the counts never pays for it.
+      are read (the overview, for a message without columns), so a recount of the counts
+      never pays for it.
+    * The columns are a header, not a part of the payload: a worker of an earlier version
+      ignores them and reads the payload, so the ingest nodes may be upgraded before the
+      workers. A worker that cannot read them (they do not inflate, or do not read as a
+      section of as many rows as keys) reads the payload instead.
     * An event may repeat one in an earlier message (a retry of it in another request, whose
       message has other keys, so another id). Which events of a message are repeats is a
       function of the stream alone (worker/stream_runner.py applies the rule,
@@ -53,9 +63,10 @@ import json
 import zlib
 
 from storage.backend import event_key
+from storage.log import counted
 from storage.log.details import MAX_GROUP, encode_payload
-from storage.stream.names import (DETAILS_HEADER, ENCODING_HEADER, IDS_HEADER, KEYS_HEADER,
-                                  RECEIVED_HEADER, WINDOW_HEADER)
+from storage.stream.names import (COLUMNS_HEADER, DETAILS_HEADER, ENCODING_HEADER, IDS_HEADER,
+                                  KEYS_HEADER, RECEIVED_HEADER, WINDOW_HEADER)
 
 KEY_SIZE = 16
 NO_RECORD = b"-"
@@ -72,35 +83,39 @@ LEVEL = 1
 
 class SdkPart:
     """The SDK events of a message: `keys` (16 bytes each), `tokens` (each event's record
-    token, or NO_RECORD), `window` (seconds) and the `payload` as stored (its details are
-    details()); or, in the older format, one event whose key is read from its details item
-    when first asked for."""
+    token, or NO_RECORD), `window` (seconds), the `payload` as stored (its details are
+    details()) and the `columns` header if any (read by section()); or, in the older
+    format, one event whose key is read from its details item when first asked for."""
 
-    __slots__ = ("_keys", "tokens", "window", "payload", "deflated", "legacy_item")
+    __slots__ = ("_keys", "tokens", "window", "payload", "deflated", "legacy_item", "columns")
 
-    def __init__(self, keys, tokens, window, payload, legacy_item=None, deflated=False):
+    def __init__(self, keys, tokens, window, payload, legacy_item=None, deflated=False,
+                 columns=None):
         self._keys = keys
         self.tokens = tokens
         self.window = window
         self.payload = payload  # bytes as stored; None in the older format
         self.deflated = deflated  # whether the payload is deflated (ENCODING)
         self.legacy_item = legacy_item  # str: the older format's details item (JSON)
+        self.columns = columns  # str: the Mini-Analytics-Columns header, or None
 
     def details(self):
         """The details group's payload (storage/log/details.py's format), inflated if it is
         stored deflated. Raises ValueError for a payload that does not inflate whole, or
         inflates past details.MAX_GROUP (no group the ingest writes is that large)."""
-        if not self.deflated:
-            return self.payload
-        inflater = zlib.decompressobj()
+        return _inflated(self.payload, "the payload") if self.deflated else self.payload
+
+    def section(self):
+        """The events' counted columns (storage/log/counted.Section), or None if the message
+        has none, or none that reads as a row for each of its events."""
+        if self.columns is None:
+            return None
         try:
-            details = inflater.decompress(self.payload, MAX_GROUP)
-        except zlib.error as error:
-            raise ValueError(f"the payload does not inflate: {error}") from None
-        if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
-            raise ValueError("the payload is cut short, or holds more than one stream, or "
-                             f"inflates past {MAX_GROUP} bytes")
-        return details
+            section = counted.read_alone(_inflated(
+                base64.b64decode(self.columns, validate=True), "the columns"))
+        except ValueError:  # binascii.Error is one
+            return None
+        return section if section is not None and section.count == len(self.tokens) else None
 
     @property
     def keys(self):
@@ -116,6 +131,21 @@ class SdkPart:
                         if token != NO_RECORD and index not in dropped)
 
 
+def _inflated(deflated, what):
+    """`deflated` (zlib's format) inflated. Raises ValueError naming `what` for bytes that do
+    not inflate whole, or inflate past details.MAX_GROUP (no group the ingest writes is that
+    large)."""
+    inflater = zlib.decompressobj()
+    try:
+        inflated = inflater.decompress(deflated, MAX_GROUP)
+    except zlib.error as error:
+        raise ValueError(f"{what} does not inflate: {error}") from None
+    if not inflater.eof or inflater.unconsumed_tail or inflater.unused_data:
+        raise ValueError(f"{what} is cut short, or holds more than one stream, or "
+                         f"inflates past {MAX_GROUP} bytes")
+    return inflated
+
+
 def message_id(keys):
     return "sdk-" + hashlib.blake2b(b"".join(keys), digest_size=16).hexdigest()
 
@@ -123,7 +153,8 @@ def message_id(keys):
 def encode_message(events, keys, received_ms, project, window, sent=None):
     """(payload, headers) of the message holding SdkEvents `events` (app/validate.py) of
     `project`, whose keys are `keys`. With `sent` (the request's body, whose batch is exactly
-    these events), the payload keeps it as it came."""
+    these events), the payload keeps it as it came. The headers carry the events' counted
+    columns (storage/log/counted.py), unless they name more texts than a section holds."""
     prefix = f"{project}:" if project else ""
     ids = " ".join(NO_RECORD.decode() if event.experience_id is None
                    else f"{prefix}{event.experience_id}" for event in events)
@@ -131,7 +162,7 @@ def encode_message(events, keys, received_ms, project, window, sent=None):
     payload = (encode_payload(items, sent, project) if sent is not None else
                encode_payload(items, project=project,
                               events=[event.event_json for event in events]))
-    return zlib.compress(payload, LEVEL), {
+    headers = {
         "Nats-Msg-Id": message_id(keys),
         KEYS_HEADER: base64.b64encode(b"".join(keys)).decode("ascii"),
         IDS_HEADER: ids,
@@ -139,6 +170,10 @@ def encode_message(events, keys, received_ms, project, window, sent=None):
         RECEIVED_HEADER: str(received_ms),
         ENCODING_HEADER: ENCODING,
     }
+    columns = counted.encode(project, events)
+    if columns:
+        headers[COLUMNS_HEADER] = base64.b64encode(zlib.compress(columns, LEVEL)).decode("ascii")
+    return zlib.compress(payload, LEVEL), headers
 
 
 def decode(payload, headers):
@@ -158,7 +193,8 @@ def decode(payload, headers):
         if encoding not in (None, ENCODING):
             raise ValueError(f"a payload encoded as {encoding!r}")
         keys = [raw[start:start + KEY_SIZE] for start in range(0, len(raw), KEY_SIZE)]
-        return b"", SdkPart(keys, tokens, window, payload, deflated=encoding == ENCODING)
+        return b"", SdkPart(keys, tokens, window, payload, deflated=encoding == ENCODING,
+                            columns=headers.get(COLUMNS_HEADER))
     if DETAILS_HEADER in headers:
         tokens = payload.split() or [NO_RECORD]
         if len(tokens) != 1:
