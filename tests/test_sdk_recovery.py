@@ -129,6 +129,30 @@ def test_details_ahead_of_data1_are_dropped_never_acknowledged(root):
     log.close()
 
 
+def test_events_written_after_a_lost_page_of_data1_can_be_sent_again(root):
+    """A power loss loses a page of data1 (read back as NULs: a minimal event's record) and
+    keeps a later one (an SDK request's records, and its group). Nothing written after a
+    lost page was synced, so that request was never acknowledged: its group is removed and
+    data1 cut at the first NUL, and its events sent again are stored and counted. (Kept, the
+    NULs ran into its first record, a token the worker skips, and its retry was answered as
+    a duplicate: an event lost. Seen once in CI, in tests/test_power_loss.py.)"""
+    log = open_log(root)
+    stored(log, sdk_events(3))
+    log.append(b"7777 ")
+    late = sdk_events(2, experience=9)
+    stored(log, late)
+    log.close()
+    data = (root / "data1").read_bytes()
+    at = data.index(b"7777 ")
+    (root / "data1").write_bytes(data[:at] + b"\0" * 5 + data[at + 5:])
+    log = open_log(root)
+    assert len(groups(root)) == 1
+    assert (root / "data1").read_bytes() == data[:at]
+    assert stored(log, late) == 2
+    log.close()
+    assert tokens(root) == [b"1"] * 3 + [b"9"] * 2
+
+
 def test_a_missing_details_file_is_begun_anew_and_counts_stay(root):
     log = open_log(root)
     stored(log, sdk_events(3))

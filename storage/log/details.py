@@ -63,6 +63,11 @@ Invariants
         again at the next opening. The other order could leave data1 bytes whose group is
         gone: they would read as minimal events, counted with no details for a resend's
         dedupe to find;
+      - so is a group after NULs in data1's bytes that no group describes (a minimal
+        event's record, on a page the power loss lost): written after a lost page, it was
+        never synced. data1 is cut at the first NUL. Kept, the NULs would run into its
+        first record, a token the worker skips, while its events stayed in the dedupe
+        index: a resend answered as a duplicate of an event never counted;
       - a group whose data1 bytes are whole but different means data1 is another file
         (replaced, or restored from elsewhere): only then is this file set aside and a new
         one begun. A power loss never leaves different bytes, only lost ones: NULs, or a
@@ -315,6 +320,14 @@ class _Place:
         self.data1_crc, self.end = group.data1_crc, group.end
 
 
+def _nul_at(data1_fd, start, end):
+    """The offset of the first NUL in data1's bytes [start, end), or None."""
+    if end <= start:
+        return None
+    at = os.pread(data1_fd, end - start, start).find(b"\0")
+    return None if at < 0 else start + at
+
+
 def _data1_bytes(data1_fd, group):
     """What data1 holds where the group's bytes were written, and whether it is them."""
     written = os.pread(data1_fd, group.data1_end - group.data1_start, group.data1_start)
@@ -379,10 +392,21 @@ class DetailsWriter:
         if trusted and not _data1_bytes(data1_fd, trusted)[1]:
             return self._another_data1(set_aside, data1_size)
         lost = None
+        # Where the data1 bytes no group describes begin (minimal events'), in the window.
+        between = max(trusted.data1_end if trusted else 0, checked_from)
         for group in recent:
             if group.data1_end > data1_size:
                 lost = "their data1 bytes were lost"
                 self.data1_kept = min(group.data1_start, data1_size)
+                break
+            # A page lost before the group's bytes (NULs where other records were written
+            # before them): the group was written after it, so never synced, never
+            # acknowledged. Kept, its events would be duplicates of nothing data1 counts,
+            # since the NULs run into its first record and make it a token skipped.
+            lost_before = _nul_at(data1_fd, between, group.data1_start)
+            if lost_before is not None:
+                lost = "data1 lost bytes written before theirs"
+                self.data1_kept = lost_before
                 break
             written, held = _data1_bytes(data1_fd, group)
             if not held:
@@ -392,6 +416,7 @@ class DetailsWriter:
                 self.data1_kept = group.data1_start
                 break
             keep = group.end
+            between = group.data1_end
         self._unheld = f"groups from there on: {lost}" if lost else "a torn group"
         return keep
 
