@@ -153,6 +153,26 @@ def test_events_written_after_a_lost_page_of_data1_can_be_sent_again(root):
     assert tokens(root) == [b"1"] * 3 + [b"9"] * 2
 
 
+def test_nuls_a_power_loss_left_before_a_separator_stay_and_cut_nothing_later(root):
+    """NULs that a separator follows (a lost page ending before a kept record) harm no
+    record, and stay; requests acknowledged after them are kept by every later opening."""
+    log = open_log(root)
+    stored(log, sdk_events(3))
+    log.append(b"7777 88 ")
+    log.close()
+    data = (root / "data1").read_bytes()
+    at = data.index(b"7777 ")
+    (root / "data1").write_bytes(data[:at] + b"\0" * 4 + data[at + 4:])
+    log = open_log(root)
+    late = sdk_events(2, experience=9)
+    assert stored(log, late) == 2
+    log.close()
+    log = open_log(root)
+    assert len(groups(root)) == 2 and stored(log, late) == 0
+    log.close()
+    assert tokens(root) == [b"1"] * 3 + [b"\0" * 4, b"88"] + [b"9"] * 2
+
+
 def test_a_missing_details_file_is_begun_anew_and_counts_stay(root):
     log = open_log(root)
     stored(log, sdk_events(3))

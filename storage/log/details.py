@@ -63,11 +63,13 @@ Invariants
         again at the next opening. The other order could leave data1 bytes whose group is
         gone: they would read as minimal events, counted with no details for a resend's
         dedupe to find;
-      - so is a group after NULs in data1's bytes that no group describes (a minimal
+      - so is a group right after NULs in data1's bytes that no group describes (a minimal
         event's record, on a page the power loss lost): written after a lost page, it was
-        never synced. data1 is cut at the first NUL. Kept, the NULs would run into its
+        never synced. data1 is cut where the NULs begin. Kept, the NULs would run into its
         first record, a token the worker skips, while its events stayed in the dedupe
-        index: a resend answered as a duplicate of an event never counted;
+        index: a resend answered as a duplicate of an event never counted. NULs followed
+        by a separator harm no record and stay: what follows them may have been
+        acknowledged since;
       - a group whose data1 bytes are whole but different means data1 is another file
         (replaced, or restored from elsewhere): only then is this file set aside and a new
         one begun. A power loss never leaves different bytes, only lost ones: NULs, or a
@@ -320,12 +322,13 @@ class _Place:
         self.data1_crc, self.end = group.data1_crc, group.end
 
 
-def _nul_at(data1_fd, start, end):
-    """The offset of the first NUL in data1's bytes [start, end), or None."""
+def _nuls_before(data1_fd, start, end):
+    """Where the NULs that run up to data1 offset `end` begin (not before `start`), or None
+    if the byte before `end` is not a NUL."""
     if end <= start:
         return None
-    at = os.pread(data1_fd, end - start, start).find(b"\0")
-    return None if at < 0 else start + at
+    gap = os.pread(data1_fd, end - start, start)
+    return start + len(gap.rstrip(b"\0")) if gap.endswith(b"\0") else None
 
 
 def _data1_bytes(data1_fd, group):
@@ -399,11 +402,13 @@ class DetailsWriter:
                 lost = "their data1 bytes were lost"
                 self.data1_kept = min(group.data1_start, data1_size)
                 break
-            # A page lost before the group's bytes (NULs where other records were written
-            # before them): the group was written after it, so never synced, never
-            # acknowledged. Kept, its events would be duplicates of nothing data1 counts,
-            # since the NULs run into its first record and make it a token skipped.
-            lost_before = _nul_at(data1_fd, between, group.data1_start)
+            # A page lost just before the group's bytes (NULs where other records were
+            # written, running into its first record: a token the worker skips): the
+            # group was written after the lost page, so never synced, never acknowledged.
+            # Kept, its events would be duplicates of an event never counted. (NULs with a
+            # separator after them harm no record, and are left, as the format says: the
+            # records after them may be acknowledged ones, appended since.)
+            lost_before = _nuls_before(data1_fd, between, group.data1_start)
             if lost_before is not None:
                 lost = "data1 lost bytes written before theirs"
                 self.data1_kept = lost_before
