@@ -455,7 +455,7 @@ class SdkEvents:
         not read, a field of another type, a value out of range: what read() sets aside) is
         read by read(), event by event."""
         section = counted.read(group.stored)
-        if section is not None and (not section.texts[0] or is_project_id(section.texts[0])):
+        if _countable(section):
             self.sections.append(section)
             self.events += section.count
             return
@@ -505,7 +505,7 @@ class SdkEvents:
         indexes in `repeats`: its counted columns kept for the commit when it carries them,
         and its payload not even inflated."""
         section = part.section()
-        if section is not None and (not section.texts[0] or is_project_id(section.texts[0])):
+        if _countable(section):
             if repeats:
                 section = section.without(repeats)
             self.sections.append(section)
@@ -767,6 +767,12 @@ def _column_names(names, rows, view, experience):
             text = stored_text(texts[text])
             if text:
                 _name(names, (key, stored_text(texts[at]) if by_screen else ""), seen, text)
+
+
+def _countable(section):
+    """Whether a counted.Section read from a group or a message can be counted as it is: it
+    was read, and names the default project or a project's id (else its events are read)."""
+    return section is not None and (not section.texts[0] or is_project_id(section.texts[0]))
 
 
 def _earliest_links(links):
