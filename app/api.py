@@ -90,10 +90,18 @@ def csv_body(name, header, rows):
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerows([csv_value(value) for value in row] for row in rows)
     response.content_type = "text/csv; charset=utf-8"
     response.set_header("Content-Disposition", f'attachment; filename="{name}.csv"')
     return out.getvalue()
+
+
+def csv_value(value):
+    """`value` as a CSV cell: true and false as the JSON answers spell them, not Python's
+    True and False (None is csv's empty cell)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
 
 
 def wants_csv():

@@ -109,7 +109,8 @@ def flow(store, query, experience_id):
     document = {
         "experienceID": experience_id, "name": names.get((experience_id, "")),
         **overview_query._range(query.range), "revision": wanted,
-        "sessions": sessions, "users": people.count(), "screens": screens,
+        "sessions": sessions, "users": people.count(), "users_estimated": people.estimated,
+        "screens": screens,
         "paths": [{"from": source, "to": target, "moves": count}
                   for source, target, count in paths[:query.top]],
         "goal": None}
@@ -135,7 +136,8 @@ def _goal(goal, sessions, people, reach, exit_rows, histograms, goal_people, min
     return {
         "id": goal, "name": names.get((experience_id, goal)),
         "sessions": reached, "session_rate": _ratio(reached, sessions),
-        "users": goal_people.count(), "user_rate": _ratio(goal_people.count(), people.count()),
+        "users": goal_people.count(), "users_estimated": goal_people.estimated,
+        "user_rate": _ratio(goal_people.count(), people.count()),
         "median_seconds_to_goal": to_reach.median(),
         "p90_seconds_to_goal": to_reach.quantile(9, 10),
         "most_left_from": None if most is None else {
@@ -177,7 +179,7 @@ def revisions(store, query, experience_id):
             "revision": revision,
             "first_seen": _moment(row["first"], query), "last_seen": _moment(row["last"], query),
             "screen_views": row["views"], "sessions": sessions,
-            "users": row["people"].count(),
+            "users": row["people"].count(), "users_estimated": row["people"].estimated,
             "median_session_seconds": row["durations"].median(),
             "bounce_rate": _ratio(row["bounces"], sessions, 4)}
         if query.goal is not None:
@@ -250,7 +252,7 @@ def _moment(second, query):
 SCREEN_COLUMNS = ("id", "name", "sessions", "share", "exits", "drop_off",
                   "median_seconds_on_screen", "median_position")
 REVISION_COLUMNS = ("revision", "first_seen", "last_seen", "screen_views", "sessions", "users",
-                    "median_session_seconds", "bounce_rate")
+                    "users_estimated", "median_session_seconds", "bounce_rate")
 
 
 def revision_columns(query):

@@ -108,7 +108,8 @@ class Figures:
         return {
             "screen_views": self.views,
             "users": self.people.count(),
-            "users_estimated": self.people.estimated,
+            # identified_users are some of users: an estimate only when users are one too.
+            "users_estimated": self.people.estimated or self.identified.estimated,
             "identified_users": self.identified.count(),
             "sessions": sessions,
             "avg_session_seconds": round(self.duration_sum / sessions, 2) if sessions else None,
@@ -189,7 +190,8 @@ def experience(store, query, experience_id):
         **total.document(),
         "screens": len(screens),
         "top_screens": [{"id": screen, "name": names.get((experience_id, screen)),
-                         "views": views, "users": people.count()}
+                         "views": views, "users": people.count(),
+                         "users_estimated": people.estimated}
                         for screen, (views, people) in top],
         "points": _points(query, hour_rows),
     }
@@ -205,7 +207,9 @@ def _points(query, hour_rows):
     for start, point in zip(edges, figures):
         document = point.document()
         points.append({"time": _label(start, query), "screen_views": document["screen_views"],
-                       "users": document["users"], "sessions": document["sessions"],
+                       "users": document["users"],
+                       "users_estimated": document["users_estimated"],
+                       "sessions": document["sessions"],
                        "avg_session_seconds": document["avg_session_seconds"]})
     return points
 
@@ -237,10 +241,11 @@ def _range(query):
             "tz": query.tz_name}
 
 
-CSV_COLUMNS = ("experienceID", "name", "screen_views", "users", "identified_users",
-               "sessions", "avg_session_seconds", "median_session_seconds",
+CSV_COLUMNS = ("experienceID", "name", "screen_views", "users", "users_estimated",
+               "identified_users", "sessions", "avg_session_seconds", "median_session_seconds",
                "screens_per_session", "bounce_rate")
-POINT_COLUMNS = ("time", "screen_views", "users", "sessions", "avg_session_seconds")
+POINT_COLUMNS = ("time", "screen_views", "users", "users_estimated", "sessions",
+                 "avg_session_seconds")
 
 
 def csv_rows(documents, columns):

@@ -8,7 +8,7 @@ import collections
 import datetime
 import math
 
-from storage.views.sketches import duration_bucket, person_key
+from storage.views.sketches import EXACT_LIMIT, duration_bucket, person_key
 
 
 def sessions_of(moments, timeout):
@@ -193,7 +193,8 @@ def flow(views, timeout, start, end, people, experience, revision=None, goal=Non
                 and start <= view.moment < end
                 and (revision is None or view.revision == revision)]
     persons = {people.of(view) for view in in_range}
-    result = {"sessions": total, "users": len(persons), "screens": screens,
+    result = {"sessions": total, "users": len(persons),
+              "users_estimated": len(persons) > EXACT_LIMIT, "screens": screens,
               "paths": sorted(({"from": source, "to": target, "moves": count}
                                for (source, target), count in moves.items()),
                               key=lambda p: (-p["moves"], p["from"], p["to"] or ""))}
@@ -202,7 +203,8 @@ def flow(views, timeout, start, end, people, experience, revision=None, goal=Non
         most = min(((-count, screen) for screen, count in left.items()), default=None)
         result["goal"] = {
             "sessions": reach[goal], "session_rate": ratio(reach[goal], total),
-            "users": len(reached), "user_rate": ratio(len(reached), len(persons)),
+            "users": len(reached), "users_estimated": len(reached) > EXACT_LIMIT,
+            "user_rate": ratio(len(reached), len(persons)),
             "median_seconds_to_goal": quantile(to_reach[goal], 1, 2),
             "p90_seconds_to_goal": quantile(to_reach[goal], 9, 10),
             "most_left_from": None if most is None else {"id": most[1], "sessions": -most[0]}}
@@ -213,7 +215,7 @@ def flow_without_names(document):
     """A flow document as flow() gives it: the screens' and the goal's names left out (they
     are the generator's "Screen <n>", checked here), and no goal key without a goal."""
     document = {key: value for key, value in document.items()
-                if key in ("sessions", "users", "screens", "paths", "goal")}
+                if key in ("sessions", "users", "users_estimated", "screens", "paths", "goal")}
     document["screens"] = [dict(screen) for screen in document["screens"]]
     for screen in document["screens"]:
         assert screen.pop("name") == f"Screen {screen['id'].split('-')[1]}"

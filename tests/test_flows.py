@@ -22,6 +22,7 @@ from test_overview import (END, RECEIVED, TIMEOUT, UTC, count, counted_in_order_
 from worker import overview as overview_module
 from worker.flows import add_session, extend_session
 from storage.views.overview_store import MAX_INSTALLS_PER_USER
+from storage.views.sketches import EXACT_LIMIT
 
 QUERIES = [
     {},  # the last 30 days
@@ -118,12 +119,13 @@ def test_revisions_side_by_side_equal_the_ledger(tmp_path, traffic):
             reached = sum(any(screen == "screen-3" for _, screen, _ in session)
                           for session in mine)
             durations = [session[-1][0] - session[0][0] for session in mine]
+            persons = {people.of(view) for view in views}
             documents.append({
                 "revision": revision,
                 "first_seen": min(view.moment for view in views),
                 "last_seen": max(view.moment for view in views),
                 "screen_views": len(views), "sessions": len(mine),
-                "users": len({people.of(view) for view in views}),
+                "users": len(persons), "users_estimated": len(persons) > EXACT_LIMIT,
                 "median_session_seconds": ref.quantile(durations, 1, 2),
                 "bounce_rate": round(sum(len(s) == 1 for s in mine) / len(mine), 4),
                 "goal_sessions": reached, "completion_rate": round(reached / len(mine), 4)})

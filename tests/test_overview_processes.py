@@ -202,11 +202,13 @@ def test_bad_queries_are_named_and_csv_is_served(supervisor):
     assert sessions == sorted(sessions, reverse=True)
     status, text = get(sup.port, "/experiences", format="csv")
     lines = text.decode().splitlines()
-    assert status == 200 and lines[0].startswith("experienceID,name,screen_views,users")
+    assert status == 200 and lines[0].startswith(
+        "experienceID,name,screen_views,users,users_estimated,identified_users")
     assert len(lines) == 1 + 3
+    assert {line.split(",")[4] for line in lines[1:]} == {"false"}  # as JSON spells it
     status, text = get(sup.port, "/experiences/1", format="csv", step="day")
     lines = text.decode().splitlines()
-    assert lines[0] == "time,screen_views,users,sessions,avg_session_seconds"
+    assert lines[0] == "time,screen_views,users,users_estimated,sessions,avg_session_seconds"
     assert sum(int(line.split(",")[1]) for line in lines[1:]) == sum(
         view.experience == 1 for view in traffic.views)
     status, text = get(sup.port, "/experiences/1/flow", format="csv")
@@ -218,6 +220,7 @@ def test_bad_queries_are_named_and_csv_is_served(supervisor):
     status, text = get(sup.port, "/experiences/1/revisions", format="csv", goal="screen-2")
     lines = text.decode().splitlines()
     assert status == 200 and lines[0] == ("revision,first_seen,last_seen,screen_views,sessions,"
-                                          "users,median_session_seconds,bounce_rate,"
+                                          "users,users_estimated,median_session_seconds,"
+                                          "bounce_rate,"
                                           "goal_sessions,completion_rate")
     assert sum(int(line.split(",")[4]) for line in lines[1:]) == flow["sessions"]

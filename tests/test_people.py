@@ -14,7 +14,10 @@ from hypothesis import given, settings, strategies as st
 import overview_reference as ref
 from bench import traffic as generator
 from storage.views.sketches import EXACT_LIMIT, person_key
-from test_overview import END, QUERIES, TIMEOUT, answers, check_against_ledger, count, ingest
+from app import flow_query, overview_query
+from storage.views.overview_store import OverviewReader
+from test_overview import (END, QUERIES, RECEIVED, TIMEOUT, UTC, answers, check_against_ledger,
+                           count, ingest)
 from worker import overview as overview_module
 from worker.people import person_of
 
@@ -215,6 +218,50 @@ def test_people_counted_again_past_the_exact_limit_are_exact_again(tmp_path):
     assert (item["users"], item["identified_users"], item["users_estimated"]) == (
         750, 750, False)
     assert 750 < EXACT_LIMIT
+
+
+
+def estimated(root, goal):
+    """Whether each count of people the overview, the flow (with `goal`) and the revisions
+    answer is an estimate: {where: users_estimated}, and each agrees with its users."""
+    reader = OverviewReader(root)
+    now = datetime.datetime.fromtimestamp(RECEIVED, UTC)
+    span = {"from": START.isoformat(), "to": (START + datetime.timedelta(hours=2)).isoformat()}
+    one = overview_query.experience(reader, overview_query.parse({**span, "step": "hour"}, now), 1)
+    flow_query_ = flow_query.parse({**span, "goal": goal}, now)
+    flow = flow_query.flow(reader, flow_query_, 1)
+    [revision] = flow_query.revisions(reader, flow_query_, 1)["revisions"]
+    counts = {"experience": one, "flow": flow, "goal": flow["goal"], "revision": revision,
+              **{f"screen {screen['id']}": screen for screen in one["top_screens"]},
+              **{f"point {point['time'][11:16]}": point for point in one["points"]}}
+    for where, document in counts.items():
+        # Exact counts never pass the limit; estimates here are of 1,200 or 1,500 people.
+        assert (document["users"] > EXACT_LIMIT) == document["users_estimated"], where
+    return {where: document["users_estimated"] for where, document in counts.items()}
+
+
+def test_every_count_of_people_says_whether_it_is_an_estimate(tmp_path):
+    """`users_estimated` beside every `users`: the experience's, its top screens', its
+    points', its flow's, a goal's, a revision's. 1,500 installs view s1, 1,200 of them in the
+    first hour; one in three views s2 (500). Then they log in, three installs a person: 500
+    people, and every count is exact again."""
+    phones = [Phone() for _ in range(1500)]
+    batches = []
+    for number, phone in enumerate(phones):
+        minutes = 5 if number < 1200 else 65
+        batches.append(phone.view(minutes))
+        if number % 3 == 0:
+            batches.append(phone.view(minutes + 1, screen="s2"))
+    ingest(tmp_path, batches)
+    count(tmp_path, session_timeout=TIMEOUT)
+    for goal in ("s1", "s2"):
+        assert estimated(tmp_path, goal) == {
+            "experience": True, "flow": True, "goal": goal == "s1", "revision": True,
+            "screen s1": True, "screen s2": False, "point 06:00": True, "point 07:00": False}
+    ingest(tmp_path, [phone.identify(70, f"u{number // 3}")
+                      for number, phone in enumerate(phones)])
+    count(tmp_path, session_timeout=TIMEOUT)
+    assert set(estimated(tmp_path, "s1").values()) == {False}
 
 
 # Any events, in any order, in any commits: the reference's people.
