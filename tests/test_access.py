@@ -24,7 +24,7 @@ from reference import caught_up
 from sdk_client import SimulatedSdks
 from bench.sdk_shapes import mixed_batch
 from test_dashboard import CHROMIUM, chromium, screenshot
-from test_read_api import assert_matches_spec
+from test_read_api import OPENAPI, assert_matches_spec
 from app.access import Access, Grant, Tokens, digest
 from app.admission import Admission, Busy
 
@@ -45,7 +45,15 @@ def sdk_body():
 
 WRITES = [("/event", {"experienceID": 1}), ("/ingest-api", {"experienceID": 1}),
           ("/batch", {"batch": [{"experienceID": 1}]}), ("/batch?apiVersion=2", None)]
-READS = ["/counts", "/counts/1", "/stats", "/series", "/counts?from=2026-01-01T00:00Z&to=2026-01-01T01:00Z"]
+# Which routes need a token, and which are open, as the API's document declares them
+# (`security`): the tests below hold the server to it, so the two cannot drift apart.
+GUARDED = {(method, path) for path, operations in OPENAPI["paths"].items()
+           for method, operation in operations.items() if "security" in operation}
+# Each guarded read as (the document's path, a path to ask).
+READS = [(path, path.replace("{experience_id}", "1")) for method, path in sorted(GUARDED)
+         if method == "get"] + [("/counts", "/counts?from=2026-01-01T00:00Z&to=2026-01-01T01:00Z")]
+OPEN_READS = sorted(path for path, operations in OPENAPI["paths"].items()
+                    if "get" in operations and ("get", path) not in GUARDED)
 
 
 @pytest.fixture
@@ -59,6 +67,8 @@ def guarded(procs, state_dir):
                                      {"Judo-Access-Token": READ}],
                          ids=["none", "wrong", "empty", "empty bearer", "not bearer", "a read token"])
 def test_a_write_without_a_write_token_is_a_401_and_changes_nothing(guarded, state_dir, headers):
+    assert {("post", path.split("?")[0]) for path, _ in WRITES} == {
+        (method, path) for method, path in GUARDED if method != "get"}
     assert post(guarded.port, {"experienceID": 5})[0] == 401  # (files exist from the start)
     before = files(state_dir)
     for path, body in WRITES:
@@ -81,16 +91,18 @@ def test_a_write_token_in_either_header_is_counted(guarded, state_dir, header):
 
 
 def test_reads_need_a_read_token_and_health_stays_open(guarded):
-    for path in READS:
+    assert {"/experiences/{experience_id}/flow", "/projects"} <= {path for path, _ in READS}
+    for documented, path in READS:
         status, answer = request(guarded.port, "GET", path)
         assert status == 401 and "read token" in answer["error"], path
-        assert_matches_spec(path.split("?")[0].replace("/counts/1", "/counts/{experience_id}"),
-                            "GET", status, answer)
+        assert_matches_spec(documented, "GET", status, answer)
         status, _ = request(guarded.port, "GET", path, headers={"Judo-Access-Token": WRITE})
         assert status == 401, path  # a write token is not a read token
         status, _ = request(guarded.port, "GET", path,
                             headers={"Authorization": f"Bearer {READ}"})
-        assert status in (200, 503), path  # 503: no worker has counted yet
+        # 503: no worker has counted yet; 403: only an admin token lists the projects.
+        assert status in ((403,) if path == "/projects" else (200, 503)), path
+    assert OPEN_READS == ["/", "/healthz", "/healthz/ingest", "/openapi.json"]
     for path in ("/healthz/ingest", "/openapi.json"):
         assert request(guarded.port, "GET", path)[0] == 200
     assert request(guarded.port, "GET", "/healthz")[0] == 503  # open: it names the worker
