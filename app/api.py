@@ -199,7 +199,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         log's bytes and positions, every project's SDK totals) are for those who may read
         every project."""
         grant = authorized("read")
-        asked = request.query.get("project")
+        asked = request.query.get("project") or None  # empty: as absent
         if grant.admin:
             if asked is None or asked == DEFAULT_NAME:
                 return "", True
@@ -376,7 +376,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         if not engine_wide:
             position = {}  # where the log stands tells of every project's events
         top = params.get("top")
-        if top is None:
+        if not top:  # absent, or empty: as absent
             items = sorted(checkpoint.counts.items())
         elif top.isascii() and top.isdigit() and 0 < int(top) <= 10**9:
             items = checkpoint.top(int(top))
@@ -408,7 +408,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         params = query_params()
         csv_wanted = wants_csv()
         experience = params.get("experienceID")
-        experience = None if experience is None else parse_experience_id(experience)
+        experience = parse_experience_id(experience) if experience else None
         now = datetime.datetime.now(datetime.timezone.utc)
         try:
             query = series_query.parse(params, now, experience)

@@ -356,6 +356,41 @@ def test_no_parameter_value_makes_a_read_answer_500(system, state_dir):
     assert request(ingest.port, "GET", "/counts?format=")[1]["counts"] == {"1": 1}
 
 
+def comparable(path, status, body):
+    """A read's answer, but for what moves between two asks of it: /stats' ages (its keys
+    are kept), and a range that ends now (its ends are kept to the hour)."""
+    if path == "/stats":
+        return status, sorted(body)
+    if type(body) is dict:
+        body = {**body, **{key: body[key][:13] for key in ("from", "to") if body.get(key)}}
+    return status, body
+
+
+def test_every_query_parameter_given_empty_is_taken_as_absent(system, state_dir):
+    """As the document says (info.description): for each query parameter it names, on each
+    read, ?name= answers as the same read without it."""
+    ingest, _ = system
+    post(ingest.port, {"batch": [{"experienceID": 1}, {"experienceID": 2}]})
+    settle(state_dir)
+    wait_for(lambda: request(ingest.port, "GET", "/experiences")[0] == 200,
+             what="the overview's store to answer")
+    asked = 0
+    for path, operations in OPENAPI["paths"].items():
+        for parameter in operations.get("get", {}).get("parameters", []):
+            if parameter["in"] != "query":
+                continue
+            concrete = path.replace("{experience_id}", "1")
+            without = comparable(path, *request(ingest.port, "GET", concrete))
+            empty = comparable(path, *request(ingest.port, "GET",
+                                              f"{concrete}?{parameter['name']}="))
+            assert empty == without, (path, parameter["name"])
+            asked += 1
+    assert asked >= 40
+    status, answer = post(ingest.port, {"batch": [{"experienceID": 3}]},
+                          path="/batch?apiVersion=")
+    assert (status, answer) == (202, {"accepted": 1}), answer
+
+
 def test_an_unexpected_error_is_a_json_500_and_its_traceback_is_in_the_ingest_log(
         tmp_path, caplog):
     log = EventLog(tmp_path / "data1")
