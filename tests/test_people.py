@@ -220,7 +220,6 @@ def test_people_counted_again_past_the_exact_limit_are_exact_again(tmp_path):
     assert 750 < EXACT_LIMIT
 
 
-
 def estimated(root, goal):
     """Whether each count of people the overview, the flow (with `goal`) and the revisions
     answer is an estimate: {where: users_estimated}, and each agrees with its users."""
@@ -228,9 +227,9 @@ def estimated(root, goal):
     now = datetime.datetime.fromtimestamp(RECEIVED, UTC)
     span = {"from": START.isoformat(), "to": (START + datetime.timedelta(hours=2)).isoformat()}
     one = overview_query.experience(reader, overview_query.parse({**span, "step": "hour"}, now), 1)
-    flow_query_ = flow_query.parse({**span, "goal": goal}, now)
-    flow = flow_query.flow(reader, flow_query_, 1)
-    [revision] = flow_query.revisions(reader, flow_query_, 1)["revisions"]
+    query = flow_query.parse({**span, "goal": goal}, now)
+    flow = flow_query.flow(reader, query, 1)
+    [revision] = flow_query.revisions(reader, query, 1)["revisions"]
     counts = {"experience": one, "flow": flow, "goal": flow["goal"], "revision": revision,
               **{f"screen {screen['id']}": screen for screen in one["top_screens"]},
               **{f"point {point['time'][11:16]}": point for point in one["points"]}}
