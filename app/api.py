@@ -112,9 +112,10 @@ def wants_csv():
 
 
 def query_params():
-    """The query string as a dict. A '+' in an unencoded offset (from=...T10:00+01:00)
-    arrives as a space, as form encoding says; it is put back."""
-    params = {key: request.query.get(key) for key in request.query}
+    """The query string as a dict, without the parameters given empty (?top=): the API takes
+    those as absent, as its document says. A '+' in an unencoded offset
+    (from=...T10:00+01:00) arrives as a space, as form encoding says; it is put back."""
+    params = {key: value for key in request.query if (value := request.query.get(key))}
     for key in ("from", "to"):
         if params.get(key):
             params[key] = re.sub(r" (\d\d:?\d\d)$", r"+\1", params[key].strip())
@@ -376,7 +377,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         if not engine_wide:
             position = {}  # where the log stands tells of every project's events
         top = params.get("top")
-        if not top:  # absent, or empty: as absent
+        if top is None:
             items = sorted(checkpoint.counts.items())
         elif top.isascii() and top.isdigit() and 0 < int(top) <= 10**9:
             items = checkpoint.top(int(top))
@@ -408,7 +409,7 @@ def make_app(eventlog, reads, minute_retention=48 * 3600, access=None, admission
         params = query_params()
         csv_wanted = wants_csv()
         experience = params.get("experienceID")
-        experience = parse_experience_id(experience) if experience else None
+        experience = None if experience is None else parse_experience_id(experience)
         now = datetime.datetime.now(datetime.timezone.utc)
         try:
             query = series_query.parse(params, now, experience)

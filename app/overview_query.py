@@ -62,7 +62,7 @@ def parse(params, now):
     sort = params.get("sort") or "users"
     if sort not in SORTS:
         raise BadQuery(f"sort must be one of {', '.join(SORTS)}, got {sort!r}")
-    top = params.get("top") or None  # empty: as absent
+    top = params.get("top")
     if top is not None:
         if not (top.isascii() and top.isdigit() and 0 < int(top) <= 1_000_000):
             raise BadQuery(f"top must be a positive integer, got {top!r}")
