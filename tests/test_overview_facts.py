@@ -4,8 +4,12 @@ whatever the commits' boundaries, the arrival order and the lateness."""
 
 import collections
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import overview_reference as ref
 from bench import traffic as generator
@@ -161,6 +165,67 @@ def test_a_late_view_joins_two_sessions_into_one(tmp_path):
         experience_figures(counter.store, 0, 2**40).values()
     assert (sessions, duration_sum, bounces) == (1, 2 * TIMEOUT, 0)
     counter.close()
+
+
+def stored_sessions(commits, timeout):
+    """The session table of a FactStore given `commits` in turn, each a list of views
+    (install, moment, screen id, revision id) of experience 1: sorted rows (install, first,
+    last, views, its first view's revision id and screen id)."""
+    with tempfile.TemporaryDirectory() as folder:
+        store = FactStore(Path(folder) / "overview.duckdb")
+        store.open(timeout)
+        for position, commit in enumerate(commits, 1):
+            batch = store.batch()
+            for device, moment, screen_id, revision in commit:
+                for column, value in zip(
+                        (batch.experience, batch.device, batch.carried, batch.moment,
+                         batch.screen, batch.revision),
+                        (1, device, 0, moment, store.code(screen_id), store.code(revision))):
+                    column.append(value)
+            store.commit(batch, b"test", position, position)
+        stored = sorted(store.db.execute(
+            "SELECT s.device, s.first, s.last, s.views, r.text, f.text FROM session AS s "
+            "JOIN text AS r ON r.code = s.began_on JOIN text AS f ON f.code = s.first_screen"
+        ).fetchall())
+        store.close()
+    return stored
+
+
+def sessions_by_rule(views, timeout):
+    """The same rows from every view at once, the obvious way: each install's views sorted
+    by (moment, screen id, revision id), parted where a gap is longer than the timeout."""
+    sessions = []
+    for device, moment, screen_id, revision in sorted(views):
+        if sessions and sessions[-1][0] == device and moment - sessions[-1][2] <= timeout:
+            sessions[-1][2], sessions[-1][3] = moment, sessions[-1][3] + 1
+        else:
+            sessions.append([device, moment, moment, 1, revision, screen_id])
+    return [tuple(session) for session in sessions]
+
+
+@settings(max_examples=150, deadline=None)
+@given(views=st.lists(st.tuples(st.integers(0, 1), st.integers(0, 30), st.sampled_from("abc"),
+                                st.sampled_from(["r0", "r1", "r2"])), min_size=1, max_size=40),
+       cuts=st.lists(st.integers(0, 40), max_size=6), order=st.randoms(use_true_random=False))
+def test_the_sessions_stored_are_those_of_all_the_views_however_they_came(views, cuts, order):
+    """A commit merges its views with the stored sessions they can join, reading none of
+    their views: the session table must still equal the sessions of every view at once, by
+    the rule (a gap longer than the timeout parts two; the first view by moment, screen id
+    and revision id gives the revision and screen), whatever the commits' boundaries and
+    order. Moments within a few timeouts, so that late views join, extend and bridge."""
+    commits = [views[start:end] for start, end in
+               zip([0, *sorted(cuts)], [*sorted(cuts), len(views)]) if end > start]
+    order.shuffle(commits)
+    assert stored_sessions(commits, 5) == sessions_by_rule(views, 5)
+
+
+def test_a_session_reaches_its_last_view_whatever_lands_inside_it():
+    """A late view inside a stored session (3, within 0 to 20) is not where the session has
+    reached: a view 6 after it but 2 after the session's last (22) still joins it."""
+    stored = [(0, moment, "a", "r0") for moment in (0, 5, 10, 15, 20)]
+    late = [(0, 3, "a", "r0"), (0, 22, "a", "r0")]
+    assert stored_sessions([stored, late], 5) == sessions_by_rule(stored + late, 5) == [
+        (0, 0, 22, 7, "r0", "a")]
 
 
 def test_a_user_linked_from_too_many_installs_links_none(tmp_path, caplog):

@@ -9,7 +9,7 @@ It is derived from the SDK events as sent, and stands at a position of its own i
 overview.sqlite3 does: an offset in data1.details on one machine, a stream sequence in
 cluster mode (a store per partition).
 
-Format (version 1), a DuckDB database. Times are Unix seconds, device time.
+Format (version 2), a DuckDB database. Times are Unix seconds, device time.
 
     fact      (experience, moment, device, carried, screen, revision): one row per screen
               view counted, each once: the experience's key (derived_store.ExperienceKeys),
@@ -22,10 +22,11 @@ Format (version 1), a DuckDB database. Times are Unix seconds, device time.
               first link is the least of its rows
     person    (device, person): each linked install's person, the userID key its views
               count as when they carry none (worker/people.py's rule)
-    session   (experience, device, first, last, views, began_on): every session of every
-              install (worker/sessions.py's rule: the maximal runs of an install's views of
-              an experience with no gap longer than the timeout), its first and last
-              moment, how many views, the revision code of its first view
+    session   (experience, device, first, last, views, began_on, first_screen): every
+              session of every install (worker/sessions.py's rule: the maximal runs of an
+              install's views of an experience with no gap longer than the timeout), its
+              first and last moment, how many views, the revision and screen codes of its
+              first view
     name      (experience, screen, moment, name): names as seen, a row per commit and name
               with its latest moment; the latest by (moment, name) is the name
     experience_key  as in the other derived stores
@@ -36,8 +37,8 @@ Invariants, true at every commit because everything changes in one DuckDB transa
 
     fact      == the screen views before position in the source, each once
     session   == the sessions of fact's views by the rule, with the store's session_timeout:
-              a commit recomputes the sessions of every (experience, install) it adds views
-              to, from all their views, whatever order and however late they came
+              a commit merges its views with the sessions they can join (sessions_of),
+              whatever order and however late they came
     link      holds every link before position
     person    == the rule applied to link: a commit works it out again for every install
               linked to a user its links name
@@ -64,7 +65,7 @@ from storage.views.overview_store import (MAX_INSTALLS_PER_USER, MAX_POSITION, W
 from storage.views.sketches import EXACT_DURATION_BELOW, encode_distinct, encode_histogram
 from storage.views.derived_store import utc_now
 
-VERSION = 1
+VERSION = 2  # 2: session.first_screen, so that a commit need not read a session's views
 # DuckDB's own memory (its cache of the store's blocks, and what a query holds), past which it
 # evicts blocks and spills to disk (overview.duckdb.tmp/, its own): by default 80 % of the
 # machine's, so a worker's memory would grow with its store. On the bench's backlog (2 M
@@ -79,7 +80,7 @@ CREATE TABLE link (device BIGINT NOT NULL, user_key BIGINT NOT NULL, moment BIGI
 CREATE TABLE person (device BIGINT NOT NULL, person BIGINT NOT NULL);
 CREATE TABLE session (experience BIGINT NOT NULL, device BIGINT NOT NULL,
     first BIGINT NOT NULL, last BIGINT NOT NULL, views BIGINT NOT NULL,
-    began_on INTEGER NOT NULL);
+    began_on INTEGER NOT NULL, first_screen INTEGER NOT NULL);
 CREATE TABLE name (experience BIGINT NOT NULL, screen VARCHAR NOT NULL,
     moment BIGINT NOT NULL, name VARCHAR NOT NULL);
 CREATE TABLE experience_key (key INTEGER NOT NULL, project VARCHAR NOT NULL,
@@ -92,35 +93,53 @@ CREATE TABLE state (version INTEGER NOT NULL, session_timeout INTEGER NOT NULL,
 OverviewState = collections.namedtuple(
     "OverviewState", "session_timeout source position log_end events set_aside")
 
-# The views of the (experience, device) pairs in `touched`, all of them: a commit works out
-# their sessions again (sessions_of).
-_TOUCHED_VIEWS = """
-SELECT experience, device, moment, screen, revision FROM fact AS f
-SEMI JOIN touched AS t ON f.experience = t.experience AND f.device = t.device
-"""
+# The stored sessions (s) that a commit's views of an (experience, device) pair, from `lo` to
+# `hi` (t: a row of `touched`), can join: those within the timeout of them. Any other keeps
+# its gap of more than the timeout to them, and so its views and its boundaries.
+_NEAR = ("s.experience = t.experience AND s.device = t.device "
+         "AND s.last >= t.lo - $timeout AND s.first <= t.hi + $timeout")
 
 
-def sessions_of(views, timeout, ranks):
+def sessions_of(views, timeout, ranks, sessions=None):
     """The session table's rows (columns, as arrays) of `views` (columns experience, device,
-    moment, screen and revision code, as arrays): every view of each (experience, device)
-    pair they hold. A view begins a session when it is its pair's first, or more than
-    `timeout` after the view before; a session begins on the revision of its first view by
-    (moment, screen id, revision id), worker/sessions.py's order within a second, which
-    `ranks` (a code's place among the texts) gives. Views of one second are never parted:
-    their gap is 0."""
-    experience, device, moment = views["experience"], views["device"], views["moment"]
-    revision = views["revision"]
-    order = numpy.lexsort((ranks[revision], ranks[views["screen"]], moment, device,
-                           experience))
-    experience, device, moment = experience[order], device[order], moment[order]
-    begins = numpy.ones(len(order), bool)
-    begins[1:] = ((experience[1:] != experience[:-1]) | (device[1:] != device[:-1])
-                  | (moment[1:] - moment[:-1] > timeout))
+    moment, screen and revision code, as arrays) merged with `sessions` (the table's
+    columns): the stored sessions of their (experience, device) pairs that they can join.
+
+    A view begins a session when it is its pair's first, or more than `timeout` after the
+    latest moment before it (a stored session stands for its views: its moments run from
+    first to last, with no gap longer than the timeout between them). A session begins on
+    the revision of its first view by (moment, screen id, revision id), worker/sessions.py's
+    order within a second, which `ranks` (a code's place among the texts) gives. Views of
+    one second are never parted: their gap is 0. So a commit reads none of the views of the
+    sessions it extends, which grow with an install's use."""
+    parts = [(views["experience"], views["device"], views["moment"], views["moment"],
+              numpy.ones(len(views["moment"]), numpy.int64), views["screen"],
+              views["revision"])]
+    if sessions is not None:
+        parts.append((sessions["experience"], sessions["device"], sessions["first"],
+                      sessions["last"], sessions["views"], sessions["first_screen"],
+                      sessions["began_on"]))
+    experience, device, start, end, count, screen, revision = (
+        numpy.concatenate(column) for column in zip(*parts))
+    order = numpy.lexsort((ranks[revision], ranks[screen], start, device, experience))
+    experience, device, start, end, count, screen, revision = (
+        column[order] for column in (experience, device, start, end, count, screen, revision))
+    new_pair = numpy.ones(len(order), bool)
+    new_pair[1:] = (experience[1:] != experience[:-1]) | (device[1:] != device[:-1])
+    # The latest moment reached within its pair up to each item (a session's last is not
+    # its next item's): one running maximum for every pair at once, over the ends' ranks
+    # offset by the pair's place, so that a pair's start is above all before it.
+    moments, rank = numpy.unique(end, return_inverse=True)
+    pair = numpy.cumsum(new_pair) - 1
+    reached = moments[numpy.maximum.accumulate(pair * len(moments) + rank) % len(moments)]
+    begins = new_pair.copy()
+    begins[1:] |= start[1:] - reached[:-1] > timeout
     first = numpy.flatnonzero(begins)
     last = numpy.append(first[1:], len(order)) - 1
     return {"experience": experience[first], "device": device[first],
-            "first": moment[first], "last": moment[last], "views": last - first + 1,
-            "began_on": revision[order[first]]}
+            "first": start[first], "last": reached[last],
+            "views": numpy.add.reduceat(count, first), "began_on": revision[first],
+            "first_screen": screen[first]}
 
 
 # The person of each install in the table relinked: the user of its first link by device
@@ -276,14 +295,18 @@ class FactStore:
                     try:
                         db.execute(f"INSERT INTO fact SELECT {', '.join(facts)} FROM "
                                    "batch_facts")
-                        db.execute("CREATE TEMP TABLE touched AS SELECT DISTINCT experience, "
-                                   "device FROM batch_facts")
+                        db.execute("CREATE TEMP TABLE touched AS SELECT experience, device, "
+                                   "min(moment) AS lo, max(moment) AS hi FROM batch_facts "
+                                   "GROUP BY experience, device")
                     finally:
                         db.unregister("batch_facts")
-                    db.execute("DELETE FROM session AS s USING touched AS t WHERE "
-                               "s.experience = t.experience AND s.device = t.device")
-                    _append(db, "session", **sessions_of(db.execute(_TOUCHED_VIEWS).fetchnumpy(),
-                                                         self.timeout, self._text_ranks()))
+                    near = {"timeout": self.timeout}
+                    joined = db.execute("SELECT s.* FROM session AS s SEMI JOIN touched AS t "
+                                        f"ON {_NEAR}", near).fetchnumpy()
+                    db.execute(f"DELETE FROM session AS s USING touched AS t WHERE {_NEAR}",
+                               near)
+                    _append(db, "session", **sessions_of(facts, self.timeout,
+                                                         self._text_ranks(), joined))
                     db.execute("DROP TABLE touched")
                 crowding = 0
                 if batch.links:
