@@ -10,7 +10,9 @@ across machines; the absolute rates are printed too. Needs wrk (apt-get install 
                                     public Node.js implementations, when present),
                                     cluster (bench/cluster.py), takeover
                                     (bench/takeover.py), projects (bench/projects.py),
-                                    seen (bench/seen.py: the dedupe at a cluster partition)
+                                    seen (bench/seen.py: the dedupe at a cluster partition),
+                                    sessions (bench/sessions.py: commits into overview.duckdb
+                                    as its sessions grow)
     python -m bench soak            ten minutes of SDK traffic on the whole engine at 80 % of
                                     the ingest's capacity, on one machine and then on the
                                     local cluster (bench/soak.py); only when named
@@ -42,6 +44,8 @@ from bench.sdk import bench_sdk
 from bench.sdk import rows as sdk_rows
 from bench.seen import bench_seen
 from bench.seen import rows as seen_rows
+from bench.sessions import bench_sessions
+from bench.sessions import rows as sessions_rows
 from bench.soak import bench_soak
 from bench.soak import rows as soak_rows
 from bench.takeover import bench_takeover
@@ -354,12 +358,13 @@ def print_table(results):
             print(f"{label:<{width}}  {fmt.format(results[key])}")
     for label, value in (overview_rows(results) + sdk_rows(results) + node_rows(results)
                          + cluster_rows(results) + takeover_rows(results)
-                         + projects_rows(results) + seen_rows(results) + soak_rows(results)):
+                         + projects_rows(results) + seen_rows(results) + sessions_rows(results)
+                         + soak_rows(results)):
         print(f"{label:<{width}}  {value}")
 
 
 PARTS = ("ingest", "batch", "catchup", "series", "checkpoint", "sdk", "node", "cluster",
-         "overview", "takeover", "projects", "seen")
+         "overview", "takeover", "projects", "seen", "sessions")
 # Run only when named: ten minutes of traffic.
 NAMED_ONLY = ("soak",)
 
@@ -396,6 +401,8 @@ def main(argv):
         results.update(bench_projects(seconds))
     if "seen" in parts:
         results.update(bench_seen())
+    if "sessions" in parts:
+        results.update(bench_sessions())
     if "soak" in parts:
         results.update(bench_soak())
     print_table(results)
