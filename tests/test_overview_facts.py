@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import duckdb
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -352,6 +353,22 @@ def test_a_damaged_store_is_set_aside_and_counted_again(tmp_path, traffic, caplo
         damaged.write(os.urandom(16384))
     count(tmp_path, session_timeout=TIMEOUT, overview_store="duckdb")
     assert "OVERVIEW REJECTED: overview.duckdb is unusable" in caplog.text
+    assert [aside.name[:len("overview.duckdb.bad-")] for aside in tmp_path.iterdir()
+            if ".bad-" in aside.name] == ["overview.duckdb.bad-"]
+    assert facts_documents(tmp_path) == counted
+
+
+def test_a_store_of_the_format_before_is_set_aside_and_counted_again(tmp_path, traffic,
+                                                                     caplog):
+    """Version 1 kept no first_screen: its sessions cannot be merged with new views."""
+    ingest(tmp_path, traffic.batches)
+    count(tmp_path, session_timeout=TIMEOUT, overview_store="duckdb")
+    counted = facts_documents(tmp_path)
+    with duckdb.connect(str(Layout(tmp_path).overview_facts)) as db:
+        db.execute("ALTER TABLE session DROP COLUMN first_screen")
+        db.execute("UPDATE state SET version = 1")
+    count(tmp_path, session_timeout=TIMEOUT, overview_store="duckdb")
+    assert "format version 1, not 2" in caplog.text
     assert [aside.name[:len("overview.duckdb.bad-")] for aside in tmp_path.iterdir()
             if ".bad-" in aside.name] == ["overview.duckdb.bad-"]
     assert facts_documents(tmp_path) == counted
