@@ -126,9 +126,10 @@ def sessions_of(views, timeout, ranks, sessions=None):
         column[order] for column in (experience, device, start, end, count, screen, revision))
     new_pair = numpy.ones(len(order), bool)
     new_pair[1:] = (experience[1:] != experience[:-1]) | (device[1:] != device[:-1])
-    # The latest moment reached within its pair up to each item (a session's last is not
-    # its next item's): one running maximum for every pair at once, over the ends' ranks
-    # offset by the pair's place, so that a pair's start is above all before it.
+    # The latest moment reached within its pair up to each item (a stored session's last,
+    # not the start of the view just before, when views landed inside it): one running
+    # maximum for every pair at once, over the ends' ranks offset by the pair's place, so
+    # that each pair's values are above every earlier pair's and none carries over.
     moments, rank = numpy.unique(end, return_inverse=True)
     pair = numpy.cumsum(new_pair) - 1
     reached = moments[numpy.maximum.accumulate(pair * len(moments) + rank) % len(moments)]
