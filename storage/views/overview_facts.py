@@ -275,9 +275,9 @@ class FactStore:
 
     def commit(self, batch, source, position, log_end):
         """Add `batch` and move the position, in one transaction: the facts, links and
-        names appended, and the sessions of every (experience, install) it has views of
-        computed again from all their views. Returns how many users its links made
-        crowded (linked from more than MAX_INSTALLS_PER_USER installs)."""
+        names appended, and its views merged with the stored sessions they can join
+        (sessions_of). Returns how many users its links made crowded (linked from more than
+        MAX_INSTALLS_PER_USER installs)."""
         try:
             with self._transaction() as db:
                 self.keys.write_new(_Rows(db))
