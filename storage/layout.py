@@ -36,7 +36,7 @@
                       storage/views/overview_store.py    the operator
                       (set aside)
     overview.duckdb (and its .wal; and overview.duckdb.tmp/, DuckDB's while a query passes
-                      its MEMORY_LIMIT), instead of overview.sqlite3 with
+                      the MEMORY_LIMIT of the folder's stores), instead of overview.sqlite3 with
                       MINI_ANALYTICS_OVERVIEW_STORE=duckdb
                       storage/views/overview_facts.py    storage/views/overview_facts.py
                       (worker: worker/overview.py)       (worker: worker/overview_answers.py,
@@ -78,7 +78,9 @@ stores:
                       the partition writes it and answers the ingest's reads of it on the
                       subject mini_analytics.overview.<partition>: app/cluster_readside.py)
     overview-<partition>.duckdb (and its .wal), instead, with MINI_ANALYTICS_OVERVIEW_STORE=duckdb:
-                      the same in overview.duckdb's format, storage/views/overview_facts.py
+                      the same in overview.duckdb's format, storage/views/overview_facts.py;
+                      the worker's stores share one DuckDB, its memory limit and its
+                      overview.duckdb.tmp/
     seen-<partition>.sqlite3 in the worker's state folder: which of the partition's SDK
                       events repeat an earlier one (the dedupe at the partition), with the
                       keys of the last window as sorted runs; storage/views/seen_store.py
@@ -128,6 +130,8 @@ class Layout:
         self.series = self.root / SERIES
         self.overview = self.root / OVERVIEW
         self.overview_facts = self.root / OVERVIEW_FACTS
+        # DuckDB's spill folder, shared by the folder's overview.duckdb stores (one DuckDB).
+        self.overview_facts_spill = self.root / (OVERVIEW_FACTS + TEMP_SUFFIX)
         self.ingest_lock = self.root / INGEST_LOCK
         self.worker_lock = self.root / WORKER_LOCK
         self.worker_socket = self.root / WORKER_SOCKET

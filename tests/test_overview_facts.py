@@ -4,6 +4,8 @@ whatever the commits' boundaries, the arrival order and the lateness."""
 
 import collections
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -399,6 +401,43 @@ def test_an_event_that_cannot_be_counted_is_set_aside_and_logged(tmp_path, caplo
     assert counter.store.db.execute("SELECT events, set_aside FROM state").fetchone() == (2, 1)
     assert "overview: 1 SDK events in test cannot be counted and are set aside" in caplog.text
     counter.close()
+
+
+def test_the_stores_of_a_folder_share_one_duckdb_each_free_once_closed(tmp_path):
+    """A cluster worker's stores (one a partition) share one DuckDB, and with it one memory
+    limit; each keeps its own file, which closing it frees for another process."""
+    start = 1_790_000_000
+    layout = Layout(tmp_path)
+    counters = {}
+    for views, partition in enumerate(("p1", "p2"), 1):
+        counter = counters[partition] = FactCounter(
+            FactStore(layout.partition_overview_facts(partition)), TIMEOUT, partition)
+        counter.open()
+        read = SdkEvents()
+        read.read([screen("a", start + moment) for moment in range(views)])
+        counter.count(read, b"test", 1, 1)
+    first, second = counters["p1"].store, counters["p2"].store
+    try:
+        attached = first.db.execute("SELECT path FROM duckdb_databases() WHERE path IS NOT "
+                                    "NULL ORDER BY path").fetchall()
+        assert attached == [(str(first.path),), (str(second.path),)]
+        (limit,), = first.db.execute("SELECT current_setting('memory_limit')").fetchall()
+        assert limit == "122.0 MiB"  # MEMORY_LIMIT, 128 MB
+        for store, views in ((first, 1), (second, 2)):  # each connection reads its own store
+            with store.reading() as cursor:
+                assert cursor.execute("SELECT count(*) FROM fact").fetchall() == [(views,)]
+        second.close()
+        another_process = subprocess.run(
+            [sys.executable, "-c", "import sys; from pathlib import Path; "
+             "from storage.views.overview_facts import read_state; "
+             "print(read_state(Path(sys.argv[1])).position)", str(second.path)],
+            capture_output=True, text=True, timeout=120, check=False)
+        assert another_process.stdout == "1\n", another_process.stderr
+        assert first.db.execute("SELECT count(*) FROM fact").fetchall() == [(1,)]
+    finally:
+        for counter in counters.values():
+            counter.close()
+    assert second.set_aside().exists() and not second.path.exists()
 
 
 def experience_figures(store, start, end):

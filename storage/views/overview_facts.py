@@ -52,6 +52,7 @@ through its write-ahead log; docs/benchmarks.md has it through SIGKILLs and powe
 
 import collections
 import contextlib
+import itertools
 import threading
 
 import duckdb
@@ -66,10 +67,12 @@ from storage.views.sketches import EXACT_DURATION_BELOW, encode_distinct, encode
 from storage.views.derived_store import utc_now
 
 VERSION = 2  # 2: session.first_screen, so that a commit need not read a session's views
-# DuckDB's own memory (its cache of the store's blocks, and what a query holds), past which it
-# evicts blocks and spills to disk (overview.duckdb.tmp/, its own): by default 80 % of the
+# DuckDB's own memory (its cache of the stores' blocks, and what a query holds), past which it
+# evicts blocks and spills to disk (Layout.overview_facts_spill): by default 80 % of the
 # machine's, so a worker's memory would grow with its store. On the bench's backlog (2 M
-# events): peak RSS 237 -> 227 MB over the catch-up, its reads 0 to 5 % slower.
+# events): peak RSS 237 -> 227 MB over the catch-up, its reads 0 to 5 % slower. It is a
+# DuckDB instance's, and the stores of a folder share one (_Folder): a cluster worker's, one
+# a partition, would otherwise cache up to it each.
 MEMORY_LIMIT = "128MB"
 
 SCHEMA = """
@@ -192,7 +195,8 @@ class FactStore:
 
     def __init__(self, path):
         self.path = path
-        self.db = None
+        self.db = None  # a connection of its folder's DuckDB, using the store (_Folder)
+        self._alias = None
         self.keys = derived_store.ExperienceKeys()
         self._codes = {}  # text -> code
         self._new_codes = []
@@ -206,8 +210,7 @@ class FactStore:
         trust (then it is closed)."""
         fresh = not self.path.exists()
         try:
-            self.db = duckdb.connect(str(self.path),
-                                     config={"threads": 1, "memory_limit": MEMORY_LIMIT})
+            self.db, self._alias = _Folder.attach(self.path)
             if fresh:
                 with self._transaction() as db:
                     db.execute(SCHEMA)
@@ -369,13 +372,14 @@ class FactStore:
     @contextlib.contextmanager
     def reading(self):
         """A cursor of the store for one read (from any thread), closed after it. Closing
-        the store (or setting it aside) waits for it: DuckDB keeps a database open while a
-        cursor of it is, and a store opened again at the same path would be that one."""
+        the store (or setting it aside) waits for it: it detaches the store, which would
+        end a read still running."""
         with self._reading:
             if self.db is None:
                 raise CorruptOverview(f"{self.path.name} is closed (being set aside?)")
             cursor = self.db.cursor()
             try:
+                cursor.execute(f"USE {self._alias}")  # a new connection uses none
                 yield cursor
             finally:
                 cursor.close()
@@ -383,11 +387,70 @@ class FactStore:
     def close(self):
         with self._reading:
             if self.db is not None:
-                self.db.close()
-                self.db = None
+                _Folder.detach(self.path, self.db, self._alias)
+                self.db = self._alias = None
 
     def _transaction(self):
         return _transaction(self.db)
+
+
+class _Folder:
+    """The DuckDB database instance of a folder's stores, each ATTACHed to it under an alias
+    of its own: DuckDB's MEMORY_LIMIT and its spill folder are an instance's, so a cluster
+    worker's stores (one a partition) share one limit rather than each caching up to its
+    own. Closed when its last store is detached (a closed store's file is free for another
+    process, or for being set aside). Each store keeps its own file and write-ahead log, so
+    a commit is still one store's transaction, atomic as before."""
+
+    _open = {}  # folder -> [the instance's connection, how many stores are attached]
+    _lock = threading.Lock()
+    _aliases = itertools.count()
+
+    @classmethod
+    def attach(cls, path):
+        """(A connection using the store at `path`, its alias), the store attached (created
+        if missing). Raises duckdb.Error if it cannot be (damaged, held by a process)."""
+        with cls._lock:
+            folder = path.parent
+            if folder not in cls._open:
+                cls._open[folder] = [duckdb.connect(":memory:", config={
+                    "threads": 1, "memory_limit": MEMORY_LIMIT,
+                    "temp_directory": str(Layout(folder).overview_facts_spill)}), 0]
+            instance = cls._open[folder]
+            alias = f"store_{next(cls._aliases)}"
+            db = instance[0].cursor()
+            instance[1] += 1
+        attached = None
+        try:
+            db.execute(f"ATTACH '{_sql_text(path)}' AS {alias}")
+            attached = alias
+            db.execute(f"USE {alias}")
+        except BaseException:
+            cls.detach(path, db, attached)
+            raise
+        return db, alias
+
+    @classmethod
+    def detach(cls, path, db, alias):
+        """Detach the store attached as `alias` (None: it was not) and close `db`; the
+        instance with it if it was its folder's last."""
+        try:
+            if alias is not None:
+                db.execute("USE memory")  # the instance's own, which is never detached
+                db.execute(f"DETACH {alias}")
+        finally:
+            db.close()
+            with cls._lock:
+                instance = cls._open[path.parent]
+                instance[1] -= 1
+                if instance[1] == 0:
+                    del cls._open[path.parent]
+                    instance[0].close()
+
+
+def _sql_text(path):
+    """`path` as the text of an SQL string literal."""
+    return str(path).replace("'", "''")
 
 
 def _append(db, table, **columns):
