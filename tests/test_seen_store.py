@@ -17,6 +17,7 @@ from app.validate import SdkEvent
 from bench.sdk_shapes import mixed_batch
 from storage import sorted_runs
 from storage.backend import event_key
+from storage.bloom import key_columns
 from storage.layout import Layout
 from storage.log import details
 from storage.log.details import payload_events
@@ -146,6 +147,27 @@ def test_runs_merge_and_a_reopened_store_finds_what_they_hold(tmp_path, monkeypa
     assert again.open("s") is None
     assert again.repeats_in(21, 30_000, part([keys[5], bytes(16), keys[39]], 3600)) == [0, 2]
     again.close()
+
+
+def test_a_filter_built_again_larger_still_holds_every_key(tmp_path, monkeypatch):
+    """A full filter is built again from the runs, a few blocks at a time: a key it lost
+    would be answered "never seen", and its retry counted twice."""
+    monkeypatch.setattr(seen_store, "MIN_CAPACITY", 8)
+    monkeypatch.setattr(seen_store, "BLOCK", 3)
+    monkeypatch.setattr(seen_store, "GROW_BLOCKS", 2)  # a run given in several chunks
+    store = SeenStore(Layout(tmp_path), tmp_path / "seen-p1.sqlite3")
+    store.open("s")
+    keys = [bytes([n, 9]) * 8 for n in range(60)]
+    capacities = set()
+    for sequence in range(1, 13):  # twelve commits of five new keys each
+        new = keys[5 * sequence - 5:5 * sequence]
+        assert store.repeats_in(sequence, 1000 * sequence, part(new, 3600)) == []
+        store.commit(sequence)
+        capacities.add(store._bloom.capacity)
+    assert len(capacities) >= 3  # grown more than once
+    assert store._bloom.may_hold(key_columns(b"".join(keys))).all()
+    assert store.repeats_in(13, 20_000, part(keys[::7], 3600)) == list(range(len(keys[::7])))
+    store.close()
 
 
 def test_a_store_of_another_stream_or_unreadable_is_set_aside_and_begun_again(tmp_path):

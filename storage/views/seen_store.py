@@ -35,9 +35,10 @@ Design
     * Keys are kept as LevelDB keeps them, and as data1.seen does at the ingest
       (storage/log/seen_index.py): each commit writes its keys as one sorted run, never
       changed after, and runs of similar size are merged (size-tiered:
-      storage/sorted_runs.py, as data1.seen's). A B-tree of the keys themselves, as this store was before, dirties
-      a page of its own for each new key: at 2 M keys it took 49,000 SDK events a
-      CPU-second, and two thirds of a cluster worker's profile in the soak.
+      storage/sorted_runs.py, as data1.seen's). A B-tree of the keys themselves, as this
+      store was before, dirties a page of its own for each new key: at 2 M keys it took
+      49,000 SDK events a CPU-second, and two thirds of a cluster worker's profile in the
+      soak.
     * Lookups ask memory first: a Bloom filter of every run's keys (storage/bloom.py, built
       from the runs when the store opens) answers "never seen" for a new key without
       reading a run. The reader asks it about a whole fetch of messages at once
@@ -91,6 +92,7 @@ SLACK_MS = 3600 * 1000
 PERIOD_MS = 6 * 3600 * 1000  # a run's keys were all stored within one such period
 BLOCK = 512  # keys in a run_block row: a search reads one (12 KB)
 MIN_CAPACITY = 1_000_000  # keys the filter is made for at least (1.5 MB)
+GROW_BLOCKS = 256  # blocks (131,072 keys) a filter built again is given at a time
 
 SCHEMA = """
 CREATE TABLE state (version INTEGER NOT NULL, position INTEGER NOT NULL, source TEXT NOT NULL,
@@ -382,11 +384,13 @@ class SeenStore(derived_store.Writer):
         stored = np.ascontiguousarray(stored_ms[order], dtype="<i8")
         run_id = self.db.execute("INSERT INTO run (period, keys) VALUES (?, ?)",
                                  (period, len(hi))).lastrowid
+        # The blocks made as they are inserted, not listed first: a merge's run holds up to
+        # MAX_RUN keys, and a list of its blocks would be a copy of it all.
         self.db.executemany(
             "INSERT INTO run_block VALUES (?, ?, ?, ?, ?)",
-            [(run_id, block, hi[start:start + BLOCK].tobytes(),
+            ((run_id, block, hi[start:start + BLOCK].tobytes(),
               lo[start:start + BLOCK].tobytes(), stored[start:start + BLOCK].tobytes())
-             for block, start in enumerate(range(0, len(hi), BLOCK))])
+             for block, start in enumerate(range(0, len(hi), BLOCK))))
         return _Run(run_id, period, len(hi), hi[::BLOCK].tolist())
 
     def _read_run(self, run):
@@ -408,8 +412,11 @@ class SeenStore(derived_store.Writer):
             if group is None:
                 return
             parts = [self._read_run(run) for run in group]
-            merged = self._write_run(period, np.concatenate([keys for keys, _ in parts]),
-                                     np.concatenate([stored for _, stored in parts]))
+            keys = np.concatenate([keys for keys, _ in parts])
+            stored = np.concatenate([stored for _, stored in parts])
+            del parts  # before the sort's copies: a merge's peak is a worker's
+            merged = self._write_run(period, keys, stored)
+            del keys, stored
             self._delete(group)
             runs[:] = [run for run in runs if run not in group] + [merged]
 
@@ -418,11 +425,17 @@ class SeenStore(derived_store.Writer):
         self.db.executemany("DELETE FROM run WHERE id = ?", [(run.id,) for run in runs])
 
     def _grown(self, runs):
-        """A filter of `runs`' keys with room for as many again."""
+        """A filter of `runs`' keys with room for as many again, given GROW_BLOCKS blocks
+        at a time: a run read whole (up to MAX_RUN keys, and their times) would be the
+        worker's peak."""
         held = sum(run.count for run in runs)
         bloom = Bloom(max(MIN_CAPACITY, 2 * held))
         for run in runs:
-            bloom.add(self._read_run(run)[0])
+            blocks = self.db.execute("SELECT hi, lo FROM run_block WHERE run = ? ORDER BY block",
+                                     (run.id,))
+            while chunk := blocks.fetchmany(GROW_BLOCKS):
+                his, los = zip(*chunk)
+                bloom.add(_as_keys(b"".join(his), b"".join(los)))
         return bloom
 
 
