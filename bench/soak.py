@@ -14,8 +14,9 @@ The question: does the overview keep up? (Its lag must stay bounded: under 10 s 
 3. Every REPORT_EVERY seconds a line: events/s offered and acknowledged since the last line,
    the overview's lag (from the oldest SDK event it has not counted to now, in seconds; looked
    at every SAMPLE_EVERY seconds: the last look, and the largest since the last line), the
-   counts' lag (data1 bytes behind data2), and each program's RSS and share of a core (the
-   senders' too: on one box, what they take is taken from the engine).
+   counts' lag (data1 bytes behind data2), and each program's RSS (and its peak so far:
+   when a peak came) and share of a core (the senders' too: on one box, what they take is
+   taken from the engine).
 At the end, the overview's lag at the end (the largest of the last line's looks) and at its
 largest, and each program's peak RSS.
 
@@ -308,7 +309,8 @@ def soak(label, ports, rate, seconds, overview_lag_now, counts_lag_now, pids):
                   f"acknowledged {acknowledged:8,.0f} ev/s, overview lag {window[-1]:6.1f} s "
                   f"(largest in the last {REPORT_EVERY} s {lag:.1f} s), counts "
                   f"lag {counts_lag_now()}, RSS "
-                  + ", ".join(f"{name} {mb:.0f} MB" for name, mb in sorted(rss.items()))
+                  + ", ".join(f"{name} {mb:.0f} MB (peak {peaks[name]:.0f})"
+                              for name, mb in sorted(rss.items()))
                   + ", CPU " + ", ".join(f"{name} {share:.0f} %"
                                          for name, share in sorted(shares.items())),
                   flush=True)
