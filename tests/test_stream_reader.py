@@ -1,12 +1,17 @@
 """The stream reader's invariant, without a cluster: whatever its consumer delivers (a
 consumer made again after its server restarted replays from its start sequence, sometimes
-more than once), read_subject yields each stream sequence once, rising. The real thing, a
-NATS server killed mid-read, is in test_cluster.py."""
+more than once; a consumer on a replica behind the stream's leader counts too few messages
+pending), read_subject yields each stream sequence once, rising, and every one stored when it
+began. The real thing, a NATS server killed mid-read, is in test_cluster.py."""
 
+import asyncio
+import datetime
 import logging
 import types
 
+import nats.errors
 import pytest
+from nats.js.errors import NotFoundError
 
 from storage.stream import reader as stream_reader
 
@@ -24,6 +29,8 @@ class ReplayingConsumer:
         self.deliveries = [list(batch) for batch in deliveries]
 
     def fetch(self, count):
+        if not self.deliveries:  # as a fetch that waited FETCH_TIMEOUT for nothing
+            raise nats.errors.TimeoutError
         batch = self.deliveries.pop(0)
         if len(batch) > count:  # the rest comes with the next fetch, as from a consumer
             self.deliveries.insert(0, batch[count:])
@@ -34,11 +41,13 @@ class ReplayingConsumer:
 def consumer(monkeypatch):
     made = {}
 
-    def use(deliveries, pending):
+    def use(deliveries, pending, through=0):
+        """`pending`: the consumer's count at its start; `through`: the leader's last
+        sequence of the subject."""
         made["consumer"] = ReplayingConsumer(deliveries)
         monkeypatch.setattr(stream_reader, "_open",
                             lambda link, stream, subject, name, after, since:
-                            (made["consumer"], pending))
+                            (made["consumer"], pending, through))
         monkeypatch.setattr(stream_reader, "_fetch",
                             lambda link, subscription, count: subscription.fetch(count))
         monkeypatch.setattr(stream_reader, "_close", lambda *args: None)
@@ -74,3 +83,55 @@ def test_sequences_with_gaps_are_other_partitions_and_are_kept(consumer):
 def test_a_replay_of_what_came_before_the_read_is_dropped_too(consumer):
     consumer([[5, 6, 7], [8]], pending=2)
     assert read(after=6) == [7, 8]
+
+
+def test_a_consumer_on_a_replica_behind_the_leader_is_read_up_to_the_leaders_last(consumer):
+    # The consumer's server held none of the 2 messages the leader stored (pending 0), then
+    # caught up: the read waits for them rather than ending at once, empty.
+    consumer([[4], [9]], pending=0, through=9)
+    assert read(after=3) == [4, 9]
+    # It counted 1 of 3 pending: the read goes on past its count, to the leader's last.
+    consumer([[4], [6, 9]], pending=1, through=9)
+    assert read(after=3) == [4, 6, 9]
+
+
+def test_a_replica_that_never_catches_up_fails_the_read(consumer):
+    consumer([[4]], pending=0, through=9)
+    with pytest.raises(nats.errors.TimeoutError):
+        read(after=3)
+
+
+class JetStream:
+    """What _open asks of nats-py's JetStream context: the subject's newest message (or
+    none), and a consumer counting `pending`."""
+
+    def __init__(self, newest, pending):
+        self.newest, self.pending = newest, pending
+
+    async def get_last_msg(self, stream, subject):
+        if self.newest is None:
+            raise NotFoundError
+        return self.newest
+
+    async def add_consumer(self, stream, config):
+        return types.SimpleNamespace(num_pending=self.pending)
+
+    async def pull_subscribe_bind(self, durable, stream, name):
+        return "subscription"
+
+
+@pytest.mark.parametrize("newest, since, through", [
+    (None, None, 0),  # nothing stored on the subject
+    (9, None, 9),
+    (9, "before", 9),  # the newest message stored after `since`: the read must yield it
+    (9, "after", 0),  # stored before `since`: the read yields nothing, and waits for none
+])
+def test_the_leaders_last_sequence_is_what_a_read_must_reach(newest, since, through):
+    stored = datetime.datetime(2026, 12, 7, 8, 0, tzinfo=datetime.timezone.utc)
+    moment = {None: None, "before": stored - datetime.timedelta(seconds=1),
+              "after": stored + datetime.timedelta(seconds=1)}[since]
+    js = JetStream(None if newest is None else types.SimpleNamespace(seq=newest, time=stored),
+                   pending=2)
+    opened = asyncio.run(stream_reader._open(types.SimpleNamespace(js=js), "S", "s.p1",
+                                             "test", 3, moment))
+    assert opened == ("subscription", 2, through)
