@@ -32,6 +32,8 @@ def small(monkeypatch):
     monkeypatch.setattr(seen_index, "MIN_CAPACITY", 8)
     monkeypatch.setattr(seen_index, "EXPIRY_SLACK", 5)
     monkeypatch.setattr(seen_index, "BLOCK", 2)
+    monkeypatch.setattr(seen_index, "CHUNK_ROWS", 4)  # runs read through in several chunks
+    monkeypatch.setattr(sorted_runs, "SLICE_KEYS", 5)  # merged in several slices
 
 
 def details_of(folder):
@@ -113,13 +115,35 @@ def test_runs_merge_and_periods_expire(tmp_path, opened):
     index.close()
 
 
+def test_runs_merged_a_slice_at_a_time_are_whole_sorted_and_fenced(opened, monkeypatch):
+    monkeypatch.setattr(sorted_runs, "SLICE_KEYS", 1)  # a slice a fence: some of odd sizes
+    index, _, _ = opened
+
+    def distinct(number):  # keys whose first 8 bytes all differ, in no order
+        return ((number * 0x9E3779B97F4A7C15) % 2**64).to_bytes(8, "little") + bytes(8)
+
+    for number in range(9):  # runs of 3 keys, 2 blocks each
+        index.insert(b"".join(distinct(3 * number + n) for n in range(3)), [T0] * 3,
+                     details.HEADER.size)
+    runs = index._index.runs[T0 // WINDOW]
+    assert [run.count for run in runs] == [9, 9, 9]  # each merged from three
+    for run in runs:
+        run.check()  # its CRC, over columns written a slice at a time
+        hi = run._column(0, run.count)
+        assert (hi[1:] > hi[:-1]).all()
+        assert run.fence == hi[::seen_index.BLOCK].tolist()  # as a search takes it
+    assert index._index.known([distinct(n) for n in range(28)], T0, WINDOW) == {
+        distinct(n) for n in range(27)}
+    index.close()
+
+
 def test_a_run_no_manifest_names_is_deleted_and_its_ids_are_not_known(tmp_path, opened):
     index, _, reopen = opened
     index.insert(key(1), [T0], details.HEADER.size)
     index.close()
     # A crash after a run was written and before the manifest named it.
-    seen_index._write_run(tmp_path / "data1.seen" / "000099.run",
-                          seen_index.key_columns(key(2)), seen_index.np.array([T0]))
+    seen_index._write_run(tmp_path / "data1.seen" / "000099.run", 1, seen_index._sorted(
+        seen_index.key_columns(key(2)), seen_index.np.array([T0])))
     index = reopen()
     assert not (tmp_path / "data1.seen" / "000099.run").exists()
     assert index._index.known([key(1), key(2)], T0, WINDOW) == {key(1)}

@@ -16,7 +16,8 @@ LevelDB's sorted runs and Bloom filters: every write to disk sequential)
       written once, in one sequential write, never changed. A random insert into a B-tree
       of 20 M keys dirties a page of its own; a run costs its own bytes only.
     * Runs of similar size are merged (size-tiered, storage/sorted_runs.py), so a day's
-      ids are a few dozen runs, each id rewritten a few times in all.
+      ids are a few dozen runs, each id rewritten a few times in all. A merge holds a range
+      of about SLICE_KEYS ids at a time, not its runs.
     * Lookups ask memory first: each period's Bloom filter (built from its runs when the
       index opens) answers "never seen" for a new id without touching a run. Only an id it
       may hold (a repeat, or 1 in 200 to 1,600 new ids) is searched for in the runs: each run's
@@ -89,6 +90,7 @@ RUN_MAGIC = b"SEENRUN2"
 FLUSH_EVERY = 1.0  # seconds between writes of waiting ids to the index
 BLOCK = 512  # ids a fence entry stands for: a search reads 4 KB of a run's hi column
 MIN_CAPACITY = 1_000_000  # ids a period's filter is made for at least (1.5 MB)
+CHUNK_ROWS = 256 * BLOCK  # rows a run is read through at a time (its CRC, a filter)
 # A period is deleted this long after its last second left the window: a claim's window
 # ends at its request's receive time, which the flusher's clock may be a little past.
 EXPIRY_SLACK = 60
@@ -109,7 +111,8 @@ class _Run:
             raise ValueError(f"{path.name} is not a whole run")
         self.count = count
         # A run written here comes with its fence; one opened from disk has it made by
-        # read(), which the opening calls for every run (its CRC checked, its filter built).
+        # check(), which the opening calls for every run (its CRC checked) before its filter
+        # is built.
         self.fence = None if fence is None else fence.tolist()
 
     def _offset(self, column, row):
@@ -124,19 +127,34 @@ class _Run:
             raise ValueError(f"{self.path.name} is shorter than its header says")
         return np.frombuffer(raw, dtype)
 
-    def read(self):
-        """Its keys as (n, 2) u64 and its seconds, read whole; ValueError if its columns
-        fail their CRC."""
-        hi, lo = self._column(0, self.count), self._column(1, self.count)
-        seconds = self._column(2, self.count)
-        crc = zlib.crc32(seconds, zlib.crc32(lo, zlib.crc32(hi)))
+    def read_blocks(self, first, end):
+        """Its rows of blocks `first` to `end` (exclusive) as (hi, lo, second) arrays: what
+        a merge reads (storage/sorted_runs.merged_slices)."""
+        row, rows = first * BLOCK, min(end * BLOCK, self.count) - first * BLOCK
+        return tuple(self._column(column, rows, row) for column in (0, 1, 2))
+
+    def check(self):
+        """Read it through, CHUNK_ROWS at a time: ValueError if its columns fail their CRC.
+        Makes its fence if it has none."""
+        crc, fence = 0, []
+        for column in (0, 1, 2):
+            for first in range(0, self.count, CHUNK_ROWS):
+                values = self._column(column, min(CHUNK_ROWS, self.count - first), first)
+                crc = zlib.crc32(values, crc)
+                if column == 0:
+                    fence += values[::BLOCK].tolist()  # CHUNK_ROWS is whole blocks
         if crc != self.crc:
             raise ValueError(f"{self.path.name} fails its CRC")
         if self.fence is None:
-            self.fence = hi[::BLOCK].tolist()
-        keys = np.empty((self.count, 2), dtype="<u8")
-        keys[:, 0], keys[:, 1] = hi, lo
-        return keys, seconds
+            self.fence = fence
+
+    def key_chunks(self):
+        """Its keys as (n, 2) u64 arrays of up to CHUNK_ROWS: what a filter is given."""
+        for first in range(0, self.count, CHUNK_ROWS):
+            rows = min(CHUNK_ROWS, self.count - first)
+            keys = np.empty((rows, 2), dtype="<u8")
+            keys[:, 0], keys[:, 1] = self._column(0, rows, first), self._column(1, rows, first)
+            yield keys
 
     def holds(self, key, since):
         """Whether it holds `key` (16 bytes) with a receive time at or after `since`."""
@@ -158,27 +176,48 @@ class _Run:
         return False
 
 
-def _write_run(path, keys, seconds):
-    """Write a run of `keys` ((n, 2) u64) received at `seconds`, durably, in column order;
+def _write_run(path, count, slices):
+    """Write a run of `count` keys, given as `slices` ((hi, lo, second) arrays, each sorted
+    by hi, all in order: storage/sorted_runs.merged_slices), durably, in column order;
     return its fence."""
-    order = np.argsort(keys[:, 0], kind="stable")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        write_all(fd, bytes(RUN_HEADER.size))
-        crc, fence = 0, None
-        # A column at a time: a merge holds its inputs and one sorted column, not two copies.
-        for column in (keys[:, 0], keys[:, 1], seconds.astype("<u4")):
-            ordered = np.ascontiguousarray(column[order])
-            if fence is None:
-                fence = ordered[::BLOCK]
-            crc = zlib.crc32(ordered, crc)
-            write_all(fd, ordered)
-        os.pwrite(fd, RUN_HEADER.pack(RUN_MAGIC, len(keys), crc, 0), 0)
+        header = RUN_HEADER.size
+        fence, row = [], 0
+        # Each slice's columns go where they belong in the file: a merge holds a slice at a
+        # time, not its runs.
+        for hi, lo, seconds in slices:
+            fence.append(hi[(-row) % BLOCK::BLOCK])  # the run's rows 0, BLOCK, 2 BLOCK...
+            for at, column in ((header + 8 * row, hi), (header + 8 * (count + row), lo),
+                               (header + 16 * count + 4 * row, seconds.astype("<u4"))):
+                _pwrite_all(fd, np.ascontiguousarray(column), at)
+            row += len(hi)
+        if row != count:
+            raise ValueError(f"{path.name}: {row} keys given, not {count}")
+        # The CRC of the columns in file order, read back a chunk at a time (they were
+        # written slice by slice, each column in pieces).
+        crc, end = 0, header + 20 * count
+        for at in range(header, end, 8 * CHUNK_ROWS):
+            crc = zlib.crc32(os.pread(fd, min(8 * CHUNK_ROWS, end - at), at), crc)
+        os.pwrite(fd, RUN_HEADER.pack(RUN_MAGIC, count, crc, 0), 0)
         # Before any manifest names it: a named run is whole after any power loss.
         os.fsync(fd)
     finally:
         os.close(fd)
-    return fence
+    return np.concatenate(fence) if fence else np.empty(0, "<u8")
+
+
+def _pwrite_all(fd, data, offset):
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+def _sorted(keys, seconds):
+    """New keys ((n, 2) u64) received at `seconds`, as the one slice of a run."""
+    order = np.argsort(keys[:, 0], kind="stable")
+    return [(keys[order, 0], keys[order, 1], seconds[order])]
 
 
 class _Index:
@@ -276,7 +315,9 @@ class SeenIndex:
             bloom = blooms[period] = Bloom(
                 max(MIN_CAPACITY, 3 * sum(run.count for run in period_runs) // 2))
             for run in period_runs:
-                bloom.add(run.read()[0])  # ValueError if it fails its CRC
+                run.check()  # ValueError if it fails its CRC
+                for keys in run.key_chunks():
+                    bloom.add(keys)
         named = {name for name, _, _ in manifest["runs"]}
         for stray in self.path.iterdir():
             if stray.name != MANIFEST and stray.name not in named:
@@ -443,7 +484,8 @@ class SeenIndex:
             added, added_seconds = keys[chosen], seconds[chosen]
             for start in range(0, len(added), sorted_runs.MAX_RUN):
                 part = slice(start, start + sorted_runs.MAX_RUN)
-                runs[period].append(self._new_run(added[part], added_seconds[part]))
+                runs[period].append(self._new_run(len(added[part]), _sorted(
+                    added[part], added_seconds[part])))
             bloom = blooms[period]
             if bloom.count + len(added) > bloom.capacity:
                 blooms[period] = self._grown(runs[period], bloom.count + len(added))
@@ -464,31 +506,34 @@ class SeenIndex:
             run.path.unlink()  # on through its open file
         return len(keys)
 
-    def _new_run(self, keys, seconds):
+    def _new_run(self, count, slices):
         path = self.path / f"{self._next:06d}{RUN_SUFFIX}"
         self._next += 1
-        return _Run(path, _write_run(path, keys, seconds))
+        return _Run(path, _write_run(path, count, slices))
 
     def _merge(self, runs):
-        """Merge runs, as storage/sorted_runs.py decides, while any are to be; `runs` is
-        changed in place. Returns the runs merged away."""
+        """Merge runs, as storage/sorted_runs.py decides, while any are to be, a range of
+        keys at a time; `runs` is changed in place. Returns the runs merged away."""
         merged_away = []
         while True:
             group = to_merge(runs)
             if group is None:
                 return merged_away
-            parts = [run.read() for run in group]
-            merged = self._new_run(np.concatenate([keys for keys, _ in parts]),
-                                   np.concatenate([seconds for _, seconds in parts]))
+            for run in group:
+                run.check()  # its keys are copied on only if they are what was written
+            merged = self._new_run(sum(run.count for run in group), sorted_runs.merged_slices(
+                group, lambda run, first, end: run.read_blocks(first, end), BLOCK))
             runs[:] = [run for run in runs if run not in group] + [merged]
             merged_away += group
 
     def _grown(self, runs, count):
-        """A filter for `runs` with room for twice `count` ids, built from the runs."""
+        """A filter for `runs` with room for twice `count` ids, built from the runs a chunk
+        at a time."""
         began = time.monotonic()
         bloom = Bloom(2 * count)
         for run in runs:
-            bloom.add(run.read()[0])
+            for keys in run.key_chunks():
+                bloom.add(keys)
         log.info("data1.seen: a period's filter grew to %d ids (%d held), in %.1f s",
                  bloom.capacity, count, time.monotonic() - began)
         return bloom

@@ -35,7 +35,7 @@ Design
     * Keys are kept as LevelDB keeps them, and as data1.seen does at the ingest
       (storage/log/seen_index.py): each commit writes its keys as one sorted run, never
       changed after, and runs of similar size are merged (size-tiered:
-      storage/sorted_runs.py, as data1.seen's). A B-tree of the keys themselves, as this
+      storage/sorted_runs.py, as data1.seen's), a range of keys at a time. A B-tree of the keys themselves, as this
       store was before, dirties a page of its own for each new key: at 2 M keys it took
       49,000 SDK events a CPU-second, and two thirds of a cluster worker's profile in the
       soak.
@@ -81,7 +81,7 @@ import sqlite3
 import numpy as np
 
 from storage.bloom import Bloom, key_columns
-from storage.sorted_runs import blocks_of, to_merge
+from storage.sorted_runs import blocks_of, merged_slices, to_merge
 from storage.views import derived_store
 
 VERSION = 2
@@ -175,13 +175,13 @@ class SeenStore(derived_store.Writer):
             raise derived_store.Unusable(f"its runs cannot be read ({error})") from None
 
     def _read_runs(self):
-        # The filter is sized from the runs' counts first, then given one run at a time:
-        # a day's keys are never all in memory at once.
+        # The filter is sized from the runs' counts first, then given GROW_BLOCKS blocks at
+        # a time: a day's keys, or a run's, are never all in memory at once.
         listed = self.db.execute("SELECT id, period, keys FROM run ORDER BY id").fetchall()
         bloom = Bloom(max(MIN_CAPACITY, 3 * sum(count for _, _, count in listed) // 2))
         runs = []
         for run_id, period, count in listed:
-            his, los, fence = [], [], []
+            his, los, fence, held = [], [], [], 0
             for hi, lo, stored in self._blocks(run_id):
                 if not len(hi) == len(lo) == len(stored) or len(hi) % 8 or not hi:
                     raise derived_store.Unusable(f"run {run_id} has a block of unequal "
@@ -189,11 +189,16 @@ class SeenStore(derived_store.Writer):
                 fence.append(int.from_bytes(hi[:8], "little"))
                 his.append(hi)
                 los.append(lo)
-            if sum(map(len, his)) != 8 * count:
-                raise derived_store.Unusable(f"run {run_id} holds {sum(map(len, his)) // 8} "
-                                             f"keys, not the {count} it says")
+                held += len(hi) // 8
+                if len(his) == GROW_BLOCKS:  # given to the filter a chunk at a time
+                    bloom.add(_as_keys(b"".join(his), b"".join(los)))
+                    his, los = [], []
+            if held != count:
+                raise derived_store.Unusable(f"run {run_id} holds {held} keys, not the "
+                                             f"{count} it says")
             runs.append(_Run(run_id, period, count, fence))
-            bloom.add(_as_keys(b"".join(his), b"".join(los)))
+            if his:
+                bloom.add(_as_keys(b"".join(his), b"".join(los)))
         self._runs, self._bloom = runs, bloom
         self._filter_changed()
 
@@ -351,7 +356,10 @@ class SeenStore(derived_store.Writer):
                 periods = stored // PERIOD_MS
                 for period in np.unique(periods).tolist():
                     chosen = periods == period
-                    runs.append(self._write_run(period, added[chosen], stored[chosen]))
+                    keys = added[chosen]
+                    order = np.argsort(keys[:, 0], kind="stable")
+                    runs.append(self._write_run(period, len(order), [(
+                        keys[order, 0], keys[order, 1], stored[chosen][order])]))
                     self._merge(runs, period)
             db.executemany("INSERT INTO repeat VALUES (?, ?)",
                            [(sequence, item) for sequence, items in self._pending_repeats.items()
@@ -375,48 +383,58 @@ class SeenStore(derived_store.Writer):
         self.repeats += found
         self._pending, self._pending_repeats = {}, {}
 
-    def _write_run(self, period, keys, stored_ms):
-        """Insert a run of `keys` (key_columns) stored at `stored_ms`, sorted by hi; return
-        it."""
-        order = np.argsort(keys[:, 0], kind="stable")
-        hi = np.ascontiguousarray(keys[order, 0], dtype="<u8")
-        lo = np.ascontiguousarray(keys[order, 1], dtype="<u8")
-        stored = np.ascontiguousarray(stored_ms[order], dtype="<i8")
+    def _write_run(self, period, count, slices):
+        """Insert a run of `count` keys, given as `slices` ((hi, lo, stored_ms) arrays, each
+        sorted by hi, all in order: storage/sorted_runs.merged_slices); return it."""
         run_id = self.db.execute("INSERT INTO run (period, keys) VALUES (?, ?)",
-                                 (period, len(hi))).lastrowid
-        # The blocks made as they are inserted, not listed first: a merge's run holds up to
-        # MAX_RUN keys, and a list of its blocks would be a copy of it all.
-        self.db.executemany(
-            "INSERT INTO run_block VALUES (?, ?, ?, ?, ?)",
-            ((run_id, block, hi[start:start + BLOCK].tobytes(),
-              lo[start:start + BLOCK].tobytes(), stored[start:start + BLOCK].tobytes())
-             for block, start in enumerate(range(0, len(hi), BLOCK))))
-        return _Run(run_id, period, len(hi), hi[::BLOCK].tolist())
+                                 (period, count)).lastrowid
+        fence = []
 
-    def _read_run(self, run):
-        """A run's keys (key_columns) and stored times, read whole."""
-        his, los, times = zip(*self._blocks(run.id))
-        return (_as_keys(b"".join(his), b"".join(los)),
-                np.frombuffer(b"".join(times), dtype="<i8"))
+        def blocks():
+            # Whole blocks as the slices come, the rest of one carried into the next: a run
+            # of up to MAX_RUN keys is never in memory at once.
+            carried = [np.empty(0, "<u8"), np.empty(0, "<u8"), np.empty(0, "<i8")]
+            for columns in slices:
+                hi, lo, stored = (np.concatenate((before, column.astype(before.dtype, copy=False)))
+                                  for before, column in zip(carried, columns))
+                whole = len(hi) - len(hi) % BLOCK
+                for start in range(0, whole, BLOCK):
+                    fence.append(int(hi[start]))
+                    yield (run_id, len(fence) - 1, hi[start:start + BLOCK].tobytes(),
+                           lo[start:start + BLOCK].tobytes(),
+                           stored[start:start + BLOCK].tobytes())
+                carried = [hi[whole:], lo[whole:], stored[whole:]]
+            if len(carried[0]):
+                fence.append(int(carried[0][0]))
+                yield (run_id, len(fence) - 1, *(column.tobytes() for column in carried))
+
+        self.db.executemany("INSERT INTO run_block VALUES (?, ?, ?, ?, ?)", blocks())
+        return _Run(run_id, period, count, fence)
 
     def _blocks(self, run_id):
         """The run's (hi, lo, stored_ms) blocks, in order."""
         return self.db.execute(
             "SELECT hi, lo, stored_ms FROM run_block WHERE run = ? ORDER BY block", (run_id,))
 
+    def _read_blocks(self, run, first, end):
+        """The run's keys in blocks first to end (exclusive), as (hi, lo, stored_ms)
+        arrays."""
+        his, los, times = zip(*self.db.execute(
+            "SELECT hi, lo, stored_ms FROM run_block WHERE run = ? AND block >= ? AND "
+            "block < ? ORDER BY block", (run.id, first, end)))
+        return (np.frombuffer(b"".join(his), "<u8"), np.frombuffer(b"".join(los), "<u8"),
+                np.frombuffer(b"".join(times), "<i8"))
+
     def _merge(self, runs, period):
-        """Merge `period`'s runs, as storage/sorted_runs.py decides, while any are to be;
-        `runs` is changed in place."""
+        """Merge `period`'s runs, as storage/sorted_runs.py decides, while any are to be, a
+        range of keys at a time (its memory is a worker's peak otherwise); `runs` is changed
+        in place."""
         while True:
             group = to_merge([run for run in runs if run.period == period])
             if group is None:
                 return
-            parts = [self._read_run(run) for run in group]
-            keys = np.concatenate([keys for keys, _ in parts])
-            stored = np.concatenate([stored for _, stored in parts])
-            del parts  # before the sort's copies: a merge's peak is a worker's
-            merged = self._write_run(period, keys, stored)
-            del keys, stored
+            merged = self._write_run(period, sum(run.count for run in group),
+                                     merged_slices(group, self._read_blocks, BLOCK))
             self._delete(group)
             runs[:] = [run for run in runs if run not in group] + [merged]
 
