@@ -76,7 +76,7 @@ from storage.backend import event_keys
 from storage.bloom import Bloom, key_columns
 from storage import sorted_runs
 from storage.sorted_runs import blocks_of, to_merge
-from storage.durable import fsync_directory, replace_durably, write_all
+from storage.durable import fsync_directory, replace_durably
 from storage.log import details as details_file
 from storage.process import die, unpin_this_thread
 
