@@ -50,6 +50,14 @@ def write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
+def pwrite_all(fd, data, offset):
+    """write_all at `offset`, leaving `fd`'s position alone."""
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
 def replace_durably(path, data):
     """Replace the file at `path` with `data`, atomically and durably.
 

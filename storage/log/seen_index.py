@@ -76,7 +76,7 @@ from storage.backend import event_keys
 from storage.bloom import Bloom, key_columns
 from storage import sorted_runs
 from storage.sorted_runs import blocks_of, to_merge
-from storage.durable import fsync_directory, replace_durably
+from storage.durable import fsync_directory, pwrite_all, replace_durably
 from storage.log import details as details_file
 from storage.process import die, unpin_this_thread
 
@@ -190,7 +190,7 @@ def _write_run(path, count, slices):
             fence.append(hi[(-row) % BLOCK::BLOCK])  # the run's rows 0, BLOCK, 2 BLOCK...
             for at, column in ((header + 8 * row, hi), (header + 8 * (count + row), lo),
                                (header + 16 * count + 4 * row, seconds.astype("<u4"))):
-                _pwrite_all(fd, np.ascontiguousarray(column), at)
+                pwrite_all(fd, np.ascontiguousarray(column), at)
             row += len(hi)
         if row != count:
             raise ValueError(f"{path.name}: {row} keys given, not {count}")
@@ -205,13 +205,6 @@ def _write_run(path, count, slices):
     finally:
         os.close(fd)
     return np.concatenate(fence) if fence else np.empty(0, "<u8")
-
-
-def _pwrite_all(fd, data, offset):
-    view = memoryview(data).cast("B")
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
 
 
 def _sorted(keys, seconds):
