@@ -23,6 +23,7 @@ subject's last sequence, and goes on until it has yielded that one, whatever the
 counted; a follower that does not catch up within FETCH_TIMEOUT fails the read.
 """
 
+import asyncio
 import datetime
 import logging
 import os
@@ -173,23 +174,26 @@ async def _open(link, stream, subject, name, after, since):
     start = ({"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after + 1}
              if since is None else
              {"deliver_policy": api.DeliverPolicy.BY_START_TIME, "opt_start_time": since})
-    # Asked before the consumer is made: every message stored when the read began is at or
-    # below it. (STREAM.MSG.GET, not a direct get, so that the leader answers.)
-    try:
-        newest = await link.js.get_last_msg(stream, subject)
-        through = newest.seq if since is None or newest.time >= since else 0
-    except NotFoundError:
-        through = 0
-    info = await link.js.add_consumer(stream, api.ConsumerConfig(
-        name=name,
-        filter_subject=subject,
-        **start,
-        ack_policy=api.AckPolicy.NONE,
-        mem_storage=True,
-        num_replicas=1,
-        # Should the reader die, the server removes the consumer by itself.
-        inactive_threshold=30.0,
-    ))
+    async def newest():
+        # STREAM.MSG.GET, not a direct get, so that the leader answers. Asked as the consumer
+        # is made, both after the read began: every message stored before it is at or below.
+        try:
+            found = await link.js.get_last_msg(stream, subject)
+        except NotFoundError:
+            return 0
+        return found.seq if since is None or found.time >= since else 0
+
+    through, info = await asyncio.gather(newest(), link.js.add_consumer(
+        stream, api.ConsumerConfig(
+            name=name,
+            filter_subject=subject,
+            **start,
+            ack_policy=api.AckPolicy.NONE,
+            mem_storage=True,
+            num_replicas=1,
+            # Should the reader die, the server removes the consumer by itself.
+            inactive_threshold=30.0,
+        )))
     subscription = await link.js.pull_subscribe_bind(durable=None, stream=stream, name=name)
     return subscription, info.num_pending, through
 
