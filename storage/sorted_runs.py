@@ -49,6 +49,13 @@ def blocks_of(fence, hi):
             max(bisect.bisect_right(fence, hi), 1))
 
 
+def sorted_slices(keys, times):
+    """New keys ((n, 2) u64: hi, lo) at `times`, as the one slice of a run (merged_slices'
+    form)."""
+    order = np.argsort(keys[:, 0], kind="stable")
+    return [(keys[order, 0], keys[order, 1], times[order])]
+
+
 def merged_slices(runs, read_blocks, block):
     """The rows of `runs` (each with its `fence`), merged into one order of hi, as slices of
     about SLICE_KEYS rows: (hi, lo, time) arrays, each sorted by hi, every hi of a slice

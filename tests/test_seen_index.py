@@ -142,7 +142,7 @@ def test_a_run_no_manifest_names_is_deleted_and_its_ids_are_not_known(tmp_path, 
     index.insert(key(1), [T0], details.HEADER.size)
     index.close()
     # A crash after a run was written and before the manifest named it.
-    seen_index._write_run(tmp_path / "data1.seen" / "000099.run", 1, seen_index._sorted(
+    seen_index._write_run(tmp_path / "data1.seen" / "000099.run", 1, sorted_runs.sorted_slices(
         seen_index.key_columns(key(2)), seen_index.np.array([T0])))
     index = reopen()
     assert not (tmp_path / "data1.seen" / "000099.run").exists()

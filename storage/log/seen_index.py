@@ -207,12 +207,6 @@ def _write_run(path, count, slices):
     return np.concatenate(fence) if fence else np.empty(0, "<u8")
 
 
-def _sorted(keys, seconds):
-    """New keys ((n, 2) u64) received at `seconds`, as the one slice of a run."""
-    order = np.argsort(keys[:, 0], kind="stable")
-    return [(keys[order, 0], keys[order, 1], seconds[order])]
-
-
 class _Index:
     """What lookups read: each period's runs and filter. Replaced whole by the flusher, never
     changed after (but for bits added to a filter), so a lookup needs no lock."""
@@ -477,7 +471,7 @@ class SeenIndex:
             added, added_seconds = keys[chosen], seconds[chosen]
             for start in range(0, len(added), sorted_runs.MAX_RUN):
                 part = slice(start, start + sorted_runs.MAX_RUN)
-                runs[period].append(self._new_run(len(added[part]), _sorted(
+                runs[period].append(self._new_run(len(added[part]), sorted_runs.sorted_slices(
                     added[part], added_seconds[part])))
             bloom = blooms[period]
             if bloom.count + len(added) > bloom.capacity:

@@ -35,9 +35,10 @@ Design
     * Keys are kept as LevelDB keeps them, and as data1.seen does at the ingest
       (storage/log/seen_index.py): each commit writes its keys as one sorted run, never
       changed after, and runs of similar size are merged (size-tiered:
-      storage/sorted_runs.py, as data1.seen's), a range of keys at a time. A B-tree of the keys themselves, as this
-      store was before, dirties a page of its own for each new key: at 2 M keys it took
-      49,000 SDK events a CPU-second, and two thirds of a cluster worker's profile in the
+      storage/sorted_runs.py, as data1.seen's), a range of keys at a time. A B-tree of
+      the keys themselves, as this store was before, dirties a page of its own for each
+      new key: at 2 M keys it took 49,000 SDK events a CPU-second, and two thirds of a
+      cluster worker's profile in the
       soak.
     * Lookups ask memory first: a Bloom filter of every run's keys (storage/bloom.py, built
       from the runs when the store opens) answers "never seen" for a new key without
@@ -81,7 +82,7 @@ import sqlite3
 import numpy as np
 
 from storage.bloom import Bloom, key_columns
-from storage.sorted_runs import blocks_of, merged_slices, to_merge
+from storage.sorted_runs import blocks_of, merged_slices, sorted_slices, to_merge
 from storage.views import derived_store
 
 VERSION = 2
@@ -356,10 +357,8 @@ class SeenStore(derived_store.Writer):
                 periods = stored // PERIOD_MS
                 for period in np.unique(periods).tolist():
                     chosen = periods == period
-                    keys = added[chosen]
-                    order = np.argsort(keys[:, 0], kind="stable")
-                    runs.append(self._write_run(period, len(order), [(
-                        keys[order, 0], keys[order, 1], stored[chosen][order])]))
+                    runs.append(self._write_run(period, int(chosen.sum()), sorted_slices(
+                        added[chosen], stored[chosen])))
                     self._merge(runs, period)
             db.executemany("INSERT INTO repeat VALUES (?, ?)",
                            [(sequence, item) for sequence, items in self._pending_repeats.items()
