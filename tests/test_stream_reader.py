@@ -14,6 +14,7 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from storage.stream import reader as stream_reader
+from storage.stream.link import UNAVAILABLE
 
 
 def message(sequence):
@@ -97,6 +98,11 @@ def test_a_consumer_on_a_replica_behind_the_leader_is_read_up_to_the_leaders_las
 
 def test_a_replica_that_never_catches_up_fails_the_read(consumer):
     consumer([[4]], pending=0, through=9)
+    with pytest.raises(stream_reader.BehindLeader, match=r"read to sequence 4 of 9\)"):
+        read(after=3)
+    assert isinstance(stream_reader.BehindLeader(), UNAVAILABLE)  # the worker reads again
+    # A consumer that counted messages and delivers none in time fails as it did.
+    consumer([], pending=2, through=9)
     with pytest.raises(nats.errors.TimeoutError):
         read(after=3)
 

@@ -23,13 +23,13 @@ subject's last sequence, and goes on until it has yielded that one, whatever the
 counted; a follower that does not catch up within FETCH_TIMEOUT fails the read.
 """
 
-import asyncio
 import datetime
 import logging
 import os
 import time
 from typing import NamedTuple, Optional
 
+import nats.errors
 from nats.js import api
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 
@@ -47,6 +47,11 @@ EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 MILLISECOND = datetime.timedelta(milliseconds=1)
 
 log = logging.getLogger("worker")
+
+
+class BehindLeader(nats.errors.Error):
+    """A read's consumer is on a replica that did not catch up with the leader in time (see
+    the second invariant): one of UNAVAILABLE, as the timeout it stands for."""
 
 
 class StreamMessage(NamedTuple):
@@ -132,7 +137,15 @@ def read_batches(link, stream, subject, after, name, since=None):
         # time until it has caught up.
         while pending > 0 or last < through:
             fetched = []
-            for message in _fetch(link, subscription, min(FETCH_MESSAGES, max(pending, 1))):
+            try:
+                batch = _fetch(link, subscription, min(FETCH_MESSAGES, max(pending, 1)))
+            except nats.errors.TimeoutError:
+                if pending > 0:
+                    raise
+                raise BehindLeader(f"the consumer's server is behind the stream's leader "
+                                   f"(read to sequence {last} of {through}) and did not "
+                                   f"catch up within {FETCH_TIMEOUT:g} s") from None
+            for message in batch:
                 sequence = message.metadata.sequence.stream
                 if sequence <= last:
                     replayed += 1  # the consumer started over (see the invariant)
@@ -174,26 +187,24 @@ async def _open(link, stream, subject, name, after, since):
     start = ({"deliver_policy": api.DeliverPolicy.BY_START_SEQUENCE, "opt_start_seq": after + 1}
              if since is None else
              {"deliver_policy": api.DeliverPolicy.BY_START_TIME, "opt_start_time": since})
-    async def newest():
-        # STREAM.MSG.GET, not a direct get, so that the leader answers. Asked as the consumer
-        # is made, both after the read began: every message stored before it is at or below.
-        try:
-            found = await link.js.get_last_msg(stream, subject)
-        except NotFoundError:
-            return 0
-        return found.seq if since is None or found.time >= since else 0
-
-    through, info = await asyncio.gather(newest(), link.js.add_consumer(
-        stream, api.ConsumerConfig(
-            name=name,
-            filter_subject=subject,
-            **start,
-            ack_policy=api.AckPolicy.NONE,
-            mem_storage=True,
-            num_replicas=1,
-            # Should the reader die, the server removes the consumer by itself.
-            inactive_threshold=30.0,
-        )))
+    # Asked before the consumer is made, so that a consumer whose server is up to date
+    # counts at least this far: only a server behind the leader counts less. (STREAM.MSG.GET,
+    # not a direct get, so that the leader answers.)
+    try:
+        newest = await link.js.get_last_msg(stream, subject)
+        through = newest.seq if since is None or newest.time >= since else 0
+    except NotFoundError:
+        through = 0
+    info = await link.js.add_consumer(stream, api.ConsumerConfig(
+        name=name,
+        filter_subject=subject,
+        **start,
+        ack_policy=api.AckPolicy.NONE,
+        mem_storage=True,
+        num_replicas=1,
+        # Should the reader die, the server removes the consumer by itself.
+        inactive_threshold=30.0,
+    ))
     subscription = await link.js.pull_subscribe_bind(durable=None, stream=stream, name=name)
     return subscription, info.num_pending, through
 
