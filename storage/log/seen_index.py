@@ -136,16 +136,16 @@ class _Run:
     def check(self):
         """Read it through, CHUNK_ROWS at a time: ValueError if its columns fail their CRC.
         Makes its fence if it has none."""
-        crc, fence = 0, []
+        crc, fence = 0, [] if self.fence is None else None
         for column in (0, 1, 2):
             for first in range(0, self.count, CHUNK_ROWS):
                 values = self._column(column, min(CHUNK_ROWS, self.count - first), first)
                 crc = zlib.crc32(values, crc)
-                if column == 0:
+                if column == 0 and fence is not None:
                     fence += values[::BLOCK].tolist()  # CHUNK_ROWS is whole blocks
         if crc != self.crc:
             raise ValueError(f"{self.path.name} fails its CRC")
-        if self.fence is None:
+        if fence is not None:
             self.fence = fence
 
     def key_chunks(self):

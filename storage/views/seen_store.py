@@ -38,8 +38,7 @@ Design
       storage/sorted_runs.py, as data1.seen's), a range of keys at a time. A B-tree of
       the keys themselves, as this store was before, dirties a page of its own for each
       new key: at 2 M keys it took 49,000 SDK events a CPU-second, and two thirds of a
-      cluster worker's profile in the
-      soak.
+      cluster worker's profile in the soak.
     * Lookups ask memory first: a Bloom filter of every run's keys (storage/bloom.py, built
       from the runs when the store opens) answers "never seen" for a new key without
       reading a run. The reader asks it about a whole fetch of messages at once
