@@ -9,33 +9,37 @@ started to time their catch-up on the backlog the measurements left.
     ingest     acknowledged single events/s, batched events/s (batches of 100) and SDK
                events/s (bench/sdk.py's batches of 100, from 7 installs a request, and
                from one as the SDKs send; a message per request and partition) through 1
-               and through 2 ingest nodes (a wrk per
-               node), beside the single machine (fsync on, SDK events too) and beside raw
-               nats-py publishing the same messages with the same concurrency: the engine's
-               own limit
+               and through 2 ingest nodes (a wrk per node), beside the single machine
+               (fsync on) and beside raw nats-py publishing the same messages with the
+               same concurrency: the engine's own limit. The SDK measures, which the
+               targets are on, in SDK_ROUNDS alternated rounds (sdk_rounds), with their
+               spread and the CPU a request of each process that could bound them
     cores      the CPU each process used during the 2-node single-event run
     catch-up   the workers counting the stream from nothing: messages/s and events/s
 """
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 
-from bench.harness import (REPO, against, cpu_seconds, ingest_server, run_wrk, scratch_dir,
-                           wrk_script)
+from bench.harness import (PIDS, REPO, against, cpu_seconds, ingest_server, run_wrk,
+                           scratch_dir, wrk_script)
 from bench.sdk import DONE, fresh_ids_script, sdk_body
 
 BIN = os.path.dirname(sys.executable)
 CONNECTIONS = 16  # per ingest node, as in the single-machine bench
 BATCH = 100
+SDK_ROUNDS = 3
 # Raw nats-py's messages go to a subject of the stream that no worker counts.
 RAW_PARTITION = "raw"
 RAW_SUBJECT = f"mini_analytics.events.{RAW_PARTITION}"
@@ -192,9 +196,6 @@ def bench_cluster(seconds):
             run_wrk(port, single_script, seconds=1)
             results["file_single_events_s"] = run_wrk(port, single_script, seconds)["rate"]
             results["file_batched_events_s"] = run_wrk(port, batch_script, seconds)["rate"] * BATCH
-            results["file_sdk_events_s"] = run_wrk(port, str(sdk_script), seconds)["rate"] * BATCH
-            results["file_sdk_one_install_events_s"] = run_wrk(
-                port, str(one_install_script), seconds)["rate"] * BATCH
         with local_cluster() as cluster:
             cluster.ctl("stop", "worker:*")
             one, both = [cluster.port(1)], [cluster.port(1), cluster.port(2)]
@@ -212,25 +213,15 @@ def bench_cluster(seconds):
             results["cluster_1_node_batched_events_s"] = rate * BATCH
             rate, _ = wrk_on(both, batch_script, seconds)
             results["cluster_2_nodes_batched_events_s"] = rate * BATCH
-            for nodes, ports in (("1_node", one), ("2_nodes", both)):
-                rate, _ = wrk_on(ports, str(sdk_script), seconds)
-                results[f"cluster_{nodes}_sdk_events_s"] = rate * BATCH
-                rate, _ = wrk_on(ports, str(one_install_script), seconds)
-                results[f"cluster_{nodes}_sdk_one_install_events_s"] = rate * BATCH
+            results.update(sdk_rounds(cluster, {"sdk": sdk_script,
+                                                "sdk_one_install": one_install_script},
+                                      seconds))
             results["raw_nats_single_events_s"] = raw_publish(cluster.servers, 1, seconds)
             results["raw_nats_batched_events_s"] = raw_publish(cluster.servers, BATCH,
                                                                seconds) * BATCH
             results.update(time_catchup(cluster))
     shutil.rmtree(sdk_script.parent, ignore_errors=True)
     results.update(
-        cluster_1_node_sdk_vs_file=results["cluster_1_node_sdk_events_s"]
-        / results["file_sdk_events_s"],
-        cluster_2_vs_1_node_sdk=results["cluster_2_nodes_sdk_events_s"]
-        / results["cluster_1_node_sdk_events_s"],
-        cluster_1_node_sdk_one_install_vs_file=results["cluster_1_node_sdk_one_install_events_s"]
-        / results["file_sdk_one_install_events_s"],
-        cluster_2_vs_1_node_sdk_one_install=results["cluster_2_nodes_sdk_one_install_events_s"]
-        / results["cluster_1_node_sdk_one_install_events_s"],
         cluster_2_vs_1_node_single=results["cluster_2_nodes_single_events_s"]
         / results["cluster_1_node_single_events_s"],
         cluster_2_vs_1_node_batched=results["cluster_2_nodes_batched_events_s"]
@@ -244,6 +235,54 @@ def bench_cluster(seconds):
         cluster_2_nodes_batched_vs_file=results["cluster_2_nodes_batched_events_s"]
         / results["file_batched_events_s"],
     )
+    return results
+
+
+def sdk_rounds(cluster, scripts, seconds):
+    """SDK events/s in SDK_ROUNDS rounds, for each of `scripts` ({name: wrk script}): through
+    the single machine, then the cluster's one ingest node, then both. Each measure is the
+    rounds' median, with their spread; each ratio is taken within a round, then its median,
+    so that the box's drift from minute to minute (a fifth or more: docs/benchmarks.md)
+    falls on both sides of it alike. Each round's single machine is a fresh one (its dedupe
+    window empty: a window that fills slows it, round after round), started beside the
+    cluster, idle then. With each one-install measure, the milliseconds of CPU a request
+    (100 events) of the single machine's ingest, of the cluster's ingest node and of its
+    three NATS servers: what says which of them bounds the rate."""
+    one, both = [cluster.port(1)], [cluster.port(1), cluster.port(2)]
+    rounds = collections.defaultdict(list)
+    for _ in range(SDK_ROUNDS):
+        with ingest_server(fsync=True) as (port, _):
+            for name, script in scripts.items():
+                run_wrk(port, str(script), seconds=1)
+                pid, before = PIDS[port], cpu_seconds(PIDS[port])
+                rate = run_wrk(port, str(script), seconds)["rate"]
+                rounds[f"file_{name}_events_s"].append(rate * BATCH)
+                rounds[f"file_{name}_cpu_ms"].append(
+                    1000 * (cpu_seconds(pid) - before) / (rate * seconds))
+        for name, script in scripts.items():
+            before, started = cluster.cpu_seconds(), time.monotonic()
+            rate, _ = wrk_on(one, str(script), seconds)
+            requests = rate * (time.monotonic() - started)
+            after = cluster.cpu_seconds()
+            rounds[f"cluster_1_node_{name}_events_s"].append(rate * BATCH)
+            rounds[f"cluster_1_node_{name}_cpu_ms"].append(
+                1000 * (after["ingest-1"] - before["ingest-1"]) / requests)
+            rounds[f"cluster_1_node_{name}_nats_cpu_ms"].append(
+                1000 * sum(after[n] - before[n] for n in after if n.startswith("nats"))
+                / requests)
+            rate, _ = wrk_on(both, str(script), seconds)
+            rounds[f"cluster_2_nodes_{name}_events_s"].append(rate * BATCH)
+    results = {}
+    for name in scripts:
+        for ratio, top, bottom in (
+                (f"cluster_1_node_{name}_vs_file", f"cluster_1_node_{name}_events_s",
+                 f"file_{name}_events_s"),
+                (f"cluster_2_vs_1_node_{name}", f"cluster_2_nodes_{name}_events_s",
+                 f"cluster_1_node_{name}_events_s")):
+            rounds[ratio] = [a / b for a, b in zip(rounds[top], rounds[bottom])]
+    for key, values in rounds.items():
+        results[key] = statistics.median(values)
+        results[f"{key}_spread"] = (min(values), max(values))
     return results
 
 
@@ -289,6 +328,12 @@ ROWS = [
      "file_sdk_one_install_events_s", "{:,.0f}"),
     ("Cluster, 1 ingest node: SDK events/s, one install a request",
      "cluster_1_node_sdk_one_install_events_s", "{:,.0f}"),
+    ("  CPU a request (ms): the single machine's ingest", "file_sdk_one_install_cpu_ms",
+     "{:.2f}"),
+    ("  CPU a request (ms): the cluster's ingest node", "cluster_1_node_sdk_one_install_cpu_ms",
+     "{:.2f}"),
+    ("  CPU a request (ms): the cluster's three NATS servers",
+     "cluster_1_node_sdk_one_install_nats_cpu_ms", "{:.2f}"),
     ("Cluster, 2 ingest nodes: SDK events/s, one install a request",
      "cluster_2_nodes_sdk_one_install_events_s", "{:,.0f}"),
     ("  cluster (1 node) / single machine, one install a request",
@@ -331,6 +376,9 @@ def rows(results):
     for label, key, fmt in ROWS:
         if key in results:
             value = fmt.format(results[key])
+            if f"{key}_spread" in results:  # a median of rounds (sdk_rounds)
+                low, high = results[f"{key}_spread"]
+                value = f"{value} ({fmt.format(low)} to {fmt.format(high)})"
             if key in TARGETS:
                 target, form, relation = TARGETS[key]
                 value = against(value, results[key], target, form, relation)
