@@ -305,7 +305,7 @@ def unreadable_columns(part, number):
     mark, rows, rest = counted.HEAD.unpack_from(raw)
     fewer = (counted.HEAD.pack(mark, rows - 1, rest - counted.ROW.size)  # a row less than keys
              + raw[counted.HEAD.size + counted.ROW.size:])
-    assert counted.read_alone(fewer).count == rows - 1
+    assert counted.read(fewer, alone=True).count == rows - 1
     columns = [part.columns[:-8] + "!",                               # not base64
                base64.b64encode(zlib.compress(raw)[:-6]).decode(),   # cut short
                base64.b64encode(zlib.compress(fewer)).decode()][number % 3]

@@ -10,7 +10,9 @@ takes the arrays as they are; OverviewCounter takes them as SdkEvents' views and
 (SdkEvents.columns_as_views()).
 """
 
+import functools
 import itertools
+import operator
 
 import numpy
 
@@ -20,6 +22,8 @@ ROWS = numpy.dtype([("time", "<i8"), ("experience", "<i8"), ("index", "<u2", (6,
 INSTALL, USER, SCREEN, REVISION, EXPERIENCE_NAME, SCREEN_NAME = range(6)
 # The rule's range of a moment (seconds): 0 <= moment < 2**40.
 END_MS = 2**40 * 1000
+_TEXTS, _ROWS, _COUNT = (operator.attrgetter(name) for name in ("texts", "rows", "count"))
+_PROJECT = operator.itemgetter(0)  # of a section's texts
 
 
 class ProjectRows:
@@ -53,23 +57,29 @@ class ProjectRows:
         return list(map(texts.__getitem__, self.positions(column, rows).tolist()))
 
 
-def rows(sections, key, set_aside):
+def rows(sections, keys, set_aside):
     """[ProjectRows] of `sections` ([counted.Section], a commit's, in the order read), one a
-    project. `key(project, kind, text)` is an install's ("anon:") or a user's ("user:") key;
-    each row that breaks the format is set aside as (None, why) in `set_aside`."""
+    project. `keys(project, kind, texts)` are the keys of installs ("anon:") or users
+    ("user:"), a list of `texts`' in order; each row that breaks the format is set aside as
+    (None, why) in `set_aside`."""
+    # A few steps a section, each over all of them in C (map, not a loop): a commit holds
+    # tens of thousands of sections.
+    listed = list(map(_TEXTS, sections))
+    projects = list(map(_PROJECT, listed))
+    if len(set(projects)) == 1:  # the common case, one project
+        return [_project_rows(projects[0], sections, listed, keys, set_aside)]
     by_project = {}
-    for section in sections:
-        by_project.setdefault(section.texts[0], []).append(section)
-    return [_project_rows(project, listed, key, set_aside)
-            for project, listed in by_project.items()]
+    for section, project in zip(sections, projects):
+        by_project.setdefault(project, []).append(section)
+    return [_project_rows(project, chosen, list(map(_TEXTS, chosen)), keys, set_aside)
+            for project, chosen in by_project.items()]
 
 
-def _project_rows(project, sections, key, set_aside):
-    table = numpy.frombuffer(b"".join(section.rows for section in sections), ROWS)
-    counts = numpy.fromiter((section.count for section in sections), numpy.int64,
-                            len(sections))
-    sizes = numpy.fromiter((len(section.texts) for section in sections), numpy.int64,
-                           len(sections))
+def _project_rows(project, sections, listed, keys, set_aside):
+    """The ProjectRows of `project`'s `sections`, whose texts are `listed`."""
+    table = numpy.frombuffer(b"".join(map(_ROWS, sections)), ROWS)
+    counts = numpy.fromiter(map(_COUNT, sections), numpy.int64, len(sections))
+    sizes = numpy.fromiter(map(len, listed), numpy.int64, len(sections))
     section_of = numpy.repeat(numpy.arange(len(sections)), counts)
     index = table["index"].astype(numpy.int64)
     time_ms, experience = table["time"], table["experience"]
@@ -85,24 +95,23 @@ def _project_rows(project, sections, key, set_aside):
         section_of = section_of[kept]
     # Each text of the commit stands for where it is first listed: the same text in two
     # requests is one install, one screen. One pass in C (setdefault over a count).
-    texts = list(itertools.chain.from_iterable(section.texts for section in sections))
+    texts = list(itertools.chain.from_iterable(listed))
     numbered = numpy.fromiter(map({}.setdefault, texts, itertools.count()), numpy.int64,
                               len(texts))
     first_text = numpy.concatenate(([0], numpy.cumsum(sizes)[:-1]))
     text = numbered[first_text[section_of][:, None] + index]
     named = index != NONE
-    return ProjectRows(project, time_ms // 1000, experience,
-                       _keys(text, named, INSTALL, texts, lambda text: key(project, "anon:", text)),
-                       _keys(text, named, USER, texts, lambda text: key(project, "user:", text)),
-                       text, named, texts)
+    device = _keys(text, named, INSTALL, texts, functools.partial(keys, project, "anon:"))
+    carried = _keys(text, named, USER, texts, functools.partial(keys, project, "user:"))
+    return ProjectRows(project, time_ms // 1000, experience, device, carried, text, named, texts)
 
 
-def _keys(text, named, column, texts, key):
+def _keys(text, named, column, texts, keys):
     """The key of each row's text in `column` (0 where it names none), each distinct text
-    keyed once."""
+    keyed once: `keys(listed)` of all of them at once."""
     chosen = text[:, column]
     present = named[:, column]
     wanted = numpy.flatnonzero(numpy.bincount(chosen[present], minlength=len(texts)))
-    keys = numpy.zeros(len(texts), numpy.int64)
-    keys[wanted] = [key(texts[at]) for at in wanted.tolist()]
-    return numpy.where(present, keys[chosen], 0)
+    keyed = numpy.zeros(len(texts), numpy.int64)
+    keyed[wanted] = keys(list(map(texts.__getitem__, wanted.tolist())))
+    return numpy.where(present, keyed[chosen], 0)

@@ -47,7 +47,7 @@ from storage.views.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDEN
                                           MAX_INSTALLS_PER_USER, SESSIONS, VIEWS, Changes,
                                           CorruptOverview, OverviewStore)
 from storage.projects import is_project_id, person_text
-from storage.views.sketches import duration_bucket, person_key
+from storage.views.sketches import duration_bucket, person_key, person_keys
 from worker import columns
 from worker.columns import EXPERIENCE_NAME, REVISION, SCREEN, SCREEN_NAME
 from worker.flows import add_session, extend_session
@@ -622,7 +622,7 @@ class SdkEvents:
         """[worker/columns.ProjectRows] of the sections read, once; the rows that break
         their format are then in set_aside."""
         if self._columns is None:
-            self._columns = columns.rows(self.sections, self._key_of, self.set_aside)
+            self._columns = columns.rows(self.sections, self._keys_of, self.set_aside)
         return self._columns
 
     def columns_as_views(self):
@@ -650,12 +650,11 @@ class SdkEvents:
         """How many screen views were read (the sections' with the rest)."""
         return len(self.views) + sum(int(rows.views().sum()) for rows in self.columns())
 
-    def _key_of(self, project, kind, text):
-        """The key of an install ("anon:") or a user ("user:") of `project`, as _extract
-        finds it."""
-        keys = (self._devices if kind == "anon:" else self._users).setdefault(project, {})
-        key = keys.get(text)
-        return key if key is not None else self._key(project, kind, text, keys)
+    @staticmethod
+    def _keys_of(project, kind, texts):
+        """The keys of installs ("anon:") or users ("user:") of `project`, as _extract finds
+        each: a list, one a text of `texts`."""
+        return person_keys(person_text(project, kind), texts)
 
     def _read(self, item, project):
         """One event as the JSON module decodes it, through the rule (_extract)."""
@@ -787,17 +786,14 @@ def _earliest_links(links):
     return earliest
 
 
-def _column_links(rows):
-    """_earliest_links of a ProjectRows' rows that carry a user, found with a sort."""
-    linked = rows.carried != 0
-    if not linked.any():
-        return {}
-    device, user, moment = rows.device[linked], rows.carried[linked], rows.moment[linked]
+def _earliest_link_arrays(device, user, moment):
+    """_earliest_links of links as three arrays, found with a sort: each (device, user)
+    pair once, with its earliest moment, as three arrays."""
     order = numpy.lexsort((moment, user, device))
     device, user, moment = device[order], user[order], moment[order]
     first = numpy.ones(len(device), bool)  # the earliest of each (device, user)
     first[1:] = (device[1:] != device[:-1]) | (user[1:] != user[:-1])
-    return dict(zip(zip(device[first].tolist(), user[first].tolist()), moment[first].tolist()))
+    return device[first], user[first], moment[first]
 
 
 def _count_session(changes, experience, session, sign):
@@ -850,19 +846,20 @@ class FactCounter(OverviewCounter):
             if revision_code is None:
                 revision_code = codes[revision] = code(revision)
             batch.revision.append(revision_code)
-        batch.links = _earliest_links(read.links)
+        links = [numpy.array(read.links, numpy.int64).reshape(-1, 3).T]
         _names(batch, keys, read.views)
         if projects:
-            self._add_columns(batch, projects, codes)
+            self._add_columns(batch, projects, codes, links)
+        batch.links = _earliest_link_arrays(*map(numpy.concatenate, zip(*links)))
         self._log_crowding(store.commit(batch, source, position, log_end))
         self.source, self.position, self.log_end = source, position, log_end
         self._note_speed(started, read.events)
         return read.events
 
-    def _add_columns(self, batch, projects, codes):
+    def _add_columns(self, batch, projects, codes, links):
         """Add the ProjectRows `projects` to `batch` as arrays (after what it holds),
         each experience keyed and each screen and revision id coded once, in the order
-        first seen."""
+        first seen; and their links to `links`, as (device, user, moment) arrays."""
         store = self.store
         parts = {name: [numpy.array(getattr(batch, name), numpy.int64)]
                  for name in ("experience", "moment", "device", "carried", "screen",
@@ -888,10 +885,8 @@ class FactCounter(OverviewCounter):
                                  ("carried", rows.carried[view]),
                                  ("screen", coded[screen]), ("revision", coded[revision])):
                 parts[name].append(column)
-            for pair, moment in _column_links(rows).items():
-                known = batch.links.get(pair)
-                if known is None or moment < known:
-                    batch.links[pair] = moment
+            linked = rows.carried != 0
+            links.append((rows.device[linked], rows.carried[linked], rows.moment[linked]))
             _column_names(batch.names, rows, view, experience)
         for name, listed in parts.items():
             setattr(batch, name, numpy.concatenate(listed))

@@ -3,7 +3,7 @@ ingest at the head of their data1.details group (storage/log/details.py), or in 
 mode in a header of their SDK message (storage/stream/sdk_message.py), so that the worker
 counts them without decoding the events (worker/overview.py). Written down once here: the
 ingest encodes (encode), storage/log/details.py finds where a group's section ends
-(length), the worker reads it (read, or read_alone of a message's).
+(length), the worker reads it (read).
 
 Why: decoding an SDK event's JSON again was half of what the overview's catch-up spent on it,
 and the rule that picks its counted fields another third. The ingest has checked and
@@ -89,20 +89,10 @@ def length(stored):
     """The length of the section a group's `stored` bytes (what follows its header) begin
     with, or 0 if they do not begin with one whose JSON follows (then the bytes are taken
     as JSON whole, and whatever does not decode is set aside by the worker)."""
-    head = _head(stored)
-    return head[1] if head else 0
-
-
-def _head(stored, alone=False):
-    """(rows, length) of the section `stored` begins with, as length() finds it (JSON
-    follows it), or with `alone`, ending where `stored` ends; or None."""
     if len(stored) < HEAD.size or stored[0] != MARK:
-        return None
-    _, rows, rest = HEAD.unpack_from(stored)
-    end = HEAD.size + rest
-    if alone:
-        return (rows, end) if end == len(stored) else None
-    return (rows, end) if end < len(stored) and stored[end] in _JSON_STARTS else None
+        return 0
+    end = HEAD.size + HEAD.unpack_from(stored)[2]
+    return end if end < len(stored) and stored[end] in _JSON_STARTS else 0
 
 
 class Section:
@@ -122,27 +112,20 @@ class Section:
         return Section(rows, len(kept), self.texts)
 
 
-def read(stored):
+def read(stored, alone=False):
     """The Section a group's `stored` bytes (details.Group.stored) begin with, or None if
     they begin with none (length() is 0) or with one that does not read: rows past its
-    length, or texts that are not a non-empty array of strings. One look at the head, where
-    length() and a slice of the section would take two (a group's reading is most of the
-    overview's)."""
-    head = _head(stored)
-    return None if head is None else _section(stored, *head)
-
-
-def read_alone(section):
-    """The Section of `section`, bytes that hold one and nothing after it (a cluster SDK
-    message's columns: storage/stream/sdk_message.py), or None if they do not read as
-    read() reads one."""
-    head = _head(section, alone=True)
-    return None if head is None else _section(section, *head)
-
-
-def _section(stored, count, end):
-    """The Section of `count` rows that `stored` begins with, its texts ending at `end`, or
-    None if it does not read."""
+    length, or texts that are not a non-empty array of strings. With `alone`, `stored` is
+    a section and nothing after it (a cluster SDK message's columns:
+    storage/stream/sdk_message.py). One function, not one a step: it is called once a group
+    of the overview's catch-up, most of whose time is the groups' reading."""
+    if len(stored) < HEAD.size or stored[0] != MARK:
+        return None
+    _, count, rest = HEAD.unpack_from(stored)
+    end = HEAD.size + rest
+    if (end != len(stored)) if alone else (end >= len(stored)
+                                           or stored[end] not in _JSON_STARTS):
+        return None
     texts_at = HEAD.size + count * ROW.size
     if texts_at > end:
         return None

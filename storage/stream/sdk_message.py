@@ -111,8 +111,8 @@ class SdkPart:
         if self.columns is None:
             return None
         try:
-            section = counted.read_alone(_inflated(
-                base64.b64decode(self.columns, validate=True), "the columns"))
+            section = counted.read(_inflated(
+                base64.b64decode(self.columns, validate=True), "the columns"), alone=True)
         except ValueError:  # binascii.Error is one
             return None
         return section if section is not None and section.count == len(self.tokens) else None

@@ -173,6 +173,9 @@ def read_state(path):
     return OverviewState(*state)
 
 
+_NO_LINKS = numpy.array([], dtype=numpy.int64)
+
+
 class Batch:
     """A commit's facts, gathered as columns: its screen views and links (worker/overview.py's
     SdkEvents), and the latest names it saw."""
@@ -180,7 +183,9 @@ class Batch:
     def __init__(self):
         self.experience, self.moment, self.device, self.carried = [], [], [], []
         self.screen, self.revision = [], []
-        self.links = {}  # (device, user) -> the earliest moment seen
+        # (device, user, moment) arrays: each (device, user) pair once, with the earliest
+        # moment seen
+        self.links = (_NO_LINKS,) * 3
         self.names = {}  # (experience, screen) -> (moment, name), the latest
         self.events = 0
         self.set_aside = 0
@@ -312,17 +317,14 @@ class FactStore:
                                                          self._text_ranks(), joined))
                     db.execute("DROP TABLE touched")
                 crowding = 0
-                if batch.links:
-                    (devices, users), moments = zip(*batch.links), batch.links.values()
-                    users = numpy.array(users, dtype=numpy.int64)
+                devices, users, moments = batch.links
+                if len(devices):
                     db.register("linked_users", {"user_key": users})
                     installs_of = (f"SELECT count(*) FROM (SELECT user_key FROM link SEMI JOIN "
                                    f"linked_users USING (user_key) GROUP BY user_key HAVING "
                                    f"count(DISTINCT device) > {MAX_INSTALLS_PER_USER})")
                     (crowded_before,), = db.execute(installs_of).fetchall()
-                    _append(db, "link", device=numpy.array(devices, dtype=numpy.int64),
-                            user_key=users,
-                            moment=numpy.fromiter(moments, numpy.int64, len(moments)))
+                    _append(db, "link", device=devices, user_key=users, moment=moments)
                     (crowded_after,), = db.execute(installs_of).fetchall()
                     crowding = crowded_after - crowded_before
                     # An install's person hangs on its own links and on whether each user

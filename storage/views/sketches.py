@@ -47,9 +47,18 @@ EXACT_DURATION_BELOW = 4096
 def person_key(text):
     """A person's (or a device's) 64-bit hash, as a signed integer (what SQLite and the HLL
     sketch take)."""
+    return person_keys("", (text,))[0]
+
+
+def person_keys(prefix, texts):
+    """[person_key(prefix + text) for text in texts], in one loop: a commit's distinct
+    installs or users keyed at once (worker/columns.py), at a third less a key than a call
+    each."""
+    blake2b, from_bytes = hashlib.blake2b, int.from_bytes
     # surrogatepass: any str hashes, even one holding half an emoji (JSON can carry it).
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"),
-                                          digest_size=8).digest(), "little", signed=True)
+    return [from_bytes(blake2b((prefix + text).encode("utf-8", "surrogatepass"),
+                               digest_size=8).digest(), "little", signed=True)
+            for text in texts]
 
 
 def _int64s(blob):
