@@ -171,6 +171,33 @@ def test_groups_from_before_the_columns_count_beside_them(tmp_path, traffic, sto
     assert documents[0] == documents[1]
 
 
+def test_the_latest_names_from_the_columns_are_the_ones_from_the_events(tmp_path):
+    """Names of one experience and its screen from several installs and requests: the
+    latest moment's wins, a tie of moments goes to the greater name, in one commit and
+    across commits, counted from the columns as from the events."""
+    def named(number, device, second, experience_name, name, screen_id="home"):
+        event = screen(number, anonymous=device)
+        event["timestamp"] = f"2026-11-03T11:00:{second:02d}Z"
+        event["properties"].update(id=screen_id, experienceName=experience_name, name=name)
+        return event
+
+    batches = [("a", [named(1, "a", 10, "Bienvenue", "Accueil"),
+                      named(2, "a", 10, "Welcome", "Home", "other")]),
+               ("b", [named(3, "b", 10, "Willkommen", "Start")]),
+               ("c", [named(4, "c", 5, "Zzz, earlier", "Zzz, earlier")]),
+               ("a", [named(5, "a", 10, "Benvenuto", "Casa", "other")])]
+    found = []
+    for root in both(tmp_path, collections.namedtuple("Traffic", "batches")(batches)):
+        for commit_events in (2, 10**6):
+            counter = count_facts(root, commit_events)
+            found.append(tables(counter.store)["names"])
+            counter.close()
+            Layout(root).overview_facts.unlink()
+    moment = 1793703610  # 2026-11-03T11:00:10Z
+    assert found == [[("", 7, "", moment, "Willkommen"), ("", 7, "home", moment, "Start"),
+                      ("", 7, "other", moment, "Home")]] * 4
+
+
 def sdk_events(root, events):
     """Ingest one batch of `events` into `root` with its columns; its group."""
     body = json.dumps({"batch": events}).encode()
