@@ -89,10 +89,20 @@ def length(stored):
     """The length of the section a group's `stored` bytes (what follows its header) begin
     with, or 0 if they do not begin with one whose JSON follows (then the bytes are taken
     as JSON whole, and whatever does not decode is set aside by the worker)."""
+    head = _head(stored)
+    return head[1] if head else 0
+
+
+def _head(stored, alone=False):
+    """(rows, length) of the section `stored` begins with, as length() finds it (JSON
+    follows it), or with `alone`, ending where `stored` ends; or None."""
     if len(stored) < HEAD.size or stored[0] != MARK:
-        return 0
-    end = HEAD.size + HEAD.unpack_from(stored)[2]
-    return end if end < len(stored) and stored[end] in _JSON_STARTS else 0
+        return None
+    _, rows, rest = HEAD.unpack_from(stored)
+    end = HEAD.size + rest
+    if alone:
+        return (rows, end) if end == len(stored) else None
+    return (rows, end) if end < len(stored) and stored[end] in _JSON_STARTS else None
 
 
 class Section:
@@ -117,15 +127,13 @@ def read(stored, alone=False):
     they begin with none (length() is 0) or with one that does not read: rows past its
     length, or texts that are not a non-empty array of strings. With `alone`, `stored` is
     a section and nothing after it (a cluster SDK message's columns:
-    storage/stream/sdk_message.py). One function, not one a step: it is called once a group
-    of the overview's catch-up, most of whose time is the groups' reading."""
-    if len(stored) < HEAD.size or stored[0] != MARK:
+    storage/stream/sdk_message.py). The head is found as length() finds it, the rest read
+    here rather than in a call of its own: it is called once a group of the overview's
+    catch-up, most of whose time is the groups' reading."""
+    head = _head(stored, alone)
+    if head is None:
         return None
-    _, count, rest = HEAD.unpack_from(stored)
-    end = HEAD.size + rest
-    if (end != len(stored)) if alone else (end >= len(stored)
-                                           or stored[end] not in _JSON_STARTS):
-        return None
+    count, end = head
     texts_at = HEAD.size + count * ROW.size
     if texts_at > end:
         return None
