@@ -776,19 +776,20 @@ def _countable(section):
 
 def _earliest_links(links):
     """{(device, user): the earliest moment they were linked} of `links`, (device, user,
-    moment) each (SdkEvents.links): the first link of a pair is the one the people rule
-    dates it by (worker/people.py)."""
-    earliest = {}
-    for device, user, moment in links:
-        known = earliest.get((device, user))
-        if known is None or moment < known:
-            earliest[device, user] = moment
-    return earliest
+    moment) each (SdkEvents.links): _earliest_link_arrays, as a dict."""
+    device, user, moment = _earliest_link_arrays(*_link_arrays(links))
+    return dict(zip(zip(device.tolist(), user.tolist()), moment.tolist()))
+
+
+def _link_arrays(links):
+    """`links`, (device, user, moment) each (SdkEvents.links), as three int64 arrays."""
+    return tuple(numpy.array(links, numpy.int64).reshape(-1, 3).T)
 
 
 def _earliest_link_arrays(device, user, moment):
-    """_earliest_links of links as three arrays, found with a sort: each (device, user)
-    pair once, with its earliest moment, as three arrays."""
+    """The first link of each (device, user) pair among links given as three arrays (the
+    one the people rule dates the pair by: worker/people.py), found with a sort: each pair
+    once, with its earliest moment, as three arrays."""
     order = numpy.lexsort((moment, user, device))
     device, user, moment = device[order], user[order], moment[order]
     first = numpy.ones(len(device), bool)  # the earliest of each (device, user)
@@ -846,7 +847,7 @@ class FactCounter(OverviewCounter):
             if revision_code is None:
                 revision_code = codes[revision] = code(revision)
             batch.revision.append(revision_code)
-        links = [numpy.array(read.links, numpy.int64).reshape(-1, 3).T]
+        links = [_link_arrays(read.links)]
         _names(batch, keys, read.views)
         if projects:
             self._add_columns(batch, projects, codes, links)
