@@ -47,7 +47,8 @@ from storage.sdk_event import CountedEvent
 from storage.views.overview_facts import FactReader, FactStore
 from storage.views.overview_store import Changes, NoOverview, OverviewReader, OverviewStore
 from storage.views.sketches import person_key
-from worker.overview import FACT_COMMIT_EVENTS, OverviewCounter, SdkEvents
+from worker.overview import FACT_COMMIT_EVENTS, OverviewCounter
+from worker.sdk_events import SdkEvents
 
 BACKLOG_EVENTS = 2_000_000
 EXPERIENCES = 1000

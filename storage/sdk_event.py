@@ -1,7 +1,7 @@
 """The SDKs' events (Judo's iOS and Android SDKs; bench/sdk_shapes.py has them field by
 field) as msgspec structs of the fields the engine reads, and no more: the decoder skips the
 rest of an event, which is kept as it came. One shape, read two ways: the ingest checks
-what it takes (app/validate.py), the worker counts what is kept (worker/overview.py).
+what it takes (app/validate.py), the worker counts what is kept (worker/sdk_events.py).
 
 A body or a stored event that does not fit (a field of another type) raises in msgspec's
 decoder; both readers then read it the step by step way, which names or sets aside what it

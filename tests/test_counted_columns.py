@@ -22,7 +22,8 @@ from storage.views.overview_store import OverviewReader, OverviewStore
 from test_flows import flows
 from test_overview import END, QUERIES, RECEIVED, TIMEOUT, answers, count, store_rows
 from test_overview_facts import count_facts
-from worker.overview import FactCounter, OverviewCounter, SdkEvents
+from worker.overview import FactCounter, OverviewCounter
+from worker.sdk_events import SdkEvents
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from storage.log.writer import EventLog
 from storage.stream import sdk_message
 from storage.stream.names import COLUMNS_HEADER
 from test_validate import sdk_like_events
-from worker.overview import SdkEvents
+from worker.sdk_events import SdkEvents
 
 SURROGATE_FIELDS = ["anonymousID", "userID", "id", "properties.name",
                     "properties.experienceName", "properties.id", "context.locale", "key"]

@@ -25,7 +25,8 @@ from storage.views.overview_store import MAX_INSTALLS_PER_USER, MAX_POSITION, No
 from storage.views.sketches import person_key
 from test_flows import flows
 from test_overview import END, QUERIES, TIMEOUT, answers, count, ingest
-from worker.overview import FactCounter, SdkEvents
+from worker.overview import FactCounter
+from worker.sdk_events import SdkEvents
 from worker.overview_answers import OverviewAnswers
 
 

@@ -1,5 +1,5 @@
 """The ingest's counted columns (storage/log/counted.py) of one commit, read as the overview's
-rule reads an event (worker/overview.py, SdkEvents._extract), but as arrays: an install's
+rule reads an event (worker/sdk_events.py, SdkEvents._extract), but as arrays: an install's
 key, a user's, a screen view's experience, screen, revision and names, a row an event, with
 no Python object made a row.
 

@@ -1,8 +1,10 @@
 """The experience overview, counted from the SDK events' details into an overview store.
 
-OverviewCounter holds the rule: screen views placed in their hours, sessions
-(worker/sessions.py), their flows (worker/flows.py) and people (worker/people.py), the
-changes committed with the new position in one transaction (storage/views/overview_store.py).
+The events are read by worker/sdk_events.py (SdkEvents: which are screen views, of which
+install and user). OverviewCounter holds the counting rule: screen views placed in their
+hours, sessions (worker/sessions.py), their flows (worker/flows.py) and people
+(worker/people.py), the changes committed with the new position in one transaction
+(storage/views/overview_store.py).
 Both workers use it: Overview, below, on data1.details, and the cluster's worker on each
 partition's messages (worker/stream_runner.py).
 
@@ -25,34 +27,27 @@ file, is never continued: it is set aside and the overview counted again from th
 
 import collections
 import itertools
-import json
 import logging
-import operator
 import os
 import time
 
-import msgspec
 import numpy
 
 from storage.layout import Layout, names_open_file
-from storage.log import counted
-from storage.log.details import (HEADER, item_decoder, payload_events, payload_events_as,
-                                 read_groups, read_header)
-from storage.log.format import MAX_ID
-from storage.sdk_event import CountedEvent
+from storage.log.details import HEADER, read_groups, read_header
 from storage.views.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDENTIFIED, PEOPLE,
                                           REVISION_FIRST_SEEN, REVISION_IDENTIFIED,
                                           REVISION_LAST_SEEN, REVISION_PEOPLE, REVISION_VIEWS,
                                           SCREEN_PEOPLE, SCREEN_VIEWS, SESSION_SCREENS,
                                           MAX_INSTALLS_PER_USER, SESSIONS, VIEWS, Changes,
                                           CorruptOverview, OverviewStore)
-from storage.projects import is_project_id, person_text
-from storage.views.sketches import duration_bucket, person_key, person_keys
-from worker import columns
+from storage.views.sketches import duration_bucket
 from worker.columns import EXPERIENCE_NAME, REVISION, SCREEN, SCREEN_NAME
 from worker.flows import add_session, extend_session
 from worker.overview_answers import OverviewAnswers
 from worker.people import person_of
+from worker.sdk_events import (VIEW_DEVICE, VIEW_EXPERIENCE, VIEW_EXPERIENCE_NAMED, VIEW_MOMENT,
+                               VIEW_SCREEN_NAMED, VIEWER, SdkEvents, stored_text)
 from worker.sessions import extend, place
 
 log = logging.getLogger("worker")
@@ -162,7 +157,7 @@ class OverviewCounter:
         changes.set_aside = len(set_aside)
         self._log_set_aside(set_aside)
         # Every install's state in a few queries, not a few per view.
-        viewing = set(map(_DEVICE, views))
+        viewing = set(map(VIEW_DEVICE, views))
         persons, changed = self._link(changes, read.links, viewing)
         stored = self.store.sessions(viewing | changed)
         for (device, experience), sessions in stored.items():
@@ -173,11 +168,11 @@ class OverviewCounter:
         # Each experience's key, in the order first viewed (a new key is numbered in order).
         filed_under = self.store.keys.key
         keys = {experience: filed_under(*experience)
-                for experience in dict.fromkeys(map(_EXPERIENCE, views))}
+                for experience in dict.fromkeys(map(VIEW_EXPERIENCE, views))}
         # An install's batch views a few screens many times: each distinct viewer of a
         # screen in an hour (counted in C) adds its views and its person once.
         for (experience, hour, screen, revision, device, carried), seen in \
-                collections.Counter(map(_VIEWER, views)).items():
+                collections.Counter(map(VIEWER, views)).items():
             experience = keys[experience]
             user = carried or persons.get(device)
             person = user or device
@@ -408,325 +403,14 @@ class Overview:
             self.details = None
 
 
-class SdkEvents:
-    """What the overview counts of a stretch of SDK events: its screen views, as
-    (experience, hour, screen id, revision id, device, carried, moment, experience name,
-    screen name), with `experience` (project, id) ("" for the default project), `hour` the
-    start of the moment's hour, `carried` the key of the userID the view carries (0 if none),
-    and a missing screen or revision id ""; the first six are who viewed what when, counted
-    together (OverviewCounter.count); its links, as (device, user, moment) (worker/people.py:
-    any event that carries both ids); how many events were read, and those set aside. The
-    rest of an identify or a register is kept in the details, not counted.
-
-    A group the ingest wrote its counted columns in (storage/log/counted.py), or a cluster
-    message that carries them, is not decoded: its section waits in `sections`, read at the
-    commit as arrays (columns(), for FactCounter) or as views and links (columns_as_views(),
-    for OverviewCounter)."""
-
-    def __init__(self):
-        self.views, self.links, self.set_aside, self.events = [], [], [], 0
-        self.sections = []
-        self._columns = None  # columns(), once read
-        self._devices = {}  # project -> {anonymousID: its key}
-        self._users = {}  # project -> {userID: its key}
-        self._screens = {}  # what a view sent -> what it counts as (_screen)
-
-    def read(self, items, project=""):
-        """Read the events of `project` (as details keep them: {"event", "time", ...}).
-
-        The ingest stores only events it checked, but a store outlives the code that checked
-        it: an event that still cannot be counted (a field of the wrong type, a time out of
-        range) is set aside as (its id, why) and left out, so that no stored event can stop
-        the counting of the others."""
-        self.events += len(items)
-        for item in items:
-            try:
-                self._read(item, project)
-            except Exception as error:  # noqa: BLE001 (any flaw of one event, named below)
-                event = item.get("event") if type(item) is dict else None
-                named = event.get("id") if type(event) is dict else None
-                self.set_aside.append((named if type(named) is str else None,
-                                       f"{type(error).__name__}: {error}"))
-
-    def read_group(self, group):
-        """read(group.events()), a few times faster: its counted columns kept for the commit
-        when the ingest wrote them, else the events decoded as storage/sdk_event.py's
-        CountedEvent, only the fields counted. A group that does not fit (columns that do
-        not read, a field of another type, a value out of range: what read() sets aside) is
-        read by read(), event by event."""
-        section = counted.read(group.stored)
-        if _countable(section):
-            self.sections.append(section)
-            self.events += section.count
-            return
-        try:
-            project, decoded = group.events_as(CountedEvent)
-        except (msgspec.MsgspecError, ValueError):
-            try:
-                project, items = group.events()
-            except Exception as error:  # noqa: BLE001 (a payload that is not the format)
-                self.events += 1  # how many it holds is not known
-                self.set_aside.append((None, f"a details group that does not decode: "
-                                             f"{type(error).__name__}: {error}"))
-                return
-            self.read(items, project)
-            return
-        self._read_decoded([(project, decoded)], lambda: group.events()[1], project)
-
-    def read_encoded(self, items):
-        """read() of items each still in JSON (a cluster message's details header, which
-        names its project), as fast as read_group and with the same way back to read()."""
-        def as_dicts():
-            return [json.loads(item) for item in items]
-
-        try:
-            decoded = list(map(_ITEM.decode, items))
-        except (msgspec.MsgspecError, ValueError):
-            self.read(as_dicts())
-            return
-        # Each item names its project: read in runs of one project (most messages are one).
-        runs = [(project, [(item.event, item.time) for item in run])
-                for project, run in itertools.groupby(decoded, _PROJECT)]
-        self._read_decoded(runs, as_dicts)
-
-    def read_stream(self, parts):
-        """Read a partition's SDK messages, [(SdkPart, repeats), ...]
-        (storage/stream/sdk_message.py), the events at the indexes in repeats left out."""
-        older = [part.legacy_item for part, repeats in parts
-                 if part.payload is None and not repeats]
-        if older:
-            self.read_encoded(older)
-        for part, repeats in parts:
-            if part.payload is not None:
-                self._read_payload(part, set(repeats))
-
-    def _read_payload(self, part, repeats):
-        """read_group() of an SDK message's details (SdkPart), but for the events at the
-        indexes in `repeats`: its counted columns kept for the commit when it carries them,
-        and its payload not even inflated."""
-        section = part.section()
-        if _countable(section):
-            if repeats:
-                section = section.without(repeats)
-            self.sections.append(section)
-            self.events += section.count
-            return
-
-        def kept(items):
-            return [item for index, item in enumerate(items) if index not in repeats]
-
-        def set_aside_whole(error):
-            self.events += count
-            self.set_aside.append((None, f"a message of {count} events that does not "
-                                         f"decode: {type(error).__name__}: {error}"))
-
-        count = len(part.tokens)
-        try:
-            payload = part.details()  # inflated once, for either way of reading it
-        except ValueError as error:
-            set_aside_whole(error)
-            return
-        try:
-            project, decoded = payload_events_as(payload, CountedEvent)
-            if len(decoded) != count:
-                raise ValueError(f"{len(decoded)} events for {count} keys")
-        except (msgspec.MsgspecError, ValueError):
-            try:
-                project, items = payload_events(payload)
-                if len(items) != count:
-                    raise ValueError(f"{len(items)} events for {count} keys")
-            except Exception as error:  # noqa: BLE001 (a message that is not the format)
-                set_aside_whole(error)
-                return
-            self.read(kept(items), project)
-            return
-        self._read_decoded([(project, kept(decoded))],
-                           lambda: kept(payload_events(payload)[1]), project)
-
-    def _read_decoded(self, runs, as_dicts, project=""):
-        """Count the events of `runs`, [(project, [(event, time), ...]), ...], all of them
-        or, if any does not fit, none: read(as_dicts(), project) then reads them event by
-        event."""
-        views, links = [], []
-        try:
-            for project_of, decoded in runs:
-                self._extract(views, links, project_of, decoded)
-        except (ValueError, TypeError):
-            self.read(as_dicts(), project)
-            return
-        self.events += sum(len(decoded) for _, decoded in runs)
-        self.views += views
-        self.links += links
-
-    def _extract(self, views, links, project, decoded):
-        """The rule, for either way of reading: the views and links of `project`'s
-        [(event, time), ...], each event a storage/sdk_event.CountedEvent (or an _Event),
-        appended to `views` and `links`. Raises ValueError or TypeError at an event that
-        does not fit, before appending anything of it.
-
-        Every SDK event passes here, in one loop a group: a call and a key tuple an event
-        cost the reading a tenth of its time. Installs, users, experiences and their names
-        recur from event to event: each is checked, hashed and made storable once, and
-        looked up after."""
-        if project and not is_project_id(project):
-            raise ValueError(f"not a project: {project!r}")
-        devices = self._devices.get(project)
-        if devices is None:
-            devices = self._devices[project] = {}
-        users = self._users.get(project)
-        if users is None:
-            users = self._users[project] = {}
-        screens, add_view, add_link = self._screens, views.append, links.append
-        for event, time_ms in decoded:
-            moment = time_ms // 1000
-            if not 0 <= moment < 2**40:
-                raise ValueError("time out of range")
-            # A value of the wrong type may be unhashable (read()'s dicts, or an experienceID
-            # of any type): a lookup that raises takes the miss's way, which names what is
-            # wrong.
-            anonymous_id = event.anonymousID
-            try:
-                device = devices.get(anonymous_id)
-            except TypeError:
-                device = None
-            if device is None:
-                device = self._key(project, "anon:", anonymous_id, devices)
-            user = event.userID
-            carried = 0
-            if user:  # null and "" are no userID: no link
-                try:
-                    carried = users.get(user)
-                except TypeError:
-                    carried = None
-                if carried is None:
-                    carried = self._key(project, "user:", user, users)
-            if event.type == "screen":
-                screen = event.properties
-                if screen is None:
-                    raise ValueError("a screen view without properties")
-                sent = (project, screen.experienceID, screen.id, screen.experienceRevisionID,
-                        screen.experienceName, screen.name)
-                try:
-                    shown = screens.get(sent)
-                except TypeError:
-                    shown = None
-                if shown is None:
-                    shown = self._screen(sent)
-                experience, screen_id, revision, experience_name, screen_name = shown
-                add_view((experience, moment - moment % 3600, screen_id, revision, device,
-                          carried, moment, experience_name, screen_name))
-            if carried:
-                add_link((device, carried, moment))
-
-    def columns(self):
-        """[worker/columns.ProjectRows] of the sections read, once; the rows that break
-        their format are then in set_aside."""
-        if self._columns is None:
-            self._columns = columns.rows(self.sections, self._keys_of, self.set_aside)
-        return self._columns
-
-    def columns_as_views(self):
-        """Add the sections' screen views and links to `views` and `links`, as _extract
-        makes them (once; the sections are then spent)."""
-        for rows in self.columns():
-            view = rows.views()
-            moment = rows.moment[view]
-            experience = rows.experience[view].tolist()
-            project = rows.project
-            self.views += zip(
-                [(project, number) for number in experience],
-                (moment - moment % 3600).tolist(),
-                map(stored_text, rows.text_of(SCREEN, view, "")),
-                map(stored_text, rows.text_of(REVISION, view, "")),
-                rows.device[view].tolist(), rows.carried[view].tolist(), moment.tolist(),
-                map(stored_text, rows.text_of(EXPERIENCE_NAME, view, None)),
-                map(stored_text, rows.text_of(SCREEN_NAME, view, None)))
-            linked = rows.carried != 0
-            self.links += zip(rows.device[linked].tolist(), rows.carried[linked].tolist(),
-                              rows.moment[linked].tolist())
-        self.sections, self._columns = [], []
-
-    def screen_views(self):
-        """How many screen views were read (the sections' with the rest)."""
-        return len(self.views) + sum(int(rows.views().sum()) for rows in self.columns())
-
-    @staticmethod
-    def _keys_of(project, kind, texts):
-        """The keys of installs ("anon:") or users ("user:") of `project`, as _extract finds
-        each: a list, one a text of `texts`."""
-        return person_keys(person_text(project, kind), texts)
-
-    def _read(self, item, project):
-        """One event as the JSON module decodes it, through the rule (_extract)."""
-        event = item["event"]
-        kind = event.get("type")
-        properties = None
-        if kind == "screen":
-            properties = event["properties"]
-            properties = _Screen(properties["experienceID"], properties.get("id"),
-                                 properties.get("experienceName"), properties.get("name"),
-                                 properties.get("experienceRevisionID"))
-        read = _Event(event["anonymousID"], event.get("userID"), kind, properties)
-        # A cluster message's item names its own project.
-        self._extract(self.views, self.links, item.get("project", project),
-                      [(read, item["time"])])
-
-    def _key(self, project, kind, text, keys):
-        """The key of an install ("anon:") or a user ("user:") of `project` (checked by
-        _extract), kept in `keys` (the project's)."""
-        key = keys[text] = person_key(person_text(project, kind + text))
-        return key
-
-    def _screen(self, sent):
-        """(experience, screen id, revision id, experience name, screen name) as counted, of
-        a view's `sent` (project, experienceID, id, experienceRevisionID, experienceName,
-        name); kept in self._screens."""
-        project, experience_id, screen_id, revision, experience_name, screen_name = sent
-        experience = int(experience_id)
-        if not 0 <= experience <= MAX_ID:
-            raise ValueError("experienceID out of range")
-        shown = self._screens[sent] = (
-            (project, experience), stored_text(screen_id or ""), stored_text(revision or ""),
-            stored_text(experience_name), stored_text(screen_name))
-        return shown
-
-
-# An event and a screen view's properties read from a dict (SdkEvents._read), as _extract
-# reads a CountedEvent and its Properties.
-_Event = collections.namedtuple("_Event", "anonymousID userID type properties")
-_Screen = collections.namedtuple(
-    "_Screen", "experienceID id experienceName name experienceRevisionID")
-_ITEM = item_decoder(CountedEvent)
-_PROJECT = operator.attrgetter("project")
-# The parts of a view (SdkEvents.views) picked in C.
-_EXPERIENCE = operator.itemgetter(0)
-_DEVICE = operator.itemgetter(4)
-_MOMENT = operator.itemgetter(6)
-_VIEWER = operator.itemgetter(0, 1, 2, 3, 4, 5)
-_EXPERIENCE_NAMED = operator.itemgetter(0, 7)
-_SCREEN_NAMED = operator.itemgetter(0, 2, 8)
-
-
-def stored_text(value):
-    """A name or screen id as SQLite can store it: a string whose lone surrogates (half an
-    emoji, which JSON's \\u escapes can carry and UTF-8 cannot) become U+FFFD."""
-    if value is None:
-        return None
-    if type(value) is not str:
-        raise TypeError(f"a name or screen id is {type(value).__name__}, not a string")
-    if value.isascii():
-        return value
-    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
 def _names(changes, keys, views):
     """Keep the latest name of each experience and screen among `views` in changes.names
     (by device time; ties go to the greater name): the latest moment of each distinct name
     first, then the latest of those."""
-    moments = list(map(_MOMENT, views))
+    moments = list(map(VIEW_MOMENT, views))
     latest = {}  # (experience, name) or (experience, screen, name) -> its latest moment
-    for named, moment in itertools.chain(zip(map(_EXPERIENCE_NAMED, views), moments),
-                                         zip(map(_SCREEN_NAMED, views), moments)):
+    for named, moment in itertools.chain(zip(map(VIEW_EXPERIENCE_NAMED, views), moments),
+                                         zip(map(VIEW_SCREEN_NAMED, views), moments)):
         if moment > latest.get(named, -1):
             latest[named] = moment
     for named, moment in latest.items():
@@ -766,12 +450,6 @@ def _column_names(names, rows, view, experience):
             text = stored_text(texts[text])
             if text:
                 _name(names, (key, stored_text(texts[at]) if by_screen else ""), seen, text)
-
-
-def _countable(section):
-    """Whether a counted.Section read from a group or a message can be counted as it is: it
-    was read, and names the default project or a project's id (else its events are read)."""
-    return section is not None and (not section.texts[0] or is_project_id(section.texts[0]))
 
 
 def _earliest_links(links):
@@ -832,7 +510,7 @@ class FactCounter(OverviewCounter):
         self._log_set_aside(read.set_aside)
         key, code = store.keys.key, store.code
         keys = {experience: key(*experience)
-                for experience in dict.fromkeys(map(_EXPERIENCE, read.views))}
+                for experience in dict.fromkeys(map(VIEW_EXPERIENCE, read.views))}
         codes = {}
         for experience, _, screen, revision, device, carried, moment, _, _ in read.views:
             batch.experience.append(keys[experience])

@@ -73,7 +73,8 @@ from storage.stream.state import NoQuorum, stream_state
 from storage.views.overview_store import OverviewReader, OverviewStore
 from storage.views.seen_store import SLACK_MS, SeenStore
 from storage.views.series_store import CorruptSeries, SeriesReader, SeriesStore
-from worker.overview import FactCounter, OverviewCounter, SdkEvents
+from worker.overview import FactCounter, OverviewCounter
+from worker.sdk_events import SdkEvents
 from worker.runner import COMMIT_EVERY, PassLoop, plural, report_skipped
 from worker.stream_answers import Answers
 from worker.stream_shares import Shares

@@ -1,9 +1,9 @@
 """The counted columns: what the overview counts of a request's SDK events, written by the
 ingest at the head of their data1.details group (storage/log/details.py), or in cluster
 mode in a header of their SDK message (storage/stream/sdk_message.py), so that the worker
-counts them without decoding the events (worker/overview.py). Written down once here: the
-ingest encodes (encode), storage/log/details.py finds where a group's section ends
-(length), the worker reads it (read).
+counts them without decoding the events (worker/sdk_events.py, worker/columns.py). Written
+down once here: the ingest encodes (encode), storage/log/details.py finds where a group's
+section ends (length), the worker reads it (read).
 
 Why: decoding an SDK event's JSON again was half of what the overview's catch-up spent on it,
 and the rule that picks its counted fields another third. The ingest has checked and

@@ -177,7 +177,7 @@ _NO_LINKS = numpy.array([], dtype=numpy.int64)
 
 
 class Batch:
-    """A commit's facts, gathered as columns: its screen views and links (worker/overview.py's
+    """A commit's facts, gathered as columns: its screen views and links (worker/sdk_events.py's
     SdkEvents), and the latest names it saw."""
 
     def __init__(self):

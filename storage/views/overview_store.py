@@ -62,7 +62,7 @@ from the Unix epoch); all times are the devices' (storage/log/details.py: "time"
                     offset in the details file, or a stream sequence), log_end (the data1
                     offset its last counted group ends at; the sequence again in cluster
                     mode), events, updated_at, set_aside (SDK events read that could not
-                    be counted, worker/overview.SdkEvents)
+                    be counted, worker/sdk_events.SdkEvents)
 
     experience_key  (key, project, experience): a named project's experiences' keys
                     (storage/views/derived_store.py: ExperienceKeys); `experience` in every
