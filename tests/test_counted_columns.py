@@ -6,6 +6,7 @@ import base64
 import collections
 import json
 import os
+import struct
 import zlib
 
 import pytest
@@ -237,9 +238,8 @@ def damaged(section, row, field, value):
 
 
 @pytest.mark.parametrize("field, value", [
-    (2, 99),          # an install past the texts
-    (2, 0),           # no install
     (4, 99),          # a screen past the texts
+    (7, 99),          # a screen name past the texts
     (0, -1000),       # a time before 1970
     (0, 2**40 * 1000),  # a time past the rule's range
     (1, -5),          # an experienceID out of range
@@ -258,10 +258,34 @@ def test_a_row_out_of_range_is_set_aside_and_the_rest_counted(tmp_path, field, v
     counter.count(read, b"details", group.end, group.data1_end)
     assert read.events == 3
     assert [why for _, why in read.set_aside] == [
-        "its counted columns are out of range (an index past their texts, no install, or a "
-        "time or experienceID out of range)"]
+        "its counted columns are out of range (an index past their texts, or a time or "
+        "experienceID out of range)"]
     assert read.screen_views() == 2
     counter.close()
+
+
+def first_format(columns):
+    """`columns` as the first format wrote them: an index for the install and the user, in
+    place of their keys, and their texts among the others."""
+    section = counted.read(columns, alone=True)
+    rows = [counted.ROW.unpack_from(section.rows, at * counted.ROW.size)
+            for at in range(section.count)]
+    texts = section.texts + ["device-1", "ann"]  # THREE's install and user
+    old_row = struct.Struct("<qq6H")
+    body = b"".join(old_row.pack(time_ms, experience, len(texts) - 2,
+                                 len(texts) - 1 if carried else 0, *indexes)
+                    for time_ms, experience, _, carried, *indexes in rows)
+    rest = body + json.dumps(texts, separators=(",", ":")).encode()
+    return counted.HEAD.pack(counted.FIRST_MARK, section.count, len(rest)) + rest
+
+
+def test_a_section_of_the_first_format_is_found_and_not_read(tmp_path):
+    """Its length found (the JSON after it is the group's payload), its rows not read: its
+    events are read instead."""
+    group = sdk_events(tmp_path, THREE)
+    older = with_columns(group, first_format(group.columns))
+    assert older.payload == group.payload and older.columns is not None
+    assert counted.read(older.stored) is None
 
 
 def resized(columns, cut):
@@ -276,7 +300,8 @@ THREE = [screen(1, user="ann"), screen(2), screen(3)]
 @pytest.mark.parametrize("section", [
     lambda columns: resized(columns, 3),                     # texts cut short
     lambda columns: resized(columns, len(columns) - 14),     # rows cut short
-    lambda columns: counted.HEAD.pack(0, 3, 0),              # no rows, no texts
+    lambda columns: counted.HEAD.pack(counted.MARK, 3, 0),   # no rows, no texts
+    first_format,                                            # the format before this one
     lambda columns: columns.replace(b'["",', b'[70,'),       # a project that is not text
     lambda columns: counted.encode("No Such!", parse_batch(  # nor a project's id
         json.dumps({"batch": THREE}).encode(), RECEIVED).events),

@@ -22,7 +22,7 @@ from storage.log.details import item_decoder, payload_events, payload_events_as
 from storage.log.format import MAX_ID
 from storage.projects import is_project_id, person_text
 from storage.sdk_event import CountedEvent
-from storage.views.sketches import person_key, person_keys
+from storage.views.sketches import person_key
 from worker import columns
 from worker.columns import EXPERIENCE_NAME, REVISION, SCREEN, SCREEN_NAME
 
@@ -46,6 +46,7 @@ class SdkEvents:
         self.views, self.links, self.set_aside, self.events = [], [], [], 0
         self.sections = []
         self._columns = None  # columns(), once read
+        self._known = {}  # the sections' texts read, by their JSON (counted.read's `known`)
         self._devices = {}  # project -> {anonymousID: its key}
         self._users = {}  # project -> {userID: its key}
         self._screens = {}  # what a view sent -> what it counts as (_screen)
@@ -73,7 +74,7 @@ class SdkEvents:
         CountedEvent, only the fields counted. A group that does not fit (columns that do
         not read, a field of another type, a value out of range: what read() sets aside) is
         read by read(), event by event."""
-        section = counted.read(group.stored)
+        section = counted.read(group.stored, known=self._known)
         if _countable(section):
             self.sections.append(section)
             self.events += section.count
@@ -241,7 +242,7 @@ class SdkEvents:
         """[worker/columns.ProjectRows] of the sections read, once; the rows that break
         their format are then in set_aside."""
         if self._columns is None:
-            self._columns = columns.rows(self.sections, self._keys_of, self.set_aside)
+            self._columns = columns.rows(self.sections, self.set_aside)
         return self._columns
 
     def columns_as_views(self):
@@ -268,12 +269,6 @@ class SdkEvents:
     def screen_views(self):
         """How many screen views were read (the sections' with the rest)."""
         return len(self.views) + sum(int(rows.views().sum()) for rows in self.columns())
-
-    @staticmethod
-    def _keys_of(project, kind, texts):
-        """The keys of installs ("anon:") or users ("user:") of `project`, as _extract finds
-        each: a list, one a text of `texts`."""
-        return person_keys(person_text(project, kind), texts)
 
     def _read(self, item, project):
         """One event as the JSON module decodes it, through the rule (_extract)."""

@@ -9,34 +9,45 @@ Why: decoding an SDK event's JSON again was half of what the overview's catch-up
 and the rule that picks its counted fields another third. The ingest has checked and
 decoded the request anyway; it writes those fields as a few integers an event, with the
 request's texts once (docs/benchmarks.md: 2 to 3 µs of the ingest an event, and the
-catch-up about twice as fast).
+catch-up about twice as fast). It writes the keys of its install and user too, hashed once
+where the request arrives, so that the texts left are its screens' and names': requests
+list the same ones again and again, and the worker decodes each list once a commit.
 
 Format (integers little-endian)
-    section   u8   0, a mark: no JSON text begins with it
+    section   u8   1, a mark: no JSON text begins with it (0 marks the first format's)
               u32  rows: one an event, in the order of the group's items (row i is item i)
               u32  length of the rest of the section
               rows, ROW each:
                   i64  time: the item's "time", Unix milliseconds
                   i64  the experienceID of a screen view; -1 for an event that is not one
-                  u16  install (anonymousID)                 each an index in texts;
-                  u16  user (userID)                         0: none (absent, null or "")
-                  u16  screen (properties.id)
-                  u16  revision (properties.experienceRevisionID)
+                  i64  the key of its install: storage/views/sketches.person_key of
+                       storage/projects.person_text(project, "anon:" + anonymousID)
+                  i64  the key of its user, the same of "user:" + userID; 0: none
+                       (absent, null or "")
+                  u16  screen (properties.id)                each an index in texts;
+                  u16  revision (properties.experienceRevisionID)    0: none
                   u16  experience name (properties.experienceName)
                   u16  screen name (properties.name)
               texts  a JSON array of strings: texts[0] the group's project ("" the
                      default), then each text the rows name, once, in the order first named
 
+    The first format (mark 0, until 2026-12-07) had the same head, rows of an index each for
+    the install and the user in place of their keys, and their texts among the others.
+
 Invariants
     * A section is written by the ingest from the very events the group's JSON holds, in
       the same transaction of the group (one write, one CRC), or in the same message: the
       JSON stays the record of what was sent, the section is what the overview reads.
+    * The keys are the ones the worker's rule makes of the events themselves
+      (worker/sdk_events.py): the overview counted from the sections is the one counted from
+      the events (tests/test_counted_columns.py).
     * A reader that cannot use a section (its lengths do not add up, its texts are not an
       array of strings) reads the group's JSON instead. A row that breaks the format (an
-      index past texts, no install, a time or experienceID out of range) is set aside by
-      the worker, as an event the rule cannot count is.
+      index past texts, a time or experienceID out of range) is set aside by the worker, as
+      an event the rule cannot count is.
     * A request naming more than MAX_TEXTS distinct texts gets no section: its JSON is read.
-      So is every group, and every SDK message, written before the ingest wrote sections.
+      So is every group, and every SDK message, written before the ingest wrote sections,
+      and every one of the first format: the events are the record, read once more.
 """
 
 import collections
@@ -45,9 +56,13 @@ import struct
 
 import msgspec
 
-MARK = 0
+from storage.projects import person_text
+from storage.views.sketches import person_keys
+
+MARK = 1
+FIRST_MARK = 0  # the first format's: found by length(), not read
 HEAD = struct.Struct("<BII")  # mark, rows, length of the rest
-ROW = struct.Struct("<qq6H")
+ROW = struct.Struct("<qqqq4H")
 NONE = 0  # the index of no text (texts[0] is the project, never a row's)
 MAX_TEXTS = 0xFFFF
 _TEXTS = msgspec.json.Decoder(list[str])
@@ -61,6 +76,8 @@ def encode(project, events):
     .anonymous_id, .user_id and .screen: (id, revision, experience name, name) of a screen
     view's properties, each a string or None; None for an event that is not one (as
     app/validate.py's SdkEvent)."""
+    # Each distinct install and user keyed once (a request is most often one install's).
+    devices, users = _Keys(project, "anon:"), _Keys(project, "user:")
     # text -> its index, numbered on first sight in C; texts[0] is the project, so from 1.
     named = collections.defaultdict(itertools.count(1).__next__)
     rows = bytearray()
@@ -69,12 +86,12 @@ def encode(project, events):
             user = event.user_id
             screen = event.screen
             if screen is None:
-                rows += ROW.pack(event.item["time"], -1, named[event.anonymous_id],
-                                 named[user] if user else NONE, NONE, NONE, NONE, NONE)
+                rows += ROW.pack(event.item["time"], -1, devices[event.anonymous_id],
+                                 users[user] if user else 0, NONE, NONE, NONE, NONE)
                 continue
             screen_id, revision, experience_name, name = screen
-            rows += ROW.pack(event.item["time"], event.experience_id, named[event.anonymous_id],
-                             named[user] if user else NONE,
+            rows += ROW.pack(event.item["time"], event.experience_id, devices[event.anonymous_id],
+                             users[user] if user else 0,
                              named[screen_id] if screen_id else NONE,
                              named[revision] if revision else NONE,
                              named[experience_name] if experience_name else NONE,
@@ -85,24 +102,41 @@ def encode(project, events):
     return HEAD.pack(MARK, len(rows) // ROW.size, len(rest)) + rest
 
 
+class _Keys(dict):
+    """{id: its key} of `project`'s installs ("anon:") or users ("user:"), each keyed when
+    first asked for."""
+
+    def __init__(self, project, kind):
+        super().__init__()
+        self.prefix = person_text(project, kind)
+
+    def __missing__(self, text):
+        key = self[text] = person_keys(self.prefix, (text,))[0]
+        return key
+
+
 def length(stored):
     """The length of the section a group's `stored` bytes (what follows its header) begin
-    with, or 0 if they do not begin with one whose JSON follows (then the bytes are taken
-    as JSON whole, and whatever does not decode is set aside by the worker)."""
+    with, of this format or the first, or 0 if they do not begin with one whose JSON follows
+    (then the bytes are taken as JSON whole, and whatever does not decode is set aside by
+    the worker)."""
     head = _head(stored)
-    return head[1] if head else 0
+    return head[2] if head else 0
 
 
 def _head(stored, alone=False):
-    """(rows, length) of the section `stored` begins with, as length() finds it (JSON
+    """(mark, rows, length) of the section `stored` begins with, as length() finds it (JSON
     follows it), or with `alone`, ending where `stored` ends; or None."""
-    if len(stored) < HEAD.size or stored[0] != MARK:
+    if len(stored) < HEAD.size or stored[0] not in _MARKS:
         return None
-    _, rows, rest = HEAD.unpack_from(stored)
+    mark, rows, rest = HEAD.unpack_from(stored)
     end = HEAD.size + rest
     if alone:
-        return (rows, end) if end == len(stored) else None
-    return (rows, end) if end < len(stored) and stored[end] in _JSON_STARTS else None
+        return (mark, rows, end) if end == len(stored) else None
+    return (mark, rows, end) if end < len(stored) and stored[end] in _JSON_STARTS else None
+
+
+_MARKS = (MARK, FIRST_MARK)
 
 
 class Section:
@@ -122,25 +156,33 @@ class Section:
         return Section(rows, len(kept), self.texts)
 
 
-def read(stored, alone=False):
+def read(stored, alone=False, known=None):
     """The Section a group's `stored` bytes (details.Group.stored) begin with, or None if
-    they begin with none (length() is 0) or with one that does not read: rows past its
-    length, or texts that are not a non-empty array of strings. With `alone`, `stored` is
-    a section and nothing after it (a cluster SDK message's columns:
-    storage/stream/sdk_message.py). The head is found as length() finds it, the rest read
-    here rather than in a call of its own: it is called once a group of the overview's
-    catch-up, most of whose time is the groups' reading."""
+    they begin with none (length() is 0), with one of the first format, or with one that
+    does not read: rows past its length, or texts that are not a non-empty array of
+    strings. With `alone`, `stored` is a section and nothing after it (a cluster SDK
+    message's columns: storage/stream/sdk_message.py). `known`: texts already read, {their
+    JSON: the list}, taken from and added to: requests list the same screens and names, and
+    equal texts are then one list (worker/columns.py numbers each list once). The head is
+    found as length() finds it, the rest read here rather than in a call of its own: it is
+    called once a group of the overview's catch-up, most of whose time is the groups'
+    reading."""
     head = _head(stored, alone)
     if head is None:
         return None
-    count, end = head
+    mark, count, end = head
     texts_at = HEAD.size + count * ROW.size
-    if texts_at > end:
+    if mark != MARK or texts_at > end:
         return None
-    try:  # a slice of the bytes: a copy of about 200 bytes costs less than a memoryview
-        texts = _TEXTS.decode(stored[texts_at:end])
-    except (msgspec.MsgspecError, ValueError):
-        return None
-    if not texts:
-        return None
+    raw = stored[texts_at:end]  # a copy of about 200 bytes costs less than a memoryview
+    texts = None if known is None else known.get(raw)
+    if texts is None:
+        try:
+            texts = _TEXTS.decode(raw)
+        except (msgspec.MsgspecError, ValueError):
+            return None
+        if not texts:
+            return None
+        if known is not None:
+            known[raw] = texts
     return Section(stored[HEAD.size:texts_at], count, texts)

@@ -21,9 +21,9 @@ Format
                  u32  CRC-32 of those data1 bytes (ties the group to this data1)
                  u64  received      receive time, Unix milliseconds (UTC)
                  ...  counted       optional: the events' counted columns, in
-                                    storage/log/counted.py's format (they begin with a 0
-                                    byte, which no JSON does), written by the ingest since
-                                    2026-12
+                                    storage/log/counted.py's format (they begin with a 1
+                                    byte, or 0 in its first format, which no JSON does),
+                                    written by the ingest since 2026-12
                  ...  payload       JSON (UTF-8), one item per event, in either form:
                                     [item, ...], each item with its "event"; or an object,
                                     {"project": "shop", "items": [item, ...]}, with the
