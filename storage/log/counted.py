@@ -48,6 +48,11 @@ Invariants
     * A request naming more than MAX_TEXTS distinct texts gets no section: its JSON is read.
       So is every group, and every SDK message, written before the ingest wrote sections,
       and every one of the first format: the events are the record, read once more.
+    * A worker of a version before this format does not know its mark: in data1.details it
+      cannot find the JSON after such a section, and sets the group aside (the counts, from
+      data1, are whole; the overview misses those events until `python -m worker rebuild`
+      counts it again with a version that reads them). In cluster mode the section rides
+      in a header apart from the payload: an earlier worker reads the payload instead.
 """
 
 import collections
