@@ -124,7 +124,7 @@ class SdkEvents:
         """read_group() of an SDK message's details (SdkPart), but for the events at the
         indexes in `repeats`: its counted columns kept for the commit when it carries them,
         and its payload not even inflated."""
-        section = part.section()
+        section = part.section(self._known)
         if _countable(section):
             if repeats:
                 section = section.without(repeats)

@@ -105,14 +105,16 @@ class SdkPart:
         inflates past details.MAX_GROUP (no group the ingest writes is that large)."""
         return _inflated(self.payload, "the payload") if self.deflated else self.payload
 
-    def section(self):
+    def section(self, known=None):
         """The events' counted columns (storage/log/counted.Section), or None if the message
-        has none, or none that reads as a row for each of its events."""
+        has none, or none that reads as a row for each of its events. `known`: as
+        counted.read takes it."""
         if self.columns is None:
             return None
         try:
             section = counted.read(_inflated(
-                base64.b64decode(self.columns, validate=True), "the columns"), alone=True)
+                base64.b64decode(self.columns, validate=True), "the columns"), alone=True,
+                known=known)
         except ValueError:  # binascii.Error is one
             return None
         return section if section is not None and section.count == len(self.tokens) else None
