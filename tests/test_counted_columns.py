@@ -23,6 +23,7 @@ from storage.views.overview_store import OverviewReader, OverviewStore
 from test_flows import flows
 from test_overview import END, QUERIES, RECEIVED, TIMEOUT, answers, count, store_rows
 from test_overview_facts import count_facts
+from worker.columns import SCREEN
 from worker.overview import FactCounter, OverviewCounter
 from worker.sdk_events import SdkEvents
 
@@ -204,6 +205,7 @@ def sdk_events(root, events):
     """Ingest one batch of `events` into `root` with its columns; its group."""
     body = json.dumps({"batch": events}).encode()
     batch = parse_batch(body, RECEIVED)
+    root.mkdir(exist_ok=True)
     log = EventLog(root / "data1", details=root / "data1.details", seen=root / "data1.seen",
                    dedupe_window=86400, clock=lambda: RECEIVED)
     log.append_events(batch.ids, batch.events, RECEIVED, body)
@@ -286,6 +288,21 @@ def test_a_section_of_the_first_format_is_found_and_not_read(tmp_path):
     older = with_columns(group, first_format(group.columns))
     assert older.payload == group.payload and older.columns is not None
     assert counted.read(older.stored) is None
+
+
+def test_requests_listing_the_same_texts_are_read_as_one_list(tmp_path):
+    """Two installs' requests through the same screens: their sections share one list of
+    texts (counted.read's `known`), so a commit decodes and numbers it once; their keys
+    stay apart."""
+    first = sdk_events(tmp_path / "a", [screen(1, anonymous="device-a")])
+    second = sdk_events(tmp_path / "b", [screen(1, anonymous="device-b")])
+    read = SdkEvents()
+    for group in (first, second):
+        read.read_group(group)
+    assert read.sections[0].texts is read.sections[1].texts
+    [rows] = read.columns()
+    devices = rows.device.tolist()
+    assert len(set(devices)) == 2 and rows.text_of(SCREEN, rows.views(), "") == ["s1", "s1"]
 
 
 def resized(columns, cut):
