@@ -20,9 +20,9 @@ import msgspec
 from storage.log import counted
 from storage.log.details import item_decoder, payload_events, payload_events_as
 from storage.log.format import MAX_ID
-from storage.projects import is_project_id, person_text
+from storage.projects import is_project_id
 from storage.sdk_event import CountedEvent
-from storage.views.sketches import person_key
+from storage.views.sketches import project_person_key
 from worker import columns
 from worker.columns import EXPERIENCE_NAME, REVISION, SCREEN, SCREEN_NAME
 
@@ -288,7 +288,7 @@ class SdkEvents:
     def _key(self, project, kind, text, keys):
         """The key of an install ("anon:") or a user ("user:") of `project` (checked by
         _extract), kept in `keys` (the project's)."""
-        key = keys[text] = person_key(person_text(project, kind + text))
+        key = keys[text] = project_person_key(project, kind, text)
         return key
 
     def _screen(self, sent):

@@ -20,9 +20,9 @@ Format (integers little-endian)
               rows, ROW each:
                   i64  time: the item's "time", Unix milliseconds
                   i64  the experienceID of a screen view; -1 for an event that is not one
-                  i64  the key of its install: storage/views/sketches.person_key of
-                       storage/projects.person_text(project, "anon:" + anonymousID)
-                  i64  the key of its user, the same of "user:" + userID; 0: none
+                  i64  the key of its install: storage/views/sketches.project_person_key
+                       (project, "anon:", anonymousID)
+                  i64  the key of its user, the same of ("user:", userID); 0: none
                        (absent, null or "")
                   u16  screen (properties.id)                each an index in texts;
                   u16  revision (properties.experienceRevisionID)    0: none
@@ -61,11 +61,11 @@ import struct
 
 import msgspec
 
-from storage.projects import person_text
-from storage.views.sketches import person_keys
+from storage.views.sketches import project_person_key
 
 MARK = 1
 FIRST_MARK = 0  # the first format's: found by length(), not read
+_MARKS = (MARK, FIRST_MARK)
 HEAD = struct.Struct("<BII")  # mark, rows, length of the rest
 ROW = struct.Struct("<qqqq4H")
 NONE = 0  # the index of no text (texts[0] is the project, never a row's)
@@ -113,10 +113,10 @@ class _Keys(dict):
 
     def __init__(self, project, kind):
         super().__init__()
-        self.prefix = person_text(project, kind)
+        self.project, self.kind = project, kind
 
     def __missing__(self, text):
-        key = self[text] = person_keys(self.prefix, (text,))[0]
+        key = self[text] = project_person_key(self.project, self.kind, text)
         return key
 
 
@@ -139,9 +139,6 @@ def _head(stored, alone=False):
     if alone:
         return (mark, rows, end) if end == len(stored) else None
     return (mark, rows, end) if end < len(stored) and stored[end] in _JSON_STARTS else None
-
-
-_MARKS = (MARK, FIRST_MARK)
 
 
 class Section:
@@ -180,7 +177,9 @@ def read(stored, alone=False, known=None):
     if mark != MARK or texts_at > end:
         return None
     raw = stored[texts_at:end]  # a copy of about 200 bytes costs less than a memoryview
-    texts = None if known is None else known.get(raw)
+    if known is None:
+        known = {}
+    texts = known.get(raw)
     if texts is None:
         try:
             texts = _TEXTS.decode(raw)
@@ -188,6 +187,5 @@ def read(stored, alone=False, known=None):
             return None
         if not texts:
             return None
-        if known is not None:
-            known[raw] = texts
+        known[raw] = texts
     return Section(stored[HEAD.size:texts_at], count, texts)
