@@ -16,14 +16,13 @@ import operator
 
 import numpy
 
-from storage.log.counted import NONE
+from storage.log.counted import NONE, SECTION_COUNT, SECTION_ROWS, SECTION_TEXTS
 
 ROWS = numpy.dtype([("time", "<i8"), ("experience", "<i8"), ("device", "<i8"),
                    ("carried", "<i8"), ("index", "<u2", (4,))])
 SCREEN, REVISION, EXPERIENCE_NAME, SCREEN_NAME = range(4)
 # The rule's range of a moment (seconds): 0 <= moment < 2**40.
 END_MS = 2**40 * 1000
-_TEXTS, _ROWS, _COUNT = (operator.attrgetter(name) for name in ("texts", "rows", "count"))
 _PROJECT = operator.itemgetter(0)  # of a section's texts
 
 
@@ -63,21 +62,21 @@ def rows(sections, set_aside):
     project; each row that breaks the format is set aside as (None, why) in `set_aside`."""
     # A few steps a section, each over all of them in C (map, not a loop): a commit holds
     # tens of thousands of sections.
-    listed = list(map(_TEXTS, sections))
+    listed = list(map(SECTION_TEXTS, sections))
     projects = list(map(_PROJECT, listed))
     if len(set(projects)) == 1:  # the common case, one project
         return [_project_rows(projects[0], sections, listed, set_aside)]
     by_project = {}
     for section, project in zip(sections, projects):
         by_project.setdefault(project, []).append(section)
-    return [_project_rows(project, chosen, list(map(_TEXTS, chosen)), set_aside)
+    return [_project_rows(project, chosen, list(map(SECTION_TEXTS, chosen)), set_aside)
             for project, chosen in by_project.items()]
 
 
 def _project_rows(project, sections, listed, set_aside):
     """The ProjectRows of `project`'s `sections`, whose texts are `listed`."""
-    table = numpy.frombuffer(b"".join(map(_ROWS, sections)), ROWS)
-    counts = numpy.fromiter(map(_COUNT, sections), numpy.int64, len(sections))
+    table = numpy.frombuffer(b"".join(map(SECTION_ROWS, sections)), ROWS)
+    counts = numpy.fromiter(map(SECTION_COUNT, sections), numpy.int64, len(sections))
     section_of = numpy.repeat(numpy.arange(len(sections)), counts)
     # Requests that list the same texts share one list (counted.read's `known`): each
     # distinct list is numbered once, and each section stands for its list.

@@ -57,6 +57,7 @@ Invariants
 
 import collections
 import itertools
+import operator
 import struct
 
 import msgspec
@@ -132,30 +133,40 @@ def length(stored):
 def _head(stored, alone=False):
     """(mark, rows, length) of the section `stored` begins with, as length() finds it (JSON
     follows it), or with `alone`, ending where `stored` ends; or None."""
-    if len(stored) < HEAD.size or stored[0] not in _MARKS:
+    try:
+        mark, rows, rest = HEAD.unpack_from(stored)
+    except struct.error:  # shorter than a head
         return None
-    mark, rows, rest = HEAD.unpack_from(stored)
     end = HEAD.size + rest
+    if mark not in _MARKS:
+        return None
     if alone:
         return (mark, rows, end) if end == len(stored) else None
     return (mark, rows, end) if end < len(stored) and stored[end] in _JSON_STARTS else None
 
 
-class Section:
+# A Section's parts picked in C, for the reader of a commit's thousands of them
+# (worker/columns.py).
+SECTION_ROWS, SECTION_COUNT, SECTION_TEXTS = map(operator.itemgetter, range(3))
+
+
+class Section(tuple):
     """A section read (read()): its `rows` (bytes, ROW each), their `count`, and its
-    `texts` (texts[0] the project)."""
+    `texts` (texts[0] the project). A tuple, made as Section((rows, count, texts)): in C,
+    with no call of Python's, since the overview's catch-up makes one a group."""
 
-    __slots__ = ("rows", "count", "texts")
-
-    def __init__(self, rows, count, texts):
-        self.rows, self.count, self.texts = rows, count, texts
+    __slots__ = ()
+    rows = property(SECTION_ROWS)
+    count = property(SECTION_COUNT)
+    texts = property(SECTION_TEXTS)
 
     def without(self, dropped):
         """This section but for the rows at the indexes in `dropped` (a set): a cluster
         message's events that repeat earlier ones."""
+        rows = self.rows
         kept = [at for at in range(self.count) if at not in dropped]
-        rows = b"".join(self.rows[at * ROW.size:(at + 1) * ROW.size] for at in kept)
-        return Section(rows, len(kept), self.texts)
+        return Section((b"".join(rows[at * ROW.size:(at + 1) * ROW.size] for at in kept),
+                        len(kept), self.texts))
 
 
 def read(stored, alone=False, known=None):
@@ -188,4 +199,4 @@ def read(stored, alone=False, known=None):
         if not texts:
             return None
         known[raw] = texts
-    return Section(stored[HEAD.size:texts_at], count, texts)
+    return Section((stored[HEAD.size:texts_at], count, texts))
