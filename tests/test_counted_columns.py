@@ -176,8 +176,9 @@ def test_groups_from_before_the_columns_count_beside_them(tmp_path, traffic, sto
 
 def test_the_latest_names_from_the_columns_are_the_ones_from_the_events(tmp_path):
     """Names of one experience and its screen from several installs and requests: the
-    latest moment's wins, a tie of moments goes to the greater name, in one commit and
-    across commits, counted from the columns as from the events."""
+    latest moment's wins, a tie of moments goes to the greater name, an empty name names
+    nothing however late, in one commit and across commits, counted from the columns as
+    from the events."""
     def named(number, device, second, experience_name, name, screen_id="home"):
         event = screen(number, anonymous=device)
         event["timestamp"] = f"2026-11-03T11:00:{second:02d}Z"
@@ -188,7 +189,9 @@ def test_the_latest_names_from_the_columns_are_the_ones_from_the_events(tmp_path
                       named(2, "a", 10, "Welcome", "Home", "other")]),
                ("b", [named(3, "b", 10, "Willkommen", "Start")]),
                ("c", [named(4, "c", 5, "Zzz, earlier", "Zzz, earlier")]),
-               ("a", [named(5, "a", 10, "Benvenuto", "Casa", "other")])]
+               ("a", [named(5, "a", 10, "Benvenuto", "Casa", "other")]),
+               ("d", [named(6, "d", 10, "Bienvenue", "Über", "third"),
+                      named(7, "d", 20, "", "", "third")])]
     found = []
     for root in both(tmp_path, collections.namedtuple("Traffic", "batches")(batches)):
         for commit_events in (2, 10**6):
@@ -198,7 +201,8 @@ def test_the_latest_names_from_the_columns_are_the_ones_from_the_events(tmp_path
             Layout(root).overview_facts.unlink()
     moment = 1793703610  # 2026-11-03T11:00:10Z
     assert found == [[("", 7, "", moment, "Willkommen"), ("", 7, "home", moment, "Start"),
-                      ("", 7, "other", moment, "Home")]] * 4
+                      ("", 7, "other", moment, "Home"),
+                      ("", 7, "third", moment, "Über")]] * 4
 
 
 def sdk_events(root, events):

@@ -427,29 +427,59 @@ def _name(names, key, moment, name):
         names[key] = (moment, name)
 
 
-def _column_names(names, rows, view, experience):
-    """_names of a ProjectRows' screen views (`view`, a boolean array), whose experiences'
-    keys are `experience`: the latest moment of each distinct name found with a sort, then
-    the latest of those."""
+def _column_names(rows, view, experience, keyed):
+    """The latest name of each experience and of each (experience, screen) among a
+    ProjectRows' screen views (`view`, a boolean array), as _names keeps them (by device
+    time; ties go to the greater name; an empty name names nothing), as four arrays:
+    experience key, screen id ("" for an experience's name), moment, name. `experience` is
+    each view's experience as its place in `keyed`, their keys. Found with one sort a
+    column, no Python object made a row: each distinct text made storable and ranked once
+    (a commit's names are thousands of rows; the store's reads take the latest of them)."""
     moment = rows.moment[view]
     texts = rows.texts + [""]  # a screen view without a screen id: ""
     screen = rows.positions(SCREEN, view)
+    found = []
     for column, by_screen in ((EXPERIENCE_NAME, False), (SCREEN_NAME, True)):
         present = rows.named[view, column]
-        if not present.any():
+        name = rows.text[view, column][present]
+        stored, places = _stored_texts(texts, name)
+        places = places[stored[places].astype(bool)]  # an empty name names nothing
+        if not len(places):
             continue
-        name, keys, moments = rows.text[view, column][present], experience[present], \
-            moment[present]
-        where = screen[present] if by_screen else numpy.zeros(len(keys), numpy.int64)
-        order = numpy.lexsort((moments, name, where, keys))
-        keys, where, name, moments = keys[order], where[order], name[order], moments[order]
-        last = numpy.ones(len(keys), bool)  # the latest moment of each (key, screen, name)
-        last[:-1] = (keys[1:] != keys[:-1]) | (where[1:] != where[:-1]) | (name[1:] != name[:-1])
-        for key, at, text, seen in zip(keys[last].tolist(), where[last].tolist(),
-                                       name[last].tolist(), moments[last].tolist()):
-            text = stored_text(texts[text])
-            if text:
-                _name(names, (key, stored_text(texts[at]) if by_screen else ""), seen, text)
+        # Each name ranked as strings compare, so that moment * len(places) + rank orders
+        # as (moment, name) does, in one int64: moments are under 2**40, and a commit's
+        # distinct names fewer than its rows (at most a commit's events and one group's, far
+        # under 2**23).
+        distinct = stored[places].tolist()
+        ranked = places[sorted(range(len(places)), key=distinct.__getitem__)]
+        rank = numpy.full(len(texts), -1, numpy.int64)
+        rank[ranked] = numpy.arange(len(ranked))
+        kept = rank[name] >= 0
+        latest = moment[present][kept] * len(ranked) + rank[name[kept]]
+        where = screen[present][kept] if by_screen else 0
+        group = experience[present][kept] * len(texts) + where
+        order = numpy.argsort(group)  # a group's order within it is the max's to ignore
+        group = group[order]
+        starts = numpy.flatnonzero(numpy.concatenate(([True], group[1:] != group[:-1])))
+        best = numpy.maximum.reduceat(latest[order], starts)  # each group's latest
+        group = group[starts]
+        where = group % len(texts)
+        screens = _stored_texts(texts, where)[0][where] if by_screen else \
+            numpy.full(len(group), "", object)
+        found.append((keyed[group // len(texts)], screens, best // len(ranked),
+                      stored[ranked[best % len(ranked)]]))
+    return found
+
+
+def _stored_texts(texts, positions):
+    """(an object array of `texts`' length: the texts at `positions` (an int array) made
+    storable (stored_text), each once, None elsewhere; the distinct positions, an array)."""
+    seen = numpy.zeros(len(texts), bool)
+    seen[positions] = True
+    places = numpy.flatnonzero(seen)
+    stored = numpy.empty(len(texts), object)
+    stored[places] = list(map(stored_text, map(texts.__getitem__, places.tolist())))
+    return stored, places
 
 
 def _earliest_links(links):
@@ -537,8 +567,8 @@ class FactCounter(OverviewCounter):
 
     def _add_columns(self, batch, projects, codes, links):
         """Add the ProjectRows `projects` to `batch` as arrays (after what it holds),
-        each experience keyed and each screen and revision id coded once, in the order
-        first seen; and their links to `links`, as (device, user, moment) arrays."""
+        each experience keyed once, in the order first seen, and each screen and revision id
+        coded once; and their links to `links`, as (device, user, moment) arrays."""
         store = self.store
         parts = {name: [numpy.array(getattr(batch, name), numpy.int64)]
                  for name in ("experience", "moment", "device", "carried", "screen",
@@ -549,12 +579,13 @@ class FactCounter(OverviewCounter):
             keyed = numpy.zeros(len(numbers), numpy.int64)
             for at in numpy.argsort(first, kind="stable").tolist():
                 keyed[at] = store.keys.key(rows.project, int(numbers[at]))
-            experience = keyed[numpy.searchsorted(numbers, rows.experience[view])]
+            experience_at = numpy.searchsorted(numbers, rows.experience[view])
+            experience = keyed[experience_at]
             texts = rows.texts + [""]  # a screen view without a screen or revision id: ""
             screen, revision = rows.positions(SCREEN, view), rows.positions(REVISION, view)
             coded = numpy.zeros(len(texts), numpy.int64)
-            for at in dict.fromkeys(numpy.column_stack((screen, revision)).ravel().tolist()):
-                text = stored_text(texts[at])
+            stored, places = _stored_texts(texts, numpy.concatenate((screen, revision)))
+            for at, text in zip(places.tolist(), stored[places].tolist()):
                 code = codes.get(text)
                 if code is None:
                     code = codes[text] = store.code(text)
@@ -566,6 +597,6 @@ class FactCounter(OverviewCounter):
                 parts[name].append(column)
             linked = rows.carried != 0
             links.append((rows.device[linked], rows.carried[linked], rows.moment[linked]))
-            _column_names(batch.names, rows, view, experience)
+            batch.named += _column_names(rows, view, experience_at, keyed)
         for name, listed in parts.items():
             setattr(batch, name, numpy.concatenate(listed))

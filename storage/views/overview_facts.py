@@ -187,6 +187,9 @@ class Batch:
         # moment seen
         self.links = (_NO_LINKS,) * 3
         self.names = {}  # (experience, screen) -> (moment, name), the latest
+        # and the latest names of the counted columns, as arrays (experience, screen,
+        # moment, name) each: the table keeps a name's rows, and its reads take the latest
+        self.named = []
         self.events = 0
         self.set_aside = 0
 
@@ -338,13 +341,17 @@ class FactStore:
                                "WHERE p.device = r.device")
                     db.execute("INSERT INTO person " + _PERSONS)
                     db.execute("DROP TABLE relinked")
+                named = list(batch.named)
                 if batch.names:
-                    (experiences, screens), named = zip(*batch.names), batch.names.values()
-                    moments, names = zip(*named)
-                    _append(db, "name",
-                            experience=numpy.array(experiences, dtype=numpy.int64),
-                            screen=list(screens), moment=numpy.array(moments, numpy.int64),
-                            name=list(names))
+                    (experiences, screens), latest = zip(*batch.names), batch.names.values()
+                    moments, names = zip(*latest)
+                    named.append((numpy.array(experiences, numpy.int64),
+                                  numpy.array(screens, object),
+                                  numpy.array(moments, numpy.int64), numpy.array(names, object)))
+                if named:
+                    experience, screen, moment, name = map(numpy.concatenate, zip(*named))
+                    _append(db, "name", experience=experience, screen=screen, moment=moment,
+                            name=name)
                 db.execute("UPDATE state SET source = ?, position = ?, log_end = ?, "
                            "events = events + ?, set_aside = set_aside + ?, updated_at = ?",
                            [source, position, log_end, batch.events, batch.set_aside,
