@@ -4,12 +4,17 @@ stores, for every project; a section that breaks its format never stops the coun
 
 import base64
 import collections
+import itertools
 import json
 import os
+import pathlib
 import struct
+import tempfile
 import zlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.validate import parse_batch
 from bench import traffic as generator
@@ -203,6 +208,46 @@ def test_the_latest_names_from_the_columns_are_the_ones_from_the_events(tmp_path
     assert found == [[("", 7, "", moment, "Willkommen"), ("", 7, "home", moment, "Start"),
                       ("", 7, "other", moment, "Home"),
                       ("", 7, "third", moment, "Über")]] * 4
+
+
+# A screen view's names (None: the property left out), few enough that names tie and
+# repeat; moments from two seconds, so that ties of moments are common.
+_NAMES = st.sampled_from([None, "", "A", "B", "Ä", "z", "Ω"])
+_NAMED_VIEW = st.tuples(st.sampled_from(["7", "8"]), st.sampled_from(["home", "other", None]),
+                        st.sampled_from([5, 10]), _NAMES, _NAMES)
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches=st.lists(st.lists(_NAMED_VIEW, min_size=1, max_size=6), min_size=1,
+                        max_size=6),
+       commit_events=st.sampled_from([1, 3, 10**6]))
+def test_any_names_from_the_columns_are_the_ones_from_the_events(batches, commit_events):
+    """Whatever the names of a few experiences' screen views, their moments and how they
+    are sent and committed: the latest names counted from the columns are the ones counted
+    from the events."""
+    number = itertools.count()
+
+    def view(experience, screen_id, second, experience_name, name):
+        event = screen(next(number), anonymous=f"device-{second}")
+        event["timestamp"] = f"2026-11-03T11:00:{second:02d}Z"
+        properties = event["properties"]
+        properties["experienceID"] = experience
+        for field, value in (("id", screen_id), ("experienceName", experience_name),
+                             ("name", name)):
+            if value is None:
+                del properties[field]
+            else:
+                properties[field] = value
+        return event
+
+    sent = [("device", [view(*fields) for fields in batch]) for batch in batches]
+    with tempfile.TemporaryDirectory() as folder:
+        found = []
+        for root in both(pathlib.Path(folder), collections.namedtuple("Traffic", "batches")(sent)):
+            counter = count_facts(root, commit_events)
+            found.append(tables(counter.store)["names"])
+            counter.close()
+    assert found[0] == found[1]
 
 
 def sdk_events(root, events):
