@@ -18,7 +18,6 @@ import operator
 import msgspec
 
 from storage.log import counted
-from storage.log.counted import SECTION_COUNT, SECTION_TEXTS
 from storage.log.details import item_decoder, payload_events, payload_events_as
 from storage.log.format import MAX_ID
 from storage.projects import is_project_id
@@ -76,10 +75,9 @@ class SdkEvents:
         not read, a field of another type, a value out of range: what read() sets aside) is
         read by read(), event by event."""
         section = counted.read(group.stored, known=self._known)
-        if section is not None and (not SECTION_TEXTS(section)[0] or _countable(section)):
-            # (the default project's, most groups', checked inline: this runs a group)
+        if _countable(section):
             self.sections.append(section)
-            self.events += SECTION_COUNT(section)
+            self.events += section.count
             return
         try:
             project, decoded = group.events_as(CountedEvent)
