@@ -427,17 +427,18 @@ def _name(names, key, moment, name):
         names[key] = (moment, name)
 
 
-def _column_names(rows, view, experience, keyed):
+def _column_names(rows, view, texts, screen, stored_screens, experience, keyed):
     """The latest name of each experience and of each (experience, screen) among a
     ProjectRows' screen views (`view`, a boolean array), as _names keeps them (by device
     time; ties go to the greater name; an empty name names nothing), as four arrays:
-    experience key, screen id ("" for an experience's name), moment, name. `experience` is
-    each view's experience as its place in `keyed`, their keys. Found with one sort a
-    column, no Python object made a row: each distinct text made storable and ranked once
-    (a commit's names are thousands of rows; the store's reads take the latest of them)."""
+    experience key, screen id ("" for an experience's name), moment, name. As
+    FactCounter._add_columns has them: `texts`, rows.texts and "" (no screen id); `screen`,
+    each view's screen as its position there, and `stored_screens`, those made storable
+    (_stored_texts); `experience`, each view's experience as its place in `keyed`, their
+    keys. Found with one sort a column, no Python object made a row: each distinct name
+    made storable and ranked once (a commit's names are thousands of rows; the store's
+    reads take the latest of them)."""
     moment = rows.moment[view]
-    texts = rows.texts + [""]  # a screen view without a screen id: ""
-    screen = rows.positions(SCREEN, view)
     found = []
     for column, by_screen in ((EXPERIENCE_NAME, False), (SCREEN_NAME, True)):
         present = rows.named[view, column]
@@ -464,8 +465,7 @@ def _column_names(rows, view, experience, keyed):
         best = numpy.maximum.reduceat(latest[order], starts)  # each group's latest
         group = group[starts]
         where = group % len(texts)
-        screens = _stored_texts(texts, where)[0][where] if by_screen else \
-            numpy.full(len(group), "", object)
+        screens = stored_screens[where] if by_screen else numpy.full(len(group), "", object)
         found.append((keyed[group // len(texts)], screens, best // len(ranked),
                       stored[ranked[best % len(ranked)]]))
     return found
@@ -597,6 +597,7 @@ class FactCounter(OverviewCounter):
                 parts[name].append(column)
             linked = rows.carried != 0
             links.append((rows.device[linked], rows.carried[linked], rows.moment[linked]))
-            batch.named += _column_names(rows, view, experience_at, keyed)
+            batch.named += _column_names(rows, view, texts, screen, stored, experience_at,
+                                         keyed)
         for name, listed in parts.items():
             setattr(batch, name, numpy.concatenate(listed))
