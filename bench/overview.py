@@ -7,9 +7,9 @@
   msgspec's typed structs, only the fields counted; taken just before and just after the
   catch-up into overview.duckdb, and their mean), and the ingest's own SDK events/s (the
   overview must keep up with it). Beside them, decoding the details whole with the
-  standard library's json (the floor of issue 30's table), and the overview's reading alone
-  (worker/overview.SdkEvents: the events read into views and links, nothing counted), a
-  ceiling on any way of counting what it reads. Each printed with its target, the ratio
+  standard library's json (the floor the catch-up was first measured against, before
+  msgspec), and the overview's reading alone (worker/overview.SdkEvents: the events read
+  into views and links, nothing counted), a ceiling on any way of counting what it reads. Each printed with its target, the ratio
   and the rounds' spread; the worker's CPU-seconds give the catch-up's events a CPU-second
   (the worker is one process, mostly one thread), its peak RSS the memory. The catch-up
   into overview.duckdb (MINI_ANALYTICS_OVERVIEW_STORE=duckdb,
@@ -209,8 +209,8 @@ def decoding_cpu_seconds(state_dir):
 
 def json_decoding_cpu_seconds(state_dir):
     """CPU-seconds to read data1.details and decode its events whole with the standard
-    library's json (details.Group.events): the floor issue 30's table measured the catch-up
-    against before the catch-up read the counted columns."""
+    library's json (details.Group.events): the floor the catch-up was first measured
+    against, before msgspec and the counted columns."""
     return _cpu_seconds_per_group(state_dir, lambda group: group.events())
 
 
