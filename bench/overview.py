@@ -9,12 +9,13 @@
   overview must keep up with it). Beside them, decoding the details whole with the
   standard library's json (the floor the catch-up was first measured against, before
   msgspec), and the overview's reading alone (worker/overview.SdkEvents: the events read
-  into views and links, nothing counted), a ceiling on any way of counting what it reads. Each printed with its target, the ratio
-  and the rounds' spread; the worker's CPU-seconds give the catch-up's events a CPU-second
-  (the worker is one process, mostly one thread), its peak RSS the memory. The catch-up
-  into overview.duckdb (MINI_ANALYTICS_OVERVIEW_STORE=duckdb,
-  storage/views/overview_facts.py) and into overview.sqlite3, each round, held to the same
-  targets. The overview off (data1's ids only) once, for scale.
+  into views and links, nothing counted), a ceiling on any way of counting what it reads.
+  Each printed with its target, the ratio and the rounds' spread; the worker's CPU-seconds
+  give the catch-up's events a CPU-second (the worker is one process, mostly one thread),
+  its peak RSS the memory. The catch-up into overview.duckdb
+  (MINI_ANALYTICS_OVERVIEW_STORE=duckdb, storage/views/overview_facts.py) and into
+  overview.sqlite3, each round, held to the same targets. The overview off (data1's ids
+  only) once, for scale.
 - The reads below on the backlog itself, from both stores (in process): the same documents,
   and what each store's design costs at answering them.
 - A late login: 1,000 installs of the backlog that viewed anonymously over the 30 days
