@@ -6,9 +6,9 @@
                       writer (ingest, via the log's      (worker; ingest: is the worker
                       writer)                            stalled?)
     data1.details     storage/log/details.py's writer    storage/log/details.py's read_groups
-                      (ingest, via the log's writer;     (ingest: the dedupe index; the
-                      each group's counted columns by    worker, for the overview: the
-                      storage/log/counted.py's encode)   columns by counted.py's read)
+                      (ingest, via the log's writer;     (ingest: the dedupe index) and
+                      each group's counted columns by    read_stretch (the worker, for the
+                      storage/log/counted.py's encode)   overview: the counted columns)
     data1.seen/       storage/log/seen_index.py (ingest) storage/log/seen_index.py (ingest)
                       a folder: MANIFEST (and MANIFEST.tmp) and <n>.run, named in the
                       module's docstring

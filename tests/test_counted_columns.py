@@ -386,6 +386,85 @@ def test_a_section_that_does_not_read_is_counted_from_the_events(tmp_path, secti
     assert sorted(read.links) == sorted(intact.links)
 
 
+def details_file(path, groups, tail=b""):
+    """A details file of `groups` (details.Group), each framed as the ingest frames one, and
+    `tail` after them; its descriptor, and where each group ends."""
+    parts, ends = [details.HEADER.pack(details.MAGIC, details.VERSION, bytes(16), 0)], []
+    for group in groups:
+        body = details.GROUP.pack(group.data1_start, group.data1_end, group.data1_crc,
+                                  group.received_ms) + group.stored
+        parts.append(details.FRAME.pack(len(body), zlib.crc32(body)) + body)
+        ends.append(sum(map(len, parts)))
+    path.write_bytes(b"".join(parts) + tail)
+    return os.open(path, os.O_RDONLY), ends
+
+
+def stretches(fd, data1_end, events):
+    """read_stretch's stretches from the first group on, each asking for `events` rows,
+    until one has ended; and the SdkEvents they were read into."""
+    read, found, offset = SdkEvents(), [], details.HEADER.size
+    while not found or not found[-1].ended:
+        found.append(details.read_stretch(fd, offset, data1_end, events, read.texts,
+                                          read.sections))
+        read.read_stretch(found[-1])
+        offset = found[-1].end
+    return found, read
+
+
+def as_views(read):
+    read.columns_as_views()
+    return read.events, sorted(read.views), sorted(read.links), read.set_aside
+
+
+@pytest.mark.parametrize("section", [
+    lambda columns: columns,                                 # intact
+    lambda columns: resized(columns, 3),                     # texts cut short
+    lambda columns: counted.HEAD.pack(counted.MARK, 3, 0),   # no rows, no texts
+    first_format,                                            # the format before this one
+    lambda columns: columns.replace(b'["",', b'[70,'),       # a project that is not text
+    lambda columns: counted.encode("No Such!", parse_batch(  # nor a project's id
+        json.dumps({"batch": THREE}).encode(), RECEIVED).events),
+    lambda columns: columns.replace(b'["",', b'["ab",'),     # its JSON not found
+    lambda columns: columns + b"x",                          # nor here
+    lambda columns: b"",                                     # none: the JSON alone
+])
+@pytest.mark.parametrize("last", ["later", "torn"])
+def test_the_catch_up_reads_a_stretch_as_each_group_is_read(tmp_path, section, last):
+    """details.read_stretch, the catch-up's reading, reads each group as read_group does
+    (its section, or its JSON when it has no section to count), a stretch ending where its
+    rows reach the number asked for or at a group read by its JSON; and it stops at a group
+    whose data1 bytes are past those read, or one that is not intact."""
+    group = sdk_events(tmp_path / "state", THREE)
+    odd = with_columns(group, section(group.columns))
+    kept = [group, odd, group]
+    later = details.Group(group.data1_end, group.data1_end + 10, 0, RECEIVED, group.stored, 0)
+    torn = details.FRAME.pack(len(group.stored) + details.GROUP.size, 0) + group.stored
+    fd, ends = details_file(tmp_path / "data1.details",
+                            kept + [later] if last == "later" else kept,
+                            b"" if last == "later" else torn)
+    try:
+        each, by_json = SdkEvents(), 0
+        for one in kept:
+            sections = len(each.sections)
+            each.read_group(one)
+            by_json += len(each.sections) == sections
+        expected = as_views(each)
+        for events in (1, 3, 4, 100):
+            found, read = stretches(fd, group.data1_end, events)
+            assert as_views(read) == expected
+            assert [stretch.ended for stretch in found] == [False] * (len(found) - 1) + [True]
+            assert found[-1].end == ends[2]
+            read_to = [(stretch.end, stretch.data1_end) for stretch in found
+                       if stretch.data1_end is not None]
+            assert read_to[-1] == (ends[2], group.data1_end)
+            # A stretch ends at the rows asked for, or at a group to read by its JSON.
+            for stretch in found[:-1]:
+                assert stretch.events >= events or stretch.group is not None
+            assert sum(stretch.group is not None for stretch in found) == by_json
+    finally:
+        os.close(fd)
+
+
 def test_a_section_whose_length_does_not_add_up_sets_its_group_aside(tmp_path):
     """Its JSON cannot be found: the group is set aside whole, and the counting goes on."""
     group = sdk_events(tmp_path, THREE)

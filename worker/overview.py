@@ -34,7 +34,7 @@ import time
 import numpy
 
 from storage.layout import Layout, names_open_file
-from storage.log.details import HEADER, read_groups, read_header
+from storage.log.details import HEADER, read_header, read_stretch
 from storage.views.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDENTIFIED, PEOPLE,
                                           REVISION_FIRST_SEEN, REVISION_IDENTIFIED,
                                           REVISION_LAST_SEEN, REVISION_PEOPLE, REVISION_VIEWS,
@@ -367,19 +367,22 @@ class Overview:
         end = counter.log_end
         read = SdkEvents()  # of the groups read since the last commit
         size = counter.commit_size(until)
-        for group in read_groups(self.details, start):
-            if group.data1_end > data1_end:
-                break
+        while True:
             if counted and not read.events and until is not None and time.monotonic() >= until:
-                done = False  # a commit made, its time up, and this group left for the next
+                done = False  # a commit made, its time up, and what follows left for the next
                 break
-            read.read_group(group)
-            offset, end = group.end, group.data1_end
+            stretch = read_stretch(self.details, offset, data1_end, size - read.events,
+                                   read.texts, read.sections)
+            read.read_stretch(stretch)
+            if stretch.data1_end is not None:
+                offset, end = stretch.end, stretch.data1_end
             if read.events >= size:
                 counted += self._commit(read, identity, offset, end)
                 screens += read.screen_views()
                 read = SdkEvents()
                 size = counter.commit_size(until)
+            if stretch.ended:
+                break
         counted += self._commit(read, identity, offset, end)
         screens += read.screen_views()
         if counted:

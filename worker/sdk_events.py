@@ -47,6 +47,7 @@ class SdkEvents:
         self.sections = []
         self._columns = None  # columns(), once read
         self._known = {}  # the sections' texts read, by their JSON (counted.read's `known`)
+        self.texts = _SectionTexts()  # the same for details.read_stretch, judged by the rule
         self._devices = {}  # project -> {anonymousID: its key}
         self._users = {}  # project -> {userID: its key}
         self._screens = {}  # what a view sent -> what it counts as (_screen)
@@ -92,6 +93,13 @@ class SdkEvents:
             self.read(items, project)
             return
         self._read_decoded([(project, decoded)], lambda: group.events()[1], project)
+
+    def read_stretch(self, stretch):
+        """Add a storage/log/details.Stretch read with self.texts into self.sections: its
+        rows, and its group, if it ended on one, read by read_group."""
+        self.events += stretch.events
+        if stretch.group is not None:
+            self.read_group(stretch.group)
 
     def read_encoded(self, items):
         """read() of items each still in JSON (a cluster message's details header, which
@@ -336,4 +344,22 @@ def stored_text(value):
 def _countable(section):
     """Whether a counted.Section read from a group or a message can be counted as it is: it
     was read, and names the default project or a project's id (else its events are read)."""
-    return section is not None and (not section.texts[0] or is_project_id(section.texts[0]))
+    return section is not None and _countable_texts(section.texts)
+
+
+def _countable_texts(texts):
+    """Whether a section's texts (texts[0] its project) let it be counted as it is."""
+    return not texts[0] or is_project_id(texts[0])
+
+
+class _SectionTexts(dict):
+    """{a section's texts as JSON (bytes): their list, or None if its group is to be read
+    from its JSON}: storage/log/details.read_stretch's `texts`, each list decoded and judged
+    once, when first asked for."""
+
+    def __missing__(self, raw):
+        texts = counted.read_texts(raw)
+        if texts is not None and not _countable_texts(texts):
+            texts = None
+        self[raw] = texts
+        return texts

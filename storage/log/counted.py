@@ -73,7 +73,7 @@ NONE = 0  # the index of no text (texts[0] is the project, never a row's)
 MAX_TEXTS = 0xFFFF
 _TEXTS = msgspec.json.Decoder(list[str])
 _ENCODER = msgspec.json.Encoder()
-_JSON_STARTS = b"[{"  # a payload is an array or an object (storage/log/details.py)
+JSON_STARTS = b"[{"  # a payload is an array or an object (storage/log/details.py)
 
 
 def encode(project, events):
@@ -142,7 +142,7 @@ def _head(stored, alone=False):
         return None
     if alone:
         return (mark, rows, end) if end == len(stored) else None
-    return (mark, rows, end) if end < len(stored) and stored[end] in _JSON_STARTS else None
+    return (mark, rows, end) if end < len(stored) and stored[end] in JSON_STARTS else None
 
 
 # A Section's parts picked in C, for the reader of a commit's thousands of them
@@ -192,11 +192,18 @@ def read(stored, alone=False, known=None):
         known = {}
     texts = known.get(raw)
     if texts is None:
-        try:
-            texts = _TEXTS.decode(raw)
-        except (msgspec.MsgspecError, ValueError):
-            return None
-        if not texts:
+        texts = read_texts(raw)
+        if texts is None:
             return None
         known[raw] = texts
     return Section((stored[HEAD.size:texts_at], count, texts))
+
+
+def read_texts(raw):
+    """A section's texts (its JSON array, bytes) as a list, or None if they do not read: not
+    a non-empty array of strings."""
+    try:
+        texts = _TEXTS.decode(raw)
+    except (msgspec.MsgspecError, ValueError):
+        return None
+    return texts or None

@@ -257,36 +257,112 @@ def read_groups(fd, start=HEADER.size, received_after_ms=None):
 
     With `received_after_ms`, groups received earlier are skipped without decoding their
     payload (they are framed and checked all the same)."""
+    unpack_group, stored_at = GROUP.unpack_from, GROUP.size
+    for framed in _framed(fd, start):
+        for body, end in framed:
+            data1_start, data1_end, data1_crc, received_ms = unpack_group(body)
+            if received_after_ms is not None and received_ms < received_after_ms:
+                continue
+            yield Group(data1_start, data1_end, data1_crc, received_ms, body[stored_at:], end)
+
+
+class Stretch:
+    """What read_stretch read of a stretch of groups."""
+
+    __slots__ = ("events", "group", "end", "data1_end", "ended")
+
+    def __init__(self, events, group, end, data1_end, ended):
+        self.events = events  # the rows of the sections read
+        self.group = group  # None, or the last group read, to be read from its JSON
+        self.end = end  # the offset just past the last group read (the start if none)
+        self.data1_end = data1_end  # that group's data1_end (None if none)
+        self.ended = ended  # whether nothing more can be read now (see read_stretch)
+
+
+def read_stretch(fd, start, data1_end, events, texts, sections):
+    """The overview's catch-up reading of the groups from `start` on whose data1 bytes end at
+    or before `data1_end`: each group's counted.Section, appended to `sections`, until they
+    hold `events` rows or more, or a group has no section to count. Returns a Stretch:
+        events            the rows of the sections read;
+        group             the group that ended the stretch, if it has no section, or one
+                          that does not read, or whose texts `texts` refuses: it is to be
+                          read from its JSON (Group.events);
+        end, data1_end    where the last group read ends, in this file and in data1;
+        ended             True if it stopped at what cannot be read yet: the file's end, a
+                          group that is not intact, or one whose data1 bytes end past
+                          `data1_end`.
+    `texts`: {a section's texts as JSON (bytes): their list, or None to read the group from
+    its JSON}, a dict whose __missing__ decodes and judges them (each request lists the
+    same screens and names: a commit decodes each list once).
+
+    The groups are framed and checked as read_groups frames them. Each section is read as
+    counted.read reads one, but in this loop rather than in calls: the catch-up reads
+    hundreds of thousands of groups of a few events, and a group's calls (its Group, its
+    section, the rule's checks) were half of its reading (docs/benchmarks.md)."""
+    counted_rows, last_end, last_data1_end, add = 0, start, None, sections.append
+    unpack_group, unpack_head = GROUP.unpack_from, counted.HEAD.unpack_from
+    head_at, row_size = GROUP.size, counted.ROW.size
+    rows_at = head_at + counted.HEAD.size
+    mark_read, json_starts, section = counted.MARK, counted.JSON_STARTS, counted.Section
+    for framed in _framed(fd, start):
+        for body, end in framed:
+            if counted_rows >= events:
+                return Stretch(counted_rows, None, last_end, last_data1_end, False)
+            data1_start, group_data1_end, data1_crc, received_ms = unpack_group(body)
+            if group_data1_end > data1_end:
+                return Stretch(counted_rows, None, last_end, last_data1_end, True)
+            last_end, last_data1_end = end, group_data1_end
+            try:
+                mark, rows, rest = unpack_head(body, head_at)
+            except struct.error:  # shorter than a section's head: JSON alone
+                mark = None
+            if mark == mark_read:
+                texts_at, section_end = rows_at + rows * row_size, rows_at + rest
+                if texts_at <= section_end < len(body) and body[section_end] in json_starts:
+                    listed = texts[body[texts_at:section_end]]
+                    if listed:
+                        add(section((body[rows_at:texts_at], rows, listed)))
+                        counted_rows += rows
+                        continue
+            group = Group(data1_start, group_data1_end, data1_crc, received_ms,
+                          body[head_at:], end)
+            return Stretch(counted_rows, group, last_end, last_data1_end, False)
+    return Stretch(counted_rows, None, last_end, last_data1_end, True)
+
+
+def _framed(fd, start):
+    """Yield, a read of the file at a time, the complete, intact groups it brought, from
+    `start` on, as [(body, end), ...]: `body` a group's bytes from data1_start on, `end`
+    this file's offset just past it. Stop at the first group that is not intact."""
     # Read in chunks growing to READ_AHEAD, not two reads a group: a group's reading is most
     # of the overview's catch-up (docs/benchmarks.md), 1.45 -> 1.19 µs an event this way.
     # `buffer[at:]` is the file from `offset` on, as far as read.
-    offset, buffer, at, chunk = start, b"", 0, FIRST_READ
-    unpack_frame, unpack_group, crc32 = FRAME.unpack_from, GROUP.unpack_from, zlib.crc32
+    offset, buffer, at, chunk, wanted = start, b"", 0, FIRST_READ, FRAME.size
+    unpack_frame, crc32 = FRAME.unpack_from, zlib.crc32
     while True:
-        if len(buffer) - at < FRAME.size:
-            buffer, at = _read_on(fd, buffer, at, offset, FRAME.size, chunk)
-            if len(buffer) < FRAME.size:
+        buffer, at = _read_on(fd, buffer, at, offset, wanted, chunk)
+        if len(buffer) < wanted:
+            return  # the file ends before the next group does
+        framed = []
+        while len(buffer) - at >= FRAME.size:
+            length, crc = unpack_frame(buffer, at)
+            if length < GROUP.size or length > MAX_GROUP:
+                yield framed
                 return
-        length, crc = unpack_frame(buffer, at)
-        if length < GROUP.size or length > MAX_GROUP:
-            return
-        end = at + FRAME.size + length
-        if end > len(buffer):
-            buffer, at = _read_on(fd, buffer, at, offset, FRAME.size + length, chunk)
-            end = FRAME.size + length
+            end = at + FRAME.size + length
             if end > len(buffer):
+                break
+            body = buffer[at + FRAME.size:end]  # a copy checks faster than a memoryview
+            if crc32(body) != crc:
+                yield framed
                 return
-        body = buffer[at + FRAME.size:end]  # a copy checks faster than a memoryview
-        if crc32(body) != crc:
-            return
-        data1_start, data1_end, data1_crc, received_ms = unpack_group(body)
-        offset += FRAME.size + length
-        at = end
+            offset += FRAME.size + length
+            at = end
+            framed.append((body, offset))
+        wanted = FRAME.size if len(buffer) - at < FRAME.size else FRAME.size + length
         if chunk < READ_AHEAD:
             chunk *= 2
-        if received_after_ms is not None and received_ms < received_after_ms:
-            continue
-        yield Group(data1_start, data1_end, data1_crc, received_ms, body[GROUP.size:], offset)
+        yield framed
 
 
 def _read_on(fd, buffer, at, offset, wanted, chunk):
