@@ -299,7 +299,8 @@ def damaged(section, row, field, value):
 def test_a_row_out_of_range_is_set_aside_and_the_rest_counted(tmp_path, field, value,
                                                                 counter_type):
     group = sdk_events(tmp_path, [screen(1, user="ann"), screen(2), screen(3)])
-    group = with_columns(group, damaged(group.columns, 1, field, value))
+    group = with_columns(group, counted.seal(damaged(group.columns, 1, field, value),
+                                             group.head))
     read = SdkEvents()
     read.read_group(group)
     store = (FactStore(tmp_path / "overview.duckdb") if counter_type is FactCounter
@@ -318,7 +319,7 @@ def test_a_row_out_of_range_is_set_aside_and_the_rest_counted(tmp_path, field, v
 def first_format(columns):
     """`columns` as the first format wrote them: an index for the install and the user, in
     place of their keys, and their texts among the others."""
-    section = counted.read(columns, alone=True)
+    section = counted.read(counted.seal(columns), alone=True)  # sealed as a message's
     rows = [counted.ROW.unpack_from(section.rows, at * counted.ROW.size)
             for at in range(section.count)]
     texts = section.texts + ["device-1", "ann"]  # THREE's install and user
@@ -328,6 +329,29 @@ def first_format(columns):
                     for time_ms, experience, _, carried, *indexes in rows)
     rest = body + json.dumps(texts, separators=(",", ":")).encode()
     return counted.HEAD.pack(counted.FIRST_MARK, section.count, len(rest)) + rest
+
+
+def unsealed(columns):
+    """`columns` as the format before wrote them: without their CRC."""
+    mark, rows, rest = counted.HEAD.unpack_from(columns)
+    return (counted.HEAD.pack(counted.UNSEALED_MARK, rows, rest - counted.SEAL.size)
+            + columns[counted.HEAD.size:-counted.SEAL.size])
+
+
+def test_a_section_of_the_format_before_is_read(tmp_path):
+    """Without a CRC of its own (its group's covers it): read as a section, and counted as
+    the sealed one is."""
+    group = sdk_events(tmp_path, THREE)
+    older = with_columns(group, unsealed(group.columns))
+    assert older.payload == group.payload and older.columns is not None
+    found = []
+    for one in (group, older):
+        read = SdkEvents()
+        read.read_group(one)
+        assert len(read.sections) == 1 and not read.views
+        read.columns_as_views()
+        found.append((read.events, sorted(read.views), sorted(read.links)))
+    assert found[0] == found[1]
 
 
 def test_a_section_of_the_first_format_is_found_and_not_read(tmp_path):
@@ -371,6 +395,7 @@ THREE = [screen(1, user="ann"), screen(2), screen(3)]
     lambda columns: columns.replace(b'["",', b'[70,'),       # a project that is not text
     lambda columns: counted.encode("No Such!", parse_batch(  # nor a project's id
         json.dumps({"batch": THREE}).encode(), RECEIVED).events),
+    lambda columns: columns[:-1] + bytes([columns[-1] ^ 1]),  # a CRC that does not match
 ])
 def test_a_section_that_does_not_read_is_counted_from_the_events(tmp_path, section):
     group = sdk_events(tmp_path, THREE)
@@ -427,13 +452,15 @@ def as_views(read):
     lambda columns: columns.replace(b'["",', b'["ab",'),     # its JSON not found
     lambda columns: columns + b"x",                          # nor here
     lambda columns: b"",                                     # none: the JSON alone
+    lambda columns: columns[:-1] + bytes([columns[-1] ^ 1]),  # its CRC does not match
+    unsealed,                                                # the format before
 ])
 @pytest.mark.parametrize("last", ["later", "torn"])
 def test_the_catch_up_reads_a_stretch_as_each_group_is_read(tmp_path, section, last):
-    """details.read_stretch, the catch-up's reading, reads each group as read_group does
-    (its section, or its JSON when it has no section to count), a stretch ending where its
-    rows reach the number asked for or at a group read by its JSON; and it stops at a group
-    whose data1 bytes are past those read, or one that is not intact."""
+    """details.read_stretch, the catch-up's reading, reads each group as read_group does, a
+    stretch ending where its rows reach the number asked for, or at a group without a sealed
+    section to count (left to read_group); and it stops at a group whose data1 bytes are
+    past those read, or one that is not intact."""
     group = sdk_events(tmp_path / "state", THREE)
     odd = with_columns(group, section(group.columns))
     kept = [group, odd, group]
@@ -443,11 +470,11 @@ def test_the_catch_up_reads_a_stretch_as_each_group_is_read(tmp_path, section, l
                             kept + [later] if last == "later" else kept,
                             b"" if last == "later" else torn)
     try:
-        each, by_json = SdkEvents(), 0
+        each, whole = SdkEvents(), 0  # whole: the groups read_stretch leaves to read_group
         for one in kept:
             sections = len(each.sections)
             each.read_group(one)
-            by_json += len(each.sections) == sections
+            whole += len(each.sections) == sections or one.columns[0] != counted.MARK
         expected = as_views(each)
         for events in (1, 3, 4, 100):
             found, read = stretches(fd, group.data1_end, events)
@@ -460,7 +487,29 @@ def test_the_catch_up_reads_a_stretch_as_each_group_is_read(tmp_path, section, l
             # A stretch ends at the rows asked for, or at a group to read by its JSON.
             for stretch in found[:-1]:
                 assert stretch.events >= events or stretch.group is not None
-            assert sum(stretch.group is not None for stretch in found) == by_json
+            assert sum(stretch.group is not None for stretch in found) == whole
+    finally:
+        os.close(fd)
+
+
+def test_the_catch_up_checks_what_it_reads(tmp_path):
+    """A sealed section's CRC covers its group's head and itself: read_stretch counts it
+    even when the group's JSON, which it does not read, is damaged (read_groups stops at
+    such a group), and stops at a group whose head is damaged."""
+    group = sdk_events(tmp_path / "state", THREE)
+    path = tmp_path / "data1.details"
+    fd, ends = details_file(path, [group, group, group])
+    os.close(fd)
+    damaged_bytes = bytearray(path.read_bytes())
+    damaged_bytes[ends[0] - 2] ^= 1  # in the first group's JSON
+    damaged_bytes[ends[1] + details.FRAME.size + 8] ^= 1  # the third group's data1_end
+    path.write_bytes(damaged_bytes)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        found, read = stretches(fd, 2**40, 100)
+        assert read.events == 6 and len(read.sections) == 2
+        assert found[-1].ended and found[-1].end == ends[1]
+        assert list(details.read_groups(fd)) == []
     finally:
         os.close(fd)
 
@@ -501,8 +550,8 @@ def unreadable_columns(part, number):
     """`part` with columns that cannot be used, three ways by `number`, its payload whole."""
     raw = zlib.decompress(base64.b64decode(part.columns))
     mark, rows, rest = counted.HEAD.unpack_from(raw)
-    fewer = (counted.HEAD.pack(mark, rows - 1, rest - counted.ROW.size)  # a row less than keys
-             + raw[counted.HEAD.size + counted.ROW.size:])
+    fewer = counted.seal(counted.HEAD.pack(mark, rows - 1, rest - counted.ROW.size)  # a row
+                         + raw[counted.HEAD.size + counted.ROW.size:])        # less than keys
     assert counted.read(fewer, alone=True).count == rows - 1
     columns = [part.columns[:-8] + "!",                               # not base64
                base64.b64encode(zlib.compress(raw)[:-6]).decode(),   # cut short

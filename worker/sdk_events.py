@@ -75,7 +75,7 @@ class SdkEvents:
         CountedEvent, only the fields counted. A group that does not fit (columns that do
         not read, a field of another type, a value out of range: what read() sets aside) is
         read by read(), event by event."""
-        section = counted.read(group.stored, known=self._known)
+        section = counted.read(group.stored, known=self._known, before=group.head)
         if _countable(section):
             self.sections.append(section)
             self.events += section.count

@@ -2,8 +2,9 @@
 ingest at the head of their data1.details group (storage/log/details.py), or in cluster
 mode in a header of their SDK message (storage/stream/sdk_message.py), so that the worker
 counts them without decoding the events (worker/sdk_events.py, worker/columns.py). Written
-down once here: the ingest encodes (encode), storage/log/details.py finds where a group's
-section ends (length), the worker reads it (read).
+down once here: the ingest encodes (encode) and seals it in its group (seal),
+storage/log/details.py finds where a group's section ends (length), the worker reads it
+(read; in data1.details, storage/log/details.read_stretch reads it in the same way).
 
 Why: decoding an SDK event's JSON again was half of what the overview's catch-up spent on it,
 and the rule that picks its counted fields another third. The ingest has checked and
@@ -14,9 +15,9 @@ where the request arrives, so that the texts left are its screens' and names': r
 list the same ones again and again, and the worker decodes each list once a commit.
 
 Format (integers little-endian)
-    section   u8   1, a mark: no JSON text begins with it (0 marks the first format's)
+    section   u8   2, a mark: no JSON text begins with it (1 and 0 mark the formats before)
               u32  rows: one an event, in the order of the group's items (row i is item i)
-              u32  length of the rest of the section
+              u32  length of the rest of the section, its CRC included
               rows, ROW each:
                   i64  time: the item's "time", Unix milliseconds
                   i64  the experienceID of a screen view; -1 for an event that is not one
@@ -30,24 +31,38 @@ Format (integers little-endian)
                   u16  screen name (properties.name)
               texts  a JSON array of strings: texts[0] the group's project ("" the
                      default), then each text the rows name, once, in the order first named
+              u32    CRC-32 (zlib.crc32) of all that comes before it in its container: in
+                     a data1.details group, the group's head (from data1_start on) and the
+                     section; in an SDK message's header, the section alone (seal())
 
-    The first format (mark 0, until 2026-12-07) had the same head, rows of an index each for
-    the install and the user in place of their keys, and their texts among the others.
+    Why a CRC of its own: the group's CRC covers its JSON too, eight times the section's
+    bytes, which the overview's catch-up does not read. With the section's own, the
+    catch-up checks what it reads, the group's head with it, and no more
+    (docs/benchmarks.md).
+
+    The format before (mark 1, 2026-12-07 to 2026-12-08) was this one without the CRC: it
+    is read, its group checked whole. The first format (mark 0, until 2026-12-07) had the
+    same head, rows of an index each for the install and the user in place of their keys,
+    and their texts among the others: found, not read.
 
 Invariants
     * A section is written by the ingest from the very events the group's JSON holds, in
-      the same transaction of the group (one write, one CRC), or in the same message: the
-      JSON stays the record of what was sent, the section is what the overview reads.
+      the same transaction of the group (one write, the group's CRC over it all and the
+      section's over its head and itself), or in the same message: the JSON stays the
+      record of what was sent, the section is what the overview reads.
     * The keys are the ones the worker's rule makes of the events themselves
       (worker/sdk_events.py): the overview counted from the sections is the one counted from
       the events (tests/test_counted_columns.py).
-    * A reader that cannot use a section (its lengths do not add up, its texts are not an
-      array of strings) reads the group's JSON instead. A row that breaks the format (an
+    * A reader that cannot use a section (its lengths do not add up, its CRC does not
+      match, its texts are not an array of strings) reads the group's JSON instead, once
+      the group's own CRC says it is whole. A row that breaks the format (an
       index past texts, a time or experienceID out of range) is set aside by the worker, as
       an event the rule cannot count is.
     * A request naming more than MAX_TEXTS distinct texts gets no section: its JSON is read.
       So is every group, and every SDK message, written before the ingest wrote sections,
       and every one of the first format: the events are the record, read once more.
+    * A section whose CRC matches is whole, and so is the group's head before it: a reader
+      that reads only these (storage/log/details.read_stretch) need not check the rest.
     * A worker of a version before this format does not know its mark: in data1.details it
       cannot find the JSON after such a section, and sets the group aside (the counts, from
       data1, are whole; the overview misses those events until `python -m worker rebuild`
@@ -59,16 +74,19 @@ import collections
 import itertools
 import operator
 import struct
+import zlib
 
 import msgspec
 
 from storage.views.sketches import project_person_key
 
-MARK = 1
+MARK = 2
+UNSEALED_MARK = 1  # the format before: read, without a CRC of its own
 FIRST_MARK = 0  # the first format's: found by length(), not read
-_MARKS = (MARK, FIRST_MARK)
+_MARKS = (MARK, UNSEALED_MARK, FIRST_MARK)
 HEAD = struct.Struct("<BII")  # mark, rows, length of the rest
 ROW = struct.Struct("<qqqq4H")
+SEAL = struct.Struct("<I")  # the section's CRC, at its end
 NONE = 0  # the index of no text (texts[0] is the project, never a row's)
 MAX_TEXTS = 0xFFFF
 _TEXTS = msgspec.json.Decoder(list[str])
@@ -105,7 +123,15 @@ def encode(project, events):
     except struct.error:  # a value past its field: an index past MAX_TEXTS, say
         return b""
     rest = bytes(rows) + _ENCODER.encode([project, *named])
-    return HEAD.pack(MARK, len(rows) // ROW.size, len(rest)) + rest
+    return seal(HEAD.pack(MARK, len(rows) // ROW.size, len(rest) + SEAL.size) + rest
+                + bytes(SEAL.size))
+
+
+def seal(section, before=b""):
+    """`section` (encode's) with its CRC made of `before` (what its container puts before
+    it: a details group's head) and of itself, as the format says."""
+    sealed = section[:-SEAL.size]
+    return sealed + SEAL.pack(zlib.crc32(sealed, zlib.crc32(before)))
 
 
 class _Keys(dict):
@@ -169,12 +195,13 @@ class Section(tuple):
                         len(kept), self.texts))
 
 
-def read(stored, alone=False, known=None):
+def read(stored, alone=False, known=None, before=b""):
     """The Section a group's `stored` bytes (details.Group.stored) begin with, or None if
     they begin with none (length() is 0), with one of the first format, or with one that
-    does not read: rows past its length, or texts that are not a non-empty array of
-    strings. With `alone`, `stored` is a section and nothing after it (a cluster SDK
-    message's columns: storage/stream/sdk_message.py). `known`: texts already read, {their
+    does not read: rows past its length, a CRC that does not match (`before`: the bytes
+    its container puts before it, details.Group.head), or texts that are not a non-empty
+    array of strings. With `alone`, `stored` is a section and nothing after it (a cluster
+    SDK message's columns: storage/stream/sdk_message.py). `known`: texts already read, {their
     JSON: the list}, taken from and added to: requests list the same screens and names, and
     equal texts are then one list (worker/columns.py numbers each list once). The head is
     found as length() finds it, the rest read here rather than in a call of its own: it is
@@ -185,7 +212,12 @@ def read(stored, alone=False, known=None):
         return None
     mark, count, end = head
     texts_at = HEAD.size + count * ROW.size
-    if mark != MARK or texts_at > end:
+    if mark == MARK:
+        end -= SEAL.size
+        if texts_at > end or (zlib.crc32(stored[:end], zlib.crc32(before))
+                              != SEAL.unpack_from(stored, end)[0]):
+            return None
+    elif mark != UNSEALED_MARK or texts_at > end:
         return None
     raw = stored[texts_at:end]  # a copy of about 200 bytes costs less than a memoryview
     if known is None:

@@ -21,9 +21,10 @@ Format
                  u32  CRC-32 of those data1 bytes (ties the group to this data1)
                  u64  received      receive time, Unix milliseconds (UTC)
                  ...  counted       optional: the events' counted columns, in
-                                    storage/log/counted.py's format (they begin with a 1
-                                    byte, or 0 in its first format, which no JSON does),
-                                    written by the ingest since 2026-12
+                                    storage/log/counted.py's format (they begin with a 2
+                                    byte, or 1 or 0 in its formats before, which no JSON
+                                    does), written by the ingest since 2026-12; sealed by
+                                    a CRC of their own, of the group's head and themselves
                  ...  payload       JSON (UTF-8), one item per event, in either form:
                                     [item, ...], each item with its "event"; or an object,
                                     {"project": "shop", "items": [item, ...]}, with the
@@ -78,6 +79,14 @@ Invariants
       the groups before them, the last is checked, to tell another data1.
     * A missing file is begun anew: events already in data1 then have no details. That
       never changes what is counted, only what is known of those events.
+    * A reader checks what it reads: read_groups a group's CRC, of all of it; the
+      overview's catch-up (read_stretch), which reads only a group's head and counted
+      columns, their own CRC when they are sealed, else the group's. A power loss cannot
+      make the two disagree on what is counted: a group is durable before its data1 bytes
+      are written, so one it damaged describes data1 bytes never written, past the
+      data1_end up to which the catch-up reads. Damage from elsewhere to a group's JSON
+      alone lets the catch-up count its columns, whole by their CRC, and ends read_groups'
+      reading there (and the file, at the ingest's next opening, as any damage does).
 """
 
 import json
@@ -115,6 +124,11 @@ class Group:
         self.received_ms = received_ms
         self.stored = stored  # what follows the header: the counted columns if any, the JSON
         self.end = end  # this file's offset just past the group
+
+    @property
+    def head(self):
+        """The group's head as written (its fields from data1_start to received)."""
+        return GROUP.pack(self.data1_start, self.data1_end, self.data1_crc, self.received_ms)
 
     @property
     def payload(self):
@@ -214,8 +228,10 @@ def encode_group(data1_start, data1_end, data1_crc, received_ms, items, sent=Non
     with its "event"; or, with `sent` (the request body, whose batch is exactly the items'
     events, in order), without it: the body is kept as it came. `columns`: the events'
     counted columns (counted.encode), or b"" for none."""
-    body = (GROUP.pack(data1_start, data1_end, data1_crc, received_ms) + columns
-            + encode_payload(items, sent, project))
+    head = GROUP.pack(data1_start, data1_end, data1_crc, received_ms)
+    if columns:  # its own CRC covers this head too (storage/log/counted.py)
+        columns = counted.seal(columns, head)
+    body = head + columns + encode_payload(items, sent, project)
     return FRAME.pack(len(body), zlib.crc32(body)) + body
 
 
@@ -257,13 +273,17 @@ def read_groups(fd, start=HEADER.size, received_after_ms=None):
 
     With `received_after_ms`, groups received earlier are skipped without decoding their
     payload (they are framed and checked all the same)."""
-    unpack_group, stored_at = GROUP.unpack_from, GROUP.size
-    for framed in _framed(fd, start):
-        for body, end in framed:
+    unpack_group, crc32 = GROUP.unpack_from, zlib.crc32
+    for buffer, base, framed in _framed(fd, start):
+        for at, end, crc in framed:
+            body = buffer[at:end]  # a copy checks faster than a memoryview
+            if crc32(body) != crc:
+                return
             data1_start, data1_end, data1_crc, received_ms = unpack_group(body)
             if received_after_ms is not None and received_ms < received_after_ms:
                 continue
-            yield Group(data1_start, data1_end, data1_crc, received_ms, body[stored_at:], end)
+            yield Group(data1_start, data1_end, data1_crc, received_ms, body[GROUP.size:],
+                        base + end)
 
 
 class Stretch:
@@ -282,87 +302,95 @@ class Stretch:
 def read_stretch(fd, start, data1_end, events, texts, sections):
     """The overview's catch-up reading of the groups from `start` on whose data1 bytes end at
     or before `data1_end`: each group's counted.Section, appended to `sections`, until they
-    hold `events` rows or more, or a group has no section to count. Returns a Stretch:
+    hold `events` rows or more, or a group has no section of this format to count. Returns
+    a Stretch:
         events            the rows of the sections read;
-        group             the group that ended the stretch, if it has no section, or one
-                          that does not read, or whose texts `texts` refuses: it is to be
-                          read from its JSON (Group.events);
+        group             the group that ended the stretch, if it has no such section, or
+                          one that does not read, or whose texts `texts` refuses: it is to
+                          be read as a whole (SdkEvents.read_group);
         end, data1_end    where the last group read ends, in this file and in data1;
         ended             True if it stopped at what cannot be read yet: the file's end, a
                           group that is not intact, or one whose data1 bytes end past
                           `data1_end`.
-    `texts`: {a section's texts as JSON (bytes): their list, or None to read the group from
-    its JSON}, a dict whose __missing__ decodes and judges them (each request lists the
-    same screens and names: a commit decodes each list once).
+    `texts`: {a section's texts as JSON (bytes): their list, or None to read the group as a
+    whole}, a dict whose __missing__ decodes and judges them (each request lists the same
+    screens and names: a commit decodes each list once).
 
-    The groups are framed and checked as read_groups frames them. Each section is read as
-    counted.read reads one, but in this loop rather than in calls: the catch-up reads
-    hundreds of thousands of groups of a few events, and a group's calls (its Group, its
-    section, the rule's checks) were half of its reading (docs/benchmarks.md)."""
+    A group whose section is sealed (counted.MARK) is checked by the section's CRC, which
+    covers the group's head and the section: all that is read of it. Its JSON, most of its
+    bytes, is neither copied nor checked. Any other group is checked whole, as read_groups
+    checks it. A section is read as counted.read reads one, but in this loop rather than in
+    calls: the catch-up reads hundreds of thousands of groups of a few events, and a
+    group's calls (its Group, its section, the rule's checks) were half of its reading
+    (docs/benchmarks.md)."""
     counted_rows, last_end, last_data1_end, add = 0, start, None, sections.append
-    unpack_group, unpack_head = GROUP.unpack_from, counted.HEAD.unpack_from
-    head_at, row_size = GROUP.size, counted.ROW.size
-    rows_at = head_at + counted.HEAD.size
-    mark_read, json_starts, section = counted.MARK, counted.JSON_STARTS, counted.Section
-    for framed in _framed(fd, start):
-        for body, end in framed:
+    unpack_group, unpack_head, unpack_seal = (GROUP.unpack_from, counted.HEAD.unpack_from,
+                                              counted.SEAL.unpack_from)
+    crc32, row_size, seal_size = zlib.crc32, counted.ROW.size, counted.SEAL.size
+    head_size, rows_after = counted.HEAD.size, GROUP.size + counted.HEAD.size
+    sealed, json_starts, section = counted.MARK, counted.JSON_STARTS, counted.Section
+    for buffer, base, framed in _framed(fd, start):
+        for at, end, crc in framed:
             if counted_rows >= events:
                 return Stretch(counted_rows, None, last_end, last_data1_end, False)
-            data1_start, group_data1_end, data1_crc, received_ms = unpack_group(body)
+            head_at, rows_at = at + GROUP.size, at + rows_after
+            if end - head_at >= head_size:
+                mark, rows, rest = unpack_head(buffer, head_at)
+                texts_at, seal_at = rows_at + rows * row_size, rows_at + rest - seal_size
+                # The section read: its lengths add up, its JSON follows it, its CRC matches.
+                read = (mark == sealed and texts_at <= seal_at and seal_at + seal_size < end
+                        and buffer[seal_at + seal_size] in json_starts
+                        and crc32(buffer[at:seal_at]) == unpack_seal(buffer, seal_at)[0])
+            else:  # shorter than a section's head: JSON alone
+                read = False
+            if not read and crc32(buffer[at:end]) != crc:
+                return Stretch(counted_rows, None, last_end, last_data1_end, True)
+            data1_start, group_data1_end, data1_crc, received_ms = unpack_group(buffer, at)
             if group_data1_end > data1_end:
                 return Stretch(counted_rows, None, last_end, last_data1_end, True)
-            last_end, last_data1_end = end, group_data1_end
-            try:
-                mark, rows, rest = unpack_head(body, head_at)
-            except struct.error:  # shorter than a section's head: JSON alone
-                mark = None
-            if mark == mark_read:
-                texts_at, section_end = rows_at + rows * row_size, rows_at + rest
-                if texts_at <= section_end < len(body) and body[section_end] in json_starts:
-                    listed = texts[body[texts_at:section_end]]
-                    if listed:
-                        add(section((body[rows_at:texts_at], rows, listed)))
-                        counted_rows += rows
-                        continue
+            last_end, last_data1_end = base + end, group_data1_end
+            if read:
+                listed = texts[buffer[texts_at:seal_at]]
+                if listed:
+                    add(section((buffer[rows_at:texts_at], rows, listed)))
+                    counted_rows += rows
+                    continue
             group = Group(data1_start, group_data1_end, data1_crc, received_ms,
-                          body[head_at:], end)
+                          buffer[head_at:end], last_end)
             return Stretch(counted_rows, group, last_end, last_data1_end, False)
     return Stretch(counted_rows, None, last_end, last_data1_end, True)
 
 
 def _framed(fd, start):
-    """Yield, a read of the file at a time, the complete, intact groups it brought, from
-    `start` on, as [(body, end), ...]: `body` a group's bytes from data1_start on, `end`
-    this file's offset just past it. Stop at the first group that is not intact."""
+    """Yield, a read of the file at a time, the complete groups it brought, from `start` on,
+    as (buffer, base, [(at, end, crc), ...]): the group's bytes from data1_start on are
+    buffer[at:end], its CRC `crc` (the caller checks it), and `base + end` is this file's
+    offset just past it. Stop at a length no group has."""
     # Read in chunks growing to READ_AHEAD, not two reads a group: a group's reading is most
     # of the overview's catch-up (docs/benchmarks.md), 1.45 -> 1.19 µs an event this way.
     # `buffer[at:]` is the file from `offset` on, as far as read.
     offset, buffer, at, chunk, wanted = start, b"", 0, FIRST_READ, FRAME.size
-    unpack_frame, crc32 = FRAME.unpack_from, zlib.crc32
+    unpack_frame = FRAME.unpack_from
     while True:
         buffer, at = _read_on(fd, buffer, at, offset, wanted, chunk)
         if len(buffer) < wanted:
             return  # the file ends before the next group does
-        framed = []
+        base, framed = offset, []
         while len(buffer) - at >= FRAME.size:
             length, crc = unpack_frame(buffer, at)
             if length < GROUP.size or length > MAX_GROUP:
-                yield framed
+                yield buffer, base, framed
                 return
             end = at + FRAME.size + length
             if end > len(buffer):
                 break
-            body = buffer[at + FRAME.size:end]  # a copy checks faster than a memoryview
-            if crc32(body) != crc:
-                yield framed
-                return
+            framed.append((at + FRAME.size, end, crc))
             offset += FRAME.size + length
             at = end
-            framed.append((body, offset))
         wanted = FRAME.size if len(buffer) - at < FRAME.size else FRAME.size + length
         if chunk < READ_AHEAD:
             chunk *= 2
-        yield framed
+        yield buffer, base, framed
 
 
 def _read_on(fd, buffer, at, offset, wanted, chunk):
