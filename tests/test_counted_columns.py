@@ -495,7 +495,8 @@ def test_the_catch_up_reads_a_stretch_as_each_group_is_read(tmp_path, section, l
 def test_the_catch_up_checks_what_it_reads(tmp_path):
     """A sealed section's CRC covers its group's head and itself: read_stretch counts it
     even when the group's JSON, which it does not read, is damaged (read_groups stops at
-    such a group), and stops at a group whose head is damaged."""
+    such a group), and stops at a group whose head is damaged, or whose JSON is damaged and
+    to be read."""
     group = sdk_events(tmp_path / "state", THREE)
     path = tmp_path / "data1.details"
     fd, ends = details_file(path, [group, group, group])
@@ -510,6 +511,23 @@ def test_the_catch_up_checks_what_it_reads(tmp_path):
         assert read.events == 6 and len(read.sections) == 2
         assert found[-1].ended and found[-1].end == ends[1]
         assert list(details.read_groups(fd)) == []
+    finally:
+        os.close(fd)
+    # A group whose sealed section is not to be counted (not a project's) is read whole,
+    # so it is checked whole: its JSON damaged, the reading stops before it.
+    elsewhere = counted.seal(counted.encode("No Such!", parse_batch(
+        json.dumps({"batch": THREE}).encode(), RECEIVED).events), group.head)
+    fd, ends = details_file(path, [group, with_columns(group, elsewhere)])
+    os.close(fd)
+    damaged_bytes = bytearray(path.read_bytes())
+    damaged_bytes[ends[1] - 2] ^= 1  # in the second group's JSON
+    path.write_bytes(damaged_bytes)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        found, read = stretches(fd, 2**40, 100)
+        assert read.events == 3 and not read.set_aside and not read.views
+        assert all(stretch.group is None for stretch in found)
+        assert found[-1].ended and found[-1].end == ends[0]
     finally:
         os.close(fd)
 

@@ -293,7 +293,7 @@ class Stretch:
 
     def __init__(self, events, group, end, data1_end, ended):
         self.events = events  # the rows of the sections read
-        self.group = group  # None, or the last group read, to be read from its JSON
+        self.group = group  # None, or the last group read, to be read whole (checked whole)
         self.end = end  # the offset just past the last group read (the start if none)
         self.data1_end = data1_end  # that group's data1_end (None if none)
         self.ended = ended  # whether nothing more can be read now (see read_stretch)
@@ -318,8 +318,8 @@ def read_stretch(fd, start, data1_end, events, texts, sections):
 
     A group whose section is sealed (counted.MARK) is checked by the section's CRC, which
     covers the group's head and the section: all that is read of it. Its JSON, most of its
-    bytes, is neither copied nor checked. Any other group is checked whole, as read_groups
-    checks it. A section is read as counted.read reads one, but in this loop rather than in
+    bytes, is neither copied nor checked. Any other group, and one left to be read whole,
+    is checked whole, as read_groups checks it. A section is read as counted.read reads one, but in this loop rather than in
     calls: the catch-up reads hundreds of thousands of groups of a few events, and a
     group's calls (its Group, its section, the rule's checks) were half of its reading
     (docs/benchmarks.md)."""
@@ -348,13 +348,16 @@ def read_stretch(fd, start, data1_end, events, texts, sections):
             data1_start, group_data1_end, data1_crc, received_ms = unpack_group(buffer, at)
             if group_data1_end > data1_end:
                 return Stretch(counted_rows, None, last_end, last_data1_end, True)
-            last_end, last_data1_end = base + end, group_data1_end
             if read:
                 listed = texts[buffer[texts_at:seal_at]]
                 if listed:
                     add(section((buffer[rows_at:texts_at], rows, listed)))
                     counted_rows += rows
+                    last_end, last_data1_end = base + end, group_data1_end
                     continue
+                if crc32(buffer[at:end]) != crc:  # to be read whole: checked whole
+                    return Stretch(counted_rows, None, last_end, last_data1_end, True)
+            last_end, last_data1_end = base + end, group_data1_end
             group = Group(data1_start, group_data1_end, data1_crc, received_ms,
                           buffer[head_at:end], last_end)
             return Stretch(counted_rows, group, last_end, last_data1_end, False)
