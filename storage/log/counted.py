@@ -201,12 +201,11 @@ def read(stored, alone=False, known=None, before=b""):
     does not read: rows past its length, a CRC that does not match (`before`: the bytes
     its container puts before it, details.Group.head), or texts that are not a non-empty
     array of strings. With `alone`, `stored` is a section and nothing after it (a cluster
-    SDK message's columns: storage/stream/sdk_message.py). `known`: texts already read, {their
-    JSON: the list}, taken from and added to: requests list the same screens and names, and
-    equal texts are then one list (worker/columns.py numbers each list once). The head is
-    found as length() finds it, the rest read here rather than in a call of its own: it is
-    called once a group of the overview's catch-up, most of whose time is the groups'
-    reading."""
+    SDK message's columns: storage/stream/sdk_message.py). `known`: texts already read,
+    {their JSON: the list}, taken from and added to: requests list the same screens and
+    names, and equal texts are then one list (worker/columns.py numbers each list once).
+    The overview's catch-up of data1.details reads its sections in the same way in a loop
+    of its own (storage/log/details.read_stretch), a call a group costing too much there."""
     head = _head(stored, alone)
     if head is None:
         return None
