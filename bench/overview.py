@@ -217,7 +217,7 @@ def json_decoding_cpu_seconds(state_dir):
 
 def reading_cpu_seconds(state_dir):
     """CPU-seconds to read data1.details into views and links as the overview does
-    (details.read_stretch into worker/overview.SdkEvents, a commit's worth at a time; the
+    (SdkEvents.read_stretch, as worker/overview.py reads, a commit's worth at a time; the
     counted columns read into arrays, as overview.duckdb's counter takes them), counting
     nothing: however the views are then counted, the catch-up cannot beat this."""
     data1_end = (state_dir / "data1").stat().st_size
@@ -228,10 +228,8 @@ def reading_cpu_seconds(state_dir):
         while not ended:
             read = SdkEvents()
             while read.events < FACT_COMMIT_EVENTS and not ended:
-                stretch = details.read_stretch(fd, offset, data1_end,
-                                               FACT_COMMIT_EVENTS - read.events, read.texts,
-                                               read.sections)
-                read.read_stretch(stretch)
+                stretch = read.read_stretch(fd, offset, data1_end,
+                                            FACT_COMMIT_EVENTS - read.events)
                 offset, ended = stretch.end, stretch.ended
             read.columns()
     finally:

@@ -429,9 +429,7 @@ def stretches(fd, data1_end, events):
     until one has ended; and the SdkEvents they were read into."""
     read, found, offset = SdkEvents(), [], details.HEADER.size
     while not found or not found[-1].ended:
-        found.append(details.read_stretch(fd, offset, data1_end, events, read.texts,
-                                          read.sections))
-        read.read_stretch(found[-1])
+        found.append(read.read_stretch(fd, offset, data1_end, events))
         offset = found[-1].end
     return found, read
 

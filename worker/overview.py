@@ -34,7 +34,7 @@ import time
 import numpy
 
 from storage.layout import Layout, names_open_file
-from storage.log.details import HEADER, read_header, read_stretch
+from storage.log.details import HEADER, read_header
 from storage.views.overview_store import (BOUNCES, DURATION_SUM, DURATIONS, IDENTIFIED, PEOPLE,
                                           REVISION_FIRST_SEEN, REVISION_IDENTIFIED,
                                           REVISION_LAST_SEEN, REVISION_PEOPLE, REVISION_VIEWS,
@@ -371,9 +371,7 @@ class Overview:
             if counted and not read.events and until is not None and time.monotonic() >= until:
                 done = False  # a commit made, its time up, and what follows left for the next
                 break
-            stretch = read_stretch(self.details, offset, data1_end, size - read.events,
-                                   read.texts, read.sections)
-            read.read_stretch(stretch)
+            stretch = read.read_stretch(self.details, offset, data1_end, size - read.events)
             if stretch.data1_end is not None:
                 offset, end = stretch.end, stretch.data1_end
             if read.events >= size:

@@ -18,7 +18,7 @@ import operator
 import msgspec
 
 from storage.log import counted
-from storage.log.details import item_decoder, payload_events, payload_events_as
+from storage.log.details import item_decoder, payload_events, payload_events_as, read_stretch
 from storage.log.format import MAX_ID
 from storage.projects import is_project_id
 from storage.sdk_event import CountedEvent
@@ -47,7 +47,7 @@ class SdkEvents:
         self.sections = []
         self._columns = None  # columns(), once read
         self._known = {}  # the sections' texts read, by their JSON (counted.read's `known`)
-        self.texts = _SectionTexts()  # the same for details.read_stretch, judged by the rule
+        self._texts = _SectionTexts()  # the same for details.read_stretch, judged by the rule
         self._devices = {}  # project -> {anonymousID: its key}
         self._users = {}  # project -> {userID: its key}
         self._screens = {}  # what a view sent -> what it counts as (_screen)
@@ -94,12 +94,16 @@ class SdkEvents:
             return
         self._read_decoded([(project, decoded)], lambda: group.events()[1], project)
 
-    def read_stretch(self, stretch):
-        """Add a storage/log/details.Stretch read with self.texts into self.sections: its
-        rows, and its group, if it ended on one, read by read_group."""
+    def read_stretch(self, fd, start, data1_end, events):
+        """Read a stretch of data1.details (descriptor `fd`) from offset `start`, as
+        storage/log/details.read_stretch reads one (up to `events` rows, of groups whose data1
+        bytes end by `data1_end`): its sections kept for the commit, and its group, if it
+        ended on one, read by read_group. Returns the details.Stretch."""
+        stretch = read_stretch(fd, start, data1_end, events, self._texts, self.sections)
         self.events += stretch.events
         if stretch.group is not None:
             self.read_group(stretch.group)
+        return stretch
 
     def read_encoded(self, items):
         """read() of items each still in JSON (a cluster message's details header, which
